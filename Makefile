@@ -1,0 +1,42 @@
+# fedcredit — see README.md. `make demo` and `make test` do all set-up themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard proto/fedcredit/v1/*.proto)
+
+.PHONY: setup test lint typecheck pytest proto bench demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: setup
+	$(VENV)/bin/pytest -n 2 --dist loadgroup -q
+
+test: lint typecheck pytest
+
+proto: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iproto --python_out=proto --grpc_python_out=proto \
+	  --mypy_out=proto --mypy_grpc_out=proto $(PROTOS)
+
+bench: setup
+	$(PY) -m bench.run_all
+	$(PY) -m bench.run_all --readme README.md
+
+demo: setup
+	$(VENV)/bin/fedcredit demo
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

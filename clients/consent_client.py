@@ -1,0 +1,189 @@
+"""Typed client of the ConsentService (mTLS); gRPC failures become typed fedcredit errors."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from fedcredit.v1 import consent_pb2, consent_pb2_grpc
+
+from common.errors import FedcreditError, Internal, from_rpc_error
+from common.rpc import item_exception
+from common.tls import TlsFiles, channel
+from consent.authority import ConsentTerms, ConsentView
+from consent.wire import consent_from_pb, terms_to_pb
+
+T = TypeVar("T")
+
+DEFAULT_SERVER_ORG = "consent-service"
+
+
+class ConsentClient:
+    def __init__(
+        self,
+        address: str,
+        tls: TlsFiles | None,
+        *,
+        server_org: str = DEFAULT_SERVER_ORG,
+        insecure: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = channel(address, tls, server_org=server_org, insecure=insecure)
+        self._stub = consent_pb2_grpc.ConsentServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ConsentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, fn: Callable[..., T], request: Any, timeout: float | None = None) -> T:
+        try:
+            return fn(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    # --- banks ---------------------------------------------------------------
+
+    def request(self, terms: ConsentTerms) -> ConsentView:
+        m = self._call(
+            self._stub.RequestConsent, consent_pb2.RequestConsentRequest(terms=terms_to_pb(terms))
+        )
+        return consent_from_pb(m)
+
+    def token(self, consent_id: str) -> ConsentView:
+        m = self._call(self._stub.GetToken, consent_pb2.ConsentRef(consent_id=consent_id))
+        return consent_from_pb(m.consent, token=m.token)
+
+    # --- enterprises -----------------------------------------------------------
+
+    def grant_many(self, grants: Sequence[ConsentTerms]) -> list[ConsentView]:
+        m = self._call(
+            self._stub.GrantConsent,
+            consent_pb2.GrantConsentRequest(grants=[terms_to_pb(g) for g in grants]),
+        )
+        return [consent_from_pb(c) for c in m.consents]
+
+    def grant(self, terms: ConsentTerms) -> ConsentView:
+        return self.grant_many([terms])[0]
+
+    def approve(self, consent_id: str) -> ConsentView:
+        return consent_from_pb(
+            self._call(self._stub.ApproveConsent, consent_pb2.ConsentRef(consent_id=consent_id))
+        )
+
+    def reject(self, consent_id: str, reason: str = "") -> ConsentView:
+        return consent_from_pb(
+            self._call(
+                self._stub.RejectConsent,
+                consent_pb2.ConsentRef(consent_id=consent_id, reason=reason),
+            )
+        )
+
+    def pause(self, consent_id: str) -> ConsentView:
+        return consent_from_pb(
+            self._call(self._stub.PauseConsent, consent_pb2.ConsentRef(consent_id=consent_id))
+        )
+
+    def resume(self, consent_id: str) -> ConsentView:
+        return consent_from_pb(
+            self._call(self._stub.ResumeConsent, consent_pb2.ConsentRef(consent_id=consent_id))
+        )
+
+    def revoke(self, consent_id: str, reason: str = "") -> ConsentView:
+        return consent_from_pb(
+            self._call(
+                self._stub.RevokeConsent,
+                consent_pb2.ConsentRef(consent_id=consent_id, reason=reason),
+            )
+        )
+
+    def narrow(
+        self,
+        consent_id: str,
+        *,
+        remove_categories: Sequence[str] = (),
+        remove_nodes: Sequence[str] = (),
+    ) -> tuple[ConsentView, ConsentView]:
+        m = self._call(
+            self._stub.NarrowConsent,
+            consent_pb2.NarrowConsentRequest(
+                consent_id=consent_id,
+                remove_categories=list(remove_categories),
+                remove_nodes=list(remove_nodes),
+            ),
+        )
+        return consent_from_pb(m.revoked), consent_from_pb(m.replacement)
+
+    # --- both ------------------------------------------------------------------
+
+    def list(
+        self, *, states: Sequence[str] = (), expiring_within_days: int = 0, limit: int = 0
+    ) -> list[ConsentView]:
+        m = self._call(
+            self._stub.ListConsents,
+            consent_pb2.ListConsentsRequest(
+                states=[consent_pb2.ConsentState.Value(s) for s in states],
+                expiring_within_days=expiring_within_days,
+                limit=limit,
+            ),
+        )
+        return [consent_from_pb(c) for c in m.consents]
+
+    def get(self, consent_id: str) -> ConsentView:
+        return consent_from_pb(
+            self._call(self._stub.GetConsent, consent_pb2.ConsentRef(consent_id=consent_id))
+        )
+
+    # --- verifiers ---------------------------------------------------------------
+
+    def jwks(self) -> dict[str, Any]:
+        m = self._call(self._stub.GetJwks, consent_pb2.GetJwksRequest())
+        doc = json.loads(m.jwks_json)
+        assert isinstance(doc, dict)
+        return doc
+
+    def status_list(self) -> consent_pb2.StatusList:
+        return self._call(self._stub.GetStatusList, consent_pb2.GetStatusListRequest())
+
+    def status_list_token(self) -> str:
+        return self.status_list().token
+
+    def watch_status(
+        self, after_seq: int = 0
+    ) -> tuple[Iterator[consent_pb2.StatusList], Callable[[], None]]:
+        """A stream of signed status lists (on change and as heartbeat) and a function that cancels it."""
+        call = self._stub.WatchStatus(consent_pb2.WatchStatusRequest(after_seq=after_seq))
+
+        def items() -> Iterator[consent_pb2.StatusList]:
+            try:
+                yield from call
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.CANCELLED:
+                    return
+                raise from_rpc_error(exc) from None
+
+        return items(), call.cancel
+
+    def record_use(self, jti: str) -> int:
+        return self._call(self._stub.RecordUse, consent_pb2.RecordUseRequest(jti=jti)).uses
+
+    def record_uses(self, jtis: Sequence[str]) -> builtins.list[int | FedcreditError]:
+        """Count one use of each token in one call: per token its count or its error."""
+        res = self._call(self._stub.RecordUses, consent_pb2.RecordUsesRequest(jti=list(jtis)))
+        if len(res.results) != len(jtis):
+            raise Internal(f"RecordUses answered {len(res.results)} results for {len(jtis)} tokens")
+        return [item_exception(r.error) if r.HasField("error") else r.uses for r in res.results]
+
+    # --- operator ------------------------------------------------------------------
+
+    def rotate_keys(self, *, immediate: bool = False) -> consent_pb2.RotateKeysResponse:
+        return self._call(self._stub.RotateKeys, consent_pb2.RotateKeysRequest(immediate=immediate))

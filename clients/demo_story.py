@@ -1,0 +1,423 @@
+"""The story the demo plays once the federation runs (see clients/demo.py)."""
+
+from __future__ import annotations
+
+import csv
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from clients.consent_client import ConsentClient
+from clients.coordinator_client import CoordinatorClient
+from clients.demo import AUDITOR, Demo, DemoFailed, _truth, table_fact
+from common.errors import PermissionDenied
+from consent.authority import ConsentTerms
+
+
+def _consent(demo: Demo, enterprise: str, bank: str, purpose: str, *, uses: int = 5) -> str:
+    """The enterprise grants (over its own mTLS identity); the bank fetches the token."""
+    assert demo.dep is not None
+    addr = demo.dep.service("consent").address
+    with ConsentClient(addr, demo.enterprise_tls(enterprise)) as ent:
+        view = ent.grant(
+            ConsentTerms(
+                enterprise=enterprise,
+                bank=bank,
+                purpose=purpose,
+                scope=["score_only"],
+                validity_days=30,
+                max_uses=uses,
+            )
+        )
+    with ConsentClient(addr, demo.dep.tls(bank)) as b:
+        got = b.token(view.consent_id)
+    assert got.token, f"the consent service issued no token for consent {view.consent_id}"
+    demo.facts.setdefault("consents", {})[f"{enterprise}:{purpose}"] = view.consent_id
+    return got.token
+
+
+def _coordinator(demo: Demo, org: str) -> CoordinatorClient:
+    assert demo.dep is not None
+    return CoordinatorClient(
+        demo.dep.service("coordinator").address, demo.dep.tls(org), timeout=15.0
+    )
+
+
+def play_story(demo: Demo, world: Path) -> None:
+    assert demo.dep is not None
+    c = demo.console
+    bank = demo.dep.banks[0]
+    truth = _truth(world)
+    by_health = sorted(truth, key=lambda r: float(r["health_as_of"]))
+    healthy = by_health[-1]["code"]
+    failing = [r["code"] for r in by_health[:12]]
+
+    with demo.step(f"Enterprise {healthy} grants {bank} consent for credit assessment"):
+        token = _consent(demo, healthy, bank, "credit_assessment")
+        c.print(
+            f"consent token issued to {bank} ({len(token)} bytes, EdDSA, bound to the bank's certificate)"
+        )
+
+    with demo.step(f"{bank} asks the coordinator for the score"), _coordinator(demo, bank) as coord:
+        res = coord.score(healthy, token)
+        c.print(
+            f"rating [bold]{res.rating}[/], probability of default {res.probability_of_default:.4f}, model {res.model_version}, "
+            f"ledger entry #{res.ledger_index}"
+        )
+        for r in res.reasons:
+            c.print(f"  reason: {r.description} ({r.feature}, +{r.contribution:.3f} log-odds)")
+        demo.facts["score"] = {
+            "enterprise": healthy,
+            "rating": res.rating,
+            "pd": res.probability_of_default,
+            "ledger_index": res.ledger_index,
+        }
+
+    with (
+        demo.step(f"{bank} applies for a guarantee on a 3,000,000 yuan loan"),
+        _coordinator(demo, bank) as coord,
+    ):
+        gtoken = _consent(demo, healthy, bank, "guarantee")
+        d = coord.apply(
+            application_id=f"demo-{healthy}-{uuid.uuid4().hex[:8]}",
+            enterprise=healthy,
+            token=gtoken,
+            amount_yuan=3_000_000,
+            term_months=12,
+        )
+        if not d.approved and d.reason == "COLLATERAL_REQUIRED":
+            c.print(f"refused ({d.reason}): {d.explanation}")
+            c.print(
+                f"{bank} offers {d.collateral_required_yuan:,} yuan of collateral and applies again"
+            )
+            d = coord.apply(
+                application_id=f"demo-{healthy}-{uuid.uuid4().hex[:8]}",
+                enterprise=healthy,
+                token=gtoken,
+                amount_yuan=3_000_000,
+                term_months=12,
+                collateral_yuan=d.collateral_required_yuan,
+            )
+        if not d.approved:
+            raise DemoFailed(
+                "guarantee",
+                f"{healthy} (rating {d.rating}) was refused: {d.reason}: {d.explanation}",
+            )
+        c.print(
+            f"approved: rating {d.rating}, fund share {d.fund_share_bp / 100:.0f} %, "
+            f"bank share {d.bank_share_bp / 100:.0f} %, fund exposure {d.fund_amount_yuan:,} yuan, ledger entry #{d.ledger_index}"
+        )
+        c.print(f"  {d.explanation}")
+        demo.facts["guarantee"] = {
+            "approved": d.approved,
+            "reason": d.reason,
+            "rating": d.rating,
+            "fund_share_pct": d.fund_share_bp / 100,
+        }
+
+    with (
+        demo.step("A D-rated enterprise applies and is refused"),
+        _coordinator(demo, bank) as coord,
+    ):
+        refused = None
+        for code in failing:
+            t = _consent(demo, code, bank, "credit_assessment", uses=2)
+            if coord.score(code, t).rating == "D":
+                gt = _consent(demo, code, bank, "guarantee")
+                refused = coord.apply(
+                    application_id=f"demo-{code}-{uuid.uuid4().hex[:8]}",
+                    enterprise=code,
+                    token=gt,
+                    amount_yuan=1_000_000,
+                    term_months=12,
+                )
+                break
+        if refused is None:
+            raise DemoFailed(
+                "D-rated enterprise",
+                f"none of the {len(failing)} least healthy enterprises was rated D",
+            )
+        if refused.approved:
+            raise DemoFailed("D-rated enterprise", f"a D-rated enterprise was approved: {refused}")
+        c.print(
+            f"{refused.enterprise}: rating {refused.rating} → refused ({refused.reason}): {refused.explanation}"
+        )
+        demo.facts["refused"] = {
+            "enterprise": refused.enterprise,
+            "rating": refused.rating,
+            "reason": refused.reason,
+        }
+
+    with (
+        demo.step(f"{healthy} revokes its consent; {bank}'s next request is refused"),
+        _coordinator(demo, bank) as coord,
+    ):
+        addr = demo.dep.service("consent").address
+        consent_id = demo.facts["consents"][f"{healthy}:credit_assessment"]
+        with ConsentClient(addr, demo.enterprise_tls(healthy)) as ent:
+            t0 = time.perf_counter()
+            ent.revoke(consent_id, reason="demo: the enterprise changes its mind")
+        refused_after = None
+        while time.perf_counter() - t0 < 5.0:
+            try:
+                coord.score(healthy, token)
+            except PermissionDenied as exc:
+                refused_after = time.perf_counter() - t0
+                c.print(f"refused after {refused_after * 1000:.0f} ms: {exc.reason}: {exc.message}")
+                break
+            time.sleep(0.02)
+        if refused_after is None:
+            raise DemoFailed("revocation", "the bank was still answered 5 s after the revocation")
+        if refused_after > 1.0:
+            raise DemoFailed(
+                "revocation",
+                f"the revocation took {refused_after:.2f} s to be enforced (limit 1 s)",
+            )
+        demo.facts["revocation_ms"] = round(refused_after * 1000, 1)
+
+    with demo.step(f"{healthy} lists every access to its data, each with an inclusion proof"):
+        # Only entries under a signed checkpoint come with a proof, and the ledger signs one
+        # within a second of new entries: the story's last entries may need that second.
+        deadline = time.monotonic() + 5.0
+        while True:
+            listing = demo.fedcredit(
+                "audit", "subject", "--config", str(demo.config), "--enterprise", healthy
+            )
+            rows = listing["entries"]
+            kinds = sorted({e["kind"] for e in rows})
+            if {"score_access", "guarantee_decision"} <= set(kinds):
+                break
+            if time.monotonic() > deadline:
+                raise DemoFailed(
+                    "subject listing",
+                    f"no score_access and guarantee_decision entries proved for {healthy} 5 s after "
+                    f"the story wrote them; kinds found: {kinds}",
+                )
+            time.sleep(0.3)
+        for e in rows:
+            c.print(f"  #{e['index']} {e['kind']:<20} by {e['actor']}")
+        demo.facts["subject_entries"] = len(rows)
+
+    with demo.step(
+        "An auditor verifies the latest checkpoint, its cosignatures, consistency and the whole log"
+    ):
+        quorum = max(1, len(demo.dep.nodes) // 2 + 1)
+        first = demo.dir / "audit" / "first-checkpoint.note"
+        cp = demo.fedcredit(
+            "audit", "checkpoint", "--config", str(demo.config), "--org", AUDITOR, "--quorum", str(quorum), "--previous", str(first),
+            timeout=60,
+        )  # fmt: skip
+        c.print(
+            f"checkpoint size {cp['size']} root {cp['root'][:16]}… cosigned by {len(cp['cosigned_by'])} witnesses, consistent with the first"
+        )
+        export = demo.dir / "audit" / "export.jsonl"
+        demo.fedcredit(
+            "ledger",
+            "export",
+            "--config",
+            str(demo.config),
+            "--org",
+            AUDITOR,
+            "--out",
+            str(export),
+            timeout=120,
+        )
+        rep = demo.fedcredit(
+            "audit", "replay", "--export", str(export), "--config", str(demo.config), timeout=300
+        )
+        c.print(
+            f"replayed {rep.get('entries')} entries: every leaf, the chain and the root match the signed checkpoint"
+        )
+        demo.facts["ledger"] = {
+            "size": cp["size"],
+            "cosignatures": len(cp["cosigned_by"]),
+            "replayed": rep.get("entries"),
+            "verified": True,
+        }
+
+    with demo.step("Summary from the services"), _coordinator(demo, "operator") as coord:
+        fund = coord.fund_status()
+        model = coord.get_model("")
+        table_fact(
+            demo,
+            "ratings of the calibration population (active model)",
+            {g: f"{n:,}" for g, n in sorted(model.grade_counts.items())},
+        )
+        metrics: dict[str, Any] = {}
+        if model.metrics_json:
+            import json
+
+            metrics = json.loads(model.metrics_json)
+        table_fact(
+            demo,
+            "model",
+            {"version": model.version, "sha256": model.sha256[:16] + "…", **_flat(metrics)},
+        )
+        table_fact(
+            demo,
+            "guarantee fund",
+            {
+                "size (yuan)": f"{fund.fund_size_yuan:,}", "exposure (yuan)": f"{fund.exposure_yuan:,}",
+                "capacity (yuan)": f"{fund.capacity_yuan:,}", "approved": fund.approved, "refused": fund.refused,
+            },
+        )  # fmt: skip
+        table_fact(
+            demo,
+            "ledger",
+            {"entries": demo.facts["ledger"]["size"], "witness cosignatures": demo.facts["ledger"]["cosignatures"],
+             "replay": "verified", "revocation enforced after (ms)": demo.facts["revocation_ms"]},
+        )  # fmt: skip
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, float):
+            out[f"{prefix}{k}"] = f"{v:.4f}"
+        elif not isinstance(v, list):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def train_model(demo: Demo, world: Path) -> None:
+    """Consents for training, then the hist model with SecAgg+ in the demo's Flower engine."""
+    from clients.demo import _progress
+    from clients.training.consents import collect_training_consents
+    from coordinator.training.city import train_city
+
+    assert demo.dep is not None
+    c = demo.console
+    with demo.step("Each bank's borrowers grant it a model_training consent"):
+        with _progress(c) as bar:
+            counts = collect_training_consents(demo.dep, world, progress=bar)
+        for bank, n in counts.items():
+            c.print(f"  {bank}: {n:,} borrowers consented")
+        demo.facts["training_consents"] = counts
+
+    where = "Deployment Engine" if demo.engine == "deployment" else "Simulation Engine"
+    with demo.step(
+        f"Train the credit model: hist GBDT in Flower's {where} with SecAgg+, publish, activate"
+    ):
+        with _progress(c) as bar:
+            rep = train_city(demo.dep, engine=demo.engine, secagg=True, progress=bar)
+        c.print(
+            f"model {rep.model_version}: {rep.trees} trees in {rep.seconds:.1f} s "
+            f"({rep.seconds_per_tree:.2f} s/tree) by {len(rep.banks)} banks; held-out AUC {rep.auc:.4f} "
+            f"(pooled LightGBM {rep.pooled_auc:.4f}), KS {rep.ks:.3f}; published and active"
+            + (f", ledger entry #{rep.ledger_index}" if rep.ledger_index is not None else "")
+        )
+        demo.facts["model"] = {
+            "engine": demo.engine,
+            "version": rep.model_version,
+            "auc": round(rep.auc, 4),
+            "pooled_auc": round(rep.pooled_auc, 4),
+            "ks": round(rep.ks, 4),
+            "trees": rep.trees,
+            "seconds_per_tree": round(rep.seconds_per_tree, 3),
+            "banks": len(rep.banks),
+        }
+        table_fact(
+            demo,
+            "credit model",
+            {
+                "version": rep.model_version,
+                "held-out AUC (federated hist, SecAgg+)": f"{rep.auc:.4f}",
+                "held-out AUC (pooled LightGBM baseline)": f"{rep.pooled_auc:.4f}",
+                "KS": f"{rep.ks:.3f}",
+                "trees": rep.trees,
+                "seconds per tree": f"{rep.seconds_per_tree:.2f}",
+                "banks": len(rep.banks),
+                "training rows": sum(rep.rows_per_bank.values()),
+            },
+        )
+
+    with demo.step(
+        "Check the model against the whole city's hidden outcomes (the demo's own check)"
+    ):
+        city_auc, pooled_auc, n, pos = _whole_city_auc(demo, world, rep.model_version)
+        c.print(
+            f"{n:,} enterprises no bank lent to, {pos} of them defaulting within 12 months: "
+            f"AUC federated {city_auc:.4f}, pooled LightGBM on the same borrowers {pooled_auc:.4f} "
+            f"(the banks' own held-out borrowers are few: {rep.test_rows} rows)"
+        )
+        demo.facts["model"].update(
+            {"city_auc": round(city_auc, 4), "city_pooled_auc": round(pooled_auc, 4)}
+        )
+        demo.facts["tables"]["credit model"].update(
+            {
+                f"AUC on {n:,} non-borrowers' hidden outcomes (federated)": f"{city_auc:.4f}",
+                "same, pooled LightGBM on the same borrowers": f"{pooled_auc:.4f}",
+            }
+        )
+
+    with demo.step(
+        "The auditor saves the first checkpoint it will later check consistency against"
+    ):
+        first = demo.dir / "audit" / "first-checkpoint.note"
+        first.parent.mkdir(exist_ok=True)
+        # The ledger signs a checkpoint within a second of new entries; wait for it.
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                demo.fedcredit(
+                    "audit",
+                    "checkpoint",
+                    "--config",
+                    str(demo.config),
+                    "--org",
+                    AUDITOR,
+                    "--save",
+                    str(first),
+                )
+                break
+            except DemoFailed:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        c.print(f"checkpoint saved to {first}")
+
+
+def _whole_city_auc(demo: Demo, world: Path, version: str) -> tuple[float, float, int, int]:
+    """AUC of the active model on every enterprise no bank lent to, against the city's hidden
+    12-month outcomes, next to LightGBM trained on all banks' borrowers pooled (same settings).
+
+    Only the demo may do this: it reads the truth file and computes features straight from the
+    departments' raw records, which no service ever does."""
+    import lightgbm as lgb
+    import numpy as np
+
+    from coordinator.gbdt.metrics import auc
+    from coordinator.training.city import PRESETS
+    from coordinator.training.strategies import lgb_params
+    from node.catalog import compute_all
+
+    with _coordinator(demo, "operator") as coord:
+        text = coord.get_model(version, include_model_text=True).model_text
+    booster = lgb.Booster(model_str=text)
+    names = list(booster.feature_name())
+    codes, all_names, matrix = compute_all(world)
+    x = matrix[:, [all_names.index(f) for f in names]]
+    truth = {r["code"]: int(r["defaulted_12m"]) for r in _truth(world)}
+    labels: dict[str, int] = {}
+    for loans in sorted((world / "banks").glob("*/loans.csv")):
+        with open(loans, newline="") as fh:
+            for row in csv.DictReader(fh):
+                labels[row["code"]] = max(labels.get(row["code"], 0), int(row["defaulted"]))
+    index = {c: i for i, c in enumerate(codes)}
+    borrowers = np.array([index[c] for c in labels if c in index])
+    others = np.array([i for i, c in enumerate(codes) if c not in labels])
+    y_others = np.array([truth[codes[i]] for i in others], dtype=np.float64)
+    fate = PRESETS["fate"]
+    pooled = lgb.train(
+        lgb_params(fate, boost_from_average=True),
+        lgb.Dataset(
+            x[borrowers], np.array([labels[codes[i]] for i in borrowers]), feature_name=names
+        ),
+        num_boost_round=fate.num_trees,
+    )
+    fed_auc = auc(y_others, booster.predict(x[others]))
+    pooled_auc = auc(y_others, pooled.predict(x[others]))
+    return fed_auc, pooled_auc, len(others), int(y_others.sum())

@@ -1,0 +1,1 @@
+"""The banks' side of federated training: data loading and the Flower ClientApp."""

@@ -1,0 +1,36 @@
+"""The interface services use to put evidence into a ledger.
+
+The central ledger client and the embedded ledger library (a department
+node's disclosure log) both implement :class:`EvidenceSink`. A service is
+handed one and never cares which: "no ledger entry, no answer" is enforced by
+calling :meth:`EvidenceSink.append` before answering and letting its error
+propagate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Where an appended entry landed: its index in the log and its RFC 6962 leaf hash."""
+
+    index: int
+    leaf_hash: bytes
+
+
+@runtime_checkable
+class EvidenceSink(Protocol):
+    def append(self, kind: str, subject: str | None, payload: Mapping[str, Any]) -> Receipt:
+        """Durably append one entry and return its receipt; raise if it is not durable."""
+        ...
+
+
+@runtime_checkable
+class AsyncEvidenceSink(Protocol):
+    async def append(self, kind: str, subject: str | None, payload: Mapping[str, Any]) -> Receipt:
+        """Async variant of :meth:`EvidenceSink.append` (for grpc.aio services)."""
+        ...

@@ -1,0 +1,145 @@
+"""Servicer-side error handling: domain errors become rich gRPC statuses.
+
+``@handle_errors`` wraps a servicer method (sync or async, unary or
+streaming). A :class:`~common.errors.FedcreditError` aborts the call with its
+status code, its message and a ``google.rpc.ErrorInfo`` carrying the reason;
+anything else is logged with its traceback and reported as INTERNAL without
+internals leaking to the caller.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from common.errors import DOMAIN, FedcreditError, Internal
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def status_trailer(err: FedcreditError) -> tuple[tuple[str, bytes], ...]:
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=err.code.value[0], message=err.message, details=[detail])
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+
+def _as_domain(exc: BaseException, method: str) -> FedcreditError:
+    if isinstance(exc, FedcreditError):
+        return exc
+    if isinstance(exc, grpc.RpcError):
+        # A call this servicer made downstream failed and nobody translated it:
+        # relay the downstream status rather than hiding it as INTERNAL.
+        from common.errors import from_rpc_error
+
+        return from_rpc_error(exc)
+    log.exception("unexpected error in %s", method)
+    return Internal(f"internal error in {method}; the server logged the details")
+
+
+def _abort_sync(context: grpc.ServicerContext, err: FedcreditError) -> None:
+    context.set_trailing_metadata(status_trailer(err))
+    context.abort(err.code, err.message)
+
+
+async def _abort_aio(context: Any, err: FedcreditError) -> None:
+    context.set_trailing_metadata(status_trailer(err))
+    await context.abort(err.code, err.message)
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # context.abort() raises an exception that must propagate untouched: the
+    # sync server raises a bare ``Exception()``, grpc.aio an ``AbortError``.
+    return isinstance(exc, grpc.aio.AbortError) or (type(exc) is Exception and not exc.args)
+
+
+def handle_errors(fn: F) -> F:
+    """Decorate a servicer method so domain errors become gRPC statuses."""
+    name = fn.__qualname__
+
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def agen_wrapper(self: Any, request: Any, context: Any) -> Any:
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except BaseException as exc:
+                if _is_abort(exc) or not isinstance(exc, Exception):
+                    raise
+                await _abort_aio(context, _as_domain(exc, name))
+
+        return agen_wrapper  # type: ignore[return-value]
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def coro_wrapper(self: Any, request: Any, context: Any) -> Any:
+            try:
+                return await fn(self, request, context)
+            except BaseException as exc:
+                if _is_abort(exc) or not isinstance(exc, Exception):
+                    raise
+                await _abort_aio(context, _as_domain(exc, name))
+
+        return coro_wrapper  # type: ignore[return-value]
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(self: Any, request: Any, context: Any) -> Any:
+            try:
+                yield from fn(self, request, context)
+            except Exception as exc:
+                if _is_abort(exc):
+                    raise
+                _abort_sync(context, _as_domain(exc, name))
+
+        return gen_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return fn(self, request, context)
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            _abort_sync(context, _as_domain(exc, name))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def item_error(err: FedcreditError) -> Any:
+    """One item's failure inside a batch answer, as ``fedcredit.v1.ItemError``."""
+    from fedcredit.v1 import common_pb2
+
+    return common_pb2.ItemError(
+        code=err.code.name,
+        reason=err.reason,
+        message=err.message,
+        metadata={k: str(v) for k, v in err.metadata.items()},
+    )
+
+
+def item_exception(err: Any) -> FedcreditError:
+    """The typed exception of a ``fedcredit.v1.ItemError`` (the inverse of :func:`item_error`)."""
+    from common.errors import error_class_for
+
+    code = (
+        grpc.StatusCode[err.code]
+        if err.code in grpc.StatusCode.__members__
+        else grpc.StatusCode.INTERNAL
+    )
+    return error_class_for(err.reason, code)(err.message, reason=err.reason, **dict(err.metadata))

@@ -1,0 +1,201 @@
+"""Signing keys: Ed25519 key records, JWK/JWKS form, and the rotation rules.
+
+Key ids are RFC 7638 JWK thumbprints. A key's life, all timestamps in epoch
+seconds:
+
+* ``created_at``  it is generated and published in the JWKS at once;
+* ``activate_at`` it starts signing (publish-before-use: at least one JWKS TTL
+  after creation, so every verifier's cache already holds it);
+* ``retired_at``  a newer key took over; it signs nothing more but still
+  verifies the tokens it signed before (JWK member ``exp``);
+* ``expires_at``  ``retired_at`` + the longest token lifetime + leeway: no
+  token it signed can still be valid, so it leaves the JWKS and remains only as
+  a tombstone (``expired_kids``) so verifiers can name the reason precisely.
+
+The JWK members ``iat``/``nbf``/``exp`` follow the key-validity members of
+OpenID Federation 1.0; RFC 7517 §5 lets a JWK Set carry extra members
+(``expired_kids``) that other implementations ignore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from consent.statuslist import b64url, b64url_decode
+
+ALG = "EdDSA"
+# What a key id may look like on the wire: base64url only. Anything else
+# (paths, SQL, quotes, control characters) is refused before any lookup.
+KID_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+
+
+def thumbprint(public_key: Ed25519PublicKey) -> str:
+    """RFC 7638 JWK thumbprint (SHA-256) of an Ed25519 public key."""
+    x = b64url(public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    # Required members only, lexicographic order, no whitespace (RFC 7638 §3.2).
+    canon = json.dumps(
+        {"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"), sort_keys=True
+    )
+    return b64url(hashlib.sha256(canon.encode()).digest())
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    kid: str
+    private_pem: bytes  # PKCS#8 PEM; the service's own store only
+    created_at: int
+    activate_at: int
+    retired_at: int | None = None
+    expires_at: int | None = None
+
+    @property
+    def private_key(self) -> Ed25519PrivateKey:
+        key = serialization.load_pem_private_key(self.private_pem, password=None)
+        assert isinstance(key, Ed25519PrivateKey)
+        return key
+
+    def public_jwk(self) -> dict[str, Any]:
+        pub = self.private_key.public_key()
+        x = b64url(pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+        jwk: dict[str, Any] = {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": x,
+            "kid": self.kid,
+            "alg": ALG,
+            "use": "sig",
+            "iat": self.created_at,
+            "nbf": self.activate_at,
+        }
+        if self.retired_at is not None:
+            jwk["exp"] = self.retired_at
+        return jwk
+
+    def state(self, now: int) -> str:
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        if self.retired_at is not None and now >= self.retired_at:
+            return "retired"
+        if now < self.activate_at:
+            return "next"
+        return "active"
+
+
+def new_key(*, now: int, activate_at: int) -> KeyRecord:
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return KeyRecord(
+        kid=thumbprint(key.public_key()), private_pem=pem, created_at=now, activate_at=activate_at
+    )
+
+
+def signing_key(keys: Iterable[KeyRecord], now: int) -> KeyRecord | None:
+    """The key that signs at ``now``: the most recently activated active key."""
+    active = [k for k in keys if k.state(now) == "active"]
+    return max(active, key=lambda k: (k.activate_at, k.created_at), default=None)
+
+
+def rotate(
+    keys: Iterable[KeyRecord], *, now: int, publish_lead: int, retention: int
+) -> tuple[KeyRecord, list[KeyRecord]]:
+    """Plan a rotation: a new key published now that signs from ``now + publish_lead``.
+
+    Returns the new key and the existing keys whose times changed: every key
+    that is active or waiting retires when the new one activates, and expires
+    ``retention`` seconds after (the longest token lifetime plus leeway).
+    """
+    new = new_key(now=now, activate_at=now + publish_lead)
+    changed = []
+    for k in keys:
+        if k.retired_at is None:
+            retire = max(new.activate_at, k.activate_at)
+            changed.append(replace(k, retired_at=retire, expires_at=retire + retention))
+    return new, changed
+
+
+def jwks(keys: Iterable[KeyRecord], now: int) -> dict[str, Any]:
+    """The public JWK Set at ``now``: next, active and retired keys; expired ones as tombstones."""
+    published, tombstones = [], []
+    for k in sorted(keys, key=lambda k: (k.created_at, k.kid)):
+        if k.state(now) == "expired":
+            tombstones.append(
+                {"kid": k.kid, "retired_at": k.retired_at, "expired_at": k.expires_at}
+            )
+        else:
+            published.append(k.public_jwk())
+    return {"keys": published, "expired_kids": tombstones}
+
+
+# --- the verifier's view -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    kid: str
+    key: Ed25519PublicKey
+    not_before: int | None  # activate_at
+    retired_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    kid: str
+    retired_at: int | None
+    expired_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    keys: Mapping[str, PublicKey]
+    tombstones: Mapping[str, Tombstone]
+
+
+def parse_jwks(doc: Mapping[str, Any]) -> KeySet:
+    """Parse a JWK Set, keeping only Ed25519 signing keys with a well-formed kid.
+
+    Raises ValueError when the document is not a JWK Set at all.
+    """
+    raw = doc.get("keys")
+    if not isinstance(raw, list):
+        raise ValueError("a JWK Set needs a 'keys' list")
+    keys: dict[str, PublicKey] = {}
+    for jwk in raw:
+        if not isinstance(jwk, dict):
+            continue
+        kid = jwk.get("kid")
+        if (
+            jwk.get("kty") != "OKP"
+            or jwk.get("crv") != "Ed25519"
+            or jwk.get("alg", ALG) != ALG
+            or jwk.get("use", "sig") != "sig"
+            or not isinstance(kid, str)
+            or not KID_RE.match(kid)
+            or not isinstance(jwk.get("x"), str)
+        ):
+            continue
+        try:
+            pub = Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"]))
+        except ValueError:
+            continue
+        nbf, exp = jwk.get("nbf"), jwk.get("exp")
+        keys[kid] = PublicKey(
+            kid=kid,
+            key=pub,
+            not_before=nbf if isinstance(nbf, int) else None,
+            retired_at=exp if isinstance(exp, int) else None,
+        )
+    tombstones: dict[str, Tombstone] = {}
+    for t in doc.get("expired_kids") or []:
+        if isinstance(t, dict) and isinstance(t.get("kid"), str):
+            tombstones[t["kid"]] = Tombstone(t["kid"], t.get("retired_at"), t.get("expired_at"))
+    return KeySet(keys=keys, tombstones=tombstones)

@@ -1,0 +1,197 @@
+"""The consent token's shape: header, claims and its RFC 9396 authorization detail.
+
+A consent token is a JWS (RFC 7515) in compact form::
+
+    header  {"alg": "EdDSA", "typ": "consent+jwt", "kid": "<RFC 7638 thumbprint>"}
+    payload {"iss", "sub": <credit code>, "aud": <bank org id>, "iat", "nbf", "exp", "jti",
+             "authorization_details": [{"type": "fedcredit_consent", "purpose": ...,
+                                        "scope": [categories] | ["score_only"],
+                                        "nodes": [node org ids], "max_uses": n,
+                                        "retention_days": d, "consent_id": ...}],
+             "cnf": {"x5t#S256": <bank certificate thumbprint>},          # RFC 8705 §3.1
+             "status": {"status_list": {"idx": i, "uri": <list uri>}}}    # status-list draft §6
+
+Everything here is pure: building claims and checking their shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from common.departments import BY_CATEGORY, BY_ORG, CATEGORIES, PURPOSES
+from consent.errors import ClaimInvalid, ClaimMissing
+
+CONSENT_TYP = "consent+jwt"
+DETAIL_TYPE = "fedcredit_consent"
+SCORE_ONLY = "score_only"
+ALLOWED_ALGS = frozenset({"EdDSA"})
+REQUIRED_CLAIMS = (
+    "iss",
+    "sub",
+    "aud",
+    "iat",
+    "nbf",
+    "exp",
+    "jti",
+    "authorization_details",
+    "cnf",
+    "status",
+)
+X5T = "x5t#S256"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one consent allows: the authorization detail, in Python terms."""
+
+    purpose: str
+    categories: frozenset[str]  # empty when score_only
+    score_only: bool
+    nodes: frozenset[str]
+    max_uses: int
+    retention_days: int
+
+    def scope_list(self) -> list[str]:
+        return [SCORE_ONLY] if self.score_only else sorted(self.categories)
+
+
+def nodes_for(categories: frozenset[str] | None) -> frozenset[str]:
+    """The default node org ids serving ``categories`` (all nodes when None = score only)."""
+    if categories is None:
+        return frozenset(BY_ORG)
+    return frozenset(BY_CATEGORY[c].org_id for c in categories)
+
+
+def authorization_detail(grant: Grant, consent_id: str) -> dict[str, Any]:
+    return {
+        "type": DETAIL_TYPE,
+        "purpose": grant.purpose,
+        "scope": grant.scope_list(),
+        "nodes": sorted(grant.nodes),
+        "max_uses": grant.max_uses,
+        "retention_days": grant.retention_days,
+        "consent_id": consent_id,
+    }
+
+
+def build_claims(
+    *,
+    issuer: str,
+    enterprise: str,
+    bank: str,
+    jti: str,
+    consent_id: str,
+    grant: Grant,
+    issued_at: int,
+    not_before: int,
+    expires_at: int,
+    bank_x5t: str,
+    status_idx: int,
+    status_uri: str,
+) -> dict[str, Any]:
+    return {
+        "iss": issuer,
+        "sub": enterprise,
+        "aud": bank,
+        "iat": issued_at,
+        "nbf": not_before,
+        "exp": expires_at,
+        "jti": jti,
+        "authorization_details": [authorization_detail(grant, consent_id)],
+        "cnf": {X5T: bank_x5t},
+        "status": {"status_list": {"idx": status_idx, "uri": status_uri}},
+    }
+
+
+def _int(value: Any, claim: str, *, minimum: int = 0) -> int:
+    # bool is an int in Python; a JSON true is not a number of uses.
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ClaimInvalid(
+            f"claim {claim} must be an integer >= {minimum}, got {value!r}", claim=claim
+        )
+    return value
+
+
+def _str_list(value: Any, claim: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ClaimInvalid(f"claim {claim} must be a list of strings, got {value!r}", claim=claim)
+    return value
+
+
+def check_required(claims: Mapping[str, Any]) -> None:
+    for name in REQUIRED_CLAIMS:
+        if name not in claims:
+            raise ClaimMissing(
+                f"the consent token has no '{name}' claim; it is required", claim=name
+            )
+    for name in ("iss", "sub", "aud", "jti"):
+        if not isinstance(claims[name], str) or not claims[name]:
+            raise ClaimInvalid(
+                f"claim {name} must be a non-empty string, got {claims[name]!r}", claim=name
+            )
+    for name in ("iat", "nbf", "exp"):
+        _int(claims[name], name)
+
+
+def parse_grant(claims: Mapping[str, Any]) -> Grant:
+    """The single fedcredit authorization detail of verified ``claims``."""
+    details = claims["authorization_details"]
+    if not isinstance(details, list) or len(details) != 1 or not isinstance(details[0], dict):
+        raise ClaimInvalid(
+            "authorization_details must be a list holding exactly one object, "
+            f"got {type(details).__name__} of length {len(details) if isinstance(details, list) else '-'}",
+            claim="authorization_details",
+        )
+    d = details[0]
+    if d.get("type") != DETAIL_TYPE:
+        raise ClaimInvalid(
+            f"authorization_details[0].type must be '{DETAIL_TYPE}', got {d.get('type')!r}",
+            claim="authorization_details.type",
+        )
+    purpose = d.get("purpose")
+    if purpose not in PURPOSES:
+        raise ClaimInvalid(
+            f"authorization_details[0].purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}",
+            claim="authorization_details.purpose",
+        )
+    scope = _str_list(d.get("scope"), "authorization_details.scope")
+    nodes = _str_list(d.get("nodes"), "authorization_details.nodes")
+    score_only = scope == [SCORE_ONLY]
+    if not score_only and (not scope or any(c not in CATEGORIES for c in scope)):
+        raise ClaimInvalid(
+            f"authorization_details[0].scope must be ['{SCORE_ONLY}'] or known categories, got {scope!r}",
+            claim="authorization_details.scope",
+        )
+    return Grant(
+        purpose=purpose,
+        categories=frozenset() if score_only else frozenset(scope),
+        score_only=score_only,
+        nodes=frozenset(nodes),
+        max_uses=_int(d.get("max_uses"), "authorization_details.max_uses", minimum=1),
+        retention_days=_int(d.get("retention_days"), "authorization_details.retention_days"),
+    )
+
+
+def parse_binding(claims: Mapping[str, Any]) -> str:
+    cnf = claims["cnf"]
+    if not isinstance(cnf, dict) or not isinstance(cnf.get(X5T), str):
+        raise ClaimInvalid(f"claim cnf must hold a '{X5T}' thumbprint, got {cnf!r}", claim="cnf")
+    return str(cnf[X5T])
+
+
+def parse_status(claims: Mapping[str, Any]) -> tuple[int, str]:
+    status = claims["status"]
+    sl = status.get("status_list") if isinstance(status, dict) else None
+    if not isinstance(sl, dict) or not isinstance(sl.get("uri"), str):
+        raise ClaimInvalid(
+            f"claim status must be {{'status_list': {{'idx', 'uri'}}}}, got {status!r}",
+            claim="status",
+        )
+    return _int(sl.get("idx"), "status.status_list.idx"), str(sl["uri"])
+
+
+def covers_all(have: Sequence[str] | frozenset[str], want: Sequence[str]) -> list[str]:
+    """The items of ``want`` not in ``have``."""
+    return [w for w in want if w not in have]

@@ -1,0 +1,713 @@
+"""The one consent-token verifier every service uses (nodes, coordinator, consent service).
+
+:class:`ConsentVerifier` checks, in this order, and raises one typed error per
+failure (see :mod:`consent.errors`):
+
+1. compact JWS form, JSON header and payload, no duplicate members;
+2. ``alg`` on the allow-list (EdDSA only: ``none`` and HMAC are refused before
+   any key is touched), ``typ`` = ``consent+jwt``, no unknown ``crit``
+   (RFC 7515 §4.1.11), ``kid`` well-formed and present in the cached JWKS
+   (unknown ``kid``: one rate-limited refresh; keys whose retention is over are
+   named as such);
+3. the Ed25519 signature (RFC 8037);
+4. every required claim and the shape of ``authorization_details``, ``cnf`` and
+   ``status``; exact ``iss``; the status list is the trusted one;
+   (steps 1-4 depend only on the token string and are cached per token, so a
+   warm verify skips the signature; the key is still looked up every time;
+   :meth:`ConsentVerifier.precheck` runs them for a whole batch with the
+   signatures verified together, e.g. on other cores)
+5. the key was not retired when the token was issued; ``exp``/``nbf``/``iat``
+   with at most 60 s leeway;
+6. holder binding: ``cnf.x5t#S256`` equals the presenting bank's certificate
+   thumbprint (RFC 8705 §3), then ``aud`` equals that bank, ``sub`` the enterprise;
+7. purpose, category (scope), node coverage, and release of a score-only consent;
+8. the token's entry in the signed status list (revoked / suspended);
+9. the use count (counted only with ``count_use=True``).
+
+Keys and status come from pluggable sources (:class:`KeyCache`,
+:class:`StatusCache`) fed by a fetch function: in-process from the consent
+authority, or over gRPC (:func:`remote_verifier`), where the consent service
+also pushes every status change to subscribed verifiers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol, runtime_checkable
+
+from cryptography.exceptions import InvalidSignature
+
+from common.errors import FedcreditError
+from common.tls import TlsFiles
+from consent import errors as E
+from consent.keys import KID_RE, KeySet, PublicKey, Tombstone, parse_jwks
+from consent.statuslist import (
+    INVALID,
+    STATUS_NAMES,
+    STATUSLIST_TYP,
+    SUSPENDED,
+    StatusArray,
+    b64url,
+    b64url_decode,
+    parse_status_list_claims,
+)
+from consent.token import (
+    ALLOWED_ALGS,
+    CONSENT_TYP,
+    Grant,
+    check_required,
+    parse_binding,
+    parse_grant,
+    parse_status,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_LEEWAY = 60
+# Header parameters we understand; a `crit` listing anything else is refused.
+UNDERSTOOD_CRIT: frozenset[str] = frozenset()
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class VerifiedConsent:
+    """What a verified token grants."""
+
+    jti: str
+    enterprise: str
+    bank: str
+    purpose: str
+    categories: frozenset[str]  # category ids from common.departments, empty if score_only
+    score_only: bool  # features may be used to compute a score, never released
+    nodes: frozenset[str]  # node org ids covered
+    max_uses: int
+    retention_days: int
+    expires_at: int
+    status_idx: int
+    claims: Mapping[str, Any] = field(repr=False)
+    uses: int | None = None  # the use count after this use, when counted
+
+    @property
+    def consent_id(self) -> str:
+        return str(self.claims["authorization_details"][0].get("consent_id", self.jti))
+
+
+# --- decoding helpers ---------------------------------------------------------
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            # RFC 7519 §4: a JWT with duplicate claim names may be rejected; we do.
+            raise ValueError(f"duplicate member {k!r}")
+        out[k] = v
+    return out
+
+
+# One decoder for every segment: ``json.loads(..., object_pairs_hook=...)`` builds a new
+# JSONDecoder per call, which costs as much as decoding a token's payload.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+
+
+def decode_segment(segment: str, what: str) -> dict[str, Any]:
+    try:
+        raw = b64url_decode(segment)
+        # exactly what json.loads does with bytes: detect UTF-8/16/32, then decode
+        value = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise E.TokenMalformed(f"the token's {what} is not base64url JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise E.TokenMalformed(
+            f"the token's {what} must be a JSON object, got {type(value).__name__}"
+        )
+    return value
+
+
+def split_jws(token: str) -> tuple[str, str, str]:
+    if not isinstance(token, str):
+        raise E.TokenMalformed(f"a consent token is a string, got {type(token).__name__}")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise E.TokenMalformed(f"a compact JWS has 3 dot-separated parts, got {len(parts)}")
+    return parts[0], parts[1], parts[2]
+
+
+def check_header(header: Mapping[str, Any], *, typ: str) -> str:
+    """Check alg, typ and crit; return the kid."""
+    alg = header.get("alg")
+    if alg is None or (isinstance(alg, str) and alg.lower() == "none"):
+        raise E.TokenUnsigned(
+            "the token is unsigned (alg none); a consent must be signed with EdDSA"
+        )
+    if alg not in ALLOWED_ALGS:
+        raise E.AlgorithmNotAllowed(
+            f"algorithm {alg!r} is not allowed; expected one of {sorted(ALLOWED_ALGS)}",
+            alg=str(alg),
+        )
+    if header.get("typ") != typ:
+        raise E.WrongTokenType(f"header typ must be {typ!r}, got {header.get('typ')!r}")
+    crit = header.get("crit")
+    if crit is not None:
+        if not isinstance(crit, list) or not crit:
+            raise E.UnknownCritical(f"header crit must be a non-empty list, got {crit!r}")
+        unknown = [c for c in crit if c not in UNDERSTOOD_CRIT]
+        if unknown:
+            raise E.UnknownCritical(
+                f"header crit lists parameters this verifier does not understand: {unknown!r}"
+            )
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not KID_RE.match(kid):
+        shown = repr(kid)[:60]
+        raise E.InvalidKeyId(
+            f"header kid must be a base64url key id of 8-128 characters, got {shown}"
+        )
+    return kid
+
+
+def verify_signature(key: PublicKey, h: str, p: str, s: str) -> None:
+    try:
+        sig = b64url_decode(s)
+    except ValueError as exc:
+        raise E.TokenMalformed(f"the signature is not base64url: {exc}") from exc
+    try:
+        key.key.verify(sig, f"{h}.{p}".encode("ascii"))
+    except (InvalidSignature, UnicodeEncodeError) as exc:
+        raise E.BadSignature(
+            f"the signature does not verify with key {key.kid}; the token was altered or forged"
+        ) from exc
+
+
+# --- key cache ------------------------------------------------------------------
+
+
+class KeyCache:
+    """The consent service's JWKS, cached for ``ttl`` seconds.
+
+    An unknown ``kid`` triggers at most one refresh per ``min_refresh_interval``
+    (a flood of random kids cannot hammer the service). A failed fetch keeps
+    the last good key set; with none at all, verification fails closed.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], Mapping[str, Any]],
+        *,
+        ttl: float = 300.0,
+        min_refresh_interval: float = 10.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self._fetch = fetch
+        self.ttl = ttl
+        self.min_refresh_interval = min_refresh_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._set: KeySet | None = None
+        self._fetched_at = float("-inf")
+        self._last_attempt = float("-inf")
+        self.fetches = 0
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Fetch the JWKS now (rate-limited unless forced); True if a new set was loaded."""
+        with self._lock:
+            now = self._clock()
+            if not force and now - self._last_attempt < self.min_refresh_interval:
+                return False
+            self._last_attempt = now
+            try:
+                doc = self._fetch()
+                new = parse_jwks(doc)
+            except Exception as exc:  # keep the last good set, whatever went wrong
+                log.warning("JWKS fetch failed, keeping the last good key set: %s", exc)
+                return False
+            self.fetches += 1
+            self._set, self._fetched_at = new, now
+            return True
+
+    def lookup(self, kid: str) -> PublicKey:
+        now = self._clock()
+        if self._set is None or now - self._fetched_at >= self.ttl:
+            self.refresh(force=self._set is None)
+        ks = self._set
+        if ks is not None and kid in ks.keys:
+            return ks.keys[kid]
+        # One rate-limited refresh for an unknown kid (a key published late).
+        if (ks is None or kid not in ks.tombstones) and self.refresh():
+            ks = self._set
+            if ks is not None and kid in ks.keys:
+                return ks.keys[kid]
+        if ks is None:
+            raise E.KeysUnavailable(
+                "the consent service's signing keys (JWKS) could not be fetched"
+            )
+        tomb: Tombstone | None = ks.tombstones.get(kid)
+        if tomb is not None:
+            raise E.SigningKeyExpired(
+                f"the token is signed with key {kid}, retired at {tomb.retired_at} and expired at "
+                f"{tomb.expired_at}; no token signed with it can still be valid",
+                kid=kid,
+            )
+        raise E.UnknownSigningKey(
+            f"no key {kid} in the consent service's JWKS ({len(ks.keys)} keys published)", kid=kid
+        )
+
+
+# --- status list cache ----------------------------------------------------------
+
+
+class StatusCache:
+    """The signed status list, cached and refreshed at its TTL; pushes replace it sooner.
+
+    ``offer`` accepts a newer signed list (from a push or a fetch) after
+    verifying it with the JWKS. If the list cannot be refreshed it is used
+    until its own ``exp``; after that the verifier fails closed.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], str],
+        keys: KeyCache,
+        *,
+        uri: str,
+        issuer: str,
+        max_ttl: float = 60.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self._fetch = fetch
+        self._keys = keys
+        self.uri = uri
+        self.issuer = issuer
+        self.max_ttl = max_ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._array: StatusArray | None = None
+        self._seq = -1
+        self._exp = 0
+        self._fresh_until = float("-inf")
+        self.updated_at = float("-inf")  # clock time the current list was accepted
+        self.fetches = 0
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def exp(self) -> int:
+        """``exp`` of the list held (0 before the first); past it the verifier fails closed."""
+        return self._exp
+
+    def offer(self, token: str) -> bool:
+        """Verify a ``statuslist+jwt`` and adopt it if newer; True if adopted."""
+        h, p, s = split_jws(token)
+        header = decode_segment(h, "header")
+        kid = check_header(header, typ=STATUSLIST_TYP)
+        verify_signature(self._keys.lookup(kid), h, p, s)
+        claims = decode_segment(p, "payload")
+        try:
+            payload = parse_status_list_claims(claims)
+        except ValueError as exc:
+            raise E.TokenMalformed(f"the status list token is malformed: {exc}") from exc
+        if payload.uri != self.uri or claims.get("iss") != self.issuer:
+            raise E.UnknownStatusList(
+                f"status list for {payload.uri!r} from {claims.get('iss')!r}; "
+                f"expected {self.uri!r} from {self.issuer!r}"
+            )
+        seq = claims.get("seq")
+        if not isinstance(seq, int):
+            raise E.TokenMalformed("the status list token has no integer seq claim")
+        now = self._clock()
+        if payload.exp < now:
+            raise E.StatusUnavailable(f"the status list offered expired at {payload.exp}")
+        with self._lock:
+            if seq < self._seq:
+                return False
+            if seq == self._seq:
+                # The same content re-signed (heartbeat or poll): it is fresh again, and its
+                # later `exp` must be adopted too, or a list nobody changes expires under us.
+                self._fresh_until = now + min(payload.ttl, self.max_ttl)
+                if payload.exp > self._exp:
+                    self._array, self._exp = payload.array, payload.exp
+                return False
+            self._array, self._seq, self._exp = payload.array, seq, payload.exp
+            self._fresh_until = now + min(payload.ttl, self.max_ttl)
+            self.updated_at = now
+            return True
+
+    def refresh(self) -> None:
+        try:
+            token = self._fetch()
+            self.fetches += 1
+            self.offer(token)
+        except Exception as exc:
+            log.warning("status list fetch failed, keeping the cached list: %s", exc)
+
+    def status(self, idx: int) -> int:
+        now = self._clock()
+        if now >= self._fresh_until:
+            self.refresh()
+        array = self._array
+        if array is None or now >= self._exp:
+            raise E.StatusUnavailable(
+                "the consent status list could not be fetched or has expired; refusing to guess"
+            )
+        try:
+            return array.get(idx)
+        except IndexError:
+            raise E.UnknownStatusList(
+                f"status index {idx} is past the end of the status list ({array.capacity} entries)",
+                idx=idx,
+            ) from None
+
+
+# --- use counting -----------------------------------------------------------------
+
+
+class UseCounter(Protocol):
+    """Counts uses of a consent (by jti) against its ``max_uses``."""
+
+    def use(self, jti: str, max_uses: int, expires_at: int) -> int:
+        """Count one use atomically; return the count; raise UsesExhausted past the max."""
+        ...
+
+    def check(self, jti: str, max_uses: int) -> None:
+        """Raise UsesExhausted if the known count already reached the max (counts nothing)."""
+        ...
+
+
+@runtime_checkable
+class BatchUseCounter(UseCounter, Protocol):
+    """A counter that can count many uses in one round trip (a scored portfolio)."""
+
+    def use_many(self, items: Sequence[tuple[str, int, int]]) -> list[int | FedcreditError]:
+        """Count one use per ``(jti, max_uses, expires_at)``; per item its count or error."""
+        ...
+
+
+def exhausted(jti: str, max_uses: int) -> E.UsesExhausted:
+    return E.UsesExhausted(
+        f"consent {jti} allows {max_uses} uses and all have been used", jti=jti, max_uses=max_uses
+    )
+
+
+class MemoryUseCounter:
+    """In-process counter (one coordinator process); forgets tokens once they expire."""
+
+    def __init__(self, clock: Clock = time.time) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[int, int]] = {}
+        self._clock = clock
+        self._next_purge = 0.0
+
+    def use(self, jti: str, max_uses: int, expires_at: int) -> int:
+        with self._lock:
+            now = self._clock()
+            if now >= self._next_purge:
+                self._counts = {k: v for k, v in self._counts.items() if v[1] > now - MAX_LEEWAY}
+                self._next_purge = now + 60
+            count, _ = self._counts.get(jti, (0, expires_at))
+            if count >= max_uses:
+                raise exhausted(jti, max_uses)
+            self._counts[jti] = (count + 1, expires_at)
+            return count + 1
+
+    def use_many(self, items: Sequence[tuple[str, int, int]]) -> list[int | FedcreditError]:
+        out: list[int | FedcreditError] = []
+        for jti, max_uses, expires_at in items:
+            try:
+                out.append(self.use(jti, max_uses, expires_at))
+            except E.UsesExhausted as exc:
+                out.append(exc)
+        return out
+
+    def check(self, jti: str, max_uses: int) -> None:
+        count, _ = self._counts.get(jti, (0, 0))
+        if count >= max_uses:
+            raise exhausted(jti, max_uses)
+
+    def count(self, jti: str) -> int:
+        return self._counts.get(jti, (0, 0))[0]
+
+
+# A batch's signatures, verified together: (raw Ed25519 public key, signing input,
+# signature) each. The answer comes in chunks, in job order, one bool per job, True only
+# if it verifies; a chunk is used as soon as it arrives (the rest may still be running).
+SignatureJob = tuple[bytes, bytes, bytes]
+VerifyMany = Callable[[Sequence[SignatureJob]], Iterable[Sequence[bool]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    kid: str
+    claims: Mapping[str, Any]  # read-only: shared by every verification of the token
+    grant: Grant
+    bound: str
+    status_idx: int
+
+
+# --- the verifier -------------------------------------------------------------------
+
+
+class ConsentVerifier:
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        keys: KeyCache,
+        status: StatusCache,
+        counter: UseCounter | None = None,
+        leeway: int = 30,
+        clock: Clock = time.time,
+        cache_size: int = 65536,
+    ) -> None:
+        if not 0 <= leeway <= MAX_LEEWAY:
+            raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY} s, got {leeway}")
+        self.issuer = issuer
+        self.keys = keys
+        self.status = status
+        self.counter: UseCounter = counter if counter is not None else MemoryUseCounter(clock)
+        self.leeway = leeway
+        self._clock = clock
+        # Tokens whose signature and shape were already checked (exact string -> result):
+        # a warm verify redoes every time-, key-, status- and request-dependent check but
+        # not the Ed25519 verification. Only validly signed tokens enter it.
+        self.cache_size = cache_size
+        self._checked: dict[str, _Checked] = {}
+        # Header segment -> kid for headers that passed check_header (a pure function of
+        # the segment; the tokens of one key share their header).
+        self._headers: dict[str, str] = {}
+
+    def _kid(self, h: str) -> str:
+        kid = self._headers.get(h)
+        if kid is None:
+            kid = check_header(decode_segment(h, "header"), typ=CONSENT_TYP)
+            if len(self._headers) >= 64:
+                self._headers.clear()
+            self._headers[h] = kid
+        return kid
+
+    def close(self) -> None:
+        """Release background resources (subclasses with subscriptions override)."""
+
+    def _check_token(self, token: str) -> _Checked:
+        """What never changes for a given token string: form, header, signature, claim shapes."""
+        h, p, s = split_jws(token)
+        kid = self._kid(h)
+        verify_signature(self.keys.lookup(kid), h, p, s)
+        return self._check_claims(kid, p)
+
+    def _check_claims(self, kid: str, p: str) -> _Checked:
+        """Steps 1 and 4 for the payload of a token whose signature verified."""
+        claims = decode_segment(p, "payload")
+        check_required(claims)
+        if claims["iss"] != self.issuer:
+            raise E.WrongIssuer(f"issuer must be {self.issuer!r}, got {claims['iss']!r}")
+        bound = parse_binding(claims)
+        grant = parse_grant(claims)
+        idx, uri = parse_status(claims)
+        if uri != self.status.uri:
+            raise E.UnknownStatusList(
+                f"the token's status list is {uri!r}; expected {self.status.uri!r}"
+            )
+        return _Checked(
+            kid=kid, claims=MappingProxyType(claims), grant=grant, bound=bound, status_idx=idx
+        )
+
+    def _remember(self, token: str, checked: _Checked) -> None:
+        if len(self._checked) >= self.cache_size:
+            # FIFO eviction; dict order is insertion order.
+            self._checked.pop(next(iter(self._checked)), None)
+        self._checked[token] = checked
+
+    def precheck(self, tokens: Sequence[str], verify_many: VerifyMany) -> int:
+        """Run steps 1-4 for the tokens not checked yet, their signatures verified together
+        by ``verify_many`` (see :data:`VerifyMany`; e.g. spread over worker processes).
+
+        Only tokens that pass every step are remembered, exactly as :meth:`verify` would
+        remember them; anything else (malformed, unknown key, bad signature, bad claims,
+        ``verify_many`` failing or answering more or fewer jobs than asked) is left for
+        :meth:`verify` to refuse with its precise error. Returns how many tokens were newly
+        checked.
+        """
+        jobs: list[SignatureJob] = []
+        todo: list[tuple[str, str, str]] = []  # token, kid, payload segment
+        raw_keys: dict[str, bytes] = {}
+        for token in dict.fromkeys(tokens):
+            if not isinstance(token, str) or token in self._checked:
+                continue
+            try:
+                h, p, s = split_jws(token)
+                kid = self._kid(h)
+                key = self.keys.lookup(kid)
+                sig = b64url_decode(s)
+                msg = f"{h}.{p}".encode("ascii")
+            except (FedcreditError, ValueError):
+                continue
+            raw = raw_keys.get(kid)
+            if raw is None:
+                raw = raw_keys[kid] = key.key.public_bytes_raw()
+            jobs.append((raw, msg, sig))
+            todo.append((token, kid, p))
+        if not jobs:
+            return 0
+        n = 0
+        done = 0
+        try:
+            for chunk in verify_many(jobs):
+                answers = list(chunk)
+                if done + len(answers) > len(jobs):
+                    log.warning("batch signature verification answered more jobs than asked")
+                    break
+                for (token, kid, p), good in zip(todo[done:], answers, strict=False):
+                    if good is not True:
+                        continue
+                    try:
+                        checked = self._check_claims(kid, p)
+                    except FedcreditError:
+                        continue
+                    self._remember(token, checked)
+                    n += 1
+                done += len(answers)
+        except Exception as exc:
+            log.warning("batch signature verification failed, verifying one by one: %s", exc)
+        return n
+
+    def verify(
+        self,
+        token: str,
+        *,
+        bank_org: str,
+        bank_cert_sha256: bytes,
+        enterprise: str,
+        purposes: Collection[str],
+        category: str | None = None,
+        node: str | None = None,
+        count_use: bool = False,
+        release: bool = False,
+    ) -> VerifiedConsent:
+        """Verify ``token`` for this request; raise the typed error of the first failure.
+
+        ``bank_org``/``bank_cert_sha256`` are the bank's identity: the caller's
+        own certificate when a bank presents its token, or the identity a
+        coordinator vouches for. ``category``/``node`` given means the token
+        must cover them; ``release=True`` means features go to the bank, which
+        a score-only consent never allows.
+        """
+        checked = self._checked.get(token)
+        if checked is None:
+            checked = self._check_token(token)
+            self._remember(token, checked)
+        # Looked up on every call, so a key that left the JWKS stops verifying at once.
+        key = self.keys.lookup(checked.kid)
+        claims, grant = checked.claims, checked.grant
+        now = int(self._clock())
+        lw = self.leeway
+        iat, nbf, exp = claims["iat"], claims["nbf"], claims["exp"]
+        if key.retired_at is not None and iat > key.retired_at + lw:
+            raise E.SigningKeyRetired(
+                f"the token was issued at {iat}, after its key {key.kid} was retired at {key.retired_at}",
+                kid=key.kid,
+            )
+        if now > exp + lw:
+            raise E.TokenExpired(f"the consent expired at {exp}; it is now {now}", expired_at=exp)
+        if now + lw < nbf:
+            raise E.TokenNotYetValid(f"the consent is valid from {nbf}; it is now {now}")
+        if now + lw < iat:
+            raise E.TokenNotYetValid(
+                f"the token claims to be issued at {iat}, in the future; now {now}"
+            )
+
+        presented = b64url(bank_cert_sha256)
+        if checked.bound != presented:
+            raise E.HolderMismatch(
+                f"the token is bound to certificate {checked.bound} but was presented with certificate {presented}"
+            )
+        aud = claims["aud"]
+        if aud != bank_org:
+            raise E.WrongAudience(f"the consent was issued to {aud!r}, not to {bank_org!r}")
+        if claims["sub"] != enterprise:
+            raise E.EnterpriseMismatch(
+                f"the consent is for enterprise {claims['sub']}, not {enterprise}"
+            )
+
+        if grant.purpose not in purposes:
+            raise E.PurposeNotCovered(
+                f"the consent is for purpose {grant.purpose!r}; this request needs one of {sorted(purposes)}",
+                purpose=grant.purpose,
+            )
+        if category is not None:
+            if grant.score_only and release:
+                raise E.ScoreOnly(
+                    f"the consent is score-only: category {category!r} may feed a score but is never released"
+                )
+            if not grant.score_only and category not in grant.categories:
+                raise E.CategoryNotCovered(
+                    f"the consent covers {sorted(grant.categories)}, not category {category!r}",
+                    category=category,
+                )
+        elif grant.score_only and release:
+            raise E.ScoreOnly("the consent is score-only: nothing may be released to the bank")
+        if node is not None and node not in grant.nodes:
+            raise E.NodeNotCovered(
+                f"the consent covers nodes {sorted(grant.nodes)}, not {node!r}", node=node
+            )
+
+        idx = checked.status_idx
+        value = self.status.status(idx)
+        if value == INVALID:
+            raise E.ConsentRevoked(f"consent {claims['jti']} has been revoked", jti=claims["jti"])
+        if value == SUSPENDED:
+            raise E.ConsentSuspended(
+                f"consent {claims['jti']} is paused by the enterprise", jti=claims["jti"]
+            )
+        if value != 0:
+            raise E.ConsentRevoked(
+                f"consent {claims['jti']} has status {STATUS_NAMES.get(value, value)}",
+                jti=claims["jti"],
+            )
+
+        jti = claims["jti"]
+        uses = None
+        if count_use:
+            uses = self.counter.use(jti, grant.max_uses, exp)
+        else:
+            self.counter.check(jti, grant.max_uses)
+        return VerifiedConsent(
+            jti=jti,
+            enterprise=claims["sub"],
+            bank=aud,
+            purpose=grant.purpose,
+            categories=grant.categories,
+            score_only=grant.score_only,
+            nodes=grant.nodes,
+            max_uses=grant.max_uses,
+            retention_days=grant.retention_days,
+            expires_at=exp,
+            status_idx=idx,
+            claims=claims,
+            uses=uses,
+        )
+
+
+def remote_verifier(
+    *, consent_address: str, tls: TlsFiles, server_org: str, issuer: str, **settings: Any
+) -> ConsentVerifier:
+    """A verifier fed over gRPC by the consent service (JWKS, status list, pushed changes).
+
+    ``settings``: ``jwks_ttl`` (s, default 300), ``status_ttl`` (s, default 60),
+    ``min_refresh_interval`` (s, default 10), ``leeway`` (s, default 30, max 60),
+    ``counter`` (a :class:`UseCounter`; default counts at the consent service),
+    ``subscribe`` (default True), ``clock``, ``stall_s`` (a push stream silent this long
+    is reopened, default 30).
+    """
+    from consent.remote import RemoteVerifier
+
+    return RemoteVerifier(
+        consent_address=consent_address, tls=tls, server_org=server_org, issuer=issuer, **settings
+    )

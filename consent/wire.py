@@ -1,0 +1,118 @@
+"""Conversions between consent protobuf messages and the authority's Python types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedcredit.v1 import common_pb2, consent_pb2
+
+from consent.authority import ConsentTerms, ConsentView
+from consent.errors import InvalidPurpose
+
+PURPOSE_TO_PB: dict[str, int] = {
+    "credit_assessment": common_pb2.PURPOSE_CREDIT_ASSESSMENT,
+    "guarantee": common_pb2.PURPOSE_GUARANTEE,
+    "post_loan_monitoring": common_pb2.PURPOSE_POST_LOAN_MONITORING,
+    "model_training": common_pb2.PURPOSE_MODEL_TRAINING,
+}
+PURPOSE_FROM_PB: dict[int, str] = {v: k for k, v in PURPOSE_TO_PB.items()}
+
+
+def purpose_from_pb(value: int) -> str:
+    try:
+        return PURPOSE_FROM_PB[value]
+    except KeyError:
+        raise InvalidPurpose(
+            f"purpose must be one of {', '.join(PURPOSE_TO_PB)}, got enum value {value}"
+        ) from None
+
+
+def purpose_to_pb(purpose: str) -> Any:
+    try:
+        return PURPOSE_TO_PB[purpose]
+    except KeyError:
+        raise InvalidPurpose(
+            f"purpose must be one of {', '.join(PURPOSE_TO_PB)}, got {purpose!r}"
+        ) from None
+
+
+def terms_to_pb(t: ConsentTerms) -> consent_pb2.ConsentTerms:
+    return consent_pb2.ConsentTerms(
+        enterprise=t.enterprise,
+        bank=t.bank,
+        purpose=purpose_to_pb(t.purpose),
+        scope=list(t.scope),
+        nodes=list(t.nodes),
+        validity_days=t.validity_days,
+        max_uses=t.max_uses,
+        retention_days=t.retention_days,
+        loan_term_days=t.loan_term_days or 0,
+    )
+
+
+def terms_from_pb(m: consent_pb2.ConsentTerms) -> ConsentTerms:
+    return ConsentTerms(
+        enterprise=m.enterprise,
+        bank=m.bank,
+        purpose=purpose_from_pb(m.purpose),
+        scope=list(m.scope),
+        nodes=list(m.nodes),
+        validity_days=m.validity_days,
+        max_uses=m.max_uses,
+        retention_days=m.retention_days,
+        loan_term_days=m.loan_term_days or None,
+    )
+
+
+def consent_to_pb(v: ConsentView) -> consent_pb2.Consent:
+    return consent_pb2.Consent(
+        consent_id=v.consent_id,
+        terms=terms_to_pb(
+            ConsentTerms(
+                enterprise=v.enterprise,
+                bank=v.bank,
+                purpose=v.purpose,
+                scope=v.scope,
+                nodes=v.nodes,
+                validity_days=v.validity_days,
+                max_uses=v.max_uses,
+                retention_days=v.retention_days,
+                loan_term_days=v.loan_term_days,
+            )
+        ),
+        state=consent_pb2.ConsentState.Value(v.state),
+        uses=v.uses,
+        created_at=v.created_at,
+        not_before=v.not_before or 0,
+        expires_at=v.expires_at,
+        jti=v.jti or "",
+        status_idx=v.status_idx,
+        replaces=v.replaces or "",
+        replaced_by=v.replaced_by or "",
+    )
+
+
+def consent_from_pb(m: consent_pb2.Consent, token: str | None = None) -> ConsentView:
+    t = terms_from_pb(m.terms)
+    return ConsentView(
+        consent_id=m.consent_id,
+        enterprise=t.enterprise,
+        bank=t.bank,
+        purpose=t.purpose,
+        scope=list(t.scope),
+        nodes=list(t.nodes),
+        max_uses=t.max_uses,
+        uses=m.uses,
+        retention_days=t.retention_days,
+        validity_days=t.validity_days,
+        loan_term_days=t.loan_term_days,
+        state=consent_pb2.ConsentState.Name(m.state),
+        created_at=m.created_at,
+        not_before=m.not_before or None,
+        expires_at=m.expires_at,
+        jti=m.jti or None,
+        status_idx=m.status_idx,
+        replaces=m.replaces or None,
+        replaced_by=m.replaced_by or None,
+        token=token,
+    )

@@ -1,0 +1,569 @@
+"""Coordinator commands: `coordinator serve`, the bank's scoring and guarantee commands,
+`fund status` and `model list|show|activate|publish`.
+
+Bank, operator and auditor commands read the deployment file (``--config``)
+for the coordinator's address and their own certificate (``--org``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from common.cliutil import console, err_console, fail, output, user_errors
+from common.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from fedcredit.v1 import coordinator_pb2 as pb
+
+    from clients.cli import Root
+    from clients.coordinator_client import CoordinatorClient
+
+ConfigOpt = Annotated[Path, typer.Option("--config", help="The deployment file (deployment.toml).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+BankOpt = Annotated[
+    str, typer.Option("--bank", help="Your bank's organisation id (its certificate is used).")
+]
+OrgOpt = Annotated[
+    str, typer.Option("--org", help="Your organisation id (its certificate is used).")
+]
+
+
+def _client(config: Path, org: str, timeout: float = 30.0) -> CoordinatorClient:
+    from clients.coordinator_client import CoordinatorClient
+    from common.config import load_config
+
+    dep = load_config(config)
+    svc = dep.service("coordinator")
+    return CoordinatorClient(svc.address, dep.tls(org), server_org=svc.org_id, timeout=timeout)
+
+
+def _read_token(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read the consent token file {path}: {exc.strerror}") from exc
+    if text.startswith("{"):  # a JSON file from `fedcredit bank consent token --json`
+        data = json.loads(text)
+        text = str(data.get("token") or data.get("consent_token") or "")
+    if text.count(".") != 2:
+        raise InvalidArgument(
+            f"{path} does not hold a consent token (a JWT with three dot-separated parts)"
+        )
+    return text
+
+
+def score_dict(r: pb.ScoreResult) -> dict[str, Any]:
+    return {
+        "enterprise": r.enterprise,
+        "rating": r.rating,
+        "probability_of_default": r.probability_of_default,
+        "model_version": r.model_version,
+        "reasons": [
+            {
+                "feature": x.feature,
+                "description": x.description,
+                "contribution": x.contribution,
+                "missing": x.missing,
+            }
+            for x in r.reasons
+        ],
+        "missing_categories": list(r.missing_categories),
+        "ledger_index": r.ledger_index,
+        "consent_jti": r.consent_jti,
+        "feature_hash": r.feature_hash,
+        "request_id": r.request_id,
+    }
+
+
+def decision_dict(d: pb.GuaranteeDecision) -> dict[str, Any]:
+    return {
+        "application_id": d.application_id,
+        "approved": d.approved,
+        "reason": d.reason,
+        "explanation": d.explanation,
+        "status": d.status,
+        "enterprise": d.enterprise,
+        "amount_yuan": d.amount_yuan,
+        "term_months": d.term_months,
+        "rating": d.rating,
+        "probability_of_default": d.probability_of_default,
+        "model_version": d.model_version,
+        "fund_share_pct": d.fund_share_bp / 100,
+        "bank_share_pct": d.bank_share_bp / 100,
+        "fund_amount_yuan": d.fund_amount_yuan,
+        "collateral_required_yuan": d.collateral_required_yuan,
+        "reasons": [x.description for x in d.reasons],
+        "missing_categories": list(d.missing_categories),
+        "ledger_index": d.ledger_index,
+        "replayed": d.replayed,
+    }
+
+
+def model_dict(m: pb.ModelVersion) -> dict[str, Any]:
+    return {
+        "version": m.version,
+        "active": m.active,
+        "sha256": m.sha256,
+        "trainer": m.trainer,
+        "created_at": m.created_at,
+        "activated_at": m.activated_at or None,
+        "features": list(m.features),
+        "metrics": json.loads(m.metrics_json or "{}"),
+        "settings": json.loads(m.settings_json or "{}"),
+        "thresholds": {"A": m.thresholds.a, "B": m.thresholds.b, "C": m.thresholds.c},
+        "calibration_size": m.calibration_size,
+        "grade_counts": dict(m.grade_counts),
+        "publish_ledger_index": m.publish_ledger_index,
+        "activate_ledger_index": m.activate_ledger_index or None,
+    }
+
+
+def _kv_table(title: str, data: dict[str, Any]) -> Table:
+    t = Table(title=title, show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("")
+    for k, v in data.items():
+        if isinstance(v, list | dict):
+            v = json.dumps(v, ensure_ascii=False) if v else "-"
+        t.add_row(k.replace("_", " "), str(v))
+    return t
+
+
+def _score_table(d: dict[str, Any]) -> Table:
+    t = Table(title=f"Score for {d['enterprise']}")
+    t.add_column("rating", style="bold")
+    t.add_column("probability of default", justify="right")
+    t.add_column("model")
+    t.add_column("top reasons")
+    t.add_column("missing")
+    t.add_column("ledger #", justify="right")
+    reasons = "\n".join(f"{i + 1}. {r['description']}" for i, r in enumerate(d["reasons"])) or "-"
+    t.add_row(
+        d["rating"],
+        f"{d['probability_of_default']:.4f}",
+        d["model_version"],
+        reasons,
+        ", ".join(d["missing_categories"]) or "-",
+        str(d["ledger_index"]),
+    )
+    return t
+
+
+def _read_batch(path: Path) -> Iterator[tuple[str, str, str]]:
+    """CSV (enterprise,token_file|token[,request_id]) or JSON lines {enterprise, token|consent}."""
+    try:
+        fh = path.open()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from exc
+    with fh:
+        if path.suffix in (".jsonl", ".ndjson", ".json"):
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                token = row.get("token") or row.get("consent_token")
+                if not token and row.get("consent"):
+                    token = _read_token(path.parent / row["consent"])
+                if not row.get("enterprise") or not token:
+                    raise InvalidArgument(
+                        f"{path}:{n}: expected enterprise and token (or consent file)"
+                    )
+                yield row["enterprise"], token, str(row.get("request_id", n))
+        else:
+            for n, rec in enumerate(csv.DictReader(fh), 2):
+                token = rec.get("token") or ""
+                if not token and rec.get("consent"):
+                    token = _read_token(path.parent / rec["consent"])
+                if not rec.get("enterprise") or not token:
+                    raise InvalidArgument(
+                        f"{path}:{n}: expected columns enterprise and token (or consent)"
+                    )
+                yield rec["enterprise"], token, rec.get("request_id") or str(n - 1)
+
+
+def register(root: Root) -> None:
+    bank = root.group("bank")
+    guarantee = typer.Typer(help="Guarantees from the credit guarantee fund.", no_args_is_help=True)
+    bank.add_typer(guarantee, name="guarantee")
+    fund = root.group("fund")
+    model = root.group("model")
+    coord = root.group("coordinator")
+
+    @coord.command("serve")
+    def serve_cmd(
+        config: ConfigOpt,
+        insecure: Annotated[bool, typer.Option(help="Plaintext gRPC (debugging only).")] = False,
+    ) -> None:
+        """Run the coordinator (scoring, guarantees, model registry) until interrupted."""
+        import asyncio
+
+        from coordinator.daemon import serve
+
+        with user_errors(), contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(config, insecure=insecure))
+
+    @bank.command("score")
+    def score_cmd(
+        config: ConfigOpt,
+        bank_org: BankOpt,
+        enterprise: Annotated[
+            str, typer.Option("--enterprise", help="The enterprise's credit code.")
+        ],
+        consent: Annotated[Path, typer.Option("--consent", help="File with the consent token.")],
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Score one enterprise with its consent: rating, probability of default, top reasons."""
+        with user_errors(as_json), _client(config, bank_org) as c:
+            d = score_dict(c.score(enterprise, _read_token(consent)))
+        output(d, as_json, _score_table(d))
+
+    @bank.command("score-batch")
+    def score_batch_cmd(
+        config: ConfigOpt,
+        bank_org: BankOpt,
+        input: Annotated[
+            Path,
+            typer.Option(
+                "--input",
+                help="CSV with columns enterprise,token (or consent=file) or JSON lines with the same keys.",
+            ),
+        ],
+        out: Annotated[
+            Path | None, typer.Option("--out", help="Write one JSON line per enterprise here.")
+        ] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Score a portfolio, one consent per enterprise (streaming)."""
+        with user_errors(as_json), _client(config, bank_org) as c:
+            items = list(_read_batch(input))
+            results: list[dict[str, Any]] = []
+            counts: dict[str, int] = {}
+            with Progress(
+                TextColumn("scoring"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err_console,
+                disable=as_json,
+            ) as bar:
+                task = bar.add_task("score", total=len(items))
+                for item in c.score_batch(items):
+                    if item.HasField("result"):
+                        row = score_dict(item.result)
+                        counts[row["rating"]] = counts.get(row["rating"], 0) + 1
+                    else:
+                        row = {
+                            "enterprise": item.enterprise,
+                            "request_id": item.request_id,
+                            "error": {"reason": item.error.reason, "message": item.error.message},
+                        }
+                        counts["refused"] = counts.get("refused", 0) + 1
+                    results.append(row)
+                    bar.advance(task)
+        if out is not None:
+            with out.open("w") as fh:
+                for r in results:
+                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        t = Table(title=f"{len(results)} enterprises scored")
+        t.add_column("enterprise")
+        t.add_column("rating / refusal")
+        t.add_column("PD", justify="right")
+        t.add_column("top reason")
+        for r in results[:50]:
+            if "error" in r:
+                t.add_row(
+                    r["enterprise"], f"[red]{r['error']['reason']}[/]", "-", r["error"]["message"]
+                )
+            else:
+                t.add_row(
+                    r["enterprise"],
+                    r["rating"],
+                    f"{r['probability_of_default']:.4f}",
+                    r["reasons"][0]["description"] if r["reasons"] else "-",
+                )
+        if len(results) > 50:
+            t.caption = f"first 50 of {len(results)}; totals: {counts}"
+        else:
+            t.caption = f"totals: {counts}"
+        output({"results": results, "counts": counts} if as_json else results, as_json, t)
+
+    @bank.command("watch")
+    def watch_cmd(
+        config: ConfigOpt,
+        bank_org: BankOpt,
+        input: Annotated[
+            Path,
+            typer.Option(
+                "--input", help="Enterprises and post_loan_monitoring tokens (as score-batch)."
+            ),
+        ],
+        interval: Annotated[
+            int, typer.Option(help="Rescoring interval in seconds (0: server default).")
+        ] = 0,
+        rounds: Annotated[
+            int, typer.Option(help="Stop after this many rounds (0: until interrupted).")
+        ] = 0,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Post-loan monitoring: print each enterprise's rating, then a warning whenever one falls."""
+        with user_errors(as_json), _client(config, bank_org) as c:
+            subs = [(e, t) for e, t, _ in _read_batch(input)]
+            from fedcredit.v1 import coordinator_pb2 as pbm
+
+            names = {v: k for k, v in pbm.RatingEvent.Kind.items()}
+            try:
+                for ev in c.watch(subs, interval_seconds=interval, max_rounds=rounds):
+                    kind = names.get(ev.kind, str(ev.kind))
+                    row: dict[str, Any] = {
+                        "round": ev.round,
+                        "kind": kind,
+                        "enterprise": ev.enterprise,
+                    }
+                    if ev.HasField("result"):
+                        row.update(
+                            previous_rating=ev.previous_rating or None, **score_dict(ev.result)
+                        )
+                    if ev.HasField("error"):
+                        row["error"] = {"reason": ev.error.reason, "message": ev.error.message}
+                    if as_json:
+                        sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        sys.stdout.flush()
+                    elif kind == "DOWNGRADE":
+                        console.print(
+                            f"[bold red]WARNING[/] {ev.enterprise}: rating fell {ev.previous_rating} -> "
+                            f"{ev.result.rating} (PD {ev.result.probability_of_default:.4f}); "
+                            f"reasons: {'; '.join(r.description for r in ev.result.reasons)}"
+                        )
+                    elif kind == "ERROR":
+                        console.print(
+                            f"[yellow]{ev.enterprise}[/]: {ev.error.reason}: {ev.error.message}"
+                        )
+                    else:
+                        console.print(
+                            f"round {ev.round} {kind.lower()}: {ev.enterprise} rated {ev.result.rating} "
+                            f"(PD {ev.result.probability_of_default:.4f})"
+                        )
+            except KeyboardInterrupt:
+                pass
+
+    @guarantee.command("apply")
+    def apply_cmd(
+        config: ConfigOpt,
+        bank_org: BankOpt,
+        application_id: Annotated[
+            str,
+            typer.Option(
+                "--application-id", help="Your id for this application (idempotency key)."
+            ),
+        ],
+        enterprise: Annotated[
+            str, typer.Option("--enterprise", help="The enterprise's credit code.")
+        ],
+        consent: Annotated[
+            Path, typer.Option("--consent", help="File with the consent token (purpose guarantee).")
+        ],
+        amount: Annotated[int, typer.Option("--amount", help="Loan amount in yuan.")],
+        term: Annotated[int, typer.Option("--term", help="Loan term in months.")],
+        collateral: Annotated[
+            int, typer.Option("--collateral", help="Value of the collateral offered, yuan.")
+        ] = 0,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Apply for a guarantee; the fund decides by its published rules."""
+        with user_errors(as_json), _client(config, bank_org) as c:
+            d = decision_dict(
+                c.apply(
+                    application_id=application_id,
+                    enterprise=enterprise,
+                    token=_read_token(consent),
+                    amount_yuan=amount,
+                    term_months=term,
+                    collateral_yuan=collateral,
+                )
+            )
+        output(d, as_json, _kv_table("Guarantee decision", d))
+
+    @guarantee.command("report")
+    def report_cmd(
+        config: ConfigOpt,
+        bank_org: BankOpt,
+        application_id: Annotated[
+            str, typer.Option("--application-id", help="The guaranteed application.")
+        ],
+        outcome: Annotated[str, typer.Option("--outcome", help="repaid or defaulted.")],
+        loss: Annotated[
+            int, typer.Option("--loss", help="Defaulted: the loss in yuan (0 = full amount).")
+        ] = 0,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Report a guaranteed loan repaid (exposure released) or defaulted (the fund pays its share)."""
+        if outcome not in ("repaid", "defaulted"):
+            fail(
+                InvalidArgument(f"--outcome must be repaid or defaulted, got {outcome!r}"),
+                as_json=as_json,
+            )
+        with user_errors(as_json), _client(config, bank_org) as c:
+            r = c.report_outcome(application_id, defaulted=outcome == "defaulted", loss_yuan=loss)
+        d = {
+            "application_id": r.application_id,
+            "status": r.status,
+            "payout_yuan": r.payout_yuan,
+            "ledger_index": r.ledger_index,
+            "replayed": r.replayed,
+        }
+        output(d, as_json, _kv_table("Outcome recorded", d))
+
+    @guarantee.command("list")
+    def list_cmd(
+        config: ConfigOpt,
+        bank_org: BankOpt,
+        enterprise: Annotated[str, typer.Option("--enterprise", help="Only this enterprise.")] = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Your bank's guarantees."""
+        with user_errors(as_json), _client(config, bank_org) as c:
+            rows = [decision_dict(g) for g in c.list_guarantees(enterprise=enterprise)]
+        t = Table(title="Guarantees")
+        for col in (
+            "application",
+            "enterprise",
+            "amount",
+            "rating",
+            "status",
+            "fund share",
+            "fund amount",
+        ):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(
+                r["application_id"],
+                r["enterprise"],
+                f"{r['amount_yuan']:,}",
+                r["rating"],
+                r["status"],
+                f"{r['fund_share_pct']:.0f} %",
+                f"{r['fund_amount_yuan']:,}",
+            )
+        output(rows, as_json, t)
+
+    @fund.command("status")
+    def fund_status_cmd(config: ConfigOpt, org: OrgOpt, as_json: JsonOpt = False) -> None:
+        """The fund's size, balance, exposure, remaining capacity and payouts."""
+        with user_errors(as_json), _client(config, org) as c:
+            s = c.fund_status()
+        d = {
+            "fund_size_yuan": s.fund_size_yuan,
+            "balance_yuan": s.balance_yuan,
+            "exposure_yuan": s.exposure_yuan,
+            "capacity_yuan": s.capacity_yuan,
+            "max_leverage": s.max_leverage,
+            "paid_out_yuan": s.paid_out_yuan,
+            "active": s.active,
+            "approved": s.approved,
+            "refused": s.refused,
+            "released": s.released,
+            "defaulted": s.defaulted,
+            "policy": json.loads(s.policy_json or "{}"),
+        }
+        shown = {k: (f"{v:,}" if isinstance(v, int) else v) for k, v in d.items() if k != "policy"}
+        output(d, as_json, _kv_table("Credit guarantee fund", shown))
+
+    @model.command("list")
+    def model_list_cmd(config: ConfigOpt, org: OrgOpt, as_json: JsonOpt = False) -> None:
+        """Every registered model version."""
+        with user_errors(as_json), _client(config, org) as c:
+            rows = [model_dict(m) for m in c.list_models()]
+        t = Table(title="Model registry")
+        for col in ("version", "active", "trainer", "created", "sha256", "features", "metrics"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(
+                r["version"],
+                "yes" if r["active"] else "",
+                r["trainer"],
+                str(r["created_at"]),
+                r["sha256"][:16] + "…",
+                str(len(r["features"])),
+                json.dumps(r["metrics"])[:60],
+            )
+        output(rows, as_json, t)
+
+    @model.command("show")
+    def model_show_cmd(
+        config: ConfigOpt,
+        org: OrgOpt,
+        version: Annotated[
+            str, typer.Option("--version", help="Version (default: the active one).")
+        ] = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """One model version: hash, features, metrics, thresholds, ledger entries."""
+        with user_errors(as_json), _client(config, org) as c:
+            d = model_dict(c.get_model(version))
+        output(d, as_json, _kv_table(f"Model {d['version']}", d))
+
+    @model.command("activate")
+    def model_activate_cmd(
+        config: ConfigOpt,
+        org: OrgOpt,
+        version: Annotated[
+            str, typer.Option("--version", help="The version to make the scoring model.")
+        ],
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Make a version the scoring model (operators); thresholds are re-calibrated."""
+        with user_errors(as_json), _client(config, org) as c:
+            d = model_dict(c.activate(version))
+        output(d, as_json, _kv_table(f"Activated {d['version']}", d))
+
+    @model.command("publish")
+    def model_publish_cmd(
+        config: ConfigOpt,
+        org: OrgOpt,
+        model_file: Annotated[Path, typer.Option("--model", help="LightGBM text model file.")],
+        calibration: Annotated[
+            Path,
+            typer.Option(
+                "--calibration",
+                help="File with the rated population's probabilities of default, one per line.",
+            ),
+        ],
+        version: Annotated[
+            str, typer.Option("--version", help="Version name (default: from the hash).")
+        ] = "",
+        metrics: Annotated[
+            Path | None, typer.Option("--metrics", help="JSON file with training metrics.")
+        ] = None,
+        activate: Annotated[bool, typer.Option(help="Also activate it.")] = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Register a model version (its hash goes to the ledger)."""
+        with user_errors(as_json), _client(config, org, timeout=120) as c:
+            try:
+                text = model_file.read_text()
+                pds = [float(x) for x in calibration.read_text().split() if x.strip()]
+                metrics_json = metrics.read_text() if metrics else ""
+            except (OSError, ValueError) as exc:
+                raise InvalidArgument(
+                    f"cannot read the model, calibration or metrics file: {exc}"
+                ) from exc
+            d = model_dict(
+                c.publish(
+                    text,
+                    calibration_pds=pds,
+                    version=version,
+                    metrics_json=metrics_json,
+                    activate=activate,
+                )
+            )
+        output(d, as_json, _kv_table(f"Published {d['version']}", d))

@@ -1,0 +1,237 @@
+"""Running the coordinator: wire store, consent verifier, nodes, ledger and servicers; serve.
+
+``serve(config)`` is what ``fedcredit coordinator serve --config FILE`` runs.
+:class:`CoordinatorServer` runs the same grpc.aio server on its own event
+loop thread, for tests, benchmarks and the demo supervisor's in-process use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from common.evidence import AsyncEvidenceSink, EvidenceSink, Receipt
+from common.server import build_aio_server, mark_serving
+from common.tls import TlsFiles
+from coordinator.fanout import Catalog, CatalogFeature, NodeFeatures
+from coordinator.fund import ledger_decision_finder, recover_pending
+from coordinator.service import SERVICE_NAMES, Coordinator, ScoringServicer, register
+from coordinator.settings import CoordinatorSettings
+from coordinator.store import CoordinatorStore
+
+log = logging.getLogger(__name__)
+
+
+class ThreadedSink:
+    """An :class:`AsyncEvidenceSink` over a blocking :class:`EvidenceSink` (e.g. an embedded ledger.log.Log)."""
+
+    def __init__(self, sink: EvidenceSink) -> None:
+        self.sink = sink
+
+    async def append(self, kind: str, subject: str | None, payload: Mapping[str, Any]) -> Receipt:
+        return await asyncio.to_thread(self.sink.append, kind, subject, payload)
+
+
+async def load_catalog(nodes: Mapping[str, NodeFeatures], timeout: float) -> Catalog:
+    """Every node's published catalog (GetCatalog); a node that does not answer is logged and skipped.
+
+    The descriptions are what reasons show a loan officer; the categories
+    decide which node is asked for which model feature.
+    """
+    entries: list[CatalogFeature] = []
+    results = await asyncio.gather(
+        *(n.catalog(timeout=timeout) for n in nodes.values()), return_exceptions=True
+    )
+    for node, res in zip(nodes.values(), results, strict=True):
+        if isinstance(res, BaseException):
+            log.warning("node %s did not give its catalog: %s", node.org_id, res)
+            continue
+        entries.extend(res)
+    return Catalog.of(entries)
+
+
+def static_catalog() -> Catalog:
+    """The standard 66-feature catalog from node.catalog (fallback when a node is unreachable at start)."""
+    from common.departments import BY_ID
+    from node.catalog import FEATURES
+
+    return Catalog.of(
+        [CatalogFeature(f.name, BY_ID[f.department].category, f.description) for f in FEATURES]
+    )
+
+
+class CoordinatorServer:
+    """The coordinator's grpc.aio server on a private event-loop thread."""
+
+    def __init__(
+        self,
+        *,
+        settings: CoordinatorSettings,
+        store: CoordinatorStore,
+        verifier: Any,
+        nodes: Callable[[], Awaitable[dict[str, NodeFeatures]]],
+        ledger: AsyncEvidenceSink | Callable[[], AsyncEvidenceSink],
+        ledger_sync: EvidenceSink,
+        tls: TlsFiles | None,
+        address: str = "127.0.0.1:0",
+        insecure: bool = False,
+        catalog: Catalog | None = None,
+    ) -> None:
+        self._args = (settings, store, verifier, nodes, ledger, ledger_sync, catalog)
+        self.tls = tls
+        self.address = address
+        self.insecure = insecure
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="coordinator-aio", daemon=True
+        )
+        self.app: Coordinator | None = None
+        self.scoring: ScoringServicer | None = None
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    def run(self, coro: Awaitable[Any], timeout: float | None = 60) -> Any:
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        return fut.result(timeout)
+
+    async def _start(self) -> None:
+        settings, store, verifier, make_nodes, ledger, ledger_sync, catalog = self._args
+        nodes = await make_nodes()
+        if catalog is None:
+            catalog = await load_catalog(nodes, settings.scoring.node_deadline_s)
+        sink = ledger if not callable(ledger) or hasattr(ledger, "append") else ledger()
+        self.app = Coordinator.build(
+            settings=settings,
+            store=store,
+            verifier=verifier,
+            nodes=nodes,
+            catalog=catalog,
+            ledger=sink,  # type: ignore[arg-type]
+            ledger_sync=ledger_sync,
+        )
+        holder: dict[str, ScoringServicer] = {}
+
+        def reg(server: grpc.aio.Server) -> None:
+            assert self.app is not None
+            holder["scoring"] = register(server, self.app)
+
+        self.server, self.port = build_aio_server(
+            address=self.address,
+            tls=self.tls,
+            register=reg,
+            service_names=SERVICE_NAMES,
+            insecure=self.insecure,
+        )
+        self.scoring = holder["scoring"]
+        await self.server.start()
+        await mark_serving(self.server)
+
+    def start(self) -> CoordinatorServer:
+        self.thread.start()
+        self.run(self._start())
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _stop(self, grace: float) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self.app is not None:
+            await self.app.close()
+
+    def stop(self, grace: float = 1.0) -> None:
+        if self.thread.is_alive():
+            try:
+                self.run(self._stop(grace), timeout=grace + 10)
+            finally:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self.thread.join(10)
+
+    def __enter__(self) -> CoordinatorServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def serve(config: Path, *, insecure: bool = False) -> None:
+    """Serve the coordinator described by the deployment file until SIGINT/SIGTERM."""
+    from clients.ledger_client import AsyncLedgerClient, LedgerClient
+    from common.config import load_config
+    from consent.settings import ConsentSettings
+    from consent.verify import remote_verifier
+    from coordinator.nodes import grpc_nodes
+
+    dep = load_config(config)
+    me = dep.service("coordinator")
+    settings = CoordinatorSettings.from_sections(dep.section("coordinator"), dep.section("fund"))
+    tls = None if insecure else dep.tls(me.org_id)
+    consent = dep.service("consent")
+    ledger_svc = dep.service("ledger")
+    assert tls is not None or insecure
+    verifier = remote_verifier(
+        consent_address=consent.address,
+        tls=dep.tls(me.org_id),
+        server_org=consent.org_id,
+        issuer=settings.consent_issuer or ConsentSettings.from_deployment(dep).issuer,
+    )
+    store = CoordinatorStore.open(me.database)
+    ledger_sync = LedgerClient(ledger_svc.address, dep.tls(me.org_id), server_org=ledger_svc.org_id)
+    ledger_async = AsyncLedgerClient(
+        ledger_svc.address, dep.tls(me.org_id), server_org=ledger_svc.org_id
+    )
+    finalized, abandoned = await asyncio.to_thread(
+        recover_pending, store, ledger_decision_finder(ledger_sync)
+    )
+    if finalized or abandoned:
+        log.warning(
+            "settled guarantee applications left pending by a crash: final %s, undone %s",
+            finalized,
+            abandoned,
+        )
+    nodes = grpc_nodes(
+        list(dep.nodes), dep.tls(me.org_id), timeout=settings.scoring.node_deadline_s
+    )
+    catalog = await load_catalog(nodes, settings.scoring.node_deadline_s)
+    if len(catalog.features) < len(static_catalog().features):
+        log.warning(
+            "some nodes did not give their catalog at start; the standard catalog fills the gaps"
+        )
+        catalog = Catalog.of([*static_catalog().features.values(), *catalog.features.values()])
+    app = Coordinator.build(
+        settings=settings,
+        store=store,
+        verifier=verifier,
+        nodes=nodes,
+        catalog=catalog,
+        ledger=ledger_async,
+        ledger_sync=ledger_sync,
+    )
+
+    def reg(s: grpc.aio.Server) -> None:
+        register(s, app)
+
+    server, _port = build_aio_server(
+        address=me.address, tls=tls, register=reg, service_names=SERVICE_NAMES, insecure=insecure
+    )
+    await server.start()
+    await mark_serving(server)
+    log.warning("coordinator %s serving on %s", me.org_id, me.address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(5)
+    await app.close()
+    store.close()

@@ -1,0 +1,155 @@
+"""The department nodes' FeatureService, as the coordinator calls it (grpc.aio, mTLS, deadlines).
+
+The coordinator asks on behalf of the bank (``on_behalf_of`` and the bank's
+certificate SHA-256 in the request); every node verifies each token itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from fedcredit.v1 import common_pb2, feature_pb2, feature_pb2_grpc
+
+from common.departments import BY_ID
+from common.errors import (
+    DeadlineExceeded,
+    FedcreditError,
+    Unavailable,
+    from_rpc_error,
+)
+from common.rpc import item_exception
+from common.tls import TlsFiles, channel
+from coordinator.errors import NodeDeadlineExceeded, NodeUnavailable
+from coordinator.fanout import CatalogFeature, FetchItem, NodeAnswer
+
+PURPOSES = {
+    "credit_assessment": common_pb2.PURPOSE_CREDIT_ASSESSMENT,
+    "guarantee": common_pb2.PURPOSE_GUARANTEE,
+    "post_loan_monitoring": common_pb2.PURPOSE_POST_LOAN_MONITORING,
+    "model_training": common_pb2.PURPOSE_MODEL_TRAINING,
+}
+
+
+class GrpcNode:
+    """One department node reached over mTLS."""
+
+    def __init__(
+        self,
+        *,
+        org_id: str,
+        category: str,
+        address: str,
+        tls: TlsFiles | None,
+        max_batch: int = 1000,
+        insecure: bool = False,
+    ) -> None:
+        self.org_id = org_id
+        self.category = category
+        self.address = address
+        self.max_batch = max_batch
+        self._channel = channel(address, tls, server_org=org_id, aio=True, insecure=insecure)
+        self._stub = feature_pb2_grpc.FeatureServiceStub(self._channel)
+
+    def _fail(self, exc: grpc.RpcError, timeout: float) -> FedcreditError:
+        err = from_rpc_error(exc)
+        if isinstance(err, DeadlineExceeded) or exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return NodeDeadlineExceeded(
+                f"node {self.org_id} ({self.category}) did not answer within {timeout} s",
+                node=self.org_id,
+                category=self.category,
+            )
+        if isinstance(err, Unavailable):
+            return NodeUnavailable(
+                f"node {self.org_id} ({self.category}) is unavailable: {err.message}",
+                node=self.org_id,
+                category=self.category,
+            )
+        err.metadata.setdefault("node", self.org_id)
+        return err
+
+    async def catalog(self, *, timeout: float) -> list[CatalogFeature]:
+        try:
+            cat = await self._stub.GetCatalog(feature_pb2.GetCatalogRequest(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc, timeout) from None
+        if cat.max_batch:
+            self.max_batch = int(cat.max_batch)
+        return [
+            CatalogFeature(f.name, f.category or self.category, f.description) for f in cat.features
+        ]
+
+    async def get_features(
+        self,
+        items: Sequence[FetchItem],
+        features: Sequence[str],
+        *,
+        purpose: str,
+        bank_org: str,
+        bank_cert_sha256: bytes,
+        timeout: float,
+    ) -> list[NodeAnswer]:
+        req = feature_pb2.GetFeaturesRequest(
+            items=[
+                feature_pb2.EnterpriseRequest(enterprise=i.enterprise, consent_token=i.token)
+                for i in items
+            ],
+            features=list(features),
+            purpose=PURPOSES[purpose],
+            on_behalf_of=bank_org,
+            on_behalf_of_cert_sha256=bank_cert_sha256,
+        )
+        try:
+            resp = await self._stub.GetFeatures(req, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc, timeout) from None
+        names = list(resp.features)
+        by_code: dict[str, Any] = {v.enterprise: v for v in resp.items}
+        in_order = len(resp.items) == len(items) and all(
+            v.enterprise == i.enterprise for v, i in zip(resp.items, items, strict=True)
+        )
+        out: list[NodeAnswer] = []
+        for k_item, it in enumerate(items):
+            v = resp.items[k_item] if in_order else by_code.get(it.enterprise)
+            if v is None:
+                out.append(
+                    NodeAnswer(
+                        None,
+                        NodeUnavailable(
+                            f"node {self.org_id} gave no answer for enterprise {it.enterprise}",
+                            node=self.org_id,
+                        ),
+                    )
+                )
+            elif v.HasField("error") and v.error.reason:
+                out.append(NodeAnswer(None, item_exception(v.error)))
+            else:
+                values: dict[str, float | None] = {}
+                for k, name in enumerate(names):
+                    x = v.values[k] if k < len(v.values) else math.nan
+                    present = (k >= len(v.missing) or v.missing[k] == 0) and not math.isnan(x)
+                    values[name] = float(x) if present else None
+                out.append(NodeAnswer(values))
+        return out
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def grpc_nodes(
+    node_configs: Sequence[Any],
+    tls: TlsFiles | None,
+    *,
+    insecure: bool = False,
+    timeout: float = 2.0,
+) -> dict[str, Any]:
+    """category -> GrpcNode for every ``[[nodes]]`` entry of a deployment."""
+    out: dict[str, Any] = {}
+    for n in node_configs:
+        category = BY_ID[n.department].category
+        out[category] = GrpcNode(
+            org_id=n.org_id, category=category, address=n.address, tls=tls, insecure=insecure
+        )
+    return out

@@ -1,0 +1,147 @@
+"""Offline files: exports (entries + checkpoints) and proof bundles.
+
+Export (``fedcredit-ledger-export/v1``), a JSON object::
+
+    {"format": ..., "origin": ..., "log_key": VKEY, "start": 0,
+     "checkpoints": [signed note, ...], "entries": [canonical entry JSON as a string, ...]}
+
+Bundle (``fedcredit-ledger-bundle/v1``): one entry, its index, its RFC 9162
+inclusion path (base64) and the signed checkpoint it is proved against.
+Nothing here is trusted: ``ledger.audit`` verifies everything.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from ledger.errors import BundleMalformed, ExportMalformed
+
+EXPORT_FORMAT = "fedcredit-ledger-export/v1"
+BUNDLE_FORMAT = "fedcredit-ledger-bundle/v1"
+
+
+@dataclass
+class Export:
+    origin: str
+    log_key: str
+    checkpoints: list[str]
+    entries: list[bytes]
+    start: int = 0
+
+
+def write_export(
+    fp: IO[str],
+    *,
+    origin: str,
+    log_key: str,
+    checkpoints: Sequence[str],
+    entries: Iterable[bytes],
+    start: int = 0,
+) -> int:
+    """Stream an export to ``fp``; returns the number of entries written."""
+    head = {"format": EXPORT_FORMAT, "origin": origin, "log_key": log_key, "start": start}
+    fp.write(json.dumps(head, ensure_ascii=False)[:-1])
+    fp.write(', "checkpoints": ' + json.dumps(list(checkpoints), ensure_ascii=False))
+    fp.write(', "entries": [\n')
+    n = 0
+    for data in entries:
+        if n:
+            fp.write(",\n")
+        fp.write(json.dumps(data.decode("utf-8"), ensure_ascii=False))
+        n += 1
+    fp.write("\n]}\n")
+    return n
+
+
+def parse_export(raw: str | bytes) -> Export:
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ExportMalformed(f"the export is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict) or obj.get("format") != EXPORT_FORMAT:
+        got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise ExportMalformed(f"the file is not a {EXPORT_FORMAT} export; format is {got!r}")
+    for key, typ in (
+        ("origin", str),
+        ("log_key", str),
+        ("checkpoints", list),
+        ("entries", list),
+        ("start", int),
+    ):
+        if not isinstance(obj.get(key), typ):
+            raise ExportMalformed(
+                f"export member {key!r} must be a {typ.__name__}; got {obj.get(key)!r:.60}"
+            )
+    for i, e in enumerate(obj["entries"]):
+        if not isinstance(e, str):
+            raise ExportMalformed(
+                f"export entry at position {i} must be a JSON string; got {type(e).__name__}"
+            )
+    for i, c in enumerate(obj["checkpoints"]):
+        if not isinstance(c, str):
+            raise ExportMalformed(f"export checkpoint {i} must be a string; got {type(c).__name__}")
+    try:
+        entries = [e.encode("utf-8") for e in obj["entries"]]
+    except UnicodeEncodeError as exc:
+        raise ExportMalformed(f"an export entry is not valid Unicode: {exc}") from exc
+    return Export(obj["origin"], obj["log_key"], list(obj["checkpoints"]), entries, obj["start"])
+
+
+def read_export(path: Path | str) -> Export:
+    return parse_export(Path(path).read_bytes())
+
+
+@dataclass
+class Bundle:
+    index: int
+    tree_size: int
+    entry: bytes
+    inclusion_proof: list[bytes]
+    checkpoint: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": BUNDLE_FORMAT,
+                "index": self.index,
+                "tree_size": self.tree_size,
+                "entry": self.entry.decode("utf-8"),
+                "inclusion_proof": [base64.b64encode(h).decode() for h in self.inclusion_proof],
+                "checkpoint": self.checkpoint,
+            },
+            ensure_ascii=False,
+            indent=1,
+        )
+
+    @staticmethod
+    def parse(raw: str | bytes) -> Bundle:
+        try:
+            obj: Any = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BundleMalformed(f"the bundle is not valid JSON: {exc}") from exc
+        if not isinstance(obj, dict) or obj.get("format") != BUNDLE_FORMAT:
+            raise BundleMalformed(f"the file is not a {BUNDLE_FORMAT} proof bundle")
+        for key, typ in (
+            ("index", int),
+            ("tree_size", int),
+            ("entry", str),
+            ("inclusion_proof", list),
+            ("checkpoint", str),
+        ):
+            if not isinstance(obj.get(key), typ) or isinstance(obj.get(key), bool):
+                raise BundleMalformed(f"bundle member {key!r} must be a {typ.__name__}")
+        try:
+            proof = [base64.b64decode(h, validate=True) for h in obj["inclusion_proof"]]
+        except (binascii.Error, TypeError, ValueError) as exc:
+            raise BundleMalformed(
+                f"the bundle's inclusion proof is not a list of base64 hashes: {exc}"
+            ) from exc
+        return Bundle(
+            obj["index"], obj["tree_size"], obj["entry"].encode("utf-8"), proof, obj["checkpoint"]
+        )

@@ -1,0 +1,385 @@
+"""Append-only SQLAlchemy store of a Merkle log (SQLite or PostgreSQL).
+
+Tables: entries (canonical bytes + leaf hash + indexed kind/subject), the
+perfect-subtree hashes (see ledger.merkle), signed checkpoints and witness
+cosignatures. The store has no update or delete path, and both backends
+refuse UPDATE/DELETE on these tables with triggers (PostgreSQL also refuses
+TRUNCATE): a bug or an operator with SQL access cannot silently rewrite
+history — only a visible DROP could.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.exc import OperationalError
+
+from common.db import is_postgres, make_engine
+from common.errors import StoreUnavailable
+from ledger.merkle import NodeId
+
+metadata = MetaData()
+
+entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("leaf_hash", LargeBinary(32), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("subject", String(18), nullable=True),
+    Index("ix_ledger_entries_subject", "subject", "idx"),
+)
+
+nodes = Table(
+    "ledger_nodes",
+    metadata,
+    Column("level", SmallInteger, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary(32), nullable=False),
+)
+
+checkpoints = Table(
+    "ledger_checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", LargeBinary(32), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("signed_at", Float, nullable=False),
+)
+
+cosignatures = Table(
+    "ledger_cosignatures",
+    metadata,
+    Column("size", BigInteger, ForeignKey("ledger_checkpoints.size"), primary_key=True),
+    Column("witness", String(200), primary_key=True),
+    Column("line", Text, nullable=False),
+    Column("received_at", Float, nullable=False),
+)
+
+_INSERT_ENTRIES = "INSERT INTO ledger_entries (idx, leaf_hash, data, kind, actor, subject) VALUES "
+_INSERT_NODES = "INSERT INTO ledger_nodes (level, idx, hash) VALUES "
+_MULTI_ROW_SIZES = (128, 16)
+
+APPEND_ONLY_TABLES = tuple(t.name for t in metadata.sorted_tables)
+
+_PG_FUNCTION = """
+CREATE OR REPLACE FUNCTION ledger_refuse_change() RETURNS trigger AS $$
+BEGIN
+    RAISE EXCEPTION 'the ledger table % is append-only: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$ LANGUAGE plpgsql
+"""
+
+
+def _install_triggers(engine: Engine) -> None:
+    with engine.begin() as conn:
+        if is_postgres(engine):
+            conn.execute(text(_PG_FUNCTION))
+            for t in APPEND_ONLY_TABLES:
+                for suffix, when in (("row", "UPDATE OR DELETE"), ("truncate", "TRUNCATE")):
+                    name = f"{t}_append_only_{suffix}"
+                    exists = conn.execute(
+                        text(
+                            "SELECT 1 FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid "
+                            "WHERE tg.tgname = :n AND c.oid = to_regclass(:t)"
+                        ),
+                        {"n": name, "t": t},
+                    ).first()
+                    if exists:
+                        continue
+                    each = "ROW" if suffix == "row" else "STATEMENT"
+                    conn.execute(
+                        text(
+                            f"CREATE TRIGGER {name} BEFORE {when} ON {t} "
+                            f"FOR EACH {each} EXECUTE FUNCTION ledger_refuse_change()"
+                        )
+                    )
+        else:
+            for t in APPEND_ONLY_TABLES:
+                for op in ("UPDATE", "DELETE"):
+                    conn.execute(
+                        text(
+                            f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t} "
+                            f"BEGIN SELECT RAISE(ABORT, 'the ledger table {t} is append-only: "
+                            f"{op} refused'); END"
+                        )
+                    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    index: int
+    data: bytes
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    size: int
+    root: bytes
+    note: str  # the log-signed note (without cosignatures)
+    signed_at: float
+
+
+class LedgerStore:
+    """All SQL of the ledger. The single writer is the sequencer in ledger.log."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer: Connection | None = None  # append_batch's, used by the sequencer only
+        self._sql: dict[tuple[str, int], str] = {}
+
+    @classmethod
+    def open(cls, url: str | Engine) -> LedgerStore:
+        engine = url if isinstance(url, Engine) else make_engine(url)
+        try:
+            metadata.create_all(engine)
+            _install_triggers(engine)
+        except OperationalError as exc:
+            raise StoreUnavailable(f"the ledger database does not answer: {exc.orig}") from exc
+        return cls(engine)
+
+    def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        self.engine.dispose()
+
+    # --- writes (append only) ---------------------------------------------------
+
+    def append_batch(
+        self,
+        entry_rows: Sequence[tuple[int, bytes, bytes, str, str, str | None]],
+        node_rows: Sequence[tuple[int, int, bytes]],
+    ) -> None:
+        """Insert a batch of entries (idx, leaf_hash, data, kind, actor, subject) and the
+        interior tree nodes (level >= 1, idx, hash) they complete, in one transaction."""
+        # Straight to the DB-API executemany: SQLAlchemy's per-row parameter
+        # processing costs more than the insert itself at these volumes.
+        # The single writer keeps one connection: a pool checkout, reset and
+        # checkin per batch cost more than a small batch's inserts.
+        conn = self._writer
+        if conn is None:
+            conn = self._writer = self.engine.connect()
+        try:
+            with conn.begin():
+                self._insert(conn, _INSERT_ENTRIES, 6, entry_rows)
+                if node_rows:
+                    self._insert(conn, _INSERT_NODES, 3, node_rows)
+        except BaseException:
+            # the transaction was rolled back; start the next batch on a fresh connection
+            self._writer = None
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:  # already broken
+                pass
+            raise
+
+    def _insert(
+        self, conn: Connection, head: str, width: int, rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """Insert rows with multi-row VALUES statements of fixed sizes (each size's statement
+        is prepared once), the rest with executemany: fewer statement executions than one
+        per row. At most 128 x 6 parameters per statement (SQLite's old limit is 999)."""
+        ph = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        one = "(" + ", ".join([ph] * width) + ")"
+        pos, n = 0, len(rows)
+        for size in _MULTI_ROW_SIZES:
+            if n - pos < size:
+                continue
+            sql = self._sql.get((head, size))
+            if sql is None:
+                sql = self._sql[(head, size)] = head + ", ".join([one] * size)
+            while n - pos >= size:
+                conn.exec_driver_sql(sql, tuple(v for row in rows[pos : pos + size] for v in row))
+                pos += size
+        if pos < n:
+            conn.exec_driver_sql(head + one, list(rows[pos:]))
+
+    def add_checkpoint(self, cp: StoredCheckpoint) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                checkpoints.insert(),
+                {"size": cp.size, "root": cp.root, "note": cp.note, "signed_at": cp.signed_at},
+            )
+
+    def add_cosignature(self, size: int, witness: str, line: str, received_at: float) -> bool:
+        """Store a cosignature; False if this witness already cosigned this size."""
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                select(cosignatures.c.size).where(
+                    cosignatures.c.size == size, cosignatures.c.witness == witness
+                )
+            ).first()
+            if exists:
+                return False
+            conn.execute(
+                cosignatures.insert(),
+                {"size": size, "witness": witness, "line": line, "received_at": received_at},
+            )
+        return True
+
+    # --- reads ------------------------------------------------------------------
+
+    def size(self) -> int:
+        with self.engine.connect() as conn:
+            n = conn.execute(select(func.max(entries.c.idx))).scalar()
+        return 0 if n is None else int(n) + 1
+
+    def get_nodes(self, ids: Iterable[NodeId]) -> dict[NodeId, bytes]:
+        """Perfect-subtree hashes by id; level 0 is read from the entries' leaf hashes.
+
+        One round trip, as plain driver SQL: a proof needs O(log n) nodes and
+        SQLAlchemy's statement compilation would cost more than the lookup.
+        """
+        ids = list(ids)
+        if not ids:
+            return {}
+        by_level: dict[int, list[int]] = {}
+        for lvl, idx in ids:
+            by_level.setdefault(lvl, []).append(idx)
+        ph = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        parts: list[str] = []
+        params: list[int] = []
+        leaves = by_level.pop(0, None)
+        if leaves:
+            parts.append(
+                f"SELECT 0, idx, leaf_hash FROM ledger_entries WHERE idx IN ({', '.join([ph] * len(leaves))})"
+            )
+            params.extend(leaves)
+        for lvl, idxs in by_level.items():
+            parts.append(
+                f"SELECT level, idx, hash FROM ledger_nodes WHERE level = {ph} "
+                f"AND idx IN ({', '.join([ph] * len(idxs))})"
+            )
+            params.append(lvl)
+            params.extend(idxs)
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(" UNION ALL ".join(parts), tuple(params)).all()
+        return {(int(r[0]), int(r[1])): bytes(r[2]) for r in rows}
+
+    def get_entries(self, start: int, end: int) -> list[StoredEntry]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(entries.c.idx, entries.c.data, entries.c.leaf_hash)
+                .where(entries.c.idx >= start, entries.c.idx < end)
+                .order_by(entries.c.idx)
+            ).all()
+        return [StoredEntry(int(r[0]), bytes(r[1]), bytes(r[2])) for r in rows]
+
+    def iter_entries(self, start: int, end: int, chunk: int = 5000) -> Iterator[StoredEntry]:
+        pos = start
+        while pos < end:
+            batch = self.get_entries(pos, min(end, pos + chunk))
+            if not batch:
+                return
+            yield from batch
+            pos = batch[-1].index + 1
+
+    def entries_by_subject(
+        self, subject: str, below: int, after: int = -1, limit: int = 1000
+    ) -> list[StoredEntry]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(entries.c.idx, entries.c.data, entries.c.leaf_hash)
+                .where(entries.c.subject == subject, entries.c.idx > after, entries.c.idx < below)
+                .order_by(entries.c.idx)
+                .limit(limit)
+            ).all()
+        return [StoredEntry(int(r[0]), bytes(r[1]), bytes(r[2])) for r in rows]
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                select(checkpoints).order_by(checkpoints.c.size.desc()).limit(1)
+            ).first()
+        return (
+            None if r is None else StoredCheckpoint(int(r.size), bytes(r.root), r.note, r.signed_at)
+        )
+
+    def checkpoint_at(self, size: int) -> StoredCheckpoint | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(checkpoints).where(checkpoints.c.size == size)).first()
+        return (
+            None if r is None else StoredCheckpoint(int(r.size), bytes(r.root), r.note, r.signed_at)
+        )
+
+    def checkpoints_between(self, lo: int, hi: int) -> list[StoredCheckpoint]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(checkpoints)
+                .where(checkpoints.c.size >= lo, checkpoints.c.size <= hi)
+                .order_by(checkpoints.c.size)
+            ).all()
+        return [StoredCheckpoint(int(r.size), bytes(r.root), r.note, r.signed_at) for r in rows]
+
+    def latest_cosigned_checkpoint(self, quorum: int) -> StoredCheckpoint | None:
+        """The largest checkpoint with at least ``quorum`` cosignatures."""
+        with self.engine.connect() as conn:
+            sub = (
+                select(cosignatures.c.size)
+                .group_by(cosignatures.c.size)
+                .having(func.count() >= quorum)
+                .order_by(cosignatures.c.size.desc())
+                .limit(1)
+                .scalar_subquery()
+            )
+            r = conn.execute(select(checkpoints).where(checkpoints.c.size == sub)).first()
+        return (
+            None if r is None else StoredCheckpoint(int(r.size), bytes(r.root), r.note, r.signed_at)
+        )
+
+    def cosignature_lines(self, size: int) -> list[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(cosignatures.c.line)
+                .where(cosignatures.c.size == size)
+                .order_by(cosignatures.c.witness)
+            ).all()
+        return [r[0] for r in rows]
+
+    def cosignature_lines_between(self, lo: int, hi: int) -> dict[int, list[str]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(cosignatures.c.size, cosignatures.c.line)
+                .where(cosignatures.c.size >= lo, cosignatures.c.size <= hi)
+                .order_by(cosignatures.c.size, cosignatures.c.witness)
+            ).all()
+        out: dict[int, list[str]] = {}
+        for size, line in rows:
+            out.setdefault(int(size), []).append(line)
+        return out
+
+    def witness_sizes(self) -> dict[str, int]:
+        """For each witness, the largest size it cosigned."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(cosignatures.c.witness, func.max(cosignatures.c.size)).group_by(
+                    cosignatures.c.witness
+                )
+            ).all()
+        return {r[0]: int(r[1]) for r in rows}

@@ -1,0 +1,440 @@
+"""The node's gRPC FeatureService (sync server, mTLS) and how a node process is assembled.
+
+Order of checks for GetFeatures / StreamFeatures (request-level failures refuse the whole
+call and write nothing; per-enterprise failures are answered in that item only):
+
+1. caller identity from its certificate; access policy (role x purpose, on whose behalf);
+2. batch not empty and not above ``max_batch``; no enterprise twice; features known;
+3. the store answers (its data version; STORE_UNAVAILABLE otherwise);
+4. per enterprise: valid credit code, then the consent token verified *here* for the bank
+   the policy decided, this node's category and organisation, the purpose;
+5. feature vectors (cache or store);
+6. the disclosure-log entries of every served enterprise, appended atomically —
+   if that fails, the call fails with DISCLOSURE_LOG_UNAVAILABLE and nothing is returned
+   (the answer's messages are built while the log commits; none leaves before it is durable);
+7. the answer.
+
+A batch's consent signatures are checked together first when the servicer has a
+:class:`node.sigpool.SignaturePool` (spread over worker processes); every token is
+still verified item by item in step 4, and a token the batch check did not admit is
+checked there from scratch.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from fedcredit.v1 import common_pb2, feature_pb2, feature_pb2_grpc
+
+from common import uscc
+from common.departments import BY_ID
+from common.errors import BatchTooLarge, FedcreditError
+from common.rpc import handle_errors
+from common.server import build_server
+from common.tls import Identity, TlsFiles, peer_identity
+from consent.verify import ConsentVerifier
+from node.disclosure import AGGREGATE_KIND, KIND, DisclosureLog, feature_payload
+from node.engine import FeatureEngine
+from node.errors import (
+    DisclosureLogUnavailable,
+    DuplicateEnterprise,
+    EmptyBatch,
+    InvalidChunkSize,
+    InvalidMaxBins,
+)
+from node.policy import AccessPolicy, Decision
+from node.settings import NodeSettings
+from node.sigpool import SignaturePool
+from node.store import StoreState
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = feature_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name
+_TYPES = {
+    "int": feature_pb2.FEATURE_TYPE_INT,
+    "float": feature_pb2.FEATURE_TYPE_FLOAT,
+    "bool": feature_pb2.FEATURE_TYPE_BOOL,
+    "ordinal": feature_pb2.FEATURE_TYPE_ORDINAL,
+}
+_SENSITIVITY = {
+    "public": feature_pb2.SENSITIVITY_PUBLIC,
+    "restricted": feature_pb2.SENSITIVITY_RESTRICTED,
+    "confidential": feature_pb2.SENSITIVITY_CONFIDENTIAL,
+}
+MAX_STREAM_ITEMS = 1_000_000
+LOG_TIMEOUT_S = 30.0
+T = TypeVar("T")
+
+
+def purpose_name(value: int) -> str:
+    """Proto enum -> purpose id (``""`` for unspecified or unknown values)."""
+    if value == common_pb2.PURPOSE_UNSPECIFIED:
+        return ""
+    try:
+        return common_pb2.Purpose.Name(value).removeprefix("PURPOSE_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        return f"unknown({value})"
+
+
+@functools.lru_cache(maxsize=200_000)
+def _valid_code(code: str) -> str:
+    """``uscc.validate`` memoised: a batch re-validates the same codes request after
+    request (invalid codes raise and are not cached)."""
+    return uscc.validate(code)
+
+
+def item_error(err: FedcreditError) -> feature_pb2.FeatureVector:
+    return feature_pb2.FeatureVector(
+        error=common_pb2.ItemError(
+            code=err.code.name,
+            reason=err.reason,
+            message=err.message,
+            metadata={k: str(v) for k, v in err.metadata.items()},
+        )
+    )
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    served: int = 0
+    refused_items: int = 0
+    refused_requests: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
+    def __init__(
+        self,
+        *,
+        node_org: str,
+        engine: FeatureEngine,
+        verifier: ConsentVerifier,
+        disclosures: DisclosureLog,
+        policy: AccessPolicy | None = None,
+        settings: NodeSettings | None = None,
+        signatures: SignaturePool | None = None,
+    ) -> None:
+        self.node_org = node_org
+        self.engine = engine
+        self.department = engine.department
+        self.category = BY_ID[engine.department].category
+        self.verifier = verifier
+        self.disclosures = disclosures
+        self.policy = policy or AccessPolicy()
+        self.settings = settings or NodeSettings()
+        self.signatures = signatures
+        self.stats = Stats()
+        self._all_columns = list(range(len(engine.names)))
+
+    # -- catalog -------------------------------------------------------------------------
+
+    def catalog_message(self, st: StoreState | None) -> feature_pb2.Catalog:
+        return feature_pb2.Catalog(
+            node=self.node_org,
+            department=self.department,
+            category=self.category,
+            as_of=st.as_of_text if st else "",
+            data_version=st.data_version if st else 0,
+            max_batch=self.settings.max_batch,
+            features=[
+                feature_pb2.FeatureDescriptor(
+                    name=f.name,
+                    category=f.category,
+                    department=f.department,
+                    description=f.description,
+                    unit=f.unit,
+                    type=_TYPES[f.type],
+                    sensitivity=_SENSITIVITY[f.sensitivity],
+                    tables=list(f.tables),
+                    computation=f.computation,
+                    zero_when_absent=f.absent == "zero",
+                )
+                for f in self.engine.features
+            ],
+        )
+
+    @handle_errors
+    def GetCatalog(self, request: Any, context: Any) -> Any:
+        peer_identity(context)  # any authenticated organisation may read the catalog
+        return self.catalog_message(self.engine.state())
+
+    # -- features ------------------------------------------------------------------------
+
+    def _check_request(
+        self, caller: Identity, request: Any, *, limit: int
+    ) -> tuple[Decision, str, list[int], StoreState]:
+        purpose = purpose_name(request.purpose)
+        decision = self.policy.decide(
+            caller, purpose, request.on_behalf_of, bytes(request.on_behalf_of_cert_sha256)
+        )
+        n = len(request.items)
+        if n == 0:
+            raise EmptyBatch("the request holds no enterprise; send at least one item")
+        if n > limit:
+            raise BatchTooLarge(
+                f"the batch holds {n} enterprises; this node answers at most {limit} per request",
+                max_batch=limit,
+                got=n,
+            )
+        seen: set[str] = set()
+        for it in request.items:
+            if it.enterprise in seen:
+                raise DuplicateEnterprise(
+                    f"enterprise {it.enterprise} appears more than once in the batch",
+                    enterprise=it.enterprise,
+                )
+            seen.add(it.enterprise)
+        columns = self.engine.resolve(list(request.features))
+        st = self.engine.state()
+        return decision, purpose, columns, st
+
+    def _serve(
+        self,
+        caller: Identity,
+        decision: Decision,
+        purpose: str,
+        columns: Sequence[int],
+        st: StoreState,
+        items: Sequence[Any],
+        request_id: str,
+    ) -> list[feature_pb2.FeatureVector]:
+        out: list[feature_pb2.FeatureVector | None] = [None] * len(items)
+        ok_idx: list[int] = []
+        jtis: list[str] = []
+        pool = self.signatures
+        precheck = getattr(self.verifier, "precheck", None)
+        if pool is not None and precheck is not None and len(items) >= pool.min_batch:
+            precheck([it.consent_token for it in items], pool.verify_chunks)
+        for i, it in enumerate(items):
+            try:
+                code = _valid_code(it.enterprise)
+                vc = self.verifier.verify(
+                    it.consent_token,
+                    bank_org=decision.bank_org,
+                    bank_cert_sha256=decision.bank_cert_sha256,
+                    enterprise=code,
+                    purposes=(purpose,),
+                    category=self.category,
+                    node=self.node_org,
+                    count_use=False,
+                    release=decision.release,
+                )
+            except FedcreditError as err:
+                vec = item_error(err)
+                vec.enterprise = it.enterprise
+                out[i] = vec
+                self.stats.refused_items += 1
+                self.stats.by_reason[err.reason] = self.stats.by_reason.get(err.reason, 0) + 1
+                continue
+            ok_idx.append(i)
+            jtis.append(vc.jti)
+        if ok_idx:
+            codes = [items[i].enterprise for i in ok_idx]
+            values, reasons = self.engine.vectors(codes, st)
+            cols = list(columns)
+            names = [self.engine.names[j] for j in cols]
+            entries = [
+                (
+                    KIND,
+                    code,
+                    feature_payload(
+                        node=self.node_org,
+                        caller=caller.org_id,
+                        caller_role=caller.role,
+                        on_behalf_of=decision.bank_org,
+                        purpose=purpose,
+                        jti=jti,
+                        features=names,
+                        request_id=request_id,
+                        data_version=st.data_version,
+                        as_of=st.as_of_text,
+                    ),
+                )
+                for code, jti in zip(codes, jtis, strict=True)
+            ]
+            wait = self._submit(entries)
+            if cols == self._all_columns:
+                sel_v, sel_r = values, reasons
+            else:
+                sel_v, sel_r = values[:, cols], reasons[:, cols]
+            vecs = [
+                feature_pb2.FeatureVector(enterprise=code, values=v, missing=m, consent_jti=jti)
+                for code, v, m, jti in zip(codes, sel_v.tolist(), sel_r.tolist(), jtis, strict=True)
+            ]
+            receipts = wait()  # durable before any of it is answered
+            for r, i in enumerate(ok_idx):
+                vec = vecs[r]
+                vec.disclosure_index = receipts[r].index
+                out[i] = vec
+            self.stats.served += len(ok_idx)
+        return [v for v in out if v is not None]
+
+    def _append(self, entries: list[tuple[str, str | None, dict[str, Any]]]) -> list[Any]:
+        """No log entry, no answer: any failure to append refuses the whole answer."""
+        return self._submit(entries)()
+
+    def _submit(
+        self, entries: list[tuple[str, str | None, dict[str, Any]]]
+    ) -> Callable[[], list[Any]]:
+        """Start appending ``entries`` (atomically); the function returned waits until they
+        are durable and returns their receipts. Either step failing refuses the answer."""
+        log_ = self.disclosures
+        submit = getattr(log_, "submit_many", None)
+        prepare = getattr(log_, "prepare", None)
+        if submit is None or prepare is None:  # a plain DisclosureLog: append at wait time
+            return lambda: self._guard_log(lambda: log_.append_many(entries, timeout=LOG_TIMEOUT_S))
+        fut = self._guard_log(lambda: submit([prepare(k, s, p) for k, s, p in entries]))
+        return lambda: self._guard_log(lambda: fut.result(LOG_TIMEOUT_S))
+
+    @staticmethod
+    def _guard_log(fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except FedcreditError as err:
+            raise DisclosureLogUnavailable(
+                f"the disclosure log did not record the answer ({err.reason}: {err.message}); "
+                "nothing was disclosed, retry later"
+            ) from err
+        except Exception as exc:
+            raise DisclosureLogUnavailable(
+                f"the disclosure log did not record the answer ({type(exc).__name__}: {exc}); "
+                "nothing was disclosed, retry later"
+            ) from exc
+
+    def _request_id(self, request: Any) -> str:
+        return request.request_id or uuid.uuid4().hex
+
+    @handle_errors
+    def GetFeatures(self, request: Any, context: Any) -> Any:
+        caller = peer_identity(context)
+        self.stats.requests += 1
+        try:
+            decision, purpose, cols, st = self._check_request(
+                caller, request, limit=self.settings.max_batch
+            )
+        except FedcreditError:
+            self.stats.refused_requests += 1
+            raise
+        vectors = self._serve(
+            caller, decision, purpose, cols, st, request.items, self._request_id(request)
+        )
+        return feature_pb2.GetFeaturesResponse(
+            features=[self.engine.names[j] for j in cols],
+            items=vectors,
+            as_of=st.as_of_text,
+            data_version=st.data_version,
+        )
+
+    @handle_errors
+    def StreamFeatures(self, request: Any, context: Any) -> Iterator[Any]:
+        caller = peer_identity(context)
+        self.stats.requests += 1
+        chunk = request.chunk_size or self.settings.stream_chunk
+        if not 1 <= chunk <= self.settings.max_batch:
+            raise InvalidChunkSize(
+                f"chunk_size must be between 1 and {self.settings.max_batch}; got {chunk}"
+            )
+        decision, purpose, cols, st = self._check_request(caller, request, limit=MAX_STREAM_ITEMS)
+        names = [self.engine.names[j] for j in cols]
+        rid = self._request_id(request)
+        items = request.items
+        for start in range(0, len(items), chunk):
+            # Each chunk is logged before it is sent; the data version is re-read so a
+            # long stream reflects loads that complete while it runs.
+            st = self.engine.state() if start else st
+            vectors = self._serve(
+                caller, decision, purpose, cols, st, items[start : start + chunk], rid
+            )
+            yield feature_pb2.GetFeaturesResponse(
+                features=names, items=vectors, as_of=st.as_of_text, data_version=st.data_version
+            )
+
+    # -- bin edges ---------------------------------------------------------------------
+
+    @handle_errors
+    def GetBinEdges(self, request: Any, context: Any) -> Any:
+        caller = peer_identity(context)
+        self.policy.decide_aggregate(caller, purpose_name(request.purpose))
+        if not 2 <= request.max_bins <= 1024:
+            raise InvalidMaxBins(f"max_bins must be between 2 and 1024; got {request.max_bins}")
+        cols = self.engine.resolve(list(request.features))
+        st = self.engine.state()
+        edges, population = self.engine.bin_edges(cols, request.max_bins, st)
+        self._append(
+            [
+                (
+                    AGGREGATE_KIND,
+                    None,
+                    {
+                        "node": self.node_org,
+                        "caller": caller.org_id,
+                        "caller_role": caller.role,
+                        "what": "bin_edges",
+                        "features": [e.name for e in edges],
+                        "max_bins": request.max_bins,
+                        "min_bin_count": self.engine.min_bin_count,
+                        "population": population,
+                        "data_version": st.data_version,
+                    },
+                )
+            ]
+        )
+        return feature_pb2.BinEdges(
+            features=[
+                feature_pb2.FeatureEdges(
+                    name=e.name, upper_bounds=e.upper_bounds, missing_share=e.missing_share
+                )
+                for e in edges
+            ],
+            population=population,
+            min_bin_count=self.engine.min_bin_count,
+            as_of=st.as_of_text,
+            data_version=st.data_version,
+        )
+
+
+@dataclass
+class NodeServer:
+    server: grpc.Server
+    port: int
+    servicer: FeatureServicer
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        self.server.stop(grace).wait()
+
+
+def build_node_server(
+    *,
+    servicer: FeatureServicer,
+    address: str,
+    tls: TlsFiles | None,
+    insecure: bool = False,
+    extra: Sequence[tuple[Any, str]] = (),
+) -> NodeServer:
+    """A FeatureService server (not started). ``extra``: (register function, service name)
+    pairs mounted on the same server (e.g. the ledger's witness service)."""
+
+    def register(server: grpc.Server) -> None:
+        feature_pb2_grpc.add_FeatureServiceServicer_to_server(servicer, server)
+        for fn, _ in extra:
+            fn(server)
+
+    server, port = build_server(
+        address=address,
+        tls=tls,
+        register=register,
+        service_names=[SERVICE_NAME, *(name for _, name in extra)],
+        insecure=insecure,
+        max_workers=servicer.settings.max_workers,
+    )
+    return NodeServer(server, port, servicer)

@@ -1,0 +1,95 @@
+"""`fedcredit up | status | down` run real service processes; taken ports and dying services are named."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.config import load_config
+from common.deploy import write_local_deployment
+
+pytestmark = pytest.mark.xdist_group("up-down")
+
+
+def fc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "clients.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Path:
+    return write_local_deployment(tmp_path / "dep", name="updown", bank_count=3)
+
+
+def test_up_status_down(deployment: Path) -> None:
+    cfg = str(deployment)
+    try:
+        up = fc("up", "--config", cfg, "--only", "ledger", "--only", "consent", "--json")
+        assert up.returncode == 0, up.stdout + up.stderr
+        rows = {r["service"]: r for r in json.loads(up.stdout)}
+        assert rows["ledger"]["healthy"] and rows["consent"]["healthy"]
+        assert not rows["coordinator"]["running"]
+        logs = deployment.parent / "logs"
+        assert (logs / "ledger.log").exists() and (logs / "consent.log").exists()
+
+        # Not everything runs: status says which and exits 1.
+        st = fc("status", "--config", cfg, "--json")
+        assert st.returncode == 1
+        assert {r["service"] for r in json.loads(st.stdout) if r["healthy"]} == {
+            "ledger",
+            "consent",
+        }
+
+        probe = fc("operator", "probe", "--config", cfg, "--service", "ledger", "--json")
+        assert probe.returncode == 0 and json.loads(probe.stdout)["serving"] is True
+        pids = [r["pid"] for r in json.loads(st.stdout) if r["running"]]
+        assert len(pids) == 2
+    finally:
+        down = fc("down", "--config", cfg, "--json")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert sorted(json.loads(down.stdout)["stopped"]) == ["consent", "ledger"]
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    st = fc("status", "--config", cfg, "--json")
+    assert st.returncode == 1
+    assert not any(r["running"] for r in json.loads(st.stdout))
+
+
+def test_up_names_a_taken_port_and_starts_nothing(deployment: Path) -> None:
+    addr = load_config(deployment).service("ledger").address
+    host, _, port = addr.rpartition(":")
+    with socket.socket() as s:
+        s.bind((host, int(port)))
+        s.listen()
+        res = fc("up", "--config", str(deployment), "--only", "ledger", "--json")
+    assert res.returncode == 8, res.stdout + res.stderr  # FAILED_PRECONDITION
+    err = json.loads(res.stdout)["error"]
+    assert err["reason"] == "PORT_TAKEN"
+    assert addr in err["message"] and "ledger" in err["message"]
+    assert not (deployment.parent / "run" / "ledger.pid").exists()
+
+
+def test_up_names_a_service_that_dies_while_starting(deployment: Path) -> None:
+    # A database file that is not a database: the consent service exits during start-up.
+    db = deployment.parent / "data" / "consent.sqlite"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    db.write_bytes(b"this is not an SQLite database\n" * 200)
+    try:
+        res = fc("up", "--config", str(deployment), "--only", "consent", "--json")
+    finally:
+        fc("down", "--config", str(deployment))
+    assert res.returncode == 10, res.stdout + res.stderr  # UNAVAILABLE
+    err = json.loads(res.stdout)["error"]
+    assert err["reason"] == "SERVICE_DIED"
+    assert "consent" in err["message"] and "consent.log" in err["message"]

@@ -1,0 +1,156 @@
+"""`fedcredit train` on CSV files (Simulation Engine), and city mode end to end in the
+Deployment Engine: consents, features from the nodes, publication, ledger, every
+process stopped."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from clients.cli import build_app
+from tests.training.conftest import CityDeployment
+
+# Ray (the Simulation Engine) start-up is heavy and times out when two start at once on two
+# busy cores: every test that starts Ray runs in the same xdist worker, one after another.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+
+
+def _write(path: Path, rng: np.random.Generator, n: int, start: int) -> None:
+    x = rng.normal(size=(n, 4))
+    y = (x[:, 0] - x[:, 1] + rng.logistic(size=n) > 0).astype(int)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "y", "a", "b", "c", "d"])
+        for i in range(n):
+            w.writerow([start + i, y[i], *(f"{v:.17g}" for v in x[i])])
+
+
+def test_cli_csv_simulation(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    paths = []
+    for b, n in enumerate([250, 300, 200, 400]):
+        p = tmp_path / f"{'test' if b == 3 else f'bank{b}'}.csv"
+        _write(p, rng, n, 1000 * b)
+        paths.append(p)
+    runner = CliRunner()
+    model = tmp_path / "model.txt"
+    args = ["train", "--engine", "simulation", "--trees", "2", "--depth", "2"]
+    args += [a for p in paths[:3] for a in ("--csv", str(p))]
+    res = runner.invoke(
+        build_app(), [*args, "--json", "--test-csv", str(paths[3]), "--model-out", str(model)]
+    )
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout[res.stdout.index("{") :])
+    assert d["trees"] == 2 and d["strategy"] == "hist" and d["secagg"] is False
+    assert d["rows_per_bank"] == {"bank0.csv": 250, "bank1.csv": 300, "bank2.csv": 200}
+    assert d["test_rows"] == 400 and d["auc"] > 0.7
+    assert lgb.Booster(model_str=model.read_text()).num_trees() == 2
+
+    # User errors: precise reason, no stack trace, no training started.
+    res = runner.invoke(build_app(), ["train", "--json"])
+    assert res.exit_code == 3
+    assert json.loads(res.stdout)["error"]["reason"] == "INVALID_ARGUMENT"
+    assert "--csv FILE" in json.loads(res.stdout)["error"]["message"]
+    res = runner.invoke(build_app(), [*args, "--strategy", "bagging", "--secagg", "--json"])
+    assert res.exit_code == 3
+    assert json.loads(res.stdout)["error"]["reason"] == "TRAINING_SETTINGS_INVALID"
+    res = runner.invoke(build_app(), ["train", "--csv", str(tmp_path / "nope.csv"), "--json"])
+    assert res.exit_code == 3 and "does not exist" in res.stdout
+
+
+def _group_members(pgids: set[int]) -> list[str]:
+    """Processes still alive in any of these process groups (zombies excluded)."""
+    alive = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp in pgids and state != "Z":
+            alive.append(f"{pid}: {stat[: stat.rindex(')') + 1]}")
+    return alive
+
+
+def test_city_deployment_end_to_end(city_deployment: CityDeployment, tmp_path: Path) -> None:
+    from clients.coordinator_client import CoordinatorClient
+    from clients.ledger_client import LedgerClient
+    from clients.training.city import NoTrainingConsents, load_city_bank
+    from clients.training.consents import collect_training_consents
+    from coordinator.gbdt.params import GBDTParams
+    from coordinator.training import deployment as deployment_mod
+    from coordinator.training.city import train_city
+    from coordinator.training.settings import TrainSettings
+    from ledger.entry import Entry
+
+    cd = city_deployment
+    dep = cd.dep
+    trained, left_out = dep.banks[:3], dep.banks[3]
+    granted = collect_training_consents(dep, cd.world, banks=trained)
+    assert set(granted) == set(trained) and all(v > 0 for v in granted.values())
+
+    # A bank whose borrowers granted nothing cannot train: a precise error.
+    with pytest.raises(NoTrainingConsents) as exc:
+        load_city_bank(dep.path, left_out, world=cd.world)
+    assert left_out in exc.value.message and "model_training" in exc.value.message
+
+    pgids: set[int] = set()
+    real = deployment_mod.LocalDeployment.start
+
+    def start(self: deployment_mod.LocalDeployment) -> None:
+        real(self)
+        pgids.update(self.pids())  # each process leads its own group
+
+    deployment_mod.LocalDeployment.start = start  # type: ignore[method-assign]
+    try:
+        report = train_city(
+            dep,
+            engine="deployment",
+            secagg=False,
+            settings=TrainSettings(params=GBDTParams(num_trees=2, max_depth=2, max_bins=16)),
+            banks=list(trained),
+            world=cd.world,
+            work_dir=tmp_path / "run",
+            timeout=300,
+        )
+    finally:
+        deployment_mod.LocalDeployment.start = real  # type: ignore[method-assign]
+
+    # Every process the runner started (SuperLink, SuperNodes that run their bank's
+    # ClientApp themselves, and their children such as the ServerApp) is gone; the
+    # banks' fetched rows are deleted.
+    assert len(pgids) == 1 + len(trained)
+    assert _group_members(pgids) == []
+    assert not (tmp_path / "run" / "bank-cache").exists()
+
+    assert report.trees == 2 and report.banks == list(trained)
+    assert sum(report.rows_per_bank.values()) + report.test_rows == sum(granted.values())
+    assert report.active and report.ledger_index is not None
+
+    svc = dep.service("coordinator")
+    with CoordinatorClient(svc.address, dep.tls("operator"), server_org=svc.org_id) as c:
+        mv = c.get_model(report.model_version, include_model_text=True)
+    assert mv.active and mv.publish_ledger_index == report.ledger_index
+    booster = lgb.Booster(model_str=mv.model_text)
+    # The model's features are the nodes' catalogs: what the coordinator scores with.
+    assert list(booster.feature_name()) == list(mv.features) == report.features
+    metrics = json.loads(mv.metrics_json)
+    assert metrics["banks"] == list(trained) and metrics["sha256"] == mv.sha256
+    assert json.loads(mv.settings_json)["strategy"] == "hist"
+
+    lsvc = dep.service("ledger")
+    with LedgerClient(lsvc.address, dep.tls("auditor-pboc-weihai"), server_org=lsvc.org_id) as lc:
+        [(index, data)] = list(lc.entries(report.ledger_index, report.ledger_index + 1))
+    entry = Entry.parse(data)
+    assert index == report.ledger_index and entry.kind == "model_published"
+    assert entry.payload["sha256"] == mv.sha256 and entry.payload["version"] == mv.version
