@@ -300,7 +300,11 @@ class ConsentAuthority:
         now = self.now()
         lead = 0 if immediate else self.settings.key_publish_lead_s
         new, changed = K.rotate(
-            self.keys(), now=now, publish_lead=lead, retention=self.settings.key_retention_s
+            self.keys(),
+            now=now,
+            publish_lead=lead,
+            retention=self.settings.key_retention_s,
+            immediate=immediate,
         )
         with self.store.begin() as conn:
             self.store.save_keys(conn, [new], changed)

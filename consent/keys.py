@@ -106,19 +106,38 @@ def signing_key(keys: Iterable[KeyRecord], now: int) -> KeyRecord | None:
 
 
 def rotate(
-    keys: Iterable[KeyRecord], *, now: int, publish_lead: int, retention: int
+    keys: Iterable[KeyRecord],
+    *,
+    now: int,
+    publish_lead: int,
+    retention: int,
+    immediate: bool = False,
 ) -> tuple[KeyRecord, list[KeyRecord]]:
     """Plan a rotation: a new key published now that signs from ``now + publish_lead``.
 
     Returns the new key and the existing keys whose times changed: every key
     that is active or waiting retires when the new one activates, and expires
     ``retention`` seconds after (the longest token lifetime plus leeway).
+
+    ``immediate`` is the key-compromise path: the new key signs at once and
+    every other key still in the JWKS retires *now*, even one that had been
+    scheduled to retire later, so nothing the old keys sign from this second
+    on verifies and the new key is the only one that signs. (Times are whole
+    seconds; without this, a key activated in the same second could tie with
+    the new one.)
     """
-    new = new_key(now=now, activate_at=now + publish_lead)
+    new = new_key(now=now, activate_at=now if immediate else now + publish_lead)
     changed = []
     for k in keys:
-        if k.retired_at is None:
+        if k.state(now) == "expired":
+            continue
+        if immediate:
+            retire = now if k.retired_at is None else min(k.retired_at, now)
+        elif k.retired_at is None:
             retire = max(new.activate_at, k.activate_at)
+        else:
+            continue
+        if retire != k.retired_at:
             changed.append(replace(k, retired_at=retire, expires_at=retire + retention))
     return new, changed
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from queue import Queue
 from typing import Any
 
+import ray
 from flwr.clientapp.typing import Mod
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.simulation import run_simulation
@@ -126,7 +130,56 @@ def _keep_poller() -> Iterator[bool]:
     yield False
 
 
+# Ray's head node waits a fixed time for its GCS server to write its port file;
+# on a loaded 2-core machine (CI running tests on both cores) that start-up has
+# been seen to time out. Flower's backend calls ray.init() only when Ray is not
+# already up, and raises a bare "Simulation Runtime crashed" when it fails, so
+# we start Ray ourselves, retrying the start-up alone (nothing has run yet).
+RAY_START_ATTEMPTS = 3
+RAY_RETRY_PAUSE_S = 2.0
+
+
+def start_ray(actors: int, *, attempts: int = RAY_START_ATTEMPTS) -> None:
+    """Start a loopback-only Ray for ``actors`` ClientApp processes, retrying start-up."""
+    # As Flower's RayBackend does: Ray's workers get this process's import path.
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    errors: list[str] = []
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(
+                num_cpus=actors,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+                logging_level=logging.WARNING,
+            )
+            return
+        except Exception as exc:  # Ray raises RuntimeError/ConnectionError/TimeoutError here
+            errors.append(f"attempt {attempt}: {type(exc).__name__}: {exc}")
+            log.warning("Ray did not start (%s); attempt %d of %d", exc, attempt, attempts)
+            ray.shutdown()
+            if attempt < attempts:
+                time.sleep(RAY_RETRY_PAUSE_S)
+    raise SimulationFailed(
+        f"Ray (the Simulation Engine's backend) did not start in {attempts} attempts; "
+        + "; ".join(errors)
+    )
+
+
 def _run(server_app: Any, client_app: Any, num_banks: int, actors: int, verbose: bool) -> None:
+    start_ray(actors)
+    try:
+        _run_simulation(server_app, client_app, num_banks, actors, verbose)
+    finally:
+        ray.shutdown()  # Flower's backend shuts Ray down too; this covers an early failure
+
+
+def _run_simulation(
+    server_app: Any, client_app: Any, num_banks: int, actors: int, verbose: bool
+) -> None:
     run_simulation(
         server_app=server_app,
         client_app=client_app,
