@@ -41,8 +41,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
-from cryptography.exceptions import InvalidSignature
-
 from common.errors import FedcreditError
 from common.tls import TlsFiles
 from consent import errors as E
@@ -178,11 +176,13 @@ def verify_signature(key: PublicKey, h: str, p: str, s: str) -> None:
     except ValueError as exc:
         raise E.TokenMalformed(f"the signature is not base64url: {exc}") from exc
     try:
-        key.key.verify(sig, f"{h}.{p}".encode("ascii"))
-    except (InvalidSignature, UnicodeEncodeError) as exc:
+        good = key.verifier.verify(sig, f"{h}.{p}".encode("ascii"))
+    except UnicodeEncodeError:
+        good = False
+    if not good:
         raise E.BadSignature(
             f"the signature does not verify with key {key.kid}; the token was altered or forged"
-        ) from exc
+        )
 
 
 # --- key cache ------------------------------------------------------------------
@@ -551,7 +551,7 @@ class ConsentVerifier:
                 continue
             raw = raw_keys.get(kid)
             if raw is None:
-                raw = raw_keys[kid] = key.key.public_bytes_raw()
+                raw = raw_keys[kid] = key.verifier.raw
             jobs.append((raw, msg, sig))
             todo.append((token, kid, p))
         if not jobs:

@@ -1,14 +1,14 @@
 """Ed25519 signature checks of a batch spread over worker processes (more than one core).
 
 A cold batch verifies one consent token per enterprise, and the signature is most of
-that work. ``cryptography`` holds the GIL while it verifies (two threads verify no
-faster than one; measured for issue 5), so threads do not help: :class:`SignaturePool`
+that work. Two threads verify little faster than one (the GIL is held between the
+libsodium calls; measured for issue 5), so :class:`SignaturePool`
 runs ``python -m node.sigpool`` workers and verifies a share of each batch in every
 idle worker while the calling thread verifies its own share.
 
 What a worker gets is public: raw Ed25519 public keys (from the consent service's
 JWKS), signing inputs and signatures. It answers one byte per signature, 1 only when
-``Ed25519PublicKey.verify`` (the same OpenSSL check the verifier runs) accepts it.
+:class:`common.ed25519.Ed25519Key` (the same libsodium check the verifier runs) accepts it.
 A worker that is busy, not started yet, dies, answers late or answers garbage is
 simply not used: its share is verified in the calling thread, so a failure can make a
 batch slower but never lets a signature through. The workers run this module's code
@@ -34,8 +34,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from common.ed25519 import Ed25519Key
 
 log = logging.getLogger(__name__)
 
@@ -48,26 +47,18 @@ QUEUED = 4  # pieces sent ahead to each worker
 
 def verify_jobs(jobs: Sequence[Job]) -> list[bool]:
     """True for each job whose signature verifies (the reference; also used in-process)."""
-    keys: dict[bytes, Ed25519PublicKey | None] = {}
+    keys: dict[bytes, Ed25519Key | None] = {}
     out: list[bool] = []
     for raw, msg, sig in jobs:
         if raw in keys:
             key = keys[raw]
         else:
             try:
-                key = Ed25519PublicKey.from_public_bytes(raw)
+                key = Ed25519Key(raw)
             except ValueError:
                 key = None
             keys[raw] = key
-        if key is None:
-            out.append(False)
-            continue
-        try:
-            key.verify(sig, msg)
-        except InvalidSignature:
-            out.append(False)
-        else:
-            out.append(True)
+        out.append(key is not None and key.verify(sig, msg))
     return out
 
 
