@@ -3,31 +3,40 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DEVSTAMP := $(VENV)/.installed-dev
 PROTOS := $(wildcard proto/fedcredit/v1/*.proto)
 
-.PHONY: setup test lint typecheck pytest proto bench demo clean
+.PHONY: setup dev test lint typecheck pytest proto bench demo clean
 
+# `setup` installs what running fedcredit needs (enough for `make demo`); `dev` adds
+# the test, lint, type-check and code-generation tools on top.
 setup: $(STAMP)
+
+dev: $(DEVSTAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
 
-lint: setup
+$(DEVSTAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(DEVSTAMP)
+
+lint: dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: setup
+typecheck: dev
 	$(VENV)/bin/mypy
 
-pytest: setup
+pytest: dev
 	$(VENV)/bin/pytest -n 2 --dist loadgroup -q
 
 test: lint typecheck pytest
 
-proto: setup
+proto: dev
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iproto --python_out=proto --grpc_python_out=proto \
 	  --mypy_out=proto --mypy_grpc_out=proto $(PROTOS)
 
