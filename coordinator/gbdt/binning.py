@@ -3,9 +3,19 @@
 Binning is lossless across parties only if everyone uses the same edges. The
 edges come from a two-step sketch that can be summed (and so securely
 aggregated): each party reports its finite min/max per feature, then counts of
-its values on a fine equal-width grid between the global min and max; the sum
-of those counts gives global quantiles. A central run computes the very same
-sketch on pooled rows, so it gets identical edges.
+its values on a fine grid between the global min and max; the sum of those
+counts gives global quantiles. A central run computes the very same sketch on
+pooled rows, so it gets identical edges.
+
+The grid is equal-width in ``asinh(x)``, not in ``x``: linear near zero,
+logarithmic for large magnitudes, defined for negatives. Credit features are
+mostly heavy-tailed amounts (bills, payments, revenue); on an equal-width grid
+most of their rows fall in a few cells, the quantile cuts collapse onto them,
+and a 255-bin request got about 77 distinct bins per feature on the FATE
+credit data. Measured there (central hist = federated hist, against pooled
+LightGBM on the same test rows): AUC gap -0.0032 at 200 trees / depth 6 / 255
+bins with the linear grid, +0.0006 with this one; +0.0031 and -0.0010 at
+FATE's 30 trees / depth 3 / 32 bins. The sketch keeps its size.
 
 A value ``x`` falls in bin ``b`` when ``edges[b-1] < x <= edges[b]`` — the
 same comparison LightGBM makes with a split threshold (``x <= threshold`` goes
@@ -120,7 +130,8 @@ def merge_ranges(
 def local_sketch(
     x: FloatArray, lo: FloatArray, hi: FloatArray, cells: int = SKETCH_CELLS
 ) -> IntArray:
-    """Counts of finite values per fine cell, shape (features, cells); summable across parties."""
+    """Counts of finite values per fine cell (equal-width in asinh), shape (features, cells);
+    summable across parties."""
     n_features = x.shape[1]
     out = np.zeros((n_features, cells), dtype=np.int64)
     for f in range(n_features):
@@ -128,11 +139,11 @@ def local_sketch(
         col = col[np.isfinite(col)]
         if col.size == 0 or not np.isfinite(lo[f]):
             continue
-        width = hi[f] - lo[f]
-        if width <= 0:
+        if hi[f] <= lo[f]:
             out[f, 0] = col.size
             continue
-        idx = np.floor((col - lo[f]) / width * cells).astype(np.int64)
+        ulo, uhi = np.arcsinh(lo[f]), np.arcsinh(hi[f])
+        idx = np.floor((np.arcsinh(col) - ulo) / (uhi - ulo) * cells).astype(np.int64)
         np.clip(idx, 0, cells - 1, out=idx)
         out[f] = np.bincount(idx, minlength=cells)
     return out
@@ -154,10 +165,11 @@ def spec_from_sketch(
         if nonempty.size <= 1 or not np.isfinite(lo[f]) or hi[f] <= lo[f]:
             edges.append(np.zeros(0, dtype=np.float64))
             continue
-        width = (hi[f] - lo[f]) / cells
+        ulo = float(np.arcsinh(lo[f]))
+        width = (float(np.arcsinh(hi[f])) - ulo) / cells
 
-        def upper(cell: int, f: int = f, width: float = width) -> float:
-            return float(lo[f] + (cell + 1) * width)
+        def upper(cell: int, ulo: float = ulo, width: float = width) -> float:
+            return float(np.sinh(ulo + (cell + 1) * width))
 
         if nonempty.size <= max_bins:
             cut_cells = nonempty[:-1]

@@ -75,4 +75,7 @@ def test_a_full_secagg_run_is_one_row(data: tuple[np.ndarray, np.ndarray, list[s
         row.trainer == "federated hist + SecAgg+"
         and row.note == "same model text as federated hist"
     )
-    assert row.max_abs_diff_vs_central == 0.0
+    # LightGBM's own predict on the model text against our ensemble's: the same trees
+    # agree to float rounding (the bench's federated-vs-central figure is ~1e-16), and a
+    # different model is off by orders of magnitude more (see the test above).
+    assert row.max_abs_diff_vs_central is not None and row.max_abs_diff_vs_central <= 1e-12
