@@ -5,12 +5,21 @@ Vectors are computed per enterprise for all of the department's features at once
 (LRU). Every request first reads the store's ``data_version`` (one small query);
 when a load has changed it the cache is dropped, so an answer never reflects data
 older than the last completed load (bound: zero — "at once").
+
+With ``warm`` (``[node] warm_cache``, on by default) the engine also computes every
+enterprise's vector in a background thread when the node starts and after each
+load, if the population fits in the cache: a portfolio scored for the first time
+then costs the node no database reads. Until the warm-up is done requests compute
+on demand as before, and a warm-up that finishes after the data changed again is
+discarded, so it never serves an older version.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +33,8 @@ from node.records import FloatArray
 from node.store import NodeStore, StoreState
 
 Reasons = npt.NDArray[np.int8]
+log = logging.getLogger(__name__)
+WARM_CHUNK = 2_000  # enterprises read and computed at a time by the warm-up
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +71,12 @@ def quantile_upper_bounds(values: FloatArray, max_bins: int, min_count: int) -> 
 
 class FeatureEngine:
     def __init__(
-        self, store: NodeStore, *, cache_size: int = 200_000, min_bin_count: int = 20
+        self,
+        store: NodeStore,
+        *,
+        cache_size: int = 200_000,
+        min_bin_count: int = 20,
+        warm: bool = False,
     ) -> None:
         self.store = store
         self.department = store.department
@@ -73,6 +89,12 @@ class FeatureEngine:
         self._cache: OrderedDict[str, tuple[FloatArray, Reasons]] = OrderedDict()
         self._version: int | None = None
         self._population: tuple[int, FloatArray] | None = None
+        self.warm_enabled = warm
+        self._warming: threading.Thread | None = None
+        self._rewarm = False
+        self._warm_target: int | None = None  # the data version a running warm-up computes
+        # (data version, vectors cached, seconds) of the last warm-up that was kept.
+        self.last_warm: tuple[int, int, float] | None = None
 
     def resolve(self, names: Sequence[str]) -> list[int]:
         """Column indexes of ``names`` (all when empty), duplicates dropped, order kept."""
@@ -98,12 +120,94 @@ class FeatureEngine:
             raise NoDataLoaded(
                 f"the {self.department} node has no data yet; run `fedcredit node load`"
             )
+        changed = False
         with self._lock:
             if st.data_version != self._version:
                 self._cache.clear()
                 self._population = None
+                changed = True
                 self._version = st.data_version
+        if changed and self.warm_enabled and self._warm_target != st.data_version:
+            self.start_warming()
         return st
+
+    # -- warm-up -----------------------------------------------------------------------
+
+    def start_warming(self) -> None:
+        """Warm the cache in a background thread (one at a time; a request for another
+        warm-up while one runs makes it run again once it ends)."""
+        with self._lock:
+            if self._warming is not None and self._warming.is_alive():
+                self._rewarm = True
+                return
+            self._rewarm = False
+            t = threading.Thread(target=self._warm_loop, name="feature-warm", daemon=True)
+            self._warming = t
+        t.start()
+
+    def wait_warm(self, timeout: float | None = None) -> bool:
+        """Wait for a running warm-up; True when none is running any more."""
+        t = self._warming
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
+    def _warm_loop(self) -> None:
+        while True:
+            try:
+                self.warm()
+            except Exception as exc:  # e.g. the database went away: requests still compute
+                log.warning("feature warm-up of the %s node failed: %s", self.department, exc)
+            with self._lock:
+                if not self._rewarm:
+                    return
+                self._rewarm = False
+
+    def warm(self) -> int:
+        """Compute and cache every enterprise's vector for the current data version.
+
+        Returns how many were cached: 0 when there is no data, when the population is
+        larger than the cache, or when the data changed while computing (the result
+        would be stale and is dropped)."""
+        t0 = time.perf_counter()
+        st = self.store.state()
+        if st.as_of is None:
+            return 0
+        self._warm_target = st.data_version
+        codes = self.store.codes()
+        if not codes or len(codes) > self.cache_size:
+            return 0
+        # In chunks: a department's whole raw history at once would be a memory spike.
+        k = len(self.names)
+        values = np.empty((len(codes), k))
+        reasons = np.empty((len(codes), k), dtype=np.int8)
+        for i in range(0, len(codes), WARM_CHUNK):
+            part = codes[i : i + WARM_CHUNK]
+            computed = catalog.compute(self.store.fetch(part, st.as_of), self.features)
+            values[i : i + len(part)] = computed.values
+            reasons[i : i + len(part)] = computed.reasons
+            if self._version is not None and self._version != st.data_version:
+                return 0  # overtaken by a load: stop early
+        with self._lock:
+            if self._version is None:
+                self._version = st.data_version
+            if self._version != st.data_version:
+                return 0
+            for r, c in enumerate(codes):
+                self._cache[c] = (values[r], reasons[r])
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            self._population = (st.data_version, values)
+            self.last_warm = (st.data_version, len(codes), time.perf_counter() - t0)
+        log.info(
+            "%s node: %d feature vectors computed ahead in %.1f s (data version %d)",
+            self.department,
+            len(codes),
+            time.perf_counter() - t0,
+            st.data_version,
+        )
+        return len(codes)
 
     def vectors(self, codes: Sequence[str], st: StoreState) -> tuple[FloatArray, Reasons]:
         """All features of ``codes`` (values NaN when missing, reasons per catalog.Missing)."""

@@ -46,6 +46,8 @@ class NodeProcess:
 
     def start(self) -> None:
         self.server.start()
+        if self.engine.warm_enabled:
+            self.engine.start_warming()
         if self.publisher is not None:
             self.publisher.start()
 
@@ -103,7 +105,10 @@ def build_process(
     store = NodeStore(cfg.database, department)
     store.create_schema()
     engine = FeatureEngine(
-        store, cache_size=settings.cache_size, min_bin_count=settings.min_bin_count
+        store,
+        cache_size=settings.cache_size,
+        min_bin_count=settings.min_bin_count,
+        warm=settings.warm_cache,
     )
     key_dir = Path(settings.log_key_dir) if settings.log_key_dir else dep.dir / "data"
     origin = f"{cfg.org_id}/disclosures"

@@ -23,6 +23,7 @@ KEYS = frozenset(
         "witness",
         "disclosure_synchronous",
         "verify_workers",
+        "warm_cache",
     }
 )
 
@@ -56,6 +57,9 @@ class NodeSettings:
     # Worker processes that verify a batch's consent signatures next to the serving
     # thread (node.sigpool). -1: one per core besides one (at most 8); 0: none.
     verify_workers: int = -1
+    # Compute every enterprise's features ahead (at start and after each load) when the
+    # population fits in cache_size, so first-time requests read no raw records.
+    warm_cache: bool = True
 
     def __post_init__(self) -> None:
         checks = (
@@ -94,6 +98,7 @@ class NodeSettings:
             max_workers=s.get_int("max_workers", d.max_workers, min=1),
             ledger_verifier_key=s.get_str("ledger_verifier_key", d.ledger_verifier_key),
             witness=s.get_bool("witness", d.witness),
+            warm_cache=s.get_bool("warm_cache", d.warm_cache),
             log_max_delay=s.get_float("log_max_delay", d.log_max_delay, min=0, max=1),
             disclosure_synchronous=s.get_str(
                 "disclosure_synchronous", d.disclosure_synchronous, choices=("full", "normal")

@@ -338,6 +338,13 @@ class NodeStore:
             tables = {name: self._read(conn, name, codes) for name in self.specs}
         return batch_from_columns(self.department, codes, as_of, tables)
 
+    def codes(self) -> list[str]:
+        """Every enterprise the department holds any record about, sorted."""
+        union = " UNION ".join(f"SELECT code FROM raw_{name}" for name in self.specs)
+        with self._guard(), self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(union).cursor.fetchall()
+        return sorted(r[0] for r in rows)
+
     def fetch_population(self, as_of: int) -> tuple[list[str], Batch]:
         """Every enterprise the department holds records about, and all their records."""
         with self._guard(), self.engine.connect() as conn:

@@ -137,6 +137,7 @@ def make_node(
         world: Path | None = None,
         load: bool = True,
         signatures: SignaturePool | None = None,
+        warm: bool = False,
     ) -> Node:
         org = BY_ID[department].org_id
         url = db_url or f"sqlite:///{tmp_path / f'node-{department}.sqlite'}"
@@ -145,7 +146,10 @@ def make_node(
         if load:
             store.load(world or small_world)
         s = settings or NodeSettings()
-        engine = FeatureEngine(store, cache_size=s.cache_size, min_bin_count=s.min_bin_count)
+        # Warm-up off unless asked: most tests count what a request puts in the cache.
+        engine = FeatureEngine(
+            store, cache_size=s.cache_size, min_bin_count=s.min_bin_count, warm=warm
+        )
         log = Log.open(
             f"sqlite:///{tmp_path / f'disclosures-{department}-{len(made)}.sqlite'}",
             Ed25519PrivateKey.generate(),
