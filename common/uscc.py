@@ -19,6 +19,7 @@ to Z=35), ``C9 = 11 - (sum mod 11)`` where 10 is written ``X`` and 11 ``0``.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 
@@ -124,6 +125,14 @@ def validate(code: str) -> str:
     """Return ``code`` if it is a valid USCC, else raise :class:`InvalidUSCC` naming the problem."""
     if not isinstance(code, str):
         raise InvalidUSCC(f"a credit code must be a string, got {type(code).__name__}")
+    return _validate(code)
+
+
+# Valid codes are remembered (exceptions are not cached, so an invalid code is checked
+# in full every time): one request validates the same code at the node's door and again
+# as the subject of its disclosure-log entry, and a portfolio is scored again and again.
+@functools.lru_cache(maxsize=1 << 18)
+def _validate(code: str) -> str:
     if len(code) != 18:
         raise InvalidUSCC(
             f"credit code {code!r} has {len(code)} characters; expected 18", code=code, position=0

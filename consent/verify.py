@@ -101,12 +101,12 @@ class VerifiedConsent:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            # RFC 7519 §4: a JWT with duplicate claim names may be rejected; we do.
-            raise ValueError(f"duplicate member {k!r}")
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        # RFC 7519 §4: a JWT with duplicate claim names may be rejected; we do.
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate member {dup!r}")
     return out
 
 
