@@ -54,17 +54,19 @@ def top_reasons(
         raise ValueError(f"expected {k} or {k + 1} contributions, got {contrib.shape[0]}")
     contrib = contrib[:k]
     miss = np.zeros(k, dtype=bool) if missing is None else np.asarray(missing, dtype=bool)
-    order = sorted(range(k), key=lambda i: (-contrib[i], i))
+    # Largest first; a stable sort keeps feature order among ties.
+    order = np.argsort(-contrib, kind="stable")[:n].tolist()
+    values = contrib.tolist()
     out: list[Reason] = []
-    for i in order[:n]:
-        if contrib[i] <= 0:
+    for i in order:
+        if not values[i] > 0:  # also stops at NaN
             break
         name = feature_names[i]
         out.append(
             Reason(
                 feature=name,
                 description=descriptions.get(name, name.replace("_", " ")),
-                contribution=float(contrib[i]),
+                contribution=values[i],
                 missing=bool(miss[i]),
             )
         )

@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
+import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +36,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from common.canonical import canonical_json
+from common.canonical import canonical_json, number
 from common.errors import DeadlineExceeded, FedcreditError, Internal, Unavailable
 from common.evidence import AsyncEvidenceSink
 from common.tls import Identity
@@ -114,9 +116,29 @@ class ModelSource(Protocol):
     async def current(self) -> ScoringModel: ...
 
 
+# Strings that RFC 8785 writes as they are (no escapes, ASCII): credit codes, jtis and
+# model versions always are; anything else takes the library's path.
+_PLAIN = re.compile(r"[A-Za-z0-9_.:+\-]*")
+
+
 def feature_hash(model_version: str, enterprise: str, jti: str, row: np.ndarray) -> str:
-    """SHA-256 over the canonical JSON (RFC 8785) of the vector: proves which values, reveals none."""
-    values = [None if np.isnan(v) else float(v) for v in row]
+    """SHA-256 over the canonical JSON (RFC 8785) of the vector: proves which values, reveals none.
+
+    The document is ``{"enterprise", "features", "jti", "model_version"}`` (RFC 8785's key
+    order) with missing values as null. Written here directly rather than through
+    ``canonical_json``: the same bytes (a property test compares them), about ten times
+    faster, and the coordinator hashes every scored enterprise's whole vector.
+    """
+    values = [None if v != v else v for v in row.tolist()]  # NaN -> null
+    if all(_PLAIN.fullmatch(x) for x in (model_version, enterprise, jti)) and all(
+        v is None or math.isfinite(v) for v in values
+    ):
+        feats = ",".join("null" if v is None else number(v) for v in values)
+        text = (
+            f'{{"enterprise":"{enterprise}","features":[{feats}],'
+            f'"jti":"{jti}","model_version":"{model_version}"}}'
+        )
+        return hashlib.sha256(text.encode("ascii")).hexdigest()
     doc = {"model_version": model_version, "enterprise": enterprise, "jti": jti, "features": values}
     return hashlib.sha256(canonical_json(doc)).hexdigest()
 

@@ -221,3 +221,50 @@ def test_settings_from_sections_and_errors() -> None:
         CoordinatorSettings.from_sections(
             Section("coordinator", {}), Section("fund", {"rules": {"A": {"fund_share_bp": 9000}}})
         )
+
+
+# --- the feature hash: the direct writer gives the RFC 8785 bytes ------------------------
+
+
+def _reference_hash(version: str, code: str, jti: str, row: np.ndarray) -> str:
+    import hashlib
+
+    from common.canonical import canonical_json
+
+    doc = {
+        "model_version": version,
+        "enterprise": code,
+        "jti": jti,
+        "features": [None if np.isnan(v) else float(v) for v in row],
+    }
+    return hashlib.sha256(canonical_json(doc)).hexdigest()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.floats(allow_infinity=False), st.just(float("nan"))), min_size=0, max_size=40
+    )
+)
+def test_feature_hash_equals_the_canonical_json_hash(values: list[float]) -> None:
+    from coordinator.scoring import feature_hash
+
+    row = np.array(values, dtype=np.float64)
+    args = ("fed-hist-20261203-064640-cc3bc956", "91371083MAA4H58A8U", "b3f1c2-jti_9.x")
+    assert feature_hash(*args, row) == _reference_hash(*args, row)
+
+
+@pytest.mark.parametrize("jti", ['quote"inside', "tab\there", "é-non-ascii", ""])
+def test_feature_hash_of_unusual_strings_takes_the_library_path(jti: str) -> None:
+    from coordinator.scoring import feature_hash
+
+    row = np.array([1.0, np.nan, 2.5e-9])
+    assert feature_hash("v1", "91371083MAA4H58A8U", jti, row) == _reference_hash(
+        "v1", "91371083MAA4H58A8U", jti, row
+    )
+
+
+def test_top_reasons_ties_keep_feature_order() -> None:
+    r = top_reasons([0.2, 0.5, 0.2, 0.2, -1.0], ["a", "b", "c", "d", "e"], {})
+    assert [x.feature for x in r] == ["b", "a", "c"]
+    assert [x.contribution for x in r] == [0.5, 0.2, 0.2]
