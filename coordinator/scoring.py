@@ -403,21 +403,26 @@ class Scorer:
                 for i in asked:
                     errors[i] = errors[i] or err
                 continue
+            # The node's columns of the matrix, filled in one assignment (not per value).
+            feats = by_cat[cat]
+            js = [col[f] for f in feats]
+            filled: list[int] = []
+            block: list[list[float]] = []
             for i, a in zip(asked, ans, strict=True):
                 if a.error is not None:
                     if errors[i] is None:
                         a.error.metadata.setdefault("node", node.org_id)
                         errors[i] = a.error
                     continue
-                for f, v in (a.values or {}).items():
-                    j = col.get(f)
-                    if j is not None and v is not None:
-                        matrix[i, j] = float(v)
+                vals = a.values or {}
+                filled.append(i)
+                block.append([math.nan if (x := vals.get(f)) is None else float(x) for f in feats])
+            if filled:
+                matrix[np.ix_(filled, js)] = block
 
         rows = [i for i, e in enumerate(errors) if e is None]
-        out: list[Assessment | FedcreditError] = [
-            e if e is not None else Internal("unset") for e in errors
-        ]
+        unset = Internal("unset")  # every such slot is filled below; one placeholder for all
+        out: list[Assessment | FedcreditError] = [e if e is not None else unset for e in errors]
         if rows:
             sub = matrix[rows]
             pds = model.predict(sub)
