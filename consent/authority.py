@@ -836,9 +836,63 @@ class ConsentAuthority:
         now = self.now()
 
         def work(conn: Connection) -> list[int | FedcreditError]:
-            return [self._use_one(conn, actor, jti, now) for jti in jtis]
+            return self._use_many(conn, actor, jtis, now)
 
         return self.store.write(work)
+
+    def _use_many(
+        self, conn: Connection, actor: Identity, jtis: Sequence[str], now: int
+    ) -> list[int | FedcreditError]:
+        """:meth:`_use_one` for every jti, with a few statements instead of three per
+        token: the decision per token is the same (a conditional update re-checks the
+        state, so a revoke committed meanwhile still wins)."""
+        out: list[int | FedcreditError | None] = [None] * len(jtis)
+        # A jti listed twice is counted twice: round r holds each jti's r-th listing.
+        rounds: list[list[int]] = []
+        listed: dict[str, int] = {}
+        for k, jti in enumerate(jtis):
+            r = listed.get(jti, 0)
+            listed[jti] = r + 1
+            if r == len(rounds):
+                rounds.append([])
+            rounds[r].append(k)
+        for positions in rounds:
+            rows = self.store.get_by_jtis(conn, [jtis[k] for k in positions])
+            eligible: list[int] = []
+            for k in positions:
+                jti = jtis[k]
+                row = rows.get(jti)
+                if row is None:
+                    out[k] = E.ConsentNotFound(f"no consent token with jti {jti!r}", jti=jti)
+                elif actor.role == "bank" and row.bank != actor.org_id:
+                    out[k] = E.NotYourConsent(
+                        f"token {jti} is addressed to {row.bank}; you are {actor.org_id}"
+                    )
+                else:
+                    eligible.append(k)
+            counted = self.store.record_uses_many(conn, [jtis[k] for k in eligible], now, now)
+            for k in eligible:
+                jti = jtis[k]
+                if jti in counted:
+                    out[k] = counted[jti]
+                else:  # refused: say why, as _use_one does
+                    out[k] = self._refusal(rows[jti], now) or self._why_not_counted(
+                        conn, jti, rows[jti], now
+                    )
+        assert all(r is not None for r in out)
+        return [r for r in out if r is not None]
+
+    def _why_not_counted(
+        self, conn: Connection, jti: str, row: ConsentRow, now: int
+    ) -> FedcreditError:
+        """The row looked usable but the conditional update matched nothing: a concurrent
+        revoke or pause committed in between. Read it again to name what happened."""
+        fresh = self.store.get_by_jti(conn, jti)
+        if fresh is not None and fresh.state != row.state:
+            return self._refusal(fresh, now) or E.ConsentRevoked(
+                f"consent {fresh.consent_id} has been {fresh.state.lower()}", jti=jti
+            )
+        return E.ConsentRevoked(f"consent {row.consent_id} can no longer be used", jti=jti)
 
     def _use_one(
         self, conn: Connection, actor: Identity, jti: str, now: int
@@ -855,17 +909,7 @@ class ConsentAuthority:
             assert counted is not None
             return counted.uses
         # Refused: say why, from the state that refused it.
-        refusal = self._refusal(row, now)
-        if refusal is not None:
-            return refusal
-        # The row looked usable but the update matched nothing: a concurrent revoke or
-        # pause committed in between. Read it again to name what happened.
-        fresh = self.store.get_by_jti(conn, jti)
-        if fresh is not None and fresh.state != row.state:
-            return self._refusal(fresh, now) or E.ConsentRevoked(
-                f"consent {fresh.consent_id} has been {fresh.state.lower()}", jti=jti
-            )
-        return E.ConsentRevoked(f"consent {row.consent_id} can no longer be used", jti=jti)
+        return self._refusal(row, now) or self._why_not_counted(conn, jti, row, now)
 
     @staticmethod
     def _refusal(row: ConsentRow, now: int) -> FedcreditError | None:

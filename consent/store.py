@@ -54,6 +54,9 @@ from common.errors import StoreUnavailable
 from common.evidence import Receipt
 from consent.keys import KeyRecord
 
+# Keys per IN (...) list: below every driver's bound-parameter limit.
+IN_CHUNK = 500
+
 T = TypeVar("T")
 
 metadata = MetaData()
@@ -338,6 +341,17 @@ class ConsentStore:
         row = conn.execute(select(consents_t).where(consents_t.c.jti == jti)).mappings().first()
         return ConsentRow.from_mapping(row) if row is not None else None
 
+    def get_by_jtis(self, conn: Connection, jtis: Sequence[str]) -> dict[str, ConsentRow]:
+        """The consents of these jtis (absent ones left out), a few queries for any number."""
+        out: dict[str, ConsentRow] = {}
+        for i in range(0, len(jtis), IN_CHUNK):
+            q = select(consents_t).where(consents_t.c.jti.in_(list(jtis[i : i + IN_CHUNK])))
+            for m in conn.execute(q).mappings():
+                row = ConsentRow.from_mapping(m)
+                if row.jti is not None:
+                    out[row.jti] = row
+        return out
+
     def update_consent(
         self,
         conn: Connection,
@@ -389,6 +403,31 @@ class ConsentStore:
             .values(uses=c.uses + 1, updated_at=updated_at)
         )
         return result.rowcount == 1
+
+    def record_uses_many(
+        self, conn: Connection, jtis: Sequence[str], now: int, updated_at: int
+    ) -> dict[str, int]:
+        """:meth:`record_use` for several distinct jtis at once: each is counted atomically
+        under the same conditions; returns the count after it of each one counted."""
+        c = consents_t.c
+        out: dict[str, int] = {}
+        for i in range(0, len(jtis), IN_CHUNK):
+            stmt = (
+                update(consents_t)
+                .where(
+                    and_(
+                        c.jti.in_(list(jtis[i : i + IN_CHUNK])),
+                        c.state == "ACTIVE",
+                        c.uses < c.max_uses,
+                        c.expires_at > now,
+                    )
+                )
+                .values(uses=c.uses + 1, updated_at=updated_at)
+                .returning(c.jti, c.uses)
+            )
+            for jti, uses in conn.execute(stmt):
+                out[jti] = int(uses)
+        return out
 
     def list_consents(
         self,
