@@ -70,7 +70,7 @@ FUND_KEYS = frozenset(
 class CoordinatorSettings:
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     batch_chunk: int = 500
-    batch_inflight: int = 4
+    batch_inflight: int = 8
     watch_interval_s: float = 60.0
     watch_min_interval_s: float = 1.0
     watch_max_subscriptions: int = 10_000
