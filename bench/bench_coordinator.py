@@ -54,11 +54,29 @@ def pct(xs: Sequence[float], p: float) -> float:
     return float(np.percentile(np.asarray(xs), p)) if xs else float("nan")
 
 
+def with_descendants(pids: Sequence[int]) -> list[int]:
+    """``pids`` and every live process below them (e.g. a node's signature workers, whose
+    CPU a parent's /proc/stat does not include while they run)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
 def cpu_seconds(pids: Sequence[int]) -> float:
-    """utime + stime of processes (from /proc), in seconds."""
+    """utime + stime of processes and their descendants (from /proc), in seconds."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for pid in pids:
+    for pid in with_descendants(pids):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
@@ -462,7 +480,7 @@ class Bench:
         used = {name: cpu_seconds([pid]) - cpu0[name] for name, pid in by_name.items()}
         cpu_services = sum(used.values())
         nodes_cpu = sum(v for k, v in used.items() if k.startswith("node-"))
-        self.row("CPU during the batch: 12 nodes", nodes_cpu, "s")
+        self.row("CPU during the batch: 12 nodes (with their signature workers)", nodes_cpu, "s")
         self.row("CPU during the batch: coordinator", used.get("coordinator", 0.0), "s")
         self.row("CPU during the batch: ledger", used.get("ledger", 0.0), "s")
         self.row(
