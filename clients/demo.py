@@ -61,6 +61,7 @@ class Demo:
     # Flower engine for the training step: the Deployment Engine (a SuperLink and one
     # SuperNode per bank as processes), as a real federation runs; "simulation" is quicker.
     engine: str = "deployment"
+    trees: int = 20  # of the credit model (`fedcredit demo --trees`) (PRESETS["fate"] otherwise: depth 3, 32 bins, lr 0.3)
     steps: list[StepRecord] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     dep: Deployment | None = None
@@ -174,9 +175,10 @@ def run_demo(
     keep: bool,
     as_json: bool,
     engine: str = "deployment",
+    trees: int = 20,
 ) -> int:
     console = Console(stderr=as_json)
-    demo = Demo(dir.resolve(), enterprises, banks, seed, console, engine=engine)
+    demo = Demo(dir.resolve(), enterprises, banks, seed, console, engine=engine, trees=trees)
     t_start = time.perf_counter()
     code = 0
     try:

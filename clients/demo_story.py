@@ -13,6 +13,7 @@ from clients.coordinator_client import CoordinatorClient
 from clients.demo import AUDITOR, Demo, DemoFailed, _truth, table_fact
 from common.errors import PermissionDenied
 from consent.authority import ConsentTerms
+from coordinator.gbdt.params import GBDTParams
 
 
 def _consent(demo: Demo, enterprise: str, bank: str, purpose: str, *, uses: int = 5) -> str:
@@ -282,11 +283,21 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def demo_params(demo: Demo) -> GBDTParams:
+    """The demo model's settings: FATE's (depth 3, 32 bins, learning rate 0.3), ``--trees``."""
+    from dataclasses import replace
+
+    from coordinator.training.city import PRESETS
+
+    return replace(PRESETS["fate"], num_trees=demo.trees)
+
+
 def train_model(demo: Demo, world: Path) -> None:
     """Consents for training, then the hist model with SecAgg+ in the demo's Flower engine."""
     from clients.demo import _progress
     from clients.training.consents import collect_training_consents
     from coordinator.training.city import train_city
+    from coordinator.training.settings import TrainSettings
 
     assert demo.dep is not None
     c = demo.console
@@ -302,7 +313,13 @@ def train_model(demo: Demo, world: Path) -> None:
         f"Train the credit model: hist GBDT in Flower's {where} with SecAgg+, publish, activate"
     ):
         with _progress(c) as bar:
-            rep = train_city(demo.dep, engine=demo.engine, secagg=True, progress=bar)
+            rep = train_city(
+                demo.dep,
+                engine=demo.engine,
+                secagg=True,
+                progress=bar,
+                settings=TrainSettings(params=demo_params(demo)),
+            )
         c.print(
             f"model {rep.model_version}: {rep.trees} trees in {rep.seconds:.1f} s "
             f"({rep.seconds_per_tree:.2f} s/tree) by {len(rep.banks)} banks; held-out AUC {rep.auc:.4f} "
@@ -390,7 +407,6 @@ def _whole_city_auc(demo: Demo, world: Path, version: str) -> tuple[float, float
     import numpy as np
 
     from coordinator.gbdt.metrics import auc
-    from coordinator.training.city import PRESETS
     from coordinator.training.strategies import lgb_params
     from node.catalog import compute_all
 
@@ -410,7 +426,7 @@ def _whole_city_auc(demo: Demo, world: Path, version: str) -> tuple[float, float
     borrowers = np.array([index[c] for c in labels if c in index])
     others = np.array([i for i, c in enumerate(codes) if c not in labels])
     y_others = np.array([truth[codes[i]] for i in others], dtype=np.float64)
-    fate = PRESETS["fate"]
+    fate = demo_params(demo)
     pooled = lgb.train(
         lgb_params(fate, boost_from_average=True),
         lgb.Dataset(

@@ -12,6 +12,9 @@ from common.cliutil import console, fail, output, user_errors
 from common.config import load_config
 from common.errors import ConfigError
 
+# Trees of the demo's credit model (see `fedcredit demo --help`).
+DEMO_TREES = 20
+
 if TYPE_CHECKING:
     from clients.cli import Root
 
@@ -139,11 +142,20 @@ def register(root: Root) -> None:
             str,
             typer.Option(
                 help="Flower engine for training: 'deployment' (default: a SuperLink and one "
-                "SuperNode per bank as processes, TLS and SuperNode authentication; ~4 min of "
-                "training for 7 banks with SecAgg+ on 2 cores) or 'simulation' (Flower's "
-                "Simulation Engine in one process; ~1.5 min)."
+                "SuperNode per bank as processes, TLS and SuperNode authentication; ~1.5-2 min "
+                "of training for 7 banks with SecAgg+ on 2 cores) or 'simulation' (Flower's "
+                "Simulation Engine in one process)."
             ),
         ] = "deployment",
+        trees: Annotated[
+            int,
+            typer.Option(
+                help="Trees of the credit model (depth 3, 32 bins, learning rate 0.3). 20 by "
+                "default: on the default city (5,000 firms, this seed) 20 trees score AUC "
+                "0.718 on held-out borrowers and 0.700 on non-borrowers, 30 trees 0.684 and "
+                "0.696 (they overfit), and SecAgg+ costs 12 rounds per tree."
+            ),
+        ] = DEMO_TREES,
         as_json: JsonOpt = False,
     ) -> None:
         """Run the whole federation locally on SQLite and play the story end to end."""
@@ -161,6 +173,8 @@ def register(root: Root) -> None:
                 ConfigError(f"--engine: expected simulation or deployment, got {engine!r}"),
                 as_json=as_json,
             )
+        if not 1 <= trees <= 200:
+            fail(ConfigError(f"--trees: expected 1 to 200, got {trees}"), as_json=as_json)
         if not 200 <= enterprises <= 200_000:
             fail(
                 ConfigError(f"--enterprises: expected 200 to 200,000, got {enterprises}"),
@@ -175,6 +189,7 @@ def register(root: Root) -> None:
             keep=keep,
             as_json=as_json,
             engine=engine,
+            trees=trees,
         )
         raise typer.Exit(code)
 
