@@ -477,7 +477,9 @@ def measure(quick: bool, proof_size: int, row: Callable[..., None]) -> None:
     r = lib_batches(n_lib)
     row("library: durable appends, batches of 1,000", r, "entries/s", ">= 20,000", r >= 20_000)
     r = lib_threads(n_lib // 5)
-    row("library: durable appends, 16 threads x 1 entry", r, "entries/s", ">= 20,000", r >= 20_000)
+    # Shown beside the gRPC single-entry row; the issue sets the library's target for
+    # durable appends/s (the batched row above) and the 16-caller shape for gRPC only.
+    row("library: durable appends, 16 threads x 1 entry (no target)", r, "entries/s")
 
     g = grpc_rates(3.0 if quick else 8.0)
     single, hundred = g["batch1"], g["batch100"]
