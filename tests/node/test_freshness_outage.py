@@ -16,7 +16,7 @@ from common.errors import FedcreditError
 from node import catalog
 from node.store import NodeStore
 from tests.node.conftest import Consents, NodeFactory, world_codes
-from tests.node.test_store import append_dir
+from tests.node.test_store import append_january_filing
 from world.calendar import month_ordinal
 
 
@@ -30,12 +30,8 @@ def test_appended_filings_show_in_the_next_answer(
         [before] = c.get_features([(code, tok)], ["revenue_12m"], **node.coordinator_kw())
         assert node.engine.cached() == 1
         # Another process (the `node load --append` command) adds January's filing.
-        loader = NodeStore(node.store.engine.url.render_as_string(hide_password=False), "tax")
-        d = append_dir(tmp_path, "tax", "2026-01", {
-            "filings.csv": "code,period,sales_revenue,vat_paid,income_tax_paid,filed_on\n"
-                           f"{code},2026-01,98765432,7000,1000,2026-02-10\n"})  # fmt: skip
-        loader.load(d, append=True)
-        loader.close()
+        url = node.store.engine.url.render_as_string(hide_password=False)
+        append_january_filing(url, tmp_path, code, 98_765_432)
         resp = c.get_features_raw(
             build_request([(code, tok)], ["revenue_12m"], **node.coordinator_kw())
         )

@@ -24,6 +24,17 @@ def append_dir(tmp: Path, department: str, as_of: str, files: dict[str, str]) ->
     return d
 
 
+def append_january_filing(url: str, tmp: Path, code: str, revenue: int) -> None:
+    """What `fedcredit node load --append` does from another process: January 2026's tax
+    filing of ``code`` is added to the node database at ``url``."""
+    loader = NodeStore(url, "tax")
+    d = append_dir(tmp, "tax", "2026-01", {
+        "filings.csv": "code,period,sales_revenue,vat_paid,income_tax_paid,filed_on\n"
+                       f"{code},2026-01,{revenue},7000,1000,2026-02-10\n"})  # fmt: skip
+    loader.load(d, append=True)
+    loader.close()
+
+
 def test_load_replace_append_and_read_back(db_url: str, small_world: Path, tmp_path: Path) -> None:
     store = NodeStore(db_url, "tax")
     store.create_schema()

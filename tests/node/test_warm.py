@@ -13,7 +13,7 @@ from node import engine as engine_mod
 from node.engine import FeatureEngine
 from node.store import NodeStore
 from tests.node.conftest import Consents, NodeFactory, world_codes
-from tests.node.test_store import append_dir
+from tests.node.test_store import append_january_filing
 from world.calendar import month_ordinal
 
 
@@ -65,12 +65,7 @@ def test_a_warm_up_overtaken_by_a_load_is_dropped(small_world: Path, tmp_path: P
     def load_meanwhile(codes: list[str], as_of: int):  # type: ignore[no-untyped-def]
         out = real(codes, as_of)
         # A request sees the new version while the warm-up is still computing the old.
-        loader = NodeStore(url, "tax")
-        d = append_dir(tmp_path, "tax", "2026-01", {
-            "filings.csv": "code,period,sales_revenue,vat_paid,income_tax_paid,filed_on\n"
-                           f"{code},2026-01,55555555,7000,1000,2026-02-10\n"})  # fmt: skip
-        loader.load(d, append=True)
-        loader.close()
+        append_january_filing(url, tmp_path, code, 55_555_555)
         engine.state()
         return out
 
@@ -97,12 +92,8 @@ def test_a_warm_node_answers_appended_data_at_once(
     tok = consents.token(code, max_uses=5)
     with node.client() as c:
         [before] = c.get_features([(code, tok)], ["revenue_12m"], **node.coordinator_kw())
-        loader = NodeStore(node.store.engine.url.render_as_string(hide_password=False), "tax")
-        d = append_dir(tmp_path, "tax", "2026-01", {
-            "filings.csv": "code,period,sales_revenue,vat_paid,income_tax_paid,filed_on\n"
-                           f"{code},2026-01,98765432,7000,1000,2026-02-10\n"})  # fmt: skip
-        loader.load(d, append=True)
-        loader.close()
+        url = node.store.engine.url.render_as_string(hide_password=False)
+        append_january_filing(url, tmp_path, code, 98_765_432)
         resp = c.get_features_raw(
             build_request([(code, tok)], ["revenue_12m"], **node.coordinator_kw())
         )
