@@ -42,6 +42,10 @@ class DemoFailed(Exception):
         self.message = message
 
 
+# Trees of the demo's credit model, otherwise FATE's settings (`fedcredit demo --help`).
+DEMO_TREES = 20
+
+
 @dataclass
 class StepRecord:
     number: int
@@ -61,7 +65,7 @@ class Demo:
     # Flower engine for the training step: the Deployment Engine (a SuperLink and one
     # SuperNode per bank as processes), as a real federation runs; "simulation" is quicker.
     engine: str = "deployment"
-    trees: int = 20  # of the credit model (`fedcredit demo --trees`) (PRESETS["fate"] otherwise: depth 3, 32 bins, lr 0.3)
+    trees: int = DEMO_TREES
     steps: list[StepRecord] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     dep: Deployment | None = None
@@ -175,7 +179,7 @@ def run_demo(
     keep: bool,
     as_json: bool,
     engine: str = "deployment",
-    trees: int = 20,
+    trees: int = DEMO_TREES,
 ) -> int:
     console = Console(stderr=as_json)
     demo = Demo(dir.resolve(), enterprises, banks, seed, console, engine=engine, trees=trees)

@@ -32,7 +32,7 @@ def number(v: float) -> str:
     if not math.isfinite(v):
         raise ValueError(f"{v!r} has no JSON form (RFC 8785 §3.2.2.3)")
     r = repr(v)
-    if "e" not in r and r[-1] != "n":  # Python's plain range, 1e-4 <= |v| < 1e16: same digits
+    if "e" not in r:  # Python's plain range, 1e-4 <= |v| < 1e16: same digits
         return r[:-2] if r.endswith(".0") else r
     sign = ""
     if r[0] == "-":

@@ -843,9 +843,9 @@ class ConsentAuthority:
     def _use_many(
         self, conn: Connection, actor: Identity, jtis: Sequence[str], now: int
     ) -> list[int | FedcreditError]:
-        """:meth:`_use_one` for every jti, with a few statements instead of three per
-        token: the decision per token is the same (a conditional update re-checks the
-        state, so a revoke committed meanwhile still wins)."""
+        """Count one use of each jti where its consent allows it, with a few statements for
+        the whole batch: one read of the rows and one conditional update per round. The
+        update re-checks the state, so a revoke committed meanwhile still wins."""
         out: list[int | FedcreditError | None] = [None] * len(jtis)
         # A jti listed twice is counted twice: round r holds each jti's r-th listing.
         rounds: list[list[int]] = []
@@ -875,7 +875,7 @@ class ConsentAuthority:
                 jti = jtis[k]
                 if jti in counted:
                     out[k] = counted[jti]
-                else:  # refused: say why, as _use_one does
+                else:  # refused: say why, from the state that refused it
                     out[k] = self._refusal(rows[jti], now) or self._why_not_counted(
                         conn, jti, rows[jti], now
                     )
@@ -893,23 +893,6 @@ class ConsentAuthority:
                 f"consent {fresh.consent_id} has been {fresh.state.lower()}", jti=jti
             )
         return E.ConsentRevoked(f"consent {row.consent_id} can no longer be used", jti=jti)
-
-    def _use_one(
-        self, conn: Connection, actor: Identity, jti: str, now: int
-    ) -> int | FedcreditError:
-        row = self.store.get_by_jti(conn, jti)
-        if row is None:
-            return E.ConsentNotFound(f"no consent token with jti {jti!r}", jti=jti)
-        if actor.role == "bank" and row.bank != actor.org_id:
-            return E.NotYourConsent(
-                f"token {jti} is addressed to {row.bank}; you are {actor.org_id}"
-            )
-        if self.store.record_use(conn, jti, now, now):
-            counted = self.store.get_by_jti(conn, jti)
-            assert counted is not None
-            return counted.uses
-        # Refused: say why, from the state that refused it.
-        return self._refusal(row, now) or self._why_not_counted(conn, jti, row, now)
 
     @staticmethod
     def _refusal(row: ConsentRow, now: int) -> FedcreditError | None:

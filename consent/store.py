@@ -387,28 +387,11 @@ class ConsentStore:
         # One row: a plain execute (SQLAlchemy's executemany path costs more per call).
         conn.execute(_SET_TOKEN, params[0] if len(params) == 1 else params)
 
-    def record_use(self, conn: Connection, jti: str, now: int, updated_at: int) -> bool:
-        """Count one use atomically if the consent is active, unexpired and has uses left."""
-        c = consents_t.c
-        result = conn.execute(
-            update(consents_t)
-            .where(
-                and_(
-                    c.jti == jti,
-                    c.state == "ACTIVE",
-                    c.uses < c.max_uses,
-                    c.expires_at > now,
-                )
-            )
-            .values(uses=c.uses + 1, updated_at=updated_at)
-        )
-        return result.rowcount == 1
-
     def record_uses_many(
         self, conn: Connection, jtis: Sequence[str], now: int, updated_at: int
     ) -> dict[str, int]:
-        """:meth:`record_use` for several distinct jtis at once: each is counted atomically
-        under the same conditions; returns the count after it of each one counted."""
+        """Count one use of each of these distinct jtis, atomically, where the consent is
+        active, unexpired and has uses left; returns the count after it of each one counted."""
         c = consents_t.c
         out: dict[str, int] = {}
         for i in range(0, len(jtis), IN_CHUNK):

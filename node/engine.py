@@ -128,17 +128,22 @@ class FeatureEngine:
                 changed = True
                 self._version = st.data_version
         if changed and self.warm_enabled and self._warm_target != st.data_version:
-            self.start_warming()
+            self.start_warming(st.data_version)
         return st
 
     # -- warm-up -----------------------------------------------------------------------
 
-    def start_warming(self) -> None:
-        """Warm the cache in a background thread (one at a time; a request for another
-        warm-up while one runs makes it run again once it ends)."""
+    def start_warming(self, version: int | None = None) -> None:
+        """Warm the cache in a background thread, one at a time. Asked for ``version`` while
+        one runs for an older version, it runs again once it ends; one that has not read
+        the store's state yet will compute the latest anyway (the node's start and its
+        first request both ask)."""
         with self._lock:
             if self._warming is not None and self._warming.is_alive():
-                self._rewarm = True
+                if version is None or (
+                    self._warm_target is not None and self._warm_target != version
+                ):
+                    self._rewarm = True
                 return
             self._rewarm = False
             t = threading.Thread(target=self._warm_loop, name="feature-warm", daemon=True)

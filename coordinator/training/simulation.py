@@ -170,28 +170,15 @@ def start_ray(actors: int, *, attempts: int = RAY_START_ATTEMPTS) -> None:
 
 
 def _run(server_app: Any, client_app: Any, num_banks: int, actors: int, verbose: bool) -> None:
-    start_ray(actors)
+    start_ray(actors)  # loopback only, no dashboard, ``actors`` ClientApp processes
     try:
-        _run_simulation(server_app, client_app, num_banks, actors, verbose)
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_banks,
+            # No "init_args": Ray is already up (start_ray), so Flower does not start it.
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+            verbose_logging=verbose,
+        )
     finally:
         ray.shutdown()  # Flower's backend shuts Ray down too; this covers an early failure
-
-
-def _run_simulation(
-    server_app: Any, client_app: Any, num_banks: int, actors: int, verbose: bool
-) -> None:
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=num_banks,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            # Ray on loopback only, no dashboard; ``actors`` ClientApp processes.
-            "init_args": {
-                "num_cpus": actors,
-                "include_dashboard": False,
-                "_node_ip_address": "127.0.0.1",
-            },
-        },
-        verbose_logging=verbose,
-    )
