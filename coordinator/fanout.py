@@ -21,6 +21,17 @@ class FetchItem:
     token: str
 
 
+class FetchBatch(tuple[FetchItem, ...]):
+    """The items of one fan-out, shared by every node asked about the same enterprises.
+
+    A transport may keep its encoding of the items here (``wire``) so that a chunk sent
+    to twelve nodes is encoded once, not twelve times; nothing else about it differs
+    from a tuple of :class:`FetchItem`.
+    """
+
+    wire: bytes | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class NodeAnswer:
     """One enterprise's features from one node, or why the node refused them."""

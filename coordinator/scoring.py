@@ -43,7 +43,7 @@ from common.tls import Identity
 from common.uscc import validate as validate_uscc
 from consent.verify import BatchUseCounter
 from coordinator.errors import LedgerUnavailable, NodeUnavailable
-from coordinator.fanout import Catalog, FetchItem, NodeAnswer, NodeFeatures
+from coordinator.fanout import Catalog, FetchBatch, FetchItem, NodeAnswer, NodeFeatures
 from coordinator.model import ScoringModel
 from coordinator.reasons import Reason, top_reasons
 
@@ -284,12 +284,13 @@ class Scorer:
         s = self.settings
         chunks = unique_chunks(items, node.max_batch)
         deadline = s.node_deadline_s + s.node_deadline_per_item_s * max(len(c) for c in chunks)
+        whole = len(chunks) == 1  # unique_chunks keeps the order: the chunk is ``items``
         try:
             parts = await asyncio.wait_for(
                 asyncio.gather(
                     *(
                         node.get_features(
-                            [items[i] for i in c],
+                            items if whole else [items[i] for i in c],
                             features,
                             purpose=purpose,
                             bank_org=bank.org_id,
@@ -371,15 +372,17 @@ class Scorer:
         counting = asyncio.ensure_future(
             self._count_uses([verified[i] for i in ok] if self._separate_count else [])
         )
+        # Nodes asked about the same enterprises share one FetchBatch (one encoding).
+        batches: dict[tuple[int, ...], FetchBatch] = {}
+        for _cat, _node, asked in plan:
+            key = tuple(asked)
+            if key not in batches:
+                batches[key] = FetchBatch(
+                    FetchItem(items[i].enterprise, items[i].token) for i in asked
+                )
         answers = await asyncio.gather(
             *(
-                self._ask_node(
-                    node,
-                    [FetchItem(items[i].enterprise, items[i].token) for i in asked],
-                    by_cat[cat],
-                    purpose,
-                    bank,
-                )
+                self._ask_node(node, batches[tuple(asked)], by_cat[cat], purpose, bank)
                 for cat, node, asked in plan
             )
         )
