@@ -195,6 +195,9 @@ class Bench:
         self.consent_server, _ = serve(
             self.authority, address=csvc.address, tls=dep.tls(csvc.org_id)
         )
+        from common.gctune import tune_for_service
+
+        tune_for_service()  # as `fedcredit consent serve` does once it serves
         rest = [s for n, s in specs.items() if n not in ("ledger", "consent")]
         t0 = time.perf_counter()
         self.sup.start(rest, timeout=120)

@@ -398,6 +398,7 @@ def register(root: Root) -> None:
         ] = False,
     ) -> None:
         """Run the consent service of the deployment (until SIGTERM or Ctrl-C)."""
+        from common.gctune import tune_for_service
         from consent.service import serve, stop
 
         with user_errors():
@@ -413,6 +414,7 @@ def register(root: Root) -> None:
         console.print(
             f"consent service {s.org_id} listening on {s.address} (issuer {authority.settings.issuer})"
         )
+        tune_for_service()
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())

@@ -207,10 +207,11 @@ def register(root: Root) -> None:
         """Run the coordinator (scoring, guarantees, model registry) until interrupted."""
         import asyncio
 
+        from common.gctune import tune_for_service
         from coordinator.daemon import serve
 
         with user_errors(), contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(config, insecure=insecure))
+            asyncio.run(serve(config, insecure=insecure, on_ready=tune_for_service))
 
     @bank.command("score")
     def score_cmd(

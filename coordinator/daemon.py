@@ -164,8 +164,11 @@ class CoordinatorServer:
         self.stop()
 
 
-async def serve(config: Path, *, insecure: bool = False) -> None:
-    """Serve the coordinator described by the deployment file until SIGINT/SIGTERM."""
+async def serve(
+    config: Path, *, insecure: bool = False, on_ready: Callable[[], None] | None = None
+) -> None:
+    """Serve the coordinator described by the deployment file until SIGINT/SIGTERM
+    (``on_ready`` is called once it serves)."""
     from clients.ledger_client import AsyncLedgerClient, LedgerClient
     from common.config import load_config
     from consent.settings import ConsentSettings
@@ -227,6 +230,8 @@ async def serve(config: Path, *, insecure: bool = False) -> None:
     await server.start()
     await mark_serving(server)
     log.warning("coordinator %s serving on %s", me.org_id, me.address)
+    if on_ready is not None:
+        on_ready()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -119,6 +119,7 @@ def register(root: Root) -> None:
     ) -> None:
         """Run the LedgerService (mTLS) until interrupted."""
         from common.config import load_config
+        from common.gctune import tune_for_service
         from ledger.service import serve as serve_async
 
         with user_errors():
@@ -129,6 +130,7 @@ def register(root: Root) -> None:
                     f"ledger {log.origin} serving on port {port}: {log.size} entries, key {log.verifier.vkey}",
                     highlight=False,
                 )
+                tune_for_service()
 
             asyncio.run(serve_async(dep, address=address, insecure=insecure, on_ready=ready))
 

@@ -157,6 +157,7 @@ def _register(app: typer.Typer) -> None:
     ) -> None:
         """Serve the department's FeatureService over mTLS until interrupted."""
         from common.config import load_config
+        from common.gctune import tune_for_service
         from node.runtime import build_process
 
         with user_errors(as_json):
@@ -164,6 +165,7 @@ def _register(app: typer.Typer) -> None:
             dep = load_config(config)
             proc = build_process(dep, department, insecure=insecure)
             proc.start()
+        tune_for_service()
         info: dict[str, Any] = {
             "department": department, "organisation": proc.org, "port": proc.port,
             "address": dep.node(department).address, "tls": not insecure,
