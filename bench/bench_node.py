@@ -114,6 +114,9 @@ class TimedLog:
     def prepare(self, *args: Any) -> Any:
         return self.log.prepare(*args)
 
+    def prepare_each(self, *args: Any) -> Any:
+        return self.log.prepare_each(*args)
+
     def submit_many(self, items: Any) -> Any:
         t = time.perf_counter()
         fut = self.log.submit_many(items)

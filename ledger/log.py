@@ -38,6 +38,7 @@ from ledger import checkpoint as cpmod
 from ledger.checkpoint import Checkpoint, Note, NoteSignature, Signer, Verifier
 from ledger.entry import (
     ZERO_HASH,
+    canonical_payloads,
     check_actor,
     check_kind,
     check_payload,
@@ -281,6 +282,24 @@ class Log:
             check_subject(subject),
             data,
         )
+
+    def prepare_each(
+        self,
+        kind: str,
+        template: Mapping[str, Any],
+        key: str,
+        rows: Sequence[tuple[str | None, Any]],
+    ) -> list[tuple[str, str, str | None, bytes]]:
+        """:meth:`prepare` of ``(kind, subject, {**template, key: value})`` for every
+        ``(subject, value)`` of ``rows``, with the template canonicalised once (the same
+        bytes; see ``ledger.entry.canonical_each``)."""
+        kind = check_kind(kind)
+        datas = canonical_payloads(
+            template, key, [v for _, v in rows], self.settings.max_payload_bytes
+        )
+        return [
+            (kind, self.actor, check_subject(s), d) for (s, _), d in zip(rows, datas, strict=True)
+        ]
 
     def submit_many(self, items: list[tuple[str, str, str | None, bytes]]) -> Future[list[Receipt]]:
         """Queue prepared entries as one atomic group; the future resolves once they are durable."""

@@ -240,26 +240,20 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
             values, reasons = self.engine.vectors(codes, st)
             cols = list(columns)
             names = [self.engine.names[j] for j in cols]
-            entries = [
-                (
-                    KIND,
-                    code,
-                    feature_payload(
-                        node=self.node_org,
-                        caller=caller.org_id,
-                        caller_role=caller.role,
-                        on_behalf_of=decision.bank_org,
-                        purpose=purpose,
-                        jti=jti,
-                        features=names,
-                        request_id=request_id,
-                        data_version=st.data_version,
-                        as_of=st.as_of_text,
-                    ),
-                )
-                for code, jti in zip(codes, jtis, strict=True)
-            ]
-            wait = self._submit(entries)
+            # The entries differ only in subject and consent jti.
+            template = feature_payload(
+                node=self.node_org,
+                caller=caller.org_id,
+                caller_role=caller.role,
+                on_behalf_of=decision.bank_org,
+                purpose=purpose,
+                jti="",
+                features=names,
+                request_id=request_id,
+                data_version=st.data_version,
+                as_of=st.as_of_text,
+            )
+            wait = self._submit_each(template, list(zip(codes, jtis, strict=True)))
             if cols == self._all_columns:
                 sel_v, sel_r = values, reasons
             else:
@@ -291,6 +285,22 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         if submit is None or prepare is None:  # a plain DisclosureLog: append at wait time
             return lambda: self._guard_log(lambda: log_.append_many(entries, timeout=LOG_TIMEOUT_S))
         fut = self._guard_log(lambda: submit([prepare(k, s, p) for k, s, p in entries]))
+        return lambda: self._guard_log(lambda: fut.result(LOG_TIMEOUT_S))
+
+    def _submit_each(
+        self, template: dict[str, Any], rows: list[tuple[str, str]]
+    ) -> Callable[[], list[Any]]:
+        """:meth:`_submit` of one feature-disclosure entry per ``(enterprise, jti)`` of
+        ``rows``, payload ``template`` with that jti; canonicalised once when the log can
+        (``prepare_each``), entry by entry otherwise."""
+        log_ = self.disclosures
+        submit = getattr(log_, "submit_many", None)
+        prepare_each = getattr(log_, "prepare_each", None)
+        if submit is None or prepare_each is None:
+            return self._submit(
+                [(KIND, code, {**template, "consent_jti": jti}) for code, jti in rows]
+            )
+        fut = self._guard_log(lambda: submit(prepare_each(KIND, template, "consent_jti", rows)))
         return lambda: self._guard_log(lambda: fut.result(LOG_TIMEOUT_S))
 
     @staticmethod

@@ -11,7 +11,16 @@ from hypothesis import strategies as st
 
 from common import uscc
 from common.uscc import InvalidUSCC
-from ledger.entry import PREFIX_RE, ZERO_HASH, Entry, _parse, canonical, check_payload
+from ledger.entry import (
+    PREFIX_RE,
+    ZERO_HASH,
+    Entry,
+    _parse,
+    canonical,
+    canonical_each,
+    canonical_payloads,
+    check_payload,
+)
 from ledger.errors import EntryMalformed, InvalidEntry
 from ledger.log import _entry_bytes
 
@@ -132,3 +141,42 @@ def test_bad_subject_is_invalid_uscc() -> None:
 
     with pytest.raises(InvalidUSCC):
         check_subject("not-a-credit-code")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.text(max_size=8), json_values, max_size=6),
+    st.text(max_size=8),
+    st.lists(json_values, max_size=5),
+)
+def test_canonical_each_equals_each_whole_object(
+    template: dict[str, object], key: str, values: list[object]
+) -> None:
+    try:
+        want = [rfc8785.dumps({**template, key: v}) for v in values]  # type: ignore[dict-item]
+    except Exception:  # a value JCS cannot hold: refused as a whole
+        with pytest.raises(Exception):  # noqa: B017
+            canonical_each(template, key, values)
+        return
+    assert canonical_each(template, key, values) == want
+
+
+def test_canonical_each_when_the_template_holds_the_placeholder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ledger.entry as entry
+
+    monkeypatch.setattr(entry.secrets, "token_hex", lambda _n: "clash")
+    template = {"a": "clash", "b": ["clash"]}
+    assert canonical_each(template, "jti", ["x", "clash"]) == [
+        canonical({**template, "jti": "x"}),
+        canonical({**template, "jti": "clash"}),
+    ]
+
+
+def test_canonical_payloads_refuse_big_and_non_objects() -> None:
+    assert canonical_payloads({"a": 1}, "j", ["x"], 100) == [b'{"a":1,"j":"x"}']
+    with pytest.raises(InvalidEntry, match="at most 20"):
+        canonical_payloads({"a": 1}, "j", ["x", "y" * 30], 20)
+    with pytest.raises(InvalidEntry, match="JSON object"):
+        canonical_payloads(["a"], "j", ["x"], 100)  # type: ignore[arg-type]

@@ -204,3 +204,24 @@ def test_fast_entry_time_is_the_entry_time_format() -> None:
         assert TIME_RE.fullmatch(t)
         parsed = datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
         assert abs((now - parsed).total_seconds()) < 1
+
+
+def test_prepare_each_is_prepare_of_each_entry(db_url: str) -> None:
+    template = {"node": "dept-tax", "features": ["a", "b"], "consent_jti": "", "n": 3}
+    rows = [(CODES[0], "jti-1"), (CODES[1], "jti-2"), (None, "jti-3")]
+    with _open(db_url) as log:
+        each = log.prepare_each("feature_disclosure", template, "consent_jti", rows)
+        assert each == [
+            log.prepare("feature_disclosure", s, {**template, "consent_jti": j}) for s, j in rows
+        ]
+        with pytest.raises(InvalidEntry):
+            log.prepare_each("Bad Kind", template, "consent_jti", rows)
+        with pytest.raises(uscc.InvalidUSCC):
+            log.prepare_each("feature_disclosure", template, "consent_jti", [("nope", "j")])
+        receipts = log.submit_many(each).result(10)
+        assert [Entry.parse(e.data).payload["consent_jti"] for e in log.get_entries(0, 3)] == [
+            "jti-1",
+            "jti-2",
+            "jti-3",
+        ]
+        assert [r.index for r in receipts] == [0, 1, 2]
