@@ -8,7 +8,8 @@ implementation lives in :mod:`coordinator.nodes`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +31,38 @@ class FetchBatch(tuple[FetchItem, ...]):
     """
 
     wire: bytes | None = None
+
+
+class FeatureRow(Mapping[str, float | None]):
+    """One enterprise's values from one node as the node sent them: the feature names of
+    the answer (one tuple shared by every enterprise of it), the values and the missing
+    flags. A read-only mapping name -> value (None = missing), built without a dict;
+    :meth:`floats` gives the row with NaN for missing, as the model reads it."""
+
+    __slots__ = ("_index", "_missing", "_values", "names")
+
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        index: Mapping[str, int],
+        values: Sequence[float],
+        missing: Sequence[int],
+    ) -> None:
+        self.names, self._index, self._values, self._missing = names, index, values, missing
+
+    def floats(self) -> list[float]:
+        return [x if m == 0 else math.nan for x, m in zip(self._values, self._missing, strict=True)]
+
+    def __getitem__(self, name: str) -> float | None:
+        k = self._index[name]
+        x = self._values[k]
+        return None if self._missing[k] != 0 or x != x else x  # x != x: NaN
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 @dataclass(frozen=True, slots=True)

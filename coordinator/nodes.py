@@ -7,7 +7,7 @@ certificate SHA-256 in the request); every node verifies each token itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -23,7 +23,7 @@ from common.errors import (
 from common.rpc import item_exception
 from common.tls import TlsFiles, channel
 from coordinator.errors import NodeDeadlineExceeded, NodeUnavailable
-from coordinator.fanout import CatalogFeature, FetchBatch, FetchItem, NodeAnswer
+from coordinator.fanout import CatalogFeature, FeatureRow, FetchBatch, FetchItem, NodeAnswer
 
 PURPOSES = {
     "credit_assessment": common_pb2.PURPOSE_CREDIT_ASSESSMENT,
@@ -127,15 +127,17 @@ class GrpcNode:
             resp = await self._get_features(head + encode_items(items), timeout=timeout)
         except grpc.RpcError as exc:
             raise self._fail(exc, timeout) from None
-        names = list(resp.features)
+        names = tuple(resp.features)
         n_names = len(names)
-        by_code: dict[str, Any] = {v.enterprise: v for v in resp.items}
-        in_order = len(resp.items) == len(items) and all(
-            v.enterprise == i.enterprise for v, i in zip(resp.items, items, strict=True)
+        index = {name: k for k, name in enumerate(names)}
+        answered = list(resp.items)
+        in_order = len(answered) == len(items) and all(
+            v.enterprise == i.enterprise for v, i in zip(answered, items, strict=True)
         )
+        by_code: dict[str, Any] = {} if in_order else {v.enterprise: v for v in answered}
         out: list[NodeAnswer] = []
         for k_item, it in enumerate(items):
-            v = resp.items[k_item] if in_order else by_code.get(it.enterprise)
+            v = answered[k_item] if in_order else by_code.get(it.enterprise)
             if v is None:
                 out.append(
                     NodeAnswer(
@@ -152,17 +154,16 @@ class GrpcNode:
                 # One copy of each repeated field (indexing them costs a C call each):
                 # this loop runs once per feature of every enterprise of a batch.
                 xs, ms = list(v.values), list(v.missing)
+                values: Mapping[str, float | None]
                 if len(xs) == n_names and len(ms) == n_names:
-                    values = {
-                        name: (x if m == 0 and x == x else None)  # x == x: not NaN
-                        for name, x, m in zip(names, xs, ms, strict=True)
-                    }
+                    values = FeatureRow(names, index, xs, ms)
                 else:  # short lists: what is absent counts as missing
-                    values = {}
+                    partial: dict[str, float | None] = {}
                     for k, name in enumerate(names):
                         x = xs[k] if k < len(xs) else math.nan
                         present = (k >= len(ms) or ms[k] == 0) and not math.isnan(x)
-                        values[name] = float(x) if present else None
+                        partial[name] = float(x) if present else None
+                    values = partial
                 out.append(NodeAnswer(values))
         return out
 

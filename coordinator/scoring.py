@@ -43,7 +43,14 @@ from common.tls import Identity
 from common.uscc import validate as validate_uscc
 from consent.verify import BatchUseCounter
 from coordinator.errors import LedgerUnavailable, NodeUnavailable
-from coordinator.fanout import Catalog, FetchBatch, FetchItem, NodeAnswer, NodeFeatures
+from coordinator.fanout import (
+    Catalog,
+    FeatureRow,
+    FetchBatch,
+    FetchItem,
+    NodeAnswer,
+    NodeFeatures,
+)
 from coordinator.model import ScoringModel
 from coordinator.reasons import Reason, top_reasons
 
@@ -409,6 +416,7 @@ class Scorer:
                 continue
             # The node's columns of the matrix, filled in one assignment (not per value).
             feats = by_cat[cat]
+            feats_t = tuple(feats)
             js = [col[f] for f in feats]
             filled: list[int] = []
             block: list[list[float]] = []
@@ -420,7 +428,12 @@ class Scorer:
                     continue
                 vals = a.values or {}
                 filled.append(i)
-                block.append([math.nan if (x := vals.get(f)) is None else float(x) for f in feats])
+                if type(vals) is FeatureRow and vals.names == feats_t:
+                    block.append(vals.floats())  # already in the model's column order
+                else:
+                    block.append(
+                        [math.nan if (x := vals.get(f)) is None else float(x) for f in feats]
+                    )
             if filled:
                 matrix[np.ix_(filled, js)] = block
 

@@ -6,7 +6,7 @@ from fedcredit.v1 import common_pb2, feature_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.fanout import FetchBatch, FetchItem
+from coordinator.fanout import FeatureRow, FetchBatch, FetchItem
 from coordinator.nodes import encode_items
 
 codes = st.text(alphabet="0123456789ABCDEFGHJKLMNPQRTUWXY", min_size=18, max_size=18)
@@ -54,3 +54,17 @@ def test_a_plain_list_is_not_cached() -> None:
     assert (
         feature_pb2.GetFeaturesRequest.FromString(encode_items(items)).items[0].consent_token == "b"
     )
+
+
+def test_feature_row_reads_as_the_mapping_it_stands_for() -> None:
+    import math
+
+    names = ("a", "b", "c", "d")
+    row = FeatureRow(
+        names, {n: k for k, n in enumerate(names)}, [1.5, 2.0, math.nan, 4.0], [0, 1, 0, 0]
+    )
+    assert row == {"a": 1.5, "b": None, "c": None, "d": 4.0}  # flagged and NaN are missing
+    assert list(row) == ["a", "b", "c", "d"] and len(row) == 4
+    assert row.get("zz") is None and "zz" not in row
+    got = row.floats()
+    assert got[0] == 1.5 and got[3] == 4.0 and math.isnan(got[1]) and math.isnan(got[2])
