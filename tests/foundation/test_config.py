@@ -9,6 +9,7 @@ import pytest
 from common.config import load_config
 from common.deploy import DeploymentExists, write_local_deployment
 from common.errors import ConfigError
+from node.settings import NodeSettings
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,8 @@ def test_init_writes_a_complete_deployment(deployment: Path) -> None:
     assert dep.service("consent").database.startswith("sqlite:////")  # resolved to an absolute path
     addresses = [s.address for s in dep.services.values()] + [n.address for n in dep.nodes]
     assert len(set(addresses)) == len(addresses)
+    # twelve nodes on one machine: no signature worker processes beside them
+    assert NodeSettings.from_section(dep.section("node")).signature_workers() == 0
 
 
 def test_init_refuses_to_overwrite(deployment: Path) -> None:
