@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedcredit.v1 import ledger_pb2, ledger_pb2_grpc
 from typer.testing import CliRunner
@@ -38,11 +40,13 @@ class RecordingSink:
 def test_node_process_from_a_deployment(tmp_path: Path, small_world: Path) -> None:
     cfg = write_local_deployment(tmp_path / "dep", bank_count=2)
     ledger_vkey = Signer("fedcredit/ledger", Ed25519PrivateKey.generate()).verifier.vkey
-    text = cfg.read_text()
-    cfg.write_text(
-        text
-        + f'\n[node]\ncheckpoint_publish_interval = 0.2\nlog_checkpoint_interval = 0.05\nledger_verifier_key = "{ledger_vkey}"\n'
+    data = tomllib.loads(cfg.read_text())
+    data.setdefault("node", {}).update(
+        checkpoint_publish_interval=0.2,
+        log_checkpoint_interval=0.05,
+        ledger_verifier_key=ledger_vkey,
     )
+    cfg.write_text(tomli_w.dumps(data))
     dep = load_config(cfg)
     # `fedcredit node load --config` puts the records into the node's own database.
     res = CliRunner().invoke(build_app(), ["node", "load", "--department", "tax", "--from", str(small_world),
