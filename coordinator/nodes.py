@@ -53,6 +53,9 @@ def encode_items(items: Sequence[FetchItem]) -> bytes:
     return wire
 
 
+SERVICE = feature_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name
+
+
 class GrpcNode:
     """One department node reached over mTLS."""
 
@@ -74,7 +77,7 @@ class GrpcNode:
         self._stub = feature_pb2_grpc.FeatureServiceStub(self._channel)
         # GetFeatures with the request already encoded (see encode_items)
         self._get_features = self._channel.unary_unary(
-            "/fedcredit.v1.FeatureService/GetFeatures",
+            f"/{SERVICE}/GetFeatures",
             request_serializer=None,
             response_deserializer=feature_pb2.GetFeaturesResponse.FromString,
         )

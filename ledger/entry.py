@@ -182,12 +182,22 @@ def check_subject(subject: str | None) -> str | None:
 
 def check_payload(payload: Mapping[str, Any], max_bytes: int) -> tuple[dict[str, Any], bytes]:
     """The payload as a plain dict plus its canonical bytes; refuses non-objects and big ones."""
+    _check_object(payload)
+    obj = dict(payload)
+    return obj, canonical_payload(obj, max_bytes)
+
+
+def _check_object(payload: Any) -> None:
     if not isinstance(payload, Mapping):
         raise InvalidEntry(
             f"the payload must be a JSON object; got {type(payload).__name__}", field="payload"
         )
-    obj = dict(payload)
-    return obj, canonical_payload(obj, max_bytes)
+
+
+def _not_canonical(exc: Exception) -> InvalidEntry:
+    return InvalidEntry(
+        f"the payload is not representable as canonical JSON (RFC 8785): {exc}", field="payload"
+    )
 
 
 def canonical_payload(obj: dict[str, Any], max_bytes: int) -> bytes:
@@ -195,9 +205,7 @@ def canonical_payload(obj: dict[str, Any], max_bytes: int) -> bytes:
     try:
         data = canonical(obj)
     except Exception as exc:  # rfc8785 raises several types for non-JSON values
-        raise InvalidEntry(
-            f"the payload is not representable as canonical JSON (RFC 8785): {exc}", field="payload"
-        ) from exc
+        raise _not_canonical(exc) from exc
     return check_size(data, max_bytes)
 
 
@@ -206,16 +214,11 @@ def canonical_payloads(
 ) -> list[bytes]:
     """:func:`canonical_payload` of ``{**template, key: v}`` for every ``v`` (see
     :func:`canonical_each`)."""
-    if not isinstance(template, Mapping):
-        raise InvalidEntry(
-            f"the payload must be a JSON object; got {type(template).__name__}", field="payload"
-        )
+    _check_object(template)
     try:
         datas = canonical_each(template, key, values)
     except Exception as exc:
-        raise InvalidEntry(
-            f"the payload is not representable as canonical JSON (RFC 8785): {exc}", field="payload"
-        ) from exc
+        raise _not_canonical(exc) from exc
     return [check_size(d, max_bytes) for d in datas]
 
 
