@@ -46,17 +46,17 @@ from rich.progress import Progress
 from rich.table import Table
 from sqlalchemy import text
 
-from clients.consent_client import ConsentClient
-from common import pki, uscc
-from common.db import make_engine
-from common.ed25519 import Ed25519Key
-from common.tls import Identity, TlsFiles
-from consent import errors as E
-from consent.authority import ConsentAuthority, ConsentTerms, local_verifier
-from consent.service import serve, stop
-from consent.settings import ConsentSettings
-from consent.store import ConsentStore
-from consent.verify import remote_verifier
+from fedcredit.clients.consent_client import ConsentClient
+from fedcredit.common import pki, uscc
+from fedcredit.common.db import make_engine
+from fedcredit.common.ed25519 import Ed25519Key
+from fedcredit.common.tls import Identity, TlsFiles
+from fedcredit.consent import errors as E
+from fedcredit.consent.authority import ConsentAuthority, ConsentTerms, local_verifier
+from fedcredit.consent.service import serve, stop
+from fedcredit.consent.settings import ConsentSettings
+from fedcredit.consent.store import ConsentStore
+from fedcredit.consent.verify import remote_verifier
 
 RESULTS = Path(__file__).resolve().parent / "results" / "consent.json"
 BANK = "bank-icbc-weihai"

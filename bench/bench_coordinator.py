@@ -106,9 +106,9 @@ class Bench:
 
     # ------------------------------------------------------------ setup
     def setup(self) -> None:
-        from common.config import load_config
-        from common.deploy import write_local_deployment
-        from world.generate import generate
+        from fedcredit.common.config import load_config
+        from fedcredit.common.deploy import write_local_deployment
+        from fedcredit.world.generate import generate
 
         a = self.args
         self.cfg = write_local_deployment(self.work, bank_count=1, force=True)
@@ -121,7 +121,7 @@ class Bench:
         t0 = time.perf_counter()
         procs = []
         for d in self.dep.nodes:
-            cmd = [sys.executable, "-m", "clients.cli", "node", "load", "--department", d.department,
+            cmd = [sys.executable, "-m", "fedcredit.clients.cli", "node", "load", "--department", d.department,
                    "--from", str(self.work / "world"), "--config", str(self.cfg)]  # fmt: skip
             procs.append(
                 (
@@ -142,7 +142,7 @@ class Bench:
             raise SystemExit(f"node load {dept} failed: {err.decode()[-2000:]}")
 
     def train(self) -> None:
-        from node.catalog import compute_all
+        from fedcredit.node.catalog import compute_all
 
         codes, names, x = compute_all(self.work / "world")
         truth: dict[str, int] = {}
@@ -168,11 +168,11 @@ class Bench:
         self.pds = booster.predict(x)
 
     def start(self) -> None:
-        from clients.supervisor import Supervisor, service_specs
-        from consent.authority import ConsentAuthority
-        from consent.service import serve
-        from consent.settings import ConsentSettings
-        from consent.store import ConsentStore
+        from fedcredit.clients.supervisor import Supervisor, service_specs
+        from fedcredit.consent.authority import ConsentAuthority
+        from fedcredit.consent.service import serve
+        from fedcredit.consent.settings import ConsentSettings
+        from fedcredit.consent.store import ConsentStore
 
         dep = self.dep
         self.sup = Supervisor(dep)
@@ -181,7 +181,7 @@ class Bench:
         csvc = dep.service("consent")
         banks = {b: dep.tls(b).identity() for b in dep.banks}
         self.bank = dep.banks[0]
-        from clients.ledger_client import LedgerClient
+        from fedcredit.clients.ledger_client import LedgerClient
 
         # consent events go to the central ledger, as with `fedcredit consent serve`
         self.consent_sink = LedgerClient.from_deployment(dep, csvc.org_id)
@@ -195,7 +195,7 @@ class Bench:
         self.consent_server, _ = serve(
             self.authority, address=csvc.address, tls=dep.tls(csvc.org_id)
         )
-        from common.gctune import tune_for_service
+        from fedcredit.common.gctune import tune_for_service
 
         tune_for_service()  # as `fedcredit consent serve` does once it serves
         rest = [s for n, s in specs.items() if n not in ("ledger", "consent")]
@@ -209,7 +209,7 @@ class Bench:
         self.pids = [p.pid for p in self.sup.procs.values()]
 
     def publish(self) -> None:
-        from clients.coordinator_client import CoordinatorClient
+        from fedcredit.clients.coordinator_client import CoordinatorClient
 
         with CoordinatorClient(
             self.coord.address, self.dep.tls("operator"), server_org=self.coord.org_id, timeout=120
@@ -222,8 +222,8 @@ class Bench:
         )
 
     def grant(self, codes: Sequence[str], purpose: str = "credit_assessment") -> list[str]:
-        from common.tls import Identity
-        from consent.authority import ConsentTerms
+        from fedcredit.common.tls import Identity
+        from fedcredit.consent.authority import ConsentTerms
 
         bank_id = self.dep.tls(self.bank).identity()
         tokens: list[str] = []
@@ -262,7 +262,7 @@ class Bench:
     async def floor(self, n: int) -> list[float]:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        from common.tls import channel
+        from fedcredit.common.tls import channel
 
         tls = self.dep.tls(self.coord.org_id)
         chans = [channel(addr, tls, server_org=org, aio=True) for org, addr in self.node_addrs]
@@ -282,10 +282,10 @@ class Bench:
     async def components(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float], list[float]]:
         """What one Score waits for, measured alone: the 12 nodes' GetFeatures for one enterprise
         in parallel (each verifying the token and logging the disclosure), and one ledger Append."""
-        from clients.ledger_client import AsyncLedgerClient
-        from common.departments import BY_ID
-        from coordinator.nodes import GrpcNode
-        from node.catalog import FEATURES
+        from fedcredit.clients.ledger_client import AsyncLedgerClient
+        from fedcredit.common.departments import BY_ID
+        from fedcredit.coordinator.nodes import GrpcNode
+        from fedcredit.node.catalog import FEATURES
 
         tls = self.dep.tls(self.coord.org_id)
         bank = self.dep.tls(self.bank).identity()
@@ -299,7 +299,7 @@ class Bench:
             BY_ID[n.department].category: [f.name for f in FEATURES if f.department == n.department]
             for n in self.dep.nodes
         }
-        from coordinator.fanout import FetchItem
+        from fedcredit.coordinator.fanout import FetchItem
 
         fan = []
         for code, tok in pairs:
@@ -329,7 +329,7 @@ class Bench:
         return fan, led
 
     async def score_seq(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        from clients.coordinator_client import AsyncCoordinatorClient
+        from fedcredit.clients.coordinator_client import AsyncCoordinatorClient
 
         lat = []
         async with AsyncCoordinatorClient(
@@ -344,7 +344,7 @@ class Bench:
         return lat
 
     async def score_concurrent(self, pairs: Sequence[tuple[str, str]], clients: int) -> float:
-        from clients.coordinator_client import AsyncCoordinatorClient
+        from fedcredit.clients.coordinator_client import AsyncCoordinatorClient
 
         queue = list(pairs)
         cs = [
@@ -370,7 +370,7 @@ class Bench:
         return done / dt
 
     async def batch(self, items: list[tuple[str, str, str]]) -> tuple[float, int, int]:
-        from clients.coordinator_client import AsyncCoordinatorClient
+        from fedcredit.clients.coordinator_client import AsyncCoordinatorClient
 
         ok = bad = 0
         with Progress(
@@ -400,7 +400,7 @@ class Bench:
         """Per-token verification CPU time (s, this thread's CPU clock, so other load does not inflate it) with the project's verifier, in this process:
         first sight of each token (signature checked: what each node and the coordinator pay
         once per token in a batch) and warm (seen before)."""
-        from consent.authority import local_verifier
+        from fedcredit.consent.authority import local_verifier
 
         v = local_verifier(self.authority)
         ident = self.dep.tls(self.bank).identity()
@@ -422,7 +422,7 @@ class Bench:
         return cold, warm
 
     def stop(self) -> None:
-        from consent.service import stop
+        from fedcredit.consent.service import stop
 
         if hasattr(self, "sup"):
             self.sup.stop(grace=5)

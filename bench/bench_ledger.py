@@ -45,13 +45,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ledger.audit import Trust, replay
-from ledger.checkpoint import Signer
-from ledger.export import parse_export
-from ledger.log import Log
-from ledger.merkle import leaf_hash
-from ledger.proofs import verify_consistency, verify_inclusion
-from ledger.settings import LogSettings
+from fedcredit.ledger.audit import Trust, replay
+from fedcredit.ledger.checkpoint import Signer
+from fedcredit.ledger.export import parse_export
+from fedcredit.ledger.log import Log
+from fedcredit.ledger.merkle import leaf_hash
+from fedcredit.ledger.proofs import verify_consistency, verify_inclusion
+from fedcredit.ledger.settings import LogSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "ledger.json"
@@ -77,7 +77,7 @@ def payload(i: int) -> dict[str, Any]:
 
 
 def sample_entries(n: int) -> list[bytes]:
-    from ledger.log import _entry_bytes
+    from fedcredit.ledger.log import _entry_bytes
 
     t = "2026-11-28T12:00:00.000000Z"
     out = []
@@ -289,7 +289,7 @@ def verification_rates(log: Log, k: int) -> tuple[float, float, int, float]:
         for i, leaf, p in incl:
             verify_inclusion(i, size, leaf, p, root)
 
-    from ledger.merkle import root_from_reader
+    from fedcredit.ledger.merkle import root_from_reader
 
     olds = [rng.randrange(1, size) for _ in range(200)]
     old_roots = {o: root_from_reader(log.store, o) for o in olds}
@@ -365,11 +365,11 @@ def grpc_rates(seconds: float) -> dict[str, float]:
     """
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from clients.ledger_client import AsyncLedgerClient
-    from common import tls as tls_mod
-    from common.config import load_config
-    from common.deploy import write_local_deployment
-    from common.server import check_health
+    from fedcredit.clients.ledger_client import AsyncLedgerClient
+    from fedcredit.common import tls as tls_mod
+    from fedcredit.common.config import load_config
+    from fedcredit.common.deploy import write_local_deployment
+    from fedcredit.common.server import check_health
 
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as d:
@@ -378,7 +378,7 @@ def grpc_rates(seconds: float) -> dict[str, float]:
             f.write("\n[ledger]\nwitnesses = []\n")
         dep = load_config(cfg)
         svc = dep.service("ledger")
-        proc = subprocess.Popen([sys.executable, "-m", "clients.cli", "ledger", "serve", "--config", str(cfg)],
+        proc = subprocess.Popen([sys.executable, "-m", "fedcredit.clients.cli", "ledger", "serve", "--config", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)  # fmt: skip
         try:
             deadline = time.time() + 60
@@ -533,7 +533,7 @@ def measure(quick: bool, proof_size: int, row: Callable[..., None]) -> None:
     finally:
         log.close()
     rp = replay_rates(50_000 if quick else 200_000)
-    from ledger.audit import _worker_count
+    from fedcredit.ledger.audit import _worker_count
 
     workers = _worker_count(50_000 if quick else 200_000, None)
     row(

@@ -45,23 +45,23 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from clients.node_client import NodeClient, build_request
-from common import pki
-from common.departments import DEFAULT_BANKS
-from common.ed25519 import Ed25519Key
-from common.tls import Identity
-from consent.authority import ConsentAuthority, ConsentTerms, local_verifier
-from consent.store import ConsentStore
-from consent.verify import ConsentVerifier
-from ledger.log import Log
-from node.disclosure import open_disclosure_log
-from node.engine import FeatureEngine
-from node.policy import AccessPolicy
-from node.service import FeatureServicer, build_node_server
-from node.settings import NodeSettings
-from node.sigpool import SignaturePool, default_workers, verify_jobs
-from node.store import NodeStore
-from world.generate import generate
+from fedcredit.clients.node_client import NodeClient, build_request
+from fedcredit.common import pki
+from fedcredit.common.departments import DEFAULT_BANKS
+from fedcredit.common.ed25519 import Ed25519Key
+from fedcredit.common.tls import Identity
+from fedcredit.consent.authority import ConsentAuthority, ConsentTerms, local_verifier
+from fedcredit.consent.store import ConsentStore
+from fedcredit.consent.verify import ConsentVerifier
+from fedcredit.ledger.log import Log
+from fedcredit.node.disclosure import open_disclosure_log
+from fedcredit.node.engine import FeatureEngine
+from fedcredit.node.policy import AccessPolicy
+from fedcredit.node.service import FeatureServicer, build_node_server
+from fedcredit.node.settings import NodeSettings
+from fedcredit.node.sigpool import SignaturePool, default_workers, verify_jobs
+from fedcredit.node.store import NodeStore
+from fedcredit.world.generate import generate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "node.json"
 BANK = DEFAULT_BANKS[0]

@@ -20,7 +20,7 @@ SecAgg+ costs seconds per tree, so at the strong settings it runs for its first
 federated hist cut at as many trees, and only those two AUCs compare.
 The Simulation Engine's own round-trip floor (an empty message to every bank)
 is measured in the same run, for Flower's stock poller and for the
-low-latency one we use (see coordinator/training/simulation.py).
+low-latency one we use (see training/server/simulation.py).
 
 Writes bench/results/training.json.
 """
@@ -41,15 +41,15 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from clients.training.data import BankData, concat, load_csv
-from clients.training.source import CsvSource
-from coordinator.gbdt import GBDTParams, fit_bin_spec, train_central
-from coordinator.gbdt.lgb_text import ModelParts
-from coordinator.gbdt.metrics import auc, ks
-from coordinator.training.server_app import Floor
-from coordinator.training.settings import TrainSettings
-from coordinator.training.simulation import simulate_many
-from coordinator.training.strategies import TrainOutcome, lgb_params
+from fedcredit.training.bank.data import BankData, concat, load_csv
+from fedcredit.training.bank.source import CsvSource
+from fedcredit.training.gbdt import GBDTParams, fit_bin_spec, train_central
+from fedcredit.training.gbdt.lgb_text import ModelParts
+from fedcredit.training.gbdt.metrics import auc, ks
+from fedcredit.training.server.server_app import Floor
+from fedcredit.training.server.settings import TrainSettings
+from fedcredit.training.server.simulation import simulate_many
+from fedcredit.training.server.strategies import TrainOutcome, lgb_params
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
 FATE = Path(__file__).resolve().parents[2] / "shared" / "data" / "fate-credit"

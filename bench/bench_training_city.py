@@ -38,9 +38,9 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from bench import bench_training
 from bench.bench_training import SETTINGS, TARGETS, run_setting
-from clients.training.data import BankData, load_csv
-from node.catalog import compute_all
-from world.generate import generate
+from fedcredit.node.catalog import compute_all
+from fedcredit.training.bank.data import BankData, load_csv
+from fedcredit.world.generate import generate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training_city.json"
 ENTERPRISES = 40_000

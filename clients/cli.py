@@ -34,14 +34,14 @@ GROUPS: dict[str, str] = {
 
 # Service packages whose `cli.register(root)` adds commands. Each service owns one line.
 REGISTERED_MODULES: list[str] = [
-    "common.cli",
-    "world.cli",
-    "node.cli",
-    "consent.cli",
-    "ledger.cli",
-    "coordinator.cli",
-    "coordinator.training.cli",
-    "clients.ops",
+    "fedcredit.common.cli",
+    "fedcredit.world.cli",
+    "fedcredit.node.cli",
+    "fedcredit.consent.cli",
+    "fedcredit.ledger.cli",
+    "fedcredit.coordinator.cli",
+    "fedcredit.training.server.cli",
+    "fedcredit.clients.ops",
 ]
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import tomli_w
 
-from common.departments import DEFAULT_BANKS, DEPARTMENTS
-from common.deploy import default_organisations
+from fedcredit.common.departments import DEFAULT_BANKS, DEPARTMENTS
+from fedcredit.common.deploy import default_organisations
 
 IMAGE = "fedcredit:latest"
 CONFIG_IN_CONTAINER = "/etc/fedcredit/deployment.toml"

@@ -8,13 +8,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from fedcredit.v1 import consent_pb2, consent_pb2_grpc
 
-from common.errors import FedcreditError, Internal, from_rpc_error
-from common.rpc import item_exception
-from common.tls import TlsFiles, channel
-from consent.authority import ConsentTerms, ConsentView
-from consent.wire import consent_from_pb, terms_to_pb
+from fedcredit.common.errors import FedcreditError, Internal, from_rpc_error
+from fedcredit.common.tls import TlsFiles, channel
+from fedcredit.common.wire import item_exception
+from fedcredit.consent.authority import ConsentTerms, ConsentView
+from fedcredit.consent.wire import consent_from_pb, terms_to_pb
+from fedcredit.v1 import consent_pb2, consent_pb2_grpc
 
 T = TypeVar("T")
 

@@ -15,11 +15,11 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+
+from fedcredit.common.errors import from_rpc_error
+from fedcredit.common.tls import TlsFiles, channel
 from fedcredit.v1 import coordinator_pb2 as pb
 from fedcredit.v1 import coordinator_pb2_grpc as pb_grpc
-
-from common.errors import from_rpc_error
-from common.tls import TlsFiles, channel
 
 DEFAULT_SERVER_ORG = "coordinator"
 DEFAULT_TIMEOUT = 30.0
@@ -32,7 +32,7 @@ def _load_error_classes() -> None:
     import contextlib
     import importlib
 
-    for mod in ("coordinator.errors", "consent.errors"):
+    for mod in ("fedcredit.coordinator.errors", "fedcredit.consent.errors"):
         with contextlib.suppress(ImportError):  # a client without that component installed
             importlib.import_module(mod)
 

@@ -26,11 +26,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common import pki
-from common.config import Deployment, load_config
-from common.departments import DEPARTMENTS
-from common.deploy import write_local_deployment
-from common.errors import FedcreditError
+from fedcredit.common import pki
+from fedcredit.common.config import Deployment, load_config
+from fedcredit.common.departments import DEPARTMENTS
+from fedcredit.common.deploy import write_local_deployment
+from fedcredit.common.errors import FedcreditError
 
 AUDITOR = "auditor-pboc-weihai"
 
@@ -118,7 +118,7 @@ class Demo:
 
     def fedcredit(self, *args: str, timeout: float = 60.0) -> Any:
         """Run a `fedcredit` command as the organisations would, with --json; return its JSON."""
-        cmd = [sys.executable, "-m", "clients.cli", *args, "--json"]
+        cmd = [sys.executable, "-m", "fedcredit.clients.cli", *args, "--json"]
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.dir)
         except subprocess.TimeoutExpired as exc:
@@ -146,7 +146,7 @@ LOAD_WORKERS = 2
 
 
 def _load_node(database: str, department: str, world: str) -> None:
-    from node.store import NodeStore
+    from fedcredit.node.store import NodeStore
 
     store = NodeStore(database, department)
     try:
@@ -207,7 +207,7 @@ def run_demo(
 
 
 def _play(demo: Demo) -> None:
-    from clients.demo_story import play_story, train_model
+    from fedcredit.clients.demo_story import play_story, train_model
 
     world = start_federation(demo)
     train_model(demo, world)
@@ -216,7 +216,7 @@ def _play(demo: Demo) -> None:
 
 def start_federation(demo: Demo) -> Path:
     """Steps 1-4: deployment and PKI, the city, the nodes' databases, every service running."""
-    from clients.supervisor import Supervisor, service_specs
+    from fedcredit.clients.supervisor import Supervisor, service_specs
 
     c = demo.console
     with demo.step("Write a local deployment and its PKI (fedcredit init)"):
@@ -235,7 +235,7 @@ def start_federation(demo: Demo) -> Path:
     with demo.step(
         f"Generate the synthetic city ({demo.enterprises:,} enterprises, {demo.banks} banks, 36 months)"
     ):
-        from world.generate import generate
+        from fedcredit.world.generate import generate
 
         with _progress(c) as bar:
             manifest = generate(

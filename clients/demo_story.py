@@ -8,12 +8,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from clients.consent_client import ConsentClient
-from clients.coordinator_client import CoordinatorClient
-from clients.demo import AUDITOR, Demo, DemoFailed, _truth, table_fact
-from common.errors import PermissionDenied
-from consent.authority import ConsentTerms
-from coordinator.gbdt.params import GBDTParams
+from fedcredit.clients.consent_client import ConsentClient
+from fedcredit.clients.coordinator_client import CoordinatorClient
+from fedcredit.clients.demo import AUDITOR, Demo, DemoFailed, _truth, table_fact
+from fedcredit.common.errors import PermissionDenied
+from fedcredit.consent.authority import ConsentTerms
+from fedcredit.training.gbdt.params import GBDTParams
 
 
 def _consent(demo: Demo, enterprise: str, bank: str, purpose: str, *, uses: int = 5) -> str:
@@ -287,17 +287,17 @@ def demo_params(demo: Demo) -> GBDTParams:
     """The demo model's settings: FATE's (depth 3, 32 bins, learning rate 0.3), ``--trees``."""
     from dataclasses import replace
 
-    from coordinator.training.city import PRESETS
+    from fedcredit.training.server.city import PRESETS
 
     return replace(PRESETS["fate"], num_trees=demo.trees)
 
 
 def train_model(demo: Demo, world: Path) -> None:
     """Consents for training, then the hist model with SecAgg+ in the demo's Flower engine."""
-    from clients.demo import _progress
-    from clients.training.consents import collect_training_consents
-    from coordinator.training.city import train_city
-    from coordinator.training.settings import TrainSettings
+    from fedcredit.clients.demo import _progress
+    from fedcredit.training.bank.consents import collect_training_consents
+    from fedcredit.training.server.city import train_city
+    from fedcredit.training.server.settings import TrainSettings
 
     assert demo.dep is not None
     c = demo.console
@@ -406,9 +406,9 @@ def _whole_city_auc(demo: Demo, world: Path, version: str) -> tuple[float, float
     import lightgbm as lgb
     import numpy as np
 
-    from coordinator.gbdt.metrics import auc
-    from coordinator.training.strategies import lgb_params
-    from node.catalog import compute_all
+    from fedcredit.node.catalog import compute_all
+    from fedcredit.training.gbdt.metrics import auc
+    from fedcredit.training.server.strategies import lgb_params
 
     with _coordinator(demo, "operator") as coord:
         text = coord.get_model(version, include_model_text=True).model_text

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from fedcredit.v1 import ledger_pb2, ledger_pb2_grpc
 
-from common.errors import from_rpc_error
-from common.evidence import Receipt
-from common.tls import TlsFiles, channel
-from ledger.checkpoint import Verifier
-from ledger.export import Bundle, write_export
+from fedcredit.common.errors import from_rpc_error
+from fedcredit.common.evidence import Receipt
+from fedcredit.common.tls import TlsFiles, channel
+from fedcredit.ledger.checkpoint import Verifier
+from fedcredit.ledger.export import Bundle, write_export
+from fedcredit.v1 import ledger_pb2, ledger_pb2_grpc
 
 T = TypeVar("T")
 

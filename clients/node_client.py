@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from fedcredit.v1 import common_pb2, feature_pb2, feature_pb2_grpc
 
-from common.errors import FedcreditError, error_class_for, from_rpc_error
-from common.tls import TlsFiles, channel
+from fedcredit.common.errors import FedcreditError, error_class_for, from_rpc_error
+from fedcredit.common.tls import TlsFiles, channel
+from fedcredit.v1 import common_pb2, feature_pb2, feature_pb2_grpc
 
 T = TypeVar("T")
 

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from common.cliutil import console, fail, output, user_errors
-from common.config import load_config
-from common.errors import ConfigError
+from fedcredit.common.cliutil import console, fail, output, user_errors
+from fedcredit.common.config import load_config
+from fedcredit.common.errors import ConfigError
 
 if TYPE_CHECKING:
-    from clients.cli import Root
+    from fedcredit.clients.cli import Root
 
 ConfigOpt = Annotated[
     Path, typer.Option("--config", help="The deployment file (fedcredit init writes one).")
@@ -34,7 +34,7 @@ def _status_table(rows: list[dict[str, object]]) -> Table:
 
 
 def register(root: Root) -> None:
-    from clients.supervisor import Supervisor, service_specs
+    from fedcredit.clients.supervisor import Supervisor, service_specs
 
     @root.app.command("up")
     def up(
@@ -93,8 +93,8 @@ def register(root: Root) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Health-check one service over mTLS (exit 0 when SERVING): for container health checks."""
-        from common.errors import NotFound
-        from common.server import check_health
+        from fedcredit.common.errors import NotFound
+        from fedcredit.common.server import check_health
 
         with user_errors(as_json):
             dep = load_config(config)
@@ -118,7 +118,7 @@ def register(root: Root) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Write docker-compose.yml and its deployment file: one container per organisation."""
-        from clients.compose import write_compose
+        from fedcredit.clients.compose import write_compose
 
         with user_errors(as_json):
             paths = write_compose(out)
@@ -156,7 +156,7 @@ def register(root: Root) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Run the whole federation locally on SQLite and play the story end to end."""
-        from clients.demo import run_demo
+        from fedcredit.clients.demo import run_demo
 
         if not 3 <= banks <= 7:
             fail(

@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import Deployment
-from common.errors import FailedPrecondition, Unavailable
-from common.server import check_health
-from common.tls import TlsFiles
+from fedcredit.common.config import Deployment
+from fedcredit.common.errors import FailedPrecondition, Unavailable
+from fedcredit.common.server import check_health
+from fedcredit.common.tls import TlsFiles
 
 OPERATOR_ORG = "operator"
 
@@ -133,7 +133,7 @@ class Supervisor:
         return self.run_dir / f"{name}.pid"
 
     def _command(self, spec: ServiceSpec) -> list[str]:
-        return [sys.executable, "-m", "clients.cli", *spec.argv]
+        return [sys.executable, "-m", "fedcredit.clients.cli", *spec.argv]
 
     def start(
         self, specs: Iterable[ServiceSpec], *, timeout: float = 60.0, together: bool = False

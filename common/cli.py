@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from common import pki
-from common.cliutil import output, user_errors
-from common.config import load_config
-from common.deploy import write_local_deployment
+from fedcredit.common import pki
+from fedcredit.common.cliutil import output, user_errors
+from fedcredit.common.config import load_config
+from fedcredit.common.deploy import write_local_deployment
 
 if TYPE_CHECKING:
-    from clients.cli import Root
+    from fedcredit.clients.cli import Root
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
@@ -101,7 +101,7 @@ def register(root: Root) -> None:
         """Issue a key and certificate for one more organisation (an enterprise by its credit code)."""
         with user_errors(as_json):
             if role == "enterprise":
-                from common.uscc import validate
+                from fedcredit.common.uscc import validate
 
                 validate(org)
             files = pki.issue(dir, org, role, extra_dns=dns or ())

@@ -17,7 +17,7 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
-from common.errors import FedcreditError, from_rpc_error
+from fedcredit.common.errors import FedcreditError, from_rpc_error
 
 console = Console()
 err_console = Console(stderr=True)

@@ -42,9 +42,9 @@ from typing import Any, cast
 
 from sqlalchemy.engine import make_url
 
-from common.departments import BY_ID, ROLES
-from common.errors import ConfigError, NotFound
-from common.tls import TlsFiles
+from fedcredit.common.departments import BY_ID, ROLES
+from fedcredit.common.errors import ConfigError, NotFound
+from fedcredit.common.tls import TlsFiles
 
 SERVICE_NAMES = ("consent", "ledger", "coordinator")
 SETTINGS_SECTIONS = ("consent", "ledger", "node", "coordinator", "fund", "training", "demo")

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.errors import ConfigError
+from fedcredit.common.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import tomli_w
 
-from common import pki
-from common.departments import DEFAULT_BANKS, DEPARTMENTS
-from common.errors import AlreadyExists, InvalidArgument
+from fedcredit.common import pki
+from fedcredit.common.departments import DEFAULT_BANKS, DEPARTMENTS
+from fedcredit.common.errors import AlreadyExists, InvalidArgument
 
 CONFIG_NAME = "deployment.toml"
 

@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from common.departments import ROLES
-from common.errors import AlreadyExists, InvalidArgument, NotFound
-from common.tls import TlsFiles
+from fedcredit.common.departments import ROLES
+from fedcredit.common.errors import AlreadyExists, InvalidArgument, NotFound
+from fedcredit.common.tls import TlsFiles
 
 ORG_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,62}$")
 CA_LIFETIME = dt.timedelta(days=3650)

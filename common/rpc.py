@@ -19,7 +19,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from common.errors import DOMAIN, FedcreditError, Internal
+from fedcredit.common.errors import DOMAIN, FedcreditError, Internal
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _as_domain(exc: BaseException, method: str) -> FedcreditError:
     if isinstance(exc, grpc.RpcError):
         # A call this servicer made downstream failed and nobody translated it:
         # relay the downstream status rather than hiding it as INTERNAL.
-        from common.errors import from_rpc_error
+        from fedcredit.common.errors import from_rpc_error
 
         return from_rpc_error(exc)
     log.exception("unexpected error in %s", method)
@@ -119,27 +119,3 @@ def handle_errors(fn: F) -> F:
             _abort_sync(context, _as_domain(exc, name))
 
     return wrapper  # type: ignore[return-value]
-
-
-def item_error(err: FedcreditError) -> Any:
-    """One item's failure inside a batch answer, as ``fedcredit.v1.ItemError``."""
-    from fedcredit.v1 import common_pb2
-
-    return common_pb2.ItemError(
-        code=err.code.name,
-        reason=err.reason,
-        message=err.message,
-        metadata={k: str(v) for k, v in err.metadata.items()},
-    )
-
-
-def item_exception(err: Any) -> FedcreditError:
-    """The typed exception of a ``fedcredit.v1.ItemError`` (the inverse of :func:`item_error`)."""
-    from common.errors import error_class_for
-
-    code = (
-        grpc.StatusCode[err.code]
-        if err.code in grpc.StatusCode.__members__
-        else grpc.StatusCode.INTERNAL
-    )
-    return error_class_for(err.reason, code)(err.message, reason=err.reason, **dict(err.metadata))

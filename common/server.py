@@ -17,9 +17,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from common import tls as tls_mod
-from common.errors import ConfigError, Unavailable
-from common.tls import TlsFiles
+from fedcredit.common import tls as tls_mod
+from fedcredit.common.errors import ConfigError, Unavailable
+from fedcredit.common.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from common.errors import ConfigError, Unauthenticated
+from fedcredit.common.errors import ConfigError, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def peer_identity(context: Any) -> Identity:
 
 def require_role(identity: Identity, *roles: str) -> Identity:
     """Refuse a caller whose role is not among ``roles``."""
-    from common.errors import RoleNotAllowed
+    from fedcredit.common.errors import RoleNotAllowed
 
     if identity.role not in roles:
         raise RoleNotAllowed(

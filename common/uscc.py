@@ -23,7 +23,7 @@ import functools
 import random
 from collections.abc import Sequence
 
-from common.errors import InvalidArgument
+from fedcredit.common.errors import InvalidArgument
 
 CHARSET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 VALUES = {c: i for i, c in enumerate(CHARSET)}

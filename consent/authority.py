@@ -32,21 +32,28 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from common import uscc
-from common.departments import BY_CATEGORY, CATEGORIES, DEPARTMENTS
-from common.errors import BatchTooLarge, FedcreditError, RoleNotAllowed
-from common.evidence import EvidenceSink, Receipt
-from common.tls import Identity
-from consent import errors as E
-from consent import keys as K
-from consent.lifecycle import EVENT_OF, Action, State, next_state, sources_of, status_value
-from consent.policy import check_request
-from consent.settings import ConsentSettings
-from consent.signing import Signer
-from consent.statuslist import StatusArray, b64url, status_list_claims
-from consent.store import ConsentRow, ConsentStore, StoreEvidenceSink
-from consent.token import SCORE_ONLY, Grant, build_claims
-from consent.verify import ConsentVerifier, KeyCache, StatusCache, UseCounter
+from fedcredit.common import uscc
+from fedcredit.common.departments import BY_CATEGORY, CATEGORIES, DEPARTMENTS
+from fedcredit.common.errors import BatchTooLarge, FedcreditError, RoleNotAllowed
+from fedcredit.common.evidence import EvidenceSink, Receipt
+from fedcredit.common.tls import Identity
+from fedcredit.consent import errors as E
+from fedcredit.consent import keys as K
+from fedcredit.consent.lifecycle import (
+    EVENT_OF,
+    Action,
+    State,
+    next_state,
+    sources_of,
+    status_value,
+)
+from fedcredit.consent.policy import check_request
+from fedcredit.consent.settings import ConsentSettings
+from fedcredit.consent.signing import Signer
+from fedcredit.consent.statuslist import StatusArray, b64url, status_list_claims
+from fedcredit.consent.store import ConsentRow, ConsentStore, StoreEvidenceSink
+from fedcredit.consent.token import SCORE_ONLY, Grant, build_claims
+from fedcredit.consent.verify import ConsentVerifier, KeyCache, StatusCache, UseCounter
 
 log = logging.getLogger(__name__)
 

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from common.cliutil import console, output, user_errors
-from common.config import Deployment, load_config
-from common.departments import BY_ID
-from common.tls import TlsFiles
+from fedcredit.common.cliutil import console, output, user_errors
+from fedcredit.common.config import Deployment, load_config
+from fedcredit.common.departments import BY_ID
+from fedcredit.common.tls import TlsFiles
 
 if TYPE_CHECKING:
-    from clients.cli import Root
-    from clients.consent_client import ConsentClient
-    from consent.authority import ConsentAuthority, ConsentView
+    from fedcredit.clients.cli import Root
+    from fedcredit.clients.consent_client import ConsentClient
+    from fedcredit.consent.authority import ConsentAuthority, ConsentView
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def consent_table(views: list[ConsentView], title: str, *, party: str) -> Table:
 
 
 def _client(dep: Deployment, tls: TlsFiles) -> ConsentClient:
-    from clients.consent_client import ConsentClient
+    from fedcredit.clients.consent_client import ConsentClient
 
     svc = dep.service("consent")
     return ConsentClient(svc.address, tls, server_org=svc.org_id)
@@ -89,8 +89,8 @@ def _client(dep: Deployment, tls: TlsFiles) -> ConsentClient:
 def _enterprise_client(
     config: Path, code: str, cert: Path | None, key: Path | None
 ) -> ConsentClient:
-    from common import pki
-    from common.uscc import validate
+    from fedcredit.common import pki
+    from fedcredit.common.uscc import validate
 
     validate(code)
     dep = load_config(config)
@@ -111,16 +111,16 @@ def _one(view: ConsentView, as_json: bool, title: str, party: str) -> None:
 
 def build_authority(dep: Deployment) -> ConsentAuthority:
     """The authority of a deployment: its store, settings, banks, nodes and evidence sink."""
-    from consent.authority import ConsentAuthority
-    from consent.settings import ConsentSettings
-    from consent.store import ConsentStore
+    from fedcredit.consent.authority import ConsentAuthority
+    from fedcredit.consent.settings import ConsentSettings
+    from fedcredit.consent.store import ConsentStore
 
     settings = ConsentSettings.from_deployment(dep)
     svc = dep.service("consent")
     store = ConsentStore(svc.database)
     sink: Any = None
     if settings.evidence == "ledger" or (settings.evidence == "auto" and "ledger" in dep.services):
-        from clients.ledger_client import LedgerClient
+        from fedcredit.clients.ledger_client import LedgerClient
 
         sink = LedgerClient.from_deployment(dep, svc.org_id)
 
@@ -197,12 +197,12 @@ def register(root: Root) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Grant a bank consent directly (ACTIVE at once)."""
-        from consent.authority import ConsentTerms
-        from consent.token import SCORE_ONLY
+        from fedcredit.consent.authority import ConsentTerms
+        from fedcredit.consent.token import SCORE_ONLY
 
         with user_errors(as_json):
             if score_only == bool(scope):
-                from consent.errors import InvalidScope
+                from fedcredit.consent.errors import InvalidScope
 
                 raise InvalidScope("give either --scope CATEGORY (one or more) or --score-only")
             terms = ConsentTerms(
@@ -326,12 +326,12 @@ def register(root: Root) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Ask an enterprise for consent (PENDING until it approves)."""
-        from consent.authority import ConsentTerms
-        from consent.token import SCORE_ONLY
+        from fedcredit.consent.authority import ConsentTerms
+        from fedcredit.consent.token import SCORE_ONLY
 
         with user_errors(as_json):
             if score_only == bool(scope):
-                from consent.errors import InvalidScope
+                from fedcredit.consent.errors import InvalidScope
 
                 raise InvalidScope("give either --scope CATEGORY (one or more) or --score-only")
             terms = ConsentTerms(
@@ -398,8 +398,8 @@ def register(root: Root) -> None:
         ] = False,
     ) -> None:
         """Run the consent service of the deployment (until SIGTERM or Ctrl-C)."""
-        from common.gctune import tune_for_service
-        from consent.service import serve, stop
+        from fedcredit.common.gctune import tune_for_service
+        from fedcredit.consent.service import serve, stop
 
         with user_errors():
             dep = load_config(config)
@@ -431,7 +431,7 @@ def register(root: Root) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Publish the next signing key; it signs after the publish lead, older keys retire then."""
-        from consent import keys as K
+        from fedcredit.consent import keys as K
 
         with user_errors(as_json):
             dep = load_config(config)

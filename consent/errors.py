@@ -9,7 +9,7 @@ that cannot get fresh keys or status fails closed with UNAVAILABLE.
 
 from __future__ import annotations
 
-from common.errors import (
+from fedcredit.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,

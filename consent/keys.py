@@ -29,8 +29,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from common.ed25519 import Ed25519Key
-from consent.statuslist import b64url, b64url_decode
+from fedcredit.common.ed25519 import Ed25519Key
+from fedcredit.consent.statuslist import b64url, b64url_decode
 
 ALG = "EdDSA"
 # What a key id may look like on the wire: base64url only. Anything else

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from consent.errors import TransitionNotAllowed
-from consent.statuslist import INVALID, SUSPENDED, VALID
+from fedcredit.consent.errors import TransitionNotAllowed
+from fedcredit.consent.statuslist import INVALID, SUSPENDED, VALID
 
 
 class State(StrEnum):

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from common.departments import PURPOSES
-from common.errors import ConfigError
-from consent.errors import (
+from fedcredit.common.departments import PURPOSES
+from fedcredit.common.errors import ConfigError
+from fedcredit.consent.errors import (
     InvalidPurpose,
     InvalidValidity,
     LoanTermRequired,

@@ -20,11 +20,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from clients.consent_client import ConsentClient
-from common.errors import FedcreditError
-from common.tls import TlsFiles
-from consent import errors as E
-from consent.verify import ConsentVerifier, KeyCache, StatusCache, UseCounter
+from fedcredit.clients.consent_client import ConsentClient
+from fedcredit.common.errors import FedcreditError
+from fedcredit.common.tls import TlsFiles
+from fedcredit.consent import errors as E
+from fedcredit.consent.verify import ConsentVerifier, KeyCache, StatusCache, UseCounter
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from fedcredit.v1 import consent_pb2, consent_pb2_grpc
 
-from common.errors import FedcreditError, RoleNotAllowed
-from common.rpc import handle_errors, item_error
-from common.server import build_server
-from common.tls import TlsFiles, peer_identity
-from consent.authority import ConsentAuthority
-from consent.wire import consent_to_pb, terms_from_pb
+from fedcredit.common.errors import FedcreditError, RoleNotAllowed
+from fedcredit.common.rpc import handle_errors
+from fedcredit.common.server import build_server
+from fedcredit.common.tls import TlsFiles, peer_identity
+from fedcredit.common.wire import item_error
+from fedcredit.consent.authority import ConsentAuthority
+from fedcredit.consent.wire import consent_to_pb, terms_from_pb
+from fedcredit.v1 import consent_pb2, consent_pb2_grpc
 
 log = logging.getLogger(__name__)
 

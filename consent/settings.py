@@ -23,9 +23,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from common.config import Deployment, Section
-from common.errors import ConfigError
-from consent.policy import DEFAULT_CAPS, PurposeCap, caps_from_config, longest_validity_days
+from fedcredit.common.config import Deployment, Section
+from fedcredit.common.errors import ConfigError
+from fedcredit.consent.policy import (
+    DEFAULT_CAPS,
+    PurposeCap,
+    caps_from_config,
+    longest_validity_days,
+)
 
 KEYS = frozenset(
     {

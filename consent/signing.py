@@ -14,9 +14,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from consent.keys import ALG, KeyRecord
-from consent.statuslist import STATUSLIST_TYP
-from consent.token import CONSENT_TYP
+from fedcredit.consent.keys import ALG, KeyRecord
+from fedcredit.consent.statuslist import STATUSLIST_TYP
+from fedcredit.consent.token import CONSENT_TYP
 
 
 def _b64(data: bytes) -> bytes:

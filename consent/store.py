@@ -48,11 +48,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from common.canonical import canonical_json
-from common.db import create_schema, is_sqlite, make_engine
-from common.errors import StoreUnavailable
-from common.evidence import Receipt
-from consent.keys import KeyRecord
+from fedcredit.common.canonical import canonical_json
+from fedcredit.common.db import create_schema, is_sqlite, make_engine
+from fedcredit.common.errors import StoreUnavailable
+from fedcredit.common.evidence import Receipt
+from fedcredit.consent.keys import KeyRecord
 
 # Keys per IN (...) list: below every driver's bound-parameter limit.
 IN_CHUNK = 500

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.departments import BY_CATEGORY, BY_ORG, CATEGORIES, PURPOSES
-from consent.errors import ClaimInvalid, ClaimMissing
+from fedcredit.common.departments import BY_CATEGORY, BY_ORG, CATEGORIES, PURPOSES
+from fedcredit.consent.errors import ClaimInvalid, ClaimMissing
 
 CONSENT_TYP = "consent+jwt"
 DETAIL_TYPE = "fedcredit_consent"

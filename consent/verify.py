@@ -41,11 +41,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
-from common.errors import FedcreditError
-from common.tls import TlsFiles
-from consent import errors as E
-from consent.keys import KID_RE, KeySet, PublicKey, Tombstone, parse_jwks
-from consent.statuslist import (
+from fedcredit.common.errors import FedcreditError
+from fedcredit.common.tls import TlsFiles
+from fedcredit.consent import errors as E
+from fedcredit.consent.keys import KID_RE, KeySet, PublicKey, Tombstone, parse_jwks
+from fedcredit.consent.statuslist import (
     INVALID,
     STATUS_NAMES,
     STATUSLIST_TYP,
@@ -55,7 +55,7 @@ from consent.statuslist import (
     b64url_decode,
     parse_status_list_claims,
 )
-from consent.token import (
+from fedcredit.consent.token import (
     ALLOWED_ALGS,
     CONSENT_TYP,
     Grant,
@@ -706,7 +706,7 @@ def remote_verifier(
     ``subscribe`` (default True), ``clock``, ``stall_s`` (a push stream silent this long
     is reopened, default 30).
     """
-    from consent.remote import RemoteVerifier
+    from fedcredit.consent.remote import RemoteVerifier
 
     return RemoteVerifier(
         consent_address=consent_address, tls=tls, server_org=server_org, issuer=issuer, **settings

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedcredit.consent.authority import ConsentTerms, ConsentView
+from fedcredit.consent.errors import InvalidPurpose
 from fedcredit.v1 import common_pb2, consent_pb2
-
-from consent.authority import ConsentTerms, ConsentView
-from consent.errors import InvalidPurpose
 
 PURPOSE_TO_PB: dict[str, int] = {
     "credit_assessment": common_pb2.PURPOSE_CREDIT_ASSESSMENT,

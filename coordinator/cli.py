@@ -19,14 +19,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common.cliutil import console, err_console, fail, output, user_errors
-from common.errors import InvalidArgument
+from fedcredit.common.cliutil import console, err_console, fail, output, user_errors
+from fedcredit.common.errors import InvalidArgument
 
 if TYPE_CHECKING:
+    from fedcredit.clients.cli import Root
+    from fedcredit.clients.coordinator_client import CoordinatorClient
     from fedcredit.v1 import coordinator_pb2 as pb
-
-    from clients.cli import Root
-    from clients.coordinator_client import CoordinatorClient
 
 ConfigOpt = Annotated[Path, typer.Option("--config", help="The deployment file (deployment.toml).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -39,8 +38,8 @@ OrgOpt = Annotated[
 
 
 def _client(config: Path, org: str, timeout: float = 30.0) -> CoordinatorClient:
-    from clients.coordinator_client import CoordinatorClient
-    from common.config import load_config
+    from fedcredit.clients.coordinator_client import CoordinatorClient
+    from fedcredit.common.config import load_config
 
     dep = load_config(config)
     svc = dep.service("coordinator")
@@ -207,8 +206,8 @@ def register(root: Root) -> None:
         """Run the coordinator (scoring, guarantees, model registry) until interrupted."""
         import asyncio
 
-        from common.gctune import tune_for_service
-        from coordinator.daemon import serve
+        from fedcredit.common.gctune import tune_for_service
+        from fedcredit.coordinator.daemon import serve
 
         with user_errors(), contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(config, insecure=insecure, on_ready=tune_for_service))

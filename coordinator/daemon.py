@@ -18,14 +18,14 @@ from typing import Any
 
 import grpc
 
-from common.evidence import AsyncEvidenceSink, EvidenceSink, Receipt
-from common.server import build_aio_server, mark_serving
-from common.tls import TlsFiles
-from coordinator.fanout import Catalog, CatalogFeature, NodeFeatures
-from coordinator.fund import ledger_decision_finder, recover_pending
-from coordinator.service import SERVICE_NAMES, Coordinator, ScoringServicer, register
-from coordinator.settings import CoordinatorSettings
-from coordinator.store import CoordinatorStore
+from fedcredit.common.evidence import AsyncEvidenceSink, EvidenceSink, Receipt
+from fedcredit.common.server import build_aio_server, mark_serving
+from fedcredit.common.tls import TlsFiles
+from fedcredit.coordinator.fanout import Catalog, CatalogFeature, NodeFeatures
+from fedcredit.coordinator.fund import ledger_decision_finder, recover_pending
+from fedcredit.coordinator.service import SERVICE_NAMES, Coordinator, ScoringServicer, register
+from fedcredit.coordinator.settings import CoordinatorSettings
+from fedcredit.coordinator.store import CoordinatorStore
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ async def load_catalog(nodes: Mapping[str, NodeFeatures], timeout: float) -> Cat
 
 def static_catalog() -> Catalog:
     """The standard 66-feature catalog from node.catalog (fallback when a node is unreachable at start)."""
-    from common.departments import BY_ID
-    from node.catalog import FEATURES
+    from fedcredit.common.departments import BY_ID
+    from fedcredit.node.catalog import FEATURES
 
     return Catalog.of(
         [CatalogFeature(f.name, BY_ID[f.department].category, f.description) for f in FEATURES]
@@ -169,11 +169,11 @@ async def serve(
 ) -> None:
     """Serve the coordinator described by the deployment file until SIGINT/SIGTERM
     (``on_ready`` is called once it serves)."""
-    from clients.ledger_client import AsyncLedgerClient, LedgerClient
-    from common.config import load_config
-    from consent.settings import ConsentSettings
-    from consent.verify import remote_verifier
-    from coordinator.nodes import grpc_nodes
+    from fedcredit.clients.ledger_client import AsyncLedgerClient, LedgerClient
+    from fedcredit.common.config import load_config
+    from fedcredit.consent.settings import ConsentSettings
+    from fedcredit.consent.verify import remote_verifier
+    from fedcredit.coordinator.nodes import grpc_nodes
 
     dep = load_config(config)
     me = dep.service("coordinator")

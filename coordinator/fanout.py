@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from common.errors import FedcreditError
+from fedcredit.common.errors import FedcreditError
 
 
 @dataclass(frozen=True, slots=True)

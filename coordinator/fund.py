@@ -20,16 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common.tls import Identity
-from coordinator.errors import (
+from fedcredit.common.tls import Identity
+from fedcredit.coordinator.errors import (
     ApplicationNotFound,
     GuaranteeNotActive,
     InvalidLoan,
     NotYourGuarantee,
 )
-from coordinator.policy import FundPolicy, check_loan, decide, payout
-from coordinator.scoring import Assessment, ScoreItem, Scorer
-from coordinator.store import CoordinatorStore, FundBooks, GuaranteeRecord, check_replay
+from fedcredit.coordinator.policy import FundPolicy, check_loan, decide, payout
+from fedcredit.coordinator.scoring import Assessment, ScoreItem, Scorer
+from fedcredit.coordinator.store import CoordinatorStore, FundBooks, GuaranteeRecord, check_replay
 
 APPLICATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -241,7 +241,7 @@ def recover_pending(
 
 def ledger_decision_finder(ledger: Any) -> DecisionFinder:
     """A :data:`DecisionFinder` over the central ledger client (``ListBySubject``, after a fresh checkpoint)."""
-    from ledger.entry import Entry
+    from fedcredit.ledger.entry import Entry
 
     def find(enterprise: str, application_id: str) -> int | None:
         ledger.sign_checkpoint()  # entries appended just before a crash are covered

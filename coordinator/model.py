@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import lightgbm as lgb
 import numpy as np
 
-from coordinator.errors import InvalidModel
-from coordinator.rating import Grade, Thresholds, rate
+from fedcredit.coordinator.errors import InvalidModel
+from fedcredit.coordinator.rating import Grade, Thresholds, rate
 
 
 def model_sha256(model_text: str) -> str:

@@ -11,19 +11,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
-from fedcredit.v1 import common_pb2, feature_pb2, feature_pb2_grpc
 
-from common.departments import BY_ID
-from common.errors import (
+from fedcredit.common.departments import BY_ID
+from fedcredit.common.errors import (
     DeadlineExceeded,
     FedcreditError,
     Unavailable,
     from_rpc_error,
 )
-from common.rpc import item_exception
-from common.tls import TlsFiles, channel
-from coordinator.errors import NodeDeadlineExceeded, NodeUnavailable
-from coordinator.fanout import CatalogFeature, FeatureRow, FetchBatch, FetchItem, NodeAnswer
+from fedcredit.common.tls import TlsFiles, channel
+from fedcredit.common.wire import item_exception
+from fedcredit.coordinator.errors import NodeDeadlineExceeded, NodeUnavailable
+from fedcredit.coordinator.fanout import (
+    CatalogFeature,
+    FeatureRow,
+    FetchBatch,
+    FetchItem,
+    NodeAnswer,
+)
+from fedcredit.v1 import common_pb2, feature_pb2, feature_pb2_grpc
 
 PURPOSES = {
     "credit_assessment": common_pb2.PURPOSE_CREDIT_ASSESSMENT,

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.errors import InvalidLoan, InvalidPolicy
+from fedcredit.coordinator.errors import InvalidLoan, InvalidPolicy
 
 BP = 10_000  # basis points in 100 %
 MAX_FUND_SHARE_BP = 8_000  # the fund never covers more than 80 % of a loss

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from coordinator.errors import CalibrationTooSmall, InvalidPolicy
+from fedcredit.coordinator.errors import CalibrationTooSmall, InvalidPolicy
 
 Grade = Literal["A", "B", "C", "D"]
 GRADES: tuple[Grade, ...] = ("A", "B", "C", "D")

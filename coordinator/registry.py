@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import FedcreditError
-from common.evidence import EvidenceSink
-from coordinator.errors import InvalidModel, LedgerUnavailable, ModelVersionExists
-from coordinator.model import load_booster, model_sha256
-from coordinator.rating import GradeShares, Thresholds, calibrate, distribution
-from coordinator.store import CoordinatorStore, ModelRecord
+from fedcredit.common.errors import FedcreditError
+from fedcredit.common.evidence import EvidenceSink
+from fedcredit.coordinator.errors import InvalidModel, LedgerUnavailable, ModelVersionExists
+from fedcredit.coordinator.model import load_booster, model_sha256
+from fedcredit.coordinator.rating import GradeShares, Thresholds, calibrate, distribution
+from fedcredit.coordinator.store import CoordinatorStore, ModelRecord
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 

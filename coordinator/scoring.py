@@ -36,14 +36,14 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from common.canonical import canonical_json, number
-from common.errors import DeadlineExceeded, FedcreditError, Internal, Unavailable
-from common.evidence import AsyncEvidenceSink
-from common.tls import Identity
-from common.uscc import validate as validate_uscc
-from consent.verify import BatchUseCounter
-from coordinator.errors import LedgerUnavailable, NodeUnavailable
-from coordinator.fanout import (
+from fedcredit.common.canonical import canonical_json, number
+from fedcredit.common.errors import DeadlineExceeded, FedcreditError, Internal, Unavailable
+from fedcredit.common.evidence import AsyncEvidenceSink
+from fedcredit.common.tls import Identity
+from fedcredit.common.uscc import validate as validate_uscc
+from fedcredit.consent.verify import BatchUseCounter
+from fedcredit.coordinator.errors import LedgerUnavailable, NodeUnavailable
+from fedcredit.coordinator.fanout import (
     Catalog,
     FeatureRow,
     FetchBatch,
@@ -51,8 +51,8 @@ from coordinator.fanout import (
     NodeAnswer,
     NodeFeatures,
 )
-from coordinator.model import ScoringModel
-from coordinator.reasons import Reason, top_reasons
+from fedcredit.coordinator.model import ScoringModel
+from fedcredit.coordinator.reasons import Reason, top_reasons
 
 log = logging.getLogger(__name__)
 

@@ -18,23 +18,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
+from fedcredit.common.canonical import canonical_json
+from fedcredit.common.errors import BatchTooLarge, FedcreditError, InvalidArgument, RoleNotAllowed
+from fedcredit.common.evidence import AsyncEvidenceSink, EvidenceSink
+from fedcredit.common.rpc import handle_errors
+from fedcredit.common.tls import Identity, peer_identity
+from fedcredit.common.wire import item_error
+from fedcredit.coordinator.errors import NoActiveModel
+from fedcredit.coordinator.fanout import Catalog, NodeFeatures
+from fedcredit.coordinator.fund import FundStatus, GuaranteeDesk
+from fedcredit.coordinator.model import ScoringModel
+from fedcredit.coordinator.reasons import Reason
+from fedcredit.coordinator.registry import Registry
+from fedcredit.coordinator.scoring import ModelSource, Scored, ScoreItem, Scorer, ScoringStats
+from fedcredit.coordinator.settings import CoordinatorSettings
+from fedcredit.coordinator.store import CoordinatorStore, GuaranteeRecord, ModelRecord
 from fedcredit.v1 import coordinator_pb2 as pb
 from fedcredit.v1 import coordinator_pb2_grpc as pb_grpc
-
-from common.canonical import canonical_json
-from common.errors import BatchTooLarge, FedcreditError, InvalidArgument, RoleNotAllowed
-from common.evidence import AsyncEvidenceSink, EvidenceSink
-from common.rpc import handle_errors, item_error
-from common.tls import Identity, peer_identity
-from coordinator.errors import NoActiveModel
-from coordinator.fanout import Catalog, NodeFeatures
-from coordinator.fund import FundStatus, GuaranteeDesk
-from coordinator.model import ScoringModel
-from coordinator.reasons import Reason
-from coordinator.registry import Registry
-from coordinator.scoring import ModelSource, Scored, ScoreItem, Scorer, ScoringStats
-from coordinator.settings import CoordinatorSettings
-from coordinator.store import CoordinatorStore, GuaranteeRecord, ModelRecord
 
 log = logging.getLogger(__name__)
 
@@ -556,7 +557,7 @@ class RegistryServicer(pb_grpc.ModelRegistryServicer):
         )
         if rec is None:
             if request.version:
-                from coordinator.errors import ModelVersionNotFound
+                from fedcredit.coordinator.errors import ModelVersionNotFound
 
                 raise ModelVersionNotFound(f"no model version {request.version!r} in the registry")
             raise NoActiveModel("no credit model is active yet")

@@ -29,10 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.config import Section
-from coordinator.policy import FundPolicy
-from coordinator.rating import GradeShares
-from coordinator.scoring import NodePolicy, ScoringSettings
+from fedcredit.common.config import Section
+from fedcredit.coordinator.policy import FundPolicy
+from fedcredit.coordinator.rating import GradeShares
+from fedcredit.coordinator.scoring import NodePolicy, ScoringSettings
 
 KEYS = frozenset(
     {

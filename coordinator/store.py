@@ -45,9 +45,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from common.db import create_schema, make_engine
-from common.errors import StoreUnavailable
-from coordinator.errors import (
+from fedcredit.common.db import create_schema, make_engine
+from fedcredit.common.errors import StoreUnavailable
+from fedcredit.coordinator.errors import (
     ApplicationConflict,
     ApplicationInProgress,
     ApplicationNotFound,
@@ -56,8 +56,8 @@ from coordinator.errors import (
     ModelVersionNotFound,
     NotYourGuarantee,
 )
-from coordinator.policy import Decision, FundPolicy, FundState
-from coordinator.rating import Thresholds
+from fedcredit.coordinator.policy import Decision, FundPolicy, FundState
+from fedcredit.coordinator.rating import Thresholds
 
 metadata = MetaData()
 

@@ -19,9 +19,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from ledger.checkpoint import SignedCheckpoint, Verifier, check_not_rollback, open_checkpoint
-from ledger.entry import ACTOR_RE, KIND_RE, PREFIX_RE, ZERO_HASH, Entry
-from ledger.errors import (
+from fedcredit.ledger.checkpoint import (
+    SignedCheckpoint,
+    Verifier,
+    check_not_rollback,
+    open_checkpoint,
+)
+from fedcredit.ledger.entry import ACTOR_RE, KIND_RE, PREFIX_RE, ZERO_HASH, Entry
+from fedcredit.ledger.errors import (
     ChainBroken,
     CheckpointRollback,
     CosignatureQuorum,
@@ -35,9 +40,9 @@ from ledger.errors import (
     SubjectMismatch,
     VerificationError,
 )
-from ledger.export import Bundle, Export
-from ledger.merkle import EMPTY_ROOT, fold, perfect_cover
-from ledger.proofs import verify_consistency, verify_inclusion
+from fedcredit.ledger.export import Bundle, Export
+from fedcredit.ledger.merkle import EMPTY_ROOT, fold, perfect_cover
+from fedcredit.ledger.proofs import verify_consistency, verify_inclusion
 
 _sha256 = hashlib.sha256
 

@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ledger.errors import (
+from fedcredit.ledger.errors import (
     CheckpointRollback,
     CosignatureQuorum,
     NoteMalformed,
@@ -34,7 +34,7 @@ from ledger.errors import (
     SignatureInvalid,
     UnknownKey,
 )
-from ledger.merkle import HASH_SIZE
+from fedcredit.ledger.merkle import HASH_SIZE
 
 SIG_ED25519 = 0x01
 SIG_COSIGNATURE_V1 = 0x04

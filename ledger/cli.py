@@ -18,13 +18,20 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common.cliutil import EXIT_VERIFICATION_FAILED, console, err_console, fail, output, user_errors
-from common.errors import ConfigError, FedcreditError
+from fedcredit.common.cliutil import (
+    EXIT_VERIFICATION_FAILED,
+    console,
+    err_console,
+    fail,
+    output,
+    user_errors,
+)
+from fedcredit.common.errors import ConfigError, FedcreditError
 
 if TYPE_CHECKING:
-    from clients.cli import Root
-    from clients.ledger_client import LedgerClient
-    from ledger.audit import Trust
+    from fedcredit.clients.cli import Root
+    from fedcredit.clients.ledger_client import LedgerClient
+    from fedcredit.ledger.audit import Trust
 
 ConfigOpt = Annotated[Path, typer.Option("--config", help="The deployment file (deployment.toml).")]
 OptConfigOpt = Annotated[
@@ -49,8 +56,8 @@ def _org_opt(default: str, what: str) -> Any:
 
 
 def _client(config: Path, org: str) -> LedgerClient:
-    from clients.ledger_client import LedgerClient
-    from common.config import load_config
+    from fedcredit.clients.ledger_client import LedgerClient
+    from fedcredit.common.config import load_config
 
     return LedgerClient.from_deployment(load_config(config), org)
 
@@ -58,9 +65,9 @@ def _client(config: Path, org: str) -> LedgerClient:
 def _trust(
     config: Path | None, log_key: str | None, witness_keys: list[str] | None, quorum: int
 ) -> Trust:
-    from common.config import load_config
-    from ledger.audit import Trust
-    from ledger.keys import keys_dir, log_verifier, read_vkey
+    from fedcredit.common.config import load_config
+    from fedcredit.ledger.audit import Trust
+    from fedcredit.ledger.keys import keys_dir, log_verifier, read_vkey
 
     dep = load_config(config) if config is not None else None
     if log_key is not None:
@@ -83,7 +90,7 @@ def _trust(
 
 
 def _verification_failed(exc: FedcreditError, as_json: bool) -> None:
-    from ledger.errors import VerificationError
+    from fedcredit.ledger.errors import VerificationError
 
     if isinstance(exc, VerificationError):
         if as_json:
@@ -118,9 +125,9 @@ def register(root: Root) -> None:
         ] = False,
     ) -> None:
         """Run the LedgerService (mTLS) until interrupted."""
-        from common.config import load_config
-        from common.gctune import tune_for_service
-        from ledger.service import serve as serve_async
+        from fedcredit.common.config import load_config
+        from fedcredit.common.gctune import tune_for_service
+        from fedcredit.ledger.service import serve as serve_async
 
         with user_errors():
             dep = load_config(config)
@@ -143,7 +150,7 @@ def register(root: Root) -> None:
         """Make the ledger sign a checkpoint now (operator) and show it."""
         with user_errors(as_json), _client(config, org) as c:
             note = c.sign_checkpoint()
-        from ledger.checkpoint import Checkpoint, Note
+        from fedcredit.ledger.checkpoint import Checkpoint, Note
 
         n = Note.parse(note)
         cp = Checkpoint.parse_text(n.text)
@@ -191,8 +198,8 @@ def register(root: Root) -> None:
     @ledger.command("key")
     def key(config: ConfigOpt) -> None:
         """Print the ledger's public key (signed-note vkey), as published in the deployment."""
-        from common.config import load_config
-        from ledger.keys import log_verifier
+        from fedcredit.common.config import load_config
+        from fedcredit.ledger.keys import log_verifier
 
         with user_errors():
             print(log_verifier(load_config(config)).vkey)
@@ -218,7 +225,7 @@ def register(root: Root) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Fetch the latest checkpoint; verify its signature, cosignatures and (with --previous) consistency."""
-        from ledger.audit import verify_checkpoints
+        from fedcredit.ledger.audit import verify_checkpoints
 
         try:
             trust = _trust(config, log_key, witness_key, quorum)
@@ -260,8 +267,8 @@ def register(root: Root) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Verify one entry's inclusion offline: checkpoint signatures, inclusion path, entry format."""
-        from ledger.audit import verify_bundle
-        from ledger.export import Bundle
+        from fedcredit.ledger.audit import verify_bundle
+        from fedcredit.ledger.export import Bundle
 
         try:
             trust = _trust(config, log_key, witness_key, quorum)
@@ -304,8 +311,8 @@ def register(root: Root) -> None:
         """Verify that a newer checkpoint extends an older one (RFC 9162 consistency)."""
         import base64
 
-        from ledger.audit import verify_checkpoints
-        from ledger.errors import ProofMalformed
+        from fedcredit.ledger.audit import verify_checkpoints
+        from fedcredit.ledger.errors import ProofMalformed
 
         try:
             trust = _trust(config, log_key, witness_key, quorum)
@@ -363,8 +370,8 @@ def register(root: Root) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Recompute every leaf, the chain and the tree from an export; compare with the signed checkpoints."""
-        from ledger.audit import replay
-        from ledger.export import read_export
+        from fedcredit.ledger.audit import replay
+        from fedcredit.ledger.export import read_export
 
         try:
             trust = _trust(config, log_key, witness_key, quorum)
@@ -421,7 +428,7 @@ def register(root: Root) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """List every ledger entry about one enterprise, each proved against a signed checkpoint."""
-        from ledger.audit import verify_subject_entries
+        from fedcredit.ledger.audit import verify_subject_entries
 
         rows: list[Any] = []
         size = 0

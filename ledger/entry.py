@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from common import uscc
-from common.canonical import canonical_json
-from ledger.errors import EntryMalformed, InvalidEntry
-from ledger.merkle import leaf_hash
+from fedcredit.common import uscc
+from fedcredit.common.canonical import canonical_json
+from fedcredit.ledger.errors import EntryMalformed, InvalidEntry
+from fedcredit.ledger.merkle import leaf_hash
 
 VERSION = 1
 ZERO_HASH = bytes(32)

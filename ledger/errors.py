@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from common.errors import (
+from fedcredit.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     Unavailable,
 )
-from common.errors import (
+from fedcredit.common.errors import (
     Internal as _Internal,
 )
 

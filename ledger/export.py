@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ledger.errors import BundleMalformed, ExportMalformed
+from fedcredit.ledger.errors import BundleMalformed, ExportMalformed
 
 EXPORT_FORMAT = "fedcredit-ledger-export/v1"
 BUNDLE_FORMAT = "fedcredit-ledger-bundle/v1"

@@ -8,8 +8,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.errors import ConfigError
-from ledger.checkpoint import SIG_COSIGNATURE_V1, SIG_ED25519, Signer, Verifier
+from fedcredit.common.errors import ConfigError
+from fedcredit.ledger.checkpoint import SIG_COSIGNATURE_V1, SIG_ED25519, Signer, Verifier
 
 
 def load_or_create_signer(path: Path | str, name: str, sig_type: int = SIG_ED25519) -> Signer:

@@ -32,11 +32,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.errors import ResourceExhausted, StoreUnavailable
-from common.evidence import Receipt
-from ledger import checkpoint as cpmod
-from ledger.checkpoint import Checkpoint, Note, NoteSignature, Signer, Verifier
-from ledger.entry import (
+from fedcredit.common.errors import ResourceExhausted, StoreUnavailable
+from fedcredit.common.evidence import Receipt
+from fedcredit.ledger import checkpoint as cpmod
+from fedcredit.ledger.checkpoint import Checkpoint, Note, NoteSignature, Signer, Verifier
+from fedcredit.ledger.entry import (
     ZERO_HASH,
     canonical_payloads,
     check_actor,
@@ -44,7 +44,7 @@ from ledger.entry import (
     check_payload,
     check_subject,
 )
-from ledger.errors import (
+from fedcredit.ledger.errors import (
     InconsistentCheckpoint,
     IndexOutOfRange,
     LogClosed,
@@ -53,15 +53,15 @@ from ledger.errors import (
     VerificationError,
     WitnessConflict,
 )
-from ledger.merkle import (
+from fedcredit.ledger.merkle import (
     CompactRange,
     consistency_proof,
     inclusion_proof,
     root_from_reader,
 )
-from ledger.proofs import verify_consistency
-from ledger.settings import LogSettings
-from ledger.store import LedgerStore, StoredCheckpoint, StoredEntry
+from fedcredit.ledger.proofs import verify_consistency
+from fedcredit.ledger.settings import LogSettings
+from fedcredit.ledger.store import LedgerStore, StoredCheckpoint, StoredEntry
 
 log = logging.getLogger(__name__)
 
@@ -642,7 +642,7 @@ class Log:
         ``end`` defaults to the latest checkpoint's size, so every exported
         entry is covered by a signed checkpoint.
         """
-        from ledger.export import write_export
+        from fedcredit.ledger.export import write_export
 
         if end is None:
             end = self._last_cp.size if self._last_cp is not None else 0

@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from ledger.errors import (
+from fedcredit.ledger.errors import (
     ProofIndexOutOfRange,
     ProofLengthMismatch,
     ProofMalformed,
     ProofSizesInvalid,
     RootMismatch,
 )
-from ledger.merkle import HASH_SIZE
+from fedcredit.ledger.merkle import HASH_SIZE
 
 _sha256 = hashlib.sha256
 _NODE = b"\x01"

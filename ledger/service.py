@@ -16,14 +16,12 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from typing import Any
 
-from fedcredit.v1 import ledger_pb2, ledger_pb2_grpc
-
-from common.errors import BatchTooLarge, FedcreditError
-from common.evidence import Receipt
-from common.rpc import handle_errors
-from common.tls import Identity, peer_identity, require_role
-from ledger.entry import KIND_RE, canonical_payload, check_actor, check_subject
-from ledger.errors import (
+from fedcredit.common.errors import BatchTooLarge, FedcreditError
+from fedcredit.common.evidence import Receipt
+from fedcredit.common.rpc import handle_errors
+from fedcredit.common.tls import Identity, peer_identity, require_role
+from fedcredit.ledger.entry import KIND_RE, canonical_payload, check_actor, check_subject
+from fedcredit.ledger.errors import (
     IndexOutOfRange,
     InvalidEntry,
     KindNotAllowed,
@@ -31,9 +29,10 @@ from ledger.errors import (
     ReadNotAllowed,
     SubjectNotAllowed,
 )
-from ledger.log import Log
-from ledger.settings import LedgerSettings
-from ledger.store import StoredCheckpoint
+from fedcredit.ledger.log import Log
+from fedcredit.ledger.settings import LedgerSettings
+from fedcredit.ledger.store import StoredCheckpoint
+from fedcredit.v1 import ledger_pb2, ledger_pb2_grpc
 
 LEDGER_SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
 SIGN_ROLES = ("operator", "coordinator")
@@ -260,7 +259,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     def _may_read(self, who: Identity, data: bytes) -> bool:
         if who.role in self.settings.audit_roles:
             return True
-        from ledger.entry import Entry
+        from fedcredit.ledger.entry import Entry
 
         e = Entry.parse(data)
         return e.actor == who.org_id or (who.role == "enterprise" and e.subject == who.org_id)
@@ -346,10 +345,10 @@ def build_witness_clients(
     deployment: Any, settings: LedgerSettings, witness_orgs: list[str]
 ) -> list[Any]:
     """gRPC clients of the witnesses (department nodes) named in the deployment."""
-    from clients.ledger_client import WitnessClient
-    from common.errors import ConfigError
-    from ledger.checkpoint import Verifier
-    from ledger.keys import witness_verifier
+    from fedcredit.clients.ledger_client import WitnessClient
+    from fedcredit.common.errors import ConfigError
+    from fedcredit.ledger.checkpoint import Verifier
+    from fedcredit.ledger.keys import witness_verifier
 
     svc = deployment.service("ledger")
     by_org = {n.org_id: n for n in deployment.nodes}
@@ -391,9 +390,9 @@ async def serve(
     """Run the LedgerService until ``stop`` is set (or SIGINT/SIGTERM)."""
     import signal
 
-    from common.server import build_aio_server, mark_serving
-    from ledger.keys import log_signer
-    from ledger.settings import load_settings
+    from fedcredit.common.server import build_aio_server, mark_serving
+    from fedcredit.ledger.keys import log_signer
+    from fedcredit.ledger.settings import load_settings
 
     section = deployment.section("ledger")
     settings = load_settings(section)

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from common.config import Section
-from common.errors import ConfigError
+from fedcredit.common.config import Section
+from fedcredit.common.errors import ConfigError
 
 # Which certificate roles may append each entry kind to the central ledger.
 # A kind missing here cannot be appended through the service at all.

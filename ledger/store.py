@@ -34,9 +34,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import OperationalError
 
-from common.db import is_postgres, make_engine
-from common.errors import StoreUnavailable
-from ledger.merkle import NodeId
+from fedcredit.common.db import is_postgres, make_engine
+from fedcredit.common.errors import StoreUnavailable
+from fedcredit.ledger.merkle import NodeId
 
 metadata = MetaData()
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from fedcredit.v1 import ledger_pb2, ledger_pb2_grpc
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -38,10 +37,10 @@ from sqlalchemy import (
     update,
 )
 
-from common.db import make_engine
-from common.rpc import handle_errors
-from common.tls import peer_identity
-from ledger.checkpoint import (
+from fedcredit.common.db import make_engine
+from fedcredit.common.rpc import handle_errors
+from fedcredit.common.tls import peer_identity
+from fedcredit.ledger.checkpoint import (
     SIG_COSIGNATURE_V1,
     Checkpoint,
     Note,
@@ -51,9 +50,15 @@ from ledger.checkpoint import (
     cosign,
     open_checkpoint,
 )
-from ledger.errors import CheckpointRollback, ProofSizesInvalid, WitnessConflict, WitnessUnknownLog
-from ledger.merkle import EMPTY_ROOT
-from ledger.proofs import verify_consistency
+from fedcredit.ledger.errors import (
+    CheckpointRollback,
+    ProofSizesInvalid,
+    WitnessConflict,
+    WitnessUnknownLog,
+)
+from fedcredit.ledger.merkle import EMPTY_ROOT
+from fedcredit.ledger.proofs import verify_consistency
+from fedcredit.v1 import ledger_pb2, ledger_pb2_grpc
 
 WITNESS_SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["WitnessService"].full_name
 
@@ -280,7 +285,7 @@ def mount_witness(
     publishes its vkey there; the ledger's key is read from the same folder
     when the first checkpoint arrives.
     """
-    from ledger.keys import published_logs, witness_signer
+    from fedcredit.ledger.keys import published_logs, witness_signer
 
     return register_witness(
         server,

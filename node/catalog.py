@@ -35,10 +35,10 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from common.departments import BY_ID, DEPARTMENTS
-from node.records import Batch, FloatArray, batch_from_columns, convert, read_csv_text
-from world.calendar import month_ordinal
-from world.tables import BY_DEPARTMENT, ENTERPRISES
+from fedcredit.common.departments import BY_ID, DEPARTMENTS
+from fedcredit.node.records import Batch, FloatArray, batch_from_columns, convert, read_csv_text
+from fedcredit.world.calendar import month_ordinal
+from fedcredit.world.tables import BY_DEPARTMENT, ENTERPRISES
 
 FeatureType = Literal["int", "float", "bool", "ordinal"]
 Sensitivity = Literal["public", "restricted", "confidential"]
@@ -838,7 +838,7 @@ def compute_all(
     """All 66 features of every enterprise of a world directory, in memory (no node, no
     consent): ``(codes, feature_names, matrix)`` with NaN for missing values. For tests,
     benchmarks and the pooled-data baseline only."""
-    from world.generate import load_manifest
+    from fedcredit.world.generate import load_manifest
 
     world_dir = Path(world_dir)
     manifest = load_manifest(world_dir)

@@ -11,12 +11,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common.cliutil import err_console, output, user_errors
-from common.departments import BY_ID
-from common.errors import InvalidArgument
+from fedcredit.common.cliutil import err_console, output, user_errors
+from fedcredit.common.departments import BY_ID
+from fedcredit.common.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from clients.cli import Root
+    from fedcredit.clients.cli import Root
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 DeptOpt = Annotated[str, typer.Option("--department", help="Department id, e.g. tax.")]
@@ -30,7 +30,7 @@ def _database(department: str, config: Path | None, database: str | None) -> str
     if database:
         return database
     if config is not None:
-        from common.config import load_config
+        from fedcredit.common.config import load_config
 
         return load_config(config).node(department).database
     raise DatabaseRequired(
@@ -40,7 +40,7 @@ def _database(department: str, config: Path | None, database: str | None) -> str
 
 def _check_department(department: str) -> None:
     if department not in BY_ID:
-        from node.errors import UnknownDepartment
+        from fedcredit.node.errors import UnknownDepartment
 
         raise UnknownDepartment(
             f"unknown department {department!r}; expected one of {', '.join(BY_ID)}"
@@ -69,7 +69,7 @@ def _register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Load a department's raw records into its node's own database."""
-        from node.store import NodeStore
+        from fedcredit.node.store import NodeStore
 
         with user_errors(as_json):
             _check_department(department)
@@ -104,7 +104,7 @@ def _register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """The node database's department, as-of month and data version."""
-        from node.store import NodeStore
+        from fedcredit.node.store import NodeStore
 
         with user_errors(as_json):
             _check_department(department)
@@ -124,7 +124,7 @@ def _register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """The feature catalog (definitions; no data needed)."""
-        from node import catalog
+        from fedcredit.node import catalog
 
         with user_errors(as_json):
             if department is not None:
@@ -156,9 +156,9 @@ def _register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Serve the department's FeatureService over mTLS until interrupted."""
-        from common.config import load_config
-        from common.gctune import tune_for_service
-        from node.runtime import build_process
+        from fedcredit.common.config import load_config
+        from fedcredit.common.gctune import tune_for_service
+        from fedcredit.node.runtime import build_process
 
         with user_errors(as_json):
             _check_department(department)

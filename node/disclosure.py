@@ -19,7 +19,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from common.evidence import EvidenceSink, Receipt
+from fedcredit.common.evidence import EvidenceSink, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,9 @@ def open_disclosure_log(url: str, signer: Any, origin: str, settings: Any) -> An
     (``log_checkpoint_interval``, ``log_max_delay``, ``disclosure_synchronous``)."""
     from sqlalchemy import event
 
-    from common.db import is_sqlite, make_engine
-    from ledger.log import Log
-    from ledger.settings import LogSettings
+    from fedcredit.common.db import is_sqlite, make_engine
+    from fedcredit.ledger.log import Log
+    from fedcredit.ledger.settings import LogSettings
 
     engine = make_engine(url)
     if is_sqlite(engine) and settings.disclosure_synchronous == "normal":

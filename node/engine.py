@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from node import catalog
-from node.errors import NoDataLoaded, UnknownFeature
-from node.records import FloatArray
-from node.store import NodeStore, StoreState
+from fedcredit.node import catalog
+from fedcredit.node.errors import NoDataLoaded, UnknownFeature
+from fedcredit.node.records import FloatArray
+from fedcredit.node.store import NodeStore, StoreState
 
 Reasons = npt.NDArray[np.int8]
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.errors import (
+from fedcredit.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,

@@ -21,10 +21,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from common.departments import PURPOSES
-from common.errors import RoleNotAllowed
-from common.tls import Identity
-from node.errors import (
+from fedcredit.common.departments import PURPOSES
+from fedcredit.common.errors import RoleNotAllowed
+from fedcredit.common.tls import Identity
+from fedcredit.node.errors import (
     OnBehalfOfMismatch,
     OnBehalfOfRequired,
     PurposeNotAllowed,

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from world.calendar import parse_month_column
-from world.tables import BY_DEPARTMENT, TableSpec
+from fedcredit.world.calendar import parse_month_column
+from fedcredit.world.tables import BY_DEPARTMENT, TableSpec
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -9,19 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import Deployment
-from common.errors import ConfigError
-from common.evidence import EvidenceSink
-from consent.verify import ConsentVerifier
-from ledger.keys import load_or_create_signer
-from ledger.log import Log
-from node.disclosure import CheckpointPublisher, open_disclosure_log
-from node.engine import FeatureEngine
-from node.policy import AccessPolicy
-from node.service import FeatureServicer, NodeServer, build_node_server
-from node.settings import NodeSettings, disclosure_url
-from node.sigpool import SignaturePool
-from node.store import NodeStore
+from fedcredit.common.config import Deployment
+from fedcredit.common.errors import ConfigError
+from fedcredit.common.evidence import EvidenceSink
+from fedcredit.consent.verify import ConsentVerifier
+from fedcredit.ledger.keys import load_or_create_signer
+from fedcredit.ledger.log import Log
+from fedcredit.node.disclosure import CheckpointPublisher, open_disclosure_log
+from fedcredit.node.engine import FeatureEngine
+from fedcredit.node.policy import AccessPolicy
+from fedcredit.node.service import FeatureServicer, NodeServer, build_node_server
+from fedcredit.node.settings import NodeSettings, disclosure_url
+from fedcredit.node.sigpool import SignaturePool
+from fedcredit.node.store import NodeStore
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ class NodeProcess:
 
 
 def _remote_verifier(dep: Deployment, org: str) -> ConsentVerifier:
-    from consent.settings import ConsentSettings
-    from consent.verify import remote_verifier
+    from fedcredit.consent.settings import ConsentSettings
+    from fedcredit.consent.verify import remote_verifier
 
     svc = dep.service("consent")
     return remote_verifier(
@@ -81,7 +81,7 @@ def _remote_verifier(dep: Deployment, org: str) -> ConsentVerifier:
 
 def _central_sink(dep: Deployment, org: str) -> tuple[EvidenceSink | None, str]:
     try:
-        from clients.ledger_client import LedgerClient  # type: ignore[import-not-found,unused-ignore]
+        from fedcredit.clients.ledger_client import LedgerClient  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None, "the central ledger client is not installed; checkpoints are not published"
     svc = dep.service("ledger")
@@ -131,7 +131,7 @@ def build_process(
     extra: list[tuple[Any, str]] = []
     witness_box: list[Any] = []
     if settings.witness:
-        from ledger.witness import WITNESS_SERVICE, mount_witness, register_witness
+        from fedcredit.ledger.witness import WITNESS_SERVICE, mount_witness, register_witness
 
         # The ledger's one-call mount: the node's cosigning key and vkey under the
         # deployment's keys/, the ledger's key read from there (keys/ledger.vkey) when its
@@ -141,7 +141,7 @@ def build_process(
 
         def mount(server: Any) -> None:
             if pinned:
-                from ledger.keys import witness_signer
+                from fedcredit.ledger.keys import witness_signer
 
                 w = register_witness(
                     server,

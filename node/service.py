@@ -30,28 +30,28 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
-from fedcredit.v1 import common_pb2, feature_pb2, feature_pb2_grpc
 
-from common import uscc
-from common.departments import BY_ID
-from common.errors import BatchTooLarge, FedcreditError
-from common.rpc import handle_errors
-from common.server import build_server
-from common.tls import Identity, TlsFiles, peer_identity
-from consent.verify import ConsentVerifier
-from node.disclosure import AGGREGATE_KIND, KIND, DisclosureLog, feature_payload
-from node.engine import FeatureEngine
-from node.errors import (
+from fedcredit.common import uscc
+from fedcredit.common.departments import BY_ID
+from fedcredit.common.errors import BatchTooLarge, FedcreditError
+from fedcredit.common.rpc import handle_errors
+from fedcredit.common.server import build_server
+from fedcredit.common.tls import Identity, TlsFiles, peer_identity
+from fedcredit.consent.verify import ConsentVerifier
+from fedcredit.node.disclosure import AGGREGATE_KIND, KIND, DisclosureLog, feature_payload
+from fedcredit.node.engine import FeatureEngine
+from fedcredit.node.errors import (
     DisclosureLogUnavailable,
     DuplicateEnterprise,
     EmptyBatch,
     InvalidChunkSize,
     InvalidMaxBins,
 )
-from node.policy import AccessPolicy, Decision
-from node.settings import NodeSettings
-from node.sigpool import SignaturePool
-from node.store import StoreState
+from fedcredit.node.policy import AccessPolicy, Decision
+from fedcredit.node.settings import NodeSettings
+from fedcredit.node.sigpool import SignaturePool
+from fedcredit.node.store import StoreState
+from fedcredit.v1 import common_pb2, feature_pb2, feature_pb2_grpc
 
 log = logging.getLogger(__name__)
 

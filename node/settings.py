@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import ConfigError, Deployment, Section
+from fedcredit.common.config import ConfigError, Deployment, Section
 
 KEYS = frozenset(
     {
@@ -108,7 +108,7 @@ class NodeSettings:
 
     def signature_workers(self) -> int:
         """How many signature worker processes to run (``verify_workers`` resolved)."""
-        from node.sigpool import default_workers
+        from fedcredit.node.sigpool import default_workers
 
         return default_workers() if self.verify_workers < 0 else self.verify_workers
 

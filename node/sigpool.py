@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
-from common.ed25519 import Ed25519Key
+from fedcredit.common.ed25519 import Ed25519Key
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class _Worker:
         self.owes = 0
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "node.sigpool"],
+                [sys.executable, "-m", "fedcredit.node.sigpool"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 bufsize=0,
@@ -213,8 +213,10 @@ class _Worker:
 
 
 def _source_root() -> str:
-    """The directory holding the ``node`` package, ahead of any inherited PYTHONPATH."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The directory holding the ``fedcredit`` package, ahead of any inherited PYTHONPATH."""
+    import fedcredit
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fedcredit.__file__)))
     inherited = os.environ.get("PYTHONPATH", "")
     return root + (os.pathsep + inherited if inherited else "")
 

@@ -26,19 +26,26 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from common.db import make_engine
-from common.departments import BY_ID
-from common.errors import StoreUnavailable
-from node.errors import (
+from fedcredit.common.db import make_engine
+from fedcredit.common.departments import BY_ID
+from fedcredit.common.errors import StoreUnavailable
+from fedcredit.node.errors import (
     DuplicateRecord,
     RawDataInvalid,
     RawDataNotFound,
     UnknownDepartment,
     WrongDepartment,
 )
-from node.records import Batch, Columns, RawDataError, batch_from_columns, convert, read_csv_text
-from world.calendar import month_ordinal, month_text
-from world.tables import BY_DEPARTMENT, TableSpec
+from fedcredit.node.records import (
+    Batch,
+    Columns,
+    RawDataError,
+    batch_from_columns,
+    convert,
+    read_csv_text,
+)
+from fedcredit.world.calendar import month_ordinal, month_text
+from fedcredit.world.tables import BY_DEPARTMENT, TableSpec
 
 _SQL_TYPES: dict[str, Callable[[], Any]] = {
     "str": lambda: sa.String(200),

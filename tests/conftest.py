@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from common import pki as pki_mod
-from common.departments import DEFAULT_BANKS, DEPARTMENTS
-from common.tls import TlsFiles
+from fedcredit.common import pki as pki_mod
+from fedcredit.common.departments import DEFAULT_BANKS, DEPARTMENTS
+from fedcredit.common.tls import TlsFiles
 
 POSTGRES_URL = os.environ.get(
     "FEDCREDIT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -10,10 +10,10 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common.cliutil import err_console, output, user_errors
+from fedcredit.common.cliutil import err_console, output, user_errors
 
 if TYPE_CHECKING:
-    from clients.cli import Root
+    from fedcredit.clients.cli import Root
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
@@ -32,7 +32,7 @@ def register(root: Root) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Generate enterprises, the 12 departments' raw records and the banks' loan books."""
-        from world.generate import generate
+        from fedcredit.world.generate import generate
 
         started = time.perf_counter()
         with (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.errors import InvalidArgument, NotFound
+from fedcredit.common.errors import InvalidArgument, NotFound
 
 
 class InvalidWorldParameter(InvalidArgument):

@@ -65,10 +65,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from common.departments import DEFAULT_BANKS, DEPARTMENTS
-from world.calendar import date_texts, month_ordinal, month_text, month_texts
-from world.errors import InvalidWorldParameter, NotAWorld
-from world.tables import BY_DEPARTMENT
+from fedcredit.common.departments import DEFAULT_BANKS, DEPARTMENTS
+from fedcredit.world.calendar import date_texts, month_ordinal, month_text, month_texts
+from fedcredit.world.errors import InvalidWorldParameter, NotAWorld
+from fedcredit.world.tables import BY_DEPARTMENT
 
 FORMAT = "fedcredit-world/1"
 GENERATOR_VERSION = "1"
@@ -248,7 +248,7 @@ class _World:
     # -- enterprises and latent health ----------------------------------------------------
 
     def enterprises(self) -> None:
-        from common import uscc  # the lead's module; imported lazily
+        from fedcredit.common import uscc  # the lead's module; imported lazily
 
         rng, n = self.rng(), self.n
         w = np.array([s.weight for s in SECTIONS])

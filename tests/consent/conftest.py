@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from common import uscc
-from common.tls import Identity
-from consent.authority import ConsentAuthority, ConsentTerms
-from consent.settings import ConsentSettings
-from consent.store import ConsentStore
+from fedcredit.common import uscc
+from fedcredit.common.tls import Identity
+from fedcredit.consent.authority import ConsentAuthority, ConsentTerms
+from fedcredit.consent.settings import ConsentSettings
+from fedcredit.consent.store import ConsentStore
 
 BANK = "bank-icbc-weihai"
 OTHER_BANK = "bank-ccb-weihai"

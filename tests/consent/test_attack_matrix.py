@@ -12,11 +12,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.errors import FedcreditError
-from consent.authority import ConsentAuthority, local_verifier
-from consent.keys import thumbprint
-from consent.statuslist import b64url, b64url_decode
-from consent.verify import ConsentVerifier
+from fedcredit.common.errors import FedcreditError
+from fedcredit.consent.authority import ConsentAuthority, local_verifier
+from fedcredit.consent.keys import thumbprint
+from fedcredit.consent.statuslist import b64url, b64url_decode
+from fedcredit.consent.verify import ConsentVerifier
 from tests.consent.conftest import BANK, OTHER_BANK, World, bank_identity
 
 
@@ -305,7 +305,7 @@ def test_every_case_has_its_own_reason() -> None:
         "CONSENT_SCORE_ONLY",
         "CONSENT_TOKEN_MALFORMED",
     ]
-    from common.errors import _REGISTRY
+    from fedcredit.common.errors import _REGISTRY
 
     assert len(set(reasons)) == len(reasons)
     assert all(r in _REGISTRY for r in reasons)

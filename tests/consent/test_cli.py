@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from clients.cli import build_app
-from common import pki
-from common.config import load_config
-from common.deploy import write_local_deployment
-from consent.cli import build_authority
-from consent.service import serve, stop
+from fedcredit.clients.cli import build_app
+from fedcredit.common import pki
+from fedcredit.common.config import load_config
+from fedcredit.common.deploy import write_local_deployment
+from fedcredit.consent.cli import build_authority
+from fedcredit.consent.service import serve, stop
 from tests.consent.conftest import BANK, enterprise_code
 
 runner = CliRunner()

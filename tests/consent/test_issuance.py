@@ -12,11 +12,11 @@ import jwt
 import pytest
 from sqlalchemy import Connection
 
-from common.canonical import canonical_json
-from common.evidence import Receipt
-from consent import errors as E
-from consent.authority import local_verifier
-from consent.store import ConsentStore, entry_json, verify_evidence_chain
+from fedcredit.common.canonical import canonical_json
+from fedcredit.common.evidence import Receipt
+from fedcredit.consent import errors as E
+from fedcredit.consent.authority import local_verifier
+from fedcredit.consent.store import ConsentStore, entry_json, verify_evidence_chain
 from tests.consent.conftest import BANK, World, enterprise_code, enterprise_identity
 
 

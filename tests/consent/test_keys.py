@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consent import keys as K
+from fedcredit.consent import keys as K
 
 RETENTION = 3_600
 LEAD = 600

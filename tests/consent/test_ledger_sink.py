@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from consent.authority import ConsentAuthority
-from consent.store import ConsentStore
-from ledger.entry import Entry
+from fedcredit.consent.authority import ConsentAuthority
+from fedcredit.consent.store import ConsentStore
+from fedcredit.ledger.entry import Entry
 from tests.consent.conftest import (
     BANK,
     FakeClock,

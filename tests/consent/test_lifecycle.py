@@ -6,10 +6,15 @@ import threading
 
 import pytest
 
-from common.errors import FedcreditError
-from consent import errors as E
-from consent.authority import AuthorityUseCounter, ConsentAuthority, ConsentTerms, local_verifier
-from consent.store import ConsentStore, verify_evidence_chain
+from fedcredit.common.errors import FedcreditError
+from fedcredit.consent import errors as E
+from fedcredit.consent.authority import (
+    AuthorityUseCounter,
+    ConsentAuthority,
+    ConsentTerms,
+    local_verifier,
+)
+from fedcredit.consent.store import ConsentStore, verify_evidence_chain
 from tests.consent.conftest import (
     BANK,
     COORDINATOR,
@@ -102,7 +107,7 @@ def test_direct_grant_without_known_certificate_binds_at_first_fetch(tmp_path: o
     assert first.token and first.jti
     assert a.token(bank_identity(BANK), g.consent_id).token == first.token
     # The same bank with another certificate cannot take it over.
-    from common.tls import Identity
+    from fedcredit.common.tls import Identity
 
     other_cert = Identity(BANK, "bank", b"\x01" * 32)
     with pytest.raises(E.HolderMismatch):
@@ -219,7 +224,7 @@ def test_post_loan_monitoring_within_the_loan_term(world: World) -> None:
 
 
 def test_invalid_credit_code_is_refused(world: World) -> None:
-    from common.uscc import InvalidUSCC
+    from fedcredit.common.uscc import InvalidUSCC
 
     with pytest.raises(InvalidUSCC):
         world.authority.request(world.bank, world.terms(enterprise="91370000XXXXXXXXX0"))
@@ -245,7 +250,7 @@ def test_nobody_acts_for_another(world: World) -> None:
     with pytest.raises(E.NotYourConsent):
         a.record_use(bank_identity(OTHER_BANK), g.jti or "")
     # Roles: a bank cannot approve, an enterprise cannot request or fetch tokens.
-    from common.errors import RoleNotAllowed
+    from fedcredit.common.errors import RoleNotAllowed
 
     with pytest.raises(RoleNotAllowed):
         a.approve(world.bank, g.consent_id)
@@ -291,7 +296,7 @@ def test_a_failing_sink_keeps_events_pending_until_it_recovers(world: World) -> 
             if not self.up:
                 raise ConnectionError("ledger down")
             self.got.append(payload["event"])
-            from common.evidence import Receipt
+            from fedcredit.common.evidence import Receipt
 
             return Receipt(index=len(self.got) - 1, leaf_hash=b"\x00" * 32)
 

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from clients.consent_client import ConsentClient
-from common.errors import FedcreditError, RoleNotAllowed
-from common.tls import TlsFiles
-from consent import errors as E
-from consent.authority import ConsentAuthority, ConsentTerms
-from consent.remote import RemoteVerifier
-from consent.service import serve, stop
-from consent.settings import ConsentSettings
-from consent.statuslist import b64url, b64url_decode
-from consent.store import ConsentStore
-from consent.verify import remote_verifier
+from fedcredit.clients.consent_client import ConsentClient
+from fedcredit.common.errors import FedcreditError, RoleNotAllowed
+from fedcredit.common.tls import TlsFiles
+from fedcredit.consent import errors as E
+from fedcredit.consent.authority import ConsentAuthority, ConsentTerms
+from fedcredit.consent.remote import RemoteVerifier
+from fedcredit.consent.service import serve, stop
+from fedcredit.consent.settings import ConsentSettings
+from fedcredit.consent.statuslist import b64url, b64url_decode
+from fedcredit.consent.store import ConsentStore
+from fedcredit.consent.verify import remote_verifier
 from tests.conftest import Pki
 from tests.consent.conftest import BANK, OTHER_BANK, enterprise_code
 
@@ -277,7 +277,7 @@ def test_verifier_keeps_last_good_keys_and_fails_closed_when_status_is_stale(
 
 
 def test_a_client_of_another_ca_is_refused(svc: Service, tmp_path: Path) -> None:
-    from common import pki as pki_mod
+    from fedcredit.common import pki as pki_mod
 
     rogue: TlsFiles = pki_mod.init_pki(tmp_path / "rogue", [(BANK, "bank")])[BANK]
     # Trust the real server CA but present a certificate from another CA.

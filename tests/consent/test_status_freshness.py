@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from consent import errors as E
-from consent.service import stop
+from fedcredit.consent import errors as E
+from fedcredit.consent.service import stop
 from tests.conftest import Pki
 from tests.consent.conftest import BANK, enterprise_code
 from tests.consent.test_service import Service, bank_args, start, terms
@@ -61,7 +61,7 @@ def test_an_unchanged_list_never_expires_under_pushed_or_polling_verifiers(
 def test_a_broken_stream_is_reopened_and_pushes_again_and_an_unreachable_service_fails_closed(
     pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="consent.remote")
+    caplog.set_level(logging.INFO, logger="fedcredit.consent.remote")
     service, server = start(pki, tmp_path, status_ttl_s=TTL, status_lifetime_s=LIFETIME)
     ent, cid, tok = _token(service, 22)
     args = bank_args(pki, ent)

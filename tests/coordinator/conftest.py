@@ -16,15 +16,15 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from common.departments import BY_ID, DEFAULT_BANKS
-from common.tls import Identity, TlsFiles
-from consent.authority import ConsentAuthority, ConsentTerms
-from consent.settings import ConsentSettings
-from consent.store import ConsentStore
-from coordinator.daemon import CoordinatorServer
-from coordinator.fanout import Catalog, CatalogFeature, NodeFeatures
-from coordinator.settings import CoordinatorSettings
-from coordinator.store import CoordinatorStore
+from fedcredit.common.departments import BY_ID, DEFAULT_BANKS
+from fedcredit.common.tls import Identity, TlsFiles
+from fedcredit.consent.authority import ConsentAuthority, ConsentTerms
+from fedcredit.consent.settings import ConsentSettings
+from fedcredit.consent.store import ConsentStore
+from fedcredit.coordinator.daemon import CoordinatorServer
+from fedcredit.coordinator.fanout import Catalog, CatalogFeature, NodeFeatures
+from fedcredit.coordinator.settings import CoordinatorSettings
+from fedcredit.coordinator.store import CoordinatorStore
 
 BANK = DEFAULT_BANKS[0]
 OTHER_BANK = DEFAULT_BANKS[1]
@@ -60,8 +60,8 @@ class City:
 
 @pytest.fixture(scope="session")
 def city(tmp_path_factory: pytest.TempPathFactory) -> City:
-    from node.catalog import compute_all
-    from world.generate import generate
+    from fedcredit.node.catalog import compute_all
+    from fedcredit.world.generate import generate
 
     d = tmp_path_factory.mktemp("city")
     generate(d, enterprises=N_ENTERPRISES, banks=7, months=24, seed=11)
@@ -137,7 +137,7 @@ class ConsentEnv:
 
 @pytest.fixture(scope="session")
 def consent_env(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsentEnv]:
-    from consent.service import serve, stop
+    from fedcredit.consent.service import serve, stop
 
     d = tmp_path_factory.mktemp("consent")
     clock = OffsetClock()
@@ -161,7 +161,7 @@ def consent_env(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def remote_verifier_for(pki: Any, consent_env: ConsentEnv) -> Any:
-    from consent.verify import remote_verifier
+    from fedcredit.consent.verify import remote_verifier
 
     v = remote_verifier(
         consent_address=consent_env.address,
@@ -188,7 +188,7 @@ class Ledger:
         return f"127.0.0.1:{self.port}"
 
     def entries(self, kind: str | None = None) -> list[Any]:
-        from ledger.entry import Entry
+        from fedcredit.ledger.entry import Entry
 
         size = self.log.size
         out = [Entry.parse(e.data) for e in self.log.get_entries(0, size)] if size else []
@@ -216,10 +216,10 @@ def open_ledger(path: Path, pki: Any) -> Ledger:
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from common.server import build_aio_server, mark_serving
-    from ledger.log import Log
-    from ledger.service import LedgerServicer, register_ledger
-    from ledger.settings import LedgerSettings
+    from fedcredit.common.server import build_aio_server, mark_serving
+    from fedcredit.ledger.log import Log
+    from fedcredit.ledger.service import LedgerServicer, register_ledger
+    from fedcredit.ledger.settings import LedgerSettings
 
     log = Log.open(
         f"sqlite:///{path}", Ed25519PrivateKey.generate(), "ledger/central", actor="ledger"
@@ -251,7 +251,7 @@ class NodeSet:
 
 
 def static_catalog(city: City) -> Catalog:
-    from node.catalog import BY_NAME
+    from fedcredit.node.catalog import BY_NAME
 
     return Catalog.of(
         [
@@ -284,8 +284,8 @@ def start_coordinator(
     catalog: Catalog | None = None,
     activate: bool = True,
 ) -> Coord:
-    from clients.ledger_client import AsyncLedgerClient, LedgerClient
-    from coordinator.registry import Registry
+    from fedcredit.clients.ledger_client import AsyncLedgerClient, LedgerClient
+    from fedcredit.coordinator.registry import Registry
 
     ledger = open_ledger(tmp / "ledger.sqlite", pki)
     ledger_sync = LedgerClient(
@@ -350,11 +350,11 @@ def start_nodes(pki: Any, consent_env: ConsentEnv, city: City, tmp: Path) -> lis
     """The department nodes of DEPARTMENTS over gRPC, each with its own store, loaded from the city."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from consent.verify import remote_verifier
-    from ledger.log import Log
-    from node.engine import FeatureEngine
-    from node.service import FeatureServicer, build_node_server
-    from node.store import NodeStore
+    from fedcredit.consent.verify import remote_verifier
+    from fedcredit.ledger.log import Log
+    from fedcredit.node.engine import FeatureEngine
+    from fedcredit.node.service import FeatureServicer, build_node_server
+    from fedcredit.node.store import NodeStore
 
     out: list[RunningNode] = []
     for dep in DEPARTMENTS:
@@ -383,7 +383,7 @@ def start_nodes(pki: Any, consent_env: ConsentEnv, city: City, tmp: Path) -> lis
 
 
 def node_factory(pki: Any, nodes: list[RunningNode]) -> Callable[[], Any]:
-    from coordinator.nodes import GrpcNode
+    from fedcredit.coordinator.nodes import GrpcNode
 
     async def make() -> dict[str, NodeFeatures]:
         return {

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from clients.cli import build_app
+from fedcredit.clients.cli import build_app
 
 from .conftest import BANK, City, ConsentEnv, Coord, start_coordinator, stop_coordinator
 

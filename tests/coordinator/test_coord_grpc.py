@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from clients.coordinator_client import CoordinatorClient
-from common.errors import FedcreditError, RoleNotAllowed
-from coordinator.errors import LedgerUnavailable, ModelVersionNotFound, NoActiveModel
-from coordinator.model import model_sha256
+from fedcredit.clients.coordinator_client import CoordinatorClient
+from fedcredit.common.errors import FedcreditError, RoleNotAllowed
+from fedcredit.coordinator.errors import LedgerUnavailable, ModelVersionNotFound, NoActiveModel
+from fedcredit.coordinator.model import model_sha256
 
 from .conftest import BANK, OTHER_BANK, City, ConsentEnv, Coord, start_coordinator, stop_coordinator
 
@@ -221,9 +221,9 @@ def test_crash_between_ledger_and_store_is_settled_from_the_ledger(
     pki: Any, consent_env: ConsentEnv, city: City, tmp_path: Path
 ) -> None:
     """A decision in the ledger but still PENDING in the store becomes final; one not in the ledger is undone."""
-    from clients.ledger_client import LedgerClient
-    from coordinator.fund import ledger_decision_finder, recover_pending
-    from coordinator.policy import FundPolicy, decide
+    from fedcredit.clients.ledger_client import LedgerClient
+    from fedcredit.coordinator.fund import ledger_decision_finder, recover_pending
+    from fedcredit.coordinator.policy import FundPolicy, decide
 
     c = start_coordinator(pki=pki, consent_env=consent_env, city=city, tmp=tmp_path)
     try:

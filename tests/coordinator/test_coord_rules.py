@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.errors import CalibrationTooSmall, InvalidLoan, InvalidPolicy
-from coordinator.policy import (
+from fedcredit.coordinator.errors import CalibrationTooSmall, InvalidLoan, InvalidPolicy
+from fedcredit.coordinator.policy import (
     BP,
     FundPolicy,
     FundState,
@@ -17,8 +17,15 @@ from coordinator.policy import (
     decide,
     payout,
 )
-from coordinator.rating import GradeShares, Thresholds, calibrate, distribution, grade_rank, rate
-from coordinator.reasons import top_reasons
+from fedcredit.coordinator.rating import (
+    GradeShares,
+    Thresholds,
+    calibrate,
+    distribution,
+    grade_rank,
+    rate,
+)
+from fedcredit.coordinator.reasons import top_reasons
 
 FULL = FundState(balance=200_000_000, exposure=0)
 
@@ -201,9 +208,9 @@ def test_top_reasons_only_risk_increasing() -> None:
 
 # ---------------------------------------------------------------- settings
 def test_settings_from_sections_and_errors() -> None:
-    from common.config import Section
-    from common.errors import ConfigError
-    from coordinator.settings import CoordinatorSettings
+    from fedcredit.common.config import Section
+    from fedcredit.common.errors import ConfigError
+    from fedcredit.coordinator.settings import CoordinatorSettings
 
     s = CoordinatorSettings.from_sections(
         Section("coordinator", {"on_node_failure": "score_missing", "grade_b_of_rest": 0.6}),
@@ -229,7 +236,7 @@ def test_settings_from_sections_and_errors() -> None:
 def _reference_hash(version: str, code: str, jti: str, row: np.ndarray) -> str:
     import hashlib
 
-    from common.canonical import canonical_json
+    from fedcredit.common.canonical import canonical_json
 
     doc = {
         "model_version": version,
@@ -247,7 +254,7 @@ def _reference_hash(version: str, code: str, jti: str, row: np.ndarray) -> str:
     )
 )
 def test_feature_hash_equals_the_canonical_json_hash(values: list[float]) -> None:
-    from coordinator.scoring import feature_hash
+    from fedcredit.coordinator.scoring import feature_hash
 
     row = np.array(values, dtype=np.float64)
     args = ("fed-hist-20261203-064640-cc3bc956", "91371083MAA4H58A8U", "b3f1c2-jti_9.x")
@@ -256,7 +263,7 @@ def test_feature_hash_equals_the_canonical_json_hash(values: list[float]) -> Non
 
 @pytest.mark.parametrize("jti", ['quote"inside', "tab\there", "é-non-ascii", ""])
 def test_feature_hash_of_unusual_strings_takes_the_library_path(jti: str) -> None:
-    from coordinator.scoring import feature_hash
+    from fedcredit.coordinator.scoring import feature_hash
 
     row = np.array([1.0, np.nan, 2.5e-9])
     assert feature_hash("v1", "91371083MAA4H58A8U", jti, row) == _reference_hash(

@@ -13,12 +13,12 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from clients.coordinator_client import CoordinatorClient
-from common.errors import FedcreditError
-from coordinator.errors import NodeUnavailable
-from coordinator.rating import Thresholds, rate
-from coordinator.scoring import ScoringSettings
-from coordinator.settings import CoordinatorSettings
+from fedcredit.clients.coordinator_client import CoordinatorClient
+from fedcredit.common.errors import FedcreditError
+from fedcredit.coordinator.errors import NodeUnavailable
+from fedcredit.coordinator.rating import Thresholds, rate
+from fedcredit.coordinator.scoring import ScoringSettings
+from fedcredit.coordinator.settings import CoordinatorSettings
 
 from .conftest import (
     BANK,
@@ -64,7 +64,7 @@ def coord(
 
 
 def _small_fund() -> Any:
-    from coordinator.policy import FundPolicy
+    from fedcredit.coordinator.policy import FundPolicy
 
     # capacity = 30,000,000 x 1: room for a few guarantees, so exhaustion is testable
     return FundPolicy(fund_size=30_000_000, max_leverage=1)

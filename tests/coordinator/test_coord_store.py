@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from coordinator.errors import (
+from fedcredit.coordinator.errors import (
     ApplicationConflict,
     ApplicationInProgress,
     GuaranteeNotActive,
@@ -15,9 +15,9 @@ from coordinator.errors import (
     ModelVersionNotFound,
     NotYourGuarantee,
 )
-from coordinator.policy import FundPolicy, decide
-from coordinator.rating import Thresholds
-from coordinator.store import CoordinatorStore, FundBooks, ModelRecord
+from fedcredit.coordinator.policy import FundPolicy, decide
+from fedcredit.coordinator.rating import Thresholds
+from fedcredit.coordinator.store import CoordinatorStore, FundBooks, ModelRecord
 
 
 def _model(version: str, created: int = 1) -> ModelRecord:

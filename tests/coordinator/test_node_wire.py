@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fedcredit.v1 import common_pb2, feature_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.fanout import FeatureRow, FetchBatch, FetchItem
-from coordinator.nodes import encode_items
+from fedcredit.coordinator.fanout import FeatureRow, FetchBatch, FetchItem
+from fedcredit.coordinator.nodes import encode_items
+from fedcredit.v1 import common_pb2, feature_pb2
 
 codes = st.text(alphabet="0123456789ABCDEFGHJKLMNPQRTUWXY", min_size=18, max_size=18)
 tokens = st.text(min_size=0, max_size=300)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from clients.demo import Demo, DemoFailed, start_federation
-from clients.demo_story import play_story, train_model
-from clients.supervisor import service_specs
+from fedcredit.clients.demo import Demo, DemoFailed, start_federation
+from fedcredit.clients.demo_story import play_story, train_model
+from fedcredit.clients.supervisor import service_specs
 
 # The module's federation (15 services + a Deployment-Engine training) starts inside the
 # first test's set-up: more than the suite's default 300 s per test on a busy 2-core machine.

@@ -9,7 +9,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.canonical import number
+from fedcredit.common.canonical import number
 
 EDGES = [0.0, -0.0, 1.0, -1.0, 0.1, 1e-7, 1e-6, 9.999999e-7, 1.5e-7, 1e21, 1e20, 9.99e20,
          1.5e16, 1e16, 0.0001, 1e-5, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308,

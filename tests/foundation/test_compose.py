@@ -17,9 +17,9 @@ import click
 import pytest
 import typer.main
 
-from clients.cli import build_app
-from clients.compose import render_compose
-from common.config import parse_config
+from fedcredit.clients.cli import build_app
+from fedcredit.clients.compose import render_compose
+from fedcredit.common.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

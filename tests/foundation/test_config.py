@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from common.config import load_config
-from common.deploy import DeploymentExists, write_local_deployment
-from common.errors import ConfigError
-from node.settings import NodeSettings
+from fedcredit.common.config import load_config
+from fedcredit.common.deploy import DeploymentExists, write_local_deployment
+from fedcredit.common.errors import ConfigError
+from fedcredit.node.settings import NodeSettings
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ role = "consent"
 def test_config_errors_name_the_key(tmp_path: Path, extra: str, fragment: str | None) -> None:
     path = _write(tmp_path, BASE + extra)
     if fragment is None:  # accepted by the parser; the store refuses the driver when it opens
-        from common.db import make_engine
+        from fedcredit.common.db import make_engine
 
         dep = load_config(path)
         with pytest.raises(ConfigError, match="driver 'mysql' is not supported"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from common.db import create_schema, is_postgres, make_engine, session_factory
+from fedcredit.common.db import create_schema, is_postgres, make_engine, session_factory
 
 meta = sa.MetaData()
 items = sa.Table(

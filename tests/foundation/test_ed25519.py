@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.ed25519 import Ed25519Key
+from fedcredit.common.ed25519 import Ed25519Key
 
 KEY = Ed25519PrivateKey.generate()
 FAST = Ed25519Key(KEY.public_key().public_bytes_raw())

@@ -9,12 +9,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from common import errors
-from common.errors import from_rpc_error
-from common.rpc import handle_errors
-from common.server import build_aio_server, build_server
-from common.tls import channel
-from common.uscc import InvalidUSCC
+from fedcredit.common import errors
+from fedcredit.common.errors import from_rpc_error
+from fedcredit.common.rpc import handle_errors
+from fedcredit.common.server import build_aio_server, build_server
+from fedcredit.common.tls import channel
+from fedcredit.common.uscc import InvalidUSCC
 from tests.conftest import Pki
 
 

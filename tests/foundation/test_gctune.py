@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from common.gctune import SERVICE_THRESHOLDS, tune_for_service
+from fedcredit.common.gctune import SERVICE_THRESHOLDS, tune_for_service
 
 
 def test_tune_for_service_freezes_and_raises_the_thresholds() -> None:

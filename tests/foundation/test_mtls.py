@@ -9,9 +9,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common import pki as pki_mod
-from common.server import build_server
-from common.tls import TlsFiles, channel, peer_identity
+from fedcredit.common import pki as pki_mod
+from fedcredit.common.server import build_server
+from fedcredit.common.tls import TlsFiles, channel, peer_identity
 from tests.conftest import Pki
 
 

@@ -13,7 +13,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from clients.cli import GROUPS, build_app
+from fedcredit.clients.cli import GROUPS, build_app
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,7 +96,10 @@ def test_help_lists_roles_and_services_and_every_command_has_help() -> None:
 )
 def test_user_errors_exit_cleanly(args: list[str], code: int, fragment: str) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "clients.cli", *args], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "fedcredit.clients.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert res.returncode == code, res.stderr
     assert fragment in res.stderr

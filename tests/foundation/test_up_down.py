@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from common.config import load_config
-from common.deploy import write_local_deployment
+from fedcredit.common.config import load_config
+from fedcredit.common.deploy import write_local_deployment
 
 pytestmark = pytest.mark.xdist_group("up-down")
 
 
 def fc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "clients.cli", *args],
+        [sys.executable, "-m", "fedcredit.clients.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

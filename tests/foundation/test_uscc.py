@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import uscc
+from fedcredit.common import uscc
 
 # Published codes of real enterprises (printed on their business licences).
 KNOWN_VALID = ["91350100M000100Y43", "91110000802100433B"]

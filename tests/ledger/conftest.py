@@ -12,13 +12,13 @@ from typing import Any
 import grpc
 import pytest
 
-from common.server import build_aio_server, build_server, mark_serving
-from common.tls import TlsFiles
-from ledger.checkpoint import SIG_COSIGNATURE_V1, Signer
-from ledger.log import Log
-from ledger.service import LEDGER_SERVICE, LedgerServicer, register_ledger
-from ledger.settings import LedgerSettings, LogSettings
-from ledger.witness import WITNESS_SERVICE, Witness, register_witness
+from fedcredit.common.server import build_aio_server, build_server, mark_serving
+from fedcredit.common.tls import TlsFiles
+from fedcredit.ledger.checkpoint import SIG_COSIGNATURE_V1, Signer
+from fedcredit.ledger.log import Log
+from fedcredit.ledger.service import LEDGER_SERVICE, LedgerServicer, register_ledger
+from fedcredit.ledger.settings import LedgerSettings, LogSettings
+from fedcredit.ledger.witness import WITNESS_SERVICE, Witness, register_witness
 
 
 class AioServerThread:
@@ -78,7 +78,7 @@ class LedgerEnv:
         return f"127.0.0.1:{self.server.port}"
 
     def client(self, org: str) -> Any:
-        from clients.ledger_client import LedgerClient
+        from fedcredit.clients.ledger_client import LedgerClient
 
         return LedgerClient(self.address, self.pki.tls(org), server_org="ledger")
 
@@ -89,7 +89,7 @@ WITNESS_ORGS = ["dept-tax", "dept-courts"]
 
 @pytest.fixture
 def ledger_env(pki: Any, tmp_path: Path) -> Iterator[LedgerEnv]:
-    from clients.ledger_client import WitnessClient
+    from fedcredit.clients.ledger_client import WitnessClient
 
     signer = Signer.generate(ORIGIN)
     nodes: list[WitnessNode] = []

@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from ledger.checkpoint import (
+from fedcredit.ledger.checkpoint import (
     SIG_COSIGNATURE_V1,
     Checkpoint,
     Note,
@@ -18,7 +18,7 @@ from ledger.checkpoint import (
     open_checkpoint,
     sign_checkpoint,
 )
-from ledger.errors import (
+from fedcredit.ledger.errors import (
     CheckpointRollback,
     CosignatureQuorum,
     NoteMalformed,

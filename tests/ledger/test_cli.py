@@ -8,11 +8,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from clients.cli import build_app
-from ledger.checkpoint import Signer
-from ledger.export import Bundle
-from ledger.log import Log
-from ledger.settings import LogSettings
+from fedcredit.clients.cli import build_app
+from fedcredit.ledger.checkpoint import Signer
+from fedcredit.ledger.export import Bundle
+from fedcredit.ledger.log import Log
+from fedcredit.ledger.settings import LogSettings
 
 ORIGIN = "fedcredit.test/ledger"
 runner = CliRunner()

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from clients.ledger_client import LedgerClient
-from common.config import load_config
-from common.deploy import write_local_deployment
-from common.errors import FedcreditError
-from common.server import check_health
-from ledger.audit import Trust, replay, verify_checkpoints
-from ledger.export import read_export
-from ledger.keys import log_verifier
+from fedcredit.clients.ledger_client import LedgerClient
+from fedcredit.common.config import load_config
+from fedcredit.common.deploy import write_local_deployment
+from fedcredit.common.errors import FedcreditError
+from fedcredit.common.server import check_health
+from fedcredit.ledger.audit import Trust, replay, verify_checkpoints
+from fedcredit.ledger.export import read_export
+from fedcredit.ledger.keys import log_verifier
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 def _start(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
     out = open(log_path, "ab")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clients.cli", "ledger", "serve", "--config", str(config)],
+        [sys.executable, "-m", "fedcredit.clients.cli", "ledger", "serve", "--config", str(config)],
         stdout=out,
         stderr=subprocess.STDOUT,
         cwd=Path(__file__).resolve().parents[2],

@@ -9,9 +9,9 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import uscc
-from common.uscc import InvalidUSCC
-from ledger.entry import (
+from fedcredit.common import uscc
+from fedcredit.common.uscc import InvalidUSCC
+from fedcredit.ledger.entry import (
     PREFIX_RE,
     ZERO_HASH,
     Entry,
@@ -21,8 +21,8 @@ from ledger.entry import (
     canonical_payloads,
     check_payload,
 )
-from ledger.errors import EntryMalformed, InvalidEntry
-from ledger.log import _entry_bytes
+from fedcredit.ledger.errors import EntryMalformed, InvalidEntry
+from fedcredit.ledger.log import _entry_bytes
 
 json_scalars = st.one_of(
     st.none(),
@@ -137,7 +137,7 @@ def test_payload_rules() -> None:
 
 
 def test_bad_subject_is_invalid_uscc() -> None:
-    from ledger.entry import check_subject
+    from fedcredit.ledger.entry import check_subject
 
     with pytest.raises(InvalidUSCC):
         check_subject("not-a-credit-code")
@@ -164,7 +164,7 @@ def test_canonical_each_equals_each_whole_object(
 def test_canonical_each_when_the_template_holds_the_placeholder(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import ledger.entry as entry
+    import fedcredit.ledger.entry as entry
 
     monkeypatch.setattr(entry.secrets, "token_hex", lambda _n: "clash")
     template = {"a": "clash", "b": ["clash"]}

@@ -9,15 +9,15 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from common import uscc
-from common.evidence import EvidenceSink, Receipt
-from ledger.checkpoint import Signer, open_checkpoint
-from ledger.entry import Entry
-from ledger.errors import IndexOutOfRange, InvalidEntry, LogClosed, NoCheckpoint
-from ledger.log import Log
-from ledger.merkle import leaf_hash
-from ledger.proofs import verify_consistency, verify_inclusion
-from ledger.settings import LogSettings
+from fedcredit.common import uscc
+from fedcredit.common.evidence import EvidenceSink, Receipt
+from fedcredit.ledger.checkpoint import Signer, open_checkpoint
+from fedcredit.ledger.entry import Entry
+from fedcredit.ledger.errors import IndexOutOfRange, InvalidEntry, LogClosed, NoCheckpoint
+from fedcredit.ledger.log import Log
+from fedcredit.ledger.merkle import leaf_hash
+from fedcredit.ledger.proofs import verify_consistency, verify_inclusion
+from fedcredit.ledger.settings import LogSettings
 
 ORIGIN = "dept-tax/disclosures"
 KEY = Signer.generate(ORIGIN)
@@ -175,7 +175,7 @@ def test_reopen_detects_a_rewritten_store(tmp_path: object) -> None:
     """Someone drops the append-only trigger and rewrites a stored subtree hash: the log
     refuses to open (the stored tree no longer matches the signed checkpoint). Rewritten
     entries are found by `audit replay` and inclusion proofs (see test_tamper)."""
-    from ledger.errors import StoreCorrupt
+    from fedcredit.ledger.errors import StoreCorrupt
 
     url = f"sqlite:///{tmp_path}/l.sqlite"
     with _open(url) as log:
@@ -195,8 +195,8 @@ def test_reopen_detects_a_rewritten_store(tmp_path: object) -> None:
 def test_fast_entry_time_is_the_entry_time_format() -> None:
     from datetime import UTC, datetime
 
-    from ledger.entry import TIME_RE
-    from ledger.log import format_time_fast
+    from fedcredit.ledger.entry import TIME_RE
+    from fedcredit.ledger.log import format_time_fast
 
     for _ in range(3):
         t = format_time_fast()

@@ -8,15 +8,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.errors import (
+from fedcredit.ledger.errors import (
     ProofIndexOutOfRange,
     ProofLengthMismatch,
     ProofMalformed,
     ProofSizesInvalid,
     RootMismatch,
 )
-from ledger.merkle import EMPTY_ROOT, CompactRange, MemoryTree, leaf_hash, node_hash, root_of
-from ledger.proofs import verify_consistency, verify_inclusion
+from fedcredit.ledger.merkle import (
+    EMPTY_ROOT,
+    CompactRange,
+    MemoryTree,
+    leaf_hash,
+    node_hash,
+    root_of,
+)
+from fedcredit.ledger.proofs import verify_consistency, verify_inclusion
 from tests.ledger import reference as ref
 
 MAX_REF = 300

@@ -14,14 +14,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from ledger import audit
-from ledger.audit import Trust, replay
-from ledger.checkpoint import Checkpoint, Signer, sign_checkpoint
-from ledger.entry import PREFIX_RE
-from ledger.errors import VerificationError
-from ledger.export import Export
-from ledger.log import _entry_bytes
-from ledger.merkle import leaf_hash
+from fedcredit.ledger import audit
+from fedcredit.ledger.audit import Trust, replay
+from fedcredit.ledger.checkpoint import Checkpoint, Signer, sign_checkpoint
+from fedcredit.ledger.entry import PREFIX_RE
+from fedcredit.ledger.errors import VerificationError
+from fedcredit.ledger.export import Export
+from fedcredit.ledger.log import _entry_bytes
+from fedcredit.ledger.merkle import leaf_hash
 from tests.ledger.reference import Reference
 
 ORIGIN = "fedcredit.test/replay"

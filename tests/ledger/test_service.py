@@ -10,21 +10,27 @@ from typing import Any
 
 import pytest
 
-from clients.ledger_client import AsyncLedgerClient
-from common import uscc
-from common.errors import BatchTooLarge, RoleNotAllowed
-from common.evidence import AsyncEvidenceSink, EvidenceSink
-from common.uscc import InvalidUSCC
-from ledger.audit import Trust, replay, verify_bundle, verify_checkpoints, verify_subject_entries
-from ledger.entry import Entry
-from ledger.errors import (
+from fedcredit.clients.ledger_client import AsyncLedgerClient
+from fedcredit.common import uscc
+from fedcredit.common.errors import BatchTooLarge, RoleNotAllowed
+from fedcredit.common.evidence import AsyncEvidenceSink, EvidenceSink
+from fedcredit.common.uscc import InvalidUSCC
+from fedcredit.ledger.audit import (
+    Trust,
+    replay,
+    verify_bundle,
+    verify_checkpoints,
+    verify_subject_entries,
+)
+from fedcredit.ledger.entry import Entry
+from fedcredit.ledger.errors import (
     IndexOutOfRange,
     InvalidEntry,
     KindNotAllowed,
     ReadNotAllowed,
     SubjectNotAllowed,
 )
-from ledger.export import Bundle, parse_export
+from fedcredit.ledger.export import Bundle, parse_export
 from tests.ledger.conftest import LedgerEnv
 
 CODE = uscc.generate(random.Random(11))

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from ledger.audit import Trust, replay
-from ledger.checkpoint import Checkpoint, Note, Signer, sign_checkpoint
-from ledger.entry import PREFIX_RE
-from ledger.errors import VerificationError
-from ledger.export import Export, parse_export
-from ledger.log import Log
-from ledger.settings import LogSettings
+from fedcredit.ledger.audit import Trust, replay
+from fedcredit.ledger.checkpoint import Checkpoint, Note, Signer, sign_checkpoint
+from fedcredit.ledger.entry import PREFIX_RE
+from fedcredit.ledger.errors import VerificationError
+from fedcredit.ledger.export import Export, parse_export
+from fedcredit.ledger.log import Log
+from fedcredit.ledger.settings import LogSettings
 
 N = 10_000
 TAMPERINGS = 1_000
@@ -252,7 +252,7 @@ def test_every_tampering_is_detected(stored: Stored) -> None:
 def test_tampered_export_file_bytes_are_detected(stored: Stored, tmp_path: Path) -> None:
     """Edits to the file itself (inside entry strings) fail parsing or verification."""
     buf = io.StringIO()
-    from ledger.export import write_export
+    from fedcredit.ledger.export import write_export
 
     write_export(
         buf,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ledger.checkpoint import (
+from fedcredit.ledger.checkpoint import (
     SIG_COSIGNATURE_V1,
     Checkpoint,
     Note,
@@ -15,7 +15,7 @@ from ledger.checkpoint import (
     open_checkpoint,
     sign_checkpoint,
 )
-from ledger.errors import (
+from fedcredit.ledger.errors import (
     CheckpointRollback,
     ProofLengthMismatch,
     ProofSizesInvalid,
@@ -25,8 +25,8 @@ from ledger.errors import (
     WitnessConflict,
     WitnessUnknownLog,
 )
-from ledger.merkle import MemoryTree, leaf_hash
-from ledger.witness import Witness, WitnessStore
+from fedcredit.ledger.merkle import MemoryTree, leaf_hash
+from fedcredit.ledger.witness import Witness, WitnessStore
 
 ORIGIN = "fedcredit.test/ledger"
 LOG = Signer.generate(ORIGIN)
@@ -137,10 +137,10 @@ def test_mount_witness_with_deployment_keys(tmp_path: Path, pki: Any) -> None:
     """The one call a node makes; keys are published under <deployment>/keys/."""
     from types import SimpleNamespace
 
-    from clients.ledger_client import WitnessClient
-    from common.server import build_server
-    from ledger.keys import log_signer, witness_verifier
-    from ledger.witness import WITNESS_SERVICE, mount_witness
+    from fedcredit.clients.ledger_client import WitnessClient
+    from fedcredit.common.server import build_server
+    from fedcredit.ledger.keys import log_signer, witness_verifier
+    from fedcredit.ledger.witness import WITNESS_SERVICE, mount_witness
 
     dep = SimpleNamespace(dir=tmp_path)
     holder: dict[str, Witness] = {}

@@ -9,21 +9,21 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from clients.node_client import NodeClient
-from common.departments import BY_ID, DEFAULT_BANKS
-from common.tls import Identity
-from consent.authority import ConsentAuthority, ConsentTerms, local_verifier
-from consent.store import ConsentStore
-from ledger.log import Log
-from ledger.settings import LogSettings
-from node.engine import FeatureEngine
-from node.policy import AccessPolicy
-from node.service import FeatureServicer, NodeServer, build_node_server
-from node.settings import NodeSettings
-from node.sigpool import SignaturePool
-from node.store import NodeStore
+from fedcredit.clients.node_client import NodeClient
+from fedcredit.common.departments import BY_ID, DEFAULT_BANKS
+from fedcredit.common.tls import Identity
+from fedcredit.consent.authority import ConsentAuthority, ConsentTerms, local_verifier
+from fedcredit.consent.store import ConsentStore
+from fedcredit.ledger.log import Log
+from fedcredit.ledger.settings import LogSettings
+from fedcredit.node.engine import FeatureEngine
+from fedcredit.node.policy import AccessPolicy
+from fedcredit.node.service import FeatureServicer, NodeServer, build_node_server
+from fedcredit.node.settings import NodeSettings
+from fedcredit.node.sigpool import SignaturePool
+from fedcredit.node.store import NodeStore
+from fedcredit.world.generate import generate
 from tests.conftest import Pki
-from world.generate import generate
 
 BANK = DEFAULT_BANKS[0]
 OTHER_BANK = DEFAULT_BANKS[1]

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.errors import ConfigError, FedcreditError
-from node import sigpool
-from node.settings import NodeSettings
-from node.sigpool import SignaturePool, verify_jobs
+from fedcredit.common.errors import ConfigError, FedcreditError
+from fedcredit.node import sigpool
+from fedcredit.node.settings import NodeSettings
+from fedcredit.node.sigpool import SignaturePool, verify_jobs
 from tests.node.conftest import OTHER_BANK, Consents, NodeFactory, world_codes
 
 
@@ -72,7 +72,10 @@ def test_the_wire_format_round_trips(tmp_path: Path) -> None:
         assert sigpool.decode_jobs(f) == jobs
     with path.open("rb") as f:
         out = subprocess.run(
-            [sys.executable, "-m", "node.sigpool"], stdin=f, capture_output=True, timeout=60
+            [sys.executable, "-m", "fedcredit.node.sigpool"],
+            stdin=f,
+            capture_output=True,
+            timeout=60,
         ).stdout
     assert out == b"R" + bytes(want)
     with pytest.raises(ValueError):

@@ -8,12 +8,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 
-from common.departments import CATEGORIES, DEPARTMENTS
-from node import catalog
-from node.catalog import Missing
-from node.records import Batch, batch_from_columns, convert
-from world.calendar import month_ordinal
-from world.tables import BY_DEPARTMENT
+from fedcredit.common.departments import CATEGORIES, DEPARTMENTS
+from fedcredit.node import catalog
+from fedcredit.node.catalog import Missing
+from fedcredit.node.records import Batch, batch_from_columns, convert
+from fedcredit.world.calendar import month_ordinal
+from fedcredit.world.tables import BY_DEPARTMENT
 
 AS_OF = month_ordinal("2025-12")
 CODES = ["E1", "E2", "E3"]  # E3 is unknown to every department in these scenarios

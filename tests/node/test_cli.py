@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from clients.cli import build_app
+from fedcredit.clients.cli import build_app
 
 
 def run(*args: str) -> tuple[int, str, str]:

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from clients.node_client import build_request
-from common.errors import FedcreditError
-from node import catalog
-from node.store import NodeStore
+from fedcredit.clients.node_client import build_request
+from fedcredit.common.errors import FedcreditError
+from fedcredit.node import catalog
+from fedcredit.node.store import NodeStore
+from fedcredit.world.calendar import month_ordinal
 from tests.node.conftest import Consents, NodeFactory, world_codes
 from tests.node.test_store import append_january_filing
-from world.calendar import month_ordinal
 
 
 def test_appended_filings_show_in_the_next_answer(

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fedcredit.v1 import feature_pb2
 
-from clients.node_client import build_request
-from common.departments import CATEGORIES, DEPARTMENTS
-from node import catalog
+from fedcredit.clients.node_client import build_request
+from fedcredit.common.departments import CATEGORIES, DEPARTMENTS
+from fedcredit.node import catalog
+from fedcredit.v1 import feature_pb2
+from fedcredit.world.tables import BY_DEPARTMENT
 from tests.node.conftest import Consents, NodeFactory, world_codes
-from world.tables import BY_DEPARTMENT
 
 ALLOWED_RESPONSE = {"features", "items", "as_of", "data_version"}
 ALLOWED_ITEM = {"enterprise", "values", "missing", "consent_jti", "disclosure_index"}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.errors import FedcreditError
-from common.tls import Identity
-from node.engine import quantile_upper_bounds
-from node.policy import AccessPolicy, Rule
+from fedcredit.common.errors import FedcreditError
+from fedcredit.common.tls import Identity
+from fedcredit.node.engine import quantile_upper_bounds
+from fedcredit.node.policy import AccessPolicy, Rule
 
 COORD = Identity("coordinator", "coordinator", b"\x02" * 32)
 BANK = Identity("bank-a", "bank", b"\x03" * 32)
@@ -71,8 +71,8 @@ def test_quantile_bounds_respect_max_bins_and_min_count() -> None:
 
 
 def test_settings_from_the_deployment_section() -> None:
-    from common.config import ConfigError, Section
-    from node.settings import NodeSettings, disclosure_url
+    from fedcredit.common.config import ConfigError, Section
+    from fedcredit.node.settings import NodeSettings, disclosure_url
 
     s = NodeSettings.from_section(
         Section("node", {"max_batch": 500, "stream_chunk": 100, "witness": False})

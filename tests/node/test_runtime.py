@@ -12,19 +12,19 @@ from typing import Any
 
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fedcredit.v1 import ledger_pb2, ledger_pb2_grpc
 from typer.testing import CliRunner
 
-from clients.cli import build_app
-from clients.node_client import NodeClient
-from common.config import load_config
-from common.deploy import write_local_deployment
-from common.evidence import Receipt
-from common.tls import Identity, channel
-from consent.authority import ConsentAuthority, ConsentTerms, local_verifier
-from consent.store import ConsentStore
-from ledger.checkpoint import Signer
-from node.runtime import build_process
+from fedcredit.clients.cli import build_app
+from fedcredit.clients.node_client import NodeClient
+from fedcredit.common.config import load_config
+from fedcredit.common.deploy import write_local_deployment
+from fedcredit.common.evidence import Receipt
+from fedcredit.common.tls import Identity, channel
+from fedcredit.consent.authority import ConsentAuthority, ConsentTerms, local_verifier
+from fedcredit.consent.store import ConsentStore
+from fedcredit.ledger.checkpoint import Signer
+from fedcredit.node.runtime import build_process
+from fedcredit.v1 import ledger_pb2, ledger_pb2_grpc
 from tests.node.conftest import world_codes
 
 

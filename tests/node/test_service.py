@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.errors import FedcreditError
-from ledger.entry import KEYS as ENTRY_KEYS
-from node import catalog
-from node.settings import NodeSettings
+from fedcredit.common.errors import FedcreditError
+from fedcredit.ledger.entry import KEYS as ENTRY_KEYS
+from fedcredit.node import catalog
+from fedcredit.node.settings import NodeSettings
 from tests.node.conftest import BANK, OTHER_BANK, Consents, NodeFactory, world_codes
 
 DISCLOSURE_KEYS = {

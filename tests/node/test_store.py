@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.errors import FedcreditError
-from node import catalog
-from node.store import NodeStore
+from fedcredit.common.errors import FedcreditError
+from fedcredit.node import catalog
+from fedcredit.node.store import NodeStore
+from fedcredit.world.calendar import month_ordinal
 from tests.node.conftest import world_codes
-from world.calendar import month_ordinal
 
 
 def append_dir(tmp: Path, department: str, as_of: str, files: dict[str, str]) -> Path:

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.node_client import build_request
-from node import catalog
-from node import engine as engine_mod
-from node.engine import FeatureEngine
-from node.store import NodeStore
+from fedcredit.clients.node_client import build_request
+from fedcredit.node import catalog
+from fedcredit.node import engine as engine_mod
+from fedcredit.node.engine import FeatureEngine
+from fedcredit.node.store import NodeStore
+from fedcredit.world.calendar import month_ordinal
 from tests.node.conftest import Consents, NodeFactory, world_codes
 from tests.node.test_store import append_january_filing
-from world.calendar import month_ordinal
 
 
 def _store(url: str, small_world: Path) -> NodeStore:

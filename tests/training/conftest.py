@@ -42,11 +42,11 @@ def build_city_deployment(
     months: int = 24,
     departments: tuple[str, ...] = CITY_DEPARTMENTS,
 ) -> CityDeployment:
-    from clients.supervisor import Supervisor, service_specs
-    from common.config import load_config
-    from common.deploy import write_local_deployment
-    from node.store import NodeStore
-    from world.generate import generate
+    from fedcredit.clients.supervisor import Supervisor, service_specs
+    from fedcredit.common.config import load_config
+    from fedcredit.common.deploy import write_local_deployment
+    from fedcredit.node.store import NodeStore
+    from fedcredit.world.generate import generate
 
     cfg = write_local_deployment(directory, name="training-test", bank_count=banks)
     _trim_nodes(cfg, departments)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from bench.bench_training import secagg_rows
-from coordinator.gbdt import GBDTParams, fit_bin_spec, train_central
-from coordinator.gbdt.metrics import auc
-from coordinator.training.strategies import TrainOutcome
+from fedcredit.training.gbdt import GBDTParams, fit_bin_spec, train_central
+from fedcredit.training.gbdt.metrics import auc
+from fedcredit.training.server.strategies import TrainOutcome
 
 
 def _outcome(text: str, trees: int, secagg: bool) -> TrainOutcome:

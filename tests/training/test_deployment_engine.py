@@ -22,9 +22,9 @@ from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.run import Run
 from flwr.supernode.nodestate import NodeStateFactory
 
-from clients.training import fast_supernode
-from coordinator.training import fastpull
-from coordinator.training.deployment import APP_DIR, CLIENTAPP
+from fedcredit.training.bank import fast_supernode
+from fedcredit.training.server import fastpull
+from fedcredit.training.server.deployment import APP_DIR, CLIENTAPP
 
 # -- long polls ------------------------------------------------------------------------
 
@@ -193,7 +193,7 @@ def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_supernode_runs_the_clientapp_itself_on_its_own_state() -> None:
-    from clients.training.app import app as client_app
+    from fedcredit.training.bank.app import app as client_app
 
     state = _state()
     fab = _fab()
@@ -213,7 +213,7 @@ def test_the_supernode_runs_the_clientapp_itself_on_its_own_state() -> None:
 
 
 def test_the_supernode_refuses_a_run_whose_app_names_another_clientapp() -> None:
-    from clients.training.app import app as client_app
+    from fedcredit.training.bank.app import app as client_app
 
     state = _state()
     msg = _deliver(state, _fab("evil.module:app"), RecordDict(), "query.ping")
@@ -226,7 +226,7 @@ def test_the_supernode_refuses_a_run_whose_app_names_another_clientapp() -> None
 
 
 def test_a_clientapp_error_goes_back_as_an_error_reply() -> None:
-    from clients.training.app import app as client_app
+    from fedcredit.training.bank.app import app as client_app
 
     state = _state()
     # "setup" without the bank's data configured: the ClientApp raises.
@@ -254,12 +254,12 @@ def _write_bank(path: Path, rng: np.random.Generator, n: int, start: int) -> Non
 def test_local_deployment_floor_and_secagg_training_match_the_simulation(
     tmp_path: Path,
 ) -> None:
-    from clients.training.source import CsvSource
-    from coordinator.gbdt import GBDTParams
-    from coordinator.training.deployment import LocalDeployment
-    from coordinator.training.settings import TrainSettings
-    from coordinator.training.simulation import simulate_many
-    from coordinator.training.strategies import TrainOutcome
+    from fedcredit.training.bank.source import CsvSource
+    from fedcredit.training.gbdt import GBDTParams
+    from fedcredit.training.server.deployment import LocalDeployment
+    from fedcredit.training.server.settings import TrainSettings
+    from fedcredit.training.server.simulation import simulate_many
+    from fedcredit.training.server.strategies import TrainOutcome
 
     rng = np.random.default_rng(3)
     paths = []

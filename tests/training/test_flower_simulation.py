@@ -13,14 +13,14 @@ import pytest
 from flwr.app import Context, Message
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
-from clients.training.data import concat, load_csv
-from clients.training.source import CsvSource
-from coordinator.gbdt import GBDTParams, fit_bin_spec, train_central
-from coordinator.gbdt.metrics import auc
-from coordinator.training.federation import BankDropped
-from coordinator.training.settings import TrainSettings
-from coordinator.training.simulation import simulate_many
-from coordinator.training.strategies import TrainOutcome
+from fedcredit.training.bank.data import concat, load_csv
+from fedcredit.training.bank.source import CsvSource
+from fedcredit.training.gbdt import GBDTParams, fit_bin_spec, train_central
+from fedcredit.training.gbdt.metrics import auc
+from fedcredit.training.server.federation import BankDropped
+from fedcredit.training.server.settings import TrainSettings
+from fedcredit.training.server.simulation import simulate_many
+from fedcredit.training.server.strategies import TrainOutcome
 
 # Ray (the Simulation Engine) start-up is heavy and times out when two start at once on two
 # busy cores: every test that starts Ray runs in the same xdist worker, one after another.

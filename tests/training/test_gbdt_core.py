@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from coordinator.gbdt import (
+from fedcredit.training.gbdt import (
     GBDTParams,
     HistServer,
     InvalidGbdtParams,
@@ -16,10 +16,15 @@ from coordinator.gbdt import (
     fit_bin_spec,
     train_central,
 )
-from coordinator.gbdt.binning import local_range, local_sketch, merge_ranges, spec_from_sketch
-from coordinator.gbdt.booster import Ensemble, Totals
-from coordinator.gbdt.lgb_text import ModelParts
-from coordinator.gbdt.metrics import auc, ks
+from fedcredit.training.gbdt.binning import (
+    local_range,
+    local_sketch,
+    merge_ranges,
+    spec_from_sketch,
+)
+from fedcredit.training.gbdt.booster import Ensemble, Totals
+from fedcredit.training.gbdt.lgb_text import ModelParts
+from fedcredit.training.gbdt.metrics import auc, ks
 
 NAMES = [f"f{i}" for i in range(6)]
 

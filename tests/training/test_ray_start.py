@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.training import simulation
+from fedcredit.training.server import simulation
 
 
 class _FlakyRay:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from clients.cli import build_app
+from fedcredit.clients.cli import build_app
 from tests.training.conftest import CityDeployment
 
 # Ray (the Simulation Engine) start-up is heavy and times out when two start at once on two
@@ -83,15 +83,15 @@ def _group_members(pgids: set[int]) -> list[str]:
 
 
 def test_city_deployment_end_to_end(city_deployment: CityDeployment, tmp_path: Path) -> None:
-    from clients.coordinator_client import CoordinatorClient
-    from clients.ledger_client import LedgerClient
-    from clients.training.city import NoTrainingConsents, load_city_bank
-    from clients.training.consents import collect_training_consents
-    from coordinator.gbdt.params import GBDTParams
-    from coordinator.training import deployment as deployment_mod
-    from coordinator.training.city import train_city
-    from coordinator.training.settings import TrainSettings
-    from ledger.entry import Entry
+    from fedcredit.clients.coordinator_client import CoordinatorClient
+    from fedcredit.clients.ledger_client import LedgerClient
+    from fedcredit.ledger.entry import Entry
+    from fedcredit.training.bank.city import NoTrainingConsents, load_city_bank
+    from fedcredit.training.bank.consents import collect_training_consents
+    from fedcredit.training.gbdt.params import GBDTParams
+    from fedcredit.training.server import deployment as deployment_mod
+    from fedcredit.training.server.city import train_city
+    from fedcredit.training.server.settings import TrainSettings
 
     cd = city_deployment
     dep = cd.dep

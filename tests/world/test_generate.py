@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from clients.cli import build_app
-from common import uscc
-from common.departments import DEPARTMENTS
-from world.errors import InvalidWorldParameter, NotAWorld
-from world.generate import generate, load_manifest
-from world.tables import BY_DEPARTMENT
+from fedcredit.clients.cli import build_app
+from fedcredit.common import uscc
+from fedcredit.common.departments import DEPARTMENTS
+from fedcredit.world.errors import InvalidWorldParameter, NotAWorld
+from fedcredit.world.generate import generate, load_manifest
+from fedcredit.world.tables import BY_DEPARTMENT
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

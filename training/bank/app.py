@@ -1,0 +1,220 @@
+"""The banks' Flower ClientApp (Message API).
+
+Message types it answers (the server's side is training/server/strategies.py):
+
+- ``query.setup``  — feature names, row count, finite min/max per feature.
+- ``query.sketch`` — fine-grid value counts and row totals (summable) for the
+  shared binning; ``train`` with op "sketch" is the same through SecAgg+.
+- ``train.hist``   — one `hist` round: apply the last splits / finished tree,
+  return integer histograms of the asked leaves (and validation-loss sums).
+  ``train`` (default action) with op "hist" is the same through SecAgg+:
+  the values go out as limbs, masked by ``secaggplus_mod``.
+- ``train.bagging`` / ``train.cyclic`` — the LightGBM baselines: boost a few
+  trees on the bank's rows from the given global model.
+
+Rows never leave the bank; only sums over its rows do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any, cast
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.compat.common import recorddict_compat as compat
+
+from fedcredit.training.bank.data import BankData
+from fedcredit.training.bank.source import DataSource, NodeConfigSource
+from fedcredit.training.gbdt.binning import BinSpec, local_range, local_sketch
+from fedcredit.training.gbdt.booster import Request
+from fedcredit.training.gbdt.party import Party
+from fedcredit.training.server import secure
+
+PARTY_STATE = "fedcredit.party"
+SPEC_STATE = "fedcredit.spec"
+
+# (data key, spec digest, validation fraction) -> Party with binned rows; per process.
+_PARTIES: dict[tuple[str, str, float], Party] = {}
+
+
+def _arrays(**arrays: np.ndarray) -> ArrayRecord:
+    return ArrayRecord(
+        {k: Array.from_numpy_ndarray(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    )
+
+
+def _node_config(context: Context) -> dict[str, Any]:
+    # The run id lets a data source keep what it fetched for one run (city mode's cache).
+    return dict(context.node_config) | {"run-id": int(context.run_id)}
+
+
+def _reply(msg: Message, content: RecordDict) -> Message:
+    return Message(content, reply_to=msg)
+
+
+class _Bank:
+    def __init__(self, source: DataSource) -> None:
+        self.source = source
+
+    def data(self, context: Context) -> BankData:
+        return self.source.load(_node_config(context))
+
+    def setup(self, context: Context, cfg: dict[str, Any]) -> RecordDict:
+        d = self.data(context)
+        lo, hi = local_range(d.x)
+        info: dict[str, Any] = {"feature_names": list(d.feature_names), "rows": d.rows}
+        # City mode: the nodes' global bin edges (population quantiles), the same for
+        # every bank, so no binning round over the banks' own rows is needed.
+        edges_of = getattr(self.source, "bin_edges", None)
+        if edges_of is not None and "max_bins" in cfg:
+            edges = edges_of(_node_config(context), int(cfg["max_bins"]))
+            if edges is not None:
+                info["edges"] = json.dumps([e.tolist() for e in edges])
+        return RecordDict({"info": ConfigRecord(info), "range": _arrays(lo=lo, hi=hi)})
+
+    def sketch(self, context: Context, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        d = self.data(context)
+        lo = np.asarray(cfg["lo"], dtype=np.float64)
+        hi = np.asarray(cfg["hi"], dtype=np.float64)
+        counts = local_sketch(d.x, lo, hi, int(cfg["cells"]))
+        from fedcredit.training.gbdt.party import validation_mask
+
+        vmask = validation_mask(d.ids, float(cfg["validation_fraction"]))
+        totals = np.array(
+            [int((~vmask).sum()), int(d.y[~vmask].sum()), int(vmask.sum()), int(d.y[vmask].sum())],
+            dtype=np.int64,
+        )
+        return counts, totals
+
+    def party(self, context: Context, cfg: dict[str, Any]) -> Party:
+        if "spec" in cfg:
+            context.state.config_records[SPEC_STATE] = ConfigRecord(
+                {"spec": cfg["spec"], "validation_fraction": float(cfg["validation_fraction"])}
+            )
+        saved = context.state.config_records[SPEC_STATE]
+        spec_json = cast(str, saved["spec"])
+        vf = cast(float, saved["validation_fraction"])
+        key = (
+            self.source.key(_node_config(context)),
+            hashlib.sha256(spec_json.encode()).hexdigest(),
+            vf,
+        )
+        party = _PARTIES.get(key)
+        if party is None:
+            d = self.data(context)
+            party = Party(BinSpec.from_dict(json.loads(spec_json)), d.x, d.y, d.ids, vf)
+            _PARTIES[key] = party
+        if PARTY_STATE in context.state.array_records:
+            rec = context.state.array_records[PARTY_STATE]
+            party.import_state({k: rec[k].numpy() for k in rec})
+        return party
+
+    def hist(self, context: Context, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        party = self.party(context, cfg)
+        req = Request.from_config(json.loads(cast(str, cfg["request"])))
+        hists, valid = party.respond(req)
+        context.state.array_records[PARTY_STATE] = _arrays(**party.export_state())
+        return hists, valid
+
+    def boost(self, context: Context, cfg: dict[str, Any]) -> RecordDict:
+        """LightGBM baselines: boost ``rounds`` trees on this bank's rows from the given model.
+
+        With ``total_rows`` (bagging) the learning rate is scaled by this bank's share of
+        all the banks' rows, so that the trees every bank adds in a round sum to one step.
+        """
+        # Imported here: the Deployment Engine starts a fresh ClientApp process for every
+        # message, and LightGBM (with scikit-learn and SciPy) takes seconds to import.
+        import lightgbm as lgb
+
+        d = self.data(context)
+        params = json.loads(cast(str, cfg["lgb_params"]))
+        if "total_rows" in cfg:
+            total = int(cast(int, cfg["total_rows"]))
+            if not 0 < d.rows <= total:
+                raise ValueError(
+                    f"this bank has {d.rows} rows but the server counts {total} rows in all"
+                )
+            params["learning_rate"] = float(params["learning_rate"]) * d.rows / total
+        model = cast(str, cfg.get("model", ""))
+        init = lgb.Booster(model_str=model) if model else None
+        ds = lgb.Dataset(d.x, d.y, feature_name=list(d.feature_names), free_raw_data=False)
+        booster = lgb.train(params, ds, num_boost_round=int(cfg["rounds"]), init_model=init)
+        return RecordDict(
+            {"model": ConfigRecord({"model": booster.model_to_string(), "rows": d.rows})}
+        )
+
+
+def make_client_app(source: DataSource | None = None, mods: Sequence[Mod] = ()) -> ClientApp:
+    """The ClientApp; ``mods`` are extra Flower mods (e.g. a bank's own logging)."""
+    bank = _Bank(source if source is not None else NodeConfigSource())
+    app = ClientApp(mods=list(mods))
+
+    @app.query("ping")
+    def ping(msg: Message, context: Context) -> Message:
+        # An empty round trip: the engine's own latency floor, measured by benchmarks.
+        return _reply(msg, RecordDict())
+
+    @app.query("setup")
+    def setup(msg: Message, context: Context) -> Message:
+        rec = msg.content.config_records.get("config")
+        return _reply(msg, bank.setup(context, dict(rec) if rec is not None else {}))
+
+    @app.query("sketch")
+    def sketch(msg: Message, context: Context) -> Message:
+        cfg = dict(msg.content.config_records["config"])
+        counts, totals = bank.sketch(context, cfg)
+        return _reply(msg, RecordDict({"sums": _arrays(counts=counts, totals=totals)}))
+
+    @app.train("hist")
+    def hist(msg: Message, context: Context) -> Message:
+        cfg = dict(msg.content.config_records["config"])
+        hists, valid = bank.hist(context, cfg)
+        arrays = {"hist": hists}
+        if valid is not None:
+            arrays["valid"] = valid
+        return _reply(msg, RecordDict({"sums": _arrays(**arrays)}))
+
+    @app.train(mods=[secaggplus_mod])
+    def secure_train(msg: Message, context: Context) -> Message:
+        # Reached through SecAgg+ (its last-but-one stage): legacy FitIns in, FitRes out,
+        # and the mod masks the returned vector before it leaves the bank.
+        fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+        cfg = {k: v for k, v in fitins.config.items()}
+        payload = json.loads(cast(str, cfg["payload"]))
+        if cfg["op"] == "sketch":
+            counts, totals = bank.sketch(context, payload)
+            flat = np.concatenate([counts.ravel(), totals])
+        elif cfg["op"] == "hist":
+            hists, valid = bank.hist(context, payload)
+            parts = [hists.ravel()] + ([valid] if valid is not None else [])
+            flat = np.concatenate(parts)
+        else:
+            raise ValueError(f"unknown secure operation {cfg['op']!r}; expected sketch or hist")
+        res = FitRes(
+            status=Status(Code.OK, ""),
+            parameters=ndarrays_to_parameters([secure.encode(flat)]),
+            num_examples=1,
+            metrics={},
+        )
+        return _reply(msg, compat.fitres_to_recorddict(res, keep_input=False))
+
+    @app.train("bagging")
+    def bagging(msg: Message, context: Context) -> Message:
+        return _reply(msg, bank.boost(context, dict(msg.content.config_records["config"])))
+
+    @app.train("cyclic")
+    def cyclic(msg: Message, context: Context) -> Message:
+        return _reply(msg, bank.boost(context, dict(msg.content.config_records["config"])))
+
+    return app
+
+
+# For `flwr run` / the Deployment Engine: data from each SuperNode's node config.
+app = make_client_app()

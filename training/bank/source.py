@@ -1,0 +1,75 @@
+"""Where a bank's ClientApp finds its rows.
+
+Deployment: each SuperNode is started with ``--node-config "csv='/path/bank.csv'"``.
+Simulation: the run carries the list of CSV files and each virtual node takes
+the one at its ``partition-id``. Loaded data is cached per process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fedcredit.training.bank.data import BankData, TrainingDataNotFound, load_csv
+
+_CACHE: dict[tuple[str, str], BankData] = {}
+
+
+class DataSource(Protocol):
+    def key(self, node_config: dict[str, Any]) -> str: ...
+
+    def load(self, node_config: dict[str, Any]) -> BankData: ...
+
+
+@dataclass(frozen=True)
+class CsvSource:
+    """One CSV per bank: by partition id (simulation) or from the node's own config."""
+
+    paths: tuple[str, ...] = ()
+    label: str = "y"
+
+    def key(self, node_config: dict[str, Any]) -> str:
+        if "csv" in node_config:
+            return str(node_config["csv"])
+        if "partition-id" in node_config and self.paths:
+            pid = int(node_config["partition-id"])
+            if not 0 <= pid < len(self.paths):
+                raise TrainingDataNotFound(
+                    f"no CSV for partition {pid}: {len(self.paths)} files were given"
+                )
+            return self.paths[pid]
+        raise TrainingDataNotFound(
+            "this node has no training data: start the SuperNode with "
+            "--node-config \"csv='/path/to/bank.csv'\""
+        )
+
+    def load(self, node_config: dict[str, Any]) -> BankData:
+        path = self.key(node_config)
+        k = (path, self.label)
+        if k not in _CACHE:
+            _CACHE[k] = load_csv(path, self.label)
+        return _CACHE[k]
+
+
+@dataclass(frozen=True)
+class NodeConfigSource:
+    """The Deployment Engine's default: city mode when the SuperNode's node config names a
+    ``deployment`` (and ``bank``), else one CSV (``csv``)."""
+
+    def _pick(self, node_config: dict[str, Any]) -> DataSource:
+        if "deployment" in node_config:
+            from fedcredit.training.bank.city import CitySource
+
+            return CitySource()
+        return CsvSource()
+
+    def key(self, node_config: dict[str, Any]) -> str:
+        return self._pick(node_config).key(node_config)
+
+    def load(self, node_config: dict[str, Any]) -> BankData:
+        return self._pick(node_config).load(node_config)
+
+    def bin_edges(self, node_config: dict[str, Any], max_bins: int) -> Any:
+        src = self._pick(node_config)
+        fn = getattr(src, "bin_edges", None)
+        return None if fn is None else fn(node_config, max_bins)

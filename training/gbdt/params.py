@@ -1,0 +1,73 @@
+"""Training settings of the histogram GBDT, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fedcredit.training.gbdt.errors import InvalidGbdtParams
+
+# Gradients and hessians are sent as integers: value * 2**FIXED_POINT_BITS.
+# |gradient| <= 1 and hessian <= 1/4 for logloss, so a sum over N rows stays
+# below N * 2**28; exact in int64 and in float64 (< 2**53) up to 2**25 rows.
+FIXED_POINT_BITS = 28
+MAX_TOTAL_ROWS = 2**25
+
+
+@dataclass(frozen=True)
+class GBDTParams:
+    """Settings; defaults follow LightGBM's where one exists."""
+
+    num_trees: int = 30
+    max_depth: int = 3
+    learning_rate: float = 0.3
+    max_bins: int = 32
+    lambda_l2: float = 0.0
+    min_data_in_leaf: int = 20
+    min_sum_hessian_in_leaf: float = 1e-3
+    min_gain_to_split: float = 0.0
+    # 0 disables early stopping; otherwise stop when the banks' aggregated
+    # validation logloss has not improved for this many trees.
+    early_stopping_rounds: int = 0
+    validation_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool, str]] = [
+            ("num_trees", 1 <= self.num_trees <= 100_000, "an integer in 1..100000"),
+            ("max_depth", 1 <= self.max_depth <= 16, "an integer in 1..16"),
+            ("learning_rate", 0.0 < self.learning_rate <= 1.0, "a number in (0, 1]"),
+            ("max_bins", 2 <= self.max_bins <= 255, "an integer in 2..255"),
+            ("lambda_l2", self.lambda_l2 >= 0.0, "a number >= 0"),
+            ("min_data_in_leaf", self.min_data_in_leaf >= 1, "an integer >= 1"),
+            ("min_sum_hessian_in_leaf", self.min_sum_hessian_in_leaf >= 0.0, "a number >= 0"),
+            ("min_gain_to_split", self.min_gain_to_split >= 0.0, "a number >= 0"),
+            ("early_stopping_rounds", self.early_stopping_rounds >= 0, "an integer >= 0"),
+            ("validation_fraction", 0.0 <= self.validation_fraction < 1.0, "a number in [0, 1)"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise InvalidGbdtParams(
+                    f"training setting {name} must be {expected}, got {getattr(self, name)!r}",
+                    setting=name,
+                )
+        if self.early_stopping_rounds > 0 and self.validation_fraction <= 0.0:
+            raise InvalidGbdtParams(
+                "early_stopping_rounds > 0 needs validation_fraction > 0 "
+                f"(got validation_fraction={self.validation_fraction})",
+                setting="validation_fraction",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GBDTParams:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidGbdtParams(
+                f"unknown training setting(s) {', '.join(unknown)}; expected some of "
+                f"{', '.join(sorted(known))}",
+                setting=unknown[0],
+            )
+        return cls(**data)

@@ -1,0 +1,165 @@
+"""The bank side of `hist` boosting: its own rows, binned with the global edges.
+
+A party keeps its raw scores and the leaf each of its rows sits in, answers a
+:class:`~coordinator.gbdt.booster.Request` with integer histograms of its rows
+(and, when asked, summable validation-loss sums), and never sends a row.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcredit.training.gbdt.binning import BinSpec
+from fedcredit.training.gbdt.booster import LOGLOSS_BITS, Request, Totals, sigmoid
+from fedcredit.training.gbdt.errors import GbdtError, ProtocolError
+from fedcredit.training.gbdt.histogram import IntArray, build_histograms, to_fixed
+
+
+def validation_mask(ids: Sequence[Any], fraction: float) -> npt.NDArray[np.bool_]:
+    """Rows held out for validation, chosen by a stable hash of the row id.
+
+    Each bank gets the same choice for a row whether it trains alone, in the
+    federation or pooled centrally, so central and federated runs compare.
+    """
+    if fraction <= 0.0:
+        return np.zeros(len(ids), dtype=bool)
+    cut = int(fraction * 2**32)
+    h = np.fromiter((zlib.crc32(str(i).encode()) for i in ids), dtype=np.uint64, count=len(ids))
+    return h < cut
+
+
+@dataclass
+class _Rows:
+    binned: npt.NDArray[np.integer[Any]]
+    y: npt.NDArray[np.float64]
+    raw: npt.NDArray[np.float64]
+    leaf: IntArray
+
+
+class Party:
+    def __init__(
+        self,
+        spec: BinSpec,
+        x: npt.ArrayLike,
+        y: npt.ArrayLike,
+        ids: Sequence[Any] | None = None,
+        validation_fraction: float = 0.0,
+    ) -> None:
+        xa = np.asarray(x, dtype=np.float64)
+        ya = np.asarray(y, dtype=np.float64).ravel()
+        if xa.shape[0] != ya.shape[0]:
+            raise GbdtError(f"expected one label per row: {xa.shape[0]} rows, {ya.shape[0]} labels")
+        if not np.isin(ya, (0.0, 1.0)).all():
+            raise GbdtError("labels must be 0 or 1 for the logloss objective")
+        self.spec = spec
+        ids_seq: Sequence[Any] = ids if ids is not None else list(range(xa.shape[0]))
+        vmask = validation_mask(ids_seq, validation_fraction)
+        binned = spec.transform(xa)
+        self._train = self._rows(binned[~vmask], ya[~vmask])
+        self._valid = self._rows(binned[vmask], ya[vmask])
+        self._grad = np.zeros(0, dtype=np.int64)
+        self._hess = np.zeros(0, dtype=np.int64)
+        self._tree = 0
+        self._started = False
+
+    @staticmethod
+    def _rows(binned: npt.NDArray[np.integer[Any]], y: npt.NDArray[np.float64]) -> _Rows:
+        n = binned.shape[0]
+        return _Rows(binned, y, np.zeros(n), np.zeros(n, dtype=np.int64))
+
+    def totals(self) -> Totals:
+        return Totals(
+            n_train=int(self._train.y.size),
+            positives=int(self._train.y.sum()),
+            n_valid=int(self._valid.y.size),
+            valid_positives=int(self._valid.y.sum()),
+        )
+
+    def respond(self, req: Request) -> tuple[IntArray, IntArray | None]:
+        """Histograms of the requested leaves and, if asked, [logloss sum, rows] of validation."""
+        if req.init_score is not None:
+            for r in (self._train, self._valid):
+                r.raw[:] = req.init_score
+                r.leaf[:] = 0
+            self._tree = 0
+            self._started = True
+            self._gradients()
+        elif not self._started:
+            raise ProtocolError("first request must carry the initial score")
+        nan_slot = self.spec.nan_slot
+        for op in req.splits:
+            for r in (self._train, self._valid):
+                at = r.leaf == op.leaf
+                v = r.binned[at, op.feature].astype(np.int64)
+                right = np.where(v == nan_slot, not op.default_left, v > op.bin)
+                idx = np.flatnonzero(at)[right]
+                r.leaf[idx] = op.right_leaf
+        if req.finish_values is not None:
+            values = np.asarray(req.finish_values, dtype=np.float64)
+            for r in (self._train, self._valid):
+                r.raw += values[r.leaf]
+                r.leaf[:] = 0
+            self._tree += 1
+            self._gradients()
+        if req.tree != self._tree:
+            raise ProtocolError(
+                f"request is for tree {req.tree} but this party is at tree {self._tree}"
+            )
+        hists = build_histograms(
+            self._train.binned,
+            self._grad,
+            self._hess,
+            self._train.leaf,
+            req.leaves,
+            self.spec.slots,
+        )
+        valid = self._valid_sums() if req.want_valid else None
+        return hists, valid
+
+    def export_state(self) -> dict[str, npt.NDArray[Any]]:
+        """What changes between rounds (scores, leaf of each row), to persist between messages."""
+        return {
+            "raw_train": self._train.raw,
+            "raw_valid": self._valid.raw,
+            "leaf_train": self._train.leaf,
+            "leaf_valid": self._valid.leaf,
+            "progress": np.array([self._tree, int(self._started)], dtype=np.int64),
+        }
+
+    def import_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
+        try:
+            raw_t, raw_v = state["raw_train"], state["raw_valid"]
+            leaf_t, leaf_v = state["leaf_train"], state["leaf_valid"]
+            progress = state["progress"]
+        except KeyError as exc:
+            raise ProtocolError(f"saved training state lacks {exc}") from None
+        if raw_t.shape != self._train.raw.shape or raw_v.shape != self._valid.raw.shape:
+            raise ProtocolError("saved training state does not match this bank's rows")
+        self._train.raw = np.array(raw_t, dtype=np.float64)
+        self._valid.raw = np.array(raw_v, dtype=np.float64)
+        self._train.leaf = np.array(leaf_t, dtype=np.int64)
+        self._valid.leaf = np.array(leaf_v, dtype=np.int64)
+        self._tree, started = int(progress[0]), bool(progress[1])
+        self._started = started
+        if started:
+            self._gradients()
+
+    def _gradients(self) -> None:
+        p = sigmoid(self._train.raw)
+        self._grad = to_fixed(p - self._train.y)
+        self._hess = to_fixed(p * (1.0 - p))
+
+    def _valid_sums(self) -> IntArray:
+        r = self._valid
+        if r.y.size == 0:
+            return np.zeros(2, dtype=np.int64)
+        # logloss with logaddexp, stable for large |raw|
+        loss = np.logaddexp(0.0, r.raw) - r.y * r.raw
+        total = int(np.rint(loss * 2.0**LOGLOSS_BITS).astype(np.int64).sum())
+        return np.array([total, r.y.size], dtype=np.int64)

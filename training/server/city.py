@@ -1,0 +1,372 @@
+"""Train the credit model on the synthetic city and publish it: the operator's side.
+
+:func:`train_city` runs the federation (one ClientApp per bank, each loading its own
+loan book and its consented borrowers' features from the nodes — see
+training/bank/city.py), in the Deployment Engine (a SuperLink and one SuperNode per
+bank, separate processes) or the Simulation Engine, then:
+
+* measures the model on the held-out borrowers, next to pooled LightGBM trained on
+  the same training rows. Both need the rows in one place, which only a local
+  deployment (all banks on this machine) can do: this process loads every bank's
+  data as that bank, with the bank's own certificate and consents. The federated
+  model itself never saw pooled rows.
+* publishes the model to the coordinator's registry over gRPC as the operator
+  (``model_published`` in the ledger; with ``activate`` also ``model_activated``),
+  calibrated on the model's probabilities of default over every consented borrower.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+from rich.progress import Progress
+
+from fedcredit.common.config import Deployment
+from fedcredit.common.errors import FailedPrecondition, InvalidArgument
+from fedcredit.coordinator.model import model_sha256
+from fedcredit.training.bank.city import CityBank, CitySource, load_city_bank
+from fedcredit.training.bank.data import concat
+from fedcredit.training.gbdt.metrics import auc, ks
+from fedcredit.training.gbdt.params import GBDTParams
+from fedcredit.training.server.settings import TrainSettings
+from fedcredit.training.server.strategies import lgb_params
+
+ENGINES = ("deployment", "simulation")
+PRESETS = {
+    "fate": GBDTParams(num_trees=30, max_depth=3, max_bins=32, learning_rate=0.3),
+    "strong": GBDTParams(num_trees=200, max_depth=6, max_bins=255, learning_rate=0.05),
+}
+
+
+class InvalidEngine(InvalidArgument):
+    reason = "INVALID_ENGINE"
+
+
+class NoOperator(FailedPrecondition):
+    reason = "NO_OPERATOR_IDENTITY"
+
+
+@dataclass
+class TrainResult:
+    """What any engine hands back: the model and the run's own figures."""
+
+    model_text: str
+    summary: dict[str, Any]
+    feature_names: list[str]
+    start_seconds: float = 0.0  # deployment: PKI, SuperLink, SuperNodes
+
+
+@dataclass
+class CityTrainReport:
+    model_version: str
+    sha256: str
+    auc: float
+    ks: float
+    pooled_auc: float
+    pooled_ks: float
+    trees: int
+    seconds: float  # the whole call: engine start, data, training, evaluation, publication
+    train_seconds: float  # from the first tree to the model
+    seconds_per_tree: float
+    bytes_per_bank_per_tree: float
+    banks: list[str]
+    rows_per_bank: dict[str, int]  # training rows
+    test_rows: int
+    ledger_index: int | None
+    activate_ledger_index: int | None
+    engine: str
+    strategy: str
+    secagg: bool
+    active: bool
+    features: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def city_settings(settings: TrainSettings | None, *, secagg: bool, banks: int) -> TrainSettings:
+    s = settings or TrainSettings(params=PRESETS["fate"])
+    use_secagg = secagg and s.strategy == "hist"
+    return replace(
+        s,
+        secagg=use_secagg,
+        num_banks=banks,
+        min_banks=min(s.min_banks, banks) if not use_secagg else max(3, min(s.min_banks, banks)),
+    )
+
+
+def _operator(dep: Deployment) -> str:
+    for o in dep.organisations.values():
+        if o.role == "operator":
+            return o.id
+    raise NoOperator(
+        f"{dep.path} lists no organisation with role operator; publishing and activating a "
+        "model needs one"
+    )
+
+
+def _node_config(dep: Deployment, bank: str, world: Path, cache: Path) -> str:
+    for what, v in (
+        ("deployment file", str(dep.path)),
+        ("world folder", str(world)),
+        ("cache folder", str(cache)),
+    ):
+        if "'" in v:
+            raise InvalidArgument(f"the {what} path {v!r} contains a quote; Flower cannot pass it")
+    return f"deployment='{dep.path}' bank='{bank}' world='{world}' cache='{cache}'"
+
+
+def run_engine(
+    dep: Deployment,
+    banks: list[str],
+    world: Path,
+    settings: TrainSettings,
+    engine: str,
+    work_dir: Path | None,
+    timeout: float,
+) -> TrainResult:
+    """Train once; every bank's fetched rows (its cache) are deleted afterwards."""
+    wd = work_dir or dep.dir / "training" / time.strftime("%Y%m%d-%H%M%S")
+    cache = wd / "bank-cache"
+    try:
+        return _run_engine(dep, banks, world, settings, engine, wd, cache, timeout)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _run_engine(
+    dep: Deployment,
+    banks: list[str],
+    world: Path,
+    settings: TrainSettings,
+    engine: str,
+    wd: Path,
+    cache: Path,
+    timeout: float,
+) -> TrainResult:
+    if engine == "simulation":
+        from fedcredit.training.server.simulation import SimulationFailed, simulate
+
+        source = CitySource(str(dep.path), tuple(banks), str(world), cache=str(cache))
+        try:
+            out = simulate(settings, source, len(banks))
+        except RuntimeError as exc:  # Flower/Ray's own failures (e.g. Ray did not start)
+            raise SimulationFailed(
+                f"Flower's Simulation Engine stopped: {exc}; see the Flower log above"
+            ) from exc
+        return TrainResult(out.model_text, out.summary(), list(out.feature_names))
+    from fedcredit.training.server.deployment import run_local_deployment
+
+    res = run_local_deployment(
+        settings,
+        [],
+        wd,
+        timeout,
+        node_configs=[_node_config(dep, b, world, cache) for b in banks],
+        bank_names=banks,
+    )
+    names = [str(n) for n in res.summary.get("feature_names", [])]
+    return TrainResult(res.model_text, res.summary, names, res.start_seconds)
+
+
+def _load_all(dep: Deployment, banks: list[str], world: Path) -> list[CityBank]:
+    with ThreadPoolExecutor(min(4, len(banks))) as pool:
+        return list(pool.map(lambda b: load_city_bank(dep.path, b, world=world), banks))
+
+
+def train_city(
+    dep: Deployment,
+    *,
+    engine: str = "deployment",
+    secagg: bool = True,
+    settings: TrainSettings | None = None,
+    publish: bool = True,
+    activate: bool = True,
+    progress: Progress | None = None,
+    world: Path | None = None,
+    banks: list[str] | None = None,
+    work_dir: Path | None = None,
+    timeout: float = 1800.0,
+    version: str = "",
+) -> CityTrainReport:
+    """Federated training on the city's banks, evaluation, publication (see the module doc)."""
+    if engine not in ENGINES:
+        raise InvalidEngine(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    t0 = time.perf_counter()
+    world_dir = (world or dep.dir / "world").resolve()
+    bank_list = list(banks) if banks is not None else list(dep.banks)
+    s = city_settings(settings, secagg=secagg, banks=len(bank_list))
+    operator = _operator(dep) if publish else ""
+    task = progress.add_task("federated training", total=None) if progress else None
+
+    def say(text: str) -> None:
+        if progress is not None and task is not None:
+            progress.update(task, description=text)
+
+    say(
+        f"training: {s.strategy}{' + SecAgg+' if s.secagg else ''}, {len(bank_list)} banks, "
+        f"{engine} engine"
+    )
+    phases: dict[str, float] = {}
+    # The evaluation rows load while the federation trains (mostly waiting on the nodes).
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(_load_all, dep, bank_list, world_dir)
+        t = time.perf_counter()
+        result = run_engine(dep, bank_list, world_dir, s, engine, work_dir, timeout)
+        phases["federation"] = time.perf_counter() - t
+        say("evaluating on the held-out borrowers")
+        data = loading.result()
+    t = time.perf_counter()
+    booster = lgb.Booster(model_str=result.model_text)
+    names = result.feature_names or list(booster.feature_name())
+    train = concat([d.train for d in data])
+    test = concat([d.test for d in data])
+    scores = np.asarray(booster.predict(test.x), dtype=np.float64)
+    p = s.params
+    lp = lgb_params(p, boost_from_average=True) | {"num_threads": 2}
+    pooled = lgb.train(
+        lp, lgb.Dataset(train.x, train.y, feature_name=list(train.feature_names)), p.num_trees
+    )
+    pooled_scores = np.asarray(pooled.predict(test.x), dtype=np.float64)
+    fed_auc, fed_ks = auc(test.y, scores), ks(test.y, scores)
+    pool_auc, pool_ks = auc(test.y, pooled_scores), ks(test.y, pooled_scores)
+    phases["evaluation"] = time.perf_counter() - t
+    summary = result.summary
+    trees = int(summary.get("trees", booster.num_trees()))
+    digest = model_sha256(result.model_text)
+    rows = {d.bank: d.train.rows for d in data}
+    report = CityTrainReport(
+        model_version="",
+        sha256=digest,
+        auc=fed_auc,
+        ks=fed_ks,
+        pooled_auc=pool_auc,
+        pooled_ks=pool_ks,
+        trees=trees,
+        seconds=0.0,
+        train_seconds=float(summary.get("wall_seconds", 0.0)),
+        seconds_per_tree=float(summary.get("seconds_per_tree", 0.0)),
+        bytes_per_bank_per_tree=float(summary.get("bytes_up_per_bank_per_tree", 0.0)),
+        banks=bank_list,
+        rows_per_bank=rows,
+        test_rows=test.rows,
+        ledger_index=None,
+        activate_ledger_index=None,
+        engine=engine,
+        strategy=s.strategy,
+        secagg=s.secagg,
+        active=False,
+        features=names,
+        phases=phases,
+    )
+    if publish:
+        say("publishing to the model registry")
+        t = time.perf_counter()
+        everyone = np.vstack([train.x, test.x])
+        pds = np.asarray(booster.predict(everyone), dtype=np.float64)
+        metrics = {
+            "auc": fed_auc,
+            "ks": fed_ks,
+            "pooled_lightgbm_auc": pool_auc,
+            "pooled_lightgbm_ks": pool_ks,
+            "test_rows": test.rows,
+            "rows_per_bank": rows,
+            "banks": bank_list,
+            "trees": trees,
+            "seconds_per_tree": report.seconds_per_tree,
+            "bytes_per_bank_per_tree": report.bytes_per_bank_per_tree,
+            "sha256": digest,
+            "features": names,
+            "engine": engine,
+            "valid_logloss": summary.get("valid_logloss", []),
+        }
+        # A metric that is undefined (an AUC on held-out rows of one class) is null: the
+        # ledger's canonical JSON (RFC 8785) has no NaN.
+        metrics = _finite(metrics)
+        settings_doc = {
+            "strategy": s.strategy,
+            "secagg": s.secagg,
+            "engine": engine,
+            "banks": bank_list,
+            "settings": s.to_dict(),
+            "bins": summary.get("bins"),
+            "data": "city: each bank's loan book, features from the department nodes "
+            "under model_training consents",
+        }
+        mv = publish_model(
+            dep,
+            operator,
+            result.model_text,
+            pds,
+            metrics=metrics,
+            settings=settings_doc,
+            activate=activate,
+            version=version or f"fed-{s.strategy}-{time.strftime('%Y%m%d-%H%M%S')}-{digest[:8]}",
+        )
+        report.model_version = mv.version
+        report.ledger_index = int(mv.publish_ledger_index)
+        report.activate_ledger_index = int(mv.activate_ledger_index) or None
+        report.active = bool(mv.active)
+        phases["publication"] = time.perf_counter() - t
+    report.seconds = time.perf_counter() - t0
+    if progress is not None and task is not None:
+        progress.update(task, description="done", total=1, completed=1)
+    return report
+
+
+def publish_model(
+    dep: Deployment,
+    operator: str,
+    model_text: str,
+    pds: np.ndarray,
+    *,
+    metrics: dict[str, Any],
+    settings: dict[str, Any],
+    activate: bool,
+    version: str = "",
+) -> Any:
+    """Register (and optionally activate) over gRPC as the operator; the registry writes the
+    ledger entries before it answers."""
+    from fedcredit.clients.coordinator_client import CoordinatorClient
+
+    svc = dep.service("coordinator")
+    with CoordinatorClient(
+        svc.address, dep.tls(operator), server_org=svc.org_id, timeout=60.0
+    ) as c:
+        return c.publish(
+            model_text,
+            calibration_pds=[float(v) for v in pds],
+            version=version,
+            metrics_json=json.dumps(metrics, default=_jsonable),
+            settings_json=json.dumps(settings, default=_jsonable),
+            activate=activate,
+        )
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (recursively)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

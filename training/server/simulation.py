@@ -1,0 +1,184 @@
+"""Run a training in Flower's Simulation Engine (Ray backend, all on this machine)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from queue import Queue
+from typing import Any
+
+import ray
+from flwr.clientapp.typing import Mod
+from flwr.server.superlink.fleet.vce import vce_api
+from flwr.simulation import run_simulation
+
+from fedcredit.common.errors import Internal
+from fedcredit.training.bank.app import make_client_app
+from fedcredit.training.bank.source import DataSource
+from fedcredit.training.server.server_app import Floor, make_server_app
+from fedcredit.training.server.settings import TrainSettings
+from fedcredit.training.server.strategies import TrainOutcome
+
+
+class SimulationFailed(Internal):
+    reason = "SIMULATION_FAILED"
+
+
+log = logging.getLogger(__name__)
+
+# Flower 1.42's Simulation Engine hands messages to the virtual SuperNodes from a
+# thread that polls the in-memory link state and then sleeps 0.1 s
+# (``vce_api.add_messages_to_queue``). Every round therefore waits ~0.1 s before
+# a bank even sees it — 0.3 s per depth-3 tree before any work. With
+# ``low_latency=True`` that poller is replaced, for the duration of the run, by
+# one that sleeps 2 ms when idle and not at all while messages keep coming.
+# Benchmarks report both.
+POLL_SECONDS = 0.002
+_EXPECTED_SIGNATURE = ["state", "queue", "nodes_mapping", "f_stop"]
+
+
+def _fast_add_messages_to_queue(
+    state: Any, queue: Queue[Any], nodes_mapping: dict[int, int], f_stop: threading.Event
+) -> None:
+    while not f_stop.is_set():
+        found = False
+        for node_id in nodes_mapping:
+            for msg in state.get_message_ins(node_id=node_id, limit=1):
+                queue.put(msg)
+                found = True
+        if not found:
+            f_stop.wait(POLL_SECONDS)
+
+
+@contextmanager
+def low_latency_polling() -> Iterator[bool]:
+    """Swap in the low-latency poller if Flower's is the one we know; yields whether it did."""
+    original = vce_api.add_messages_to_queue
+    params = list(inspect.signature(original).parameters)
+    if params != _EXPECTED_SIGNATURE:
+        log.warning("unknown Flower simulation poller %s; keeping it", params)
+        yield False
+        return
+    vce_api.add_messages_to_queue = _fast_add_messages_to_queue  # type: ignore[assignment]
+    try:
+        yield True
+    finally:
+        vce_api.add_messages_to_queue = original
+
+
+def simulate(
+    settings: TrainSettings,
+    source: DataSource,
+    num_banks: int,
+    *,
+    client_mods: Sequence[Mod] = (),
+    verbose: bool = False,
+    low_latency: bool = True,
+) -> TrainOutcome:
+    """One training run in the Simulation Engine; raises the error that stopped it."""
+    result = simulate_many(
+        [settings],
+        source,
+        num_banks,
+        client_mods=client_mods,
+        verbose=verbose,
+        low_latency=low_latency,
+    )[0]
+    if isinstance(result, Exception):
+        raise result
+    assert isinstance(result, TrainOutcome)
+    return result
+
+
+def simulate_many(
+    runs: Sequence[TrainSettings],
+    source: DataSource,
+    num_banks: int,
+    *,
+    client_mods: Sequence[Mod] = (),
+    verbose: bool = False,
+    low_latency: bool = True,
+    floor_rounds: int = 0,
+    actors: int = 0,
+) -> list[TrainOutcome | Floor | Exception]:
+    """Several runs on the same simulated banks (one Ray start-up); each outcome or error,
+    preceded by the engine's round-trip floor when ``floor_rounds`` > 0."""
+    box: list[TrainOutcome | Floor | Exception] = []
+    server_app = make_server_app(runs, box.append, floor_rounds=floor_rounds)
+    client_app = make_client_app(source, client_mods)
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    poller = low_latency_polling() if low_latency else _keep_poller()
+    with poller:
+        _run(server_app, client_app, num_banks, actors or num_banks, verbose)
+    if len(box) != len(runs) + (1 if floor_rounds and runs else 0):
+        raise SimulationFailed(
+            f"the simulation ended with {len(box)} results for {len(runs)} runs; "
+            "the ServerApp stopped early (see the Flower log above)"
+        )
+    return box
+
+
+@contextmanager
+def _keep_poller() -> Iterator[bool]:
+    yield False
+
+
+# Ray's head node waits a fixed time for its GCS server to write its port file;
+# on a loaded 2-core machine (CI running tests on both cores) that start-up has
+# been seen to time out. Flower's backend calls ray.init() only when Ray is not
+# already up, and raises a bare "Simulation Runtime crashed" when it fails, so
+# we start Ray ourselves, retrying the start-up alone (nothing has run yet).
+RAY_START_ATTEMPTS = 3
+RAY_RETRY_PAUSE_S = 2.0
+
+
+def start_ray(actors: int, *, attempts: int = RAY_START_ATTEMPTS) -> None:
+    """Start a loopback-only Ray for ``actors`` ClientApp processes, retrying start-up."""
+    # As Flower's RayBackend does: Ray's workers get this process's import path.
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    errors: list[str] = []
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(
+                num_cpus=actors,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+                logging_level=logging.WARNING,
+            )
+            return
+        except Exception as exc:  # Ray raises RuntimeError/ConnectionError/TimeoutError here
+            errors.append(f"attempt {attempt}: {type(exc).__name__}: {exc}")
+            log.warning("Ray did not start (%s); attempt %d of %d", exc, attempt, attempts)
+            ray.shutdown()
+            if attempt < attempts:
+                time.sleep(RAY_RETRY_PAUSE_S)
+    raise SimulationFailed(
+        f"Ray (the Simulation Engine's backend) did not start in {attempts} attempts; "
+        + "; ".join(errors)
+    )
+
+
+def _run(server_app: Any, client_app: Any, num_banks: int, actors: int, verbose: bool) -> None:
+    start_ray(actors)  # loopback only, no dashboard, ``actors`` ClientApp processes
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_banks,
+            # No "init_args": Ray is already up (start_ray), so Flower does not start it.
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+            verbose_logging=verbose,
+        )
+    finally:
+        ray.shutdown()  # Flower's backend shuts Ray down too; this covers an early failure
