@@ -12,7 +12,9 @@ COPY node ./node
 COPY consent ./consent
 COPY ledger ./ledger
 COPY coordinator ./coordinator
+COPY training ./training
 COPY clients ./clients
+COPY fedcredit ./fedcredit
 RUN pip install . && useradd --system --uid 10001 fedcredit
 USER fedcredit
 WORKDIR /srv

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 PROTOS := $(wildcard proto/fedcredit/v1/*.proto)
 
-.PHONY: setup dev test lint typecheck pytest proto bench demo clean
+.PHONY: setup dev test lint importlint typecheck pytest proto bench demo clean
 
 # `setup` installs what running fedcredit needs (enough for `make demo`); `dev` adds
 # the test, lint, type-check and code-generation tools on top.
@@ -28,13 +28,17 @@ lint: dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The layer contract in pyproject.toml ([tool.importlinter]).
+importlint: dev
+	$(VENV)/bin/lint-imports
+
 typecheck: dev
 	$(VENV)/bin/mypy
 
 pytest: dev
 	$(VENV)/bin/pytest -n 2 --dist loadgroup -q
 
-test: lint typecheck pytest
+test: lint importlint typecheck pytest
 
 proto: dev
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iproto --python_out=proto --grpc_python_out=proto \

@@ -46,16 +46,17 @@ from rich.progress import Progress
 from rich.table import Table
 from sqlalchemy import text
 
-from fedcredit.clients.consent_client import ConsentClient
 from fedcredit.common import pki, uscc
 from fedcredit.common.db import make_engine
 from fedcredit.common.ed25519 import Ed25519Key
 from fedcredit.common.tls import Identity, TlsFiles
 from fedcredit.consent import errors as E
-from fedcredit.consent.authority import ConsentAuthority, ConsentTerms, local_verifier
+from fedcredit.consent.authority import ConsentAuthority, local_verifier
+from fedcredit.consent.client import ConsentClient
 from fedcredit.consent.service import serve, stop
 from fedcredit.consent.settings import ConsentSettings
 from fedcredit.consent.store import ConsentStore
+from fedcredit.consent.terms import ConsentTerms
 from fedcredit.consent.verify import remote_verifier
 
 RESULTS = Path(__file__).resolve().parent / "results" / "consent.json"

@@ -142,7 +142,7 @@ class Bench:
             raise SystemExit(f"node load {dept} failed: {err.decode()[-2000:]}")
 
     def train(self) -> None:
-        from fedcredit.node.catalog import compute_all
+        from fedcredit.world.pooled import compute_all
 
         codes, names, x = compute_all(self.work / "world")
         truth: dict[str, int] = {}
@@ -181,7 +181,7 @@ class Bench:
         csvc = dep.service("consent")
         banks = {b: dep.tls(b).identity() for b in dep.banks}
         self.bank = dep.banks[0]
-        from fedcredit.clients.ledger_client import LedgerClient
+        from fedcredit.ledger.client import LedgerClient
 
         # consent events go to the central ledger, as with `fedcredit consent serve`
         self.consent_sink = LedgerClient.from_deployment(dep, csvc.org_id)
@@ -209,7 +209,7 @@ class Bench:
         self.pids = [p.pid for p in self.sup.procs.values()]
 
     def publish(self) -> None:
-        from fedcredit.clients.coordinator_client import CoordinatorClient
+        from fedcredit.coordinator.client import CoordinatorClient
 
         with CoordinatorClient(
             self.coord.address, self.dep.tls("operator"), server_org=self.coord.org_id, timeout=120
@@ -223,7 +223,7 @@ class Bench:
 
     def grant(self, codes: Sequence[str], purpose: str = "credit_assessment") -> list[str]:
         from fedcredit.common.tls import Identity
-        from fedcredit.consent.authority import ConsentTerms
+        from fedcredit.consent.terms import ConsentTerms
 
         bank_id = self.dep.tls(self.bank).identity()
         tokens: list[str] = []
@@ -282,9 +282,9 @@ class Bench:
     async def components(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float], list[float]]:
         """What one Score waits for, measured alone: the 12 nodes' GetFeatures for one enterprise
         in parallel (each verifying the token and logging the disclosure), and one ledger Append."""
-        from fedcredit.clients.ledger_client import AsyncLedgerClient
         from fedcredit.common.departments import BY_ID
         from fedcredit.coordinator.nodes import GrpcNode
+        from fedcredit.ledger.client import AsyncLedgerClient
         from fedcredit.node.catalog import FEATURES
 
         tls = self.dep.tls(self.coord.org_id)
@@ -329,7 +329,7 @@ class Bench:
         return fan, led
 
     async def score_seq(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        from fedcredit.clients.coordinator_client import AsyncCoordinatorClient
+        from fedcredit.coordinator.client import AsyncCoordinatorClient
 
         lat = []
         async with AsyncCoordinatorClient(
@@ -344,7 +344,7 @@ class Bench:
         return lat
 
     async def score_concurrent(self, pairs: Sequence[tuple[str, str]], clients: int) -> float:
-        from fedcredit.clients.coordinator_client import AsyncCoordinatorClient
+        from fedcredit.coordinator.client import AsyncCoordinatorClient
 
         queue = list(pairs)
         cs = [
@@ -370,7 +370,7 @@ class Bench:
         return done / dt
 
     async def batch(self, items: list[tuple[str, str, str]]) -> tuple[float, int, int]:
-        from fedcredit.clients.coordinator_client import AsyncCoordinatorClient
+        from fedcredit.coordinator.client import AsyncCoordinatorClient
 
         ok = bad = 0
         with Progress(

@@ -365,11 +365,11 @@ def grpc_rates(seconds: float) -> dict[str, float]:
     """
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from fedcredit.clients.ledger_client import AsyncLedgerClient
     from fedcredit.common import tls as tls_mod
     from fedcredit.common.config import load_config
     from fedcredit.common.deploy import write_local_deployment
     from fedcredit.common.server import check_health
+    from fedcredit.ledger.client import AsyncLedgerClient
 
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as d:

@@ -45,15 +45,16 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from fedcredit.clients.node_client import NodeClient, build_request
 from fedcredit.common import pki
 from fedcredit.common.departments import DEFAULT_BANKS
 from fedcredit.common.ed25519 import Ed25519Key
 from fedcredit.common.tls import Identity
-from fedcredit.consent.authority import ConsentAuthority, ConsentTerms, local_verifier
+from fedcredit.consent.authority import ConsentAuthority, local_verifier
 from fedcredit.consent.store import ConsentStore
+from fedcredit.consent.terms import ConsentTerms
 from fedcredit.consent.verify import ConsentVerifier
 from fedcredit.ledger.log import Log
+from fedcredit.node.client import NodeClient, build_request
 from fedcredit.node.disclosure import open_disclosure_log
 from fedcredit.node.engine import FeatureEngine
 from fedcredit.node.policy import AccessPolicy
@@ -335,7 +336,7 @@ def run(quick: bool, full: bool) -> list[dict[str, Any]]:
                 # 1 enterprise x all 8 features, warm.
                 one = build_request(tokens[:1], [], **kw)
                 n1 = 200 if quick else 1000
-                health = health_pb2_grpc.HealthStub(client._channel)
+                health = health_pb2_grpc.HealthStub(client.channel)
                 hreq = health_pb2.HealthCheckRequest(service="")
                 timed(lambda: client.get_features_raw(one), 50)
                 timed(lambda: health.Check(hreq, timeout=10), 50)

@@ -20,7 +20,7 @@ SecAgg+ costs seconds per tree, so at the strong settings it runs for its first
 federated hist cut at as many trees, and only those two AUCs compare.
 The Simulation Engine's own round-trip floor (an empty message to every bank)
 is measured in the same run, for Flower's stock poller and for the
-low-latency one we use (see training/server/simulation.py).
+low-latency one we use (see training/run/simulation.py).
 
 Writes bench/results/training.json.
 """
@@ -46,9 +46,9 @@ from fedcredit.training.bank.source import CsvSource
 from fedcredit.training.gbdt import GBDTParams, fit_bin_spec, train_central
 from fedcredit.training.gbdt.lgb_text import ModelParts
 from fedcredit.training.gbdt.metrics import auc, ks
+from fedcredit.training.run.simulation import simulate_many
 from fedcredit.training.server.server_app import Floor
 from fedcredit.training.server.settings import TrainSettings
-from fedcredit.training.server.simulation import simulate_many
 from fedcredit.training.server.strategies import TrainOutcome, lgb_params
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"

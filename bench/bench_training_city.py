@@ -1,7 +1,7 @@
 """Federated credit model (issue 7) on the synthetic city: 7 non-IID banks, held-out enterprises.
 
 Run ``python -m bench.bench_training_city`` (``--quick`` for a short run). Generates a
-city (fixed seed), computes the 66 features the nodes serve (``node.catalog.compute_all``),
+city (fixed seed), computes the 66 features the nodes serve (``world.pooled.compute_all``),
 and writes one CSV per bank from its loan book (``world/banks/<bank>/loans.csv``, label
 ``defaulted``). A stable 20 % of borrowers (by a hash of the enterprise code) is held out
 and never trained on. At FATE's settings (30 trees, depth 3, 32 bins, learning rate 0.3)
@@ -38,9 +38,9 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from bench import bench_training
 from bench.bench_training import SETTINGS, TARGETS, run_setting
-from fedcredit.node.catalog import compute_all
 from fedcredit.training.bank.data import BankData, load_csv
 from fedcredit.world.generate import generate
+from fedcredit.world.pooled import compute_all
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training_city.json"
 ENTERPRISES = 40_000

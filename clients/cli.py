@@ -1,7 +1,11 @@
 """The `fedcredit` command line: one root, a group per role and per service.
 
-Each service package contributes its commands through ``<pkg>.cli.register(root)``;
-this module only builds the groups and the foundation commands (``init``, ``pki``).
+Each module in ``REGISTERED_MODULES`` defines its commands on module-level Typer apps
+and exports them as ``GROUPS: dict[str, typer.Typer]`` (group name -> app; ``""`` for
+commands on the root itself, such as ``fedcredit init``). This module builds the root
+and its groups, in the order and with the help texts below, and merges every module's
+apps into them: the root's groups hold the modules' commands and sub-groups, in module
+order, exactly as the modules declared them.
 """
 
 from __future__ import annotations
@@ -9,9 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
 
 import typer
 
@@ -32,60 +34,67 @@ GROUPS: dict[str, str] = {
     "model": "Model registry: list, show, publish and activate credit models.",
 }
 
-# Service packages whose `cli.register(root)` adds commands. Each service owns one line.
+# The key of a module's GROUPS whose commands sit on the root (`fedcredit init`).
+ROOT = ""
+
+# Modules whose `GROUPS` add commands, in the order their commands are listed.
 REGISTERED_MODULES: list[str] = [
-    "fedcredit.common.cli",
+    "fedcredit.clients.foundation",
     "fedcredit.world.cli",
     "fedcredit.node.cli",
     "fedcredit.consent.cli",
     "fedcredit.ledger.cli",
     "fedcredit.coordinator.cli",
-    "fedcredit.training.server.cli",
+    "fedcredit.training.run.cli",
     "fedcredit.clients.ops",
 ]
 
 
-@dataclass
-class Root:
-    app: typer.Typer
-    groups: dict[str, typer.Typer] = field(default_factory=dict)
-
-    def group(self, name: str) -> typer.Typer:
-        if name not in GROUPS:
-            raise KeyError(f"unknown command group {name!r}; add it to clients.cli.GROUPS")
-        if name not in self.groups:
-            g = typer.Typer(help=GROUPS[name], no_args_is_help=True, add_completion=False)
-            self.groups[name] = g
-            self.app.add_typer(g, name=name)
-        return self.groups[name]
-
-
-def _load(name: str) -> Callable[[Root], Any] | None:
+def _load(name: str) -> ModuleType | None:
     try:
-        mod = importlib.import_module(name)
+        return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        # Only a missing service module itself is tolerated (a component not
-        # installed); a missing dependency inside it is a real error.
+        # Only a missing module itself is tolerated (a component not installed); a
+        # missing dependency inside it is a real error.
         if exc.name == name or (exc.name and name.startswith(exc.name + ".")):
             return None
         raise
-    return getattr(mod, "register", None)
 
 
-def build_app() -> typer.Typer:
+def merge(into: typer.Typer, source: typer.Typer) -> None:
+    """Add ``source``'s commands and sub-groups to ``into``, after those it has. Only those
+    are merged: a module's app may not carry a callback of its own (it would be lost)."""
+    if source.registered_callback is not None:
+        raise ValueError(
+            "a module's command-group app may not have a callback; the root's groups own theirs"
+        )
+    into.registered_commands.extend(source.registered_commands)
+    into.registered_groups.extend(source.registered_groups)
+
+
+def build_app(modules: list[str] | None = None) -> typer.Typer:
     app = typer.Typer(
         help="fedcredit: a privacy-preserving federated data exchange for small-business credit.",
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    root = Root(app)
-    for g in GROUPS:
-        root.group(g)
-    for name in REGISTERED_MODULES:
-        register = _load(name)
-        if register is not None:
-            register(root)
+    groups: dict[str, typer.Typer] = {ROOT: app}
+    for name, help_text in GROUPS.items():
+        groups[name] = typer.Typer(help=help_text, no_args_is_help=True, add_completion=False)
+        app.add_typer(groups[name], name=name)
+    for module_name in REGISTERED_MODULES if modules is None else modules:
+        module = _load(module_name)
+        if module is None:
+            continue
+        contributed: dict[str, typer.Typer] = module.GROUPS
+        for group, sub in contributed.items():
+            if group not in groups:
+                raise KeyError(
+                    f"{module_name} adds commands to unknown group {group!r}; "
+                    "add it to clients.cli.GROUPS"
+                )
+            merge(groups[group], sub)
     return app
 
 

@@ -116,7 +116,8 @@ def _fedcredit(
     return svc
 
 
-def compose_file(banks: list[str]) -> dict[str, Any]:
+def _platform_services() -> dict[str, Any]:
+    """PostgreSQL, the ledger and the consent service."""
     cfg = ["--config", CONFIG_IN_CONTAINER]
     services: dict[str, Any] = {
         "postgres": {
@@ -147,12 +148,12 @@ def compose_file(banks: list[str]) -> dict[str, Any]:
             depends=["postgres", "ledger"],
         ),
     }
-    volumes: dict[str, Any] = {
-        "postgres-data": {},
-        "ledger-keys": {},
-        "consent-keys": {},
-        "coordinator-data": {},
-    }
+    return services
+
+
+def _node_services(services: dict[str, Any], volumes: dict[str, Any]) -> None:
+    """One node per department (each with its own volume), then the coordinator."""
+    cfg = ["--config", CONFIG_IN_CONTAINER]
     for d in DEPARTMENTS:
         name = f"node-{d.id.replace('_', '-')}"
         services[name] = _fedcredit(
@@ -167,6 +168,10 @@ def compose_file(banks: list[str]) -> dict[str, Any]:
         "coordinator", "coordinator", ["coordinator", "serve", *cfg], volumes=["coordinator-data:/srv"],
         depends=["postgres", "ledger", "consent", *[f"node-{d.id.replace('_', '-')}" for d in DEPARTMENTS]],
     )  # fmt: skip
+
+
+def _flower_services(services: dict[str, Any], banks: list[str]) -> None:
+    """Flower's SuperLink (at the coordinator) and one SuperNode per bank."""
     services["superlink"] = {
         "image": IMAGE,
         "build": ".",
@@ -192,6 +197,9 @@ def compose_file(banks: list[str]) -> dict[str, Any]:
             "depends_on": ["superlink"],
             "restart": "unless-stopped",
         }  # fmt: skip
+
+
+def _secrets(banks: list[str]) -> dict[str, Any]:
     orgs = [o for o, _ in default_organisations(banks)]
     secrets: dict[str, Any] = {"ca": {"file": "./secrets/ca.pem"}}
     for o in orgs:
@@ -199,11 +207,24 @@ def compose_file(banks: list[str]) -> dict[str, Any]:
         secrets[f"{o}-key"] = {"file": f"./secrets/orgs/{o}.key"}
     for b in banks:
         secrets[f"{b}-supernode-key"] = {"file": f"./secrets/supernode/{b}.key"}
+    return secrets
+
+
+def compose_file(banks: list[str]) -> dict[str, Any]:
+    services = _platform_services()
+    volumes: dict[str, Any] = {
+        "postgres-data": {},
+        "ledger-keys": {},
+        "consent-keys": {},
+        "coordinator-data": {},
+    }
+    _node_services(services, volumes)
+    _flower_services(services, banks)
     return {
         "name": "fedcredit",
         "services": services,
         "volumes": volumes,
-        "secrets": secrets,
+        "secrets": _secrets(banks),
         "configs": {"deployment": {"file": "./deploy/deployment.toml"}},
     }
 

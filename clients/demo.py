@@ -10,137 +10,20 @@ any service that died named; every call has a deadline, so nothing hangs.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedcredit.common import pki
-from fedcredit.common.config import Deployment, load_config
+from fedcredit.clients.demo_stage import DEMO_TREES, Demo, DemoFailed, progress_bar
+from fedcredit.clients.supervisor import Supervisor, service_specs
+from fedcredit.common.config import load_config
 from fedcredit.common.departments import DEPARTMENTS
 from fedcredit.common.deploy import write_local_deployment
-from fedcredit.common.errors import FedcreditError
-
-AUDITOR = "auditor-pboc-weihai"
-
-
-class DemoFailed(Exception):
-    def __init__(self, step: str, message: str) -> None:
-        super().__init__(f"step '{step}' failed: {message}")
-        self.step = step
-        self.message = message
-
-
-# Trees of the demo's credit model, otherwise FATE's settings (`fedcredit demo --help`).
-DEMO_TREES = 20
-
-
-@dataclass
-class StepRecord:
-    number: int
-    title: str
-    seconds: float = 0.0
-    ok: bool = False
-    detail: str = ""
-
-
-@dataclass
-class Demo:
-    dir: Path
-    enterprises: int
-    banks: int
-    seed: int
-    console: Console
-    # Flower engine for the training step: the Deployment Engine (a SuperLink and one
-    # SuperNode per bank as processes), as a real federation runs; "simulation" is quicker.
-    engine: str = "deployment"
-    trees: int = DEMO_TREES
-    steps: list[StepRecord] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
-    dep: Deployment | None = None
-    supervisor: Any = None
-
-    @property
-    def config(self) -> Path:
-        assert self.dep is not None
-        return self.dep.path
-
-    @contextmanager
-    def step(self, title: str) -> Iterator[StepRecord]:
-        rec = StepRecord(len(self.steps) + 1, title)
-        self.steps.append(rec)
-        self.console.rule(f"[bold]{rec.number}. {title}")
-        t0 = time.perf_counter()
-        try:
-            yield rec
-        except DemoFailed:
-            raise
-        except (
-            FedcreditError,
-            OSError,
-            subprocess.SubprocessError,
-            AssertionError,
-            ValueError,
-            KeyError,
-        ) as exc:
-            rec.seconds = time.perf_counter() - t0
-            raise DemoFailed(title, self._explain(exc)) from exc
-        rec.seconds = time.perf_counter() - t0
-        dead = self.supervisor.dead_services() if self.supervisor is not None else []
-        if dead:
-            # A step can succeed on what it needed while another service has died: the
-            # federation is broken all the same, so say so here rather than later.
-            logs = ", ".join(str(self.supervisor.logs / f"{d}.log") for d in dead)
-            raise DemoFailed(title, f"service(s) {', '.join(dead)} stopped running; logs: {logs}")
-        rec.ok = True
-        self.console.print(f"[green]✓[/] {title} [dim]({rec.seconds:.1f} s)[/]")
-
-    def _explain(self, exc: BaseException) -> str:
-        msg = str(exc) or type(exc).__name__
-        dead = self.supervisor.dead_services() if self.supervisor is not None else []
-        if dead:
-            logs = ", ".join(str(self.supervisor.logs / f"{d}.log") for d in dead)
-            return f"service(s) {', '.join(dead)} stopped running ({msg}); logs: {logs}"
-        return msg
-
-    # --- helpers -----------------------------------------------------------------
-
-    def fedcredit(self, *args: str, timeout: float = 60.0) -> Any:
-        """Run a `fedcredit` command as the organisations would, with --json; return its JSON."""
-        cmd = [sys.executable, "-m", "fedcredit.clients.cli", *args, "--json"]
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.dir)
-        except subprocess.TimeoutExpired as exc:
-            raise DemoFailed(
-                " ".join(args[:2]),
-                f"`fedcredit {' '.join(args)}` did not finish in {timeout:.0f} s",
-            ) from exc
-        if res.returncode != 0:
-            detail = (res.stdout.strip() or res.stderr.strip()).splitlines()[-8:]
-            raise DemoFailed(
-                " ".join(args[:2]),
-                f"`fedcredit {' '.join(args)}` exited {res.returncode}: " + " / ".join(detail),
-            )
-        return json.loads(res.stdout)
-
-    def enterprise_tls(self, code: str) -> Any:
-        assert self.dep is not None
-        cert = self.dep.pki_dir / "orgs" / f"{code}.pem"
-        if not cert.exists():
-            pki.issue(self.dep.pki_dir, code, "enterprise")
-        return self.dep.tls(code)
-
 
 LOAD_WORKERS = 2
 
@@ -153,21 +36,6 @@ def _load_node(database: str, department: str, world: str) -> None:
         store.load(Path(world))
     finally:
         store.close()
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<34}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
-
-
-def _truth(world: Path) -> list[dict[str, str]]:
-    with open(world / "_truth" / "enterprises.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def run_demo(
@@ -207,6 +75,7 @@ def run_demo(
 
 
 def _play(demo: Demo) -> None:
+    # Imported here: the node loaders' spawned processes import this module, not the story.
     from fedcredit.clients.demo_story import play_story, train_model
 
     world = start_federation(demo)
@@ -216,9 +85,14 @@ def _play(demo: Demo) -> None:
 
 def start_federation(demo: Demo) -> Path:
     """Steps 1-4: deployment and PKI, the city, the nodes' databases, every service running."""
-    from fedcredit.clients.supervisor import Supervisor, service_specs
+    _write_deployment(demo)
+    world = _generate_city(demo)
+    _load_nodes(demo, world)
+    _start_services(demo)
+    return world
 
-    c = demo.console
+
+def _write_deployment(demo: Demo) -> None:
     with demo.step("Write a local deployment and its PKI (fedcredit init)"):
         if (demo.dir / "deployment.toml").exists():
             # A previous demo may still run (--keep): stop it before replacing it.
@@ -227,17 +101,19 @@ def start_federation(demo: Demo) -> Path:
             shutil.rmtree(demo.dir)
         path = write_local_deployment(demo.dir, name="weihai-demo", bank_count=demo.banks)
         demo.dep = load_config(path)
-        c.print(
+        demo.console.print(
             f"{len(demo.dep.organisations)} organisations, certificates under {demo.dep.pki_dir}"
         )
 
+
+def _generate_city(demo: Demo) -> Path:
     world = demo.dir / "world"
     with demo.step(
         f"Generate the synthetic city ({demo.enterprises:,} enterprises, {demo.banks} banks, 36 months)"
     ):
         from fedcredit.world.generate import generate
 
-        with _progress(c) as bar:
+        with progress_bar(demo.console) as bar:
             manifest = generate(
                 world,
                 enterprises=demo.enterprises,
@@ -251,8 +127,11 @@ def start_federation(demo: Demo) -> Path:
             "banks": demo.banks,
             "seed": demo.seed,
         }
-        c.print(f"world written to {world} ({len(getattr(manifest, 'files', {}) or {})} files)")
+        demo.console.print(f"world written to {world} ({len(manifest.files)} files)")
+    return world
 
+
+def _load_nodes(demo: Demo, world: Path) -> None:
     with demo.step("Load each department's raw records into its own node database"):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -261,7 +140,7 @@ def start_federation(demo: Demo) -> Path:
         # Each department loads its own database, two at a time (one per core here); spawned,
         # not forked, as the caller may already hold gRPC channels.
         with (
-            _progress(c) as bar,
+            progress_bar(demo.console) as bar,
             ProcessPoolExecutor(
                 max_workers=LOAD_WORKERS, mp_context=multiprocessing.get_context("spawn")
             ) as pool,
@@ -275,22 +154,22 @@ def start_federation(demo: Demo) -> Path:
                 job.result()
                 bar.update(task, advance=1, description=f"loaded {jobs[job]}")
 
+
+def _start_services(demo: Demo) -> None:
     with demo.step(
         "Start every service as its own process with mTLS (ledger, consent, 12 nodes, coordinator)"
     ):
         assert demo.dep is not None
         demo.supervisor = Supervisor(demo.dep)
         specs = service_specs(demo.dep)
-        with _progress(c) as bar:
+        with progress_bar(demo.console) as bar:
             task = bar.add_task("services", total=len(specs))
             demo.supervisor.start_all(
                 specs, timeout=90, on_started=lambda got: bar.advance(task, len(got))
             )
-        c.print(
+        demo.console.print(
             f"{len(specs)} services healthy, each its own process; logs under {demo.supervisor.logs}"
         )
-
-    return world
 
 
 def _summary(demo: Demo, as_json: bool, code: int) -> None:
@@ -325,10 +204,3 @@ def _summary(demo: Demo, as_json: bool, code: int) -> None:
     demo.console.print(
         f"total {demo.facts.get('total_seconds')} s — {'[green]all steps passed[/]' if code == 0 else '[red]failed[/]'}"
     )
-
-
-def table_fact(demo: Demo, title: str, rows: dict[str, Any]) -> None:
-    demo.facts.setdefault("tables", {})[title] = rows
-
-
-Callback = Callable[[Demo], None]

@@ -1,19 +1,30 @@
-"""The story the demo plays once the federation runs (see clients/demo.py)."""
+"""The story the demo plays once the federation runs (see clients/demo.py), step by step."""
 
 from __future__ import annotations
 
 import csv
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedcredit.clients.consent_client import ConsentClient
-from fedcredit.clients.coordinator_client import CoordinatorClient
-from fedcredit.clients.demo import AUDITOR, Demo, DemoFailed, _truth, table_fact
+from fedcredit.clients.demo_stage import (
+    AUDITOR,
+    Demo,
+    DemoFailed,
+    progress_bar,
+    read_truth,
+    table_fact,
+)
 from fedcredit.common.errors import PermissionDenied
-from fedcredit.consent.authority import ConsentTerms
+from fedcredit.consent.client import ConsentClient
+from fedcredit.consent.terms import ConsentTerms
+from fedcredit.coordinator.client import CoordinatorClient
 from fedcredit.training.gbdt.params import GBDTParams
+
+if TYPE_CHECKING:
+    from fedcredit.training.run.city import CityTrainReport
 
 
 def _consent(demo: Demo, enterprise: str, bank: str, purpose: str, *, uses: int = 5) -> str:
@@ -45,21 +56,47 @@ def _coordinator(demo: Demo, org: str) -> CoordinatorClient:
     )
 
 
+@dataclass(frozen=True)
+class Cast:
+    """The story's characters, chosen from the city's hidden truth (only the demo reads it)."""
+
+    bank: str
+    healthy: str  # the healthiest enterprise
+    failing: list[str]  # the twelve least healthy
+
+
 def play_story(demo: Demo, world: Path) -> None:
     assert demo.dep is not None
-    c = demo.console
-    bank = demo.dep.banks[0]
-    truth = _truth(world)
-    by_health = sorted(truth, key=lambda r: float(r["health_as_of"]))
-    healthy = by_health[-1]["code"]
-    failing = [r["code"] for r in by_health[:12]]
+    by_health = sorted(read_truth(world), key=lambda r: float(r["health_as_of"]))
+    cast = Cast(
+        bank=demo.dep.banks[0],
+        healthy=by_health[-1]["code"],
+        failing=[r["code"] for r in by_health[:12]],
+    )
+    token = _grant(demo, cast)
+    _score(demo, cast, token)
+    _guarantee(demo, cast)
+    _refuse_d_rated(demo, cast)
+    _revoke(demo, cast, token)
+    _subject_listing(demo, cast)
+    _audit(demo)
+    _services_summary(demo)
 
+
+def _grant(demo: Demo, cast: Cast) -> str:
+    """The healthy enterprise grants the bank a credit_assessment consent; its token."""
+    bank, healthy, c = cast.bank, cast.healthy, demo.console
     with demo.step(f"Enterprise {healthy} grants {bank} consent for credit assessment"):
         token = _consent(demo, healthy, bank, "credit_assessment")
         c.print(
             f"consent token issued to {bank} ({len(token)} bytes, EdDSA, bound to the bank's certificate)"
         )
+    return token
 
+
+def _score(demo: Demo, cast: Cast, token: str) -> None:
+    """The bank gets the healthy enterprise's score with the token."""
+    bank, healthy, c = cast.bank, cast.healthy, demo.console
     with demo.step(f"{bank} asks the coordinator for the score"), _coordinator(demo, bank) as coord:
         res = coord.score(healthy, token)
         c.print(
@@ -75,6 +112,10 @@ def play_story(demo: Demo, world: Path) -> None:
             "ledger_index": res.ledger_index,
         }
 
+
+def _guarantee(demo: Demo, cast: Cast) -> None:
+    """The bank applies for a guarantee (with collateral if the fund asks for it)."""
+    bank, healthy, c = cast.bank, cast.healthy, demo.console
     with (
         demo.step(f"{bank} applies for a guarantee on a 3,000,000 yuan loan"),
         _coordinator(demo, bank) as coord,
@@ -117,6 +158,10 @@ def play_story(demo: Demo, world: Path) -> None:
             "fund_share_pct": d.fund_share_bp / 100,
         }
 
+
+def _refuse_d_rated(demo: Demo, cast: Cast) -> None:
+    """One of the least healthy enterprises, rated D, applies and is refused."""
+    bank, failing, c = cast.bank, cast.failing, demo.console
     with (
         demo.step("A D-rated enterprise applies and is refused"),
         _coordinator(demo, bank) as coord,
@@ -150,6 +195,11 @@ def play_story(demo: Demo, world: Path) -> None:
             "reason": refused.reason,
         }
 
+
+def _revoke(demo: Demo, cast: Cast, token: str) -> None:
+    """The enterprise revokes; the bank's next score request is refused within 1 s."""
+    assert demo.dep is not None
+    bank, healthy, c = cast.bank, cast.healthy, demo.console
     with (
         demo.step(f"{healthy} revokes its consent; {bank}'s next request is refused"),
         _coordinator(demo, bank) as coord,
@@ -177,6 +227,10 @@ def play_story(demo: Demo, world: Path) -> None:
             )
         demo.facts["revocation_ms"] = round(refused_after * 1000, 1)
 
+
+def _subject_listing(demo: Demo, cast: Cast) -> None:
+    """The enterprise lists every access to its data, each entry proved."""
+    healthy, c = cast.healthy, demo.console
     with demo.step(f"{healthy} lists every access to its data, each with an inclusion proof"):
         # Only entries under a signed checkpoint come with a proof, and the ledger signs one
         # within a second of new entries: the story's last entries may need that second.
@@ -200,6 +254,11 @@ def play_story(demo: Demo, world: Path) -> None:
             c.print(f"  #{e['index']} {e['kind']:<20} by {e['actor']}")
         demo.facts["subject_entries"] = len(rows)
 
+
+def _audit(demo: Demo) -> None:
+    """The auditor checks the checkpoint, its cosignatures and consistency, and replays the log."""
+    assert demo.dep is not None
+    c = demo.console
     with demo.step(
         "An auditor verifies the latest checkpoint, its cosignatures, consistency and the whole log"
     ):
@@ -237,6 +296,9 @@ def play_story(demo: Demo, world: Path) -> None:
             "verified": True,
         }
 
+
+def _services_summary(demo: Demo) -> None:
+    """The fund, the active model and the ledger, as the services report them."""
     with demo.step("Summary from the services"), _coordinator(demo, "operator") as coord:
         fund = coord.fund_status()
         model = coord.get_model("")
@@ -287,32 +349,45 @@ def demo_params(demo: Demo) -> GBDTParams:
     """The demo model's settings: FATE's (depth 3, 32 bins, learning rate 0.3), ``--trees``."""
     from dataclasses import replace
 
-    from fedcredit.training.server.city import PRESETS
+    from fedcredit.training.run.city import PRESETS
 
     return replace(PRESETS["fate"], num_trees=demo.trees)
 
 
 def train_model(demo: Demo, world: Path) -> None:
     """Consents for training, then the hist model with SecAgg+ in the demo's Flower engine."""
-    from fedcredit.clients.demo import _progress
+    assert demo.dep is not None
+    _training_consents(demo, world)
+    rep = _train(demo)
+    _check_on_whole_city(demo, world, rep)
+    _first_checkpoint(demo)
+
+
+def _training_consents(demo: Demo, world: Path) -> None:
     from fedcredit.training.bank.consents import collect_training_consents
-    from fedcredit.training.server.city import train_city
-    from fedcredit.training.server.settings import TrainSettings
 
     assert demo.dep is not None
     c = demo.console
     with demo.step("Each bank's borrowers grant it a model_training consent"):
-        with _progress(c) as bar:
+        with progress_bar(c) as bar:
             counts = collect_training_consents(demo.dep, world, progress=bar)
         for bank, n in counts.items():
             c.print(f"  {bank}: {n:,} borrowers consented")
         demo.facts["training_consents"] = counts
 
+
+def _train(demo: Demo) -> CityTrainReport:
+    """Federated training in the demo's engine, publication and activation; the report."""
+    from fedcredit.training.run.city import train_city
+    from fedcredit.training.server.settings import TrainSettings
+
+    assert demo.dep is not None
+    c = demo.console
     where = "Deployment Engine" if demo.engine == "deployment" else "Simulation Engine"
     with demo.step(
         f"Train the credit model: hist GBDT in Flower's {where} with SecAgg+, publish, activate"
     ):
-        with _progress(c) as bar:
+        with progress_bar(c) as bar:
             rep = train_city(
                 demo.dep,
                 engine=demo.engine,
@@ -350,7 +425,11 @@ def train_model(demo: Demo, world: Path) -> None:
                 "training rows": sum(rep.rows_per_bank.values()),
             },
         )
+    return rep
 
+
+def _check_on_whole_city(demo: Demo, world: Path, rep: CityTrainReport) -> None:
+    c = demo.console
     with demo.step(
         "Check the model against the whole city's hidden outcomes (the demo's own check)"
     ):
@@ -370,6 +449,9 @@ def train_model(demo: Demo, world: Path) -> None:
             }
         )
 
+
+def _first_checkpoint(demo: Demo) -> None:
+    c = demo.console
     with demo.step(
         "The auditor saves the first checkpoint it will later check consistency against"
     ):
@@ -406,9 +488,9 @@ def _whole_city_auc(demo: Demo, world: Path, version: str) -> tuple[float, float
     import lightgbm as lgb
     import numpy as np
 
-    from fedcredit.node.catalog import compute_all
     from fedcredit.training.gbdt.metrics import auc
     from fedcredit.training.server.strategies import lgb_params
+    from fedcredit.world.pooled import compute_all
 
     with _coordinator(demo, "operator") as coord:
         text = coord.get_model(version, include_model_text=True).model_text
@@ -416,7 +498,7 @@ def _whole_city_auc(demo: Demo, world: Path, version: str) -> tuple[float, float
     names = list(booster.feature_name())
     codes, all_names, matrix = compute_all(world)
     x = matrix[:, [all_names.index(f) for f in names]]
-    truth = {r["code"]: int(r["defaulted_12m"]) for r in _truth(world)}
+    truth = {r["code"]: int(r["defaulted_12m"]) for r in read_truth(world)}
     labels: dict[str, int] = {}
     for loans in sorted((world / "banks").glob("*/loans.csv")):
         with open(loans, newline="") as fh:

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from fedcredit.clients.supervisor import Supervisor, service_specs
 from fedcredit.common.cliutil import console, fail, output, user_errors
 from fedcredit.common.config import load_config
 from fedcredit.common.errors import ConfigError
-
-if TYPE_CHECKING:
-    from fedcredit.clients.cli import Root
 
 ConfigOpt = Annotated[
     Path, typer.Option("--config", help="The deployment file (fedcredit init writes one).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+# `fedcredit up | status | down | demo` sit on the root itself (the "" group).
+ops = typer.Typer()
+operator = typer.Typer()
+GROUPS: dict[str, typer.Typer] = {"": ops, "operator": operator}
 
 
 def _status_table(rows: list[dict[str, object]]) -> Table:
@@ -33,162 +36,163 @@ def _status_table(rows: list[dict[str, object]]) -> Table:
     return t
 
 
-def register(root: Root) -> None:
-    from fedcredit.clients.supervisor import Supervisor, service_specs
+@ops.command("up")
+def up(
+    config: ConfigOpt,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Start only these services (e.g. ledger, node-tax)."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds each service has to become healthy.")
+    ] = 60.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start every service of the deployment as a local process, each healthy before the next."""
+    with user_errors(as_json):
+        dep = load_config(config)
+        sup = Supervisor(dep)
+        specs = [s for s in service_specs(dep) if not only or s.name in only]
+        with console.status("starting services...") if not as_json else _null():
+            sup.start_all(specs, timeout=timeout)
+        rows = sup.status()
+    output(rows, as_json, _status_table(rows))
 
-    @root.app.command("up")
-    def up(
-        config: ConfigOpt,
-        only: Annotated[
-            list[str] | None,
-            typer.Option("--only", help="Start only these services (e.g. ledger, node-tax)."),
-        ] = None,
-        timeout: Annotated[
-            float, typer.Option(help="Seconds each service has to become healthy.")
-        ] = 60.0,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Start every service of the deployment as a local process, each healthy before the next."""
-        with user_errors(as_json):
-            dep = load_config(config)
-            sup = Supervisor(dep)
-            specs = [s for s in service_specs(dep) if not only or s.name in only]
-            with console.status("starting services...") if not as_json else _null():
-                sup.start_all(specs, timeout=timeout)
-            rows = sup.status()
-        output(rows, as_json, _status_table(rows))
 
-    @root.app.command("status")
-    def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
-        """Show each service: process, address, gRPC health."""
-        with user_errors(as_json):
-            rows = Supervisor(load_config(config)).status()
-        output(rows, as_json, _status_table(rows))
-        if not all(r["healthy"] for r in rows):
-            raise typer.Exit(1)
+@ops.command("status")
+def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
+    """Show each service: process, address, gRPC health."""
+    with user_errors(as_json):
+        rows = Supervisor(load_config(config)).status()
+    output(rows, as_json, _status_table(rows))
+    if not all(r["healthy"] for r in rows):
+        raise typer.Exit(1)
 
-    @root.app.command("down")
-    def down(config: ConfigOpt, as_json: JsonOpt = False) -> None:
-        """Stop every service of the deployment (SIGTERM, then SIGKILL after 10 s)."""
-        with user_errors(as_json):
-            stopped = Supervisor(load_config(config)).stop()
-        output({"stopped": stopped}, as_json)
 
-    @root.group("operator").command("health")
-    def health(config: ConfigOpt, as_json: JsonOpt = False) -> None:
-        """Probe every service's gRPC health endpoint (same as `fedcredit status`)."""
-        status(config, as_json)
+@ops.command("down")
+def down(config: ConfigOpt, as_json: JsonOpt = False) -> None:
+    """Stop every service of the deployment (SIGTERM, then SIGKILL after 10 s)."""
+    with user_errors(as_json):
+        stopped = Supervisor(load_config(config)).stop()
+    output({"stopped": stopped}, as_json)
 
-    @root.group("operator").command("probe")
-    def probe(
-        config: ConfigOpt,
-        service: Annotated[
-            str,
-            typer.Option("--service", help="ledger, consent, coordinator or node-<department>."),
-        ],
-        as_org: Annotated[
-            str, typer.Option("--as", help="Organisation whose certificate makes the call.")
-        ] = "operator",
-        timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 3.0,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Health-check one service over mTLS (exit 0 when SERVING): for container health checks."""
-        from fedcredit.common.errors import NotFound
-        from fedcredit.common.server import check_health
 
-        with user_errors(as_json):
-            dep = load_config(config)
-            specs = {s.name: s for s in service_specs(dep)}
-            if service not in specs:
-                raise NotFound(
-                    f"no service {service!r} in {config}; expected one of {', '.join(specs)}"
-                )
-            spec = specs[service]
-            ok = check_health(
-                spec.address, dep.tls(as_org), server_org=spec.org_id, timeout=timeout
+@operator.command("health")
+def health(config: ConfigOpt, as_json: JsonOpt = False) -> None:
+    """Probe every service's gRPC health endpoint (same as `fedcredit status`)."""
+    status(config, as_json)
+
+
+@operator.command("probe")
+def probe(
+    config: ConfigOpt,
+    service: Annotated[
+        str,
+        typer.Option("--service", help="ledger, consent, coordinator or node-<department>."),
+    ],
+    as_org: Annotated[
+        str, typer.Option("--as", help="Organisation whose certificate makes the call.")
+    ] = "operator",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 3.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Health-check one service over mTLS (exit 0 when SERVING): for container health checks."""
+    from fedcredit.common.errors import NotFound
+    from fedcredit.common.server import check_health
+
+    with user_errors(as_json):
+        dep = load_config(config)
+        specs = {s.name: s for s in service_specs(dep)}
+        if service not in specs:
+            raise NotFound(
+                f"no service {service!r} in {config}; expected one of {', '.join(specs)}"
             )
-        output({"service": service, "address": spec.address, "serving": ok}, as_json)
-        raise typer.Exit(0 if ok else 1)
+        spec = specs[service]
+        ok = check_health(spec.address, dep.tls(as_org), server_org=spec.org_id, timeout=timeout)
+    output({"service": service, "address": spec.address, "serving": ok}, as_json)
+    raise typer.Exit(0 if ok else 1)
 
-    @root.group("operator").command("compose")
-    def compose(
-        out: Annotated[
-            Path, typer.Option("--out", help="Folder for docker-compose.yml and deploy/.")
-        ] = Path("."),
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Write docker-compose.yml and its deployment file: one container per organisation."""
-        from fedcredit.clients.compose import write_compose
 
-        with user_errors(as_json):
-            paths = write_compose(out)
-        output({"written": [str(p) for p in paths]}, as_json)
+@operator.command("compose")
+def compose(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for docker-compose.yml and deploy/.")
+    ] = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Write docker-compose.yml and its deployment file: one container per organisation."""
+    from fedcredit.clients.compose import write_compose
 
-    @root.app.command("demo")
-    def demo(
-        dir: Annotated[Path, typer.Option("--dir", help="Where the demo deployment lives.")] = Path(
-            "var/demo"
+    with user_errors(as_json):
+        paths = write_compose(out)
+    output({"written": [str(p) for p in paths]}, as_json)
+
+
+@ops.command("demo")
+def demo(
+    dir: Annotated[Path, typer.Option("--dir", help="Where the demo deployment lives.")] = Path(
+        "var/demo"
+    ),
+    enterprises: Annotated[int, typer.Option(help="Enterprises in the synthetic city.")] = 5000,
+    banks: Annotated[
+        int, typer.Option(help="Partner banks (3-7: secure aggregation needs at least 3).")
+    ] = 7,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic city.")] = 20240601,
+    keep: Annotated[bool, typer.Option(help="Leave the services running at the end.")] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="Flower engine for training: 'deployment' (default: a SuperLink and one "
+            "SuperNode per bank as processes, TLS and SuperNode authentication; ~1.5-2 min "
+            "of training for 7 banks with SecAgg+ on 2 cores) or 'simulation' (Flower's "
+            "Simulation Engine in one process)."
         ),
-        enterprises: Annotated[int, typer.Option(help="Enterprises in the synthetic city.")] = 5000,
-        banks: Annotated[
-            int, typer.Option(help="Partner banks (3-7: secure aggregation needs at least 3).")
-        ] = 7,
-        seed: Annotated[int, typer.Option(help="Seed of the synthetic city.")] = 20240601,
-        keep: Annotated[bool, typer.Option(help="Leave the services running at the end.")] = False,
-        engine: Annotated[
-            str,
-            typer.Option(
-                help="Flower engine for training: 'deployment' (default: a SuperLink and one "
-                "SuperNode per bank as processes, TLS and SuperNode authentication; ~1.5-2 min "
-                "of training for 7 banks with SecAgg+ on 2 cores) or 'simulation' (Flower's "
-                "Simulation Engine in one process)."
-            ),
-        ] = "deployment",
-        trees: Annotated[
-            int,
-            typer.Option(
-                help="Trees of the credit model (depth 3, 32 bins, learning rate 0.3). 20 by "
-                "default: on the default city (5,000 firms, this seed) 20 trees score AUC "
-                "0.718 on held-out borrowers and 0.700 on non-borrowers, 30 trees 0.684 and "
-                "0.696 (they overfit), and SecAgg+ costs 12 rounds per tree."
-            ),
-        ] = 20,  # clients.demo.DEMO_TREES (not imported here: the CLI starts lighter)
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Run the whole federation locally on SQLite and play the story end to end."""
-        from fedcredit.clients.demo import run_demo
+    ] = "deployment",
+    trees: Annotated[
+        int,
+        typer.Option(
+            help="Trees of the credit model (depth 3, 32 bins, learning rate 0.3). 20 by "
+            "default: on the default city (5,000 firms, this seed) 20 trees score AUC "
+            "0.718 on held-out borrowers and 0.700 on non-borrowers, 30 trees 0.684 and "
+            "0.696 (they overfit), and SecAgg+ costs 12 rounds per tree."
+        ),
+    ] = 20,  # clients.demo_stage.DEMO_TREES (not imported here: the CLI starts lighter)
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the whole federation locally on SQLite and play the story end to end."""
+    from fedcredit.clients.demo import run_demo
 
-        if not 3 <= banks <= 7:
-            fail(
-                ConfigError(
-                    f"--banks: expected 3 to 7 (SecAgg+ needs at least three banks), got {banks}"
-                ),
-                as_json=as_json,
-            )
-        if engine not in ("simulation", "deployment"):
-            fail(
-                ConfigError(f"--engine: expected simulation or deployment, got {engine!r}"),
-                as_json=as_json,
-            )
-        if not 1 <= trees <= 200:
-            fail(ConfigError(f"--trees: expected 1 to 200, got {trees}"), as_json=as_json)
-        if not 200 <= enterprises <= 200_000:
-            fail(
-                ConfigError(f"--enterprises: expected 200 to 200,000, got {enterprises}"),
-                as_json=as_json,
-            )
-
-        code = run_demo(
-            dir=dir,
-            enterprises=enterprises,
-            banks=banks,
-            seed=seed,
-            keep=keep,
+    if not 3 <= banks <= 7:
+        fail(
+            ConfigError(
+                f"--banks: expected 3 to 7 (SecAgg+ needs at least three banks), got {banks}"
+            ),
             as_json=as_json,
-            engine=engine,
-            trees=trees,
         )
-        raise typer.Exit(code)
+    if engine not in ("simulation", "deployment"):
+        fail(
+            ConfigError(f"--engine: expected simulation or deployment, got {engine!r}"),
+            as_json=as_json,
+        )
+    if not 1 <= trees <= 200:
+        fail(ConfigError(f"--trees: expected 1 to 200, got {trees}"), as_json=as_json)
+    if not 200 <= enterprises <= 200_000:
+        fail(
+            ConfigError(f"--enterprises: expected 200 to 200,000, got {enterprises}"),
+            as_json=as_json,
+        )
+
+    code = run_demo(
+        dir=dir,
+        enterprises=enterprises,
+        banks=banks,
+        seed=seed,
+        keep=keep,
+        as_json=as_json,
+        engine=engine,
+        trees=trees,
+    )
+    raise typer.Exit(code)
 
 
 class _null:

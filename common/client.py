@@ -25,6 +25,7 @@ class ServiceClient(Generic[StubT]):
 
     stub_type: Callable[[grpc.Channel], StubT]
     default_server_org: str = ""
+    default_timeout: float = 10.0
 
     def __init__(
         self,
@@ -33,10 +34,10 @@ class ServiceClient(Generic[StubT]):
         *,
         server_org: str | None = None,
         insecure: bool = False,
-        timeout: float = 10.0,
+        timeout: float | None = None,
     ) -> None:
         self.address = address
-        self.timeout = timeout
+        self.timeout = self.default_timeout if timeout is None else timeout
         self.channel: grpc.Channel = channel(
             address, tls, server_org=server_org or self.default_server_org, insecure=insecure
         )
@@ -58,11 +59,20 @@ class ServiceClient(Generic[StubT]):
             raise from_rpc_error(exc) from None
 
     def _stream(
-        self, fn: Callable[..., Any], request: Any, timeout: float | None = None
+        self,
+        fn: Callable[..., Any],
+        request: Any,
+        timeout: float | None = None,
+        *,
+        bounded: bool = True,
     ) -> Iterator[Any]:
-        """The messages of a server stream; a failure mid-stream raises the typed error."""
+        """The messages of a server stream; a failure mid-stream raises the typed error.
+
+        ``bounded=False``: ``timeout=None`` means no deadline (a long-lived stream, e.g.
+        a watch) instead of the client's default.
+        """
         try:
-            yield from fn(request, timeout=timeout or self.timeout)
+            yield from fn(request, timeout=timeout if timeout or not bounded else self.timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
@@ -72,6 +82,7 @@ class AsyncServiceClient(Generic[StubT]):
 
     stub_type: Callable[[grpc.aio.Channel], StubT]
     default_server_org: str = ""
+    default_timeout: float = 10.0
 
     def __init__(
         self,
@@ -80,10 +91,10 @@ class AsyncServiceClient(Generic[StubT]):
         *,
         server_org: str | None = None,
         insecure: bool = False,
-        timeout: float = 10.0,
+        timeout: float | None = None,
     ) -> None:
         self.address = address
-        self.timeout = timeout
+        self.timeout = self.default_timeout if timeout is None else timeout
         self.channel: grpc.aio.Channel = channel(
             address,
             tls,
@@ -111,10 +122,17 @@ class AsyncServiceClient(Generic[StubT]):
             raise from_rpc_error(exc) from None
 
     async def _stream(
-        self, fn: Callable[..., Any], request: Any, timeout: float | None = None
+        self,
+        fn: Callable[..., Any],
+        request: Any,
+        timeout: float | None = None,
+        *,
+        bounded: bool = True,
     ) -> AsyncIterator[Any]:
+        """See :meth:`ServiceClient._stream` (``bounded=False``: None is no deadline)."""
         try:
-            async for m in fn(request, timeout=timeout or self.timeout):
+            deadline = timeout if timeout or not bounded else self.timeout
+            async for m in fn(request, timeout=deadline):
                 yield m
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None

@@ -245,20 +245,9 @@ def _check_address(addr: str, where: str) -> str:
     return addr
 
 
-def parse_config(data: Mapping[str, Any], path: Path) -> Deployment:
-    src = str(path)
-    base = path.parent
-    unknown = sorted(set(data) - TOP_LEVEL)
-    if unknown:
-        raise ConfigError(
-            f"{src}: unknown top-level table(s) {', '.join(unknown)}; expected some of {', '.join(sorted(TOP_LEVEL))}"
-        )
-    dep = data.get("deployment")
-    if not isinstance(dep, dict):
-        raise ConfigError(f"{src}: [deployment] table is required")
-    name = _req(dep, "name", f"{src}: [deployment]")
-    pki_dir = (base / _req(dep, "pki", f"{src}: [deployment]")).resolve()
-
+def _parse_organisations(
+    data: Mapping[str, Any], src: str, base: Path, pki_dir: Path
+) -> dict[str, Organisation]:
     orgs: dict[str, Organisation] = {}
     raw_orgs = data.get("organisations", [])
     if not isinstance(raw_orgs, list):
@@ -275,7 +264,12 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Deployment:
         key = base / o["key"] if "key" in o else pki_dir / "orgs" / f"{oid}.key"
         ca = base / o["ca"] if "ca" in o else pki_dir / "ca.pem"
         orgs[oid] = Organisation(oid, role, TlsFiles(ca=ca, cert=cert, key=key))
+    return orgs
 
+
+def _parse_services(
+    data: Mapping[str, Any], src: str, base: Path, orgs: Mapping[str, Organisation]
+) -> dict[str, ServiceConfig]:
     services: dict[str, ServiceConfig] = {}
     raw_services = data.get("services", {})
     for sname, s in raw_services.items():
@@ -293,7 +287,12 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Deployment:
             _check_address(_req(s, "address", where), where),
             _resolve_db(_req(s, "database", where), base, where),
         )
+    return services
 
+
+def _parse_nodes(
+    data: Mapping[str, Any], src: str, base: Path, orgs: Mapping[str, Organisation]
+) -> list[NodeConfig]:
     nodes: list[NodeConfig] = []
     for i, n in enumerate(data.get("nodes", [])):
         where = f"{src}: [[nodes]] #{i + 1}"
@@ -323,7 +322,10 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Deployment:
         raise ConfigError(
             f"{src}: department(s) {', '.join(sorted(dup))} have more than one [[nodes]] entry"
         )
+    return nodes
 
+
+def _parse_banks(data: Mapping[str, Any], src: str, orgs: Mapping[str, Organisation]) -> list[str]:
     banks_tab = data.get("banks", {})
     banks = list(banks_tab.get("orgs", [])) if isinstance(banks_tab, dict) else []
     for b in banks:
@@ -331,6 +333,26 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Deployment:
             raise ConfigError(
                 f"{src}: [banks] orgs lists {b!r}, which is not an organisation with role 'bank'"
             )
+    return banks
+
+
+def parse_config(data: Mapping[str, Any], path: Path) -> Deployment:
+    src = str(path)
+    base = path.parent
+    unknown = sorted(set(data) - TOP_LEVEL)
+    if unknown:
+        raise ConfigError(
+            f"{src}: unknown top-level table(s) {', '.join(unknown)}; expected some of {', '.join(sorted(TOP_LEVEL))}"
+        )
+    dep = data.get("deployment")
+    if not isinstance(dep, dict):
+        raise ConfigError(f"{src}: [deployment] table is required")
+    name = _req(dep, "name", f"{src}: [deployment]")
+    pki_dir = (base / _req(dep, "pki", f"{src}: [deployment]")).resolve()
+    orgs = _parse_organisations(data, src, base, pki_dir)
+    services = _parse_services(data, src, base, orgs)
+    nodes = _parse_nodes(data, src, base, orgs)
+    banks = _parse_banks(data, src, orgs)
     return Deployment(path, name, pki_dir, orgs, services, nodes, banks, dict(data))
 
 

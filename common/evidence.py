@@ -9,9 +9,12 @@ propagate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+
+# One entry to append: (kind, subject, payload).
+NewEntry: TypeAlias = tuple[str, str | None, Mapping[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,4 +36,23 @@ class EvidenceSink(Protocol):
 class AsyncEvidenceSink(Protocol):
     async def append(self, kind: str, subject: str | None, payload: Mapping[str, Any]) -> Receipt:
         """Async variant of :meth:`EvidenceSink.append` (for grpc.aio services)."""
+        ...
+
+
+@runtime_checkable
+class BatchEvidenceSink(EvidenceSink, Protocol):
+    """A sink that also appends many entries in one durable step (all or none)."""
+
+    def append_many(self, items: Sequence[NewEntry]) -> list[Receipt]:
+        """Durably append every entry, in order, and return their receipts; raise if any
+        is not durable (then none is)."""
+        ...
+
+
+@runtime_checkable
+class AsyncBatchEvidenceSink(AsyncEvidenceSink, Protocol):
+    """Async variant of :class:`BatchEvidenceSink` (the central ledger's grpc.aio client)."""
+
+    async def append_many(self, items: Sequence[NewEntry]) -> list[Receipt]:
+        """Async variant of :meth:`BatchEvidenceSink.append_many`."""
         ...

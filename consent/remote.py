@@ -1,15 +1,15 @@
-"""A verifier fed over gRPC by the consent service, with pushed status changes.
+"""What a verifier fed over gRPC needs from the consent service, besides the JWKS and the
+signed status list it fetches with :class:`ConsentClient`: use counting at the service
+and the pushed status changes (:func:`consent.verify.remote_verifier` assembles them).
 
-It fetches the JWKS and the signed status list with :class:`ConsentClient`,
-caches both with their TTLs, and keeps a ``WatchStatus`` stream open in a
-daemon thread: every revocation arrives as a new signed status list within
-milliseconds, and the verifier refuses the token from then on. A broken
-stream (an error, the server ending it, or silence past ``stall_s``) is
-reopened with back-off and logged; meanwhile the TTL refetch still applies,
-and after the list's own ``exp`` the verifier fails closed. The service's
-heartbeats re-send the list re-signed with a later ``exp`` (same ``seq``),
-which the cache adopts, so a list nobody changes never expires under a
-verifier that can reach the service.
+:class:`StatusWatch` keeps a ``WatchStatus`` stream open in a daemon thread: every
+revocation arrives as a new signed status list within milliseconds, and the verifier
+refuses the token from then on. A broken stream (an error, the server ending it, or
+silence past ``stall_s``) is reopened with back-off and logged; meanwhile the TTL
+refetch still applies, and after the list's own ``exp`` the verifier fails closed. The
+service's heartbeats re-send the list re-signed with a later ``exp`` (same ``seq``),
+which the cache adopts, so a list nobody changes never expires under a verifier that
+can reach the service.
 """
 
 from __future__ import annotations
@@ -17,14 +17,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
-from fedcredit.clients.consent_client import ConsentClient
 from fedcredit.common.errors import FedcreditError
-from fedcredit.common.tls import TlsFiles
 from fedcredit.consent import errors as E
-from fedcredit.consent.verify import ConsentVerifier, KeyCache, StatusCache, UseCounter
+from fedcredit.consent.client import ConsentClient
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +36,8 @@ MAX_USES_PER_CALL = 1000
 
 
 class RemoteUseCounter:
-    """Counts uses at the consent service (RecordUse), atomically with revocation."""
+    """A :class:`consent.verify.UseCounter` counting at the consent service (RecordUse,
+    RecordUses), atomically there with revocation."""
 
     def __init__(self, client: ConsentClient) -> None:
         self.client = client
@@ -71,46 +69,26 @@ class RemoteUseCounter:
             )
 
 
-class RemoteVerifier(ConsentVerifier):
+class StatusWatch:
+    """The ``WatchStatus`` push stream feeding a status cache, reopened whenever it breaks.
+
+    ``offer`` adopts a pushed signed list (:meth:`consent.verify.StatusCache.offer`);
+    ``seq`` is the sequence number of the list held, so a reopened stream resumes there.
+    """
+
     def __init__(
         self,
+        client: ConsentClient,
+        offer: Callable[[str], object],
+        seq: Callable[[], int],
         *,
-        consent_address: str,
-        tls: TlsFiles,
-        server_org: str,
-        issuer: str,
-        jwks_ttl: float = 300.0,
-        status_ttl: float = 60.0,
-        min_refresh_interval: float = 10.0,
-        leeway: int = 30,
-        counter: UseCounter | None = None,
-        subscribe: bool = True,
-        insecure: bool = False,
-        clock: Any = time.time,
         stall_s: float = STALL_S,
     ) -> None:
-        self.client = ConsentClient(consent_address, tls, server_org=server_org, insecure=insecure)
-        keys = KeyCache(
-            self.client.jwks, ttl=jwks_ttl, min_refresh_interval=min_refresh_interval, clock=clock
-        )
-        status = StatusCache(
-            self.client.status_list_token,
-            keys,
-            uri=f"{issuer}/statuslists/1",
-            issuer=issuer,
-            max_ttl=status_ttl,
-            clock=clock,
-        )
-        super().__init__(
-            issuer=issuer,
-            keys=keys,
-            status=status,
-            counter=counter if counter is not None else RemoteUseCounter(self.client),
-            leeway=leeway,
-            clock=clock,
-        )
+        self.client = client
+        self._offer = offer
+        self._seq = seq
         self._stop = threading.Event()
-        self._cancel: Any = None
+        self._cancel: Callable[[], object] | None = None
         self._lock = threading.Lock()
         self._last_msg = time.monotonic()
         self.stall_s = stall_s
@@ -118,15 +96,17 @@ class RemoteVerifier(ConsentVerifier):
         self.connected = threading.Event()
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
-        if subscribe:
-            self._thread = threading.Thread(
-                target=self._watch, name="consent-status-watch", daemon=True
-            )
-            self._thread.start()
-            self._watchdog = threading.Thread(
-                target=self._guard, name="consent-status-watchdog", daemon=True
-            )
-            self._watchdog.start()
+
+    def start(self) -> None:
+        """Open the stream (and its watchdog) in daemon threads."""
+        self._thread = threading.Thread(
+            target=self._watch, name="consent-status-watch", daemon=True
+        )
+        self._thread.start()
+        self._watchdog = threading.Thread(
+            target=self._guard, name="consent-status-watchdog", daemon=True
+        )
+        self._watchdog.start()
 
     def _watch(self) -> None:
         backoff = BACKOFF_MIN_S
@@ -134,7 +114,7 @@ class RemoteVerifier(ConsentVerifier):
         while not self._stop.is_set():
             received = 0
             try:
-                items, cancel = self.client.watch_status(after_seq=self.status.seq)
+                items, cancel = self.client.watch_status(after_seq=self._seq())
                 with self._lock:
                     self._cancel = cancel
                     self._last_msg = time.monotonic()
@@ -145,7 +125,7 @@ class RemoteVerifier(ConsentVerifier):
                         break
                     with self._lock:
                         self._last_msg = time.monotonic()
-                    self.status.offer(msg.token)
+                    self._offer(msg.token)
                     if received == 0 and failures:
                         log.info(
                             "status stream from the consent service re-established after %d "
@@ -194,11 +174,8 @@ class RemoteVerifier(ConsentVerifier):
                     self._last_msg = time.monotonic()
                 cancel()
 
-    def wait_connected(self, timeout: float = 5.0) -> bool:
-        """True once the push stream delivered its first list."""
-        return self.connected.wait(timeout)
-
     def close(self) -> None:
+        """Stop the stream and its watchdog (the client stays open: its owner closes it)."""
         self._stop.set()
         with self._lock:
             cancel = self._cancel
@@ -207,4 +184,3 @@ class RemoteVerifier(ConsentVerifier):
         for t in (self._thread, self._watchdog):
             if t is not None:
                 t.join(timeout=2)
-        self.client.close()

@@ -53,6 +53,7 @@ from fedcredit.common.db import create_schema, is_sqlite, make_engine
 from fedcredit.common.errors import StoreUnavailable
 from fedcredit.common.evidence import Receipt
 from fedcredit.consent.keys import KeyRecord
+from fedcredit.consent.terms import ConsentView
 
 # Keys per IN (...) list: below every driver's bound-parameter limit.
 IN_CHUNK = 500
@@ -168,6 +169,31 @@ class ConsentRow:
         d["scope"] = json.loads(d["scope"])
         d["nodes"] = json.loads(d["nodes"])
         return cls(**d)
+
+    def view(self, *, with_token: bool = False) -> ConsentView:
+        """The consent as its parties see it (the token only when asked for)."""
+        return ConsentView(
+            consent_id=self.consent_id,
+            enterprise=self.enterprise,
+            bank=self.bank,
+            purpose=self.purpose,
+            scope=self.scope,
+            nodes=self.nodes,
+            max_uses=self.max_uses,
+            uses=self.uses,
+            retention_days=self.retention_days,
+            validity_days=self.validity_days,
+            loan_term_days=self.loan_term_days,
+            state=self.state,
+            created_at=self.created_at,
+            not_before=self.not_before,
+            expires_at=self.expires_at,
+            jti=self.jti,
+            status_idx=self.id,
+            replaces=self.replaces,
+            replaced_by=self.replaced_by,
+            token=self.token if with_token else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)

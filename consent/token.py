@@ -56,6 +56,28 @@ class Grant:
     def scope_list(self) -> list[str]:
         return [SCORE_ONLY] if self.score_only else sorted(self.categories)
 
+    # The coverage rule, written once: the verifier's step 7 (with its typed refusals)
+    # and the coordinator's fan-out plan both ask these.
+    def covers_category(self, category: str) -> bool:
+        """Whether ``category``'s features may feed a score under this consent (a
+        score-only consent covers every category, but releases none)."""
+        return self.score_only or category in self.categories
+
+    def covers_node(self, node: str) -> bool:
+        return node in self.nodes
+
+    def covers(self, category: str, node: str) -> bool:
+        """Whether ``node``'s ``category`` features may feed a score."""
+        return covers(self.score_only, self.categories, self.nodes, category, node)
+
+
+def covers(
+    score_only: bool, categories: frozenset[str], nodes: frozenset[str], category: str, node: str
+) -> bool:
+    """The coverage rule over a consent's scope (:meth:`Grant.covers`), for callers that
+    hold the scope without a :class:`Grant` (a verified consent in a hot loop)."""
+    return (score_only or category in categories) and node in nodes
+
 
 def nodes_for(categories: frozenset[str] | None) -> frozenset[str]:
     """The default node org ids serving ``categories`` (all nodes when None = score only)."""

@@ -27,7 +27,8 @@ failure (see :mod:`consent.errors`):
 Keys and status come from pluggable sources (:class:`KeyCache`,
 :class:`StatusCache`) fed by a fetch function: in-process from the consent
 authority, or over gRPC (:func:`remote_verifier`), where the consent service
-also pushes every status change to subscribed verifiers.
+also pushes every status change to subscribed verifiers. Nodes and the coordinator
+program against the protocols :class:`TokenVerifier` and :class:`UseCounter`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fedcredit.common.errors import FedcreditError
 from fedcredit.common.tls import TlsFiles
@@ -60,10 +61,15 @@ from fedcredit.consent.token import (
     CONSENT_TYP,
     Grant,
     check_required,
+    covers,
     parse_binding,
     parse_grant,
     parse_status,
 )
+
+if TYPE_CHECKING:
+    from fedcredit.consent.client import ConsentClient
+    from fedcredit.consent.remote import StatusWatch
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +101,11 @@ class VerifiedConsent:
     @property
     def consent_id(self) -> str:
         return str(self.claims["authorization_details"][0].get("consent_id", self.jti))
+
+    def covers(self, category: str, node: str) -> bool:
+        """Whether ``node``'s ``category`` features may feed a score (:meth:`Grant.covers`:
+        the rule each node's verifier enforces again for itself)."""
+        return covers(self.score_only, self.categories, self.nodes, category, node)
 
 
 # --- decoding helpers ---------------------------------------------------------
@@ -376,17 +387,13 @@ class UseCounter(Protocol):
         """Count one use atomically; return the count; raise UsesExhausted past the max."""
         ...
 
-    def check(self, jti: str, max_uses: int) -> None:
-        """Raise UsesExhausted if the known count already reached the max (counts nothing)."""
+    def use_many(self, items: Sequence[tuple[str, int, int]]) -> list[int | FedcreditError]:
+        """Count one use per ``(jti, max_uses, expires_at)``, in one round trip where the
+        counter is remote (a scored portfolio); per item its count or its error."""
         ...
 
-
-@runtime_checkable
-class BatchUseCounter(UseCounter, Protocol):
-    """A counter that can count many uses in one round trip (a scored portfolio)."""
-
-    def use_many(self, items: Sequence[tuple[str, int, int]]) -> list[int | FedcreditError]:
-        """Count one use per ``(jti, max_uses, expires_at)``; per item its count or error."""
+    def check(self, jti: str, max_uses: int) -> None:
+        """Raise UsesExhausted if the known count already reached the max (counts nothing)."""
         ...
 
 
@@ -396,7 +403,7 @@ def exhausted(jti: str, max_uses: int) -> E.UsesExhausted:
     )
 
 
-class MemoryUseCounter:
+class MemoryUseCounter(UseCounter):
     """In-process counter (one coordinator process); forgets tokens once they expire."""
 
     def __init__(self, clock: Clock = time.time) -> None:
@@ -442,6 +449,44 @@ SignatureJob = tuple[bytes, bytes, bytes]
 VerifyMany = Callable[[Sequence[SignatureJob]], Iterable[Sequence[bool]]]
 
 
+class TokenVerifier(Protocol):
+    """What a node or the coordinator holds to check consent tokens (:class:`ConsentVerifier`
+    fed in-process, :func:`remote_verifier` fed over gRPC).
+
+    ``counter``: the verifier's use counter, for a caller that counts uses itself (apart
+    from :meth:`verify`, e.g. concurrently with its fan-out, in batches); ``None`` when
+    uses can be counted only through ``verify(count_use=True)``.
+    """
+
+    @property
+    def counter(self) -> UseCounter | None: ...
+
+    def verify(
+        self,
+        token: str,
+        *,
+        bank_org: str,
+        bank_cert_sha256: bytes,
+        enterprise: str,
+        purposes: Collection[str],
+        category: str | None = None,
+        node: str | None = None,
+        count_use: bool = False,
+        release: bool = False,
+    ) -> VerifiedConsent:
+        """Verify ``token`` for this request; raise the typed error of the first failure."""
+        ...
+
+    def precheck(self, tokens: Sequence[str], verify_many: VerifyMany) -> int:
+        """Check a batch's signatures together ahead of :meth:`verify` (a verifier that
+        cannot batch returns 0); how many tokens were newly checked."""
+        ...
+
+    def close(self) -> None:
+        """Release background resources (streams, channels, threads)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Checked:
     kid: str
@@ -454,7 +499,9 @@ class _Checked:
 # --- the verifier -------------------------------------------------------------------
 
 
-class ConsentVerifier:
+class ConsentVerifier(TokenVerifier):
+    """The verifier: checks 1-9 of this module, keys and status from the caches given."""
+
     def __init__(
         self,
         *,
@@ -471,7 +518,7 @@ class ConsentVerifier:
         self.issuer = issuer
         self.keys = keys
         self.status = status
-        self.counter: UseCounter = counter if counter is not None else MemoryUseCounter(clock)
+        self._counter: UseCounter = counter if counter is not None else MemoryUseCounter(clock)
         self.leeway = leeway
         self._clock = clock
         # Tokens whose signature and shape were already checked (exact string -> result):
@@ -482,6 +529,11 @@ class ConsentVerifier:
         # Header segment -> kid for headers that passed check_header (a pure function of
         # the segment; the tokens of one key share their header).
         self._headers: dict[str, str] = {}
+
+    @property
+    def counter(self) -> UseCounter:
+        """The counter of this verifier's uses (``verify(count_use=True)`` counts with it)."""
+        return self._counter
 
     def _kid(self, h: str) -> str:
         kid = self._headers.get(h)
@@ -600,12 +652,40 @@ class ConsentVerifier:
         a score-only consent never allows.
         """
         checked = self._checked.get(token)
-        if checked is None:
+        if checked is None:  # steps 1-4
             checked = self._check_token(token)
             self._remember(token, checked)
         # Looked up on every call, so a key that left the JWKS stops verifying at once.
         key = self.keys.lookup(checked.kid)
         claims, grant = checked.claims, checked.grant
+        self._check_times(key, claims)  # step 5
+        self._check_holder(checked, bank_org, bank_cert_sha256, enterprise)  # step 6
+        _check_coverage(grant, purposes, category, node, release)  # step 7
+        jti = claims["jti"]
+        self._check_status(checked.status_idx, jti)  # step 8
+        uses = None  # step 9
+        if count_use:
+            uses = self._counter.use(jti, grant.max_uses, claims["exp"])
+        else:
+            self._counter.check(jti, grant.max_uses)
+        return VerifiedConsent(
+            jti=jti,
+            enterprise=claims["sub"],
+            bank=claims["aud"],
+            purpose=grant.purpose,
+            categories=grant.categories,
+            score_only=grant.score_only,
+            nodes=grant.nodes,
+            max_uses=grant.max_uses,
+            retention_days=grant.retention_days,
+            expires_at=claims["exp"],
+            status_idx=checked.status_idx,
+            claims=claims,
+            uses=uses,
+        )
+
+    def _check_times(self, key: PublicKey, claims: Mapping[str, Any]) -> None:
+        """Step 5: the key was not retired at issuance; ``exp``/``nbf``/``iat`` with leeway."""
         now = int(self._clock())
         lw = self.leeway
         iat, nbf, exp = claims["iat"], claims["nbf"], claims["exp"]
@@ -623,11 +703,17 @@ class ConsentVerifier:
                 f"the token claims to be issued at {iat}, in the future; now {now}"
             )
 
+    @staticmethod
+    def _check_holder(
+        checked: _Checked, bank_org: str, bank_cert_sha256: bytes, enterprise: str
+    ) -> None:
+        """Step 6: bound to the presenting bank's certificate, issued to it, for ``enterprise``."""
         presented = b64url(bank_cert_sha256)
         if checked.bound != presented:
             raise E.HolderMismatch(
                 f"the token is bound to certificate {checked.bound} but was presented with certificate {presented}"
             )
+        claims = checked.claims
         aud = claims["aud"]
         if aud != bank_org:
             raise E.WrongAudience(f"the consent was issued to {aud!r}, not to {bank_org!r}")
@@ -636,78 +722,146 @@ class ConsentVerifier:
                 f"the consent is for enterprise {claims['sub']}, not {enterprise}"
             )
 
-        if grant.purpose not in purposes:
-            raise E.PurposeNotCovered(
-                f"the consent is for purpose {grant.purpose!r}; this request needs one of {sorted(purposes)}",
-                purpose=grant.purpose,
-            )
-        if category is not None:
-            if grant.score_only and release:
-                raise E.ScoreOnly(
-                    f"the consent is score-only: category {category!r} may feed a score but is never released"
-                )
-            if not grant.score_only and category not in grant.categories:
-                raise E.CategoryNotCovered(
-                    f"the consent covers {sorted(grant.categories)}, not category {category!r}",
-                    category=category,
-                )
-        elif grant.score_only and release:
-            raise E.ScoreOnly("the consent is score-only: nothing may be released to the bank")
-        if node is not None and node not in grant.nodes:
-            raise E.NodeNotCovered(
-                f"the consent covers nodes {sorted(grant.nodes)}, not {node!r}", node=node
-            )
-
-        idx = checked.status_idx
+    def _check_status(self, idx: int, jti: str) -> None:
+        """Step 8: the token's entry in the signed status list is valid."""
         value = self.status.status(idx)
         if value == INVALID:
-            raise E.ConsentRevoked(f"consent {claims['jti']} has been revoked", jti=claims["jti"])
+            raise E.ConsentRevoked(f"consent {jti} has been revoked", jti=jti)
         if value == SUSPENDED:
-            raise E.ConsentSuspended(
-                f"consent {claims['jti']} is paused by the enterprise", jti=claims["jti"]
-            )
+            raise E.ConsentSuspended(f"consent {jti} is paused by the enterprise", jti=jti)
         if value != 0:
             raise E.ConsentRevoked(
-                f"consent {claims['jti']} has status {STATUS_NAMES.get(value, value)}",
-                jti=claims["jti"],
+                f"consent {jti} has status {STATUS_NAMES.get(value, value)}", jti=jti
             )
 
-        jti = claims["jti"]
-        uses = None
-        if count_use:
-            uses = self.counter.use(jti, grant.max_uses, exp)
-        else:
-            self.counter.check(jti, grant.max_uses)
-        return VerifiedConsent(
-            jti=jti,
-            enterprise=claims["sub"],
-            bank=aud,
+
+def _check_coverage(
+    grant: Grant,
+    purposes: Collection[str],
+    category: str | None,
+    node: str | None,
+    release: bool,
+) -> None:
+    """Step 7: purpose, category (scope), node coverage, and release of a score-only consent."""
+    if grant.purpose not in purposes:
+        raise E.PurposeNotCovered(
+            f"the consent is for purpose {grant.purpose!r}; this request needs one of {sorted(purposes)}",
             purpose=grant.purpose,
-            categories=grant.categories,
-            score_only=grant.score_only,
-            nodes=grant.nodes,
-            max_uses=grant.max_uses,
-            retention_days=grant.retention_days,
-            expires_at=exp,
-            status_idx=idx,
-            claims=claims,
-            uses=uses,
+        )
+    if category is not None:
+        if grant.score_only and release:
+            raise E.ScoreOnly(
+                f"the consent is score-only: category {category!r} may feed a score but is never released"
+            )
+        if not grant.covers_category(category):
+            raise E.CategoryNotCovered(
+                f"the consent covers {sorted(grant.categories)}, not category {category!r}",
+                category=category,
+            )
+    elif grant.score_only and release:
+        raise E.ScoreOnly("the consent is score-only: nothing may be released to the bank")
+    if node is not None and not grant.covers_node(node):
+        raise E.NodeNotCovered(
+            f"the consent covers nodes {sorted(grant.nodes)}, not {node!r}", node=node
         )
 
 
+# --- fed over gRPC ------------------------------------------------------------------
+
+
+class RemoteVerifier(ConsentVerifier):
+    """A verifier fed over gRPC by the consent service (built by :func:`remote_verifier`):
+    it owns the client its caches fetch with and the push stream of status changes."""
+
+    def __init__(
+        self,
+        *,
+        client: ConsentClient,
+        watch: StatusWatch,
+        issuer: str,
+        keys: KeyCache,
+        status: StatusCache,
+        counter: UseCounter,
+        leeway: int = 30,
+        clock: Clock = time.time,
+    ) -> None:
+        super().__init__(
+            issuer=issuer, keys=keys, status=status, counter=counter, leeway=leeway, clock=clock
+        )
+        self.client = client
+        self.watch = watch
+
+    @property
+    def connected(self) -> threading.Event:
+        """Set while the push stream is open and has delivered a list."""
+        return self.watch.connected
+
+    @property
+    def reconnects(self) -> int:
+        """Streams reopened after a break."""
+        return self.watch.reconnects
+
+    def wait_connected(self, timeout: float = 5.0) -> bool:
+        """True once the push stream delivered its first list."""
+        return self.watch.connected.wait(timeout)
+
+    def close(self) -> None:
+        self.watch.close()
+        self.client.close()
+
+
 def remote_verifier(
-    *, consent_address: str, tls: TlsFiles, server_org: str, issuer: str, **settings: Any
-) -> ConsentVerifier:
+    *,
+    consent_address: str,
+    tls: TlsFiles,
+    server_org: str,
+    issuer: str,
+    jwks_ttl: float = 300.0,
+    status_ttl: float = 60.0,
+    min_refresh_interval: float = 10.0,
+    leeway: int = 30,
+    counter: UseCounter | None = None,
+    subscribe: bool = True,
+    insecure: bool = False,
+    clock: Clock = time.time,
+    stall_s: float | None = None,
+) -> RemoteVerifier:
     """A verifier fed over gRPC by the consent service (JWKS, status list, pushed changes).
 
-    ``settings``: ``jwks_ttl`` (s, default 300), ``status_ttl`` (s, default 60),
-    ``min_refresh_interval`` (s, default 10), ``leeway`` (s, default 30, max 60),
-    ``counter`` (a :class:`UseCounter`; default counts at the consent service),
-    ``subscribe`` (default True), ``clock``, ``stall_s`` (a push stream silent this long
-    is reopened, default 30).
+    ``jwks_ttl`` (s), ``status_ttl`` (s), ``min_refresh_interval`` (s) and ``leeway``
+    (s, max 60) as for the caches and :class:`ConsentVerifier`; ``counter`` default:
+    counts at the consent service; ``subscribe``: keep the push stream open (else the
+    list is refetched at its ttl); ``stall_s``: a push stream silent this long is
+    reopened (default 30).
     """
-    from fedcredit.consent.remote import RemoteVerifier
+    from fedcredit.consent.client import ConsentClient
+    from fedcredit.consent.remote import STALL_S, RemoteUseCounter, StatusWatch
 
-    return RemoteVerifier(
-        consent_address=consent_address, tls=tls, server_org=server_org, issuer=issuer, **settings
+    client = ConsentClient(consent_address, tls, server_org=server_org, insecure=insecure)
+    keys = KeyCache(
+        client.jwks, ttl=jwks_ttl, min_refresh_interval=min_refresh_interval, clock=clock
     )
+    status = StatusCache(
+        client.status_list_token,
+        keys,
+        uri=f"{issuer}/statuslists/1",
+        issuer=issuer,
+        max_ttl=status_ttl,
+        clock=clock,
+    )
+    watch = StatusWatch(
+        client, status.offer, lambda: status.seq, stall_s=STALL_S if stall_s is None else stall_s
+    )
+    verifier = RemoteVerifier(
+        client=client,
+        watch=watch,
+        issuer=issuer,
+        keys=keys,
+        status=status,
+        counter=counter if counter is not None else RemoteUseCounter(client),
+        leeway=leeway,
+        clock=clock,
+    )
+    if subscribe:
+        watch.start()
+    return verifier

@@ -1,45 +1,39 @@
-"""Conversions between consent protobuf messages and the authority's Python types."""
+"""Conversions between the consent service's protobuf messages and :mod:`consent.terms`.
+
+Purposes go through :mod:`common.wire` (the one purpose mapping); an unknown one is
+refused as ``CONSENT_PURPOSE_INVALID``, the consent service's reason for it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from fedcredit.consent.authority import ConsentTerms, ConsentView
+from fedcredit.common.errors import InvalidArgument
+from fedcredit.common.wire import purpose_from_pb, purpose_to_pb
 from fedcredit.consent.errors import InvalidPurpose
+from fedcredit.consent.terms import ConsentTerms, ConsentView
 from fedcredit.v1 import common_pb2, consent_pb2
 
-PURPOSE_TO_PB: dict[str, int] = {
-    "credit_assessment": common_pb2.PURPOSE_CREDIT_ASSESSMENT,
-    "guarantee": common_pb2.PURPOSE_GUARANTEE,
-    "post_loan_monitoring": common_pb2.PURPOSE_POST_LOAN_MONITORING,
-    "model_training": common_pb2.PURPOSE_MODEL_TRAINING,
-}
-PURPOSE_FROM_PB: dict[int, str] = {v: k for k, v in PURPOSE_TO_PB.items()}
 
-
-def purpose_from_pb(value: int) -> str:
+def _purpose_to_pb(purpose: str) -> common_pb2.Purpose.ValueType:
+    """:func:`common.wire.purpose_to_pb`, refusing with the consent service's own reason."""
     try:
-        return PURPOSE_FROM_PB[value]
-    except KeyError:
-        raise InvalidPurpose(
-            f"purpose must be one of {', '.join(PURPOSE_TO_PB)}, got enum value {value}"
-        ) from None
+        return common_pb2.Purpose.ValueType(purpose_to_pb(purpose))
+    except InvalidArgument as exc:
+        raise InvalidPurpose(exc.message) from None
 
 
-def purpose_to_pb(purpose: str) -> Any:
+def _purpose_from_pb(value: int) -> str:
+    """:func:`common.wire.purpose_from_pb`, refusing with the consent service's own reason."""
     try:
-        return PURPOSE_TO_PB[purpose]
-    except KeyError:
-        raise InvalidPurpose(
-            f"purpose must be one of {', '.join(PURPOSE_TO_PB)}, got {purpose!r}"
-        ) from None
+        return purpose_from_pb(value)
+    except InvalidArgument as exc:
+        raise InvalidPurpose(exc.message) from None
 
 
 def terms_to_pb(t: ConsentTerms) -> consent_pb2.ConsentTerms:
     return consent_pb2.ConsentTerms(
         enterprise=t.enterprise,
         bank=t.bank,
-        purpose=purpose_to_pb(t.purpose),
+        purpose=_purpose_to_pb(t.purpose),
         scope=list(t.scope),
         nodes=list(t.nodes),
         validity_days=t.validity_days,
@@ -53,7 +47,7 @@ def terms_from_pb(m: consent_pb2.ConsentTerms) -> ConsentTerms:
     return ConsentTerms(
         enterprise=m.enterprise,
         bank=m.bank,
-        purpose=purpose_from_pb(m.purpose),
+        purpose=_purpose_from_pb(m.purpose),
         scope=list(m.scope),
         nodes=list(m.nodes),
         validity_days=m.validity_days,

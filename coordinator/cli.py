@@ -23,8 +23,7 @@ from fedcredit.common.cliutil import console, err_console, fail, output, user_er
 from fedcredit.common.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from fedcredit.clients.cli import Root
-    from fedcredit.clients.coordinator_client import CoordinatorClient
+    from fedcredit.coordinator.client import CoordinatorClient
     from fedcredit.v1 import coordinator_pb2 as pb
 
 ConfigOpt = Annotated[Path, typer.Option("--config", help="The deployment file (deployment.toml).")]
@@ -36,10 +35,24 @@ OrgOpt = Annotated[
     str, typer.Option("--org", help="Your organisation id (its certificate is used).")
 ]
 
+# The command groups this module adds to (clients.cli merges them into the root's groups).
+coordinator = typer.Typer()
+bank = typer.Typer()
+guarantee = typer.Typer(help="Guarantees from the credit guarantee fund.", no_args_is_help=True)
+bank.add_typer(guarantee, name="guarantee")
+fund = typer.Typer()
+model = typer.Typer()
+GROUPS: dict[str, typer.Typer] = {
+    "bank": bank,
+    "fund": fund,
+    "model": model,
+    "coordinator": coordinator,
+}
+
 
 def _client(config: Path, org: str, timeout: float = 30.0) -> CoordinatorClient:
-    from fedcredit.clients.coordinator_client import CoordinatorClient
     from fedcredit.common.config import load_config
+    from fedcredit.coordinator.client import CoordinatorClient
 
     dep = load_config(config)
     svc = dep.service("coordinator")
@@ -190,380 +203,405 @@ def _read_batch(path: Path) -> Iterator[tuple[str, str, str]]:
                 yield rec["enterprise"], token, rec.get("request_id") or str(n - 1)
 
 
-def register(root: Root) -> None:
-    bank = root.group("bank")
-    guarantee = typer.Typer(help="Guarantees from the credit guarantee fund.", no_args_is_help=True)
-    bank.add_typer(guarantee, name="guarantee")
-    fund = root.group("fund")
-    model = root.group("model")
-    coord = root.group("coordinator")
+# ---------------------------------------------------------------- coordinator
 
-    @coord.command("serve")
-    def serve_cmd(
-        config: ConfigOpt,
-        insecure: Annotated[bool, typer.Option(help="Plaintext gRPC (debugging only).")] = False,
-    ) -> None:
-        """Run the coordinator (scoring, guarantees, model registry) until interrupted."""
-        import asyncio
 
-        from fedcredit.common.gctune import tune_for_service
-        from fedcredit.coordinator.daemon import serve
+@coordinator.command("serve")
+def serve_cmd(
+    config: ConfigOpt,
+    insecure: Annotated[bool, typer.Option(help="Plaintext gRPC (debugging only).")] = False,
+) -> None:
+    """Run the coordinator (scoring, guarantees, model registry) until interrupted."""
+    import asyncio
 
-        with user_errors(), contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(config, insecure=insecure, on_ready=tune_for_service))
+    from fedcredit.common.gctune import tune_for_service
+    from fedcredit.coordinator.daemon import serve
 
-    @bank.command("score")
-    def score_cmd(
-        config: ConfigOpt,
-        bank_org: BankOpt,
-        enterprise: Annotated[
-            str, typer.Option("--enterprise", help="The enterprise's credit code.")
-        ],
-        consent: Annotated[Path, typer.Option("--consent", help="File with the consent token.")],
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Score one enterprise with its consent: rating, probability of default, top reasons."""
-        with user_errors(as_json), _client(config, bank_org) as c:
-            d = score_dict(c.score(enterprise, _read_token(consent)))
-        output(d, as_json, _score_table(d))
+    with user_errors(), contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config, insecure=insecure, on_ready=tune_for_service))
 
-    @bank.command("score-batch")
-    def score_batch_cmd(
-        config: ConfigOpt,
-        bank_org: BankOpt,
-        input: Annotated[
-            Path,
-            typer.Option(
-                "--input",
-                help="CSV with columns enterprise,token (or consent=file) or JSON lines with the same keys.",
-            ),
-        ],
-        out: Annotated[
-            Path | None, typer.Option("--out", help="Write one JSON line per enterprise here.")
-        ] = None,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Score a portfolio, one consent per enterprise (streaming)."""
-        with user_errors(as_json), _client(config, bank_org) as c:
-            items = list(_read_batch(input))
-            results: list[dict[str, Any]] = []
-            counts: dict[str, int] = {}
-            with Progress(
-                TextColumn("scoring"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err_console,
-                disable=as_json,
-            ) as bar:
-                task = bar.add_task("score", total=len(items))
-                for item in c.score_batch(items):
-                    if item.HasField("result"):
-                        row = score_dict(item.result)
-                        counts[row["rating"]] = counts.get(row["rating"], 0) + 1
-                    else:
-                        row = {
-                            "enterprise": item.enterprise,
-                            "request_id": item.request_id,
-                            "error": {"reason": item.error.reason, "message": item.error.message},
-                        }
-                        counts["refused"] = counts.get("refused", 0) + 1
-                    results.append(row)
-                    bar.advance(task)
-        if out is not None:
-            with out.open("w") as fh:
-                for r in results:
-                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-        t = Table(title=f"{len(results)} enterprises scored")
-        t.add_column("enterprise")
-        t.add_column("rating / refusal")
-        t.add_column("PD", justify="right")
-        t.add_column("top reason")
-        for r in results[:50]:
-            if "error" in r:
-                t.add_row(
-                    r["enterprise"], f"[red]{r['error']['reason']}[/]", "-", r["error"]["message"]
-                )
+
+# ---------------------------------------------------------------- bank: scores
+
+
+@bank.command("score")
+def score_cmd(
+    config: ConfigOpt,
+    bank_org: BankOpt,
+    enterprise: Annotated[str, typer.Option("--enterprise", help="The enterprise's credit code.")],
+    consent: Annotated[Path, typer.Option("--consent", help="File with the consent token.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Score one enterprise with its consent: rating, probability of default, top reasons."""
+    with user_errors(as_json), _client(config, bank_org) as c:
+        d = score_dict(c.score(enterprise, _read_token(consent)))
+    output(d, as_json, _score_table(d))
+
+
+def _score_all(
+    c: CoordinatorClient, items: list[tuple[str, str, str]], as_json: bool
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Every item's result or refusal (a progress bar on stderr), and the counts per rating."""
+    results: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    with Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=as_json,
+    ) as bar:
+        task = bar.add_task("score", total=len(items))
+        for item in c.score_batch(items):
+            if item.HasField("result"):
+                row = score_dict(item.result)
+                counts[row["rating"]] = counts.get(row["rating"], 0) + 1
             else:
-                t.add_row(
-                    r["enterprise"],
-                    r["rating"],
-                    f"{r['probability_of_default']:.4f}",
-                    r["reasons"][0]["description"] if r["reasons"] else "-",
-                )
-        if len(results) > 50:
-            t.caption = f"first 50 of {len(results)}; totals: {counts}"
+                row = {
+                    "enterprise": item.enterprise,
+                    "request_id": item.request_id,
+                    "error": {"reason": item.error.reason, "message": item.error.message},
+                }
+                counts["refused"] = counts.get("refused", 0) + 1
+            results.append(row)
+            bar.advance(task)
+    return results, counts
+
+
+def _batch_table(results: list[dict[str, Any]], counts: dict[str, int]) -> Table:
+    t = Table(title=f"{len(results)} enterprises scored")
+    t.add_column("enterprise")
+    t.add_column("rating / refusal")
+    t.add_column("PD", justify="right")
+    t.add_column("top reason")
+    for r in results[:50]:
+        if "error" in r:
+            t.add_row(
+                r["enterprise"], f"[red]{r['error']['reason']}[/]", "-", r["error"]["message"]
+            )
         else:
-            t.caption = f"totals: {counts}"
-        output({"results": results, "counts": counts} if as_json else results, as_json, t)
-
-    @bank.command("watch")
-    def watch_cmd(
-        config: ConfigOpt,
-        bank_org: BankOpt,
-        input: Annotated[
-            Path,
-            typer.Option(
-                "--input", help="Enterprises and post_loan_monitoring tokens (as score-batch)."
-            ),
-        ],
-        interval: Annotated[
-            int, typer.Option(help="Rescoring interval in seconds (0: server default).")
-        ] = 0,
-        rounds: Annotated[
-            int, typer.Option(help="Stop after this many rounds (0: until interrupted).")
-        ] = 0,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Post-loan monitoring: print each enterprise's rating, then a warning whenever one falls."""
-        with user_errors(as_json), _client(config, bank_org) as c:
-            subs = [(e, t) for e, t, _ in _read_batch(input)]
-            from fedcredit.v1 import coordinator_pb2 as pbm
-
-            names = {v: k for k, v in pbm.RatingEvent.Kind.items()}
-            try:
-                for ev in c.watch(subs, interval_seconds=interval, max_rounds=rounds):
-                    kind = names.get(ev.kind, str(ev.kind))
-                    row: dict[str, Any] = {
-                        "round": ev.round,
-                        "kind": kind,
-                        "enterprise": ev.enterprise,
-                    }
-                    if ev.HasField("result"):
-                        row.update(
-                            previous_rating=ev.previous_rating or None, **score_dict(ev.result)
-                        )
-                    if ev.HasField("error"):
-                        row["error"] = {"reason": ev.error.reason, "message": ev.error.message}
-                    if as_json:
-                        sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-                        sys.stdout.flush()
-                    elif kind == "DOWNGRADE":
-                        console.print(
-                            f"[bold red]WARNING[/] {ev.enterprise}: rating fell {ev.previous_rating} -> "
-                            f"{ev.result.rating} (PD {ev.result.probability_of_default:.4f}); "
-                            f"reasons: {'; '.join(r.description for r in ev.result.reasons)}"
-                        )
-                    elif kind == "ERROR":
-                        console.print(
-                            f"[yellow]{ev.enterprise}[/]: {ev.error.reason}: {ev.error.message}"
-                        )
-                    else:
-                        console.print(
-                            f"round {ev.round} {kind.lower()}: {ev.enterprise} rated {ev.result.rating} "
-                            f"(PD {ev.result.probability_of_default:.4f})"
-                        )
-            except KeyboardInterrupt:
-                pass
-
-    @guarantee.command("apply")
-    def apply_cmd(
-        config: ConfigOpt,
-        bank_org: BankOpt,
-        application_id: Annotated[
-            str,
-            typer.Option(
-                "--application-id", help="Your id for this application (idempotency key)."
-            ),
-        ],
-        enterprise: Annotated[
-            str, typer.Option("--enterprise", help="The enterprise's credit code.")
-        ],
-        consent: Annotated[
-            Path, typer.Option("--consent", help="File with the consent token (purpose guarantee).")
-        ],
-        amount: Annotated[int, typer.Option("--amount", help="Loan amount in yuan.")],
-        term: Annotated[int, typer.Option("--term", help="Loan term in months.")],
-        collateral: Annotated[
-            int, typer.Option("--collateral", help="Value of the collateral offered, yuan.")
-        ] = 0,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Apply for a guarantee; the fund decides by its published rules."""
-        with user_errors(as_json), _client(config, bank_org) as c:
-            d = decision_dict(
-                c.apply(
-                    application_id=application_id,
-                    enterprise=enterprise,
-                    token=_read_token(consent),
-                    amount_yuan=amount,
-                    term_months=term,
-                    collateral_yuan=collateral,
-                )
-            )
-        output(d, as_json, _kv_table("Guarantee decision", d))
-
-    @guarantee.command("report")
-    def report_cmd(
-        config: ConfigOpt,
-        bank_org: BankOpt,
-        application_id: Annotated[
-            str, typer.Option("--application-id", help="The guaranteed application.")
-        ],
-        outcome: Annotated[str, typer.Option("--outcome", help="repaid or defaulted.")],
-        loss: Annotated[
-            int, typer.Option("--loss", help="Defaulted: the loss in yuan (0 = full amount).")
-        ] = 0,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Report a guaranteed loan repaid (exposure released) or defaulted (the fund pays its share)."""
-        if outcome not in ("repaid", "defaulted"):
-            fail(
-                InvalidArgument(f"--outcome must be repaid or defaulted, got {outcome!r}"),
-                as_json=as_json,
-            )
-        with user_errors(as_json), _client(config, bank_org) as c:
-            r = c.report_outcome(application_id, defaulted=outcome == "defaulted", loss_yuan=loss)
-        d = {
-            "application_id": r.application_id,
-            "status": r.status,
-            "payout_yuan": r.payout_yuan,
-            "ledger_index": r.ledger_index,
-            "replayed": r.replayed,
-        }
-        output(d, as_json, _kv_table("Outcome recorded", d))
-
-    @guarantee.command("list")
-    def list_cmd(
-        config: ConfigOpt,
-        bank_org: BankOpt,
-        enterprise: Annotated[str, typer.Option("--enterprise", help="Only this enterprise.")] = "",
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Your bank's guarantees."""
-        with user_errors(as_json), _client(config, bank_org) as c:
-            rows = [decision_dict(g) for g in c.list_guarantees(enterprise=enterprise)]
-        t = Table(title="Guarantees")
-        for col in (
-            "application",
-            "enterprise",
-            "amount",
-            "rating",
-            "status",
-            "fund share",
-            "fund amount",
-        ):
-            t.add_column(col)
-        for r in rows:
             t.add_row(
-                r["application_id"],
                 r["enterprise"],
-                f"{r['amount_yuan']:,}",
                 r["rating"],
-                r["status"],
-                f"{r['fund_share_pct']:.0f} %",
-                f"{r['fund_amount_yuan']:,}",
+                f"{r['probability_of_default']:.4f}",
+                r["reasons"][0]["description"] if r["reasons"] else "-",
             )
-        output(rows, as_json, t)
+    if len(results) > 50:
+        t.caption = f"first 50 of {len(results)}; totals: {counts}"
+    else:
+        t.caption = f"totals: {counts}"
+    return t
 
-    @fund.command("status")
-    def fund_status_cmd(config: ConfigOpt, org: OrgOpt, as_json: JsonOpt = False) -> None:
-        """The fund's size, balance, exposure, remaining capacity and payouts."""
-        with user_errors(as_json), _client(config, org) as c:
-            s = c.fund_status()
-        d = {
-            "fund_size_yuan": s.fund_size_yuan,
-            "balance_yuan": s.balance_yuan,
-            "exposure_yuan": s.exposure_yuan,
-            "capacity_yuan": s.capacity_yuan,
-            "max_leverage": s.max_leverage,
-            "paid_out_yuan": s.paid_out_yuan,
-            "active": s.active,
-            "approved": s.approved,
-            "refused": s.refused,
-            "released": s.released,
-            "defaulted": s.defaulted,
-            "policy": json.loads(s.policy_json or "{}"),
-        }
-        shown = {k: (f"{v:,}" if isinstance(v, int) else v) for k, v in d.items() if k != "policy"}
-        output(d, as_json, _kv_table("Credit guarantee fund", shown))
 
-    @model.command("list")
-    def model_list_cmd(config: ConfigOpt, org: OrgOpt, as_json: JsonOpt = False) -> None:
-        """Every registered model version."""
-        with user_errors(as_json), _client(config, org) as c:
-            rows = [model_dict(m) for m in c.list_models()]
-        t = Table(title="Model registry")
-        for col in ("version", "active", "trainer", "created", "sha256", "features", "metrics"):
-            t.add_column(col)
-        for r in rows:
-            t.add_row(
-                r["version"],
-                "yes" if r["active"] else "",
-                r["trainer"],
-                str(r["created_at"]),
-                r["sha256"][:16] + "…",
-                str(len(r["features"])),
-                json.dumps(r["metrics"])[:60],
+@bank.command("score-batch")
+def score_batch_cmd(
+    config: ConfigOpt,
+    bank_org: BankOpt,
+    input: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            help="CSV with columns enterprise,token (or consent=file) or JSON lines with the same keys.",
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write one JSON line per enterprise here.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a portfolio, one consent per enterprise (streaming)."""
+    with user_errors(as_json), _client(config, bank_org) as c:
+        results, counts = _score_all(c, list(_read_batch(input)), as_json)
+    if out is not None:
+        with out.open("w") as fh:
+            for r in results:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    t = _batch_table(results, counts)
+    output({"results": results, "counts": counts} if as_json else results, as_json, t)
+
+
+def _watch_row(ev: pb.RatingEvent, kind: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"round": ev.round, "kind": kind, "enterprise": ev.enterprise}
+    if ev.HasField("result"):
+        row.update(previous_rating=ev.previous_rating or None, **score_dict(ev.result))
+    if ev.HasField("error"):
+        row["error"] = {"reason": ev.error.reason, "message": ev.error.message}
+    return row
+
+
+def _print_event(ev: pb.RatingEvent, kind: str) -> None:
+    if kind == "DOWNGRADE":
+        console.print(
+            f"[bold red]WARNING[/] {ev.enterprise}: rating fell {ev.previous_rating} -> "
+            f"{ev.result.rating} (PD {ev.result.probability_of_default:.4f}); "
+            f"reasons: {'; '.join(r.description for r in ev.result.reasons)}"
+        )
+    elif kind == "ERROR":
+        console.print(f"[yellow]{ev.enterprise}[/]: {ev.error.reason}: {ev.error.message}")
+    else:
+        console.print(
+            f"round {ev.round} {kind.lower()}: {ev.enterprise} rated {ev.result.rating} "
+            f"(PD {ev.result.probability_of_default:.4f})"
+        )
+
+
+@bank.command("watch")
+def watch_cmd(
+    config: ConfigOpt,
+    bank_org: BankOpt,
+    input: Annotated[
+        Path,
+        typer.Option(
+            "--input", help="Enterprises and post_loan_monitoring tokens (as score-batch)."
+        ),
+    ],
+    interval: Annotated[
+        int, typer.Option(help="Rescoring interval in seconds (0: server default).")
+    ] = 0,
+    rounds: Annotated[
+        int, typer.Option(help="Stop after this many rounds (0: until interrupted).")
+    ] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Post-loan monitoring: print each enterprise's rating, then a warning whenever one falls."""
+    with user_errors(as_json), _client(config, bank_org) as c:
+        subs = [(e, t) for e, t, _ in _read_batch(input)]
+        from fedcredit.v1 import coordinator_pb2 as pbm
+
+        names = {v: k for k, v in pbm.RatingEvent.Kind.items()}
+        try:
+            for ev in c.watch(subs, interval_seconds=interval, max_rounds=rounds):
+                kind = names.get(ev.kind, str(ev.kind))
+                if as_json:
+                    sys.stdout.write(json.dumps(_watch_row(ev, kind), ensure_ascii=False) + "\n")
+                    sys.stdout.flush()
+                else:
+                    _print_event(ev, kind)
+        except KeyboardInterrupt:
+            pass
+
+
+# ---------------------------------------------------------------- bank: guarantees
+
+
+@guarantee.command("apply")
+def apply_cmd(
+    config: ConfigOpt,
+    bank_org: BankOpt,
+    application_id: Annotated[
+        str,
+        typer.Option("--application-id", help="Your id for this application (idempotency key)."),
+    ],
+    enterprise: Annotated[str, typer.Option("--enterprise", help="The enterprise's credit code.")],
+    consent: Annotated[
+        Path, typer.Option("--consent", help="File with the consent token (purpose guarantee).")
+    ],
+    amount: Annotated[int, typer.Option("--amount", help="Loan amount in yuan.")],
+    term: Annotated[int, typer.Option("--term", help="Loan term in months.")],
+    collateral: Annotated[
+        int, typer.Option("--collateral", help="Value of the collateral offered, yuan.")
+    ] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply for a guarantee; the fund decides by its published rules."""
+    with user_errors(as_json), _client(config, bank_org) as c:
+        d = decision_dict(
+            c.apply(
+                application_id=application_id,
+                enterprise=enterprise,
+                token=_read_token(consent),
+                amount_yuan=amount,
+                term_months=term,
+                collateral_yuan=collateral,
             )
-        output(rows, as_json, t)
+        )
+    output(d, as_json, _kv_table("Guarantee decision", d))
 
-    @model.command("show")
-    def model_show_cmd(
-        config: ConfigOpt,
-        org: OrgOpt,
-        version: Annotated[
-            str, typer.Option("--version", help="Version (default: the active one).")
-        ] = "",
-        as_json: JsonOpt = False,
-    ) -> None:
-        """One model version: hash, features, metrics, thresholds, ledger entries."""
-        with user_errors(as_json), _client(config, org) as c:
-            d = model_dict(c.get_model(version))
-        output(d, as_json, _kv_table(f"Model {d['version']}", d))
 
-    @model.command("activate")
-    def model_activate_cmd(
-        config: ConfigOpt,
-        org: OrgOpt,
-        version: Annotated[
-            str, typer.Option("--version", help="The version to make the scoring model.")
-        ],
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Make a version the scoring model (operators); thresholds are re-calibrated."""
-        with user_errors(as_json), _client(config, org) as c:
-            d = model_dict(c.activate(version))
-        output(d, as_json, _kv_table(f"Activated {d['version']}", d))
+@guarantee.command("report")
+def report_cmd(
+    config: ConfigOpt,
+    bank_org: BankOpt,
+    application_id: Annotated[
+        str, typer.Option("--application-id", help="The guaranteed application.")
+    ],
+    outcome: Annotated[str, typer.Option("--outcome", help="repaid or defaulted.")],
+    loss: Annotated[
+        int, typer.Option("--loss", help="Defaulted: the loss in yuan (0 = full amount).")
+    ] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Report a guaranteed loan repaid (exposure released) or defaulted (the fund pays its share)."""
+    if outcome not in ("repaid", "defaulted"):
+        fail(
+            InvalidArgument(f"--outcome must be repaid or defaulted, got {outcome!r}"),
+            as_json=as_json,
+        )
+    with user_errors(as_json), _client(config, bank_org) as c:
+        r = c.report_outcome(application_id, defaulted=outcome == "defaulted", loss_yuan=loss)
+    d = {
+        "application_id": r.application_id,
+        "status": r.status,
+        "payout_yuan": r.payout_yuan,
+        "ledger_index": r.ledger_index,
+        "replayed": r.replayed,
+    }
+    output(d, as_json, _kv_table("Outcome recorded", d))
 
-    @model.command("publish")
-    def model_publish_cmd(
-        config: ConfigOpt,
-        org: OrgOpt,
-        model_file: Annotated[Path, typer.Option("--model", help="LightGBM text model file.")],
-        calibration: Annotated[
-            Path,
-            typer.Option(
-                "--calibration",
-                help="File with the rated population's probabilities of default, one per line.",
-            ),
-        ],
-        version: Annotated[
-            str, typer.Option("--version", help="Version name (default: from the hash).")
-        ] = "",
-        metrics: Annotated[
-            Path | None, typer.Option("--metrics", help="JSON file with training metrics.")
-        ] = None,
-        activate: Annotated[bool, typer.Option(help="Also activate it.")] = False,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Register a model version (its hash goes to the ledger)."""
-        with user_errors(as_json), _client(config, org, timeout=120) as c:
-            try:
-                text = model_file.read_text()
-                pds = [float(x) for x in calibration.read_text().split() if x.strip()]
-                metrics_json = metrics.read_text() if metrics else ""
-            except (OSError, ValueError) as exc:
-                raise InvalidArgument(
-                    f"cannot read the model, calibration or metrics file: {exc}"
-                ) from exc
-            d = model_dict(
-                c.publish(
-                    text,
-                    calibration_pds=pds,
-                    version=version,
-                    metrics_json=metrics_json,
-                    activate=activate,
-                )
+
+@guarantee.command("list")
+def list_cmd(
+    config: ConfigOpt,
+    bank_org: BankOpt,
+    enterprise: Annotated[str, typer.Option("--enterprise", help="Only this enterprise.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Your bank's guarantees."""
+    with user_errors(as_json), _client(config, bank_org) as c:
+        rows = [decision_dict(g) for g in c.list_guarantees(enterprise=enterprise)]
+    t = Table(title="Guarantees")
+    for col in (
+        "application",
+        "enterprise",
+        "amount",
+        "rating",
+        "status",
+        "fund share",
+        "fund amount",
+    ):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(
+            r["application_id"],
+            r["enterprise"],
+            f"{r['amount_yuan']:,}",
+            r["rating"],
+            r["status"],
+            f"{r['fund_share_pct']:.0f} %",
+            f"{r['fund_amount_yuan']:,}",
+        )
+    output(rows, as_json, t)
+
+
+# ---------------------------------------------------------------- fund
+
+
+@fund.command("status")
+def fund_status_cmd(config: ConfigOpt, org: OrgOpt, as_json: JsonOpt = False) -> None:
+    """The fund's size, balance, exposure, remaining capacity and payouts."""
+    with user_errors(as_json), _client(config, org) as c:
+        s = c.fund_status()
+    d = {
+        "fund_size_yuan": s.fund_size_yuan,
+        "balance_yuan": s.balance_yuan,
+        "exposure_yuan": s.exposure_yuan,
+        "capacity_yuan": s.capacity_yuan,
+        "max_leverage": s.max_leverage,
+        "paid_out_yuan": s.paid_out_yuan,
+        "active": s.active,
+        "approved": s.approved,
+        "refused": s.refused,
+        "released": s.released,
+        "defaulted": s.defaulted,
+        "policy": json.loads(s.policy_json or "{}"),
+    }
+    shown = {k: (f"{v:,}" if isinstance(v, int) else v) for k, v in d.items() if k != "policy"}
+    output(d, as_json, _kv_table("Credit guarantee fund", shown))
+
+
+# ---------------------------------------------------------------- model registry
+
+
+@model.command("list")
+def model_list_cmd(config: ConfigOpt, org: OrgOpt, as_json: JsonOpt = False) -> None:
+    """Every registered model version."""
+    with user_errors(as_json), _client(config, org) as c:
+        rows = [model_dict(m) for m in c.list_models()]
+    t = Table(title="Model registry")
+    for col in ("version", "active", "trainer", "created", "sha256", "features", "metrics"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(
+            r["version"],
+            "yes" if r["active"] else "",
+            r["trainer"],
+            str(r["created_at"]),
+            r["sha256"][:16] + "…",
+            str(len(r["features"])),
+            json.dumps(r["metrics"])[:60],
+        )
+    output(rows, as_json, t)
+
+
+@model.command("show")
+def model_show_cmd(
+    config: ConfigOpt,
+    org: OrgOpt,
+    version: Annotated[
+        str, typer.Option("--version", help="Version (default: the active one).")
+    ] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """One model version: hash, features, metrics, thresholds, ledger entries."""
+    with user_errors(as_json), _client(config, org) as c:
+        d = model_dict(c.get_model(version))
+    output(d, as_json, _kv_table(f"Model {d['version']}", d))
+
+
+@model.command("activate")
+def model_activate_cmd(
+    config: ConfigOpt,
+    org: OrgOpt,
+    version: Annotated[
+        str, typer.Option("--version", help="The version to make the scoring model.")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a version the scoring model (operators); thresholds are re-calibrated."""
+    with user_errors(as_json), _client(config, org) as c:
+        d = model_dict(c.activate(version))
+    output(d, as_json, _kv_table(f"Activated {d['version']}", d))
+
+
+@model.command("publish")
+def model_publish_cmd(
+    config: ConfigOpt,
+    org: OrgOpt,
+    model_file: Annotated[Path, typer.Option("--model", help="LightGBM text model file.")],
+    calibration: Annotated[
+        Path,
+        typer.Option(
+            "--calibration",
+            help="File with the rated population's probabilities of default, one per line.",
+        ),
+    ],
+    version: Annotated[
+        str, typer.Option("--version", help="Version name (default: from the hash).")
+    ] = "",
+    metrics: Annotated[
+        Path | None, typer.Option("--metrics", help="JSON file with training metrics.")
+    ] = None,
+    activate: Annotated[bool, typer.Option(help="Also activate it.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a model version (its hash goes to the ledger)."""
+    with user_errors(as_json), _client(config, org, timeout=120) as c:
+        try:
+            text = model_file.read_text()
+            pds = [float(x) for x in calibration.read_text().split() if x.strip()]
+            metrics_json = metrics.read_text() if metrics else ""
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(
+                f"cannot read the model, calibration or metrics file: {exc}"
+            ) from exc
+        d = model_dict(
+            c.publish(
+                text,
+                calibration_pds=pds,
+                version=version,
+                metrics_json=metrics_json,
+                activate=activate,
             )
-        output(d, as_json, _kv_table(f"Published {d['version']}", d))
+        )
+    output(d, as_json, _kv_table(f"Published {d['version']}", d))

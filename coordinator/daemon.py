@@ -11,16 +11,23 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from fedcredit.common.evidence import AsyncEvidenceSink, EvidenceSink, Receipt
+from fedcredit.common.evidence import (
+    AsyncBatchEvidenceSink,
+    BatchEvidenceSink,
+    EvidenceSink,
+    NewEntry,
+    Receipt,
+)
 from fedcredit.common.server import build_aio_server, mark_serving
 from fedcredit.common.tls import TlsFiles
+from fedcredit.consent.verify import TokenVerifier
 from fedcredit.coordinator.fanout import Catalog, CatalogFeature, NodeFeatures
 from fedcredit.coordinator.fund import ledger_decision_finder, recover_pending
 from fedcredit.coordinator.service import SERVICE_NAMES, Coordinator, ScoringServicer, register
@@ -31,13 +38,17 @@ log = logging.getLogger(__name__)
 
 
 class ThreadedSink:
-    """An :class:`AsyncEvidenceSink` over a blocking :class:`EvidenceSink` (e.g. an embedded ledger.log.Log)."""
+    """An :class:`AsyncBatchEvidenceSink` over a blocking :class:`BatchEvidenceSink`
+    (e.g. an embedded ledger.log.Log)."""
 
-    def __init__(self, sink: EvidenceSink) -> None:
+    def __init__(self, sink: BatchEvidenceSink) -> None:
         self.sink = sink
 
     async def append(self, kind: str, subject: str | None, payload: Mapping[str, Any]) -> Receipt:
         return await asyncio.to_thread(self.sink.append, kind, subject, payload)
+
+    async def append_many(self, items: Sequence[NewEntry]) -> list[Receipt]:
+        return await asyncio.to_thread(self.sink.append_many, items)
 
 
 async def load_catalog(nodes: Mapping[str, NodeFeatures], timeout: float) -> Catalog:
@@ -69,16 +80,20 @@ def static_catalog() -> Catalog:
 
 
 class CoordinatorServer:
-    """The coordinator's grpc.aio server on a private event-loop thread."""
+    """The coordinator's grpc.aio server on a private event-loop thread.
+
+    ``nodes`` and ``ledger`` are factories, called on that thread's event loop (where a
+    grpc.aio client must be made).
+    """
 
     def __init__(
         self,
         *,
         settings: CoordinatorSettings,
         store: CoordinatorStore,
-        verifier: Any,
+        verifier: TokenVerifier,
         nodes: Callable[[], Awaitable[dict[str, NodeFeatures]]],
-        ledger: AsyncEvidenceSink | Callable[[], AsyncEvidenceSink],
+        ledger: Callable[[], AsyncBatchEvidenceSink],
         ledger_sync: EvidenceSink,
         tls: TlsFiles | None,
         address: str = "127.0.0.1:0",
@@ -107,14 +122,13 @@ class CoordinatorServer:
         nodes = await make_nodes()
         if catalog is None:
             catalog = await load_catalog(nodes, settings.scoring.node_deadline_s)
-        sink = ledger if not callable(ledger) or hasattr(ledger, "append") else ledger()
         self.app = Coordinator.build(
             settings=settings,
             store=store,
             verifier=verifier,
             nodes=nodes,
             catalog=catalog,
-            ledger=sink,  # type: ignore[arg-type]
+            ledger=ledger(),
             ledger_sync=ledger_sync,
         )
         holder: dict[str, ScoringServicer] = {}
@@ -169,11 +183,11 @@ async def serve(
 ) -> None:
     """Serve the coordinator described by the deployment file until SIGINT/SIGTERM
     (``on_ready`` is called once it serves)."""
-    from fedcredit.clients.ledger_client import AsyncLedgerClient, LedgerClient
     from fedcredit.common.config import load_config
     from fedcredit.consent.settings import ConsentSettings
     from fedcredit.consent.verify import remote_verifier
     from fedcredit.coordinator.nodes import grpc_nodes
+    from fedcredit.ledger.client import AsyncLedgerClient, LedgerClient
 
     dep = load_config(config)
     me = dep.service("coordinator")

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fedcredit.common.tls import Identity
 from fedcredit.coordinator.errors import (
@@ -27,7 +27,8 @@ from fedcredit.coordinator.errors import (
     InvalidLoan,
     NotYourGuarantee,
 )
-from fedcredit.coordinator.policy import FundPolicy, check_loan, decide, payout
+from fedcredit.coordinator.gate import LedgerGate
+from fedcredit.coordinator.policy import Decision, FundPolicy, check_loan, decide, payout
 from fedcredit.coordinator.scoring import Assessment, ScoreItem, Scorer
 from fedcredit.coordinator.store import CoordinatorStore, FundBooks, GuaranteeRecord, check_replay
 
@@ -63,9 +64,52 @@ class OutcomeAnswer:
     replayed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Application:
+    """A guarantee application's terms, as the bank sent them."""
+
+    application_id: str
+    enterprise: str
+    amount: int
+    term_months: int
+    collateral: int
+
+    def check(self, policy: FundPolicy) -> None:
+        """Refuse a malformed application id or loan terms outside the fund's rules."""
+        if not APPLICATION_ID_RE.match(self.application_id):
+            raise InvalidLoan(
+                f"application id {self.application_id!r} is not valid: expected 1-128 letters, digits, '.', '_', ':' or '-'"
+            )
+        check_loan(policy, self.amount, self.term_months, self.collateral)
+
+
+def decision_entry(bank: Identity, app: Application, a: Assessment, d: Decision) -> dict[str, Any]:
+    """The ``guarantee_decision`` ledger entry's payload."""
+    return {
+        "application_id": app.application_id,
+        "bank": bank.org_id,
+        "enterprise": app.enterprise,
+        "jti": a.jti,
+        "model_version": a.model_version,
+        "rating": a.rating,
+        "feature_hash": a.feature_hash,
+        "amount": app.amount,
+        "term_months": app.term_months,
+        "collateral_offered": app.collateral,
+        "approved": d.approved,
+        "reason": d.reason,
+        "fund_share_bp": d.fund_share_bp,
+        "fund_amount": d.fund_amount,
+        "collateral_required": d.collateral_required,
+    }
+
+
 class GuaranteeDesk:
-    def __init__(self, *, scorer: Scorer, store: CoordinatorStore, policy: FundPolicy) -> None:
+    def __init__(
+        self, *, scorer: Scorer, gate: LedgerGate, store: CoordinatorStore, policy: FundPolicy
+    ) -> None:
         self.scorer = scorer
+        self.gate = gate
         self.store = store
         self.policy = policy
         # Striped locks: one application id is decided by one task at a time in this process.
@@ -85,11 +129,8 @@ class GuaranteeDesk:
         term_months: int,
         collateral: int,
     ) -> tuple[GuaranteeRecord, bool]:
-        if not APPLICATION_ID_RE.match(application_id):
-            raise InvalidLoan(
-                f"application id {application_id!r} is not valid: expected 1-128 letters, digits, '.', '_', ':' or '-'"
-            )
-        check_loan(self.policy, amount, term_months, collateral)
+        app = Application(application_id, enterprise, amount, term_months, collateral)
+        app.check(self.policy)
         async with self._lock(application_id):
             existing = await asyncio.to_thread(self.store.get_guarantee, application_id)
             if existing is not None:
@@ -100,67 +141,52 @@ class GuaranteeDesk:
             )
             if not isinstance(assessed, Assessment):
                 raise assessed
-            a = assessed
-
-            def decide_now(books: FundBooks) -> Any:
-                return decide(
-                    self.policy,
-                    grade=a.rating,
-                    amount=amount,
-                    term_months=term_months,
-                    collateral_offered=collateral,
-                    state=books.state(self.policy),
-                )
-
-            details = {
-                "jti": a.jti,
-                "reasons": [r.to_dict() for r in a.reasons],
-                "missing_categories": a.missing_categories,
-                "feature_hash": a.feature_hash,
-            }
-            rec, replayed = await asyncio.to_thread(
-                lambda: self.store.reserve(
-                    application_id=application_id,
-                    bank=bank.org_id,
-                    enterprise=enterprise,
-                    amount=amount,
-                    term_months=term_months,
-                    collateral_offered=collateral,
-                    decide=decide_now,
-                    pd=a.pd,
-                    model_version=a.model_version,
-                    details=details,
-                )
-            )
+            rec, replayed = await asyncio.to_thread(self._reserve, bank, app, assessed)
             if replayed:  # decided by another coordinator process meanwhile
                 return rec, True
-            d = rec.decision
             try:
-                index = await self.scorer.append(
+                index = await self.gate.append(
                     "guarantee_decision",
                     enterprise,
-                    {
-                        "application_id": application_id,
-                        "bank": bank.org_id,
-                        "enterprise": enterprise,
-                        "jti": a.jti,
-                        "model_version": a.model_version,
-                        "rating": a.rating,
-                        "feature_hash": a.feature_hash,
-                        "amount": amount,
-                        "term_months": term_months,
-                        "collateral_offered": collateral,
-                        "approved": d.approved,
-                        "reason": d.reason,
-                        "fund_share_bp": d.fund_share_bp,
-                        "fund_amount": d.fund_amount,
-                        "collateral_required": d.collateral_required,
-                    },
+                    decision_entry(bank, app, assessed, rec.decision),
                 )
             except BaseException:
                 await asyncio.to_thread(self.store.abandon, application_id)
                 raise
             return await asyncio.to_thread(self.store.finalize, rec, index), False
+
+    def _reserve(
+        self, bank: Identity, app: Application, a: Assessment
+    ) -> tuple[GuaranteeRecord, bool]:
+        """Decide by the fund's rules under the fund's lock and record the decision PENDING."""
+
+        def decide_now(books: FundBooks) -> Decision:
+            return decide(
+                self.policy,
+                grade=a.rating,
+                amount=app.amount,
+                term_months=app.term_months,
+                collateral_offered=app.collateral,
+                state=books.state(self.policy),
+            )
+
+        return self.store.reserve(
+            application_id=app.application_id,
+            bank=bank.org_id,
+            enterprise=app.enterprise,
+            amount=app.amount,
+            term_months=app.term_months,
+            collateral_offered=app.collateral,
+            decide=decide_now,
+            pd=a.pd,
+            model_version=a.model_version,
+            details={
+                "jti": a.jti,
+                "reasons": [r.to_dict() for r in a.reasons],
+                "missing_categories": a.missing_categories,
+                "feature_hash": a.feature_hash,
+            },
+        )
 
     async def report_outcome(
         self, bank: Identity, *, application_id: str, defaulted: bool, loss: int
@@ -187,7 +213,7 @@ class GuaranteeDesk:
                         f"the reported loss must be between 1 and the loan amount {rec.amount:,} yuan, got {loss:,}"
                     )
                 paid = payout(rec.decision.fund_share_bp, loss)
-            index = await self.scorer.append(
+            index = await self.gate.append(
                 "guarantee_outcome",
                 rec.enterprise,
                 {
@@ -239,7 +265,17 @@ def recover_pending(
     return finalized, abandoned
 
 
-def ledger_decision_finder(ledger: Any) -> DecisionFinder:
+class SubjectLog(Protocol):
+    """What settling a crash reads from the central ledger (``ledger.client.LedgerClient``)."""
+
+    def sign_checkpoint(self) -> str: ...
+
+    def list_by_subject(self, subject: str) -> Iterable[Any]:
+        """The subject's ``ListBySubject`` pages."""
+        ...
+
+
+def ledger_decision_finder(ledger: SubjectLog) -> DecisionFinder:
     """A :data:`DecisionFinder` over the central ledger client (``ListBySubject``, after a fresh checkpoint)."""
     from fedcredit.ledger.entry import Entry
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -20,7 +20,7 @@ from fedcredit.common.errors import (
     from_rpc_error,
 )
 from fedcredit.common.tls import TlsFiles, channel
-from fedcredit.common.wire import item_exception
+from fedcredit.common.wire import item_exception, purpose_to_pb
 from fedcredit.coordinator.errors import NodeDeadlineExceeded, NodeUnavailable
 from fedcredit.coordinator.fanout import (
     CatalogFeature,
@@ -28,15 +28,12 @@ from fedcredit.coordinator.fanout import (
     FetchBatch,
     FetchItem,
     NodeAnswer,
+    NodeFeatures,
 )
 from fedcredit.v1 import common_pb2, feature_pb2, feature_pb2_grpc
 
-PURPOSES = {
-    "credit_assessment": common_pb2.PURPOSE_CREDIT_ASSESSMENT,
-    "guarantee": common_pb2.PURPOSE_GUARANTEE,
-    "post_loan_monitoring": common_pb2.PURPOSE_POST_LOAN_MONITORING,
-    "model_training": common_pb2.PURPOSE_MODEL_TRAINING,
-}
+if TYPE_CHECKING:
+    from fedcredit.common.config import NodeConfig
 
 
 def encode_items(items: Sequence[FetchItem]) -> bytes:
@@ -128,7 +125,7 @@ class GrpcNode:
     ) -> list[NodeAnswer]:
         head = feature_pb2.GetFeaturesRequest(
             features=list(features),
-            purpose=PURPOSES[purpose],
+            purpose=common_pb2.Purpose.ValueType(purpose_to_pb(purpose)),
             on_behalf_of=bank_org,
             on_behalf_of_cert_sha256=bank_cert_sha256,
         ).SerializeToString()
@@ -181,14 +178,14 @@ class GrpcNode:
 
 
 def grpc_nodes(
-    node_configs: Sequence[Any],
+    node_configs: Sequence[NodeConfig],
     tls: TlsFiles | None,
     *,
     insecure: bool = False,
     timeout: float = 2.0,
-) -> dict[str, Any]:
+) -> dict[str, NodeFeatures]:
     """category -> GrpcNode for every ``[[nodes]]`` entry of a deployment."""
-    out: dict[str, Any] = {}
+    out: dict[str, NodeFeatures] = {}
     for n in node_configs:
         category = BY_ID[n.department].category
         out[category] = GrpcNode(

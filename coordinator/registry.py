@@ -1,7 +1,7 @@
 """The model registry: publish and activate credit model versions, ledger first.
 
 Used by the ``ModelRegistry`` gRPC service and directly by the federated
-trainer (``coordinator.training``) when it runs inside the coordinator:
+trainer (``training.server``) when it runs inside the coordinator:
 
     registry = Registry(store, ledger_sink, shares=GradeShares())
     rec = registry.publish(model_text, trainer="coordinator", metrics={...},
@@ -20,13 +20,15 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 
-from fedcredit.common.errors import FedcreditError
 from fedcredit.common.evidence import EvidenceSink
-from fedcredit.coordinator.errors import InvalidModel, LedgerUnavailable, ModelVersionExists
+from fedcredit.coordinator.errors import InvalidModel, ModelVersionExists
+from fedcredit.coordinator.gate import BlockingLedgerGate
 from fedcredit.coordinator.model import load_booster, model_sha256
 from fedcredit.coordinator.rating import GradeShares, Thresholds, calibrate, distribution
 from fedcredit.coordinator.store import CoordinatorStore, ModelRecord
@@ -34,22 +36,26 @@ from fedcredit.coordinator.store import CoordinatorStore, ModelRecord
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
-def ledger_append(
-    sink: EvidenceSink, kind: str, subject: str | None, payload: Mapping[str, Any]
-) -> int:
-    """Append to the ledger, turning any failure into LedgerUnavailable (no entry, no answer)."""
-    try:
-        return sink.append(kind, subject, payload).index
-    except LedgerUnavailable:
-        raise
-    except FedcreditError as exc:
-        raise LedgerUnavailable(
-            f"the ledger refused the {kind} entry: {exc.reason}: {exc.message}"
-        ) from exc
-    except Exception as exc:
-        raise LedgerUnavailable(
-            f"the ledger did not take the {kind} entry: {type(exc).__name__}: {exc}"
-        ) from exc
+def calibration_population(
+    booster: lgb.Booster,
+    calibration_pds: Sequence[float] | np.ndarray | None,
+    calibration_matrix: np.ndarray | None,
+) -> np.ndarray:
+    """The rated population's probabilities of default: given, or the model's own predictions
+    on a feature matrix in the model's feature order."""
+    if calibration_matrix is not None:
+        mat = np.asarray(calibration_matrix, dtype=np.float64)
+        if mat.ndim != 2 or mat.shape[1] != booster.num_feature():
+            raise InvalidModel(
+                f"calibration matrix must have {booster.num_feature()} columns (the model's features), "
+                f"got shape {mat.shape}"
+            )
+        return np.asarray(booster.predict(mat), dtype=np.float64)
+    if calibration_pds is not None:
+        return np.asarray(calibration_pds, dtype=np.float64)
+    raise InvalidModel(
+        "a model needs a calibration population (probabilities of default) to set its ratings"
+    )
 
 
 class Registry:
@@ -62,7 +68,7 @@ class Registry:
         on_activate: Callable[[ModelRecord], None] | None = None,
     ) -> None:
         self.store = store
-        self.ledger = ledger
+        self.gate = BlockingLedgerGate(ledger)
         self.shares = shares
         self.on_activate = on_activate
         self._lock = threading.Lock()  # one publication/activation at a time in this process
@@ -97,56 +103,46 @@ class Registry:
             raise InvalidModel(
                 f"model version {version!r} is not valid: expected 1-128 letters, digits, '.', '_', '+' or '-'"
             )
-        if calibration_matrix is not None:
-            mat = np.asarray(calibration_matrix, dtype=np.float64)
-            if mat.ndim != 2 or mat.shape[1] != booster.num_feature():
-                raise InvalidModel(
-                    f"calibration matrix must have {booster.num_feature()} columns (the model's features), "
-                    f"got shape {mat.shape}"
-                )
-            pds = np.asarray(booster.predict(mat), dtype=np.float64)
-        elif calibration_pds is not None:
-            pds = np.asarray(calibration_pds, dtype=np.float64)
-        else:
-            raise InvalidModel(
-                "a model needs a calibration population (probabilities of default) to set its ratings"
-            )
+        pds = calibration_population(booster, calibration_pds, calibration_matrix)
         thresholds = calibrate(pds, self.shares)
-        counts = distribution(pds, thresholds)
-        features = tuple(booster.feature_name())
+        rec = ModelRecord(
+            version=version,
+            sha256=digest,
+            features=tuple(booster.feature_name()),
+            metrics=dict(metrics or {}),
+            settings=dict(settings or {}),
+            trainer=trainer,
+            created_at=int(time.time()),
+            thresholds=thresholds,
+            grade_counts=distribution(pds, thresholds),
+            publish_ledger_index=0,  # set once the ledger has the publication
+            calibration=pds,
+            model_text=model_text,
+        )
+        rec = self._record_publication(rec)
+        if activate:
+            return self.activate(version, actor=trainer)
+        return rec
+
+    def _record_publication(self, rec: ModelRecord) -> ModelRecord:
+        """``model_published`` to the ledger, then the version into the store (one at a time)."""
         with self._lock:
-            if self.store.get_model(version) is not None:
-                raise ModelVersionExists(f"model version {version!r} is already registered")
-            index = ledger_append(
-                self.ledger,
+            if self.store.get_model(rec.version) is not None:
+                raise ModelVersionExists(f"model version {rec.version!r} is already registered")
+            index = self.gate.append(
                 "model_published",
                 None,
                 {
-                    "version": version,
-                    "sha256": digest,
-                    "trainer": trainer,
-                    "features": list(features),
-                    "thresholds": thresholds.to_dict(),
-                    "metrics": dict(metrics or {}),
+                    "version": rec.version,
+                    "sha256": rec.sha256,
+                    "trainer": rec.trainer,
+                    "features": list(rec.features),
+                    "thresholds": rec.thresholds.to_dict(),
+                    "metrics": dict(rec.metrics),
                 },
             )
-            rec = ModelRecord(
-                version=version,
-                sha256=digest,
-                features=features,
-                metrics=dict(metrics or {}),
-                settings=dict(settings or {}),
-                trainer=trainer,
-                created_at=int(time.time()),
-                thresholds=thresholds,
-                grade_counts=counts,
-                publish_ledger_index=index,
-                calibration=pds,
-                model_text=model_text,
-            )
+            rec = replace(rec, publish_ledger_index=index)
             self.store.add_model(rec)
-        if activate:
-            return self.activate(version, actor=trainer)
         return rec
 
     def activate(self, version: str, *, actor: str) -> ModelRecord:
@@ -156,8 +152,7 @@ class Registry:
             thresholds: Thresholds = calibrate(rec.calibration, self.shares)
             counts = distribution(rec.calibration, thresholds)
             now = int(time.time())
-            index = ledger_append(
-                self.ledger,
+            index = self.gate.append(
                 "model_activated",
                 None,
                 {

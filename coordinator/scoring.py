@@ -38,10 +38,9 @@ import numpy as np
 
 from fedcredit.common.canonical import canonical_json, number
 from fedcredit.common.errors import DeadlineExceeded, FedcreditError, Internal, Unavailable
-from fedcredit.common.evidence import AsyncEvidenceSink
 from fedcredit.common.tls import Identity
 from fedcredit.common.uscc import validate as validate_uscc
-from fedcredit.consent.verify import BatchUseCounter
+from fedcredit.consent.verify import TokenVerifier, UseCounter, VerifiedConsent
 from fedcredit.coordinator.errors import LedgerUnavailable, NodeUnavailable
 from fedcredit.coordinator.fanout import (
     Catalog,
@@ -51,13 +50,11 @@ from fedcredit.coordinator.fanout import (
     NodeAnswer,
     NodeFeatures,
 )
+from fedcredit.coordinator.gate import LedgerGate
 from fedcredit.coordinator.model import ScoringModel
 from fedcredit.coordinator.reasons import Reason, top_reasons
 
 log = logging.getLogger(__name__)
-
-# Entries per ledger Append call (the LedgerService accepts up to 1,000 by default).
-LEDGER_APPEND_BATCH = 500
 
 NodePolicy = Literal["refuse", "score_missing"]
 
@@ -178,14 +175,62 @@ def as_domain(exc: BaseException, what: str) -> FedcreditError:
     return Internal(f"internal error while {what}; the coordinator logged the details")
 
 
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """One node's part of a fan-out: the items (indexes) it is asked about."""
+
+    category: str
+    node: NodeFeatures
+    asked: list[int]
+
+
+@dataclass
+class _Batch:
+    """One assessment between its steps, per item: its consent, why it is refused (the
+    first reason wins), its feature row (NaN = missing) and the categories scored missing."""
+
+    items: Sequence[ScoreItem]
+    consents: list[VerifiedConsent | None]
+    errors: list[FedcreditError | None]
+    ok: list[int]  # the items whose token verified
+    matrix: np.ndarray
+    missing: list[set[str]]
+
+    @classmethod
+    def start(
+        cls,
+        items: Sequence[ScoreItem],
+        verified: Sequence[VerifiedConsent | FedcreditError],
+        width: int,
+    ) -> _Batch:
+        errors = [v if isinstance(v, FedcreditError) else None for v in verified]
+        return cls(
+            items=items,
+            consents=[None if isinstance(v, FedcreditError) else v for v in verified],
+            errors=errors,
+            ok=[i for i, e in enumerate(errors) if e is None],
+            matrix=np.full((len(items), width), np.nan, dtype=np.float64),
+            missing=[set() for _ in items],
+        )
+
+    def consent(self, i: int) -> VerifiedConsent:
+        c = self.consents[i]
+        assert c is not None, "only items whose token verified have a consent"
+        return c
+
+    def refuse(self, i: int, err: FedcreditError) -> None:
+        if self.errors[i] is None:
+            self.errors[i] = err
+
+
 class Scorer:
     def __init__(
         self,
         *,
-        verifier: Any,
+        verifier: TokenVerifier,
         nodes: Mapping[str, NodeFeatures],
         catalog: Catalog,
-        ledger: AsyncEvidenceSink,
+        gate: LedgerGate,
         models: ModelSource,
         settings: ScoringSettings | None = None,
         clock: Callable[[], float] = time.perf_counter,
@@ -193,7 +238,7 @@ class Scorer:
         self.verifier = verifier
         self.nodes = dict(nodes)  # category -> node
         self.catalog = catalog
-        self.ledger = ledger
+        self.gate = gate
         self.models = models
         self.settings = settings or ScoringSettings()
         self._pool = ThreadPoolExecutor(
@@ -201,7 +246,7 @@ class Scorer:
         )
         self._clock = clock
         self.descriptions = catalog.descriptions()
-        self._separate_count = hasattr(verifier, "counter")
+        self._counter = verifier.counter
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -209,8 +254,8 @@ class Scorer:
     # ------------------------------------------------------------ step 1: tokens
     def _verify_chunk(
         self, bank: Identity, items: Sequence[ScoreItem], purposes: Collection[str]
-    ) -> list[Any]:
-        out: list[Any] = []
+    ) -> list[VerifiedConsent | FedcreditError]:
+        out: list[VerifiedConsent | FedcreditError] = []
         for it in items:
             try:
                 validate_uscc(it.enterprise)
@@ -223,7 +268,7 @@ class Scorer:
                         purposes=purposes,
                         # Uses are counted separately, concurrently with the node fan-out
                         # (see _count_uses), when the verifier exposes its counter.
-                        count_use=not self._separate_count,
+                        count_use=self._counter is None,
                     )
                 )
             except Exception as exc:
@@ -232,7 +277,7 @@ class Scorer:
 
     async def _verify(
         self, bank: Identity, items: Sequence[ScoreItem], purposes: Collection[str]
-    ) -> list[Any]:
+    ) -> list[VerifiedConsent | FedcreditError]:
         loop = asyncio.get_running_loop()
         # Token checks are CPU work (Ed25519) and may call the consent service
         # (use counts, key refresh): keep them off the event loop, in parallel slices.
@@ -247,39 +292,58 @@ class Scorer:
         )
         return [r for part in results for r in part]
 
-    def _count_chunk(self, consents: Sequence[Any]) -> list[FedcreditError | None]:
-        counter = self.verifier.counter
-        if isinstance(counter, BatchUseCounter):
-            # One round trip (one transaction at the consent service) for the chunk.
-            try:
-                counted = counter.use_many([(c.jti, c.max_uses, c.expires_at) for c in consents])
-            except Exception as exc:
-                err = as_domain(exc, "counting consent uses")
-                return [err] * len(consents)
-            return [r if isinstance(r, FedcreditError) else None for r in counted]
-        out: list[FedcreditError | None] = []
-        for c in consents:
-            try:
-                counter.use(c.jti, c.max_uses, c.expires_at)
-                out.append(None)
-            except Exception as exc:
-                out.append(as_domain(exc, "counting a consent use"))
-        return out
+    def _count_chunk(
+        self, counter: UseCounter, consents: Sequence[VerifiedConsent]
+    ) -> list[FedcreditError | None]:
+        # One round trip (one transaction at the consent service) for the chunk.
+        try:
+            counted = counter.use_many([(c.jti, c.max_uses, c.expires_at) for c in consents])
+        except Exception as exc:
+            err = as_domain(exc, "counting consent uses")
+            return [err] * len(consents)
+        return [r if isinstance(r, FedcreditError) else None for r in counted]
 
-    async def _count_uses(self, consents: Sequence[Any]) -> list[FedcreditError | None]:
-        """Count one use per consent at the consent service (atomic there with revocation)."""
-        if not consents:
-            return []
+    async def _count_uses(self, consents: Sequence[VerifiedConsent]) -> list[FedcreditError | None]:
+        """Count one use per consent at the consent service (atomic there with revocation);
+        a verifier without a separate counter counted them in :meth:`_verify` already."""
+        counter = self._counter
+        if counter is None or not consents:
+            return [None] * len(consents)
         loop = asyncio.get_running_loop()
         n = max(1, min(self.settings.verify_threads, len(consents) // 16 or 1))
         size = -(-len(consents) // n)
         parts = [consents[i : i + size] for i in range(0, len(consents), size)]
         results = await asyncio.gather(
-            *(loop.run_in_executor(self._pool, self._count_chunk, p) for p in parts)
+            *(loop.run_in_executor(self._pool, self._count_chunk, counter, p) for p in parts)
         )
         return [r for part in results for r in part]
 
     # ------------------------------------------------------------ step 2: fan-out
+    def _by_category(self, features: Sequence[str]) -> dict[str, list[str]]:
+        """The model's features per catalog category (a feature no node publishes: none)."""
+        by_cat: dict[str, list[str]] = {}
+        for f in features:
+            cat = self.catalog.category_of(f)
+            if cat is not None:
+                by_cat.setdefault(cat, []).append(f)
+        return by_cat
+
+    def _plan(self, batch: _Batch, categories: Collection[str]) -> list[_Ask]:
+        """Which items each node is asked about: the consent must cover the category and the
+        node; every other (item, category) is scored as missing."""
+        plan: list[_Ask] = []
+        for cat in sorted(categories):
+            node = self.nodes.get(cat)
+            asked: list[int] = []
+            for i in batch.ok:
+                if node is not None and batch.consent(i).covers(cat, node.org_id):
+                    asked.append(i)
+                else:
+                    batch.missing[i].add(cat)
+            if node is not None and asked:
+                plan.append(_Ask(cat, node, asked))
+        return plan
+
     async def _ask_node(
         self,
         node: NodeFeatures,
@@ -325,6 +389,114 @@ class Scorer:
         except Exception as exc:
             return as_domain(exc, f"asking node {node.org_id}")
 
+    async def _fan_out(
+        self,
+        bank: Identity,
+        purpose: str,
+        batch: _Batch,
+        plan: Sequence[_Ask],
+        by_cat: Mapping[str, Sequence[str]],
+    ) -> list[list[NodeAnswer] | FedcreditError]:
+        """Ask every planned node in parallel while the uses are counted; an item whose use
+        cannot be counted (revoked meanwhile, no uses left) is refused."""
+        counting = asyncio.ensure_future(self._count_uses([batch.consent(i) for i in batch.ok]))
+        # Nodes asked about the same enterprises share one FetchBatch (one encoding).
+        batches: dict[tuple[int, ...], FetchBatch] = {}
+        for ask in plan:
+            key = tuple(ask.asked)
+            if key not in batches:
+                its = batch.items
+                batches[key] = FetchBatch(FetchItem(its[i].enterprise, its[i].token) for i in key)
+        answers = await asyncio.gather(
+            *(
+                self._ask_node(a.node, batches[tuple(a.asked)], by_cat[a.category], purpose, bank)
+                for a in plan
+            )
+        )
+        for i, err in zip(batch.ok, await counting, strict=True):
+            if err is not None:
+                batch.refuse(i, err)
+        return answers
+
+    # ------------------------------------------------------------ step 3: the feature matrix
+    def _merge(
+        self,
+        batch: _Batch,
+        ask: _Ask,
+        answer: list[NodeAnswer] | FedcreditError,
+        feats: Sequence[str],
+        col: Mapping[str, int],
+    ) -> None:
+        """One node's answer into the batch: its columns of the matrix, its item errors, or
+        (the node failed) the policy's consequence for every item asked."""
+        node = ask.node
+        if isinstance(answer, FedcreditError):
+            if self.settings.on_node_failure == "score_missing":
+                for i in ask.asked:
+                    batch.missing[i].add(ask.category)
+                return
+            err = NodeUnavailable(
+                f"node {node.org_id} ({ask.category}) failed: {answer.reason}: {answer.message}; "
+                "the score is refused "
+                "(the coordinator's policy does not score with a category missing)",
+                node=node.org_id,
+                category=ask.category,
+            )
+            for i in ask.asked:
+                batch.refuse(i, err)
+            return
+        # The node's columns of the matrix, filled in one assignment (not per value).
+        feats_t = tuple(feats)
+        filled: list[int] = []
+        block: list[list[float]] = []
+        for i, a in zip(ask.asked, answer, strict=True):
+            if a.error is not None:
+                if batch.errors[i] is None:
+                    a.error.metadata.setdefault("node", node.org_id)
+                    batch.errors[i] = a.error
+                continue
+            vals = a.values or {}
+            filled.append(i)
+            if type(vals) is FeatureRow and vals.names == feats_t:
+                block.append(vals.floats())  # already in the model's column order
+            else:
+                block.append([math.nan if (x := vals.get(f)) is None else float(x) for f in feats])
+        if filled:
+            batch.matrix[np.ix_(filled, [col[f] for f in feats])] = block
+
+    def _predict(
+        self, model: ScoringModel, purpose: str, batch: _Batch
+    ) -> list[Assessment | FedcreditError]:
+        """Probability of default, grade, reasons and feature hash of every unrefused item."""
+        rows = [i for i, e in enumerate(batch.errors) if e is None]
+        unset = Internal("unset")  # every such slot is filled below; one placeholder for all
+        out: list[Assessment | FedcreditError] = [
+            e if e is not None else unset for e in batch.errors
+        ]
+        if not rows:
+            return out
+        sub = batch.matrix[rows]
+        pds = model.predict(sub)
+        contrib = model.contributions(sub)
+        missing_mask = np.isnan(sub)
+        features = model.features
+        for k, i in enumerate(rows):
+            consent = batch.consent(i)
+            item = batch.items[i]
+            pd = float(pds[k])
+            out[i] = Assessment(
+                item=item,
+                jti=consent.jti,
+                purpose=purpose,
+                pd=pd,
+                rating=model.rate(pd),
+                model_version=model.version,
+                reasons=top_reasons(contrib[k], features, self.descriptions, missing_mask[k]),
+                missing_categories=sorted(batch.missing[i]),
+                feature_hash=feature_hash(model.version, item.enterprise, consent.jti, sub[k]),
+            )
+        return out
+
     # ------------------------------------------------------------ steps 1-3
     async def assess_many(
         self,
@@ -343,201 +515,19 @@ class Scorer:
 
         features = model.features
         col = {f: j for j, f in enumerate(features)}
-        by_cat: dict[str, list[str]] = {}
-        for f in features:
-            cat = self.catalog.category_of(f)
-            if cat is not None:
-                by_cat.setdefault(cat, []).append(f)
-
-        errors: list[FedcreditError | None] = [
-            v if isinstance(v, FedcreditError) else None for v in verified
-        ]
-        ok = [i for i, e in enumerate(errors) if e is None]
-        matrix = np.full((len(items), len(features)), np.nan, dtype=np.float64)
-        missing_cats: list[set[str]] = [set() for _ in items]
-
-        # Which items each node is asked about: the consent must cover the category and the node.
-        plan: list[tuple[str, NodeFeatures, list[int]]] = []
-        for cat, _feats in sorted(by_cat.items()):
-            node = self.nodes.get(cat)
-            asked: list[int] = []
-            for i in ok:
-                consent = verified[i]
-                covered = (consent.score_only or cat in consent.categories) and (
-                    node is not None and node.org_id in consent.nodes
-                )
-                if covered:
-                    asked.append(i)
-                else:
-                    missing_cats[i].add(cat)
-            if node is None:
-                for i in asked:
-                    missing_cats[i].add(cat)
-            elif asked:
-                plan.append((cat, node, asked))
-
-        counting = asyncio.ensure_future(
-            self._count_uses([verified[i] for i in ok] if self._separate_count else [])
-        )
-        # Nodes asked about the same enterprises share one FetchBatch (one encoding).
-        batches: dict[tuple[int, ...], FetchBatch] = {}
-        for _cat, _node, asked in plan:
-            key = tuple(asked)
-            if key not in batches:
-                batches[key] = FetchBatch(
-                    FetchItem(items[i].enterprise, items[i].token) for i in asked
-                )
-        answers = await asyncio.gather(
-            *(
-                self._ask_node(node, batches[tuple(asked)], by_cat[cat], purpose, bank)
-                for cat, node, asked in plan
-            )
-        )
-        counted = await counting
-        for i, err in zip(ok if self._separate_count else [], counted, strict=True):
-            if err is not None:
-                errors[i] = err  # e.g. revoked meanwhile, or no uses left: no answer
+        by_cat = self._by_category(features)
+        batch = _Batch.start(items, verified, len(features))
+        plan = self._plan(batch, by_cat)
+        answers = await self._fan_out(bank, purpose, batch, plan, by_cat)
         t2 = self._clock()
         st.fanout_s += t2 - t1
-        for (cat, node, asked), ans in zip(plan, answers, strict=True):
-            if isinstance(ans, FedcreditError):
-                if self.settings.on_node_failure == "score_missing":
-                    for i in asked:
-                        missing_cats[i].add(cat)
-                    continue
-                err = NodeUnavailable(
-                    f"node {node.org_id} ({cat}) failed: {ans.reason}: {ans.message}; the score is refused "
-                    "(the coordinator's policy does not score with a category missing)",
-                    node=node.org_id,
-                    category=cat,
-                )
-                for i in asked:
-                    errors[i] = errors[i] or err
-                continue
-            # The node's columns of the matrix, filled in one assignment (not per value).
-            feats = by_cat[cat]
-            feats_t = tuple(feats)
-            js = [col[f] for f in feats]
-            filled: list[int] = []
-            block: list[list[float]] = []
-            for i, a in zip(asked, ans, strict=True):
-                if a.error is not None:
-                    if errors[i] is None:
-                        a.error.metadata.setdefault("node", node.org_id)
-                        errors[i] = a.error
-                    continue
-                vals = a.values or {}
-                filled.append(i)
-                if type(vals) is FeatureRow and vals.names == feats_t:
-                    block.append(vals.floats())  # already in the model's column order
-                else:
-                    block.append(
-                        [math.nan if (x := vals.get(f)) is None else float(x) for f in feats]
-                    )
-            if filled:
-                matrix[np.ix_(filled, js)] = block
-
-        rows = [i for i, e in enumerate(errors) if e is None]
-        unset = Internal("unset")  # every such slot is filled below; one placeholder for all
-        out: list[Assessment | FedcreditError] = [e if e is not None else unset for e in errors]
-        if rows:
-            sub = matrix[rows]
-            pds = model.predict(sub)
-            contrib = model.contributions(sub)
-            missing_mask = np.isnan(sub)
-            for k, i in enumerate(rows):
-                consent = verified[i]
-                pd = float(pds[k])
-                out[i] = Assessment(
-                    item=items[i],
-                    jti=consent.jti,
-                    purpose=purpose,
-                    pd=pd,
-                    rating=model.rate(pd),
-                    model_version=model.version,
-                    reasons=top_reasons(contrib[k], features, self.descriptions, missing_mask[k]),
-                    missing_categories=sorted(missing_cats[i]),
-                    feature_hash=feature_hash(
-                        model.version, items[i].enterprise, consent.jti, sub[k]
-                    ),
-                )
+        for ask, answer in zip(plan, answers, strict=True):
+            self._merge(batch, ask, answer, by_cat[ask.category], col)
+        out = self._predict(model, purpose, batch)
         st.predict_s += self._clock() - t2
         return out
 
     # ------------------------------------------------------------ step 4: ledger, then answer
-    async def append(self, kind: str, subject: str | None, payload: Mapping[str, Any]) -> int:
-        try:
-            receipt = await asyncio.wait_for(
-                self.ledger.append(kind, subject, payload), timeout=self.settings.ledger_deadline_s
-            )
-        except TimeoutError as exc:
-            raise LedgerUnavailable(
-                f"the ledger did not take the {kind} entry within {self.settings.ledger_deadline_s} s; "
-                "nothing is answered without a ledger entry"
-            ) from exc
-        except LedgerUnavailable:
-            raise
-        except FedcreditError as exc:
-            raise LedgerUnavailable(
-                f"the ledger refused the {kind} entry ({exc.reason}: {exc.message}); "
-                "nothing is answered without a ledger entry"
-            ) from exc
-        except Exception as exc:
-            raise LedgerUnavailable(
-                f"the ledger did not take the {kind} entry ({type(exc).__name__}: {exc}); "
-                "nothing is answered without a ledger entry"
-            ) from exc
-        return receipt.index
-
-    async def append_many(
-        self, kind: str, items: Sequence[tuple[str | None, Mapping[str, Any]]]
-    ) -> list[int | LedgerUnavailable]:
-        """Several entries in as few ledger calls as the sink allows; per item its index or the
-        failure (a call is all or nothing, so a failed call fails exactly its own items)."""
-        many = getattr(self.ledger, "append_many", None)
-
-        async def one(s: str | None, p: Mapping[str, Any]) -> int | LedgerUnavailable:
-            try:
-                return await self.append(kind, s, p)
-            except LedgerUnavailable as exc:
-                return exc
-
-        if many is None or len(items) == 1:
-            return list(await asyncio.gather(*(one(s, p) for s, p in items)))
-
-        async def call(
-            part: list[tuple[str, str | None, Mapping[str, Any]]],
-        ) -> list[int | LedgerUnavailable]:
-            limit = self.settings.ledger_deadline_s
-            try:
-                receipts = await asyncio.wait_for(many(part), timeout=limit)
-                if len(receipts) != len(part):
-                    raise LedgerUnavailable(
-                        f"the ledger acknowledged {len(receipts)} of {len(part)} {kind} entries"
-                    )
-                return [r.index for r in receipts]
-            except LedgerUnavailable as exc:
-                err = exc
-            except TimeoutError:
-                err = LedgerUnavailable(
-                    f"the ledger did not take {len(part)} {kind} entries within {limit} s"
-                )
-            except FedcreditError as exc:
-                err = LedgerUnavailable(
-                    f"the ledger refused {len(part)} {kind} entries ({exc.reason}: {exc.message})"
-                )
-            except Exception as exc:
-                err = LedgerUnavailable(
-                    f"the ledger did not take {len(part)} {kind} entries ({type(exc).__name__}: {exc})"
-                )
-            err.message += "; nothing is answered without a ledger entry"
-            return [err] * len(part)
-
-        step = LEDGER_APPEND_BATCH
-        parts = [[(kind, s, p) for s, p in items[i : i + step]] for i in range(0, len(items), step)]
-        results = await asyncio.gather(*(call(p) for p in parts))
-        return [r for part in results for r in part]
-
     @staticmethod
     def _access_payload(bank: Identity, a: Assessment) -> dict[str, Any]:
         return {
@@ -561,20 +551,14 @@ class Scorer:
         st = stats if stats is not None else ScoringStats()
         assessed = await self.assess_many(bank, items, purpose, st)
         t0 = self._clock()
-        ok = [k for k, a in enumerate(assessed) if isinstance(a, Assessment)]
+        ok = [(k, a) for k, a in enumerate(assessed) if isinstance(a, Assessment)]
         out: list[Scored | FedcreditError] = [
             a if isinstance(a, FedcreditError) else Internal("unset") for a in assessed
         ]
         if ok:
-            entries: list[tuple[str | None, Mapping[str, Any]]] = []
-            for k in ok:
-                a = assessed[k]
-                assert isinstance(a, Assessment)
-                entries.append((a.item.enterprise, self._access_payload(bank, a)))
-            indexes = await self.append_many("score_access", entries)
-            for k, index in zip(ok, indexes, strict=True):
-                a = assessed[k]
-                assert isinstance(a, Assessment)
+            entries = [(a.item.enterprise, self._access_payload(bank, a)) for _, a in ok]
+            indexes = await self.gate.append_many("score_access", entries)
+            for (k, a), index in zip(ok, indexes, strict=True):
                 out[k] = index if isinstance(index, LedgerUnavailable) else Scored(a, index)
         st.ledger_s += self._clock() - t0
         return out

@@ -13,21 +13,24 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Coroutine, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from fedcredit.common.canonical import canonical_json
 from fedcredit.common.errors import BatchTooLarge, FedcreditError, InvalidArgument, RoleNotAllowed
-from fedcredit.common.evidence import AsyncEvidenceSink, EvidenceSink
+from fedcredit.common.evidence import AsyncBatchEvidenceSink, EvidenceSink
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.tls import Identity, peer_identity
 from fedcredit.common.wire import item_error
-from fedcredit.coordinator.errors import NoActiveModel
+from fedcredit.consent.verify import TokenVerifier
+from fedcredit.coordinator.errors import ModelVersionNotFound, NoActiveModel
 from fedcredit.coordinator.fanout import Catalog, NodeFeatures
 from fedcredit.coordinator.fund import FundStatus, GuaranteeDesk
+from fedcredit.coordinator.gate import LedgerGate
 from fedcredit.coordinator.model import ScoringModel
 from fedcredit.coordinator.reasons import Reason
 from fedcredit.coordinator.registry import Registry
@@ -219,6 +222,101 @@ def parse_json_field(text: str, field: str) -> dict[str, Any]:
     return value
 
 
+# ---------------------------------------------------------------- batch streaming
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def batch_item(it: ScoreItem, res: Scored | FedcreditError) -> pb.ScoreBatchItem:
+    """One enterprise's answer in a ScoreBatch stream: its result or its item error."""
+    if isinstance(res, FedcreditError):
+        return pb.ScoreBatchItem(
+            request_id=it.request_id, enterprise=it.enterprise, error=item_error(res)
+        )
+    return pb.ScoreBatchItem(
+        request_id=it.request_id, enterprise=it.enterprise, result=score_pb(res)
+    )
+
+
+async def read_into(requests: AsyncIterator[T], queue: asyncio.Queue[T | None]) -> None:
+    """Every request of the stream into ``queue``, then None (also when the stream fails)."""
+    try:
+        async for req in requests:
+            await queue.put(req)
+    finally:
+        await queue.put(None)
+
+
+async def chunks_of(
+    queue: asyncio.Queue[T | None], size: int, linger_s: float = 0.02
+) -> AsyncIterator[list[T]]:
+    """What the queue holds, in chunks of at most ``size``, until its None.
+
+    A chunk takes what is already there (up to ``size``, waiting at most ``linger_s``
+    for more); it does not wait to be full, so an interactive client is answered promptly.
+    """
+    loop = asyncio.get_running_loop()
+    done = False
+    while not done:
+        first = await queue.get()
+        if first is None:
+            return
+        chunk = [first]
+        deadline = loop.time() + linger_s
+        while len(chunk) < size:
+            try:
+                nxt = (
+                    queue.get_nowait()
+                    if queue.qsize()
+                    else await asyncio.wait_for(queue.get(), max(0.0, deadline - loop.time()))
+                )
+            except TimeoutError:
+                break
+            if nxt is None:
+                done = True
+                break
+            chunk.append(nxt)
+        yield chunk
+
+
+async def in_order(
+    chunks: AsyncIterator[list[T]],
+    run: Callable[[list[T]], Coroutine[Any, Any, list[R]]],
+    inflight: int,
+) -> AsyncGenerator[R, None]:
+    """``run`` on every chunk, at most ``inflight`` at a time; each chunk's results are
+    yielded as soon as it (and every chunk before it) is done, while reading on: a client
+    may wait for answers before it sends more."""
+    it = chunks.__aiter__()
+    next_chunk: asyncio.Future[list[T]] = asyncio.ensure_future(it.__anext__())
+    pending: deque[asyncio.Task[list[R]]] = deque()
+    input_done = False
+    try:
+        while not input_done or pending:
+            waits: set[asyncio.Future[Any]] = set()
+            if not input_done and len(pending) < inflight:
+                waits.add(next_chunk)
+            if pending:
+                waits.add(pending[0])
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if next_chunk in done:
+                try:
+                    chunk = next_chunk.result()
+                except StopAsyncIteration:
+                    input_done = True
+                else:
+                    pending.append(asyncio.create_task(run(chunk)))
+                    next_chunk = asyncio.ensure_future(it.__anext__())
+            while pending and pending[0].done():
+                for item in pending.popleft().result():
+                    yield item
+    finally:
+        next_chunk.cancel()
+        for t in pending:
+            t.cancel()
+
+
 # ---------------------------------------------------------------- the application
 
 
@@ -239,30 +337,29 @@ class Coordinator:
         *,
         settings: CoordinatorSettings,
         store: CoordinatorStore,
-        verifier: Any,
+        verifier: TokenVerifier,
         nodes: dict[str, NodeFeatures],
         catalog: Catalog,
-        ledger: AsyncEvidenceSink,
+        ledger: AsyncBatchEvidenceSink,
         ledger_sync: EvidenceSink,
     ) -> Coordinator:
         models = ActiveModel(store, settings.model_refresh_s)
+        gate = LedgerGate(ledger, deadline_s=settings.scoring.ledger_deadline_s)
         scorer = Scorer(
             verifier=verifier,
             nodes=nodes,
             catalog=catalog,
-            ledger=ledger,
+            gate=gate,
             models=models,
             settings=settings.scoring,
         )
-        desk = GuaranteeDesk(scorer=scorer, store=store, policy=settings.fund)
+        desk = GuaranteeDesk(scorer=scorer, gate=gate, store=store, policy=settings.fund)
         registry = Registry(store, ledger_sync, shares=settings.shares, on_activate=models.set)
         return cls(settings, store, scorer, desk, registry, models)
 
     async def close(self) -> None:
         self.scorer.close()
-        close = getattr(self.scorer.verifier, "close", None)
-        if close is not None:
-            await asyncio.to_thread(close)
+        await asyncio.to_thread(self.scorer.verifier.close)
         for node in self.scorer.nodes.values():
             await node.close()
 
@@ -288,94 +385,22 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             maxsize=s.batch_chunk * s.batch_inflight * 2
         )
 
-        async def reader() -> None:
-            try:
-                async for req in request_iterator:
-                    await queue.put(req)
-            finally:
-                await queue.put(None)
-
-        async def chunks() -> AsyncIterator[list[pb.ScoreRequest]]:
-            done = False
-            while not done:
-                first = await queue.get()
-                if first is None:
-                    return
-                chunk = [first]
-                # Take what is already there (up to a chunk); do not wait for a
-                # full chunk, so an interactive client is answered promptly.
-                deadline = asyncio.get_running_loop().time() + 0.02
-                while len(chunk) < s.batch_chunk:
-                    try:
-                        nxt = (
-                            queue.get_nowait()
-                            if queue.qsize()
-                            else await asyncio.wait_for(
-                                queue.get(), max(0.0, deadline - asyncio.get_running_loop().time())
-                            )
-                        )
-                    except TimeoutError:
-                        break
-                    if nxt is None:
-                        done = True
-                        break
-                    chunk.append(nxt)
-                yield chunk
-
         async def run(chunk: list[pb.ScoreRequest]) -> list[pb.ScoreBatchItem]:
             items = [ScoreItem(r.enterprise, r.consent_token, r.request_id) for r in chunk]
             results = await self.app.scorer.score_many(
                 bank, items, "credit_assessment", self.batch_stats
             )
-            out = []
-            for it, res in zip(items, results, strict=True):
-                if isinstance(res, FedcreditError):
-                    out.append(
-                        pb.ScoreBatchItem(
-                            request_id=it.request_id,
-                            enterprise=it.enterprise,
-                            error=item_error(res),
-                        )
-                    )
-                else:
-                    out.append(
-                        pb.ScoreBatchItem(
-                            request_id=it.request_id, enterprise=it.enterprise, result=score_pb(res)
-                        )
-                    )
-            return out
+            return [batch_item(it, res) for it, res in zip(items, results, strict=True)]
 
-        read_task = asyncio.create_task(reader())
-        it = chunks().__aiter__()
-        next_chunk: asyncio.Future[list[pb.ScoreRequest]] = asyncio.ensure_future(it.__anext__())
-        pending: deque[asyncio.Task[list[pb.ScoreBatchItem]]] = deque()
-        input_done = False
+        read_task = asyncio.create_task(read_into(request_iterator, queue))
         try:
-            # Answer each chunk as soon as it (and every chunk before it) is done, while
-            # reading on: a client may wait for answers before it sends more.
-            while not input_done or pending:
-                waits: set[asyncio.Future[Any]] = set()
-                if not input_done and len(pending) < s.batch_inflight:
-                    waits.add(next_chunk)
-                if pending:
-                    waits.add(pending[0])
-                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                if next_chunk in done:
-                    try:
-                        chunk = next_chunk.result()
-                    except StopAsyncIteration:
-                        input_done = True
-                    else:
-                        pending.append(asyncio.create_task(run(chunk)))
-                        next_chunk = asyncio.ensure_future(it.__anext__())
-                while pending and pending[0].done():
-                    for item in pending.popleft().result():
-                        yield item
+            async with aclosing(
+                in_order(chunks_of(queue, s.batch_chunk), run, s.batch_inflight)
+            ) as answers:
+                async for item in answers:
+                    yield item
             await read_task
         finally:
-            next_chunk.cancel()
-            for t in pending:
-                t.cancel()
             read_task.cancel()
 
     @handle_errors
@@ -557,8 +582,6 @@ class RegistryServicer(pb_grpc.ModelRegistryServicer):
         )
         if rec is None:
             if request.version:
-                from fedcredit.coordinator.errors import ModelVersionNotFound
-
                 raise ModelVersionNotFound(f"no model version {request.version!r} in the registry")
             raise NoActiveModel("no credit model is active yet")
         return model_pb(rec, with_text)

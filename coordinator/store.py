@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -445,7 +445,7 @@ class CoordinatorStore:
         amount: int,
         term_months: int,
         collateral_offered: int,
-        decide: Any,
+        decide: Callable[[FundBooks], Decision],
         pd: float,
         model_version: str,
         details: dict[str, Any],
@@ -453,8 +453,8 @@ class CoordinatorStore:
     ) -> tuple[GuaranteeRecord, bool]:
         """Decide and record an application as PENDING, reserving the fund's share if approved.
 
-        ``decide(state: FundState) -> Decision`` runs inside the fund's lock,
-        so concurrent applications cannot together exceed the capacity.
+        ``decide(books) -> Decision`` runs inside the fund's lock, on the fund's books as
+        they are then, so concurrent applications cannot together exceed the capacity.
         Returns ``(record, replayed)``; ``replayed`` is true when the
         application id was already decided (the stored record is returned).
         """

@@ -9,5 +9,7 @@ Layout (rules first, then storage, service and commands):
 * ``audit``, ``export`` — offline verification of exports, bundles and checkpoints;
 * ``settings`` — batching, checkpoint interval and append rights, as data;
 * ``store`` — the append-only SQLAlchemy store; ``log`` — the sequencer (``Log``,
-  an ``EvidenceSink``); ``service`` — the gRPC LedgerService; ``cli`` — commands.
+  an ``EvidenceSink``); ``service`` — the gRPC LedgerService; ``cli`` — commands;
+* ``client`` — the typed gRPC clients (``LedgerClient``, ``AsyncLedgerClient``,
+  ``WitnessClient``), the SDK side: no store, no SQLAlchemy.
 """

@@ -375,6 +375,143 @@ def _name_first_bad_entry(
                 raise
 
 
+def _check_export_start(export: Export, origin: str) -> None:
+    """The export is of the trusted log and starts at entry 0."""
+    if export.origin != origin:
+        raise OriginMismatch(
+            f"the export is of log {export.origin!r}; the trusted log key is for {origin!r}",
+            expected=origin,
+            got=export.origin,
+        )
+    if export.start != 0:
+        raise ExportMalformed(
+            f"a replay needs an export from entry 0; this one starts at {export.start}"
+        )
+
+
+def _export_checkpoints(export: Export, trust: Trust) -> list[SignedCheckpoint]:
+    """The export's checkpoints, each carrying a valid log signature, listed in strictly
+    increasing size."""
+    checkpoints: list[SignedCheckpoint] = []
+    for pos, note in enumerate(export.checkpoints):
+        try:
+            sc = trust.open(note, quorum=0)
+        except VerificationError as exc:
+            exc.message = f"checkpoint {pos} of the export: {exc.message}"
+            exc.metadata["checkpoint_position"] = str(pos)
+            raise
+        if checkpoints and sc.size <= checkpoints[-1].size:
+            raise ExportMalformed(
+                f"checkpoint {pos} of the export has size {sc.size}, not larger than the size "
+                f"{checkpoints[-1].size} of the checkpoint before it (exports list each once, in order)",
+                checkpoint_position=pos,
+            )
+        checkpoints.append(sc)
+    return checkpoints
+
+
+def _by_size(checkpoints: Sequence[SignedCheckpoint]) -> dict[int, SignedCheckpoint]:
+    """One checkpoint per size; two of one size with different roots are a split view."""
+    by_size: dict[int, SignedCheckpoint] = {}
+    for c in checkpoints:
+        seen = by_size.get(c.size)
+        if seen is not None and seen.root != c.root:
+            raise CheckpointRollback(
+                f"two signed checkpoints of size {c.size} have different roots "
+                f"{seen.root.hex()} and {c.root.hex()} (split view)",
+                size=c.size,
+            )
+        by_size[c.size] = c
+    return by_size
+
+
+def _replay_entries(
+    entries: Sequence[bytes],
+    sizes: Sequence[int],
+    leaf_cache: dict[bytes, bytes] | None,
+    strict: bool,
+    workers: int | None,
+    progress: Callable[[int], None] | None,
+) -> list[_RangeResult]:
+    """Leaves, positions, the hash chain (and, strict, each entry's canonical form) in
+    chunk-aligned runs, several processes for a big export; only when something is
+    wrong, an entry-by-entry pass names the first bad entry."""
+    n = len(entries)
+    if not n:
+        return []
+    workers_used = _worker_count(n, workers)
+    results = _verify_entries(entries, sizes, leaf_cache, strict, workers_used, progress)
+    bad, strict_bad = _first_bad(results, _run_starts(n, workers_used))
+    if bad is not None or strict_bad is not None:
+        _name_first_bad_entry(entries, bad, strict_bad)
+        raise ChainBroken(f"entries 0..{n - 1} do not verify")  # unreachable
+    return results
+
+
+def _check_coverage(
+    export_latest: SignedCheckpoint | None,
+    checkpoints: Sequence[SignedCheckpoint],
+    n: int,
+    trust: Trust,
+) -> SignedCheckpoint:
+    """The export's own latest checkpoint covers exactly its ``n`` entries, and the latest
+    checkpoint of all (the export's or a trusted one), returned, has the quorum and covers
+    them too."""
+    if export_latest is None:
+        raise ExportIncomplete(
+            "the export carries no signed checkpoint; nothing vouches for its entries"
+        )
+    latest = checkpoints[-1]
+    if export_latest.size != n:
+        raise ExportIncomplete(
+            f"the export holds {n} entries but its latest signed checkpoint is of "
+            f"size {export_latest.size}",
+            expected=export_latest.size,
+            got=n,
+        )
+    if trust.quorum and len(latest.cosigned_by) < trust.quorum:
+        raise CosignatureQuorum(
+            f"the latest checkpoint (size {latest.size}) has {len(latest.cosigned_by)} valid cosignatures; "
+            f"{trust.quorum} required",
+            expected=trust.quorum,
+            got=len(latest.cosigned_by),
+        )
+    if latest.size > n:
+        raise ExportIncomplete(
+            f"the signed checkpoint of size {latest.size} covers entries 0..{latest.size - 1}, "
+            f"but the export holds only {n} entries (the first missing is {n})",
+            expected=latest.size,
+            got=n,
+        )
+    if n > latest.size:
+        raise EntriesNotCovered(
+            f"entries {latest.size}..{n - 1} of the export are not covered by any signed checkpoint "
+            f"(the largest is of size {latest.size})",
+            first=latest.size,
+        )
+    return latest
+
+
+def _check_roots(
+    results: list[_RangeResult], sizes: Sequence[int], checkpoints: Sequence[SignedCheckpoint]
+) -> None:
+    """The tree root at every checkpoint size is the signed one."""
+    roots = _roots(results, sizes)
+    last_good = 0
+    for c in checkpoints:
+        root = roots[c.size]
+        if root != c.root:
+            raise RootMismatch(
+                f"entries 0..{c.size - 1} give root {root.hex()}, but the signed checkpoint of size "
+                f"{c.size} says {c.root.hex()}; the first altered entry is at or after {last_good} "
+                f"(the largest size that matched) and before {c.size}",
+                expected=c.root.hex(),
+                got=root.hex(),
+                size=c.size,
+            )
+        last_good = c.size
+
+
 def replay(
     export: Export,
     trust: Trust,
@@ -401,111 +538,25 @@ def replay(
     keep the default.
     """
     origin = trust.log_key.name
-    if export.origin != origin:
-        raise OriginMismatch(
-            f"the export is of log {export.origin!r}; the trusted log key is for {origin!r}",
-            expected=origin,
-            got=export.origin,
-        )
-    if export.start != 0:
-        raise ExportMalformed(
-            f"a replay needs an export from entry 0; this one starts at {export.start}"
-        )
+    _check_export_start(export, origin)
     # 1. every checkpoint must carry a valid log signature; the export lists them
     # in strictly increasing size, and its own largest one covers all its entries
-    checkpoints: list[SignedCheckpoint] = []
-    for pos, note in enumerate(export.checkpoints):
-        try:
-            sc = trust.open(note, quorum=0)
-        except VerificationError as exc:
-            exc.message = f"checkpoint {pos} of the export: {exc.message}"
-            exc.metadata["checkpoint_position"] = str(pos)
-            raise
-        if checkpoints and sc.size <= checkpoints[-1].size:
-            raise ExportMalformed(
-                f"checkpoint {pos} of the export has size {sc.size}, not larger than the size "
-                f"{checkpoints[-1].size} of the checkpoint before it (exports list each once, in order)",
-                checkpoint_position=pos,
-            )
-        checkpoints.append(sc)
+    checkpoints = _export_checkpoints(export, trust)
     export_latest = checkpoints[-1] if checkpoints else None
     for note in trusted_checkpoints:
         checkpoints.append(trust.open(note))
     checkpoints.sort(key=lambda c: c.size)
-    by_size: dict[int, SignedCheckpoint] = {}
-    for c in checkpoints:
-        seen = by_size.get(c.size)
-        if seen is not None and seen.root != c.root:
-            raise CheckpointRollback(
-                f"two signed checkpoints of size {c.size} have different roots "
-                f"{seen.root.hex()} and {c.root.hex()} (split view)",
-                size=c.size,
-            )
-        by_size[c.size] = c
+    by_size = _by_size(checkpoints)
     # 2. leaves, positions, the hash chain (and, strict, each entry's canonical form)
-    # in chunk-aligned runs, several processes for a big export; only when something
-    # is wrong, the entry-by-entry pass below names the first bad entry.
-    entries = export.entries
-    n = len(entries)
+    n = len(export.entries)
     sizes = sorted({c.size for c in checkpoints if c.size <= n})
-    workers_used = _worker_count(n, workers)
-    results = (
-        _verify_entries(entries, sizes, leaf_cache, strict, workers_used, progress) if n else []
-    )
-    bad, strict_bad = _first_bad(results, _run_starts(n, workers_used) if n else [])
-    if bad is not None or strict_bad is not None:
-        _name_first_bad_entry(entries, bad, strict_bad)
-        raise ChainBroken(f"entries 0..{n - 1} do not verify")  # unreachable
+    results = _replay_entries(export.entries, sizes, leaf_cache, strict, workers, progress)
     kinds: Counter[bytes] = Counter()
     for r in results:
         kinds.update(r.kinds)
-    if export_latest is None:
-        raise ExportIncomplete(
-            "the export carries no signed checkpoint; nothing vouches for its entries"
-        )
-    if export_latest.size != len(export.entries):
-        raise ExportIncomplete(
-            f"the export holds {len(export.entries)} entries but its latest signed checkpoint is of "
-            f"size {export_latest.size}",
-            expected=export_latest.size,
-            got=len(export.entries),
-        )
-    latest = checkpoints[-1]
-    if trust.quorum and len(latest.cosigned_by) < trust.quorum:
-        raise CosignatureQuorum(
-            f"the latest checkpoint (size {latest.size}) has {len(latest.cosigned_by)} valid cosignatures; "
-            f"{trust.quorum} required",
-            expected=trust.quorum,
-            got=len(latest.cosigned_by),
-        )
-    if latest.size > n:
-        raise ExportIncomplete(
-            f"the signed checkpoint of size {latest.size} covers entries 0..{latest.size - 1}, "
-            f"but the export holds only {n} entries (the first missing is {n})",
-            expected=latest.size,
-            got=n,
-        )
-    if n > latest.size:
-        raise EntriesNotCovered(
-            f"entries {latest.size}..{n - 1} of the export are not covered by any signed checkpoint "
-            f"(the largest is of size {latest.size})",
-            first=latest.size,
-        )
+    latest = _check_coverage(export_latest, checkpoints, n, trust)
     # 3. the tree root at every checkpoint size
-    roots = _roots(results, sizes)
-    last_good = 0
-    for c in checkpoints:
-        root = roots[c.size]
-        if root != c.root:
-            raise RootMismatch(
-                f"entries 0..{c.size - 1} give root {root.hex()}, but the signed checkpoint of size "
-                f"{c.size} says {c.root.hex()}; the first altered entry is at or after {last_good} "
-                f"(the largest size that matched) and before {c.size}",
-                expected=c.root.hex(),
-                got=root.hex(),
-                size=c.size,
-            )
-        last_good = c.size
+    _check_roots(results, sizes, checkpoints)
     if progress is not None:
         progress(n)
     return ReplayReport(

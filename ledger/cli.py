@@ -29,9 +29,9 @@ from fedcredit.common.cliutil import (
 from fedcredit.common.errors import ConfigError, FedcreditError
 
 if TYPE_CHECKING:
-    from fedcredit.clients.cli import Root
-    from fedcredit.clients.ledger_client import LedgerClient
     from fedcredit.ledger.audit import Trust
+    from fedcredit.ledger.client import LedgerClient
+    from fedcredit.ledger.log import Log
 
 ConfigOpt = Annotated[Path, typer.Option("--config", help="The deployment file (deployment.toml).")]
 OptConfigOpt = Annotated[
@@ -56,8 +56,8 @@ def _org_opt(default: str, what: str) -> Any:
 
 
 def _client(config: Path, org: str) -> LedgerClient:
-    from fedcredit.clients.ledger_client import LedgerClient
     from fedcredit.common.config import load_config
+    from fedcredit.ledger.client import LedgerClient
 
     return LedgerClient.from_deployment(load_config(config), org)
 
@@ -110,376 +110,381 @@ def _checkpoint_table(title: str, rows: list[tuple[str, str]]) -> Table:
     return t
 
 
-def register(root: Root) -> None:
-    ledger = root.group("ledger")
-    audit = root.group("audit")
+def _serving(port: int, log: Log) -> None:
+    """The ledger is up: say so, then tune the garbage collector for serving."""
+    from fedcredit.common.gctune import tune_for_service
 
-    @ledger.command("serve")
-    def serve(
-        config: ConfigOpt,
-        address: Annotated[
-            str | None, typer.Option(help="Listen address (default from the config).")
-        ] = None,
-        insecure: Annotated[
-            bool, typer.Option("--insecure", help="Plaintext, no client certificates (debug only).")
-        ] = False,
-    ) -> None:
-        """Run the LedgerService (mTLS) until interrupted."""
-        from fedcredit.common.config import load_config
-        from fedcredit.common.gctune import tune_for_service
-        from fedcredit.ledger.service import serve as serve_async
+    console.print(
+        f"ledger {log.origin} serving on port {port}: {log.size} entries, key {log.verifier.vkey}",
+        highlight=False,
+    )
+    tune_for_service()
 
-        with user_errors():
-            dep = load_config(config)
 
-            def ready(port: int, log: Any) -> None:
-                console.print(
-                    f"ledger {log.origin} serving on port {port}: {log.size} entries, key {log.verifier.vkey}",
-                    highlight=False,
-                )
-                tune_for_service()
+ledger_app = typer.Typer()
+audit_app = typer.Typer()
+GROUPS: dict[str, typer.Typer] = {"ledger": ledger_app, "audit": audit_app}
 
-            asyncio.run(serve_async(dep, address=address, insecure=insecure, on_ready=ready))
 
-    @ledger.command("checkpoint")
-    def checkpoint(
-        config: ConfigOpt,
-        org: Annotated[str, _org_opt("operator", "role operator")] = "operator",
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Make the ledger sign a checkpoint now (operator) and show it."""
-        with user_errors(as_json), _client(config, org) as c:
-            note = c.sign_checkpoint()
-        from fedcredit.ledger.checkpoint import Checkpoint, Note
+@ledger_app.command("serve")
+def serve_cmd(
+    config: ConfigOpt,
+    address: Annotated[
+        str | None, typer.Option(help="Listen address (default from the config).")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plaintext, no client certificates (debug only).")
+    ] = False,
+) -> None:
+    """Run the LedgerService (mTLS) until interrupted."""
+    from fedcredit.common.config import load_config
+    from fedcredit.ledger.service import serve as serve_async
 
-        n = Note.parse(note)
-        cp = Checkpoint.parse_text(n.text)
-        data = {
-            "origin": cp.origin,
-            "size": cp.size,
-            "root": cp.root.hex(),
-            "signers": [s.name for s in n.signatures],
-            "note": note,
-        }
-        output(
-            data,
-            as_json,
-            _checkpoint_table(
-                "signed checkpoint", [(k, str(v)) for k, v in data.items() if k != "note"]
-            ),
-        )
+    with user_errors():
+        dep = load_config(config)
+        asyncio.run(serve_async(dep, address=address, insecure=insecure, on_ready=_serving))
 
-    @ledger.command("export")
-    def export(
-        config: ConfigOpt,
-        out: Annotated[Path, typer.Option("--out", help="Where to write the export (JSON).")],
-        org: Annotated[str, _org_opt("auditor-pboc-weihai", "an auditor")] = "auditor-pboc-weihai",
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Download entries and checkpoints for offline audit (`fedcredit audit replay`)."""
-        with user_errors(as_json), _client(config, org) as c, console.status("exporting"):
-            n = c.export(out)
-        output({"entries": n, "file": str(out)}, as_json)
 
-    @ledger.command("bundle")
-    def bundle(
-        config: ConfigOpt,
-        index: Annotated[int, typer.Option("--index", help="The entry index.", min=0)],
-        out: Annotated[Path, typer.Option("--out", help="Where to write the proof bundle.")],
-        org: Annotated[str, _org_opt("auditor-pboc-weihai", "an auditor")] = "auditor-pboc-weihai",
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Fetch an offline proof bundle (entry, inclusion path, signed checkpoint) for one entry."""
-        with user_errors(as_json), _client(config, org) as c:
-            b = c.bundle(index)
-        out.write_text(b.to_json())
-        output({"index": b.index, "tree_size": b.tree_size, "file": str(out)}, as_json)
+@ledger_app.command("checkpoint")
+def checkpoint_cmd(
+    config: ConfigOpt,
+    org: Annotated[str, _org_opt("operator", "role operator")] = "operator",
+    as_json: JsonOpt = False,
+) -> None:
+    """Make the ledger sign a checkpoint now (operator) and show it."""
+    with user_errors(as_json), _client(config, org) as c:
+        note = c.sign_checkpoint()
+    from fedcredit.ledger.checkpoint import Checkpoint, Note
 
-    @ledger.command("key")
-    def key(config: ConfigOpt) -> None:
-        """Print the ledger's public key (signed-note vkey), as published in the deployment."""
-        from fedcredit.common.config import load_config
-        from fedcredit.ledger.keys import log_verifier
+    n = Note.parse(note)
+    cp = Checkpoint.parse_text(n.text)
+    data = {
+        "origin": cp.origin,
+        "size": cp.size,
+        "root": cp.root.hex(),
+        "signers": [s.name for s in n.signatures],
+        "note": note,
+    }
+    output(
+        data,
+        as_json,
+        _checkpoint_table(
+            "signed checkpoint", [(k, str(v)) for k, v in data.items() if k != "note"]
+        ),
+    )
 
-        with user_errors():
-            print(log_verifier(load_config(config)).vkey)
 
-    # --- audit --------------------------------------------------------------------
+@ledger_app.command("export")
+def export_cmd(
+    config: ConfigOpt,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the export (JSON).")],
+    org: Annotated[str, _org_opt("auditor-pboc-weihai", "an auditor")] = "auditor-pboc-weihai",
+    as_json: JsonOpt = False,
+) -> None:
+    """Download entries and checkpoints for offline audit (`fedcredit audit replay`)."""
+    with user_errors(as_json), _client(config, org) as c, console.status("exporting"):
+        n = c.export(out)
+    output({"entries": n, "file": str(out)}, as_json)
 
-    @audit.command("checkpoint")
-    def audit_checkpoint(
-        config: ConfigOpt,
-        org: Annotated[str, _org_opt("auditor-pboc-weihai", "an auditor")] = "auditor-pboc-weihai",
-        log_key: LogKeyOpt = None,
-        witness_key: WitnessKeyOpt = None,
-        quorum: QuorumOpt = 0,
-        previous: Annotated[
-            Path | None,
-            typer.Option(
-                "--previous", help="A checkpoint saved earlier: prove the new one extends it."
-            ),
-        ] = None,
-        save: Annotated[
-            Path | None, typer.Option("--save", help="Write the verified checkpoint here.")
-        ] = None,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Fetch the latest checkpoint; verify its signature, cosignatures and (with --previous) consistency."""
-        from fedcredit.ledger.audit import verify_checkpoints
 
-        try:
-            trust = _trust(config, log_key, witness_key, quorum)
+@ledger_app.command("bundle")
+def bundle_cmd(
+    config: ConfigOpt,
+    index: Annotated[int, typer.Option("--index", help="The entry index.", min=0)],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the proof bundle.")],
+    org: Annotated[str, _org_opt("auditor-pboc-weihai", "an auditor")] = "auditor-pboc-weihai",
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch an offline proof bundle (entry, inclusion path, signed checkpoint) for one entry."""
+    with user_errors(as_json), _client(config, org) as c:
+        b = c.bundle(index)
+    out.write_text(b.to_json())
+    output({"index": b.index, "tree_size": b.tree_size, "file": str(out)}, as_json)
+
+
+@ledger_app.command("key")
+def key_cmd(config: ConfigOpt) -> None:
+    """Print the ledger's public key (signed-note vkey), as published in the deployment."""
+    from fedcredit.common.config import load_config
+    from fedcredit.ledger.keys import log_verifier
+
+    with user_errors():
+        print(log_verifier(load_config(config)).vkey)
+
+
+# --- audit --------------------------------------------------------------------
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    config: ConfigOpt,
+    org: Annotated[str, _org_opt("auditor-pboc-weihai", "an auditor")] = "auditor-pboc-weihai",
+    log_key: LogKeyOpt = None,
+    witness_key: WitnessKeyOpt = None,
+    quorum: QuorumOpt = 0,
+    previous: Annotated[
+        Path | None,
+        typer.Option(
+            "--previous", help="A checkpoint saved earlier: prove the new one extends it."
+        ),
+    ] = None,
+    save: Annotated[
+        Path | None, typer.Option("--save", help="Write the verified checkpoint here.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch the latest checkpoint; verify its signature, cosignatures and (with --previous) consistency."""
+    from fedcredit.ledger.audit import verify_checkpoints
+
+    try:
+        trust = _trust(config, log_key, witness_key, quorum)
+        with _client(config, org) as c:
+            note = c.checkpoint(min_cosignatures=quorum)
+            sc = trust.open(note)
+            if previous is not None:
+                old_note = previous.read_text()
+                old = trust.open(old_note, quorum=0)
+                proof = c.consistency_proof(old.size, sc.size) if old.size <= sc.size else []
+                verify_checkpoints(old_note, note, proof, trust)
+    except FedcreditError as exc:
+        _verification_failed(exc, as_json)
+    if save is not None:
+        save.write_text(note)
+    data = {
+        "verified": True,
+        "origin": sc.checkpoint.origin,
+        "size": sc.size,
+        "root": sc.root.hex(),
+        "cosigned_by": list(sc.cosigned_by),
+        "consistent_with_previous": previous is not None,
+    }
+    output(
+        data,
+        as_json,
+        _checkpoint_table("checkpoint verified", [(k, str(v)) for k, v in data.items()]),
+    )
+
+
+@audit_app.command("verify-inclusion")
+def verify_inclusion_cmd(
+    bundle: Annotated[
+        Path, typer.Option("--bundle", help="A proof bundle file (`fedcredit ledger bundle`).")
+    ],
+    config: OptConfigOpt = None,
+    log_key: LogKeyOpt = None,
+    witness_key: WitnessKeyOpt = None,
+    quorum: QuorumOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify one entry's inclusion offline: checkpoint signatures, inclusion path, entry format."""
+    from fedcredit.ledger.audit import verify_bundle
+    from fedcredit.ledger.export import Bundle
+
+    try:
+        trust = _trust(config, log_key, witness_key, quorum)
+        entry, sc = verify_bundle(Bundle.parse(bundle.read_bytes()), trust)
+    except FedcreditError as exc:
+        _verification_failed(exc, as_json)
+    data = {
+        "verified": True,
+        "index": entry.index,
+        "tree_size": sc.size,
+        "kind": entry.kind,
+        "actor": entry.actor,
+        "subject": entry.subject,
+        "time": entry.time,
+        "cosigned_by": list(sc.cosigned_by),
+    }
+    output(
+        data,
+        as_json,
+        _checkpoint_table("entry included", [(k, str(v)) for k, v in data.items()]),
+    )
+
+
+@audit_app.command("verify-consistency")
+def verify_consistency_cmd(
+    old: Annotated[Path, typer.Option("--old", help="The older signed checkpoint (file).")],
+    new: Annotated[Path, typer.Option("--new", help="The newer signed checkpoint (file).")],
+    proof: Annotated[
+        Path | None,
+        typer.Option("--proof", help="A JSON list of base64 hashes; else fetched from the ledger."),
+    ] = None,
+    config: OptConfigOpt = None,
+    org: Annotated[str, _org_opt("auditor-pboc-weihai", "an auditor")] = "auditor-pboc-weihai",
+    log_key: LogKeyOpt = None,
+    witness_key: WitnessKeyOpt = None,
+    quorum: QuorumOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify that a newer checkpoint extends an older one (RFC 9162 consistency)."""
+    import base64
+
+    from fedcredit.ledger.audit import verify_checkpoints
+    from fedcredit.ledger.errors import ProofMalformed
+
+    try:
+        trust = _trust(config, log_key, witness_key, quorum)
+        old_note, new_note = old.read_text(), new.read_text()
+        o, n = trust.open(old_note, quorum=0), trust.open(new_note)
+        if proof is not None:
+            try:
+                hashes = [base64.b64decode(h, validate=True) for h in json.loads(proof.read_text())]
+            except (ValueError, TypeError) as exc:
+                raise ProofMalformed(f"{proof} is not a JSON list of base64 hashes: {exc}") from exc
+        elif config is not None:
             with _client(config, org) as c:
-                note = c.checkpoint(min_cosignatures=quorum)
-                sc = trust.open(note)
-                if previous is not None:
-                    old_note = previous.read_text()
-                    old = trust.open(old_note, quorum=0)
-                    proof = c.consistency_proof(old.size, sc.size) if old.size <= sc.size else []
-                    verify_checkpoints(old_note, note, proof, trust)
-        except FedcreditError as exc:
-            _verification_failed(exc, as_json)
-        if save is not None:
-            save.write_text(note)
-        data = {
-            "verified": True,
-            "origin": sc.checkpoint.origin,
-            "size": sc.size,
-            "root": sc.root.hex(),
-            "cosigned_by": list(sc.cosigned_by),
-            "consistent_with_previous": previous is not None,
-        }
-        output(
-            data,
-            as_json,
-            _checkpoint_table("checkpoint verified", [(k, str(v)) for k, v in data.items()]),
-        )
-
-    @audit.command("verify-inclusion")
-    def verify_inclusion_cmd(
-        bundle: Annotated[
-            Path, typer.Option("--bundle", help="A proof bundle file (`fedcredit ledger bundle`).")
-        ],
-        config: OptConfigOpt = None,
-        log_key: LogKeyOpt = None,
-        witness_key: WitnessKeyOpt = None,
-        quorum: QuorumOpt = 0,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Verify one entry's inclusion offline: checkpoint signatures, inclusion path, entry format."""
-        from fedcredit.ledger.audit import verify_bundle
-        from fedcredit.ledger.export import Bundle
-
-        try:
-            trust = _trust(config, log_key, witness_key, quorum)
-            entry, sc = verify_bundle(Bundle.parse(bundle.read_bytes()), trust)
-        except FedcreditError as exc:
-            _verification_failed(exc, as_json)
-        data = {
-            "verified": True,
-            "index": entry.index,
-            "tree_size": sc.size,
-            "kind": entry.kind,
-            "actor": entry.actor,
-            "subject": entry.subject,
-            "time": entry.time,
-            "cosigned_by": list(sc.cosigned_by),
-        }
-        output(
-            data,
-            as_json,
-            _checkpoint_table("entry included", [(k, str(v)) for k, v in data.items()]),
-        )
-
-    @audit.command("verify-consistency")
-    def verify_consistency_cmd(
-        old: Annotated[Path, typer.Option("--old", help="The older signed checkpoint (file).")],
-        new: Annotated[Path, typer.Option("--new", help="The newer signed checkpoint (file).")],
-        proof: Annotated[
-            Path | None,
-            typer.Option(
-                "--proof", help="A JSON list of base64 hashes; else fetched from the ledger."
-            ),
-        ] = None,
-        config: OptConfigOpt = None,
-        org: Annotated[str, _org_opt("auditor-pboc-weihai", "an auditor")] = "auditor-pboc-weihai",
-        log_key: LogKeyOpt = None,
-        witness_key: WitnessKeyOpt = None,
-        quorum: QuorumOpt = 0,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Verify that a newer checkpoint extends an older one (RFC 9162 consistency)."""
-        import base64
-
-        from fedcredit.ledger.audit import verify_checkpoints
-        from fedcredit.ledger.errors import ProofMalformed
-
-        try:
-            trust = _trust(config, log_key, witness_key, quorum)
-            old_note, new_note = old.read_text(), new.read_text()
-            o, n = trust.open(old_note, quorum=0), trust.open(new_note)
-            if proof is not None:
-                try:
-                    hashes = [
-                        base64.b64decode(h, validate=True) for h in json.loads(proof.read_text())
-                    ]
-                except (ValueError, TypeError) as exc:
-                    raise ProofMalformed(
-                        f"{proof} is not a JSON list of base64 hashes: {exc}"
-                    ) from exc
-            elif config is not None:
-                with _client(config, org) as c:
-                    hashes = c.consistency_proof(o.size, n.size) if o.size <= n.size else []
-            else:
-                raise ConfigError(
-                    "give --proof FILE or --config to fetch the proof (it is verified, not trusted)"
-                )
-            verify_checkpoints(old_note, new_note, hashes, trust)
-        except FedcreditError as exc:
-            _verification_failed(exc, as_json)
-        data = {
-            "verified": True,
-            "old_size": o.size,
-            "new_size": n.size,
-            "proof_hashes": len(hashes),
-        }
-        output(
-            data, as_json, _checkpoint_table("consistent", [(k, str(v)) for k, v in data.items()])
-        )
-
-    @audit.command("replay")
-    def replay_cmd(
-        export: Annotated[
-            Path, typer.Option("--export", help="An export file (`fedcredit ledger export`).")
-        ],
-        config: OptConfigOpt = None,
-        log_key: LogKeyOpt = None,
-        witness_key: WitnessKeyOpt = None,
-        quorum: QuorumOpt = 0,
-        checkpoint: Annotated[
-            list[Path] | None,
-            typer.Option("--checkpoint", help="A checkpoint you trust independently (repeatable)."),
-        ] = None,
-        fast: Annotated[
-            bool,
-            typer.Option(
-                "--fast",
-                help="Skip strict per-entry JSON validation (hashes, chain and roots are still checked).",
-            ),
-        ] = False,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Recompute every leaf, the chain and the tree from an export; compare with the signed checkpoints."""
-        from fedcredit.ledger.audit import replay
-        from fedcredit.ledger.export import read_export
-
-        try:
-            trust = _trust(config, log_key, witness_key, quorum)
-            ex = read_export(export)
-            with Progress(
-                TextColumn("replay"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err_console,
-                transient=True,
-                disable=as_json,
-            ) as bar:
-                task = bar.add_task("replay", total=len(ex.entries))
-                report = replay(
-                    ex,
-                    trust,
-                    trusted_checkpoints=[p.read_text() for p in checkpoint or []],
-                    strict=not fast,
-                    progress=lambda i: bar.update(task, completed=i),
-                    workers=None,  # one process per CPU for a big export
-                )
-        except FedcreditError as exc:
-            _verification_failed(exc, as_json)
-        data = {
-            "verified": True,
-            "origin": report.origin,
-            "entries": report.entries,
-            "checkpoints": report.checkpoints,
-            "root": report.root.hex(),
-            "cosigned_by": list(report.cosigned_by),
-            "strict": report.strict,
-            "kinds": report.kinds,
-        }
-        output(
-            data,
-            as_json,
-            _checkpoint_table("replay verified", [(k, str(v)) for k, v in data.items()]),
-        )
-
-    @audit.command("subject")
-    def subject_cmd(
-        config: ConfigOpt,
-        enterprise: Annotated[
-            str, typer.Option("--enterprise", help="The enterprise's unified social credit code.")
-        ],
-        org: Annotated[
-            str | None,
-            typer.Option("--org", help="Your organisation id; default: the enterprise itself."),
-        ] = None,
-        log_key: LogKeyOpt = None,
-        witness_key: WitnessKeyOpt = None,
-        quorum: QuorumOpt = 0,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """List every ledger entry about one enterprise, each proved against a signed checkpoint."""
-        from fedcredit.ledger.audit import verify_subject_entries
-
-        rows: list[Any] = []
-        size = 0
-        try:
-            trust = _trust(config, log_key, witness_key, quorum)
-            with _client(config, org or enterprise) as c:
-                for page in c.list_by_subject(enterprise, min_cosignatures=quorum):
-                    sc, entries = verify_subject_entries(
-                        enterprise,
-                        page.checkpoint,
-                        page.tree_size,
-                        [
-                            (
-                                p.entry.index,
-                                bytes(p.entry.data),
-                                [bytes(h) for h in p.inclusion_proof],
-                            )
-                            for p in page.entries
-                        ],
-                        trust,
-                    )
-                    size = sc.size
-                    rows.extend(entries)
-        except FedcreditError as exc:
-            _verification_failed(exc, as_json)
-        data = {
-            "enterprise": enterprise,
-            "tree_size": size,
-            "verified": True,
-            "entries": [
-                {
-                    "index": e.index,
-                    "time": e.time,
-                    "kind": e.kind,
-                    "actor": e.actor,
-                    "payload": e.payload,
-                }
-                for e in rows
-            ],
-        }
-        t = Table(
-            title=f"{len(rows)} ledger entries about {enterprise}, all proved in tree size {size}"
-        )
-        for col in ("index", "time", "kind", "by", "details"):
-            t.add_column(col)
-        for e in rows:
-            t.add_row(
-                str(e.index),
-                e.time,
-                e.kind,
-                e.actor,
-                json.dumps(e.payload, ensure_ascii=False)[:80],
+                hashes = c.consistency_proof(o.size, n.size) if o.size <= n.size else []
+        else:
+            raise ConfigError(
+                "give --proof FILE or --config to fetch the proof (it is verified, not trusted)"
             )
-        output(data, as_json, t)
+        verify_checkpoints(old_note, new_note, hashes, trust)
+    except FedcreditError as exc:
+        _verification_failed(exc, as_json)
+    data = {
+        "verified": True,
+        "old_size": o.size,
+        "new_size": n.size,
+        "proof_hashes": len(hashes),
+    }
+    output(data, as_json, _checkpoint_table("consistent", [(k, str(v)) for k, v in data.items()]))
+
+
+@audit_app.command("replay")
+def replay_cmd(
+    export: Annotated[
+        Path, typer.Option("--export", help="An export file (`fedcredit ledger export`).")
+    ],
+    config: OptConfigOpt = None,
+    log_key: LogKeyOpt = None,
+    witness_key: WitnessKeyOpt = None,
+    quorum: QuorumOpt = 0,
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option("--checkpoint", help="A checkpoint you trust independently (repeatable)."),
+    ] = None,
+    fast: Annotated[
+        bool,
+        typer.Option(
+            "--fast",
+            help="Skip strict per-entry JSON validation (hashes, chain and roots are still checked).",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recompute every leaf, the chain and the tree from an export; compare with the signed checkpoints."""
+    from fedcredit.ledger.audit import replay
+    from fedcredit.ledger.export import read_export
+
+    try:
+        trust = _trust(config, log_key, witness_key, quorum)
+        ex = read_export(export)
+        with Progress(
+            TextColumn("replay"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+            disable=as_json,
+        ) as bar:
+            task = bar.add_task("replay", total=len(ex.entries))
+            report = replay(
+                ex,
+                trust,
+                trusted_checkpoints=[p.read_text() for p in checkpoint or []],
+                strict=not fast,
+                progress=lambda i: bar.update(task, completed=i),
+                workers=None,  # one process per CPU for a big export
+            )
+    except FedcreditError as exc:
+        _verification_failed(exc, as_json)
+    data = {
+        "verified": True,
+        "origin": report.origin,
+        "entries": report.entries,
+        "checkpoints": report.checkpoints,
+        "root": report.root.hex(),
+        "cosigned_by": list(report.cosigned_by),
+        "strict": report.strict,
+        "kinds": report.kinds,
+    }
+    output(
+        data,
+        as_json,
+        _checkpoint_table("replay verified", [(k, str(v)) for k, v in data.items()]),
+    )
+
+
+@audit_app.command("subject")
+def subject_cmd(
+    config: ConfigOpt,
+    enterprise: Annotated[
+        str, typer.Option("--enterprise", help="The enterprise's unified social credit code.")
+    ],
+    org: Annotated[
+        str | None,
+        typer.Option("--org", help="Your organisation id; default: the enterprise itself."),
+    ] = None,
+    log_key: LogKeyOpt = None,
+    witness_key: WitnessKeyOpt = None,
+    quorum: QuorumOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List every ledger entry about one enterprise, each proved against a signed checkpoint."""
+    from fedcredit.ledger.audit import verify_subject_entries
+
+    rows: list[Any] = []
+    size = 0
+    try:
+        trust = _trust(config, log_key, witness_key, quorum)
+        with _client(config, org or enterprise) as c:
+            for page in c.list_by_subject(enterprise, min_cosignatures=quorum):
+                sc, entries = verify_subject_entries(
+                    enterprise,
+                    page.checkpoint,
+                    page.tree_size,
+                    [
+                        (
+                            p.entry.index,
+                            bytes(p.entry.data),
+                            [bytes(h) for h in p.inclusion_proof],
+                        )
+                        for p in page.entries
+                    ],
+                    trust,
+                )
+                size = sc.size
+                rows.extend(entries)
+    except FedcreditError as exc:
+        _verification_failed(exc, as_json)
+    data = {
+        "enterprise": enterprise,
+        "tree_size": size,
+        "verified": True,
+        "entries": [
+            {
+                "index": e.index,
+                "time": e.time,
+                "kind": e.kind,
+                "actor": e.actor,
+                "payload": e.payload,
+            }
+            for e in rows
+        ],
+    }
+    t = Table(
+        title=f"{len(rows)} ledger entries about {enterprise}, all proved in tree size {size}"
+    )
+    for col in ("index", "time", "kind", "by", "details"):
+        t.add_column(col)
+    for e in rows:
+        t.add_row(
+            str(e.index),
+            e.time,
+            e.kind,
+            e.actor,
+            json.dumps(e.payload, ensure_ascii=False)[:80],
+        )
+    output(data, as_json, t)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeAlias
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
@@ -68,6 +68,11 @@ log = logging.getLogger(__name__)
 _sha256 = __import__("hashlib").sha256
 
 
+# An entry validated and canonicalised for :meth:`Log.submit_many`:
+# (kind, actor, subject, canonical payload bytes).
+PreparedEntry: TypeAlias = tuple[str, str, str | None, bytes]
+
+
 class LogFull(ResourceExhausted):
     """Too many appends are queued; the caller should retry shortly."""
 
@@ -90,7 +95,7 @@ class WitnessEndpoint(Protocol):
 
 @dataclass
 class _Append:
-    items: list[tuple[str, str, str | None, bytes]]  # kind, actor, subject, canonical payload
+    items: list[PreparedEntry]
     future: Future[list[Receipt]]
 
 
@@ -273,7 +278,7 @@ class Log:
 
     def prepare(
         self, kind: str, subject: str | None, payload: Mapping[str, Any], actor: str | None = None
-    ) -> tuple[str, str, str | None, bytes]:
+    ) -> PreparedEntry:
         """Validate one entry and canonicalise its payload (done in the caller's thread)."""
         _, data = check_payload(payload, self.settings.max_payload_bytes)
         return (
@@ -289,7 +294,7 @@ class Log:
         template: Mapping[str, Any],
         key: str,
         rows: Sequence[tuple[str | None, Any]],
-    ) -> list[tuple[str, str, str | None, bytes]]:
+    ) -> list[PreparedEntry]:
         """:meth:`prepare` of ``(kind, subject, {**template, key: value})`` for every
         ``(subject, value)`` of ``rows``, with the template canonicalised once (the same
         bytes; see ``ledger.entry.canonical_each``)."""
@@ -301,7 +306,7 @@ class Log:
             (kind, self.actor, check_subject(s), d) for (s, _), d in zip(rows, datas, strict=True)
         ]
 
-    def submit_many(self, items: list[tuple[str, str, str | None, bytes]]) -> Future[list[Receipt]]:
+    def submit_many(self, items: list[PreparedEntry]) -> Future[list[Receipt]]:
         """Queue prepared entries as one atomic group; the future resolves once they are durable."""
         fut: Future[list[Receipt]] = Future()
         if not items:
@@ -699,4 +704,4 @@ def format_time_fast() -> str:
     return f"{cached[1]}.{us:06d}Z"
 
 
-__all__ = ["Log", "LogFull", "NoteSignature", "WitnessEndpoint", "load_signer"]
+__all__ = ["Log", "LogFull", "NoteSignature", "PreparedEntry", "WitnessEndpoint", "load_signer"]

@@ -20,6 +20,7 @@ from fedcredit.common.errors import BatchTooLarge, FedcreditError
 from fedcredit.common.evidence import Receipt
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.tls import Identity, peer_identity, require_role
+from fedcredit.ledger.client import WitnessClient
 from fedcredit.ledger.entry import KIND_RE, canonical_payload, check_actor, check_subject
 from fedcredit.ledger.errors import (
     IndexOutOfRange,
@@ -343,9 +344,8 @@ def register_ledger(server: Any, servicer: LedgerServicer) -> None:
 
 def build_witness_clients(
     deployment: Any, settings: LedgerSettings, witness_orgs: list[str]
-) -> list[Any]:
+) -> list[WitnessClient]:
     """gRPC clients of the witnesses (department nodes) named in the deployment."""
-    from fedcredit.clients.ledger_client import WitnessClient
     from fedcredit.common.errors import ConfigError
     from fedcredit.ledger.checkpoint import Verifier
     from fedcredit.ledger.keys import witness_verifier

@@ -29,16 +29,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from fedcredit.common.departments import BY_ID, DEPARTMENTS
-from fedcredit.node.records import Batch, FloatArray, batch_from_columns, convert, read_csv_text
-from fedcredit.world.calendar import month_ordinal
-from fedcredit.world.tables import BY_DEPARTMENT, ENTERPRISES
+from fedcredit.node.records import Batch, FloatArray
 
 FeatureType = Literal["int", "float", "bool", "ordinal"]
 Sensitivity = Literal["public", "restricted", "confidential"]
@@ -819,37 +816,3 @@ def compute(batch: Batch, features: Sequence[Feature] | None = None) -> Computed
         )
         values[:, j] = v
     return Computed(feats, values, reasons)
-
-
-def read_department(
-    world_dir: Path | str, department: str, codes: Sequence[str], as_of: int
-) -> Batch:
-    """A department's raw files of a world directory as one batch over ``codes``."""
-    base = Path(world_dir) / "departments" / department
-    tables = {}
-    for spec in BY_DEPARTMENT[department]:
-        tables[spec.name] = convert(spec, read_csv_text(base / spec.file_name, spec))
-    return batch_from_columns(department, codes, as_of, tables)
-
-
-def compute_all(
-    world_dir: Path | str, *, departments: Sequence[str] | None = None
-) -> tuple[list[str], list[str], FloatArray]:
-    """All 66 features of every enterprise of a world directory, in memory (no node, no
-    consent): ``(codes, feature_names, matrix)`` with NaN for missing values. For tests,
-    benchmarks and the pooled-data baseline only."""
-    from fedcredit.world.generate import load_manifest
-
-    world_dir = Path(world_dir)
-    manifest = load_manifest(world_dir)
-    as_of = month_ordinal(manifest["as_of"])
-    reg = read_csv_text(world_dir / "enterprises.csv", ENTERPRISES)
-    codes = reg["code"].tolist()
-    depts = list(departments) if departments is not None else [d.id for d in DEPARTMENTS]
-    blocks: list[FloatArray] = []
-    names: list[str] = []
-    for d in depts:
-        c = compute(read_department(world_dir, d, codes, as_of))
-        blocks.append(c.values)
-        names.extend(f.name for f in c.features)
-    return codes, names, np.hstack(blocks) if blocks else np.zeros((len(codes), 0))

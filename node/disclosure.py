@@ -17,9 +17,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fedcredit.common.evidence import EvidenceSink, Receipt
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fedcredit.ledger.checkpoint import Signer
+    from fedcredit.ledger.log import Log, PreparedEntry
+    from fedcredit.ledger.store import StoredCheckpoint
+    from fedcredit.node.settings import NodeSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +38,33 @@ CHECKPOINT_KIND = "node_checkpoint"
 
 
 class DisclosureLog(Protocol):
-    """What the node needs from its local ledger (``ledger.log.Log`` provides it)."""
+    """What the node's servicer needs from its local ledger (``ledger.log.Log`` provides it).
 
-    def append_many(
+    An answer's entries are validated and canonicalised in the servicer's thread
+    (:meth:`prepare`; :meth:`prepare_each` for one entry per enterprise from a shared
+    template), then queued as one atomic group (:meth:`submit_many`) while the answer is
+    built; the future resolves once they are durable, and only then is anything sent.
+    """
+
+    def prepare(self, kind: str, subject: str | None, payload: Mapping[str, Any]) -> PreparedEntry:
+        """Validate one entry and canonicalise its payload (raise if it is not valid)."""
+        ...
+
+    def prepare_each(
         self,
-        items: Sequence[tuple[str, str | None, Mapping[str, Any]]],
-        *,
-        timeout: float | None = None,
-    ) -> list[Receipt]: ...
+        kind: str,
+        template: Mapping[str, Any],
+        key: str,
+        rows: Sequence[tuple[str | None, Any]],
+    ) -> list[PreparedEntry]:
+        """:meth:`prepare` of ``(kind, subject, {**template, key: value})`` for every
+        ``(subject, value)`` of ``rows`` (the template canonicalised once)."""
+        ...
+
+    def submit_many(self, items: list[PreparedEntry]) -> Future[list[Receipt]]:
+        """Queue prepared entries as one atomic group; the future resolves once they are
+        durable (or raises: then none is)."""
+        ...
 
 
 def feature_payload(
@@ -66,7 +94,9 @@ def feature_payload(
     }
 
 
-def open_disclosure_log(url: str, signer: Any, origin: str, settings: Any) -> Any:
+def open_disclosure_log(
+    url: str, signer: Signer | Ed25519PrivateKey, origin: str, settings: NodeSettings
+) -> Log:
     """Open the node's local ledger (``ledger.log.Log``) with the node's settings
     (``log_checkpoint_interval``, ``log_max_delay``, ``disclosure_synchronous``)."""
     from sqlalchemy import event
@@ -95,9 +125,11 @@ def open_disclosure_log(url: str, signer: Any, origin: str, settings: Any) -> An
 
 
 class CheckpointSource(Protocol):
-    def last_checkpoint(self) -> Any: ...
+    """The local log's signed checkpoints (``ledger.log.Log`` provides them)."""
 
-    def checkpoint_note(self, cp: Any) -> str: ...
+    def last_checkpoint(self) -> StoredCheckpoint | None: ...
+
+    def checkpoint_note(self, cp: StoredCheckpoint) -> str: ...
 
 
 class CheckpointPublisher:

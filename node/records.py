@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedcredit.world.calendar import parse_month_column
-from fedcredit.world.tables import BY_DEPARTMENT, TableSpec
+from fedcredit.node.schema import BY_DEPARTMENT, TableSpec, parse_month_column
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -7,14 +7,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from fedcredit.common.config import Deployment
+import grpc
+
+from fedcredit.common.config import Deployment, NodeConfig
 from fedcredit.common.errors import ConfigError
 from fedcredit.common.evidence import EvidenceSink
-from fedcredit.consent.verify import ConsentVerifier
+from fedcredit.consent.verify import TokenVerifier
+from fedcredit.ledger.client import LedgerClient
 from fedcredit.ledger.keys import load_or_create_signer
 from fedcredit.ledger.log import Log
+from fedcredit.ledger.witness import Witness
 from fedcredit.node.disclosure import CheckpointPublisher, open_disclosure_log
 from fedcredit.node.engine import FeatureEngine
 from fedcredit.node.policy import AccessPolicy
@@ -33,10 +36,10 @@ class NodeProcess:
     store: NodeStore
     engine: FeatureEngine
     disclosures: Log
-    verifier: ConsentVerifier
+    verifier: TokenVerifier
     server: NodeServer
     publisher: CheckpointPublisher | None = None
-    witness: Any = None
+    witness: Witness | None = None
     notes: list[str] = field(default_factory=list)
     signatures: SignaturePool | None = None
 
@@ -66,7 +69,7 @@ class NodeProcess:
         self.store.close()
 
 
-def _remote_verifier(dep: Deployment, org: str) -> ConsentVerifier:
+def _remote_verifier(dep: Deployment, org: str) -> TokenVerifier:
     from fedcredit.consent.settings import ConsentSettings
     from fedcredit.consent.verify import remote_verifier
 
@@ -79,13 +82,73 @@ def _remote_verifier(dep: Deployment, org: str) -> ConsentVerifier:
     )
 
 
-def _central_sink(dep: Deployment, org: str) -> tuple[EvidenceSink | None, str]:
-    try:
-        from fedcredit.clients.ledger_client import LedgerClient  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None, "the central ledger client is not installed; checkpoints are not published"
+def _central_sink(dep: Deployment, org: str) -> EvidenceSink:
     svc = dep.service("ledger")
-    return LedgerClient(svc.address, dep.tls(org), server_org=svc.org_id), ""
+    return LedgerClient(svc.address, dep.tls(org), server_org=svc.org_id)
+
+
+def _disclosure_origin(cfg: NodeConfig) -> str:
+    return f"{cfg.org_id}/disclosures"
+
+
+def _open_disclosures(dep: Deployment, cfg: NodeConfig, settings: NodeSettings) -> Log:
+    """The node's local ledger, signed with the node's disclosure key (created once)."""
+    key_dir = Path(settings.log_key_dir) if settings.log_key_dir else dep.dir / "data"
+    origin = _disclosure_origin(cfg)
+    signer = load_or_create_signer(key_dir / f"{cfg.org_id}-disclosures.key", origin)
+    return open_disclosure_log(disclosure_url(cfg.database, settings), signer, origin, settings)
+
+
+class WitnessMount:
+    """Mounts the ledger's WitnessService on the node's server (``[node] witness``).
+
+    The ledger's one-call mount: the node's cosigning key and vkey under the
+    deployment's keys/, the ledger's key read from there (keys/ledger.vkey) when its
+    first checkpoint arrives — unless ``[node] ledger_verifier_key`` pins it.
+    """
+
+    def __init__(self, dep: Deployment, cfg: NodeConfig, settings: NodeSettings) -> None:
+        self.dep, self.org = dep, cfg.org_id
+        self.pinned = settings.ledger_verifier_key
+        self.database = disclosure_url(cfg.database, settings)
+        self.witness: Witness | None = None
+
+    def __call__(self, server: grpc.Server) -> None:
+        from fedcredit.ledger.keys import witness_signer
+        from fedcredit.ledger.witness import mount_witness, register_witness
+
+        if self.pinned:
+            self.witness = register_witness(
+                server,
+                database=self.database,
+                signer=witness_signer(self.dep, self.org),
+                logs={self.pinned.split("+", 1)[0]: self.pinned},
+            )
+        else:
+            self.witness = mount_witness(server, self.dep, self.org, self.database)
+
+
+def _publisher(
+    dep: Deployment,
+    cfg: NodeConfig,
+    settings: NodeSettings,
+    disclosures: Log,
+    central: EvidenceSink | Callable[[], EvidenceSink | None] | None,
+) -> CheckpointPublisher | None:
+    """Publishes the local log's checkpoints to the central ledger: ``central`` (or what it
+    returns), else the deployment's ledger; a callable returning None: not published."""
+    sink = central() if callable(central) else central
+    if sink is None and central is None:
+        sink = _central_sink(dep, cfg.org_id)
+    if sink is None:
+        return None
+    return CheckpointPublisher(
+        disclosures,
+        sink,
+        node=cfg.org_id,
+        origin=_disclosure_origin(cfg),
+        interval=settings.checkpoint_publish_interval,
+    )
 
 
 def build_process(
@@ -94,7 +157,7 @@ def build_process(
     *,
     insecure: bool = False,
     address: str | None = None,
-    verifier: ConsentVerifier | None = None,
+    verifier: TokenVerifier | None = None,
     central: EvidenceSink | Callable[[], EvidenceSink | None] | None = None,
 ) -> NodeProcess:
     """Everything a node needs, from the deployment (``verifier``/``central`` may be
@@ -110,12 +173,7 @@ def build_process(
         min_bin_count=settings.min_bin_count,
         warm=settings.warm_cache,
     )
-    key_dir = Path(settings.log_key_dir) if settings.log_key_dir else dep.dir / "data"
-    origin = f"{cfg.org_id}/disclosures"
-    signer = load_or_create_signer(key_dir / f"{cfg.org_id}-disclosures.key", origin)
-    disclosures: Log = open_disclosure_log(
-        disclosure_url(cfg.database, settings), signer, origin, settings
-    )
+    disclosures = _open_disclosures(dep, cfg, settings)
     v = verifier if verifier is not None else _remote_verifier(dep, cfg.org_id)
     workers = settings.signature_workers()
     signatures = SignaturePool(workers) if workers else None
@@ -128,30 +186,10 @@ def build_process(
         settings=settings,
         signatures=signatures,
     )
-    extra: list[tuple[Any, str]] = []
-    witness_box: list[Any] = []
-    if settings.witness:
-        from fedcredit.ledger.witness import WITNESS_SERVICE, mount_witness, register_witness
-
-        # The ledger's one-call mount: the node's cosigning key and vkey under the
-        # deployment's keys/, the ledger's key read from there (keys/ledger.vkey) when its
-        # first checkpoint arrives — unless [node] ledger_verifier_key pins it.
-        pinned = settings.ledger_verifier_key
-        wdb = disclosure_url(cfg.database, settings)
-
-        def mount(server: Any) -> None:
-            if pinned:
-                from fedcredit.ledger.keys import witness_signer
-
-                w = register_witness(
-                    server,
-                    database=wdb,
-                    signer=witness_signer(dep, cfg.org_id),
-                    logs={pinned.split("+", 1)[0]: pinned},
-                )
-            else:
-                w = mount_witness(server, dep, cfg.org_id, wdb)
-            witness_box.append(w)
+    extra: list[tuple[Callable[[grpc.Server], None], str]] = []
+    mount = WitnessMount(dep, cfg, settings) if settings.witness else None
+    if mount is not None:
+        from fedcredit.ledger.witness import WITNESS_SERVICE
 
         extra.append((mount, WITNESS_SERVICE))
     else:
@@ -160,25 +198,10 @@ def build_process(
     server = build_node_server(
         servicer=servicer, address=address or cfg.address, tls=tls, insecure=insecure, extra=extra
     )
-    sink = central() if callable(central) else central
-    if sink is None and central is None:
-        sink, note = _central_sink(dep, cfg.org_id)
-        if note:
-            notes.append(note)
-    publisher = (
-        CheckpointPublisher(
-            disclosures,
-            sink,
-            node=cfg.org_id,
-            origin=origin,
-            interval=settings.checkpoint_publish_interval,
-        )
-        if sink is not None
-        else None
-    )
+    publisher = _publisher(dep, cfg, settings, disclosures, central)
     if not cfg.address and address is None:
         raise ConfigError(f"no address for the {department} node")
     return NodeProcess(
         department, cfg.org_id, store, engine, disclosures, v, server, publisher,
-        witness_box[0] if witness_box else None, notes, signatures,
+        mount.witness if mount is not None else None, notes, signatures,
     )  # fmt: skip

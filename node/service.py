@@ -27,17 +27,24 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from fedcredit.common import uscc
 from fedcredit.common.departments import BY_ID
 from fedcredit.common.errors import BatchTooLarge, FedcreditError
+from fedcredit.common.evidence import Receipt
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.server import build_server
 from fedcredit.common.tls import Identity, TlsFiles, peer_identity
-from fedcredit.consent.verify import ConsentVerifier
+from fedcredit.common.wire import (
+    FEATURE_TYPE_TO_PB,
+    SENSITIVITY_TO_PB,
+    item_error,
+    purpose_label,
+)
+from fedcredit.consent.verify import TokenVerifier
 from fedcredit.node.disclosure import AGGREGATE_KIND, KIND, DisclosureLog, feature_payload
 from fedcredit.node.engine import FeatureEngine
 from fedcredit.node.errors import (
@@ -51,35 +58,17 @@ from fedcredit.node.policy import AccessPolicy, Decision
 from fedcredit.node.settings import NodeSettings
 from fedcredit.node.sigpool import SignaturePool
 from fedcredit.node.store import StoreState
-from fedcredit.v1 import common_pb2, feature_pb2, feature_pb2_grpc
+from fedcredit.v1 import feature_pb2, feature_pb2_grpc
+
+if TYPE_CHECKING:
+    from fedcredit.ledger.log import PreparedEntry
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = feature_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name
-_TYPES = {
-    "int": feature_pb2.FEATURE_TYPE_INT,
-    "float": feature_pb2.FEATURE_TYPE_FLOAT,
-    "bool": feature_pb2.FEATURE_TYPE_BOOL,
-    "ordinal": feature_pb2.FEATURE_TYPE_ORDINAL,
-}
-_SENSITIVITY = {
-    "public": feature_pb2.SENSITIVITY_PUBLIC,
-    "restricted": feature_pb2.SENSITIVITY_RESTRICTED,
-    "confidential": feature_pb2.SENSITIVITY_CONFIDENTIAL,
-}
 MAX_STREAM_ITEMS = 1_000_000
 LOG_TIMEOUT_S = 30.0
 T = TypeVar("T")
-
-
-def purpose_name(value: int) -> str:
-    """Proto enum -> purpose id (``""`` for unspecified or unknown values)."""
-    if value == common_pb2.PURPOSE_UNSPECIFIED:
-        return ""
-    try:
-        return common_pb2.Purpose.Name(value).removeprefix("PURPOSE_").lower()  # type: ignore[arg-type]
-    except ValueError:
-        return f"unknown({value})"
 
 
 @functools.lru_cache(maxsize=200_000)
@@ -89,15 +78,9 @@ def _valid_code(code: str) -> str:
     return uscc.validate(code)
 
 
-def item_error(err: FedcreditError) -> feature_pb2.FeatureVector:
-    return feature_pb2.FeatureVector(
-        error=common_pb2.ItemError(
-            code=err.code.name,
-            reason=err.reason,
-            message=err.message,
-            metadata={k: str(v) for k, v in err.metadata.items()},
-        )
-    )
+def refused(enterprise: str, err: FedcreditError) -> feature_pb2.FeatureVector:
+    """One enterprise's refusal inside an answer (``common.wire.item_error``)."""
+    return feature_pb2.FeatureVector(enterprise=enterprise, error=item_error(err))
 
 
 @dataclass
@@ -115,7 +98,7 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         *,
         node_org: str,
         engine: FeatureEngine,
-        verifier: ConsentVerifier,
+        verifier: TokenVerifier,
         disclosures: DisclosureLog,
         policy: AccessPolicy | None = None,
         settings: NodeSettings | None = None,
@@ -150,8 +133,8 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
                     department=f.department,
                     description=f.description,
                     unit=f.unit,
-                    type=_TYPES[f.type],
-                    sensitivity=_SENSITIVITY[f.sensitivity],
+                    type=FEATURE_TYPE_TO_PB[f.type],  # type: ignore[arg-type]
+                    sensitivity=SENSITIVITY_TO_PB[f.sensitivity],  # type: ignore[arg-type]
                     tables=list(f.tables),
                     computation=f.computation,
                     zero_when_absent=f.absent == "zero",
@@ -170,7 +153,7 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
     def _check_request(
         self, caller: Identity, request: Any, *, limit: int
     ) -> tuple[Decision, str, list[int], StoreState]:
-        purpose = purpose_name(request.purpose)
+        purpose = purpose_label(request.purpose)
         decision = self.policy.decide(
             caller, purpose, request.on_behalf_of, bytes(request.on_behalf_of_cert_sha256)
         )
@@ -209,9 +192,8 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         ok_idx: list[int] = []
         jtis: list[str] = []
         pool = self.signatures
-        precheck = getattr(self.verifier, "precheck", None)
-        if pool is not None and precheck is not None and len(items) >= pool.min_batch:
-            precheck([it.consent_token for it in items], pool.verify_chunks)
+        if pool is not None and len(items) >= pool.min_batch:
+            self.verifier.precheck([it.consent_token for it in items], pool.verify_chunks)
         for i, it in enumerate(items):
             try:
                 code = _valid_code(it.enterprise)
@@ -227,9 +209,7 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
                     release=decision.release,
                 )
             except FedcreditError as err:
-                vec = item_error(err)
-                vec.enterprise = it.enterprise
-                out[i] = vec
+                out[i] = refused(it.enterprise, err)
                 self.stats.refused_items += 1
                 self.stats.by_reason[err.reason] = self.stats.by_reason.get(err.reason, 0) + 1
                 continue
@@ -270,37 +250,25 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
             self.stats.served += len(ok_idx)
         return [v for v in out if v is not None]
 
-    def _append(self, entries: list[tuple[str, str | None, dict[str, Any]]]) -> list[Any]:
+    def _append(self, entries: list[tuple[str, str | None, dict[str, Any]]]) -> list[Receipt]:
         """No log entry, no answer: any failure to append refuses the whole answer."""
-        return self._submit(entries)()
-
-    def _submit(
-        self, entries: list[tuple[str, str | None, dict[str, Any]]]
-    ) -> Callable[[], list[Any]]:
-        """Start appending ``entries`` (atomically); the function returned waits until they
-        are durable and returns their receipts. Either step failing refuses the answer."""
         log_ = self.disclosures
-        submit = getattr(log_, "submit_many", None)
-        prepare = getattr(log_, "prepare", None)
-        if submit is None or prepare is None:  # a plain DisclosureLog: append at wait time
-            return lambda: self._guard_log(lambda: log_.append_many(entries, timeout=LOG_TIMEOUT_S))
-        fut = self._guard_log(lambda: submit([prepare(k, s, p) for k, s, p in entries]))
-        return lambda: self._guard_log(lambda: fut.result(LOG_TIMEOUT_S))
+        return self._submit(lambda: [log_.prepare(k, s, p) for k, s, p in entries])()
 
     def _submit_each(
         self, template: dict[str, Any], rows: list[tuple[str, str]]
-    ) -> Callable[[], list[Any]]:
-        """:meth:`_submit` of one feature-disclosure entry per ``(enterprise, jti)`` of
-        ``rows``, payload ``template`` with that jti; canonicalised once when the log can
-        (``prepare_each``), entry by entry otherwise."""
+    ) -> Callable[[], list[Receipt]]:
+        """Start appending one feature-disclosure entry per ``(enterprise, jti)`` of
+        ``rows``, payload ``template`` with that jti (canonicalised once: ``prepare_each``)."""
         log_ = self.disclosures
-        submit = getattr(log_, "submit_many", None)
-        prepare_each = getattr(log_, "prepare_each", None)
-        if submit is None or prepare_each is None:
-            return self._submit(
-                [(KIND, code, {**template, "consent_jti": jti}) for code, jti in rows]
-            )
-        fut = self._guard_log(lambda: submit(prepare_each(KIND, template, "consent_jti", rows)))
+        return self._submit(lambda: log_.prepare_each(KIND, template, "consent_jti", rows))
+
+    def _submit(self, prepare: Callable[[], list[PreparedEntry]]) -> Callable[[], list[Receipt]]:
+        """Queue the entries ``prepare`` makes as one atomic group; the function returned
+        waits until they are durable and returns their receipts. Either step failing
+        refuses the answer."""
+        log_ = self.disclosures
+        fut = self._guard_log(lambda: log_.submit_many(prepare()))
         return lambda: self._guard_log(lambda: fut.result(LOG_TIMEOUT_S))
 
     @staticmethod
@@ -371,7 +339,7 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
     @handle_errors
     def GetBinEdges(self, request: Any, context: Any) -> Any:
         caller = peer_identity(context)
-        self.policy.decide_aggregate(caller, purpose_name(request.purpose))
+        self.policy.decide_aggregate(caller, purpose_label(request.purpose))
         if not 2 <= request.max_bins <= 1024:
             raise InvalidMaxBins(f"max_bins must be between 2 and 1024; got {request.max_bins}")
         cols = self.engine.resolve(list(request.features))
@@ -429,7 +397,7 @@ def build_node_server(
     address: str,
     tls: TlsFiles | None,
     insecure: bool = False,
-    extra: Sequence[tuple[Any, str]] = (),
+    extra: Sequence[tuple[Callable[[grpc.Server], None], str]] = (),
 ) -> NodeServer:
     """A FeatureService server (not started). ``extra``: (register function, service name)
     pairs mounted on the same server (e.g. the ledger's witness service)."""

@@ -299,77 +299,34 @@ class SignaturePool:
         nothing is left it verifies the pieces still queued at a worker itself (newest
         first; the worker's late answers are read and dropped before it is used again), so
         a worker without a free core costs at most a few pieces done twice."""
-        n = len(jobs)
-        front = 0  # the next job not handed to anyone
-        queued: dict[_Worker, deque[tuple[int, int]]] = {w: deque() for w in free}
-        done: dict[int, list[bool]] = {}  # start of a finished piece -> its answers
-        redo: list[tuple[int, int]] = []  # pieces of failed workers, verified here
-        deadline = time.monotonic() + self.timeout  # for an answer that has begun to arrive
-
-        def top_up() -> None:
-            nonlocal front
-            for w, q in list(queued.items()):
-                while len(q) < QUEUED and front < n and w.proc is not None and not w.owes:
-                    lo, hi = front, min(front + PIECE, n)
-                    try:
-                        w.send(encode_jobs(jobs[lo:hi]))
-                    except (OSError, ValueError) as exc:
-                        give_up(w, f"request not sent: {exc}")
-                        break
-                    q.append((lo, hi))
-                    front = hi
-
-        def give_up(w: _Worker, why: str) -> None:
-            q = queued.pop(w)
-            redo.extend(q)
-            w.fail(why)
-            self.fallbacks += 1 if q else 0
-
-        def collect() -> None:
-            fds = {
-                w.proc.stdout.fileno(): w
-                for w, q in queued.items()
-                if q and w.proc is not None and w.proc.stdout is not None
-            }
-            if not fds:
-                return
-            for fd in select.select(list(fds), [], [], 0)[0]:
-                w = fds[fd]
-                lo, hi = queued[w][0]
-                try:
-                    done[lo] = w.receive(hi - lo, deadline)
-                except (OSError, EOFError, TimeoutError, ValueError) as exc:
-                    give_up(w, str(exc))
-                    continue
-                queued[w].popleft()
-
+        s = _Spread(self, jobs, free)
         self.batches += 1
         emitted = 0
         while True:
-            collect()
-            for lo, hi in redo:
-                done[lo] = verify_jobs(jobs[lo:hi])
-            redo.clear()
-            top_up()
-            while emitted in done:
-                answer = done.pop(emitted)
+            s.collect()
+            for lo, hi in s.redo:
+                s.verify_here(lo, hi)
+            s.redo.clear()
+            s.top_up()
+            while emitted in s.done:
+                answer = s.done.pop(emitted)
                 emitted += len(answer)
                 yield answer
-            if front < n:  # the next piece, here
-                lo, hi = front, min(front + PIECE, n)
-                front = hi
-                done[lo] = verify_jobs(jobs[lo:hi])
+            if s.front < s.n:  # the next piece, here
+                lo, hi = s.front, min(s.front + PIECE, s.n)
+                s.front = hi
+                s.verify_here(lo, hi)
                 continue
-            late = [w for w, q in queued.items() if q]
+            late = [w for w, q in s.queued.items() if q]
             if not late:
                 break
             w = late[0]
-            lo, hi = queued[w].pop()  # its newest: answered after the ones it keeps
-            done[lo] = verify_jobs(jobs[lo:hi])
+            lo, hi = s.queued[w].pop()  # its newest: answered after the ones it keeps
+            s.verify_here(lo, hi)
             w.owes += hi - lo
             self.stolen += 1
-        while emitted in done:
-            answer = done.pop(emitted)
+        while emitted in s.done:
+            answer = s.done.pop(emitted)
             emitted += len(answer)
             yield answer
 
@@ -378,6 +335,64 @@ class SignaturePool:
         for w in self._workers:
             with w.lock:
                 w.stop()
+
+
+class _Spread:
+    """The state of one batch shared out by :meth:`SignaturePool._spread`: which pieces
+    each worker holds, the answers in, the pieces to redo here."""
+
+    def __init__(self, pool: SignaturePool, jobs: Sequence[Job], free: list[_Worker]) -> None:
+        self.pool = pool
+        self.jobs = jobs
+        self.n = len(jobs)
+        self.front = 0  # the next job not handed to anyone
+        self.queued: dict[_Worker, deque[tuple[int, int]]] = {w: deque() for w in free}
+        self.done: dict[int, list[bool]] = {}  # start of a finished piece -> its answers
+        self.redo: list[tuple[int, int]] = []  # pieces of failed workers, verified here
+        # for an answer that has begun to arrive
+        self.deadline = time.monotonic() + pool.timeout
+
+    def verify_here(self, lo: int, hi: int) -> None:
+        self.done[lo] = verify_jobs(self.jobs[lo:hi])
+
+    def top_up(self) -> None:
+        """Hand each usable worker pieces until it holds ``QUEUED`` of them."""
+        for w, q in list(self.queued.items()):
+            while len(q) < QUEUED and self.front < self.n and w.proc is not None and not w.owes:
+                lo, hi = self.front, min(self.front + PIECE, self.n)
+                try:
+                    w.send(encode_jobs(self.jobs[lo:hi]))
+                except (OSError, ValueError) as exc:
+                    self.give_up(w, f"request not sent: {exc}")
+                    break
+                q.append((lo, hi))
+                self.front = hi
+
+    def give_up(self, w: _Worker, why: str) -> None:
+        """The worker failed: its pieces are verified here, it is not used again."""
+        q = self.queued.pop(w)
+        self.redo.extend(q)
+        w.fail(why)
+        self.pool.fallbacks += 1 if q else 0
+
+    def collect(self) -> None:
+        """Read every answer that has arrived (never waits for one to begin)."""
+        fds = {
+            w.proc.stdout.fileno(): w
+            for w, q in self.queued.items()
+            if q and w.proc is not None and w.proc.stdout is not None
+        }
+        if not fds:
+            return
+        for fd in select.select(list(fds), [], [], 0)[0]:
+            w = fds[fd]
+            lo, hi = self.queued[w][0]
+            try:
+                self.done[lo] = w.receive(hi - lo, self.deadline)
+            except (OSError, EOFError, TimeoutError, ValueError) as exc:
+                self.give_up(w, str(exc))
+                continue
+            self.queued[w].popleft()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The node's own database: the department's raw records, nothing else.
 
 One table per raw table of the department (``raw_<name>``, the columns of
-:mod:`world.tables` plus a surrogate ``id`` that never leaves the node), a small
+:mod:`node.schema` plus a surrogate ``id`` that never leaves the node), a small
 ``node_meta`` table (department, as-of month, data version) and ``node_loads``
 (an audit trail of loads). SQLite by default, PostgreSQL supported.
 
@@ -44,8 +44,7 @@ from fedcredit.node.records import (
     convert,
     read_csv_text,
 )
-from fedcredit.world.calendar import month_ordinal, month_text
-from fedcredit.world.tables import BY_DEPARTMENT, TableSpec
+from fedcredit.node.schema import BY_DEPARTMENT, TableSpec, month_ordinal, month_text
 
 _SQL_TYPES: dict[str, Callable[[], Any]] = {
     "str": lambda: sa.String(200),
@@ -241,15 +240,37 @@ class NodeStore:
         """
         started = time.perf_counter()
         src = self._source_dir(Path(source))
+        as_of = self._source_as_of(src)
+        parsed = self._parse_tables(src, append)
+        with self._guard():
+            try:
+                with self.engine.begin() as conn:
+                    rows, new_as_of, version = self._write(
+                        conn, src, parsed, as_of, append, progress
+                    )
+            except IntegrityError as exc:
+                raise DuplicateRecord(
+                    "the append holds a monthly record that is already loaded (same enterprise and "
+                    f"period); nothing was loaded: {str(exc.orig).splitlines()[0]}"
+                ) from exc
+        return LoadResult(self.department, "append" if append else "replace", rows,
+                          month_text(new_as_of), version, time.perf_counter() - started)  # fmt: skip
+
+    def _source_as_of(self, src: Path) -> int:
+        """The export's as-of month (``meta.json``), checked to be this department's."""
         meta = json.loads((src / "meta.json").read_text())
         if meta.get("department") != self.department:
             raise WrongDepartment(
                 f"{src} holds data of department {meta.get('department')!r}, not {self.department!r}"
             )
         try:
-            as_of = month_ordinal(str(meta.get("as_of", "")))
+            return month_ordinal(str(meta.get("as_of", "")))
         except ValueError as exc:
             raise RawDataInvalid(f"{src}/meta.json as_of: {exc}") from exc
+
+    def _parse_tables(self, src: Path, append: bool) -> dict[str, dict[str, Any]]:
+        """Every table file of the export as text columns, each value's type validated (an
+        append may carry only some tables; a full load needs them all)."""
         parsed: dict[str, dict[str, Any]] = {}
         for name, spec in self.specs.items():
             path = src / spec.file_name
@@ -265,53 +286,52 @@ class NodeStore:
             except RawDataError as exc:
                 raise RawDataInvalid(str(exc)) from exc
             parsed[name] = text
+        return parsed
+
+    def _write(
+        self,
+        conn: Connection,
+        src: Path,
+        parsed: dict[str, dict[str, Any]],
+        as_of: int,
+        append: bool,
+        progress: Callable[[str, int, int], None] | None,
+    ) -> tuple[dict[str, int], int, int]:
+        """Insert the parsed rows (replacing the store's records unless ``append``), bump the
+        data version and record the load: ``(rows per table, as-of month, data version)``."""
         total = sum(len(t["code"]) for t in parsed.values())
         done = 0
         rows: dict[str, int] = {}
-        with self._guard():
-            try:
-                with self.engine.begin() as conn:
-                    self.metadata.create_all(conn)
-                    m = self._meta(conn)
-                    if m.get("department") not in (None, self.department):
-                        raise WrongDepartment(
-                            f"this database belongs to the {m['department']} node, not {self.department}"
-                        )
-                    if not append:
-                        for t in self.tables.values():
-                            conn.execute(t.delete())
-                    for name, text in parsed.items():
-                        spec = self.specs[name]
-                        records = _records(spec, text)
-                        for i in range(0, len(records), INSERT_CHUNK):
-                            chunk = records[i : i + INSERT_CHUNK]
-                            conn.execute(self.tables[name].insert(), chunk)
-                            done += len(chunk)
-                            if progress:
-                                progress(name, done, total)
-                        rows[name] = len(records)
-                    old_as_of = int(m["as_of"]) if "as_of" in m and append else None
-                    new_as_of = max(as_of, old_as_of) if old_as_of is not None else as_of
-                    version = int(m.get("data_version", "0")) + 1
-                    self._set_meta(
-                        conn,
-                        {
-                            "department": self.department,
-                            "as_of": str(new_as_of),
-                            "data_version": str(version),
-                        },
-                    )
-                    conn.execute(self.loads.insert().values(
-                        at=time.time(), mode="append" if append else "replace", source=str(src),
-                        rows=json.dumps(rows, sort_keys=True), as_of=month_text(new_as_of), data_version=version,
-                    ))  # fmt: skip
-            except IntegrityError as exc:
-                raise DuplicateRecord(
-                    "the append holds a monthly record that is already loaded (same enterprise and "
-                    f"period); nothing was loaded: {str(exc.orig).splitlines()[0]}"
-                ) from exc
-        return LoadResult(self.department, "append" if append else "replace", rows,
-                          month_text(new_as_of), version, time.perf_counter() - started)  # fmt: skip
+        self.metadata.create_all(conn)
+        m = self._meta(conn)
+        if m.get("department") not in (None, self.department):
+            raise WrongDepartment(
+                f"this database belongs to the {m['department']} node, not {self.department}"
+            )
+        if not append:
+            for t in self.tables.values():
+                conn.execute(t.delete())
+        for name, text in parsed.items():
+            records = _records(self.specs[name], text)
+            for i in range(0, len(records), INSERT_CHUNK):
+                chunk = records[i : i + INSERT_CHUNK]
+                conn.execute(self.tables[name].insert(), chunk)
+                done += len(chunk)
+                if progress:
+                    progress(name, done, total)
+            rows[name] = len(records)
+        old_as_of = int(m["as_of"]) if "as_of" in m and append else None
+        new_as_of = max(as_of, old_as_of) if old_as_of is not None else as_of
+        version = int(m.get("data_version", "0")) + 1
+        self._set_meta(
+            conn,
+            {"department": self.department, "as_of": str(new_as_of), "data_version": str(version)},
+        )
+        conn.execute(self.loads.insert().values(
+            at=time.time(), mode="append" if append else "replace", source=str(src),
+            rows=json.dumps(rows, sort_keys=True), as_of=month_text(new_as_of), data_version=version,
+        ))  # fmt: skip
+        return rows, new_as_of, version
 
     # -- reading -----------------------------------------------------------------------
 

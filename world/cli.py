@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,74 +12,67 @@ from rich.table import Table
 
 from fedcredit.common.cliutil import err_console, output, user_errors
 
-if TYPE_CHECKING:
-    from fedcredit.clients.cli import Root
-
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
+world = typer.Typer()
+GROUPS: dict[str, typer.Typer] = {"world": world}
 
-def register(root: Root) -> None:
-    world = root.group("world")
 
-    @world.command("generate")
-    def generate_cmd(
-        out: Annotated[Path, typer.Option("--out", help="Folder to write the city to.")],
-        enterprises: Annotated[int, typer.Option(help="Number of enterprises.")] = 2000,
-        banks: Annotated[int, typer.Option(help="Number of banks with loan books.")] = 7,
-        months: Annotated[int, typer.Option(help="Months of departmental records.")] = 24,
-        seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
-        as_of: Annotated[str, typer.Option(help="Last observed month, YYYY-MM.")] = "2025-12",
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Generate enterprises, the 12 departments' raw records and the banks' loan books."""
-        from fedcredit.world.generate import generate
+@world.command("generate")
+def generate_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the city to.")],
+    enterprises: Annotated[int, typer.Option(help="Number of enterprises.")] = 2000,
+    banks: Annotated[int, typer.Option(help="Number of banks with loan books.")] = 7,
+    months: Annotated[int, typer.Option(help="Months of departmental records.")] = 24,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+    as_of: Annotated[str, typer.Option(help="Last observed month, YYYY-MM.")] = "2025-12",
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate enterprises, the 12 departments' raw records and the banks' loan books."""
+    from fedcredit.world.generate import generate
 
-        started = time.perf_counter()
-        with (
-            user_errors(as_json),
-            Progress(
-                TextColumn("{task.description:<36}"),
-                BarColumn(),
-                TimeElapsedColumn(),
-                console=err_console,
-                disable=as_json,
-                transient=False,
-            ) as bar,
-        ):
-            task = bar.add_task("world", total=1.0)
-
-            def progress(label: str, fraction: float) -> None:
-                bar.update(task, completed=fraction, description=label)
-
-            manifest = generate(
-                out, enterprises=enterprises, banks=banks, months=months, seed=seed,
-                as_of=as_of, progress=progress,
-            )  # fmt: skip
-        elapsed = time.perf_counter() - started
-        files = manifest.data["files"]
-        rows = sum(int(v.get("rows", 0)) for v in files.values())
-        result = {
-            "out": str(out),
-            "enterprises": enterprises,
-            "banks": manifest.data["banks"],
-            "months": months,
-            "as_of": as_of,
-            "seed": seed,
-            "files": len(files),
-            "rows": rows,
-            "seconds": round(elapsed, 2),
-            "manifest_sha256": _sha256(manifest.path),
-        }
-        table = Table(title=f"world in {out}")
-        table.add_column("file")
-        table.add_column("rows", justify="right")
-        for rel, info in files.items():
-            if "rows" in info:
-                table.add_row(rel, f"{info['rows']:,}")
-        table.add_row("[bold]total", f"[bold]{rows:,}")
-        output(result, as_json, table)
-        if not as_json:
-            typer.echo(f"{enterprises:,} enterprises, {rows:,} rows in {elapsed:.1f} s")
+    started = time.perf_counter()
+    with (
+        user_errors(as_json),
+        Progress(
+            TextColumn("{task.description:<36}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            disable=as_json,
+            transient=False,
+        ) as bar,
+    ):
+        # a task "world" on the bar, updated with each step (world.generate)
+        manifest = generate(
+            out, enterprises=enterprises, banks=banks, months=months, seed=seed,
+            as_of=as_of, progress=bar,
+        )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    files = manifest.data["files"]
+    rows = sum(int(v.get("rows", 0)) for v in files.values())
+    result = {
+        "out": str(out),
+        "enterprises": enterprises,
+        "banks": manifest.data["banks"],
+        "months": months,
+        "as_of": as_of,
+        "seed": seed,
+        "files": len(files),
+        "rows": rows,
+        "seconds": round(elapsed, 2),
+        "manifest_sha256": _sha256(manifest.path),
+    }
+    table = Table(title=f"world in {out}")
+    table.add_column("file")
+    table.add_column("rows", justify="right")
+    for rel, info in files.items():
+        if "rows" in info:
+            table.add_row(rel, f"{info['rows']:,}")
+    table.add_row("[bold]total", f"[bold]{rows:,}")
+    output(result, as_json, table)
+    if not as_json:
+        typer.echo(f"{enterprises:,} enterprises, {rows:,} rows in {elapsed:.1f} s")
 
 
 def _sha256(path: Path) -> str:

@@ -60,15 +60,17 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from fedcredit.common.departments import DEFAULT_BANKS, DEPARTMENTS
-from fedcredit.world.calendar import date_texts, month_ordinal, month_text, month_texts
+from fedcredit.node.schema import BY_DEPARTMENT, date_texts, month_ordinal, month_text, month_texts
 from fedcredit.world.errors import InvalidWorldParameter, NotAWorld
-from fedcredit.world.tables import BY_DEPARTMENT
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgress
 
 FORMAT = "fedcredit-world/1"
 GENERATOR_VERSION = "1"
@@ -909,7 +911,7 @@ def generate(
     months: int = 24,
     seed: int = 0,
     as_of: str = "2025-12",
-    progress: Progress | Any | None = None,
+    progress: Progress | RichProgress | None = None,
 ) -> Manifest:
     """Write a synthetic city to ``out`` (created; existing files are overwritten).
 
@@ -965,10 +967,12 @@ def generate(
     return Manifest(path, manifest)
 
 
-def _progress_callback(progress: Progress | Any | None) -> Progress | None:
-    if progress is None or not hasattr(progress, "add_task"):
-        return progress  # type: ignore[no-any-return]
-    bar: Any = progress
+def _progress_callback(progress: Progress | RichProgress | None) -> Progress | None:
+    from rich.progress import Progress as RichProgress
+
+    if not isinstance(progress, RichProgress):
+        return progress
+    bar = progress
     task = bar.add_task("world", total=1.0)
 
     def update(label: str, fraction: float) -> None:

@@ -11,9 +11,10 @@ import pytest
 
 from fedcredit.common import uscc
 from fedcredit.common.tls import Identity
-from fedcredit.consent.authority import ConsentAuthority, ConsentTerms
+from fedcredit.consent.authority import ConsentAuthority
 from fedcredit.consent.settings import ConsentSettings
 from fedcredit.consent.store import ConsentStore
+from fedcredit.consent.terms import ConsentTerms
 
 BANK = "bank-icbc-weihai"
 OTHER_BANK = "bank-ccb-weihai"

@@ -11,10 +11,10 @@ from fedcredit.consent import errors as E
 from fedcredit.consent.authority import (
     AuthorityUseCounter,
     ConsentAuthority,
-    ConsentTerms,
     local_verifier,
 )
 from fedcredit.consent.store import ConsentStore, verify_evidence_chain
+from fedcredit.consent.terms import ConsentTerms
 from tests.consent.conftest import (
     BANK,
     COORDINATOR,

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from fedcredit.clients.consent_client import ConsentClient
 from fedcredit.common.errors import FedcreditError, RoleNotAllowed
 from fedcredit.common.tls import TlsFiles
 from fedcredit.consent import errors as E
-from fedcredit.consent.authority import ConsentAuthority, ConsentTerms
-from fedcredit.consent.remote import RemoteVerifier
+from fedcredit.consent.authority import ConsentAuthority
+from fedcredit.consent.client import ConsentClient
 from fedcredit.consent.service import serve, stop
 from fedcredit.consent.settings import ConsentSettings
 from fedcredit.consent.statuslist import b64url, b64url_decode
 from fedcredit.consent.store import ConsentStore
-from fedcredit.consent.verify import remote_verifier
+from fedcredit.consent.terms import ConsentTerms
+from fedcredit.consent.verify import RemoteVerifier, remote_verifier
 from tests.conftest import Pki
 from tests.consent.conftest import BANK, OTHER_BANK, enterprise_code
 

@@ -18,9 +18,10 @@ import pytest
 
 from fedcredit.common.departments import BY_ID, DEFAULT_BANKS
 from fedcredit.common.tls import Identity, TlsFiles
-from fedcredit.consent.authority import ConsentAuthority, ConsentTerms
+from fedcredit.consent.authority import ConsentAuthority
 from fedcredit.consent.settings import ConsentSettings
 from fedcredit.consent.store import ConsentStore
+from fedcredit.consent.terms import ConsentTerms
 from fedcredit.coordinator.daemon import CoordinatorServer
 from fedcredit.coordinator.fanout import Catalog, CatalogFeature, NodeFeatures
 from fedcredit.coordinator.settings import CoordinatorSettings
@@ -60,8 +61,8 @@ class City:
 
 @pytest.fixture(scope="session")
 def city(tmp_path_factory: pytest.TempPathFactory) -> City:
-    from fedcredit.node.catalog import compute_all
     from fedcredit.world.generate import generate
+    from fedcredit.world.pooled import compute_all
 
     d = tmp_path_factory.mktemp("city")
     generate(d, enterprises=N_ENTERPRISES, banks=7, months=24, seed=11)
@@ -284,8 +285,8 @@ def start_coordinator(
     catalog: Catalog | None = None,
     activate: bool = True,
 ) -> Coord:
-    from fedcredit.clients.ledger_client import AsyncLedgerClient, LedgerClient
     from fedcredit.coordinator.registry import Registry
+    from fedcredit.ledger.client import AsyncLedgerClient, LedgerClient
 
     ledger = open_ledger(tmp / "ledger.sqlite", pki)
     ledger_sync = LedgerClient(

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from fedcredit.clients.coordinator_client import CoordinatorClient
 from fedcredit.common.errors import FedcreditError, RoleNotAllowed
+from fedcredit.coordinator.client import CoordinatorClient
 from fedcredit.coordinator.errors import LedgerUnavailable, ModelVersionNotFound, NoActiveModel
 from fedcredit.coordinator.model import model_sha256
 
@@ -221,9 +221,9 @@ def test_crash_between_ledger_and_store_is_settled_from_the_ledger(
     pki: Any, consent_env: ConsentEnv, city: City, tmp_path: Path
 ) -> None:
     """A decision in the ledger but still PENDING in the store becomes final; one not in the ledger is undone."""
-    from fedcredit.clients.ledger_client import LedgerClient
     from fedcredit.coordinator.fund import ledger_decision_finder, recover_pending
     from fedcredit.coordinator.policy import FundPolicy, decide
+    from fedcredit.ledger.client import LedgerClient
 
     c = start_coordinator(pki=pki, consent_env=consent_env, city=city, tmp=tmp_path)
     try:

@@ -13,8 +13,8 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from fedcredit.clients.coordinator_client import CoordinatorClient
 from fedcredit.common.errors import FedcreditError
+from fedcredit.coordinator.client import CoordinatorClient
 from fedcredit.coordinator.errors import NodeUnavailable
 from fedcredit.coordinator.rating import Thresholds, rate
 from fedcredit.coordinator.scoring import ScoringSettings

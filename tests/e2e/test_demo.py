@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from fedcredit.clients.demo import Demo, DemoFailed, start_federation
+from fedcredit.clients.demo import start_federation
+from fedcredit.clients.demo_stage import Demo, DemoFailed
 from fedcredit.clients.demo_story import play_story, train_model
 from fedcredit.clients.supervisor import service_specs
 

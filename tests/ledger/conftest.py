@@ -78,7 +78,7 @@ class LedgerEnv:
         return f"127.0.0.1:{self.server.port}"
 
     def client(self, org: str) -> Any:
-        from fedcredit.clients.ledger_client import LedgerClient
+        from fedcredit.ledger.client import LedgerClient
 
         return LedgerClient(self.address, self.pki.tls(org), server_org="ledger")
 
@@ -89,7 +89,7 @@ WITNESS_ORGS = ["dept-tax", "dept-courts"]
 
 @pytest.fixture
 def ledger_env(pki: Any, tmp_path: Path) -> Iterator[LedgerEnv]:
-    from fedcredit.clients.ledger_client import WitnessClient
+    from fedcredit.ledger.client import WitnessClient
 
     signer = Signer.generate(ORIGIN)
     nodes: list[WitnessNode] = []

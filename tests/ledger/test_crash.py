@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from fedcredit.clients.ledger_client import LedgerClient
 from fedcredit.common.config import load_config
 from fedcredit.common.deploy import write_local_deployment
 from fedcredit.common.errors import FedcreditError
 from fedcredit.common.server import check_health
 from fedcredit.ledger.audit import Trust, replay, verify_checkpoints
+from fedcredit.ledger.client import LedgerClient
 from fedcredit.ledger.export import read_export
 from fedcredit.ledger.keys import log_verifier
 

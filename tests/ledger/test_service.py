@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from fedcredit.clients.ledger_client import AsyncLedgerClient
 from fedcredit.common import uscc
 from fedcredit.common.errors import BatchTooLarge, RoleNotAllowed
 from fedcredit.common.evidence import AsyncEvidenceSink, EvidenceSink
@@ -22,6 +21,7 @@ from fedcredit.ledger.audit import (
     verify_checkpoints,
     verify_subject_entries,
 )
+from fedcredit.ledger.client import AsyncLedgerClient
 from fedcredit.ledger.entry import Entry
 from fedcredit.ledger.errors import (
     IndexOutOfRange,

@@ -137,8 +137,8 @@ def test_mount_witness_with_deployment_keys(tmp_path: Path, pki: Any) -> None:
     """The one call a node makes; keys are published under <deployment>/keys/."""
     from types import SimpleNamespace
 
-    from fedcredit.clients.ledger_client import WitnessClient
     from fedcredit.common.server import build_server
+    from fedcredit.ledger.client import WitnessClient
     from fedcredit.ledger.keys import log_signer, witness_verifier
     from fedcredit.ledger.witness import WITNESS_SERVICE, mount_witness
 

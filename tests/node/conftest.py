@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedcredit.clients.node_client import NodeClient
 from fedcredit.common.departments import BY_ID, DEFAULT_BANKS
 from fedcredit.common.tls import Identity
-from fedcredit.consent.authority import ConsentAuthority, ConsentTerms, local_verifier
+from fedcredit.consent.authority import ConsentAuthority, local_verifier
 from fedcredit.consent.store import ConsentStore
+from fedcredit.consent.terms import ConsentTerms
 from fedcredit.ledger.log import Log
 from fedcredit.ledger.settings import LogSettings
+from fedcredit.node.client import NodeClient
 from fedcredit.node.engine import FeatureEngine
 from fedcredit.node.policy import AccessPolicy
 from fedcredit.node.service import FeatureServicer, NodeServer, build_node_server

@@ -12,8 +12,8 @@ from fedcredit.common.departments import CATEGORIES, DEPARTMENTS
 from fedcredit.node import catalog
 from fedcredit.node.catalog import Missing
 from fedcredit.node.records import Batch, batch_from_columns, convert
-from fedcredit.world.calendar import month_ordinal
-from fedcredit.world.tables import BY_DEPARTMENT
+from fedcredit.node.schema import BY_DEPARTMENT, month_ordinal
+from fedcredit.world import pooled
 
 AS_OF = month_ordinal("2025-12")
 CODES = ["E1", "E2", "E3"]  # E3 is unknown to every department in these scenarios
@@ -352,4 +352,4 @@ def small_world_for_catalog(small_world: object) -> tuple[list[str], dict[str, B
 
     w = Path(str(small_world))
     codes = world_codes(w)[:100]
-    return codes, {d.id: catalog.read_department(w, d.id, codes, AS_OF) for d in DEPARTMENTS}
+    return codes, {d.id: pooled.read_department(w, d.id, codes, AS_OF) for d in DEPARTMENTS}

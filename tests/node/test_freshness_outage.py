@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from fedcredit.clients.node_client import build_request
 from fedcredit.common.errors import FedcreditError
 from fedcredit.node import catalog
+from fedcredit.node.client import build_request
+from fedcredit.node.schema import month_ordinal
 from fedcredit.node.store import NodeStore
-from fedcredit.world.calendar import month_ordinal
 from tests.node.conftest import Consents, NodeFactory, world_codes
 from tests.node.test_store import append_january_filing
 

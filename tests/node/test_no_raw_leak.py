@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from fedcredit.clients.node_client import build_request
 from fedcredit.common.departments import CATEGORIES, DEPARTMENTS
 from fedcredit.node import catalog
+from fedcredit.node.client import build_request
+from fedcredit.node.schema import BY_DEPARTMENT
 from fedcredit.v1 import feature_pb2
-from fedcredit.world.tables import BY_DEPARTMENT
+from fedcredit.world import pooled
 from tests.node.conftest import Consents, NodeFactory, world_codes
 
 ALLOWED_RESPONSE = {"features", "items", "as_of", "data_version"}
@@ -95,7 +96,7 @@ def test_full_catalog_responses_carry_no_raw_value_or_row_id(
         total_compared += compared
         # Every value is the catalog's derived value (recomputed here from the files), every
         # integer is the disclosure-log index of that very answer: nothing else is in there.
-        all_codes, names, x = catalog.compute_all(small_world, departments=[d.id])
+        all_codes, names, x = pooled.compute_all(small_world, departments=[d.id])
         row = {code: i for i, code in enumerate(all_codes)}
         assert list(responses[0].features) == names
         log_entries = node.log.get_entries(0, node.entries())

@@ -15,14 +15,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from fedcredit.clients.cli import build_app
-from fedcredit.clients.node_client import NodeClient
 from fedcredit.common.config import load_config
 from fedcredit.common.deploy import write_local_deployment
 from fedcredit.common.evidence import Receipt
 from fedcredit.common.tls import Identity, channel
-from fedcredit.consent.authority import ConsentAuthority, ConsentTerms, local_verifier
+from fedcredit.consent.authority import ConsentAuthority, local_verifier
 from fedcredit.consent.store import ConsentStore
+from fedcredit.consent.terms import ConsentTerms
 from fedcredit.ledger.checkpoint import Signer
+from fedcredit.node.client import NodeClient
 from fedcredit.node.runtime import build_process
 from fedcredit.v1 import ledger_pb2, ledger_pb2_grpc
 from tests.node.conftest import world_codes

@@ -13,6 +13,7 @@ from fedcredit.common.errors import FedcreditError
 from fedcredit.ledger.entry import KEYS as ENTRY_KEYS
 from fedcredit.node import catalog
 from fedcredit.node.settings import NodeSettings
+from fedcredit.world import pooled
 from tests.node.conftest import BANK, OTHER_BANK, Consents, NodeFactory, world_codes
 
 DISCLOSURE_KEYS = {
@@ -46,7 +47,7 @@ def test_answers_match_the_catalog_functions_and_are_logged_without_values(
     items = [(c, consents.token(c)) for c in codes]
     with node.client() as c:
         res = c.get_features(items, request_id="req-1", **node.coordinator_kw())
-    all_codes, names, matrix = catalog.compute_all(small_world, departments=["tax"])
+    all_codes, names, matrix = pooled.compute_all(small_world, departments=["tax"])
     row = {code: i for i, code in enumerate(all_codes)}
     assert [r.enterprise for r in res] == codes
     for r in res:
@@ -246,7 +247,7 @@ def test_bin_edges_are_population_quantiles_with_a_minimum_count(
     with node.client("dept-tax") as c, pytest.raises(FedcreditError) as exc:
         c.bin_edges(max_bins=16)
     assert exc.value.reason == "ROLE_NOT_ALLOWED"
-    _codes, names, x = catalog.compute_all(small_world, departments=["utilities"])
+    _codes, names, x = pooled.compute_all(small_world, departments=["utilities"])
     assert edges.population > 0 and edges.min_bin_count == 15
     for fe in edges.features:
         j = names.index(fe.name)

@@ -10,8 +10,9 @@ import pytest
 
 from fedcredit.common.errors import FedcreditError
 from fedcredit.node import catalog
+from fedcredit.node.schema import month_ordinal
 from fedcredit.node.store import NodeStore
-from fedcredit.world.calendar import month_ordinal
+from fedcredit.world import pooled
 from tests.node.conftest import world_codes
 
 
@@ -47,7 +48,7 @@ def test_load_replace_append_and_read_back(db_url: str, small_world: Path, tmp_p
     codes = world_codes(small_world)
     as_of = month_ordinal("2025-12")
     from_db = catalog.compute(store.fetch(codes[:50], as_of))
-    from_files = catalog.compute(catalog.read_department(small_world, "tax", codes[:50], as_of))
+    from_files = catalog.compute(pooled.read_department(small_world, "tax", codes[:50], as_of))
     np.testing.assert_array_equal(from_db.values, from_files.values)
     np.testing.assert_array_equal(from_db.reasons, from_files.reasons)
     # Append a new month for one enterprise: as-of moves, version bumps.

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcredit.clients.node_client import build_request
 from fedcredit.node import catalog
 from fedcredit.node import engine as engine_mod
+from fedcredit.node.client import build_request
 from fedcredit.node.engine import FeatureEngine
+from fedcredit.node.schema import month_ordinal
 from fedcredit.node.store import NodeStore
-from fedcredit.world.calendar import month_ordinal
 from tests.node.conftest import Consents, NodeFactory, world_codes
 from tests.node.test_store import append_january_filing
 

@@ -23,8 +23,8 @@ from flwr.supercore.run import Run
 from flwr.supernode.nodestate import NodeStateFactory
 
 from fedcredit.training.bank import fast_supernode
-from fedcredit.training.server import fastpull
-from fedcredit.training.server.deployment import APP_DIR, CLIENTAPP
+from fedcredit.training.flower import fastpull
+from fedcredit.training.run.deployment import APP_DIR, CLIENTAPP
 
 # -- long polls ------------------------------------------------------------------------
 
@@ -256,9 +256,9 @@ def test_local_deployment_floor_and_secagg_training_match_the_simulation(
 ) -> None:
     from fedcredit.training.bank.source import CsvSource
     from fedcredit.training.gbdt import GBDTParams
-    from fedcredit.training.server.deployment import LocalDeployment
+    from fedcredit.training.run.deployment import LocalDeployment
+    from fedcredit.training.run.simulation import simulate_many
     from fedcredit.training.server.settings import TrainSettings
-    from fedcredit.training.server.simulation import simulate_many
     from fedcredit.training.server.strategies import TrainOutcome
 
     rng = np.random.default_rng(3)

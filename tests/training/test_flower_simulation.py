@@ -17,9 +17,9 @@ from fedcredit.training.bank.data import concat, load_csv
 from fedcredit.training.bank.source import CsvSource
 from fedcredit.training.gbdt import GBDTParams, fit_bin_spec, train_central
 from fedcredit.training.gbdt.metrics import auc
+from fedcredit.training.run.simulation import simulate_many
 from fedcredit.training.server.federation import BankDropped
 from fedcredit.training.server.settings import TrainSettings
-from fedcredit.training.server.simulation import simulate_many
 from fedcredit.training.server.strategies import TrainOutcome
 
 # Ray (the Simulation Engine) start-up is heavy and times out when two start at once on two

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from fedcredit.training.server import simulation
+from fedcredit.training.run import simulation
 
 
 class _FlakyRay:

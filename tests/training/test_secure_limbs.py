@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
-from fedcredit.training.server import secure
+from fedcredit.training.flower import secure
 
 
 def test_limbs_round_trip_through_secagg_quantisation() -> None:

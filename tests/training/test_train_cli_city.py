@@ -83,14 +83,14 @@ def _group_members(pgids: set[int]) -> list[str]:
 
 
 def test_city_deployment_end_to_end(city_deployment: CityDeployment, tmp_path: Path) -> None:
-    from fedcredit.clients.coordinator_client import CoordinatorClient
-    from fedcredit.clients.ledger_client import LedgerClient
+    from fedcredit.coordinator.client import CoordinatorClient
+    from fedcredit.ledger.client import LedgerClient
     from fedcredit.ledger.entry import Entry
     from fedcredit.training.bank.city import NoTrainingConsents, load_city_bank
     from fedcredit.training.bank.consents import collect_training_consents
     from fedcredit.training.gbdt.params import GBDTParams
-    from fedcredit.training.server import deployment as deployment_mod
-    from fedcredit.training.server.city import train_city
+    from fedcredit.training.run import deployment as deployment_mod
+    from fedcredit.training.run.city import train_city
     from fedcredit.training.server.settings import TrainSettings
 
     cd = city_deployment

@@ -9,8 +9,8 @@ import lightgbm as lgb
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from fedcredit.node.catalog import compute_all
 from fedcredit.world.generate import generate
+from fedcredit.world.pooled import compute_all
 
 
 def test_lightgbm_held_out_auc_is_neither_trivial_nor_hopeless(tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from fedcredit.clients.cli import build_app
 from fedcredit.common import uscc
 from fedcredit.common.departments import DEPARTMENTS
+from fedcredit.node.schema import BY_DEPARTMENT
 from fedcredit.world.errors import InvalidWorldParameter, NotAWorld
 from fedcredit.world.generate import generate, load_manifest
-from fedcredit.world.tables import BY_DEPARTMENT
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

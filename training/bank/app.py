@@ -32,10 +32,10 @@ from flwr.compat.common import recorddict_compat as compat
 
 from fedcredit.training.bank.data import BankData
 from fedcredit.training.bank.source import DataSource, NodeConfigSource
+from fedcredit.training.flower import secure
 from fedcredit.training.gbdt.binning import BinSpec, local_range, local_sketch
 from fedcredit.training.gbdt.booster import Request
 from fedcredit.training.gbdt.party import Party
-from fedcredit.training.server import secure
 
 PARTY_STATE = "fedcredit.party"
 SPEC_STATE = "fedcredit.spec"
@@ -72,9 +72,8 @@ class _Bank:
         info: dict[str, Any] = {"feature_names": list(d.feature_names), "rows": d.rows}
         # City mode: the nodes' global bin edges (population quantiles), the same for
         # every bank, so no binning round over the banks' own rows is needed.
-        edges_of = getattr(self.source, "bin_edges", None)
-        if edges_of is not None and "max_bins" in cfg:
-            edges = edges_of(_node_config(context), int(cfg["max_bins"]))
+        if "max_bins" in cfg:
+            edges = self.source.bin_edges(_node_config(context), int(cfg["max_bins"]))
             if edges is not None:
                 info["edges"] = json.dumps([e.tolist() for e in edges])
         return RecordDict({"info": ConfigRecord(info), "range": _arrays(lo=lo, hi=hi)})

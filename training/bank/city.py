@@ -34,13 +34,18 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from fedcredit.common.errors import FailedPrecondition
 from fedcredit.training.bank.data import BankData, TrainingDataInvalid, TrainingDataNotFound
+
+if TYPE_CHECKING:
+    from fedcredit.common.config import Deployment
+    from fedcredit.consent.terms import ConsentView
+    from fedcredit.node.client import NodeClient
 
 DEFAULT_HOLDOUT = 0.2
 TOKEN_THREADS = 8
@@ -93,26 +98,26 @@ def read_loan_book(world: Path, bank: str) -> dict[str, float]:
     return out
 
 
-def _node_clients(dep: Any, bank: str) -> list[Any]:
-    from fedcredit.clients.node_client import NodeClient
+def _node_clients(dep: Deployment, bank: str) -> list[NodeClient]:
+    from fedcredit.node.client import NodeClient
 
     tls = dep.tls(bank)
     return [NodeClient(n.address, tls, server_org=n.org_id, timeout=60.0) for n in dep.nodes]
 
 
-def catalog_features(nodes: Sequence[Any]) -> list[list[str]]:
+def catalog_features(nodes: Sequence[NodeClient]) -> list[list[str]]:
     """Per node, its published feature names in catalog order."""
     return [[f.name for f in c.catalog().features] for c in nodes]
 
 
-def training_tokens(dep: Any, bank: str, codes: set[str]) -> dict[str, str]:
+def training_tokens(dep: Deployment, bank: str, codes: set[str]) -> dict[str, str]:
     """Enterprise -> token of the bank's ACTIVE model_training consents over ``codes``."""
-    from fedcredit.clients.consent_client import ConsentClient
+    from fedcredit.consent.client import ConsentClient
 
     svc = dep.service("consent")
     with ConsentClient(svc.address, dep.tls(bank), server_org=svc.org_id, timeout=30.0) as cc:
         views = cc.list(states=["ACTIVE"])
-        chosen: dict[str, Any] = {}
+        chosen: dict[str, ConsentView] = {}
         for v in views:
             if v.purpose == "model_training" and v.enterprise in codes:
                 # the newest consent of an enterprise wins (longest left to run)
@@ -122,7 +127,7 @@ def training_tokens(dep: Any, bank: str, codes: set[str]) -> dict[str, str]:
         lock = threading.Lock()
         out: dict[str, str] = {}
 
-        def fetch(v: Any) -> None:
+        def fetch(v: ConsentView) -> None:
             tok = cc.token(v.consent_id).token
             if tok:
                 with lock:
@@ -134,7 +139,7 @@ def training_tokens(dep: Any, bank: str, codes: set[str]) -> dict[str, str]:
 
 
 def _fetch_node(
-    client: Any, names: list[str], items: list[tuple[str, str]], bank_sha: bytes
+    client: NodeClient, names: list[str], items: list[tuple[str, str]], bank_sha: bytes
 ) -> tuple[npt.NDArray[np.float64], dict[str, str]]:
     """Columns of one node for ``items`` (NaN = missing) and the enterprises it refused, why."""
     mat = np.full((len(items), len(names)), np.nan, dtype=np.float64)
@@ -161,7 +166,7 @@ def _fetch_node(
 
 
 def node_bin_edges(
-    nodes: Sequence[Any], per_node: Sequence[Sequence[str]], max_bins: int
+    nodes: Sequence[NodeClient], per_node: Sequence[Sequence[str]], max_bins: int
 ) -> list[npt.NDArray[np.float64]]:
     """Global upper bounds per feature from the nodes (their last bound, +inf, dropped)."""
     out: list[npt.NDArray[np.float64]] = []

@@ -11,9 +11,15 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fedcredit.training.bank.city import read_loan_book
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from fedcredit.common.config import Deployment
+    from fedcredit.common.tls import TlsFiles
 
 # Within consent/policy.py's caps for model_training (365 days, 50 uses, 365 days' retention).
 VALIDITY_DAYS = 365
@@ -22,14 +28,14 @@ RETENTION_DAYS = 30
 THREADS = 16
 
 
-def training_scope(dep: Any) -> list[str]:
+def training_scope(dep: Deployment) -> list[str]:
     """Every category a node of the deployment serves: the model uses all of them."""
     from fedcredit.common.departments import BY_ID
 
     return sorted({BY_ID[n.department].category for n in dep.nodes})
 
 
-def enterprise_tls(dep: Any, code: str) -> Any:
+def enterprise_tls(dep: Deployment, code: str) -> TlsFiles:
     from fedcredit.common import pki
 
     cert = dep.pki_dir / "orgs" / f"{code}.pem"
@@ -43,18 +49,18 @@ def enterprise_tls(dep: Any, code: str) -> Any:
 
 
 def collect_training_consents(
-    dep: Any,
+    dep: Deployment,
     world_dir: str | Path,
     banks: Sequence[str] | None = None,
-    progress: Any | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, int]:
     """Every borrower of every bank in ``banks`` (default: the deployment's) grants that bank
     a model_training consent; returns bank -> consents granted.
 
     ``progress``: a ``rich.progress.Progress`` (a task is added) or None.
     """
-    from fedcredit.clients.consent_client import ConsentClient
-    from fedcredit.consent.authority import ConsentTerms
+    from fedcredit.consent.client import ConsentClient
+    from fedcredit.consent.terms import ConsentTerms
 
     world = Path(world_dir)
     chosen = list(banks) if banks is not None else list(dep.banks)

@@ -14,9 +14,9 @@ push the reply and the updated context — in this process, so imports, loaded r
 and binned data are reused. The ClientApp is the installed fedcredit one (the FAB of
 ``training/flwr_app`` names exactly this code), so no FAB is unpacked.
 
-Run: ``python -m clients.training.executor --runtime-api-address 127.0.0.1:PORT``
+Run: ``python -m fedcredit.training.bank.executor --runtime-api-address 127.0.0.1:PORT``
 next to ``flower-supernode --isolation process --host 127.0.0.1 --port PORT``
-(see training/server/deployment.py, which starts both per bank). Loopback only.
+(see training/run/deployment.py, which starts both per bank). Loopback only.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def serve(address: str, parent_pid: int | None = None) -> None:
     from flwr.supercore.runtime import RuntimeHttpClient
 
     from fedcredit.training.bank.app import app as client_app
-    from fedcredit.training.server import fastpull
+    from fedcredit.training.flower import fastpull
 
     fastpull.install()
 

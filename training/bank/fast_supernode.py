@@ -50,7 +50,7 @@ class _Time:
         self.poll = poll
         self._idle = poll
         # When the SuperNode last asked the SuperLink for a message: a SuperLink that
-        # holds an empty pull (training/server/fastpull.py's long polls) has
+        # holds an empty pull (training/flower/fastpull.py's long polls) has
         # already made it wait, so the idle interval counts from the pull's start.
         self.pull_started: float | None = None
 
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     import flwr.supernode.start_client_internal as sci
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    from fedcredit.training.server import fastpull
+    from fedcredit.training.flower import fastpull
 
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--clientapp", default=None)

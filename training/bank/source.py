@@ -10,15 +10,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from fedcredit.training.bank.data import BankData, TrainingDataNotFound, load_csv
 
 _CACHE: dict[tuple[str, str], BankData] = {}
 
 
+# Per feature, the upper bounds of its bins (the last, +inf, left out).
+BinEdges = list[npt.NDArray[np.float64]]
+
+
 class DataSource(Protocol):
-    def key(self, node_config: dict[str, Any]) -> str: ...
+    """Where a bank's ClientApp finds its rows (and, optionally, shared bin edges)."""
+
+    def key(self, node_config: dict[str, Any]) -> str:
+        """What identifies the rows ``load`` returns (a cache key)."""
+        ...
 
     def load(self, node_config: dict[str, Any]) -> BankData: ...
+
+    def bin_edges(self, node_config: dict[str, Any], max_bins: int) -> BinEdges | None:
+        """Global bin edges, the same for every bank, or None: the banks then agree on
+        bins in a sketch round over their own rows."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,9 @@ class CsvSource:
             _CACHE[k] = load_csv(path, self.label)
         return _CACHE[k]
 
+    def bin_edges(self, node_config: dict[str, Any], max_bins: int) -> BinEdges | None:
+        return None  # a bank's CSV alone knows no population's quantiles
+
 
 @dataclass(frozen=True)
 class NodeConfigSource:
@@ -69,7 +88,5 @@ class NodeConfigSource:
     def load(self, node_config: dict[str, Any]) -> BankData:
         return self._pick(node_config).load(node_config)
 
-    def bin_edges(self, node_config: dict[str, Any], max_bins: int) -> Any:
-        src = self._pick(node_config)
-        fn = getattr(src, "bin_edges", None)
-        return None if fn is None else fn(node_config, max_bins)
+    def bin_edges(self, node_config: dict[str, Any], max_bins: int) -> BinEdges | None:
+        return self._pick(node_config).bin_edges(node_config, max_bins)

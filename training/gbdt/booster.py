@@ -25,6 +25,7 @@ from fedcredit.training.gbdt.histogram import (
     leaf_output,
     node_stats,
 )
+from fedcredit.training.gbdt.lgb_text import model_text
 from fedcredit.training.gbdt.params import MAX_TOTAL_ROWS, GBDTParams
 from fedcredit.training.gbdt.tree import Tree
 
@@ -149,9 +150,7 @@ class Ensemble:
         return sigmoid(self.predict_raw(x))
 
     def to_lightgbm(self) -> str:
-        from fedcredit.training.gbdt.lgb_text import ensemble_to_text
-
-        return ensemble_to_text(self)
+        return model_text(self.spec, self.params, self.trees)
 
 
 @dataclass

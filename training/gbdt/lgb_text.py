@@ -20,13 +20,11 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from fedcredit.training.gbdt.binning import BinSpec
 from fedcredit.training.gbdt.errors import InvalidModelText
-
-if TYPE_CHECKING:
-    from fedcredit.training.gbdt.booster import Ensemble
-    from fedcredit.training.gbdt.tree import Tree
+from fedcredit.training.gbdt.params import GBDTParams
+from fedcredit.training.gbdt.tree import Tree
 
 DEFAULT_LEFT_MASK = 2
 MISSING_NAN = 2 << 2
@@ -78,15 +76,15 @@ def check_feature_names(names: Sequence[str]) -> None:
             )
 
 
-def ensemble_to_text(ens: Ensemble) -> str:
-    spec = ens.spec
+def model_text(spec: BinSpec, params: GBDTParams, trees: Sequence[Tree]) -> str:
+    """An ensemble's trees in LightGBM's text format (``Ensemble.to_lightgbm``)."""
     check_feature_names(spec.feature_names)
     infos = []
     for f in range(spec.num_features):
         lo, hi = spec.mins[f], spec.maxs[f]
         infos.append("none" if not (lo == lo and hi == hi) or lo >= hi else f"[{_f(lo)}:{_f(hi)}]")
-    blocks = [tree_block(i, t) for i, t in enumerate(ens.trees)]
-    p = ens.params
+    blocks = [tree_block(i, t) for i, t in enumerate(trees)]
+    p = params
     header = [
         "tree",
         "version=v4",
@@ -99,16 +97,16 @@ def ensemble_to_text(ens: Ensemble) -> str:
         "feature_infos=" + " ".join(infos),
         "tree_sizes=" + " ".join(str(len(b.encode())) for b in blocks),
     ]
-    used: Counter[int] = Counter(f for t in ens.trees for f in t.split_feature)
+    used: Counter[int] = Counter(f for t in trees for f in t.split_feature)
     importances = [
         f"{spec.feature_names[f]}={c}"
         for f, c in sorted(used.items(), key=lambda kv: (-kv[1], kv[0]))
     ]
-    params = [
+    settings = [
         "[boosting: gbdt]",
         "[objective: binary]",
         "[tree_learner: fedcredit_hist]",
-        f"[num_iterations: {len(ens.trees)}]",
+        f"[num_iterations: {len(trees)}]",
         f"[learning_rate: {_g(p.learning_rate)}]",
         f"[num_leaves: {2**p.max_depth}]",
         f"[max_depth: {p.max_depth}]",
@@ -127,7 +125,7 @@ def ensemble_to_text(ens: Ensemble) -> str:
         + "end of trees\n\nfeature_importances:\n"
         + "".join(line + "\n" for line in importances)
         + "\nparameters:\n"
-        + "".join(line + "\n" for line in params)
+        + "".join(line + "\n" for line in settings)
         + "end of parameters\n\npandas_categorical:null\n"
     )
 

@@ -26,7 +26,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from fedcredit.common.errors import DeadlineExceeded, FailedPrecondition, Unavailable
-from fedcredit.training.server import secure
+from fedcredit.training.flower import secure
 from fedcredit.training.server.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class CountingGrid:
         Flower's own ``send_and_receive`` sleeps a fixed 0.1 s (simulation) or 3 s
         (deployment, over HTTP) between pulls; a `hist` tree is only a few short
         rounds, so that sleep would dominate the training time. Against a SuperLink
-        with long polls (training/server/fastpull.py) a pull returns as soon as a
+        with long polls (training/flower/fastpull.py) a pull returns as soon as a
         reply is there, so this loop does not sleep at all.
         """
         msgs = list(messages)

@@ -85,7 +85,7 @@ def _make_deployment_app() -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        from fedcredit.training.server import fastpull
+        from fedcredit.training.flower import fastpull
 
         # This ServerApp process pulls every bank's replies: no 1-2-4 s back-offs.
         fastpull.install()

@@ -1,55 +1,32 @@
-"""Typed client of the ConsentService (mTLS); gRPC failures become typed fedcredit errors."""
+"""Typed client of the ConsentService (mTLS); gRPC failures become typed fedcredit errors.
+
+The SDK of banks, enterprises and verifiers: it speaks :mod:`consent.terms` and loads
+neither the database nor the authority.
+"""
 
 from __future__ import annotations
 
 import builtins
 import json
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
+from fedcredit.common.client import ServiceClient
 from fedcredit.common.errors import FedcreditError, Internal, from_rpc_error
-from fedcredit.common.tls import TlsFiles, channel
 from fedcredit.common.wire import item_exception
-from fedcredit.consent.authority import ConsentTerms, ConsentView
+from fedcredit.consent.terms import ConsentTerms, ConsentView
 from fedcredit.consent.wire import consent_from_pb, terms_to_pb
-from fedcredit.v1 import consent_pb2, consent_pb2_grpc
-
-T = TypeVar("T")
+from fedcredit.v1 import consent_pb2
+from fedcredit.v1.consent_pb2_grpc import ConsentServiceStub
 
 DEFAULT_SERVER_ORG = "consent-service"
 
 
-class ConsentClient:
-    def __init__(
-        self,
-        address: str,
-        tls: TlsFiles | None,
-        *,
-        server_org: str = DEFAULT_SERVER_ORG,
-        insecure: bool = False,
-        timeout: float = 10.0,
-    ) -> None:
-        self.address = address
-        self.timeout = timeout
-        self._channel = channel(address, tls, server_org=server_org, insecure=insecure)
-        self._stub = consent_pb2_grpc.ConsentServiceStub(self._channel)
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> ConsentClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(self, fn: Callable[..., T], request: Any, timeout: float | None = None) -> T:
-        try:
-            return fn(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+class ConsentClient(ServiceClient[ConsentServiceStub]):
+    stub_type = ConsentServiceStub
+    default_server_org = DEFAULT_SERVER_ORG
 
     # --- banks ---------------------------------------------------------------
 
@@ -65,7 +42,7 @@ class ConsentClient:
 
     # --- enterprises -----------------------------------------------------------
 
-    def grant_many(self, grants: Sequence[ConsentTerms]) -> list[ConsentView]:
+    def grant_many(self, grants: Sequence[ConsentTerms]) -> builtins.list[ConsentView]:
         m = self._call(
             self._stub.GrantConsent,
             consent_pb2.GrantConsentRequest(grants=[terms_to_pb(g) for g in grants]),
@@ -127,7 +104,7 @@ class ConsentClient:
 
     def list(
         self, *, states: Sequence[str] = (), expiring_within_days: int = 0, limit: int = 0
-    ) -> list[ConsentView]:
+    ) -> builtins.list[ConsentView]:
         m = self._call(
             self._stub.ListConsents,
             consent_pb2.ListConsentsRequest(

@@ -11,20 +11,16 @@ server sent (e.g. ``consent.errors.ConsentRevoked``, ``coordinator.errors.Ledger
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
-from fedcredit.common.errors import from_rpc_error
-from fedcredit.common.tls import TlsFiles, channel
+from fedcredit.common.client import AsyncServiceClient, ServiceClient
 from fedcredit.v1 import coordinator_pb2 as pb
 from fedcredit.v1 import coordinator_pb2_grpc as pb_grpc
 
 DEFAULT_SERVER_ORG = "coordinator"
 DEFAULT_TIMEOUT = 30.0
-
-T = TypeVar("T")
 
 
 def _load_error_classes() -> None:
@@ -40,53 +36,48 @@ def _load_error_classes() -> None:
 _load_error_classes()
 
 
-class CoordinatorClient:
-    def __init__(
-        self,
-        address: str,
-        tls: TlsFiles | None,
-        *,
-        server_org: str = DEFAULT_SERVER_ORG,
-        timeout: float = DEFAULT_TIMEOUT,
-        insecure: bool = False,
-    ) -> None:
-        self.channel = channel(address, tls, server_org=server_org, insecure=insecure)
-        self.timeout = timeout
-        self.scoring = pb_grpc.ScoringServiceStub(self.channel)
-        self.guarantees = pb_grpc.GuaranteeServiceStub(self.channel)
-        self.registry = pb_grpc.ModelRegistryStub(self.channel)
+class CoordinatorStubs:
+    """The coordinator's three services on one channel."""
 
-    def close(self) -> None:
-        self.channel.close()
+    def __init__(self, channel: grpc.Channel | grpc.aio.Channel) -> None:
+        self.scoring = pb_grpc.ScoringServiceStub(channel)
+        self.guarantees = pb_grpc.GuaranteeServiceStub(channel)
+        self.registry = pb_grpc.ModelRegistryStub(channel)
 
-    def __enter__(self) -> CoordinatorClient:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def _requests(items: Iterable[tuple[str, str, str]]) -> Iterator[pb.ScoreRequest]:
+    return (pb.ScoreRequest(enterprise=e, consent_token=t, request_id=r) for e, t, r in items)
 
-    def _call(self, fn: Any, request: Any, timeout: float | None = None) -> Any:
-        try:
-            return fn(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+
+class CoordinatorClient(ServiceClient[CoordinatorStubs]):
+    stub_type = CoordinatorStubs
+    default_server_org = DEFAULT_SERVER_ORG
+    default_timeout = DEFAULT_TIMEOUT
+
+    @property
+    def scoring(self) -> pb_grpc.ScoringServiceStub:
+        return self._stub.scoring
+
+    @property
+    def guarantees(self) -> pb_grpc.GuaranteeServiceStub:
+        return self._stub.guarantees
+
+    @property
+    def registry(self) -> pb_grpc.ModelRegistryStub:
+        return self._stub.registry
 
     # ------------------------------------------------------------ scoring
     def score(self, enterprise: str, token: str, *, request_id: str = "") -> pb.ScoreResult:
         return self._call(
             self.scoring.Score,
             pb.ScoreRequest(enterprise=enterprise, consent_token=token, request_id=request_id),
-        )  # type: ignore[no-any-return]
+        )
 
     def score_batch(
         self, items: Iterable[tuple[str, str, str]], *, timeout: float | None = 3600.0
     ) -> Iterator[pb.ScoreBatchItem]:
         """Stream ``(enterprise, token, request_id)`` in; yield one item per enterprise."""
-        reqs = (pb.ScoreRequest(enterprise=e, consent_token=t, request_id=r) for e, t, r in items)
-        try:
-            yield from self.scoring.ScoreBatch(reqs, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        return self._stream(self.scoring.ScoreBatch, _requests(items), timeout, bounded=False)
 
     def watch(
         self,
@@ -103,10 +94,7 @@ class CoordinatorClient:
             interval_seconds=interval_seconds,
             max_rounds=max_rounds,
         )
-        try:
-            yield from self.scoring.WatchRatings(req, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        return self._stream(self.scoring.WatchRatings, req, timeout, bounded=False)
 
     # ------------------------------------------------------------ guarantees
     def apply(
@@ -119,7 +107,7 @@ class CoordinatorClient:
         term_months: int,
         collateral_yuan: int = 0,
     ) -> pb.GuaranteeDecision:
-        return self._call(  # type: ignore[no-any-return]
+        return self._call(
             self.guarantees.Apply,
             pb.GuaranteeApplication(
                 application_id=application_id,
@@ -135,13 +123,13 @@ class CoordinatorClient:
         self, application_id: str, *, defaulted: bool, loss_yuan: int = 0
     ) -> pb.OutcomeResult:
         outcome = pb.OutcomeReport.DEFAULTED if defaulted else pb.OutcomeReport.REPAID
-        return self._call(  # type: ignore[no-any-return]
+        return self._call(
             self.guarantees.ReportOutcome,
             pb.OutcomeReport(application_id=application_id, outcome=outcome, loss_yuan=loss_yuan),
         )
 
     def fund_status(self) -> pb.FundStatusReply:
-        return self._call(self.guarantees.FundStatus, pb.FundStatusRequest())  # type: ignore[no-any-return]
+        return self._call(self.guarantees.FundStatus, pb.FundStatusRequest())
 
     def list_guarantees(
         self, *, enterprise: str = "", limit: int = 100
@@ -163,7 +151,7 @@ class CoordinatorClient:
         settings_json: str = "",
         activate: bool = False,
     ) -> pb.ModelVersion:
-        return self._call(  # type: ignore[no-any-return]
+        return self._call(
             self.registry.Publish,
             pb.PublishModelRequest(
                 version=version,
@@ -176,73 +164,43 @@ class CoordinatorClient:
         )
 
     def activate(self, version: str) -> pb.ModelVersion:
-        return self._call(self.registry.Activate, pb.ActivateModelRequest(version=version))  # type: ignore[no-any-return]
+        return self._call(self.registry.Activate, pb.ActivateModelRequest(version=version))
 
     def list_models(self) -> list[pb.ModelVersion]:
         return list(self._call(self.registry.ListModels, pb.ListModelsRequest()).models)
 
     def get_model(self, version: str = "", *, include_model_text: bool = False) -> pb.ModelVersion:
-        return self._call(  # type: ignore[no-any-return]
+        return self._call(
             self.registry.GetModel,
             pb.GetModelRequest(version=version, include_model_text=include_model_text),
         )
 
 
-class AsyncCoordinatorClient:
+class AsyncCoordinatorClient(AsyncServiceClient[CoordinatorStubs]):
     """grpc.aio variant of the scoring calls (used by benchmarks and concurrent clients)."""
 
-    def __init__(
-        self,
-        address: str,
-        tls: TlsFiles | None,
-        *,
-        server_org: str = DEFAULT_SERVER_ORG,
-        timeout: float = DEFAULT_TIMEOUT,
-        insecure: bool = False,
-    ) -> None:
-        self.channel = channel(address, tls, server_org=server_org, aio=True, insecure=insecure)
-        self.timeout = timeout
-        self.scoring = pb_grpc.ScoringServiceStub(self.channel)
-        self.guarantees = pb_grpc.GuaranteeServiceStub(self.channel)
+    stub_type = CoordinatorStubs
+    default_server_org = DEFAULT_SERVER_ORG
+    default_timeout = DEFAULT_TIMEOUT
 
-    async def close(self) -> None:
-        await self.channel.close()
+    @property
+    def scoring(self) -> pb_grpc.ScoringServiceStub:
+        return self._stub.scoring
 
-    async def __aenter__(self) -> AsyncCoordinatorClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    @property
+    def guarantees(self) -> pb_grpc.GuaranteeServiceStub:
+        return self._stub.guarantees
 
     async def score(self, enterprise: str, token: str, *, request_id: str = "") -> pb.ScoreResult:
-        try:
-            return await self.scoring.Score(  # type: ignore[no-any-return]
-                pb.ScoreRequest(enterprise=enterprise, consent_token=token, request_id=request_id),
-                timeout=self.timeout,
-            )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        return await self._call(  # type: ignore[no-any-return]
+            self.scoring.Score,
+            pb.ScoreRequest(enterprise=enterprise, consent_token=token, request_id=request_id),
+        )
 
     async def apply(self, **kwargs: Any) -> pb.GuaranteeDecision:
-        try:
-            return await self.guarantees.Apply(  # type: ignore[no-any-return]
-                pb.GuaranteeApplication(**kwargs), timeout=self.timeout
-            )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        return await self._call(self.guarantees.Apply, pb.GuaranteeApplication(**kwargs))  # type: ignore[no-any-return]
 
-    async def score_batch(
+    def score_batch(
         self, items: Iterable[tuple[str, str, str]], *, timeout: float | None = 3600.0
     ) -> AsyncIterator[pb.ScoreBatchItem]:
-        reqs = (pb.ScoreRequest(enterprise=e, consent_token=t, request_id=r) for e, t, r in items)
-        call = self.scoring.ScoreBatch(reqs, timeout=timeout)
-        try:
-            async for item in call:
-                yield item
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        return self._stream(self.scoring.ScoreBatch, _requests(items), timeout, bounded=False)

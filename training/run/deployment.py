@@ -6,7 +6,7 @@
    SuperLink (CN ``coordinator``; SANs localhost, 127.0.0.1) and, per bank, a
    P-384 key pair in OpenSSH format for Flower's SuperNode authentication;
 2. starts ``flower-superlink`` with TLS and ``--enable-supernode-auth``, every
-   API on an ephemeral 127.0.0.1 port, with long polls (training/server/
+   API on an ephemeral 127.0.0.1 port, with long polls (training/flower/
    fastpull.py: a pull that finds nothing waits for the next message instead of
    coming back empty);
 3. registers each bank's public key (``flwr supernode register``) — only
@@ -25,8 +25,8 @@
    (``model.txt`` + ``summary.json``, or ``error.json``), and stops every process
    it started.
 
-:meth:`LocalDeployment.floor` (``python -m coordinator.training.deployment floor
---csv A --csv B --csv C``) measures the mean seconds of an empty round to every
+:meth:`LocalDeployment.floor` (``python -m fedcredit.training.run.deployment
+floor --csv A --csv B --csv C``) measures the mean seconds of an empty round to every
 bank, and the CPU seconds each kind of process spends on it.
 
 Banks on separate machines run step 4 themselves against the coordinator's
@@ -57,6 +57,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedcredit.common import pki
 from fedcredit.common.errors import DeadlineExceeded, FailedPrecondition, FedcreditError, Internal
+from fedcredit.common.tls import TlsFiles
 from fedcredit.training.server.settings import TrainSettings
 
 # Not resolved: under the source tree's fedcredit/ links and in an installed wheel alike,
@@ -210,7 +211,30 @@ class LocalDeployment:
         for sub in ("logs", "pki", "keys", "flwr-home"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         tls = pki.init_pki(d / "pki", [("coordinator", "coordinator")])["coordinator"]
-        home = d / "flwr-home"
+        self._set_env(d / "flwr-home")
+        self._start_superlink(tls, d / "flwr-home")
+        banks = self.banks()
+        keys = {name: write_supernode_keys(d / "keys", name) for name, _ in banks}
+        # Registration is one `flwr` CLI call per bank (seconds each): in parallel.
+        with ThreadPoolExecutor(4) as pool:
+            list(
+                pool.map(
+                    lambda n: self._flwr(
+                        "supernode", "register", str(keys[n][1]), CONNECTION, "--name", n
+                    ),
+                    [n for n, _ in banks],
+                )
+            )
+        nodes = [
+            self._start_supernode(name, node_config, tls, keys[name][0])
+            for name, node_config in banks
+        ]
+        if self.clientapp_mode == "executor":
+            for name, node_port, proc in nodes:
+                _wait_port(node_port, proc, f"supernode {name}", 60)
+                self._start_executor(name, node_port, proc)
+
+    def _set_env(self, home: Path) -> None:
         bin_dir = str(Path(sys.executable).parent)
         self.env = {
             **os.environ,
@@ -225,6 +249,8 @@ class LocalDeployment:
             if self.clientapp_mode == "stock"
             else "0.25",
         }
+
+    def _start_superlink(self, tls: TlsFiles, home: Path) -> None:
         # Flower 1.42 serves its Fleet, Control and Runtime APIs on one HTTPS port. Its
         # state stays in memory (no --database): with a SQLite file, seven banks polling
         # at once met "database is locked" errors. A run does not outlive the SuperLink.
@@ -240,7 +266,7 @@ class LocalDeployment:
         link_exe = (
             [_exe("flower-superlink")]
             if self.clientapp_mode == "stock"
-            else [sys.executable, "-m", "fedcredit.training.server.fastpull"]
+            else [sys.executable, "-m", "fedcredit.training.flower.fastpull"]
         )
         link = self._spawn(
             "superlink",
@@ -263,65 +289,55 @@ class LocalDeployment:
             ],
         )
         _wait_port(port, link, "flower-superlink", 60)
-        banks = self.banks()
-        keys = {name: write_supernode_keys(d / "keys", name) for name, _ in banks}
-        # Registration is one `flwr` CLI call per bank (seconds each): in parallel.
-        with ThreadPoolExecutor(4) as pool:
-            list(
-                pool.map(
-                    lambda n: self._flwr(
-                        "supernode", "register", str(keys[n][1]), CONNECTION, "--name", n
-                    ),
-                    [n for n, _ in banks],
-                )
-            )
-        nodes: list[tuple[str, int, subprocess.Popen[bytes]]] = []
-        for name, node_config in banks:
-            node_port, node_health = free_port(), free_port()
-            head = (
-                [_exe("flower-supernode")]
-                if self.clientapp_mode == "stock"
-                else [sys.executable, "-m", "fedcredit.training.bank.fast_supernode"]
-            )
-            if self.clientapp_mode == "inline":
-                head += ["--clientapp", CLIENTAPP]
-            proc = self._spawn(
-                f"supernode-{name}",
-                [
-                    *head,
-                    "--superlink",
-                    f"127.0.0.1:{self.fleet_port}",
-                    "--root-certificates",
-                    str(tls.ca),
-                    "--auth-supernode-private-key",
-                    str(keys[name][0]),
-                    "--node-config",
-                    node_config,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(node_port),
-                    "--health-server-address",
-                    f"127.0.0.1:{node_health}",
-                    *(["--isolation", "process"] if self.clientapp_mode != "stock" else []),
-                ],
-            )
-            nodes.append((name, node_port, proc))
-        if self.clientapp_mode == "executor":
-            for name, node_port, proc in nodes:
-                _wait_port(node_port, proc, f"supernode {name}", 60)
-                self._spawn(
-                    f"executor-{name}",
-                    [
-                        sys.executable,
-                        "-m",
-                        "fedcredit.training.bank.executor",
-                        "--runtime-api-address",
-                        f"127.0.0.1:{node_port}",
-                        "--parent-pid",
-                        str(proc.pid),
-                    ],
-                )
+
+    def _start_supernode(
+        self, name: str, node_config: str, tls: TlsFiles, key: Path
+    ) -> tuple[str, int, subprocess.Popen[bytes]]:
+        """One bank's SuperNode: (name, its port, its process)."""
+        node_port, node_health = free_port(), free_port()
+        head = (
+            [_exe("flower-supernode")]
+            if self.clientapp_mode == "stock"
+            else [sys.executable, "-m", "fedcredit.training.bank.fast_supernode"]
+        )
+        if self.clientapp_mode == "inline":
+            head += ["--clientapp", CLIENTAPP]
+        proc = self._spawn(
+            f"supernode-{name}",
+            [
+                *head,
+                "--superlink",
+                f"127.0.0.1:{self.fleet_port}",
+                "--root-certificates",
+                str(tls.ca),
+                "--auth-supernode-private-key",
+                str(key),
+                "--node-config",
+                node_config,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(node_port),
+                "--health-server-address",
+                f"127.0.0.1:{node_health}",
+                *(["--isolation", "process"] if self.clientapp_mode != "stock" else []),
+            ],
+        )
+        return name, node_port, proc
+
+    def _start_executor(self, name: str, node_port: int, node: subprocess.Popen[bytes]) -> None:
+        self._spawn(
+            f"executor-{name}",
+            [
+                sys.executable,
+                "-m",
+                "fedcredit.training.bank.executor",
+                "--runtime-api-address",
+                f"127.0.0.1:{node_port}",
+                "--parent-pid",
+                str(node.pid),
+            ],
+        )
 
     def run(self, settings: TrainSettings) -> tuple[str, dict[str, Any], float]:
         out = self.work_dir / "output"
@@ -333,13 +349,13 @@ class LocalDeployment:
         Deployment Engine's own cost per round, measured after 3 warm-up rounds."""
         app = self.work_dir / "floor-app"
         app.mkdir(exist_ok=True)
-        # The same FAB with the floor ServerApp (below) in place of the trainer.
+        # The same FAB with the floor ServerApp (training/server/floor.py) in place of the trainer.
         (app / "pyproject.toml").write_text(
             (APP_DIR / "pyproject.toml")
             .read_text()
             .replace(
                 '"fedcredit.training.server.server_app:app"',
-                '"fedcredit.training.server.deployment:floor_app"',
+                '"fedcredit.training.server.floor:app"',
             )
             .replace('output-dir = "', f'floor-rounds = {int(rounds)}\noutput-dir = "')
         )
@@ -502,45 +518,6 @@ def run_local_deployment(
     return DeploymentResult(text, summary, wall, started)
 
 
-def _make_floor_app() -> Any:
-    """The ServerApp of :meth:`LocalDeployment.floor`: empty rounds, no training."""
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-
-    from fedcredit.training.server import fastpull
-    from fedcredit.training.server.federation import Federation
-    from fedcredit.training.server.server_app import settings_from_run_config, write_outcome
-
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        fastpull.install()
-        out = Path(str(context.run_config.get("output-dir", "fedcredit-floor-output")))
-        rounds = int(context.run_config.get("floor-rounds", 20))  # type: ignore[call-overload]
-        try:
-            fed = Federation.connect(grid, context, settings_from_run_config(context.run_config))
-            fed.floor(3)  # warm-up
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "warm").touch()
-            deadline = time.monotonic() + 30
-            while not (out / "go").exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            result = {"seconds_per_round": fed.floor(rounds), "rounds": rounds}
-        except Exception as exc:
-            write_outcome(exc, out)
-            return
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "floor.json.tmp"
-        tmp.write_text(json.dumps(result))
-        tmp.replace(out / "floor.json")
-
-    return app
-
-
-floor_app = _make_floor_app()
-
-
 def measure_floor(
     csv_paths: Sequence[str], work_dir: Path, rounds: int = 20, *, clientapp_mode: str = "inline"
 ) -> tuple[float, float]:
@@ -556,7 +533,7 @@ def measure_floor(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m coordinator.training.deployment floor --csv A --csv B ... [--rounds N]``"""
+    """``python -m fedcredit.training.run.deployment floor --csv A --csv B ... [--rounds N]``"""
     import argparse
 
     p = argparse.ArgumentParser(description="Deployment Engine round-trip floor")

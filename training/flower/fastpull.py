@@ -6,7 +6,7 @@ round is a few milliseconds of work, so those back-offs, not the training, would
 the pace. :func:`install` makes every object pull in this process start at 5 ms and
 cap at 100 ms (also patching the modules that imported the function by name).
 
-In the SuperLink (``python -m coordinator.training.fastpull ARGS`` is
+In the SuperLink (``python -m fedcredit.training.flower.fastpull ARGS`` is
 ``flower-superlink ARGS`` with :func:`install_long_poll`), a pull for messages that
 finds none waits up to a second for one to be stored instead of answering at once:
 SuperNodes and the ServerApp then learn of a message as soon as it exists, with one
@@ -245,7 +245,7 @@ def install_lean_middleware() -> bool:
 
 
 def superlink_main() -> None:
-    """``python -m coordinator.training.fastpull ARGS``: ``flower-superlink ARGS`` with
+    """``python -m fedcredit.training.flower.fastpull ARGS``: ``flower-superlink ARGS`` with
     long polls and lean middleware."""
     from flwr.superlink.cli.flower_superlink import flower_superlink
 

@@ -11,20 +11,21 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import grpc
-
-from fedcredit.common.errors import from_rpc_error
+from fedcredit.common.client import AsyncServiceClient, ServiceClient
 from fedcredit.common.evidence import Receipt
-from fedcredit.common.tls import TlsFiles, channel
+from fedcredit.common.tls import TlsFiles
 from fedcredit.ledger.checkpoint import Verifier
 from fedcredit.ledger.export import Bundle, write_export
 from fedcredit.v1 import ledger_pb2, ledger_pb2_grpc
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from fedcredit.common.config import Deployment
 
 DEFAULT_SERVER_ORG = "ledger"
+DEFAULT_TIMEOUT = 30.0
+STREAM_TIMEOUT = 600.0  # at least this long for a streamed read (entries, export)
 
 
 def _new_entry(kind: str, subject: str | None, payload: Mapping[str, Any]) -> Any:
@@ -36,48 +37,31 @@ def _new_entry(kind: str, subject: str | None, payload: Mapping[str, Any]) -> An
     )
 
 
-class LedgerClient:
+def _append_request(
+    items: Sequence[tuple[str, str | None, Mapping[str, Any]]],
+) -> ledger_pb2.AppendRequest:
+    return ledger_pb2.AppendRequest(entries=[_new_entry(k, s, p) for k, s, p in items])
+
+
+def _receipts(resp: ledger_pb2.AppendResponse) -> list[Receipt]:
+    return [Receipt(int(r.index), bytes(r.leaf_hash)) for r in resp.receipts]
+
+
+class LedgerClient(ServiceClient[ledger_pb2_grpc.LedgerServiceStub]):
     """Synchronous client; thread-safe (one channel)."""
 
-    def __init__(
-        self,
-        address: str,
-        tls: TlsFiles | None,
-        *,
-        server_org: str = DEFAULT_SERVER_ORG,
-        insecure: bool = False,
-        timeout: float = 30.0,
-    ) -> None:
-        self.address = address
-        self.timeout = timeout
-        self._channel = channel(address, tls, server_org=server_org, insecure=insecure)
-        self._stub = ledger_pb2_grpc.LedgerServiceStub(self._channel)
+    stub_type = ledger_pb2_grpc.LedgerServiceStub
+    default_server_org = DEFAULT_SERVER_ORG
+    default_timeout = DEFAULT_TIMEOUT
 
     @classmethod
-    def from_deployment(cls, deployment: Any, org_id: str, **kw: Any) -> LedgerClient:
+    def from_deployment(cls, deployment: Deployment, org_id: str, **kw: Any) -> LedgerClient:
         svc = deployment.service("ledger")
         return cls(svc.address, deployment.tls(org_id), server_org=svc.org_id, **kw)
 
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> LedgerClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(self, fn: Callable[..., T], request: Any, timeout: float | None = None) -> T:
-        try:
-            return fn(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-
-    def _stream(self, fn: Callable[..., Any], request: Any) -> Iterator[Any]:
-        try:
-            yield from fn(request, timeout=max(self.timeout, 600.0))
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+    def _read(self, fn: Callable[..., Any], request: Any) -> Iterator[Any]:
+        """A streamed read: a long deadline (at least ``STREAM_TIMEOUT``)."""
+        return self._stream(fn, request, max(self.timeout, STREAM_TIMEOUT))
 
     # --- EvidenceSink ---------------------------------------------------------
 
@@ -87,9 +71,7 @@ class LedgerClient:
     def append_many(
         self, items: Sequence[tuple[str, str | None, Mapping[str, Any]]]
     ) -> list[Receipt]:
-        req = ledger_pb2.AppendRequest(entries=[_new_entry(k, s, p) for k, s, p in items])
-        resp = self._call(self._stub.Append, req)
-        return [Receipt(int(r.index), bytes(r.leaf_hash)) for r in resp.receipts]
+        return _receipts(self._call(self._stub.Append, _append_request(items)))
 
     # --- reading ----------------------------------------------------------------
 
@@ -108,7 +90,7 @@ class LedgerClient:
         return self._call(self._stub.GetLogInfo, ledger_pb2.GetLogInfoRequest())
 
     def entries(self, start: int, end: int = 0) -> Iterator[tuple[int, bytes]]:
-        for page in self._stream(
+        for page in self._read(
             self._stub.GetEntries, ledger_pb2.GetEntriesRequest(start=start, end=end)
         ):
             for e in page.entries:
@@ -139,14 +121,14 @@ class LedgerClient:
         return [bytes(h) for h in p.hashes]
 
     def list_by_subject(self, subject: str, min_cosignatures: int = 0) -> Iterator[Any]:
-        yield from self._stream(
+        yield from self._read(
             self._stub.ListBySubject,
             ledger_pb2.ListBySubjectRequest(subject=subject, min_cosignatures=min_cosignatures),
         )
 
     def export(self, path: Path | str, start: int = 0, end: int = 0) -> int:
         """Write an offline export file; returns the number of entries."""
-        pages = self._stream(self._stub.Export, ledger_pb2.ExportRequest(start=start, end=end))
+        pages = self._read(self._stub.Export, ledger_pb2.ExportRequest(start=start, end=end))
         first = next(pages)
         checkpoints: list[str] = list(first.checkpoints)
         origin, log_key = first.origin, first.log_key
@@ -172,41 +154,17 @@ class LedgerClient:
             )
 
 
-class AsyncLedgerClient:
+class AsyncLedgerClient(AsyncServiceClient["ledger_pb2_grpc.LedgerServiceAsyncStub"]):
     """grpc.aio client; implements AsyncEvidenceSink."""
 
-    def __init__(
-        self,
-        address: str,
-        tls: TlsFiles | None,
-        *,
-        server_org: str = DEFAULT_SERVER_ORG,
-        insecure: bool = False,
-        timeout: float = 30.0,
-    ) -> None:
-        self.timeout = timeout
-        self._channel = channel(address, tls, server_org=server_org, insecure=insecure, aio=True)
-        self._stub = ledger_pb2_grpc.LedgerServiceStub(self._channel)
+    stub_type = ledger_pb2_grpc.LedgerServiceStub
+    default_server_org = DEFAULT_SERVER_ORG
+    default_timeout = DEFAULT_TIMEOUT
 
     @classmethod
-    def from_deployment(cls, deployment: Any, org_id: str, **kw: Any) -> AsyncLedgerClient:
+    def from_deployment(cls, deployment: Deployment, org_id: str, **kw: Any) -> AsyncLedgerClient:
         svc = deployment.service("ledger")
         return cls(svc.address, deployment.tls(org_id), server_org=svc.org_id, **kw)
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def __aenter__(self) -> AsyncLedgerClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def _call(self, fn: Callable[..., Any], request: Any) -> Any:
-        try:
-            return await fn(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
 
     async def append(self, kind: str, subject: str | None, payload: Mapping[str, Any]) -> Receipt:
         return (await self.append_many([(kind, subject, payload)]))[0]
@@ -214,9 +172,7 @@ class AsyncLedgerClient:
     async def append_many(
         self, items: Sequence[tuple[str, str | None, Mapping[str, Any]]]
     ) -> list[Receipt]:
-        req = ledger_pb2.AppendRequest(entries=[_new_entry(k, s, p) for k, s, p in items])
-        resp = await self._call(self._stub.Append, req)
-        return [Receipt(int(r.index), bytes(r.leaf_hash)) for r in resp.receipts]
+        return _receipts(await self._call(self._stub.Append, _append_request(items)))
 
     async def checkpoint(self, min_cosignatures: int = 0) -> str:
         r = await self._call(
@@ -231,18 +187,21 @@ class AsyncLedgerClient:
             ledger_pb2.GetInclusionProofRequest(index=index, tree_size=tree_size),
         )
 
-    async def list_by_subject(self, subject: str) -> AsyncIterator[Any]:
-        try:
-            async for page in self._stub.ListBySubject(
-                ledger_pb2.ListBySubjectRequest(subject=subject)
-            ):
-                yield page
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+    def list_by_subject(self, subject: str) -> AsyncIterator[Any]:
+        """The subject's pages, without a deadline."""
+        return self._stream(
+            self._stub.ListBySubject,
+            ledger_pb2.ListBySubjectRequest(subject=subject),
+            None,
+            bounded=False,
+        )
 
 
-class WitnessClient:
+class WitnessClient(ServiceClient[ledger_pb2_grpc.WitnessServiceStub]):
     """A remote witness, as the ledger's witnessing thread talks to it (ledger.log.WitnessEndpoint)."""
+
+    stub_type = ledger_pb2_grpc.WitnessServiceStub
+    default_timeout = 5.0
 
     def __init__(
         self,
@@ -253,13 +212,13 @@ class WitnessClient:
         *,
         server_org: str | None = None,
         insecure: bool = False,
-        timeout: float = 5.0,
+        timeout: float | None = None,
     ) -> None:
+        super().__init__(
+            address, tls, server_org=server_org or name, insecure=insecure, timeout=timeout
+        )
         self.name = name
         self._verifier = verifier
-        self.timeout = timeout
-        self._channel = channel(address, tls, server_org=server_org or name, insecure=insecure)
-        self._stub = ledger_pb2_grpc.WitnessServiceStub(self._channel)
 
     @property
     def verifier(self) -> Verifier:
@@ -270,18 +229,7 @@ class WitnessClient:
         req = ledger_pb2.AddCheckpointRequest(
             old_size=old_size, consistency_proof=list(proof), checkpoint=note
         )
-        try:
-            return str(self._stub.AddCheckpoint(req, timeout=self.timeout).cosignature)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        return str(self._call(self._stub.AddCheckpoint, req).cosignature)
 
     def info(self) -> Any:
-        try:
-            return self._stub.GetWitnessInfo(
-                ledger_pb2.GetWitnessInfoRequest(), timeout=self.timeout
-            )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-
-    def close(self) -> None:
-        self._channel.close()
+        return self._call(self._stub.GetWitnessInfo, ledger_pb2.GetWitnessInfoRequest())

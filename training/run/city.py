@@ -17,8 +17,6 @@ bank, separate processes) or the Simulation Engine, then:
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,9 +32,10 @@ from fedcredit.common.config import Deployment
 from fedcredit.common.errors import FailedPrecondition, InvalidArgument
 from fedcredit.coordinator.model import model_sha256
 from fedcredit.training.bank.city import CityBank, CitySource, load_city_bank
-from fedcredit.training.bank.data import concat
+from fedcredit.training.bank.data import BankData, concat
 from fedcredit.training.gbdt.metrics import auc, ks
 from fedcredit.training.gbdt.params import GBDTParams
+from fedcredit.training.server.publish import finite, publish_model
 from fedcredit.training.server.settings import TrainSettings
 from fedcredit.training.server.strategies import lgb_params
 
@@ -155,7 +154,7 @@ def _run_engine(
     timeout: float,
 ) -> TrainResult:
     if engine == "simulation":
-        from fedcredit.training.server.simulation import SimulationFailed, simulate
+        from fedcredit.training.run.simulation import SimulationFailed, simulate
 
         source = CitySource(str(dep.path), tuple(banks), str(world), cache=str(cache))
         try:
@@ -165,7 +164,7 @@ def _run_engine(
                 f"Flower's Simulation Engine stopped: {exc}; see the Flower log above"
             ) from exc
         return TrainResult(out.model_text, out.summary(), list(out.feature_names))
-    from fedcredit.training.server.deployment import run_local_deployment
+    from fedcredit.training.run.deployment import run_local_deployment
 
     res = run_local_deployment(
         settings,
@@ -182,6 +181,139 @@ def _run_engine(
 def _load_all(dep: Deployment, banks: list[str], world: Path) -> list[CityBank]:
     with ThreadPoolExecutor(min(4, len(banks))) as pool:
         return list(pool.map(lambda b: load_city_bank(dep.path, b, world=world), banks))
+
+
+@dataclass
+class Evaluation:
+    """The federated model next to pooled LightGBM on the banks' held-out borrowers."""
+
+    booster: lgb.Booster
+    feature_names: list[str]
+    train: BankData
+    test: BankData
+    auc: float
+    ks: float
+    pooled_auc: float
+    pooled_ks: float
+
+
+def evaluate(result: TrainResult, data: list[CityBank], params: GBDTParams) -> Evaluation:
+    """AUC and KS of the model on every bank's held-out rows, and of LightGBM trained on
+    all the banks' training rows pooled (same settings)."""
+    booster = lgb.Booster(model_str=result.model_text)
+    names = result.feature_names or list(booster.feature_name())
+    train = concat([d.train for d in data])
+    test = concat([d.test for d in data])
+    scores = np.asarray(booster.predict(test.x), dtype=np.float64)
+    lp = lgb_params(params, boost_from_average=True) | {"num_threads": 2}
+    pooled = lgb.train(
+        lp, lgb.Dataset(train.x, train.y, feature_name=list(train.feature_names)), params.num_trees
+    )
+    pooled_scores = np.asarray(pooled.predict(test.x), dtype=np.float64)
+    return Evaluation(
+        booster,
+        names,
+        train,
+        test,
+        auc(test.y, scores),
+        ks(test.y, scores),
+        auc(test.y, pooled_scores),
+        ks(test.y, pooled_scores),
+    )
+
+
+def _report(
+    result: TrainResult,
+    ev: Evaluation,
+    data: list[CityBank],
+    s: TrainSettings,
+    engine: str,
+    banks: list[str],
+    phases: dict[str, float],
+) -> CityTrainReport:
+    summary = result.summary
+    return CityTrainReport(
+        model_version="",
+        sha256=model_sha256(result.model_text),
+        auc=ev.auc,
+        ks=ev.ks,
+        pooled_auc=ev.pooled_auc,
+        pooled_ks=ev.pooled_ks,
+        trees=int(summary.get("trees", ev.booster.num_trees())),
+        seconds=0.0,
+        train_seconds=float(summary.get("wall_seconds", 0.0)),
+        seconds_per_tree=float(summary.get("seconds_per_tree", 0.0)),
+        bytes_per_bank_per_tree=float(summary.get("bytes_up_per_bank_per_tree", 0.0)),
+        banks=banks,
+        rows_per_bank={d.bank: d.train.rows for d in data},
+        test_rows=ev.test.rows,
+        ledger_index=None,
+        activate_ledger_index=None,
+        engine=engine,
+        strategy=s.strategy,
+        secagg=s.secagg,
+        active=False,
+        features=ev.feature_names,
+        phases=phases,
+    )
+
+
+def _publish(
+    dep: Deployment,
+    operator: str,
+    result: TrainResult,
+    ev: Evaluation,
+    s: TrainSettings,
+    report: CityTrainReport,
+    *,
+    activate: bool,
+    version: str,
+) -> None:
+    """Register the model (calibrated on its PDs over every consented borrower) and note
+    the registry's answer in ``report``."""
+    pds = np.asarray(ev.booster.predict(np.vstack([ev.train.x, ev.test.x])), dtype=np.float64)
+    metrics = {
+        "auc": report.auc,
+        "ks": report.ks,
+        "pooled_lightgbm_auc": report.pooled_auc,
+        "pooled_lightgbm_ks": report.pooled_ks,
+        "test_rows": report.test_rows,
+        "rows_per_bank": report.rows_per_bank,
+        "banks": report.banks,
+        "trees": report.trees,
+        "seconds_per_tree": report.seconds_per_tree,
+        "bytes_per_bank_per_tree": report.bytes_per_bank_per_tree,
+        "sha256": report.sha256,
+        "features": report.features,
+        "engine": report.engine,
+        "valid_logloss": result.summary.get("valid_logloss", []),
+    }
+    settings_doc = {
+        "strategy": s.strategy,
+        "secagg": s.secagg,
+        "engine": report.engine,
+        "banks": report.banks,
+        "settings": s.to_dict(),
+        "bins": result.summary.get("bins"),
+        "data": "city: each bank's loan book, features from the department nodes "
+        "under model_training consents",
+    }
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    mv = publish_model(
+        dep,
+        operator,
+        result.model_text,
+        pds,
+        # A metric that is undefined (an AUC on held-out rows of one class) is null.
+        metrics=finite(metrics),
+        settings=settings_doc,
+        activate=activate,
+        version=version or f"fed-{s.strategy}-{stamp}-{report.sha256[:8]}",
+    )
+    report.model_version = mv.version
+    report.ledger_index = int(mv.publish_ledger_index)
+    report.activate_ledger_index = int(mv.activate_ledger_index) or None
+    report.active = bool(mv.active)
 
 
 def train_city(
@@ -227,146 +359,15 @@ def train_city(
         say("evaluating on the held-out borrowers")
         data = loading.result()
     t = time.perf_counter()
-    booster = lgb.Booster(model_str=result.model_text)
-    names = result.feature_names or list(booster.feature_name())
-    train = concat([d.train for d in data])
-    test = concat([d.test for d in data])
-    scores = np.asarray(booster.predict(test.x), dtype=np.float64)
-    p = s.params
-    lp = lgb_params(p, boost_from_average=True) | {"num_threads": 2}
-    pooled = lgb.train(
-        lp, lgb.Dataset(train.x, train.y, feature_name=list(train.feature_names)), p.num_trees
-    )
-    pooled_scores = np.asarray(pooled.predict(test.x), dtype=np.float64)
-    fed_auc, fed_ks = auc(test.y, scores), ks(test.y, scores)
-    pool_auc, pool_ks = auc(test.y, pooled_scores), ks(test.y, pooled_scores)
+    ev = evaluate(result, data, s.params)
     phases["evaluation"] = time.perf_counter() - t
-    summary = result.summary
-    trees = int(summary.get("trees", booster.num_trees()))
-    digest = model_sha256(result.model_text)
-    rows = {d.bank: d.train.rows for d in data}
-    report = CityTrainReport(
-        model_version="",
-        sha256=digest,
-        auc=fed_auc,
-        ks=fed_ks,
-        pooled_auc=pool_auc,
-        pooled_ks=pool_ks,
-        trees=trees,
-        seconds=0.0,
-        train_seconds=float(summary.get("wall_seconds", 0.0)),
-        seconds_per_tree=float(summary.get("seconds_per_tree", 0.0)),
-        bytes_per_bank_per_tree=float(summary.get("bytes_up_per_bank_per_tree", 0.0)),
-        banks=bank_list,
-        rows_per_bank=rows,
-        test_rows=test.rows,
-        ledger_index=None,
-        activate_ledger_index=None,
-        engine=engine,
-        strategy=s.strategy,
-        secagg=s.secagg,
-        active=False,
-        features=names,
-        phases=phases,
-    )
+    report = _report(result, ev, data, s, engine, bank_list, phases)
     if publish:
         say("publishing to the model registry")
         t = time.perf_counter()
-        everyone = np.vstack([train.x, test.x])
-        pds = np.asarray(booster.predict(everyone), dtype=np.float64)
-        metrics = {
-            "auc": fed_auc,
-            "ks": fed_ks,
-            "pooled_lightgbm_auc": pool_auc,
-            "pooled_lightgbm_ks": pool_ks,
-            "test_rows": test.rows,
-            "rows_per_bank": rows,
-            "banks": bank_list,
-            "trees": trees,
-            "seconds_per_tree": report.seconds_per_tree,
-            "bytes_per_bank_per_tree": report.bytes_per_bank_per_tree,
-            "sha256": digest,
-            "features": names,
-            "engine": engine,
-            "valid_logloss": summary.get("valid_logloss", []),
-        }
-        # A metric that is undefined (an AUC on held-out rows of one class) is null: the
-        # ledger's canonical JSON (RFC 8785) has no NaN.
-        metrics = _finite(metrics)
-        settings_doc = {
-            "strategy": s.strategy,
-            "secagg": s.secagg,
-            "engine": engine,
-            "banks": bank_list,
-            "settings": s.to_dict(),
-            "bins": summary.get("bins"),
-            "data": "city: each bank's loan book, features from the department nodes "
-            "under model_training consents",
-        }
-        mv = publish_model(
-            dep,
-            operator,
-            result.model_text,
-            pds,
-            metrics=metrics,
-            settings=settings_doc,
-            activate=activate,
-            version=version or f"fed-{s.strategy}-{time.strftime('%Y%m%d-%H%M%S')}-{digest[:8]}",
-        )
-        report.model_version = mv.version
-        report.ledger_index = int(mv.publish_ledger_index)
-        report.activate_ledger_index = int(mv.activate_ledger_index) or None
-        report.active = bool(mv.active)
+        _publish(dep, operator, result, ev, s, report, activate=activate, version=version)
         phases["publication"] = time.perf_counter() - t
     report.seconds = time.perf_counter() - t0
     if progress is not None and task is not None:
         progress.update(task, description="done", total=1, completed=1)
     return report
-
-
-def publish_model(
-    dep: Deployment,
-    operator: str,
-    model_text: str,
-    pds: np.ndarray,
-    *,
-    metrics: dict[str, Any],
-    settings: dict[str, Any],
-    activate: bool,
-    version: str = "",
-) -> Any:
-    """Register (and optionally activate) over gRPC as the operator; the registry writes the
-    ledger entries before it answers."""
-    from fedcredit.clients.coordinator_client import CoordinatorClient
-
-    svc = dep.service("coordinator")
-    with CoordinatorClient(
-        svc.address, dep.tls(operator), server_org=svc.org_id, timeout=60.0
-    ) as c:
-        return c.publish(
-            model_text,
-            calibration_pds=[float(v) for v in pds],
-            version=version,
-            metrics_json=json.dumps(metrics, default=_jsonable),
-            settings_json=json.dumps(settings, default=_jsonable),
-            activate=activate,
-        )
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None (recursively)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
