@@ -35,6 +35,7 @@ EXIT_CODES: dict[str, int] = {
     "UNAVAILABLE": 10,
     "DEADLINE_EXCEEDED": 11,
     "INTERNAL": 12,
+    "DATA_LOSS": 13,
 }
 EXIT_VERIFICATION_FAILED = 1
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import grpc
+
 from fedcredit.common.errors import (
     FailedPrecondition,
+    FedcreditError,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -58,10 +61,33 @@ class LogClosed(Unavailable):
     reason = "LEDGER_CLOSED"
 
 
-class StoreCorrupt(_Internal):
-    """The stored log contradicts itself (a missing node, a root that does not match)."""
+class DataLoss(FedcreditError):
+    """Stored data that is lost or corrupted (gRPC DATA_LOSS)."""
+
+    code = grpc.StatusCode.DATA_LOSS
+    reason = "DATA_LOSS"
+
+
+class StoreCorrupt(DataLoss):
+    """The stored log contradicts itself or its signed checkpoints (a changed or missing
+    entry, a broken chain, a root that does not match, a size behind a witness).
+
+    Metadata ``index`` names the first bad entry when there is one.
+    """
 
     reason = "LEDGER_STORE_CORRUPT"
+
+
+class TriggerMissing(FailedPrecondition):
+    """An append-only trigger of an existing store is gone (or replaced by other SQL)."""
+
+    reason = "LEDGER_TRIGGER_MISSING"
+
+
+class TriggerDisabled(FailedPrecondition):
+    """An append-only trigger is disabled or fires only in some replication roles."""
+
+    reason = "LEDGER_TRIGGER_DISABLED"
 
 
 class InconsistentCheckpoint(_Internal):

@@ -3,13 +3,20 @@
 Tables: entries (canonical bytes + leaf hash + indexed kind/subject), the
 perfect-subtree hashes (see ledger.merkle), signed checkpoints and witness
 cosignatures. The store has no update or delete path, and both backends
-refuse UPDATE/DELETE on these tables with triggers (PostgreSQL also refuses
-TRUNCATE): a bug or an operator with SQL access cannot silently rewrite
-history — only a visible DROP could.
+refuse every rewrite with triggers: SQLite refuses UPDATE, DELETE and an
+INSERT at a key that exists (which is what ``INSERT OR REPLACE`` / ``REPLACE
+INTO`` do: SQLite fires no DELETE trigger for a REPLACE); PostgreSQL refuses
+UPDATE (also ``ON CONFLICT DO UPDATE``), DELETE and TRUNCATE with triggers
+``ENABLE ALWAYS``, which fire even under ``session_replication_role =
+replica``. Opening an existing store checks the guards: a missing, altered or
+disabled one is refused by name (``LEDGER_TRIGGER_MISSING`` /
+``LEDGER_TRIGGER_DISABLED``), so removing one is visible; whatever was
+rewritten meanwhile is caught by ``ledger.fsck``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,11 +39,15 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import OperationalError
 
-from fedcredit.common.db import is_postgres, make_engine
+from fedcredit.common.db import make_engine
 from fedcredit.common.errors import StoreUnavailable
+from fedcredit.ledger.errors import TriggerDisabled, TriggerMissing
 from fedcredit.ledger.merkle import NodeId
+
+log = logging.getLogger(__name__)
 
 metadata = MetaData()
 
@@ -84,6 +95,11 @@ _MULTI_ROW_SIZES = (128, 16)
 
 APPEND_ONLY_TABLES = tuple(t.name for t in metadata.sorted_tables)
 
+# Each table's primary key, for SQLite's refuse-an-insert-at-an-existing-key trigger.
+_PRIMARY_KEYS = {
+    t.name: tuple(c.name for c in t.primary_key.columns) for t in metadata.sorted_tables
+}
+
 _PG_FUNCTION = """
 CREATE OR REPLACE FUNCTION ledger_refuse_change() RETURNS trigger AS $$
 BEGIN
@@ -94,39 +110,119 @@ $$ LANGUAGE plpgsql
 """
 
 
-def _install_triggers(engine: Engine) -> None:
-    with engine.begin() as conn:
-        if is_postgres(engine):
-            conn.execute(text(_PG_FUNCTION))
-            for t in APPEND_ONLY_TABLES:
-                for suffix, when in (("row", "UPDATE OR DELETE"), ("truncate", "TRUNCATE")):
-                    name = f"{t}_append_only_{suffix}"
-                    exists = conn.execute(
-                        text(
-                            "SELECT 1 FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid "
-                            "WHERE tg.tgname = :n AND c.oid = to_regclass(:t)"
-                        ),
-                        {"n": name, "t": t},
-                    ).first()
-                    if exists:
-                        continue
-                    each = "ROW" if suffix == "row" else "STATEMENT"
-                    conn.execute(
-                        text(
-                            f"CREATE TRIGGER {name} BEFORE {when} ON {t} "
-                            f"FOR EACH {each} EXECUTE FUNCTION ledger_refuse_change()"
-                        )
-                    )
-        else:
-            for t in APPEND_ONLY_TABLES:
-                for op in ("UPDATE", "DELETE"):
-                    conn.execute(
-                        text(
-                            f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t} "
-                            f"BEGIN SELECT RAISE(ABORT, 'the ledger table {t} is append-only: "
-                            f"{op} refused'); END"
-                        )
-                    )
+def _sqlite_triggers() -> dict[str, tuple[str, str]]:
+    """name -> (table, CREATE TRIGGER statement) of every SQLite guard."""
+    out: dict[str, tuple[str, str]] = {}
+    for t in APPEND_ONLY_TABLES:
+        for op in ("UPDATE", "DELETE"):
+            out[f"{t}_no_{op.lower()}"] = (
+                t,
+                f"CREATE TRIGGER {t}_no_{op.lower()} BEFORE {op} ON {t} "
+                f"BEGIN SELECT RAISE(ABORT, 'the ledger table {t} is append-only: "
+                f"{op} refused'); END",
+            )
+        key = " AND ".join(f"{c} = NEW.{c}" for c in _PRIMARY_KEYS[t])
+        # INSERT OR REPLACE / REPLACE INTO delete the old row without firing a
+        # DELETE trigger; refusing the insert itself closes that path.
+        out[f"{t}_no_overwrite"] = (
+            t,
+            f"CREATE TRIGGER {t}_no_overwrite BEFORE INSERT ON {t} "
+            f"WHEN EXISTS (SELECT 1 FROM {t} WHERE {key}) "
+            f"BEGIN SELECT RAISE(ABORT, 'the ledger table {t} is append-only: "
+            f"an insert over an existing row refused'); END",
+        )
+    return out
+
+
+SQLITE_TRIGGERS = _sqlite_triggers()
+# The guards an earlier version installed: on an existing store their absence is
+# tampering; a guard added since (the overwrite one) is installed on open.
+_SQLITE_V1 = {n for n in SQLITE_TRIGGERS if not n.endswith("_no_overwrite")}
+PG_TRIGGERS = {
+    f"{t}_append_only_{suffix}": (t, when, each)
+    for t in APPEND_ONLY_TABLES
+    for suffix, when, each in (
+        ("row", "UPDATE OR DELETE", "ROW"),
+        ("truncate", "TRUNCATE", "STATEMENT"),
+    )
+}
+
+
+def _install_triggers(conn: Connection, fresh: bool) -> None:
+    """Install the guards on a new store; on an existing one, check them (and add new ones)."""
+    if conn.dialect.name == "postgresql":
+        _pg_guards(conn, fresh)
+    else:
+        _sqlite_guards(conn, fresh)
+
+
+def _sqlite_guards(conn: Connection, fresh: bool) -> None:
+    have: dict[str, str] = {
+        r[0]: r[1]
+        for r in conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+    }
+    for name, (table, sql) in SQLITE_TRIGGERS.items():
+        if name not in have:
+            if not fresh and name in _SQLITE_V1:
+                raise TriggerMissing(
+                    f"the append-only trigger {name} on {table} is missing: someone removed it; "
+                    "run `fedcredit ledger fsck` and restore the store before serving",
+                    trigger=name,
+                )
+            conn.exec_driver_sql(sql)
+        elif " ".join(have[name].split()) != sql:
+            raise TriggerMissing(
+                f"the append-only trigger {name} on {table} was replaced by other SQL "
+                f"(expected {sql!r}, got {have[name]!r:.200})",
+                trigger=name,
+            )
+
+
+def _pg_guards(conn: Connection, fresh: bool) -> None:
+    # re-created on every open: a function replaced by a no-op is restored
+    conn.execute(text(_PG_FUNCTION))
+    rows = conn.execute(
+        text(
+            "SELECT tg.tgname, tg.tgenabled, p.proname FROM pg_trigger tg "
+            "JOIN pg_proc p ON p.oid = tg.tgfoid "
+            "WHERE tg.tgrelid = ANY(CAST(:oids AS regclass[])) AND NOT tg.tgisinternal"
+        ),
+        {"oids": "{" + ",".join(APPEND_ONLY_TABLES) + "}"},
+    ).all()
+    have = {r[0]: (str(r[1]), r[2]) for r in rows}
+    for name, (table, when, each) in PG_TRIGGERS.items():
+        state = have.get(name)
+        if state is None:
+            if not fresh:
+                raise TriggerMissing(
+                    f"the append-only trigger {name} on {table} is missing: someone removed it; "
+                    "run `fedcredit ledger fsck` and restore the store before serving",
+                    trigger=name,
+                )
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER {name} BEFORE {when} ON {table} "
+                    f"FOR EACH {each} EXECUTE FUNCTION ledger_refuse_change()"
+                )
+            )
+        elif state[1] != "ledger_refuse_change":
+            raise TriggerMissing(
+                f"the append-only trigger {name} on {table} calls {state[1]}(), "
+                "not ledger_refuse_change()",
+                trigger=name,
+            )
+        elif state[0] in ("D", "R"):
+            raise TriggerDisabled(
+                f"the append-only trigger {name} on {table} is disabled "
+                f"(pg_trigger.tgenabled = {state[0]!r}, expected 'A' = ENABLE ALWAYS); "
+                "run `fedcredit ledger fsck` and re-enable it before serving",
+                trigger=name,
+            )
+        if state is None or state[0] == "O":
+            if state is not None:  # a store created before the guards were ALWAYS
+                log.warning("making the ledger trigger %s ENABLE ALWAYS", name)
+            # ALWAYS: also fires under session_replication_role = replica
+            conn.execute(text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {name}"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +252,12 @@ class LedgerStore:
     def open(cls, url: str | Engine) -> LedgerStore:
         engine = url if isinstance(url, Engine) else make_engine(url)
         try:
-            metadata.create_all(engine)
-            _install_triggers(engine)
+            # one transaction (DDL is transactional on both engines): a store is
+            # never seen with its tables but without their guards
+            with engine.begin() as conn:
+                fresh = not sa_inspect(conn).has_table(entries.name)
+                metadata.create_all(conn)
+                _install_triggers(conn, fresh)
         except OperationalError as exc:
             raise StoreUnavailable(f"the ledger database does not answer: {exc.orig}") from exc
         return cls(engine)

@@ -172,9 +172,10 @@ def test_tables_refuse_update_and_delete(db_url: str) -> None:
 
 
 def test_reopen_detects_a_rewritten_store(tmp_path: object) -> None:
-    """Someone drops the append-only trigger and rewrites a stored subtree hash: the log
-    refuses to open (the stored tree no longer matches the signed checkpoint). Rewritten
-    entries are found by `audit replay` and inclusion proofs (see test_tamper)."""
+    """Someone drops the append-only trigger, rewrites a stored subtree hash and puts the
+    trigger back: the log refuses to open (the stored tree no longer matches the signed
+    checkpoint). A trigger left dropped is refused by name (test_append_only); rewritten
+    entries are found by fsck (test_fsck), `audit replay` and inclusion proofs."""
     from fedcredit.ledger.errors import StoreCorrupt
 
     url = f"sqlite:///{tmp_path}/l.sqlite"
@@ -187,6 +188,9 @@ def test_reopen_detects_a_rewritten_store(tmp_path: object) -> None:
             conn.execute(
                 sa.text("UPDATE ledger_nodes SET hash = zeroblob(32) WHERE level = 3 AND idx = 0")
             )
+            from fedcredit.ledger.store import SQLITE_TRIGGERS
+
+            conn.exec_driver_sql(SQLITE_TRIGGERS["ledger_nodes_no_update"][1])
     with pytest.raises(StoreCorrupt) as e:
         _open(url)
     assert "signed checkpoint" in e.value.message
