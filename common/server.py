@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fedcredit.common import tls as tls_mod
+from fedcredit.common.decode import AioDecodeInterceptor, DecodeInterceptor
 from fedcredit.common.errors import ConfigError, Unavailable
 from fedcredit.common.tls import TlsFiles
 
@@ -73,7 +74,9 @@ def build_server(
 ) -> tuple[grpc.Server, int]:
     """A started-ready (not started) sync server and the port it is bound to."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers), options=SERVER_OPTIONS
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=SERVER_OPTIONS,
+        interceptors=[DecodeInterceptor()],  # undecodable request: INVALID_ARGUMENT, not INTERNAL
     )
     register(server)
     health_servicer = health.HealthServicer()
@@ -96,7 +99,7 @@ def build_aio_server(
     """A grpc.aio server (call inside a running event loop) and the port it is bound to."""
     from grpc_health.v1 import _async as health_async
 
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AioDecodeInterceptor()])
     register(server)
     health_servicer = health_async.HealthServicer()
     _add_standard(server, service_names, health_servicer)

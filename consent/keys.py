@@ -35,7 +35,7 @@ from fedcredit.consent.statuslist import b64url, b64url_decode
 ALG = "EdDSA"
 # What a key id may look like on the wire: base64url only. Anything else
 # (paths, SQL, quotes, control characters) is refused before any lookup.
-KID_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+KID_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}\Z")  # \Z: "$" would let a trailing newline in
 
 
 def thumbprint(public_key: Ed25519PublicKey) -> str:

@@ -10,6 +10,7 @@ member of the ``status_list`` claim of a ``statuslist+jwt``.
 from __future__ import annotations
 
 import base64
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +38,30 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+# RFC 7515 §2 / RFC 4648 §5 without padding: the alphabet only. ``fullmatch`` so a trailing
+# newline (which ``$`` would let through) is refused too.
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_B64_INDEX = {
+    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
+
+
 def b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict base64url (RFC 4648 §5, unpadded, RFC 7515 §2): one byte string, one text.
+
+    Refused with ValueError: padding, characters outside the alphabet (``+``, ``/``,
+    whitespace, non-ASCII), a length no encoding produces, and a final character whose
+    unused low bits are not zero (RFC 4648 §3.5 "canonical encoding") — otherwise the same
+    signature or payload would have several string forms.
+    """
+    if not isinstance(text, str) or _B64URL.fullmatch(text) is None:
+        raise ValueError("expected unpadded base64url (A-Z a-z 0-9 - _ only)")
+    rem = len(text) % 4
+    if rem == 1:
+        raise ValueError(f"expected a base64url length that is not 1 mod 4, got {len(text)}")
+    if rem and _B64_INDEX[text[-1]] & (0x0F if rem == 2 else 0x03):
+        raise ValueError("expected canonical base64url: the final character has non-zero pad bits")
+    return base64.urlsafe_b64decode(text + "=" * (-rem % 4))
 
 
 class StatusArray:

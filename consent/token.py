@@ -11,17 +11,22 @@ A consent token is a JWS (RFC 7515) in compact form::
              "cnf": {"x5t#S256": <bank certificate thumbprint>},          # RFC 8705 §3.1
              "status": {"status_list": {"idx": i, "uri": <list uri>}}}    # status-list draft §6
 
-Everything here is pure: building claims and checking their shape.
+Everything here is pure: building claims, parsing the compact form strictly (one token,
+one string: see :func:`split_jws`, :func:`decode_segment`) and checking shapes.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fedcredit.common.departments import BY_CATEGORY, BY_ORG, CATEGORIES, PURPOSES
+from fedcredit.consent import errors as E
 from fedcredit.consent.errors import ClaimInvalid, ClaimMissing
+from fedcredit.consent.keys import KID_RE
+from fedcredit.consent.statuslist import b64url_decode
 
 CONSENT_TYP = "consent+jwt"
 DETAIL_TYPE = "fedcredit_consent"
@@ -40,6 +45,19 @@ REQUIRED_CLAIMS = (
     "status",
 )
 X5T = "x5t#S256"
+
+# Bounds on what a verifier parses before any signature is checked. A consent token is
+# about 900 characters, its header under 150; these leave ample room and stop a
+# megabyte header or a 50,000-deep nesting from costing anything (or recursing).
+MAX_TOKEN_CHARS = 16_384
+MAX_HEADER_CHARS = 1_024
+MAX_DEPTH = 8  # object -> list -> object -> list is the deepest claim (authorization_details)
+SIGNATURE_BYTES = 64  # Ed25519 (RFC 8037 §3.1)
+# Header parameters we understand; a `crit` listing anything else is refused.
+UNDERSTOOD_CRIT: frozenset[str] = frozenset()
+# Registered header parameters (RFC 7515 §4.1) whose value must be a string when present
+# (``kid`` too, refused below with its own reason).
+_STR_HEADERS = ("alg", "typ", "cty", "jku", "x5u", "x5t", "x5t#S256")
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,3 +235,138 @@ def parse_status(claims: Mapping[str, Any]) -> tuple[int, str]:
 def covers_all(have: Sequence[str] | frozenset[str], want: Sequence[str]) -> list[str]:
     """The items of ``want`` not in ``have``."""
     return [w for w in want if w not in have]
+
+
+# --- strict compact form (RFC 7515 §7.1, RFC 7519 §7.2) ------------------------------
+
+
+def split_jws(token: str) -> tuple[str, str, str]:
+    """The three segments of a compact JWS, bounded in size; TokenMalformed otherwise."""
+    if not isinstance(token, str):
+        raise E.TokenMalformed(f"a consent token is a string, got {type(token).__name__}")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise E.TokenMalformed(
+            f"a consent token has at most {MAX_TOKEN_CHARS} characters, got {len(token)}"
+        )
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise E.TokenMalformed(f"a compact JWS has 3 dot-separated parts, got {len(parts)}")
+    if len(parts[0]) > MAX_HEADER_CHARS:
+        raise E.TokenMalformed(
+            f"the token's header has at most {MAX_HEADER_CHARS} characters, got {len(parts[0])}"
+        )
+    return parts[0], parts[1], parts[2]
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        # RFC 7519 §4: a JWT with duplicate claim names may be rejected; we do.
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate member {dup!r}")
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are Python extensions, not JSON (RFC 8259 §6).
+    raise ValueError(f"{name} is not JSON")
+
+
+# One decoder for every segment: ``json.loads(..., object_pairs_hook=...)`` builds a new
+# JSONDecoder per call, which costs as much as decoding a token's payload.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+
+
+def _check_tree(value: Any, depth: int) -> None:
+    """Bounded depth, and strings that are real Unicode (a ``\\ud800`` escape decodes to a
+    lone surrogate that no UTF-8 encoder accepts further down)."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if not value.isascii():
+            value.encode("utf-8")  # UnicodeEncodeError on a lone surrogate
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_tree(k, depth)
+            _check_tree(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_tree(v, depth + 1)
+
+
+def decode_segment(segment: str, what: str) -> dict[str, Any]:
+    """A header or payload segment: strict base64url of UTF-8 JSON holding one object of
+    bounded depth, no duplicate members; TokenMalformed naming what is wrong otherwise."""
+    try:
+        raw = b64url_decode(segment)
+        value = _DECODER.decode(raw.decode("utf-8"))  # RFC 7515 §2: UTF-8, nothing else
+        _check_tree(value, 1)
+    except (ValueError, UnicodeError, RecursionError) as exc:
+        # RecursionError: the JSON scanner recurses per level; the size bound keeps it rare,
+        # but a refusal is the answer either way, never a crash.
+        shown = str(exc)[:120] if not isinstance(exc, RecursionError) else "nested too deep"
+        raise E.TokenMalformed(
+            f"the token's {what} must be base64url of a UTF-8 JSON object: {shown}"
+        ) from None
+    if not isinstance(value, dict):
+        raise E.TokenMalformed(
+            f"the token's {what} must be a JSON object, got {type(value).__name__}"
+        )
+    return value
+
+
+def check_header(header: Mapping[str, Any], *, typ: str) -> str:
+    """Check the member types, alg, typ and crit; return the kid."""
+    for name in _STR_HEADERS:
+        value = header.get(name)
+        if value is not None and not isinstance(value, str):
+            raise E.TokenMalformed(
+                f"header {name} must be a string, got {type(value).__name__}", member=name
+            )
+    crit = header.get("crit")
+    if crit is not None and (
+        not isinstance(crit, list) or not crit or not all(isinstance(c, str) for c in crit)
+    ):
+        raise E.TokenMalformed(
+            f"header crit must be a non-empty list of strings, got {type(crit).__name__}",
+            member="crit",
+        )
+    alg = header.get("alg")
+    if alg is None or alg.lower() == "none":
+        raise E.TokenUnsigned(
+            "the token is unsigned (alg none); a consent must be signed with EdDSA"
+        )
+    if alg not in ALLOWED_ALGS:
+        raise E.AlgorithmNotAllowed(
+            f"algorithm {alg[:40]!r} is not allowed; expected one of {sorted(ALLOWED_ALGS)}",
+            alg=alg[:40],
+        )
+    if header.get("typ") != typ:
+        raise E.WrongTokenType(f"header typ must be {typ!r}, got {header.get('typ')!r:.60}")
+    if crit is not None:
+        unknown = [c for c in crit if c not in UNDERSTOOD_CRIT]
+        if unknown:
+            raise E.UnknownCritical(
+                f"header crit lists parameters this verifier does not understand: {unknown!r:.200}"
+            )
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not KID_RE.match(kid):
+        shown = repr(kid)[:60]
+        raise E.InvalidKeyId(
+            f"header kid must be a base64url key id of 8-128 characters, got {shown}"
+        )
+    return kid
+
+
+def decode_signature(segment: str) -> bytes:
+    """The signature segment: strict base64url of exactly one Ed25519 signature."""
+    try:
+        sig = b64url_decode(segment)
+    except ValueError as exc:
+        raise E.TokenMalformed(f"the token's signature: {exc}") from None
+    if len(sig) != SIGNATURE_BYTES:
+        raise E.TokenMalformed(
+            f"the token's signature must be {SIGNATURE_BYTES} bytes (Ed25519), got {len(sig)}"
+        )
+    return sig

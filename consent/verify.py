@@ -33,7 +33,6 @@ program against the protocols :class:`TokenVerifier` and :class:`UseCounter`.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -45,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from fedcredit.common.errors import FedcreditError
 from fedcredit.common.tls import TlsFiles
 from fedcredit.consent import errors as E
-from fedcredit.consent.keys import KID_RE, KeySet, PublicKey, Tombstone, parse_jwks
+from fedcredit.consent.keys import KeySet, PublicKey, Tombstone, parse_jwks
 from fedcredit.consent.statuslist import (
     INVALID,
     STATUS_NAMES,
@@ -53,18 +52,20 @@ from fedcredit.consent.statuslist import (
     SUSPENDED,
     StatusArray,
     b64url,
-    b64url_decode,
     parse_status_list_claims,
 )
 from fedcredit.consent.token import (
-    ALLOWED_ALGS,
     CONSENT_TYP,
     Grant,
+    check_header,
     check_required,
     covers,
+    decode_segment,
+    decode_signature,
     parse_binding,
     parse_grant,
     parse_status,
+    split_jws,
 )
 
 if TYPE_CHECKING:
@@ -74,8 +75,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_LEEWAY = 60
-# Header parameters we understand; a `crit` listing anything else is refused.
-UNDERSTOOD_CRIT: frozenset[str] = frozenset()
 
 Clock = Callable[[], float]
 
@@ -108,84 +107,12 @@ class VerifiedConsent:
         return covers(self.score_only, self.categories, self.nodes, category, node)
 
 
-# --- decoding helpers ---------------------------------------------------------
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        # RFC 7519 §4: a JWT with duplicate claim names may be rejected; we do.
-        seen: set[str] = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise ValueError(f"duplicate member {dup!r}")
-    return out
-
-
-# One decoder for every segment: ``json.loads(..., object_pairs_hook=...)`` builds a new
-# JSONDecoder per call, which costs as much as decoding a token's payload.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
-
-
-def decode_segment(segment: str, what: str) -> dict[str, Any]:
-    try:
-        raw = b64url_decode(segment)
-        # exactly what json.loads does with bytes: detect UTF-8/16/32, then decode
-        value = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise E.TokenMalformed(f"the token's {what} is not base64url JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise E.TokenMalformed(
-            f"the token's {what} must be a JSON object, got {type(value).__name__}"
-        )
-    return value
-
-
-def split_jws(token: str) -> tuple[str, str, str]:
-    if not isinstance(token, str):
-        raise E.TokenMalformed(f"a consent token is a string, got {type(token).__name__}")
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise E.TokenMalformed(f"a compact JWS has 3 dot-separated parts, got {len(parts)}")
-    return parts[0], parts[1], parts[2]
-
-
-def check_header(header: Mapping[str, Any], *, typ: str) -> str:
-    """Check alg, typ and crit; return the kid."""
-    alg = header.get("alg")
-    if alg is None or (isinstance(alg, str) and alg.lower() == "none"):
-        raise E.TokenUnsigned(
-            "the token is unsigned (alg none); a consent must be signed with EdDSA"
-        )
-    if alg not in ALLOWED_ALGS:
-        raise E.AlgorithmNotAllowed(
-            f"algorithm {alg!r} is not allowed; expected one of {sorted(ALLOWED_ALGS)}",
-            alg=str(alg),
-        )
-    if header.get("typ") != typ:
-        raise E.WrongTokenType(f"header typ must be {typ!r}, got {header.get('typ')!r}")
-    crit = header.get("crit")
-    if crit is not None:
-        if not isinstance(crit, list) or not crit:
-            raise E.UnknownCritical(f"header crit must be a non-empty list, got {crit!r}")
-        unknown = [c for c in crit if c not in UNDERSTOOD_CRIT]
-        if unknown:
-            raise E.UnknownCritical(
-                f"header crit lists parameters this verifier does not understand: {unknown!r}"
-            )
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not KID_RE.match(kid):
-        shown = repr(kid)[:60]
-        raise E.InvalidKeyId(
-            f"header kid must be a base64url key id of 8-128 characters, got {shown}"
-        )
-    return kid
+# --- decoding helpers: strict compact form, in consent.token (split_jws, decode_segment,
+# check_header, decode_signature) -------------------------------------------------------
 
 
 def verify_signature(key: PublicKey, h: str, p: str, s: str) -> None:
-    try:
-        sig = b64url_decode(s)
-    except ValueError as exc:
-        raise E.TokenMalformed(f"the signature is not base64url: {exc}") from exc
+    sig = decode_signature(s)
     try:
         good = key.verifier.verify(sig, f"{h}.{p}".encode("ascii"))
     except UnicodeEncodeError:
@@ -597,7 +524,7 @@ class ConsentVerifier(TokenVerifier):
                 h, p, s = split_jws(token)
                 kid = self._kid(h)
                 key = self.keys.lookup(kid)
-                sig = b64url_decode(s)
+                sig = decode_signature(s)
                 msg = f"{h}.{p}".encode("ascii")
             except (FedcreditError, ValueError):
                 continue
