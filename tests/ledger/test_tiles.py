@@ -1,0 +1,247 @@
+"""The C2SP tlog-tiles HTTP interface, read with our own parser and with Go's sumdb/tlog."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedcredit.ledger.checkpoint import Signer, open_checkpoint
+from fedcredit.ledger.log import Log
+from fedcredit.ledger.merkle import MemoryTree, leaf_hash
+from fedcredit.ledger.settings import LogSettings
+from fedcredit.ledger.tiles import (
+    TileError,
+    TileRef,
+    encode_index,
+    parse_bundle,
+    parse_tile_path,
+    tile_path,
+)
+from fedcredit.ledger.tiles_http import IMMUTABLE, TilesHTTPServer
+
+ORIGIN = "fedcredit/ledger"
+KEY = Signer.generate(ORIGIN)
+INTEROP = Path(__file__).parent / "interop"
+
+
+def _open(url: str) -> Log:
+    return Log.open(url, KEY, ORIGIN, settings=LogSettings(checkpoint_interval=3600.0))
+
+
+def _fill(log: Log, n: int, start: int = 0) -> None:
+    for lo in range(start, start + n, 2000):
+        hi = min(start + n, lo + 2000)
+        log.append_many([("operator_note", None, {"i": i}) for i in range(lo, hi)])
+
+
+def _get(srv: TilesHTTPServer, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    try:
+        conn.request(method, path)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def served(db_url: str) -> Iterator[tuple[Log, TilesHTTPServer]]:
+    log = _open(db_url)
+    srv = TilesHTTPServer(log, "127.0.0.1:0").start()
+    try:
+        yield log, srv
+    finally:
+        srv.close()
+        log.close()
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(0, "000"), (7, "007"), (999, "999"), (1000, "x001/000"), (1234067, "x001/x234/067")],
+)
+def test_index_encoding_round_trips(n: int, text: str) -> None:
+    assert encode_index(n) == text
+    assert parse_tile_path(f"tile/0/{text}") == TileRef(0, n, 256)
+    assert parse_tile_path(f"tile/entries/{text}.p/9") == TileRef(None, n, 9)
+    assert tile_path(None, n, 9) == f"tile/entries/{text}.p/9"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "tile/0/1",  # not 3 digits
+        "tile/0/x000/001",  # not canonical
+        "tile/0/001.p/0",
+        "tile/0/001.p/256",
+        "tile/0/001.p/07",
+        "tile/64/000",
+        "tile/01/000",
+        "tile/data/000",  # Go's sumdb spelling, not C2SP
+        "tile/8/0/000",  # sumdb's height segment
+        "checkpoints",
+    ],
+)
+def test_malformed_paths_are_named(path: str) -> None:
+    with pytest.raises(TileError, match="expected"):
+        parse_tile_path(path)
+
+
+def test_tiles_are_the_tree_the_checkpoint_signs(served: tuple[Log, TilesHTTPServer]) -> None:
+    log, srv = served
+    _fill(log, 600)
+    cp = log.checkpoint()
+    status, headers, body = _get(srv, "/checkpoint")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    opened = open_checkpoint(body, KEY.verifier)
+    assert (opened.size, opened.root) == (600, cp.root)
+
+    entries: list[bytes] = []
+    for path in ("/tile/entries/000", "/tile/entries/001", "/tile/entries/002.p/88"):
+        status, headers, body = _get(srv, path)
+        assert status == 200, body
+        entries += parse_bundle(body)
+    assert len(entries) == 600
+    assert [e.data for e in log.get_entries(0, 600)] == entries  # the leaf inputs, byte for byte
+    leaves = [leaf_hash(e) for e in entries]
+    tree = MemoryTree(leaves)
+    assert tree.root() == cp.root
+
+    full = _get(srv, "/tile/0/001")
+    assert full[0] == 200 and full[2] == b"".join(leaves[256:512])
+    assert full[1]["cache-control"] == IMMUTABLE
+    partial = _get(srv, "/tile/0/002.p/88")
+    assert partial[2] == b"".join(leaves[512:600])
+    assert "immutable" not in partial[1]["cache-control"]
+    # level 1 holds the level-8 subtree hashes: two complete 256-leaf subtrees so far
+    lvl1 = _get(srv, "/tile/1/000.p/2")
+    assert lvl1[2] == tree.levels[8][0] + tree.levels[8][1]
+
+
+def test_absent_and_malformed_tiles_get_one_line(served: tuple[Log, TilesHTTPServer]) -> None:
+    log, srv = served
+    status, _, body = _get(srv, "/checkpoint")
+    assert status == 404 and body.startswith(b"TILE_NOT_FOUND:")
+    _fill(log, 10)
+    status, headers, body = _get(srv, "/tile/0/000")  # only 10 of 256 exist
+    assert status == 404 and b"the log holds 10" in body
+    assert headers["cache-control"] == "no-store"
+    assert _get(srv, "/tile/0/000.p/11")[0] == 404
+    assert _get(srv, "/tile/0/000.p/10")[0] == 200
+    status, _, body = _get(srv, "/tile/0/x000/001")
+    assert status == 400 and body.startswith(b"TILE_PATH_INVALID: expected the canonical")
+    assert body.count(b"\n") == 1
+    assert _get(srv, "/tile/0/000.p/10", "POST")[0] == 405
+    head = _get(srv, "/tile/0/000.p/10", "HEAD")
+    assert head[0] == 200 and head[2] == b"" and head[1]["content-length"] == str(320)
+
+
+# --- interop with Go's golang.org/x/mod/sumdb (code nobody here wrote) -------------------
+
+
+@pytest.fixture(scope="module")
+def interop_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build tests/ledger/interop offline against the Debian golang-golang-x-mod-dev sources."""
+    go = shutil.which("go")
+    mod = Path("/usr/share/gocode/src/golang.org/x/mod/sumdb/tlog")
+    if go is None or not mod.is_dir():
+        reason = (
+            "Go interop test needs `go` and golang.org/x/mod at /usr/share/gocode "
+            "(apt-get install golang-go golang-golang-x-mod-dev; .ci/run does this)"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    out = tmp_path_factory.mktemp("go")
+    env = {
+        **os.environ,
+        "GOPROXY": "off",
+        "GOFLAGS": "-mod=mod",
+        "GOPATH": str(out / "path"),
+        "CGO_ENABLED": "0",
+    }
+    r = subprocess.run(
+        [go, "build", "-o", str(out / "interop"), "."],
+        cwd=INTEROP,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stderr
+    return out / "interop"
+
+
+def _interop(
+    binary: Path, srv: TilesHTTPServer, vkey: str, old: Path, index: int
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(binary), srv.url, vkey, str(old), str(index)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+def test_go_sumdb_follows_the_served_log(interop_binary: Path, tmp_path: Path) -> None:
+    # past 65,536 entries the tree has level-2 tiles, so Go reads every kind of tile
+    with _open(f"sqlite:///{tmp_path / 'ledger.sqlite'}") as log:
+        _fill(log, 1000)
+        old = log.checkpoint()
+        old_file = tmp_path / "old.checkpoint"
+        old_file.write_text(log.checkpoint_note(old))
+        _fill(log, 66_000, start=1000)
+        new = log.checkpoint()
+        srv = TilesHTTPServer(log, "127.0.0.1:0").start()
+        try:
+            r = _interop(interop_binary, srv, KEY.verifier.vkey, old_file, 777)
+            assert r.returncode == 0, r.stderr
+            out = json.loads(r.stdout)
+            assert (out["size"], out["old_size"], out["index"]) == (67_000, 1000, 777)
+            assert out["root"] == __import__("base64").b64encode(new.root).decode()
+
+            # the same program refuses a checkpoint signed by another key
+            other = Signer.generate(ORIGIN)
+            r = _interop(interop_binary, srv, other.verifier.vkey, old_file, 777)
+            assert r.returncode == 1 and "note.Open" in r.stderr
+            # and an "old" checkpoint that is not a prefix of the served tree
+            forged = tmp_path / "forged.checkpoint"
+            from fedcredit.ledger.checkpoint import Checkpoint, sign_checkpoint
+
+            fake_root = hashlib.sha256(b"not the log").digest()
+            forged.write_text(sign_checkpoint(Checkpoint(ORIGIN, 1000, fake_root), KEY))
+            r = _interop(interop_binary, srv, KEY.verifier.vkey, forged, 777)
+            assert r.returncode == 1 and "CheckTree" in r.stderr
+        finally:
+            srv.close()
+
+
+def test_https_needs_no_client_certificate(pki: Any, tmp_path: Path) -> None:
+    tls = pki.tls("ledger")
+    with _open(f"sqlite:///{tmp_path / 'l.sqlite'}") as log:
+        _fill(log, 3)
+        log.checkpoint()
+        srv = TilesHTTPServer(log, "127.0.0.1:0", tls).start()
+        try:
+            ctx = ssl.create_default_context(cafile=str(tls.ca))
+            ctx.check_hostname = False  # the deployment certificate names the org, not 127.0.0.1
+            conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=ctx, timeout=10)
+            conn.request("GET", "/checkpoint")
+            r = conn.getresponse()
+            assert r.status == 200
+            assert open_checkpoint(r.read(), KEY.verifier).size == 3
+            conn.close()
+            assert srv.url.startswith("https://")
+        finally:
+            srv.close()
