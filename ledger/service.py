@@ -419,6 +419,13 @@ async def serve(
     )
     await server.start()
     await mark_serving(server)
+    tiles = None
+    if settings.tiles_address:  # the read-only C2SP tlog-tiles interface, beside gRPC
+        from fedcredit.ledger.tiles_http import TilesHTTPServer
+
+        tiles = TilesHTTPServer(
+            log, settings.tiles_address, None if insecure else deployment.tls(svc.org_id)
+        ).start()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -430,6 +437,8 @@ async def serve(
         await stop.wait()
     finally:
         await server.stop(2.0)
+        if tiles is not None:
+            await asyncio.to_thread(tiles.close)
         await asyncio.to_thread(log.close)
         for w in witnesses:
             w.close()

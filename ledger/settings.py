@@ -80,6 +80,8 @@ class LedgerSettings:
     witness_quorum: int = 0  # cosignatures GetCheckpoint waits for when asked for "witnessed"
     max_entries_per_call: int = 10_000  # GetEntries / Export page limit per message
     max_append_batch: int = 1000  # entries in one Append call
+    # host:port of the read-only C2SP tlog-tiles HTTP(S) interface; "" = not served
+    tiles_address: str = ""
 
     def may_append(self, role: str, kind: str) -> bool:
         return role in self.append_rights.get(kind, frozenset())
@@ -102,6 +104,7 @@ def load_settings(section: Section) -> LedgerSettings:
             "append_rights",
             "signing_key",
             "witnesses",
+            "tiles_address",
         }
     )
     d = LogSettings()
@@ -114,6 +117,10 @@ def load_settings(section: Section) -> LedgerSettings:
         witness_timeout=section.get_float("witness_timeout", d.witness_timeout, min=0.001),
     )
     base = LedgerSettings()
+    tiles = section.get_str("tiles_address", base.tiles_address)
+    host, sep, port = tiles.rpartition(":")
+    if tiles and (not sep or not host or not port.isdigit() or int(port) > 65535):
+        raise ConfigError(f"[ledger] tiles_address must be host:port or empty; got {tiles!r}")
     rights = dict(base.append_rights)
     # [ledger.append_rights] KIND = ["role", ...] overrides (or adds) one kind.
     table = section.get_table("append_rights")
@@ -133,4 +140,5 @@ def load_settings(section: Section) -> LedgerSettings:
             "max_entries_per_call", base.max_entries_per_call, min=1
         ),
         max_append_batch=section.get_int("max_append_batch", base.max_append_batch, min=1),
+        tiles_address=tiles,
     )
