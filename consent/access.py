@@ -19,17 +19,21 @@ def require(actor: Identity, *roles: str) -> None:
         )
 
 
+def not_found(consent_id: str) -> E.ConsentNotFound:
+    """The one answer for a consent id that does not exist *or* is not the caller's: the
+    same reason, message and metadata, so the answer tells nothing about other parties'
+    consents (no owner named, no exists/not-exists oracle)."""
+    return E.ConsentNotFound(f"no consent {consent_id!r} of yours", consent_id=consent_id)
+
+
 def own_enterprise(actor: Identity, row: ConsentRow) -> None:
+    # The role is checked before any lookup (see consent.lifecycle): here it is known.
     require(actor, "enterprise")
     if row.enterprise != actor.org_id:
-        raise E.NotYourConsent(
-            f"consent {row.consent_id} belongs to enterprise {row.enterprise}; you are {actor.org_id}"
-        )
+        raise not_found(row.consent_id)
 
 
 def own_bank(actor: Identity, row: ConsentRow) -> None:
     require(actor, "bank")
     if row.bank != actor.org_id:
-        raise E.NotYourConsent(
-            f"consent {row.consent_id} is addressed to {row.bank}; you are {actor.org_id}"
-        )
+        raise not_found(row.consent_id)

@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 
 from fedcredit.common.tls import Identity
 from fedcredit.consent import errors as E
-from fedcredit.consent.access import own_bank, own_enterprise, require
+from fedcredit.consent.access import not_found, own_bank, own_enterprise, require
 from fedcredit.consent.issuance import DAY, Issuer
 from fedcredit.consent.outbox import EventOutbox, event_values
 from fedcredit.consent.scope import TermsChecker
@@ -56,7 +56,7 @@ class Lifecycle:
     def _load(self, conn: Connection, consent_id: str) -> ConsentRow:
         row = self.store.get(conn, consent_id, for_update=True)
         if row is None:
-            raise E.ConsentNotFound(f"no consent {consent_id!r}", consent_id=consent_id)
+            raise not_found(consent_id)
         return row
 
     # --- new consents -------------------------------------------------------------
@@ -136,6 +136,7 @@ class Lifecycle:
         self, actor: Identity, consent_id: str, action: Action, **extra: Any
     ) -> ConsentView:
         """Approve, reject, pause, resume or revoke (``extra``: kept with the event)."""
+        require(actor, "enterprise")  # before the lookup: a role refusal must not be an oracle
         now = self.now()
 
         def work(conn: Connection) -> tuple[ConsentRow, State]:
@@ -173,6 +174,7 @@ class Lifecycle:
         """Revoke one category or node: the consent is revoked and replaced by a narrower one."""
         if not remove_categories and not remove_nodes:
             raise E.NarrowingInvalid("say which categories or nodes to remove")
+        require(actor, "enterprise")
         now = self.now()
         with self.store.begin() as conn:
             old = self._load(conn, consent_id)
@@ -264,6 +266,7 @@ class Lifecycle:
     def token(self, actor: Identity, consent_id: str) -> ConsentView:
         """The bank fetches its token; a consent granted without a known certificate is
         bound and signed now, to the certificate the bank connects with."""
+        require(actor, "bank")
         now = self.now()
         with self.store.begin() as conn:
             row = self._load(conn, consent_id)
@@ -278,8 +281,13 @@ class Lifecycle:
                     f"consent {consent_id} is bound to certificate {row.bank_x5t}; you connected with "
                     f"{actor.x5t_s256}. Ask the enterprise for a new consent for your current certificate."
                 )
-            if row.token is None:
+            minted = row.token is None
+            if minted:
                 row = self.issuer.mint(conn, row, actor.x5t_s256, now)
+                # the log must name every jti an access can cite (fedcredit audit coverage)
+                self.outbox.add(conn, row, "token_issued", actor, now)
+        if minted:
+            self._after_commit(())
         return row.view(with_token=True)
 
     def list_consents(
@@ -313,6 +321,7 @@ class Lifecycle:
         return [r.view() for r in rows]
 
     def get(self, actor: Identity, consent_id: str) -> ConsentView:
+        require(actor, "enterprise", "bank")
         with self.store.begin() as conn:
             row = self._load(conn, consent_id)
         if actor.role == "enterprise":

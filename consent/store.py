@@ -52,6 +52,7 @@ from fedcredit.common.canonical import canonical_json
 from fedcredit.common.db import create_schema, is_sqlite, make_engine
 from fedcredit.common.errors import StoreUnavailable
 from fedcredit.common.evidence import Receipt
+from fedcredit.consent import statusidx
 from fedcredit.consent.keys import KeyRecord
 from fedcredit.consent.terms import ConsentView
 
@@ -76,7 +77,8 @@ keys_t = Table(
 consents_t = Table(
     "consents",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),  # = status-list index
+    # = status-list index, drawn at random (consent.statusidx), never sequential
+    Column("id", Integer, primary_key=True, autoincrement=False),
     Column("consent_id", String(40), nullable=False, unique=True),
     Column("enterprise", String(32), nullable=False),
     Column("bank", String(128), nullable=False),
@@ -234,6 +236,8 @@ class ConsentStore:
     def create_schema(self) -> None:
         with self._guard():
             create_schema(self.engine, metadata)
+        with self.begin() as conn:  # rows of a store from before random indexes
+            statusidx.migrate(conn, consents_t)
 
     def close(self) -> None:
         self.stop_group_commit()
@@ -328,6 +332,7 @@ class ConsentStore:
         v["scope"] = json.dumps(v["scope"])
         v["nodes"] = json.dumps(v["nodes"])
         v.setdefault("uses", 0)
+        statusidx.assign(conn, consents_t, [v])
         # Parameters apart from the statement: the compiled INSERT is cached.
         result = conn.execute(_INSERT_CONSENT, v)
         pk = result.inserted_primary_key
@@ -347,6 +352,7 @@ class ConsentStore:
             d["nodes"] = json.dumps(d["nodes"])
             d.setdefault("uses", 0)
             rows.append(d)
+        statusidx.assign(conn, consents_t, rows)
         # One multi-row INSERT ... RETURNING (SQLAlchemy "insertmanyvalues"); the
         # keys come back in parameter order, so each row learns its status index.
         result = conn.execute(
@@ -457,9 +463,9 @@ class ConsentStore:
         if states:
             q = q.where(c.state.in_(list(states)))
         if expiring_before is not None:
-            q = q.where(c.expires_at <= expiring_before).order_by(c.expires_at, c.id)
+            q = q.where(c.expires_at <= expiring_before).order_by(c.expires_at, c.consent_id)
         else:
-            q = q.order_by(c.id)
+            q = q.order_by(c.created_at, c.consent_id)  # ids are random: order by age
         rows = conn.execute(q.limit(limit)).mappings().all()
         return [ConsentRow.from_mapping(r) for r in rows]
 

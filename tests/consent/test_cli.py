@@ -230,8 +230,9 @@ def test_errors_are_one_line_with_reason_and_exit_code(deployment: Path) -> None
         build_app(),
         ["enterprise", "consent", "revoke", g["consent_id"], "--config", cfg, "--as", b],
     )
-    assert result.exit_code == 6  # PERMISSION_DENIED
-    assert "error: CONSENT_NOT_YOURS:" in result.stderr and "Traceback" not in result.stderr
+    assert result.exit_code == 4  # NOT_FOUND: another's consent looks like no consent at all
+    assert "error: CONSENT_NOT_FOUND:" in result.stderr and "Traceback" not in result.stderr
+    assert a not in result.stderr
     result = runner.invoke(
         build_app(),
         [

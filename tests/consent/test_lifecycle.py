@@ -234,19 +234,27 @@ def test_nobody_acts_for_another(world: World) -> None:
     a = world.authority
     g = a.grant(world.enterprise, world.terms())
     intruder = enterprise_identity(world.other_ent)
+    # Another party's consent: NOT_FOUND, worded as for an id that does not exist (finding 7).
     for action in (a.pause, a.revoke, a.resume, a.approve, a.reject):
-        with pytest.raises(E.NotYourConsent):
+        with pytest.raises(E.ConsentNotFound) as info:
             action(intruder, g.consent_id)
-    with pytest.raises(E.NotYourConsent):
+        with pytest.raises(E.ConsentNotFound) as missing:
+            action(intruder, "c_nosuchconsent000")
+        assert info.value.message == missing.value.message.replace(
+            "c_nosuchconsent000", g.consent_id
+        )
+        assert world.ent not in info.value.message and BANK not in info.value.message
+    with pytest.raises(E.ConsentNotFound):
         a.narrow(intruder, g.consent_id, remove_categories=["judicial"])
     with pytest.raises(E.NotYourConsent):
         a.grant(intruder, world.terms())  # granting in world.ent's name
-    with pytest.raises(E.NotYourConsent):
+    with pytest.raises(E.ConsentNotFound):
         a.token(bank_identity(OTHER_BANK), g.consent_id)
     with pytest.raises(E.NotYourConsent):
         a.request(bank_identity(OTHER_BANK), world.terms())  # requesting for another bank
-    with pytest.raises(E.NotYourConsent):
+    with pytest.raises(E.ConsentNotFound) as info:
         a.get(bank_identity(OTHER_BANK), g.consent_id)
+    assert world.ent not in info.value.message and BANK not in info.value.message
     with pytest.raises(E.NotYourConsent):
         a.record_use(bank_identity(OTHER_BANK), g.jti or "")
     # Roles: a bank cannot approve, an enterprise cannot request or fetch tokens.

@@ -119,13 +119,19 @@ def test_nobody_can_act_for_another_over_grpc(svc: Service) -> None:
     a, b = enterprise_code(12), enterprise_code(13)
     ea, eb = svc.client(a, "enterprise"), svc.client(b, "enterprise")
     g = ea.grant(terms(a))
-    with pytest.raises(E.NotYourConsent) as info:
+    # Another party's consent is answered exactly like one that does not exist (finding 7):
+    # same reason, same message shape, nobody named.
+    with pytest.raises(E.ConsentNotFound) as info:
         eb.revoke(g.consent_id)
-    assert "belongs to enterprise" in info.value.message
+    with pytest.raises(E.ConsentNotFound) as missing:
+        eb.revoke("c_doesnotexist0000")
+    assert info.value.message == missing.value.message.replace("c_doesnotexist0000", g.consent_id)
+    assert a not in info.value.message and a not in str(info.value.metadata)
     with pytest.raises(E.NotYourConsent):
         eb.grant(terms(a))  # B granting in A's name
-    with pytest.raises(E.NotYourConsent):
+    with pytest.raises(E.ConsentNotFound) as info:
         svc.client(OTHER_BANK).token(g.consent_id)
+    assert BANK not in info.value.message and a not in info.value.message
     with pytest.raises(E.NotYourConsent):
         svc.client(OTHER_BANK).request(terms(a))  # bank-ccb asking on behalf of bank-icbc
     with pytest.raises(RoleNotAllowed):
