@@ -253,6 +253,19 @@ def big_log(n: int) -> Log:
     return log
 
 
+def fsck_rates(log: Log) -> tuple[float, float]:
+    """The full ``fedcredit ledger fsck`` check over the whole log (one thread): entries/s
+    by wall clock and per CPU-second."""
+    from fedcredit.ledger.fsck import fsck
+
+    cpu, t0 = time.process_time(), time.perf_counter()
+    report = fsck(log.store, log.verifier, record=False)
+    return (
+        report.size / (time.perf_counter() - t0),
+        report.size / max(time.process_time() - cpu, 1e-9),
+    )
+
+
 def proof_generation(log: Log, samples: int) -> tuple[float, float]:
     rng = random.Random(1)
     size = log.size
@@ -530,6 +543,15 @@ def measure(quick: bool, proof_size: int, row: Callable[..., None]) -> None:
             cons >= 40_000,
         )
         row("floor: node-hash rate / hashes per consistency proof", node_rate / lc, "proofs/s")
+        fr, fcpu = fsck_rates(log)
+        row(
+            f"fsck: full check of {proof_size:,} stored entries (leaves, chain, tree, nodes), one core",
+            fr,
+            "entries/s",
+            ">= 200,000",
+            fr >= 200_000,
+        )
+        row("fsck, per CPU-second", fcpu, "entries/s")
     finally:
         log.close()
     rp = replay_rates(50_000 if quick else 200_000)

@@ -202,6 +202,55 @@ def bundle_cmd(
     output({"index": b.index, "tree_size": b.tree_size, "file": str(out)}, as_json)
 
 
+@ledger_app.command("fsck")
+def fsck_cmd(
+    config: ConfigOpt,
+    no_witnesses: Annotated[
+        bool, typer.Option("--no-witnesses", help="Do not ask the witnesses what they cosigned.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recompute every leaf, the chain and the tree from the stored entries; compare them with
+    the signed checkpoints and the witnesses' cosigned sizes. Exit 1 names the first bad index."""
+    from fedcredit.common.config import load_config
+    from fedcredit.ledger.errors import StoreCorrupt, TriggerDisabled, TriggerMissing
+    from fedcredit.ledger.fsck import fsck_deployment
+
+    with user_errors(as_json):
+        dep = load_config(config)
+        try:
+            with console.status("fsck") as st:
+                report, down = fsck_deployment(
+                    dep,
+                    ask_witnesses=not no_witnesses,
+                    progress=lambda i: st.update(f"fsck: {i} entries verified"),
+                )
+        except (StoreCorrupt, TriggerMissing, TriggerDisabled) as exc:
+            if as_json:
+                print(json.dumps({"verified": False, "error": exc.to_dict()}, indent=2))
+            else:
+                err_console.print(
+                    f"[bold red]FAILED[/]: {exc.reason}: {exc.message}",
+                    highlight=False,
+                    soft_wrap=True,  # one line, however long
+                )
+            raise SystemExit(EXIT_VERIFICATION_FAILED) from None
+    data = {
+        "verified": True,
+        "entries": report.size,
+        "checkpoints": report.checkpoints,
+        "root": report.root.hex(),
+        "witnesses": report.witnesses,
+        "witnesses_not_answering": down,
+        "seconds": round(report.seconds, 3),
+    }
+    output(
+        data,
+        as_json,
+        _checkpoint_table("ledger store verified", [(k, str(v)) for k, v in data.items()]),
+    )
+
+
 @ledger_app.command("key")
 def key_cmd(config: ConfigOpt) -> None:
     """Print the ledger's public key (signed-note vkey), as published in the deployment."""
@@ -488,3 +537,44 @@ def subject_cmd(
             json.dumps(e.payload, ensure_ascii=False)[:80],
         )
     output(data, as_json, t)
+
+
+@audit_app.command("coverage")
+def coverage_cmd(
+    export: Annotated[
+        Path,
+        typer.Option("--export", help="The central ledger's export (`fedcredit ledger export`)."),
+    ],
+    node_export: Annotated[
+        list[Path] | None,
+        typer.Option("--node-export", help="A node's disclosure-log export (repeatable)."),
+    ] = None,
+    node_key: Annotated[
+        list[str] | None,
+        typer.Option("--node-key", help="A node disclosure log's public key (vkey or file)."),
+    ] = None,
+    config: OptConfigOpt = None,
+    log_key: LogKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify the exports, then prove every access covered by a consent valid at that moment."""
+    from fedcredit.ledger.coverage import audit_exports
+    from fedcredit.ledger.keys import read_vkey
+
+    try:
+        trust = _trust(config, log_key, None, 0)
+        keys = [read_vkey(k) for k in node_key or []]
+        report = audit_exports(export, trust, node_export or [], keys)
+    except FedcreditError as exc:
+        _verification_failed(exc, as_json)
+    t = Table(
+        title=f"{sum(report.accesses.values())} accesses in {report.entries} entries, "
+        f"{report.consents} consents: {len(report.uncovered)} not covered"
+    )
+    for col in ("log", "index", "kind", "enterprise", "reason", "detail"):
+        t.add_column(col)
+    for u in report.uncovered:
+        t.add_row(u.log, str(u.index), u.kind, u.subject or "", u.reason, u.detail)
+    output(report.to_dict(), as_json, t)
+    if not report.clean:
+        raise SystemExit(EXIT_VERIFICATION_FAILED)

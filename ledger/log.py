@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
@@ -61,6 +61,9 @@ from fedcredit.ledger.merkle import (
 )
 from fedcredit.ledger.proofs import verify_consistency
 from fedcredit.ledger.settings import LogSettings
+
+if TYPE_CHECKING:
+    from fedcredit.ledger.fsck import FsckReport
 from fedcredit.ledger.store import LedgerStore, StoredCheckpoint, StoredEntry
 
 log = logging.getLogger(__name__)
@@ -178,6 +181,7 @@ class Log:
         self._closed = False
         self._listeners: list[Callable[[StoredCheckpoint], None]] = []
         self._load_state()
+        self.startup_check = self._check_store()
         self._witness_cv = threading.Condition()
         self._witness_due = False
         self._thread = threading.Thread(
@@ -251,6 +255,41 @@ class Log:
                     f"the signed checkpoint says {cp.root.hex()}"
                 )
         self._last_cp_time = time.monotonic() if cp else 0.0
+
+    def _check_store(self) -> FsckReport:
+        """Recompute what was appended since the last verified size (leaves, chain, tree,
+        signed roots) and compare the size with what the witnesses cosigned; refuse to
+        serve a store that does not match (``StoreCorrupt``, see ledger.fsck)."""
+        from fedcredit.ledger.fsck import fsck, witness_states
+
+        states, down = witness_states(self.witnesses, self.origin)
+        for name, why in down.items():
+            log.warning(
+                "witness %s did not say what it cosigned (the start check goes on without it): %s",
+                name,
+                why,
+            )
+        try:
+            report = fsck(
+                self.store,
+                self.verifier,
+                full=self._cr.size <= self.settings.start_full_check_max,
+                witnesses=states,
+            )
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"the ledger store does not answer: {exc}") from exc
+        except StoreCorrupt as exc:
+            log.error("the ledger %s refuses to start: %s", self.origin, exc.message)
+            self.store.close()
+            raise
+        log.info(
+            "ledger %s: entries [%d, %d) verified at start in %.2f s",
+            self.origin,
+            report.checked_from,
+            report.size,
+            report.seconds,
+        )
+        return report
 
     @property
     def size(self) -> int:

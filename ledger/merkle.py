@@ -186,6 +186,11 @@ class CompactRange:
             return EMPTY_ROOT
         return fold(self._hashes)
 
+    @property
+    def border(self) -> list[bytes]:
+        """The border's hashes, left to right (``CompactRange(size, border)`` restores it)."""
+        return list(self._hashes)
+
     def copy(self) -> CompactRange:
         return CompactRange(self.size, self._hashes)
 

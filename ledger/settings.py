@@ -48,6 +48,14 @@ class LogSettings:
     max_payload_bytes: int = 16 * 1024  # canonical JSON bytes of one payload
     max_pending: int = 200_000  # queued entries before appends are refused
     witness_timeout: float = 5.0  # seconds per witness call
+    # Start re-checks the whole store (ledger.fsck) up to this many entries (about
+    # a second at the measured rate); above it, only what was appended since the
+    # last verified size (run `fedcredit ledger fsck` for the rest).
+    start_full_check_max: int = 250_000
+    # Pushes to a witness that failed are retried with exponential back-off
+    # (from witness_retry_min up to witness_retry_max seconds) until it cosigns.
+    witness_retry_min: float = 0.5
+    witness_retry_max: float = 30.0
 
     def __post_init__(self) -> None:
         checks = (
@@ -61,6 +69,12 @@ class LogSettings:
             ("max_payload_bytes", 64 <= self.max_payload_bytes <= 1 << 20, "between 64 and 1 MiB"),
             ("max_pending", self.max_pending >= self.max_batch, ">= max_batch"),
             ("witness_timeout", self.witness_timeout > 0, "> 0"),
+            ("start_full_check_max", self.start_full_check_max >= 0, ">= 0"),
+            (
+                "witness_retry_max",
+                0 < self.witness_retry_min <= self.witness_retry_max,
+                ">= witness_retry_min > 0",
+            ),
         )
         for key, ok, want in checks:
             if not ok:
@@ -98,6 +112,9 @@ def load_settings(section: Section) -> LedgerSettings:
             "max_payload_bytes",
             "max_pending",
             "witness_timeout",
+            "start_full_check_max",
+            "witness_retry_min",
+            "witness_retry_max",
             "witness_quorum",
             "max_entries_per_call",
             "max_append_batch",
@@ -115,6 +132,9 @@ def load_settings(section: Section) -> LedgerSettings:
         max_payload_bytes=section.get_int("max_payload_bytes", d.max_payload_bytes, min=64),
         max_pending=section.get_int("max_pending", d.max_pending, min=1),
         witness_timeout=section.get_float("witness_timeout", d.witness_timeout, min=0.001),
+        start_full_check_max=section.get_int("start_full_check_max", d.start_full_check_max, min=0),
+        witness_retry_min=section.get_float("witness_retry_min", d.witness_retry_min, min=0.001),
+        witness_retry_max=section.get_float("witness_retry_max", d.witness_retry_max, min=0.001),
     )
     base = LedgerSettings()
     tiles = section.get_str("tiles_address", base.tiles_address)

@@ -40,7 +40,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from fedcredit.common.db import make_engine
 from fedcredit.common.errors import StoreUnavailable
@@ -87,6 +87,20 @@ cosignatures = Table(
     Column("witness", String(200), primary_key=True),
     Column("line", Text, nullable=False),
     Column("received_at", Float, nullable=False),
+)
+
+# What ``ledger.fsck`` last proved: the tree of ``size`` entries (its right border and
+# last leaf, from which a later check continues) matched every signed checkpoint.
+# Append-only like the rest: a rollback below a recorded size is visible.
+fsck_runs = Table(
+    "ledger_fsck",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", LargeBinary(32), nullable=False),
+    Column("border", LargeBinary, nullable=False),
+    Column("last_leaf", LargeBinary(32), nullable=False),
+    Column("full", SmallInteger, nullable=False),
+    Column("checked_at", Float, nullable=False),
 )
 
 _INSERT_ENTRIES = "INSERT INTO ledger_entries (idx, leaf_hash, data, kind, actor, subject) VALUES "
@@ -148,22 +162,23 @@ PG_TRIGGERS = {
 }
 
 
-def _install_triggers(conn: Connection, fresh: bool) -> None:
-    """Install the guards on a new store; on an existing one, check them (and add new ones)."""
+def _install_triggers(conn: Connection, existing: set[str]) -> None:
+    """Install the guards on new tables; on the ``existing`` ones, check them (and add
+    guards introduced since)."""
     if conn.dialect.name == "postgresql":
-        _pg_guards(conn, fresh)
+        _pg_guards(conn, existing)
     else:
-        _sqlite_guards(conn, fresh)
+        _sqlite_guards(conn, existing)
 
 
-def _sqlite_guards(conn: Connection, fresh: bool) -> None:
+def _sqlite_guards(conn: Connection, existing: set[str]) -> None:
     have: dict[str, str] = {
         r[0]: r[1]
         for r in conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
     }
     for name, (table, sql) in SQLITE_TRIGGERS.items():
         if name not in have:
-            if not fresh and name in _SQLITE_V1:
+            if table in existing and name in _SQLITE_V1:
                 raise TriggerMissing(
                     f"the append-only trigger {name} on {table} is missing: someone removed it; "
                     "run `fedcredit ledger fsck` and restore the store before serving",
@@ -178,7 +193,7 @@ def _sqlite_guards(conn: Connection, fresh: bool) -> None:
             )
 
 
-def _pg_guards(conn: Connection, fresh: bool) -> None:
+def _pg_guards(conn: Connection, existing: set[str]) -> None:
     # re-created on every open: a function replaced by a no-op is restored
     conn.execute(text(_PG_FUNCTION))
     rows = conn.execute(
@@ -193,7 +208,7 @@ def _pg_guards(conn: Connection, fresh: bool) -> None:
     for name, (table, when, each) in PG_TRIGGERS.items():
         state = have.get(name)
         if state is None:
-            if not fresh:
+            if table in existing:
                 raise TriggerMissing(
                     f"the append-only trigger {name} on {table} is missing: someone removed it; "
                     "run `fedcredit ledger fsck` and restore the store before serving",
@@ -240,6 +255,16 @@ class StoredCheckpoint:
     signed_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class FsckRun:
+    size: int
+    root: bytes
+    border: list[bytes]  # the compact range's hashes at ``size``, left to right
+    last_leaf: bytes
+    full: bool
+    checked_at: float
+
+
 class LedgerStore:
     """All SQL of the ledger. The single writer is the sequencer in ledger.log."""
 
@@ -255,9 +280,10 @@ class LedgerStore:
             # one transaction (DDL is transactional on both engines): a store is
             # never seen with its tables but without their guards
             with engine.begin() as conn:
-                fresh = not sa_inspect(conn).has_table(entries.name)
+                insp = sa_inspect(conn)
+                existing = {t for t in APPEND_ONLY_TABLES if insp.has_table(t)}
                 metadata.create_all(conn)
-                _install_triggers(conn, fresh)
+                _install_triggers(conn, existing)
         except OperationalError as exc:
             raise StoreUnavailable(f"the ledger database does not answer: {exc.orig}") from exc
         return cls(engine)
@@ -329,21 +355,96 @@ class LedgerStore:
 
     def add_cosignature(self, size: int, witness: str, line: str, received_at: float) -> bool:
         """Store a cosignature; False if this witness already cosigned this size."""
-        with self.engine.begin() as conn:
-            exists = conn.execute(
-                select(cosignatures.c.size).where(
-                    cosignatures.c.size == size, cosignatures.c.witness == witness
+        try:
+            with self.engine.begin() as conn:
+                exists = conn.execute(
+                    select(cosignatures.c.size).where(
+                        cosignatures.c.size == size, cosignatures.c.witness == witness
+                    )
+                ).first()
+                if exists:
+                    return False
+                conn.execute(
+                    cosignatures.insert(),
+                    {"size": size, "witness": witness, "line": line, "received_at": received_at},
                 )
-            ).first()
-            if exists:
-                return False
-            conn.execute(
-                cosignatures.insert(),
-                {"size": size, "witness": witness, "line": line, "received_at": received_at},
-            )
+        except IntegrityError:  # a concurrent push stored it first (the guard refuses a second)
+            return False
         return True
 
+    def add_fsck_run(self, run: FsckRun) -> None:
+        """Record what a check proved (a size already recorded is left as it is)."""
+        with self.engine.begin() as conn:
+            if conn.execute(select(fsck_runs.c.size).where(fsck_runs.c.size == run.size)).first():
+                return
+            conn.execute(
+                fsck_runs.insert(),
+                {
+                    "size": run.size,
+                    "root": run.root,
+                    "border": b"".join(run.border),
+                    "last_leaf": run.last_leaf,
+                    "full": int(run.full),
+                    "checked_at": run.checked_at,
+                },
+            )
+
     # --- reads ------------------------------------------------------------------
+
+    def latest_fsck_run(self) -> FsckRun | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(fsck_runs).order_by(fsck_runs.c.size.desc()).limit(1)).first()
+        if r is None:
+            return None
+        b = bytes(r.border)
+        return FsckRun(
+            int(r.size),
+            bytes(r.root),
+            [b[i : i + 32] for i in range(0, len(b), 32)],
+            bytes(r.last_leaf),
+            bool(r.full),
+            float(r.checked_at),
+        )
+
+    def count(self) -> int:
+        """Rows in the entries table (``size()`` is max(idx) + 1: a gap shows as a difference)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(entries)).scalar() or 0)
+
+    def _fetch(self, sql: str, params: tuple[int, ...]) -> list[Any]:
+        """Rows straight from the DB-API cursor: a full check reads every row, and
+        SQLAlchemy's result processing would cost as much as hashing them."""
+        ph = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute(sql.replace("?", ph), params)
+            rows = list(cur.fetchall())
+            cur.close()
+        finally:
+            raw.close()
+        return rows
+
+    def raw_entries(self, start: int, end: int) -> list[tuple[int, bytes, bytes]]:
+        """(idx, leaf_hash, data) of the rows in [start, end), in index order."""
+        return self._fetch(
+            "SELECT idx, leaf_hash, data FROM ledger_entries "
+            "WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (start, end),
+        )
+
+    def raw_nodes(self, level: int, lo: int, hi: int) -> list[tuple[int, bytes]]:
+        """(idx, hash) of one level's interior nodes with index in [lo, hi), in index order."""
+        return self._fetch(
+            "SELECT idx, hash FROM ledger_nodes WHERE level = ? AND idx >= ? AND idx < ? "
+            "ORDER BY idx",
+            (level, lo, hi),
+        )
+
+    def all_checkpoints(self) -> list[StoredCheckpoint]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(checkpoints).order_by(checkpoints.c.size)).all()
+        return [StoredCheckpoint(int(r.size), bytes(r.root), r.note, r.signed_at) for r in rows]
 
     def size(self) -> int:
         with self.engine.connect() as conn:

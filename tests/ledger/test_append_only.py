@@ -16,7 +16,7 @@ from fedcredit.ledger.checkpoint import Signer
 from fedcredit.ledger.errors import TriggerDisabled, TriggerMissing
 from fedcredit.ledger.log import Log
 from fedcredit.ledger.settings import LogSettings
-from fedcredit.ledger.store import LedgerStore
+from fedcredit.ledger.store import APPEND_ONLY_TABLES, LedgerStore
 
 ORIGIN = "fedcredit.test/ledger"
 KEY = Signer.generate(ORIGIN)
@@ -167,8 +167,8 @@ def test_postgres_triggers_are_enable_always(db_url: str) -> None:
         states = conn.exec_driver_sql(
             "SELECT tgname, tgenabled FROM pg_trigger WHERE tgname LIKE 'ledger_%%' "
             "AND tgrelid = ANY(CAST(%s AS regclass[]))",
-            ("{ledger_entries,ledger_nodes,ledger_checkpoints,ledger_cosignatures}",),
+            ("{" + ",".join(APPEND_ONLY_TABLES) + "}",),
         ).all()
     store.close()
-    assert len(states) == 8
+    assert len(states) == 2 * len(APPEND_ONLY_TABLES) == 10
     assert {str(s) for _, s in states} == {"A"}

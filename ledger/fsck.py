@@ -1,0 +1,397 @@
+"""``fedcredit ledger fsck``: prove the stored log is the log that was signed.
+
+Restart used to check only the stored tree nodes against the latest
+checkpoint, so changed entry bytes, a deleted middle entry or a consistent
+rollback went unnoticed. This check recomputes, from the stored entry bytes
+alone:
+
+- every leaf hash (and compares it with the stored one that proofs are built from),
+- the hash chain (each entry names its predecessor's leaf hash and its own index,
+  so a missing, moved or inserted entry breaks it),
+- the Merkle tree: its root at every signed checkpoint (whose log signature is
+  verified), and every stored interior node,
+
+then compares the size with what the witnesses cosigned (stored cosignatures
+and, when they answer, the witnesses themselves): a store that holds fewer
+entries than any witness cosigned was rolled back. The first failure raises
+``StoreCorrupt`` (LEDGER_STORE_CORRUPT, gRPC DATA_LOSS) naming the first bad
+index. What a check proved is recorded (``ledger_fsck``, append-only), so the
+check every start runs continues from the last verified size and start stays
+fast; ``fedcredit ledger fsck`` checks everything from entry 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedcredit.ledger.checkpoint import Verifier, open_checkpoint
+from fedcredit.ledger.entry import ZERO_HASH
+from fedcredit.ledger.errors import StoreCorrupt, VerificationError
+from fedcredit.ledger.merkle import CompactRange, fold, perfect_cover, root_from_reader
+from fedcredit.ledger.store import FsckRun, LedgerStore, StoredCheckpoint
+
+log = logging.getLogger(__name__)
+
+_sha256 = hashlib.sha256
+_CHAIN = b'","chain":"'
+CHUNK_LEVEL = 14
+CHUNK = 1 << CHUNK_LEVEL  # entries read and hashed at a time
+
+
+@dataclass(frozen=True)
+class WitnessState:
+    """What one witness says it cosigned for this log (``root`` None when unknown)."""
+
+    name: str
+    size: int
+    root: bytes | None = None
+
+
+@dataclass
+class FsckReport:
+    size: int
+    checked_from: int
+    checkpoints: int
+    root: bytes
+    latest_checkpoint: int
+    full: bool
+    seconds: float
+    witnesses: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def entries(self) -> int:
+        return self.size - self.checked_from
+
+
+def _corrupt(index: int, message: str) -> StoreCorrupt:
+    return StoreCorrupt(f"entry {index}: {message}", index=index)
+
+
+class _Walk:
+    """The recomputation over [start, size): leaves, chain, tree, roots at checkpoints."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        start: int,
+        border: Sequence[bytes],
+        prev: bytes,
+        roots_wanted: set[int],
+    ) -> None:
+        self.store = store
+        self.cr = CompactRange(start, border)
+        self.prev = prev
+        self.wanted = roots_wanted
+        self.roots: dict[int, bytes] = {}
+
+    def run(self, size: int, progress: Callable[[int], None] | None) -> None:
+        if self.cr.size in self.wanted:
+            self.roots[self.cr.size] = self.cr.root()
+        pos = self.cr.size
+        while pos < size:
+            # chunks aligned on CHUNK (an incremental check starts anywhere): a whole
+            # aligned chunk is one perfect subtree, hashed level by level
+            end = min(size, (pos // CHUNK + 1) * CHUNK)
+            leaves = self._leaves(self.store.raw_entries(pos, end), pos, end)
+            if end - pos == CHUNK:
+                self._perfect(leaves, pos)
+            else:
+                self._one_by_one(leaves)
+            pos = end
+            if progress is not None:
+                progress(pos)
+
+    def _leaves(self, rows: Sequence[Any], pos: int, end: int) -> list[bytes]:
+        """Each entry's leaf hash, checked against the stored one and the next entry's chain."""
+        prev, sha = self.prev, _sha256
+        leaves: list[bytes] = []
+        expect = pos
+        for idx, stored_leaf, data in rows:
+            if idx != expect:
+                raise _corrupt(expect, f"missing from the store (the next stored entry is {idx})")
+            leaf = sha(b"\x00" + data).digest()
+            if leaf != stored_leaf:
+                raise _corrupt(
+                    idx,
+                    f"its bytes hash to {leaf.hex()}, the stored leaf hash is "
+                    f"{bytes(stored_leaf).hex()}: the entry or its hash was changed",
+                )
+            # each entry names its predecessor's leaf hash and its own index; the
+            # actor before "chain" never holds a quote, so the first match is the member
+            frag = _CHAIN + prev.hex().encode() + b'","index":' + str(idx).encode() + b","
+            at = data.find(_CHAIN)
+            if data[at : at + len(frag)] != frag:
+                raise _corrupt(
+                    idx,
+                    f"its chain or index is not (chain {prev.hex()}, index {idx}): "
+                    "an entry before it was changed, removed or inserted",
+                )
+            leaves.append(leaf)
+            prev = leaf
+            expect += 1
+        if expect != end:
+            raise _corrupt(expect, f"missing from the store (it holds entries up to {end - 1})")
+        self.prev = prev
+        return leaves
+
+    def _perfect(self, leaves: list[bytes], pos: int) -> None:
+        sha = _sha256
+        levels = [leaves]
+        for lvl in range(1, CHUNK_LEVEL + 1):
+            below = levels[-1]
+            level = [
+                sha(b"\x01" + below[i] + below[i + 1]).digest() for i in range(0, len(below), 2)
+            ]
+            levels.append(level)
+            self._compare_level(lvl, pos >> lvl, level)
+        border = self.cr.border
+        for s in sorted(w for w in self.wanted if pos < w <= pos + CHUNK):
+            cover = perfect_cover(pos, s)
+            self.roots[s] = fold(border + [levels[lv][i - (pos >> lv)] for lv, i in cover])
+        # the chunk's subtree joins the border, completing nodes above it
+        merged: list[tuple[int, int, bytes]] = []
+        h, lvl, idx = levels[-1][0], CHUNK_LEVEL, pos >> CHUNK_LEVEL
+        size = pos
+        while size >> lvl & 1:
+            h = sha(b"\x01" + border.pop() + h).digest()
+            size -= 1 << lvl
+            lvl += 1
+            idx >>= 1
+            merged.append((lvl, idx, h))
+        self.cr = CompactRange(pos + CHUNK, [*border, h])
+        self._compare_nodes(merged)
+
+    def _one_by_one(self, leaves: list[bytes]) -> None:
+        cr, wanted = self.cr, self.wanted
+        nodes: list[tuple[int, int, bytes]] = []
+        for leaf in leaves:
+            cr.append(leaf, nodes)
+            if cr.size in wanted:
+                self.roots[cr.size] = cr.root()
+        self._compare_nodes([n for n in nodes if n[0]])
+
+    def _compare_level(self, lvl: int, lo: int, hashes: list[bytes]) -> None:
+        stored = self.store.raw_nodes(lvl, lo, lo + len(hashes))
+        if [h for _, h in stored] == hashes and (not stored or stored[0][0] == lo):
+            return
+        have = {int(i): bytes(h) for i, h in stored}
+        for k, h in enumerate(hashes):
+            if have.get(lo + k) != h:
+                self._bad_node(lvl, lo + k, have.get(lo + k), h)
+
+    def _compare_nodes(self, nodes: list[tuple[int, int, bytes]]) -> None:
+        by_level: dict[int, list[tuple[int, bytes]]] = {}
+        for lvl, idx, h in nodes:
+            by_level.setdefault(lvl, []).append((idx, h))
+        for lvl, items in sorted(by_level.items()):
+            have = {
+                int(i): bytes(h)
+                for i, h in self.store.raw_nodes(lvl, items[0][0], items[-1][0] + 1)
+            }
+            for idx, h in items:
+                if have.get(idx) != h:
+                    self._bad_node(lvl, idx, have.get(idx), h)
+
+    @staticmethod
+    def _bad_node(lvl: int, idx: int, got: bytes | None, want: bytes) -> None:
+        raise _corrupt(
+            idx << lvl,
+            f"the stored tree node ({lvl}, {idx}) over entries [{idx << lvl}, "
+            f"{(idx + 1) << lvl}) is {'missing' if got is None else got.hex()}; "
+            f"recomputed {want.hex()}",
+        )
+
+
+def _check_checkpoint(cp: StoredCheckpoint, root: bytes, verifier: Verifier) -> None:
+    try:
+        sc = open_checkpoint(cp.note, verifier)
+    except VerificationError as exc:
+        raise _corrupt(
+            cp.size, f"the stored checkpoint of size {cp.size} does not verify: {exc.message}"
+        ) from exc
+    if (sc.size, sc.root) != (cp.size, cp.root):
+        raise _corrupt(
+            cp.size,
+            f"the stored checkpoint row (size {cp.size}, root {cp.root.hex()}) differs from "
+            f"its signed note (size {sc.size}, root {sc.root.hex()})",
+        )
+    if root != cp.root:
+        raise StoreCorrupt(
+            f"the tree of the first {cp.size} stored entries has root {root.hex()}; the "
+            f"signed checkpoint of size {cp.size} says {cp.root.hex()} (an entry below "
+            f"{cp.size} was changed)",
+            index=cp.size - 1,
+        )
+
+
+def _check_witnesses(
+    store: LedgerStore, size: int, roots: Mapping[int, bytes], states: Sequence[WitnessState]
+) -> dict[str, int]:
+    claims = [WitnessState(w, s) for w, s in store.witness_sizes().items()]
+    out: dict[str, int] = {}
+    for w in [*claims, *states]:
+        out[w.name] = max(out.get(w.name, 0), w.size)
+        if w.size > size:
+            raise _corrupt(
+                size,
+                f"missing: witness {w.name} cosigned size {w.size} but the store holds only "
+                f"{size} entries (the log was rolled back)",
+            )
+        if w.root is not None and w.size:
+            root = roots.get(w.size) or root_from_reader(store, w.size)
+            if root != w.root:
+                raise StoreCorrupt(
+                    f"witness {w.name} cosigned root {w.root.hex()} at size {w.size}; the store's "
+                    f"tree there is {root.hex()} (rewritten history)",
+                    index=w.size - 1,
+                )
+    return out
+
+
+def _start_point(store: LedgerStore, size: int, full: bool) -> FsckRun | None:
+    """Where an incremental check continues from; refuses a store behind a recorded check."""
+    run = store.latest_fsck_run()
+    if run is None:
+        return None
+    if run.size > size:
+        raise _corrupt(
+            size,
+            f"missing: a check on {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(run.checked_at))} "
+            f"UTC verified {run.size} entries; the store holds {size} (the log was rolled back)",
+        )
+    if full:
+        return None
+    if store.count() != size:
+        raise StoreCorrupt(
+            f"the store holds {store.count()} entries under indexes 0..{size - 1}: some were "
+            "deleted (`fedcredit ledger fsck` names the first)",
+            index=size - 1,
+        )
+    if run.size:
+        last = store.raw_entries(run.size - 1, run.size)
+        if not last or bytes(last[0][1]) != run.last_leaf:
+            raise _corrupt(run.size - 1, "changed since it was verified")
+    return run
+
+
+def fsck(
+    store: LedgerStore,
+    verifier: Verifier,
+    *,
+    full: bool = True,
+    witnesses: Sequence[WitnessState] = (),
+    record: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> FsckReport:
+    """Check the store (from entry 0, or from the last recorded check unless ``full``)."""
+    t0 = time.perf_counter()
+    size = store.size()
+    run = _start_point(store, size, full)
+    start = run.size if run is not None else 0
+    cps = [c for c in store.all_checkpoints() if c.size > 0]
+    if cps and cps[-1].size > size:
+        raise _corrupt(
+            size,
+            f"missing: the log signed a checkpoint of size {cps[-1].size} but the store holds "
+            f"only {size} entries (the log was rolled back)",
+        )
+    todo = [c for c in cps if c.size > start]
+    wanted = {c.size for c in todo} | {w.size for w in witnesses if w.size > start} | {size}
+    walk = _Walk(
+        store,
+        start,
+        run.border if run is not None else [],
+        run.last_leaf if run is not None else ZERO_HASH,
+        wanted,
+    )
+    walk.run(size, progress)
+    for cp in todo:
+        _check_checkpoint(cp, walk.roots[cp.size], verifier)
+    if run is not None and cps and cps[-1].size <= start:
+        # nothing new was signed: the latest checkpoint still matches the stored nodes
+        latest = cps[-1]
+        if root_from_reader(store, latest.size) != latest.root:
+            raise StoreCorrupt(
+                f"the stored tree at size {latest.size} does not have the signed root",
+                index=latest.size - 1,
+            )
+    seen = _check_witnesses(store, size, walk.roots, witnesses)
+    root = walk.roots.get(size) or walk.cr.root()
+    if record and size > 0:
+        store.add_fsck_run(FsckRun(size, root, walk.cr.border, walk.prev, full, time.time()))
+    return FsckReport(
+        size=size,
+        checked_from=start,
+        checkpoints=len(todo),
+        root=root,
+        latest_checkpoint=cps[-1].size if cps else 0,
+        full=full,
+        seconds=time.perf_counter() - t0,
+        witnesses=seen,
+    )
+
+
+def witness_states(
+    witnesses: Sequence[Any], origin: str
+) -> tuple[list[WitnessState], dict[str, str]]:
+    """Ask every witness that can tell (``info()``, with its own call timeout) what it
+    cosigned for ``origin``.
+
+    Returns the answers and, per witness that did not answer, why: a witness that
+    is down must not stop the log from starting (the pushes meet it later)."""
+    askable = [w for w in witnesses if callable(getattr(w, "info", None))]
+    if not askable:
+        return [], {}
+
+    def ask(w: Any) -> WitnessState | str:
+        try:
+            info = w.info()
+        except Exception as exc:  # a down witness is reported, not fatal
+            return f"{type(exc).__name__}: {exc}"
+        for lg in info.logs:
+            if lg.origin == origin:
+                return WitnessState(w.name, int(lg.size), bytes(lg.root) if lg.size else None)
+        return WitnessState(w.name, 0)
+
+    with ThreadPoolExecutor(max_workers=min(16, len(askable))) as pool:
+        answers = list(pool.map(ask, askable))
+    states = [a for a in answers if isinstance(a, WitnessState)]
+    down = {w.name: a for w, a in zip(askable, answers, strict=True) if isinstance(a, str)}
+    return states, down
+
+
+def fsck_deployment(
+    deployment: Any,
+    *,
+    ask_witnesses: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[FsckReport, dict[str, str]]:
+    """``fedcredit ledger fsck``: the full check of the deployment's ledger database,
+    against its published key and (unless told not to) what its witnesses cosigned.
+    Returns the report and, per witness that did not answer, why."""
+    from fedcredit.ledger.keys import log_verifier
+    from fedcredit.ledger.service import build_witness_clients
+    from fedcredit.ledger.settings import load_settings
+
+    settings = load_settings(deployment.section("ledger"))
+    verifier = log_verifier(deployment)
+    clients: list[Any] = []
+    if ask_witnesses:
+        orgs = deployment.section("ledger").get_list(
+            "witnesses", [n.org_id for n in deployment.nodes]
+        )
+        clients = build_witness_clients(deployment, settings, orgs)
+    store = LedgerStore.open(deployment.service("ledger").database)
+    try:
+        states, down = witness_states(clients, settings.origin)
+        return fsck(store, verifier, witnesses=states, progress=progress), down
+    finally:
+        store.close()
+        for c in clients:
+            c.close()
