@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fedcredit.clients.supervisor import Supervisor, service_specs
+from fedcredit.clients.supervisor import ServiceNotReady, Supervisor, service_specs
 from fedcredit.common.cliutil import console, fail, output, user_errors
 from fedcredit.common.config import load_config
 from fedcredit.common.errors import ConfigError
@@ -56,6 +56,15 @@ def up(
         with console.status("starting services...") if not as_json else _null():
             sup.start_all(specs, timeout=timeout)
         rows = sup.status()
+        wanted = {s.name for s in specs}
+        down = [str(r["service"]) for r in rows if r["service"] in wanted and not r["healthy"]]
+        if down:
+            # A service that is up but not serving is a failed `up`, never exit 0.
+            raise ServiceNotReady(
+                f"not healthy after start: {', '.join(down)}; see `fedcredit status` and "
+                f"{sup.logs}/<service>.log",
+                services=",".join(down),
+            )
     output(rows, as_json, _status_table(rows))
 
 

@@ -107,6 +107,62 @@ def _port_free(address: str) -> bool:
     return True
 
 
+# Every service process runs `python -m SERVICE_MODULE ...`.
+SERVICE_MODULE = "fedcredit.clients.cli"
+
+
+def _proc_state(pid: int) -> str | None:
+    """The state letter of ``/proc/<pid>/stat`` (proc(5)); None when there is no such
+    process or no /proc. The command name is in parentheses and may hold any character,
+    so the state is the first field after the last ``)``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return fields[0] if fields else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process. A process killed with SIGKILL whose parent
+    has gone stays in the table as a zombie until something reaps it: ``kill(pid, 0)``
+    still succeeds for it, so /proc's state decides (Z, zombie; X, dead)."""
+    try:
+        # Ours to reap when we started it in an earlier call of this process.
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, another user's: not ours, but alive
+    state = _proc_state(pid)
+    if state is None:
+        return True  # no /proc here: kill(pid, 0) is all we can know
+    if state in ("Z", "X"):
+        return False
+    # A PID from an old pidfile may since belong to another program (after a reboot,
+    # say): only a process running our command line counts as the service.
+    try:
+        return SERVICE_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _wait_reaped(pid: int, *, timeout: float) -> None:
+    """Wait (bounded) until a dead process has left the process table, so that `down`
+    returns with its PIDs gone; a zombie nobody reaps is dead all the same."""
+    deadline = time.monotonic() + timeout
+    while _proc_state(pid) is not None and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        time.sleep(0.05)
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -133,7 +189,7 @@ class Supervisor:
         return self.run_dir / f"{name}.pid"
 
     def _command(self, spec: ServiceSpec) -> list[str]:
-        return [sys.executable, "-m", "fedcredit.clients.cli", *spec.argv]
+        return [sys.executable, "-m", SERVICE_MODULE, *spec.argv]
 
     def start(
         self, specs: Iterable[ServiceSpec], *, timeout: float = 60.0, together: bool = False
@@ -230,11 +286,7 @@ class Supervisor:
         proc = self.procs.get(name)
         if proc is not None:
             return proc.poll() is None
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
+        return pid_alive(pid)
 
     def status(self) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []
@@ -278,12 +330,14 @@ class Supervisor:
                         proc.wait(timeout=0.1)
                 else:
                     time.sleep(0.1)
-            if self.alive(name):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
+            # Whatever is left of the group (the leader, or workers a dead leader left
+            # behind) is killed; a group already gone raises and is fine.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
             proc = self.procs.pop(name, None)
             if proc is not None:
                 proc.wait(timeout=5)
+            _wait_reaped(pid, timeout=5.0)
             self.pidfile(name).unlink(missing_ok=True)
             stopped.append(name)
         return stopped

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,56 @@ def test_up_names_a_service_that_dies_while_starting(deployment: Path) -> None:
     err = json.loads(res.stdout)["error"]
     assert err["reason"] == "SERVICE_DIED"
     assert "consent" in err["message"] and "consent.log" in err["message"]
+
+
+def test_up_restarts_a_service_whose_pid_is_an_unreaped_zombie(deployment: Path) -> None:
+    """After kill -9 the PID stays in the process table until reaped (a container's init
+    often never does); `up` must see it as dead and start the service again."""
+    cfg = str(deployment)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        up = fc("up", "--config", cfg, "--only", "ledger", "--only", "consent", "--json")
+        assert up.returncode == 0, up.stdout + up.stderr
+        old = {r["service"]: r["pid"] for r in json.loads(up.stdout) if r["running"]}
+        # The consent service is killed; its pidfile now names a zombie (our unreaped child).
+        os.killpg(old["consent"], 9)
+        os.kill(sleeper.pid, 9)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{sleeper.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (deployment.parent / "run" / "consent.pid").write_text(str(sleeper.pid))
+
+        st = fc("status", "--config", cfg, "--json")
+        rows = {r["service"]: r for r in json.loads(st.stdout)}
+        assert not rows["consent"]["running"] and rows["ledger"]["healthy"]
+
+        again = fc("up", "--config", cfg, "--only", "ledger", "--only", "consent", "--json")
+        assert again.returncode == 0, again.stdout + again.stderr
+        rows = {r["service"]: r for r in json.loads(again.stdout)}
+        assert rows["consent"]["healthy"] and rows["consent"]["pid"] not in (
+            old["consent"],
+            sleeper.pid,
+        )
+        assert rows["ledger"]["pid"] == old["ledger"]  # the live one is left alone
+    finally:
+        fc("down", "--config", cfg)
+        sleeper.wait(timeout=10)
+
+
+def test_up_fails_naming_a_service_that_runs_but_does_not_serve(deployment: Path) -> None:
+    """A frozen service (SIGSTOP) is alive but not healthy: `up` must not exit 0."""
+    cfg = str(deployment)
+    try:
+        up = fc("up", "--config", cfg, "--only", "ledger", "--only", "consent", "--json")
+        assert up.returncode == 0, up.stdout + up.stderr
+        pid = {r["service"]: r["pid"] for r in json.loads(up.stdout)}["consent"]
+        os.kill(pid, 19)  # SIGSTOP
+        again = fc("up", "--config", cfg, "--only", "ledger", "--only", "consent", "--json")
+        assert again.returncode == 10, again.stdout + again.stderr  # UNAVAILABLE
+        err = json.loads(again.stdout)["error"]
+        assert err["reason"] == "SERVICE_NOT_READY"
+        assert "consent" in err["message"] and "ledger" not in err["message"].split(";")[0]
+        os.kill(pid, 18)  # SIGCONT
+    finally:
+        fc("down", "--config", cfg)
