@@ -196,9 +196,12 @@ def bundle_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch an offline proof bundle (entry, inclusion path, signed checkpoint) for one entry."""
-    with user_errors(as_json), _client(config, org) as c:
-        b = c.bundle(index)
-    out.write_text(b.to_json())
+    from fedcredit.ledger.export import write_atomically
+
+    with user_errors(as_json):
+        with _client(config, org) as c:
+            b = c.bundle(index)
+        write_atomically(out, lambda fp: fp.write(b.to_json()))
     output({"index": b.index, "tree_size": b.tree_size, "file": str(out)}, as_json)
 
 

@@ -17,7 +17,8 @@ from fedcredit.common.client import AsyncServiceClient, ServiceClient
 from fedcredit.common.evidence import Receipt
 from fedcredit.common.tls import TlsFiles
 from fedcredit.ledger.checkpoint import Verifier
-from fedcredit.ledger.export import Bundle, write_export
+from fedcredit.ledger.errors import StoreCorrupt
+from fedcredit.ledger.export import Bundle, write_atomically, write_export
 from fedcredit.v1 import ledger_pb2, ledger_pb2_grpc
 
 if TYPE_CHECKING:
@@ -127,31 +128,35 @@ class LedgerClient(ServiceClient[ledger_pb2_grpc.LedgerServiceStub]):
         )
 
     def export(self, path: Path | str, start: int = 0, end: int = 0) -> int:
-        """Write an offline export file; returns the number of entries."""
+        """Write an offline export file atomically (no partial file on any failure);
+        returns the number of entries."""
         pages = self._read(self._stub.Export, ledger_pb2.ExportRequest(start=start, end=end))
         first = next(pages)
         checkpoints: list[str] = list(first.checkpoints)
         origin, log_key = first.origin, first.log_key
-
-        def entries() -> Iterator[bytes]:
-            for e in first.entries:
-                yield bytes(e.data)
-            for page in pages:
+        data: list[bytes] = []
+        for page in (first, *pages):  # checkpoints come on the last page: entries first
+            if page is not first:
                 checkpoints.extend(page.checkpoints)
-                for e in page.entries:
-                    yield bytes(e.data)
-
-        # checkpoints come on the last page: collect entries first
-        data = list(entries())
-        with open(path, "w", encoding="utf-8") as fp:
-            return write_export(
+            for e in page.entries:
+                if e.index != start + len(data):  # the ledger skipped one: it lost it
+                    raise StoreCorrupt(
+                        f"the ledger's export skipped entry {start + len(data)} "
+                        f"(sent {e.index} next)",
+                        index=start + len(data),
+                    )
+                data.append(bytes(e.data))
+        return write_atomically(
+            path,
+            lambda fp: write_export(
                 fp,
                 origin=origin,
                 log_key=log_key,
                 checkpoints=checkpoints,
                 entries=data,
                 start=start,
-            )
+            ),
+        )
 
 
 class AsyncLedgerClient(AsyncServiceClient["ledger_pb2_grpc.LedgerServiceAsyncStub"]):

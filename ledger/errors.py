@@ -49,6 +49,19 @@ class IndexOutOfRange(InvalidArgument):
     reason = "LEDGER_INDEX_OUT_OF_RANGE"
 
 
+class EntryNotFound(IndexOutOfRange):
+    """An entry index at or beyond the log's size: no such entry (yet)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "LEDGER_ENTRY_NOT_FOUND"
+
+
+class OutputNotWritable(FailedPrecondition):
+    """The file a command was asked to write cannot be written (nothing was left there)."""
+
+    reason = "OUTPUT_NOT_WRITABLE"
+
+
 class NoCheckpoint(NotFound):
     """The log has not signed any checkpoint yet."""
 

@@ -8,6 +8,10 @@ Export (``fedcredit-ledger-export/v1``), a JSON object::
 Bundle (``fedcredit-ledger-bundle/v1``): one entry, its index, its RFC 9162
 inclusion path (base64) and the signed checkpoint it is proved against.
 Nothing here is trusted: ``ledger.audit`` verifies everything.
+
+Files are written atomically (a temporary file in the same folder, flushed to
+disk, then renamed): a failure — the ledger unreachable mid-stream, a stored
+entry that is not UTF-8 (DATA_LOSS), a full disk — leaves no partial file.
 """
 
 from __future__ import annotations
@@ -15,12 +19,58 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-from fedcredit.ledger.errors import BundleMalformed, ExportMalformed
+from fedcredit.ledger.errors import (
+    BundleMalformed,
+    ExportMalformed,
+    OutputNotWritable,
+    StoreCorrupt,
+)
+
+T = TypeVar("T")
+
+
+def entry_text(data: bytes, index: int) -> str:
+    """An entry's JSON text; stored entries are canonical JSON, so bytes that are not
+    UTF-8 mean the store lost data (DATA_LOSS naming the entry), not a crash."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StoreCorrupt(
+            f"entry {index} is not valid UTF-8 (byte {exc.start} of {len(data)}): the ledger "
+            "store holds corrupt bytes; run `fedcredit ledger fsck`",
+            index=index,
+        ) from None
+
+
+def write_atomically(path: Path | str, write: Callable[[IO[str]], T]) -> T:
+    """Call ``write`` on a temporary file next to ``path``; rename it over ``path`` only
+    if ``write`` returns. Whatever fails, no partial file is left at ``path``."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputNotWritable(f"cannot write {path}: {exc.strerror}", path=str(path)) from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fp:
+            result = write(fp)
+            fp.flush()
+            os.fsync(fp.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputNotWritable(f"cannot write {path}: {exc.strerror}", path=str(path)) from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return result
+
 
 EXPORT_FORMAT = "fedcredit-ledger-export/v1"
 BUNDLE_FORMAT = "fedcredit-ledger-bundle/v1"
@@ -51,9 +101,10 @@ def write_export(
     fp.write(', "entries": [\n')
     n = 0
     for data in entries:
+        text = entry_text(data, start + n)
         if n:
             fp.write(",\n")
-        fp.write(json.dumps(data.decode("utf-8"), ensure_ascii=False))
+        fp.write(json.dumps(text, ensure_ascii=False))
         n += 1
     fp.write("\n]}\n")
     return n
@@ -111,7 +162,7 @@ class Bundle:
                 "format": BUNDLE_FORMAT,
                 "index": self.index,
                 "tree_size": self.tree_size,
-                "entry": self.entry.decode("utf-8"),
+                "entry": entry_text(self.entry, self.index),
                 "inclusion_proof": [base64.b64encode(h).decode() for h in self.inclusion_proof],
                 "checkpoint": self.checkpoint,
             },

@@ -45,6 +45,7 @@ from fedcredit.ledger.entry import (
     check_subject,
 )
 from fedcredit.ledger.errors import (
+    EntryNotFound,
     InconsistentCheckpoint,
     IndexOutOfRange,
     LogClosed,
@@ -651,10 +652,20 @@ class Log:
         return self._last_cp
 
     def get_entries(self, start: int, end: int) -> list[StoredEntry]:
+        """Entries [start, end); a row missing below the size is DATA_LOSS, not a short list."""
         self._check_size(end, "end index")
         if start > end or start < 0:
             raise IndexOutOfRange(f"entry range [{start}, {end}) is empty or negative")
-        return self.store.get_entries(start, end)
+        rows = self.store.get_entries(start, end)
+        if len(rows) != end - start:
+            have = {r.index for r in rows}
+            first = next(i for i in range(start, end) if i not in have)
+            raise StoreCorrupt(
+                f"entry {first} is missing from the ledger store (it holds {self._cr.size} "
+                "entries); run `fedcredit ledger fsck`",
+                index=first,
+            )
+        return rows
 
     def iter_entries(self, start: int, end: int) -> Iterator[StoredEntry]:
         self._check_size(end, "end index")
@@ -662,6 +673,12 @@ class Log:
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         self._check_size(size)
+        if index >= self._cr.size:
+            raise EntryNotFound(
+                f"entry {index} does not exist: the log holds {self._cr.size} entries",
+                index=index,
+                size=self._cr.size,
+            )
         if not 0 <= index < size:
             raise IndexOutOfRange(
                 f"entry {index} is not in a tree of size {size}", index=index, size=size
