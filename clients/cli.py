@@ -13,9 +13,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from types import ModuleType
 
 import typer
+
+from fedcredit.common.cliutil import fail, last_resort
 
 # Groups, with the help text `fedcredit --help` shows. Roles first, then services.
 GROUPS: dict[str, str] = {
@@ -103,7 +106,18 @@ def main() -> None:
         level=os.environ.get("FEDCREDIT_LOG", "WARNING").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    build_app()()
+    app = build_app()
+    try:
+        app()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as exc:
+        # Commands turn the errors they expect into one line and an exit code; this is
+        # the floor under all of them: whatever escapes is still one line, never a
+        # traceback on the user's terminal (the traceback goes to a file it names).
+        fail(last_resort(exc), as_json="--json" in sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ stack trace — and exit with a code that says what kind of failure it was.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
@@ -17,10 +20,19 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
-from fedcredit.common.errors import FedcreditError, from_rpc_error
+from fedcredit.common.errors import (
+    FedcreditError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    from_rpc_error,
+)
 
 console = Console()
-err_console = Console(stderr=True)
+# Errors are one line each, whatever the width: no hard wrap when stderr is a file or a
+# pipe (Rich would otherwise cut at 80 columns), so `2>err.log` and grep see whole lines.
+err_console = Console(stderr=True, soft_wrap=True)
 
 # Exit codes: 0 ok, 1 failed check (verification found a problem), 2 usage
 # (click's own), then one per gRPC status family.
@@ -83,12 +95,51 @@ def fail(err: BaseException, *, as_json: bool = False) -> NoReturn:
         if as_json:
             sys.stdout.write(json.dumps({"error": err.to_dict()}, indent=2) + "\n")
         else:
+            # soft_wrap: one error, one line (Rich would hard-wrap it at the width).
             err_console.print(
-                f"[bold red]error[/]: {err.reason}: {err.message}", highlight=False, markup=True
+                f"[bold red]error[/]: {err.reason}: {err.message}",
+                highlight=False,
+                markup=True,
+                soft_wrap=True,
             )
         raise SystemExit(code)
-    err_console.print(f"[bold red]error[/]: {type(err).__name__}: {err}", highlight=False)
-    raise SystemExit(12)
+    fail(last_resort(err), as_json=as_json)
+
+
+def last_resort(exc: BaseException) -> FedcreditError:
+    """The one-line error for an exception no command translated.
+
+    Input problems a command did not foresee still get their own code (a missing or
+    unreadable file, bytes that are not UTF-8 text, a number out of range); anything
+    else is INTERNAL, with the traceback written to a file the message names.
+    """
+    if isinstance(exc, FedcreditError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return NotFound(f"no such file: {exc.filename}", reason="FILE_NOT_FOUND")
+    if isinstance(exc, IsADirectoryError):
+        return InvalidArgument(
+            f"expected a file, got a directory: {exc.filename}", reason="NOT_A_FILE"
+        )
+    if isinstance(exc, PermissionError):
+        return PermissionDenied(
+            f"cannot read or write {exc.filename}: permission denied", reason="FILE_PERMISSION"
+        )
+    if isinstance(exc, UnicodeError):
+        return InvalidArgument(
+            f"expected UTF-8 text, got bytes that are not ({exc})", reason="NOT_UTF8"
+        )
+    if isinstance(exc, OverflowError) or (
+        isinstance(exc, ValueError) and "out of range" in str(exc)
+    ):
+        return InvalidArgument(f"a number is out of range: {exc}", reason="OUT_OF_RANGE")
+    fd, path = tempfile.mkstemp(prefix="fedcredit-error-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        traceback.print_exception(exc, file=f)
+    return Internal(
+        f"unexpected {type(exc).__name__}; this is a fedcredit bug, please report it with {path}",
+        reason="INTERNAL",
+    )
 
 
 @contextmanager

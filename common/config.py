@@ -366,6 +366,10 @@ def load_config(path: str | Path) -> Deployment:
         ) from None
     except OSError as exc:
         raise ConfigError(f"config file {p} cannot be read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: expected a UTF-8 TOML file, got a byte that is not UTF-8 at offset {exc.start}"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -1,0 +1,165 @@
+"""Hostile values on the command line: always one line, a documented exit code, no traceback.
+
+Each case runs the real `fedcredit` entry point (``clients.cli.main``) in-process against a
+deployment made by ``fedcredit init`` whose services are not running: what is checked is
+what a person sees for input the command cannot use, before or instead of any RPC.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedcredit.clients import cli
+from fedcredit.common.cliutil import EXIT_CODES, EXIT_VERIFICATION_FAILED
+from fedcredit.common.deploy import write_local_deployment
+from fedcredit.common.uscc import generate
+from fedcredit.ledger.keys import load_or_create_signer
+
+DOCUMENTED = {0, EXIT_VERIFICATION_FAILED, 2, *EXIT_CODES.values()}
+BANK = "bank-icbc-weihai"
+USCC = generate(random.Random(7))
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_local_deployment(tmp_path_factory.mktemp("hostile") / "dep", name="hostile")
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    old = sys.argv
+    sys.argv = ["fedcredit", *argv]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line(code: int, out: str, err: str, *, json_mode: bool = False) -> None:
+    assert "Traceback" not in out + err
+    assert code in DOCUMENTED, f"undocumented exit code {code}: {err}"
+    assert code != 12, f"INTERNAL for user input: {err or out}"
+    if json_mode:
+        assert "error" in json.loads(out)
+        return
+    lines = [line for line in err.splitlines() if line.strip()]
+    if code == 2:  # click's usage box names the option; it is not ours to reformat
+        assert any("Invalid value" in line or "Error" in line for line in lines), err
+        return
+    assert len(lines) == 1, f"expected one line, got {len(lines)}: {err!r}"
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+CASES: list[tuple[str, bytes | None, list[str], int]] = [
+    # (name, bytes of the file {f}, argv with {cfg} and {f}, expected exit code)
+    ("binary config", b"\xcc\xff\x00\x81" * 50, ["status", "--config", "{f}"], 3),
+    ("TOML that is not a deployment", b"a = 1\n", ["status", "--config", "{f}"], 3),
+    ("config that is not TOML", b"[[[\n", ["status", "--config", "{f}"], 3),
+    ("missing config", None, ["status", "--config", "{f}"], 3),
+    (
+        "token file holding JSON",
+        b'{"token": "x"}',
+        ["bank", "score", "--config", "{cfg}", "--bank", BANK, "--enterprise", USCC,
+         "--consent", "{f}"],
+        3,
+    ),
+    (
+        "token file holding binary",
+        b"\x00\xff\xfe\x81" * 40,
+        ["bank", "score", "--config", "{cfg}", "--bank", BANK, "--enterprise", USCC,
+         "--consent", "{f}"],
+        3,
+    ),
+    ("replay of a missing export", None,
+     ["audit", "replay", "--export", "{f}", "--log-key", "{vkey}"], 4),
+    (
+        "score-batch input that is binary",
+        b"\xff\xfe\x00\x81" * 40,
+        ["bank", "score-batch", "--config", "{cfg}", "--bank", BANK, "--input", "{f}"],
+        3,
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "data", "argv", "code"), CASES, ids=[c[0] for c in CASES])
+def test_hostile_case_is_one_line(
+    name: str,
+    data: bytes | None,
+    argv: list[str],
+    code: int,
+    dep: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    f = tmp_path / "input.bin"
+    if data is not None:
+        _write(f, data)
+    vkey = load_or_create_signer(tmp_path / "log.key", "hostile.example/log").verifier.vkey
+    args = [
+        a.replace("{cfg}", str(dep)).replace("{f}", str(f)).replace("{vkey}", vkey) for a in argv
+    ]
+    got, out, err = run(args, capsys)
+    assert_one_line(got, out, err)
+    assert got == code, f"{name}: expected exit {code}, got {got}: {err}"
+    got, out, err = run([*args, "--json"], capsys)
+    assert_one_line(got, out, err, json_mode=True)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.binary(min_size=0, max_size=400))
+def test_any_bytes_as_config_are_one_line(
+    data: bytes, dep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = _write(tmp_path / "any.toml", data)
+    code, out, err = run(["status", "--config", str(f)], capsys)
+    assert_one_line(code, out, err)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(days=st.integers(min_value=-(2**70), max_value=2**70), uses=st.integers(-(2**70), 2**70))
+def test_any_integers_for_a_grant_are_one_line(
+    days: int, uses: int, dep: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        ["enterprise", "consent", "grant", "--config", str(dep), "--as", USCC, "--bank", BANK,
+         "--purpose", "credit_assessment", "--score-only", "--days", str(days),
+         "--uses", str(uses)],
+        capsys,
+    )  # fmt: skip
+    assert_one_line(code, out, err)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=st.text(min_size=0, max_size=200))
+def test_any_text_as_a_token_or_code_is_one_line(
+    text: str, dep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tok = tmp_path / "tok.jwt"
+    tok.write_text(text, encoding="utf-8", errors="surrogatepass")
+    code, out, err = run(
+        ["bank", "score", "--config", str(dep), "--bank", BANK, "--enterprise", text or "x",
+         "--consent", str(tok)],
+        capsys,
+    )  # fmt: skip
+    assert_one_line(code, out, err)
