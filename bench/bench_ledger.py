@@ -552,8 +552,26 @@ def measure(quick: bool, proof_size: int, row: Callable[..., None]) -> None:
             fr >= 200_000,
         )
         row("fsck, per CPU-second", fcpu, "entries/s")
+        from bench.bench_ledger_read import tiles_sync
+
+        sync, sync_floor = tiles_sync(log)
+        row(
+            f"tlog-tiles: auditor syncs all {proof_size:,} entries over HTTP (bundles + "
+            "level-0 tiles, every leaf and the root checked), one connection",
+            sync,
+            "entries/s",
+        )
+        row("floor: the same tiles read from the store and checked, no HTTP", sync_floor,
+            "entries/s")  # fmt: skip
     finally:
         log.close()
+    from bench.bench_ledger_read import coverage_rate
+
+    cov, uncovered, cov_floor = coverage_rate(50_000 if quick else 500_000)
+    assert uncovered == 0, f"the coverage bench log has {uncovered} uncovered accesses"
+    row("consent coverage audit (score_access + consent events), one core", cov, "entries/s",
+        ">= 100,000", cov >= 100_000)  # fmt: skip
+    row("floor: json.loads of the same entries, one core", cov_floor, "entries/s")
     rp = replay_rates(50_000 if quick else 200_000)
     from fedcredit.ledger.audit import _worker_count
 

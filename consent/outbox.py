@@ -37,6 +37,13 @@ def event_values(
         "purpose": row.purpose,
         "scope": row.scope,
         "nodes": row.nodes,
+        # what `fedcredit audit coverage` needs to decide, from the log alone, whether a
+        # later access was within this consent: its state after the event, its window
+        # and its use limit (uses are the score_access entries naming its jti)
+        "state": row.state,
+        "not_before": row.not_before,
+        "expires_at": row.expires_at,
+        "max_uses": row.max_uses,
         "actor": actor.org_id,
         "actor_role": actor.role,
         "at": now,

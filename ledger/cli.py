@@ -581,3 +581,44 @@ def coverage_cmd(
     output(report.to_dict(), as_json, t)
     if not report.clean:
         raise SystemExit(EXIT_VERIFICATION_FAILED)
+
+
+@audit_app.command("coverage")
+def coverage_cmd(
+    export: Annotated[
+        Path,
+        typer.Option("--export", help="The central ledger's export (`fedcredit ledger export`)."),
+    ],
+    node_export: Annotated[
+        list[Path] | None,
+        typer.Option("--node-export", help="A node's disclosure-log export (repeatable)."),
+    ] = None,
+    node_key: Annotated[
+        list[str] | None,
+        typer.Option("--node-key", help="A node disclosure log's public key (vkey or file)."),
+    ] = None,
+    config: OptConfigOpt = None,
+    log_key: LogKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify the exports, then prove every access covered by a consent valid at that moment."""
+    from fedcredit.ledger.coverage import audit_exports
+    from fedcredit.ledger.keys import read_vkey
+
+    try:
+        trust = _trust(config, log_key, None, 0)
+        keys = [read_vkey(k) for k in node_key or []]
+        report = audit_exports(export, trust, node_export or [], keys)
+    except FedcreditError as exc:
+        _verification_failed(exc, as_json)
+    t = Table(
+        title=f"{sum(report.accesses.values())} accesses in {report.entries} entries, "
+        f"{report.consents} consents: {len(report.uncovered)} not covered"
+    )
+    for col in ("log", "index", "kind", "enterprise", "reason", "detail"):
+        t.add_column(col)
+    for u in report.uncovered:
+        t.add_row(u.log, str(u.index), u.kind, u.subject or "", u.reason, u.detail)
+    output(report.to_dict(), as_json, t)
+    if not report.clean:
+        raise SystemExit(EXIT_VERIFICATION_FAILED)

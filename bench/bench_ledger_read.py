@@ -1,0 +1,110 @@
+"""Ledger read-side rows for bench_ledger: an auditor syncing the log over C2SP tlog-tiles,
+and the consent coverage audit. Called from bench_ledger.measure (same run, same log)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import time
+from typing import Any
+
+from fedcredit.ledger.coverage import audit_coverage
+from fedcredit.ledger.log import Log
+from fedcredit.ledger.merkle import MemoryTree
+from fedcredit.ledger.tiles import TILE_WIDTH, TileRef, parse_bundle, read_tile
+from fedcredit.ledger.tiles_http import TilesHTTPServer
+
+
+def tiles_sync(log: Log) -> tuple[float, float]:
+    """An auditor follows the whole log from scratch over HTTP: every entry bundle and
+    level-0 tile (keep-alive, one connection), each entry hashed and compared with its
+    tile hash, the root rebuilt and compared with the checkpoint. Returns (entries/s over
+    HTTP, entries/s of the floor: the same tiles read from the store without HTTP)."""
+    size = log.size
+    want = log.store.checkpoint_at(size) or log.checkpoint()
+    refs = []
+    for n in range(0, size, TILE_WIDTH):
+        w = min(TILE_WIDTH, size - n)
+        refs.append((TileRef(None, n // TILE_WIDTH, w), TileRef(0, n // TILE_WIDTH, w)))
+    sha = hashlib.sha256
+
+    def check(bundle: bytes, hashes: bytes, tree: MemoryTree) -> None:
+        for i, e in enumerate(parse_bundle(bundle)):
+            h = sha(b"\x00" + e).digest()
+            if h != hashes[32 * i : 32 * i + 32]:
+                raise AssertionError("an entry's leaf hash differs from its tile")
+            tree.append(h)
+
+    t = time.perf_counter()
+    tree = MemoryTree()
+    for b, h in refs:  # the floor: no HTTP
+        check(read_tile(log, b), read_tile(log, h), tree)
+    floor = size / (time.perf_counter() - t)
+    assert tree.root() == want.root
+
+    srv = TilesHTTPServer(log, "127.0.0.1:0").start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+
+        def get(path: str) -> bytes:
+            conn.request("GET", "/" + path)
+            r = conn.getresponse()
+            body = r.read()
+            if r.status != 200:
+                raise AssertionError(f"GET {path}: {r.status} {body[:200]!r}")
+            return body
+
+        t = time.perf_counter()
+        get("checkpoint")
+        tree = MemoryTree()
+        for b, h in refs:
+            check(get(b.path()), get(h.path()), tree)
+        rate = size / (time.perf_counter() - t)
+        conn.close()
+    finally:
+        srv.close()
+    assert tree.root() == want.root
+    return rate, floor
+
+
+def _entry(i: int, kind: str, subject: str, payload: dict[str, Any], when: str) -> bytes:
+    return json.dumps(
+        {"actor": "x", "chain": "00" * 32, "index": i, "kind": kind, "payload": payload,
+         "subject": subject, "time": when, "v": 1},
+        separators=(",", ":"), sort_keys=True,
+    ).encode()  # fmt: skip
+
+
+def coverage_rate(n: int, consents: int = 2000) -> tuple[float, int, float]:
+    """Coverage audit of ``n`` entries: ``consents`` grants, then score_access entries
+    spread over them (within their uses), a pause/resume per consent. Returns (entries/s,
+    uncovered, floor) — uncovered must be 0; the floor is json.loads of every entry."""
+    now = int(time.time())
+    when = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(now))
+    entries: list[bytes] = []
+    uses = (n - 3 * consents) // consents + 1
+    for c in range(consents):
+        p = {"event": "granted", "consent_id": f"c{c}", "jti": f"j{c}", "bank": "bank-a",
+             "purpose": "loan_application", "scope": ["score_only"], "nodes": ["dept-tax"],
+             "state": "ACTIVE", "not_before": now - 900, "expires_at": now + 900,
+             "max_uses": uses, "actor": "e", "actor_role": "enterprise", "at": now - 900}  # fmt: skip
+        entries.append(_entry(len(entries), "consent_event", f"E{c:017d}", p, when))
+        for ev, at in (("paused", now - 800), ("resumed", now - 700)):
+            entries.append(_entry(len(entries), "consent_event", f"E{c:017d}",
+                                  {**p, "event": ev, "at": at}, when))  # fmt: skip
+    i = 0
+    while len(entries) < n:
+        c = i % consents
+        p = {"bank": "bank-a", "enterprise": f"E{c:017d}", "jti": f"j{c}",
+             "purpose": "loan_application", "model_version": "m", "rating": "A",
+             "feature_hash": "00" * 32, "missing_categories": []}  # fmt: skip
+        entries.append(_entry(len(entries), "score_access", f"E{c:017d}", p, when))
+        i += 1
+    t = time.perf_counter()
+    for e in entries:
+        json.loads(e)
+    floor = n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    report = audit_coverage([("bench", entries)])
+    return n / (time.perf_counter() - t), len(report.uncovered), floor
