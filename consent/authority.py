@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 # Shortest time between two background delivery rounds (the events wait durably in the outbox).
 DELIVERY_LINGER_S = 0.1
+# How often the worker looks for keys rotated by another process (then pushes the change).
+KEY_POLL_S = 0.25
 
 
 class ConsentAuthority:
@@ -87,7 +89,8 @@ class ConsentAuthority:
         self.outbox = EventOutbox(store, sink)
         store.create_schema()
         self.keyring = KeyRing(store, s, clock)
-        self.status = StatusPublisher(s, self.keyring.signer, clock)
+        self.status = StatusPublisher(s, self.keyring.signer, clock, self.keyring.epoch)
+        self._keys_epoch = self.keyring.epoch()
         with store.begin() as conn:
             self.status.load(store.status_entries(conn))
         issuer = Issuer(store, s, self.keyring.signer, bank_certs)
@@ -122,9 +125,30 @@ class ConsentAuthority:
     def signer(self) -> Signer:
         return self.keyring.signer()
 
-    def rotate_keys(self, *, immediate: bool = False) -> tuple[KeyRecord, list[KeyRecord]]:
-        """Publish a new key; it signs after ``key_publish_lead_s`` (at once if ``immediate``)."""
-        return self.keyring.rotate(immediate=immediate)
+    def rotate_keys(
+        self, *, immediate: bool = False, compromised: bool = False
+    ) -> tuple[KeyRecord, list[KeyRecord]]:
+        """Publish a new key; it signs after ``key_publish_lead_s`` (at once if ``immediate``).
+
+        ``compromised``: the old keys are withdrawn from the JWKS at once, the change is
+        pushed to every subscribed verifier with a new status list (whose ``keys`` claim
+        makes them refetch the JWKS), and the live tokens they signed are re-issued under
+        the new key (:meth:`Lifecycle.reissue`)."""
+        new, changed = self.keyring.rotate(immediate=immediate, compromised=compromised)
+        self.keys_changed()
+        if compromised:
+            self.lifecycle.reissue([k.kid for k in changed if k.compromised_at is not None])
+        return new, changed
+
+    def keys_changed(self) -> bool:
+        """Push a new status list if the published key set changed (rotated here or by
+        another process: the background worker calls this every ``KEY_POLL_S``)."""
+        epoch = self.keyring.epoch()
+        if epoch == self._keys_epoch:
+            return False
+        self._keys_epoch = epoch
+        self.status.touch()
+        return True
 
     def jwks(self) -> dict[str, Any]:
         return self.keyring.jwks()
@@ -232,7 +256,7 @@ class ConsentAuthority:
         next_sweep = 0.0
         last = 0.0
         while not self._stop.is_set():
-            self._wake.wait(timeout=interval)
+            self._wake.wait(timeout=min(interval, KEY_POLL_S))
             # Coalesce: under a stream of commits, one delivery round (one sink call,
             # one store transaction) per DELIVERY_LINGER_S rather than one per commit,
             # so delivery does not take turns with issuance for the database.
@@ -243,9 +267,12 @@ class ConsentAuthority:
             last = time.monotonic()
             try:
                 self.deliver_events()
+                # Keys rotated by another process (the CLI on the store) are pushed within
+                # KEY_POLL_S: one small SELECT per round.
+                self.reload_keys()
+                self.keys_changed()
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + interval
-                    self.reload_keys()
                     while self.expire_due() > 0:
                         pass
             except Exception:  # keep working; the next round retries
@@ -333,4 +360,5 @@ def local_verifier(
         counter=counter,
         leeway=s.leeway_s,
         clock=clk,
+        caps=s.caps,
     )

@@ -160,7 +160,35 @@ class ConsentClient(ServiceClient[ConsentServiceStub]):
             raise Internal(f"RecordUses answered {len(res.results)} results for {len(jtis)} tokens")
         return [item_exception(r.error) if r.HasField("error") else r.uses for r in res.results]
 
+    def reserve_uses(
+        self, use_id: str, refs: Sequence[UseRef]
+    ) -> builtins.list[Reservation | FedcreditError]:
+        """Reserve (or join) use ``use_id`` of each token in one call: per token its
+        reservation or its error."""
+        res = self._call(
+            self._stub.ReserveUses,
+            consent_pb2.ReserveUsesRequest(use_id=use_id, uses=_refs_pb(refs)),
+        )
+        if len(res.results) != len(refs):
+            raise Internal(f"ReserveUses answered {len(res.results)} results for {len(refs)} uses")
+        return [
+            item_exception(r.error) if r.HasField("error") else Reservation(r.uses, r.opened)
+            for r in res.results
+        ]
+
+    def settle_uses(self, use_id: str, refs: Sequence[UseRef], *, commit: bool) -> int:
+        """Commit or release the uses this caller opened under ``use_id``."""
+        return self._call(
+            self._stub.SettleUses,
+            consent_pb2.SettleUsesRequest(use_id=use_id, uses=_refs_pb(refs), commit=commit),
+        ).settled
+
     # --- operator ------------------------------------------------------------------
 
-    def rotate_keys(self, *, immediate: bool = False) -> consent_pb2.RotateKeysResponse:
-        return self._call(self._stub.RotateKeys, consent_pb2.RotateKeysRequest(immediate=immediate))
+    def rotate_keys(
+        self, *, immediate: bool = False, compromised: bool = False
+    ) -> consent_pb2.RotateKeysResponse:
+        return self._call(
+            self._stub.RotateKeys,
+            consent_pb2.RotateKeysRequest(immediate=immediate, compromised=compromised),
+        )

@@ -188,7 +188,9 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
                 f"only the operator rotates signing keys; you are {actor.role} {actor.org_id}",
                 role=actor.role,
             )
-        new, changed = self.authority.rotate_keys(immediate=request.immediate)
+        new, changed = self.authority.rotate_keys(
+            immediate=request.immediate, compromised=request.compromised
+        )
         return consent_pb2.RotateKeysResponse(
             kid=new.kid, activate_at=new.activate_at, retired_kids=[k.kid for k in changed]
         )

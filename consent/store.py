@@ -54,6 +54,7 @@ from fedcredit.common.errors import StoreUnavailable
 from fedcredit.common.evidence import Receipt
 from fedcredit.consent import statusidx
 from fedcredit.consent.keys import KeyRecord
+from fedcredit.consent.migrate import add_missing_columns
 from fedcredit.consent.terms import ConsentView
 
 # Keys per IN (...) list: below every driver's bound-parameter limit.
@@ -72,6 +73,7 @@ keys_t = Table(
     Column("activate_at", BigInteger, nullable=False),
     Column("retired_at", BigInteger, nullable=True),
     Column("expires_at", BigInteger, nullable=True),
+    Column("compromised_at", BigInteger, nullable=True),  # consent.migrate adds it to old stores
 )
 
 consents_t = Table(
@@ -236,6 +238,7 @@ class ConsentStore:
     def create_schema(self) -> None:
         with self._guard():
             create_schema(self.engine, metadata)
+            add_missing_columns(self.engine)
         with self.begin() as conn:  # rows of a store from before random indexes
             statusidx.migrate(conn, consents_t)
 
@@ -322,7 +325,11 @@ class ConsentStore:
             conn.execute(
                 update(keys_t)
                 .where(keys_t.c.kid == k.kid)
-                .values(retired_at=k.retired_at, expires_at=k.expires_at)
+                .values(
+                    retired_at=k.retired_at,
+                    expires_at=k.expires_at,
+                    compromised_at=k.compromised_at,
+                )
             )
 
     # --- consents -----------------------------------------------------------

@@ -45,6 +45,7 @@ from fedcredit.common.errors import FedcreditError
 from fedcredit.common.tls import TlsFiles
 from fedcredit.consent import errors as E
 from fedcredit.consent.keys import KeySet, PublicKey, Tombstone, parse_jwks
+from fedcredit.consent.policy import DEFAULT_CAPS, PurposeCap
 from fedcredit.consent.statuslist import (
     INVALID,
     STATUS_NAMES,
@@ -169,6 +170,17 @@ class KeyCache:
             self._set, self._fetched_at = new, now
             return True
 
+    @property
+    def epoch(self) -> str:
+        """:func:`consent.keys.jwks_epoch` of the key set held ("" before the first)."""
+        ks = self._set
+        return ks.epoch if ks is not None else ""
+
+    def knows(self, kid: str) -> bool:
+        """Whether the key set held publishes or has withdrawn ``kid``."""
+        ks = self._set
+        return ks is not None and (kid in ks.keys or kid in ks.tombstones)
+
     def lookup(self, kid: str) -> PublicKey:
         now = self._clock()
         if self._set is None or now - self._fetched_at >= self.ttl:
@@ -186,6 +198,12 @@ class KeyCache:
                 "the consent service's signing keys (JWKS) could not be fetched"
             )
         tomb: Tombstone | None = ks.tombstones.get(kid)
+        if tomb is not None and tomb.compromised_at is not None:
+            raise E.SigningKeyCompromised(
+                f"the token is signed with key {kid}, declared compromised at "
+                f"{tomb.compromised_at}; nothing it signed is accepted",
+                kid=kid,
+            )
         if tomb is not None:
             raise E.SigningKeyExpired(
                 f"the token is signed with key {kid}, retired at {tomb.retired_at} and expired at "
@@ -246,8 +264,17 @@ class StatusCache:
         h, p, s = split_jws(token)
         header = decode_segment(h, "header")
         kid = check_header(header, typ=STATUSLIST_TYP)
+        if not self._keys.knows(kid):
+            # Signed by a key we do not hold yet: after a rotation the list is the first
+            # thing the new key signs. Refetch now, not after the rate limit.
+            self._keys.refresh(force=True)
         verify_signature(self._keys.lookup(kid), h, p, s)
         claims = decode_segment(p, "payload")
+        epoch = claims.get("keys")
+        if isinstance(epoch, str) and epoch != self._keys.epoch:
+            # The key set changed (a rotation, a compromised key withdrawn): pushed with
+            # the list, so every subscribed verifier refuses a withdrawn key within the push.
+            self._keys.refresh(force=True)
         try:
             payload = parse_status_list_claims(claims)
         except ValueError as exc:
@@ -368,6 +395,35 @@ class MemoryUseCounter(UseCounter):
     def count(self, jti: str) -> int:
         return self._counts.get(jti, (0, 0))[0]
 
+    def reserve(self, use_id: str, refs: Sequence[UseRef]) -> list[Reservation | FedcreditError]:
+        """In-process: the token's own ``max_uses`` is all this counter knows (it has no
+        store); a use id seen before for a token joins that use."""
+        out: list[Reservation | FedcreditError] = []
+        with self._lock:
+            for ref in refs:
+                key = (ref.jti, use_id)
+                count, exp = self._counts.get(ref.jti, (0, 0))
+                if key in self._open:
+                    out.append(Reservation(count, False))
+                    continue
+                if count >= ref.max_uses:
+                    out.append(exhausted(ref.jti, ref.max_uses))
+                    continue
+                self._open.add(key)
+                self._counts[ref.jti] = (count + 1, exp)
+                out.append(Reservation(count + 1, True))
+        return out
+
+    def settle(self, use_id: str, refs: Sequence[UseRef], *, commit: bool) -> None:
+        if commit:
+            return
+        with self._lock:
+            for ref in refs:
+                if (ref.jti, use_id) in self._open:
+                    self._open.discard((ref.jti, use_id))
+                    count, exp = self._counts.get(ref.jti, (1, 0))
+                    self._counts[ref.jti] = (max(0, count - 1), exp)
+
 
 # A batch's signatures, verified together: (raw Ed25519 public key, signing input,
 # signature) each. The answer comes in chunks, in job order, one bool per job, True only
@@ -439,10 +495,16 @@ class ConsentVerifier(TokenVerifier):
         leeway: int = 30,
         clock: Clock = time.time,
         cache_size: int = 65536,
+        caps: Mapping[str, PurposeCap] | None = None,
     ) -> None:
         if not 0 <= leeway <= MAX_LEEWAY:
             raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY} s, got {leeway}")
         self.issuer = issuer
+        # Longest exp - iat per purpose: the deployment's caps ([consent.caps]), else the
+        # defaults. A stolen key cannot mint a token that outlives its purpose's cap.
+        self.max_lifetime = {
+            p: c.max_validity_days * 86400 + leeway for p, c in (caps or DEFAULT_CAPS).items()
+        }
         self.keys = keys
         self.status = status
         self._counter: UseCounter = counter if counter is not None else MemoryUseCounter(clock)
@@ -489,6 +551,13 @@ class ConsentVerifier(TokenVerifier):
             raise E.WrongIssuer(f"issuer must be {self.issuer!r}, got {claims['iss']!r}")
         bound = parse_binding(claims)
         grant = parse_grant(claims)
+        lifetime, cap = claims["exp"] - claims["iat"], self.max_lifetime.get(grant.purpose, 0)
+        if lifetime > cap:
+            raise E.LifetimeExceedsCap(
+                f"the token lives {lifetime} s from iat to exp; {grant.purpose} consents "
+                f"live at most {cap} s",
+                purpose=grant.purpose,
+            )
         idx, uri = parse_status(claims)
         if uri != self.status.uri:
             raise E.UnknownStatusList(
