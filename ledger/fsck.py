@@ -108,23 +108,40 @@ class _Walk:
                 progress(pos)
 
     def _leaves(self, rows: Sequence[Any], pos: int, end: int) -> list[bytes]:
-        """Each entry's leaf hash, checked against the stored one and the next entry's chain."""
-        prev, sha = self.prev, _sha256
-        leaves: list[bytes] = []
-        expect = pos
+        """Each entry's leaf hash, checked against the stored one and against the next
+        entry's chain and index: a chunk at a time with list comprehensions and whole-list
+        compares; the per-entry loop (``_first_bad``) only runs to name what failed."""
+        sha, n = _sha256, len(rows)
+        if n != end - pos or (n and (rows[0][0] != pos or rows[-1][0] != end - 1)):
+            self._first_bad(rows, pos, end)
+        datas = [r[2] for r in rows]
+        leaves = [sha(b"\x00" + d).digest() for d in datas]
+        hx = b"".join([self.prev, *leaves[:-1]]).hex().encode()
+        want = [_CHAIN + hx[64 * k : 64 * k + 64] + b'","index":%d,' % (pos + k) for k in range(n)]
+        # the actor before "chain" never holds a quote: the first match is the member
+        got = [
+            d[a : a + len(w)] for d, w in zip(datas, want, strict=True) for a in (d.find(_CHAIN),)
+        ]
+        if leaves != [r[1] for r in rows] or got != want:
+            self._first_bad(rows, pos, end)
+        if leaves:
+            self.prev = leaves[-1]
+        return leaves
+
+    def _first_bad(self, rows: Sequence[Any], pos: int, end: int) -> None:
+        """Name the first entry of the chunk that fails (and raise)."""
+        prev, expect = self.prev, pos
         for idx, stored_leaf, data in rows:
             if idx != expect:
                 raise _corrupt(expect, f"missing from the store (the next stored entry is {idx})")
-            leaf = sha(b"\x00" + data).digest()
+            leaf = _sha256(b"\x00" + data).digest()
             if leaf != stored_leaf:
                 raise _corrupt(
                     idx,
                     f"its bytes hash to {leaf.hex()}, the stored leaf hash is "
                     f"{bytes(stored_leaf).hex()}: the entry or its hash was changed",
                 )
-            # each entry names its predecessor's leaf hash and its own index; the
-            # actor before "chain" never holds a quote, so the first match is the member
-            frag = _CHAIN + prev.hex().encode() + b'","index":' + str(idx).encode() + b","
+            frag = _CHAIN + prev.hex().encode() + b'","index":%d,' % idx
             at = data.find(_CHAIN)
             if data[at : at + len(frag)] != frag:
                 raise _corrupt(
@@ -132,13 +149,9 @@ class _Walk:
                     f"its chain or index is not (chain {prev.hex()}, index {idx}): "
                     "an entry before it was changed, removed or inserted",
                 )
-            leaves.append(leaf)
             prev = leaf
             expect += 1
-        if expect != end:
-            raise _corrupt(expect, f"missing from the store (it holds entries up to {end - 1})")
-        self.prev = prev
-        return leaves
+        raise _corrupt(expect, f"missing from the store (it holds entries up to {end - 1})")
 
     def _perfect(self, leaves: list[bytes], pos: int) -> None:
         sha = _sha256
@@ -177,9 +190,9 @@ class _Walk:
         self._compare_nodes([n for n in nodes if n[0]])
 
     def _compare_level(self, lvl: int, lo: int, hashes: list[bytes]) -> None:
-        stored = self.store.raw_nodes(lvl, lo, lo + len(hashes))
-        if [h for _, h in stored] == hashes and (not stored or stored[0][0] == lo):
+        if self.store.node_hashes_joined(lvl, lo, lo + len(hashes)) == b"".join(hashes):
             return
+        stored = self.store.raw_nodes(lvl, lo, lo + len(hashes))
         have = {int(i): bytes(h) for i, h in stored}
         for k, h in enumerate(hashes):
             if have.get(lo + k) != h:
