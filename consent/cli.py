@@ -483,21 +483,33 @@ def serve_cmd(
     stop(server, authority)
 
 
+@consent_app.command("rotate")
 @consent_app.command("rotate-keys")
 def rotate_keys(
     config: ConfigOpt,
     immediate: Annotated[
         bool,
-        typer.Option("--immediate", help="Sign with the new key at once (key compromise)."),
+        typer.Option("--immediate", help="Sign with the new key at once (planned, urgent)."),
+    ] = False,
+    compromised: Annotated[
+        bool,
+        typer.Option(
+            "--compromised",
+            help="The old key leaked: withdraw it at once (every token it signed is refused, "
+            "whatever its iat), push the change to every verifier, re-issue live tokens.",
+        ),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Publish the next signing key; it signs after the publish lead, older keys retire then."""
+    """Publish the next signing key; it signs after the publish lead, older keys retire then.
+
+    The running consent service picks up the change within a second and pushes it to every
+    subscribed verifier."""
     with user_errors(as_json):
         dep = load_config(config)
         authority = build_authority(dep)
         try:
-            new, changed = authority.rotate_keys(immediate=immediate)
+            new, changed = authority.rotate_keys(immediate=immediate, compromised=compromised)
             now = authority.now()
             records = authority.keys()
         finally:

@@ -72,6 +72,19 @@ class SigningKeyExpired(Unauthenticated):
     reason = "CONSENT_KEY_EXPIRED"
 
 
+class SigningKeyCompromised(Unauthenticated):
+    """Signed by a key the authority declared compromised: refused whatever the token's
+    ``iat`` claims (a thief can back-date it)."""
+
+    reason = "CONSENT_KEY_COMPROMISED"
+
+
+class LifetimeExceedsCap(Unauthenticated):
+    """``exp - iat`` longer than the purpose's cap allows: no genuine token is."""
+
+    reason = "CONSENT_LIFETIME_EXCEEDS_CAP"
+
+
 class BadSignature(Unauthenticated):
     reason = "CONSENT_BAD_SIGNATURE"
 

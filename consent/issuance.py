@@ -129,10 +129,11 @@ class Issuer:
         self.store.set_token(conn, row.consent_id, x5t=x5t, jti=row.jti, token=row.token, now=now)
         return row
 
-    def sign(self, row: ConsentRow, x5t: str, now: int) -> ConsentRow:
-        """The row with its token signed (not yet stored)."""
+    def sign(self, row: ConsentRow, x5t: str, now: int, *, jti: str | None = None) -> ConsentRow:
+        """The row with its token signed (not yet stored); ``jti`` given: re-issued under
+        the same id, so its use count and status entry carry over."""
         assert row.not_before is not None
-        jti = secrets.token_urlsafe(16)
+        jti = jti or secrets.token_urlsafe(16)
         grant = Grant(
             purpose=row.purpose,
             categories=frozenset() if row.scope == [SCORE_ONLY] else frozenset(row.scope),

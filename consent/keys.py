@@ -8,13 +8,19 @@ seconds:
   after creation, so every verifier's cache already holds it);
 * ``retired_at``  a newer key took over; it signs nothing more but still
   verifies the tokens it signed before (JWK member ``exp``);
-* ``expires_at``  ``retired_at`` + the longest token lifetime + leeway: no
-  token it signed can still be valid, so it leaves the JWKS and remains only as
-  a tombstone (``expired_kids``) so verifiers can name the reason precisely.
+* ``expires_at``  no token it signed can still be valid (the latest ``exp`` of
+  the tokens then issued, bounded by ``retired_at`` + the longest token lifetime,
+  plus leeway), so it leaves the JWKS and remains only as a tombstone
+  (``expired_kids``) so verifiers can name the reason precisely;
+* ``compromised_at`` the key leaked (``fedcredit consent rotate-keys --compromised``):
+  it leaves the JWKS at once, whatever it signed and whatever ``iat`` a token
+  claims, and its tombstone says so.
 
-The JWK members ``iat``/``nbf``/``exp`` follow the key-validity members of
-OpenID Federation 1.0; RFC 7517 §5 lets a JWK Set carry extra members
-(``expired_kids``) that other implementations ignore.
+The JWK members ``iat``/``nbf`` keep their JWT meanings (issued, not before);
+retirement is ``retired_at``, a member of our own: a JWK ``exp`` would read as
+"expires" to a generic RFC 7517 client, and a key that must no longer verify is
+simply absent. RFC 7517 §4/§5 let a JWK and a JWK Set carry extra members
+(``retired_at``, ``expired_kids``) that other implementations ignore.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class KeyRecord:
     activate_at: int
     retired_at: int | None = None
     expires_at: int | None = None
+    compromised_at: int | None = None
 
     @property
     def private_key(self) -> Ed25519PrivateKey:
@@ -77,10 +84,12 @@ class KeyRecord:
             "nbf": self.activate_at,
         }
         if self.retired_at is not None:
-            jwk["exp"] = self.retired_at
+            jwk["retired_at"] = self.retired_at
         return jwk
 
     def state(self, now: int) -> str:
+        if self.compromised_at is not None and now >= self.compromised_at:
+            return "compromised"
         if self.expires_at is not None and now >= self.expires_at:
             return "expired"
         if self.retired_at is not None and now >= self.retired_at:
@@ -113,6 +122,7 @@ def rotate(
     publish_lead: int,
     retention: int,
     immediate: bool = False,
+    compromised: bool = False,
 ) -> tuple[KeyRecord, list[KeyRecord]]:
     """Plan a rotation: a new key published now that signs from ``now + publish_lead``.
 
@@ -126,11 +136,20 @@ def rotate(
     on verifies and the new key is the only one that signs. (Times are whole
     seconds; without this, a key activated in the same second could tie with
     the new one.)
+
+    ``compromised`` (implies ``immediate``): every other key is also marked
+    compromised now and leaves the JWKS at once; every token it signed is refused
+    from this second, whatever its ``iat`` says.
     """
+    immediate = immediate or compromised
     new = new_key(now=now, activate_at=now if immediate else now + publish_lead)
     changed = []
     for k in keys:
-        if k.state(now) == "expired":
+        if k.state(now) in ("expired", "compromised"):
+            continue
+        if compromised:
+            retire = now if k.retired_at is None else min(k.retired_at, now)
+            changed.append(replace(k, retired_at=retire, expires_at=now, compromised_at=now))
             continue
         if immediate:
             retire = now if k.retired_at is None else min(k.retired_at, now)
@@ -144,16 +163,32 @@ def rotate(
 
 
 def jwks(keys: Iterable[KeyRecord], now: int) -> dict[str, Any]:
-    """The public JWK Set at ``now``: next, active and retired keys; expired ones as tombstones."""
+    """The public JWK Set at ``now``: next, active and retired keys; expired and compromised
+    ones only as tombstones (they verify nothing)."""
     published, tombstones = [], []
     for k in sorted(keys, key=lambda k: (k.created_at, k.kid)):
-        if k.state(now) == "expired":
+        state = k.state(now)
+        if state == "compromised":
+            tombstones.append(
+                {"kid": k.kid, "retired_at": k.retired_at, "compromised_at": k.compromised_at}
+            )
+        elif state == "expired":
             tombstones.append(
                 {"kid": k.kid, "retired_at": k.retired_at, "expired_at": k.expires_at}
             )
         else:
             published.append(k.public_jwk())
     return {"keys": published, "expired_kids": tombstones}
+
+
+def jwks_epoch(doc: Mapping[str, Any]) -> str:
+    """A short digest of which keys a JWK Set publishes and which it has withdrawn: the
+    authority names it in every signed status list, and a verifier holding another epoch
+    refetches the JWKS at once (key changes are pushed with status changes)."""
+    kids = sorted(str(k.get("kid")) for k in doc.get("keys") or [] if isinstance(k, dict))
+    gone = sorted(str(t.get("kid")) for t in doc.get("expired_kids") or [] if isinstance(t, dict))
+    canon = json.dumps([kids, gone], separators=(",", ":"))
+    return b64url(hashlib.sha256(canon.encode()).digest()[:12])
 
 
 # --- the verifier's view -----------------------------------------------------
@@ -173,12 +208,14 @@ class Tombstone:
     kid: str
     retired_at: int | None
     expired_at: int | None
+    compromised_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class KeySet:
     keys: Mapping[str, PublicKey]
     tombstones: Mapping[str, Tombstone]
+    epoch: str = ""  # jwks_epoch of the document it was parsed from
 
 
 def parse_jwks(doc: Mapping[str, Any]) -> KeySet:
@@ -209,15 +246,22 @@ def parse_jwks(doc: Mapping[str, Any]) -> KeySet:
             Ed25519PublicKey.from_public_bytes(raw)  # refuses what is not a curve point
         except ValueError:
             continue
-        nbf, exp = jwk.get("nbf"), jwk.get("exp")
+        nbf, retired = jwk.get("nbf"), jwk.get("retired_at")
         keys[kid] = PublicKey(
             kid=kid,
             verifier=Ed25519Key(raw),
             not_before=nbf if isinstance(nbf, int) else None,
-            retired_at=exp if isinstance(exp, int) else None,
+            retired_at=retired if isinstance(retired, int) else None,
         )
     tombstones: dict[str, Tombstone] = {}
     for t in doc.get("expired_kids") or []:
         if isinstance(t, dict) and isinstance(t.get("kid"), str):
-            tombstones[t["kid"]] = Tombstone(t["kid"], t.get("retired_at"), t.get("expired_at"))
-    return KeySet(keys=keys, tombstones=tombstones)
+            comp = t.get("compromised_at")
+            tombstones[t["kid"]] = Tombstone(
+                t["kid"],
+                t.get("retired_at"),
+                t.get("expired_at"),
+                comp if isinstance(comp, int) else None,
+            )
+            keys.pop(t["kid"], None)  # withdrawn wins over published
+    return KeySet(keys=keys, tombstones=tombstones, epoch=jwks_epoch(doc))

@@ -25,6 +25,7 @@ from fedcredit.consent.settings import ConsentSettings
 from fedcredit.consent.states import EVENT_OF, Action, State, next_state, sources_of
 from fedcredit.consent.store import ConsentRow, ConsentStore
 from fedcredit.consent.terms import ConsentTerms, ConsentView
+from fedcredit.consent.token import decode_segment, split_jws
 
 # The changes of a commit: (status index, new state) per consent.
 Changes = Collection[tuple[int, State]]
@@ -241,6 +242,40 @@ class Lifecycle:
         self.store.update_consent(conn, old.consent_id, replaced_by=new.consent_id)
         return self._load(conn, old.consent_id), new
 
+    def reissue(self, kids: Collection[str]) -> int:
+        """Re-sign, under the key signing now, every live token signed by one of ``kids``
+        (keys declared compromised): same jti, status entry, terms and ``exp`` — the rest of
+        its term — with a fresh ``iat``; the enterprise's consent is unchanged. One
+        ``reissued`` event each, ledgered like every consent event. Returns how many."""
+        if not kids:
+            return 0
+        now = self.now()
+        bad = set(kids)
+        with self.store.begin() as conn:
+            rows = self.store.list_consents(
+                conn, states=[State.ACTIVE.value, State.PAUSED.value], limit=2**31 - 1
+            )
+            n = 0
+            for row in rows:
+                if row.token is None or row.bank_x5t is None or row.jti is None:
+                    continue
+                old_kid = token_kid(row.token)
+                if old_kid not in bad:
+                    continue
+                new = self.issuer.sign(row, row.bank_x5t, now, jti=row.jti)
+                assert new.token is not None
+                self.store.set_token(
+                    conn, row.consent_id, x5t=row.bank_x5t, jti=row.jti, token=new.token, now=now
+                )
+                self.outbox.add(
+                    conn, new, "reissued", SYSTEM, now, reason="signing_key_compromised",
+                    old_kid=old_kid, kid=token_kid(new.token),
+                )  # fmt: skip
+                n += 1
+        if n:
+            self._after_commit(())
+        return n
+
     def expire_due(self, *, limit: int = 500) -> int:
         """Mark consents past their end as EXPIRED (one event each); return how many."""
         now = self.now()
@@ -329,3 +364,9 @@ class Lifecycle:
         else:
             own_bank(actor, row)
         return row.view()
+
+
+def token_kid(token: str) -> str | None:
+    """The ``kid`` in the header of a token this service signed."""
+    kid = decode_segment(split_jws(token)[0], "header").get("kid")
+    return kid if isinstance(kid, str) else None

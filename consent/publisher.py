@@ -21,10 +21,17 @@ class StatusPublisher:
     """The in-memory status list, its signed form, and change notification."""
 
     def __init__(
-        self, settings: ConsentSettings, signer: Callable[[], Signer], clock: Callable[[], float]
+        self,
+        settings: ConsentSettings,
+        signer: Callable[[], Signer],
+        clock: Callable[[], float],
+        keys_epoch: Callable[[], str] | None = None,
     ) -> None:
         self.settings = settings
         self._signer = signer
+        # Named in every signed list (claim "keys"): a verifier holding another key-set epoch
+        # refetches the JWKS, so key changes travel with status pushes.
+        self._keys_epoch = keys_epoch
         self._clock = clock
         self._array = StatusArray()
         self._cond = threading.Condition()
@@ -46,6 +53,11 @@ class StatusPublisher:
         # Monotonic across restarts: never below the wall clock in microseconds.
         self._seq = max(self._seq + 1, int(time.time() * 1_000_000))
         self._cond.notify_all()
+
+    def touch(self) -> None:
+        """Announce a new list without a status change (the key set changed)."""
+        with self._cond:
+            self._bump()
 
     def set(self, changes: Collection[tuple[int, State]]) -> None:
         if not changes:
@@ -84,6 +96,8 @@ class StatusPublisher:
             )
         claims["iss"] = s.issuer
         claims["seq"] = seq
+        if self._keys_epoch is not None:
+            claims["keys"] = self._keys_epoch()
         token = self._signer().status_list_token(claims)
         with self._cond:
             if self._token is None or self._token[0] <= seq:

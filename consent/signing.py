@@ -108,16 +108,20 @@ class KeyRing:
                 signer = self._signers[rec.kid] = Signer(rec)
             return signer
 
-    def rotate(self, *, immediate: bool = False) -> tuple[KeyRecord, list[KeyRecord]]:
-        """Publish a new key; it signs after ``key_publish_lead_s`` (at once if ``immediate``)."""
+    def rotate(
+        self, *, immediate: bool = False, compromised: bool = False
+    ) -> tuple[KeyRecord, list[KeyRecord]]:
+        """Publish a new key; it signs after ``key_publish_lead_s`` (at once if ``immediate``);
+        ``compromised``: the other keys are withdrawn at once (:func:`consent.keys.rotate`)."""
         now = self.now()
-        lead = 0 if immediate else self.settings.key_publish_lead_s
+        lead = 0 if immediate or compromised else self.settings.key_publish_lead_s
         new, changed = K.rotate(
             self.keys(),
             now=now,
             publish_lead=lead,
             retention=self.settings.key_retention_s,
             immediate=immediate,
+            compromised=compromised,
         )
         with self.store.begin() as conn:
             self.store.save_keys(conn, [new], changed)
@@ -126,3 +130,7 @@ class KeyRing:
 
     def jwks(self) -> dict[str, Any]:
         return K.jwks(self.keys(), self.now())
+
+    def epoch(self) -> str:
+        """:func:`consent.keys.jwks_epoch` of the JWKS published now."""
+        return K.jwks_epoch(self.jwks())

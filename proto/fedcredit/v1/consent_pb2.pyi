@@ -589,20 +589,175 @@ class RecordUsesResponse(_message.Message):
 Global___RecordUsesResponse: _TypeAlias = RecordUsesResponse  # noqa: Y015
 
 @_typing.final
+class UseRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JTI_FIELD_NUMBER: _builtins.int
+    SUB_FIELD_NUMBER: _builtins.int
+    AUD_FIELD_NUMBER: _builtins.int
+    jti: _builtins.str
+    sub: _builtins.str
+    """the enterprise the verified token names"""
+    aud: _builtins.str
+    """the bank the verified token names"""
+    def __init__(
+        self,
+        *,
+        jti: _builtins.str = ...,
+        sub: _builtins.str = ...,
+        aud: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aud", b"aud", "jti", b"jti", "sub", b"sub"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UseRef: _TypeAlias = UseRef  # noqa: Y015
+
+@_typing.final
+class ReserveUsesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USE_ID_FIELD_NUMBER: _builtins.int
+    USES_FIELD_NUMBER: _builtins.int
+    use_id: _builtins.str
+    """1-128 characters: one Score, one training fetch round"""
+    @_builtins.property
+    def uses(self) -> _containers.RepeatedCompositeFieldContainer[Global___UseRef]: ...
+    def __init__(
+        self,
+        *,
+        use_id: _builtins.str = ...,
+        uses: _abc.Iterable[Global___UseRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["use_id", b"use_id", "uses", b"uses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveUsesRequest: _TypeAlias = ReserveUsesRequest  # noqa: Y015
+
+@_typing.final
+class Reservation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USES_FIELD_NUMBER: _builtins.int
+    OPENED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    uses: _builtins.int
+    """the consent's distinct uses after this reservation"""
+    opened: _builtins.bool
+    """this call opened the use (false: joined one open)"""
+    @_builtins.property
+    def error(self) -> _common_pb2.ItemError:
+        """set when refused (nothing else set)"""
+
+    def __init__(
+        self,
+        *,
+        uses: _builtins.int = ...,
+        opened: _builtins.bool = ...,
+        error: _common_pb2.ItemError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "opened", b"opened", "uses", b"uses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reservation: _TypeAlias = Reservation  # noqa: Y015
+
+@_typing.final
+class ReserveUsesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reservation]:
+        """one per requested use, in order"""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___Reservation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveUsesResponse: _TypeAlias = ReserveUsesResponse  # noqa: Y015
+
+@_typing.final
+class SettleUsesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USE_ID_FIELD_NUMBER: _builtins.int
+    USES_FIELD_NUMBER: _builtins.int
+    COMMIT_FIELD_NUMBER: _builtins.int
+    use_id: _builtins.str
+    commit: _builtins.bool
+    """true: commit; false: release"""
+    @_builtins.property
+    def uses(self) -> _containers.RepeatedCompositeFieldContainer[Global___UseRef]: ...
+    def __init__(
+        self,
+        *,
+        use_id: _builtins.str = ...,
+        uses: _abc.Iterable[Global___UseRef] | None = ...,
+        commit: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "use_id", b"use_id", "uses", b"uses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleUsesRequest: _TypeAlias = SettleUsesRequest  # noqa: Y015
+
+@_typing.final
+class SettleUsesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTLED_FIELD_NUMBER: _builtins.int
+    settled: _builtins.int
+    def __init__(
+        self,
+        *,
+        settled: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settled", b"settled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleUsesResponse: _TypeAlias = SettleUsesResponse  # noqa: Y015
+
+@_typing.final
 class RotateKeysRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     IMMEDIATE_FIELD_NUMBER: _builtins.int
+    COMPROMISED_FIELD_NUMBER: _builtins.int
     immediate: _builtins.bool
     """sign with the new key at once (emergency)"""
+    compromised: _builtins.bool
+    """The old keys leaked: withdrawn from the JWKS at once (every token they signed is
+    refused, whatever its iat), pushed to every verifier, live tokens re-issued.
+    """
     def __init__(
         self,
         *,
         immediate: _builtins.bool = ...,
+        compromised: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["immediate", b"immediate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compromised", b"compromised", "immediate", b"immediate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
