@@ -572,6 +572,11 @@ def measure(quick: bool, proof_size: int, row: Callable[..., None]) -> None:
     row("consent coverage audit (score_access + consent events), one core", cov, "entries/s",
         ">= 100,000", cov >= 100_000)  # fmt: skip
     row("floor: json.loads of the same entries, one core", cov_floor, "entries/s")
+    from bench.bench_ledger_read import witness_add_checkpoint
+
+    w50, w99 = witness_add_checkpoint(100 if quick else 300)
+    row("tlog-witness HTTP add-checkpoint (proof checked, SQLite), median", w50, "ms")
+    row("tlog-witness HTTP add-checkpoint (proof checked, SQLite), p99", w99, "ms")
     rp = replay_rates(50_000 if quick else 200_000)
     from fedcredit.ledger.audit import _worker_count
 

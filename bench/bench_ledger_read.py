@@ -108,3 +108,47 @@ def coverage_rate(n: int, consents: int = 2000) -> tuple[float, int, float]:
     t = time.perf_counter()
     report = audit_coverage([("bench", entries)])
     return n / (time.perf_counter() - t), len(report.uncovered), floor
+
+
+def witness_add_checkpoint(n: int = 300) -> tuple[float, float]:
+    """``n`` tlog-witness add-checkpoint calls over HTTP (loopback, keep-alive), each for a
+    log grown by 1,000 entries with its consistency proof, stored in SQLite. Returns
+    (p50 ms, p99 ms)."""
+    import base64
+    import tempfile
+
+    from fedcredit.ledger.checkpoint import SIG_COSIGNATURE_V1, Checkpoint, Signer, sign_checkpoint
+    from fedcredit.ledger.witness import Witness, WitnessStore
+    from fedcredit.ledger.witness_http import WitnessHTTPServer
+
+    log_key = Signer.generate("bench/log")
+    tree = MemoryTree(hashlib.sha256(b"%d" % i).digest() for i in range(1000 * n + 1))
+    with tempfile.TemporaryDirectory() as d:
+        store = WitnessStore.open(f"sqlite:///{d}/w.sqlite")
+        w = Witness(
+            Signer.generate("w", SIG_COSIGNATURE_V1), {"bench/log": log_key.verifier}, store
+        )
+        srv = WitnessHTTPServer(w, "127.0.0.1:0").start()
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        times: list[float] = []
+        old = 0
+        try:
+            for k in range(1, n + 1):
+                size = 1000 * k
+                note = sign_checkpoint(Checkpoint("bench/log", size, tree.root(size)), log_key)
+                proof = tree.consistency_proof(old, size) if old else []
+                body = "\n".join([f"old {old}", *(base64.b64encode(h).decode() for h in proof)])
+                t = time.perf_counter()
+                conn.request("POST", "/add-checkpoint", (body + "\n\n" + note).encode())
+                r = conn.getresponse()
+                r.read()
+                times.append(time.perf_counter() - t)
+                if r.status != 200:
+                    raise AssertionError(f"add-checkpoint {size}: {r.status}")
+                old = size
+        finally:
+            conn.close()
+            srv.close()
+            store.close()
+    times.sort()
+    return times[len(times) // 2] * 1e3, times[int(len(times) * 0.99)] * 1e3

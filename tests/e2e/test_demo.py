@@ -69,6 +69,24 @@ def test_story_end_to_end(federation: tuple[Demo, Path]) -> None:
     assert facts["ledger"]["replayed"] >= facts["ledger"]["size"] > 0
 
 
+def test_the_demo_log_audits_clean_for_consent_coverage(federation: tuple[Demo, Path]) -> None:
+    """Every score_access of the story is covered by a consent valid at that moment."""
+    import json
+    import subprocess
+    import sys
+
+    demo, _ = federation
+    export = demo.dir / "audit" / "export.jsonl"
+    if not export.exists():  # the story writes it; run alone, play it first
+        play_story(demo, federation[1])
+    cli = [sys.executable, "-m", "fedcredit.clients.cli"]
+    args = ["audit", "coverage", "--export", str(export), "--config", str(demo.config), "--json"]
+    r = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    report = json.loads(r.stdout)
+    assert report["covered"] is True and report["accesses"]["score_access"] > 0
+
+
 def _service_names(demo: Demo) -> list[str]:
     assert demo.dep is not None
     names = [s.name for s in service_specs(demo.dep)]
