@@ -49,7 +49,14 @@ from fedcredit.consent.states import Action
 from fedcredit.consent.store import ConsentStore
 from fedcredit.consent.terms import ConsentTerms, ConsentView
 from fedcredit.consent.uses import UseRecorder
-from fedcredit.consent.verify import ConsentVerifier, KeyCache, StatusCache, UseCounter
+from fedcredit.consent.verify import (
+    ConsentVerifier,
+    KeyCache,
+    Reservation,
+    StatusCache,
+    UseCounter,
+    UseRef,
+)
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +216,18 @@ class ConsentAuthority:
         """Count one use of a token (the coordinator, once per score); the count after it."""
         return self.uses.record_use(actor, jti)
 
+    def reserve_uses(
+        self, actor: Identity, use_id: str, refs: Sequence[UseRef]
+    ) -> list[Reservation | FedcreditError]:
+        """Reserve (or join) use ``use_id`` of each token (:meth:`UseRecorder.reserve`)."""
+        return self.uses.reserve(actor, use_id, refs)
+
+    def settle_uses(
+        self, actor: Identity, use_id: str, refs: Sequence[UseRef], *, commit: bool
+    ) -> int:
+        """Commit or release the uses ``actor`` opened (:meth:`UseRecorder.settle`)."""
+        return self.uses.settle(actor, use_id, refs, commit=commit)
+
     def record_uses(self, actor: Identity, jtis: Sequence[str]) -> list[int | FedcreditError]:
         """Count one use of each token, in one transaction: per token its count or its error."""
         return self.uses.record_uses(actor, jtis)
@@ -289,6 +308,10 @@ class ConsentAuthority:
         self.status.close()
 
 
+# Who an in-process verifier counts uses as, unless told.
+LOCAL_VERIFIER = Identity("local-verifier", "coordinator", b"\x00" * 32)
+
+
 class AuthorityUseCounter(UseCounter):
     """A :class:`consent.verify.UseCounter` counting at the authority (in-process)."""
 
@@ -305,6 +328,18 @@ class AuthorityUseCounter(UseCounter):
         for i in range(0, len(items), n):
             out += self.authority.record_uses(self.actor, [jti for jti, _, _ in items[i : i + n]])
         return out
+
+    def reserve(self, use_id: str, refs: Sequence[UseRef]) -> list[Reservation | FedcreditError]:
+        out: list[Reservation | FedcreditError] = []
+        n = self.authority.settings.max_uses_batch
+        for i in range(0, len(refs), n):
+            out += self.authority.reserve_uses(self.actor, use_id, refs[i : i + n])
+        return out
+
+    def settle(self, use_id: str, refs: Sequence[UseRef], *, commit: bool) -> None:
+        n = self.authority.settings.max_uses_batch
+        for i in range(0, len(refs), n):
+            self.authority.settle_uses(self.actor, use_id, refs[i : i + n], commit=commit)
 
     def check(self, jti: str, max_uses: int) -> None:
         with self.authority.store.begin() as conn:
@@ -346,8 +381,12 @@ def local_verifier(
     counter: UseCounter | None = None,
     clock: Callable[[], float] | None = None,
     jwks_ttl: float | None = None,
+    actor: Identity | None = None,
 ) -> ConsentVerifier:
-    """A verifier fed in-process by ``authority`` (tests, benchmarks, single-process use)."""
+    """A verifier fed in-process by ``authority`` (tests, benchmarks, single-process use).
+
+    Uses are counted at the authority (``counter`` default) on behalf of ``actor`` (the
+    node or coordinator holding the verifier; default an in-process coordinator)."""
     clk = clock or authority._clock
     s = authority.settings
     keys = KeyCache(
@@ -357,7 +396,9 @@ def local_verifier(
         issuer=s.issuer,
         keys=keys,
         status=_LocalStatusCache(authority, keys, clk),
-        counter=counter,
+        counter=counter
+        if counter is not None
+        else AuthorityUseCounter(authority, actor or LOCAL_VERIFIER),
         leeway=s.leeway_s,
         clock=clk,
         caps=s.caps,

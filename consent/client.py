@@ -17,11 +17,16 @@ from fedcredit.common.client import ServiceClient
 from fedcredit.common.errors import FedcreditError, Internal, from_rpc_error
 from fedcredit.common.wire import item_exception
 from fedcredit.consent.terms import ConsentTerms, ConsentView
+from fedcredit.consent.useref import Reservation, UseRef
 from fedcredit.consent.wire import consent_from_pb, terms_to_pb
 from fedcredit.v1 import consent_pb2
 from fedcredit.v1.consent_pb2_grpc import ConsentServiceStub
 
 DEFAULT_SERVER_ORG = "consent-service"
+
+
+def _refs_pb(refs: Sequence[UseRef]) -> builtins.list[consent_pb2.UseRef]:
+    return [consent_pb2.UseRef(jti=r.jti, sub=r.enterprise, aud=r.bank) for r in refs]
 
 
 class ConsentClient(ServiceClient[ConsentServiceStub]):

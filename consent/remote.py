@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from fedcredit.common.errors import FedcreditError
 from fedcredit.consent import errors as E
 from fedcredit.consent.client import ConsentClient
+from fedcredit.consent.useref import Reservation, UseRef
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,18 @@ class RemoteUseCounter:
                     self._exhausted.add(jti)
                 out.append(r)
         return out
+
+    def reserve(self, use_id: str, refs: Sequence[UseRef]) -> list[Reservation | FedcreditError]:
+        """One ReserveUses call per ``MAX_USES_PER_CALL`` tokens; raises (fail closed)
+        when the consent service cannot answer."""
+        out: list[Reservation | FedcreditError] = []
+        for i in range(0, len(refs), MAX_USES_PER_CALL):
+            out += self.client.reserve_uses(use_id, refs[i : i + MAX_USES_PER_CALL])
+        return out
+
+    def settle(self, use_id: str, refs: Sequence[UseRef], *, commit: bool) -> None:
+        for i in range(0, len(refs), MAX_USES_PER_CALL):
+            self.client.settle_uses(use_id, refs[i : i + MAX_USES_PER_CALL], commit=commit)
 
     def check(self, jti: str, max_uses: int) -> None:
         # Only what this process learnt; counting happens where count_use=True.

@@ -21,6 +21,7 @@ from fedcredit.common.server import build_server
 from fedcredit.common.tls import TlsFiles, peer_identity
 from fedcredit.common.wire import item_error
 from fedcredit.consent.authority import ConsentAuthority
+from fedcredit.consent.useref import UseRef
 from fedcredit.consent.wire import consent_to_pb, terms_from_pb
 from fedcredit.v1 import consent_pb2, consent_pb2_grpc
 
@@ -30,6 +31,10 @@ SERVICE_NAME = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_na
 # Longest a WatchStatus stream stays silent: the list is re-sent at least this
 # often, so a subscribed verifier's cache stays fresh without polling.
 HEARTBEAT_MAX_S = 10.0
+
+
+def refs_from_pb(uses: Any) -> list[UseRef]:
+    return [UseRef(u.jti, u.sub, u.aud) for u in uses]
 
 
 class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
@@ -175,6 +180,31 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
                 for j, r in zip(jtis, results, strict=True)
             ]
         )
+
+    @handle_errors
+    def ReserveUses(
+        self, request: consent_pb2.ReserveUsesRequest, context: Any
+    ) -> consent_pb2.ReserveUsesResponse:
+        actor = peer_identity(context)
+        results = self.authority.reserve_uses(actor, request.use_id, refs_from_pb(request.uses))
+        return consent_pb2.ReserveUsesResponse(
+            results=[
+                consent_pb2.Reservation(error=item_error(r))
+                if isinstance(r, FedcreditError)
+                else consent_pb2.Reservation(uses=r.uses, opened=r.opened)
+                for r in results
+            ]
+        )
+
+    @handle_errors
+    def SettleUses(
+        self, request: consent_pb2.SettleUsesRequest, context: Any
+    ) -> consent_pb2.SettleUsesResponse:
+        actor = peer_identity(context)
+        n = self.authority.settle_uses(
+            actor, request.use_id, refs_from_pb(request.uses), commit=request.commit
+        )
+        return consent_pb2.SettleUsesResponse(settled=n)
 
     # --- operator ------------------------------------------------------------------
 

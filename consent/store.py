@@ -40,6 +40,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    delete,
     func,
     insert,
     select,
@@ -107,6 +108,20 @@ consents_t = Table(
 Index("ix_consents_enterprise", consents_t.c.enterprise, consents_t.c.state)
 Index("ix_consents_bank", consents_t.c.bank, consents_t.c.state)
 Index("ix_consents_expiry", consents_t.c.state, consents_t.c.expires_at)
+
+# One row per use of a consent: the bank's use id (one Score, one training fetch round),
+# who opened it, and whether it is still reserved or committed. ``consents.uses`` counts
+# these rows, so a token yields at most ``max_uses`` distinct use ids, whichever node or
+# coordinator sees them.
+uses_t = Table(
+    "consent_uses",
+    metadata,
+    Column("jti", String(40), primary_key=True),
+    Column("use_id", String(128), primary_key=True),
+    Column("actor", String(128), nullable=False),  # org id that opened (reserved) the use
+    Column("state", String(12), nullable=False),  # RESERVED | COMMITTED
+    Column("opened_at", BigInteger, nullable=False),
+)
 
 events_t = Table(
     "consent_events",
@@ -221,6 +236,17 @@ def _pending(limit: int) -> Any:
         .order_by(events_t.c.seq)
         .limit(limit)
     )
+
+
+def _insert_new(conn: Connection) -> Any:
+    """INSERT into the use table that skips rows already there (both dialects we run on)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(uses_t).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(uses_t).on_conflict_do_nothing()
 
 
 class ConsentStore:
@@ -450,6 +476,112 @@ class ConsentStore:
             for jti, uses in conn.execute(stmt):
                 out[jti] = int(uses)
         return out
+
+    # --- uses (reserve, then commit or release) ---------------------------------
+
+    def open_uses(
+        self, conn: Connection, use_id: str, rows: Sequence[ConsentRow], actor: str, now: int
+    ) -> dict[str, int]:
+        """Open ``use_id`` for each consent in ``rows`` that has none yet under it, where
+        the consent is active, unexpired and has uses left (the STORED ``max_uses``);
+        returns the count after it of each one opened.
+
+        The use row is inserted first (a concurrent opener of the same use waits on it and
+        inserts nothing), then the count is raised conditionally; a row whose count could
+        not be raised is removed again, in the same transaction.
+        """
+        if not rows:
+            return {}
+        c = consents_t.c
+        jtis = [r.jti for r in rows if r.jti is not None]
+        existing = self.uses_of(conn, use_id, jtis)
+        fresh = [j for j in jtis if j not in existing]
+        if not fresh:
+            return {}
+        # ON CONFLICT DO NOTHING: a concurrent opener of the same use (PostgreSQL) waits
+        # on our row and then inserts nothing; only the rows inserted here are counted.
+        rows_in = [
+            {"jti": j, "use_id": use_id, "actor": actor, "state": "RESERVED", "opened_at": now}
+            for j in fresh
+        ]
+        fresh = [j for (j,) in conn.execute(_insert_new(conn).returning(uses_t.c.jti), rows_in)]
+        out: dict[str, int] = {}
+        for i in range(0, len(fresh), IN_CHUNK):
+            stmt = (
+                update(consents_t)
+                .where(
+                    and_(
+                        c.jti.in_(fresh[i : i + IN_CHUNK]),
+                        c.state == "ACTIVE",
+                        c.uses < c.max_uses,
+                        c.expires_at > now,
+                    )
+                )
+                .values(uses=c.uses + 1, updated_at=now)
+                .returning(c.jti, c.uses)
+            )
+            for jti, uses in conn.execute(stmt):
+                out[jti] = int(uses)
+        refused = [j for j in fresh if j not in out]
+        for i in range(0, len(refused), IN_CHUNK):
+            conn.execute(
+                delete(uses_t).where(
+                    and_(uses_t.c.use_id == use_id, uses_t.c.jti.in_(refused[i : i + IN_CHUNK]))
+                )
+            )
+        return out
+
+    def uses_of(
+        self, conn: Connection, use_id: str, jtis: Sequence[str]
+    ) -> dict[str, tuple[str, str, int]]:
+        """The uses already open under ``use_id`` among ``jtis``: jti -> (actor, state, opened_at)."""
+        out: dict[str, tuple[str, str, int]] = {}
+        u = uses_t.c
+        for i in range(0, len(jtis), IN_CHUNK):
+            q = select(u.jti, u.actor, u.state, u.opened_at).where(
+                and_(u.use_id == use_id, u.jti.in_(list(jtis[i : i + IN_CHUNK])))
+            )
+            for jti, actor, state, opened in conn.execute(q):
+                out[jti] = (actor, state, int(opened))
+        return out
+
+    def settle_uses(
+        self,
+        conn: Connection,
+        use_id: str,
+        jtis: Sequence[str],
+        actor: str,
+        *,
+        commit: bool,
+        now: int,
+    ) -> list[str]:
+        """Commit (the answer reached the bank) or release (the work failed) the uses
+        ``actor`` reserved under ``use_id``; a released use no longer counts. Uses another
+        actor opened, or already committed, are left alone. Returns the jtis settled."""
+        u = uses_t.c
+        done: list[str] = []
+        for i in range(0, len(jtis), IN_CHUNK):
+            cond = and_(
+                u.use_id == use_id,
+                u.jti.in_(list(jtis[i : i + IN_CHUNK])),
+                u.actor == actor,
+                u.state == "RESERVED",
+            )
+            stmt: Any
+            if commit:
+                stmt = update(uses_t).where(cond).values(state="COMMITTED").returning(u.jti)
+            else:
+                stmt = delete(uses_t).where(cond).returning(u.jti)
+            done += [j for (j,) in conn.execute(stmt)]
+        if not commit:
+            c = consents_t.c
+            for i in range(0, len(done), IN_CHUNK):
+                conn.execute(
+                    update(consents_t)
+                    .where(and_(c.jti.in_(done[i : i + IN_CHUNK]), c.uses > 0))
+                    .values(uses=c.uses - 1, updated_at=now)
+                )
+        return done
 
     def list_consents(
         self,

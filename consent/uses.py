@@ -1,4 +1,11 @@
-"""Counting the uses of consent tokens at the authority (the coordinator, once per score).
+"""Counting the uses of consent tokens at the authority.
+
+A use is named by the bank's use id (one Score, one training fetch round). Every
+disclosure under that use id, at any node or the coordinator, counts once: the first
+verifier to :meth:`UseRecorder.reserve` it opens the use (the consent's count goes up,
+checked against the STORED ``max_uses``), later ones under the same id join it. The
+opener commits it when the answer is out or releases it when the work failed (the count
+goes down again). A use matches a consent by jti AND enterprise AND bank.
 
 A use is counted by a conditional UPDATE that re-checks the consent's state, so it is
 atomic with revocation: a use either happens before a revoke commits or is refused,
@@ -9,16 +16,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from sqlalchemy import Connection
 
-from fedcredit.common.errors import BatchTooLarge, FedcreditError
+from fedcredit.common.errors import BatchTooLarge, FedcreditError, InvalidArgument
 from fedcredit.common.tls import Identity
 from fedcredit.consent import errors as E
 from fedcredit.consent.access import require
 from fedcredit.consent.settings import ConsentSettings
 from fedcredit.consent.states import State
 from fedcredit.consent.store import ConsentRow, ConsentStore
+from fedcredit.consent.useref import Reservation, UseRef
+
+# A use id stays open this long after it was opened: verifiers joining it later (a slow
+# node of the same Score, the next page of one training round) count under it; after
+# that the id is spent and a new use needs a new id.
+USE_WINDOW_S = 900
+# Longest use id accepted (the column's width).
+MAX_USE_ID = 128
+# Roles that reserve uses: the coordinator (a Score), a department node (a bank's or the
+# coordinator's fetch), a bank (its own tokens), the consent service itself (in-process).
+RESERVING_ROLES = ("coordinator", "department", "bank", "consent")
+
+
+class BadUseId(InvalidArgument):
+    reason = "INVALID_USE_ID"
 
 
 class UseRecorder:
@@ -110,6 +133,101 @@ class UseRecorder:
         assert all(r is not None for r in out)
         return [r for r in out if r is not None]
 
+    def _check_batch(self, actor: Identity, use_id: str, n: int) -> None:
+        require(actor, *RESERVING_ROLES)
+        if not use_id or len(use_id) > MAX_USE_ID:
+            raise BadUseId(
+                f"a use id is 1-{MAX_USE_ID} characters, got {len(use_id)}", got=len(use_id)
+            )
+        if n > self.settings.max_uses_batch:
+            raise BatchTooLarge(
+                f"at most {self.settings.max_uses_batch} uses per call, got {n}",
+                max=self.settings.max_uses_batch,
+                got=n,
+            )
+
+    def reserve(
+        self, actor: Identity, use_id: str, refs: Sequence[UseRef]
+    ) -> list[Reservation | FedcreditError]:
+        """Reserve use ``use_id`` of each token in one transaction (or join it where another
+        verifier opened it within :data:`USE_WINDOW_S`); per token its reservation or the
+        error that refused it."""
+        self._check_batch(actor, use_id, len(refs))
+        now = self.now()
+
+        def work(conn: Connection) -> list[Reservation | FedcreditError]:
+            return self._reserve(conn, actor, use_id, refs, now)
+
+        return self.store.write(work)
+
+    def _reserve(
+        self, conn: Connection, actor: Identity, use_id: str, refs: Sequence[UseRef], now: int
+    ) -> list[Reservation | FedcreditError]:
+        jtis = list(dict.fromkeys(r.jti for r in refs))
+        # The open uses first, then the rows: a use visible here has its count visible too
+        # (READ COMMITTED: the opener's transaction wrote both).
+        joined = self.store.uses_of(conn, use_id, jtis)
+        rows = self.store.get_by_jtis(conn, jtis)
+        out: dict[int, Reservation | FedcreditError] = {}
+        candidates: dict[str, ConsentRow] = {}
+        for k, ref in enumerate(refs):
+            row = rows.get(ref.jti)
+            if (
+                row is None
+                or row.enterprise != ref.enterprise
+                or row.bank != ref.bank
+                or (actor.role == "bank" and row.bank != actor.org_id)
+            ):
+                # Same answer whether the jti exists or not: nothing to learn from it.
+                out[k] = E.ConsentNotFound(f"no consent token with jti {ref.jti!r}", jti=ref.jti)
+            else:
+                candidates[ref.jti] = row
+        joined = {j: v for j, v in joined.items() if j in candidates}
+        opening = [row for jti, row in candidates.items() if jti not in joined]
+        opened = self.store.open_uses(conn, use_id, opening, actor.org_id, now)
+        late = [r.jti for r in opening if r.jti is not None and r.jti not in opened]
+        if late:
+            # A concurrent caller opened one of these uses while we waited on its row:
+            # join it, with the count it committed.
+            more = self.store.uses_of(conn, use_id, late)
+            joined.update(more)
+            candidates.update(self.store.get_by_jtis(conn, list(more)))
+        for k, ref in enumerate(refs):
+            if k in out:
+                continue
+            row = candidates[ref.jti]
+            if ref.jti in opened:
+                out[k] = Reservation(opened[ref.jti], True)
+                continue
+            held = joined.get(ref.jti)
+            if held is None:  # could not open: say why, from the state that refused it
+                out[k] = refusal(row, now) or self._why_not_counted(conn, ref.jti, row, now)
+            elif now - held[2] > USE_WINDOW_S:
+                out[k] = E.UsesExhausted(
+                    f"use {use_id!r} of consent {row.consent_id} was opened at {held[2]} and "
+                    f"closed {USE_WINDOW_S} s later; a new use needs a new use id",
+                    jti=ref.jti,
+                    max_uses=row.max_uses,
+                )
+            else:
+                # Joining an open use: only the consent's state can refuse it now.
+                out[k] = _state_refusal(row, now) or Reservation(row.uses, False)
+        return [out[k] for k in range(len(refs))]
+
+    def settle(self, actor: Identity, use_id: str, refs: Sequence[UseRef], *, commit: bool) -> int:
+        """Commit (the answer reached the bank) or release (the work failed) the uses
+        ``actor`` opened under ``use_id``; how many were settled."""
+        self._check_batch(actor, use_id, len(refs))
+        now = self.now()
+        jtis = list(dict.fromkeys(r.jti for r in refs))
+
+        def work(conn: Connection) -> int:
+            return len(
+                self.store.settle_uses(conn, use_id, jtis, actor.org_id, commit=commit, now=now)
+            )
+
+        return self.store.write(work)
+
     def _why_not_counted(
         self, conn: Connection, jti: str, row: ConsentRow, now: int
     ) -> FedcreditError:
@@ -121,6 +239,14 @@ class UseRecorder:
                 f"consent {fresh.consent_id} has been {fresh.state.lower()}", jti=jti
             )
         return E.ConsentRevoked(f"consent {row.consent_id} can no longer be used", jti=jti)
+
+
+def _state_refusal(row: ConsentRow, now: int) -> FedcreditError | None:
+    """Why ``row`` may not be used at all now (its count aside), or None."""
+    if row.uses < row.max_uses:
+        return refusal(row, now)
+    # All uses taken: joining one of them is still fine while the consent is active.
+    return refusal(replace(row, uses=0), now)
 
 
 def refusal(row: ConsentRow, now: int) -> FedcreditError | None:

@@ -22,7 +22,8 @@ failure (see :mod:`consent.errors`):
    thumbprint (RFC 8705 §3), then ``aud`` equals that bank, ``sub`` the enterprise;
 7. purpose, category (scope), node coverage, and release of a score-only consent;
 8. the token's entry in the signed status list (revoked / suspended);
-9. the use count (counted only with ``count_use=True``).
+9. the use count (counted only with ``count_use=True``; otherwise the caller reserves
+   the use, :meth:`UseCounter.reserve`, before anything is disclosed).
 
 Keys and status come from pluggable sources (:class:`KeyCache`,
 :class:`StatusCache`) fed by a fetch function: in-process from the consent
@@ -68,6 +69,7 @@ from fedcredit.consent.token import (
     parse_status,
     split_jws,
 )
+from fedcredit.consent.useref import Reservation, UseRef
 
 if TYPE_CHECKING:
     from fedcredit.consent.client import ConsentClient
@@ -335,7 +337,22 @@ class StatusCache:
 
 
 class UseCounter(Protocol):
-    """Counts uses of a consent (by jti) against its ``max_uses``."""
+    """Counts uses of a consent (by jti) against its ``max_uses``.
+
+    A use is named by the bank's use id (one Score, one training fetch round): it is
+    reserved before anything is disclosed (:meth:`reserve`, which also joins a use
+    another verifier opened under the same id), then committed once the answer is out or
+    released if the work failed (:meth:`settle`).
+    """
+
+    def reserve(self, use_id: str, refs: Sequence[UseRef]) -> list[Reservation | FedcreditError]:
+        """Reserve (or join) use ``use_id`` of each token; per token its reservation or
+        the error that refused it. Raises if the counter cannot answer at all."""
+        ...
+
+    def settle(self, use_id: str, refs: Sequence[UseRef], *, commit: bool) -> None:
+        """Commit or release the uses this counter's owner opened under ``use_id``."""
+        ...
 
     def use(self, jti: str, max_uses: int, expires_at: int) -> int:
         """Count one use atomically; return the count; raise UsesExhausted past the max."""
@@ -363,6 +380,7 @@ class MemoryUseCounter(UseCounter):
     def __init__(self, clock: Clock = time.time) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, tuple[int, int]] = {}
+        self._open: set[tuple[str, str]] = set()  # (jti, use id) reserved
         self._clock = clock
         self._next_purge = 0.0
 
@@ -662,8 +680,9 @@ class ConsentVerifier(TokenVerifier):
         uses = None  # step 9
         if count_use:
             uses = self._counter.use(jti, grant.max_uses, claims["exp"])
-        else:
-            self._counter.check(jti, grant.max_uses)
+        # Otherwise the caller reserves the use (UseCounter.reserve) before disclosing: a
+        # token whose uses are all taken may still join the use it is part of (the other
+        # nodes of one Score), which only the consent service can tell.
         return VerifiedConsent(
             jti=jti,
             enterprise=claims["sub"],

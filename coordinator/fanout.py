@@ -96,8 +96,12 @@ class NodeFeatures(Protocol):
         bank_org: str,
         bank_cert_sha256: bytes,
         timeout: float,
+        use_id: str = "",
     ) -> list[NodeAnswer]:
-        """One answer per item, in order; raise NodeUnavailable/NodeDeadlineExceeded when the node fails."""
+        """One answer per item, in order; raise NodeUnavailable/NodeDeadlineExceeded when the node fails.
+
+        ``use_id``: the use the coordinator reserved (sent as the request id; the node
+        joins that use at the consent service instead of opening one of its own)."""
         ...
 
     async def close(self) -> None: ...

@@ -122,12 +122,14 @@ class GrpcNode:
         bank_org: str,
         bank_cert_sha256: bytes,
         timeout: float,
+        use_id: str = "",
     ) -> list[NodeAnswer]:
         head = feature_pb2.GetFeaturesRequest(
             features=list(features),
             purpose=common_pb2.Purpose.ValueType(purpose_to_pb(purpose)),
             on_behalf_of=bank_org,
             on_behalf_of_cert_sha256=bank_cert_sha256,
+            request_id=use_id,
         ).SerializeToString()
         try:
             resp = await self._get_features(head + encode_items(items), timeout=timeout)

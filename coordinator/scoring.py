@@ -4,7 +4,9 @@ The order of one score (``Scorer.score_many``):
 
 1. the credit code is validated and the consent token verified for the
    calling bank (its certificate must be the one the token is bound to,
-   RFC 8705), purpose checked, one use counted;
+   RFC 8705), purpose checked; then one use is RESERVED at the consent service
+   under a use id minted for this call (one Score = one use id), before any node is
+   asked: an item refused here (no uses left, revoked) is asked of no node;
 2. every node whose category the model needs and the consent covers is
    asked in parallel (grpc.aio, one deadline per call), the token forwarded
    so each node verifies it again itself;
@@ -13,7 +15,9 @@ The order of one score (``Scorer.score_many``):
    thresholds give the grade, LightGBM's contributions give the reasons;
 4. a ``score_access`` entry goes to the central ledger (bank, enterprise,
    consent jti, purpose, model version, rating, a hash of the feature
-   vector — never the values) and only then is the answer released.
+   vector — never the values) and only then is the answer released; the use is
+   committed then, or released (it no longer counts) when the score was refused
+   after all (a node down, the ledger down, the call cancelled).
 
 A node that fails (down, late) refuses the score naming the node, or — when
 the policy says ``score_missing`` — the category is scored as missing and the
@@ -29,6 +33,7 @@ import logging
 import math
 import re
 import time
+import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +45,7 @@ from fedcredit.common.canonical import canonical_json, number
 from fedcredit.common.errors import DeadlineExceeded, FedcreditError, Internal, Unavailable
 from fedcredit.common.tls import Identity
 from fedcredit.common.uscc import validate as validate_uscc
-from fedcredit.consent.verify import TokenVerifier, UseCounter, VerifiedConsent
+from fedcredit.consent.verify import TokenVerifier, UseCounter, UseRef, VerifiedConsent
 from fedcredit.coordinator.errors import LedgerUnavailable, NodeUnavailable
 from fedcredit.coordinator.fanout import (
     Catalog,
@@ -195,6 +200,9 @@ class _Batch:
     ok: list[int]  # the items whose token verified
     matrix: np.ndarray
     missing: list[set[str]]
+    use_id: str = ""
+    # Uses this call opened: item -> (use id, the token's use).
+    opened: dict[int, tuple[str, UseRef]] = field(default_factory=dict)
 
     @classmethod
     def start(
@@ -292,31 +300,81 @@ class Scorer:
         )
         return [r for part in results for r in part]
 
-    def _count_chunk(
-        self, counter: UseCounter, consents: Sequence[VerifiedConsent]
-    ) -> list[FedcreditError | None]:
-        # One round trip (one transaction at the consent service) for the chunk.
+    def _reserve_chunk(
+        self, counter: UseCounter, use_id: str, consents: Sequence[VerifiedConsent]
+    ) -> list[FedcreditError | bool]:
+        # One round trip (one transaction at the consent service) for the chunk; per item
+        # its refusal or whether this call opened the use. Failing closed: no answer from
+        # the consent service refuses every item.
         try:
-            counted = counter.use_many([(c.jti, c.max_uses, c.expires_at) for c in consents])
+            got = counter.reserve(use_id, [UseRef.of(c) for c in consents])
         except Exception as exc:
-            err = as_domain(exc, "counting consent uses")
+            err = as_domain(exc, "reserving consent uses")
             return [err] * len(consents)
-        return [r if isinstance(r, FedcreditError) else None for r in counted]
+        return [r if isinstance(r, FedcreditError) else r.opened for r in got]
 
-    async def _count_uses(self, consents: Sequence[VerifiedConsent]) -> list[FedcreditError | None]:
-        """Count one use per consent at the consent service (atomic there with revocation);
-        a verifier without a separate counter counted them in :meth:`_verify` already."""
+    async def _reserve(self, batch: _Batch) -> None:
+        """Reserve one use per verified item BEFORE the fan-out; an item refused here (no
+        uses left, revoked, the service down) is asked of no node. Each item is a Score of
+        its own: the r-th repeat of one token in a batch is reserved under use id
+        ``<use_id>.<r>`` (a distinct use); the nodes join ``<use_id>``, which the
+        coordinator opened for every token it asks about. A verifier without a separate
+        counter counted in :meth:`_verify` already."""
         counter = self._counter
-        if counter is None or not consents:
-            return [None] * len(consents)
+        if counter is None or not batch.ok:
+            return
+        rounds: list[list[int]] = []
+        seen: dict[str, int] = {}
+        for i in batch.ok:
+            jti = batch.consent(i).jti
+            r = seen.get(jti, 0)
+            seen[jti] = r + 1
+            if r == len(rounds):
+                rounds.append([])
+            rounds[r].append(i)
         loop = asyncio.get_running_loop()
-        n = max(1, min(self.settings.verify_threads, len(consents) // 16 or 1))
-        size = -(-len(consents) // n)
-        parts = [consents[i : i + size] for i in range(0, len(consents), size)]
-        results = await asyncio.gather(
-            *(loop.run_in_executor(self._pool, self._count_chunk, counter, p) for p in parts)
-        )
-        return [r for part in results for r in part]
+        refused: set[int] = set()
+        for r, members in enumerate(rounds):
+            use_id = batch.use_id if r == 0 else f"{batch.use_id}.{r}"
+            consents = [batch.consent(i) for i in members]
+            n = max(1, min(self.settings.verify_threads, len(consents) // 256 or 1))
+            size = -(-len(consents) // n)
+            parts = [consents[k : k + size] for k in range(0, len(consents), size)]
+            results = await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._pool, self._reserve_chunk, counter, use_id, p)
+                    for p in parts
+                )
+            )
+            for i, res in zip(members, [x for part in results for x in part], strict=True):
+                if isinstance(res, FedcreditError):
+                    batch.refuse(i, res)
+                    refused.add(i)
+                elif res:
+                    batch.opened[i] = (use_id, UseRef.of(batch.consent(i)))
+        batch.ok = [i for i in batch.ok if i not in refused]
+
+    def _settle(self, batch: _Batch, done: Collection[int]) -> None:
+        """Commit the uses of the items answered (``done``), release the others; in the
+        background (the answer does not wait). A failure is logged: an unreleased use
+        stays counted, a use is never given back twice."""
+        counter = self._counter
+        if counter is None or not batch.opened:
+            return
+        groups: dict[tuple[str, bool], list[UseRef]] = {}
+        for i, (use_id, ref) in batch.opened.items():
+            groups.setdefault((use_id, i in done), []).append(ref)
+        batch.opened = {}
+
+        def run() -> None:
+            for (use_id, commit), refs in groups.items():
+                try:
+                    counter.settle(use_id, refs, commit=commit)
+                except Exception as exc:
+                    log.warning("could not %s %d use(s) of %s: %s",
+                                "commit" if commit else "release", len(refs), use_id, exc)  # fmt: skip
+
+        self._pool.submit(run)
 
     # ------------------------------------------------------------ step 2: fan-out
     def _by_category(self, features: Sequence[str]) -> dict[str, list[str]]:
@@ -351,6 +409,7 @@ class Scorer:
         features: Sequence[str],
         purpose: str,
         bank: Identity,
+        use_id: str,
     ) -> list[NodeAnswer] | FedcreditError:
         s = self.settings
         chunks = unique_chunks(items, node.max_batch)
@@ -367,6 +426,7 @@ class Scorer:
                             bank_org=bank.org_id,
                             bank_cert_sha256=bank.cert_sha256,
                             timeout=deadline,
+                            use_id=use_id,
                         )
                         for c in chunks
                     )
@@ -397,9 +457,8 @@ class Scorer:
         plan: Sequence[_Ask],
         by_cat: Mapping[str, Sequence[str]],
     ) -> list[list[NodeAnswer] | FedcreditError]:
-        """Ask every planned node in parallel while the uses are counted; an item whose use
-        cannot be counted (revoked meanwhile, no uses left) is refused."""
-        counting = asyncio.ensure_future(self._count_uses([batch.consent(i) for i in batch.ok]))
+        """Ask every planned node in parallel (the uses are reserved already; each node
+        joins the same use id)."""
         # Nodes asked about the same enterprises share one FetchBatch (one encoding).
         batches: dict[tuple[int, ...], FetchBatch] = {}
         for ask in plan:
@@ -407,16 +466,21 @@ class Scorer:
             if key not in batches:
                 its = batch.items
                 batches[key] = FetchBatch(FetchItem(its[i].enterprise, its[i].token) for i in key)
-        answers = await asyncio.gather(
-            *(
-                self._ask_node(a.node, batches[tuple(a.asked)], by_cat[a.category], purpose, bank)
-                for a in plan
+        return list(
+            await asyncio.gather(
+                *(
+                    self._ask_node(
+                        a.node,
+                        batches[tuple(a.asked)],
+                        by_cat[a.category],
+                        purpose,
+                        bank,
+                        batch.use_id,
+                    )
+                    for a in plan
+                )
             )
         )
-        for i, err in zip(batch.ok, await counting, strict=True):
-            if err is not None:
-                batch.refuse(i, err)
-        return answers
 
     # ------------------------------------------------------------ step 3: the feature matrix
     def _merge(
@@ -505,27 +569,51 @@ class Scorer:
         purpose: str,
         stats: ScoringStats | None = None,
     ) -> list[Assessment | FedcreditError]:
+        """Steps 1-3; the uses of the items assessed are committed (the caller's answer is
+        this assessment), the others released."""
+        batch: _Batch | None = None
+        out: list[Assessment | FedcreditError] = []
+        try:
+            out, batch = await self._assess(bank, items, purpose, stats)
+        finally:
+            if batch is not None:
+                self._settle(batch, {k for k, a in enumerate(out) if isinstance(a, Assessment)})
+        return out
+
+    async def _assess(
+        self,
+        bank: Identity,
+        items: Sequence[ScoreItem],
+        purpose: str,
+        stats: ScoringStats | None,
+    ) -> tuple[list[Assessment | FedcreditError], _Batch]:
         st = stats if stats is not None else ScoringStats()
         model = await self.models.current()
         t0 = self._clock()
         verified = await self._verify(bank, items, (purpose,))
-        t1 = self._clock()
-        st.verify_s += t1 - t0
-        st.items += len(items)
-
         features = model.features
-        col = {f: j for j, f in enumerate(features)}
-        by_cat = self._by_category(features)
         batch = _Batch.start(items, verified, len(features))
-        plan = self._plan(batch, by_cat)
-        answers = await self._fan_out(bank, purpose, batch, plan, by_cat)
-        t2 = self._clock()
-        st.fanout_s += t2 - t1
-        for ask, answer in zip(plan, answers, strict=True):
-            self._merge(batch, ask, answer, by_cat[ask.category], col)
-        out = self._predict(model, purpose, batch)
-        st.predict_s += self._clock() - t2
-        return out
+        # One use id per call (one Score; a batch's items are distinct uses of distinct tokens).
+        batch.use_id = f"score-{uuid.uuid4().hex}"
+        try:
+            await self._reserve(batch)
+            t1 = self._clock()
+            st.verify_s += t1 - t0
+            st.items += len(items)
+            col = {f: j for j, f in enumerate(features)}
+            by_cat = self._by_category(features)
+            plan = self._plan(batch, by_cat)
+            answers = await self._fan_out(bank, purpose, batch, plan, by_cat)
+            t2 = self._clock()
+            st.fanout_s += t2 - t1
+            for ask, answer in zip(plan, answers, strict=True):
+                self._merge(batch, ask, answer, by_cat[ask.category], col)
+            out = self._predict(model, purpose, batch)
+            st.predict_s += self._clock() - t2
+        except BaseException:
+            self._settle(batch, ())  # cancelled or failed: every use reserved goes back
+            raise
+        return out, batch
 
     # ------------------------------------------------------------ step 4: ledger, then answer
     @staticmethod
@@ -549,17 +637,22 @@ class Scorer:
         stats: ScoringStats | None = None,
     ) -> list[Scored | FedcreditError]:
         st = stats if stats is not None else ScoringStats()
-        assessed = await self.assess_many(bank, items, purpose, st)
+        assessed, batch = await self._assess(bank, items, purpose, st)
         t0 = self._clock()
         ok = [(k, a) for k, a in enumerate(assessed) if isinstance(a, Assessment)]
         out: list[Scored | FedcreditError] = [
             a if isinstance(a, FedcreditError) else Internal("unset") for a in assessed
         ]
-        if ok:
-            entries = [(a.item.enterprise, self._access_payload(bank, a)) for _, a in ok]
-            indexes = await self.gate.append_many("score_access", entries)
-            for (k, a), index in zip(ok, indexes, strict=True):
-                out[k] = index if isinstance(index, LedgerUnavailable) else Scored(a, index)
+        try:
+            if ok:
+                entries = [(a.item.enterprise, self._access_payload(bank, a)) for _, a in ok]
+                indexes = await self.gate.append_many("score_access", entries)
+                for (k, a), index in zip(ok, indexes, strict=True):
+                    out[k] = index if isinstance(index, LedgerUnavailable) else Scored(a, index)
+        finally:
+            # Committed: the scores answered; released: everything refused (ledger down,
+            # a node down, cancelled before the answer).
+            self._settle(batch, {k for k, r in enumerate(out) if isinstance(r, Scored)})
         st.ledger_s += self._clock() - t0
         return out
 

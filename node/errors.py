@@ -69,6 +69,13 @@ class DisclosureLogUnavailable(Unavailable):
     reason = "DISCLOSURE_LOG_UNAVAILABLE"
 
 
+class UsesUnavailable(Unavailable):
+    """The consent service could not reserve the uses (down, or no counter): the node
+    fails closed and discloses nothing."""
+
+    reason = "CONSENT_USES_UNAVAILABLE"
+
+
 class NoDataLoaded(FailedPrecondition):
     """The node's store holds no data for its department yet (run `node load`)."""
 

@@ -26,6 +26,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,7 +45,7 @@ from fedcredit.common.wire import (
     item_error,
     purpose_label,
 )
-from fedcredit.consent.verify import TokenVerifier
+from fedcredit.consent.verify import TokenVerifier, UseRef, VerifiedConsent
 from fedcredit.node.disclosure import AGGREGATE_KIND, KIND, DisclosureLog, feature_payload
 from fedcredit.node.engine import FeatureEngine
 from fedcredit.node.errors import (
@@ -53,6 +54,7 @@ from fedcredit.node.errors import (
     EmptyBatch,
     InvalidChunkSize,
     InvalidMaxBins,
+    UsesUnavailable,
 )
 from fedcredit.node.policy import AccessPolicy, Decision
 from fedcredit.node.settings import NodeSettings
@@ -114,6 +116,8 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         self.settings = settings or NodeSettings()
         self.signatures = signatures
         self.stats = Stats()
+        # Commits of uses run here, off the answer's path (one thread keeps their order).
+        self._settler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="use-settle")
         self._all_columns = list(range(len(engine.names)))
 
     # -- catalog -------------------------------------------------------------------------
@@ -189,8 +193,30 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         request_id: str,
     ) -> list[feature_pb2.FeatureVector]:
         out: list[feature_pb2.FeatureVector | None] = [None] * len(items)
-        ok_idx: list[int] = []
-        jtis: list[str] = []
+        verified = self._verify_items(decision, purpose, items, out)
+        # The use is reserved before anything is computed or logged: a refused item
+        # discloses nothing, and the count is the consent service's, federation-wide.
+        ok = self._reserve(request_id, verified, items, out)
+        if ok:
+            opened = [UseRef.of(vc) for _, vc, was_opened in ok if was_opened]
+            try:
+                self._disclose(caller, decision, purpose, columns, st, items, ok, request_id, out)
+            except BaseException:
+                self._settle(request_id, opened, commit=False)  # the use is given back
+                raise
+            self._settle(request_id, opened, commit=True)
+        return [v for v in out if v is not None]
+
+    def _refuse(self, out: list[Any], i: int, enterprise: str, err: FedcreditError) -> None:
+        out[i] = refused(enterprise, err)
+        self.stats.refused_items += 1
+        self.stats.by_reason[err.reason] = self.stats.by_reason.get(err.reason, 0) + 1
+
+    def _verify_items(
+        self, decision: Decision, purpose: str, items: Sequence[Any], out: list[Any]
+    ) -> list[tuple[int, VerifiedConsent]]:
+        """Step 4: each item's code and token; the refused ones answered in ``out``."""
+        verified: list[tuple[int, VerifiedConsent]] = []
         pool = self.signatures
         if pool is not None and len(items) >= pool.min_batch:
             self.verifier.precheck([it.consent_token for it in items], pool.verify_chunks)
@@ -209,46 +235,111 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
                     release=decision.release,
                 )
             except FedcreditError as err:
-                out[i] = refused(it.enterprise, err)
-                self.stats.refused_items += 1
-                self.stats.by_reason[err.reason] = self.stats.by_reason.get(err.reason, 0) + 1
+                self._refuse(out, i, it.enterprise, err)
                 continue
-            ok_idx.append(i)
-            jtis.append(vc.jti)
-        if ok_idx:
-            codes = [items[i].enterprise for i in ok_idx]
-            values, reasons = self.engine.vectors(codes, st)
-            cols = list(columns)
-            names = [self.engine.names[j] for j in cols]
-            # The entries differ only in subject and consent jti.
-            template = feature_payload(
-                node=self.node_org,
-                caller=caller.org_id,
-                caller_role=caller.role,
-                on_behalf_of=decision.bank_org,
-                purpose=purpose,
-                jti="",
-                features=names,
-                request_id=request_id,
-                data_version=st.data_version,
-                as_of=st.as_of_text,
+            verified.append((i, vc))
+        return verified
+
+    def _reserve(
+        self,
+        use_id: str,
+        verified: Sequence[tuple[int, VerifiedConsent]],
+        items: Sequence[Any],
+        out: list[Any],
+    ) -> list[tuple[int, VerifiedConsent, bool]]:
+        """Reserve use ``use_id`` of every verified token in one call to the consent
+        service; fail closed (every item refused) when it cannot answer. Returns the
+        items reserved: (index, consent, whether this node opened the use)."""
+        if not verified:
+            return []
+        counter = self.verifier.counter
+        try:
+            if counter is None:
+                raise UsesUnavailable("this node's verifier has no use counter")
+            results = counter.reserve(use_id, [UseRef.of(vc) for _, vc in verified])
+        except Exception as exc:
+            why = f"{exc.reason}: {exc.message}" if isinstance(exc, FedcreditError) else repr(exc)
+            err = UsesUnavailable(
+                f"the consent service could not reserve the uses ({why}); "
+                "nothing was disclosed, retry later"
             )
-            wait = self._submit_each(template, list(zip(codes, jtis, strict=True)))
-            if cols == self._all_columns:
-                sel_v, sel_r = values, reasons
+            for i, _ in verified:
+                self._refuse(out, i, items[i].enterprise, err)
+            return []
+        ok: list[tuple[int, VerifiedConsent, bool]] = []
+        for (i, vc), r in zip(verified, results, strict=True):
+            if isinstance(r, FedcreditError):
+                self._refuse(out, i, items[i].enterprise, r)
             else:
-                sel_v, sel_r = values[:, cols], reasons[:, cols]
-            vecs = [
-                feature_pb2.FeatureVector(enterprise=code, values=v, missing=m, consent_jti=jti)
-                for code, v, m, jti in zip(codes, sel_v.tolist(), sel_r.tolist(), jtis, strict=True)
-            ]
-            receipts = wait()  # durable before any of it is answered
-            for r, i in enumerate(ok_idx):
-                vec = vecs[r]
-                vec.disclosure_index = receipts[r].index
-                out[i] = vec
-            self.stats.served += len(ok_idx)
-        return [v for v in out if v is not None]
+                ok.append((i, vc, r.opened))
+        return ok
+
+    def _settle(self, use_id: str, opened: list[UseRef], *, commit: bool) -> None:
+        """Commit (in the background: the answer is out) or release the uses opened here;
+        a failure is logged (an unreleased use stays counted, never the other way)."""
+        counter = self.verifier.counter
+        if not opened or counter is None:
+            return
+
+        def run() -> None:
+            try:
+                counter.settle(use_id, opened, commit=commit)
+            except Exception as exc:
+                log.warning("could not %s %d use(s) of %s: %s",
+                            "commit" if commit else "release", len(opened), use_id, exc)  # fmt: skip
+
+        if commit:
+            self._settler.submit(run)
+        else:
+            run()
+
+    def _disclose(
+        self,
+        caller: Identity,
+        decision: Decision,
+        purpose: str,
+        columns: Sequence[int],
+        st: StoreState,
+        items: Sequence[Any],
+        ok: Sequence[tuple[int, VerifiedConsent, bool]],
+        request_id: str,
+        out: list[Any],
+    ) -> None:
+        """Steps 5-6 for the reserved items: vectors, log entries (durable first), answers."""
+        ok_idx = [i for i, _, _ in ok]
+        jtis = [vc.jti for _, vc, _ in ok]
+        codes = [items[i].enterprise for i in ok_idx]
+        values, reasons = self.engine.vectors(codes, st)
+        cols = list(columns)
+        names = [self.engine.names[j] for j in cols]
+        # The entries differ only in subject and consent jti.
+        template = feature_payload(
+            node=self.node_org,
+            caller=caller.org_id,
+            caller_role=caller.role,
+            on_behalf_of=decision.bank_org,
+            purpose=purpose,
+            jti="",
+            features=names,
+            request_id=request_id,
+            data_version=st.data_version,
+            as_of=st.as_of_text,
+        )
+        wait = self._submit_each(template, list(zip(codes, jtis, strict=True)))
+        if cols == self._all_columns:
+            sel_v, sel_r = values, reasons
+        else:
+            sel_v, sel_r = values[:, cols], reasons[:, cols]
+        vecs = [
+            feature_pb2.FeatureVector(enterprise=code, values=v, missing=m, consent_jti=jti)
+            for code, v, m, jti in zip(codes, sel_v.tolist(), sel_r.tolist(), jtis, strict=True)
+        ]
+        receipts = wait()  # durable before any of it is answered
+        for r, i in enumerate(ok_idx):
+            vec = vecs[r]
+            vec.disclosure_index = receipts[r].index
+            out[i] = vec
+        self.stats.served += len(ok_idx)
 
     def _append(self, entries: list[tuple[str, str | None, dict[str, Any]]]) -> list[Receipt]:
         """No log entry, no answer: any failure to append refuses the whole answer."""

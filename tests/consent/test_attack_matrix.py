@@ -16,7 +16,7 @@ from fedcredit.common.errors import FedcreditError
 from fedcredit.consent.authority import ConsentAuthority, local_verifier
 from fedcredit.consent.keys import thumbprint
 from fedcredit.consent.statuslist import b64url, b64url_decode
-from fedcredit.consent.verify import ConsentVerifier
+from fedcredit.consent.verify import ConsentVerifier, UseRef
 from tests.consent.conftest import BANK, OTHER_BANK, World, bank_identity
 
 
@@ -200,7 +200,11 @@ def test_used_past_its_maximum_uses(m: Matrix) -> None:
     m.verify(m.token, count_use=True)
     m.verify(m.token, count_use=True)
     refused(m, m.token, "CONSENT_USES_EXHAUSTED", count_use=True)
-    refused(m, m.token, "CONSENT_USES_EXHAUSTED")  # a check without counting sees it too
+    # A verifier that does not count reserves the use before disclosing: a new use id is
+    # refused by the stored count, whatever node asks.
+    vc = m.verify(m.token)
+    (res,) = m.verifier.counter.reserve("another-use", [UseRef.of(vc)])
+    assert isinstance(res, FedcreditError) and res.reason == "CONSENT_USES_EXHAUSTED"
 
 
 def test_presented_by_another_banks_certificate(m: Matrix) -> None:

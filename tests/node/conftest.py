@@ -42,6 +42,10 @@ def world_codes(world: Path) -> list[str]:
     return [ln.split(",", 1)[0] for ln in lines]
 
 
+# The use id tests send as the coordinator: one Score's use, whatever nodes it asks.
+COORDINATOR_USE = "score-under-test"
+
+
 @dataclass
 class Consents:
     """Grants consents and hands out tokens, in-process, through the real authority."""
@@ -112,12 +116,15 @@ class Node:
     def entries(self) -> int:
         return self.log.size
 
-    def coordinator_kw(self, bank: str = BANK) -> dict[str, object]:
+    def coordinator_kw(self, bank: str = BANK, use_id: str = COORDINATOR_USE) -> dict[str, object]:
+        """What the coordinator sends: the bank it acts for and the use id of its Score
+        (one use id per Score, joined by every node it asks)."""
         ident = self.pki.tls(bank).identity()
         return {
             "purpose": "credit_assessment",
             "on_behalf_of": bank,
             "on_behalf_of_cert_sha256": ident.cert_sha256,
+            "request_id": use_id,
         }
 
 
@@ -160,7 +167,9 @@ def make_node(
         servicer = FeatureServicer(
             node_org=org,
             engine=engine,
-            verifier=local_verifier(consents.authority),
+            verifier=local_verifier(
+                consents.authority, actor=Identity(org, "department", b"\0" * 32)
+            ),
             disclosures=log,
             policy=AccessPolicy(banks=list(DEFAULT_BANKS)),
             settings=s,

@@ -46,7 +46,7 @@ def test_answers_match_the_catalog_functions_and_are_logged_without_values(
     codes = world_codes(small_world)[:40]
     items = [(c, consents.token(c)) for c in codes]
     with node.client() as c:
-        res = c.get_features(items, request_id="req-1", **node.coordinator_kw())
+        res = c.get_features(items, **node.coordinator_kw(use_id="req-1"))
     all_codes, names, matrix = pooled.compute_all(small_world, departments=["tax"])
     row = {code: i for i, code in enumerate(all_codes)}
     assert [r.enterprise for r in res] == codes

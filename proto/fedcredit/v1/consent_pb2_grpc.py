@@ -114,6 +114,16 @@ class ConsentServiceStub:
                 request_serializer=fedcredit_dot_v1_dot_consent__pb2.RecordUsesRequest.SerializeToString,
                 response_deserializer=fedcredit_dot_v1_dot_consent__pb2.RecordUsesResponse.FromString,
                 _registered_method=True)
+        self.ReserveUses = channel.unary_unary(
+                '/fedcredit.v1.ConsentService/ReserveUses',
+                request_serializer=fedcredit_dot_v1_dot_consent__pb2.ReserveUsesRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_consent__pb2.ReserveUsesResponse.FromString,
+                _registered_method=True)
+        self.SettleUses = channel.unary_unary(
+                '/fedcredit.v1.ConsentService/SettleUses',
+                request_serializer=fedcredit_dot_v1_dot_consent__pb2.SettleUsesRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_consent__pb2.SettleUsesResponse.FromString,
+                _registered_method=True)
         self.RotateKeys = channel.unary_unary(
                 '/fedcredit.v1.ConsentService/RotateKeys',
                 request_serializer=fedcredit_dot_v1_dot_consent__pb2.RotateKeysRequest.SerializeToString,
@@ -244,6 +254,26 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReserveUses(self, request, context):
+        """Reserve use `use_id` of each token before anything is disclosed (coordinator,
+        department node, bank): the first caller opens the use (the consent's count of
+        distinct uses goes up, held to the STORED max_uses), later callers under the same
+        use id within 15 minutes join it (it counts once, federation-wide). A token matches
+        its consent by jti AND sub AND aud (else CONSENT_NOT_FOUND). Per token its count or
+        its error, as RecordUses; at most `max_uses_batch` tokens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SettleUses(self, request, context):
+        """Commit (the answer reached the bank) or release (the work failed: the use no longer
+        counts) the uses the caller opened under `use_id`; uses others opened are left alone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RotateKeys(self, request, context):
         """--- operator ---
         Publish a new signing key (role operator or consent).
@@ -334,6 +364,16 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.RecordUses,
                     request_deserializer=fedcredit_dot_v1_dot_consent__pb2.RecordUsesRequest.FromString,
                     response_serializer=fedcredit_dot_v1_dot_consent__pb2.RecordUsesResponse.SerializeToString,
+            ),
+            'ReserveUses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveUses,
+                    request_deserializer=fedcredit_dot_v1_dot_consent__pb2.ReserveUsesRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_consent__pb2.ReserveUsesResponse.SerializeToString,
+            ),
+            'SettleUses': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleUses,
+                    request_deserializer=fedcredit_dot_v1_dot_consent__pb2.SettleUsesRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_consent__pb2.SettleUsesResponse.SerializeToString,
             ),
             'RotateKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateKeys,
@@ -773,6 +813,60 @@ class ConsentService:
             '/fedcredit.v1.ConsentService/RecordUses',
             fedcredit_dot_v1_dot_consent__pb2.RecordUsesRequest.SerializeToString,
             fedcredit_dot_v1_dot_consent__pb2.RecordUsesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveUses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.ConsentService/ReserveUses',
+            fedcredit_dot_v1_dot_consent__pb2.ReserveUsesRequest.SerializeToString,
+            fedcredit_dot_v1_dot_consent__pb2.ReserveUsesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleUses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.ConsentService/SettleUses',
+            fedcredit_dot_v1_dot_consent__pb2.SettleUsesRequest.SerializeToString,
+            fedcredit_dot_v1_dot_consent__pb2.SettleUsesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -102,6 +102,18 @@ class ConsentServiceStub:
     not stop the others. More tokens than allowed: INVALID_ARGUMENT, BATCH_TOO_LARGE,
     nothing counted.
     """
+    ReserveUses: _grpc.UnaryUnaryMultiCallable[_consent_pb2.ReserveUsesRequest, _consent_pb2.ReserveUsesResponse]
+    """Reserve use `use_id` of each token before anything is disclosed (coordinator,
+    department node, bank): the first caller opens the use (the consent's count of
+    distinct uses goes up, held to the STORED max_uses), later callers under the same
+    use id within 15 minutes join it (it counts once, federation-wide). A token matches
+    its consent by jti AND sub AND aud (else CONSENT_NOT_FOUND). Per token its count or
+    its error, as RecordUses; at most `max_uses_batch` tokens.
+    """
+    SettleUses: _grpc.UnaryUnaryMultiCallable[_consent_pb2.SettleUsesRequest, _consent_pb2.SettleUsesResponse]
+    """Commit (the answer reached the bank) or release (the work failed: the use no longer
+    counts) the uses the caller opened under `use_id`; uses others opened are left alone.
+    """
     RotateKeys: _grpc.UnaryUnaryMultiCallable[_consent_pb2.RotateKeysRequest, _consent_pb2.RotateKeysResponse]
     """--- operator ---
     Publish a new signing key (role operator or consent).
@@ -158,6 +170,18 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     count or its own error (the same reasons as RecordUse); one refused token does
     not stop the others. More tokens than allowed: INVALID_ARGUMENT, BATCH_TOO_LARGE,
     nothing counted.
+    """
+    ReserveUses: _aio.UnaryUnaryMultiCallable[_consent_pb2.ReserveUsesRequest, _consent_pb2.ReserveUsesResponse]  # type: ignore[assignment]
+    """Reserve use `use_id` of each token before anything is disclosed (coordinator,
+    department node, bank): the first caller opens the use (the consent's count of
+    distinct uses goes up, held to the STORED max_uses), later callers under the same
+    use id within 15 minutes join it (it counts once, federation-wide). A token matches
+    its consent by jti AND sub AND aud (else CONSENT_NOT_FOUND). Per token its count or
+    its error, as RecordUses; at most `max_uses_batch` tokens.
+    """
+    SettleUses: _aio.UnaryUnaryMultiCallable[_consent_pb2.SettleUsesRequest, _consent_pb2.SettleUsesResponse]  # type: ignore[assignment]
+    """Commit (the answer reached the bank) or release (the work failed: the use no longer
+    counts) the uses the caller opened under `use_id`; uses others opened are left alone.
     """
     RotateKeys: _aio.UnaryUnaryMultiCallable[_consent_pb2.RotateKeysRequest, _consent_pb2.RotateKeysResponse]  # type: ignore[assignment]
     """--- operator ---
@@ -308,6 +332,30 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         count or its own error (the same reasons as RecordUse); one refused token does
         not stop the others. More tokens than allowed: INVALID_ARGUMENT, BATCH_TOO_LARGE,
         nothing counted.
+        """
+
+    @_abc_1.abstractmethod
+    def ReserveUses(
+        self,
+        request: _consent_pb2.ReserveUsesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_pb2.ReserveUsesResponse, _abc.Awaitable[_consent_pb2.ReserveUsesResponse]]:
+        """Reserve use `use_id` of each token before anything is disclosed (coordinator,
+        department node, bank): the first caller opens the use (the consent's count of
+        distinct uses goes up, held to the STORED max_uses), later callers under the same
+        use id within 15 minutes join it (it counts once, federation-wide). A token matches
+        its consent by jti AND sub AND aud (else CONSENT_NOT_FOUND). Per token its count or
+        its error, as RecordUses; at most `max_uses_batch` tokens.
+        """
+
+    @_abc_1.abstractmethod
+    def SettleUses(
+        self,
+        request: _consent_pb2.SettleUsesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_pb2.SettleUsesResponse, _abc.Awaitable[_consent_pb2.SettleUsesResponse]]:
+        """Commit (the answer reached the bank) or release (the work failed: the use no longer
+        counts) the uses the caller opened under `use_id`; uses others opened are left alone.
         """
 
     @_abc_1.abstractmethod
