@@ -246,10 +246,17 @@ def serve(
     )
     authority.start()
     server.start()
+    if authority.settings.public_address:  # JWKS and status list over HTTPS, no client cert
+        from fedcredit.consent.public import PublicServer
+
+        server.public = PublicServer(authority, authority.settings.public_address, tls).start()  # type: ignore[attr-defined]
     return server, port
 
 
 def stop(server: grpc.Server, authority: ConsentAuthority, grace: float = 1.0) -> None:
+    public = getattr(server, "public", None)
+    if public is not None:
+        public.close()
     authority.status.close()  # ends WatchStatus streams
     server.stop(grace).wait()
     authority.close()

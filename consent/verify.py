@@ -327,6 +327,14 @@ class StatusCache:
         try:
             return array.get(idx)
         except IndexError:
+            pass
+        # Past the end of the list held: the list may have grown (a new index range) since
+        # it was fetched; fetch it once before refusing.
+        self.refresh()
+        array = self._array or array  # a refresh replaces the list, never drops it
+        try:
+            return array.get(idx)
+        except IndexError:
             raise E.UnknownStatusList(
                 f"status index {idx} is past the end of the status list ({array.capacity} entries)",
                 idx=idx,

@@ -29,6 +29,7 @@ import math
 import os
 import tempfile
 import threading
+import uuid
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -139,9 +140,16 @@ def training_tokens(dep: Deployment, bank: str, codes: set[str]) -> dict[str, st
 
 
 def _fetch_node(
-    client: NodeClient, names: list[str], items: list[tuple[str, str]], bank_sha: bytes
+    client: NodeClient,
+    names: list[str],
+    items: list[tuple[str, str]],
+    bank_sha: bytes,
+    use_id: str = "",
 ) -> tuple[npt.NDArray[np.float64], dict[str, str]]:
-    """Columns of one node for ``items`` (NaN = missing) and the enterprises it refused, why."""
+    """Columns of one node for ``items`` (NaN = missing) and the enterprises it refused, why.
+
+    ``use_id``: this training round's use (sent as the request id): every node and page
+    of one round counts as one use of each consent."""
     mat = np.full((len(items), len(names)), np.nan, dtype=np.float64)
     refused: dict[str, str] = {}
     step = 1000
@@ -152,6 +160,7 @@ def _fetch_node(
             names,
             purpose="model_training",
             on_behalf_of_cert_sha256=bank_sha,
+            request_id=use_id,
         )
         for k, r in enumerate(results):
             vals = r.plain()
@@ -204,10 +213,11 @@ def load_city_bank(
     nodes = _node_clients(dep, bank)
     try:
         per_node = catalog_features(nodes)
+        round_use = f"training-{uuid.uuid4().hex}"  # one fetch round = one use
         with ThreadPoolExecutor(max(1, min(len(nodes), 6))) as pool:
             parts = list(
                 pool.map(
-                    lambda cn: _fetch_node(cn[0], cn[1], items, bank_sha),
+                    lambda cn: _fetch_node(cn[0], cn[1], items, bank_sha, round_use),
                     zip(nodes, per_node, strict=True),
                 )
             )
