@@ -356,11 +356,80 @@ def bench_revocation(
     }
 
 
+def bench_compromise(
+    address: str,
+    issuer: str,
+    pki_files: dict[str, TlsFiles],
+    ent: tuple[str, TlsFiles],
+    rounds: int,
+    progress: Progress,
+) -> dict[str, float]:
+    """Key compromise -> refused at every subscribed verifier (issue 14): per round, a token
+    verified by 3 remote verifiers (a node's, another node's, the coordinator's), then
+    RotateKeys(compromised) over gRPC; the time until the *last* verifier refuses it."""
+    code, tls = ent
+    orgs = ("dept-courts", "dept-tax", "coordinator")
+    verifiers = [
+        remote_verifier(
+            consent_address=address, tls=pki_files[o], server_org=SERVER_ORG, issuer=issuer,
+            status_ttl=600, jwks_ttl=3600,  # long: only the push can make them notice in time
+        )
+        for o in orgs
+    ]  # fmt: skip
+    args: dict[str, Any] = {
+        "bank_org": BANK, "bank_cert_sha256": pki_files[BANK].identity().cert_sha256,
+        "enterprise": code, "purposes": ["credit_assessment"],
+    }  # fmt: skip
+    everywhere, first = [], []
+    task = progress.add_task("key compromises", total=rounds)
+    try:
+        with (
+            ConsentClient(address, tls, server_org=SERVER_ORG) as me,
+            ConsentClient(address, pki_files[BANK], server_org=SERVER_ORG) as bank,
+            ConsentClient(address, pki_files["operator-1"], server_org=SERVER_ORG) as op,
+        ):
+            for v in verifiers:
+                assert v.wait_connected(5)  # type: ignore[attr-defined]
+            for _ in range(rounds):
+                g = me.grant(terms(code))
+                tok = bank.token(g.consent_id).token or ""
+                for v in verifiers:
+                    v.verify(tok, **args)  # warm: accepted everywhere
+                pending = set(range(len(verifiers)))
+                seen: list[float] = []
+                t0 = time.perf_counter()
+                op.rotate_keys(compromised=True)
+                while pending:
+                    for i in list(pending):
+                        try:
+                            verifiers[i].verify(tok, **args)
+                        except E.SigningKeyCompromised:
+                            pending.discard(i)
+                            seen.append(time.perf_counter() - t0)
+                    if time.perf_counter() - t0 > 5:
+                        raise RuntimeError("compromise not seen everywhere within 5 s")
+                everywhere.append(max(seen))
+                first.append(min(seen))
+                progress.advance(task)
+    finally:
+        for v in verifiers:
+            v.close()
+    return {
+        "rounds": rounds,
+        "verifiers": len(verifiers),
+        "everywhere_p50_ms": pct(everywhere, 0.5) * 1e3,
+        "everywhere_p99_ms": pct(everywhere, 0.99) * 1e3,
+        "everywhere_max_ms": max(everywhere) * 1e3,
+        "first_p50_ms": pct(first, 0.5) * 1e3,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="Smaller run (for CI smoke).")
     args = ap.parse_args(argv)
     n_verify, n_issue, n_revoke = (2000, 300, 20) if args.quick else (20000, 2000, 50)
+    n_compromise = 10 if args.quick else 30
     console = Console()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-consent-") as tmp:
@@ -372,6 +441,11 @@ def main(argv: list[str] | None = None) -> int:
         files = pki.init_pki(
             d / "pki",
             [(SERVER_ORG, "consent"), (BANK, "bank"), ("dept-courts", "department")]
+            + [
+                ("dept-tax", "department"),
+                ("coordinator", "coordinator"),
+                ("operator-1", "operator"),
+            ]
             + [(c, "enterprise") for c in codes],
         )
         bank = files[BANK].identity()
@@ -414,6 +488,21 @@ def main(argv: list[str] | None = None) -> int:
                 )
             finally:
                 stop(server, a3)
+            # Its own service and store: each compromise re-issues the live tokens of the
+            # rotated key, and the issue benchmark's thousands would be timed with it.
+            a4 = ConsentAuthority(
+                ConsentStore(f"sqlite:///{d}/compromise.sqlite"),
+                settings,
+                bank_certs={BANK: bank.cert_sha256}.get,
+            )
+            server, port = serve(a4, address="127.0.0.1:0", tls=files[SERVER_ORG])
+            try:
+                compromise = bench_compromise(
+                    f"127.0.0.1:{port}", settings.issuer, files, (codes[1], files[codes[1]]),
+                    n_compromise, progress,
+                )  # fmt: skip
+            finally:
+                stop(server, a4)
 
     rows = [
         {"metric": "bare Ed25519 verify, libsodium as the verifier runs it (floor)", "value": floor, "unit": "µs", "target": None, "met": None},
@@ -460,6 +549,13 @@ def main(argv: list[str] | None = None) -> int:
          "met": revoke["propagation_p99_ms"] <= 1000},
         {"metric": "revocation → node refuses, max", "value": revoke["propagation_max_ms"], "unit": "ms",
          "target": None, "met": None},
+        {"metric": f"key compromise → refused at all {compromise['verifiers']} verifiers, p50 "
+                   f"(n={compromise['rounds']})",
+         "value": compromise["everywhere_p50_ms"], "unit": "ms", "target": None, "met": None},
+        {"metric": f"key compromise → refused at all {compromise['verifiers']} verifiers, p99 "
+                   f"(n={compromise['rounds']})",
+         "value": compromise["everywhere_p99_ms"], "unit": "ms", "target": "<= 1000",
+         "met": compromise["everywhere_p99_ms"] <= 1000},
     ]  # fmt: skip
     table = Table(title="consent benchmarks")
     for col in ("metric", "value", "unit", "target", "met"):
@@ -483,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
                     "verify": verify,
                     "issue": issue,
                     "revocation": revoke,
+                    "compromise": compromise,
                     # Other work on the machine shares its 2 cores: wall-clock rates move
                     # with it, CPU per consent much less.
                     "loadavg_1m_before_after": [load_before[0], os.getloadavg()[0]],

@@ -14,7 +14,8 @@ from collections.abc import Callable, Collection
 from fedcredit.consent.settings import ConsentSettings
 from fedcredit.consent.signing import Signer
 from fedcredit.consent.states import State, status_value
-from fedcredit.consent.statuslist import StatusArray, status_list_claims
+from fedcredit.consent.statusidx import MIN_CAPACITY
+from fedcredit.consent.statuslist import PER_BYTE, StatusArray, status_list_claims
 
 
 class StatusPublisher:
@@ -33,7 +34,10 @@ class StatusPublisher:
         # refetches the JWKS, so key changes travel with status pushes.
         self._keys_epoch = keys_epoch
         self._clock = clock
-        self._array = StatusArray()
+        # The whole index space at once: indexes are drawn at random from it
+        # (consent.statusidx), and a list that only grew to the largest index so far would
+        # leave a new token's index past its end until the next push.
+        self._array = StatusArray(bytes(MIN_CAPACITY // PER_BYTE))
         self._cond = threading.Condition()
         self._seq = 0
         self._token: tuple[int, int, str] | None = None  # (seq, exp, token)

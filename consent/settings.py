@@ -15,6 +15,8 @@
     max_list = 1000           # most consents one list call returns
     max_uses_batch = 1000     # most token uses one RecordUses call counts
     evidence = "auto"         # where events go: "ledger", "store", or "auto" (ledger if configured)
+    public_address = ""       # host:port of the read-only HTTPS server of the JWKS and status
+                              # list (consent.public); set `issuer` to its https:// URL
     [consent.caps.<purpose>]  # fair-use cap overrides, see consent.policy
 """
 
@@ -46,6 +48,7 @@ KEYS = frozenset(
         "max_list",
         "max_uses_batch",
         "evidence",
+        "public_address",
         "caps",
     }
 )
@@ -70,6 +73,7 @@ class ConsentSettings:
     max_list: int = 1000
     max_uses_batch: int = 1000
     evidence: str = "auto"
+    public_address: str = ""
     caps: Mapping[str, PurposeCap] = field(default_factory=lambda: dict(DEFAULT_CAPS))
 
     @property
@@ -97,6 +101,7 @@ class ConsentSettings:
             max_list=section.get_int("max_list", 1000, min=1),
             max_uses_batch=section.get_int("max_uses_batch", 1000, min=1),
             evidence=section.get_str("evidence", "auto", choices=("auto", "ledger", "store")),
+            public_address=section.get_str("public_address", ""),
             caps=caps_from_config(
                 section.get_table("caps").values, f"{section.source}: [consent.caps]"
             ),
