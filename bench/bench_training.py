@@ -45,7 +45,7 @@ from fedcredit.training.bank.data import BankData, concat, load_csv
 from fedcredit.training.bank.source import CsvSource
 from fedcredit.training.gbdt import GBDTParams, fit_bin_spec, train_central
 from fedcredit.training.gbdt.lgb_text import ModelParts
-from fedcredit.training.gbdt.metrics import auc, ks
+from fedcredit.training.gbdt.metrics import auc, auc_interval, format_auc, ks
 from fedcredit.training.run.simulation import simulate_many
 from fedcredit.training.server.server_app import Floor
 from fedcredit.training.server.settings import TrainSettings
@@ -83,6 +83,9 @@ class Row:
     bytes_per_bank_per_tree: float | None = None
     max_abs_diff_vs_central: float | None = None
     note: str = ""
+    auc_ci95: list[float] | None = None  # bootstrap, 1000 resamples (gbdt/metrics.py)
+    # Message round trips server -> banks -> server per tree (a SecAgg+ sum is 4 of them).
+    rounds_per_tree: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -92,7 +95,12 @@ def _scores(model_text: str, x: np.ndarray) -> np.ndarray:
     return np.asarray(lgb.Booster(model_str=model_text).predict(x), dtype=np.float64)
 
 
+def _trips(o: TrainOutcome) -> float:
+    return o.message_rounds / max(o.trees, 1)
+
+
 def _row(name: str, scores: np.ndarray, y: np.ndarray, trees: int, **kw: Any) -> Row:
+    kw.setdefault("auc_ci95", list(auc_interval(y, scores)))
     return Row(name, auc(y, scores), ks(y, scores), trees, **kw)
 
 
@@ -126,6 +134,7 @@ def secagg_rows(
                 k,
                 wall_seconds=sec.wall_seconds,
                 seconds_per_tree=sec.seconds_per_tree,
+                rounds_per_tree=_trips(sec),
                 bytes_per_bank_per_tree=sec.bytes_up_per_bank_per_tree,
                 max_abs_diff_vs_central=float(np.max(np.abs(sec_scores - central_scores))),
                 note=note,
@@ -150,6 +159,7 @@ def secagg_rows(
             k,
             wall_seconds=sec.wall_seconds,
             seconds_per_tree=sec.seconds_per_tree,
+            rounds_per_tree=_trips(sec),
             bytes_per_bank_per_tree=sec.bytes_up_per_bank_per_tree,
             max_abs_diff_vs_central=float(np.max(np.abs(sec_scores - fed_first))),
             note=(
@@ -240,6 +250,7 @@ def run_setting(
             fed.trees,
             wall_seconds=fed.wall_seconds,
             seconds_per_tree=fed.seconds_per_tree,
+            rounds_per_tree=_trips(fed),
             bytes_per_bank_per_tree=fed.bytes_up_per_bank_per_tree,
             max_abs_diff_vs_central=float(np.max(np.abs(fed_scores - central_scores))),
             note=f"{fed.tree_rounds} rounds; binning {fed.setup_seconds:.2f} s",
@@ -255,6 +266,7 @@ def run_setting(
                 o.trees,
                 wall_seconds=o.wall_seconds,
                 seconds_per_tree=o.wall_seconds / max(o.trees, 1),
+                rounds_per_tree=_trips(o),
                 bytes_per_bank_per_tree=o.bytes_up / o.banks / max(o.trees, 1),
                 note=f"{o.tree_rounds} rounds",
             )
@@ -311,11 +323,12 @@ def render(
     )
     for col in (
         "trainer",
-        "AUC",
+        "AUC (95 % CI)",
         "KS",
         "trees",
         "wall s",
         "s/tree",
+        "rounds/tree",
         "bytes/bank/tree",
         "max |Δ| vs central",
         "note",
@@ -328,11 +341,12 @@ def render(
 
         table.add_row(
             r["trainer"],
-            f(r["auc"], ".4f"),
+            format_auc(r["auc"], tuple(r["auc_ci95"]) if r.get("auc_ci95") else None),
             f(r["ks"], ".4f"),
             str(r["trees"]),
             f(r["wall_seconds"], ".2f"),
             f(r["seconds_per_tree"], ".3f"),
+            f(r.get("rounds_per_tree"), ".1f"),
             f(r["bytes_per_bank_per_tree"], ",.0f"),
             f(r["max_abs_diff_vs_central"], ".1e"),
             r["note"],

@@ -21,6 +21,7 @@ from fedcredit.common.errors import PermissionDenied
 from fedcredit.consent.client import ConsentClient
 from fedcredit.consent.terms import ConsentTerms
 from fedcredit.coordinator.client import CoordinatorClient
+from fedcredit.training.gbdt.metrics import format_auc
 from fedcredit.training.gbdt.params import GBDTParams
 
 if TYPE_CHECKING:
@@ -395,20 +396,31 @@ def _train(demo: Demo) -> CityTrainReport:
                 progress=bar,
                 settings=TrainSettings(params=demo_params(demo)),
             )
+        # The banks' held-out borrowers are a few hundred: their AUC is printed with its
+        # interval, and the figure that means something (the whole city's hidden
+        # outcomes) comes in the next step and leads the summary.
         c.print(
             f"model {rep.model_version}: {rep.trees} trees in {rep.seconds:.1f} s "
-            f"({rep.seconds_per_tree:.2f} s/tree) by {len(rep.banks)} banks; held-out AUC {rep.auc:.4f} "
-            f"(pooled LightGBM {rep.pooled_auc:.4f}), KS {rep.ks:.3f}; published and active"
+            f"({rep.seconds_per_tree:.2f} s/tree, {rep.message_rounds_per_tree:g} message round "
+            f"trips/tree) by {len(rep.banks)} banks; published and active"
             + (f", ledger entry #{rep.ledger_index}" if rep.ledger_index is not None else "")
+            + f"; on the banks' {rep.test_rows} held-out borrowers AUC "
+            f"{format_auc(rep.auc, _ci(rep.auc_ci95))} (pooled LightGBM "
+            f"{format_auc(rep.pooled_auc, _ci(rep.pooled_auc_ci95))}), too few to judge the "
+            "model by: the whole city's check follows"
         )
         demo.facts["model"] = {
             "engine": demo.engine,
             "version": rep.model_version,
             "auc": round(rep.auc, 4),
+            "auc_ci95": [round(v, 4) for v in rep.auc_ci95],
             "pooled_auc": round(rep.pooled_auc, 4),
+            "pooled_auc_ci95": [round(v, 4) for v in rep.pooled_auc_ci95],
+            "test_rows": rep.test_rows,
             "ks": round(rep.ks, 4),
             "trees": rep.trees,
             "seconds_per_tree": round(rep.seconds_per_tree, 3),
+            "message_rounds_per_tree": rep.message_rounds_per_tree,
             "banks": len(rep.banks),
         }
         table_fact(
@@ -416,11 +428,14 @@ def _train(demo: Demo) -> CityTrainReport:
             "credit model",
             {
                 "version": rep.model_version,
-                "held-out AUC (federated hist, SecAgg+)": f"{rep.auc:.4f}",
-                "held-out AUC (pooled LightGBM baseline)": f"{rep.pooled_auc:.4f}",
+                f"AUC on {rep.test_rows} held-out borrowers (federated hist, SecAgg+)": format_auc(
+                    rep.auc, _ci(rep.auc_ci95)
+                ),
+                "same, pooled LightGBM": format_auc(rep.pooled_auc, _ci(rep.pooled_auc_ci95)),
                 "KS": f"{rep.ks:.3f}",
                 "trees": rep.trees,
                 "seconds per tree": f"{rep.seconds_per_tree:.2f}",
+                "message round trips per tree": f"{rep.message_rounds_per_tree:g}",
                 "banks": len(rep.banks),
                 "training rows": sum(rep.rows_per_bank.values()),
             },
@@ -433,21 +448,31 @@ def _check_on_whole_city(demo: Demo, world: Path, rep: CityTrainReport) -> None:
     with demo.step(
         "Check the model against the whole city's hidden outcomes (the demo's own check)"
     ):
-        city_auc, pooled_auc, n, pos = _whole_city_auc(demo, world, rep.model_version)
+        city = _whole_city_auc(demo, world, rep.model_version)
+        fed_text = format_auc(city.auc, city.auc_ci95)
+        pooled_text = format_auc(city.pooled_auc, city.pooled_auc_ci95)
         c.print(
-            f"{n:,} enterprises no bank lent to, {pos} of them defaulting within 12 months: "
-            f"AUC federated {city_auc:.4f}, pooled LightGBM on the same borrowers {pooled_auc:.4f} "
-            f"(the banks' own held-out borrowers are few: {rep.test_rows} rows)"
+            f"{city.rows:,} enterprises no bank lent to, {city.positives} of them defaulting "
+            f"within 12 months: AUC federated {fed_text}, pooled LightGBM on the same "
+            f"borrowers {pooled_text}"
         )
         demo.facts["model"].update(
-            {"city_auc": round(city_auc, 4), "city_pooled_auc": round(pooled_auc, 4)}
-        )
-        demo.facts["tables"]["credit model"].update(
             {
-                f"AUC on {n:,} non-borrowers' hidden outcomes (federated)": f"{city_auc:.4f}",
-                "same, pooled LightGBM on the same borrowers": f"{pooled_auc:.4f}",
+                "city_auc": round(city.auc, 4),
+                "city_auc_ci95": [round(v, 4) for v in city.auc_ci95],
+                "city_pooled_auc": round(city.pooled_auc, 4),
+                "city_pooled_auc_ci95": [round(v, 4) for v in city.pooled_auc_ci95],
+                "city_rows": city.rows,
             }
         )
+        # The whole city's figure leads the summary's table: it is the one with a narrow
+        # interval (tens of thousands of outcomes, not a few hundred held-out borrowers).
+        table = demo.facts["tables"]["credit model"]
+        demo.facts["tables"]["credit model"] = {
+            "version": table.pop("version"),
+            f"AUC on {city.rows:,} non-borrowers' hidden outcomes (federated)": fed_text,
+            "same, pooled LightGBM on the same borrowers": pooled_text,
+        } | table
 
 
 def _first_checkpoint(demo: Demo) -> None:
@@ -479,7 +504,21 @@ def _first_checkpoint(demo: Demo) -> None:
         c.print(f"checkpoint saved to {first}")
 
 
-def _whole_city_auc(demo: Demo, world: Path, version: str) -> tuple[float, float, int, int]:
+@dataclass(frozen=True)
+class CityCheck:
+    auc: float
+    auc_ci95: tuple[float, float]
+    pooled_auc: float
+    pooled_auc_ci95: tuple[float, float]
+    rows: int
+    positives: int
+
+
+def _ci(v: list[float]) -> tuple[float, float] | None:
+    return (v[0], v[1]) if len(v) == 2 else None
+
+
+def _whole_city_auc(demo: Demo, world: Path, version: str) -> CityCheck:
     """AUC of the active model on every enterprise no bank lent to, against the city's hidden
     12-month outcomes, next to LightGBM trained on all banks' borrowers pooled (same settings).
 
@@ -488,7 +527,7 @@ def _whole_city_auc(demo: Demo, world: Path, version: str) -> tuple[float, float
     import lightgbm as lgb
     import numpy as np
 
-    from fedcredit.training.gbdt.metrics import auc
+    from fedcredit.training.gbdt.metrics import auc, auc_interval
     from fedcredit.training.server.strategies import lgb_params
     from fedcredit.world.pooled import compute_all
 
@@ -516,6 +555,12 @@ def _whole_city_auc(demo: Demo, world: Path, version: str) -> tuple[float, float
         ),
         num_boost_round=fate.num_trees,
     )
-    fed_auc = auc(y_others, booster.predict(x[others]))
-    pooled_auc = auc(y_others, pooled.predict(x[others]))
-    return fed_auc, pooled_auc, len(others), int(y_others.sum())
+    fed_scores, pooled_scores = booster.predict(x[others]), pooled.predict(x[others])
+    return CityCheck(
+        auc(y_others, fed_scores),
+        auc_interval(y_others, fed_scores),
+        auc(y_others, pooled_scores),
+        auc_interval(y_others, pooled_scores),
+        len(others),
+        int(y_others.sum()),
+    )

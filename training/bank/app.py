@@ -69,7 +69,14 @@ class _Bank:
     def setup(self, context: Context, cfg: dict[str, Any]) -> RecordDict:
         d = self.data(context)
         lo, hi = local_range(d.x)
-        info: dict[str, Any] = {"feature_names": list(d.feature_names), "rows": d.rows}
+        info: dict[str, Any] = {
+            "feature_names": list(d.feature_names),
+            "rows": d.rows,
+            # How the server names this bank in its messages (never a Flower node id), and
+            # its count of defaults: the baselines refuse a bank with one class.
+            "bank": self.source.bank_id(_node_config(context)),
+            "positives": d.positives,
+        }
         # City mode: the nodes' global bin edges (population quantiles), the same for
         # every bank, so no binning round over the banks' own rows is needed.
         if "max_bins" in cfg:

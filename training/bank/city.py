@@ -372,6 +372,9 @@ class CitySource:
     def load(self, node_config: dict[str, Any]) -> BankData:
         return self.city(node_config).train
 
+    def bank_id(self, node_config: dict[str, Any]) -> str:
+        return self._where(node_config)[1]
+
     def bin_edges(
         self, node_config: dict[str, Any], max_bins: int
     ) -> list[npt.NDArray[np.float64]] | None:

@@ -8,6 +8,7 @@ the one at its ``partition-id``. Loaded data is cached per process.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,6 +31,10 @@ class DataSource(Protocol):
         ...
 
     def load(self, node_config: dict[str, Any]) -> BankData: ...
+
+    def bank_id(self, node_config: dict[str, Any]) -> str:
+        """The bank's organisation id (or, for a CSV, its file name): how messages name it."""
+        ...
 
     def bin_edges(self, node_config: dict[str, Any], max_bins: int) -> BinEdges | None:
         """Global bin edges, the same for every bank, or None: the banks then agree on
@@ -66,6 +71,11 @@ class CsvSource:
             _CACHE[k] = load_csv(path, self.label)
         return _CACHE[k]
 
+    def bank_id(self, node_config: dict[str, Any]) -> str:
+        if "bank" in node_config:
+            return str(node_config["bank"])
+        return Path(self.key(node_config)).name
+
     def bin_edges(self, node_config: dict[str, Any], max_bins: int) -> BinEdges | None:
         return None  # a bank's CSV alone knows no population's quantiles
 
@@ -87,6 +97,9 @@ class NodeConfigSource:
 
     def load(self, node_config: dict[str, Any]) -> BankData:
         return self._pick(node_config).load(node_config)
+
+    def bank_id(self, node_config: dict[str, Any]) -> str:
+        return self._pick(node_config).bank_id(node_config)
 
     def bin_edges(self, node_config: dict[str, Any], max_bins: int) -> BinEdges | None:
         return self._pick(node_config).bin_edges(node_config, max_bins)

@@ -30,6 +30,13 @@ QUANTIZATION_RANGE = 1 << (LIMB_BITS + 1)
 CLIPPING_RANGE = float(QUANTIZATION_RANGE // 2)
 MODULUS_RANGE = 1 << 32
 MAX_BANKS = MODULUS_RANGE // QUANTIZATION_RANGE - 1
+# Fewest banks SecAgg+ can hide each bank among: the server learns only the sum, and
+# with 2 banks each one could subtract its own vector from the sum and read the other's.
+MIN_BANKS = 3
+WHY_MIN_BANKS = (
+    "the server learns only the sum of the banks' histograms, and with 2 banks each bank "
+    "could subtract its own from the sum and read the other's"
+)
 
 IntArray = npt.NDArray[np.int64]
 

@@ -33,7 +33,7 @@ from fedcredit.common.errors import FailedPrecondition, InvalidArgument
 from fedcredit.coordinator.model import model_sha256
 from fedcredit.training.bank.city import CityBank, CitySource, load_city_bank
 from fedcredit.training.bank.data import BankData, concat
-from fedcredit.training.gbdt.metrics import auc, ks
+from fedcredit.training.gbdt.metrics import auc, auc_interval, ks
 from fedcredit.training.gbdt.params import GBDTParams
 from fedcredit.training.server.publish import finite, publish_model
 from fedcredit.training.server.settings import TrainSettings
@@ -88,6 +88,11 @@ class CityTrainReport:
     active: bool
     features: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
+    # Bootstrap 95 % intervals (training/gbdt/metrics.auc_interval) of auc and pooled_auc.
+    auc_ci95: list[float] = field(default_factory=list)
+    pooled_auc_ci95: list[float] = field(default_factory=list)
+    # Message round trips server -> banks -> server per tree (strategies.run_hist says why).
+    message_rounds_per_tree: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,12 +101,8 @@ class CityTrainReport:
 def city_settings(settings: TrainSettings | None, *, secagg: bool, banks: int) -> TrainSettings:
     s = settings or TrainSettings(params=PRESETS["fate"])
     use_secagg = secagg and s.strategy == "hist"
-    return replace(
-        s,
-        secagg=use_secagg,
-        num_banks=banks,
-        min_banks=min(s.min_banks, banks) if not use_secagg else max(3, min(s.min_banks, banks)),
-    )
+    # TrainSettings refuses fewer banks than --min-banks (or SecAgg+'s 3), saying why.
+    return replace(s, secagg=use_secagg, num_banks=banks)
 
 
 def _operator(dep: Deployment) -> str:
@@ -195,6 +196,8 @@ class Evaluation:
     ks: float
     pooled_auc: float
     pooled_ks: float
+    auc_ci95: tuple[float, float] = (float("nan"), float("nan"))
+    pooled_auc_ci95: tuple[float, float] = (float("nan"), float("nan"))
 
 
 def evaluate(result: TrainResult, data: list[CityBank], params: GBDTParams) -> Evaluation:
@@ -219,6 +222,8 @@ def evaluate(result: TrainResult, data: list[CityBank], params: GBDTParams) -> E
         ks(test.y, scores),
         auc(test.y, pooled_scores),
         ks(test.y, pooled_scores),
+        auc_interval(test.y, scores),
+        auc_interval(test.y, pooled_scores),
     )
 
 
@@ -255,6 +260,9 @@ def _report(
         active=False,
         features=ev.feature_names,
         phases=phases,
+        message_rounds_per_tree=float(summary.get("message_rounds_per_tree", 0.0)),
+        auc_ci95=list(ev.auc_ci95),
+        pooled_auc_ci95=list(ev.pooled_auc_ci95),
     )
 
 
@@ -275,7 +283,9 @@ def _publish(
     metrics = {
         "auc": report.auc,
         "ks": report.ks,
+        "auc_ci95": report.auc_ci95,
         "pooled_lightgbm_auc": report.pooled_auc,
+        "pooled_lightgbm_auc_ci95": report.pooled_auc_ci95,
         "pooled_lightgbm_ks": report.pooled_ks,
         "test_rows": report.test_rows,
         "rows_per_bank": report.rows_per_bank,

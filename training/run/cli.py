@@ -17,6 +17,8 @@ TLS and SuperNode authentication; all stopped at the end).
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +29,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedcredit.common.cliutil import err_console, output, user_errors
-from fedcredit.common.errors import InvalidArgument
+from fedcredit.common.errors import FedcreditError, InvalidArgument
+from fedcredit.training.gbdt.metrics import format_auc
 
 if TYPE_CHECKING:
     from fedcredit.training.server.settings import TrainSettings
@@ -41,23 +44,35 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _ci(v: Any) -> tuple[float, float] | None:
+    return (float(v[0]), float(v[1])) if isinstance(v, list | tuple) and len(v) == 2 else None
+
+
 def _table(d: dict[str, Any]) -> Table:
     t = Table(title=f"Federated training ({d['strategy']}{' + SecAgg+' if d['secagg'] else ''}, "
                     f"{d['engine']} engine)")  # fmt: skip
     t.add_column("", style="bold")
     t.add_column("", justify="right")
     rows: list[tuple[str, Any]] = [
-        ("AUC (held-out)", _fmt(d.get("auc"))),
+        ("AUC (held-out)", format_auc(d.get("auc"), _ci(d.get("auc_ci95")))),
         ("KS (held-out)", _fmt(d.get("ks"))),
     ]
     if d.get("pooled_auc") is not None:
-        rows.append(("pooled LightGBM AUC", _fmt(d.get("pooled_auc"))))
+        rows.append(
+            ("pooled LightGBM AUC", format_auc(d.get("pooled_auc"), _ci(d.get("pooled_auc_ci95"))))
+        )
     rows += [
         ("held-out rows", _fmt(d.get("test_rows"))),
         ("trees", _fmt(d.get("trees"))),
         ("seconds per tree", _fmt(d.get("seconds_per_tree"), 3)),
+        ("message round trips per tree", _fmt(d.get("message_rounds_per_tree"), 1)),
         ("bytes per bank per tree", f"{d.get('bytes_per_bank_per_tree', 0):,.0f}"),
         ("banks", ", ".join(d["banks"]) if isinstance(d["banks"], list) else str(d["banks"])),
+        *(
+            [("cyclic order", " -> ".join(d["bank_order"]))]
+            if d.get("strategy") == "cyclic"
+            else []
+        ),
         ("rows per bank", ", ".join(f"{k}: {v}" for k, v in d["rows_per_bank"].items())),
         ("total seconds", _fmt(d.get("seconds"), 1)),
     ]
@@ -84,6 +99,52 @@ def _progress() -> Progress:
     )
 
 
+def _log_file(work_dir: Path | None) -> Path:
+    """Where Flower's and Ray's logs go (error messages name it)."""
+    if work_dir is not None:
+        return work_dir / "flower.log"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(tempfile.gettempdir()) / f"fedcredit-train-{stamp}-{os.getpid()}.log"
+
+
+def _with_log(exc: FedcreditError, where: Path) -> FedcreditError:
+    """The same error, its message naming the file with the engine's own logs."""
+    err = type(exc).__new__(type(exc))
+    FedcreditError.__init__(err, f"{exc.message} (Flower's log: {where})", **exc.metadata)
+    err.reason = exc.reason  # type: ignore[misc]
+    return err
+
+
+def _engine(
+    s: TrainSettings, engine: str, paths: tuple[str, ...], label: str, work_dir: Path | None
+) -> tuple[str, dict[str, Any]]:
+    """The model text and summary of one run; errors name the engine's log, never a
+    traceback (Ray's and Flower's go to the log file)."""
+    if engine == "simulation":
+        from fedcredit.training.bank.source import CsvSource
+        from fedcredit.training.run.simulation import SimulationFailed, simulate
+
+        log_file = _log_file(work_dir)
+        try:
+            out = simulate(s, CsvSource(paths, label), len(paths), log_file=log_file)
+        except FedcreditError as exc:
+            raise _with_log(exc, log_file) from None
+        except Exception as exc:  # Ray/Flower's own failure: its traceback is in the log
+            raise SimulationFailed(
+                f"the Simulation Engine stopped: {type(exc).__name__}: {exc} "
+                f"(Flower's log: {log_file})"
+            ) from None
+        return out.model_text, out.summary()
+    from fedcredit.training.run.deployment import run_local_deployment
+
+    wd = work_dir or Path.cwd() / "fedcredit-training" / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        res = run_local_deployment(s, paths, wd)
+    except FedcreditError as exc:
+        raise _with_log(exc, wd) from None
+    return res.model_text, res.summary
+
+
 def train_csv(
     csvs: list[Path],
     test_csv: Path | None,
@@ -93,34 +154,22 @@ def train_csv(
     work_dir: Path | None,
     progress: Progress | None,
 ) -> dict[str, Any]:
-    """CSV mode: one file per bank; AUC/KS on ``test_csv`` if given."""
-    from fedcredit.training.bank.data import load_csv
-    from fedcredit.training.bank.source import CsvSource
-    from fedcredit.training.gbdt.metrics import auc, ks
+    """CSV mode: one file per bank; AUC/KS on ``test_csv`` if given. Every file is read
+    and checked (training/run/inputs.py) before Flower starts."""
+    from fedcredit.training.gbdt.metrics import auc, auc_interval, ks
+    from fedcredit.training.run.inputs import check_csv_inputs
 
+    if engine != "simulation" and label != "y":
+        raise InvalidArgument(
+            "--label is supported with --engine simulation only; the deployment's "
+            "banks read the column 'y'"
+        )
+    inputs = check_csv_inputs(csvs, test_csv, label=label, strategy=settings.strategy)
     paths = tuple(str(p.resolve()) for p in csvs)
-    for p in csvs:
-        if not p.is_file():
-            raise InvalidArgument(f"training CSV {p} does not exist", path=str(p))
     s = replace(settings, label=label, num_banks=len(paths))
     task = progress.add_task(f"training on {len(paths)} banks ({engine})") if progress else None
     t0 = time.perf_counter()
-    if engine == "simulation":
-        from fedcredit.training.run.simulation import simulate
-
-        out = simulate(s, CsvSource(paths, label), len(paths))
-        model_text, summary = out.model_text, out.summary()
-    else:
-        from fedcredit.training.run.deployment import run_local_deployment
-
-        wd = work_dir or Path.cwd() / "fedcredit-training" / time.strftime("%Y%m%d-%H%M%S")
-        if label != "y":
-            raise InvalidArgument(
-                "--label is supported with --engine simulation only; the deployment's "
-                "banks read the column 'y'"
-            )
-        res = run_local_deployment(s, paths, wd)
-        model_text, summary = res.model_text, res.summary
+    model_text, summary = _engine(s, engine, paths, label, work_dir)
     if progress is not None and task is not None:
         progress.update(task, description="evaluating")
     d: dict[str, Any] = {
@@ -129,22 +178,30 @@ def train_csv(
         "secagg": s.secagg,
         "trees": summary.get("trees"),
         "seconds_per_tree": summary.get("seconds_per_tree"),
+        "message_rounds_per_tree": summary.get("message_rounds_per_tree"),
         "bytes_per_bank_per_tree": summary.get("bytes_up_per_bank_per_tree", 0),
         "banks": [Path(p).name for p in paths],
-        "rows_per_bank": {},
+        "bank_order": summary.get("bank_order", []),
+        "rows_per_bank": {Path(n).name: b.rows for n, b in inputs.banks},
         "auc": None,
+        "auc_ci95": None,
         "ks": None,
         "test_rows": None,
         "valid_logloss": summary.get("valid_logloss", []),
     }
-    import lightgbm as lgb
+    if inputs.test is not None:
+        import lightgbm as lgb
 
-    booster = lgb.Booster(model_str=model_text)
-    d["rows_per_bank"] = {Path(p).name: load_csv(p, label).rows for p in paths}
-    if test_csv is not None:
-        test = load_csv(test_csv, label)
+        booster = lgb.Booster(model_str=model_text)
+        if tuple(booster.feature_name()) != inputs.feature_names:
+            raise InvalidArgument(
+                f"the model's features {booster.feature_name()} are not the banks' "
+                f"{list(inputs.feature_names)}"
+            )
+        test = inputs.test  # columns already in the model's order (inputs.align_features)
         scores = booster.predict(test.x)
         d["auc"], d["ks"], d["test_rows"] = auc(test.y, scores), ks(test.y, scores), test.rows
+        d["auc_ci95"] = list(auc_interval(test.y, scores))
     d["seconds"] = time.perf_counter() - t0
     d["model_text"] = model_text
     return d
@@ -192,6 +249,14 @@ WorkDirOpt = Annotated[
     typer.Option("--work-dir", help="Deployment engine: folder for PKI, keys and logs."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+MinBanksOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--min-banks",
+        help="Fewest banks to train with: default and least 3 with SecAgg+ (so no bank can "
+        "read another's histograms from the sum), default 2 without (least 1).",
+    ),
+]
 
 # `fedcredit train` sits on the root itself (the "" group).
 train_app = typer.Typer()
@@ -209,6 +274,7 @@ def train_settings(
     activate: bool,
     secagg: bool | None,
     overrides: dict[str, Any],
+    min_banks: int | None = None,
 ) -> TrainSettings:
     """The options checked, in the order the user reads them, and made one TrainSettings."""
     from fedcredit.training.run.city import ENGINES, PRESETS, InvalidEngine
@@ -239,7 +305,11 @@ def train_settings(
     use_secagg = (secagg if secagg is not None else city) and strategy == "hist"
     if secagg and strategy != "hist":
         raise InvalidTrainSettings(f"--secagg applies to the hist strategy only, got {strategy!r}")
-    return TrainSettings(strategy=strategy, params=params, secagg=use_secagg)
+    if min_banks is not None and min_banks < 1:
+        raise InvalidTrainSettings(f"--min-banks must be >= 1, got {min_banks}")
+    return TrainSettings(
+        strategy=strategy, params=params, secagg=use_secagg, min_banks=min_banks or 0
+    )
 
 
 def train_city_mode(
@@ -290,6 +360,7 @@ def train(
     activate: ActivateOpt = False,
     model_out: ModelOutOpt = None,
     work_dir: WorkDirOpt = None,
+    min_banks: MinBanksOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train the credit model with Flower: CSV files (one per bank) or the city (--config)."""
@@ -309,6 +380,7 @@ def train(
                 "max_bins": bins,
                 "learning_rate": learning_rate,
             },
+            min_banks=min_banks,
         )
         with _progress() as progress:
             if config is not None:

@@ -196,7 +196,11 @@ class LocalDeployment:
         if self.node_configs:
             names = list(self.bank_names) or [f"bank{i}" for i in range(len(self.node_configs))]
             return list(zip(names, self.node_configs, strict=True))
-        return [(f"bank{i}", f"csv='{Path(c).resolve()}'") for i, c in enumerate(self.csv_paths)]
+        # ``bank``: the file's name, how the server names the bank in its messages.
+        return [
+            (f"bank{i}", f"csv='{Path(c).resolve()}' bank='{Path(c).name}'")
+            for i, c in enumerate(self.csv_paths)
+        ]
 
     def pids(self) -> list[int]:
         return [p.pid for _, p in self.procs]

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from queue import Queue
 from typing import Any
 
@@ -72,6 +73,42 @@ def low_latency_polling() -> Iterator[bool]:
         vce_api.add_messages_to_queue = original
 
 
+class _DropDeprecation(logging.Filter):
+    """Flower 1.42 warns, in eight lines, that ``run_simulation`` is deprecated in favour of
+    ``flwr run``; the Python API is still the only way to run a ServerApp in-process with
+    our own ClientApp objects, so the warning says nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is deprecated" not in record.getMessage()
+
+
+_QUIET = _DropDeprecation()
+
+
+@contextmanager
+def flower_logs(log_file: Path | None) -> Iterator[None]:
+    """Flower's log (its ClientApp tracebacks included) to ``log_file`` rather than the
+    terminal, and its deprecation warning dropped, for the duration."""
+    flwr_log = logging.getLogger("flwr")
+    saved = list(flwr_log.handlers)
+    handler: logging.Handler | None = None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        flwr_log.handlers = [handler]
+    for h in flwr_log.handlers:
+        h.addFilter(_QUIET)
+    try:
+        yield
+    finally:
+        for h in flwr_log.handlers:
+            h.removeFilter(_QUIET)
+        flwr_log.handlers = saved
+        if handler is not None:
+            handler.close()
+
+
 def simulate(
     settings: TrainSettings,
     source: DataSource,
@@ -80,8 +117,11 @@ def simulate(
     client_mods: Sequence[Mod] = (),
     verbose: bool = False,
     low_latency: bool = True,
+    log_file: Path | None = None,
 ) -> TrainOutcome:
-    """One training run in the Simulation Engine; raises the error that stopped it."""
+    """One training run in the Simulation Engine; raises the error that stopped it.
+
+    With ``log_file``, Flower's and Ray's logs go there, not to the terminal."""
     result = simulate_many(
         [settings],
         source,
@@ -89,6 +129,7 @@ def simulate(
         client_mods=client_mods,
         verbose=verbose,
         low_latency=low_latency,
+        log_file=log_file,
     )[0]
     if isinstance(result, Exception):
         raise result
@@ -106,6 +147,7 @@ def simulate_many(
     low_latency: bool = True,
     floor_rounds: int = 0,
     actors: int = 0,
+    log_file: Path | None = None,
 ) -> list[TrainOutcome | Floor | Exception]:
     """Several runs on the same simulated banks (one Ray start-up); each outcome or error,
     preceded by the engine's round-trip floor when ``floor_rounds`` > 0."""
@@ -115,8 +157,8 @@ def simulate_many(
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     poller = low_latency_polling() if low_latency else _keep_poller()
-    with poller:
-        _run(server_app, client_app, num_banks, actors or num_banks, verbose)
+    with poller, flower_logs(log_file):
+        _run(server_app, client_app, num_banks, actors or num_banks, verbose, log_file)
     if len(box) != len(runs) + (1 if floor_rounds and runs else 0):
         raise SimulationFailed(
             f"the simulation ended with {len(box)} results for {len(runs)} runs; "
@@ -139,7 +181,7 @@ RAY_START_ATTEMPTS = 3
 RAY_RETRY_PAUSE_S = 2.0
 
 
-def start_ray(actors: int, *, attempts: int = RAY_START_ATTEMPTS) -> None:
+def start_ray(actors: int, *, attempts: int = RAY_START_ATTEMPTS, to_driver: bool = True) -> None:
     """Start a loopback-only Ray for ``actors`` ClientApp processes, retrying start-up."""
     # As Flower's RayBackend does: Ray's workers get this process's import path.
     pythonpath = os.pathsep.join(sys.path)
@@ -155,6 +197,8 @@ def start_ray(actors: int, *, attempts: int = RAY_START_ATTEMPTS) -> None:
                 _node_ip_address="127.0.0.1",
                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
                 logging_level=logging.WARNING,
+                # False: the ClientApps' output (tracebacks) stays in Ray's session logs.
+                log_to_driver=to_driver,
             )
             return
         except Exception as exc:  # Ray raises RuntimeError/ConnectionError/TimeoutError here
@@ -169,8 +213,16 @@ def start_ray(actors: int, *, attempts: int = RAY_START_ATTEMPTS) -> None:
     )
 
 
-def _run(server_app: Any, client_app: Any, num_banks: int, actors: int, verbose: bool) -> None:
-    start_ray(actors)  # loopback only, no dashboard, ``actors`` ClientApp processes
+def _run(
+    server_app: Any,
+    client_app: Any,
+    num_banks: int,
+    actors: int,
+    verbose: bool,
+    log_file: Path | None,
+) -> None:
+    # loopback only, no dashboard, ``actors`` ClientApp processes
+    start_ray(actors, to_driver=log_file is None)
     try:
         run_simulation(
             server_app=server_app,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -74,11 +75,25 @@ def _value_bytes(v: Any) -> int:
     return 8
 
 
+# Flower reports a ClientApp's exception as "<class '...'>:<'message'>" (nested once more
+# by its ClientAppException); our errors' text is "REASON: sentence".
+_OUR_ERROR = re.compile(r"([A-Z][A-Z0-9_]{2,}: [^\n]*?)'>")
+
+
+def bank_error(reason: str) -> str:
+    """The bank's own error sentence out of Flower's wrapping (which names its file)."""
+    m = _OUR_ERROR.search(reason)
+    return m.group(1) if m else reason.strip()
+
+
 @dataclass
 class Traffic:
     down: int = 0  # server -> banks, all banks together
     up: int = 0  # banks -> server
     messages: int = 0
+    # Round trips: each push to some banks and wait for all their replies (a SecAgg+ sum
+    # costs several: its key set-up, share, masked-vector and unmask stages).
+    rounds: int = 0
 
 
 class CountingGrid:
@@ -106,6 +121,7 @@ class CountingGrid:
         for m in msgs:
             self.traffic.down += payload_bytes(m.content)
         self.traffic.messages += len(msgs)
+        self.traffic.rounds += 1
         ids = [i for i in self._grid.push_messages(msgs) if i]
         pending = set(ids)
         replies: list[Message] = []
@@ -137,7 +153,17 @@ class Federation:
     context: Context
     settings: TrainSettings
     nodes: list[int] = field(default_factory=list)
+    # Flower node id -> the bank's organisation id (or CSV file name), from the setup
+    # round; messages name banks by it, never by a random node id.
+    names: dict[int, str] = field(default_factory=dict)
+    # Flower node id -> (rows with label 1, rows), from the setup round.
+    positives: dict[int, tuple[int, int]] = field(default_factory=dict)
     _round: int = 0
+
+    def bank(self, node: int) -> str:
+        """How a message names the bank behind ``node``."""
+        name = self.names.get(node)
+        return f"bank {name}" if name else "a bank not yet identified"
 
     @classmethod
     def connect(cls, grid: Grid, context: Context, settings: TrainSettings) -> Federation:
@@ -148,9 +174,11 @@ class Federation:
             if len(nodes) >= want:
                 break
             if time.monotonic() > deadline:
+                why = f" (SecAgg+ needs {secure.MIN_BANKS}: {secure.WHY_MIN_BANKS})"
                 raise NotEnoughBanks(
                     f"expected at least {want} banks to connect within "
-                    f"{settings.wait_for_banks:.0f} s, got {len(nodes)}",
+                    f"{settings.wait_for_banks:.0f} s, got {len(nodes)}"
+                    + (why if settings.secagg and len(nodes) < secure.MIN_BANKS else ""),
                     expected=want,
                     got=len(nodes),
                 )
@@ -181,14 +209,14 @@ class Federation:
         for r in replies:
             src = r.metadata.src_node_id
             if r.has_error():
-                problems.append(f"bank node {src} failed: {r.error.reason}")
+                problems.append(f"{self.bank(src)} failed: {bank_error(r.error.reason or '')}")
             else:
                 out[src] = r.content
         missing = [n for n in targets if n not in out and not any(str(n) in p for p in problems)]
         if missing:
             problems.append(
-                f"no answer within {self.settings.round_timeout:.0f} s from bank node(s) "
-                + ", ".join(str(n) for n in missing)
+                f"no answer within {self.settings.round_timeout:.0f} s from "
+                + ", ".join(self.bank(n) for n in missing)
             )
         if problems:
             raise BankDropped(
@@ -210,8 +238,10 @@ class Federation:
     def secure_sum(self, op: str, payload: dict[str, Any]) -> np.ndarray:
         """Exact int64 sum over all banks of the vector each computes for ``op``, via SecAgg+."""
         n = len(self.nodes)
-        if n < 3:
-            raise NotEnoughBanks(f"secure aggregation needs at least 3 banks, got {n}")
+        if n < secure.MIN_BANKS:
+            raise NotEnoughBanks(
+                f"SecAgg+ needs at least {secure.MIN_BANKS} banks, got {n}: {secure.WHY_MIN_BANKS}"
+            )
         if n > secure.MAX_BANKS:
             raise secure.TooManyBanksForSecAgg(
                 f"secure aggregation supports at most {secure.MAX_BANKS} banks, got {n}"

@@ -6,9 +6,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedcredit.common.errors import InvalidArgument
+from fedcredit.training.flower.secure import MIN_BANKS as _SECURE_MIN_BANKS
+from fedcredit.training.flower.secure import WHY_MIN_BANKS
 from fedcredit.training.gbdt.params import GBDTParams
 
 STRATEGIES = ("hist", "bagging", "cyclic")
+# Without SecAgg+ the server sees each bank's histograms anyway, so one bank is a valid
+# (if pointless) federation; 2 is the documented lower bound that is still a federation.
+MIN_BANKS_PLAIN = 2
+MIN_BANKS_SECAGG = _SECURE_MIN_BANKS
 
 
 class InvalidTrainSettings(InvalidArgument):
@@ -22,8 +28,9 @@ class TrainSettings:
     params: GBDTParams = field(default_factory=GBDTParams)
     # Sum the banks' histograms with Flower's SecAgg+ (hist only).
     secagg: bool = False
-    # Fewest banks allowed in a run (SecAgg+ needs at least 3 to hide each bank).
-    min_banks: int = 3
+    # Fewest banks allowed in a run: 0 means the default, 3 with SecAgg+ (needed to hide
+    # each bank's histograms in the sum) and MIN_BANKS_PLAIN without.
+    min_banks: int = 0
     # Banks to wait for before starting; 0 means min_banks.
     num_banks: int = 0
     # Seconds to wait for the banks' SuperNodes to connect.
@@ -43,22 +50,31 @@ class TrainSettings:
             raise InvalidTrainSettings(
                 f"secure aggregation applies to the hist strategy only, got {self.strategy!r}"
             )
-        if self.min_banks < 1:
-            raise InvalidTrainSettings(f"min_banks must be >= 1, got {self.min_banks}")
-        if self.secagg and self.min_banks < 3:
+        if self.min_banks < 0:
+            raise InvalidTrainSettings(f"--min-banks must be >= 1, got {self.min_banks}")
+        if self.secagg and 0 < self.min_banks < MIN_BANKS_SECAGG:
             raise InvalidTrainSettings(
-                f"secure aggregation needs min_banks >= 3, got {self.min_banks}"
+                f"--min-banks must be >= {MIN_BANKS_SECAGG} with SecAgg+, got {self.min_banks}: "
+                f"{WHY_MIN_BANKS}"
             )
-        if self.num_banks and self.num_banks < self.min_banks:
+        if self.num_banks and self.num_banks < self.least_banks:
+            why = f" with SecAgg+: {WHY_MIN_BANKS}" if self.secagg else " (--min-banks)"
             raise InvalidTrainSettings(
-                f"num_banks ({self.num_banks}) is below min_banks ({self.min_banks})"
+                f"expected at least {self.least_banks} banks{why}; got {self.num_banks}"
             )
         if self.local_rounds < 1:
             raise InvalidTrainSettings(f"local_rounds must be >= 1, got {self.local_rounds}")
 
     @property
+    def least_banks(self) -> int:
+        """The fewest banks this run accepts (``min_banks`` or its default)."""
+        if self.min_banks:
+            return self.min_banks
+        return MIN_BANKS_SECAGG if self.secagg else MIN_BANKS_PLAIN
+
+    @property
     def expected_banks(self) -> int:
-        return self.num_banks or self.min_banks
+        return self.num_banks or self.least_banks
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

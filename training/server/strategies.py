@@ -4,7 +4,9 @@ and the LightGBM `bagging` and `cyclic` baselines a Flower user would build."""
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -13,16 +15,38 @@ from typing import Any, cast
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
-from fedcredit.common.errors import InvalidArgument
+from fedcredit.common.errors import FailedPrecondition, InvalidArgument
 from fedcredit.training.gbdt.binning import SKETCH_CELLS, BinSpec, merge_ranges, spec_from_sketch
 from fedcredit.training.gbdt.booster import Ensemble, HistServer, Totals
 from fedcredit.training.gbdt.lgb_text import ModelParts
 from fedcredit.training.gbdt.params import GBDTParams
+from fedcredit.training.gbdt.schema import schema_difference
 from fedcredit.training.server.federation import Federation
+
+log = logging.getLogger(__name__)
 
 
 class FeatureMismatch(InvalidArgument):
     reason = "BANK_FEATURES_MISMATCH"
+
+
+class OneClassBank(FailedPrecondition):
+    """bagging/cyclic: a bank whose rows all have the same label boosts a constant tree
+    (leaf value about -34.5 for all-0) that drowns every other bank's trees."""
+
+    reason = "BANK_HAS_ONE_CLASS"
+
+
+class DegenerateModel(FailedPrecondition):
+    """The trained model cannot rank borrowers: no tree splits, or a tree predicts one
+    class with certainty."""
+
+    reason = "MODEL_DEGENERATE"
+
+
+# |leaf value| above this (in log-odds, learning rate applied) is a tree that predicts
+# one class with certainty: exp(10) ~ 22,000 to 1. Healthy trees at lr <= 1 stay far below.
+MAX_LEAF_LOGODDS = 10.0
 
 
 @dataclass
@@ -44,6 +68,10 @@ class TrainOutcome:
     setup_seconds: float = 0.0  # binning rounds before the first tree
     ensemble: Ensemble | None = None
     spec: BinSpec | None = None
+    # The banks by id, in the order they were asked (cyclic: the order of their turns).
+    bank_order: list[str] = field(default_factory=list)
+    # Message round trips (server -> banks -> server) while building the trees.
+    message_rounds: int = 0
 
     @property
     def seconds_per_tree(self) -> float:
@@ -67,6 +95,8 @@ class TrainOutcome:
             "bytes_up_per_bank_per_tree": round(self.bytes_up_per_bank_per_tree),
             "bytes_down_total": self.bytes_down,
             "valid_logloss": self.valid_logloss,
+            "bank_order": self.bank_order,
+            "message_rounds_per_tree": round(self.message_rounds / max(self.trees, 1), 2),
         }
 
 
@@ -80,32 +110,42 @@ def _setup(
     """Feature names, global finite ranges, total rows and, when the banks got them from
     the department nodes (city mode), the shared global bin edges."""
     infos = fed.ask("query.setup", partial(_cfg, max_bins=fed.settings.params.max_bins))
+    fed.names = {nid: str(rd.config_records["info"]["bank"]) for nid, rd in infos.items()}
+    fed.positives = {
+        nid: (int(cast(int, info["positives"])), int(cast(int, info["rows"])))
+        for nid, rd in infos.items()
+        for info in [rd.config_records["info"]]
+    }
+    # Banks in the order of their ids: deterministic, unlike Flower's random node ids.
+    fed.nodes = sorted(fed.nodes, key=lambda n: fed.names[n])
     names: list[str] | None = None
+    first = ""
     edges_json: str | None = None
     with_edges = 0
     los, his = [], []
     rows = 0
-    for nid, rd in sorted(infos.items()):
-        info = rd.config_records["info"]
+    for nid in fed.nodes:
+        info = infos[nid].config_records["info"]
         these = [str(v) for v in cast(list[str], info["feature_names"])]
         if names is None:
-            names = these
+            names, first = these, fed.names[nid]
         elif these != names:
+            diff = schema_difference(names, these, reference=first, file=fed.names[nid])
             raise FeatureMismatch(
-                f"bank node {nid} has features {these[:5]}..., expected the same "
-                f"{len(names)} features as the others ({names[:5]}...)"
+                diff or f"{fed.names[nid]}: the features come in another order than in {first}",
+                bank=fed.names[nid],
             )
         if "edges" in info:
             e = str(info["edges"])
             if edges_json is not None and e != edges_json:
                 raise FeatureMismatch(
-                    f"bank node {nid} got different bin edges from the nodes than the others "
+                    f"{fed.bank(nid)} got different bin edges from the nodes than the others "
                     "(did a node reload its data during setup?)"
                 )
             edges_json = e
             with_edges += 1
         rows += int(cast(int, info["rows"]))
-        rng = rd.array_records["range"]
+        rng = infos[nid].array_records["range"]
         los.append(rng["lo"].numpy())
         his.append(rng["hi"].numpy())
     assert names is not None
@@ -134,6 +174,15 @@ def _sum(replies: dict[int, RecordDict], record: str, key: str) -> np.ndarray:
     return cast(np.ndarray, np.sum(arrays, axis=0, dtype=np.int64))
 
 
+# Lossless federated histogram boosting.
+#
+# Message round trips per tree at depth d (``TrainOutcome.message_rounds``, counted by
+# the grid): d `hist` rounds, one per level, each carrying every open leaf (only the
+# smaller child of each split; its sibling is the parent minus it); the finished
+# tree's splits and leaf values reach the banks with the next tree's root request,
+# which also brings back the validation-loss sums. Plain, that is d round trips, the
+# floor of level-wise growth. Through SecAgg+ each sum is Flower's four-stage
+# workflow (set-up, share keys, collect masked vectors, unmask): 4 d round trips.
 def run_hist(fed: Federation) -> TrainOutcome:
     s = fed.settings
     p = s.params
@@ -169,7 +218,7 @@ def run_hist(fed: Federation) -> TrainOutcome:
     server = HistServer(p, spec, Totals.from_array(totals))
     spec_json = json.dumps(spec.to_dict())
     tree_start = time.perf_counter()
-    up0, down0 = fed.traffic.up, fed.traffic.down
+    up0, down0, trips0 = fed.traffic.up, fed.traffic.down, fed.traffic.rounds
     rounds = 0
     first = True
     while (req := server.next_request()) is not None:
@@ -210,6 +259,7 @@ def run_hist(fed: Federation) -> TrainOutcome:
         setup_seconds=tree_start - t0,
         ensemble=ens,
         spec=spec,
+        message_rounds=fed.traffic.rounds - trips0,
     )
 
 
@@ -249,6 +299,7 @@ def _boost_outcome(
         messages=fed.traffic.messages,
         feature_names=names,
         settings=fed.settings.to_dict(),
+        message_rounds=fed.traffic.rounds,
     )
 
 
@@ -267,7 +318,8 @@ def run_bagging(fed: Federation) -> TrainOutcome:
     """
     s = fed.settings
     names, _, _, rows = _features(fed)
-    fed.traffic.up = fed.traffic.down = fed.traffic.messages = 0
+    refuse_one_class(fed, "bagging")
+    fed.traffic.up = fed.traffic.down = fed.traffic.messages = fed.traffic.rounds = 0
     start = time.perf_counter()
     params = json.dumps(lgb_params(s.params, boost_from_average=False))
     rounds = math.ceil(s.params.num_trees / s.local_rounds)
@@ -296,11 +348,14 @@ def run_cyclic(fed: Federation) -> TrainOutcome:
     """Banks take turns boosting ``local_rounds`` trees on the global model (FedXgbCyclic)."""
     s = fed.settings
     names, _, _, rows = _features(fed)
-    fed.traffic.up = fed.traffic.down = fed.traffic.messages = 0
+    refuse_one_class(fed, "cyclic")
+    fed.traffic.up = fed.traffic.down = fed.traffic.messages = fed.traffic.rounds = 0
     start = time.perf_counter()
     params = json.dumps(lgb_params(s.params, boost_from_average=True))
     rounds = math.ceil(s.params.num_trees / s.local_rounds)
     model = ""
+    # fed.nodes is sorted by bank id (_setup): the same order on every run, printed.
+    log.info("cyclic order: %s", ", ".join(fed.names[n] for n in fed.nodes))
     for r in range(rounds):
         node = fed.nodes[r % len(fed.nodes)]
         replies = fed.ask(
@@ -312,7 +367,47 @@ def run_cyclic(fed: Federation) -> TrainOutcome:
     return _boost_outcome(fed, "cyclic", model, rounds, time.perf_counter() - start, rows, names)
 
 
+def refuse_one_class(fed: Federation, strategy: str) -> None:
+    """bagging/cyclic boost on each bank's rows alone: a bank with one class cannot."""
+    for n in fed.nodes:
+        pos, rows = fed.positives[n]
+        if pos in (0, rows):
+            raise OneClassBank(
+                f"{strategy}: {fed.bank(n)} has only label {0 if pos == 0 else 1} in all its "
+                f"{rows} rows; a LightGBM model boosted on one class is a constant tree that "
+                "drowns the other banks' trees. Leave the bank out, or use --strategy hist "
+                "(which sums every bank's histograms)",
+                bank=fed.names.get(n, str(n)),
+            )
+
+
+_LEAVES = re.compile(r"^num_leaves=(\d+)$", re.MULTILINE)
+_LEAF_VALUES = re.compile(r"^leaf_value=(.*)$", re.MULTILINE)
+
+
+def check_model(text: str, strategy: str) -> None:
+    """Refuse a model that cannot rank borrowers: no tree splits, or a tree whose leaves
+    predict one class with certainty (the mark of a bank with one class)."""
+    trees = ModelParts.parse(text).trees
+    if all(int(m.group(1)) <= 1 for t in trees for m in _LEAVES.finditer(t)):
+        raise DegenerateModel(
+            f"{strategy}: none of the {len(trees)} trees splits: the model gives every "
+            "borrower the same score (too few rows, or one class only?)"
+        )
+    for i, t in enumerate(trees):
+        for m in _LEAF_VALUES.finditer(t):
+            worst = max((abs(float(v)) for v in m.group(1).split()), default=0.0)
+            if worst > MAX_LEAF_LOGODDS:
+                raise DegenerateModel(
+                    f"{strategy}: tree {i} has a leaf value of magnitude {worst:.1f} (log-odds, "
+                    f"expected at most {MAX_LEAF_LOGODDS:g}): it predicts one class with "
+                    "certainty and no later tree can correct it"
+                )
+
+
 def run(fed: Federation) -> TrainOutcome:
-    return {"hist": run_hist, "bagging": run_bagging, "cyclic": run_cyclic}[fed.settings.strategy](
-        fed
-    )
+    strategy = fed.settings.strategy
+    out = {"hist": run_hist, "bagging": run_bagging, "cyclic": run_cyclic}[strategy](fed)
+    check_model(out.model_text, strategy)
+    out.bank_order = [fed.names.get(n, str(n)) for n in fed.nodes]
+    return out
