@@ -68,12 +68,44 @@ def up(
     output(rows, as_json, _status_table(rows))
 
 
+def _witness_rows(dep: object, rows: list[dict[str, object]]) -> Table | None:
+    """The ledger's witness pushes (cosigned / refused / unreachable counts, last reason),
+    from its database: added to the ledger's row and shown as a second table."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fedcredit.ledger.store import read_witness_status
+
+    try:
+        seen = read_witness_status(dep.service("ledger").database)  # type: ignore[attr-defined]
+    except (SQLAlchemyError, ConfigError):
+        return None
+    for r in rows:
+        if r["service"] == "ledger":
+            r["witnesses"] = seen
+    if not seen:
+        return None
+    t = Table(title="ledger witnesses")
+    for col in ("witness", "cosigned size", "cosigned", "refused", "unreachable", "last"):
+        t.add_column(col)
+    for name, w in seen.items():
+        bad = w["last_outcome"] != "cosigned"
+        t.add_row(
+            name, str(w["cosigned_size"]), str(w["cosigned"]), str(w["refused"]), str(w["unreachable"]),
+            f"[red]{w['last_outcome']}: {w['last_reason']}[/]" if bad else "cosigned",
+        )  # fmt: skip
+    return t
+
+
 @ops.command("status")
 def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
-    """Show each service: process, address, gRPC health."""
+    """Show each service: process, address, gRPC health; the ledger's witness pushes."""
     with user_errors(as_json):
-        rows = Supervisor(load_config(config)).status()
+        dep = load_config(config)
+        rows = Supervisor(dep).status()
+        witnesses = _witness_rows(dep, rows)
     output(rows, as_json, _status_table(rows))
+    if witnesses is not None and not as_json:
+        console.print(witnesses)
     if not all(r["healthy"] for r in rows):
         raise typer.Exit(1)
 

@@ -14,8 +14,9 @@ import operator
 import os
 import pickle
 import re
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -29,6 +30,8 @@ from fedcredit.ledger.entry import ACTOR_RE, KIND_RE, PREFIX_RE, ZERO_HASH, Entr
 from fedcredit.ledger.errors import (
     ChainBroken,
     CheckpointRollback,
+    CheckpointStale,
+    CosignatureFromFuture,
     CosignatureQuorum,
     EntriesNotCovered,
     EntryMalformed,
@@ -63,6 +66,59 @@ class Trust:
             witnesses=self.witnesses,
             quorum=self.quorum if quorum is None else quorum,
         )
+
+
+CLOCK_SKEW = 300.0  # seconds a cosignature timestamp may be ahead of this clock
+
+
+def check_current(
+    sc: SignedCheckpoint,
+    *,
+    quorum: int,
+    max_age: float,
+    newer: Mapping[str, int] | None = None,
+    now: float | None = None,
+) -> float | None:
+    """Refuse a quorum-cosigned checkpoint that is not current.
+
+    ``newer`` maps who (the ledger, each witness) to the largest size it reports: a
+    larger one means a newer checkpoint exists that the quorum has not cosigned.
+    With ``quorum`` cosignatures demanded, the quorum-th freshest cosignature
+    timestamp must be at most ``max_age`` seconds old (witnesses renew theirs while
+    the log is idle), and none may be from the future. Returns that age (None
+    without a quorum)."""
+    now = time.time() if now is None else now
+    for who, size in sorted((newer or {}).items()):
+        if size > sc.size:
+            raise CheckpointStale(
+                f"the newest checkpoint with {quorum} cosignatures has size {sc.size}, but "
+                f"{who} reports size {size}: the witnesses are not cosigning what the log signs",
+                size=sc.size,
+                newer=size,
+                reported_by=who,
+            )
+    if quorum <= 0:
+        return None
+    for name, ts in zip(sc.cosigned_by, sc.cosigned_at, strict=True):
+        if ts > now + CLOCK_SKEW:
+            raise CosignatureFromFuture(
+                f"witness {name}'s cosignature of size {sc.size} is dated {ts}, "
+                f"{ts - now:.0f} s in the future (allowed skew {CLOCK_SKEW:.0f} s)",
+                witness=name,
+            )
+    times = sorted(sc.cosigned_at, reverse=True)
+    if len(times) < quorum:
+        raise CosignatureQuorum(f"{len(times)} cosignatures; {quorum} required")
+    age = now - times[quorum - 1]
+    if age > max_age:
+        raise CheckpointStale(
+            f"the newest checkpoint with {quorum} cosignatures (size {sc.size}) was last "
+            f"cosigned by a quorum {age:.0f} s ago; expected at most {max_age:.0f} s "
+            "(--max-age): the witnesses stopped cosigning",
+            size=sc.size,
+            age=round(age),
+        )
+    return age
 
 
 @dataclass

@@ -291,6 +291,7 @@ class SignedCheckpoint:
     checkpoint: Checkpoint
     note: Note
     cosigned_by: tuple[str, ...] = ()  # witness names whose cosignatures verified
+    cosigned_at: tuple[int, ...] = ()  # their cosignature/v1 timestamps (Unix s), same order
 
     @property
     def size(self) -> int:
@@ -339,15 +340,17 @@ def open_checkpoint(
     known = {(v.name, v.key_id): v for v in (log_key, *witnesses)}
     log_ok = False
     cosigners: list[str] = []
+    times: list[int] = []
     for sig in note.signatures:
         v = known.get((sig.name, sig.key_id))
         if v is None:
             continue
-        _verify_sig(note, sig, v)
+        ts = _verify_sig(note, sig, v)
         if v is log_key:
             log_ok = True
         elif v.name not in cosigners:
             cosigners.append(v.name)
+            times.append(ts or 0)
     if not log_ok:
         raise UnknownKey(
             f"the checkpoint carries no signature by the log key {log_key.name}+{log_key.key_id.hex()}; "
@@ -361,7 +364,7 @@ def open_checkpoint(
             expected=quorum,
             got=len(cosigners),
         )
-    return SignedCheckpoint(cp, note, tuple(cosigners))
+    return SignedCheckpoint(cp, note, tuple(cosigners), tuple(times))
 
 
 def check_not_rollback(previous: Checkpoint, new: Checkpoint) -> None:

@@ -283,16 +283,28 @@ def audit_checkpoint(
     save: Annotated[
         Path | None, typer.Option("--save", help="Write the verified checkpoint here.")
     ] = None,
+    max_age: Annotated[
+        float | None,
+        typer.Option(
+            "--max-age",
+            help="Seconds the quorum's freshest cosignatures may be old (default: 3 x "
+            "(checkpoint_interval + witness_refresh) of the deployment).",
+            min=0,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Fetch the latest checkpoint; verify its signature, cosignatures and (with --previous) consistency."""
-    from fedcredit.ledger.audit import verify_checkpoints
+    """Fetch the newest checkpoint with --quorum cosignatures; verify its signature, cosignatures,
+    freshness (not older than --max-age, not behind a newer one the ledger or a witness reports)
+    and (with --previous) consistency."""
+    from fedcredit.ledger.audit import check_current, verify_checkpoints
+    from fedcredit.ledger.freshness import current_checkpoint
 
     try:
         trust = _trust(config, log_key, witness_key, quorum)
         with _client(config, org) as c:
-            note = c.checkpoint(min_cosignatures=quorum)
-            sc = trust.open(note)
+            note, sc, newer, limit = current_checkpoint(c, trust, config, org, quorum, max_age)
+            age = check_current(sc, quorum=quorum, max_age=limit, newer=newer)
             if previous is not None:
                 old_note = previous.read_text()
                 old = trust.open(old_note, quorum=0)
@@ -309,6 +321,8 @@ def audit_checkpoint(
         "root": sc.root.hex(),
         "cosigned_by": list(sc.cosigned_by),
         "consistent_with_previous": previous is not None,
+        "quorum_cosigned_seconds_ago": None if age is None else round(age),
+        "newest_reported": newer,
     }
     output(
         data,

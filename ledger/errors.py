@@ -166,6 +166,19 @@ class CheckpointRollback(VerificationError):
     reason = "CHECKPOINT_ROLLBACK"
 
 
+class CheckpointStale(VerificationError):
+    """The newest checkpoint with enough cosignatures is older than allowed, or behind
+    a newer checkpoint the ledger or a witness reports (witnesses not cosigning)."""
+
+    reason = "CHECKPOINT_STALE"
+
+
+class CosignatureFromFuture(VerificationError):
+    """A cosignature timestamp later than now (beyond the allowed clock skew)."""
+
+    reason = "COSIGNATURE_FROM_FUTURE"
+
+
 class CosignatureQuorum(VerificationError):
     reason = "COSIGNATURE_QUORUM_NOT_MET"
 

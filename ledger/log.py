@@ -32,7 +32,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from fedcredit.common.errors import ResourceExhausted, StoreUnavailable
+from fedcredit.common.errors import (
+    DeadlineExceeded,
+    ResourceExhausted,
+    StoreUnavailable,
+    Unavailable,
+)
 from fedcredit.common.evidence import Receipt
 from fedcredit.ledger import checkpoint as cpmod
 from fedcredit.ledger.checkpoint import Checkpoint, Note, NoteSignature, Signer, Verifier
@@ -95,6 +100,49 @@ class WitnessEndpoint(Protocol):
     def add_checkpoint(self, old_size: int, proof: Sequence[bytes], note: str) -> str:
         """Return the cosignature line, or raise WitnessConflict(size=...)."""
         ...
+
+
+@dataclass
+class WitnessStats:
+    """One witness as the log's pushes saw it (also recorded in the store for `fedcredit
+    status`)."""
+
+    cosigned: int = 0
+    refused: int = 0  # the witness answered with an error (conflict, bad proof, ...)
+    unreachable: int = 0  # no answer (down, timeout)
+    consecutive: int = 0  # failures since its last cosignature
+    last_outcome: str = ""
+    last_reason: str = ""
+    retry_at: float = 0.0  # monotonic
+    cosigned_mono: float = 0.0
+
+    def failed(self, exc: BaseException, settings: LogSettings) -> None:
+        unreachable = isinstance(exc, (Unavailable, DeadlineExceeded))
+        self.unreachable += unreachable
+        self.refused += not unreachable
+        self.consecutive += 1
+        self.last_outcome = "unreachable" if unreachable else "refused"
+        self.last_reason = f"{getattr(exc, 'reason', type(exc).__name__)}: {exc}"[:500]
+        backoff = settings.witness_retry_min * 2 ** min(self.consecutive - 1, 20)
+        self.retry_at = time.monotonic() + min(settings.witness_retry_max, backoff)
+
+    def succeeded(self) -> None:
+        self.cosigned += 1
+        self.consecutive = 0
+        self.last_outcome = "cosigned"
+        self.retry_at = 0.0
+        self.cosigned_mono = time.monotonic()
+
+    def snapshot(self, size: int) -> dict[str, Any]:
+        return {
+            "cosigned": self.cosigned,
+            "refused": self.refused,
+            "unreachable": self.unreachable,
+            "consecutive_failures": self.consecutive,
+            "last_outcome": self.last_outcome,
+            "last_reason": self.last_reason,
+            "cosigned_size": size,
+        }
 
 
 @dataclass
@@ -185,6 +233,8 @@ class Log:
         self.startup_check = self._check_store()
         self._witness_cv = threading.Condition()
         self._witness_due = False
+        self.witness_stats: dict[str, WitnessStats] = {}
+        self._fresh_cosigs: dict[str, tuple[int, str]] = {}  # witness -> (size, line)
         self._thread = threading.Thread(
             target=self._run, name=f"ledger-sequencer[{self.origin}]", daemon=True
         )
@@ -545,13 +595,35 @@ class Log:
         pool = ThreadPoolExecutor(
             max_workers=min(32, len(self.witnesses)), thread_name_prefix="witness"
         )
-        failing: set[str] = set()
         try:
-            self._witness_rounds(pool, failing)
+            self._witness_rounds(pool)
         finally:
             pool.shutdown(wait=False)
 
-    def _witness_rounds(self, pool: Any, failing: set[str]) -> None:
+    def _witness_work(self, known: dict[str, int]) -> tuple[list[WitnessEndpoint], float | None]:
+        """The witnesses to push to now, and the seconds until the next one is due: a
+        witness that has not cosigned the latest checkpoint (retried with back-off) or
+        whose cosignature is older than ``witness_refresh`` (a fresh timestamp, so an
+        idle log's checkpoint still proves it is current)."""
+        cp, now, s = self._last_cp, time.monotonic(), self.settings
+        if cp is None:
+            return [], None
+        due: list[WitnessEndpoint] = []
+        wait: float | None = None
+        for w in self.witnesses:
+            st = self.witness_stats.setdefault(w.name, WitnessStats())
+            at = (
+                st.retry_at
+                if known.get(w.name, 0) < cp.size
+                else st.cosigned_mono + s.witness_refresh
+            )
+            if at <= now:
+                due.append(w)
+            else:
+                wait = at - now if wait is None else min(wait, at - now)
+        return due, wait
+
+    def _witness_rounds(self, pool: Any) -> None:
         known: dict[str, int] = {}
         try:
             known = self.store.witness_sizes()
@@ -559,33 +631,58 @@ class Log:
             log.exception("cannot read witness sizes")
         while True:
             with self._witness_cv:
-                while not self._witness_due and not self._closed:
-                    self._witness_cv.wait()
-                if self._closed:
-                    return
-                self._witness_due = False
+                while True:
+                    if self._closed:
+                        return
+                    due, wait = self._witness_work(known)
+                    if due:
+                        break
+                    self._witness_due = False  # a new checkpoint notifies: recompute
+                    self._witness_cv.wait(wait)
             cp = self._last_cp
             if cp is None:
                 continue
             # all witnesses in parallel: a slow one must not delay the others
-            list(
-                pool.map(lambda w, cp=cp: self._push_logged(w, cp, known, failing), self.witnesses)
-            )
+            list(pool.map(lambda w, cp=cp: self._push_logged(w, cp, known), due))
 
-    def _push_logged(
-        self, w: WitnessEndpoint, cp: StoredCheckpoint, known: dict[str, int], failing: set[str]
-    ) -> None:
+    def _push_logged(self, w: WitnessEndpoint, cp: StoredCheckpoint, known: dict[str, int]) -> None:
+        st = self.witness_stats.setdefault(w.name, WitnessStats())
         try:
             self._push_to_witness(w, cp, known)
         except Exception as exc:
-            # warn once per outage, not once per checkpoint
-            level = logging.DEBUG if w.name in failing else logging.WARNING
-            failing.add(w.name)
-            log.log(level, "witness %s did not cosign size %d: %s", w.name, cp.size, exc)
+            st.failed(exc, self.settings)
+            beyond = (
+                isinstance(exc, WitnessConflict) and int(exc.metadata.get("size", 0)) > self.size
+            )
+            # every refusal at WARNING, with the witness and its reason; the back-off
+            # bounds how often (retry_min doubling up to retry_max)
+            log.log(
+                logging.ERROR if beyond else logging.WARNING,
+                "witness %s %s size %d (%s: %s)%s; retry %d in %.1f s",
+                w.name,
+                "refused" if st.last_outcome == "refused" else "could not be reached to cosign",
+                cp.size,
+                getattr(exc, "reason", type(exc).__name__),
+                getattr(exc, "message", str(exc)),
+                " — it cosigned a larger tree than this log holds: was the store rolled back?"
+                if beyond
+                else "",
+                st.consecutive,
+                st.retry_at - time.monotonic(),
+            )
         else:
-            if w.name in failing:
-                failing.discard(w.name)
-                log.warning("witness %s cosigns again (size %d)", w.name, cp.size)
+            if st.consecutive:
+                log.warning(
+                    "witness %s cosigns again (size %d) after %d failed pushes",
+                    w.name,
+                    cp.size,
+                    st.consecutive,
+                )
+            st.succeeded()
+        try:
+            self.store.record_witness(w.name, st.snapshot(known.get(w.name, 0)))
+        except SQLAlchemyError:
+            log.exception("cannot record witness %s's status", w.name)
 
     def _push_to_witness(
         self, w: WitnessEndpoint, cp: StoredCheckpoint, known: dict[str, int]
@@ -615,7 +712,9 @@ class Log:
                 witnesses=[w.verifier],
                 quorum=1,
             )
-            self.store.add_cosignature(cp.size, w.name, sig.line(), time.time())
+            if not self.store.add_cosignature(cp.size, w.name, sig.line(), time.time()):
+                # a re-push at the same size: keep its fresher timestamp for the served note
+                self._fresh_cosigs[w.name] = (cp.size, sig.line())
             known[w.name] = cp.size
             return
 
@@ -645,7 +744,16 @@ class Log:
         return self.checkpoint_note(cp)
 
     def checkpoint_note(self, cp: StoredCheckpoint) -> str:
+        """The note with every cosignature collected for it; a witness's refreshed
+        cosignature (same checkpoint, newer timestamp) replaces its first one."""
         lines = self.store.cosignature_lines(cp.size)
+        fresh = {
+            line.split(" ", 2)[1]: line
+            for size, line in self._fresh_cosigs.values()
+            if size == cp.size
+        }
+        if fresh:
+            lines = [fresh.pop(ln.split(" ", 2)[1], ln) for ln in lines] + list(fresh.values())
         return cp.note + "".join(lines)
 
     def last_checkpoint(self) -> StoredCheckpoint | None:

@@ -56,6 +56,9 @@ class LogSettings:
     # (from witness_retry_min up to witness_retry_max seconds) until it cosigns.
     witness_retry_min: float = 0.5
     witness_retry_max: float = 30.0
+    # A witness's cosignature of the latest checkpoint is renewed this often while the
+    # log is idle: its timestamp is what `audit checkpoint --max-age` checks.
+    witness_refresh: float = 10.0
 
     def __post_init__(self) -> None:
         checks = (
@@ -70,6 +73,7 @@ class LogSettings:
             ("max_pending", self.max_pending >= self.max_batch, ">= max_batch"),
             ("witness_timeout", self.witness_timeout > 0, "> 0"),
             ("start_full_check_max", self.start_full_check_max >= 0, ">= 0"),
+            ("witness_refresh", self.witness_refresh > 0, "> 0"),
             (
                 "witness_retry_max",
                 0 < self.witness_retry_min <= self.witness_retry_max,
@@ -115,6 +119,7 @@ def load_settings(section: Section) -> LedgerSettings:
             "start_full_check_max",
             "witness_retry_min",
             "witness_retry_max",
+            "witness_refresh",
             "witness_quorum",
             "max_entries_per_call",
             "max_append_batch",
@@ -135,6 +140,7 @@ def load_settings(section: Section) -> LedgerSettings:
         start_full_check_max=section.get_int("start_full_check_max", d.start_full_check_max, min=0),
         witness_retry_min=section.get_float("witness_retry_min", d.witness_retry_min, min=0.001),
         witness_retry_max=section.get_float("witness_retry_max", d.witness_retry_max, min=0.001),
+        witness_refresh=section.get_float("witness_refresh", d.witness_refresh, min=0.001),
     )
     base = LedgerSettings()
     tiles = section.get_str("tiles_address", base.tiles_address)

@@ -103,6 +103,17 @@ fsck_runs = Table(
     Column("checked_at", Float, nullable=False),
 )
 
+# Not part of the log (not append-only): the witness pushes' counters, one row per
+# witness, read by `fedcredit status`.
+status_metadata = MetaData()
+witness_status = Table(
+    "ledger_witness_status",
+    status_metadata,
+    Column("witness", String(200), primary_key=True),
+    Column("status", Text, nullable=False),  # JSON: counts, last outcome and reason
+    Column("updated_at", Float, nullable=False),
+)
+
 _INSERT_ENTRIES = "INSERT INTO ledger_entries (idx, leaf_hash, data, kind, actor, subject) VALUES "
 _INSERT_NODES = "INSERT INTO ledger_nodes (level, idx, hash) VALUES "
 _MULTI_ROW_SIZES = (128, 16)
@@ -283,6 +294,7 @@ class LedgerStore:
                 insp = sa_inspect(conn)
                 existing = {t for t in APPEND_ONLY_TABLES if insp.has_table(t)}
                 metadata.create_all(conn)
+                status_metadata.create_all(conn)
                 _install_triggers(conn, existing)
         except OperationalError as exc:
             raise StoreUnavailable(f"the ledger database does not answer: {exc.orig}") from exc
@@ -371,6 +383,26 @@ class LedgerStore:
         except IntegrityError:  # a concurrent push stored it first (the guard refuses a second)
             return False
         return True
+
+    def record_witness(self, witness: str, status: dict[str, Any]) -> None:
+        import json
+        import time
+
+        row = {"witness": witness, "status": json.dumps(status), "updated_at": time.time()}
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                witness_status.update().where(witness_status.c.witness == witness).values(**row)
+            )
+            if done.rowcount == 0:
+                conn.execute(witness_status.insert(), row)
+
+    def witness_status(self) -> dict[str, dict[str, Any]]:
+        """Per witness: what the log's pushes saw (counts, last outcome and reason)."""
+        import json
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(witness_status).order_by(witness_status.c.witness)).all()
+        return {r.witness: {**json.loads(r.status), "updated_at": r.updated_at} for r in rows}
 
     def add_fsck_run(self, run: FsckRun) -> None:
         """Record what a check proved (a size already recorded is left as it is)."""
@@ -603,3 +635,16 @@ class LedgerStore:
                 )
             ).all()
         return {r[0]: int(r[1]) for r in rows}
+
+
+def read_witness_status(url: str) -> dict[str, dict[str, Any]]:
+    """The witness pushes' counters from a ledger database, read-only (``fedcredit
+    status``); empty when the ledger has not pushed yet."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not sa_inspect(conn).has_table(witness_status.name):
+                return {}
+        return LedgerStore(engine).witness_status()
+    finally:
+        engine.dispose()
