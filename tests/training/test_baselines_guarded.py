@@ -120,11 +120,18 @@ def test_one_class_bank_refused_in_federation_and_cyclic_order(tmp_path: Path) -
         assert o.metadata["bank"] == "mid.csv"
 
     good = (banks[0], banks[1], _bank(tmp_path / "beta.csv", 4, 200))
-    res = simulate_many([TrainSettings(strategy="cyclic", params=params)], CsvSource(good), 3)
-    cyc = res[0]
+    res = simulate_many(
+        [TrainSettings(strategy="cyclic", params=params), TrainSettings(params=params)],
+        CsvSource(good),
+        3,
+    )
+    cyc, hist = res
     assert isinstance(cyc, TrainOutcome), cyc
     assert cyc.bank_order == ["alpha.csv", "beta.csv", "zeta.csv"]
-    assert cyc.trees == 4
+    assert cyc.trees == 4 and cyc.message_rounds == 4  # one bank's turn per tree
+    # hist: one round trip per level carrying every open leaf (depth 2: 2 per tree)
+    assert isinstance(hist, TrainOutcome), hist
+    assert hist.trees == 4 and hist.message_rounds == 2 * 4
 
 
 @pytest.mark.slow
