@@ -113,12 +113,10 @@ class UseRecorder:
             for k in positions:
                 jti = jtis[k]
                 row = rows.get(jti)
-                if row is None:
+                if row is None or (actor.role == "bank" and row.bank != actor.org_id):
+                    # Another bank's token is answered like a missing one: no owner named,
+                    # no exists/not-exists oracle (issue 14, finding 7).
                     out[k] = E.ConsentNotFound(f"no consent token with jti {jti!r}", jti=jti)
-                elif actor.role == "bank" and row.bank != actor.org_id:
-                    out[k] = E.NotYourConsent(
-                        f"token {jti} is addressed to {row.bank}; you are {actor.org_id}"
-                    )
                 else:
                     eligible.append(k)
             counted = self.store.record_uses_many(conn, [jtis[k] for k in eligible], now, now)

@@ -255,8 +255,9 @@ def test_nobody_acts_for_another(world: World) -> None:
     with pytest.raises(E.ConsentNotFound) as info:
         a.get(bank_identity(OTHER_BANK), g.consent_id)
     assert world.ent not in info.value.message and BANK not in info.value.message
-    with pytest.raises(E.NotYourConsent):
+    with pytest.raises(E.ConsentNotFound) as info:
         a.record_use(bank_identity(OTHER_BANK), g.jti or "")
+    assert BANK not in info.value.message  # the owning bank is not named
     # Roles: a bank cannot approve, an enterprise cannot request or fetch tokens.
     from fedcredit.common.errors import RoleNotAllowed
 
@@ -385,7 +386,9 @@ def test_record_uses_counts_each_token_or_names_why_not(world: World) -> None:
     assert a.get(world.enterprise, paused.consent_id).uses == 0
     # Another bank's tokens are refused one by one, never counted.
     other = bank_identity(OTHER_BANK)
-    assert isinstance(a.record_uses(other, [ok.jti or ""])[0], E.NotYourConsent)
+    theirs, missing = a.record_uses(other, [ok.jti or "", "no-such-jti"])
+    assert isinstance(theirs, E.ConsentNotFound) and isinstance(missing, E.ConsentNotFound)
+    assert theirs.message == missing.message.replace("no-such-jti", ok.jti or "")
     assert a.get(world.enterprise, ok.consent_id).uses == 2
     # Nobody else may count; too many in one call is refused whole.
     with pytest.raises(FedcreditError) as exc:

@@ -214,7 +214,9 @@ def test_record_uses_over_grpc_and_the_coordinators_batch_counter(svc: Service) 
     ]  # fmt: skip
     assert isinstance(res[2], E.UsesExhausted) and isinstance(res[3], E.ConsentRevoked)
     # A bank counts only its own; an enterprise not at all.
-    assert isinstance(svc.client(OTHER_BANK).record_uses([jtis[0]])[0], E.NotYourConsent)
+    # (another bank's token: NOT_FOUND, as if it did not exist; nobody named)
+    theirs = svc.client(OTHER_BANK).record_uses([jtis[0]])[0]
+    assert isinstance(theirs, E.ConsentNotFound) and BANK not in theirs.message
     with pytest.raises(FedcreditError) as exc:
         owner.record_uses([jtis[0]])
     assert exc.value.reason == "ROLE_NOT_ALLOWED"
