@@ -38,7 +38,7 @@ from fedcredit.common.evidence import EvidenceSink
 from fedcredit.common.tls import Identity
 from fedcredit.consent import errors as E
 from fedcredit.consent.issuance import Issuer
-from fedcredit.consent.keys import KeyRecord
+from fedcredit.consent.keys import KeyRecord, PublicKey
 from fedcredit.consent.lifecycle import Changes, Lifecycle
 from fedcredit.consent.outbox import EventOutbox
 from fedcredit.consent.publisher import StatusPublisher
@@ -146,6 +146,11 @@ class ConsentAuthority:
         if compromised:
             self.lifecycle.reissue([k.kid for k in changed if k.compromised_at is not None])
         return new, changed
+
+    @property
+    def keys_epoch(self) -> str:
+        """:func:`consent.keys.jwks_epoch` of the key set last published (and pushed)."""
+        return self._keys_epoch
 
     def keys_changed(self) -> bool:
         """Push a new status list if the published key set changed (rotated here or by
@@ -352,6 +357,23 @@ class AuthorityUseCounter(UseCounter):
             )
 
 
+class _LocalKeyCache(KeyCache):
+    """The authority's JWKS, refetched (in-process) as soon as its key set changed: a key
+    declared compromised stops verifying at the next lookup, not at the TTL."""
+
+    def __init__(self, authority: ConsentAuthority, ttl: float, clock: Callable[[], float]):
+        super().__init__(authority.jwks, ttl=ttl, clock=clock)
+        self._authority = authority
+        self._seen = authority.keys_epoch
+
+    def lookup(self, kid: str) -> PublicKey:
+        epoch = self._authority.keys_epoch  # an attribute read: the hot path stays cheap
+        if epoch != self._seen:
+            self._seen = epoch
+            self.refresh(force=True)
+        return super().lookup(kid)
+
+
 class _LocalStatusCache(StatusCache):
     """The authority's signed list, refetched (in-process, cheap) as soon as it changed."""
 
@@ -389,9 +411,7 @@ def local_verifier(
     node or coordinator holding the verifier; default an in-process coordinator)."""
     clk = clock or authority._clock
     s = authority.settings
-    keys = KeyCache(
-        authority.jwks, ttl=jwks_ttl if jwks_ttl is not None else s.jwks_ttl_s, clock=clk
-    )
+    keys = _LocalKeyCache(authority, jwks_ttl if jwks_ttl is not None else s.jwks_ttl_s, clk)
     return ConsentVerifier(
         issuer=s.issuer,
         keys=keys,
