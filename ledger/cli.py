@@ -217,7 +217,7 @@ def fsck_cmd(
     the signed checkpoints and the witnesses' cosigned sizes. Exit 1 names the first bad index."""
     from fedcredit.common.config import load_config
     from fedcredit.ledger.errors import StoreCorrupt, TriggerDisabled, TriggerMissing
-    from fedcredit.ledger.fsck import fsck_deployment
+    from fedcredit.ledger.fsck_deployment import fsck_deployment
 
     with user_errors(as_json):
         dep = load_config(config)

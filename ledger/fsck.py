@@ -377,34 +377,3 @@ def witness_states(
     states = [a for a in answers if isinstance(a, WitnessState)]
     down = {w.name: a for w, a in zip(askable, answers, strict=True) if isinstance(a, str)}
     return states, down
-
-
-def fsck_deployment(
-    deployment: Any,
-    *,
-    ask_witnesses: bool = True,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[FsckReport, dict[str, str]]:
-    """``fedcredit ledger fsck``: the full check of the deployment's ledger database,
-    against its published key and (unless told not to) what its witnesses cosigned.
-    Returns the report and, per witness that did not answer, why."""
-    from fedcredit.ledger.keys import log_verifier
-    from fedcredit.ledger.service import build_witness_clients
-    from fedcredit.ledger.settings import load_settings
-
-    settings = load_settings(deployment.section("ledger"))
-    verifier = log_verifier(deployment)
-    clients: list[Any] = []
-    if ask_witnesses:
-        orgs = deployment.section("ledger").get_list(
-            "witnesses", [n.org_id for n in deployment.nodes]
-        )
-        clients = build_witness_clients(deployment, settings, orgs)
-    store = LedgerStore.open(deployment.service("ledger").database)
-    try:
-        states, down = witness_states(clients, settings.origin)
-        return fsck(store, verifier, witnesses=states, progress=progress), down
-    finally:
-        store.close()
-        for c in clients:
-            c.close()
