@@ -160,3 +160,23 @@ def test_cli_verifies_then_lists_uncovered_and_exits_1(tmp_path: Path) -> None:
         build_app(), ["audit", "coverage", "--export", str(central), "--log-key", other]
     )
     assert r.exit_code == 1 and "FAILED" in r.output
+
+
+def test_the_fast_score_access_parse_equals_json(tmp_path: Path) -> None:
+    """score_access entries take a regex path; it must read exactly what json.loads reads,
+    and an entry with an escape in a string must fall back (not match)."""
+    from fedcredit.ledger.coverage import _SCORE_ACCESS
+
+    central, _ = _build(tmp_path)
+    scores = [e for e in read_export(central).entries if b'"kind":"score_access"' in e]
+    assert len(scores) == 11
+    for raw in scores:
+        m = _SCORE_ACCESS.fullmatch(raw)
+        assert m is not None, raw
+        d = json.loads(raw)
+        p = d["payload"]
+        want = (p["bank"], p["jti"], p["purpose"], d["subject"], d["time"])
+        assert tuple(g.decode() for g in m.groups()) == want
+    escaped = scores[0].replace(b'"rating":"A"', b'"rating":"A\\"x"')
+    assert _SCORE_ACCESS.fullmatch(escaped) is None
+    assert _SCORE_ACCESS.fullmatch(scores[0] + b" ") is None
