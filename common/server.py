@@ -95,11 +95,18 @@ def build_aio_server(
     register: Callable[[grpc.aio.Server], None],
     service_names: Sequence[str],
     insecure: bool = False,
+    migration_thread_pool: futures.ThreadPoolExecutor | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server (call inside a running event loop) and the port it is bound to."""
+    """A grpc.aio server (call inside a running event loop) and the port it is bound to.
+
+    ``migration_thread_pool``: where the servicer's plain (non-async) methods run."""
     from grpc_health.v1 import _async as health_async
 
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AioDecodeInterceptor()])
+    server = grpc.aio.server(
+        migration_thread_pool,
+        options=SERVER_OPTIONS,
+        interceptors=[AioDecodeInterceptor()],
+    )
     register(server)
     health_servicer = health_async.HealthServicer()
     _add_standard(server, service_names, health_servicer)

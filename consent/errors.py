@@ -262,3 +262,9 @@ class NoSigningKey(FailedPrecondition):
     """No key is active yet: run `fedcredit consent rotate-keys`."""
 
     reason = "CONSENT_NO_SIGNING_KEY"
+
+
+class TooManyWatchers(ResourceExhausted):
+    """A WatchStatus stream past the per-caller or the service-wide cap."""
+
+    reason = "TOO_MANY_WATCHERS"

@@ -1,25 +1,33 @@
 """gRPC ConsentService: a thin layer over :class:`consent.authority.ConsentAuthority`.
 
 The caller's identity always comes from the verified client certificate
-(:func:`common.tls.peer_identity`). Streams (``WatchStatus``) hold a worker
-thread each, so the server is built with a pool sized for every verifier of
-the deployment plus the ordinary calls.
+(:func:`common.tls.peer_identity`). The server is a grpc.aio server on its own event
+loop thread: the ordinary (synchronous) methods run in a thread pool, while
+``WatchStatus`` streams are coroutines holding no thread — one broadcaster thread waits
+for status changes (and heartbeats) and wakes every stream at once. Streams are capped
+per caller identity and service-wide (``TOO_MANY_WATCHERS``), so no certificate can take
+the pool, the health checks or the scoring path down by opening streams.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 
 from fedcredit.common.errors import FedcreditError, RoleNotAllowed
 from fedcredit.common.rpc import handle_errors
-from fedcredit.common.server import build_server
+from fedcredit.common.server import build_aio_server, mark_serving
 from fedcredit.common.tls import TlsFiles, peer_identity
 from fedcredit.common.wire import item_error
+from fedcredit.consent import errors as E
 from fedcredit.consent.authority import ConsentAuthority
 from fedcredit.consent.useref import UseRef
 from fedcredit.consent.wire import consent_to_pb, terms_from_pb
@@ -31,6 +39,10 @@ SERVICE_NAME = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_na
 # Longest a WatchStatus stream stays silent: the list is re-sent at least this
 # often, so a subscribed verifier's cache stays fresh without polling.
 HEARTBEAT_MAX_S = 10.0
+# Open WatchStatus streams: per caller identity (a verifier needs one per process) and
+# in all (each costs a little memory and a wake-up per broadcast, no thread).
+WATCHERS_PER_IDENTITY = 16
+WATCHERS_TOTAL = 20_000
 
 
 def refs_from_pb(uses: Any) -> list[UseRef]:
@@ -38,9 +50,21 @@ def refs_from_pb(uses: Any) -> list[UseRef]:
 
 
 class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
-    def __init__(self, authority: ConsentAuthority) -> None:
+    def __init__(
+        self,
+        authority: ConsentAuthority,
+        *,
+        watchers_per_identity: int = WATCHERS_PER_IDENTITY,
+        watchers_total: int = WATCHERS_TOTAL,
+    ) -> None:
         self.authority = authority
         self.heartbeat_s = min(HEARTBEAT_MAX_S, authority.settings.status_ttl_s / 2)
+        self.broadcaster = StatusBroadcaster(
+            authority.status,
+            heartbeat_s=self.heartbeat_s,
+            per_identity=watchers_per_identity,
+            total=watchers_total,
+        )
 
     # --- banks ---------------------------------------------------------------
 
@@ -138,24 +162,12 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         return consent_pb2.StatusList(token=self.authority.status.token(), seq=seq)
 
     @handle_errors
-    def WatchStatus(
+    async def WatchStatus(
         self, request: consent_pb2.WatchStatusRequest, context: Any
-    ) -> Iterator[consent_pb2.StatusList]:
+    ) -> AsyncIterator[consent_pb2.StatusList]:
         peer = peer_identity(context)
-        status = self.authority.status
-        last = request.after_seq
-        log.info("status subscriber %s connected", peer)
-        first = True
-        while context.is_active() and not status.closed:
-            # The current list at once on (re)connect: the subscriber knows the stream is
-            # live and holds a fresh `exp` without waiting for a change or a heartbeat.
-            seq = status.seq if first else status.wait(last, timeout=self.heartbeat_s)
-            first = False
-            if status.closed:
-                return
-            # Sent on change, and as a heartbeat (same seq) to keep caches fresh.
-            yield consent_pb2.StatusList(token=status.token(), seq=seq)
-            last = seq
+        async for msg in self.broadcaster.watch(str(peer)):
+            yield msg
 
     @handle_errors
     def RecordUse(
@@ -226,23 +238,180 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         )
 
 
+class StatusBroadcaster:
+    """One thread waits on the status list (change or heartbeat) and wakes every
+    ``WatchStatus`` coroutine at once; each stream then sends the latest signed list (a
+    stream that fell behind skips to it: lists are whole, ``seq`` only grows)."""
+
+    def __init__(self, status: Any, *, heartbeat_s: float, per_identity: int, total: int) -> None:
+        self.status = status
+        self.heartbeat_s = heartbeat_s
+        self.per_identity = per_identity
+        self.total = total
+        self.by_identity: dict[str, int] = {}
+        self.open = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._latest: consent_pb2.StatusList | None = None
+        self._changed: asyncio.Event | None = None
+        self._ended = False
+        self._thread: threading.Thread | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Begin broadcasting into ``loop`` (the server's)."""
+        self._loop = loop
+        self._latest = consent_pb2.StatusList(token=self.status.token(), seq=self.status.seq)
+        self._thread = threading.Thread(target=self._run, name="consent-status-broadcast", daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def _run(self) -> None:
+        status, loop = self.status, self._loop
+        assert loop is not None
+        last = status.seq
+        while not status.closed:
+            seq = status.wait(last, timeout=self.heartbeat_s)
+            if status.closed:
+                break
+            # Sent on change, and as a heartbeat (same seq, later exp) to keep caches fresh:
+            # signed once for every stream.
+            msg = consent_pb2.StatusList(token=status.token(), seq=seq)
+            last = seq
+            try:
+                loop.call_soon_threadsafe(self._publish, msg)
+            except RuntimeError:  # the loop is closed: the server is gone
+                return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._publish, None)
+
+    def _publish(self, msg: consent_pb2.StatusList | None) -> None:
+        if msg is None:
+            self._ended = True
+        else:
+            self._latest = msg
+        changed, self._changed = self._changed, asyncio.Event()
+        if changed is not None:
+            changed.set()
+
+    def _admit(self, who: str) -> None:
+        mine = self.by_identity.get(who, 0)
+        if mine >= self.per_identity:
+            raise E.TooManyWatchers(
+                f"{who} already holds {mine} status streams; at most {self.per_identity} per "
+                "caller (one per verifier process is enough)",
+                per_identity=self.per_identity,
+            )
+        if self.open >= self.total:
+            raise E.TooManyWatchers(
+                f"the consent service already serves {self.open} status streams, its maximum; "
+                "poll GetStatusList instead or retry later",
+                total=self.total,
+            )
+        self.by_identity[who] = mine + 1
+        self.open += 1
+
+    def _leave(self, who: str) -> None:
+        self.open -= 1
+        left = self.by_identity.get(who, 1) - 1
+        if left:
+            self.by_identity[who] = left
+        else:
+            self.by_identity.pop(who, None)
+
+    async def watch(self, who: str) -> AsyncIterator[consent_pb2.StatusList]:
+        """The stream of one watcher: the current list at once, then every broadcast."""
+        self._admit(who)  # on the loop: counters need no lock
+        log.debug("status subscriber %s connected (%d open)", who, self.open)
+        try:
+            sent = -1
+            while not self._ended:
+                msg = self._latest
+                if msg is not None and id(msg) != sent:
+                    sent = id(msg)
+                    yield msg
+                if self._changed is None:
+                    self._changed = asyncio.Event()
+                await self._changed.wait()
+        finally:
+            self._leave(who)
+
+
+class ConsentServer:
+    """The consent service's grpc.aio server on its own event-loop thread, driven from
+    synchronous code (``start``, ``stop(grace).wait()``, as a ``grpc.Server``)."""
+
+    def __init__(
+        self,
+        servicer: ConsentServicer,
+        *,
+        address: str,
+        tls: TlsFiles | None,
+        insecure: bool,
+        max_workers: int,
+    ) -> None:
+        self.servicer = servicer
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="consent-aio", daemon=True)  # fmt: skip
+        self._thread.start()
+        # The ordinary methods are synchronous (database, signing): they run here.
+        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="consent-rpc")
+
+        async def build() -> tuple[grpc.aio.Server, int]:
+            return build_aio_server(
+                address=address,
+                tls=tls,
+                register=lambda s: consent_pb2_grpc.add_ConsentServiceServicer_to_server(
+                    servicer, s
+                ),
+                service_names=[SERVICE_NAME],
+                insecure=insecure,
+                migration_thread_pool=self._pool,
+            )
+
+        self.server, self.port = self._call(build())
+
+    def _call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def start(self) -> None:
+        async def go() -> None:
+            await self.server.start()
+            await mark_serving(self.server)
+
+        self._call(go())
+        self.servicer.broadcaster.start(self._loop)
+
+    def stop(self, grace: float | None = None) -> threading.Event:
+        """Stop serving (streams end, calls get ``grace`` s); the event returned is set."""
+        done = threading.Event()
+        try:
+            if not self._loop.is_closed():
+                self._call(self.server.stop(grace), timeout=(grace or 0) + 30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            done.set()
+        return done
+
+
 def serve(
     authority: ConsentAuthority,
     *,
     address: str,
     tls: TlsFiles | None,
     insecure: bool = False,
-    max_workers: int = 128,
-) -> tuple[grpc.Server, int]:
-    """Build and start the server (and the authority's background work); return it and its port."""
-    servicer = ConsentServicer(authority)
-    server, port = build_server(
-        address=address,
-        tls=tls,
-        register=lambda s: consent_pb2_grpc.add_ConsentServiceServicer_to_server(servicer, s),
-        service_names=[SERVICE_NAME],
-        insecure=insecure,
-        max_workers=max_workers,
+    max_workers: int = 32,
+    watchers_per_identity: int = WATCHERS_PER_IDENTITY,
+    watchers_total: int = WATCHERS_TOTAL,
+) -> tuple[ConsentServer, int]:
+    """Build and start the server (and the authority's background work); return it and its port.
+
+    ``max_workers``: threads for the ordinary calls (status streams take none);
+    ``watchers_per_identity`` / ``watchers_total``: caps on open ``WatchStatus`` streams."""
+    servicer = ConsentServicer(
+        authority, watchers_per_identity=watchers_per_identity, watchers_total=watchers_total
+    )
+    server = ConsentServer(
+        servicer, address=address, tls=tls, insecure=insecure, max_workers=max_workers
     )
     authority.start()
     server.start()
@@ -250,10 +419,10 @@ def serve(
         from fedcredit.consent.public import PublicServer
 
         server.public = PublicServer(authority, authority.settings.public_address, tls).start()  # type: ignore[attr-defined]
-    return server, port
+    return server, server.port
 
 
-def stop(server: grpc.Server, authority: ConsentAuthority, grace: float = 1.0) -> None:
+def stop(server: ConsentServer, authority: ConsentAuthority, grace: float = 1.0) -> None:
     public = getattr(server, "public", None)
     if public is not None:
         public.close()
