@@ -34,21 +34,28 @@ def test_audit_checkpoint_fails_when_the_witness_stops_cosigning(tmp_path: Path)
         )
     dep = load_config(config)
     node = next(n for n in dep.nodes if n.org_id == WITNESS)
+
+    def register(s: Any) -> None:
+        mount_witness(s, dep, WITNESS, f"sqlite:///{tmp_path}/w.sqlite")
+
     wserver, _ = build_server(
         address=node.address,
         tls=dep.tls(WITNESS),
-        register=lambda s: mount_witness(s, dep, WITNESS, f"sqlite:///{tmp_path}/w.sqlite"),
+        register=register,
         service_names=[WITNESS_SERVICE],
     )
     wserver.start()
-    loop, stop, box = asyncio.new_event_loop(), asyncio.Event(), {}
+    loop, stop = asyncio.new_event_loop(), asyncio.Event()
+    box: dict[str, Any] = {}
     ready = threading.Event()
+
+    def on_ready(port: int, log: Any) -> None:
+        box["log"] = log
+        ready.set()
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(
-            serve(dep, stop=stop, on_ready=lambda p, log: (box.update(log=log), ready.set()))
-        )
+        loop.run_until_complete(serve(dep, stop=stop, on_ready=on_ready))
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
