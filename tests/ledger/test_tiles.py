@@ -245,3 +245,63 @@ def test_https_needs_no_client_certificate(pki: Any, tmp_path: Path) -> None:
             assert srv.url.startswith("https://")
         finally:
             srv.close()
+
+
+def test_the_ledger_service_serves_tiles_beside_grpc(tmp_path: Path) -> None:
+    """`[ledger] tiles_address` starts HTTPS (the ledger's certificate, no client one) with
+    the service; stopping the service stops it."""
+    import asyncio
+    import socket
+    import threading
+
+    from fedcredit.common.config import load_config
+    from fedcredit.common.deploy import write_local_deployment
+    from fedcredit.ledger.service import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = write_local_deployment(tmp_path / "dep")
+    with open(config, "a") as f:
+        f.write(f'\n[ledger]\nwitnesses = []\ntiles_address = "127.0.0.1:{port}"\n')
+    dep = load_config(config)
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    def on_ready(port: int, lg: Any) -> None:
+        box["log"] = lg
+        ready.set()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(serve(dep, stop=stop, on_ready=on_ready))
+        except BaseException as exc:
+            box["error"] = exc
+            ready.set()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert ready.wait(60) and "error" not in box, box.get("error")
+    log = box["log"]
+    try:
+        log.append_many([("operator_note", None, {"i": i}) for i in range(300)])
+        log.checkpoint()
+        tls = dep.tls(dep.service("ledger").org_id)
+        ctx = ssl.create_default_context(cafile=str(tls.ca))
+        ctx.check_hostname = False
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+        conn.request("GET", "/checkpoint")
+        cp = open_checkpoint(conn.getresponse().read(), log.verifier)
+        conn.request("GET", "/tile/entries/000")
+        r = conn.getresponse()
+        assert r.status == 200 and r.getheader("Cache-Control") == IMMUTABLE
+        assert len(parse_bundle(r.read())) == 256 and cp.size == 300
+        conn.close()
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        t.join(30)
+    with pytest.raises(OSError):
+        http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=3).request("GET", "/")
