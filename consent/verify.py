@@ -807,10 +807,12 @@ class RemoteVerifier(ConsentVerifier):
         counter: UseCounter,
         leeway: int = 30,
         clock: Clock = time.time,
+        caps: Mapping[str, PurposeCap] | None = None,
     ) -> None:
         super().__init__(
-            issuer=issuer, keys=keys, status=status, counter=counter, leeway=leeway, clock=clock
-        )
+            issuer=issuer, keys=keys, status=status, counter=counter, leeway=leeway, clock=clock,
+            caps=caps,
+        )  # fmt: skip
         self.client = client
         self.watch = watch
 
@@ -848,6 +850,7 @@ def remote_verifier(
     insecure: bool = False,
     clock: Clock = time.time,
     stall_s: float | None = None,
+    caps: Mapping[str, PurposeCap] | None = None,
 ) -> RemoteVerifier:
     """A verifier fed over gRPC by the consent service (JWKS, status list, pushed changes).
 
@@ -855,7 +858,8 @@ def remote_verifier(
     (s, max 60) as for the caches and :class:`ConsentVerifier`; ``counter`` default:
     counts at the consent service; ``subscribe``: keep the push stream open (else the
     list is refetched at its ttl); ``stall_s``: a push stream silent this long is
-    reopened (default 30).
+    reopened (default 30); ``caps``: the deployment's ``[consent.caps]`` (default: the
+    built-in caps), bounding ``exp - iat`` per purpose.
     """
     from fedcredit.consent.client import ConsentClient
     from fedcredit.consent.remote import STALL_S, RemoteUseCounter, StatusWatch
@@ -884,6 +888,7 @@ def remote_verifier(
         counter=counter if counter is not None else RemoteUseCounter(client),
         leeway=leeway,
         clock=clock,
+        caps=caps,
     )
     if subscribe:
         watch.start()

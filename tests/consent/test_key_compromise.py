@@ -152,3 +152,20 @@ def test_lifetime_is_capped_by_purpose_and_iat_may_not_be_in_the_future(svc: Ser
         assert refusal(v, token, bank_args(svc.pki, ent)) is None
     finally:
         v.close()
+
+
+def test_a_verifier_applies_the_deployments_caps(svc: Service) -> None:
+    from dataclasses import replace
+
+    from fedcredit.consent.policy import DEFAULT_CAPS
+
+    ent, token = _grant(svc, 34)  # a genuine 30-day credit_assessment token
+    caps = dict(DEFAULT_CAPS)
+    caps["credit_assessment"] = replace(caps["credit_assessment"], max_validity_days=10)
+    strict, default = svc.verifier(subscribe=False, caps=caps), svc.verifier(subscribe=False)
+    try:
+        assert refusal(strict, token, bank_args(svc.pki, ent)) == "CONSENT_LIFETIME_EXCEEDS_CAP"
+        assert refusal(default, token, bank_args(svc.pki, ent)) is None
+    finally:
+        strict.close()
+        default.close()
