@@ -15,25 +15,16 @@ from typing import Any
 
 import grpc
 
+# Imported for their error classes: a failed call comes back as the class its reason
+# names (consent refusals travel through the coordinator's answers).
+import fedcredit.consent.errors
+import fedcredit.coordinator.errors  # noqa: F401
 from fedcredit.common.client import AsyncServiceClient, ServiceClient
 from fedcredit.v1 import coordinator_pb2 as pb
 from fedcredit.v1 import coordinator_pb2_grpc as pb_grpc
 
 DEFAULT_SERVER_ORG = "coordinator"
 DEFAULT_TIMEOUT = 30.0
-
-
-def _load_error_classes() -> None:
-    """Import the modules that define reasons, so errors come back with their own classes."""
-    import contextlib
-    import importlib
-
-    for mod in ("fedcredit.coordinator.errors", "fedcredit.consent.errors"):
-        with contextlib.suppress(ImportError):  # a client without that component installed
-            importlib.import_module(mod)
-
-
-_load_error_classes()
 
 
 class CoordinatorStubs:

@@ -3,7 +3,7 @@
 A cold batch verifies one consent token per enterprise, and the signature is most of
 that work. Two threads verify little faster than one (the GIL is held between the
 libsodium calls; measured for issue 5), so :class:`SignaturePool`
-runs ``python -m node.sigpool`` workers and verifies a share of each batch in every
+runs ``python -m fedcredit.node.sigpool`` workers and verifies a share of each batch in every
 idle worker while the calling thread verifies its own share.
 
 What a worker gets is public: raw Ed25519 public keys (from the consent service's

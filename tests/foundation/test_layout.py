@@ -117,6 +117,53 @@ def test_no_function_over_80_lines() -> None:
     assert long == [], f"expected no function over {MAX_FUNCTION_LINES} lines, got {long}"
 
 
+OLD_TOP_NAMES = {
+    "common",
+    "world",
+    "node",
+    "consent",
+    "ledger",
+    "coordinator",
+    "clients",
+    "training",
+}
+
+
+def _old_style_imports(path: Path) -> list[str]:
+    found = []
+    for n in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        names = (
+            [a.name for a in n.names]
+            if isinstance(n, ast.Import)
+            else [n.module or ""]
+            if isinstance(n, ast.ImportFrom) and n.level == 0
+            else []
+        )
+        found += [f"{path}:{n.lineno} {m}" for m in names if m.split(".")[0] in OLD_TOP_NAMES]
+    return found
+
+
+def test_nothing_imports_the_folders_by_their_bare_names() -> None:
+    """`pytest` puts the source root on sys.path, so `import common` would still work
+    there, loading a second copy of a module under another name: nothing may do it."""
+    files = [
+        Path(root) / f
+        for top in ("fedcredit", "tests", "bench")
+        for root, _, names in os.walk(ROOT / top, followlinks=True)
+        for f in names
+        if f.endswith(".py") and "_pb2" not in f
+    ]
+    assert len(files) > 200
+    bad = [hit for p in files for hit in _old_style_imports(p)]
+    assert bad == []
+
+
+def test_bare_name_check_sees_an_old_import(tmp_path: Path) -> None:
+    src = tmp_path / "m.py"
+    src.write_text("import os\nfrom common.errors import X\nimport ledger.log as l\n")
+    assert [h.split()[-1] for h in _old_style_imports(src)] == ["common.errors", "ledger.log"]
+
+
 def test_length_check_sees_a_long_function(tmp_path: Path) -> None:
     src = tmp_path / "m.py"
     src.write_text("def f():\n" + "    x = 1\n" * 85)
@@ -196,6 +243,18 @@ def test_wheel_installs_only_the_fedcredit_name(tmp_path: Path) -> None:
         "v1": True,
         "flwr_app": True,
     }
+    # Every subpackage of the source tree is in the wheel (a broken link would drop one).
+    expected = sorted(
+        d.name for d in (ROOT / "fedcredit").iterdir() if (d / "__init__.py").exists()
+    )
+    listing = subprocess.run(
+        [str(py), "-c", "import importlib.metadata as m; print(sorted({f.parts[1] for f in"
+         " m.distribution('fedcredit').files if f.parts[0] == 'fedcredit' and len(f.parts) > 2"
+         " and f.parts[1] != '__pycache__'}))"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, check=True,
+    )  # fmt: skip
+    assert listing.stdout.strip() == repr(expected)
+    assert len(expected) >= 9
     fail = subprocess.run(
         [str(py), "-c", "import common"], capture_output=True, timeout=60, cwd=tmp_path
     )
