@@ -11,7 +11,11 @@ state over time (granted, paused, resumed, revoked, expired). Then each access:
   window at the entry's time; each is one use, and no more than ``max_uses``.
 * ``feature_disclosure`` (a node's log): the consent ``consent_jti`` must be the
   enterprise's, for the bank it was served on behalf of, the purpose, and cover
-  the node and its category, ACTIVE and inside its window.
+  the node and its category, ACTIVE and inside its window. This is also how a
+  training fetch is checked: a bank's fetch for ``model_training`` is a node
+  disclosure like any other. Uses are counted on ``score_access`` only: one
+  request reaches several nodes, and the node logs do not say which of their
+  entries were one use.
 
 Times: consent events carry whole seconds (``at``), entries microseconds. A
 state change in the same second as an access is resolved in the access's
