@@ -266,3 +266,12 @@ def test_rotate_keys(deployment: Path) -> None:
         "consent", "rotate-keys", "--config", str(deployment), "--immediate", "--json"
     )
     assert code == 0 and r2["signing_now"] == r2["kid"]
+
+
+def test_rotate_compromised(deployment: Path) -> None:
+    """`consent rotate --compromised`: a new key signs at once; the old ones are withdrawn."""
+    code, r, _ = run("consent", "rotate", "--config", str(deployment), "--compromised", "--json")
+    assert code == 0, r
+    states = {k["kid"]: k["state"] for k in r["keys"]}
+    assert r["signing_now"] == r["kid"] and states[r["kid"]] == "active"
+    assert r["retired"] and all(states[k["kid"]] == "compromised" for k in r["retired"])

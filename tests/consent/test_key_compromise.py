@@ -41,6 +41,10 @@ def forge(token: str, key: Ed25519PrivateKey, **claims: Any) -> str:
     return f"{h}.{p}.{b64url(key.sign(f'{h}.{p}'.encode()))}"
 
 
+def args_for(svc: Service, ent: str) -> dict[str, Any]:
+    return dict(bank_args(svc.pki, ent))
+
+
 def refusal(v: RemoteVerifier, token: str, args: dict[str, Any]) -> str | None:
     try:
         v.verify(token, **args)
@@ -75,12 +79,12 @@ def test_compromise_over_the_rpc_is_pushed_and_refuses_everything_the_key_signed
     try:
         for v in verifiers:
             assert v.wait_connected()
-            v.verify(token, **bank_args(svc.pki, ent))
+            v.verify(token, **args_for(svc, ent))
         now = int(time.time())
         claims = json.loads(b64url_decode(token.split(".")[1]))
         backdated = forge(token, leaked, iat=now - 3600, nbf=now - 3600, exp=claims["exp"] - 3600)
         for v in verifiers:
-            v.verify(backdated, **bank_args(svc.pki, ent))  # before: a valid signature
+            v.verify(backdated, **args_for(svc, ent))  # before: a valid signature
         op = svc.client("operator-1", "operator")
         r = op.rotate_keys(compromised=True)
         assert old_kid in r.retired_kids
@@ -99,7 +103,7 @@ def test_compromise_over_the_rpc_is_pushed_and_refuses_everything_the_key_signed
             and again.jti == json.loads(b64url_decode(token.split(".")[1]))["jti"]
         )
         for v in verifiers:
-            v.verify(again.token, **bank_args(svc.pki, ent))
+            v.verify(again.token, **args_for(svc, ent))
         events = svc.authority.store.events(consent_id=again.consent_id)
         reissued = [e for e in events if e.event == "reissued"]
         assert len(reissued) == 1 and reissued[0].payload["old_kid"] == old_kid
@@ -120,7 +124,7 @@ def test_compromise_declared_by_the_cli_on_the_store_reaches_running_verifiers(
     v = svc.verifier()
     try:
         assert v.wait_connected()
-        v.verify(token, **bank_args(svc.pki, ent))
+        v.verify(token, **args_for(svc, ent))
         # What `fedcredit consent rotate --compromised` does: another process, same store.
         store = ConsentStore(svc.authority.store.url)
         other = ConsentAuthority(store, svc.authority.settings, banks=[BANK, OTHER_BANK])
