@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,10 +152,17 @@ def test_test_file_in_another_column_order_scores_the_same(
     args = ["train", "--json", "--trees", "3", "--depth", "2", "--strategy", "cyclic"]
     args += [a for p in banks for a in ("--csv", p)]
     out = {}
-    for name in ("test.csv", "shuffled.csv"):
-        res = runner.invoke(build_app(), [*args, "--test-csv", str(tmp_path / name)])
-        assert res.exit_code == 0, res.output
-        out[name] = json.loads(res.stdout[res.stdout.index("{") :])
+    # As `fedcredit`'s main() does (logging.basicConfig): a root handler on stderr, which
+    # Flower's logger propagates to unless the run keeps its log to itself.
+    root_handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(root_handler)
+    try:
+        for name in ("test.csv", "shuffled.csv"):
+            res = runner.invoke(build_app(), [*args, "--test-csv", str(tmp_path / name)])
+            assert res.exit_code == 0, res.output
+            out[name] = json.loads(res.stdout[res.stdout.index("{") :])
+    finally:
+        logging.getLogger().removeHandler(root_handler)
     assert out["test.csv"]["auc"] == out["shuffled.csv"]["auc"] > 0.6
     lo, hi = out["test.csv"]["auc_ci95"]
     assert lo < out["test.csv"]["auc"] < hi and hi - lo < 0.2

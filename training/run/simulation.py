@@ -88,23 +88,23 @@ _QUIET = _DropDeprecation()
 @contextmanager
 def flower_logs(log_file: Path | None) -> Iterator[None]:
     """Flower's log (its ClientApp tracebacks included) to ``log_file`` rather than the
-    terminal, and its deprecation warning dropped, for the duration."""
+    terminal (nor the root logger a CLI may have configured), and its deprecation warning
+    dropped, for the duration."""
     flwr_log = logging.getLogger("flwr")
-    saved = list(flwr_log.handlers)
+    saved, propagate = list(flwr_log.handlers), flwr_log.propagate
     handler: logging.Handler | None = None
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         flwr_log.handlers = [handler]
-    for h in flwr_log.handlers:
-        h.addFilter(_QUIET)
+        flwr_log.propagate = False
+    flwr_log.addFilter(_QUIET)  # on the logger: before any handler, its own or the root's
     try:
         yield
     finally:
-        for h in flwr_log.handlers:
-            h.removeFilter(_QUIET)
-        flwr_log.handlers = saved
+        flwr_log.removeFilter(_QUIET)
+        flwr_log.handlers, flwr_log.propagate = saved, propagate
         if handler is not None:
             handler.close()
 
