@@ -45,8 +45,10 @@ class DegenerateModel(FailedPrecondition):
 
 
 # |leaf value| above this (in log-odds, learning rate applied) is a tree that predicts
-# one class with certainty: exp(10) ~ 22,000 to 1. Healthy trees at lr <= 1 stay far below.
-MAX_LEAF_LOGODDS = 10.0
+# one class with certainty: exp(20) ~ 5e8 to 1. A one-class bank's LightGBM tree is about
+# -34.5 (log 1e-15); a healthy first tree holding the base rate of even 1 default in a
+# million rows is -13.8, and later trees at lr <= 1 stay far below.
+MAX_LEAF_LOGODDS = 20.0
 
 
 @dataclass
