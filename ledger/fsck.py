@@ -116,13 +116,20 @@ class _Walk:
             self._first_bad(rows, pos, end)
         _, stored, datas = zip(*rows, strict=True) if rows else ((), (), ())
         leaves = [sha(b"\x00" + d).digest() for d in datas]
-        hx = b"".join([self.prev, *leaves[:-1]]).hex().encode()
-        want = [_CHAIN + hx[64 * k : 64 * k + 64] + b'","index":%d,' % (pos + k) for k in range(n)]
-        # the actor before "chain" never holds a quote: the first match is the member
-        got = [
-            d[a : a + len(w)] for d, w in zip(datas, want, strict=True) for a in (d.find(_CHAIN),)
-        ]
-        if tuple(leaves) != stored or got != want:
+        # each entry is {"actor":"…","chain":"<64 hex>","index":<n>,…}: the actor never
+        # holds a quote, so the first '","chain":"' is the member; its index follows
+        ats = [d.find(_CHAIN) for d in datas]
+        links = b"".join([d[a + 11 : a + 75] for d, a in zip(datas, ats, strict=True)])
+        heads = b"".join([d[a + 75 : a + 85] for d, a in zip(datas, ats, strict=True)])
+        nums = b" ".join(
+            [d[a + 85 : d.find(b",", a + 85)] for d, a in zip(datas, ats, strict=True)]
+        )
+        ok = (
+            links == b"".join([self.prev, *leaves[:-1]]).hex().encode()
+            and heads == b'","index":' * n
+            and nums == " ".join(map(str, range(pos, end))).encode()
+        )
+        if tuple(leaves) != stored or not ok:
             self._first_bad(rows, pos, end)
         if leaves:
             self.prev = leaves[-1]

@@ -275,3 +275,21 @@ def test_a_large_store_by_whole_chunks(tmp_path: Path) -> None:
     assert _fsck(url).root == cp.root
     _tamper(url, "UPDATE ledger_nodes SET hash = zeroblob(32) WHERE level = 5 AND idx = 700")
     _refused(url, 700 << 5, "stored tree node (5, 700)")
+
+
+def test_a_clean_store_takes_the_bulk_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The entry-by-entry pass only runs to name a failure: on a clean store the chunk-wide
+    compares must agree on their own (else fsck is silently several times slower)."""
+    from fedcredit.ledger import fsck as fsck_mod
+    from fedcredit.ledger.fsck import CHUNK
+
+    url = f"sqlite:///{tmp_path}/l.sqlite"
+    with _open(url) as log:
+        log.append_many([("k", None, {"i": i}) for i in range(CHUNK + 77)])
+        log.checkpoint()
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("the entry-by-entry pass ran on a clean store")
+
+    monkeypatch.setattr(fsck_mod._Walk, "_first_bad", refuse)
+    assert _fsck(url).size == CHUNK + 77
