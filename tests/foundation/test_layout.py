@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
@@ -185,6 +186,28 @@ def test_layer_contracts_hold() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0 broken" in out.stdout
+
+
+def test_every_service_module_is_published_or_private() -> None:
+    """A new module of a service must be put on one side on purpose: in the service's
+    published list, or among the private modules its contract keeps others from."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    published = config["tool"]["fedcredit"]["published"]
+    contracts = {c["id"]: c for c in config["tool"]["importlinter"]["contracts"]}
+    assert set(published) == {"consent", "ledger", "node", "coordinator"}
+    for service, public in published.items():
+        private = {
+            m.removeprefix(f"fedcredit.{service}.")
+            for m in contracts[f"{service}-private"]["forbidden_modules"]
+        }
+        on_disk = {p.stem for p in (ROOT / service).glob("*.py") if p.stem != "__init__"}
+        assert not private & set(public), service
+        assert on_disk == private | set(public), (
+            f"{service}: unclassified {sorted(on_disk - private - set(public))}, "
+            f"gone {sorted((private | set(public)) - on_disk)}"
+        )
+        sdk = set(contracts["sdk"]["forbidden_modules"])
+        assert {f"fedcredit.{service}.{m}" for m in private} <= sdk, service
 
 
 @pytest.mark.slow
