@@ -36,12 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from fedcredit.common.departments import BY_ID, BY_ORG
 from fedcredit.common.errors import ConfigError
+from fedcredit.consent.token import SCORE_ONLY, covers
 
 if TYPE_CHECKING:
     from fedcredit.ledger.audit import Trust
     from fedcredit.ledger.checkpoint import Verifier
 
-SCORE_ONLY = "score_only"  # consent.token.SCORE_ONLY: covers every category, releases none
 ACCESS_KINDS = ("score_access", "feature_disclosure")
 _ACCESS_KINDS_B = frozenset(k.encode() for k in ACCESS_KINDS)
 
@@ -287,7 +287,8 @@ class CoverageAuditor:
             node = p.get("node", "")
             dept = BY_ORG.get(node) or BY_ID.get(node)
             category = dept.category if dept is not None else None
-            if node not in c.nodes or (SCORE_ONLY not in c.scope and category not in c.scope):
+            # The rule the verifiers enforce (consent.token.covers), replayed.
+            if not covers(SCORE_ONLY in c.scope, c.scope, c.nodes, category or "", node):
                 fail("OUTSIDE_SCOPE", f"consent {c.consent_id} covers nodes {sorted(c.nodes)} "
                      f"and {sorted(c.scope)}; node {node} ({category}) answered")  # fmt: skip
                 return
