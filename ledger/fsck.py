@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from fedcredit.ledger.checkpoint import Verifier, open_checkpoint
 from fedcredit.ledger.entry import ZERO_HASH
@@ -360,19 +360,41 @@ def fsck(
     )
 
 
+class _LogInfo(Protocol):
+    origin: str
+    size: int
+    root: bytes
+
+
+class _WitnessInfo(Protocol):
+    @property
+    def logs(self) -> Sequence[_LogInfo]: ...
+
+
+@runtime_checkable
+class WitnessInfoSource(Protocol):
+    """A witness that can say what it cosigned (GetWitnessInfo); a push-only endpoint
+    (the log's :class:`~fedcredit.ledger.log.WitnessEndpoint`) need not."""
+
+    @property
+    def name(self) -> str: ...
+
+    def info(self) -> _WitnessInfo: ...
+
+
 def witness_states(
-    witnesses: Sequence[Any], origin: str
+    witnesses: Sequence[object], origin: str
 ) -> tuple[list[WitnessState], dict[str, str]]:
     """Ask every witness that can tell (``info()``, with its own call timeout) what it
     cosigned for ``origin``.
 
     Returns the answers and, per witness that did not answer, why: a witness that
     is down must not stop the log from starting (the pushes meet it later)."""
-    askable = [w for w in witnesses if callable(getattr(w, "info", None))]
+    askable = [w for w in witnesses if isinstance(w, WitnessInfoSource)]
     if not askable:
         return [], {}
 
-    def ask(w: Any) -> WitnessState | str:
+    def ask(w: WitnessInfoSource) -> WitnessState | str:
         try:
             info = w.info()
         except Exception as exc:  # a down witness is reported, not fatal

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedcredit.common.errors import ConfigError
 from fedcredit.ledger.checkpoint import SIG_COSIGNATURE_V1, SIG_ED25519, Signer, Verifier
+
+if TYPE_CHECKING:
+    from fedcredit.common.config import Deployment
 
 
 def load_or_create_signer(path: Path | str, name: str, sig_type: int = SIG_ED25519) -> Signer:
@@ -34,7 +37,7 @@ def load_or_create_signer(path: Path | str, name: str, sig_type: int = SIG_ED255
 # them, which is where auditors and witnesses read them from.
 
 
-def keys_dir(deployment: Any) -> Path:
+def keys_dir(deployment: Deployment) -> Path:
     return Path(deployment.dir) / "keys"
 
 
@@ -55,33 +58,33 @@ def read_vkey(path: Path | str) -> Verifier:
     return Verifier.parse(text)
 
 
-def log_signer(deployment: Any, origin: str) -> Signer:
+def log_signer(deployment: Deployment, origin: str) -> Signer:
     d = keys_dir(deployment)
     signer = load_or_create_signer(d / "ledger.key", origin)
     publish_vkey(d / "ledger.vkey", signer.verifier)
     return signer
 
 
-def log_verifier(deployment: Any) -> Verifier:
+def log_verifier(deployment: Deployment) -> Verifier:
     p = keys_dir(deployment) / "ledger.vkey"
     if not p.exists():
         raise ConfigError(f"the ledger's public key {p} does not exist yet; start the ledger once")
     return read_vkey(p)
 
 
-def witness_signer(deployment: Any, org_id: str) -> Signer:
+def witness_signer(deployment: Deployment, org_id: str) -> Signer:
     d = keys_dir(deployment)
     signer = load_or_create_signer(d / f"{org_id}.witness.key", org_id, SIG_COSIGNATURE_V1)
     publish_vkey(d / f"{org_id}.witness.vkey", signer.verifier)
     return signer
 
 
-def witness_verifier(deployment: Any, org_id: str) -> Verifier | None:
+def witness_verifier(deployment: Deployment, org_id: str) -> Verifier | None:
     p = keys_dir(deployment) / f"{org_id}.witness.vkey"
     return read_vkey(p) if p.exists() else None
 
 
-def published_logs(deployment: Any) -> dict[str, Verifier]:
+def published_logs(deployment: Deployment) -> dict[str, Verifier]:
     """Logs a witness of this deployment watches: the central ledger, once its key exists."""
     p = keys_dir(deployment) / "ledger.vkey"
     if not p.exists():
