@@ -153,6 +153,9 @@ class NodeConfig:
     org_id: str
     address: str
     database: str
+    # Where the node's witness also answers the C2SP tlog-witness HTTP protocol
+    # (POST /add-checkpoint, no client certificate); empty: gRPC only.
+    witness_http: str = ""
 
 
 @dataclass
@@ -314,6 +317,7 @@ def _parse_nodes(
                 org,
                 _check_address(_req(n, "address", where), where),
                 _resolve_db(_req(n, "database", where), base, where),
+                _witness_http(n, where),
             )
         )
     seen = [n.department for n in nodes]
@@ -354,6 +358,13 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Deployment:
     nodes = _parse_nodes(data, src, base, orgs)
     banks = _parse_banks(data, src, orgs)
     return Deployment(path, name, pki_dir, orgs, services, nodes, banks, dict(data))
+
+
+def _witness_http(n: Mapping[str, Any], where: str) -> str:
+    value = n.get("witness_http", "")
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: witness_http must be an address string, got {value!r}")
+    return _check_address(value, where) if value else ""
 
 
 def load_config(path: str | Path) -> Deployment:

@@ -18,6 +18,7 @@ from fedcredit.ledger.client import LedgerClient
 from fedcredit.ledger.keys import load_or_create_signer
 from fedcredit.ledger.log import Log
 from fedcredit.ledger.witness import Witness
+from fedcredit.ledger.witness_http import WitnessHTTPServer
 from fedcredit.node.disclosure import CheckpointPublisher, open_disclosure_log
 from fedcredit.node.engine import FeatureEngine
 from fedcredit.node.policy import AccessPolicy
@@ -42,6 +43,8 @@ class NodeProcess:
     witness: Witness | None = None
     notes: list[str] = field(default_factory=list)
     signatures: SignaturePool | None = None
+    witness_http_address: str = ""  # [[nodes]] witness_http: the C2SP tlog-witness endpoint
+    witness_http: WitnessHTTPServer | None = None
 
     @property
     def port(self) -> int:
@@ -49,6 +52,10 @@ class NodeProcess:
 
     def start(self) -> None:
         self.server.start()
+        if self.witness is not None and self.witness_http_address:
+            # The same witness (same key, same stored state) behind the standard protocol,
+            # so a log outside the deployment can ask this node to cosign.
+            self.witness_http = WitnessHTTPServer(self.witness, self.witness_http_address).start()
         if self.engine.warm_enabled:
             self.engine.start_warming()
         if self.publisher is not None:
@@ -61,6 +68,8 @@ class NodeProcess:
                 self.publisher.publish_once()
             except Exception as exc:
                 log.warning("final checkpoint publication failed: %s", exc)
+        if self.witness_http is not None:
+            self.witness_http.close()
         self.server.stop(2.0)
         if self.signatures is not None:
             self.signatures.close()
@@ -201,7 +210,12 @@ def build_process(
     publisher = _publisher(dep, cfg, settings, disclosures, central)
     if not cfg.address and address is None:
         raise ConfigError(f"no address for the {department} node")
+    if cfg.witness_http and mount is None:
+        raise ConfigError(
+            f"node {cfg.org_id}: witness_http is set but [node] witness = false; "
+            "expected the witness on to serve its HTTP endpoint"
+        )
     return NodeProcess(
         department, cfg.org_id, store, engine, disclosures, v, server, publisher,
-        mount.witness if mount is not None else None, notes, signatures,
+        mount.witness if mount is not None else None, notes, signatures, cfg.witness_http,
     )  # fmt: skip

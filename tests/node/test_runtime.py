@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
@@ -115,3 +116,52 @@ def test_default_witness_publishes_its_key_in_the_deployment(
         assert vkey.startswith("dept-courts+")
     finally:
         proc.stop()
+
+
+def test_witness_answers_the_c2sp_http_protocol_when_configured(
+    tmp_path: Path, small_world: Path
+) -> None:
+    """[[nodes]] witness_http: the node's witness (same key, same state) also takes
+    cosignature requests over C2SP tlog-witness, without a client certificate."""
+    import http.client
+
+    from fedcredit.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+    from fedcredit.ledger.keys import log_signer, witness_verifier
+    from fedcredit.ledger.merkle import MemoryTree, leaf_hash
+
+    cfg = write_local_deployment(tmp_path / "dep", bank_count=1)
+    data = tomllib.loads(cfg.read_text())
+    for n in data["nodes"]:
+        if n["department"] == "courts":
+            n["witness_http"] = "127.0.0.1:0"
+    cfg.write_text(tomli_w.dumps(data))
+    dep = load_config(cfg)
+    ledger_key = log_signer(dep, "fedcredit/test-ledger")  # published in keys/ledger.vkey
+    proc = build_process(dep, "courts", address="127.0.0.1:0", verifier=local_verifier(
+        ConsentAuthority(ConsentStore(f"sqlite:///{tmp_path / 'c.sqlite'}"))), central=RecordingSink())  # fmt: skip
+    proc.start()
+    try:
+        assert proc.witness_http is not None
+        tree = MemoryTree(leaf_hash(b"entry %d" % i) for i in range(12))
+        note = sign_checkpoint(Checkpoint("fedcredit/test-ledger", 12, tree.root(12)), ledger_key)
+        conn = http.client.HTTPConnection("127.0.0.1", proc.witness_http.port, timeout=10)
+        conn.request("POST", "/add-checkpoint", ("old 0\n\n" + note).encode())
+        resp = conn.getresponse()
+        line = resp.read().decode()
+        conn.close()
+        assert resp.status == 200, line
+        wkey = witness_verifier(dep, "dept-courts")
+        assert wkey is not None
+        cp = open_checkpoint(note + line, ledger_key.verifier, witnesses=[wkey], quorum=1)
+        assert cp.cosigned_by == ("dept-courts",)
+        # A stale request is refused with the protocol's 409 and the size it cosigned.
+        conn = http.client.HTTPConnection("127.0.0.1", proc.witness_http.port, timeout=10)
+        conn.request("POST", "/add-checkpoint", ("old 0\n\n" + note).encode())
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (409, b"12\n")
+        conn.close()
+    finally:
+        proc.stop()
+    assert proc.witness_http is not None
+    with pytest.raises(OSError):
+        http.client.HTTPConnection("127.0.0.1", proc.witness_http.port, timeout=2).connect()
