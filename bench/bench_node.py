@@ -330,6 +330,10 @@ def run(quick: bool, full: bool) -> list[dict[str, Any]]:
             "purpose": "credit_assessment",
             "on_behalf_of": BANK,
             "on_behalf_of_cert_sha256": bank_id.cert_sha256,
+            # As the coordinator: the use id of a Score. The node reserves (here: joins) it
+            # at the consent service for every batch; each cold round opens a use of its
+            # own (cold-<round>: at most 5, the tokens' max_uses).
+            "request_id": "cold-0",
         }
         try:
             with NodeClient(f"127.0.0.1:{port}", files["coordinator"], server_org=ORG) as client:
@@ -393,7 +397,8 @@ def run(quick: bool, full: bool) -> list[dict[str, Any]]:
                 cold1: list[float] = []
                 cold_cpu: list[float] = []
                 cold1_cpu: list[float] = []
-                for _ in range(reps):  # with and without the signature workers, alternating
+                for rnd in range(reps):  # with and without the signature workers, alternating
+                    big = build_request(tokens, [], **{**kw, "request_id": f"cold-{rnd}"})
                     for use_workers, out, cpu in (
                         (True, cold, cold_cpu),
                         (False, cold1, cold1_cpu),
