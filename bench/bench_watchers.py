@@ -128,7 +128,7 @@ async def _watchers(address: str, tls: TlsFiles, n: int, pipe: Connection) -> No
     for t in tasks:
         t.cancel()
     for ch in channels:
-        await ch.close()
+        await ch.close(None)
 
 
 # --- the measurements --------------------------------------------------------------------
