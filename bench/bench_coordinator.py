@@ -518,8 +518,8 @@ class Bench:
         self.row("consents granted for the batch (setup, not measured)", n / grant_s, "consents/s")
         self.notes.append(
             f"{os.cpu_count()} cores shared by every process (and other agents); the consent service runs in the "
-            "benchmark process; each Score verifies the token at the coordinator (one counted use; a batch "
-            "counts its uses with one RecordUses call per chunk) and again at each of the 12 nodes, each node writes its disclosure log, the "
+            "benchmark process; each Score verifies the token at the coordinator (one use reserved before "
+            "the fan-out, ReserveUses per chunk, joined by every node, committed after) and again at each of the 12 nodes, each node writes its disclosure log, the "
             "coordinator writes one ledger entry per answer over gRPC before answering"
         )
 
