@@ -61,12 +61,23 @@ def _client(config: Path, org: str, timeout: float = 30.0) -> CoordinatorClient:
 
 def _read_token(path: Path) -> str:
     try:
-        text = path.read_text().strip()
+        text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise InvalidArgument(f"cannot read the consent token file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise InvalidArgument(
+            f"{path} does not hold a consent token: expected text, got bytes that are not UTF-8"
+        ) from None
     if text.startswith("{"):  # a JSON file from `fedcredit bank consent token --json`
-        data = json.loads(text)
-        text = str(data.get("token") or data.get("consent_token") or "")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(
+                f"{path} starts with '{{' but is not JSON ({exc.msg} at line {exc.lineno}); "
+                "expected a token, or the JSON of `fedcredit bank consent token --json`"
+            ) from None
+        found = data.get("token") or data.get("consent_token") if isinstance(data, dict) else None
+        text = found if isinstance(found, str) else ""
     if text.count(".") != 2:
         raise InvalidArgument(
             f"{path} does not hold a consent token (a JWT with three dot-separated parts)"

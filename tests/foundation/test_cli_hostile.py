@@ -79,6 +79,20 @@ CASES: list[tuple[str, bytes | None, list[str], int]] = [
         3,
     ),
     (
+        "token file starting with { that is not JSON",
+        b"{",
+        ["bank", "score", "--config", "{cfg}", "--bank", BANK, "--enterprise", USCC,
+         "--consent", "{f}"],
+        3,
+    ),
+    (
+        "token file holding a JSON list",
+        b"[1, 2]",
+        ["bank", "score", "--config", "{cfg}", "--bank", BANK, "--enterprise", USCC,
+         "--consent", "{f}"],
+        3,
+    ),
+    (
         "token file holding binary",
         b"\x00\xff\xfe\x81" * 40,
         ["bank", "score", "--config", "{cfg}", "--bank", BANK, "--enterprise", USCC,
