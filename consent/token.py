@@ -300,8 +300,14 @@ def decode_segment(segment: str, what: str) -> dict[str, Any]:
     bounded depth, no duplicate members; TokenMalformed naming what is wrong otherwise."""
     try:
         raw = b64url_decode(segment)
-        value = _DECODER.decode(raw.decode("utf-8"))  # RFC 7515 §2: UTF-8, nothing else
-        _check_tree(value, 1)
+        text = raw.decode("utf-8")  # RFC 7515 §2: UTF-8, nothing else
+        value = _DECODER.decode(text)
+        # The walk costs as much as the decoding, and it can only find something when the
+        # text has more brackets than the depth allowed or an escape (valid UTF-8 holds no
+        # lone surrogate; only a \uD800-style escape makes one): a verifier's first sight
+        # of every token in a batch pays this.
+        if "\\u" in text or text.count("{") + text.count("[") > MAX_DEPTH:
+            _check_tree(value, 1)
     except (ValueError, UnicodeError, RecursionError) as exc:
         # RecursionError: the JSON scanner recurses per level; the size bound keeps it rare,
         # but a refusal is the answer either way, never a crash.
