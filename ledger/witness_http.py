@@ -19,10 +19,10 @@ import base64
 import binascii
 import logging
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from fedcredit.common.httpserve import SideServer
 from fedcredit.ledger.errors import (
     CheckpointRollback,
     NoteMalformed,
@@ -125,31 +125,9 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("tlog-witness %s " + format, self.client_address[0], *args)
 
 
-class WitnessHTTPServer(ThreadingHTTPServer):
+class WitnessHTTPServer(SideServer):
     """Serves ``witness`` at ``host:port`` (port 0 picks one) until :meth:`close`."""
 
-    daemon_threads = True
-
     def __init__(self, witness: Witness, address: str) -> None:
-        host, _, port = address.rpartition(":")
         self.witness = witness
-        self.host = host.strip("[]")
-        super().__init__((self.host, int(port)), _Handler)
-        self._thread = threading.Thread(target=self.serve_forever, name="witness-http", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
-
-    def start(self) -> WitnessHTTPServer:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self.shutdown()
-        self.server_close()
-        self._thread.join(5)
+        super().__init__(address, _Handler, name="witness-http")
