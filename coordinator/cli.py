@@ -16,11 +16,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from fedcredit.common.cliutil import console, err_console, fail, output, user_errors
-from fedcredit.common.errors import InvalidArgument
+from fedcredit.common.errors import FedcreditError, InvalidArgument
+from fedcredit.coordinator.batchfile import (
+    InputRowError,
+    Journal,
+    csv_from_journal,
+    journal_path,
+    read_rows,
+)
 
 if TYPE_CHECKING:
     from fedcredit.coordinator.client import CoordinatorClient
@@ -249,32 +266,56 @@ def score_cmd(
     output(d, as_json, _score_table(d))
 
 
+class _RateColumn(ProgressColumn):
+    """Enterprises per second over the run so far."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-/s" if speed is None else f"{speed:,.0f}/s", style="progress.data.speed")
+
+
+def _batch_row(item: pb.ScoreBatchItem, batch_id: str) -> dict[str, Any]:
+    if item.HasField("result"):
+        row = score_dict(item.result)
+        row["request_id"] = item.request_id
+        if item.replayed:
+            row["replayed"] = True
+    else:
+        row = {
+            "enterprise": item.enterprise,
+            "request_id": item.request_id,
+            "error": {"reason": item.error.reason, "message": item.error.message},
+        }
+    row["batch_id"] = batch_id
+    return row
+
+
 def _score_all(
-    c: CoordinatorClient, items: list[tuple[str, str, str]], as_json: bool
+    c: CoordinatorClient,
+    items: list[tuple[str, str, str]],
+    batch_id: str,
+    journal: Journal | None,
+    as_json: bool,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Every item's result or refusal (a progress bar on stderr), and the counts per rating."""
+    """Every item's result or refusal, each written to the journal as it arrives (a
+    progress bar with rate and ETA on stderr), and the counts per rating."""
+    from fedcredit.coordinator.client import batch_deadline
+
     results: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
-    with Progress(
-        TextColumn("scoring"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=as_json,
-    ) as bar:
+    columns = (
+        TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=err_console, disable=as_json) as bar:
         task = bar.add_task("score", total=len(items))
-        for item in c.score_batch(items):
-            if item.HasField("result"):
-                row = score_dict(item.result)
-                counts[row["rating"]] = counts.get(row["rating"], 0) + 1
-            else:
-                row = {
-                    "enterprise": item.enterprise,
-                    "request_id": item.request_id,
-                    "error": {"reason": item.error.reason, "message": item.error.message},
-                }
-                counts["refused"] = counts.get("refused", 0) + 1
+        stream = c.score_batch(items, batch_id=batch_id, timeout=batch_deadline(len(items)))
+        for item in stream:
+            row = _batch_row(item, batch_id)
+            key = "refused" if "error" in row else row["rating"]
+            counts[key] = counts.get(key, 0) + 1
+            if journal is not None:
+                journal.write(row)
             results.append(row)
             bar.advance(task)
     return results, counts
@@ -289,7 +330,10 @@ def _batch_table(results: list[dict[str, Any]], counts: dict[str, int]) -> Table
     for r in results[:50]:
         if "error" in r:
             t.add_row(
-                r["enterprise"], f"[red]{r['error']['reason']}[/]", "-", r["error"]["message"]
+                r.get("enterprise") or f"row {r.get('input_row', '?')}",
+                f"[red]{r['error']['reason']}[/]",
+                "-",
+                r["error"]["message"],
             )
         else:
             t.add_row(
@@ -305,6 +349,39 @@ def _batch_table(results: list[dict[str, Any]], counts: dict[str, int]) -> Table
     return t
 
 
+def _new_batch_id() -> str:
+    import secrets
+    import time
+
+    return f"sb-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(4)}"
+
+
+def _open_journal(
+    out: Path | None, resume: bool, batch_id: str | None
+) -> tuple[str, Journal | None, dict[str, dict[str, Any]]]:
+    """The batch id, the journal to append to, and the rows a resumed run has already."""
+    from fedcredit.coordinator.batchfile import JournalExists, JournalMismatch, read_journal
+
+    if out is None:
+        if resume:
+            raise InvalidArgument("--resume continues the batch in --out; give --out")
+        return batch_id or _new_batch_id(), None, {}
+    path = journal_path(out)
+    had, rows = read_journal(path)
+    if resume:
+        if had is None:
+            raise JournalMismatch(f"{path} holds no answers of a batch; nothing to resume")
+        if batch_id is not None and batch_id != had:
+            raise JournalMismatch(f"{path} holds batch {had!r}, not --batch-id {batch_id!r}")
+        return had, Journal(path, append=True), rows
+    if had is not None:
+        raise JournalExists(
+            f"{path} holds {len(rows)} answer(s) of batch {had!r}; "
+            "pass --resume to continue that batch, or choose another --out"
+        )
+    return batch_id or _new_batch_id(), Journal(path, append=False), {}
+
+
 @bank.command("score-batch")
 def score_batch_cmd(
     config: ConfigOpt,
@@ -313,23 +390,100 @@ def score_batch_cmd(
         Path,
         typer.Option(
             "--input",
-            help="CSV with columns enterprise,token (or consent=file) or JSON lines with the same keys.",
+            help="CSV with columns enterprise,token (or consent=file)[,request_id] or JSON lines "
+            "with the same keys; a row that cannot be used is reported and skipped.",
         ),
     ],
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write one JSON line per enterprise here.")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Results: JSON lines written as each answer arrives; for a .csv name the "
+            "lines go to <name>.jsonl and the CSV is written at the end.",
+        ),
     ] = None,
+    batch_id: Annotated[
+        str | None,
+        typer.Option(
+            "--batch-id",
+            help="Name the batch (default: a new id). Sending a batch id again returns what "
+            "was scored already, with no new disclosure, ledger entry or consent use.",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the interrupted batch whose answers are in --out."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Score a portfolio, one consent per enterprise (streaming)."""
-    with user_errors(as_json), _client(config, bank_org) as c:
-        results, counts = _score_all(c, list(_read_batch(input)), as_json)
-    if out is not None:
-        with out.open("w") as fh:
-            for r in results:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    """Score a portfolio, one consent per enterprise (streaming, resumable)."""
+    with user_errors(as_json):
+        parsed = list(read_rows(input, _read_token))
+        items = [r for r in parsed if not isinstance(r, InputRowError)]
+        bad = [r for r in parsed if isinstance(r, InputRowError)]
+        if not items and bad:
+            raise InvalidArgument(f"{input}: no usable row; row {bad[0].row}: {bad[0].message}")
+        bid, journal, done = _open_journal(out, resume, batch_id)
+        try:
+            results, counts = _run_batch(config, bank_org, items, bad, bid, journal, done, as_json)
+        finally:
+            if journal is not None:
+                journal.close()
+        if out is not None and out.suffix == ".csv":
+            csv_from_journal(journal_path(out), out)
     t = _batch_table(results, counts)
-    output({"results": results, "counts": counts} if as_json else results, as_json, t)
+    t.title = f"batch {bid}: {len(results)} rows"
+    data = {"batch_id": bid, "results": results, "counts": counts}
+    output(data if as_json else results, as_json, t)
+
+
+def _run_batch(
+    config: Path,
+    bank_org: str,
+    items: list[tuple[str, str, str]],
+    bad: list[InputRowError],
+    bid: str,
+    journal: Journal | None,
+    done: dict[str, dict[str, Any]],
+    as_json: bool,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Report the unusable rows, send the rest (a resumed run: what is not answered yet)."""
+    kept = [r for rid, r in done.items() if "error" not in r]
+    counts: dict[str, int] = {}
+    for r in kept:
+        counts[r["rating"]] = counts.get(r["rating"], 0) + 1
+    bad_rows = [
+        b.to_dict(bid) for b in bad if b.request_id not in done or "error" in done[b.request_id]
+    ]
+    for b in bad:
+        if not as_json:
+            err_console.print(f"[yellow]{input_name(b)}[/]: INVALID_INPUT_ROW: {b.message}", highlight=False, soft_wrap=True)  # fmt: skip
+    for row in bad_rows:
+        if journal is not None:
+            journal.write(row)
+    if bad:
+        counts["invalid_row"] = len(bad)
+    todo = [it for it in items if it[2] not in done or "error" in done[it[2]]]
+    if not as_json:
+        err_console.print(f"batch {bid}: {len(todo)} to score" + (f", {len(kept)} answered before" if kept else ""), highlight=False, soft_wrap=True)  # fmt: skip
+    results: list[dict[str, Any]] = [*kept, *bad_rows]
+    with _client(config, bank_org) as c:
+        try:
+            got, more = _score_all(c, todo, bid, journal, as_json)
+        except FedcreditError as exc:
+            where = f" in {journal.path}" if journal is not None else ""
+            exc.message += (
+                f" (batch {bid} interrupted; the answers received are{where}: "
+                + ("continue with --resume)" if journal is not None else f"send it again with --batch-id {bid})")
+            )  # fmt: skip
+            raise
+    for k, v in more.items():
+        counts[k] = counts.get(k, 0) + v
+    return [*results, *got], counts
+
+
+def input_name(b: InputRowError) -> str:
+    return f"row {b.row} (request id {b.request_id})"
 
 
 def _watch_row(ev: pb.RatingEvent, kind: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ server sent (e.g. ``consent.errors.ConsentRevoked``, ``coordinator.errors.Ledger
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence, Sized
 from typing import Any
 
 import grpc
@@ -36,8 +36,31 @@ class CoordinatorStubs:
         self.registry = pb_grpc.ModelRegistryStub(channel)
 
 
-def _requests(items: Iterable[tuple[str, str, str]]) -> Iterator[pb.ScoreRequest]:
-    return (pb.ScoreRequest(enterprise=e, consent_token=t, request_id=r) for e, t, r in items)
+# A ScoreBatch stream's deadline: this much, plus BATCH_SECONDS_PER_ITEM per enterprise
+# when the caller says how many it sends (about 20x what a healthy federation needs); a
+# frozen coordinator is found sooner by the channel's keepalive (common.tls).
+BATCH_BASE_SECONDS = 60.0
+BATCH_SECONDS_PER_ITEM = 0.02
+
+
+def batch_deadline(count: int) -> float:
+    """The deadline of a ScoreBatch stream of ``count`` enterprises (seconds)."""
+    return BATCH_BASE_SECONDS + BATCH_SECONDS_PER_ITEM * max(0, count)
+
+
+def _requests(
+    items: Iterable[tuple[str, str, str]], batch_id: str = ""
+) -> Iterator[pb.ScoreRequest]:
+    return (
+        pb.ScoreRequest(enterprise=e, consent_token=t, request_id=r, batch_id=batch_id)
+        for e, t, r in items
+    )
+
+
+def _batch_timeout(items: Iterable[tuple[str, str, str]], timeout: float | None) -> float:
+    if timeout is not None:
+        return timeout
+    return batch_deadline(len(items) if isinstance(items, Sized) else 100_000)
 
 
 class CoordinatorClient(ServiceClient[CoordinatorStubs]):
@@ -65,10 +88,24 @@ class CoordinatorClient(ServiceClient[CoordinatorStubs]):
         )
 
     def score_batch(
-        self, items: Iterable[tuple[str, str, str]], *, timeout: float | None = 3600.0
+        self,
+        items: Iterable[tuple[str, str, str]],
+        *,
+        batch_id: str = "",
+        timeout: float | None = None,
     ) -> Iterator[pb.ScoreBatchItem]:
-        """Stream ``(enterprise, token, request_id)`` in; yield one item per enterprise."""
-        return self._stream(self.scoring.ScoreBatch, _requests(items), timeout, bounded=False)
+        """Stream ``(enterprise, token, request_id)`` in; yield one item per enterprise.
+
+        ``batch_id``: make the batch resumable (request ids unique in it): sending it again
+        replays what was scored (``replayed``) and scores the rest. ``timeout``: default
+        :func:`batch_deadline` of the number of items (when ``items`` has a length).
+        """
+        return self._stream(
+            self.scoring.ScoreBatch,
+            _requests(items, batch_id),
+            _batch_timeout(items, timeout),
+            bounded=False,
+        )
 
     def watch(
         self,
@@ -192,6 +229,15 @@ class AsyncCoordinatorClient(AsyncServiceClient[CoordinatorStubs]):
         return await self._call(self.guarantees.Apply, pb.GuaranteeApplication(**kwargs))  # type: ignore[no-any-return]
 
     def score_batch(
-        self, items: Iterable[tuple[str, str, str]], *, timeout: float | None = 3600.0
+        self,
+        items: Iterable[tuple[str, str, str]],
+        *,
+        batch_id: str = "",
+        timeout: float | None = None,
     ) -> AsyncIterator[pb.ScoreBatchItem]:
-        return self._stream(self.scoring.ScoreBatch, _requests(items), timeout, bounded=False)
+        return self._stream(
+            self.scoring.ScoreBatch,
+            _requests(items, batch_id),
+            _batch_timeout(items, timeout),
+            bounded=False,
+        )

@@ -104,3 +104,21 @@ class WrongPurpose(PermissionDenied):
     """The consent's purpose does not cover this operation (checked again by the verifier)."""
 
     reason = "CONSENT_PURPOSE_MISMATCH"
+
+
+class InvalidBatchId(InvalidArgument):
+    """A ScoreBatch batch id is 1-128 characters of [A-Za-z0-9._:-], the same in every request."""
+
+    reason = "INVALID_BATCH_ID"
+
+
+class InvalidBatchItem(InvalidArgument):
+    """An item of a batch with an id has no request id, a too long one, or one used twice."""
+
+    reason = "INVALID_BATCH_ITEM"
+
+
+class BatchItemConflict(AlreadyExists):
+    """A request id of a batch was sent before with another enterprise or consent token."""
+
+    reason = "BATCH_ITEM_CONFLICT"

@@ -34,7 +34,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -119,6 +119,20 @@ class ScoringStats:
         self.items += other.items
 
 
+@dataclass(frozen=True)
+class BatchUses:
+    """The uses of a resumable batch (one with a batch id).
+
+    Every item of the batch is reserved under the batch's ``use_id`` (the r-th item with
+    the same token under ``<use_id>.<r>``), so a batch resumed after a crash JOINS the uses
+    its first run reserved instead of counting them again. ``claim`` records the verified
+    items (indexes, their jtis) before their uses are reserved and gives each its rank.
+    """
+
+    use_id: str
+    claim: Callable[[Sequence[int], Sequence[str]], Awaitable[Sequence[int]]]
+
+
 class ModelSource(Protocol):
     """The active model, as a callable the scorer awaits (see coordinator.service.ActiveModel)."""
 
@@ -201,6 +215,8 @@ class _Batch:
     matrix: np.ndarray
     missing: list[set[str]]
     use_id: str = ""
+    # A resumable batch's items: their rank among the batch's items with the same token.
+    ranks: dict[int, int] | None = None
     # Uses this call opened: item -> (use id, the token's use).
     opened: dict[int, tuple[str, UseRef]] = field(default_factory=dict)
 
@@ -323,18 +339,19 @@ class Scorer:
         counter = self._counter
         if counter is None or not batch.ok:
             return
-        rounds: list[list[int]] = []
+        rounds: dict[int, list[int]] = {}
         seen: dict[str, int] = {}
         for i in batch.ok:
-            jti = batch.consent(i).jti
-            r = seen.get(jti, 0)
-            seen[jti] = r + 1
-            if r == len(rounds):
-                rounds.append([])
-            rounds[r].append(i)
+            if batch.ranks is not None:  # a resumable batch: the rank its claim recorded
+                r = batch.ranks[i]
+            else:
+                jti = batch.consent(i).jti
+                r = seen.get(jti, 0)
+                seen[jti] = r + 1
+            rounds.setdefault(r, []).append(i)
         loop = asyncio.get_running_loop()
         refused: set[int] = set()
-        for r, members in enumerate(rounds):
+        for r, members in sorted(rounds.items()):
             use_id = batch.use_id if r == 0 else f"{batch.use_id}.{r}"
             consents = [batch.consent(i) for i in members]
             n = max(1, min(self.settings.verify_threads, len(consents) // 256 or 1))
@@ -586,6 +603,7 @@ class Scorer:
         items: Sequence[ScoreItem],
         purpose: str,
         stats: ScoringStats | None,
+        uses: BatchUses | None = None,
     ) -> tuple[list[Assessment | FedcreditError], _Batch]:
         st = stats if stats is not None else ScoringStats()
         model = await self.models.current()
@@ -593,8 +611,13 @@ class Scorer:
         verified = await self._verify(bank, items, (purpose,))
         features = model.features
         batch = _Batch.start(items, verified, len(features))
-        # One use id per call (one Score; a batch's items are distinct uses of distinct tokens).
-        batch.use_id = f"score-{uuid.uuid4().hex}"
+        if uses is None:
+            # One use id per call (one Score; a batch's items are distinct uses of distinct tokens).
+            batch.use_id = f"score-{uuid.uuid4().hex}"
+        else:
+            batch.use_id = uses.use_id
+            ranks = await uses.claim(batch.ok, [batch.consent(i).jti for i in batch.ok])
+            batch.ranks = dict(zip(batch.ok, ranks, strict=True))
         try:
             await self._reserve(batch)
             t1 = self._clock()
@@ -635,9 +658,10 @@ class Scorer:
         items: Sequence[ScoreItem],
         purpose: str,
         stats: ScoringStats | None = None,
+        uses: BatchUses | None = None,
     ) -> list[Scored | FedcreditError]:
         st = stats if stats is not None else ScoringStats()
-        assessed, batch = await self._assess(bank, items, purpose, st)
+        assessed, batch = await self._assess(bank, items, purpose, st, uses)
         t0 = self._clock()
         ok = [(k, a) for k, a in enumerate(assessed) if isinstance(a, Assessment)]
         out: list[Scored | FedcreditError] = [

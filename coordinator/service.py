@@ -27,7 +27,8 @@ from fedcredit.common.rpc import handle_errors
 from fedcredit.common.tls import Identity, peer_identity
 from fedcredit.common.wire import item_error
 from fedcredit.consent.verify import TokenVerifier
-from fedcredit.coordinator.errors import ModelVersionNotFound, NoActiveModel
+from fedcredit.coordinator.batches import ResumableBatch, check_batch_id
+from fedcredit.coordinator.errors import InvalidBatchId, ModelVersionNotFound, NoActiveModel
 from fedcredit.coordinator.fanout import Catalog, NodeFeatures
 from fedcredit.coordinator.fund import FundStatus, GuaranteeDesk
 from fedcredit.coordinator.gate import LedgerGate
@@ -239,6 +240,19 @@ def batch_item(it: ScoreItem, res: Scored | FedcreditError) -> pb.ScoreBatchItem
     )
 
 
+def batch_answer(
+    it: ScoreItem, ans: pb.ScoreResult | FedcreditError, replayed: bool
+) -> pb.ScoreBatchItem:
+    """One item of a resumable batch: its (possibly replayed) result or its item error."""
+    if isinstance(ans, FedcreditError):
+        return pb.ScoreBatchItem(
+            request_id=it.request_id, enterprise=it.enterprise, error=item_error(ans)
+        )
+    return pb.ScoreBatchItem(
+        request_id=it.request_id, enterprise=it.enterprise, result=ans, replayed=replayed
+    )
+
+
 async def read_into(requests: AsyncIterator[T], queue: asyncio.Queue[T | None]) -> None:
     """Every request of the stream into ``queue``, then None (also when the stream fails)."""
     try:
@@ -385,8 +399,29 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             maxsize=s.batch_chunk * s.batch_inflight * 2
         )
 
+        resumable: list[ResumableBatch | None] = []  # set by the first chunk
+
         async def run(chunk: list[pb.ScoreRequest]) -> list[pb.ScoreBatchItem]:
             items = [ScoreItem(r.enterprise, r.consent_token, r.request_id) for r in chunk]
+            if not resumable:  # chunks run in arrival order: this is the stream's first
+                bid = chunk[0].batch_id
+                resumable.append(
+                    ResumableBatch(
+                        self.app.store, self.app.scorer, bank, check_batch_id(bid), score_pb
+                    )
+                    if bid
+                    else None
+                )
+            book = resumable[0]
+            expected = book.batch_id if book is not None else ""
+            if any(r.batch_id != expected for r in chunk):
+                raise InvalidBatchId(
+                    f"every request of a ScoreBatch stream carries the batch id of the first "
+                    f"({expected!r})"
+                )
+            if book is not None:
+                answers = await book.run(items, self.batch_stats)
+                return [batch_answer(it, a, replayed) for it, (a, replayed) in zip(items, answers, strict=True)]  # fmt: skip
             results = await self.app.scorer.score_many(
                 bank, items, "credit_assessment", self.batch_stats
             )

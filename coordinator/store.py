@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,12 +31,14 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
     String,
     Table,
     Text,
+    bindparam,
     func,
     insert,
     select,
@@ -127,6 +129,25 @@ guarantees = Table(
     Column("closed_at", BigInteger),
 )
 
+# ScoreBatch items of batches with an id (resumable batches): one row per (bank, batch,
+# request id), written when the item's use is about to be reserved (``use_index``: the
+# item's rank among the batch's items with the same consent token, which names its use)
+# and completed with the answer once the score_access entry is in the ledger.
+batch_items = Table(
+    "coord_batch_items",
+    metadata,
+    Column("bank", String(128), primary_key=True),
+    Column("batch_id", String(128), primary_key=True),
+    Column("request_id", String(128), primary_key=True),
+    Column("item_sha256", String(64), nullable=False),  # of enterprise + token: same item?
+    Column("jti", String(128), nullable=False),
+    Column("use_index", Integer, nullable=False),
+    Column("result", LargeBinary),  # the ScoreResult as sent; NULL until decided
+    Column("created_at", BigInteger, nullable=False),
+    Column("decided_at", BigInteger),
+    Index("ix_coord_batch_items_jti", "bank", "batch_id", "jti"),
+)
+
 GUARANTEE_STATUSES = ("PENDING", "REFUSED", "ACTIVE", "RELEASED", "DEFAULTED")
 
 
@@ -184,6 +205,16 @@ class GuaranteeRecord:
             term,
             collateral,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItemRow:
+    """What the store holds about one item of a batch."""
+
+    item_sha256: str
+    jti: str
+    use_index: int
+    result: bytes | None
 
 
 @dataclass(frozen=True)
@@ -352,6 +383,103 @@ class CoordinatorStore:
                 == 0
             ):
                 conn.execute(insert(active_model).values(id=1, version=version, activated_at=at))
+
+    # ------------------------------------------------------------ resumable batches
+    def batch_items(
+        self, bank: str, batch_id: str, request_ids: Collection[str]
+    ) -> dict[str, BatchItemRow]:
+        """The stored rows of these request ids of a bank's batch (absent: never claimed)."""
+        with self._guard(), self.engine.connect() as conn:
+            return self._batch_rows(conn, bank, batch_id, request_ids)
+
+    @staticmethod
+    def _batch_rows(
+        conn: Connection, bank: str, batch_id: str, request_ids: Collection[str]
+    ) -> dict[str, BatchItemRow]:
+        out: dict[str, BatchItemRow] = {}
+        ids = list(request_ids)
+        c = batch_items.c
+        for k in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            rows = conn.execute(
+                select(c.request_id, c.item_sha256, c.jti, c.use_index, c.result).where(
+                    c.bank == bank, c.batch_id == batch_id, c.request_id.in_(ids[k : k + 500])
+                )
+            )
+            for r in rows:
+                out[r[0]] = BatchItemRow(r[1], r[2], int(r[3]), r[4])
+        return out
+
+    def claim_batch_items(
+        self, bank: str, batch_id: str, items: Sequence[tuple[str, str, str]], now: int
+    ) -> dict[str, BatchItemRow]:
+        """Claim ``(request_id, item_sha256, jti)`` items of a batch before their uses are
+        reserved: an item claimed before keeps its row (and use index); a new one gets the
+        next use index of its token in the batch. The rows of every item, after it."""
+        for attempt in range(3):
+            try:
+                with self._guard(), self.engine.begin() as conn:
+                    return self._claim(conn, bank, batch_id, items, now)
+            except IntegrityError:  # the same batch claimed concurrently: read again
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _claim(
+        self,
+        conn: Connection,
+        bank: str,
+        batch_id: str,
+        items: Sequence[tuple[str, str, str]],
+        now: int,
+    ) -> dict[str, BatchItemRow]:
+        have = self._batch_rows(conn, bank, batch_id, [rid for rid, _, _ in items])
+        new = [(rid, h, jti) for rid, h, jti in items if rid not in have]
+        if not new:
+            return have
+        c = batch_items.c
+        jtis = sorted({jti for _, _, jti in new})
+        ranks: dict[str, int] = {}
+        for k in range(0, len(jtis), 500):
+            ranks.update(
+                conn.execute(
+                    select(c.jti, func.count())
+                    .where(c.bank == bank, c.batch_id == batch_id, c.jti.in_(jtis[k : k + 500]))
+                    .group_by(c.jti)
+                ).all()
+            )
+        rows: list[dict[str, Any]] = []
+        for rid, h, jti in new:
+            if rid in have:  # a request id twice in one call: its first item holds it
+                continue
+            rank = int(ranks.get(jti, 0))
+            ranks[jti] = rank + 1
+            rows.append(
+                {"bank": bank, "batch_id": batch_id, "request_id": rid, "item_sha256": h,
+                 "jti": jti, "use_index": rank, "result": None, "created_at": now}
+            )  # fmt: skip
+            have[rid] = BatchItemRow(h, jti, rank, None)
+        conn.execute(insert(batch_items), rows)
+        return have
+
+    def store_batch_results(
+        self, bank: str, batch_id: str, results: Sequence[tuple[str, bytes]], now: int
+    ) -> None:
+        """The answers of claimed items (``(request_id, ScoreResult bytes)``), in one transaction."""
+        if not results:
+            return
+        c = batch_items.c
+        with self._guard(), self.engine.begin() as conn:
+            conn.execute(
+                update(batch_items)
+                .where(
+                    c.bank == bank,
+                    c.batch_id == batch_id,
+                    c.request_id == bindparam("rid"),
+                    c.result.is_(None),
+                )
+                .values(result=bindparam("res"), decided_at=now),
+                [{"rid": rid, "res": res} for rid, res in results],
+            )
 
     # ------------------------------------------------------------ fund
     def _lock_fund(self, conn: Connection) -> FundBooks:

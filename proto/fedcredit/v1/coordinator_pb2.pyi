@@ -36,22 +36,31 @@ class ScoreRequest(_message.Message):
     ENTERPRISE_FIELD_NUMBER: _builtins.int
     CONSENT_TOKEN_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    BATCH_ID_FIELD_NUMBER: _builtins.int
     enterprise: _builtins.str
     """unified social credit code (GB 32100-2015)"""
     consent_token: _builtins.str
     """the consent JWT issued to the calling bank"""
     request_id: _builtins.str
     """optional, echoed back (batch correlation)"""
+    batch_id: _builtins.str
+    """ScoreBatch only: the batch this item belongs to (1-128 of [A-Za-z0-9._:-]). With a
+    batch id every item needs a request_id unique in the batch; each scored item's
+    result is stored under (bank, batch_id, request_id), and the same batch sent again
+    (resumed) gets those results back (replayed) without another disclosure, ledger
+    entry or consent use; items not yet scored are scored.
+    """
     def __init__(
         self,
         *,
         enterprise: _builtins.str = ...,
         consent_token: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        batch_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_token", b"consent_token", "enterprise", b"enterprise", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "consent_token", b"consent_token", "enterprise", b"enterprise", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,8 +163,11 @@ class ScoreBatchItem(_message.Message):
     ENTERPRISE_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     enterprise: _builtins.str
+    replayed: _builtins.bool
+    """the result was decided earlier in this batch (batch_id) and stored"""
     @_builtins.property
     def result(self) -> Global___ScoreResult: ...
     @_builtins.property
@@ -167,10 +179,11 @@ class ScoreBatchItem(_message.Message):
         enterprise: _builtins.str = ...,
         result: Global___ScoreResult | None = ...,
         error: _common_pb2.ItemError | None = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enterprise", b"enterprise", "error", b"error", "outcome", b"outcome", "request_id", b"request_id", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enterprise", b"enterprise", "error", b"error", "outcome", b"outcome", "replayed", b"replayed", "request_id", b"request_id", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "error"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
