@@ -104,7 +104,9 @@ class ConsentAuthority:
         self.lifecycle = Lifecycle(
             store, s, checker, issuer, self.outbox, self._after_commit, clock
         )
-        self.uses = UseRecorder(store, s, clock)
+        self.uses = UseRecorder(
+            store, s, clock, outbox=self.outbox, after_commit=lambda: self._after_commit(())
+        )
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -233,6 +235,10 @@ class ConsentAuthority:
         """Commit or release the uses ``actor`` opened (:meth:`UseRecorder.settle`)."""
         return self.uses.settle(actor, use_id, refs, commit=commit)
 
+    def reap_uses(self, *, limit: int = 500) -> int:
+        """Release uses reserved over ``use_lease_s`` ago and never settled (:meth:`UseRecorder.reap`)."""
+        return self.uses.reap(limit=limit)
+
     def record_uses(self, actor: Identity, jtis: Sequence[str]) -> list[int | FedcreditError]:
         """Count one use of each token, in one transaction: per token its count or its error."""
         return self.uses.record_uses(actor, jtis)
@@ -266,7 +272,8 @@ class ConsentAuthority:
             self.deliver_events()
 
     def start(self, *, group_commit: bool = True) -> None:
-        """Deliver events, expire consents and pick up rotated keys in a background thread;
+        """Deliver events, expire consents, release lapsed use reservations and pick up
+        rotated keys in a background thread;
         with ``group_commit``, concurrent lifecycle calls share transactions."""
         if group_commit:
             self.store.start_group_commit()
@@ -298,6 +305,9 @@ class ConsentAuthority:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + interval
                     while self.expire_due() > 0:
+                        pass
+                    # Uses whose opener died mid-Score come back after their lease.
+                    while self.reap_uses() > 0:
                         pass
             except Exception:  # keep working; the next round retries
                 log.exception("consent background work failed")

@@ -14,6 +14,9 @@
     expiry_sweep_s = 5        # how often expired consents are marked and announced
     max_list = 1000           # most consents one list call returns
     max_uses_batch = 1000     # most token uses one RecordUses call counts
+    use_lease_s = 300         # a reserved use never committed nor released (its opener
+                              # crashed) is released this long after it was reserved,
+                              # ledgered as `use_released` (30-900; above any Score)
     evidence = "auto"         # where events go: "ledger", "store", or "auto" (ledger if configured)
     public_address = ""       # host:port of the read-only HTTPS server of the JWKS and status
                               # list (consent.public); set `issuer` to its https:// URL
@@ -47,6 +50,7 @@ KEYS = frozenset(
         "expiry_sweep_s",
         "max_list",
         "max_uses_batch",
+        "use_lease_s",
         "evidence",
         "public_address",
         "caps",
@@ -72,6 +76,7 @@ class ConsentSettings:
     expiry_sweep_s: float = 5.0
     max_list: int = 1000
     max_uses_batch: int = 1000
+    use_lease_s: int = 300
     evidence: str = "auto"
     public_address: str = ""
     caps: Mapping[str, PurposeCap] = field(default_factory=lambda: dict(DEFAULT_CAPS))
@@ -100,6 +105,8 @@ class ConsentSettings:
             expiry_sweep_s=section.get_float("expiry_sweep_s", 5.0, min=0.1),
             max_list=section.get_int("max_list", 1000, min=1),
             max_uses_batch=section.get_int("max_uses_batch", 1000, min=1),
+            # at most the use window (consent.uses.USE_WINDOW_S): a use id is spent after it
+            use_lease_s=section.get_int("use_lease_s", 300, min=30, max=900),
             evidence=section.get_str("evidence", "auto", choices=("auto", "ledger", "store")),
             public_address=section.get_str("public_address", ""),
             caps=caps_from_config(

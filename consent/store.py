@@ -21,6 +21,7 @@ import hashlib
 import json
 import queue
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -40,10 +41,12 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import OperationalError
@@ -122,6 +125,8 @@ uses_t = Table(
     Column("state", String(12), nullable=False),  # RESERVED | COMMITTED
     Column("opened_at", BigInteger, nullable=False),
 )
+# The lease reaper's scan: reservations opened before a cutoff (consent.uses.UseRecorder.reap).
+Index("ix_consent_uses_lease", uses_t.c.state, uses_t.c.opened_at)
 
 events_t = Table(
     "consent_events",
@@ -265,6 +270,10 @@ class ConsentStore:
         with self._guard():
             create_schema(self.engine, metadata)
             add_missing_columns(self.engine)
+            # create_all adds indexes only with their table: a store from before the lease
+            # reaper gets its index here.
+            for index in uses_t.indexes:
+                index.create(self.engine, checkfirst=True)
         with self.begin() as conn:  # rows of a store from before random indexes
             statusidx.migrate(conn, consents_t)
 
@@ -582,6 +591,110 @@ class ConsentStore:
                     .values(uses=c.uses - 1, updated_at=now)
                 )
         return done
+
+    def expired_reservations(
+        self, conn: Connection, cutoff: int, limit: int
+    ) -> list[tuple[str, str, str, int]]:
+        """Uses still RESERVED that were opened at or before ``cutoff`` (oldest first, at
+        most ``limit``): (jti, use_id, actor, opened_at)."""
+        u = uses_t.c
+        q = (
+            select(u.jti, u.use_id, u.actor, u.opened_at)
+            .where(and_(u.state == "RESERVED", u.opened_at <= cutoff))
+            .order_by(u.opened_at)
+            .limit(limit)
+        )
+        return [(j, uid, a, int(t)) for j, uid, a, t in conn.execute(q)]
+
+    def release_reservations(
+        self, conn: Connection, found: Sequence[tuple[str, str, str, int]], cutoff: int, now: int
+    ) -> list[tuple[str, str, str, int]]:
+        """Delete those of ``found`` that are STILL reserved and opened by ``cutoff`` (a
+        settle that got there first wins: DELETE ... RETURNING hands each row to one
+        caller), and give their uses back; the ones released."""
+        u = uses_t.c
+        gone: set[tuple[str, str]] = set()
+        for i in range(0, len(found), IN_CHUNK):
+            pairs = [(j, uid) for j, uid, _, _ in found[i : i + IN_CHUNK]]
+            stmt = (
+                delete(uses_t)
+                .where(
+                    and_(
+                        tuple_(u.jti, u.use_id).in_(pairs),
+                        u.state == "RESERVED",
+                        u.opened_at <= cutoff,
+                    )
+                )
+                .returning(u.jti, u.use_id)
+            )
+            gone.update((j, uid) for j, uid in conn.execute(stmt))
+        released = [f for f in found if (f[0], f[1]) in gone]
+        self._give_back(conn, [f[0] for f in released], now)
+        return released
+
+    def _give_back(self, conn: Connection, jtis: Sequence[str], now: int) -> None:
+        """Lower each consent's count by the times its jti is listed (never below 0)."""
+        c = consents_t.c
+        by_n: dict[int, list[str]] = {}
+        for jti, n in Counter(jtis).items():
+            by_n.setdefault(n, []).append(jti)
+        for n, group in by_n.items():
+            for i in range(0, len(group), IN_CHUNK):
+                conn.execute(
+                    update(consents_t)
+                    .where(c.jti.in_(group[i : i + IN_CHUNK]))
+                    .values(uses=case((c.uses >= n, c.uses - n), else_=0), updated_at=now)
+                )
+
+    def released_by_lease(
+        self, conn: Connection, consent_ids: Sequence[str]
+    ) -> set[tuple[str, str, str]]:
+        """(jti, use_id, reserved_by) of every use the lease reaper released for these
+        consents (from their ``use_released`` events)."""
+        e = events_t.c
+        out: set[tuple[str, str, str]] = set()
+        for i in range(0, len(consent_ids), IN_CHUNK):
+            q = select(e.payload).where(
+                and_(
+                    e.consent_id.in_(list(consent_ids[i : i + IN_CHUNK])), e.event == "use_released"
+                )
+            )
+            for (payload,) in conn.execute(q):
+                p = json.loads(payload)
+                out.add((p.get("jti"), p.get("use_id"), p.get("reserved_by")))
+        return out
+
+    def count_late_uses(
+        self, conn: Connection, use_id: str, jtis: Sequence[str], actor: str, now: int
+    ) -> dict[str, int]:
+        """Record as COMMITTED, and count, uses committed after the reaper released them,
+        where the consent still has a use left (the STORED ``max_uses``: a count never
+        exceeds it); the count after it of each one counted."""
+        if not jtis:
+            return {}
+        rows_in = [
+            {"jti": j, "use_id": use_id, "actor": actor, "state": "COMMITTED", "opened_at": now}
+            for j in jtis
+        ]
+        fresh = [j for (j,) in conn.execute(_insert_new(conn).returning(uses_t.c.jti), rows_in)]
+        c = consents_t.c
+        out: dict[str, int] = {}
+        for i in range(0, len(fresh), IN_CHUNK):
+            stmt = (
+                update(consents_t)
+                .where(and_(c.jti.in_(fresh[i : i + IN_CHUNK]), c.uses < c.max_uses))
+                .values(uses=c.uses + 1, updated_at=now)
+                .returning(c.jti, c.uses)
+            )
+            out.update((j, int(n)) for j, n in conn.execute(stmt))
+        full = [j for j in fresh if j not in out]
+        for i in range(0, len(full), IN_CHUNK):
+            conn.execute(
+                delete(uses_t).where(
+                    and_(uses_t.c.use_id == use_id, uses_t.c.jti.in_(full[i : i + IN_CHUNK]))
+                )
+            )
+        return out
 
     def list_consents(
         self,

@@ -10,10 +10,18 @@ goes down again). A use matches a consent by jti AND enterprise AND bank.
 A use is counted by a conditional UPDATE that re-checks the consent's state, so it is
 atomic with revocation: a use either happens before a revoke commits or is refused,
 with the reason read from the state that refused it.
+
+A reservation is a lease: one never settled (the opener's process, or the consent
+service, died mid-Score) is released by :meth:`UseRecorder.reap` once it is older than
+``[consent] use_lease_s`` (default 300 s, far above any Score or fetch round), with a
+ledgered ``use_released`` event, so a crash never burns a use for good; a commit that
+still arrives later is counted again only while the consent has a use left
+(``use_committed_late``), so no count ever exceeds the stored ``max_uses``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -24,10 +32,14 @@ from fedcredit.common.errors import BatchTooLarge, FedcreditError, InvalidArgume
 from fedcredit.common.tls import Identity
 from fedcredit.consent import errors as E
 from fedcredit.consent.access import require
+from fedcredit.consent.lifecycle import SYSTEM
+from fedcredit.consent.outbox import EventOutbox
 from fedcredit.consent.settings import ConsentSettings
 from fedcredit.consent.states import State
 from fedcredit.consent.store import ConsentRow, ConsentStore
 from fedcredit.consent.useref import Reservation, UseRef
+
+log = logging.getLogger(__name__)
 
 # A use id stays open this long after it was opened: verifiers joining it later (a slow
 # node of the same Score, the next page of one training round) count under it; after
@@ -52,10 +64,17 @@ class UseRecorder:
         store: ConsentStore,
         settings: ConsentSettings,
         clock: Callable[[], float] = time.time,
+        *,
+        outbox: EventOutbox | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> None:
+        """``outbox``: where lease releases and late commits are recorded (ledgered);
+        ``after_commit``: called after such a commit (delivers the events)."""
         self.store = store
         self.settings = settings
         self._clock = clock
+        self.outbox = outbox
+        self.after_commit = after_commit
 
     def now(self) -> int:
         return int(self._clock())
@@ -214,17 +233,88 @@ class UseRecorder:
 
     def settle(self, actor: Identity, use_id: str, refs: Sequence[UseRef], *, commit: bool) -> int:
         """Commit (the answer reached the bank) or release (the work failed) the uses
-        ``actor`` opened under ``use_id``; how many were settled."""
+        ``actor`` opened under ``use_id``; how many were settled.
+
+        A commit that arrives after the lease reaper released the use (the opener stalled
+        past ``use_lease_s``) counts the use again if the consent has one left, so a
+        disclosure that did happen is counted; either way it is ledgered
+        (``use_committed_late``). A count never exceeds the stored ``max_uses``."""
         self._check_batch(actor, use_id, len(refs))
         now = self.now()
         jtis = list(dict.fromkeys(r.jti for r in refs))
 
-        def work(conn: Connection) -> int:
-            return len(
-                self.store.settle_uses(conn, use_id, jtis, actor.org_id, commit=commit, now=now)
-            )
+        def work(conn: Connection) -> tuple[int, int]:
+            done = self.store.settle_uses(conn, use_id, jtis, actor.org_id, commit=commit, now=now)
+            late = 0
+            if commit and len(done) < len(jtis):
+                left = [j for j in jtis if j not in set(done)]
+                late = self._commit_late(conn, actor, use_id, left, now)
+            return len(done) + late, late
 
-        return self.store.write(work)
+        n, late = self.store.write(work)
+        if late and self.after_commit is not None:
+            self.after_commit()  # deliver the use_committed_late events
+        return n
+
+    def _commit_late(
+        self, conn: Connection, actor: Identity, use_id: str, jtis: Sequence[str], now: int
+    ) -> int:
+        """Commits of uses the reaper released (see :meth:`settle`); how many were seen
+        (counted or, with no use left, ledgered as not counted)."""
+        held = self.store.uses_of(conn, use_id, jtis)
+        rows = self.store.get_by_jtis(conn, [j for j in jtis if j not in held])
+        if not rows:
+            return 0
+        reaped = self.store.released_by_lease(conn, [r.consent_id for r in rows.values()])
+        late = [j for j in rows if (j, use_id, actor.org_id) in reaped]
+        counted = self.store.count_late_uses(conn, use_id, late, actor.org_id, now)
+        for jti in late:
+            row = rows[jti]
+            if jti not in counted:
+                log.warning(
+                    "use %s of consent %s was committed after its lease ran out and the "
+                    "consent has no use left (%d of %d): ledgered as not counted",
+                    use_id, row.consent_id, row.uses, row.max_uses,
+                )  # fmt: skip
+            if self.outbox is not None:
+                row = replace(row, uses=counted.get(jti, row.uses))
+                self.outbox.add(
+                    conn, row, "use_committed_late", actor, now,
+                    use_id=use_id, counted=jti in counted, uses=row.uses,
+                )  # fmt: skip
+        return len(late)
+
+    def reap(self, *, limit: int = 500) -> int:
+        """Release every use reserved more than ``use_lease_s`` ago and never settled (its
+        opener crashed, or the consent service restarted in between), one ledgered
+        ``use_released`` event each; how many were released. Safe against a concurrent
+        settle: each reservation is released or settled once, never both."""
+        now = self.now()
+        cutoff = now - self.settings.use_lease_s
+
+        def work(conn: Connection) -> int:
+            found = self.store.expired_reservations(conn, cutoff, limit)
+            if not found:
+                return 0
+            released = self.store.release_reservations(conn, found, cutoff, now)
+            rows = self.store.get_by_jtis(conn, list({r[0] for r in released}))
+            for jti, use_id, opener, opened_at in released:
+                if self.outbox is not None and jti in rows:
+                    self.outbox.add(
+                        conn, rows[jti], "use_released", SYSTEM, now,
+                        use_id=use_id, reserved_by=opener, reserved_at=opened_at,
+                        reason="lease_expired", lease_s=self.settings.use_lease_s,
+                        uses=rows[jti].uses,
+                    )  # fmt: skip
+            return len(released)
+
+        n = self.store.write(work)
+        if n:
+            log.warning("released %d use(s) reserved over %d s ago and never settled",
+                        n, self.settings.use_lease_s)  # fmt: skip
+            if self.after_commit is not None:
+                self.after_commit()
+        return n
 
     def _why_not_counted(
         self, conn: Connection, jti: str, row: ConsentRow, now: int
