@@ -35,6 +35,7 @@ GROUPS: dict[str, str] = {
     "coordinator": "Coordinator: scoring, guarantees and the model registry.",
     "fund": "Credit guarantee fund: size, exposure, capacity, payouts.",
     "model": "Model registry: list, show, publish and activate credit models.",
+    "policy": "Policy funds: publish policies with CEL eligibility rules, screen, award, pay.",
 }
 
 # The key of a module's GROUPS whose commands sit on the root (`fedcredit init`).
@@ -49,6 +50,7 @@ REGISTERED_MODULES: list[str] = [
     "fedcredit.ledger.cli",
     "fedcredit.coordinator.cli",
     "fedcredit.training.run.cli",
+    "fedcredit.policies.cli",
     "fedcredit.clients.ops",
 ]
 

@@ -194,7 +194,7 @@ def test_every_service_module_is_published_or_private() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     published = config["tool"]["fedcredit"]["published"]
     contracts = {c["id"]: c for c in config["tool"]["importlinter"]["contracts"]}
-    assert set(published) == {"consent", "ledger", "node", "coordinator"}
+    assert set(published) == {"consent", "ledger", "node", "coordinator", "policies"}
     for service, public in published.items():
         private = {
             m.removeprefix(f"fedcredit.{service}.")

@@ -1,0 +1,115 @@
+"""The catalog's derived features as CEL variables, and batch evaluation of CEL clauses.
+
+Eligibility rules of the policy funds are written in CEL (Common Expression Language,
+https://github.com/google/cel-spec), compiled, type-checked and evaluated by Google's
+C++ implementation (``cel-expr-python``). Every derived feature is the variable
+``<department>.<feature>`` (``tax.revenue_12m``), typed from the catalog:
+
+==========  ======  ==========================================================
+catalog     CEL     value
+==========  ======  ==========================================================
+``int``     int     the count, months or persons (an integer)
+``float``   double  the released value (amounts already rounded, see catalog)
+``bool``    bool    ``true`` when the flag is set
+``ordinal`` int     the grade's rank (e.g. tax credit A=5 ... D=1)
+==========  ======  ==========================================================
+
+A missing value (no records, not covered) is an *absent* variable: CEL then evaluates
+the expression to an error unless the logic short-circuits past it (``x || true``).
+Screening maps an error to ``false`` — an enterprise is never found eligible on data
+that is not there. This module is pure (no store, no network): a node evaluates its own
+clauses with it and the policy service evaluates whole rules with it in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cel_expr_python import cel
+
+from fedcredit.node import catalog
+
+BoolMatrix = npt.NDArray[np.bool_]
+
+_CEL_TYPE = {"int": cel.Type.INT, "float": cel.Type.DOUBLE, "bool": cel.Type.BOOL,
+             "ordinal": cel.Type.INT}  # fmt: skip
+
+
+def variable(f: catalog.Feature) -> str:
+    """The CEL name of a feature: ``<department>.<feature>``."""
+    return f"{f.department}.{f.name}"
+
+
+def declarations(department: str | None = None) -> dict[str, cel.Type]:
+    """CEL variable declarations of every feature (or of one department's)."""
+    feats = catalog.FEATURES if department is None else catalog.for_department(department)
+    return {variable(f): _CEL_TYPE[f.type] for f in feats}
+
+
+def converter(f: catalog.Feature) -> Any:
+    """The Python type a feature's float value is given to CEL as (int, float or bool)."""
+    return {"int": int, "ordinal": int, "bool": bool, "float": float}[f.type]
+
+
+def rows(
+    features: Sequence[catalog.Feature], values: npt.NDArray[np.float64]
+) -> list[dict[str, Any]]:
+    """One CEL activation per enterprise (row of ``values``, columns ``features``): the
+    present values, typed; a NaN (missing) value is left out of the activation."""
+    names = [variable(f) for f in features]
+    convs = [converter(f) for f in features]
+    out: list[dict[str, Any]] = [{} for _ in range(values.shape[0])]
+    for j, (name, conv) in enumerate(zip(names, convs, strict=True)):
+        col = values[:, j]
+        present = ~np.isnan(col)
+        typed = [conv(v) for v in col[present].tolist()]
+        for i, v in zip(np.flatnonzero(present).tolist(), typed, strict=True):
+            out[i][name] = v
+    return out
+
+
+class ClauseSet:
+    """Boolean CEL clauses compiled once, evaluated for many enterprises.
+
+    All clauses are also compiled as one list expression, so an enterprise whose
+    activation holds every variable costs one evaluation; an enterprise for which that
+    fails (a missing value turned one clause into an error) is evaluated clause by
+    clause, each error counting as ``false``.
+    """
+
+    def __init__(self, env: Any, texts: Sequence[str]) -> None:
+        self.texts = list(texts)
+        self.programs = [env.compile(t) for t in self.texts]
+        for t, p in zip(self.texts, self.programs, strict=True):
+            if p.return_type() != cel.Type.BOOL:
+                raise TypeError(f"expected a bool clause, got {p.return_type().name()}: {t}")
+        joined = "[" + ", ".join(f"({t})" for t in self.texts) + "]"
+        self.joined = env.compile(joined) if self.texts else None
+
+    def evaluate(self, activations: Sequence[Mapping[str, Any]]) -> BoolMatrix:
+        """(n enterprises, k clauses) booleans; an error is ``false``."""
+        out = np.zeros((len(activations), len(self.texts)), dtype=np.bool_)
+        joined = self.joined
+        if joined is None:
+            return out
+        for i, data in enumerate(activations):
+            try:
+                out[i] = joined.eval(data=data).plain_value()
+            except RuntimeError:
+                out[i] = [_one(p, data) for p in self.programs]
+        return out
+
+
+def _one(program: Any, data: Mapping[str, Any]) -> bool:
+    try:
+        return bool(program.eval(data=data).plain_value() is True)
+    except RuntimeError:
+        return False
+
+
+def new_env(variables: Mapping[str, cel.Type]) -> Any:
+    """A CEL environment (standard library) declaring ``variables``."""
+    return cel.NewEnv(variables=dict(variables))

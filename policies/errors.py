@@ -1,0 +1,63 @@
+"""The policy service's errors: one class per failure, each with its gRPC status and reason."""
+
+from __future__ import annotations
+
+from fedcredit.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+
+
+class InvalidPolicy(InvalidArgument):
+    """A policy field is missing or out of range (the message names the field)."""
+
+    reason = "INVALID_POLICY"
+
+
+class RuleInvalid(InvalidArgument):
+    """The eligibility rule does not parse or type-check against the catalog; the message
+    and the ``line``/``column`` metadata give the position of the first error."""
+
+    reason = "POLICY_RULE_INVALID"
+
+
+class RuleNotSplittable(InvalidArgument):
+    """The rule combines data of different departments with something other than
+    ``&&`` / ``||`` (e.g. ``!``, ``==`` or arithmetic across departments), so it cannot be
+    evaluated as per-department clauses whose booleans the platform combines."""
+
+    reason = "POLICY_RULE_NOT_SPLITTABLE"
+
+
+class PolicyExists(AlreadyExists):
+    reason = "POLICY_EXISTS"
+
+
+class UnknownPolicy(NotFound):
+    reason = "UNKNOWN_POLICY"
+
+
+class BudgetExhausted(FailedPrecondition):
+    """Paying this benefit would take the policy past its budget."""
+
+    reason = "BUDGET_EXHAUSTED"
+
+
+class IllegalTransition(FailedPrecondition):
+    """The step is not allowed from the current state (the message names both)."""
+
+    reason = "ILLEGAL_TRANSITION"
+
+
+class AwardDeclined(FailedPrecondition):
+    reason = "AWARD_DECLINED"
+
+
+class DeclineWindowClosed(FailedPrecondition):
+    reason = "DECLINE_WINDOW_CLOSED"
+
+
+class UnknownAward(NotFound):
+    reason = "UNKNOWN_AWARD"

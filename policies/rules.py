@@ -1,0 +1,413 @@
+"""Policies as data, their CEL eligibility rules, and how a rule is split between nodes.
+
+A policy's eligibility rule is a CEL expression (https://github.com/google/cel-spec),
+parsed and type-checked by Google's C++ implementation (``cel-expr-python``) against:
+
+- every derived feature of the catalog, as ``<department>.<feature>``
+  (``tax.revenue_12m``; types in :mod:`node.celvars`);
+- the platform's own attributes: ``platform.rating`` (string ``"A"``..``"D"``) and the
+  registry's ``registry.industry`` (GB/T 4754 section letter), ``registry.district``,
+  ``registry.size_class``, ``registry.enterprise_type`` (strings) and
+  ``registry.founded_year`` (int).
+
+A rule that does not parse, names an unknown variable or compares the wrong types is
+refused with the line and column of the first error (:class:`RuleInvalid`), as is a rule
+whose value is not a bool.
+
+**Splitting.** Raw departmental data never leaves its department, so a rule is cut into
+*clauses*, each the largest sub-expression that reads only one department's features (or
+only platform attributes). Each node evaluates its clauses over its own data and returns
+one boolean per enterprise and clause; the platform combines the booleans with the
+``&&`` / ``||`` structure above the clauses. Only ``&&`` and ``||`` may join clauses of
+different departments: anything else (``!``, ``==``, arithmetic, ``?:`` over two
+departments' data) would need values from two nodes in one place and is refused at
+publish time with its position (:class:`RuleNotSplittable`) — write the negation inside
+one department's clause instead.
+
+Missing values: a clause whose data is missing evaluates to a CEL error, which a node
+reports as ``false``. Because ``&&`` and ``||`` are monotone and CEL's logical operators
+absorb errors commutatively (``err || true == true``, ``err && false == false``), the
+combined result is ``true`` exactly when the whole rule, evaluated centrally on the same
+data, is ``true`` — tested as a property in tests/policies.
+
+Money is integer yuan throughout (no float ever touches an amount).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+from cel_expr_python import cel
+from google.protobuf import any_pb2
+
+from fedcredit.common.departments import BY_ID
+from fedcredit.node import celvars
+from fedcredit.node.celvars import BoolMatrix
+from fedcredit.policies.errors import InvalidPolicy, RuleInvalid, RuleNotSplittable
+from fedcredit.v1 import celast_pb2
+
+PLATFORM = "platform"  # the namespace the policy service evaluates itself
+PLATFORM_VARIABLES: dict[str, cel.Type] = {
+    "platform.rating": cel.Type.STRING,
+    "registry.industry": cel.Type.STRING,
+    "registry.district": cel.Type.STRING,
+    "registry.size_class": cel.Type.STRING,
+    "registry.enterprise_type": cel.Type.STRING,
+    "registry.founded_year": cel.Type.INT,
+}
+MAX_RULE_CHARS = 4_096
+RATINGS = ("A", "B", "C", "D")
+Mode = Literal["automatic", "application"]
+MODES: tuple[Mode, ...] = ("automatic", "application")
+POLICY_ID = re.compile(r"[a-z0-9][a-z0-9-]{2,63}")
+_ERROR = re.compile(r"ERROR: <input>:(\d+):(\d+): (.*?)(?:\n|$)")
+_JOIN = {"_&&_": "and", "_||_": "or"}
+
+
+def namespace_of(variable: str) -> str:
+    """The evaluator of a variable: its department, or the platform."""
+    head = variable.split(".", 1)[0]
+    return PLATFORM if head in ("platform", "registry") else head
+
+
+def all_variables() -> dict[str, cel.Type]:
+    return {**celvars.declarations(), **PLATFORM_VARIABLES}
+
+
+@functools.cache
+def environment(namespace: str | None = None) -> Any:
+    """The CEL environment of the whole catalog (or of one namespace's variables)."""
+    if namespace is None:
+        return celvars.new_env(all_variables())
+    if namespace == PLATFORM:
+        return celvars.new_env(PLATFORM_VARIABLES)
+    return celvars.new_env(celvars.declarations(namespace))
+
+
+# -- the split plan ------------------------------------------------------------------------
+
+# A plan node: a clause index, or (operator, left, right) with operator "and" | "or".
+PlanNode: TypeAlias = "int | tuple[str, PlanNode, PlanNode]"
+
+
+@dataclass(frozen=True, slots=True)
+class Clause:
+    """One department's (or the platform's) part of a rule: CEL text over its variables."""
+
+    namespace: str
+    text: str
+    variables: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedRule:
+    text: str
+    clauses: tuple[Clause, ...]
+    tree: PlanNode
+
+    def namespaces(self) -> list[str]:
+        return sorted({c.namespace for c in self.clauses})
+
+    def combine(self, results: Sequence[BoolMatrix]) -> BoolMatrix:
+        """Combine per-clause booleans (``results[i]`` for clause ``i``, shape (n,))."""
+        return _combine(self.tree, results)
+
+    def describe(self) -> str:
+        """The combination, e.g. ``(c0 && (c1 || c2))``."""
+        return _describe(self.tree)
+
+
+def _combine(node: PlanNode, results: Sequence[BoolMatrix]) -> BoolMatrix:
+    if isinstance(node, int):
+        return np.asarray(results[node], dtype=np.bool_)
+    op, left, right = node
+    a, b = _combine(left, results), _combine(right, results)
+    return a & b if op == "and" else a | b
+
+
+def _describe(node: PlanNode) -> str:
+    if isinstance(node, int):
+        return f"c{node}"
+    op, left, right = node
+    return f"({_describe(left)} {'&&' if op == 'and' else '||'} {_describe(right)})"
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _refuse_compile(text: str, exc: Exception) -> RuleInvalid:
+    m = _ERROR.search(str(exc))
+    if m is None:
+        return RuleInvalid(f"the rule does not compile: {exc}", line=1, column=1)
+    line, col, msg = int(m.group(1)), int(m.group(2)), m.group(3)
+    return RuleInvalid(f"line {line}, column {col}: {msg}", line=line, column=col)
+
+
+def compile_rule(text: str) -> Any:
+    """Parse and type-check ``text`` against the catalog; the compiled CEL expression."""
+    if not isinstance(text, str) or not text.strip():
+        raise RuleInvalid("the eligibility rule is empty; write a CEL expression", line=1, column=1)
+    if len(text) > MAX_RULE_CHARS:
+        raise RuleInvalid(
+            f"the rule has {len(text)} characters; at most {MAX_RULE_CHARS}", line=1, column=1
+        )
+    try:
+        compiled = environment().compile(text)
+    except RuntimeError as exc:
+        raise _refuse_compile(text, exc) from None
+    if compiled.return_type() != cel.Type.BOOL:
+        raise RuleInvalid(
+            f"line 1, column 1: expected the rule to be a bool, got {compiled.return_type().name()}",
+            line=1,
+            column=1,
+        )
+    return compiled
+
+
+def _ast(compiled: Any) -> celast_pb2.CelCheckedExpr:
+    wrapped = any_pb2.Any()
+    wrapped.ParseFromString(compiled.serialize())
+    checked = celast_pb2.CelCheckedExpr()
+    checked.ParseFromString(wrapped.value)
+    return checked
+
+
+def check_rule(text: str) -> CheckedRule:
+    """Type-check ``text`` and split it into per-namespace clauses (refusals with position)."""
+    compiled = compile_rule(text)
+    splitter = _Splitter(text, _ast(compiled))
+    tree = splitter.split(splitter.checked.expr, 0, len(text))
+    return CheckedRule(text, tuple(splitter.clauses), tree)
+
+
+def _children(e: celast_pb2.CelExpr) -> list[celast_pb2.CelExpr]:
+    kind = e.WhichOneof("expr_kind")
+    if kind == "select_expr":
+        return [e.select_expr.operand]
+    if kind == "call_expr":
+        call = e.call_expr
+        return ([call.target] if call.HasField("target") else []) + list(call.args)
+    if kind == "list_expr":
+        return list(e.list_expr.elements)
+    if kind == "struct_expr":
+        out = []
+        for en in e.struct_expr.entries:
+            out += ([en.map_key] if en.HasField("map_key") else []) + [en.value]
+        return out
+    if kind == "comprehension_expr":
+        comp = e.comprehension_expr
+        return [comp.iter_range, comp.accu_init, comp.loop_condition, comp.loop_step, comp.result]
+    return []
+
+
+def _shape(e: celast_pb2.CelExpr) -> Any:
+    """The expression without its node ids (to compare a clause with its subtree)."""
+    kind = e.WhichOneof("expr_kind")
+    own: Any = None
+    if kind == "const_expr":
+        own = e.const_expr.SerializeToString(deterministic=True)
+    elif kind == "ident_expr":
+        own = e.ident_expr.name
+    elif kind == "select_expr":
+        own = (e.select_expr.field, e.select_expr.test_only)
+    elif kind == "call_expr":
+        own = (e.call_expr.function, e.call_expr.HasField("target"))
+    elif kind == "comprehension_expr":
+        own = (e.comprehension_expr.iter_var, e.comprehension_expr.accu_var)
+    elif kind == "struct_expr":
+        own = (e.struct_expr.message_name, tuple(en.field_key for en in e.struct_expr.entries))
+    return (kind, own, tuple(_shape(c) for c in _children(e)))
+
+
+def _strip(text: str, start: int, end: int) -> tuple[int, int]:
+    """Narrow [start, end) past whitespace and parentheses that enclose all of it."""
+    while True:
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        if (
+            end - start >= 2
+            and text[start] == "("
+            and text[end - 1] == ")"
+            and _closing(text, start) == end - 1
+        ):
+            start, end = start + 1, end - 1
+            continue
+        return start, end
+
+
+def _closing(text: str, opening: int) -> int:
+    """Offset of the parenthesis closing the one at ``opening`` (quotes skipped), or -1."""
+    depth, i, quote = 0, opening, ""
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
+@dataclass
+class _Splitter:
+    text: str
+    checked: celast_pb2.CelCheckedExpr
+    clauses: list[Clause] = field(default_factory=list)
+
+    def variables(self, e: celast_pb2.CelExpr) -> set[str]:
+        ref = self.checked.reference_map.get(e.id)
+        found = {ref.name} if ref is not None and ref.name in _KNOWN else set()
+        for c in _children(e):
+            found |= self.variables(c)
+        return found
+
+    def split(self, e: celast_pb2.CelExpr, start: int, end: int) -> PlanNode:
+        start, end = _strip(self.text, start, end)
+        names = self.variables(e)
+        spaces = {namespace_of(v) for v in names}
+        if len(spaces) <= 1:
+            return self.clause(e, spaces.pop() if spaces else PLATFORM, names, start, end)
+        kind = e.WhichOneof("expr_kind")
+        pos = self.checked.source_info.positions.get(e.id, start)
+        if kind == "call_expr" and e.call_expr.function in _JOIN and start <= pos < end:
+            left = self.split(e.call_expr.args[0], start, pos)
+            right = self.split(e.call_expr.args[1], pos + 2, end)
+            return (_JOIN[e.call_expr.function], left, right)
+        line, col = _position(self.text, pos)
+        what = e.call_expr.function if kind == "call_expr" else kind
+        raise RuleNotSplittable(
+            f"line {line}, column {col}: {what!r} combines data of "
+            f"{', '.join(sorted(spaces))}; only && and || may join clauses of different "
+            "departments (write a negation or comparison inside one department's clause)",
+            line=line,
+            column=col,
+        )
+
+    def clause(
+        self, e: celast_pb2.CelExpr, space: str, names: set[str], start: int, end: int
+    ) -> int:
+        text = self.text[start:end]
+        # The clause's own text must compile, in its department's environment alone, to
+        # exactly this subtree: what a node evaluates is what the rule says.
+        try:
+            alone = environment(space).compile(text)
+        except RuntimeError as exc:
+            raise AssertionError(f"clause {text!r} of the rule does not compile: {exc}") from exc
+        if _shape(_ast(alone).expr) != _shape(e):
+            raise AssertionError(f"clause {text!r} is not the subtree it was cut from")
+        self.clauses.append(Clause(space, text, tuple(sorted(names))))
+        return len(self.clauses) - 1
+
+
+_KNOWN = frozenset(all_variables())
+
+
+# -- evaluation (central reference, and the platform's own clauses) -----------------------
+
+
+def evaluate_central(rule: str, activations: Sequence[Mapping[str, Any]]) -> BoolMatrix:
+    """The whole rule evaluated in one place over all of an enterprise's variables (an
+    error is ``false``): the reference the per-node split must agree with. Only tests and
+    the platform's own namespace use it; screening never gathers feature values."""
+    return celvars.ClauseSet(environment(), [rule]).evaluate(activations)[:, 0]
+
+
+def evaluate_clauses(
+    namespace: str, texts: Sequence[str], activations: Sequence[Mapping[str, Any]]
+) -> BoolMatrix:
+    """(n, k) booleans of ``texts`` over ``activations`` in ``namespace``'s environment."""
+    return celvars.ClauseSet(environment(namespace), texts).evaluate(activations)
+
+
+# -- policies as data ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A support policy as published by its issuing department.
+
+    ``mode`` "automatic" (免申即享): the platform screens, notifies and pays unless the
+    enterprise declines within ``decline_days``; "application": the enterprise applies and
+    the ``reviewers`` approve jointly, then a ``notice_days`` public notice (公示).
+    ``amount_yuan`` is paid per enterprise; ``budget_yuan`` is never exceeded.
+    """
+
+    id: str
+    title: str
+    department: str
+    mode: Mode
+    amount_yuan: int
+    budget_yuan: int
+    opens: date
+    closes: date
+    rule: str
+    decline_days: int = 7
+    reviewers: tuple[str, ...] = ()
+    notice_days: int = 5
+    review_days: int = 10
+    fields: tuple[str, ...] = ()
+
+
+def _need(ok: bool, field_name: str, why: str) -> None:
+    if not ok:
+        raise InvalidPolicy(f"{field_name}: {why}", field=field_name)
+
+
+def validate(p: Policy) -> CheckedRule:
+    """Check every field of ``p`` and its rule; the checked rule (or a precise refusal)."""
+    _need(bool(POLICY_ID.fullmatch(p.id)), "id", f"expected 3-64 of a-z 0-9 -, got {p.id!r}")
+    _need(bool(p.title.strip()) and len(p.title) <= 200, "title", "expected 1-200 characters")
+    _need(bool(re.fullmatch(r"[a-z][a-z0-9_-]{1,63}", p.department)), "department",
+          f"expected an organisation id, got {p.department!r}")  # fmt: skip
+    _need(p.mode in MODES, "mode", f"expected one of {', '.join(MODES)}, got {p.mode!r}")
+    for name in ("amount_yuan", "budget_yuan"):
+        v = getattr(p, name)
+        _need(
+            type(v) is int and 0 < v <= 10**12, name, f"expected integer yuan 1..10^12, got {v!r}"
+        )
+    _need(p.amount_yuan <= p.budget_yuan, "budget_yuan",
+          f"expected at least one benefit ({p.amount_yuan}), got {p.budget_yuan}")  # fmt: skip
+    _need(p.opens <= p.closes, "closes", f"expected on or after opens {p.opens}, got {p.closes}")
+    for name in ("decline_days", "notice_days", "review_days"):
+        v = getattr(p, name)
+        _need(type(v) is int and 1 <= v <= 90, name, f"expected 1..90 days, got {v!r}")
+    if p.mode == "application":
+        _need(len(p.reviewers) >= 1 and len(set(p.reviewers)) == len(p.reviewers), "reviewers",
+              "an application policy needs one or more distinct reviewing departments")  # fmt: skip
+    for f in p.fields:
+        _need(bool(re.fullmatch(r"[a-z][a-z0-9_]{0,39}", f)), "fields", f"bad field name {f!r}")
+    return check_rule(p.rule)
+
+
+def clause_departments(rule: CheckedRule) -> list[str]:
+    """The nodes a rule's screening asks (every namespace but the platform's)."""
+    return [s for s in rule.namespaces() if s != PLATFORM and s in BY_ID]
+
+
+# -- budgets (integer yuan) ---------------------------------------------------------------
+
+
+def fundable(budget_yuan: int, committed_yuan: int, amount_yuan: int, wanted: int) -> int:
+    """How many of ``wanted`` benefits of ``amount_yuan`` still fit in the budget."""
+    if amount_yuan <= 0 or wanted <= 0:
+        return 0
+    return max(0, min(wanted, (budget_yuan - committed_yuan) // amount_yuan))
