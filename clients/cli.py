@@ -36,6 +36,7 @@ GROUPS: dict[str, str] = {
     "fund": "Credit guarantee fund: size, exposure, capacity, payouts.",
     "model": "Model registry: list, show, publish and activate credit models.",
     "policy": "Policy funds: publish policies with CEL eligibility rules, screen, award, pay.",
+    "market": "Financing marketplace: products, needs, grab orders, loans, the fund's claims.",
 }
 
 # The key of a module's GROUPS whose commands sit on the root (`fedcredit init`).
@@ -51,6 +52,7 @@ REGISTERED_MODULES: list[str] = [
     "fedcredit.coordinator.cli",
     "fedcredit.training.run.cli",
     "fedcredit.policies.cli",
+    "fedcredit.market.cli",
     "fedcredit.clients.ops",
 ]
 

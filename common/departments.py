@@ -70,6 +70,7 @@ ROLES: tuple[str, ...] = (
     "coordinator",
     "auditor",
     "operator",
+    "market",
 )
 
 # Consent purposes (JWT `authorization_details[].purpose`).
@@ -78,4 +79,6 @@ PURPOSES: tuple[str, ...] = (
     "guarantee",
     "post_loan_monitoring",
     "model_training",
+    "marketplace",
+    "investment_review",
 )

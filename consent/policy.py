@@ -50,6 +50,11 @@ DEFAULT_CAPS: Mapping[str, PurposeCap] = {
         loan_term_grace_days=30,
     ),
     "model_training": PurposeCap(max_validity_days=365, max_uses=50, max_retention_days=365),
+    # The marketplace: identity and score to the bank that claimed a need, while it makes
+    # and the enterprise weighs an offer (offers stand 3 days; a claim lasts 1 h).
+    "marketplace": PurposeCap(max_validity_days=30, max_uses=5, max_retention_days=30),
+    # An investment fund's review of an application and its milestones.
+    "investment_review": PurposeCap(max_validity_days=180, max_uses=20, max_retention_days=365),
 }
 
 

@@ -53,7 +53,7 @@ BANK_ROLES = frozenset({"bank"})
 PUBLISH_ROLES = frozenset({"operator", "coordinator"})
 ACTIVATE_ROLES = frozenset({"operator"})
 READ_ROLES = frozenset({"bank", "operator", "auditor", "coordinator", "department"})
-FUND_READ_ROLES = frozenset({"bank", "operator", "auditor", "coordinator"})
+FUND_READ_ROLES = frozenset({"bank", "operator", "auditor", "coordinator", "market"})
 MODEL_TEXT_ROLES = frozenset({"operator", "auditor", "coordinator"})
 
 

@@ -28,6 +28,13 @@ DEFAULT_APPEND_RIGHTS: Mapping[str, frozenset[str]] = MappingProxyType(
         "node_checkpoint": frozenset({"department"}),
         "feature_catalog": frozenset({"department"}),
         "operator_note": frozenset({"operator"}),
+        "market_product": frozenset({"market"}),
+        "market_need": frozenset({"market"}),
+        "market_reveal": frozenset({"market"}),
+        "market_loan": frozenset({"market"}),
+        "market_rating_run": frozenset({"market"}),
+        "market_push": frozenset({"market"}),
+        "market_warning": frozenset({"market"}),
     }
 )
 

@@ -127,6 +127,7 @@ OLD_TOP_NAMES = {
     "coordinator",
     "clients",
     "training",
+    "market",
 }
 
 
@@ -194,7 +195,7 @@ def test_every_service_module_is_published_or_private() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     published = config["tool"]["fedcredit"]["published"]
     contracts = {c["id"]: c for c in config["tool"]["importlinter"]["contracts"]}
-    assert set(published) == {"consent", "ledger", "node", "coordinator", "policies"}
+    assert set(published) == {"consent", "ledger", "node", "coordinator", "policies", "market"}
     for service, public in published.items():
         private = {
             m.removeprefix(f"fedcredit.{service}.")

@@ -1,0 +1,194 @@
+"""The marketplace's gRPC servicer (sync, mTLS): roles from the caller's certificate only.
+
+Banks publish products, list open needs (bands), claim, offer, reveal (under consent) and
+move their loans; enterprises post, release consent, answer and withdraw; operators and
+auditors read the fund's book and every loan. Every domain error becomes a gRPC status
+with its reason (``common.rpc.handle_errors``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+
+from fedcredit.common.canonical import canonical_json
+from fedcredit.common.errors import InvalidArgument
+from fedcredit.common.rpc import handle_errors
+from fedcredit.common.server import build_server
+from fedcredit.common.tls import Identity, TlsFiles, peer_identity, require_role
+from fedcredit.market.errors import InvalidMarketRequest
+from fedcredit.market.loans import LoanBook
+from fedcredit.market.service import Marketplace, product_spec
+from fedcredit.v1 import market_pb2 as pb
+from fedcredit.v1 import market_pb2_grpc as pb_grpc
+
+SERVICE_NAMES = ("fedcredit.v1.MarketService",)
+LOAN_EVENTS = (
+    "disburse",
+    "repay",
+    "default",
+    "claim",
+    "recover",
+    "write_off",
+    "cancel",
+    "guarantee",
+)
+READERS = ("operator", "auditor", "coordinator")
+
+
+def reply(result: Mapping[str, Any]) -> pb.MarketReply:
+    body = {k: v for k, v in result.items() if k not in ("ledger_index", "replayed")}
+    return pb.MarketReply(
+        json=canonical_json(body).decode(),
+        ledger_index=int(result.get("ledger_index") or 0),
+        replayed=bool(result.get("replayed", False)),
+    )
+
+
+def _spec(text: str) -> dict[str, Any]:
+    try:
+        spec = json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"spec_json is not JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise InvalidArgument(f"spec_json must be a JSON object, got {type(spec).__name__}")
+    return spec
+
+
+class MarketServicer(pb_grpc.MarketServiceServicer):
+    def __init__(self, market: Marketplace) -> None:
+        self.m = market
+        self.loans = LoanBook(market)
+
+    def _bank(self, context: Any) -> Identity:
+        return require_role(peer_identity(context), "bank")
+
+    def _enterprise(self, context: Any) -> Identity:
+        return require_role(peer_identity(context), "enterprise")
+
+    @handle_errors
+    def PublishProduct(self, request: pb.PublishProductRequest, context: Any) -> pb.MarketReply:
+        bank = self._bank(context)
+        return reply(self.m.publish_product(bank, request.request_id, _spec(request.spec_json)))
+
+    @handle_errors
+    def ListProducts(self, request: pb.ListProductsRequest, context: Any) -> pb.ListProductsReply:
+        peer_identity(context)
+        items = self.m.products(request.bank or None)
+        return pb.ListProductsReply(
+            products_json=[canonical_json(product_spec(p)).decode() for p in items]
+        )
+
+    @handle_errors
+    def PostNeed(self, request: pb.PostNeedRequest, context: Any) -> pb.MarketReply:
+        ent = self._enterprise(context)
+        return reply(
+            self.m.post_need(
+                ent, request.request_id, request.amount_yuan, request.term_months, request.purpose
+            )
+        )
+
+    @handle_errors
+    def ListOpenNeeds(
+        self, request: pb.ListOpenNeedsRequest, context: Any
+    ) -> pb.ListOpenNeedsReply:
+        bank = self._bank(context)
+        views = self.m.open_needs(bank, request.limit or 100)
+        return pb.ListOpenNeedsReply(needs=[pb.NeedBands(**v) for v in views])
+
+    @handle_errors
+    def GetNeed(self, request: pb.NeedRef, context: Any) -> pb.MarketReply:
+        return reply(self.m.need_for(peer_identity(context), request.need_id))
+
+    @handle_errors
+    def Claim(self, request: pb.NeedAction, context: Any) -> pb.MarketReply:
+        return reply(self.m.claim(self._bank(context), request.request_id, request.need_id))
+
+    @handle_errors
+    def Offer(self, request: pb.OfferRequest, context: Any) -> pb.MarketReply:
+        bank = self._bank(context)
+        return reply(
+            self.m.offer(
+                bank, request.request_id, request.need_id, request.product_id, request.rate_bp
+            )
+        )
+
+    @handle_errors
+    def ReleaseConsent(self, request: pb.ReleaseConsentRequest, context: Any) -> pb.MarketReply:
+        ent = self._enterprise(context)
+        if not request.consent_id:
+            raise InvalidMarketRequest(
+                "consent_id is empty: expected the marketplace consent's id (c_...)"
+            )
+        return reply(
+            self.m.release_consent(ent, request.request_id, request.need_id, request.consent_id)
+        )
+
+    @handle_errors
+    def Answer(self, request: pb.AnswerRequest, context: Any) -> pb.MarketReply:
+        ent = self._enterprise(context)
+        return reply(
+            self.m.answer(ent, request.request_id, request.need_id, request.accept, request.why)
+        )
+
+    @handle_errors
+    def Withdraw(self, request: pb.NeedAction, context: Any) -> pb.MarketReply:
+        return reply(
+            self.m.withdraw(self._enterprise(context), request.request_id, request.need_id)
+        )
+
+    @handle_errors
+    def Reveal(self, request: pb.RevealRequest, context: Any) -> pb.MarketReply:
+        if not request.consent_token:
+            raise InvalidMarketRequest(
+                "consent_token is empty: expected your marketplace consent JWT"
+            )
+        return reply(self.m.reveal(self._bank(context), request.need_id, request.consent_token))
+
+    @handle_errors
+    def LoanStep(self, request: pb.LoanStepRequest, context: Any) -> pb.MarketReply:
+        bank = self._bank(context)
+        ev = request.event
+        if ev not in LOAN_EVENTS:
+            raise InvalidMarketRequest(f"event must be one of {', '.join(LOAN_EVENTS)}, got {ev!r}")
+        if ev == "guarantee":
+            return reply(
+                self.loans.guarantee(
+                    bank, request.request_id, request.loan_id, request.application_id
+                )
+            )
+        if ev == "claim":
+            return reply(self.loans.claim(bank, request.request_id, request.loan_id))
+        return reply(
+            self.loans.step(bank, request.request_id, request.loan_id, ev, request.amount_yuan)
+        )
+
+    @handle_errors
+    def ListLoans(self, request: pb.ListLoansRequest, context: Any) -> pb.MarketReply:
+        who = peer_identity(context)
+        return reply({"loans": self.loans.list(who, min(request.limit or 1000, 10_000))})
+
+    @handle_errors
+    def FundBook(self, request: pb.FundBookRequest, context: Any) -> pb.MarketReply:
+        require_role(peer_identity(context), *READERS, "bank")
+        return reply(self.m.store.book())
+
+
+def serve(
+    market: Marketplace, address: str, tls: TlsFiles | None, *, insecure: bool = False
+) -> tuple[grpc.Server, int]:
+    """A started marketplace server and its port."""
+    servicer = MarketServicer(market)
+    server, port = build_server(
+        address=address,
+        tls=tls,
+        register=lambda s: pb_grpc.add_MarketServiceServicer_to_server(servicer, s),
+        service_names=SERVICE_NAMES,
+        insecure=insecure,
+        max_workers=32,
+    )
+    server.start()
+    return server, port
