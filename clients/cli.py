@@ -37,6 +37,7 @@ GROUPS: dict[str, str] = {
     "model": "Model registry: list, show, publish and activate credit models.",
     "policy": "Policy funds: publish policies with CEL eligibility rules, screen, award, pay.",
     "market": "Financing marketplace: products, needs, grab orders, loans, the fund's claims.",
+    "portal": "Web portal: serve the pages where people sign in with passkeys.",
 }
 
 # The key of a module's GROUPS whose commands sit on the root (`fedcredit init`).
@@ -54,6 +55,7 @@ REGISTERED_MODULES: list[str] = [
     "fedcredit.policies.cli",
     "fedcredit.market.cli",
     "fedcredit.clients.ops",
+    "fedcredit.portal.cli",
 ]
 
 

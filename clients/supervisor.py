@@ -79,7 +79,23 @@ def service_specs(dep: Deployment) -> list[ServiceSpec]:
                 "coordinator", s.org_id, s.address, ("coordinator", "serve", "--config", cfg)
             )
         )
+    if isinstance(dep.raw.get("portal"), dict) and "address" in dep.raw["portal"]:
+        p = dep.raw["portal"]
+        specs.append(
+            ServiceSpec("portal", str(p.get("org", "portal")), str(p["address"]),
+                        ("portal", "serve", "--config", cfg))
+        )  # fmt: skip
     return specs
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
 
 
 def start_waves(specs: list[ServiceSpec]) -> list[list[ServiceSpec]]:
@@ -266,12 +282,18 @@ class Supervisor:
                 raise ServiceDied(
                     f"service {spec.name} exited with code {proc.returncode} while starting; last lines of {log}:\n{_tail(log)}"
                 )
-            if check_health(spec.address, self.operator_tls, server_org=spec.org_id, timeout=1.0):
+            if self.healthy(spec):
                 return
             time.sleep(0.1)
         raise ServiceNotReady(
             f"service {spec.name} at {spec.address} was not healthy within {timeout:.0f} s; see {log}"
         )
+
+    def healthy(self, spec: ServiceSpec) -> bool:
+        """The gRPC health check; the portal (HTTP) answers ``GET /healthz``."""
+        if spec.name == "portal":
+            return _http_ok(f"http://{spec.address}/healthz")
+        return check_health(spec.address, self.operator_tls, server_org=spec.org_id, timeout=1.0)
 
     def pid(self, name: str) -> int | None:
         try:
@@ -292,9 +314,7 @@ class Supervisor:
         rows: list[dict[str, object]] = []
         for spec in service_specs(self.dep):
             alive = self.alive(spec.name)
-            healthy = alive and check_health(
-                spec.address, self.operator_tls, server_org=spec.org_id, timeout=1.0
-            )
+            healthy = alive and self.healthy(spec)
             rows.append(
                 {"service": spec.name, "org": spec.org_id, "address": spec.address, "pid": self.pid(spec.name) if alive else None,
                  "running": alive, "healthy": healthy, "log": str(self.logs / f"{spec.name}.log")}

@@ -47,7 +47,9 @@ from fedcredit.common.errors import ConfigError, NotFound
 from fedcredit.common.tls import TlsFiles
 
 SERVICE_NAMES = ("consent", "ledger", "coordinator")
-SETTINGS_SECTIONS = ("consent", "ledger", "node", "coordinator", "fund", "training", "demo")
+SETTINGS_SECTIONS = (
+    "consent", "ledger", "node", "coordinator", "fund", "training", "demo", "portal",
+)  # fmt: skip
 TOP_LEVEL = {"deployment", "organisations", "services", "nodes", "banks", *SETTINGS_SECTIONS}
 
 _MISSING = object()

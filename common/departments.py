@@ -71,6 +71,7 @@ ROLES: tuple[str, ...] = (
     "auditor",
     "operator",
     "market",
+    "portal",  # the web portal: relays people's passkey-signed acts, holds no rights of its own
 )
 
 # Consent purposes (JWT `authorization_details[].purpose`).

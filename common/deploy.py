@@ -52,8 +52,12 @@ def default_organisations(banks: list[str]) -> list[tuple[str, str]]:
     ]
 
 
+# A local deployment also runs the web portal (containers do not yet).
+LOCAL_EXTRA_ORGS: list[tuple[str, str]] = [("portal", "portal")]
+
+
 def local_config(name: str, base_port: int, banks: list[str]) -> dict[str, Any]:
-    orgs = default_organisations(banks)
+    orgs = default_organisations(banks) + LOCAL_EXTRA_ORGS
     port = iter(range(base_port, base_port + 100))
     return {
         "deployment": {"name": name, "pki": "pki"},
@@ -90,6 +94,9 @@ def local_config(name: str, base_port: int, banks: list[str]) -> dict[str, Any]:
         # a 10,000-enterprise ScoreBatch ran about 10 % faster without them. A node on a
         # machine of its own keeps the default (one worker per core less one).
         "node": {"verify_workers": 0},
+        # The web portal (plain HTTP on loopback only: http://localhost is a secure context
+        # for WebAuthn and Secure cookies; anywhere else it needs TLS).
+        "portal": {"org": "portal", "address": f"127.0.0.1:{next(port)}", "rp_id": "localhost"},
     }
 
 
@@ -111,7 +118,7 @@ def write_local_deployment(
     if cfg_path.exists() and not force:
         raise DeploymentExists(f"{cfg_path} already exists; use --force to replace it")
     banks = list(DEFAULT_BANKS[:bank_count])
-    base = base_port if base_port is not None else free_port_base(3 + len(DEPARTMENTS))
+    base = base_port if base_port is not None else free_port_base(4 + len(DEPARTMENTS))
     data = local_config(name, base, banks)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "data").mkdir(exist_ok=True)
@@ -120,7 +127,7 @@ def write_local_deployment(
         import shutil
 
         shutil.rmtree(pki_dir)
-    pki.init_pki(pki_dir, default_organisations(banks))
+    pki.init_pki(pki_dir, default_organisations(banks) + LOCAL_EXTRA_ORGS)
     cfg_path.write_text(
         "# fedcredit local deployment, written by `fedcredit init`.\n"
         "# Every service on loopback with mTLS; SQLite databases under data/.\n"

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from fedcredit.consent.authority import ConsentAuthority
     from fedcredit.consent.client import ConsentClient
     from fedcredit.consent.keys import KeyRecord
+    from fedcredit.consent.passkeys import PasskeyAuthority
     from fedcredit.consent.terms import ConsentTerms, ConsentView
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,17 @@ def build_authority(dep: Deployment) -> ConsentAuthority:
         bank_certs=lambda bank: _bank_cert(dep, bank),
         node_categories=nodes,
     )
+
+
+def passkeys_of(authority: ConsentAuthority, dep: Deployment) -> PasskeyAuthority | None:
+    """The passkey authority when the deployment has a portal (``[portal]``), else None."""
+    from fedcredit.consent.passkeys import PasskeyAuthority, portal_origins
+
+    got = portal_origins(dep.raw.get("portal"))
+    if got is None:
+        return None
+    rp_id, origins = got
+    return PasskeyAuthority(authority, rp_id=rp_id, origins=origins)
 
 
 # --- the command groups ------------------------------------------------------------
@@ -471,6 +483,7 @@ def serve_cmd(
             address=s.address,
             tls=None if insecure else dep.tls(s.org_id),
             insecure=insecure,
+            passkeys=passkeys_of(authority, dep),
         )
     console.print(
         f"consent service {s.org_id} listening on {s.address} (issuer {authority.settings.issuer})"

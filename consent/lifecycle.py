@@ -171,8 +171,10 @@ class Lifecycle:
         *,
         remove_categories: Sequence[str] = (),
         remove_nodes: Sequence[str] = (),
+        **extra: Any,
     ) -> tuple[ConsentView, ConsentView]:
-        """Revoke one category or node: the consent is revoked and replaced by a narrower one."""
+        """Revoke one category or node: the consent is revoked and replaced by a narrower one
+        (``extra``: kept with both events, e.g. the passkey assertion that authorised it)."""
         if not remove_categories and not remove_nodes:
             raise E.NarrowingInvalid("say which categories or nodes to remove")
         require(actor, "enterprise")
@@ -199,8 +201,9 @@ class Lifecycle:
                 replaced_by=new.consent_id,
                 removed_categories=sorted(remove_categories),
                 removed_nodes=sorted(remove_nodes),
+                **extra,
             )
-            self.outbox.add(conn, new, "granted", actor, now, replaces=old.consent_id)
+            self.outbox.add(conn, new, "granted", actor, now, replaces=old.consent_id, **extra)
         self._after_commit([(old.id, State.REVOKED), (new.id, state)])
         return old.view(), new.view()
 

@@ -350,7 +350,9 @@ class ConsentServer:
         tls: TlsFiles | None,
         insecure: bool,
         max_workers: int,
+        passkeys: Any = None,
     ) -> None:
+        """``passkeys``: a :class:`consent.passkey_service.PasskeyServicer` to serve too."""
         self.servicer = servicer
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="consent-aio", daemon=True)  # fmt: skip
@@ -362,10 +364,8 @@ class ConsentServer:
             return build_aio_server(
                 address=address,
                 tls=tls,
-                register=lambda s: consent_pb2_grpc.add_ConsentServiceServicer_to_server(
-                    servicer, s
-                ),
-                service_names=[SERVICE_NAME],
+                register=lambda s: _register(s, servicer, passkeys),
+                service_names=[SERVICE_NAME] + ([PASSKEY_SERVICE] if passkeys else []),
                 insecure=insecure,
                 migration_thread_pool=self._pool,
             )
@@ -397,6 +397,17 @@ class ConsentServer:
         return done
 
 
+PASSKEY_SERVICE = "fedcredit.v1.PasskeyService"
+
+
+def _register(server: Any, servicer: ConsentServicer, passkeys: Any) -> None:
+    consent_pb2_grpc.add_ConsentServiceServicer_to_server(servicer, server)
+    if passkeys is not None:
+        from fedcredit.v1 import passkey_pb2_grpc
+
+        passkey_pb2_grpc.add_PasskeyServiceServicer_to_server(passkeys, server)
+
+
 def serve(
     authority: ConsentAuthority,
     *,
@@ -406,16 +417,23 @@ def serve(
     max_workers: int = 32,
     watchers_per_identity: int = WATCHERS_PER_IDENTITY,
     watchers_total: int = WATCHERS_TOTAL,
+    passkeys: Any = None,
 ) -> tuple[ConsentServer, int]:
     """Build and start the server (and the authority's background work); return it and its port.
 
     ``max_workers``: threads for the ordinary calls (status streams take none);
-    ``watchers_per_identity`` / ``watchers_total``: caps on open ``WatchStatus`` streams."""
+    ``watchers_per_identity`` / ``watchers_total``: caps on open ``WatchStatus`` streams;
+    ``passkeys``: a :class:`consent.passkeys.PasskeyAuthority` to serve PasskeyService for."""
     servicer = ConsentServicer(
         authority, watchers_per_identity=watchers_per_identity, watchers_total=watchers_total
     )
+    pk = None
+    if passkeys is not None:
+        from fedcredit.consent.passkey_service import PasskeyServicer
+
+        pk = PasskeyServicer(passkeys)
     server = ConsentServer(
-        servicer, address=address, tls=tls, insecure=insecure, max_workers=max_workers
+        servicer, address=address, tls=tls, insecure=insecure, max_workers=max_workers, passkeys=pk
     )
     authority.start()
     server.start()

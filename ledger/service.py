@@ -282,7 +282,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                     f"enterprise {who.org_id} may list only entries about itself; asked about {subject}",
                     subject=subject,
                 )
-        else:
+        elif who.role != "portal":
+            # The portal lists an enterprise's entries for the signed-in enterprise's access
+            # page (a read right only: it appends nothing, exports nothing).
             self._require_audit(who, "listing entries about an enterprise")
         cp = await asyncio.to_thread(self._latest, request.min_cosignatures)
         note = await asyncio.to_thread(self.log.checkpoint_note, cp)

@@ -1,0 +1,62 @@
+"""The passkey failures, one exception each (reason ``PASSKEY_*``); each says what was
+expected and what was got, and names no other organisation's passkeys."""
+
+from __future__ import annotations
+
+from fedcredit.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+
+
+class EnrolCodeInvalid(Unauthenticated):
+    """Unknown, used, expired, or for another organisation (one answer for all four)."""
+
+    reason = "PASSKEY_ENROL_CODE_INVALID"
+
+
+class ChallengeInvalid(Unauthenticated):
+    """The statement was not issued here, was used already, or has expired."""
+
+    reason = "PASSKEY_CHALLENGE_INVALID"
+
+
+class AssertionInvalid(Unauthenticated):
+    """The WebAuthn assertion does not verify against the organisation's passkeys."""
+
+    reason = "PASSKEY_ASSERTION_INVALID"
+
+
+class RegistrationInvalid(InvalidArgument):
+    reason = "PASSKEY_REGISTRATION_INVALID"
+
+
+class StatementInvalid(InvalidArgument):
+    """The statement is not the canonical JSON issued, or asks for something unknown."""
+
+    reason = "PASSKEY_STATEMENT_INVALID"
+
+
+class TermsChanged(FailedPrecondition):
+    """The consent's terms or state changed after the statement was issued: sign anew."""
+
+    reason = "PASSKEY_TERMS_CHANGED"
+
+
+class SessionInvalid(Unauthenticated):
+    reason = "PASSKEY_SESSION_INVALID"
+
+
+class NoPasskey(NotFound):
+    reason = "PASSKEY_NONE_REGISTERED"
+
+
+class LastPasskey(FailedPrecondition):
+    reason = "PASSKEY_LAST_ONE"
+
+
+class WrongOrganisation(PermissionDenied):
+    reason = "PASSKEY_WRONG_ORGANISATION"

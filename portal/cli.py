@@ -1,0 +1,89 @@
+"""``fedcredit portal serve`` and ``fedcredit operator enrol``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedcredit.common.cliutil import console, output, user_errors
+from fedcredit.common.config import load_config
+from fedcredit.common.errors import InvalidArgument
+
+ConfigOpt = Annotated[Path, typer.Option("--config", help="The deployment file (deployment.toml).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+portal_app = typer.Typer()
+operator_app = typer.Typer()
+GROUPS: dict[str, typer.Typer] = {"portal": portal_app, "operator": operator_app}
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``90s``, ``30m``, ``12h``, ``7d`` or plain seconds, as seconds."""
+    m = re.fullmatch(r"\s*(\d{1,9})\s*([smhd]?)\s*", text)
+    if m is None:
+        raise InvalidArgument(f"expected a duration such as 30m, 12h or 7d, got {text!r}")
+    return int(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+@portal_app.command("serve")
+def serve(config: ConfigOpt) -> None:
+    """Run the web portal of the deployment (until SIGTERM or Ctrl-C)."""
+    import uvicorn
+
+    from fedcredit.portal.app import build_app
+    from fedcredit.portal.backend import Backend
+    from fedcredit.portal.settings import PortalSettings
+
+    with user_errors():
+        dep = load_config(config)
+        settings = PortalSettings.from_deployment(dep)
+        backend = Backend.from_deployment(dep, settings.org)
+        tls = dep.tls(settings.org) if settings.tls else None
+    app = build_app(settings, backend)
+    console.print(f"portal listening on {settings.url}")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        ssl_certfile=str(tls.cert) if tls else None,
+        ssl_keyfile=str(tls.key) if tls else None,
+        server_header=False,
+        ws="none",
+    )
+    backend.close()
+
+
+@operator_app.command("enrol")
+def enrol(
+    config: ConfigOpt,
+    org: Annotated[str, typer.Option("--org", help="The organisation (credit code or org id).")],
+    expires: Annotated[
+        str, typer.Option("--expires", help="How long the code is valid: 30m, 12h, 7d.")
+    ] = "7d",
+    role: Annotated[
+        str,
+        typer.Option(help="The role it signs in as (default: the deployment's, else enterprise)."),
+    ] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Issue a one-time code for an organisation's first passkey (give it to them in person
+    or by a channel you trust; only its hash is kept)."""
+    from fedcredit.consent.passkey_client import PasskeyClient
+
+    with user_errors(as_json):
+        seconds = parse_duration(expires)
+        dep = load_config(config)
+        if not role:
+            role = dep.organisations[org].role if org in dep.organisations else "enterprise"
+        with PasskeyClient.from_deployment(dep, "operator") as c:
+            got = c.issue_enrol_code(org, role, seconds)
+    output(
+        {"org": got.org, "role": got.role, "code": got.code, "expires_at": got.expires_at},
+        as_json,
+    )

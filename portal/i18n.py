@@ -1,0 +1,131 @@
+"""The portal's words in Chinese (the default) and English: one table, keyed by an id.
+
+A missing translation is a test failure (tests/portal/test_portal_app.py), never a blank."""
+
+from __future__ import annotations
+
+LANGS = ("zh", "en")
+
+T: dict[str, tuple[str, str]] = {
+    # (zh, en)
+    "title": ("信财银保 · 数据授权门户", "fedcredit portal"),
+    "lang_switch": ("English", "中文"),
+    "sign_in": ("登录", "Sign in"),
+    "sign_out": ("退出", "Sign out"),
+    "org_id": ("机构代码（统一社会信用代码或机构编号）", "Organisation id (credit code or org id)"),
+    "sign_in_passkey": ("用通行密钥登录", "Sign in with a passkey"),
+    "enrol": ("首次登记通行密钥", "Enrol your first passkey"),
+    "enrol_code": ("运营方发放的一次性登记码", "One-time enrol code from the operator"),
+    "enrol_label": ("密钥名称（例如：财务部电脑）", "Passkey name (e.g. finance office PC)"),
+    "enrol_submit": ("创建通行密钥", "Create passkey"),
+    "enrolled": ("通行密钥已登记，请登录。", "Passkey enrolled; sign in now."),
+    "session_expired": (
+        "会话因长时间未操作已过期，请重新登录。",
+        "Your session expired after inactivity; sign in again.",
+    ),
+    "signed_out": ("已退出。", "Signed out."),
+    "csrf_failed": (
+        "请求无效（表单已过期或来源不明），未做任何更改。",
+        "Request refused (stale form or foreign origin); nothing was changed.",
+    ),
+    "rate_limited": (
+        "登录尝试过于频繁，请稍后再试。",
+        "Too many sign-in attempts; try again later.",
+    ),
+    "need_sign_in": ("请先登录。", "Please sign in first."),
+    "wrong_role": (
+        "此页面不适用于您的机构角色。",
+        "This page is not for your organisation's role.",
+    ),
+    "error": ("出错了", "Something went wrong"),
+    "nothing_changed": ("未做任何更改。", "Nothing was changed."),
+    # enterprise
+    "ent_home": ("我的数据授权", "My consents"),
+    "pending": ("待处理的授权请求", "Pending requests"),
+    "consents": ("全部授权", "All consents"),
+    "no_pending": ("没有待处理的请求。", "No pending requests."),
+    "bank": ("银行", "Bank"),
+    "purpose": ("用途", "Purpose"),
+    "data": ("数据类别", "Data categories"),
+    "nodes": ("数据来源部门", "Departments (nodes)"),
+    "validity": ("有效期", "Valid for"),
+    "days": ("天", "days"),
+    "uses": ("使用次数", "Uses"),
+    "retention": ("银行保留结果", "Bank keeps results for"),
+    "state": ("状态", "State"),
+    "approve": ("同意", "Approve"),
+    "reject": ("拒绝", "Reject"),
+    "pause": ("暂停", "Pause"),
+    "resume": ("恢复", "Resume"),
+    "revoke": ("撤销", "Revoke"),
+    "narrow": ("收窄范围", "Narrow"),
+    "remove_category": ("去掉此类别", "Remove this category"),
+    "sign_with_passkey": ("将用通行密钥签署：", "You will sign with your passkey:"),
+    "decided": ("已完成，凭证摘要已记入账本：", "Done; the assertion digest is in the ledger:"),
+    "access": ("谁访问了我的数据", "Who accessed my data"),
+    "access_intro": (
+        "每条记录的包含证明与检查点签名均在您的浏览器中验证，而非依赖服务器的说法。",
+        "Each entry's inclusion proof and the checkpoint signature are verified in your browser, not taken on the server's word.",
+    ),
+    "entry": ("记录", "Entry"),
+    "kind": ("类型", "Kind"),
+    "when": ("时间", "When"),
+    "actor": ("操作方", "By"),
+    "proof": ("证明", "Proof"),
+    "verifying": ("验证中…", "verifying…"),
+    "verified": ("已验证", "verified"),
+    "failed": ("验证失败", "FAILED"),
+    "checkpoint": ("检查点", "Checkpoint"),
+    "passkeys": ("通行密钥", "Passkeys"),
+    "add_passkey": ("添加通行密钥", "Add a passkey"),
+    "remove": ("移除", "Remove"),
+    "created": ("创建于", "Created"),
+    "last_used": ("最近使用", "Last used"),
+    # bank
+    "bank_home": ("银行工作台", "Bank desk"),
+    "request_consent": ("申请企业授权", "Request consent"),
+    "enterprise": ("企业统一社会信用代码", "Enterprise credit code"),
+    "max_uses": ("最多使用次数", "Maximum uses"),
+    "validity_days": ("有效天数", "Validity (days)"),
+    "retention_days": ("结果保留天数", "Retention (days)"),
+    "submit_request": ("提交申请", "Send request"),
+    "requested": (
+        "已提交申请，等待企业用通行密钥确认。",
+        "Requested; waiting for the enterprise to approve with its passkey.",
+    ),
+    "my_requests": ("我的授权", "My consents"),
+    "role_home": ("工作台", "Home"),
+    "role_pages_todo": (
+        "此角色的完整页面尚在建设中；请使用命令行 `fedcredit --help`。",
+        "This role's full pages are not built yet; use the command line (`fedcredit --help`).",
+    ),
+    "skip": ("跳到主要内容", "Skip to main content"),
+}
+
+PURPOSES: dict[str, tuple[str, str]] = {
+    "credit_assessment": ("授信评估", "credit assessment"),
+    "guarantee": ("担保审批", "guarantee decision"),
+    "post_loan_monitoring": ("贷后监测", "post-loan monitoring"),
+    "model_training": ("模型训练", "model training"),
+}
+
+STATES: dict[str, tuple[str, str]] = {
+    "PENDING": ("待确认", "pending"),
+    "ACTIVE": ("有效", "active"),
+    "PAUSED": ("已暂停", "paused"),
+    "REJECTED": ("已拒绝", "rejected"),
+    "REVOKED": ("已撤销", "revoked"),
+    "EXPIRED": ("已过期", "expired"),
+}
+
+
+def tr(key: str, lang: str) -> str:
+    zh, en = T[key]
+    return en if lang == "en" else zh
+
+
+def word(table: dict[str, tuple[str, str]], key: str, lang: str) -> str:
+    got = table.get(key)
+    if got is None:
+        return key
+    return got[1] if lang == "en" else got[0]

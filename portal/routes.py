@@ -1,0 +1,235 @@
+"""The portal's routes: sign-in and enrolment, the enterprise's consents and access log,
+passkey management, the bank's desk, and a home for the other roles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from fedcredit.common.errors import InvalidArgument, ResourceExhausted
+from fedcredit.portal.security import Session
+from fedcredit.portal.web import HOME, Portal, call, dumps, json_ok, page, post, terms_from_form
+
+
+class RateLimited(ResourceExhausted):
+    reason = "RATE_LIMITED"
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+# --- public pages -----------------------------------------------------------------------
+
+
+@page()
+async def index(portal: Portal, request: Request, s: Session) -> Response:
+    target = HOME.get(s.role, "/home") if s.signed_in else "/signin"
+    return portal.finish(RedirectResponse(target, 303), s)
+
+
+@page()
+async def signin_page(portal: Portal, request: Request, s: Session) -> Response:
+    return portal.render(request, s, "signin.html")
+
+
+@page()
+async def enrol_page(portal: Portal, request: Request, s: Session) -> Response:
+    return portal.render(request, s, "enrol.html")
+
+
+@page("__any__")
+async def home(portal: Portal, request: Request, s: Session) -> Response:
+    return portal.render(request, s, "home.html")
+
+
+# --- sign-in and enrolment ------------------------------------------------------------------
+
+
+@post
+async def signin_begin(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:  # fmt: skip
+    org = str(data.get("org", "")).strip()
+    if not org:
+        raise InvalidArgument("enter your organisation id")
+    for limiter, key in ((portal.by_address, _client(request)), (portal.by_org, org)):
+        ok, wait = limiter.allow(key)
+        if not ok:
+            raise RateLimited(f"too many sign-in attempts; try again in {wait} s", retry_after_s=wait)  # fmt: skip
+    st, options = await call(portal.backend.passkeys.challenge, org, "sign_in")
+    s.pending["statement"] = st
+    return json_ok(portal, s, {"statement": st, "options": options})
+
+
+@post
+async def signin_finish(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:  # fmt: skip
+    st = s.pending.pop("statement", "")
+    got = await call(portal.backend.passkeys.sign_in, st, str(data.get("assertion", "")))
+    s = portal.sessions.rotate(s)
+    s.org, s.role, s.credential_id, s.ticket = got.org, got.role, got.credential_id, got.ticket
+    return json_ok(portal, s, {"redirect": HOME.get(s.role, "/home")})
+
+
+@post
+async def enrol_begin(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:  # fmt: skip
+    org = str(data.get("org", "")).strip()
+    ok, wait = portal.by_address.allow(_client(request))
+    if not ok:
+        raise RateLimited(f"too many attempts; try again in {wait} s", retry_after_s=wait)
+    ticket, options = await call(
+        portal.backend.passkeys.begin_registration,
+        org,
+        enrol_code=str(data.get("code", "")),
+        label=str(data.get("label", "")),
+    )
+    s.pending["ticket"] = ticket
+    return json_ok(portal, s, {"options": options})
+
+
+@post
+async def enrol_finish(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:  # fmt: skip
+    ticket = s.pending.pop("ticket", "")
+    await call(portal.backend.passkeys.finish_registration, ticket, str(data.get("credential", "")))  # fmt: skip
+    s.flash.append("enrolled")
+    return json_ok(portal, s, {"redirect": "/passkeys" if s.signed_in else "/signin"})
+
+
+@post
+async def signout(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:
+    portal.sessions.drop(s)
+    s2 = portal.sessions.new(s.lang)
+    s2.flash.append("signed_out")
+    return portal.finish(RedirectResponse("/signin", 303), s2)
+
+
+# --- signed statements (consent decisions, passkeys) ------------------------------------------
+
+
+@post
+async def challenge(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:
+    if not s.signed_in:
+        raise InvalidArgument("sign in first")
+    cats = data.get("remove_categories") or []
+    st, options = await call(
+        portal.backend.passkeys.challenge,
+        s.org,
+        str(data.get("action", "")),
+        consent_id=str(data.get("consent_id", "")),
+        remove_categories=[str(c) for c in cats] if isinstance(cats, list) else [str(cats)],
+        reason=str(data.get("reason", "")),
+        credential_id=str(data.get("credential_id", "")),
+    )
+    s.pending["statement"] = st
+    return json_ok(portal, s, {"statement": st, "options": options})
+
+
+@post
+async def decide(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:
+    st = s.pending.pop("statement", "")
+    assertion = str(data.get("assertion", ""))
+    view, repl, digest = await call(portal.backend.passkeys.decide, st, assertion)
+    return json_ok(
+        portal,
+        s,
+        {"state": view.state, "assertion_sha256": digest, "redirect": "/enterprise",
+         "replacement": repl.consent_id if repl else None},
+    )  # fmt: skip
+
+
+@post
+async def passkey_add(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:  # fmt: skip
+    st = s.pending.pop("statement", "")
+    ticket, options = await call(
+        portal.backend.passkeys.begin_registration,
+        s.org,
+        authorised_by=(st, str(data.get("assertion", ""))),
+        label=str(data.get("label", "")),
+    )
+    s.pending["ticket"] = ticket
+    return json_ok(portal, s, {"options": options})
+
+
+@post
+async def passkey_remove(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:  # fmt: skip
+    st = s.pending.pop("statement", "")
+    await call(portal.backend.passkeys.remove_passkey, st, str(data.get("assertion", "")))
+    return json_ok(portal, s, {"redirect": "/passkeys"})
+
+
+# --- role pages ---------------------------------------------------------------------------------
+
+
+@page("enterprise")
+async def enterprise(portal: Portal, request: Request, s: Session) -> Response:
+    consents = await call(portal.backend.passkeys.list_consents, s.ticket)
+    pending = [c for c in consents if c.state == "PENDING"]
+    return portal.render(request, s, "enterprise.html", pending=pending, consents=consents)
+
+
+@page("enterprise")
+async def access(portal: Portal, request: Request, s: Session) -> Response:
+    got = await call(portal.backend.entries_about, s.org)
+    rows = []
+    for e in got.entries:
+        try:
+            import json
+
+            body = json.loads(e["data"])
+        except ValueError:
+            body = {}
+        rows.append({**e, "kind": body.get("kind", "?"), "actor": body.get("actor", "?"),
+                     "at": body.get("payload", {}).get("at") or body.get("ts")})  # fmt: skip
+    proofs = dumps({"checkpoint": got.checkpoint, "tree_size": got.tree_size,
+                    "log_key": got.log_key, "entries": got.entries})  # fmt: skip
+    return portal.render(request, s, "access.html", rows=rows, proofs=proofs, cp=got)
+
+
+@page("__any__")
+async def passkeys(portal: Portal, request: Request, s: Session) -> Response:
+    keys = await call(portal.backend.passkeys.list_passkeys, s.ticket)
+    return portal.render(request, s, "passkeys.html", keys=keys)
+
+
+@page("bank")
+async def bank(portal: Portal, request: Request, s: Session) -> Response:
+    consents = await call(portal.backend.passkeys.list_consents, s.ticket)
+    return portal.render(request, s, "bank.html", consents=consents)
+
+
+@post
+async def bank_request(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:  # fmt: skip
+    if s.role != "bank":
+        raise InvalidArgument("only a bank requests consent")
+    await call(portal.backend.passkeys.request_consent, s.ticket, terms_from_form(s.org, data))
+    s.flash.append("requested")
+    return portal.finish(RedirectResponse("/bank", 303), s)
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness for `fedcredit up`/`status` (no session, no service call)."""
+    return PlainTextResponse("ok")
+
+
+ROUTES = [
+    Route("/healthz", healthz),
+    Route("/", index),
+    Route("/signin", signin_page),
+    Route("/enrol", enrol_page),
+    Route("/home", home),
+    Route("/signin/begin", signin_begin, methods=["POST"]),
+    Route("/signin/finish", signin_finish, methods=["POST"]),
+    Route("/enrol/begin", enrol_begin, methods=["POST"]),
+    Route("/enrol/finish", enrol_finish, methods=["POST"]),
+    Route("/signout", signout, methods=["POST"]),
+    Route("/challenge", challenge, methods=["POST"]),
+    Route("/decide", decide, methods=["POST"]),
+    Route("/passkeys/add", passkey_add, methods=["POST"]),
+    Route("/passkeys/remove", passkey_remove, methods=["POST"]),
+    Route("/enterprise", enterprise),
+    Route("/enterprise/access", access),
+    Route("/passkeys", passkeys),
+    Route("/bank", bank),
+    Route("/bank/request", bank_request, methods=["POST"]),
+]

@@ -1,0 +1,136 @@
+"""Sessions, CSRF tokens, sign-in rate limits and the security headers.
+
+Sessions live on the server (the cookie carries a random id only): HttpOnly, Secure,
+SameSite=Strict, an idle timeout and an absolute one. Every visitor gets a session
+before signing in, so the sign-in and enrol forms carry a CSRF token too; signing in
+replaces the session id (no fixation). CSRF tokens are per session, compared in constant
+time, and required on every state-changing request (form field ``csrf`` or header
+``X-CSRF-Token``, which htmx sends).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# Content-Security-Policy: scripts and styles from the portal only, no inline code, no
+# framing, forms post to the portal only (W3C CSP Level 3).
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass
+class Session:
+    id: str
+    csrf: str
+    created: float
+    seen: float
+    lang: str = "zh"
+    org: str = ""
+    role: str = ""
+    credential_id: str = ""
+    ticket: str = ""  # the consent service's session ticket (never sent to the browser)
+    flash: list[str] = field(default_factory=list)
+    # per-ceremony state: registration ticket, the statement being signed
+    pending: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def signed_in(self) -> bool:
+        return bool(self.org)
+
+
+class Sessions:
+    """The portal's sessions, in memory (a restart signs everyone out)."""
+
+    def __init__(
+        self, *, idle_s: float, absolute_s: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.idle_s, self.absolute_s, self.clock = idle_s, absolute_s, clock
+        self._by_id: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def new(self, lang: str = "zh") -> Session:
+        now = self.clock()
+        s = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), now, now, lang)
+        with self._lock:
+            self._sweep(now)
+            self._by_id[s.id] = s
+        return s
+
+    def get(self, sid: str | None) -> tuple[Session | None, bool]:
+        """(the live session, whether a session of this id just expired)."""
+        if not sid:
+            return None, False
+        now = self.clock()
+        with self._lock:
+            s = self._by_id.get(sid)
+            if s is None:
+                return None, False
+            if now - s.seen > self.idle_s or now - s.created > self.absolute_s:
+                del self._by_id[sid]
+                return None, s.signed_in
+            s.seen = now
+            return s, False
+
+    def rotate(self, s: Session) -> Session:
+        """The same session under a new id and CSRF token (after signing in)."""
+        with self._lock:
+            self._by_id.pop(s.id, None)
+            s.id, s.csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+            s.created = s.seen = self.clock()
+            self._by_id[s.id] = s
+        return s
+
+    def drop(self, s: Session) -> None:
+        with self._lock:
+            self._by_id.pop(s.id, None)
+
+    def _sweep(self, now: float) -> None:
+        if len(self._by_id) % 256 == 0:
+            for sid in [k for k, v in self._by_id.items() if now - v.seen > self.idle_s]:
+                del self._by_id[sid]
+
+
+def csrf_ok(s: Session, sent: str | None) -> bool:
+    return bool(sent) and hmac.compare_digest(s.csrf.encode(), (sent or "").encode())
+
+
+class RateLimiter:
+    """Token buckets per key (client address, organisation): ``burst`` attempts, refilled
+    at ``per_minute``; ``allow`` answers (allowed, seconds until the next attempt)."""
+
+    def __init__(
+        self, *, burst: int, per_minute: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.burst, self.rate, self.clock = burst, per_minute / 60.0, clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> tuple[bool, int]:
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                return False, max(1, int((1.0 - tokens) / self.rate) + 1)
+            self._buckets[key] = (tokens - 1.0, now)
+            if len(self._buckets) > 100_000:  # bounded memory under a spray of keys
+                self._buckets.clear()
+            return True, 0

@@ -1,0 +1,217 @@
+// fedcredit portal: WebAuthn ceremonies and in-browser proof checks. No inline script
+// anywhere (the CSP allows scripts from the portal only); no framework beyond htmx.
+"use strict";
+(() => {
+  const enc = new TextEncoder();
+  const csrf = () => document.querySelector("meta[name=csrf-token]").content;
+
+  const b64u = (bytes) =>
+    btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  const unb64 = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+  const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+
+  function show(msg, ok) {
+    const el = document.getElementById("result");
+    if (el) {
+      el.textContent = msg;
+      el.dataset.ok = ok ? "1" : "0";
+    }
+  }
+
+  async function postJSON(url, body) {
+    const r = await fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRF-Token": csrf() },
+      body: JSON.stringify(body),
+    });
+    const j = await r.json().catch(() => ({ error: "HTTP_" + r.status, message: r.statusText }));
+    if (!r.ok) throw j;
+    return j;
+  }
+
+  async function sha256(...parts) {
+    const n = parts.reduce((a, p) => a + p.length, 0);
+    const buf = new Uint8Array(n);
+    let o = 0;
+    for (const p of parts) {
+      buf.set(p, o);
+      o += p.length;
+    }
+    return new Uint8Array(await crypto.subtle.digest("SHA-256", buf));
+  }
+
+  // The challenge must be SHA-256 of the very statement this page received: the passkey
+  // then signs exactly these terms, whatever the server claims.
+  async function signStatement(statement, optionsJson) {
+    const opts = JSON.parse(optionsJson);
+    const digest = await sha256(enc.encode(statement));
+    if (b64u(digest) !== opts.challenge) {
+      throw { error: "CHALLENGE_MISMATCH", message: "the challenge does not commit to the statement shown" };
+    }
+    const cred = await navigator.credentials.get({ publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(opts) });
+    return JSON.stringify(cred.toJSON());
+  }
+
+  async function createPasskey(optionsJson) {
+    const opts = PublicKeyCredential.parseCreationOptionsFromJSON(JSON.parse(optionsJson));
+    const cred = await navigator.credentials.create({ publicKey: opts });
+    return JSON.stringify(cred.toJSON());
+  }
+
+  const fail = (e) => show((e && (e.message || e.error)) || String(e), false);
+  const formData = (form) => Object.fromEntries(new FormData(form).entries());
+
+  async function onSignIn(form) {
+    const c = await postJSON("/signin/begin", formData(form));
+    const r = await postJSON("/signin/finish", { assertion: await signStatement(c.statement, c.options) });
+    location.assign(r.redirect);
+  }
+
+  async function onEnrol(form) {
+    const c = await postJSON("/enrol/begin", formData(form));
+    const r = await postJSON("/enrol/finish", { credential: await createPasskey(c.options) });
+    location.assign(r.redirect);
+  }
+
+  async function onAddPasskey(form) {
+    const c = await postJSON("/challenge", { action: "add_passkey" });
+    const assertion = await signStatement(c.statement, c.options);
+    const o = await postJSON("/passkeys/add", { assertion, label: form.elements.label.value });
+    const r = await postJSON("/enrol/finish", { credential: await createPasskey(o.options) });
+    location.assign(r.redirect);
+  }
+
+  async function onDecide(b) {
+    const body = { action: b.dataset.decide, consent_id: b.dataset.consentId };
+    if (b.dataset.removeCategory) body.remove_categories = [b.dataset.removeCategory];
+    const c = await postJSON("/challenge", body);
+    const r = await postJSON("/decide", { assertion: await signStatement(c.statement, c.options) });
+    sessionStorage.setItem("fc-result", r.state + " · sha256 " + r.assertion_sha256);
+    location.reload();
+  }
+
+  async function onRemovePasskey(b) {
+    const c = await postJSON("/challenge", { action: "remove_passkey", credential_id: b.dataset.passkeyRemove });
+    const r = await postJSON("/passkeys/remove", { assertion: await signStatement(c.statement, c.options) });
+    location.assign(r.redirect);
+  }
+
+  // --- RFC 9162 inclusion proofs and the C2SP signed-note checkpoint ---------------------
+
+  const leafHash = (data) => sha256(Uint8Array.of(0), data);
+  const nodeHash = (l, r) => sha256(Uint8Array.of(1), l, r);
+
+  // RFC 9162 §2.1.3.2 (arithmetic, not bit operators: sizes beyond 2^31 stay exact).
+  async function rootFromInclusion(index, size, leaf, proof) {
+    if (index >= size) throw new Error("index beyond the tree");
+    let fn = index, sn = size - 1, r = leaf;
+    for (const p of proof) {
+      if (sn === 0) throw new Error("proof too long");
+      if (fn % 2 === 1 || fn === sn) {
+        r = await nodeHash(p, r);
+        if (fn % 2 === 0) {
+          while (fn % 2 === 0 && fn !== 0) {
+            fn = Math.floor(fn / 2);
+            sn = Math.floor(sn / 2);
+          }
+        }
+      } else {
+        r = await nodeHash(r, p);
+      }
+      fn = Math.floor(fn / 2);
+      sn = Math.floor(sn / 2);
+    }
+    if (sn !== 0) throw new Error("proof too short");
+    return r;
+  }
+
+  // A checkpoint note signed by the log key `vkey` (name+keyhash+base64(0x01 || key)).
+  async function verifyCheckpoint(note, vkey) {
+    const split = note.lastIndexOf("\n\n");
+    if (split < 0) throw new Error("not a signed note");
+    const text = note.slice(0, split + 1);
+    const [name, keyHash, keyB64] = vkey.split("+");
+    const raw = unb64(keyB64);
+    if (raw[0] !== 1 || raw.length !== 33) throw new Error("not an Ed25519 log key");
+    const kid = (await sha256(enc.encode(name + "\n"), raw)).slice(0, 4);
+    if (hex(kid) !== keyHash) throw new Error("log key hash mismatch");
+    const key = await crypto.subtle.importKey("raw", raw.slice(1), { name: "Ed25519" }, false, ["verify"]);
+    for (const line of note.slice(split + 2).split("\n")) {
+      const m = /^\u2014 (\S+) (\S+)$/.exec(line);
+      if (!m || m[1] !== name) continue;
+      const sig = unb64(m[2]);
+      if (hex(sig.slice(0, 4)) !== keyHash) continue;
+      if (await crypto.subtle.verify({ name: "Ed25519" }, key, sig.slice(4), enc.encode(text))) {
+        const lines = text.split("\n");
+        return { origin: lines[0], size: Number(lines[1]), root: unb64(lines[2]) };
+      }
+    }
+    throw new Error("no valid log signature on the checkpoint");
+  }
+
+  function mark(el, ok, words) {
+    el.dataset.status = ok ? "verified" : "failed";
+    el.textContent = ok ? words.dataset.verified : words.dataset.failed;
+  }
+
+  async function verifyAccessLog() {
+    const holder = document.getElementById("proofs");
+    if (!holder) return;
+    const t0 = performance.now();
+    const doc = JSON.parse(holder.textContent);
+    const words = document.getElementById("words");
+    const cpEl = document.getElementById("checkpoint-status");
+    let cp = null;
+    try {
+      cp = await verifyCheckpoint(doc.checkpoint, doc.log_key);
+      if (cp.size !== doc.tree_size) throw new Error("checkpoint size mismatch");
+      mark(cpEl, true, words);
+    } catch (e) {
+      mark(cpEl, false, words);
+      cpEl.title = String(e.message || e);
+    }
+    const cells = new Map(Array.from(document.querySelectorAll("#access-log tr[data-index]"), (tr) => [Number(tr.dataset.index), tr.querySelector(".proof")]));
+    await Promise.all(doc.entries.map(async (e) => {
+      const cell = cells.get(e.index);
+      if (!cell) return;
+      try {
+        const root = await rootFromInclusion(e.index, doc.tree_size, await leafHash(enc.encode(e.data)), e.proof.map(unb64));
+        mark(cell, cp !== null && hex(root) === hex(cp.root), words);
+      } catch (err) {
+        mark(cell, false, words);
+      }
+    }));
+    document.body.dataset.verifiedMs = String(Math.round(performance.now() - t0));
+    document.body.dataset.proofsDone = "1";
+  }
+
+  document.addEventListener("submit", (ev) => {
+    const form = ev.target.closest("form[data-webauthn]");
+    if (!form) return;
+    ev.preventDefault();
+    const run = { signin: onSignIn, enrol: onEnrol, add: onAddPasskey }[form.dataset.webauthn];
+    run(form).catch(fail);
+  });
+
+  document.addEventListener("click", (ev) => {
+    const decide = ev.target.closest("[data-decide]");
+    if (decide) onDecide(decide).catch(fail);
+    const remove = ev.target.closest("[data-passkey-remove]");
+    if (remove) onRemovePasskey(remove).catch(fail);
+  });
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const msg = sessionStorage.getItem("fc-result");
+    if (msg) {
+      sessionStorage.removeItem("fc-result");
+      show(msg, true);
+    }
+    verifyAccessLog().catch(fail);
+  });
+
+  // htmx requests carry the CSRF token too.
+  document.addEventListener("htmx:configRequest", (ev) => {
+    ev.detail.headers["X-CSRF-Token"] = csrf();
+  });
+})();

@@ -1,0 +1,196 @@
+"""The portal in real Chromium (Debian's, driven by Playwright; no browser download) with
+Chromium's virtual WebAuthn authenticator (DevTools protocol): enrol, sign in, a bank's
+request, the enterprise's passkey approval, the access page whose proofs the page itself
+verifies (and a tampered one it shows failing), revocation, CSRF and session expiry."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fedcredit.common import uscc
+from tests.portal.conftest import BANK, Federation
+
+CHROMIUM = os.environ.get("FEDCREDIT_CHROMIUM", "/usr/bin/chromium")
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+# Generous: a loaded 2-core machine runs Chromium, the portal and two gRPC services.
+TIMEOUT_MS = 30_000
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chromium")]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not shutil.which(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"expected Chromium at {CHROMIUM} (.ci/run installs Debian's chromium)")
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set FEDCREDIT_CHROMIUM)")  # fmt: skip
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+class Person:
+    """One browser context (its own cookies) with its own virtual passkey authenticator."""
+
+    def __init__(self, browser: Any, fed: Federation) -> None:
+        self.fed = fed
+        self.context = browser.new_context(viewport={"width": 390, "height": 844})  # phone width
+        self.context.set_default_timeout(TIMEOUT_MS)
+        self.page = self.context.new_page()
+        self.cdp = self.context.new_cdp_session(self.page)
+        self.cdp.send("WebAuthn.enable", {"enableUI": False})
+        self.authenticator = self.cdp.send(
+            "WebAuthn.addVirtualAuthenticator",
+            {"options": {"protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
+                         "hasUserVerification": True, "isUserVerified": True,
+                         "automaticPresenceSimulation": True}},
+        )["authenticatorId"]  # fmt: skip
+
+    def go(self, path: str) -> None:
+        self.page.goto(self.fed.url + path)
+
+    def enrol_and_sign_in(self, org: str, role: str) -> None:
+        self.go("/enrol")
+        self.page.fill("#org", org)
+        self.page.fill("#code", self.fed.enrol_code(org, role))
+        self.page.fill("#label", "office PC")
+        self.page.click("form#enrol button[type=submit]")
+        self.page.wait_for_url("**/signin")
+        self.page.fill("#org", org)
+        self.page.click("form#signin button[type=submit]")
+        self.page.wait_for_url("**/enterprise" if role == "enterprise" else "**/bank")
+
+    def credentials(self) -> list[dict[str, Any]]:
+        got = self.cdp.send("WebAuthn.getCredentials", {"authenticatorId": self.authenticator})
+        return list(got["credentials"])
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def _state(page: Any, consent_id: str) -> str:
+    sel = f'article[data-consent="{consent_id}"] .state'
+    return str(page.get_attribute(sel, "data-state"))
+
+
+def test_enrol_request_approve_verify_revoke(browser: Any, federation: Federation) -> None:
+    ent = uscc.generate(random.Random(777))
+    enterprise, bank = Person(browser, federation), Person(browser, federation)
+    try:
+        enterprise.enrol_and_sign_in(ent, "enterprise")
+        assert len(enterprise.credentials()) == 1  # the passkey lives in the authenticator
+        bank.enrol_and_sign_in(BANK, "bank")
+        # the bank asks, from its own page
+        bank.page.fill("#enterprise", ent)
+        bank.page.fill("#max_uses", "2")
+        bank.page.click("form#request button[type=submit]")
+        bank.page.wait_for_url("**/bank")
+        row = bank.page.locator("#bank-consents tbody tr", has_text=ent)
+        consent_id = row.get_attribute("data-consent")
+        assert consent_id and row.locator(".state").get_attribute("data-state") == "PENDING"
+        # the enterprise reads the request in plain language and approves with its passkey
+        enterprise.go("/enterprise")
+        article = enterprise.page.locator(f'article[data-consent="{consent_id}"]')
+        assert "授信评估" in article.inner_text() and BANK in article.inner_text()
+        article.locator('button[data-decide="approve"]').click()
+        enterprise.page.wait_for_selector(f'article[data-consent="{consent_id}"] .state[data-state="ACTIVE"]')  # fmt: skip
+        assert "sha256" in enterprise.page.inner_text("#result")
+        ev = [e for e in federation.authority.store.events(consent_id=consent_id) if e.event == "granted"]  # fmt: skip
+        assert ev and ev[0].payload["via"] == "portal" and ev[0].actor == ent
+        bank.go("/bank")
+        assert bank.page.locator(f'tr[data-consent="{consent_id}"] .state').get_attribute("data-state") == "ACTIVE"  # fmt: skip
+        _access_page_verifies(enterprise, federation, consent_id)
+        _tampered_proof_fails(enterprise)
+        # the enterprise revokes; the consent's token is refused from then on
+        enterprise.go("/enterprise")
+        enterprise.page.locator(f'article[data-consent="{consent_id}"] button[data-decide="revoke"]').click()  # fmt: skip
+        enterprise.page.wait_for_selector(f'article[data-consent="{consent_id}"] .state[data-state="REVOKED"]')  # fmt: skip
+        _token_refused(federation, consent_id)
+    finally:
+        enterprise.close()
+        bank.close()
+
+
+def _access_page_verifies(person: Person, fed: Federation, consent_id: str) -> None:
+    fed.ledger.checkpoint()  # the latest events are in a signed checkpoint
+    person.go("/enterprise/access")
+    person.page.wait_for_selector("body[data-proofs-done='1']")
+    assert person.page.get_attribute("#checkpoint-status", "data-status") == "verified"
+    cells = person.page.locator("td.proof")
+    assert cells.count() >= 2  # requested, granted
+    statuses = set(cells.evaluate_all("els => els.map(e => e.dataset.status)"))
+    assert statuses == {"verified"}, statuses
+
+
+def _tampered_proof_fails(person: Person) -> None:
+    """A server that lies (one entry's bytes changed, the checkpoint's signature broken) is
+    caught by the page itself."""
+
+    def tamper(route: Any) -> None:
+        resp = route.fetch()
+        html = resp.text()
+        start = html.index('<script type="application/json" id="proofs">') + len('<script type="application/json" id="proofs">')  # fmt: skip
+        end = html.index("</script>", start)
+        doc = json.loads(html[start:end])
+        doc["entries"][0]["data"] = doc["entries"][0]["data"].replace('"kind"', '"kind" ', 1)
+        body = html[:start] + json.dumps(doc).replace("<", "\\u003c") + html[end:]
+        route.fulfill(response=resp, body=body)
+
+    person.page.route("**/enterprise/access", tamper)
+    try:
+        person.go("/enterprise/access")
+        person.page.wait_for_selector("body[data-proofs-done='1']")
+        first = person.page.locator("td.proof").first
+        assert first.get_attribute("data-status") == "failed"
+        assert "验证失败" in first.inner_text()
+    finally:
+        person.page.unroute("**/enterprise/access")
+
+
+def _token_refused(fed: Federation, consent_id: str) -> None:
+    from fedcredit.consent import errors as E
+    from fedcredit.consent.client import ConsentClient
+
+    with ConsentClient(fed.consent_address, fed.pki.tls(BANK), server_org="consent-service") as c:
+        with pytest.raises(E.ConsentRevoked):
+            c.record_use(c.get(consent_id).jti or "")
+
+
+def test_csrf_and_session_expiry_refused_in_the_browser(browser: Any, federation: Federation) -> None:  # fmt: skip
+    ent = uscc.generate(random.Random(778))
+    person = Person(browser, federation)
+    try:
+        person.enrol_and_sign_in(ent, "enterprise")
+        status = person.page.evaluate(
+            """async () => (await fetch('/challenge', {method: 'POST',
+                 headers: {'Content-Type': 'application/json', Accept: 'application/json'},
+                 body: JSON.stringify({action: 'sign_in'})})).status"""
+        )
+        assert status == 403
+        federation.clock.offset += federation.settings.idle_timeout_s + 1
+        try:
+            person.go("/enterprise")
+            person.page.wait_for_url("**/signin")
+            assert "会话因长时间未操作已过期" in person.page.inner_text("#flash")
+        finally:
+            federation.clock.offset = 0
+    finally:
+        person.close()
