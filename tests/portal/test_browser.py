@@ -169,9 +169,11 @@ def _token_refused(fed: Federation, consent_id: str) -> None:
     from fedcredit.consent import errors as E
     from fedcredit.consent.client import ConsentClient
 
-    with ConsentClient(fed.consent_address, fed.pki.tls(BANK), server_org="consent-service") as c:
-        with pytest.raises(E.ConsentRevoked):
-            c.record_use(c.get(consent_id).jti or "")
+    with (
+        ConsentClient(fed.consent_address, fed.pki.tls(BANK), server_org="consent-service") as c,
+        pytest.raises(E.ConsentRevoked),
+    ):
+        c.record_use(c.get(consent_id).jti or "")
 
 
 def test_csrf_and_session_expiry_refused_in_the_browser(browser: Any, federation: Federation) -> None:  # fmt: skip
