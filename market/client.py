@@ -129,6 +129,40 @@ class MarketClient(ServiceClient[pb_grpc.MarketServiceStub]):
     def fund_book(self) -> dict[str, Any]:
         return parse(self._call(self._stub.FundBook, pb.FundBookRequest()))
 
+    def leads(self, limit: int = 500) -> list[dict[str, Any]]:
+        return list(
+            parse(self._call(self._stub.ListLeads, pb.ListLeadsRequest(limit=limit)))["leads"]
+        )
+
+    def offer_on_lead(
+        self,
+        lead_id: str,
+        amount: int,
+        term_months: int,
+        rate_bp: int,
+        *,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        req = pb.OfferOnLeadRequest(
+            request_id=_rid(request_id), lead_id=lead_id, amount_yuan=amount,
+            term_months=term_months, rate_bp=rate_bp,
+        )  # fmt: skip
+        return parse(self._call(self._stub.OfferOnLead, req))
+
+    def set_push_opt_out(self, opt_out: bool) -> dict[str, Any]:
+        return parse(self._call(self._stub.SetPushOptOut, pb.SetPushOptOutRequest(opt_out=opt_out)))
+
+    def leads_about_me(self) -> list[dict[str, Any]]:
+        return list(parse(self._call(self._stub.LeadsAboutMe, pb.ListLeadsRequest()))["leads"])
+
+    def warnings(self) -> list[dict[str, Any]]:
+        return list(
+            parse(self._call(self._stub.ListWarnings, pb.ListWarningsRequest()))["warnings"]
+        )
+
+    def sla(self) -> dict[str, Any]:
+        return parse(self._call(self._stub.SlaReport, pb.SlaReportRequest()))
+
 
 class CoordinatorGuarantees:
     """The coordinator's guarantee decisions, read through its SDK (``ListGuarantees``)."""

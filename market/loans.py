@@ -212,3 +212,30 @@ def check_books(market: Marketplace) -> dict[str, int]:
         ).one()
     return {"exposure": int(exposure or 0), "guaranteed": int(guaranteed), "paid_out": int(paid),
             "recovered": int(recovered)}  # fmt: skip
+
+
+def _stats(xs: list[int], limit: int) -> dict[str, Any]:
+    xs = sorted(xs)
+    if not xs:
+        return {"n": 0, "limit_s": limit}
+    pct = lambda q: xs[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731
+    return {"n": len(xs), "p50_s": pct(0.5), "p95_s": pct(0.95), "max_s": xs[-1],
+            "limit_s": limit, "breaches": sum(x > limit for x in xs)}  # fmt: skip
+
+
+def sla_report(market: Marketplace) -> dict[str, Any]:
+    """Service-level timers from the loans' clocks: review (claim -> offer, case study ≤ 1 h),
+    disbursement (acceptance -> money, ≤ 1 day) and need -> money end to end."""
+    with market.store.tx() as c:
+        rows = [dict(r) for r in c.execute(select(loans.c.times, loans.c.channel)).mappings()]
+    review, disburse, total = [], [], []
+    for r in rows:
+        t = r["times"]
+        if r["channel"] == "grab" and t.get("claimed") and t.get("offered"):
+            review.append(t["offered"] - t["claimed"])
+        if "ACTIVE" in t:
+            disburse.append(t["ACTIVE"] - t["ACCEPTED"])
+            total.append(t["ACTIVE"] - t["posted"])
+    s = market.settings
+    return {"review": _stats(review, s.review_sla_s), "disbursement": _stats(disburse, s.disbursement_sla_s),
+            "need_to_money": _stats(total, s.review_sla_s + s.disbursement_sla_s)}  # fmt: skip

@@ -188,22 +188,28 @@ class Population:
     regions: Sequence[str] = field(default_factory=tuple)
 
 
+def eligible(prod: Product, pop: Population) -> np.ndarray:
+    """Which enterprises ``prod`` may be pushed to: grade, fund backing, industry, region
+    (the amount and term come with a need or an offer)."""
+    ok = pop.grade_rank <= grade_rank(prod.grade_floor)
+    if prod.fund_guaranteed:
+        ok &= pop.grade_rank < GRADES.index("D")
+    if prod.industries:
+        ok &= np.isin(pop.industry, [INDUSTRIES.index(i) for i in prod.industries])
+    if prod.regions:
+        region_index = {r: i for i, r in enumerate(pop.regions)}
+        ok &= np.isin(pop.region, [region_index.get(r, -1) for r in prod.regions])
+    return np.asarray(ok, dtype=bool)
+
+
 def match_population(products: Sequence[Product], pop: Population, term: int = 12) -> np.ndarray:
     """For every enterprise, how many products match it (vectorised :func:`matches`, term
     fixed); the same rule as :func:`matches`, checked against it in the tests."""
     counts = np.zeros(pop.grade_rank.shape[0], dtype=np.int32)
-    region_index = {r: i for i, r in enumerate(pop.regions)}
     for prod in products:
-        ok = pop.grade_rank <= grade_rank(prod.grade_floor)
-        if prod.fund_guaranteed:
-            ok &= pop.grade_rank < GRADES.index("D")
-        if prod.industries:
-            ok &= np.isin(pop.industry, [INDUSTRIES.index(i) for i in prod.industries])
-        if prod.regions:
-            ok &= np.isin(pop.region, [region_index.get(r, -1) for r in prod.regions])
-        ok &= (pop.amount >= prod.amount_min) & (pop.amount <= prod.amount_max)
         if not prod.term_min <= term <= prod.term_max:
             continue
+        ok = eligible(prod, pop) & (pop.amount >= prod.amount_min) & (pop.amount <= prod.amount_max)
         counts += ok
     return counts
 

@@ -491,6 +491,7 @@ class Marketplace:
                 enterprise=row["enterprise"], product_id=offer["product_id"],
                 principal=offer["amount"], term_months=offer["term_months"],
                 rate_bp=offer["rate_bp"], guaranteed_product=offer["fund_guaranteed"],
+                channel=row["channel"],
                 state="ACCEPTED", times=times,
             )
         )  # fmt: skip

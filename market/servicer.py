@@ -19,8 +19,9 @@ from fedcredit.common.errors import InvalidArgument
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.server import build_server
 from fedcredit.common.tls import Identity, TlsFiles, peer_identity, require_role
+from fedcredit.market import pushes, ratings
 from fedcredit.market.errors import InvalidMarketRequest
-from fedcredit.market.loans import LoanBook
+from fedcredit.market.loans import LoanBook, sla_report
 from fedcredit.market.service import Marketplace, product_spec
 from fedcredit.v1 import market_pb2 as pb
 from fedcredit.v1 import market_pb2_grpc as pb_grpc
@@ -58,7 +59,47 @@ def _spec(text: str) -> dict[str, Any]:
     return spec
 
 
-class MarketServicer(pb_grpc.MarketServiceServicer):
+class MarketPushServicer:
+    """The push, warning and SLA calls (mixed into :class:`MarketServicer`)."""
+
+    m: Marketplace
+
+    @handle_errors
+    def ListLeads(self, request: pb.ListLeadsRequest, context: Any) -> pb.MarketReply:
+        bank = require_role(peer_identity(context), "bank")
+        return reply({"leads": pushes.leads_for(self.m, bank, min(request.limit or 500, 5000))})
+
+    @handle_errors
+    def OfferOnLead(self, request: pb.OfferOnLeadRequest, context: Any) -> pb.MarketReply:
+        bank = require_role(peer_identity(context), "bank")
+        return reply(
+            pushes.offer_on_lead(self.m, bank, request.request_id, request.lead_id,
+                                 request.amount_yuan, request.term_months, request.rate_bp)
+        )  # fmt: skip
+
+    @handle_errors
+    def SetPushOptOut(self, request: pb.SetPushOptOutRequest, context: Any) -> pb.MarketReply:
+        ent = require_role(peer_identity(context), "enterprise")
+        ratings.set_opt_out(self.m, ent.org_id, request.opt_out)
+        return reply({"enterprise": ent.org_id, "push_opt_out": request.opt_out})
+
+    @handle_errors
+    def LeadsAboutMe(self, request: pb.ListLeadsRequest, context: Any) -> pb.MarketReply:
+        ent = require_role(peer_identity(context), "enterprise")
+        return reply({"leads": pushes.leads_about(self.m, ent)})
+
+    @handle_errors
+    def ListWarnings(self, request: pb.ListWarningsRequest, context: Any) -> pb.MarketReply:
+        who = require_role(peer_identity(context), "bank", "operator", "auditor")
+        return reply({"warnings": ratings.warnings_for(self.m, who.org_id)})
+
+    @handle_errors
+    def SlaReport(self, request: pb.SlaReportRequest, context: Any) -> pb.MarketReply:
+        require_role(peer_identity(context), *READERS)
+        return reply(sla_report(self.m))
+
+
+class MarketServicer(MarketPushServicer, pb_grpc.MarketServiceServicer):
     def __init__(self, market: Marketplace) -> None:
         self.m = market
         self.loans = LoanBook(market)

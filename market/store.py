@@ -98,6 +98,7 @@ loans = Table(
     Column("term_months", Integer, nullable=False),
     Column("rate_bp", Integer, nullable=False),
     Column("guaranteed_product", Boolean, nullable=False),
+    Column("channel", String(8), nullable=False),  # grab | push
     Column("state", String(16), nullable=False, index=True),
     Column("application_id", String(128)),
     Column("grade", String(1)),
@@ -145,6 +146,18 @@ warnings_t = Table(
     Column("run_id", String(64), nullable=False),
     Column("from_grade", String(1), nullable=False),
     Column("to_grade", String(1), nullable=False),
+)
+
+leads = Table(
+    "market_leads",
+    metadata,
+    Column("lead_id", String(40), primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("bank", String(128), nullable=False, index=True),
+    Column("enterprise", String(32), nullable=False, index=True),
+    Column("product_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # PUSHED | OFFERED
+    Column("need_id", String(40)),
 )
 
 FUND = "guarantee"

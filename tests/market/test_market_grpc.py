@@ -53,6 +53,7 @@ class Wire:
     authority: ConsentAuthority
     pki: Any
     ent: str
+    market: Any
 
     def client(self, org: str, capture: Capture | None = None) -> MarketClient:
         c = MarketClient(self.address, self.pki.tls(org))
@@ -76,7 +77,7 @@ def wire(pki: Any, tmp_path: Path) -> Iterator[Wire]:
     pki.issue("market", "market")
     rate_city(env.market, "r0", [Profile(ent, "C", "wendeng", 57, "A", 987_654)])
     server, port = serve(env.market, "127.0.0.1:0", pki.tls("market"))
-    yield Wire(f"127.0.0.1:{port}", authority, pki, ent)
+    yield Wire(f"127.0.0.1:{port}", authority, pki, ent, env.market)
     server.stop(2).wait()
     env.market.store.close()
     env.log.close()
@@ -138,3 +139,20 @@ def test_roles_come_from_the_certificate(wire: Wire) -> None:
         wire.client(wire.ent).publish_product(product("p2"))
     with pytest.raises(RoleNotAllowed):
         wire.client(BANK).post_need(1_000_000, 12, "trade")
+
+
+def test_pushed_leads_carry_bands_only_and_opt_out_holds(wire: Wire) -> None:
+    from fedcredit.market.pushes import push_leads
+
+    cap = Capture()
+    bank, firm = wire.client(BANK, cap), wire.client(wire.ent)
+    bank.publish_product(product("p1"))
+    market = wire.market
+    push_leads(market, "r1")
+    (lead,) = bank.leads()
+    assert (lead["grade_band"], lead["size_band"]) == ("A-B", "small")
+    assert wire.ent.encode() not in b"".join(cap.received)
+    assert [x["bank"] for x in firm.leads_about_me()] == [BANK]
+    firm.set_push_opt_out(True)
+    push_leads(market, "r2")
+    assert [x["run_id"] for x in firm.leads_about_me()] == ["r1"]

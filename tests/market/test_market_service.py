@@ -218,3 +218,56 @@ def test_fund_books_hold_under_concurrent_claims_and_payouts(
                           "market_profiles", "market_fund_book", "market_warnings"):  # fmt: skip
                     conn.execute(text(f"DELETE FROM {t}"))
             env.market.store.engine.dispose()
+
+
+def test_pushes_respect_opt_out_caps_and_lead_to_offers(env: Env) -> None:
+    from fedcredit.market.pushes import leads_about, leads_for, offer_on_lead, push_leads
+    from fedcredit.market.ratings import set_opt_out
+
+    codes = seed(env, 5)
+    a, b = _banks(env, 2)
+    env.market.publish_product(bank(b), "p2", product("pc", industries=["F"]))  # nobody is in F
+    set_opt_out(env.market, codes[0], True)
+    counts = push_leads(env.market, "run-0", max_per_bank=3)
+    assert counts == {a: 3, b: 3}
+    assert push_leads(env.market, "run-0", max_per_bank=3) == counts  # idempotent per run
+    got = leads_for(env.market, bank(a))
+    assert len(got) == 3 and all(set(g) == {"lead_id", "product_id", "run_id", "grade_band",
+                                            "industry", "region", "size_band"} for g in got)  # fmt: skip
+    assert leads_about(env.market, ent(codes[0])) == []  # opted out: pushed to nobody
+    lead = got[0]["lead_id"]
+    need = offer_on_lead(env.market, bank(a), "lo", lead, 800_000, 12, 400)["need_id"]
+    with pytest.raises(IllegalTransition, match="already made"):
+        offer_on_lead(env.market, bank(a), "lo2", lead, 800_000, 12, 400)
+    owner = next(
+        c for c in codes if any(x["state"] == "OFFERED" for x in leads_about(env.market, ent(c)))
+    )
+    loan = env.market.answer(ent(owner), "yes", need, accept=True)["loan_id"]
+    assert LoanBook(env.market).get(bank(a), loan)["principal"] == 800_000
+
+
+def test_sla_timers_are_measured(env: Env) -> None:
+    from fedcredit.market.loans import sla_report
+
+    (c,) = seed(env, 1)
+    (o,) = _banks(env, 1)
+    need = env.market.post_need(ent(c), "n", 1_000_000, 12, "working_capital")["need_id"]
+    env.market.claim(bank(o), "c", need)
+    env.clock.t += 1200  # 20 minutes to review
+    env.market.offer(bank(o), "o", need, f"p-{o}", 450)
+    loan = env.market.answer(ent(c), "a", need, accept=True)["loan_id"]
+    env.market.publish_product(bank(o), "p-ng", product("ng", fund_guaranteed=False))
+    _guarantee(env, c, o, "app-s")
+    LoanBook(env.market).guarantee(bank(o), "g", loan, "app-s")
+    env.clock.t += 2 * 86400  # disbursed after two days: a breach
+    LoanBook(env.market).step(bank(o), "d", loan, "disburse")
+    r = sla_report(env.market)
+    assert r["review"] == {
+        "n": 1,
+        "p50_s": 1200,
+        "p95_s": 1200,
+        "max_s": 1200,
+        "limit_s": 3600,
+        "breaches": 0,
+    }
+    assert r["disbursement"]["breaches"] == 1 and r["disbursement"]["max_s"] == 2 * 86400

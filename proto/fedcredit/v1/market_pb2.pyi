@@ -28,6 +28,105 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ListLeadsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLeadsRequest: _TypeAlias = ListLeadsRequest  # noqa: Y015
+
+@_typing.final
+class OfferOnLeadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LEAD_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_YUAN_FIELD_NUMBER: _builtins.int
+    TERM_MONTHS_FIELD_NUMBER: _builtins.int
+    RATE_BP_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    lead_id: _builtins.str
+    amount_yuan: _builtins.int
+    term_months: _builtins.int
+    rate_bp: _builtins.int
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        lead_id: _builtins.str = ...,
+        amount_yuan: _builtins.int = ...,
+        term_months: _builtins.int = ...,
+        rate_bp: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_yuan", b"amount_yuan", "lead_id", b"lead_id", "rate_bp", b"rate_bp", "request_id", b"request_id", "term_months", b"term_months"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OfferOnLeadRequest: _TypeAlias = OfferOnLeadRequest  # noqa: Y015
+
+@_typing.final
+class SetPushOptOutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPT_OUT_FIELD_NUMBER: _builtins.int
+    opt_out: _builtins.bool
+    def __init__(
+        self,
+        *,
+        opt_out: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["opt_out", b"opt_out"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPushOptOutRequest: _TypeAlias = SetPushOptOutRequest  # noqa: Y015
+
+@_typing.final
+class ListWarningsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWarningsRequest: _TypeAlias = ListWarningsRequest  # noqa: Y015
+
+@_typing.final
+class SlaReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlaReportRequest: _TypeAlias = SlaReportRequest  # noqa: Y015
+
+@_typing.final
 class MarketReply(_message.Message):
     """Answers carry their fields as canonical JSON: the marketplace's records are small and
     their shapes are documented in market/service.py and market/loans.py.

@@ -104,6 +104,36 @@ class MarketServiceStub:
                 request_serializer=fedcredit_dot_v1_dot_market__pb2.FundBookRequest.SerializeToString,
                 response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
                 _registered_method=True)
+        self.ListLeads = channel.unary_unary(
+                '/fedcredit.v1.MarketService/ListLeads',
+                request_serializer=fedcredit_dot_v1_dot_market__pb2.ListLeadsRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+                _registered_method=True)
+        self.OfferOnLead = channel.unary_unary(
+                '/fedcredit.v1.MarketService/OfferOnLead',
+                request_serializer=fedcredit_dot_v1_dot_market__pb2.OfferOnLeadRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+                _registered_method=True)
+        self.SetPushOptOut = channel.unary_unary(
+                '/fedcredit.v1.MarketService/SetPushOptOut',
+                request_serializer=fedcredit_dot_v1_dot_market__pb2.SetPushOptOutRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+                _registered_method=True)
+        self.LeadsAboutMe = channel.unary_unary(
+                '/fedcredit.v1.MarketService/LeadsAboutMe',
+                request_serializer=fedcredit_dot_v1_dot_market__pb2.ListLeadsRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+                _registered_method=True)
+        self.ListWarnings = channel.unary_unary(
+                '/fedcredit.v1.MarketService/ListWarnings',
+                request_serializer=fedcredit_dot_v1_dot_market__pb2.ListWarningsRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+                _registered_method=True)
+        self.SlaReport = channel.unary_unary(
+                '/fedcredit.v1.MarketService/SlaReport',
+                request_serializer=fedcredit_dot_v1_dot_market__pb2.SlaReportRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+                _registered_method=True)
 
 
 class MarketServiceServicer:
@@ -204,6 +234,46 @@ class MarketServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLeads(self, request, context):
+        """Banks: leads the platform pushed (bands only), and an offer on one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OfferOnLead(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPushOptOut(self, request, context):
+        """Enterprises: opt out of (or back into) pushes; see which banks you were pushed to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeadsAboutMe(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWarnings(self, request, context):
+        """Banks: post-loan warnings (a rating fall on an outstanding loan).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SlaReport(self, request, context):
+        """Service-level timers (review <= 1 h, disbursement <= 1 day), for operators and auditors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MarketServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -275,6 +345,36 @@ def add_MarketServiceServicer_to_server(servicer, server):
             'FundBook': grpc.unary_unary_rpc_method_handler(
                     servicer.FundBook,
                     request_deserializer=fedcredit_dot_v1_dot_market__pb2.FundBookRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
+            ),
+            'ListLeads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLeads,
+                    request_deserializer=fedcredit_dot_v1_dot_market__pb2.ListLeadsRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
+            ),
+            'OfferOnLead': grpc.unary_unary_rpc_method_handler(
+                    servicer.OfferOnLead,
+                    request_deserializer=fedcredit_dot_v1_dot_market__pb2.OfferOnLeadRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
+            ),
+            'SetPushOptOut': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPushOptOut,
+                    request_deserializer=fedcredit_dot_v1_dot_market__pb2.SetPushOptOutRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
+            ),
+            'LeadsAboutMe': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeadsAboutMe,
+                    request_deserializer=fedcredit_dot_v1_dot_market__pb2.ListLeadsRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
+            ),
+            'ListWarnings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWarnings,
+                    request_deserializer=fedcredit_dot_v1_dot_market__pb2.ListWarningsRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
+            ),
+            'SlaReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.SlaReport,
+                    request_deserializer=fedcredit_dot_v1_dot_market__pb2.SlaReportRequest.FromString,
                     response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
             ),
     }
@@ -655,6 +755,168 @@ class MarketService:
             target,
             '/fedcredit.v1.MarketService/FundBook',
             fedcredit_dot_v1_dot_market__pb2.FundBookRequest.SerializeToString,
+            fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.MarketService/ListLeads',
+            fedcredit_dot_v1_dot_market__pb2.ListLeadsRequest.SerializeToString,
+            fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OfferOnLead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.MarketService/OfferOnLead',
+            fedcredit_dot_v1_dot_market__pb2.OfferOnLeadRequest.SerializeToString,
+            fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPushOptOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.MarketService/SetPushOptOut',
+            fedcredit_dot_v1_dot_market__pb2.SetPushOptOutRequest.SerializeToString,
+            fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeadsAboutMe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.MarketService/LeadsAboutMe',
+            fedcredit_dot_v1_dot_market__pb2.ListLeadsRequest.SerializeToString,
+            fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWarnings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.MarketService/ListWarnings',
+            fedcredit_dot_v1_dot_market__pb2.ListWarningsRequest.SerializeToString,
+            fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SlaReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.MarketService/SlaReport',
+            fedcredit_dot_v1_dot_market__pb2.SlaReportRequest.SerializeToString,
             fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
             options,
             channel_credentials,

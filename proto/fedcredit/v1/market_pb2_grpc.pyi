@@ -67,6 +67,16 @@ class MarketServiceStub:
     ListLoans: _grpc.UnaryUnaryMultiCallable[_market_pb2.ListLoansRequest, _market_pb2.MarketReply]
     FundBook: _grpc.UnaryUnaryMultiCallable[_market_pb2.FundBookRequest, _market_pb2.MarketReply]
     """The fund's book as the marketplace keeps it (exposure, paid out, recovered)."""
+    ListLeads: _grpc.UnaryUnaryMultiCallable[_market_pb2.ListLeadsRequest, _market_pb2.MarketReply]
+    """Banks: leads the platform pushed (bands only), and an offer on one."""
+    OfferOnLead: _grpc.UnaryUnaryMultiCallable[_market_pb2.OfferOnLeadRequest, _market_pb2.MarketReply]
+    SetPushOptOut: _grpc.UnaryUnaryMultiCallable[_market_pb2.SetPushOptOutRequest, _market_pb2.MarketReply]
+    """Enterprises: opt out of (or back into) pushes; see which banks you were pushed to."""
+    LeadsAboutMe: _grpc.UnaryUnaryMultiCallable[_market_pb2.ListLeadsRequest, _market_pb2.MarketReply]
+    ListWarnings: _grpc.UnaryUnaryMultiCallable[_market_pb2.ListWarningsRequest, _market_pb2.MarketReply]
+    """Banks: post-loan warnings (a rating fall on an outstanding loan)."""
+    SlaReport: _grpc.UnaryUnaryMultiCallable[_market_pb2.SlaReportRequest, _market_pb2.MarketReply]
+    """Service-level timers (review <= 1 h, disbursement <= 1 day), for operators and auditors."""
 
 @_typing.type_check_only
 class MarketServiceAsyncStub(MarketServiceStub):
@@ -98,6 +108,16 @@ class MarketServiceAsyncStub(MarketServiceStub):
     ListLoans: _aio.UnaryUnaryMultiCallable[_market_pb2.ListLoansRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
     FundBook: _aio.UnaryUnaryMultiCallable[_market_pb2.FundBookRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
     """The fund's book as the marketplace keeps it (exposure, paid out, recovered)."""
+    ListLeads: _aio.UnaryUnaryMultiCallable[_market_pb2.ListLeadsRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
+    """Banks: leads the platform pushed (bands only), and an offer on one."""
+    OfferOnLead: _aio.UnaryUnaryMultiCallable[_market_pb2.OfferOnLeadRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
+    SetPushOptOut: _aio.UnaryUnaryMultiCallable[_market_pb2.SetPushOptOutRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
+    """Enterprises: opt out of (or back into) pushes; see which banks you were pushed to."""
+    LeadsAboutMe: _aio.UnaryUnaryMultiCallable[_market_pb2.ListLeadsRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
+    ListWarnings: _aio.UnaryUnaryMultiCallable[_market_pb2.ListWarningsRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
+    """Banks: post-loan warnings (a rating fall on an outstanding loan)."""
+    SlaReport: _aio.UnaryUnaryMultiCallable[_market_pb2.SlaReportRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
+    """Service-level timers (review <= 1 h, disbursement <= 1 day), for operators and auditors."""
 
 class MarketServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -210,5 +230,51 @@ class MarketServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]:
         """The fund's book as the marketplace keeps it (exposure, paid out, recovered)."""
+
+    @_abc_1.abstractmethod
+    def ListLeads(
+        self,
+        request: _market_pb2.ListLeadsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]:
+        """Banks: leads the platform pushed (bands only), and an offer on one."""
+
+    @_abc_1.abstractmethod
+    def OfferOnLead(
+        self,
+        request: _market_pb2.OfferOnLeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]: ...
+
+    @_abc_1.abstractmethod
+    def SetPushOptOut(
+        self,
+        request: _market_pb2.SetPushOptOutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]:
+        """Enterprises: opt out of (or back into) pushes; see which banks you were pushed to."""
+
+    @_abc_1.abstractmethod
+    def LeadsAboutMe(
+        self,
+        request: _market_pb2.ListLeadsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]: ...
+
+    @_abc_1.abstractmethod
+    def ListWarnings(
+        self,
+        request: _market_pb2.ListWarningsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]:
+        """Banks: post-loan warnings (a rating fall on an outstanding loan)."""
+
+    @_abc_1.abstractmethod
+    def SlaReport(
+        self,
+        request: _market_pb2.SlaReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]:
+        """Service-level timers (review <= 1 h, disbursement <= 1 day), for operators and auditors."""
 
 def add_MarketServiceServicer_to_server(servicer: MarketServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
