@@ -96,20 +96,39 @@ class ClauseSet:
         if joined is None:
             return out
         for i, data in enumerate(activations):
-            try:
-                out[i] = joined.eval(data=data).plain_value()
-            except RuntimeError:
-                out[i] = [_one(p, data) for p in self.programs]
+            # An error (a missing variable) comes back as an error *value*, not raised:
+            # only a real list of bools is taken as it is.
+            got = _plain(joined, data)
+            if isinstance(got, list) and all(type(b) is bool for b in got):
+                out[i] = got
+            else:
+                out[i] = [_plain(p, data) is True for p in self.programs]
         return out
 
 
-def _one(program: Any, data: Mapping[str, Any]) -> bool:
+def _plain(program: Any, data: Mapping[str, Any]) -> Any:
+    """The evaluation's plain value, or None when it is a CEL error or unknown."""
     try:
-        return bool(program.eval(data=data).plain_value() is True)
+        v = program.eval(data=data)
     except RuntimeError:
-        return False
+        return None
+    if v.type() in (cel.Type.ERROR, cel.Type.UNKNOWN):
+        return None
+    return v.plain_value()
 
 
 def new_env(variables: Mapping[str, cel.Type]) -> Any:
     """A CEL environment (standard library) declaring ``variables``."""
     return cel.NewEnv(variables=dict(variables))
+
+
+def pack(bits: npt.NDArray[np.bool_]) -> bytes:
+    """One bit per enterprise, little-endian within each byte (the ScreenResponse layout)."""
+    return np.packbits(np.asarray(bits, dtype=np.bool_), bitorder="little").tobytes()
+
+
+def unpack(data: bytes, n: int) -> npt.NDArray[np.bool_]:
+    """The ``n`` booleans :func:`pack` wrote; a wrong length is refused."""
+    if len(data) != (n + 7) // 8:
+        raise ValueError(f"expected {(n + 7) // 8} bytes for {n} enterprises, got {len(data)}")
+    return np.unpackbits(np.frombuffer(data, np.uint8), count=n, bitorder="little").astype(np.bool_)

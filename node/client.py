@@ -11,10 +11,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from fedcredit.common.client import AsyncServiceClient, ServiceClient
 from fedcredit.common.errors import FedcreditError
 from fedcredit.common.tls import TlsFiles
 from fedcredit.common.wire import feature_value, item_exception, missing_name, purpose_to_pb
+from fedcredit.node import celvars
 from fedcredit.v1 import common_pb2, feature_pb2, feature_pb2_grpc
 
 DEFAULT_TIMEOUT = 30.0
@@ -24,6 +28,15 @@ DEFAULT_TIMEOUT = 30.0
 class Value:
     value: float | None  # None when missing
     missing: str  # "present", "no_records" or "not_covered"
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """A node's screening answer: per clause id, one boolean per enterprise."""
+
+    bits: Mapping[str, npt.NDArray[np.bool_]]
+    disclosure_index: int
+    data_version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +141,33 @@ class NodeClient(ServiceClient[feature_pb2_grpc.FeatureServiceStub]):
 
     def bin_edges(self, features: Sequence[str] = (), *, max_bins: int = 255) -> Any:
         return self._call(self._stub.GetBinEdges, _bin_edges_request(features, max_bins))
+
+    def screen(
+        self,
+        run_id: str,
+        clauses: Sequence[tuple[str, str]],
+        enterprises: Sequence[str],
+        *,
+        legal_basis: str = "policy_screening",
+        timeout: float | None = None,
+    ) -> Screened:
+        """Evaluate ``clauses`` ((id, CEL) over this node's features) for ``enterprises``
+        at the node; one boolean array per clause id, in the order of ``enterprises``."""
+        request = feature_pb2.ScreenRequest(
+            run_id=run_id,
+            legal_basis=legal_basis,
+            clauses=[feature_pb2.ScreeningClause(id=i, cel=c) for i, c in clauses],
+            enterprises=list(enterprises),
+        )
+        resp = self._call(self._stub.ScreenPolicies, request, timeout)
+        n = len(enterprises)
+        if resp.enterprises != n:
+            raise ValueError(f"expected an answer for {n} enterprises, got {resp.enterprises}")
+        return Screened(
+            {r.id: celvars.unpack(r.bits, n) for r in resp.results},
+            resp.disclosure_index,
+            resp.data_version,
+        )
 
 
 class AsyncNodeClient(AsyncServiceClient["feature_pb2_grpc.FeatureServiceAsyncStub"]):

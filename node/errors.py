@@ -108,3 +108,22 @@ class DuplicateRecord(InvalidArgument):
 
 class UnknownDepartment(InvalidArgument):
     reason = "UNKNOWN_DEPARTMENT"
+
+
+class LegalBasisRequired(InvalidArgument):
+    """Policy screening runs only under the ``policy_screening`` legal basis."""
+
+    reason = "LEGAL_BASIS_REQUIRED"
+
+
+class ScreeningClauseInvalid(InvalidArgument):
+    """A screening clause does not compile over this node's features or is not a bool
+    (the message names the clause id and the position)."""
+
+    reason = "SCREENING_CLAUSE_INVALID"
+
+
+class ScreeningTooLarge(InvalidArgument):
+    """Too many clauses or enterprises, or clause text too long, for one request."""
+
+    reason = "SCREENING_TOO_LARGE"

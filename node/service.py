@@ -46,6 +46,7 @@ from fedcredit.common.wire import (
     purpose_label,
 )
 from fedcredit.consent.verify import TokenVerifier, UseRef, VerifiedConsent
+from fedcredit.node import celvars
 from fedcredit.node.disclosure import AGGREGATE_KIND, KIND, DisclosureLog, feature_payload
 from fedcredit.node.engine import FeatureEngine
 from fedcredit.node.errors import (
@@ -57,6 +58,8 @@ from fedcredit.node.errors import (
     UsesUnavailable,
 )
 from fedcredit.node.policy import AccessPolicy, Decision
+from fedcredit.node.screening import KIND as SCREENING_KIND
+from fedcredit.node.screening import Screener, log_payload
 from fedcredit.node.settings import NodeSettings
 from fedcredit.node.sigpool import SignaturePool
 from fedcredit.node.store import StoreState
@@ -119,6 +122,7 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         # Commits of uses run here, off the answer's path (one thread keeps their order).
         self._settler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="use-settle")
         self._all_columns = list(range(len(engine.names)))
+        self.screener = Screener(engine)
 
     # -- catalog -------------------------------------------------------------------------
 
@@ -466,6 +470,27 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
             min_bin_count=self.engine.min_bin_count,
             as_of=st.as_of_text,
             data_version=st.data_version,
+        )
+
+    # -- policy screening (node.screening) -----------------------------------------------
+
+    @handle_errors
+    def ScreenPolicies(self, request: Any, context: Any) -> Any:
+        caller = peer_identity(context)
+        screening = self.screener.admit(caller, request)
+        st = self.engine.state()
+        bits = self.screener.evaluate(screening, st)
+        payload = log_payload(screening, node=self.node_org, caller=caller, st=st)
+        (receipt,) = self._append([(SCREENING_KIND, None, payload)])  # durable first
+        return feature_pb2.ScreenResponse(
+            results=[
+                feature_pb2.ClauseBits(id=cid, bits=celvars.pack(bits[:, j]))
+                for j, cid in enumerate(screening.ids)
+            ],
+            enterprises=len(screening.codes),
+            data_version=st.data_version,
+            as_of=st.as_of_text,
+            disclosure_index=receipt.index,
         )
 
 

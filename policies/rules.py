@@ -411,3 +411,26 @@ def fundable(budget_yuan: int, committed_yuan: int, amount_yuan: int, wanted: in
     if amount_yuan <= 0 or wanted <= 0:
         return 0
     return max(0, min(wanted, (budget_yuan - committed_yuan) // amount_yuan))
+
+
+def platform_row(
+    *,
+    rating: str | None,
+    industry: str,
+    district: str,
+    size_class: str,
+    enterprise_type: str,
+    founded_year: int,
+) -> dict[str, Any]:
+    """An enterprise's ``platform.*`` and ``registry.*`` variables (an unrated enterprise
+    has no ``platform.rating``: a clause on it is then false)."""
+    row: dict[str, Any] = {
+        "registry.industry": industry,
+        "registry.district": district,
+        "registry.size_class": size_class,
+        "registry.enterprise_type": enterprise_type,
+        "registry.founded_year": int(founded_year),
+    }
+    if rating is not None:
+        row["platform.rating"] = rating
+    return row

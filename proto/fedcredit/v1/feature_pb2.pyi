@@ -445,3 +445,119 @@ class BinEdges(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BinEdges: _TypeAlias = BinEdges  # noqa: Y015
+
+@_typing.final
+class ScreeningClause(_message.Message):
+    """-- policy screening ---------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CEL_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """the caller's name for the clause, echoed in the answer"""
+    cel: _builtins.str
+    """a bool CEL expression over this node's features only"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        cel: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cel", b"cel", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScreeningClause: _TypeAlias = ScreeningClause  # noqa: Y015
+
+@_typing.final
+class ScreenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    LEGAL_BASIS_FIELD_NUMBER: _builtins.int
+    CLAUSES_FIELD_NUMBER: _builtins.int
+    ENTERPRISES_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """the screening run the platform ledgers"""
+    legal_basis: _builtins.str
+    """must be "policy_screening" """
+    @_builtins.property
+    def clauses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScreeningClause]: ...
+    @_builtins.property
+    def enterprises(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """credit codes, no duplicates"""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        legal_basis: _builtins.str = ...,
+        clauses: _abc.Iterable[Global___ScreeningClause] | None = ...,
+        enterprises: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clauses", b"clauses", "enterprises", b"enterprises", "legal_basis", b"legal_basis", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScreenRequest: _TypeAlias = ScreenRequest  # noqa: Y015
+
+@_typing.final
+class ClauseBits(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    BITS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    bits: _builtins.bytes
+    """One bit per enterprise of the request, in its order: bit i is (bits[i / 8] >> (i % 8)) & 1."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        bits: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bits", b"bits", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClauseBits: _TypeAlias = ClauseBits  # noqa: Y015
+
+@_typing.final
+class ScreenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    ENTERPRISES_FIELD_NUMBER: _builtins.int
+    DATA_VERSION_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    DISCLOSURE_INDEX_FIELD_NUMBER: _builtins.int
+    enterprises: _builtins.int
+    data_version: _builtins.int
+    as_of: _builtins.str
+    disclosure_index: _builtins.int
+    """the node's disclosure-log entry of this evaluation"""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClauseBits]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ClauseBits] | None = ...,
+        enterprises: _builtins.int = ...,
+        data_version: _builtins.int = ...,
+        as_of: _builtins.str = ...,
+        disclosure_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "data_version", b"data_version", "disclosure_index", b"disclosure_index", "enterprises", b"enterprises", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScreenResponse: _TypeAlias = ScreenResponse  # noqa: Y015

@@ -54,6 +54,11 @@ class FeatureServiceStub:
                 request_serializer=fedcredit_dot_v1_dot_feature__pb2.GetBinEdgesRequest.SerializeToString,
                 response_deserializer=fedcredit_dot_v1_dot_feature__pb2.BinEdges.FromString,
                 _registered_method=True)
+        self.ScreenPolicies = channel.unary_unary(
+                '/fedcredit.v1.FeatureService/ScreenPolicies',
+                request_serializer=fedcredit_dot_v1_dot_feature__pb2.ScreenRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_feature__pb2.ScreenResponse.FromString,
+                _registered_method=True)
 
 
 class FeatureServiceServicer:
@@ -88,6 +93,15 @@ class FeatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScreenPolicies(self, request, context):
+        """Policy screening (免申即享): CEL clauses over this node's own features, evaluated
+        here for every listed enterprise; only one boolean per enterprise and clause leaves.
+        Allowed under the "policy_screening" legal basis only, logged before answering.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +124,11 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.GetBinEdges,
                     request_deserializer=fedcredit_dot_v1_dot_feature__pb2.GetBinEdgesRequest.FromString,
                     response_serializer=fedcredit_dot_v1_dot_feature__pb2.BinEdges.SerializeToString,
+            ),
+            'ScreenPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScreenPolicies,
+                    request_deserializer=fedcredit_dot_v1_dot_feature__pb2.ScreenRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_feature__pb2.ScreenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +239,33 @@ class FeatureService:
             '/fedcredit.v1.FeatureService/GetBinEdges',
             fedcredit_dot_v1_dot_feature__pb2.GetBinEdgesRequest.SerializeToString,
             fedcredit_dot_v1_dot_feature__pb2.BinEdges.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScreenPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.FeatureService/ScreenPolicies',
+            fedcredit_dot_v1_dot_feature__pb2.ScreenRequest.SerializeToString,
+            fedcredit_dot_v1_dot_feature__pb2.ScreenResponse.FromString,
             options,
             channel_credentials,
             insecure,

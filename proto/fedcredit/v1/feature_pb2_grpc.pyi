@@ -64,6 +64,11 @@ class FeatureServiceStub:
     """Global quantile bin edges per feature over the node's whole population, for the
     federated trainer. Aggregates only: every bin holds at least min_bin_count firms.
     """
+    ScreenPolicies: _grpc.UnaryUnaryMultiCallable[_feature_pb2.ScreenRequest, _feature_pb2.ScreenResponse]
+    """Policy screening (免申即享): CEL clauses over this node's own features, evaluated
+    here for every listed enterprise; only one boolean per enterprise and clause leaves.
+    Allowed under the "policy_screening" legal basis only, logged before answering.
+    """
 
 @_typing.type_check_only
 class FeatureServiceAsyncStub(FeatureServiceStub):
@@ -77,6 +82,11 @@ class FeatureServiceAsyncStub(FeatureServiceStub):
     GetBinEdges: _aio.UnaryUnaryMultiCallable[_feature_pb2.GetBinEdgesRequest, _feature_pb2.BinEdges]  # type: ignore[assignment]
     """Global quantile bin edges per feature over the node's whole population, for the
     federated trainer. Aggregates only: every bin holds at least min_bin_count firms.
+    """
+    ScreenPolicies: _aio.UnaryUnaryMultiCallable[_feature_pb2.ScreenRequest, _feature_pb2.ScreenResponse]  # type: ignore[assignment]
+    """Policy screening (免申即享): CEL clauses over this node's own features, evaluated
+    here for every listed enterprise; only one boolean per enterprise and clause leaves.
+    Allowed under the "policy_screening" legal basis only, logged before answering.
     """
 
 class FeatureServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -112,6 +122,17 @@ class FeatureServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_feature_pb2.BinEdges, _abc.Awaitable[_feature_pb2.BinEdges]]:
         """Global quantile bin edges per feature over the node's whole population, for the
         federated trainer. Aggregates only: every bin holds at least min_bin_count firms.
+        """
+
+    @_abc_1.abstractmethod
+    def ScreenPolicies(
+        self,
+        request: _feature_pb2.ScreenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_feature_pb2.ScreenResponse, _abc.Awaitable[_feature_pb2.ScreenResponse]]:
+        """Policy screening (免申即享): CEL clauses over this node's own features, evaluated
+        here for every listed enterprise; only one boolean per enterprise and clause leaves.
+        Allowed under the "policy_screening" legal basis only, logged before answering.
         """
 
 def add_FeatureServiceServicer_to_server(servicer: FeatureServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
