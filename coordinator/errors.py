@@ -56,6 +56,13 @@ class NodeUnavailable(Unavailable):
     reason = "NODE_UNAVAILABLE"
 
 
+class ConsentServiceUnavailable(Unavailable):
+    """The consent service did not answer (down, frozen, past its deadline): no token can be
+    checked or use reserved, so nothing is scored (fail closed) and no use is counted."""
+
+    reason = "CONSENT_SERVICE_UNAVAILABLE"
+
+
 class NodeDeadlineExceeded(DeadlineExceeded):
     reason = "NODE_DEADLINE_EXCEEDED"
 

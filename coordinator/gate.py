@@ -15,12 +15,15 @@ which runs in worker threads and inside the trainer.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
-from fedcredit.common.errors import FedcreditError
+from fedcredit.common.errors import DeadlineExceeded, FedcreditError, Unavailable
 from fedcredit.common.evidence import AsyncBatchEvidenceSink, EvidenceSink, NewEntry
 from fedcredit.coordinator.errors import LedgerUnavailable
+
+log = logging.getLogger(__name__)
 
 # Entries per ledger Append call (the LedgerService accepts up to 1,000 by default).
 LEDGER_APPEND_BATCH = 500
@@ -41,10 +44,15 @@ def refusal(
     what = f"the {kind} entry" if count == 1 else f"{count} {kind} entries"
     if isinstance(exc, TimeoutError) and deadline_s is not None:
         why = f"the ledger did not take {what} within {deadline_s} s"
+    elif isinstance(exc, Unavailable | DeadlineExceeded):
+        # Unreachable or not answering: say so; the transport's text names only an address.
+        log.warning("ledger unavailable: %s", exc)
+        why = f"the central ledger is unavailable (not reachable or not answering); {what} was not written"
     elif isinstance(exc, FedcreditError):
         why = f"the ledger refused {what} ({exc.reason}: {exc.message})"
     else:
-        why = f"the ledger did not take {what} ({type(exc).__name__}: {exc})"
+        log.warning("ledger call failed: %r", exc)
+        why = f"the ledger did not take {what} ({type(exc).__name__})"
     return LedgerUnavailable(why + NO_ENTRY_NO_ANSWER)
 
 

@@ -6,6 +6,7 @@ certificate SHA-256 in the request); every node verifies each token itself.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,8 @@ def encode_items(items: Sequence[FetchItem]) -> bytes:
     return wire
 
 
+log = logging.getLogger(__name__)
+
 SERVICE = feature_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name
 
 
@@ -94,8 +97,12 @@ class GrpcNode:
                 category=self.category,
             )
         if isinstance(err, Unavailable):
+            # The transport's text names an address and a socket error; the bank is told
+            # which organisation's node, the operator's log has the rest.
+            log.warning("node %s (%s) at %s: %s", self.org_id, self.category, self.address, err)
             return NodeUnavailable(
-                f"node {self.org_id} ({self.category}) is unavailable: {err.message}",
+                f"node {self.org_id} ({self.category}) is unavailable (not reachable or not "
+                "answering)",
                 node=self.org_id,
                 category=self.category,
             )

@@ -46,7 +46,11 @@ from fedcredit.common.errors import DeadlineExceeded, FedcreditError, Internal, 
 from fedcredit.common.tls import Identity
 from fedcredit.common.uscc import validate as validate_uscc
 from fedcredit.consent.verify import TokenVerifier, UseCounter, UseRef, VerifiedConsent
-from fedcredit.coordinator.errors import LedgerUnavailable, NodeUnavailable
+from fedcredit.coordinator.errors import (
+    ConsentServiceUnavailable,
+    LedgerUnavailable,
+    NodeUnavailable,
+)
 from fedcredit.coordinator.fanout import (
     Catalog,
     FeatureRow,
@@ -97,6 +101,10 @@ class ScoringSettings:
     # verified and each answer logged at the node).
     node_deadline_per_item_s: float = 0.02
     ledger_deadline_s: float = 5.0
+    # Reserving uses at the consent service: a call past this (plus per item) refuses the
+    # items as CONSENT_SERVICE_UNAVAILABLE instead of holding the Score.
+    consent_deadline_s: float = 2.0
+    consent_deadline_per_item_s: float = 0.002
     on_node_failure: NodePolicy = "refuse"
     verify_threads: int = 4
 
@@ -192,6 +200,18 @@ def as_domain(exc: BaseException, what: str) -> FedcreditError:
         return exc
     log.exception("unexpected error while %s", what, exc_info=exc)
     return Internal(f"internal error while {what}; the coordinator logged the details")
+
+
+def consent_failure(exc: BaseException, what: str) -> FedcreditError:
+    """``exc`` met while ``what``: the consent service not answering is named as such (the
+    transport's own text names only an address); anything else as :func:`as_domain`."""
+    if type(exc) in (Unavailable, DeadlineExceeded):  # the generic transport failures
+        log.warning("consent service unavailable while %s: %s", what, exc)
+        return ConsentServiceUnavailable(
+            f"the consent service is unavailable (not reachable or not answering) while {what}; "
+            "nothing was scored and no use is counted"
+        )
+    return as_domain(exc, what)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +316,7 @@ class Scorer:
                     )
                 )
             except Exception as exc:
-                out.append(as_domain(exc, "verifying a consent token"))
+                out.append(consent_failure(exc, "verifying a consent token"))
         return out
 
     async def _verify(
@@ -325,9 +345,60 @@ class Scorer:
         try:
             got = counter.reserve(use_id, [UseRef.of(c) for c in consents])
         except Exception as exc:
-            err = as_domain(exc, "reserving consent uses")
+            err = consent_failure(exc, "reserving consent uses")
             return [err] * len(consents)
         return [r if isinstance(r, FedcreditError) else r.opened for r in got]
+
+    async def _reserve_parts(
+        self, counter: UseCounter, use_id: str, consents: Sequence[VerifiedConsent]
+    ) -> list[FedcreditError | bool]:
+        """:meth:`_reserve_chunk` over slices in the pool, within the consent deadline. Past
+        it every item is refused (CONSENT_SERVICE_UNAVAILABLE) and whatever the calls still
+        open when they return is released: a late reservation is never left counted."""
+        s = self.settings
+        n = max(1, min(s.verify_threads, len(consents) // 256 or 1))
+        size = -(-len(consents) // n)
+        parts = [consents[k : k + size] for k in range(0, len(consents), size)]
+        loop = asyncio.get_running_loop()
+        calls = asyncio.gather(
+            *(
+                loop.run_in_executor(self._pool, self._reserve_chunk, counter, use_id, p)
+                for p in parts
+            )
+        )
+        deadline = s.consent_deadline_s + s.consent_deadline_per_item_s * len(consents)
+        try:
+            results = await asyncio.wait_for(asyncio.shield(calls), deadline)
+        except TimeoutError:
+            calls.add_done_callback(lambda f: self._release_late(counter, use_id, parts, f))
+            err = ConsentServiceUnavailable(
+                f"the consent service did not answer within {deadline:.1f} s; "
+                "nothing was scored and no use is counted"
+            )
+            return [err] * len(consents)
+        return [x for part in results for x in part]
+
+    def _release_late(
+        self,
+        counter: UseCounter,
+        use_id: str,
+        parts: Sequence[Sequence[VerifiedConsent]],
+        done: asyncio.Future[list[list[FedcreditError | bool]]],
+    ) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return
+        refs = [UseRef.of(c) for p, res in zip(parts, done.result(), strict=True)
+                for c, r in zip(p, res, strict=True) if r is True]  # fmt: skip
+        if refs:
+            self._pool.submit(self._settle_quietly, counter, use_id, refs, False)
+
+    @staticmethod
+    def _settle_quietly(counter: UseCounter, use_id: str, refs: list[UseRef], commit: bool) -> None:
+        try:
+            counter.settle(use_id, refs, commit=commit)
+        except Exception as exc:
+            log.warning("could not %s %d use(s) of %s: %s",
+                        "commit" if commit else "release", len(refs), use_id, exc)  # fmt: skip
 
     async def _reserve(self, batch: _Batch) -> None:
         """Reserve one use per verified item BEFORE the fan-out; an item refused here (no
@@ -349,21 +420,12 @@ class Scorer:
                 r = seen.get(jti, 0)
                 seen[jti] = r + 1
             rounds.setdefault(r, []).append(i)
-        loop = asyncio.get_running_loop()
         refused: set[int] = set()
         for r, members in sorted(rounds.items()):
             use_id = batch.use_id if r == 0 else f"{batch.use_id}.{r}"
             consents = [batch.consent(i) for i in members]
-            n = max(1, min(self.settings.verify_threads, len(consents) // 256 or 1))
-            size = -(-len(consents) // n)
-            parts = [consents[k : k + size] for k in range(0, len(consents), size)]
-            results = await asyncio.gather(
-                *(
-                    loop.run_in_executor(self._pool, self._reserve_chunk, counter, use_id, p)
-                    for p in parts
-                )
-            )
-            for i, res in zip(members, [x for part in results for x in part], strict=True):
+            results = await self._reserve_parts(counter, use_id, consents)
+            for i, res in zip(members, results, strict=True):
                 if isinstance(res, FedcreditError):
                     batch.refuse(i, res)
                     refused.add(i)
@@ -385,11 +447,7 @@ class Scorer:
 
         def run() -> None:
             for (use_id, commit), refs in groups.items():
-                try:
-                    counter.settle(use_id, refs, commit=commit)
-                except Exception as exc:
-                    log.warning("could not %s %d use(s) of %s: %s",
-                                "commit" if commit else "release", len(refs), use_id, exc)  # fmt: skip
+                self._settle_quietly(counter, use_id, refs, commit)
 
         self._pool.submit(run)
 
