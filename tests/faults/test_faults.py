@@ -279,7 +279,11 @@ def test_coordinator_frozen_or_gone_mid_batch_is_found_in_seconds_and_resumed(
                     got.append(item)
             found = time.monotonic() - hit[0]
         assert exc.value.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"), exc.value
-        assert found < 10.0, (found, exc.value, len(got))  # keepalive: a ping every 2 s, 3 s to answer
+        assert found < 10.0, (
+            found,
+            exc.value,
+            len(got),
+        )  # keepalive: a ping every 2 s, 3 s to answer
     finally:
         front.close()
     with client(pki, coord) as c:
