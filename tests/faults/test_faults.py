@@ -267,8 +267,8 @@ def test_coordinator_frozen_or_gone_mid_batch_is_found_in_seconds_and_resumed(
             if k == 15:
                 while len(got) < 15:
                     time.sleep(0.01)
+                hit[0] = time.monotonic()  # before: the stream may fail while kill9 reaps
                 front.freeze() if fault == "sigstop" else front.kill9()
-                hit[0] = time.monotonic()
             yield it
 
     bid = f"faults-coord-{fault}"
