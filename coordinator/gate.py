@@ -21,6 +21,7 @@ from typing import Any, TypeAlias
 
 from fedcredit.common.errors import DeadlineExceeded, FedcreditError, Unavailable
 from fedcredit.common.evidence import AsyncBatchEvidenceSink, EvidenceSink, NewEntry
+from fedcredit.coordinator.deadline import bounded
 from fedcredit.coordinator.errors import LedgerUnavailable
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class LedgerGate:
         """Append one entry and return its ledger index; raise LedgerUnavailable if it is not in."""
         try:
             receipt = await asyncio.wait_for(
-                self.sink.append(kind, subject, payload), timeout=self.deadline_s
+                self.sink.append(kind, subject, payload), timeout=bounded(self.deadline_s)
             )
         except LedgerUnavailable:
             raise
@@ -109,7 +110,9 @@ class LedgerGate:
         self, kind: str, part: Sequence[NewEntry]
     ) -> list[int | LedgerUnavailable]:
         try:
-            receipts = await asyncio.wait_for(self.sink.append_many(part), timeout=self.deadline_s)
+            receipts = await asyncio.wait_for(
+                self.sink.append_many(part), timeout=bounded(self.deadline_s)
+            )
             _check_receipts(kind, len(part), len(receipts))
         except Exception as exc:
             err = refusal(kind, exc, count=len(part), deadline_s=self.deadline_s)

@@ -46,6 +46,7 @@ from fedcredit.common.errors import DeadlineExceeded, FedcreditError, Internal, 
 from fedcredit.common.tls import Identity
 from fedcredit.common.uscc import validate as validate_uscc
 from fedcredit.consent.verify import TokenVerifier, UseCounter, UseRef, VerifiedConsent
+from fedcredit.coordinator.deadline import bounded
 from fedcredit.coordinator.errors import (
     ConsentServiceUnavailable,
     LedgerUnavailable,
@@ -366,7 +367,7 @@ class Scorer:
                 for p in parts
             )
         )
-        deadline = s.consent_deadline_s + s.consent_deadline_per_item_s * len(consents)
+        deadline = bounded(s.consent_deadline_s + s.consent_deadline_per_item_s * len(consents))
         try:
             results = await asyncio.wait_for(asyncio.shield(calls), deadline)
         except TimeoutError:
@@ -488,7 +489,9 @@ class Scorer:
     ) -> list[NodeAnswer] | FedcreditError:
         s = self.settings
         chunks = unique_chunks(items, node.max_batch)
-        deadline = s.node_deadline_s + s.node_deadline_per_item_s * max(len(c) for c in chunks)
+        deadline = bounded(
+            s.node_deadline_s + s.node_deadline_per_item_s * max(len(c) for c in chunks)
+        )
         whole = len(chunks) == 1  # unique_chunks keeps the order: the chunk is ``items``
         try:
             parts = await asyncio.wait_for(

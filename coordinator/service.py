@@ -28,6 +28,7 @@ from fedcredit.common.tls import Identity, peer_identity
 from fedcredit.common.wire import item_error
 from fedcredit.consent.verify import TokenVerifier
 from fedcredit.coordinator.batches import ResumableBatch, check_batch_id
+from fedcredit.coordinator.deadline import set_from_remaining
 from fedcredit.coordinator.errors import InvalidBatchId, ModelVersionNotFound, NoActiveModel
 from fedcredit.coordinator.fanout import Catalog, NodeFeatures
 from fedcredit.coordinator.fund import FundStatus, GuaranteeDesk
@@ -386,6 +387,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     @handle_errors
     async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResult:
         bank = require_role(context, BANK_ROLES, "Score")
+        set_from_remaining(context.time_remaining())  # each dependency within the bank's deadline
         item = ScoreItem(request.enterprise, request.consent_token, request.request_id)
         return score_pb(await self.app.scorer.score(bank, item, "credit_assessment"))
 
@@ -508,6 +510,7 @@ class GuaranteeServicer(pb_grpc.GuaranteeServiceServicer):
     @handle_errors
     async def Apply(self, request: pb.GuaranteeApplication, context: Any) -> pb.GuaranteeDecision:
         bank = require_role(context, BANK_ROLES, "Apply")
+        set_from_remaining(context.time_remaining())
         rec, replayed = await self.app.desk.apply(
             bank,
             application_id=request.application_id,

@@ -19,6 +19,7 @@ from fedcredit.coordinator.client import CoordinatorClient
 from fedcredit.coordinator.scoring import ScoringSettings
 from fedcredit.coordinator.settings import CoordinatorSettings
 from fedcredit.coordinator.store import CoordinatorStore
+from fedcredit.v1 import coordinator_pb2 as pb
 from tests.coordinator.conftest import BANK, City, ConsentEnv, static_catalog
 
 from .conftest import Federation, Proc
@@ -135,6 +136,13 @@ def test_node_fault_during_score(
                 assert BY_ID["courts"].org_id in err.message
                 no_address(err)
                 assert took < BOUND_S, took
+            # Bounded by the bank's own deadline (0.8 s, under the node deadline of 1 s): the
+            # refusal still names the node rather than the bank's clock running out.
+            t0 = time.monotonic()
+            with pytest.raises(FedcreditError) as short:
+                c._call(c.scoring.Score, pb.ScoreRequest(enterprise=code, consent_token=token), 0.8)
+            assert short.value.reason == "NODE_UNAVAILABLE", short.value
+            assert time.monotonic() - t0 < 0.8
             assert settled(consent_env, cid, 0) == 0  # refused: the use went back
         finally:
             node.thaw() if fault == "sigstop" else node.start()
