@@ -131,7 +131,10 @@
     const split = note.lastIndexOf("\n\n");
     if (split < 0) throw new Error("not a signed note");
     const text = note.slice(0, split + 1);
-    const [name, keyHash, keyB64] = vkey.split("+");
+    // name+hash+base64: split at the first two '+' only (base64 itself may hold '+').
+    const i = vkey.indexOf("+"), j = vkey.indexOf("+", i + 1);
+    if (i < 0 || j < 0) throw new Error("not a verifier key");
+    const name = vkey.slice(0, i), keyHash = vkey.slice(i + 1, j), keyB64 = vkey.slice(j + 1);
     const raw = unb64(keyB64);
     if (raw[0] !== 1 || raw.length !== 33) throw new Error("not an Ed25519 log key");
     const kid = (await sha256(enc.encode(name + "\n"), raw)).slice(0, 4);

@@ -53,6 +53,7 @@ class Federation:
     settings: PortalSettings
     pki: Any
     consent_address: str
+    ledger_address: str
 
     def enrol_code(self, org: str, role: str = "enterprise") -> str:
         from fedcredit.common.tls import Identity
@@ -142,7 +143,7 @@ def federation(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
     clock = OffsetClock()
     userver, thread = _serve_portal(build_app(settings, backend, clock=clock), port)
     try:
-        yield Federation(backend, settings.url, authority, passkeys, log, clock, settings, pki, f"127.0.0.1:{cport}")  # fmt: skip
+        yield Federation(backend, settings.url, authority, passkeys, log, clock, settings, pki, f"127.0.0.1:{cport}", f"127.0.0.1:{lport}")  # fmt: skip
     finally:
         userver.should_exit = True
         thread.join(timeout=10)
@@ -153,3 +154,75 @@ def federation(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
         asyncio.run_coroutine_threadsafe(lserver.stop(0), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         log.close()
+
+
+@dataclass
+class Scoring:
+    """The coordinator (a LightGBM model trained on a small synthetic city, registered and
+    activated), verifying tokens against the federation's consent service and writing
+    score_access entries to its ledger. It has no department nodes: a score then names
+    the categories it missed, which is enough to show every access in the portal."""
+
+    target: str
+    server: Any
+    store: Any
+
+
+@pytest.fixture(scope="session")
+def scoring(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scoring]:
+    import lightgbm as lgb
+    import numpy as np
+
+    from fedcredit.common.departments import BY_ID
+    from fedcredit.consent.verify import remote_verifier
+    from fedcredit.coordinator.daemon import CoordinatorServer
+    from fedcredit.coordinator.fanout import Catalog, CatalogFeature, NodeFeatures
+    from fedcredit.coordinator.registry import Registry
+    from fedcredit.coordinator.settings import CoordinatorSettings
+    from fedcredit.coordinator.store import CoordinatorStore
+    from fedcredit.ledger.client import AsyncLedgerClient
+    from fedcredit.node.catalog import BY_NAME
+    from fedcredit.world.generate import generate
+    from fedcredit.world.pooled import compute_all
+
+    d = tmp_path_factory.mktemp("portal-city")
+    generate(d, enterprises=150, banks=7, months=13, seed=5)
+    _codes, names, matrix = compute_all(d, departments=["tax"])
+    y = (np.arange(len(matrix)) % 7 == 0).astype(np.int64)  # a label is all the model needs
+    booster = lgb.train(
+        {"objective": "binary", "num_leaves": 4, "verbose": -1, "min_data_in_leaf": 5},
+        lgb.Dataset(matrix, y, feature_name=list(names)),
+        num_boost_round=5,
+    )
+    pki, ledger_address = federation.pki, federation.ledger_address
+    ledger_sync = LedgerClient(ledger_address, pki.tls("coordinator"), server_org="ledger")
+    store = CoordinatorStore.open(f"sqlite:///{d / 'coordinator.sqlite'}")
+    settings = CoordinatorSettings()
+    reg = Registry(store, ledger_sync, shares=settings.shares)
+    rec = reg.publish(
+        booster.model_to_string(), trainer="operator", version="portal-v1",
+        calibration_pds=np.asarray(booster.predict(matrix), dtype=np.float64),
+    )  # fmt: skip
+    reg.activate(rec.version, actor="operator")
+    verifier = remote_verifier(
+        consent_address=federation.consent_address, tls=pki.tls("coordinator"),
+        server_org="consent-service", issuer=federation.authority.settings.issuer,
+    )  # fmt: skip
+    verifier.wait_connected(10.0)  # type: ignore[attr-defined]
+
+    async def no_nodes() -> dict[str, NodeFeatures]:
+        return {}
+
+    server = CoordinatorServer(
+        settings=settings, store=store, verifier=verifier, nodes=no_nodes,
+        ledger=lambda: AsyncLedgerClient(ledger_address, pki.tls("coordinator"), server_org="ledger"),
+        ledger_sync=ledger_sync, tls=pki.tls("coordinator"),
+        catalog=Catalog.of([CatalogFeature(n, BY_ID[BY_NAME[n].department].category, BY_NAME[n].description) for n in names]),
+    ).start()  # fmt: skip
+    try:
+        yield Scoring(server.target, server, store)
+    finally:
+        server.stop()
+        store.close()
+        verifier.close()
+        ledger_sync.close()

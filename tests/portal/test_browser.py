@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from fedcredit.common import uscc
-from tests.portal.conftest import BANK, Federation
+from tests.portal.conftest import BANK, Federation, Scoring
 
 CHROMIUM = os.environ.get("FEDCREDIT_CHROMIUM", "/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -91,7 +91,9 @@ def _state(page: Any, consent_id: str) -> str:
     return str(page.get_attribute(sel, "data-state"))
 
 
-def test_enrol_request_approve_verify_revoke(browser: Any, federation: Federation) -> None:
+def test_enrol_request_approve_score_verify_revoke(
+    browser: Any, federation: Federation, scoring: Scoring
+) -> None:
     ent = uscc.generate(random.Random(777))
     enterprise, bank = Person(browser, federation), Person(browser, federation)
     try:
@@ -117,13 +119,16 @@ def test_enrol_request_approve_verify_revoke(browser: Any, federation: Federatio
         assert ev and ev[0].payload["via"] == "portal" and ev[0].actor == ent
         bank.go("/bank")
         assert bank.page.locator(f'tr[data-consent="{consent_id}"] .state').get_attribute("data-state") == "ACTIVE"  # fmt: skip
+        rating, token = _bank_scores(federation, scoring, ent, consent_id)
         _access_page_verifies(enterprise, federation, consent_id)
+        assert enterprise.page.locator("#access-log tr", has_text="score_access").count() == 1
+        assert rating in "ABCD"
         _tampered_proof_fails(enterprise)
         # the enterprise revokes; the consent's token is refused from then on
         enterprise.go("/enterprise")
         enterprise.page.locator(f'article[data-consent="{consent_id}"] button[data-decide="revoke"]').click()  # fmt: skip
         enterprise.page.wait_for_selector(f'article[data-consent="{consent_id}"] .state[data-state="REVOKED"]')  # fmt: skip
-        _token_refused(federation, consent_id)
+        _score_refused(federation, scoring, ent, token)
     finally:
         enterprise.close()
         bank.close()
@@ -133,7 +138,9 @@ def _access_page_verifies(person: Person, fed: Federation, consent_id: str) -> N
     fed.ledger.checkpoint()  # the latest events are in a signed checkpoint
     person.go("/enterprise/access")
     person.page.wait_for_selector("body[data-proofs-done='1']")
-    assert person.page.get_attribute("#checkpoint-status", "data-status") == "verified"
+    assert person.page.get_attribute("#checkpoint-status", "data-status") == "verified", (
+        person.page.get_attribute("#checkpoint-status", "title")
+    )
     cells = person.page.locator("td.proof")
     assert cells.count() >= 2  # requested, granted
     statuses = set(cells.evaluate_all("els => els.map(e => e.dataset.status)"))
@@ -165,15 +172,32 @@ def _tampered_proof_fails(person: Person) -> None:
         person.page.unroute("**/enterprise/access")
 
 
-def _token_refused(fed: Federation, consent_id: str) -> None:
-    from fedcredit.consent import errors as E
+def _bank_token(fed: Federation, consent_id: str) -> str:
     from fedcredit.consent.client import ConsentClient
 
+    with ConsentClient(fed.consent_address, fed.pki.tls(BANK), server_org="consent-service") as c:
+        return c.token(consent_id).token or ""
+
+
+def _bank_scores(fed: Federation, scoring: Scoring, ent: str, consent_id: str) -> tuple[str, str]:
+    """The bank's own system scores with its token (its certificate, not the portal's)."""
+    from fedcredit.coordinator.client import CoordinatorClient
+
+    token = _bank_token(fed, consent_id)
+    with CoordinatorClient(scoring.target, fed.pki.tls(BANK), timeout=30) as c:
+        r = c.score(ent, token)
+    return str(r.rating), token
+
+
+def _score_refused(fed: Federation, scoring: Scoring, ent: str, token: str) -> None:
+    from fedcredit.consent import errors as E
+    from fedcredit.coordinator.client import CoordinatorClient
+
     with (
-        ConsentClient(fed.consent_address, fed.pki.tls(BANK), server_org="consent-service") as c,
+        CoordinatorClient(scoring.target, fed.pki.tls(BANK), timeout=30) as c,
         pytest.raises(E.ConsentRevoked),
     ):
-        c.record_use(c.get(consent_id).jti or "")
+        c.score(ent, token)
 
 
 def test_csrf_and_session_expiry_refused_in_the_browser(browser: Any, federation: Federation) -> None:  # fmt: skip
