@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 PROTOS := $(wildcard proto/fedcredit/v1/*.proto)
 
-.PHONY: setup dev test lint importlint typecheck pytest proto bench demo clean
+.PHONY: setup dev test lint importlint typecheck pytest proto bench demo clean screenshots
 
 # `setup` installs what running fedcredit needs (enough for `make demo`); `dev` adds
 # the test, lint, type-check and code-generation tools on top.
@@ -47,6 +47,10 @@ proto: dev
 bench: setup
 	$(PY) -m bench.run_all
 	$(PY) -m bench.run_all --readme README.md
+
+# Each role's main portal page, by the same browser tests that check them (Chromium).
+screenshots: dev
+	FEDCREDIT_SCREENSHOTS=docs/screenshots $(VENV)/bin/pytest -q -p no:randomly -n 0 tests/portal/test_accessibility.py -k accessible
 
 demo: setup
 	$(VENV)/bin/fedcredit demo

@@ -157,7 +157,7 @@ def _load_nodes(demo: Demo, world: Path) -> None:
 
 def _start_services(demo: Demo) -> None:
     with demo.step(
-        "Start every service as its own process with mTLS (ledger, consent, 12 nodes, coordinator)"
+        "Start every service as its own process with mTLS (ledger, consent, 12 nodes, coordinator, portal)"
     ):
         assert demo.dep is not None
         demo.supervisor = Supervisor(demo.dep)
@@ -170,6 +170,13 @@ def _start_services(demo: Demo) -> None:
         demo.console.print(
             f"{len(specs)} services healthy, each its own process; logs under {demo.supervisor.logs}"
         )
+        portal = demo.dep.raw.get("portal")
+        if isinstance(portal, dict) and "address" in portal:
+            port = str(portal["address"]).rpartition(":")[2]
+            demo.console.print(
+                f"web portal: http://localhost:{port}/ (first passkey: `fedcredit operator enrol "
+                f"--config {demo.dep.path} --org <credit code>`)"
+            )
 
 
 def _summary(demo: Demo, as_json: bool, code: int) -> None:

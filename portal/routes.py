@@ -3,6 +3,7 @@ passkey management, the bank's desk, and a home for the other roles."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.requests import Request
@@ -171,19 +172,27 @@ async def enterprise(portal: Portal, request: Request, s: Session) -> Response:
 @page("enterprise")
 async def access(portal: Portal, request: Request, s: Session) -> Response:
     got = await call(portal.backend.entries_about, s.org)
-    rows = []
-    for e in got.entries:
-        try:
-            import json
-
-            body = json.loads(e["data"])
-        except ValueError:
-            body = {}
-        rows.append({**e, "kind": body.get("kind", "?"), "actor": body.get("actor", "?"),
-                     "at": body.get("payload", {}).get("at") or body.get("ts")})  # fmt: skip
+    rows = [access_row(e) for e in got.entries]
     proofs = dumps({"checkpoint": got.checkpoint, "tree_size": got.tree_size,
                     "log_key": got.log_key, "entries": got.entries})  # fmt: skip
     return portal.render(request, s, "access.html", rows=rows, proofs=proofs, cp=got)
+
+
+def access_row(e: dict[str, Any]) -> dict[str, Any]:
+    """One ledger entry as the enterprise reads it: what happened, by whom, when (the
+    page verifies the entry's bytes; this is only the label)."""
+    try:
+        body = json.loads(e["data"])
+    except ValueError:
+        body = {}
+    payload = body.get("payload") if isinstance(body.get("payload"), dict) else {}
+    kind = str(body.get("kind", "?"))
+    what = f"{kind}: {payload['event']}" if kind == "consent_event" and "event" in payload else kind
+    if kind == "score_access" and "rating" in payload:
+        what += f" ({payload['rating']})"
+    who = payload.get("bank") if kind == "score_access" else payload.get("actor")
+    return {**e, "kind": what, "actor": who or body.get("actor", "?"),
+            "at": body.get("time") or payload.get("at")}  # fmt: skip
 
 
 @page("__any__")

@@ -105,9 +105,11 @@ class Portal:
         return self.finish(HTMLResponse(html), s)
 
 
-def _when(ts: int | None) -> str:
+def _when(ts: int | str | None) -> str:
     if not ts:
         return "—"
+    if isinstance(ts, str):  # the ledger's RFC 3339 time
+        return ts
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) + " UTC"
 
 

@@ -55,6 +55,12 @@ class Federation:
     consent_address: str
     ledger_address: str
 
+    def settle(self) -> None:
+        """Every consent event delivered to the ledger and in a signed checkpoint (the
+        consent service delivers in the background; a page shown now must include them)."""
+        self.authority.deliver_events()
+        self.ledger.checkpoint()
+
     def enrol_code(self, org: str, role: str = "enterprise") -> str:
         from fedcredit.common.tls import Identity
 

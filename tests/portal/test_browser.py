@@ -50,9 +50,10 @@ def browser() -> Iterator[Any]:
 class Person:
     """One browser context (its own cookies) with its own virtual passkey authenticator."""
 
-    def __init__(self, browser: Any, fed: Federation) -> None:
+    def __init__(self, browser: Any, fed: Federation, *, width: int = 390, height: int = 844, **kw: Any) -> None:  # fmt: skip
         self.fed = fed
-        self.context = browser.new_context(viewport={"width": 390, "height": 844})  # phone width
+        # phone width by default; ``kw``: more context options (bypass_csp for axe)
+        self.context = browser.new_context(viewport={"width": width, "height": height}, **kw)
         self.context.set_default_timeout(TIMEOUT_MS)
         self.page = self.context.new_page()
         self.cdp = self.context.new_cdp_session(self.page)
@@ -135,7 +136,7 @@ def test_enrol_request_approve_score_verify_revoke(
 
 
 def _access_page_verifies(person: Person, fed: Federation, consent_id: str) -> None:
-    fed.ledger.checkpoint()  # the latest events are in a signed checkpoint
+    fed.settle()
     person.go("/enterprise/access")
     person.page.wait_for_selector("body[data-proofs-done='1']")
     assert person.page.get_attribute("#checkpoint-status", "data-status") == "verified", (
