@@ -146,8 +146,9 @@ def test_node_fault_during_score(
             assert settled(consent_env, cid, 0) == 0  # refused: the use went back
         finally:
             node.thaw() if fault == "sigstop" else node.start()
-        # Back: used again within about 2 s (reconnect back-off capped at 1 s).
-        assert first_success(c, code, token, within=10.0) < 3.0
+        # Back: used again within about 2 s (reconnect back-off capped at 1 s; the bound
+        # also holds the Score itself on a loaded machine). It used to be ~14 s.
+        assert first_success(c, code, token, within=10.0) < 4.0
     assert settled(consent_env, cid, 1) == 1
 
 
