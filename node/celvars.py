@@ -81,6 +81,7 @@ class ClauseSet:
     """
 
     def __init__(self, env: Any, texts: Sequence[str]) -> None:
+        self.env = env
         self.texts = list(texts)
         self.programs = [env.compile(t) for t in self.texts]
         for t, p in zip(self.texts, self.programs, strict=True):
@@ -98,18 +99,20 @@ class ClauseSet:
         for i, data in enumerate(activations):
             # An error (a missing variable) comes back as an error *value*, not raised:
             # only a real list of bools is taken as it is.
-            got = _plain(joined, data)
+            # The activation is built once per enterprise, whichever path evaluates it.
+            act = self.env.Activation(data=data)
+            got = _plain(joined, act)
             if isinstance(got, list) and all(type(b) is bool for b in got):
                 out[i] = got
             else:
-                out[i] = [_plain(p, data) is True for p in self.programs]
+                out[i] = [_plain(p, act) is True for p in self.programs]
         return out
 
 
-def _plain(program: Any, data: Mapping[str, Any]) -> Any:
+def _plain(program: Any, activation: Any) -> Any:
     """The evaluation's plain value, or None when it is a CEL error or unknown."""
     try:
-        v = program.eval(data=data)
+        v = program.eval(activation)
     except RuntimeError:
         return None
     if v.type() in (cel.Type.ERROR, cel.Type.UNKNOWN):

@@ -1,0 +1,109 @@
+"""免申即享 ("no application needed") runs: screen, budget, notify, wait, pay.
+
+A scheduled run:
+
+1. takes every automatic policy open today and plans its clauses (``policies.screening``);
+2. screens all registered enterprises inside the nodes (booleans only) and the platform
+   attributes here;
+3. ledgers the run (``policy_screening_run``: policies, clauses, which node disclosure-log
+   entries hold the evaluations) and, per enterprise, one ``policy_screening`` entry under
+   the ``policy_screening`` legal basis naming the run and the policies it qualified for —
+   so every enterprise sees each screening of it in its own audit view;
+4. per policy, in the registry's order, commits the benefit of each newly eligible
+   enterprise while the budget allows and notifies it (``policy_award_notified``, with the
+   end of its decline window); the rest are reported unfunded;
+5. later, :meth:`PolicyStore.pay_due` pays each award whose window passed undeclined.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Protocol
+
+from fedcredit.policies import rules, screening
+from fedcredit.policies.store import Append, PolicyStore
+
+LEDGER_BATCH = 1_000
+
+
+class Ledger(Protocol):
+    def append_many(self, items: Sequence[tuple[str, str | None, Mapping[str, Any]]]) -> Any: ...
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    enterprises: int
+    policies: int
+    clauses: int
+    evaluations: int
+    screening_seconds: float
+    ledger_seconds: float
+    eligible: dict[str, int] = field(default_factory=dict)
+    notified: dict[str, int] = field(default_factory=dict)
+    unfunded: dict[str, int] = field(default_factory=dict)
+    disclosures: dict[str, list[int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def batched(append: Callable[[Sequence[Any]], Any]) -> Append:
+    """An append that writes in durable batches of ``LEDGER_BATCH`` entries."""
+
+    def run(items: Sequence[Any]) -> None:
+        for i in range(0, len(items), LEDGER_BATCH):
+            append(list(items[i : i + LEDGER_BATCH]))
+
+    return run
+
+
+def run_automatic(
+    store: PolicyStore,
+    ledger: Ledger,
+    nodes: Mapping[str, screening.NodeScreener],
+    enterprises: Sequence[str],
+    platform_rows: Sequence[Mapping[str, Any]],
+    *,
+    run_id: str,
+    today: date,
+    now: float | None = None,
+    chunk: int = screening.DEFAULT_CHUNK,
+    workers: int = 8,
+) -> RunSummary:
+    now = time.time() if now is None else now
+    policies = store.policies(mode="automatic", on=today)
+    checked = {p.id: rules.check_rule(p.rule) for p in policies}
+    plan = screening.plan(checked)
+    result = screening.screen(
+        run_id, plan, enterprises, nodes, platform_rows, chunk=chunk, workers=workers
+    )
+    summary = RunSummary(run_id, len(enterprises), len(policies), plan.clause_count(),
+                         result.evaluations, result.seconds, 0.0, disclosures=result.disclosures)  # fmt: skip
+    t0 = time.perf_counter()
+    append = batched(ledger.append_many)
+    append([("policy_screening_run", None, {
+        "run_id": run_id, "legal_basis": "policy_screening", "enterprises": len(enterprises),
+        "policies": sorted(checked), "clauses": plan.texts,
+        "node_disclosures": {k: sorted(v) for k, v in result.disclosures.items()},
+    })])  # fmt: skip
+    qualified: list[list[str]] = [[] for _ in enterprises]
+    for pid in sorted(checked):
+        for i in result.eligible[pid].nonzero()[0].tolist():
+            qualified[i].append(pid)
+    append([("policy_screening", code, {"run_id": run_id, "eligible": q})
+            for code, q in zip(enterprises, qualified, strict=True)])  # fmt: skip
+    for p in policies:
+        done = store.awarded(p.id)
+        mask = result.eligible[p.id]
+        new = [c for c, ok in zip(enterprises, mask.tolist(), strict=True) if ok and c not in done]
+        notified, unfunded = store.notify(p, new, run_id, now, append)
+        summary.eligible[p.id] = int(mask.sum())
+        summary.notified[p.id] = len(notified)
+        summary.unfunded[p.id] = len(unfunded)
+    summary.ledger_seconds = time.perf_counter() - t0
+    store.record_run(run_id, now, summary.to_dict())
+    return summary

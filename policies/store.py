@@ -1,0 +1,327 @@
+"""The policy service's store (SQLAlchemy 2.x; SQLite embedded, PostgreSQL in production).
+
+Tables: published policies with their budget books (``committed`` = notified + paid,
+``paid``), screening runs, and awards (one per policy and enterprise, ever). Budgets hold
+by construction, under any concurrency: a benefit is committed by one conditional
+``UPDATE ... SET committed = committed + amount WHERE committed + amount <= budget`` (a
+row-level write, serialised by the database), and a CHECK constraint refuses any row
+that would break ``0 <= paid <= committed <= budget`` whatever code runs. A decline gives
+the amount back; a payment moves it from committed-only to paid.
+
+Every state change is ledgered inside the same transaction, before it commits (the
+``append`` callback): if the ledger refuses, nothing changes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import date
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from fedcredit.common.db import create_schema, make_engine
+from fedcredit.common.errors import Unavailable
+from fedcredit.policies import rules
+from fedcredit.policies.errors import (
+    AwardDeclined,
+    BudgetExhausted,
+    DeclineWindowClosed,
+    IllegalTransition,
+    PolicyExists,
+    UnknownAward,
+    UnknownPolicy,
+)
+
+metadata = MetaData()
+
+policies_t = Table(
+    "pol_policies",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("mode", String(16), nullable=False),
+    Column("spec", Text, nullable=False),  # the policy as canonical JSON
+    Column("amount_yuan", BigInteger, nullable=False),
+    Column("budget_yuan", BigInteger, nullable=False),
+    Column("committed_yuan", BigInteger, nullable=False, default=0),
+    Column("paid_yuan", BigInteger, nullable=False, default=0),
+    Column("published_at", Float, nullable=False),
+    CheckConstraint(
+        "paid_yuan >= 0 AND paid_yuan <= committed_yuan AND committed_yuan <= budget_yuan",
+        name="pol_budget_never_exceeded",
+    ),
+)
+
+awards_t = Table(
+    "pol_awards",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("policy_id", String(64), nullable=False),
+    Column("enterprise", String(18), nullable=False),
+    Column("run_id", String(64), nullable=False),
+    Column("amount_yuan", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),  # notified | declined | paid
+    Column("notified_at", Float, nullable=False),
+    Column("decline_until", Float, nullable=False),
+    Column("decided_at", Float),
+    UniqueConstraint("policy_id", "enterprise", name="pol_one_award_per_enterprise"),
+)
+
+runs_t = Table(
+    "pol_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("summary", Text, nullable=False),
+)
+
+Append = Callable[[Sequence[tuple[str, str | None, dict[str, Any]]]], Any]
+DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Award:
+    id: int
+    policy_id: str
+    enterprise: str
+    run_id: str
+    amount_yuan: int
+    state: str
+    notified_at: float
+    decline_until: float
+    decided_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Books:
+    budget_yuan: int
+    committed_yuan: int
+    paid_yuan: int
+
+
+def policy_json(p: rules.Policy) -> str:
+    d = asdict(p)
+    d["opens"], d["closes"] = p.opens.isoformat(), p.closes.isoformat()
+    d["reviewers"], d["fields"] = list(p.reviewers), list(p.fields)
+    return json.dumps(d, sort_keys=True, ensure_ascii=False)
+
+
+def policy_from_json(text: str) -> rules.Policy:
+    d = json.loads(text)
+    d["opens"], d["closes"] = date.fromisoformat(d["opens"]), date.fromisoformat(d["closes"])
+    d["reviewers"], d["fields"] = tuple(d["reviewers"]), tuple(d["fields"])
+    return rules.Policy(**d)
+
+
+class PolicyStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> PolicyStore:
+        store = cls(make_engine(url))
+        with store._guard():
+            create_schema(store.engine, metadata)
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as exc:
+            raise Unavailable(f"the policy store is unavailable: {exc.orig}") from None
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self._guard(), self.engine.begin() as conn:
+            yield conn
+
+    # -- policies --------------------------------------------------------------------------
+
+    def publish(self, p: rules.Policy, now: float, append: Append) -> None:
+        checked = rules.validate(p)
+        try:
+            with self._tx() as conn:
+                conn.execute(insert(policies_t).values(
+                    id=p.id, mode=p.mode, spec=policy_json(p), amount_yuan=p.amount_yuan,
+                    budget_yuan=p.budget_yuan, committed_yuan=0, paid_yuan=0, published_at=now,
+                ))  # fmt: skip
+                append([("policy_published", None, {
+                    "policy": p.id, "department": p.department, "mode": p.mode,
+                    "amount_yuan": p.amount_yuan, "budget_yuan": p.budget_yuan,
+                    "opens": p.opens.isoformat(), "closes": p.closes.isoformat(),
+                    "rule": p.rule,
+                    "clauses": [{"evaluated_by": c.namespace, "cel": c.text} for c in checked.clauses],
+                })])  # fmt: skip
+        except IntegrityError:
+            raise PolicyExists(f"policy {p.id} is already published", policy=p.id) from None
+
+    def policy(self, policy_id: str) -> rules.Policy:
+        with self._guard(), self.engine.connect() as conn:
+            row = conn.execute(
+                select(policies_t.c.spec).where(policies_t.c.id == policy_id)
+            ).first()
+        if row is None:
+            raise UnknownPolicy(f"no policy {policy_id!r} is published", policy=policy_id)
+        return policy_from_json(row.spec)
+
+    def policies(self, mode: str | None = None, on: date | None = None) -> list[rules.Policy]:
+        q = select(policies_t.c.spec).order_by(policies_t.c.id)
+        if mode is not None:
+            q = q.where(policies_t.c.mode == mode)
+        with self._guard(), self.engine.connect() as conn:
+            out = [policy_from_json(r.spec) for r in conn.execute(q)]
+        return [p for p in out if on is None or p.opens <= on <= p.closes]
+
+    def books(self, policy_id: str) -> Books:
+        with self._guard(), self.engine.connect() as conn:
+            row = conn.execute(
+                select(policies_t.c.budget_yuan, policies_t.c.committed_yuan, policies_t.c.paid_yuan)
+                .where(policies_t.c.id == policy_id)
+            ).first()  # fmt: skip
+        if row is None:
+            raise UnknownPolicy(f"no policy {policy_id!r} is published", policy=policy_id)
+        return Books(int(row[0]), int(row[1]), int(row[2]))
+
+    # -- awards ----------------------------------------------------------------------------
+
+    def awarded(self, policy_id: str) -> set[str]:
+        with self._guard(), self.engine.connect() as conn:
+            rows = conn.execute(
+                select(awards_t.c.enterprise).where(awards_t.c.policy_id == policy_id)
+            )
+            return {r[0] for r in rows}
+
+    def notify(
+        self, p: rules.Policy, codes: Sequence[str], run_id: str, now: float, append: Append
+    ) -> tuple[list[str], list[str]]:
+        """Commit ``p``'s benefit for each of ``codes`` in order while the budget allows,
+        ledgering each notice; returns (notified, unfunded). One transaction per call."""
+        notified: list[str] = []
+        with self._tx() as conn:
+            for code in codes:
+                if not _commit(conn, p.id, p.amount_yuan):
+                    break
+                notified.append(code)
+            if notified:
+                until = now + p.decline_days * DAY
+                conn.execute(insert(awards_t), [
+                    dict(policy_id=p.id, enterprise=c, run_id=run_id, amount_yuan=p.amount_yuan,
+                         state="notified", notified_at=now, decline_until=until) for c in notified
+                ])  # fmt: skip
+                append([("policy_award_notified", c, {
+                    "policy": p.id, "run_id": run_id, "amount_yuan": p.amount_yuan,
+                    "decline_until": until, "legal_basis": "policy_screening",
+                }) for c in notified])  # fmt: skip
+        return notified, list(codes[len(notified) :])
+
+    def award(self, policy_id: str, enterprise: str) -> Award:
+        with self._guard(), self.engine.connect() as conn:
+            row = conn.execute(select(awards_t).where(
+                and_(awards_t.c.policy_id == policy_id, awards_t.c.enterprise == enterprise)
+            )).first()  # fmt: skip
+        if row is None:
+            raise UnknownAward(
+                f"enterprise {enterprise} has no award of policy {policy_id!r}",
+                policy=policy_id, enterprise=enterprise,
+            )  # fmt: skip
+        return Award(**row._asdict())
+
+    def awards_of(self, enterprise: str) -> list[Award]:
+        with self._guard(), self.engine.connect() as conn:
+            rows = conn.execute(select(awards_t).where(awards_t.c.enterprise == enterprise)
+                                .order_by(awards_t.c.id))  # fmt: skip
+            return [Award(**r._asdict()) for r in rows]
+
+    def decline(self, policy_id: str, enterprise: str, now: float, append: Append) -> Award:
+        """The enterprise declines within its window: the amount goes back to the budget."""
+        a = self.award(policy_id, enterprise)
+        if a.state == "declined":
+            raise AwardDeclined(f"the award of {policy_id!r} was already declined")
+        if a.state != "notified":
+            raise IllegalTransition(f"an award in state {a.state!r} cannot be declined")
+        if now > a.decline_until:
+            raise DeclineWindowClosed(
+                f"the decline window of {policy_id!r} closed at {a.decline_until:.0f}; "
+                f"it is now {now:.0f}"
+            )
+        with self._tx() as conn:
+            moved = conn.execute(update(awards_t).where(
+                and_(awards_t.c.id == a.id, awards_t.c.state == "notified")
+            ).values(state="declined", decided_at=now)).rowcount  # fmt: skip
+            if moved != 1:
+                raise IllegalTransition("the award changed state meanwhile; nothing was done")
+            conn.execute(update(policies_t).where(policies_t.c.id == policy_id).values(
+                committed_yuan=policies_t.c.committed_yuan - a.amount_yuan))  # fmt: skip
+            append([("policy_award_declined", enterprise, {
+                "policy": policy_id, "run_id": a.run_id, "amount_yuan": a.amount_yuan})])  # fmt: skip
+        return self.award(policy_id, enterprise)
+
+    def pay_due(self, now: float, append: Append, limit: int = 10_000) -> list[Award]:
+        """Pay every notified award whose decline window has passed (each payment once)."""
+        with self._guard(), self.engine.connect() as conn:
+            due = [Award(**r._asdict()) for r in conn.execute(
+                select(awards_t).where(and_(awards_t.c.state == "notified",
+                                            awards_t.c.decline_until < now))
+                .order_by(awards_t.c.id).limit(limit))]  # fmt: skip
+        paid: list[Award] = []
+        for a in due:
+            with self._tx() as conn:
+                moved = conn.execute(update(awards_t).where(
+                    and_(awards_t.c.id == a.id, awards_t.c.state == "notified")
+                ).values(state="paid", decided_at=now)).rowcount  # fmt: skip
+                if moved != 1:
+                    continue  # paid or declined concurrently
+                conn.execute(update(policies_t).where(policies_t.c.id == a.policy_id).values(
+                    paid_yuan=policies_t.c.paid_yuan + a.amount_yuan))  # fmt: skip
+                append([("policy_payment", a.enterprise, {
+                    "policy": a.policy_id, "run_id": a.run_id, "amount_yuan": a.amount_yuan})])  # fmt: skip
+            paid.append(a)
+        return paid
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def record_run(self, run_id: str, started_at: float, summary: dict[str, Any]) -> None:
+        with self._tx() as conn:
+            conn.execute(insert(runs_t).values(id=run_id, started_at=started_at,
+                                               summary=json.dumps(summary, sort_keys=True)))  # fmt: skip
+
+
+def _commit(conn: Connection, policy_id: str, amount: int) -> bool:
+    """Commit ``amount`` of ``policy_id``'s budget if it fits (one conditional update)."""
+    res = conn.execute(
+        update(policies_t)
+        .where(and_(policies_t.c.id == policy_id,
+                    policies_t.c.committed_yuan + amount <= policies_t.c.budget_yuan))
+        .values(committed_yuan=policies_t.c.committed_yuan + amount)
+    )  # fmt: skip
+    return res.rowcount == 1
+
+
+def commit_or_refuse(conn: Connection, policy_id: str, amount: int) -> None:
+    if not _commit(conn, policy_id, amount):
+        raise BudgetExhausted(f"paying {amount} yuan would take {policy_id!r} past its budget")
