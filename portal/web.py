@@ -164,8 +164,12 @@ def page(role: str | None = None) -> Callable[[Callable[[Portal, Request, Sessio
             if role not in (None, "__any__") and s.role != role:
                 s.flash.append("wrong_role")
                 return portal.finish(RedirectResponse("/home", 303), s)
+            t0 = time.perf_counter()
             try:
-                return await fn(portal, request, s)
+                resp = await fn(portal, request, s)
+                # the page's server time (W3C Server Timing), read by bench/bench_portal.py
+                resp.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.2f}"
+                return resp
             except FedcreditError as exc:
                 if exc.reason == "PASSKEY_SESSION_INVALID":
                     portal.sessions.drop(s)
