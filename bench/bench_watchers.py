@@ -1,8 +1,12 @@
 """Status watchers held by the consent service without threads (issue 14, finding 6).
 
 One consent service (grpc.aio, mTLS, SQLite) in this process; the watchers are grpc.aio
-streams in a child process (its own interpreter: the watchers' client work does not take
-the service's GIL). Measured in the same run:
+streams in child processes of at most 2,500 streams each (their own interpreters: the
+watchers' client work does not take the service's GIL), over a connection of their own per
+100 streams. The run raises its open-file limit (RLIMIT_NOFILE) to the hard limit, in
+this process and the children: sockets, not the service, must not be what caps it.
+Streams that end before their first list (the server dropping calls it could not take)
+are counted and reported. Measured in the same run:
 
 - the consent round trip of a Score (ReserveUses then SettleUses, the two calls the
   coordinator makes per Score) p50/p99, with no watcher, then with N watchers held;
@@ -25,6 +29,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "watchers.json"
 BANK = "bank-icbc-weihai"
 SERVER_ORG = "consent-service"
 STREAMS_PER_CHANNEL = 100
+# Streams per watcher process.
+PER_PROCESS = int(os.environ.get("BENCH_WATCHERS_PER_PROCESS", "2500"))
+# Opening stops when no stream got its first list for this long.
+QUIET_S = float(os.environ.get("BENCH_WATCHERS_QUIET_S", "10"))
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -56,7 +65,29 @@ def pct(values: Sequence[float], q: float) -> float:
 # --- the watchers (child process) ----------------------------------------------------
 
 
+@dataclass
+class _WatchState:
+    connected: int = 0  # streams past their first list
+    target: int | None = None  # the seq a revocation must pass
+    reached: int = 0  # streams past target
+    lost: int = 0  # streams that ended before their first list
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raise this process's open-file limit (RLIMIT_NOFILE) to its hard limit: each
+    channel is a socket in the watchers' process and each connection one in the
+    service's; a default soft limit of 1,024 would cap the run, not the service. Returns
+    (soft, hard) after it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
 def _watchers_main(address: str, tls: TlsFiles, n: int, pipe: Connection) -> None:
+    raise_nofile()
     asyncio.run(_watchers(address, tls, n, pipe))
 
 
@@ -67,31 +98,44 @@ async def _watchers(address: str, tls: TlsFiles, n: int, pipe: Connection) -> No
     from fedcredit.v1 import consent_pb2, consent_pb2_grpc
 
     creds = channel_credentials(tls)
-    opts = [("grpc.ssl_target_name_override", SERVER_ORG)]
+    # A connection of its own per channel: channels with equal arguments would otherwise
+    # share one subchannel (one TCP connection carrying every stream).
+    opts = [("grpc.ssl_target_name_override", SERVER_ORG), ("grpc.use_local_subchannel_pool", 1)]
     channels = [
         grpc.aio.secure_channel(address, creds, options=opts)
         for _ in range(-(-n // STREAMS_PER_CHANNEL))
     ]
-    first: list[dict[int, float]] = [{} for _ in range(n)]  # per stream: seq -> first seen
-    connected = 0
+    # Bookkeeping is O(1) per message, so the loop spends its time receiving: per stream the
+    # highest seq seen; per wait, how many streams have passed ``target`` and when the last did.
+    latest = [-1] * n
+    # per stream: (seq, time first seen) each time its seq went up
+    hist: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+    st = _WatchState()
     done = asyncio.Event()
-
+    all_reached = asyncio.Event()
     failed: list[str] = []
 
     async def one(k: int) -> None:
-        nonlocal connected
         stub = consent_pb2_grpc.ConsentServiceStub(channels[k // STREAMS_PER_CHANNEL])
         call = stub.WatchStatus(consent_pb2.WatchStatusRequest())
-        got_first = False
         try:
             async for msg in call:
-                first[k].setdefault(msg.seq, time.time())
-                if not got_first:
-                    got_first = True
-                    connected += 1
-                    if connected == n:
+                prev = latest[k]
+                if msg.seq <= prev:
+                    continue  # a heartbeat
+                latest[k] = msg.seq
+                hist[k].append((msg.seq, time.time()))
+                if prev < 0:
+                    st.connected += 1
+                    if st.connected == n:
                         done.set()
+                if st.target is not None and prev <= st.target < msg.seq:
+                    st.reached += 1
+                    if st.reached == st.connected:
+                        all_reached.set()
         except grpc.aio.AioRpcError as exc:
+            if latest[k] < 0:
+                st.lost += 1  # ended before its first list (the server dropped the call)
             if exc.code() != grpc.StatusCode.CANCELLED:
                 failed.append(f"{exc.code().name}: {exc.details()}")
                 done.set()
@@ -100,35 +144,90 @@ async def _watchers(address: str, tls: TlsFiles, n: int, pipe: Connection) -> No
     # Wait until every stream delivered its first list, or until no more arrive for 10 s
     # (then the run goes on with the streams held, and says how many that is).
     last, quiet = -1, time.monotonic()
-    while not done.is_set() and time.monotonic() - quiet < 10:
+    while not done.is_set() and time.monotonic() - quiet < QUIET_S:
         await asyncio.sleep(0.2)
-        if connected != last:
-            last, quiet = connected, time.monotonic()
+        if st.connected != last:
+            last, quiet = st.connected, time.monotonic()
     loop = asyncio.get_running_loop()
     if failed:
         pipe.send(("failed", failed[:3]))
         return
-    pipe.send(("connected", connected))
-    first = [f for f in first if f]  # the streams held
+    pipe.send(("connected", st.connected, st.lost))
     while True:
         cmd = await loop.run_in_executor(None, pipe.recv)
         if cmd[0] == "stop":
             break
-        _, after_seq, t0 = cmd  # every stream's first list with seq > after_seq, latest
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            reached = [min((t for s, t in f.items() if s > after_seq), default=None) for f in first]
-            if all(t is not None for t in reached):
-                pipe.send(("reached", max(t for t in reached if t is not None) - t0))
-                break
-            await asyncio.sleep(0.01)
-        else:
-            missing = sum(1 for f in first if not any(s > after_seq for s in f))
-            pipe.send(("timeout", missing))
+        _, after_seq, t0 = cmd  # until every held stream got a list with seq > after_seq
+        all_reached.clear()
+        st.reached = sum(1 for s in latest if s > after_seq)
+        st.target = after_seq
+        if st.reached == st.connected:
+            all_reached.set()
+        try:
+            await asyncio.wait_for(all_reached.wait(), 10)
+            # the moment the last stream first held a list past after_seq
+            reach = max(min(t for s, t in h if s > after_seq) for h in hist if h)
+            pipe.send(("reached", reach - t0))
+        except TimeoutError:
+            pipe.send(("timeout", st.connected - st.reached))
+        st.target = None
     for t in tasks:
         t.cancel()
     for ch in channels:
         await ch.close(None)
+
+
+class WatcherProcs:
+    """The watchers, split over processes of at most ``PER_PROCESS`` streams each (as
+    verifiers are: many processes, few streams each; one interpreter holding thousands of
+    streams would measure its own loop, not the service)."""
+
+    def __init__(self, address: str, tls: TlsFiles, n: int) -> None:
+        ctx = mp.get_context("spawn")
+        k = -(-n // PER_PROCESS)
+        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        self.pipes: list[Connection] = []
+        self.procs: list[Any] = []
+        for size in sizes:
+            parent, child = ctx.Pipe()
+            self.pipes.append(parent)
+            self.procs.append(ctx.Process(target=_watchers_main, args=(address, tls, size, child)))
+
+    def start(self) -> int:
+        """Open every stream; how many delivered their first list."""
+        for p in self.procs:
+            p.start()
+        held = self.lost = 0
+        for pipe in self.pipes:
+            if not pipe.poll(320):
+                raise RuntimeError("the watchers did not connect within 320 s")
+            msg = pipe.recv()
+            if msg[0] != "connected":
+                raise RuntimeError(f"watchers failed: {msg}")
+            held += msg[1]
+            self.lost += msg[2]
+        return held
+
+    def wait(self, after_seq: int, t0: float) -> float:
+        """Seconds from ``t0`` until every stream held a list past ``after_seq``."""
+        for pipe in self.pipes:
+            pipe.send(("wait", after_seq, t0))
+        got = [pipe.recv() for pipe in self.pipes]
+        missing = sum(v for kind, v in got if kind != "reached")
+        if missing:
+            raise RuntimeError(f"{missing} watchers never saw the revocation")
+        return max(v for _, v in got)
+
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            pipe.send(("stop",))
+        for p in self.procs:
+            p.join(30)
+
+    def terminate(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
 
 
 # --- the measurements --------------------------------------------------------------------
@@ -175,9 +274,7 @@ def run(n_watchers: int, n_calls: int, n_revocations: int) -> dict[str, Any]:
             watchers_total=n_watchers + 100,
         )
         address = f"127.0.0.1:{port}"
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = None
+        procs = WatcherProcs(address, files["dept-courts"], n_watchers)
         try:
             ent = ConsentClient(address, files[codes[0]], server_org=SERVER_ORG)
             bank_c = ConsentClient(address, files[BANK], server_org=SERVER_ORG)
@@ -194,16 +291,10 @@ def run(n_watchers: int, n_calls: int, n_revocations: int) -> dict[str, Any]:
             without = score_round_trips(coord, ref, n_calls)
             print(f"measured without watchers; opening {n_watchers} watchers", flush=True)
             t_conn = time.perf_counter()
-            proc = ctx.Process(
-                target=_watchers_main, args=(address, files["dept-courts"], n_watchers, child)
-            )
-            proc.start()
-            if not parent.poll(320):
-                raise RuntimeError("the watchers did not connect within 320 s")
-            msg = parent.recv()
+            reporting = procs.start()
             connect_s = time.perf_counter() - t_conn
-            print(f"watchers: {msg} after {connect_s:.1f} s", flush=True)
-            assert msg[0] == "connected", msg
+            print(f"watchers: {reporting} held after {connect_s:.1f} s "
+                  f"({procs.lost} ended before their first list)", flush=True)  # fmt: skip
             held = authority_watchers(server)
             with_w = score_round_trips(coord, ref, n_calls)
             reach = []
@@ -212,23 +303,19 @@ def run(n_watchers: int, n_calls: int, n_revocations: int) -> dict[str, Any]:
                 seq = authority.status.seq
                 t0 = time.time()
                 ent.revoke(g.consent_id)
-                parent.send(("wait", seq, t0))
-                kind, value = parent.recv()
-                if kind != "reached":
-                    raise RuntimeError(f"{value} watchers never saw the revocation")
-                reach.append(value)
-            parent.send(("stop",))
-            proc.join(30)
+                reach.append(procs.wait(seq, t0))
+            procs.stop()
             for c in (ent, bank_c, coord):
                 c.close()
         finally:
-            if proc is not None and proc.is_alive():
-                proc.terminate()
+            procs.terminate()
             stop(server, authority)
     return {
         "watchers": n_watchers,
         "watchers_held": held,
-        "watchers_reporting": msg[1],
+        "watchers_reporting": reporting,
+        "watcher_processes": len(procs.procs),
+        "watchers_lost_opening": procs.lost,
         "connect_all_s": connect_s,
         "calls": n_calls,
         "score_consent_p50_ms_without": pct(without, 0.5) * 1e3,
@@ -252,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=400)
     ap.add_argument("--revocations", type=int, default=20)
     args = ap.parse_args(argv)
+    nofile = raise_nofile()
     load_before = os.getloadavg()
     r = run(args.watchers, args.calls, args.revocations)
     p99_ratio = r["score_consent_p99_ms_with"] / r["score_consent_p99_ms_without"]
@@ -294,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                     **r,
                     "p99_ratio": p99_ratio,
                     "loadavg_1m_before_after": [load_before[0], os.getloadavg()[0]],
+                    "rlimit_nofile": list(nofile),
+                    "streams_per_channel": STREAMS_PER_CHANNEL,
                 },
             },
             indent=2,

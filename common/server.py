@@ -99,15 +99,17 @@ def build_aio_server(
     service_names: Sequence[str],
     insecure: bool = False,
     migration_thread_pool: futures.ThreadPoolExecutor | None = None,
+    options: Sequence[tuple[str, Any]] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server (call inside a running event loop) and the port it is bound to.
 
-    ``migration_thread_pool``: where the servicer's plain (non-async) methods run."""
+    ``migration_thread_pool``: where the servicer's plain (non-async) methods run;
+    ``options``: channel arguments added to :data:`SERVER_OPTIONS`."""
     from grpc_health.v1 import _async as health_async
 
     server = grpc.aio.server(
         migration_thread_pool,
-        options=SERVER_OPTIONS,
+        options=(*SERVER_OPTIONS, *options),
         interceptors=[AioDecodeInterceptor()],
     )
     register(server)

@@ -45,6 +45,20 @@ WATCHERS_PER_IDENTITY = 16
 WATCHERS_TOTAL = 20_000
 
 
+def pending_call_limits(watchers_total: int) -> tuple[tuple[str, int], ...]:
+    """gRPC core holds a call that arrived before the server's event loop asked for the
+    next one as "pending", and past 1,000 pending calls starts cancelling new ones at
+    random (all of them past 3,000). Every verifier opening its stream at once (a
+    restart, a network blip) is such a burst: without room for it, thousands of streams
+    are cancelled and must come back one retry at a time. Pending calls cost a little
+    memory each; the watcher caps still bound how many are served."""
+    n = watchers_total + 1_000  # the streams plus room for ordinary calls
+    return (
+        ("grpc.server.max_pending_requests", n),
+        ("grpc.server.max_pending_requests_hard_limit", n),
+    )
+
+
 def refs_from_pb(uses: Any) -> list[UseRef]:
     return [UseRef(u.jti, u.sub, u.aud) for u in uses]
 
@@ -368,6 +382,7 @@ class ConsentServer:
                 service_names=[SERVICE_NAME] + ([PASSKEY_SERVICE] if passkeys else []),
                 insecure=insecure,
                 migration_thread_pool=self._pool,
+                options=pending_call_limits(servicer.broadcaster.total),
             )
 
         self.server, self.port = self._call(build())
