@@ -48,21 +48,27 @@ def population(market: Marketplace) -> tuple[list[str], rules.Population, list[t
     return [r.enterprise for r in rows], pop, [(r.industry, r.headcount) for r in rows]
 
 
+def run_order(run_id: str, codes: Sequence[str]) -> np.ndarray:
+    """A per-run pseudo-random order key for every enterprise (ties within a grade)."""
+    return np.array(
+        [
+            int.from_bytes(hashlib.sha256(f"{run_id}:{c}".encode()).digest()[:8], "big") >> 1
+            for c in codes
+        ],
+        dtype=np.int64,
+    )
+
+
 def select_leads(
-    run_id: str,
-    codes: Sequence[str],
-    pop: rules.Population,
-    mine: Sequence[rules.Product],
-    cap: int,
+    order: np.ndarray, pop: rules.Population, mine: Sequence[rules.Product], cap: int
 ) -> list[tuple[int, str]]:
-    """(row, product id) of the leads for one bank: best grade first, then hash order."""
-    best = np.full(len(codes), -1, dtype=np.int32)
+    """(row, product id) of the leads for one bank: best grade first, then ``order``."""
+    best = np.full(order.shape[0], -1, dtype=np.int32)
     for i, prod in enumerate(mine):
         best = np.where((best < 0) & rules.eligible(prod, pop), i, best)
     rows = np.nonzero(best >= 0)[0]
-    key = [(int(pop.grade_rank[r]), hashlib.sha256(f"{run_id}:{codes[int(r)]}".encode()).digest()[:8], int(r))
-           for r in rows]  # fmt: skip
-    return [(r, mine[int(best[r])].product_id) for _, _, r in sorted(key)[:cap]]
+    ranked = rows[np.lexsort((order[rows], pop.grade_rank[rows]))][:cap]
+    return [(int(r), mine[int(best[r])].product_id) for r in ranked]
 
 
 def push_leads(
@@ -74,8 +80,9 @@ def push_leads(
     for p in market.products():
         by_bank.setdefault(p.bank, []).append(p)
     out: dict[str, int] = {}
+    order = run_order(run_id, codes)
     for bank, mine in sorted(by_bank.items()):
-        chosen = select_leads(run_id, codes, pop, mine, max_per_bank)
+        chosen = select_leads(order, pop, mine, max_per_bank)
         ents = sorted(codes[r] for r, _ in chosen)
         commit = hashlib.sha256("\n".join(ents).encode()).hexdigest()
 

@@ -54,32 +54,24 @@ def commitment(rows: Sequence[Profile]) -> str:
 
 
 def _upsert(market: Marketplace, rows: Sequence[Profile], run_id: str) -> None:
-    dialect = market.store.engine.dialect.name
-    ins_mod = postgresql if dialect == "postgresql" else sqlite
+    """One executemany of ``INSERT … ON CONFLICT DO UPDATE`` (both dialects), in one transaction."""
+    ins_mod = postgresql if market.store.engine.dialect.name == "postgresql" else sqlite
+    stmt = ins_mod.insert(profiles)
+    ex = stmt.excluded
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[profiles.c.enterprise],
+        set_={"industry": ex.industry, "region": ex.region, "headcount": ex.headcount,
+              "prev_grade": profiles.c.grade, "grade": ex.grade, "pd_ppm": ex.pd_ppm,
+              "run_id": ex.run_id},
+    )  # fmt: skip
     with market.store.tx() as c:
         for i in range(0, len(rows), CHUNK):
-            values = [
+            c.execute(stmt, [
                 {"enterprise": p.enterprise, "industry": p.industry, "region": p.region,
                  "headcount": p.headcount, "grade": p.grade, "pd_ppm": p.pd_ppm,
                  "run_id": run_id, "push_opt_out": False}
                 for p in rows[i : i + CHUNK]
-            ]  # fmt: skip
-            stmt = ins_mod.insert(profiles).values(values)
-            ex = stmt.excluded
-            c.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[profiles.c.enterprise],
-                    set_={
-                        "industry": ex.industry,
-                        "region": ex.region,
-                        "headcount": ex.headcount,
-                        "prev_grade": profiles.c.grade,
-                        "grade": ex.grade,
-                        "pd_ppm": ex.pd_ppm,
-                        "run_id": ex.run_id,
-                    },
-                )
-            )
+            ])  # fmt: skip
 
 
 def rate_city(market: Marketplace, run_id: str, rows: Sequence[Profile]) -> RunReport:

@@ -78,7 +78,12 @@ class Marketplace:
         fund: FundPolicy | None = None,
         settings: MarketSettings | None = None,
         clock: Callable[[], float] = time.time,
+        defer_publish: bool = False,
     ) -> None:
+        """``defer_publish``: for an in-process batch driver only (``world simulate``): events
+        wait in the outbox until :meth:`flush` publishes them in batches. A served
+        marketplace never defers: nothing is answered before its ledger entry."""
+        self.defer_publish = defer_publish
         self.store = store
         self.sink = sink
         self.verifier = verifier
@@ -119,12 +124,27 @@ class Marketplace:
             self.store.mark_published([(seq, receipt.index)])
             return receipt.index
 
-    def flush(self) -> int:
-        """Publish every event a crash or a ledger outage left behind; how many."""
+    def flush(self, batch: int = 500) -> int:
+        """Publish every event still in the outbox (a crash, a ledger outage, a deferring
+        driver), in order, ``batch`` per ledger call when the sink takes batches; how many."""
+        many = getattr(self.sink, "append_many", None)
         n = 0
-        for seq, *_ in self.store.unpublished():
-            self.publish(Stored(seq, {}, None, False))
-            n += 1
+        with self._publish_lock:
+            pending = self.store.unpublished()
+            for i in range(0, len(pending), batch if many else 1):
+                chunk = pending[i : i + (batch if many else 1)]
+                items = [(kind, subject, payload) for _, kind, subject, payload in chunk]
+                try:
+                    receipts = many(items) if many else [self.sink.append(*items[0])]
+                except Exception as exc:
+                    raise LedgerUnavailable(
+                        f"the ledger did not take {len(items)} pending marketplace entries "
+                        f"({type(exc).__name__}); they stay in the outbox"
+                    ) from exc
+                self.store.mark_published(
+                    [(c[0], r.index) for c, r in zip(chunk, receipts, strict=True)]
+                )
+                n += len(chunk)
         return n
 
     def _change(
@@ -140,7 +160,7 @@ class Marketplace:
             stored = self.store.replay(c, key, params)
             if stored is None:
                 stored = self.store.record(c, key, params, apply(c))
-        index = self.publish(stored)
+        index = 0 if self.defer_publish else self.publish(stored)
         return {**stored.result, "ledger_index": index, "replayed": stored.replayed}
 
     # ------------------------------------------------------------ products

@@ -79,3 +79,32 @@ def _sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@world.command("simulate")
+def simulate_cmd(
+    months: Annotated[int, typer.Option(help="Months to simulate.")] = 12,
+    enterprises: Annotated[int, typer.Option(help="Platform enterprises.")] = 18_000,
+    banks: Annotated[int, typer.Option(help="Financial institutions.")] = 23,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path(
+        "bench/results/simulation"
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """Drive the synthetic city through the financing marketplace for a year; write a report and plots."""
+    from fedcredit.world.simulate import SimParams, simulate
+
+    def progress(m: int, elapsed: float) -> None:
+        if not as_json:
+            err_console.print(f"month {m + 1}/{months} done, {elapsed:.0f} s")
+
+    with user_errors(as_json):
+        r = simulate(
+            out, SimParams(enterprises=enterprises, banks=banks, months=months, seed=seed), progress
+        )
+        keys = ("loans", "amount", "channels", "needs", "wall_s")
+        output(
+            {**{k: r[k] for k in keys}, "fund": r["fund"], "report": str(out / "report.md")},
+            as_json,
+        )

@@ -111,3 +111,27 @@ def test_fund_shares_by_grade_in_integer_yuan() -> None:
     # recoveries: the same share, never more than the fund still has to get back
     assert rules.recovery_share(8_000, 100_000, paid=800_000, fund_recovered=0) == 80_000
     assert rules.recovery_share(8_000, 100_000, paid=800_000, fund_recovered=750_000) == 50_000
+
+
+def test_the_coordinator_adapter_reads_its_guarantee_decisions() -> None:
+    from fedcredit.market.client import CoordinatorGuarantees
+    from fedcredit.v1 import coordinator_pb2 as cpb
+
+    class Coordinator:
+        def list_guarantees(
+            self, *, enterprise: str = "", limit: int = 100
+        ) -> list[cpb.GuaranteeDecision]:
+            assert enterprise == "E1"
+            return [
+                cpb.GuaranteeDecision(application_id="other", enterprise="E1"),
+                cpb.GuaranteeDecision(
+                    application_id="app-9", approved=True, reason="APPROVED", rating="A",
+                    fund_share_bp=8000, fund_amount_yuan=800_000, status="ACTIVE",
+                    enterprise="E1", amount_yuan=1_000_000, term_months=12, bank="bank-x",
+                ),
+            ]  # fmt: skip
+
+    g = CoordinatorGuarantees(Coordinator()).get("E1", "app-9")
+    assert g == rules.GuaranteeView("app-9", "bank-x", "E1", 1_000_000, 12, True, "APPROVED", "A",
+                                    8000, 800_000, "ACTIVE")  # fmt: skip
+    assert CoordinatorGuarantees(Coordinator()).get("E1", "missing") is None

@@ -271,3 +271,14 @@ def test_sla_timers_are_measured(env: Env) -> None:
         "breaches": 0,
     }
     assert r["disbursement"]["breaches"] == 1 and r["disbursement"]["max_s"] == 2 * 86400
+
+
+def test_a_deferring_driver_publishes_every_event_at_flush(env: Env) -> None:
+    env.market.defer_publish = True
+    (c,) = seed(env, 1, run="run-d")
+    (o,) = _banks(env, 1)
+    _loan(env, c, o)
+    assert env.market.store.unpublished()  # waiting in the outbox, not lost
+    n = env.market.flush(batch=2)
+    assert n > 0 and env.market.store.unpublished() == []
+    assert all(e["ledger_index"] is not None for e in env.market.store.events_of(c))
