@@ -96,6 +96,13 @@ runs_t = Table(
     Column("summary", Text, nullable=False),
 )
 
+registry_t = Table(
+    "pol_registry",
+    metadata,
+    Column("code", String(18), primary_key=True),
+    Column("attributes", Text, nullable=False),  # platform.* and registry.* as JSON
+)
+
 Append = Callable[[Sequence[tuple[str, str | None, dict[str, Any]]]], Any]
 DAY = 86_400.0
 
@@ -302,6 +309,23 @@ class PolicyStore:
                     "policy": a.policy_id, "run_id": a.run_id, "amount_yuan": a.amount_yuan})])  # fmt: skip
             paid.append(a)
         return paid
+
+    # -- the platform's registry (enterprises and their platform attributes) ------------
+
+    def load_registry(self, rows: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        """Replace the registry: (credit code, ``rules.platform_row(...)``) per enterprise."""
+        with self._tx() as conn:
+            conn.execute(registry_t.delete())
+            if rows:
+                conn.execute(insert(registry_t), [
+                    {"code": c, "attributes": json.dumps(a, sort_keys=True)} for c, a in rows
+                ])  # fmt: skip
+        return len(rows)
+
+    def registry(self) -> tuple[list[str], list[dict[str, Any]]]:
+        with self._guard(), self.engine.connect() as conn:
+            rows = list(conn.execute(select(registry_t).order_by(registry_t.c.code)))
+        return [r.code for r in rows], [json.loads(r.attributes) for r in rows]
 
     # -- runs ------------------------------------------------------------------------------
 

@@ -1,0 +1,39 @@
+"""Typed client of the policy service (sync, mTLS): the SDK for departments, the operator
+and enterprises. Failures raise the typed fedcredit error of their reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedcredit.common.client import ServiceClient
+from fedcredit.v1 import policies_pb2, policies_pb2_grpc
+
+
+class PolicyClient(ServiceClient[policies_pb2_grpc.PolicyServiceStub]):
+    stub_type = policies_pb2_grpc.PolicyServiceStub
+    default_server_org = "policies"
+    default_timeout = 600.0  # a screening run of a whole city takes a minute or so
+
+    def check_rule(self, rule: str) -> Any:
+        return self._call(self._stub.CheckRule, policies_pb2.CheckRuleRequest(rule=rule))
+
+    def publish(self, policy: policies_pb2.PolicyMessage) -> Any:
+        return self._call(self._stub.PublishPolicy, policy)
+
+    def policies(self, mode: str = "") -> list[Any]:
+        resp = self._call(self._stub.ListPolicies, policies_pb2.ListPoliciesRequest(mode=mode))
+        return list(resp.policies)
+
+    def run_screening(self, today: str, run_id: str = "") -> Any:
+        req = policies_pb2.RunScreeningRequest(run_id=run_id, today=today)
+        return self._call(self._stub.RunScreening, req)
+
+    def awards(self) -> list[Any]:
+        return list(self._call(self._stub.ListAwards, policies_pb2.ListAwardsRequest()).awards)
+
+    def decline(self, policy_id: str) -> Any:
+        req = policies_pb2.DeclineAwardRequest(policy_id=policy_id)
+        return self._call(self._stub.DeclineAward, req)
+
+    def pay_due(self) -> Any:
+        return self._call(self._stub.PayDue, policies_pb2.PayDueRequest())

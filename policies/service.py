@@ -1,0 +1,181 @@
+"""The policy service over gRPC (sync server, mTLS): who may do what, and the wire mapping.
+
+Access (from the caller's certificate): anyone authenticated may check a rule and list
+policies; a ``department`` or the ``operator`` publishes; the ``operator`` runs screening
+and pays what is due; an ``enterprise`` lists and declines only its own awards (its
+certificate's organisation id is its credit code). Every refusal is a typed error with
+its reason; malformed input is INVALID_ARGUMENT and changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import grpc
+
+from fedcredit.common.errors import RoleNotAllowed
+from fedcredit.common.rpc import handle_errors
+from fedcredit.common.server import build_server
+from fedcredit.common.tls import Identity, TlsFiles, peer_identity
+from fedcredit.policies import rules, runs, screening
+from fedcredit.policies.errors import InvalidPolicy
+from fedcredit.policies.store import Award, PolicyStore
+from fedcredit.v1 import policies_pb2, policies_pb2_grpc
+
+SERVICE_NAME = policies_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
+PUBLISHERS = frozenset({"department", "operator"})
+OPERATORS = frozenset({"operator"})
+
+
+def _allow(caller: Identity, roles: frozenset[str], what: str) -> None:
+    if caller.role not in roles:
+        raise RoleNotAllowed(
+            f"{caller.org_id} has role {caller.role!r}; {what} is for {', '.join(sorted(roles))}",
+            role=caller.role,
+        )
+
+
+def _date(text: str, name: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise InvalidPolicy(f"{name}: expected YYYY-MM-DD, got {text!r}", field=name) from None
+
+
+def policy_from_pb(m: Any) -> rules.Policy:
+    return rules.Policy(
+        id=m.id, title=m.title, department=m.department, mode=m.mode,
+        amount_yuan=m.amount_yuan, budget_yuan=m.budget_yuan,
+        opens=_date(m.opens, "opens"), closes=_date(m.closes, "closes"), rule=m.rule,
+        decline_days=m.decline_days or 7, reviewers=tuple(m.reviewers),
+        notice_days=m.notice_days or 5, review_days=m.review_days or 10, fields=tuple(m.fields),
+    )  # fmt: skip
+
+
+def policy_to_pb(p: rules.Policy) -> policies_pb2.PolicyMessage:
+    return policies_pb2.PolicyMessage(
+        id=p.id, title=p.title, department=p.department, mode=p.mode,
+        amount_yuan=p.amount_yuan, budget_yuan=p.budget_yuan, opens=p.opens.isoformat(),
+        closes=p.closes.isoformat(), rule=p.rule, decline_days=p.decline_days,
+        reviewers=list(p.reviewers), notice_days=p.notice_days, review_days=p.review_days,
+        fields=list(p.fields),
+    )  # fmt: skip
+
+
+def rule_to_pb(checked: rules.CheckedRule) -> policies_pb2.CheckRuleResponse:
+    return policies_pb2.CheckRuleResponse(
+        combination=checked.describe(),
+        clauses=[policies_pb2.RuleClause(id=f"c{i}", evaluated_by=c.namespace, cel=c.text)
+                 for i, c in enumerate(checked.clauses)],
+    )  # fmt: skip
+
+
+def award_to_pb(a: Award) -> policies_pb2.AwardMessage:
+    return policies_pb2.AwardMessage(
+        policy_id=a.policy_id, enterprise=a.enterprise, run_id=a.run_id,
+        amount_yuan=a.amount_yuan, state=a.state, notified_at=a.notified_at,
+        decline_until=a.decline_until,
+    )  # fmt: skip
+
+
+class PolicyServicer(policies_pb2_grpc.PolicyServiceServicer):
+    def __init__(
+        self,
+        *,
+        store: PolicyStore,
+        ledger: runs.Ledger,
+        nodes: Mapping[str, screening.NodeScreener],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.append = runs.batched(ledger.append_many)
+        self.nodes = nodes
+        self.clock = clock
+
+    @handle_errors
+    def CheckRule(self, request: Any, context: Any) -> Any:
+        peer_identity(context)
+        return rule_to_pb(rules.check_rule(request.rule))
+
+    @handle_errors
+    def PublishPolicy(self, request: Any, context: Any) -> Any:
+        _allow(peer_identity(context), PUBLISHERS, "publishing a policy")
+        policy = policy_from_pb(request)
+        self.store.publish(policy, self.clock(), self.append)
+        return rule_to_pb(rules.check_rule(policy.rule))
+
+    @handle_errors
+    def ListPolicies(self, request: Any, context: Any) -> Any:
+        peer_identity(context)
+        mode = request.mode or None
+        if mode is not None and mode not in rules.MODES:
+            raise InvalidPolicy(f"mode: expected one of {', '.join(rules.MODES)}, got {mode!r}",
+                                field="mode")  # fmt: skip
+        return policies_pb2.ListPoliciesResponse(
+            policies=[policy_to_pb(p) for p in self.store.policies(mode=mode)]
+        )
+
+    @handle_errors
+    def RunScreening(self, request: Any, context: Any) -> Any:
+        _allow(peer_identity(context), OPERATORS, "running a screening")
+        codes, rows = self.store.registry()
+        s = runs.run_automatic(self.store, self.ledger, self.nodes, codes, rows,
+                               run_id=request.run_id or f"run-{int(self.clock())}",
+                               today=_date(request.today, "today"), now=self.clock())  # fmt: skip
+        return policies_pb2.RunScreeningResponse(
+            run_id=s.run_id, enterprises=s.enterprises, policies=s.policies, clauses=s.clauses,
+            screening_seconds=s.screening_seconds, eligible=s.eligible, notified=s.notified,
+            unfunded=s.unfunded,
+        )  # fmt: skip
+
+    @handle_errors
+    def ListAwards(self, request: Any, context: Any) -> Any:
+        caller = peer_identity(context)
+        _allow(caller, frozenset({"enterprise"}), "listing awards")
+        return policies_pb2.ListAwardsResponse(
+            awards=[award_to_pb(a) for a in self.store.awards_of(caller.org_id)]
+        )
+
+    @handle_errors
+    def DeclineAward(self, request: Any, context: Any) -> Any:
+        caller = peer_identity(context)
+        _allow(caller, frozenset({"enterprise"}), "declining a benefit")
+        return award_to_pb(
+            self.store.decline(request.policy_id, caller.org_id, self.clock(), self.append)
+        )
+
+    @handle_errors
+    def PayDue(self, request: Any, context: Any) -> Any:
+        _allow(peer_identity(context), OPERATORS, "paying awards")
+        paid = self.store.pay_due(self.clock(), self.append)
+        return policies_pb2.PayDueResponse(
+            paid=len(paid), amount_yuan=sum(a.amount_yuan for a in paid)
+        )
+
+
+@dataclass
+class PolicyServer:
+    server: grpc.Server
+    port: int
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        self.server.stop(grace).wait()
+
+
+def build_policy_server(
+    servicer: PolicyServicer, *, address: str, tls: TlsFiles | None, insecure: bool = False,
+    extra: Sequence[Any] = (),
+) -> PolicyServer:  # fmt: skip
+    server, port = build_server(
+        address=address, tls=tls, service_names=[SERVICE_NAME], insecure=insecure,
+        register=lambda s: policies_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, s),
+    )  # fmt: skip
+    return PolicyServer(server, port)
