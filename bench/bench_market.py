@@ -288,6 +288,21 @@ def rows_of(rr: dict[str, Any], races: dict[str, dict[str, Any]]) -> list[dict[s
     return rows
 
 
+SIMULATION = RESULTS.parent / "simulation" / "report.json"
+
+
+def simulation_rows() -> list[dict[str, Any]]:
+    """The last `fedcredit world simulate --months 12` run's wall time (7-10 minutes alone,
+    so run on its own, like bench_training_city)."""
+    if not SIMULATION.exists():
+        return []
+    r = json.loads(SIMULATION.read_text())
+    p = r["params"]
+    return [{"metric": f"simulated year ({p['enterprises']:,} enterprises, {p['banks']} institutions, "
+             f"{r['loans']:,} loans; last `fedcredit world simulate` run)",
+             "value": r["wall_s"], "unit": "s", "target": "<= 600", "met": r["wall_s"] <= 600}]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--enterprises", type=int, default=120_000)
@@ -308,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             eng = make_engine(PG_URL)
             metadata.drop_all(eng)
             eng.dispose()
-    rows = rows_of(rr, races)
+    rows = rows_of(rr, races) + simulation_rows()
     table(rows)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
