@@ -45,6 +45,18 @@ class Backend:
             self._log_key = str(self.ledger.log_info().log_key)
         return self._log_key or ""
 
+    def checkpoint(self) -> tuple[str, str]:
+        """The ledger's latest signed checkpoint and the log's verifier key."""
+        if self.ledger is None:
+            return "", ""
+        return self.ledger.checkpoint(), self.log_key()
+
+    def consistency(self, old_size: int, new_size: int) -> list[str]:
+        """RFC 9162 consistency proof between two tree sizes (base64 hashes)."""
+        if self.ledger is None:
+            return []
+        return [base64.b64encode(h).decode() for h in self.ledger.consistency_proof(old_size, new_size)]  # fmt: skip
+
     def entries_about(self, enterprise: str, limit: int = 5000) -> ProvenEntries:
         if self.ledger is None:
             return ProvenEntries("", 0, "", [])

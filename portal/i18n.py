@@ -94,6 +94,16 @@ T: dict[str, tuple[str, str]] = {
         "Requested; waiting for the enterprise to approve with its passkey.",
     ),
     "my_requests": ("我的授权", "My consents"),
+    "audit_home": ("审计：账本检查点", "Audit: ledger checkpoint"),
+    "audit_intro": (
+        "检查点签名与一致性证明均在您的浏览器中验证。保存一个检查点，之后可验证账本只增不改。",
+        "The checkpoint's signature and the consistency proofs are verified in your browser. Save a checkpoint; later ones are then checked to extend it (the log only grows).",
+    ),
+    "log_signature": ("日志签名", "Log signature"),
+    "consistency": ("与已保存检查点的一致性", "Consistency with the saved checkpoint"),
+    "saved": ("已保存的检查点", "Saved checkpoint"),
+    "none_saved": ("尚未保存", "none saved yet"),
+    "save_checkpoint": ("保存此检查点", "Save this checkpoint"),
     "role_home": ("工作台", "Home"),
     "role_pages_todo": (
         "此角色的完整页面尚在建设中；请使用命令行 `fedcredit --help`。",

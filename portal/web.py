@@ -37,7 +37,7 @@ from fedcredit.portal.settings import PortalSettings
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 COOKIE = "fc_session"
-HOME = {"enterprise": "/enterprise", "bank": "/bank"}
+HOME = {"enterprise": "/enterprise", "bank": "/bank", "auditor": "/audit"}
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -87,7 +87,9 @@ class Portal:
             response.headers[k] = v
         return response
 
-    def render(self, request: Request, s: Session, template: str, **ctx: Any) -> Response:
+    def render(
+        self, request: Request, s: Session, template: str, *, status: int = 200, **ctx: Any
+    ) -> Response:
         lang = s.lang
         flash = [i18n.tr(k, lang) if k in i18n.T else k for k in s.flash]
         s.flash.clear()
@@ -102,7 +104,7 @@ class Portal:
             path=request.url.path,
             **ctx,
         )
-        return self.finish(HTMLResponse(html), s)
+        return self.finish(HTMLResponse(html, status), s)
 
 
 def _when(ts: int | str | None) -> str:
@@ -176,7 +178,8 @@ def page(role: str | None = None) -> Callable[[Callable[[Portal, Request, Sessio
                     s2 = portal.sessions.new(s.lang)
                     s2.flash.append("session_expired")
                     return portal.finish(RedirectResponse("/signin", 303), s2)
-                return portal.render(request, s, "error.html", error=exc)
+                code = 400 if exc.code.name == "INVALID_ARGUMENT" else 403 if exc.code.name in ("PERMISSION_DENIED", "UNAUTHENTICATED") else 409 if exc.code.name == "FAILED_PRECONDITION" else 404 if exc.code.name == "NOT_FOUND" else 503  # fmt: skip
+                return portal.render(request, s, "error.html", status=code, error=exc)
 
         return endpoint
 

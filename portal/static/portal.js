@@ -189,6 +189,79 @@
     document.body.dataset.proofsDone = "1";
   }
 
+  // RFC 9162 §2.1.4.2: does the tree of size `second` (root secondHash) extend the one of
+  // size `first` (root firstHash)? Arithmetic shifts, as above.
+  async function verifyConsistency(first, second, firstHash, secondHash, proof) {
+    if (first > second) return false;
+    if (first === second) return proof.length === 0 && hex(firstHash) === hex(secondHash);
+    if (first === 0 || proof.length === 0) return false;
+    let path = proof;
+    if (Number.isInteger(Math.log2(first))) path = [firstHash, ...proof]; // first = 2^k
+    let fn = first - 1, sn = second - 1;
+    while (fn % 2 === 1) {
+      fn = Math.floor(fn / 2);
+      sn = Math.floor(sn / 2);
+    }
+    let fr = path[0], sr = path[0];
+    for (const c of path.slice(1)) {
+      if (sn === 0) return false;
+      if (fn % 2 === 1 || fn === sn) {
+        fr = await nodeHash(c, fr);
+        sr = await nodeHash(c, sr);
+        if (fn % 2 === 0) {
+          while (fn % 2 === 0 && fn !== 0) {
+            fn = Math.floor(fn / 2);
+            sn = Math.floor(sn / 2);
+          }
+        }
+      } else {
+        sr = await nodeHash(sr, c);
+      }
+      fn = Math.floor(fn / 2);
+      sn = Math.floor(sn / 2);
+    }
+    return sn === 0 && hex(fr) === hex(firstHash) && hex(sr) === hex(secondHash);
+  }
+
+  const SAVED = "fc-saved-checkpoint";
+
+  async function auditPage() {
+    const holder = document.getElementById("checkpoint");
+    if (!holder) return;
+    const doc = JSON.parse(holder.textContent);
+    const words = document.getElementById("words");
+    const status = document.getElementById("cp-status");
+    const cons = document.getElementById("consistency-status");
+    let cp = null;
+    try {
+      cp = await verifyCheckpoint(doc.checkpoint, doc.log_key);
+      mark(status, true, words);
+    } catch (e) {
+      mark(status, false, words);
+      status.title = String(e.message || e);
+    }
+    const saved = JSON.parse(localStorage.getItem(SAVED) || "null");
+    if (saved) document.getElementById("saved").textContent = `size ${saved.size}, root ${saved.root}`;
+    if (cp && saved && saved.origin === cp.origin) {
+      let ok = false;
+      if (saved.size === cp.size) {
+        ok = saved.root === b64u(cp.root);
+      } else if (saved.size < cp.size) {
+        const r = await fetch(`/audit/consistency?old=${saved.size}&new=${cp.size}`, { headers: { Accept: "application/json" } });
+        const j = await r.json();
+        const rootOf = (s) => unb64(s.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((s.length + 3) % 4));
+        ok = r.ok && (await verifyConsistency(saved.size, cp.size, rootOf(saved.root), cp.root, j.proof.map(unb64)));
+      }
+      mark(cons, ok, words);
+    }
+    document.getElementById("save-checkpoint").addEventListener("click", () => {
+      if (!cp) return;
+      localStorage.setItem(SAVED, JSON.stringify({ origin: cp.origin, size: cp.size, root: b64u(cp.root) }));
+      location.reload();
+    });
+    document.body.dataset.auditDone = "1";
+  }
+
   document.addEventListener("submit", (ev) => {
     const form = ev.target.closest("form[data-webauthn]");
     if (!form) return;
@@ -211,6 +284,7 @@
       show(msg, true);
     }
     verifyAccessLog().catch(fail);
+    auditPage().catch(fail);
   });
 
   // htmx requests carry the CSRF token too.

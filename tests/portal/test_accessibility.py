@@ -33,16 +33,18 @@ def people(browser: Any, federation: Federation) -> Iterator[dict[str, Person]]:
     anon = Person(browser, federation, width=1280, height=900, bypass_csp=True)
     e = Person(browser, federation, width=1280, height=900, bypass_csp=True)
     b = Person(browser, federation, width=1280, height=900, bypass_csp=True)
+    a = Person(browser, federation, width=1280, height=900, bypass_csp=True)
     try:
+        a.enrol_and_sign_in("auditor-pboc-weihai", "auditor")
         e.enrol_and_sign_in(ent, "enterprise")
         b.enrol_and_sign_in(BANK, "bank")
         with ConsentClient(federation.consent_address, federation.pki.tls(BANK), server_org="consent-service") as c:  # fmt: skip
             for purpose in ("credit_assessment", "guarantee"):
                 c.request(ConsentTerms(ent, BANK, purpose, ["judicial", "operations_tax"], max_uses=3))  # fmt: skip
         federation.settle()
-        yield {"anonymous": anon, "enterprise": e, "bank": b}
+        yield {"anonymous": anon, "enterprise": e, "bank": b, "auditor": a}
     finally:
-        for p in (anon, e, b):
+        for p in (anon, e, b, a):
             p.close()
 
 
@@ -53,6 +55,7 @@ PAGES = [
     ("enterprise", "/enterprise/access", "access"),
     ("enterprise", "/passkeys", "passkeys"),
     ("bank", "/bank", "desk"),
+    ("auditor", "/audit", "checkpoint"),
 ]
 
 
@@ -62,6 +65,8 @@ def test_page_is_accessible(people: dict[str, Person], who: str, path: str, name
     person.go(path)
     if path == "/enterprise/access":
         person.page.wait_for_selector("body[data-proofs-done='1']")
+    if path == "/audit":
+        person.page.wait_for_selector("body[data-audit-done='1']")
     person.page.add_script_tag(path=str(AXE))
     result = person.page.evaluate(
         "async () => await axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']}})"

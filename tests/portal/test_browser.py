@@ -77,7 +77,9 @@ class Person:
         self.page.wait_for_url("**/signin")
         self.page.fill("#org", org)
         self.page.click("form#signin button[type=submit]")
-        self.page.wait_for_url("**/enterprise" if role == "enterprise" else "**/bank")
+        self.page.wait_for_url(
+            "**" + {"enterprise": "/enterprise", "bank": "/bank", "auditor": "/audit"}[role]
+        )
 
     def credentials(self) -> list[dict[str, Any]]:
         got = self.cdp.send("WebAuthn.getCredentials", {"authenticatorId": self.authenticator})
@@ -219,5 +221,45 @@ def test_csrf_and_session_expiry_refused_in_the_browser(browser: Any, federation
             assert "会话因长时间未操作已过期" in person.page.inner_text("#flash")
         finally:
             federation.clock.offset = 0
+    finally:
+        person.close()
+
+
+def test_auditor_checks_checkpoint_and_consistency_in_the_page(
+    browser: Any, federation: Federation
+) -> None:
+    person = Person(browser, federation)
+    page = person.page
+    try:
+        federation.ledger.append("operator_note", None, {"note": "before"})
+        federation.settle()
+        person.enrol_and_sign_in("auditor-pboc-weihai", "auditor")
+        page.wait_for_selector("body[data-audit-done='1']")
+        assert page.get_attribute("#cp-status", "data-status") == "verified"
+        page.click("#save-checkpoint")
+        page.wait_for_selector("body[data-audit-done='1']")
+        assert page.get_attribute("#consistency-status", "data-status") == "verified"
+        # the log grows: the newer checkpoint must extend the saved one
+        for i in range(5):
+            federation.ledger.append("operator_note", None, {"note": f"after {i}"})
+        federation.settle()
+        person.go("/audit")
+        page.wait_for_selector("body[data-audit-done='1']")
+        assert page.get_attribute("#consistency-status", "data-status") == "verified"
+
+        # a server that answers a forged consistency proof is caught by the page
+        def forged(route: Any) -> None:
+            resp = route.fetch()
+            doc = resp.json()
+            doc["proof"] = [h[:-4] + "AAA=" for h in doc["proof"]]
+            route.fulfill(response=resp, body=json.dumps(doc))
+
+        federation.ledger.append("operator_note", None, {"note": "more"})
+        federation.settle()
+        page.route("**/audit/consistency*", forged)
+        person.go("/audit")
+        page.wait_for_selector("body[data-audit-done='1']")
+        assert page.get_attribute("#consistency-status", "data-status") == "failed"
+        page.unroute("**/audit/consistency*")
     finally:
         person.close()

@@ -187,3 +187,11 @@ def test_bank_requests_from_the_portal(federation: Federation, visitor: Visitor)
     with row.begin() as conn:
         got = row.get(conn, mine[0].consent_id)
     assert got is not None and got.bank_x5t == bank.x5t_s256
+
+
+def test_auditor_consistency_refuses_bad_sizes(federation: Federation, visitor: Visitor) -> None:
+    enrolled(federation, visitor, "auditor-pboc-weihai", "auditor")
+    for query in ("old=5&new=2", "old=0&new=3", "old=x&new=1", ""):
+        r = visitor.get(f"/audit/consistency?{query}")
+        assert r.status_code == 400 and 'data-reason="INVALID_ARGUMENT"' in r.text, query
+    assert visitor.get("/enterprise").status_code == 303  # not an enterprise: sent home
