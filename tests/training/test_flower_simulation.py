@@ -69,21 +69,26 @@ def test_hist_plain_secagg_and_baselines(banks: tuple[str, ...]) -> None:
         TrainSettings(strategy="hist", params=PARAMS, secagg=True),
         TrainSettings(strategy="bagging", params=GBDTParams(num_trees=3, max_depth=3)),
         TrainSettings(strategy="cyclic", params=GBDTParams(num_trees=4, max_depth=3)),
+        TrainSettings(strategy="hist", params=PARAMS, secagg=True, secure_protocol="secaggplus"),
     ]
     out = simulate_many(runs, CsvSource(banks), 3)
     assert all(isinstance(o, TrainOutcome) for o in out), out
-    plain, sec, bag, cyc = (o for o in out if isinstance(o, TrainOutcome))
+    plain, sec, bag, cyc, secplus = (o for o in out if isinstance(o, TrainOutcome))
 
     # Central hist on the pooled rows: same bins (the sketch sums), same model, bit for bit.
     pooled = concat([load_csv(p) for p in banks])
     spec = fit_bin_spec(pooled.x, pooled.feature_names, PARAMS.max_bins)
     central = train_central(spec, pooled.x, pooled.y, PARAMS, pooled.ids)
     assert plain.model_text == central.to_lightgbm()
-    # SecAgg+ changes no split and no value: the quantisation is exact.
-    assert sec.model_text == plain.model_text
+    # Secure sums change no split and no value: the one-round masks cancel exactly, and
+    # Flower's SecAgg+ quantisation is exact on the limbs.
+    assert sec.model_text == plain.model_text == secplus.model_text
     assert plain.valid_logloss == central.valid_logloss and len(plain.valid_logloss) == 5
     assert plain.trees == 4 and plain.tree_rounds == 4 * 3 + 1
-    assert sec.bytes_up > plain.bytes_up  # masking and key exchange cost bytes
+    # One round trip per level either way with the masked sums; SecAgg+ takes four.
+    assert sec.message_rounds == plain.message_rounds == 4 * 3 + 1
+    assert secplus.message_rounds == 4 * plain.message_rounds
+    assert secplus.bytes_up > sec.bytes_up  # SecAgg+'s key exchange and limbs cost bytes
 
     x, y = pooled.x, pooled.y
     model = lgb.Booster(model_str=plain.model_text)
@@ -104,8 +109,8 @@ def _dropout_mod(marks: Path) -> Any:
     def mod(msg: Message, ctx: Context, call_next: Any) -> Message:
         if ctx.node_config.get("partition-id") == 1 and msg.metadata.group_id == "5":
             mtype = msg.metadata.message_type
-            if mtype == "train.hist":
-                (marks / "plain").touch()
+            if mtype in ("train.hist", "train.masked"):
+                (marks / mtype).touch()
                 raise RuntimeError("bank 1 went away")
             if mtype == "train":
                 cfg = msg.content.config_records.get(RECORD_KEY_CONFIGS)
@@ -121,13 +126,21 @@ def test_bank_dropping_out(banks: tuple[str, ...], tmp_path: Path) -> None:
     params = GBDTParams(num_trees=2, max_depth=3)
     runs = [
         TrainSettings(strategy="hist", params=params),
+        TrainSettings(strategy="hist", params=params, secagg=True, secure_protocol="secaggplus"),
         TrainSettings(strategy="hist", params=params, secagg=True),
     ]
-    plain, sec = simulate_many(runs, CsvSource(banks), 3, client_mods=[_dropout_mod(tmp_path)])
-    assert (tmp_path / "plain").exists() and (tmp_path / "unmask").exists()
+    plain, sec, masked = simulate_many(
+        runs, CsvSource(banks), 3, client_mods=[_dropout_mod(tmp_path)]
+    )
+    assert (tmp_path / "train.hist").exists() and (tmp_path / "unmask").exists()
     # Plain: the run stops with a clear error naming the round and the bank.
     assert isinstance(plain, BankDropped), plain
     assert "train.hist round 5: expected answers from all 3 banks, got 2" in plain.message
+    # One-round masked sums: without the dropped bank's vector the masks do not cancel;
+    # the run stops the same way, naming the bank (never a sum of part of the banks).
+    assert isinstance(masked, BankDropped), masked
+    assert "train.masked round 5: expected answers from all 3 banks, got 2" in masked.message
+    assert "bank1.csv" in masked.message
     # SecAgg+: the bank had sent its masked vector; its mask is rebuilt from the
     # other banks' shares, the sum is complete and training goes on unchanged.
     assert isinstance(sec, TrainOutcome), sec
@@ -155,7 +168,9 @@ def test_secagg_at_255_bins_and_depth_6_is_the_plain_model(banks: tuple[str, ...
     plain, sec = simulate_many(
         [
             TrainSettings(strategy="hist", params=STRONG),
-            TrainSettings(strategy="hist", params=STRONG, secagg=True),
+            TrainSettings(
+                strategy="hist", params=STRONG, secagg=True, secure_protocol="secaggplus"
+            ),
         ],
         CsvSource(banks),
         3,

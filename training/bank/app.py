@@ -9,6 +9,8 @@ Message types it answers (the server's side is training/server/strategies.py):
   return integer histograms of the asked leaves (and validation-loss sums).
   ``train`` (default action) with op "hist" is the same through SecAgg+:
   the values go out as limbs, masked by ``secaggplus_mod``.
+- ``train.masked`` — the same sums (op "totals", "sketch" or "hist") in one round,
+  masked with pairwise keys agreed at setup (training/flower/masking.py).
 - ``train.bagging`` / ``train.cyclic`` — the LightGBM baselines: boost a few
   trees on the bank's rows from the given global model.
 
@@ -32,13 +34,29 @@ from flwr.compat.common import recorddict_compat as compat
 
 from fedcredit.training.bank.data import BankData
 from fedcredit.training.bank.source import DataSource, NodeConfigSource
-from fedcredit.training.flower import secure
+from fedcredit.training.flower import masking, secure
 from fedcredit.training.gbdt.binning import BinSpec, local_range, local_sketch
 from fedcredit.training.gbdt.booster import Request
+from fedcredit.training.gbdt.errors import ProtocolError
+from fedcredit.training.gbdt.params import GBDTParams
 from fedcredit.training.gbdt.party import Party
+from fedcredit.training.gbdt.privacy import (
+    DEFAULT_EPSILON,
+    BankNoise,
+    CoordinatorDeviates,
+    NoisePlan,
+    RequestGuard,
+    opendp_sampler,
+    parse_ranges,
+    public_spec,
+    seeded_sampler,
+)
 
 PARTY_STATE = "fedcredit.party"
 SPEC_STATE = "fedcredit.spec"
+MASK_STATE = "fedcredit.masking"
+GUARD_STATE = "fedcredit.guard"
+SEEN_STATE = "fedcredit.trainings"
 
 # (data key, spec digest, validation fraction) -> Party with binned rows; per process.
 _PARTIES: dict[tuple[str, str, float], Party] = {}
@@ -68,15 +86,24 @@ class _Bank:
 
     def setup(self, context: Context, cfg: dict[str, Any]) -> RecordDict:
         d = self.data(context)
-        lo, hi = local_range(d.x)
+        # A fresh key pair per run for the one-round secure sums; the private key stays
+        # in this bank's own context.
+        private = masking.new_private_key()
+        context.state.config_records[MASK_STATE] = ConfigRecord(
+            {"private": private, "digest": "", "seq": 0}
+        )
         info: dict[str, Any] = {
             "feature_names": list(d.feature_names),
-            "rows": d.rows,
-            # How the server names this bank in its messages (never a Flower node id), and
-            # its count of defaults: the baselines refuse a bank with one class.
+            # How the server names this bank in its messages (never a Flower node id).
             "bank": self.source.bank_id(_node_config(context)),
-            "positives": d.positives,
+            "public_key": masking.public_key(private),
         }
+        if cfg.get("private"):
+            # Private mode: no count, no value range; nothing about this bank's rows.
+            return RecordDict({"info": ConfigRecord(info)})
+        lo, hi = local_range(d.x)
+        # Its rows and count of defaults: the baselines refuse a bank with one class.
+        info |= {"rows": d.rows, "positives": d.positives}
         # City mode: the nodes' global bin edges (population quantiles), the same for
         # every bank, so no binning round over the banks' own rows is needed.
         if "max_bins" in cfg:
@@ -101,32 +128,143 @@ class _Bank:
 
     def party(self, context: Context, cfg: dict[str, Any]) -> Party:
         if "spec" in cfg:
+            # A new training: what the last one left in this context is not this one's.
+            self.new_training(context, cfg)
             context.state.config_records[SPEC_STATE] = ConfigRecord(
-                {"spec": cfg["spec"], "validation_fraction": float(cfg["validation_fraction"])}
+                {
+                    "spec": cfg["spec"],
+                    "validation_fraction": float(cfg["validation_fraction"]),
+                    "privacy": str(cfg.get("privacy", "")),
+                }
             )
+        if SPEC_STATE not in context.state.config_records:
+            raise ProtocolError("a training round came before the one carrying the bin spec")
         saved = context.state.config_records[SPEC_STATE]
         spec_json = cast(str, saved["spec"])
         vf = cast(float, saved["validation_fraction"])
+        privacy = cast(str, saved.get("privacy", ""))
         key = (
             self.source.key(_node_config(context)),
-            hashlib.sha256(spec_json.encode()).hexdigest(),
+            hashlib.sha256((spec_json + privacy).encode()).hexdigest()
+            + (f"/{json.loads(privacy)['training']}" if privacy else ""),
             vf,
         )
         party = _PARTIES.get(key)
         if party is None:
             d = self.data(context)
-            party = Party(BinSpec.from_dict(json.loads(spec_json)), d.x, d.y, d.ids, vf)
+            spec = BinSpec.from_dict(json.loads(spec_json))
+            if privacy:
+                noise, guard = self.private(context, spec, json.loads(privacy))
+                party = Party(spec, d.x, d.y, d.ids, vf, noise=noise, guard=guard)
+            else:
+                party = Party(spec, d.x, d.y, d.ids, vf)
             _PARTIES[key] = party
         if PARTY_STATE in context.state.array_records:
             rec = context.state.array_records[PARTY_STATE]
             party.import_state({k: rec[k].numpy() for k in rec})
+        if party.guard is not None and GUARD_STATE in context.state.config_records:
+            party.guard.restore(cast(str, context.state.config_records[GUARD_STATE]["state"]))
         return party
+
+    def new_training(self, context: Context, cfg: dict[str, Any]) -> None:
+        """Forget the last training's state; a private training's id is used once only
+        (a coordinator that restarts a training to reset the banks' checks is refused)."""
+        for rec in (PARTY_STATE,):
+            if rec in context.state.array_records:
+                del context.state.array_records[rec]
+        if GUARD_STATE in context.state.config_records:
+            del context.state.config_records[GUARD_STATE]
+        if not cfg.get("privacy"):
+            return
+        training = str(json.loads(cast(str, cfg["privacy"])).get("training", ""))
+        seen = context.state.config_records.get(SEEN_STATE)
+        ids = list(cast(list[str], seen["ids"])) if seen is not None else []
+        if not training or training in ids:
+            raise CoordinatorDeviates(
+                f"private training id {training!r} is missing or was used before"
+            )
+        context.state.config_records[SEEN_STATE] = ConfigRecord({"ids": [*ids, training]})
+
+    def private(
+        self, context: Context, spec: BinSpec, blob: dict[str, Any]
+    ) -> tuple[BankNoise, RequestGuard]:
+        """This bank's own checks of a private run before it answers anything: the bin spec
+        against the public ranges it holds itself, the noise plan against its own budget."""
+        nc = self.source.privacy_config(_node_config(context))
+        path = nc.get("public-ranges")
+        if not path:
+            raise CoordinatorDeviates(
+                "asked for private training but this bank has no public range file "
+                "(node config public-ranges)"
+            )
+        with open(str(path), encoding="utf-8") as f:
+            ranges = parse_ranges(json.load(f))
+        params = GBDTParams.from_dict(blob["params"])
+        expected = public_spec(spec.feature_names, ranges, params.max_bins)
+        guard = RequestGuard(params, spec, expected)
+        plan = NoisePlan.from_dict(blob["plan"])
+        plan.check(float(nc.get("max-epsilon", DEFAULT_EPSILON)), params, spec.num_features)
+        seed = nc.get("noise-seed")
+        sampler = seeded_sampler(int(seed)) if seed is not None else opendp_sampler
+        return BankNoise(plan, sampler), guard
+
+    def totals(self, context: Context, cfg: dict[str, Any]) -> np.ndarray:
+        """Private mode: [training rows, positives, 0, 0] with this bank's noise share."""
+        party = self.party(context, cfg)
+        out = party.totals().to_array()
+        self.save(context, party)
+        return out
+
+    def save(self, context: Context, party: Party) -> None:
+        context.state.array_records[PARTY_STATE] = _arrays(**party.export_state())
+        if party.guard is not None:
+            context.state.config_records[GUARD_STATE] = ConfigRecord(
+                {"state": party.guard.export()}
+            )
+
+    def secure_vector(self, context: Context, cfg: dict[str, Any]) -> np.ndarray:
+        """The int64 vector of a secure operation (before masking)."""
+        payload = json.loads(cast(str, cfg["payload"]))
+        op = cfg["op"]
+        if op == "sketch":
+            counts, totals = self.sketch(context, payload)
+            return np.concatenate([counts.ravel(), totals]).astype(np.int64)
+        if op == "totals":
+            return self.totals(context, payload).astype(np.int64)
+        if op == "hist":
+            hists, valid = self.hist(context, payload)
+            parts = [hists.ravel()] + ([valid] if valid is not None else [])
+            return np.concatenate(parts).astype(np.int64)
+        raise ValueError(f"unknown secure operation {op!r}; expected sketch, totals or hist")
+
+    def masked(self, context: Context, cfg: dict[str, Any], flat: np.ndarray) -> np.ndarray:
+        """Mask ``flat`` for this request's round, after checking roster and round."""
+        if MASK_STATE not in context.state.config_records:
+            raise masking.RosterRefused("a secure round came before this run's key set-up")
+        st = context.state.config_records[MASK_STATE]
+        roster_text = cast(str, cfg["roster"])
+        digest = masking.roster_digest(roster_text)
+        if st["digest"] and st["digest"] != digest:
+            raise masking.RosterRefused("the secure roster changed during the run")
+        seq = int(cast(int, cfg["seq"]))
+        last = int(cast(int, st["seq"]))
+        if seq <= last:
+            raise masking.MaskReuseRefused(
+                f"secure round {seq} is not after round {last}, which this bank already masked"
+            )
+        roster = masking.parse_roster(roster_text)
+        m = masking.Masker(int(context.node_id), cast(bytes, st["private"]), int(context.run_id))
+        out = m.mask(flat, roster, seq)
+        context.state.config_records[MASK_STATE] = ConfigRecord(
+            {"private": st["private"], "digest": digest, "seq": seq}
+        )
+        return out
 
     def hist(self, context: Context, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
         party = self.party(context, cfg)
         req = Request.from_config(json.loads(cast(str, cfg["request"])))
         hists, valid = party.respond(req)
-        context.state.array_records[PARTY_STATE] = _arrays(**party.export_state())
+        self.save(context, party)
         return hists, valid
 
     def boost(self, context: Context, cfg: dict[str, Any]) -> RecordDict:
@@ -210,6 +348,18 @@ def make_client_app(source: DataSource | None = None, mods: Sequence[Mod] = ()) 
             metrics={},
         )
         return _reply(msg, compat.fitres_to_recorddict(res, keep_input=False))
+
+    @app.train("totals")
+    def totals(msg: Message, context: Context) -> Message:
+        # Private mode without secure sums: the noisy totals in clear (full noise each).
+        cfg = dict(msg.content.config_records["config"])
+        return _reply(msg, RecordDict({"sums": _arrays(totals=bank.totals(context, cfg))}))
+
+    @app.train("masked")
+    def masked(msg: Message, context: Context) -> Message:
+        cfg = dict(msg.content.config_records["config"])
+        out = bank.masked(context, cfg, bank.secure_vector(context, cfg))
+        return _reply(msg, RecordDict({"sums": _arrays(masked=out)}))
 
     @app.train("bagging")
     def bagging(msg: Message, context: Context) -> Message:

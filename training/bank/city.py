@@ -375,6 +375,11 @@ class CitySource:
     def bank_id(self, node_config: dict[str, Any]) -> str:
         return self._where(node_config)[1]
 
+    def privacy_config(self, node_config: dict[str, Any]) -> dict[str, Any]:
+        # As training.bank.source.privacy_from_node_config (which imports this module).
+        keys = ("public-ranges", "max-epsilon", "noise-seed")
+        return {k: node_config[k] for k in keys if k in node_config}
+
     def bin_edges(
         self, node_config: dict[str, Any], max_bins: int
     ) -> list[npt.NDArray[np.float64]] | None:

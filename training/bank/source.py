@@ -41,6 +41,19 @@ class DataSource(Protocol):
         bins in a sketch round over their own rows."""
         ...
 
+    def privacy_config(self, node_config: dict[str, Any]) -> dict[str, Any]:
+        """The bank's own settings for private training, never the coordinator's:
+        ``public-ranges`` (its copy of the public schema file), ``max-epsilon`` (the most
+        it spends on one run) and, for tests only, ``noise-seed``."""
+        ...
+
+
+PRIVACY_KEYS = ("public-ranges", "max-epsilon", "noise-seed")
+
+
+def privacy_from_node_config(node_config: dict[str, Any]) -> dict[str, Any]:
+    return {k: node_config[k] for k in PRIVACY_KEYS if k in node_config}
+
 
 @dataclass(frozen=True)
 class CsvSource:
@@ -48,6 +61,9 @@ class CsvSource:
 
     paths: tuple[str, ...] = ()
     label: str = "y"
+    # Simulation: every bank's privacy settings (PRIVACY_KEYS); "noise-seed" is offset by
+    # the partition id so the banks' noise differs but replays.
+    privacy: tuple[tuple[str, Any], ...] = ()
 
     def key(self, node_config: dict[str, Any]) -> str:
         if "csv" in node_config:
@@ -79,6 +95,12 @@ class CsvSource:
     def bin_edges(self, node_config: dict[str, Any], max_bins: int) -> BinEdges | None:
         return None  # a bank's CSV alone knows no population's quantiles
 
+    def privacy_config(self, node_config: dict[str, Any]) -> dict[str, Any]:
+        out = dict(self.privacy)
+        if "noise-seed" in out:
+            out["noise-seed"] = int(out["noise-seed"]) + int(node_config.get("partition-id", 0))
+        return out | privacy_from_node_config(node_config)
+
 
 @dataclass(frozen=True)
 class NodeConfigSource:
@@ -103,3 +125,6 @@ class NodeConfigSource:
 
     def bin_edges(self, node_config: dict[str, Any], max_bins: int) -> BinEdges | None:
         return self._pick(node_config).bin_edges(node_config, max_bins)
+
+    def privacy_config(self, node_config: dict[str, Any]) -> dict[str, Any]:
+        return self._pick(node_config).privacy_config(node_config)

@@ -54,6 +54,7 @@ class Request:
     finish_values: tuple[float, ...] | None = None  # leaf values of the tree just finished
     leaves: tuple[int, ...] = ()  # histograms wanted, in this order
     want_valid: bool = False
+    seq: int = 0  # 1, 2, ... per run: banks refuse a replayed or skipped request
 
     def to_config(self) -> dict[str, Any]:
         """Flat scalars and lists, as a Flower ConfigRecord holds them."""
@@ -66,6 +67,7 @@ class Request:
             "split_right_leaf": [s.right_leaf for s in self.splits],
             "leaves": list(self.leaves),
             "want_valid": self.want_valid,
+            "seq": self.seq,
         }
         if self.init_score is not None:
             cfg["init_score"] = self.init_score
@@ -98,6 +100,7 @@ class Request:
                 ),
                 leaves=tuple(int(v) for v in cfg["leaves"]),
                 want_valid=bool(cfg["want_valid"]),
+                seq=int(cfg.get("seq", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed training request: {exc}") from exc
@@ -376,6 +379,7 @@ class HistServer:
                 init_score=self.init_score,
                 leaves=(0,),
                 want_valid=self._want_valid,
+                seq=1,
             )
             self._first = False
             return
@@ -389,6 +393,7 @@ class HistServer:
             finish_values=self._pending_finish,
             leaves=self._wanted,
             want_valid=self._want_valid and self._pending_finish is not None,
+            seq=self._request.seq + 1 if self._request is not None else 1,
         )
         self._pending_splits = ()
         self._pending_finish = None

@@ -83,7 +83,9 @@ class Stats:
 def leaf_output(s: Stats, params: GBDTParams) -> float:
     """Newton step -G/(H+lambda), not yet shrunk (LightGBM's leaf output without L1)."""
     denom = s.hess + params.lambda_l2
-    return 0.0 if denom <= 0.0 else -s.grad / denom
+    out = 0.0 if denom <= 0.0 else -s.grad / denom
+    cap = params.max_delta_step
+    return max(-cap, min(cap, out)) if cap > 0.0 else out
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,10 @@ class GBDTParams:
     # validation logloss has not improved for this many trees.
     early_stopping_rounds: int = 0
     validation_fraction: float = 0.0
+    # Leaf outputs (before the learning rate) are clipped to +-max_delta_step when > 0,
+    # as LightGBM's max_delta_step: with noisy (private) sums a leaf whose hessian sum
+    # came out small must not get a huge value.
+    max_delta_step: float = 0.0
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -43,6 +47,7 @@ class GBDTParams:
             ("min_gain_to_split", self.min_gain_to_split >= 0.0, "a number >= 0"),
             ("early_stopping_rounds", self.early_stopping_rounds >= 0, "an integer >= 0"),
             ("validation_fraction", 0.0 <= self.validation_fraction < 1.0, "a number in [0, 1)"),
+            ("max_delta_step", self.max_delta_step >= 0.0, "a number >= 0"),
         ]
         for name, ok, expected in checks:
             if not ok:

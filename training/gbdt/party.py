@@ -19,6 +19,7 @@ from fedcredit.training.gbdt.binning import BinSpec
 from fedcredit.training.gbdt.booster import LOGLOSS_BITS, Request, Totals, sigmoid
 from fedcredit.training.gbdt.errors import GbdtError, ProtocolError
 from fedcredit.training.gbdt.histogram import IntArray, build_histograms, to_fixed
+from fedcredit.training.gbdt.privacy import BankNoise, RequestGuard, to_grid
 
 
 def validation_mask(ids: Sequence[Any], fraction: float) -> npt.NDArray[np.bool_]:
@@ -50,7 +51,12 @@ class Party:
         y: npt.ArrayLike,
         ids: Sequence[Any] | None = None,
         validation_fraction: float = 0.0,
+        noise: BankNoise | None = None,
+        guard: RequestGuard | None = None,
     ) -> None:
+        """``noise`` (private mode): this bank's share of the noise is added to every
+        histogram it returns, and gradients are rounded to the noise's lattice;
+        ``guard`` checks every request against the protocol before it is answered."""
         xa = np.asarray(x, dtype=np.float64)
         ya = np.asarray(y, dtype=np.float64).ravel()
         if xa.shape[0] != ya.shape[0]:
@@ -67,6 +73,9 @@ class Party:
         self._hess = np.zeros(0, dtype=np.int64)
         self._tree = 0
         self._started = False
+        self.noise = noise
+        self.guard = guard
+        self._noisy_totals: Totals | None = None
 
     @staticmethod
     def _rows(binned: npt.NDArray[np.integer[Any]], y: npt.NDArray[np.float64]) -> _Rows:
@@ -74,6 +83,15 @@ class Party:
         return _Rows(binned, y, np.zeros(n), np.zeros(n, dtype=np.int64))
 
     def totals(self) -> Totals:
+        """Row counts; in private mode released once, with this bank's noise share."""
+        if self.noise is not None:
+            if self._noisy_totals is None:
+                exact = self._exact_totals().to_array()
+                self._noisy_totals = Totals.from_array(self.noise.noisy_totals(exact))
+            return self._noisy_totals
+        return self._exact_totals()
+
+    def _exact_totals(self) -> Totals:
         return Totals(
             n_train=int(self._train.y.size),
             positives=int(self._train.y.sum()),
@@ -83,6 +101,11 @@ class Party:
 
     def respond(self, req: Request) -> tuple[IntArray, IntArray | None]:
         """Histograms of the requested leaves and, if asked, [logloss sum, rows] of validation."""
+        if self.guard is not None:
+            if req.want_valid:
+                raise ProtocolError("private training releases no validation loss")
+            releases = self.noise.plan.releases if self.noise is not None else 0
+            self.guard.check(req.seq, req.tree, req, releases)
         if req.init_score is not None:
             for r in (self._train, self._valid):
                 r.raw[:] = req.init_score
@@ -119,6 +142,8 @@ class Party:
             req.leaves,
             self.spec.slots,
         )
+        if self.noise is not None and req.leaves:
+            hists = self.noise.noisy_histograms(hists, req.seq)
         valid = self._valid_sums() if req.want_valid else None
         return hists, valid
 
@@ -130,7 +155,11 @@ class Party:
             "leaf_train": self._train.leaf,
             "leaf_valid": self._valid.leaf,
             "progress": np.array([self._tree, int(self._started)], dtype=np.int64),
-        }
+        } | (
+            {"noisy_totals": self._noisy_totals.to_array()}
+            if self._noisy_totals is not None
+            else {}
+        )
 
     def import_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
         try:
@@ -146,14 +175,17 @@ class Party:
         self._train.leaf = np.array(leaf_t, dtype=np.int64)
         self._valid.leaf = np.array(leaf_v, dtype=np.int64)
         self._tree, started = int(progress[0]), bool(progress[1])
+        if "noisy_totals" in state:
+            self._noisy_totals = Totals.from_array(state["noisy_totals"])
         self._started = started
         if started:
             self._gradients()
 
     def _gradients(self) -> None:
         p = sigmoid(self._train.raw)
-        self._grad = to_fixed(p - self._train.y)
-        self._hess = to_fixed(p * (1.0 - p))
+        fixed = to_grid if self.noise is not None else to_fixed
+        self._grad = fixed(p - self._train.y)
+        self._hess = fixed(p * (1.0 - p))
 
     def _valid_sums(self) -> IntArray:
         r = self._valid

@@ -43,6 +43,19 @@ ENGINES = ("deployment", "simulation")
 PRESETS = {
     "fate": GBDTParams(num_trees=30, max_depth=3, max_bins=32, learning_rate=0.3),
     "strong": GBDTParams(num_trees=200, max_depth=6, max_bins=255, learning_rate=0.05),
+    # For --epsilon: fewer, shallower trees on coarse bins (each histogram round spends
+    # budget; coarse cells hold more rows per unit of noise), a strong L2 pull and
+    # clipped leaf outputs (noisy hessian sums), and leaves of at least 200 rows.
+    "private": GBDTParams(
+        num_trees=10,
+        max_depth=2,
+        max_bins=8,
+        learning_rate=0.3,
+        lambda_l2=50.0,
+        max_delta_step=1.0,
+        min_data_in_leaf=200,
+        min_sum_hessian_in_leaf=10.0,
+    ),
 }
 
 

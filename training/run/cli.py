@@ -57,6 +57,16 @@ def _table(d: dict[str, Any]) -> Table:
         ("AUC (held-out)", format_auc(d.get("auc"), _ci(d.get("auc_ci95")))),
         ("KS (held-out)", _fmt(d.get("ks"))),
     ]
+    priv = d.get("privacy")
+    rows.append(
+        (
+            "differential privacy",
+            f"epsilon {priv['epsilon']:.3g}, delta {priv['delta']:g} per training run "
+            f"(noise multiplier {priv['noise_multiplier']:.3g})"
+            if isinstance(priv, dict)
+            else "none (--epsilon to add noise)",
+        )
+    )
     if d.get("pooled_auc") is not None:
         rows.append(
             ("pooled LightGBM AUC", format_auc(d.get("pooled_auc"), _ci(d.get("pooled_auc_ci95"))))
@@ -126,7 +136,11 @@ def _engine(
 
         log_file = _log_file(work_dir)
         try:
-            out = simulate(s, CsvSource(paths, label), len(paths), log_file=log_file)
+            # Simulated banks hold the same public range file as the coordinator (a real
+            # bank's SuperNode names its own copy: node config public-ranges).
+            privacy = (("public-ranges", s.public_ranges),) if s.private else ()
+            source = CsvSource(paths, label, privacy=privacy)
+            out = simulate(s, source, len(paths), log_file=log_file)
         except FedcreditError as exc:
             raise _with_log(exc, log_file) from None
         except Exception as exc:  # Ray/Flower's own failure: its traceback is in the log
@@ -188,6 +202,7 @@ def train_csv(
         "ks": None,
         "test_rows": None,
         "valid_logloss": summary.get("valid_logloss", []),
+        "privacy": summary.get("privacy"),
     }
     if inputs.test is not None:
         import lightgbm as lgb
@@ -249,6 +264,19 @@ WorkDirOpt = Annotated[
     typer.Option("--work-dir", help="Deployment engine: folder for PKI, keys and logs."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+EpsilonOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--epsilon",
+        help="Differential privacy budget of the run (hist, CSV mode; with --public-ranges;"
+        " try --preset private).",
+    ),
+]
+DeltaOpt = Annotated[float | None, typer.Option("--delta", help="DP delta (default 1e-6).")]
+RangesOpt = Annotated[
+    Path | None,
+    typer.Option("--public-ranges", help='Public schema: {"feature": [lo, hi], ...}.'),
+]
 MinBanksOpt = Annotated[
     int | None,
     typer.Option(
@@ -275,6 +303,7 @@ def train_settings(
     secagg: bool | None,
     overrides: dict[str, Any],
     min_banks: int | None = None,
+    privacy: dict[str, Any] | None = None,
 ) -> TrainSettings:
     """The options checked, in the order the user reads them, and made one TrainSettings."""
     from fedcredit.training.run.city import ENGINES, PRESETS, InvalidEngine
@@ -307,8 +336,16 @@ def train_settings(
         raise InvalidTrainSettings(f"--secagg applies to the hist strategy only, got {strategy!r}")
     if min_banks is not None and min_banks < 1:
         raise InvalidTrainSettings(f"--min-banks must be >= 1, got {min_banks}")
+    priv = {k: v for k, v in (privacy or {}).items() if v is not None}
+    if "public_ranges" in priv:
+        priv["public_ranges"] = str(Path(priv["public_ranges"]).resolve())
+    if priv.get("epsilon") and city:
+        raise InvalidArgument(
+            "--epsilon is for CSV mode for now: city mode's bins come from the department "
+            "nodes, not yet from a public catalog of ranges"
+        )
     return TrainSettings(
-        strategy=strategy, params=params, secagg=use_secagg, min_banks=min_banks or 0
+        strategy=strategy, params=params, secagg=use_secagg, min_banks=min_banks or 0, **priv
     )
 
 
@@ -361,6 +398,9 @@ def train(
     model_out: ModelOutOpt = None,
     work_dir: WorkDirOpt = None,
     min_banks: MinBanksOpt = None,
+    epsilon: EpsilonOpt = None,
+    delta: DeltaOpt = None,
+    public_ranges: RangesOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train the credit model with Flower: CSV files (one per bank) or the city (--config)."""
@@ -381,6 +421,7 @@ def train(
                 "learning_rate": learning_rate,
             },
             min_banks=min_banks,
+            privacy={"epsilon": epsilon, "delta": delta, "public_ranges": public_ranges},
         )
         with _progress() as progress:
             if config is not None:

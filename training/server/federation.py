@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -27,7 +27,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from fedcredit.common.errors import DeadlineExceeded, FailedPrecondition, Unavailable
-from fedcredit.training.flower import secure
+from fedcredit.training.flower import masking, secure
 from fedcredit.training.server.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,10 @@ class Federation:
     names: dict[int, str] = field(default_factory=dict)
     # Flower node id -> (rows with label 1, rows), from the setup round.
     positives: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Flower node id -> the bank's X25519 public key for one-round secure sums (setup).
+    keys: dict[int, bytes] = field(default_factory=dict)
     _round: int = 0
+    _secure_seq: int = 0
 
     def bank(self, node: int) -> str:
         """How a message names the bank behind ``node``."""
@@ -234,6 +237,36 @@ class Federation:
         return (time.perf_counter() - start) / max(rounds, 1)
 
     # -- secure sums -------------------------------------------------------------
+
+    def masked_sum(self, op: str, payload: dict[str, Any]) -> np.ndarray:
+        """Exact int64 sum over all banks of the vector each computes for ``op``, in one
+        round: each bank masks its vector with pairwise masks that cancel in the sum
+        (training/flower/masking.py)."""
+        n = len(self.nodes)
+        if n < secure.MIN_BANKS:
+            raise NotEnoughBanks(
+                f"secure sums need at least {secure.MIN_BANKS} banks, got {n}: "
+                f"{secure.WHY_MIN_BANKS}"
+            )
+        missing = [self.bank(nid) for nid in self.nodes if nid not in self.keys]
+        if missing:
+            raise SecureAggregationFailed(
+                "no secure-sum key from " + ", ".join(missing) + " (setup round)"
+            )
+        self._secure_seq += 1
+        cfg: dict[str, Any] = {
+            "op": op,
+            "payload": json.dumps(payload),
+            "seq": self._secure_seq,
+            "roster": masking.roster_json({nid: self.keys[nid] for nid in self.nodes}),
+        }
+        replies = self.ask(
+            "train.masked",
+            lambda: RecordDict({"config": ConfigRecord(cast(Any, cfg))}),
+        )
+        return masking.unmask_sum(
+            [rd.array_records["sums"]["masked"].numpy() for rd in replies.values()]
+        )
 
     def secure_sum(self, op: str, payload: dict[str, Any]) -> np.ndarray:
         """Exact int64 sum over all banks of the vector each computes for ``op``, via SecAgg+."""

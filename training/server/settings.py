@@ -11,6 +11,10 @@ from fedcredit.training.flower.secure import WHY_MIN_BANKS
 from fedcredit.training.gbdt.params import GBDTParams
 
 STRATEGIES = ("hist", "bagging", "cyclic")
+# How secure sums are made: "masked" (one round per sum, pairwise masks from keys agreed
+# at setup: training/flower/masking.py) or "secaggplus" (Flower's SecAgg+ workflow, four
+# rounds per sum; kept as the measured reference).
+SECURE_PROTOCOLS = ("masked", "secaggplus")
 # Without SecAgg+ the server sees each bank's histograms anyway, so one bank is a valid
 # (if pointless) federation; 2 is the documented lower bound that is still a federation.
 MIN_BANKS_PLAIN = 2
@@ -40,8 +44,43 @@ class TrainSettings:
     # bagging/cyclic: trees each bank boosts per round.
     local_rounds: int = 1
     label: str = "y"
+    secure_protocol: str = "masked"
+    # Differential privacy (hist only): 0 trains without noise; otherwise the whole run's
+    # budget epsilon at delta, the noise calibrated by OpenDP before the first round.
+    epsilon: float = 0.0
+    delta: float = 1e-6
+    # Private mode: the public schema file, {"feature": [lo, hi], ...}; bins come from
+    # these ranges only (each bank checks them against its own copy).
+    public_ranges: str = ""
+
+    @property
+    def private(self) -> bool:
+        return self.epsilon > 0.0
 
     def __post_init__(self) -> None:
+        if self.secure_protocol not in SECURE_PROTOCOLS:
+            raise InvalidTrainSettings(
+                f"secure_protocol must be one of {', '.join(SECURE_PROTOCOLS)}, got "
+                f"{self.secure_protocol!r}"
+            )
+        if self.epsilon < 0.0:
+            raise InvalidTrainSettings(f"--epsilon must be > 0 (0: no noise), got {self.epsilon}")
+        if self.private and self.strategy != "hist":
+            raise InvalidTrainSettings(
+                f"{self.strategy} is a non-private baseline: it sends whole LightGBM models "
+                "boosted on one bank's rows, which no noise on sums protects; use "
+                "--strategy hist with --epsilon, or drop --epsilon"
+            )
+        if self.private and not self.public_ranges:
+            raise InvalidTrainSettings(
+                "private training needs --public-ranges FILE ({feature: [lo, hi]}): bins "
+                "must come from public ranges, never from the banks' values"
+            )
+        if self.private and self.secagg and self.secure_protocol != "masked":
+            raise InvalidTrainSettings(
+                "private training adds noise inside the one-round masked sums; "
+                "secure_protocol must be masked"
+            )
         if self.strategy not in STRATEGIES:
             raise InvalidTrainSettings(
                 f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"

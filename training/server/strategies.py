@@ -8,6 +8,7 @@ import logging
 import math
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
@@ -20,6 +21,12 @@ from fedcredit.training.gbdt.binning import SKETCH_CELLS, BinSpec, merge_ranges,
 from fedcredit.training.gbdt.booster import Ensemble, HistServer, Totals
 from fedcredit.training.gbdt.lgb_text import ModelParts
 from fedcredit.training.gbdt.params import GBDTParams
+from fedcredit.training.gbdt.privacy import (
+    InvalidPrivacySettings,
+    NoisePlan,
+    parse_ranges,
+    public_spec,
+)
 from fedcredit.training.gbdt.schema import schema_difference
 from fedcredit.training.server.federation import Federation
 
@@ -74,6 +81,8 @@ class TrainOutcome:
     bank_order: list[str] = field(default_factory=list)
     # Message round trips (server -> banks -> server) while building the trees.
     message_rounds: int = 0
+    # Private runs: the noise plan and the (epsilon, delta) it spends, for the registry.
+    privacy: dict[str, Any] | None = None
 
     @property
     def seconds_per_tree(self) -> float:
@@ -99,6 +108,7 @@ class TrainOutcome:
             "valid_logloss": self.valid_logloss,
             "bank_order": self.bank_order,
             "message_rounds_per_tree": round(self.message_rounds / max(self.trees, 1), 2),
+            "privacy": self.privacy,
         }
 
 
@@ -111,8 +121,18 @@ def _setup(
 ) -> tuple[list[str], np.ndarray, np.ndarray, int, list[np.ndarray] | None]:
     """Feature names, global finite ranges, total rows and, when the banks got them from
     the department nodes (city mode), the shared global bin edges."""
-    infos = fed.ask("query.setup", partial(_cfg, max_bins=fed.settings.params.max_bins))
+    s = fed.settings
+    ask: dict[str, Any] = {"private": True} if s.private else {"max_bins": s.params.max_bins}
+    infos = fed.ask("query.setup", partial(_cfg, **ask))
     fed.names = {nid: str(rd.config_records["info"]["bank"]) for nid, rd in infos.items()}
+    fed.keys = {
+        nid: cast(bytes, rd.config_records["info"]["public_key"])
+        for nid, rd in infos.items()
+        if "public_key" in rd.config_records["info"]
+    }
+    if s.private:
+        fed.nodes = sorted(fed.nodes, key=lambda n: fed.names[n])
+        return _names(fed, infos), np.zeros(0), np.zeros(0), 0, None
     fed.positives = {
         nid: (int(cast(int, info["positives"])), int(cast(int, info["rows"])))
         for nid, rd in infos.items()
@@ -166,6 +186,25 @@ def _setup(
     return names, lo, hi, rows, edges
 
 
+def _names(fed: Federation, infos: dict[int, RecordDict]) -> list[str]:
+    names: list[str] | None = None
+    first = ""
+    for nid in fed.nodes:
+        these = [
+            str(v) for v in cast(list[str], infos[nid].config_records["info"]["feature_names"])
+        ]
+        if names is None:
+            names, first = these, fed.names[nid]
+        elif these != names:
+            diff = schema_difference(names, these, reference=first, file=fed.names[nid])
+            raise FeatureMismatch(
+                diff or f"{fed.names[nid]}: the features come in another order than in {first}",
+                bank=fed.names[nid],
+            )
+    assert names is not None
+    return names
+
+
 def _features(fed: Federation) -> tuple[list[str], np.ndarray, np.ndarray, int]:
     names, lo, hi, rows, _ = _setup(fed)
     return names, lo, hi, rows
@@ -176,23 +215,32 @@ def _sum(replies: dict[int, RecordDict], record: str, key: str) -> np.ndarray:
     return cast(np.ndarray, np.sum(arrays, axis=0, dtype=np.int64))
 
 
-# Lossless federated histogram boosting.
+# Federated histogram boosting.
 #
 # Message round trips per tree at depth d (``TrainOutcome.message_rounds``, counted by
 # the grid): d `hist` rounds, one per level, each carrying every open leaf (only the
 # smaller child of each split; its sibling is the parent minus it); the finished
 # tree's splits and leaf values reach the banks with the next tree's root request,
 # which also brings back the validation-loss sums. Plain, that is d round trips, the
-# floor of level-wise growth. Through SecAgg+ each sum is Flower's four-stage
-# workflow (set-up, share keys, collect masked vectors, unmask): 4 d round trips.
-def run_hist(fed: Federation) -> TrainOutcome:
+# floor of level-wise growth. With secure sums ("masked", the default) each level is
+# still one round trip: the banks mask their vectors with pairwise keys agreed in the
+# setup round. Flower's SecAgg+ workflow ("secaggplus") costs four per sum (set-up,
+# share keys, collect masked vectors, unmask): 4 d round trips.
+def _secure(fed: Federation, op: str, payload: dict[str, Any]) -> np.ndarray:
+    if fed.settings.secure_protocol == "secaggplus":
+        return fed.secure_sum(op, payload)
+    return fed.masked_sum(op, payload)
+
+
+def _binning(
+    fed: Federation, names: list[str], lo: np.ndarray, hi: np.ndarray, node_edges: Any
+) -> tuple[BinSpec, np.ndarray]:
+    """Non-private runs: the shared sketch round -> (bin spec, summed totals)."""
     s = fed.settings
     p = s.params
-    t0 = time.perf_counter()
-    names, lo, hi, rows, node_edges = _setup(fed)
     nf = len(names)
-    # Shared binning round: summable fine-grid counts -> global quantile edges. With the
-    # nodes' edges (city mode) one cell per feature is enough: only the totals are used.
+    # Summable fine-grid counts -> global quantile edges. With the nodes' edges (city
+    # mode) one cell per feature is enough: only the totals are used.
     cells = 1 if node_edges is not None else SKETCH_CELLS
     sketch_cfg = {
         "lo": [float(v) for v in lo],
@@ -201,7 +249,7 @@ def run_hist(fed: Federation) -> TrainOutcome:
         "validation_fraction": p.validation_fraction,
     }
     if s.secagg:
-        flat = fed.secure_sum("sketch", sketch_cfg)
+        flat = _secure(fed, "sketch", sketch_cfg)
         counts = flat[: nf * cells].reshape(nf, cells)
         totals = flat[nf * cells :]
     else:
@@ -217,30 +265,66 @@ def run_hist(fed: Federation) -> TrainOutcome:
         )
     else:
         spec = spec_from_sketch(names, lo, hi, counts, p.max_bins)
+    return spec, totals
+
+
+def _private_start(
+    fed: Federation, names: list[str]
+) -> tuple[BinSpec, np.ndarray, NoisePlan, dict[str, Any]]:
+    """Private runs: bins from the public ranges, the noise plan calibrated for the
+    budget, then the one totals release (which also hands every bank the spec and plan
+    to check before it releases anything)."""
+    s = fed.settings
+    p = s.params
+    try:
+        with open(s.public_ranges, encoding="utf-8") as f:
+            ranges = parse_ranges(json.load(f))
+    except (OSError, ValueError) as exc:
+        raise InvalidPrivacySettings(
+            f"cannot read public ranges {s.public_ranges}: {exc}"
+        ) from None
+    spec = public_spec(names, ranges, p.max_bins)
+    shares = len(fed.nodes) if s.secagg else 1  # without secure sums each bank adds it all
+    plan = NoisePlan.calibrate(p, len(names), shares, s.epsilon, s.delta)
+    first = {
+        "spec": json.dumps(spec.to_dict()),
+        "validation_fraction": 0.0,
+        "privacy": json.dumps(
+            {"params": p.to_dict(), "plan": plan.to_dict(), "training": uuid.uuid4().hex}
+        ),
+    }
+    if s.secagg:
+        totals = _secure(fed, "totals", first)
+    else:
+        totals = _sum(fed.ask("train.totals", partial(_cfg, **first)), "sums", "totals")
+    privacy = {
+        "epsilon": plan.spent_epsilon,
+        "delta": plan.delta,
+        "epsilon_budget": s.epsilon,
+        "noise_multiplier": plan.multiplier,
+        "releases": plan.releases + 1,
+        "noise_shares": shares,
+        "epsilon_if_one_bank_colludes": plan.epsilon_if_colluding(1) if shares > 1 else None,
+        "public_ranges": True,
+    }
+    return spec, totals, plan, privacy
+
+
+def run_hist(fed: Federation) -> TrainOutcome:
+    s = fed.settings
+    p = s.params
+    t0 = time.perf_counter()
+    names, lo, hi, rows, node_edges = _setup(fed)
+    privacy: dict[str, Any] | None = None
+    if s.private:
+        spec, totals, _plan, privacy = _private_start(fed, names)
+        rows = max(int(totals[0]), 0)
+    else:
+        spec, totals = _binning(fed, names, lo, hi, node_edges)
     server = HistServer(p, spec, Totals.from_array(totals))
-    spec_json = json.dumps(spec.to_dict())
     tree_start = time.perf_counter()
     up0, down0, trips0 = fed.traffic.up, fed.traffic.down, fed.traffic.rounds
-    rounds = 0
-    first = True
-    while (req := server.next_request()) is not None:
-        cfg: dict[str, Any] = {"request": json.dumps(req.to_config())}
-        if first:
-            cfg["spec"] = spec_json
-            cfg["validation_fraction"] = p.validation_fraction
-            first = False
-        shape = (len(req.leaves), nf, spec.slots, 3)
-        size = int(np.prod(shape))
-        if s.secagg:
-            flat = fed.secure_sum("hist", cfg)
-            hist = flat[:size].reshape(shape)
-            valid = flat[size:] if req.want_valid else None
-        else:
-            replies = fed.ask("train.hist", partial(_cfg, **cfg))
-            hist = _sum(replies, "sums", "hist") if req.leaves else np.zeros(shape, dtype=np.int64)
-            valid = _sum(replies, "sums", "valid") if req.want_valid else None
-        server.receive(hist, valid)
-        rounds += 1
+    rounds = _grow(fed, server, spec, send_spec=not s.private)
     ens = server.ensemble()
     wall = time.perf_counter() - tree_start
     return TrainOutcome(
@@ -262,7 +346,36 @@ def run_hist(fed: Federation) -> TrainOutcome:
         ensemble=ens,
         spec=spec,
         message_rounds=fed.traffic.rounds - trips0,
+        privacy=privacy,
     )
+
+
+def _grow(fed: Federation, server: HistServer, spec: BinSpec, *, send_spec: bool) -> int:
+    """The tree rounds: one per level until the server is done; returns their number."""
+    s = fed.settings
+    nf = spec.num_features
+    spec_json = json.dumps(spec.to_dict())
+    rounds = 0
+    first = send_spec
+    while (req := server.next_request()) is not None:
+        cfg: dict[str, Any] = {"request": json.dumps(req.to_config())}
+        if first:
+            cfg["spec"] = spec_json
+            cfg["validation_fraction"] = s.params.validation_fraction
+            first = False
+        shape = (len(req.leaves), nf, spec.slots, 3)
+        size = int(np.prod(shape))
+        if s.secagg:
+            flat = _secure(fed, "hist", cfg)
+            hist = flat[:size].reshape(shape)
+            valid = flat[size:] if req.want_valid else None
+        else:
+            replies = fed.ask("train.hist", partial(_cfg, **cfg))
+            hist = _sum(replies, "sums", "hist") if req.leaves else np.zeros(shape, dtype=np.int64)
+            valid = _sum(replies, "sums", "valid") if req.want_valid else None
+        server.receive(hist, valid)
+        rounds += 1
+    return rounds
 
 
 def lgb_params(p: GBDTParams, *, boost_from_average: bool) -> dict[str, Any]:

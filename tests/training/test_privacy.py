@@ -1,0 +1,238 @@
+"""Private `hist` training (issue 15) without Flower: the accountant, public bins, the
+banks' checks of a deviating coordinator, replay, and the label-inference attacks."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fedcredit.training.gbdt import GBDTParams
+from fedcredit.training.gbdt.booster import HistServer, Request, Totals
+from fedcredit.training.gbdt.central import train_parties
+from fedcredit.training.gbdt.histogram import SCALE
+from fedcredit.training.gbdt.metrics import auc
+from fedcredit.training.gbdt.party import Party
+from fedcredit.training.gbdt.privacy import (
+    MAX_PRIVATE_BINS,
+    BankNoise,
+    CoordinatorDeviates,
+    InvalidPrivacySettings,
+    NoisePlan,
+    PrivacyBudgetExceeded,
+    PublicRange,
+    RequestGuard,
+    account,
+    opendp_sampler,
+    public_spec,
+    seeded_sampler,
+)
+
+F = 6
+NAMES = [f"x{i}" for i in range(F)]
+RANGES = {n: PublicRange(-4.0, 4.0) for n in NAMES}
+PARAMS = GBDTParams(
+    num_trees=6,
+    max_depth=2,
+    max_bins=8,
+    lambda_l2=20.0,
+    max_delta_step=1.0,
+    min_data_in_leaf=100,
+    min_sum_hessian_in_leaf=5.0,
+)
+
+
+def _banks(seed: int = 3, rows: tuple[int, ...] = (3000, 4000, 3000)) -> list[tuple]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in rows:
+        x = rng.normal(size=(n, F))
+        y = (x[:, 0] - x[:, 1] + rng.logistic(size=n) * 0.7 > 0.8).astype(float)
+        out.append((x, y))
+    return out
+
+
+def _parties(banks: list[tuple], plan: NoisePlan | None, seed: int = 1) -> list[Party]:
+    spec = public_spec(NAMES, RANGES, PARAMS.max_bins)
+    out = []
+    for i, (x, y) in enumerate(banks):
+        noise = BankNoise(plan, seeded_sampler(seed + i)) if plan is not None else None
+        guard = RequestGuard(PARAMS, spec, spec) if plan is not None else None
+        out.append(Party(spec, x, y, noise=noise, guard=guard))
+    return out
+
+
+def test_accountant_meets_the_budget_and_refuses_a_greedy_plan() -> None:
+    plan = NoisePlan.calibrate(PARAMS, F, 3, 4.0, 1e-6)
+    assert plan.spent_epsilon <= 4.0 + 1e-9
+    assert plan.spent_epsilon > 3.99  # the least noise for the budget, not more
+    # More noise, less epsilon; colluding banks see less noise, so more epsilon.
+    assert account(plan.multiplier * 2, plan.releases, 1e-6) < plan.spent_epsilon
+    assert plan.epsilon_if_colluding(1) > plan.spent_epsilon
+    assert plan.epsilon_if_colluding(3) == float("inf")
+    with pytest.raises(PrivacyBudgetExceeded, match="allows at most 1"):
+        plan.check(1.0, PARAMS, F)
+    plan.check(4.0, PARAMS, F)
+    # A plan for fewer trees than the run is refused by the bank.
+    with pytest.raises(CoordinatorDeviates, match="releases"):
+        plan.check(4.0, replace(PARAMS, num_trees=PARAMS.num_trees + 1), F)
+    with pytest.raises(InvalidPrivacySettings, match="validation"):
+        NoisePlan.calibrate(replace(PARAMS, validation_fraction=0.2), F, 3, 4.0, 1e-6)
+
+
+def test_public_spec_depends_on_public_ranges_only() -> None:
+    spec = public_spec(NAMES, RANGES, 8)
+    assert spec.mins == (-4.0,) * F and spec.maxs == (4.0,) * F
+    assert all(e.size == 7 for e in spec.edges)
+    text = train_parties(PARAMS, spec, _parties(_banks(), None)).to_lightgbm()
+    infos = next(line for line in text.splitlines() if line.startswith("feature_infos="))
+    assert infos == "feature_infos=" + " ".join(["[-4:4]"] * F)
+    with pytest.raises(InvalidPrivacySettings, match="x5"):
+        public_spec(NAMES, {n: RANGES[n] for n in NAMES[:5]}, 8)
+    with pytest.raises(InvalidPrivacySettings, match=f"2..{MAX_PRIVATE_BINS}"):
+        public_spec(NAMES, RANGES, MAX_PRIVATE_BINS + 1)
+
+
+def test_private_training_replays_from_its_seed_and_still_learns() -> None:
+    banks = _banks()
+    plan = NoisePlan.calibrate(PARAMS, F, 3, 4.0, 1e-6)
+    spec = public_spec(NAMES, RANGES, PARAMS.max_bins)
+    a = train_parties(PARAMS, spec, _parties(banks, plan, seed=1))
+    b = train_parties(PARAMS, spec, _parties(banks, plan, seed=1))
+    c = train_parties(PARAMS, spec, _parties(banks, plan, seed=50))
+    assert a.to_lightgbm() == b.to_lightgbm()
+    assert a.to_lightgbm() != c.to_lightgbm()
+    x = np.vstack([x for x, _ in _banks(seed=9)])
+    y = np.concatenate([y for _, y in _banks(seed=9)])
+    exact = train_parties(PARAMS, spec, _parties(banks, None))
+    assert auc(y, exact.predict(x)) - auc(y, a.predict(x)) < 0.05
+    assert auc(y, a.predict(x)) > 0.75
+
+
+def test_opendp_noise_has_the_planned_spread() -> None:
+    noise = opendp_sampler(40.0, (20_000,))
+    assert noise.dtype == np.int64
+    assert 38.0 < float(noise.std()) < 42.0
+    assert abs(float(noise.mean())) < 1.0
+
+
+def _guarded() -> tuple[Party, HistServer]:
+    x, y = _banks()[0]
+    plan = NoisePlan.calibrate(PARAMS, F, 1, 4.0, 1e-6)
+    spec = public_spec(NAMES, RANGES, PARAMS.max_bins)
+    party = Party(
+        spec, x, y, noise=BankNoise(plan, seeded_sampler(1)), guard=RequestGuard(PARAMS, spec, spec)
+    )
+    return party, HistServer(PARAMS, spec, party.totals())
+
+
+def test_bank_refuses_a_replayed_or_skipped_request() -> None:
+    party, server = _guarded()
+    first = server.next_request()
+    assert first is not None
+    hist, _ = party.respond(first)
+    server.receive(hist)
+    second = server.next_request()
+    assert second is not None
+    with pytest.raises(CoordinatorDeviates, match="out of sequence"):
+        party.respond(first)  # the same question again: noise averaged away by repetition
+    with pytest.raises(CoordinatorDeviates, match="out of sequence"):
+        party.respond(replace(second, seq=second.seq + 1))
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            lambda r: replace(r, leaves=tuple(sorted({r.splits[0].leaf, r.splits[0].right_leaf}))),
+            "both children",
+        ),
+        (lambda r: replace(r, leaves=(7,)), "not children"),
+        (lambda r: replace(r, splits=(replace(r.splits[0], bin=50),)), "outside its"),
+        (lambda r: replace(r, splits=(replace(r.splits[0], leaf=3),)), "not an open leaf"),
+        (lambda r: replace(r, splits=(replace(r.splits[0], right_leaf=9),)), "next new leaf"),
+        (lambda r: replace(r, splits=(replace(r.splits[0], feature=F),)), "no such feature"),
+        (lambda r: replace(r, tree=r.tree + 1), "tree"),
+    ],
+)
+def test_bank_refuses_a_deviating_request(change, reason: str) -> None:  # type: ignore[no-untyped-def]
+    party, server = _guarded()
+    req = server.next_request()
+    assert req is not None
+    hist, _ = party.respond(req)
+    server.receive(hist)
+    second = server.next_request()
+    assert second is not None and second.splits
+    with pytest.raises(CoordinatorDeviates, match=reason):
+        party.respond(change(second))
+
+
+def test_bank_refuses_a_fine_bin_spec_and_rounds_beyond_the_plan() -> None:
+    public = public_spec(NAMES, RANGES, 8)
+    fine = public_spec(NAMES, {n: PublicRange(-4.0, 4.1) for n in NAMES}, 8)
+    with pytest.raises(CoordinatorDeviates, match="bin spec differs"):
+        RequestGuard(PARAMS, fine, public)
+    guard = RequestGuard(PARAMS, public, public)
+    root = Request(tree=0, init_score=0.0, leaves=(0,), seq=1)
+    guard.check(1, 0, root, max_releases=1)
+    nxt = Request(tree=1, finish_values=(0.0,), leaves=(0,), seq=2)
+    with pytest.raises(CoordinatorDeviates, match="beyond the 1"):
+        guard.check(2, 1, nxt, max_releases=1)
+
+
+def _single_row_sign_attack(
+    hist: np.ndarray, true_counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The issue's attack: in a cell holding one row, g = p - y, so g < 0 means y = 1.
+    The attacker is given the true single-row cells (the strongest case: it knows where
+    they are); returns (cell mask, guessed labels) over the cells of the root."""
+    one = true_counts == 1
+    guess = (hist[..., 0] < 0).astype(float)
+    return one, guess
+
+
+def test_label_inference_attack_is_no_better_than_the_majority_guess() -> None:
+    # Rows spread thin over the public grid: many single-row cells, as at fine bins.
+    rng = np.random.default_rng(11)
+    n = 4000
+    x = rng.uniform(-4, 4, size=(n, F))
+    y = (rng.random(n) < 0.3).astype(float)
+    spec = public_spec(NAMES, RANGES, MAX_PRIVATE_BINS)
+    params = replace(PARAMS, max_bins=MAX_PRIVATE_BINS)
+    binned = spec.transform(x)
+
+    def attack(plan: NoisePlan | None) -> tuple[float, float, int]:
+        hits = labels = total = 0
+        guesses: list[float] = []
+        truth: list[float] = []
+        for f in range(F):
+            # one bank holding only rows whose bin in feature f is unique: every such
+            # cell holds a single row
+            _, first = np.unique(binned[:, f], return_index=True)
+            rows = first[: min(len(first), 40)]
+            noise = BankNoise(plan, seeded_sampler(f)) if plan is not None else None
+            party = Party(spec, x[rows], y[rows], noise=noise)
+            req = Request(tree=0, init_score=-0.85, leaves=(0,), seq=1)
+            hist, _ = party.respond(req)
+            counts = np.zeros((spec.slots,), dtype=np.int64)
+            np.add.at(counts, binned[rows, f].astype(np.int64), 1)
+            one, guess = _single_row_sign_attack(hist[0, f], counts)
+            for b in np.flatnonzero(one):
+                row = rows[binned[rows, f] == b][0]
+                guesses.append(guess[b])
+                truth.append(y[row])
+        g, t = np.array(guesses), np.array(truth)
+        hits = int((g == t).sum())
+        total = t.size
+        labels = max(t.mean(), 1 - t.mean())
+        return hits / total, float(labels), total
+
+    exact_acc, _, _ = attack(None)
+    assert exact_acc == 1.0  # without noise, every single-row label is read off
+    plan = NoisePlan.calibrate(params, F, 1, 4.0, 1e-6)
+    acc, majority, total = attack(plan)
+    assert total >= 200
+    # The margin: majority-class baseline + 0.05 (issue 15's target).
+    assert acc <= majority + 0.05, (acc, majority, total)
+    _ = SCALE, Totals  # documented units of the sums the attacker reads
