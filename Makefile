@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 PROTOS := $(wildcard proto/fedcredit/v1/*.proto)
 
-.PHONY: setup dev test lint importlint typecheck pytest proto bench demo clean screenshots
+.PHONY: setup dev test lint importlint typecheck pytest proto bench demo clean screenshots image compose-test
 
 # `setup` installs what running fedcredit needs (enough for `make demo`); `dev` adds
 # the test, lint, type-check and code-generation tools on top.
@@ -54,6 +54,14 @@ screenshots: dev
 
 demo: setup
 	$(VENV)/bin/fedcredit demo
+
+# Containers (README, "Deployment"): as root, with Debian's docker.io, docker-compose and
+# debootstrap. Each starts dockerd when none runs, and stops it again if it started it.
+image: setup
+	deploy/docker/with-dockerd.sh deploy/docker/build.sh
+
+compose-test: setup
+	deploy/docker/with-dockerd.sh sh -c 'deploy/docker/build.sh && $(PY) -m fedcredit.clients.containers_story'
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

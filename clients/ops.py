@@ -126,22 +126,52 @@ def health(config: ConfigOpt, as_json: JsonOpt = False) -> None:
 
 @operator.command("probe")
 def probe(
-    config: ConfigOpt,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", envvar="FEDCREDIT_CONFIG", help="The deployment file."),
+    ] = None,
     service: Annotated[
         str,
-        typer.Option("--service", help="ledger, consent, coordinator or node-<department>."),
-    ],
+        typer.Option(
+            "--service",
+            envvar="FEDCREDIT_SERVICE",
+            help="ledger, consent, coordinator or node-<department>.",
+        ),
+    ] = "",
     as_org: Annotated[
-        str, typer.Option("--as", help="Organisation whose certificate makes the call.")
+        str,
+        typer.Option(
+            "--as", envvar="FEDCREDIT_ORG", help="Organisation whose certificate makes the call."
+        ),
     ] = "operator",
+    plain: Annotated[
+        str,
+        typer.Option(
+            "--plain-health",
+            help="HOST:PORT of a plaintext gRPC health server instead (Flower's SuperLink "
+            "and SuperNode serve one on their --health-server-address).",
+        ),
+    ] = "",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 3.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Health-check one service over mTLS (exit 0 when SERVING): for container health checks."""
+    """Health-check one service over mTLS (exit 0 when SERVING): for container health checks.
+
+    The image's HEALTHCHECK runs it bare: the container's FEDCREDIT_CONFIG,
+    FEDCREDIT_SERVICE and FEDCREDIT_ORG say what to check and as whom."""
     from fedcredit.common.errors import NotFound
     from fedcredit.common.server import check_health
 
     with user_errors(as_json):
+        if plain:
+            ok = check_health(plain, None, server_org="", timeout=timeout)
+            output({"address": plain, "serving": ok}, as_json)
+            raise typer.Exit(0 if ok else 1)
+        if config is None or not service:
+            raise ConfigError(
+                "expected --config and --service (or FEDCREDIT_CONFIG and FEDCREDIT_SERVICE), "
+                "or --plain-health HOST:PORT"
+            )
         dep = load_config(config)
         specs = {s.name: s for s in service_specs(dep)}
         if service not in specs:
@@ -159,13 +189,23 @@ def compose(
     out: Annotated[
         Path, typer.Option("--out", help="Folder for docker-compose.yml and deploy/.")
     ] = Path("."),
+    loopback: Annotated[
+        int | None,
+        typer.Option(
+            "--loopback",
+            help="Host networking instead of a compose network: every service on its own "
+            "127.0.0.1 port from this base (what `make compose-test` runs; 40 ports).",
+            min=1024,
+            max=65000,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write docker-compose.yml and its deployment file: one container per organisation."""
-    from fedcredit.clients.compose import write_compose
+    """Write the compose files (all-in-one and per organisation) and their deployment file."""
+    from fedcredit.clients.compose import Layout, write_compose
 
     with user_errors(as_json):
-        paths = write_compose(out)
+        paths = write_compose(out, Layout(loopback_base=loopback))
     output({"written": [str(p) for p in paths]}, as_json)
 
 

@@ -1,0 +1,22 @@
+#!/bin/sh
+# PostgreSQL for the platform: on first start, a cluster with trust auth for the compose
+# network only and one database per platform store; then the server in the foreground.
+#   POSTGRES_LISTEN   addresses to listen on (default '*'; the loopback test sets 127.0.0.1)
+#   PGPORT            port (default 5432)
+#   POSTGRES_DBS      databases to create (default: consent ledger coordinator)
+set -eu
+: "${PGDATA:=/var/lib/postgresql/data}" "${PGPORT:=5432}" "${POSTGRES_LISTEN:=*}"
+: "${POSTGRES_DBS:=consent ledger coordinator}"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    initdb -D "$PGDATA" -U fedcredit --auth=trust --encoding=UTF8 --no-instructions >/dev/null
+    # The compose network (never published): the platform's services connect without a password.
+    echo "host all fedcredit samenet trust" >> "$PGDATA/pg_hba.conf"
+    postgres -D "$PGDATA" -p "$PGPORT" -c listen_addresses='' -k /run/postgresql &
+    pid=$!
+    until pg_isready -q -h /run/postgresql -p "$PGPORT"; do sleep 0.2; done
+    for db in $POSTGRES_DBS; do
+        createdb -h /run/postgresql -p "$PGPORT" -U fedcredit "$db"
+    done
+    kill -INT "$pid"; wait "$pid" || true
+fi
+exec postgres -D "$PGDATA" -p "$PGPORT" -c listen_addresses="$POSTGRES_LISTEN" -k /run/postgresql
