@@ -18,17 +18,9 @@ COPY pyproject.toml ./
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=pipcert \
     python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
     && PIP_CONFIG_FILE=/run/secrets/pipconf /opt/fedcredit/bin/pip install --only-binary=:all: -r requirements.txt
-COPY README.md ./
-COPY proto ./proto
-COPY common ./common
-COPY world ./world
-COPY node ./node
-COPY consent ./consent
-COPY ledger ./ledger
-COPY coordinator ./coordinator
-COPY training ./training
-COPY clients ./clients
-COPY fedcredit ./fedcredit
+# The source: every top-level package the fedcredit/ links name (.dockerignore keeps
+# tests, benchmarks, the virtualenv and local state out of the build context).
+COPY . ./
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=pipcert \
     PIP_CONFIG_FILE=/run/secrets/pipconf /opt/fedcredit/bin/pip install --no-deps . \
     && /opt/fedcredit/bin/fedcredit --help >/dev/null

@@ -165,9 +165,12 @@ def prepare(cluster: Cluster) -> Path:
     sec = d / "secrets"
     (sec / "orgs").mkdir(parents=True)
     shutil.copy(d / "pki" / "ca.pem", sec / "ca.pem")
+    certs = d / "deploy" / "certs" / "orgs"  # public: every container sees them all
+    certs.mkdir(parents=True)
     for org, _ in orgs:
         for ext in ("pem", "key"):
             shutil.copy(d / "pki" / "orgs" / f"{org}.{ext}", sec / "orgs" / f"{org}.{ext}")
+        shutil.copy(d / "pki" / "orgs" / f"{org}.pem", certs / f"{org}.pem")
     from fedcredit.training.run.deployment import write_supernode_keys
 
     (sec / "supernode").mkdir()
@@ -266,6 +269,18 @@ def image_sizes() -> dict[str, int]:
         if res.returncode == 0:
             out[image] = int(res.stdout.strip())
     return out
+
+
+def start_floor() -> float:
+    """Seconds for `docker run` of the image to start Python, import the CLI and exit: the
+    floor under every service's start-to-healthy (median of 3)."""
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([DOCKER, "run", "--rm", "--network", "none", "--entrypoint", "python3", IMAGE,
+                        "-c", "import fedcredit.clients.cli"], check=True, capture_output=True)  # fmt: skip
+        times.append(time.perf_counter() - t0)
+    return round(sorted(times)[1], 2)
 
 
 def kill_hard(cluster: Cluster, service: str) -> int:
