@@ -22,6 +22,10 @@ Run ``python -m bench.bench_node`` (``--quick`` for a smaller run). In one run:
   signature workers (one core), in the same run;
 * the disclosure-log cost (atomic append of the answer's entries) as a share of the request.
 
+Every request counts its uses as deployed: the node reserves (or joins) the request's use
+at the consent service, which runs here over mTLS gRPC (one ReserveUses per 1,000 tokens,
+one SettleUses after the answer), as the coordinator's requests carry a use id.
+
 Writes bench/results/node.json (rows: metric, value, unit, target, met).
 """
 
@@ -50,8 +54,12 @@ from fedcredit.common.departments import DEFAULT_BANKS
 from fedcredit.common.ed25519 import Ed25519Key
 from fedcredit.common.tls import Identity
 from fedcredit.consent.authority import ConsentAuthority, local_verifier
+from fedcredit.consent.client import ConsentClient
+from fedcredit.consent.service import serve as serve_consent
+from fedcredit.consent.service import stop as stop_consent
 from fedcredit.consent.store import ConsentStore
 from fedcredit.consent.terms import ConsentTerms
+from fedcredit.consent.useref import UseRef
 from fedcredit.consent.verify import ConsentVerifier
 from fedcredit.ledger.log import Log
 from fedcredit.node.client import NodeClient, build_request
@@ -210,12 +218,23 @@ def _node_process(
         elif op == "log_seconds":
             conn.send(sum(timed_log.seconds))
             timed_log.seconds.clear()
+        elif op == "consent":
+            # Uses counted as deployed: ReserveUses/SettleUses at the consent service, over
+            # mTLS gRPC, as this node (one round trip per batch chunk).
+            from fedcredit.consent.client import ConsentClient
+            from fedcredit.consent.remote import RemoteUseCounter
+
+            counter = RemoteUseCounter(ConsentClient(args[0], tls, server_org="consent-service"))
+            verifier = local_verifier(authority, counter=counter)
+            servicer.verifier = verifier
+            conn.send(None)
         elif op == "cold":
             # An empty token cache (every signature checked); the JWKS and the status list
-            # stay cached as in a running node (refreshed on their own schedule).
+            # stay cached as in a running node (refreshed on their own schedule); uses are
+            # still counted at the consent service.
             servicer.verifier = ConsentVerifier(
                 issuer=verifier.issuer, keys=verifier.keys, status=verifier.status,
-                leeway=verifier.leeway,
+                leeway=verifier.leeway, counter=verifier.counter,
             )  # fmt: skip
             engine._cache.clear()
             timed_log.seconds.clear()
@@ -228,6 +247,21 @@ def _node_process(
     for lg in logs.values():
         lg.close()
     conn.send(None)
+
+
+def use_round_trips(address: str, tls: Any, refs: Sequence[UseRef], n: int) -> list[float]:
+    """n times: reserve a fresh use of every token in one call, then release it."""
+    out = []
+    with ConsentClient(address, tls, server_org="consent-service") as c:
+        for k in range(n):
+            use_id = f"bench-rt-{k}-{time.time_ns()}"
+            t = time.perf_counter()
+            got = c.reserve_uses(use_id, refs)
+            c.settle_uses(use_id, refs, commit=False)
+            out.append(time.perf_counter() - t)
+            bad = [r for r in got if isinstance(r, Exception)]
+            assert not bad, bad[:3]
+    return out
 
 
 def timed(fn: Callable[[], Any], n: int) -> list[float]:
@@ -280,8 +314,10 @@ def run(quick: bool, full: bool) -> list[dict[str, Any]]:
         world = tmp / "world"
         generate(world, enterprises=n_ent, seed=7)
         files = pki.init_pki(
-            tmp / "pki", [(ORG, "department"), ("coordinator", "coordinator"), (BANK, "bank")]
-        )
+            tmp / "pki",
+            [(ORG, "department"), ("coordinator", "coordinator"), (BANK, "bank"),
+             ("consent-service", "consent")],
+        )  # fmt: skip
         bank_id = files[BANK].identity()
         store = NodeStore(f"sqlite:///{tmp / 'node.sqlite'}", DEPT)
         store.create_schema()
@@ -294,15 +330,17 @@ def run(quick: bool, full: bool) -> list[dict[str, Any]]:
         codes = [ln.split(",", 1)[0] for ln in codes]
         batch_n = 1000
         tokens: list[tuple[str, str]] = []
+        refs: list[UseRef] = []
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("granting consents", total=batch_n)
             for code in codes[:batch_n]:
                 v = authority.grant(Identity(code, "enterprise", b"\x01" * 32),
                                     ConsentTerms(enterprise=code, bank=BANK, purpose="credit_assessment",
                                                  scope=["operations_tax"], max_uses=5))  # fmt: skip
-                tok = authority.token(bank_id, v.consent_id).token
-                assert tok is not None
-                tokens.append((code, tok))
+                view = authority.token(bank_id, v.consent_id)
+                assert view.token is not None and view.jti is not None
+                tokens.append((code, view.token))
+                refs.append(UseRef(view.jti, code, BANK))
                 bar.advance(task)
         # The node runs in its own process (as in a deployment); the client here.
         parent_conn, child_conn = mp.get_context("fork").Pipe()
@@ -325,6 +363,13 @@ def run(quick: bool, full: bool) -> list[dict[str, Any]]:
         def cmd(*args: Any) -> Any:
             parent_conn.send(args)
             return parent_conn.recv()
+
+        # The consent service over mTLS gRPC, here (started after the fork: gRPC does not
+        # survive one); the node reserves and settles its uses there.
+        consent_server, consent_port = serve_consent(
+            authority, address="127.0.0.1:0", tls=files["consent-service"]
+        )
+        cmd("consent", f"127.0.0.1:{consent_port}")
 
         kw: dict[str, Any] = {
             "purpose": "credit_assessment",
@@ -397,6 +442,10 @@ def run(quick: bool, full: bool) -> list[dict[str, Any]]:
                 cold1: list[float] = []
                 cold_cpu: list[float] = []
                 cold1_cpu: list[float] = []
+                # The use counting alone, as the node does it for a batch it opens: one
+                # ReserveUses of 1,000 tokens and one SettleUses over mTLS, as this node
+                # (released, and before the cold rounds, so the tokens keep their uses).
+                rt = use_round_trips(f"127.0.0.1:{consent_port}", files[ORG], refs, reps)
                 for rnd in range(reps):  # with and without the signature workers, alternating
                     big = build_request(tokens, [], **{**kw, "request_id": f"cold-{rnd}"})
                     for use_workers, out, cpu in (
@@ -471,9 +520,20 @@ def run(quick: bool, full: bool) -> list[dict[str, Any]]:
                 add("batch 1,000, cold: disclosure-log share", 100 * sum(cold_log) / sum(cold), "%")
                 add("batch 1,000, warm: disclosure-log share", 100 * sum(warm_log) / sum(warm), "%")
                 add("cold batch rate / bare Ed25519 rate", cold_rate / ed, "ratio", "<= 1 (floor)")
+                add(
+                    "batch 1,000: ReserveUses + SettleUses round trip, median",
+                    statistics.median(rt) * 1e3,
+                    "ms",
+                )
+                add(
+                    "batch 1,000, cold: use-counting share",
+                    100 * statistics.median(rt) / statistics.median(cold),
+                    "%",
+                )
         finally:
             cmd("stop")
             child.join(10)
+            stop_consent(consent_server, authority)
             store.close()
     table = Table(title="bench node (tax node, 8 features; mTLS on loopback)")
     for col in ("metric", "value", "unit", "target", "met"):

@@ -233,6 +233,23 @@ class EventRow:
     ledger_index: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class UseState:
+    """What counting a use reads of a consent (a narrow row: no token, no JSON to parse)."""
+
+    jti: str
+    consent_id: str
+    enterprise: str
+    bank: str
+    state: str
+    uses: int
+    max_uses: int
+    expires_at: int
+
+
+_USE_STATE_COLUMNS = tuple(getattr(consents_t.c, f) for f in UseState.__slots__)
+
+
 def _pending(limit: int) -> Any:
     """Events not yet delivered to the evidence sink, oldest first."""
     return (
@@ -426,6 +443,18 @@ class ConsentStore:
                     out[row.jti] = row
         return out
 
+    def use_states(self, conn: Connection, jtis: Sequence[str]) -> dict[str, UseState]:
+        """:class:`UseState` of the consents of these jtis (absent ones left out): one
+        indexed query per ``IN_CHUNK`` jtis."""
+        out: dict[str, UseState] = {}
+        for i in range(0, len(jtis), IN_CHUNK):
+            q = select(*_USE_STATE_COLUMNS).where(
+                consents_t.c.jti.in_(list(jtis[i : i + IN_CHUNK]))
+            )
+            for r in conn.execute(q):
+                out[r[0]] = UseState(*r)
+        return out
+
     def update_consent(
         self,
         conn: Connection,
@@ -489,29 +518,23 @@ class ConsentStore:
     # --- uses (reserve, then commit or release) ---------------------------------
 
     def open_uses(
-        self, conn: Connection, use_id: str, rows: Sequence[ConsentRow], actor: str, now: int
+        self, conn: Connection, use_id: str, jtis: Sequence[str], actor: str, now: int
     ) -> dict[str, int]:
-        """Open ``use_id`` for each consent in ``rows`` that has none yet under it, where
-        the consent is active, unexpired and has uses left (the STORED ``max_uses``);
-        returns the count after it of each one opened.
+        """Open ``use_id`` for each of these jtis (the caller found none open under it),
+        where the consent is active, unexpired and has uses left (the STORED
+        ``max_uses``); returns the count after it of each one opened.
 
-        The use row is inserted first (a concurrent opener of the same use waits on it and
-        inserts nothing), then the count is raised conditionally; a row whose count could
-        not be raised is removed again, in the same transaction.
+        The use rows are inserted first (ON CONFLICT DO NOTHING: a concurrent opener of the
+        same use waits on our row, PostgreSQL, and then inserts nothing; only the rows
+        inserted here are counted), then the counts are raised conditionally; a row whose
+        count could not be raised is removed again, in the same transaction.
         """
-        if not rows:
+        if not jtis:
             return {}
         c = consents_t.c
-        jtis = [r.jti for r in rows if r.jti is not None]
-        existing = self.uses_of(conn, use_id, jtis)
-        fresh = [j for j in jtis if j not in existing]
-        if not fresh:
-            return {}
-        # ON CONFLICT DO NOTHING: a concurrent opener of the same use (PostgreSQL) waits
-        # on our row and then inserts nothing; only the rows inserted here are counted.
         rows_in = [
             {"jti": j, "use_id": use_id, "actor": actor, "state": "RESERVED", "opened_at": now}
-            for j in fresh
+            for j in jtis
         ]
         fresh = [j for (j,) in conn.execute(_insert_new(conn).returning(uses_t.c.jti), rows_in)]
         out: dict[str, int] = {}
