@@ -43,7 +43,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from fedcredit.common.db import create_schema, make_engine
 from fedcredit.common.errors import Unavailable
-from fedcredit.policies import rules
+from fedcredit.policies import approval, rules
 from fedcredit.policies.errors import (
     AwardDeclined,
     BudgetExhausted,
@@ -94,6 +94,17 @@ runs_t = Table(
     Column("id", String(64), primary_key=True),
     Column("started_at", Float, nullable=False),
     Column("summary", Text, nullable=False),
+)
+
+applications_t = Table(
+    "pol_applications",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("policy_id", String(64), nullable=False),
+    Column("enterprise", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("version", Integer, nullable=False),  # optimistic concurrency: one writer per step
+    Column("doc", Text, nullable=False),  # the approval.Application as JSON
 )
 
 registry_t = Table(
@@ -310,6 +321,53 @@ class PolicyStore:
             paid.append(a)
         return paid
 
+    # -- applications (joint approval, policies.approval) ------------------------------------
+
+    def submit(self, app: approval.Application, append: Append) -> approval.Application:
+        try:
+            with self._tx() as conn:
+                conn.execute(insert(applications_t).values(
+                    id=app.id, policy_id=app.policy, enterprise=app.enterprise, state=app.state,
+                    version=len(app.history), doc=_app_json(app)))  # fmt: skip
+                append([_app_entry(app)])
+        except IntegrityError:
+            raise PolicyExists(f"application {app.id} exists", application=app.id) from None
+        return app
+
+    def application(self, app_id: str) -> approval.Application:
+        with self._guard(), self.engine.connect() as conn:
+            row = conn.execute(
+                select(applications_t.c.doc).where(applications_t.c.id == app_id)
+            ).first()
+        if row is None:
+            raise UnknownAward(f"no application {app_id!r}", application=app_id)
+        return _app_from_json(row.doc)
+
+    def step(
+        self,
+        app_id: str,
+        transition: Callable[[approval.Application], approval.Application],
+        append: Append,
+    ) -> approval.Application:
+        """Apply one transition of the state machine; the budget is committed when the
+        notice closes (approved) and paid on payment, in the same transaction, and the step
+        is ledgered before it commits. A concurrent step on the same application wins once."""
+        before = self.application(app_id)
+        after = transition(before)  # IllegalTransition: nothing is written
+        with self._tx() as conn:
+            moved = conn.execute(update(applications_t).where(and_(
+                applications_t.c.id == app_id, applications_t.c.version == len(before.history)
+            )).values(state=after.state, version=len(after.history), doc=_app_json(after))).rowcount  # fmt: skip
+            if moved != 1:
+                raise IllegalTransition(f"application {app_id} changed meanwhile; nothing was done")
+            if after.state == "approved":
+                commit_or_refuse(conn, after.policy, after.amount_yuan)
+            if after.state == "paid":
+                conn.execute(update(policies_t).where(policies_t.c.id == after.policy).values(
+                    paid_yuan=policies_t.c.paid_yuan + after.amount_yuan))  # fmt: skip
+            append([_app_entry(after)])
+        return after
+
     # -- the platform's registry (enterprises and their platform attributes) ------------
 
     def load_registry(self, rows: Sequence[tuple[str, dict[str, Any]]]) -> int:
@@ -344,6 +402,27 @@ def _commit(conn: Connection, policy_id: str, amount: int) -> bool:
         .values(committed_yuan=policies_t.c.committed_yuan + amount)
     )  # fmt: skip
     return res.rowcount == 1
+
+
+def _app_json(a: approval.Application) -> str:
+    d = asdict(a)
+    d["fields"], d["attachments"], d["parts"] = dict(a.fields), dict(a.attachments), dict(a.parts)
+    return json.dumps(d, sort_keys=True, ensure_ascii=False)
+
+
+def _app_from_json(text: str) -> approval.Application:
+    d = json.loads(text)
+    d["objections"] = tuple(tuple(o) for o in d["objections"])
+    d["history"] = tuple(tuple(h) for h in d["history"])
+    return approval.Application(**d)
+
+
+def _app_entry(a: approval.Application) -> tuple[str, str | None, dict[str, Any]]:
+    at, event, state = a.history[-1]
+    return ("policy_application", a.enterprise, {
+        "application": a.id, "policy": a.policy, "event": event, "state": state, "at": at,
+        "attachments": dict(a.attachments) if event == "submit" else {},
+    })  # fmt: skip
 
 
 def commit_or_refuse(conn: Connection, policy_id: str, amount: int) -> None:
