@@ -35,6 +35,7 @@ DEFAULT_APPEND_RIGHTS: Mapping[str, frozenset[str]] = MappingProxyType(
         "market_rating_run": frozenset({"market"}),
         "market_push": frozenset({"market"}),
         "market_warning": frozenset({"market"}),
+        "market_fund": frozenset({"market"}),
     }
 )
 

@@ -164,6 +164,47 @@ class MarketClient(ServiceClient[pb_grpc.MarketServiceStub]):
         return parse(self._call(self._stub.SlaReport, pb.SlaReportRequest()))
 
 
+class FundMarketClient(MarketClient):
+    """The investment-fund market's calls (same service, same channel)."""
+
+    def publish_fund(
+        self, spec: Mapping[str, Any], *, request_id: str | None = None
+    ) -> dict[str, Any]:
+        req = pb.PublishProductRequest(
+            request_id=_rid(request_id), spec_json=json.dumps(dict(spec))
+        )
+        return parse(self._call(self._stub.PublishFund, req))
+
+    def funds(self) -> list[dict[str, Any]]:
+        return list(parse(self._call(self._stub.ListFunds, pb.ListProductsRequest()))["funds"])
+
+    def apply(
+        self,
+        fund_id: str,
+        amount: int,
+        plan: str,
+        consent_id: str,
+        *,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        req = pb.ApplyToFundRequest(request_id=_rid(request_id), fund_id=fund_id, amount_yuan=amount,
+                                    plan=plan, consent_id=consent_id)  # fmt: skip
+        return parse(self._call(self._stub.ApplyToFund, req))
+
+    def review(self, app_id: str, token: str) -> dict[str, Any]:
+        req = pb.ReviewApplicationRequest(app_id=app_id, consent_token=token)
+        return parse(self._call(self._stub.ReviewApplication, req))
+
+    def track(self, app_id: str, event: str, *, reason: str = "", note: str = "", amount: int = 0,
+              milestone: str = "", request_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+        req = pb.TrackApplicationRequest(request_id=_rid(request_id), app_id=app_id, event=event,
+                                         reason=reason, note=note, amount_yuan=amount, milestone=milestone)  # fmt: skip
+        return parse(self._call(self._stub.TrackApplication, req))
+
+    def pipeline(self, fund_id: str) -> dict[str, Any]:
+        return parse(self._call(self._stub.FundPipeline, pb.FundPipelineRequest(fund_id=fund_id)))
+
+
 class CoordinatorGuarantees:
     """The coordinator's guarantee decisions, read through its SDK (``ListGuarantees``)."""
 

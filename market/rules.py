@@ -356,3 +356,84 @@ def recovery_share(fund_share_bp: int, recovered: int, paid: int, fund_recovered
 def loss_of(principal: int, repaid: int, recovered: int = 0) -> int:
     """The loss on default: the outstanding principal (interest is the bank's own risk)."""
     return max(0, principal - repaid - recovered)
+
+
+# ---------------------------------------------------------------- investment funds (政府性基金超市)
+
+FUND_APP_MACHINE: Mapping[str, tuple[frozenset[str], str]] = {
+    "review": (frozenset({"SUBMITTED", "UNDER_REVIEW"}), "UNDER_REVIEW"),
+    "accept": (frozenset({"UNDER_REVIEW"}), "ACCEPTED"),
+    "decline": (frozenset({"SUBMITTED", "UNDER_REVIEW"}), "DECLINED"),
+    "withdraw": (frozenset({"SUBMITTED", "UNDER_REVIEW"}), "WITHDRAWN"),
+    "invest": (frozenset({"ACCEPTED"}), "INVESTED"),
+    "milestone": (frozenset({"INVESTED"}), "="),
+    "complete": (frozenset({"INVESTED"}), "COMPLETED"),
+}
+FUND_APP_STATES = (
+    "SUBMITTED",
+    "UNDER_REVIEW",
+    "ACCEPTED",
+    "DECLINED",
+    "WITHDRAWN",
+    "INVESTED",
+    "COMPLETED",
+)
+# A manager's decline names one of these (and may add a sentence).
+DECLINE_REASONS = (
+    "OUTSIDE_MANDATE",
+    "GRADE_BELOW_CRITERIA",
+    "TICKET_SIZE",
+    "BUSINESS_PLAN",
+    "DUE_DILIGENCE",
+    "FUND_CAPACITY",
+)
+
+
+def next_app_state(state: str, event: str) -> str:
+    """An investment application's state after ``event`` (IllegalTransition names why not)."""
+    return _step(FUND_APP_MACHINE, "the application", state, event)
+
+
+@dataclass(frozen=True, slots=True)
+class InvestmentFund:
+    """A government-guided industry fund's published criteria (money in yuan)."""
+
+    fund_id: str
+    manager: str  # the institution managing it (its organisation id)
+    name: str
+    industries: tuple[str, ...]
+    min_grade: str
+    size_bands: tuple[str, ...]
+    ticket_min: int
+    ticket_max: int
+    capacity: int
+
+    def check(self) -> None:
+        from fedcredit.market.errors import InvalidProduct
+
+        if self.min_grade not in GRADES:
+            raise InvalidProduct(f"min_grade must be A, B, C or D, got {self.min_grade!r}")
+        if not 0 < self.ticket_min <= self.ticket_max <= self.capacity:
+            raise InvalidProduct(
+                f"tickets must satisfy 0 < min <= max <= capacity, got {self.ticket_min:,}, "
+                f"{self.ticket_max:,}, {self.capacity:,}"
+            )
+        bad = [i for i in self.industries if i not in INDUSTRIES] + [
+            b for b in self.size_bands if b not in {n for _, n in SIZE_BANDS} | {LARGE}
+        ]
+        if bad:
+            raise InvalidProduct(f"unknown industry section(s) or size band(s): {bad}")
+
+
+def fund_misfits(fund: InvestmentFund, p: Profile, amount: int) -> list[str]:
+    """The fund's criteria ``p`` asking ``amount`` does not meet (empty: it fits)."""
+    out = []
+    if fund.industries and p.industry not in fund.industries:
+        out.append("OUTSIDE_MANDATE")
+    if p.grade is None or grade_rank(p.grade) > grade_rank(fund.min_grade):
+        out.append("GRADE_BELOW_CRITERIA")
+    if fund.size_bands and size_band(p.headcount) not in fund.size_bands:
+        out.append("OUTSIDE_MANDATE")
+    if not fund.ticket_min <= amount <= fund.ticket_max:
+        out.append("TICKET_SIZE")
+    return sorted(set(out))

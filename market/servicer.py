@@ -19,7 +19,7 @@ from fedcredit.common.errors import InvalidArgument
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.server import build_server
 from fedcredit.common.tls import Identity, TlsFiles, peer_identity, require_role
-from fedcredit.market import pushes, ratings
+from fedcredit.market import funds, pushes, ratings
 from fedcredit.market.errors import InvalidMarketRequest
 from fedcredit.market.loans import LoanBook, sla_report
 from fedcredit.market.service import Marketplace, product_spec
@@ -99,7 +99,60 @@ class MarketPushServicer:
         return reply(sla_report(self.m))
 
 
-class MarketServicer(MarketPushServicer, pb_grpc.MarketServiceServicer):
+class FundMarketServicer:
+    """The investment-fund calls (mixed into :class:`MarketServicer`)."""
+
+    m: Marketplace
+
+    @handle_errors
+    def PublishFund(self, request: pb.PublishProductRequest, context: Any) -> pb.MarketReply:
+        op = require_role(peer_identity(context), "operator")
+        return reply(funds.publish_fund(self.m, op, request.request_id, _spec(request.spec_json)))
+
+    @handle_errors
+    def ListFunds(self, request: pb.ListProductsRequest, context: Any) -> pb.MarketReply:
+        peer_identity(context)
+        return reply({"funds": funds.funds(self.m)})
+
+    @handle_errors
+    def ApplyToFund(self, request: pb.ApplyToFundRequest, context: Any) -> pb.MarketReply:
+        ent = require_role(peer_identity(context), "enterprise")
+        return reply(
+            funds.apply_to_fund(self.m, ent, request.request_id, request.fund_id,
+                                request.amount_yuan, request.plan, request.consent_id)
+        )  # fmt: skip
+
+    @handle_errors
+    def ReviewApplication(
+        self, request: pb.ReviewApplicationRequest, context: Any
+    ) -> pb.MarketReply:
+        mgr = require_role(peer_identity(context), "bank")
+        if not request.consent_token:
+            raise InvalidMarketRequest(
+                "consent_token is empty: expected your investment_review consent JWT"
+            )
+        return reply(funds.review(self.m, mgr, request.app_id, request.consent_token))
+
+    @handle_errors
+    def TrackApplication(self, request: pb.TrackApplicationRequest, context: Any) -> pb.MarketReply:
+        who = require_role(peer_identity(context), "bank", "enterprise")
+        r = request
+        if who.role == "enterprise":
+            raise InvalidMarketRequest(
+                "enterprises withdraw by the marketplace's portal; managers track"
+            )
+        return reply(funds.track(self.m, who, r.request_id, r.app_id, r.event, r.reason, r.note,
+                                 r.amount_yuan, r.milestone))  # fmt: skip
+
+    @handle_errors
+    def FundPipeline(self, request: pb.FundPipelineRequest, context: Any) -> pb.MarketReply:
+        who = require_role(peer_identity(context), "bank", *READERS)
+        if who.role == "bank":
+            funds.require_manager(self.m, who, request.fund_id)
+        return reply(funds.pipeline(self.m, request.fund_id))
+
+
+class MarketServicer(FundMarketServicer, MarketPushServicer, pb_grpc.MarketServiceServicer):
     def __init__(self, market: Marketplace) -> None:
         self.m = market
         self.loans = LoanBook(market)

@@ -160,6 +160,31 @@ leads = Table(
     Column("need_id", String(40)),
 )
 
+inv_funds = Table(
+    "market_inv_funds",
+    metadata,
+    Column("fund_id", String(64), primary_key=True),
+    Column("manager", String(128), nullable=False, index=True),
+    Column("spec", JSON, nullable=False),
+)
+
+inv_apps = Table(
+    "market_inv_applications",
+    metadata,
+    Column("app_id", String(40), primary_key=True),
+    Column("fund_id", String(64), nullable=False, index=True),
+    Column("enterprise", String(32), nullable=False, index=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("plan", String(2000), nullable=False),
+    Column("consent_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("reason", String(64)),
+    Column("note", String(500)),
+    Column("invested", BigInteger, nullable=False, default=0),
+    Column("milestones", JSON, nullable=False),
+    Column("times", JSON, nullable=False),
+)
+
 FUND = "guarantee"
 
 

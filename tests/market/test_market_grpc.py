@@ -156,3 +156,34 @@ def test_pushed_leads_carry_bands_only_and_opt_out_holds(wire: Wire) -> None:
     firm.set_push_opt_out(True)
     push_leads(market, "r2")
     assert [x["run_id"] for x in firm.leads_about_me()] == ["r1"]
+
+
+def test_investment_fund_review_over_the_wire(wire: Wire) -> None:
+    from fedcredit.market.client import FundMarketClient
+
+    mgr_org = DEFAULT_BANKS[2]
+    op = FundMarketClient(wire.address, wire.pki.tls("operator"))
+    mgr = FundMarketClient(wire.address, wire.pki.tls(mgr_org))
+    firm = FundMarketClient(wire.address, wire.pki.tls(wire.ent))
+    op.publish_fund({"fund_id": "f-tech", "manager": mgr_org, "name": "Technology fund",
+                     "industries": ["C"], "min_grade": "B", "size_bands": ["small", "medium"],
+                     "ticket_min": 1_000_000, "ticket_max": 10_000_000, "capacity": 100_000_000})  # fmt: skip
+    with pytest.raises(RoleNotAllowed):
+        mgr.publish_fund({"fund_id": "x"})
+    assert [f["fund_id"] for f in firm.funds()] == ["f-tech"]
+    ident = wire.pki.tls(wire.ent).identity()
+    view = wire.authority.grant(ident, ConsentTerms(enterprise=wire.ent, bank=mgr_org, purpose="investment_review",
+                                                    scope=["score_only"], validity_days=30, max_uses=3,
+                                                    retention_days=30))  # fmt: skip
+    app = firm.apply("f-tech", 2_000_000, "automation line", view.consent_id)["app_id"]
+    token = wire.authority.token(wire.pki.tls(mgr_org).identity(), view.consent_id).token
+    assert token
+    with pytest.raises(NotYourNeed):
+        FundMarketClient(wire.address, wire.pki.tls(BANK)).review(app, token)
+    got = mgr.review(app, token)
+    assert (got["enterprise"], got["grade"], got["headcount"]) == (wire.ent, "A", 57)
+    mgr.track(app, "decline", reason="BUSINESS_PLAN", note="payback too long")
+    p = mgr.pipeline("f-tech")
+    assert p["by_state"]["DECLINED"] == 1 and p["decline_reasons"]["BUSINESS_PLAN"] == 1
+    with pytest.raises(NotYourNeed):
+        FundMarketClient(wire.address, wire.pki.tls(BANK)).pipeline("f-tech")

@@ -28,6 +28,118 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ApplyToFundRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FUND_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_YUAN_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    CONSENT_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    fund_id: _builtins.str
+    amount_yuan: _builtins.int
+    plan: _builtins.str
+    consent_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        fund_id: _builtins.str = ...,
+        amount_yuan: _builtins.int = ...,
+        plan: _builtins.str = ...,
+        consent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_yuan", b"amount_yuan", "consent_id", b"consent_id", "fund_id", b"fund_id", "plan", b"plan", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyToFundRequest: _TypeAlias = ApplyToFundRequest  # noqa: Y015
+
+@_typing.final
+class ReviewApplicationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_ID_FIELD_NUMBER: _builtins.int
+    CONSENT_TOKEN_FIELD_NUMBER: _builtins.int
+    app_id: _builtins.str
+    consent_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        app_id: _builtins.str = ...,
+        consent_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "consent_token", b"consent_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewApplicationRequest: _TypeAlias = ReviewApplicationRequest  # noqa: Y015
+
+@_typing.final
+class TrackApplicationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    APP_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    AMOUNT_YUAN_FIELD_NUMBER: _builtins.int
+    MILESTONE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    app_id: _builtins.str
+    event: _builtins.str
+    """accept, decline, withdraw, invest, milestone, complete"""
+    reason: _builtins.str
+    """for decline: one of market.rules.DECLINE_REASONS"""
+    note: _builtins.str
+    amount_yuan: _builtins.int
+    """for invest"""
+    milestone: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        app_id: _builtins.str = ...,
+        event: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        note: _builtins.str = ...,
+        amount_yuan: _builtins.int = ...,
+        milestone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_yuan", b"amount_yuan", "app_id", b"app_id", "event", b"event", "milestone", b"milestone", "note", b"note", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackApplicationRequest: _TypeAlias = TrackApplicationRequest  # noqa: Y015
+
+@_typing.final
+class FundPipelineRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUND_ID_FIELD_NUMBER: _builtins.int
+    fund_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        fund_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fund_id", b"fund_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FundPipelineRequest: _TypeAlias = FundPipelineRequest  # noqa: Y015
+
+@_typing.final
 class ListLeadsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -134,6 +134,36 @@ class MarketServiceStub:
                 request_serializer=fedcredit_dot_v1_dot_market__pb2.SlaReportRequest.SerializeToString,
                 response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
                 _registered_method=True)
+        self.PublishFund = channel.unary_unary(
+                '/fedcredit.v1.MarketService/PublishFund',
+                request_serializer=fedcredit_dot_v1_dot_market__pb2.PublishProductRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+                _registered_method=True)
+        self.ListFunds = channel.unary_unary(
+                '/fedcredit.v1.MarketService/ListFunds',
+                request_serializer=fedcredit_dot_v1_dot_market__pb2.ListProductsRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+                _registered_method=True)
+        self.ApplyToFund = channel.unary_unary(
+                '/fedcredit.v1.MarketService/ApplyToFund',
+                request_serializer=fedcredit_dot_v1_dot_market__pb2.ApplyToFundRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+                _registered_method=True)
+        self.ReviewApplication = channel.unary_unary(
+                '/fedcredit.v1.MarketService/ReviewApplication',
+                request_serializer=fedcredit_dot_v1_dot_market__pb2.ReviewApplicationRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+                _registered_method=True)
+        self.TrackApplication = channel.unary_unary(
+                '/fedcredit.v1.MarketService/TrackApplication',
+                request_serializer=fedcredit_dot_v1_dot_market__pb2.TrackApplicationRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+                _registered_method=True)
+        self.FundPipeline = channel.unary_unary(
+                '/fedcredit.v1.MarketService/FundPipeline',
+                request_serializer=fedcredit_dot_v1_dot_market__pb2.FundPipelineRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+                _registered_method=True)
 
 
 class MarketServiceServicer:
@@ -274,6 +304,45 @@ class MarketServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishFund(self, request, context):
+        """The investment-fund market. Operators publish a fund (spec_json with its manager);
+        anyone lists funds; enterprises apply naming their investment_review consent; the
+        fund's manager reviews under that consent, decides with a reason and tracks steps.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFunds(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyToFund(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewApplication(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrackApplication(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FundPipeline(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MarketServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -375,6 +444,36 @@ def add_MarketServiceServicer_to_server(servicer, server):
             'SlaReport': grpc.unary_unary_rpc_method_handler(
                     servicer.SlaReport,
                     request_deserializer=fedcredit_dot_v1_dot_market__pb2.SlaReportRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
+            ),
+            'PublishFund': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishFund,
+                    request_deserializer=fedcredit_dot_v1_dot_market__pb2.PublishProductRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
+            ),
+            'ListFunds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFunds,
+                    request_deserializer=fedcredit_dot_v1_dot_market__pb2.ListProductsRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
+            ),
+            'ApplyToFund': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyToFund,
+                    request_deserializer=fedcredit_dot_v1_dot_market__pb2.ApplyToFundRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
+            ),
+            'ReviewApplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewApplication,
+                    request_deserializer=fedcredit_dot_v1_dot_market__pb2.ReviewApplicationRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
+            ),
+            'TrackApplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrackApplication,
+                    request_deserializer=fedcredit_dot_v1_dot_market__pb2.TrackApplicationRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
+            ),
+            'FundPipeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.FundPipeline,
+                    request_deserializer=fedcredit_dot_v1_dot_market__pb2.FundPipelineRequest.FromString,
                     response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
             ),
     }
@@ -917,6 +1016,168 @@ class MarketService:
             target,
             '/fedcredit.v1.MarketService/SlaReport',
             fedcredit_dot_v1_dot_market__pb2.SlaReportRequest.SerializeToString,
+            fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishFund(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.MarketService/PublishFund',
+            fedcredit_dot_v1_dot_market__pb2.PublishProductRequest.SerializeToString,
+            fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFunds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.MarketService/ListFunds',
+            fedcredit_dot_v1_dot_market__pb2.ListProductsRequest.SerializeToString,
+            fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyToFund(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.MarketService/ApplyToFund',
+            fedcredit_dot_v1_dot_market__pb2.ApplyToFundRequest.SerializeToString,
+            fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewApplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.MarketService/ReviewApplication',
+            fedcredit_dot_v1_dot_market__pb2.ReviewApplicationRequest.SerializeToString,
+            fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrackApplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.MarketService/TrackApplication',
+            fedcredit_dot_v1_dot_market__pb2.TrackApplicationRequest.SerializeToString,
+            fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FundPipeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.MarketService/FundPipeline',
+            fedcredit_dot_v1_dot_market__pb2.FundPipelineRequest.SerializeToString,
             fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
             options,
             channel_credentials,

@@ -77,6 +77,16 @@ class MarketServiceStub:
     """Banks: post-loan warnings (a rating fall on an outstanding loan)."""
     SlaReport: _grpc.UnaryUnaryMultiCallable[_market_pb2.SlaReportRequest, _market_pb2.MarketReply]
     """Service-level timers (review <= 1 h, disbursement <= 1 day), for operators and auditors."""
+    PublishFund: _grpc.UnaryUnaryMultiCallable[_market_pb2.PublishProductRequest, _market_pb2.MarketReply]
+    """The investment-fund market. Operators publish a fund (spec_json with its manager);
+    anyone lists funds; enterprises apply naming their investment_review consent; the
+    fund's manager reviews under that consent, decides with a reason and tracks steps.
+    """
+    ListFunds: _grpc.UnaryUnaryMultiCallable[_market_pb2.ListProductsRequest, _market_pb2.MarketReply]
+    ApplyToFund: _grpc.UnaryUnaryMultiCallable[_market_pb2.ApplyToFundRequest, _market_pb2.MarketReply]
+    ReviewApplication: _grpc.UnaryUnaryMultiCallable[_market_pb2.ReviewApplicationRequest, _market_pb2.MarketReply]
+    TrackApplication: _grpc.UnaryUnaryMultiCallable[_market_pb2.TrackApplicationRequest, _market_pb2.MarketReply]
+    FundPipeline: _grpc.UnaryUnaryMultiCallable[_market_pb2.FundPipelineRequest, _market_pb2.MarketReply]
 
 @_typing.type_check_only
 class MarketServiceAsyncStub(MarketServiceStub):
@@ -118,6 +128,16 @@ class MarketServiceAsyncStub(MarketServiceStub):
     """Banks: post-loan warnings (a rating fall on an outstanding loan)."""
     SlaReport: _aio.UnaryUnaryMultiCallable[_market_pb2.SlaReportRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
     """Service-level timers (review <= 1 h, disbursement <= 1 day), for operators and auditors."""
+    PublishFund: _aio.UnaryUnaryMultiCallable[_market_pb2.PublishProductRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
+    """The investment-fund market. Operators publish a fund (spec_json with its manager);
+    anyone lists funds; enterprises apply naming their investment_review consent; the
+    fund's manager reviews under that consent, decides with a reason and tracks steps.
+    """
+    ListFunds: _aio.UnaryUnaryMultiCallable[_market_pb2.ListProductsRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
+    ApplyToFund: _aio.UnaryUnaryMultiCallable[_market_pb2.ApplyToFundRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
+    ReviewApplication: _aio.UnaryUnaryMultiCallable[_market_pb2.ReviewApplicationRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
+    TrackApplication: _aio.UnaryUnaryMultiCallable[_market_pb2.TrackApplicationRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
+    FundPipeline: _aio.UnaryUnaryMultiCallable[_market_pb2.FundPipelineRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
 
 class MarketServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -276,5 +296,51 @@ class MarketServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]:
         """Service-level timers (review <= 1 h, disbursement <= 1 day), for operators and auditors."""
+
+    @_abc_1.abstractmethod
+    def PublishFund(
+        self,
+        request: _market_pb2.PublishProductRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]:
+        """The investment-fund market. Operators publish a fund (spec_json with its manager);
+        anyone lists funds; enterprises apply naming their investment_review consent; the
+        fund's manager reviews under that consent, decides with a reason and tracks steps.
+        """
+
+    @_abc_1.abstractmethod
+    def ListFunds(
+        self,
+        request: _market_pb2.ListProductsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]: ...
+
+    @_abc_1.abstractmethod
+    def ApplyToFund(
+        self,
+        request: _market_pb2.ApplyToFundRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]: ...
+
+    @_abc_1.abstractmethod
+    def ReviewApplication(
+        self,
+        request: _market_pb2.ReviewApplicationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]: ...
+
+    @_abc_1.abstractmethod
+    def TrackApplication(
+        self,
+        request: _market_pb2.TrackApplicationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]: ...
+
+    @_abc_1.abstractmethod
+    def FundPipeline(
+        self,
+        request: _market_pb2.FundPipelineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]: ...
 
 def add_MarketServiceServicer_to_server(servicer: MarketServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
