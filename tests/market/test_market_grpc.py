@@ -187,3 +187,26 @@ def test_investment_fund_review_over_the_wire(wire: Wire) -> None:
     assert p["by_state"]["DECLINED"] == 1 and p["decline_reasons"]["BUSINESS_PLAN"] == 1
     with pytest.raises(NotYourNeed):
         FundMarketClient(wire.address, wire.pki.tls(BANK)).pipeline("f-tech")
+
+
+def test_cli_bank_and_enterprise_commands(wire: Wire, tmp_path: Path) -> None:
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from fedcredit.clients.cli import build_app
+
+    app, run = build_app(), CliRunner()
+    common = ["--pki", str(wire.pki.dir), "--address", wire.address, "--json"]
+    spec = tmp_path / "p.json"
+    spec.write_text(_json.dumps(product("cli-1")))
+    r = run.invoke(app, ["bank", "market", "publish", str(spec), "--as", BANK, *common])
+    assert r.exit_code == 0, r.output
+    r = run.invoke(
+        app, ["enterprise", "market", "post", "2000000", "12", "trade", "--as", wire.ent, *common]
+    )
+    need = _json.loads(r.output)["need_id"]
+    r = run.invoke(app, ["bank", "market", "needs", "--as", BANK, *common])
+    assert [n["need_id"] for n in _json.loads(r.output)] == [need] and wire.ent not in r.output
+    r = run.invoke(app, ["bank", "market", "claim", "need-nope", "--as", BANK, *common])
+    assert r.exit_code != 0 and _json.loads(r.output)["error"]["reason"] == "NEED_NOT_FOUND"
