@@ -99,6 +99,9 @@ class PasskeyClient(ServiceClient[passkey_pb2_grpc.PasskeyServiceStub]):
         m = self._call(self._stub.RemovePasskey, _signed(statement_json, assertion_json))
         return list(m.passkeys)
 
+    def issue_enrol_code_signed(self, statement_json: str, assertion_json: str) -> passkey_pb2.EnrolCode:  # fmt: skip
+        return self._call(self._stub.IssueEnrolCodeSigned, _signed(statement_json, assertion_json))
+
     def request_consent(self, session: str, terms: ConsentTerms) -> ConsentView:
         m = self._call(
             self._stub.RequestConsent,

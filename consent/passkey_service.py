@@ -66,6 +66,9 @@ class PasskeyServicer(passkey_pb2_grpc.PasskeyServiceServicer):
             remove_nodes=list(request.remove_nodes),
             reason=request.reason,
             credential_id=request.credential_id,
+            enrol_org=request.enrol_org,
+            enrol_role=request.enrol_role,
+            enrol_expires_in_s=request.enrol_expires_in_s,
         )
         return passkey_pb2.Statement(statement_json=st, options_json=options)
 
@@ -116,6 +119,14 @@ class PasskeyServicer(passkey_pb2_grpc.PasskeyServiceServicer):
             peer_identity(context), request.statement_json, request.assertion_json
         )
         return passkey_pb2.PasskeyList(passkeys=[_info(p) for p in self.passkeys.remove_passkey(v)])
+
+    @handle_errors
+    def IssueEnrolCodeSigned(self, request: Any, context: Any) -> passkey_pb2.EnrolCode:
+        v = self.passkeys.verify(
+            peer_identity(context), request.statement_json, request.assertion_json
+        )
+        code, exp, org, role = self.passkeys.issue_enrol_code_signed(v)
+        return passkey_pb2.EnrolCode(org=org, role=role, code=code, expires_at=exp)
 
     @handle_errors
     def RequestConsent(self, request: Any, context: Any) -> consent_pb2.Consent:

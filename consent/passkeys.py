@@ -80,7 +80,7 @@ DECISIONS = {
     "resume": Action.RESUME,
     "revoke": Action.REVOKE,
 }
-ACTIONS = ("sign_in", "add_passkey", "remove_passkey", "narrow", *DECISIONS)
+ACTIONS = ("sign_in", "add_passkey", "remove_passkey", "narrow", "issue_enrol_code", *DECISIONS)
 
 metadata = MetaData()
 credentials = Table(
@@ -243,6 +243,14 @@ class PasskeyAuthority:
             )
         return code, expires_at
 
+    def issue_enrol_code_signed(self, v: Verified) -> tuple[str, int, str, str]:
+        """An enrol code the operator signed for from the portal: (code, expires_at, org, role)."""
+        if v.statement["action"] != "issue_enrol_code":
+            raise P.StatementInvalid(f"expected an issue_enrol_code statement, got {v.statement['action']}")  # fmt: skip
+        e = v.statement["enrol"]
+        code, exp = self.issue_enrol_code(Identity(v.org, v.role, b""), e["org"], e["role"], e["expires_in_s"])  # fmt: skip
+        return code, exp, e["org"], e["role"]
+
     def _code(self, org: str, code: str) -> tuple[str, str]:
         """(code hash, role) of a usable code for ``org``; one refusal for every failure."""
         h = _sha(code.strip().upper().encode())
@@ -350,6 +358,11 @@ class PasskeyAuthority:
             return out
         if action == "remove_passkey":
             return {"credential_id": str(params.get("credential_id", ""))}
+        if action == "issue_enrol_code":
+            org_, role_ = str(params.get("enrol_org", "")), str(params.get("enrol_role", ""))
+            self.check_org_role(org_, role_)
+            enrol = {"org": org_, "role": role_, "expires_in_s": int(params.get("enrol_expires_in_s") or 0)}  # fmt: skip
+            return {"enrol": enrol}
         return {}
 
     # --- verification ------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 
 from fedcredit.common.cliutil import console, output, user_errors
 from fedcredit.common.config import load_config
-from fedcredit.common.errors import InvalidArgument
+from fedcredit.portal.durations import parse_duration
 
 ConfigOpt = Annotated[Path, typer.Option("--config", help="The deployment file (deployment.toml).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -18,16 +17,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 portal_app = typer.Typer()
 operator_app = typer.Typer()
 GROUPS: dict[str, typer.Typer] = {"portal": portal_app, "operator": operator_app}
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> int:
-    """``90s``, ``30m``, ``12h``, ``7d`` or plain seconds, as seconds."""
-    m = re.fullmatch(r"\s*(\d{1,9})\s*([smhd]?)\s*", text)
-    if m is None:
-        raise InvalidArgument(f"expected a duration such as 30m, 12h or 7d, got {text!r}")
-    return int(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
 @portal_app.command("serve")

@@ -104,6 +104,15 @@ T: dict[str, tuple[str, str]] = {
     "saved": ("已保存的检查点", "Saved checkpoint"),
     "none_saved": ("尚未保存", "none saved yet"),
     "save_checkpoint": ("保存此检查点", "Save this checkpoint"),
+    "operator_home": ("运营：发放登记码", "Operator: enrol codes"),
+    "operator_intro": (
+        "为机构的第一个通行密钥发放一次性登记码；需用您的通行密钥签署。登记码只显示一次。",
+        "Issue a one-time code for an organisation's first passkey; you sign for it with your passkey. The code is shown once.",
+    ),
+    "enrol_org": ("机构代码", "Organisation id"),
+    "enrol_role": ("角色", "Role"),
+    "enrol_expires": ("有效期（如 30m、12h、7d）", "Valid for (e.g. 30m, 12h, 7d)"),
+    "issue_code": ("签署并发放", "Sign and issue"),
     "role_home": ("工作台", "Home"),
     "role_pages_todo": (
         "此角色的完整页面尚在建设中；请使用命令行 `fedcredit --help`。",
@@ -117,6 +126,38 @@ PURPOSES: dict[str, tuple[str, str]] = {
     "guarantee": ("担保审批", "guarantee decision"),
     "post_loan_monitoring": ("贷后监测", "post-loan monitoring"),
     "model_training": ("模型训练", "model training"),
+}
+
+# Consent-scope categories (common.departments), as the enterprise reads them.
+CATEGORIES: dict[str, tuple[str, str]] = {
+    "composition": ("工商登记信息", "company registration"),
+    "operations_tax": ("纳税信息", "tax records"),
+    "social_security": ("社保缴纳", "social insurance"),
+    "medical_insurance": ("医保缴纳", "medical insurance"),
+    "staff_benefits": ("住房公积金", "housing provident fund"),
+    "intellectual_property": ("知识产权", "intellectual property"),
+    "judicial": ("司法诉讼", "court records"),
+    "public_credit": ("公共信用", "public credit"),
+    "operations_utilities": ("水电用量", "electricity and water use"),
+    "trade": ("海关进出口", "customs and trade"),
+    "assets": ("不动产与自然资源", "land and property"),
+    "shareholder_credit": ("股东信用", "shareholders' credit"),
+    "score_only": ("仅评分（不披露原始数据）", "a score only (no data disclosed)"),
+}
+
+NODES: dict[str, tuple[str, str]] = {
+    "dept-market-regulation": ("市场监管局", "market regulation"),
+    "dept-tax": ("税务局", "tax bureau"),
+    "dept-social-security": ("人社局", "human resources and social security"),
+    "dept-medical-insurance": ("医保局", "medical insurance"),
+    "dept-housing-fund": ("公积金中心", "housing provident fund"),
+    "dept-ip": ("知识产权局", "intellectual property office"),
+    "dept-courts": ("法院", "courts"),
+    "dept-public-credit": ("公共信用中心", "public credit center"),
+    "dept-utilities": ("水电公司", "utilities"),
+    "dept-customs": ("海关", "customs"),
+    "dept-natural-resources": ("自然资源局", "natural resources"),
+    "dept-shareholders": ("股东信用登记", "shareholder credit registry"),
 }
 
 STATES: dict[str, tuple[str, str]] = {

@@ -121,6 +121,9 @@ async def challenge(portal: Portal, request: Request, s: Session, data: dict[str
         remove_categories=[str(c) for c in cats] if isinstance(cats, list) else [str(cats)],
         reason=str(data.get("reason", "")),
         credential_id=str(data.get("credential_id", "")),
+        enrol_org=str(data.get("enrol_org", "")),
+        enrol_role=str(data.get("enrol_role", "")),
+        enrol_expires_in_s=_seconds(data.get("enrol_expires", "")),
     )
     s.pending["statement"] = st
     return json_ok(portal, s, {"statement": st, "options": options})
@@ -221,6 +224,26 @@ async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
+def _seconds(text: Any) -> int:
+    """``30m``, ``12h``, ``7d`` or seconds; 0 when empty (the consent service refuses it)."""
+    from fedcredit.portal.durations import parse_duration
+
+    return parse_duration(str(text)) if str(text).strip() else 0
+
+
+@page("operator")
+async def operator(portal: Portal, request: Request, s: Session) -> Response:
+    return portal.render(request, s, "operator.html")
+
+
+@post
+async def operator_enrol(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:  # fmt: skip
+    """An enrol code the operator signed for with a passkey (shown once, to the operator)."""
+    st = s.pending.pop("statement", "")
+    got = await call(portal.backend.passkeys.issue_enrol_code_signed, st, str(data.get("assertion", "")))  # fmt: skip
+    return json_ok(portal, s, {"org": got.org, "role": got.role, "code": got.code, "expires_at": got.expires_at})  # fmt: skip
+
+
 @page("auditor")
 async def audit(portal: Portal, request: Request, s: Session) -> Response:
     note, vkey = await call(portal.backend.checkpoint)
@@ -263,6 +286,8 @@ ROUTES = [
     Route("/passkeys", passkeys),
     Route("/bank", bank),
     Route("/audit", audit),
+    Route("/operator", operator),
+    Route("/operator/enrol", operator_enrol, methods=["POST"]),
     Route("/audit/consistency", audit_consistency),
     Route("/bank/request", bank_request, methods=["POST"]),
 ]

@@ -37,7 +37,7 @@ from fedcredit.portal.settings import PortalSettings
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 COOKIE = "fc_session"
-HOME = {"enterprise": "/enterprise", "bank": "/bank", "auditor": "/audit"}
+HOME = {"enterprise": "/enterprise", "bank": "/bank", "auditor": "/audit", "operator": "/operator"}
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -97,6 +97,8 @@ class Portal:
             t=lambda k: i18n.tr(k, lang),
             purpose=lambda p: i18n.word(i18n.PURPOSES, p, lang),
             state=lambda st: i18n.word(i18n.STATES, st, lang),
+            category=lambda c: i18n.word(i18n.CATEGORIES, c, lang),
+            node=lambda n: i18n.word(i18n.NODES, n, lang),
             when=_when,
             lang=lang,
             s=s,

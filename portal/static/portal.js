@@ -82,6 +82,15 @@
     location.assign(r.redirect);
   }
 
+  async function onIssueCode(form) {
+    const c = await postJSON("/challenge", { action: "issue_enrol_code", ...formData(form) });
+    const r = await postJSON("/operator/enrol", { assertion: await signStatement(c.statement, c.options) });
+    const out = document.getElementById("code");
+    out.textContent = `${r.org} (${r.role}): ${r.code}`;
+    out.dataset.code = r.code;
+    show("", true);
+  }
+
   async function onDecide(b) {
     const body = { action: b.dataset.decide, consent_id: b.dataset.consentId };
     if (b.dataset.removeCategory) body.remove_categories = [b.dataset.removeCategory];
@@ -266,7 +275,7 @@
     const form = ev.target.closest("form[data-webauthn]");
     if (!form) return;
     ev.preventDefault();
-    const run = { signin: onSignIn, enrol: onEnrol, add: onAddPasskey }[form.dataset.webauthn];
+    const run = { signin: onSignIn, enrol: onEnrol, add: onAddPasskey, issue: onIssueCode }[form.dataset.webauthn];
     run(form).catch(fail);
   });
 

@@ -202,3 +202,23 @@ def test_bank_requests_from_its_session_bound_to_its_certificate(
     with pytest.raises(RoleNotAllowed):
         p.request_for_bank(PORTAL, ent_ticket, w.terms())
     assert [c.consent_id for c in p.list_consents(PORTAL, ent_ticket, ())] == [view.consent_id]
+
+
+def test_operator_issues_enrol_codes_only_with_its_passkey(
+    pk: tuple[World, PasskeyAuthority],
+) -> None:
+    w, p = pk
+    op = enrol(p, "operator", "operator")
+    kw = {"enrol_org": w.ent, "enrol_role": "enterprise", "enrol_expires_in_s": 600}
+    code, _exp, org, role = p.issue_enrol_code_signed(
+        p.verify(PORTAL, *signed(p, op, "operator", "issue_enrol_code", **kw))
+    )
+    assert (org, role) == (w.ent, "enterprise")
+    ticket, options = p.begin_registration(PORTAL, w.ent, code=code)
+    p.finish_registration(PORTAL, ticket, SoftKey(ORIGIN).create(options))
+    # an enterprise's passkey cannot issue codes, whatever the portal relays
+    ent_key = enrol(p, w.other_ent)
+    with pytest.raises(RoleNotAllowed):
+        p.issue_enrol_code_signed(
+            p.verify(PORTAL, *signed(p, ent_key, w.other_ent, "issue_enrol_code", **kw))
+        )

@@ -34,7 +34,9 @@ def people(browser: Any, federation: Federation) -> Iterator[dict[str, Person]]:
     e = Person(browser, federation, width=1280, height=900, bypass_csp=True)
     b = Person(browser, federation, width=1280, height=900, bypass_csp=True)
     a = Person(browser, federation, width=1280, height=900, bypass_csp=True)
+    o = Person(browser, federation, width=1280, height=900, bypass_csp=True)
     try:
+        o.enrol_and_sign_in("operator", "operator")
         a.enrol_and_sign_in("auditor-pboc-weihai", "auditor")
         e.enrol_and_sign_in(ent, "enterprise")
         b.enrol_and_sign_in(BANK, "bank")
@@ -42,9 +44,9 @@ def people(browser: Any, federation: Federation) -> Iterator[dict[str, Person]]:
             for purpose in ("credit_assessment", "guarantee"):
                 c.request(ConsentTerms(ent, BANK, purpose, ["judicial", "operations_tax"], max_uses=3))  # fmt: skip
         federation.settle()
-        yield {"anonymous": anon, "enterprise": e, "bank": b, "auditor": a}
+        yield {"anonymous": anon, "enterprise": e, "bank": b, "auditor": a, "operator": o}
     finally:
-        for p in (anon, e, b, a):
+        for p in (anon, e, b, a, o):
             p.close()
 
 
@@ -56,6 +58,7 @@ PAGES = [
     ("enterprise", "/passkeys", "passkeys"),
     ("bank", "/bank", "desk"),
     ("auditor", "/audit", "checkpoint"),
+    ("operator", "/operator", "enrol-codes"),
 ]
 
 

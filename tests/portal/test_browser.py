@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from fedcredit.common import uscc
+from fedcredit.portal.web import HOME
 from tests.portal.conftest import BANK, Federation, Scoring
 
 CHROMIUM = os.environ.get("FEDCREDIT_CHROMIUM", "/usr/bin/chromium")
@@ -77,9 +78,7 @@ class Person:
         self.page.wait_for_url("**/signin")
         self.page.fill("#org", org)
         self.page.click("form#signin button[type=submit]")
-        self.page.wait_for_url(
-            "**" + {"enterprise": "/enterprise", "bank": "/bank", "auditor": "/audit"}[role]
-        )
+        self.page.wait_for_url("**" + HOME[role])
 
     def credentials(self) -> list[dict[str, Any]]:
         got = self.cdp.send("WebAuthn.getCredentials", {"authenticatorId": self.authenticator})
@@ -263,3 +262,30 @@ def test_auditor_checks_checkpoint_and_consistency_in_the_page(
         page.unroute("**/audit/consistency*")
     finally:
         person.close()
+
+
+def test_operator_issues_a_code_that_enrols_an_enterprise(
+    browser: Any, federation: Federation
+) -> None:
+    ent = uscc.generate(random.Random(779))
+    operator, enterprise = Person(browser, federation), Person(browser, federation)
+    try:
+        operator.enrol_and_sign_in("operator", "operator")
+        operator.page.fill("#enrol_org", ent)
+        operator.page.select_option("#enrol_role", "enterprise")
+        operator.page.fill("#enrol_expires", "30m")
+        operator.page.click("form#issue-code button[type=submit]")
+        operator.page.wait_for_selector("#code[data-code]")
+        code = operator.page.get_attribute("#code", "data-code")
+        assert code
+        enterprise.go("/enrol")
+        enterprise.page.fill("#org", ent)
+        enterprise.page.fill("#code", code)
+        enterprise.page.click("form#enrol button[type=submit]")
+        enterprise.page.wait_for_url("**/signin")
+        enterprise.page.fill("#org", ent)
+        enterprise.page.click("form#signin button[type=submit]")
+        enterprise.page.wait_for_url("**/enterprise")
+    finally:
+        operator.close()
+        enterprise.close()

@@ -102,6 +102,7 @@ def test_enterprise_approves_with_its_passkey(federation: Federation, visitor: V
     cid = bank_requests(federation, ent)
     page = visitor.get("/enterprise").text
     assert cid in page and BANK in page and "授信评估" in page  # Chinese by default
+    assert "司法诉讼" in page and "税务局" in page  # categories and nodes in plain words
     got = visitor.decide(key, "approve", cid)
     assert got["state"] == "ACTIVE"
     ev = [e for e in federation.authority.store.events(consent_id=cid) if e.event == "granted"]
@@ -195,3 +196,11 @@ def test_auditor_consistency_refuses_bad_sizes(federation: Federation, visitor: 
         r = visitor.get(f"/audit/consistency?{query}")
         assert r.status_code == 400 and 'data-reason="INVALID_ARGUMENT"' in r.text, query
     assert visitor.get("/enterprise").status_code == 303  # not an enterprise: sent home
+
+
+def test_categories_and_nodes_in_plain_language() -> None:
+    from fedcredit.common.departments import DEPARTMENTS
+
+    for d in DEPARTMENTS:
+        assert d.category in i18n.CATEGORIES and d.org_id in i18n.NODES, d
+    assert "score_only" in i18n.CATEGORIES

@@ -235,6 +235,9 @@ class ChallengeRequest(_message.Message):
     REMOVE_NODES_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
+    ENROL_ORG_FIELD_NUMBER: _builtins.int
+    ENROL_ROLE_FIELD_NUMBER: _builtins.int
+    ENROL_EXPIRES_IN_S_FIELD_NUMBER: _builtins.int
     org: _builtins.str
     action: _builtins.str
     consent_id: _builtins.str
@@ -242,6 +245,12 @@ class ChallengeRequest(_message.Message):
     """reject, revoke"""
     credential_id: _builtins.str
     """remove_passkey"""
+    enrol_org: _builtins.str
+    """issue_enrol_code"""
+    enrol_role: _builtins.str
+    """issue_enrol_code"""
+    enrol_expires_in_s: _builtins.int
+    """issue_enrol_code"""
     @_builtins.property
     def remove_categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """narrow"""
@@ -260,10 +269,13 @@ class ChallengeRequest(_message.Message):
         remove_nodes: _abc.Iterable[_builtins.str] | None = ...,
         reason: _builtins.str = ...,
         credential_id: _builtins.str = ...,
+        enrol_org: _builtins.str = ...,
+        enrol_role: _builtins.str = ...,
+        enrol_expires_in_s: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "consent_id", b"consent_id", "credential_id", b"credential_id", "org", b"org", "reason", b"reason", "remove_categories", b"remove_categories", "remove_nodes", b"remove_nodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "consent_id", b"consent_id", "credential_id", b"credential_id", "enrol_expires_in_s", b"enrol_expires_in_s", "enrol_org", b"enrol_org", "enrol_role", b"enrol_role", "org", b"org", "reason", b"reason", "remove_categories", b"remove_categories", "remove_nodes", b"remove_nodes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

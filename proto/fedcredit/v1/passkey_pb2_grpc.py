@@ -80,6 +80,11 @@ class PasskeyServiceStub:
                 request_serializer=fedcredit_dot_v1_dot_passkey__pb2.SignedStatement.SerializeToString,
                 response_deserializer=fedcredit_dot_v1_dot_passkey__pb2.PasskeyList.FromString,
                 _registered_method=True)
+        self.IssueEnrolCodeSigned = channel.unary_unary(
+                '/fedcredit.v1.PasskeyService/IssueEnrolCodeSigned',
+                request_serializer=fedcredit_dot_v1_dot_passkey__pb2.SignedStatement.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_passkey__pb2.EnrolCode.FromString,
+                _registered_method=True)
         self.RequestConsent = channel.unary_unary(
                 '/fedcredit.v1.PasskeyService/RequestConsent',
                 request_serializer=fedcredit_dot_v1_dot_passkey__pb2.PortalRequestConsent.SerializeToString,
@@ -113,7 +118,7 @@ class PasskeyServiceServicer:
 
     def Challenge(self, request, context):
         """Portal: a statement to sign (sign_in, add_passkey, remove_passkey, or a consent
-        decision: approve, reject, pause, resume, revoke, narrow).
+        decision: approve, reject, pause, resume, revoke, narrow; or issue_enrol_code).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +153,13 @@ class PasskeyServiceServicer:
 
     def RemovePasskey(self, request, context):
         """Portal: remove a passkey (signed remove_passkey statement; never the last one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueEnrolCodeSigned(self, request, context):
+        """Portal: an enrol code the operator signed for (signed issue_enrol_code statement).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,6 +220,11 @@ def add_PasskeyServiceServicer_to_server(servicer, server):
                     servicer.RemovePasskey,
                     request_deserializer=fedcredit_dot_v1_dot_passkey__pb2.SignedStatement.FromString,
                     response_serializer=fedcredit_dot_v1_dot_passkey__pb2.PasskeyList.SerializeToString,
+            ),
+            'IssueEnrolCodeSigned': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueEnrolCodeSigned,
+                    request_deserializer=fedcredit_dot_v1_dot_passkey__pb2.SignedStatement.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_passkey__pb2.EnrolCode.SerializeToString,
             ),
             'RequestConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestConsent,
@@ -458,6 +475,33 @@ class PasskeyService:
             '/fedcredit.v1.PasskeyService/RemovePasskey',
             fedcredit_dot_v1_dot_passkey__pb2.SignedStatement.SerializeToString,
             fedcredit_dot_v1_dot_passkey__pb2.PasskeyList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueEnrolCodeSigned(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PasskeyService/IssueEnrolCodeSigned',
+            fedcredit_dot_v1_dot_passkey__pb2.SignedStatement.SerializeToString,
+            fedcredit_dot_v1_dot_passkey__pb2.EnrolCode.FromString,
             options,
             channel_credentials,
             insecure,

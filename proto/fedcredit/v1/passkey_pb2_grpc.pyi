@@ -55,7 +55,7 @@ class PasskeyServiceStub:
     FinishRegistration: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.FinishRegistrationRequest, _passkey_pb2.PasskeyInfo]
     Challenge: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.ChallengeRequest, _passkey_pb2.Statement]
     """Portal: a statement to sign (sign_in, add_passkey, remove_passkey, or a consent
-    decision: approve, reject, pause, resume, revoke, narrow).
+    decision: approve, reject, pause, resume, revoke, narrow; or issue_enrol_code).
     """
     SignIn: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.SignedStatement, _passkey_pb2.SignInResult]
     """Portal: verify a sign-in assertion; answers who signed in and a session ticket."""
@@ -66,6 +66,8 @@ class PasskeyServiceStub:
     ListPasskeys: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.SessionRequest, _passkey_pb2.PasskeyList]
     RemovePasskey: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.SignedStatement, _passkey_pb2.PasskeyList]
     """Portal: remove a passkey (signed remove_passkey statement; never the last one)."""
+    IssueEnrolCodeSigned: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.SignedStatement, _passkey_pb2.EnrolCode]
+    """Portal: an enrol code the operator signed for (signed issue_enrol_code statement)."""
     RequestConsent: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.PortalRequestConsent, _consent_pb2.Consent]
     """Portal, with a bank's session ticket: request consent for that bank (the token
     is bound to the bank's own certificate, never the portal's).
@@ -83,7 +85,7 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
     FinishRegistration: _aio.UnaryUnaryMultiCallable[_passkey_pb2.FinishRegistrationRequest, _passkey_pb2.PasskeyInfo]  # type: ignore[assignment]
     Challenge: _aio.UnaryUnaryMultiCallable[_passkey_pb2.ChallengeRequest, _passkey_pb2.Statement]  # type: ignore[assignment]
     """Portal: a statement to sign (sign_in, add_passkey, remove_passkey, or a consent
-    decision: approve, reject, pause, resume, revoke, narrow).
+    decision: approve, reject, pause, resume, revoke, narrow; or issue_enrol_code).
     """
     SignIn: _aio.UnaryUnaryMultiCallable[_passkey_pb2.SignedStatement, _passkey_pb2.SignInResult]  # type: ignore[assignment]
     """Portal: verify a sign-in assertion; answers who signed in and a session ticket."""
@@ -94,6 +96,8 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
     ListPasskeys: _aio.UnaryUnaryMultiCallable[_passkey_pb2.SessionRequest, _passkey_pb2.PasskeyList]  # type: ignore[assignment]
     RemovePasskey: _aio.UnaryUnaryMultiCallable[_passkey_pb2.SignedStatement, _passkey_pb2.PasskeyList]  # type: ignore[assignment]
     """Portal: remove a passkey (signed remove_passkey statement; never the last one)."""
+    IssueEnrolCodeSigned: _aio.UnaryUnaryMultiCallable[_passkey_pb2.SignedStatement, _passkey_pb2.EnrolCode]  # type: ignore[assignment]
+    """Portal: an enrol code the operator signed for (signed issue_enrol_code statement)."""
     RequestConsent: _aio.UnaryUnaryMultiCallable[_passkey_pb2.PortalRequestConsent, _consent_pb2.Consent]  # type: ignore[assignment]
     """Portal, with a bank's session ticket: request consent for that bank (the token
     is bound to the bank's own certificate, never the portal's).
@@ -132,7 +136,7 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_passkey_pb2.Statement, _abc.Awaitable[_passkey_pb2.Statement]]:
         """Portal: a statement to sign (sign_in, add_passkey, remove_passkey, or a consent
-        decision: approve, reject, pause, resume, revoke, narrow).
+        decision: approve, reject, pause, resume, revoke, narrow; or issue_enrol_code).
         """
 
     @_abc_1.abstractmethod
@@ -173,6 +177,14 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_passkey_pb2.PasskeyList, _abc.Awaitable[_passkey_pb2.PasskeyList]]:
         """Portal: remove a passkey (signed remove_passkey statement; never the last one)."""
+
+    @_abc_1.abstractmethod
+    def IssueEnrolCodeSigned(
+        self,
+        request: _passkey_pb2.SignedStatement,
+        context: _ServicerContext,
+    ) -> _typing.Union[_passkey_pb2.EnrolCode, _abc.Awaitable[_passkey_pb2.EnrolCode]]:
+        """Portal: an enrol code the operator signed for (signed issue_enrol_code statement)."""
 
     @_abc_1.abstractmethod
     def RequestConsent(
