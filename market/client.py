@@ -155,6 +155,9 @@ class MarketClient(ServiceClient[pb_grpc.MarketServiceStub]):
     def leads_about_me(self) -> list[dict[str, Any]]:
         return list(parse(self._call(self._stub.LeadsAboutMe, pb.ListLeadsRequest()))["leads"])
 
+    def my_rating(self) -> dict[str, Any]:
+        return parse(self._call(self._stub.MyRating, pb.MyRatingRequest()))
+
     def warnings(self) -> list[dict[str, Any]]:
         return list(
             parse(self._call(self._stub.ListWarnings, pb.ListWarningsRequest()))["warnings"]

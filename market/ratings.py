@@ -132,3 +132,30 @@ def set_opt_out(market: Marketplace, enterprise: str, opt_out: bool) -> None:
         c.execute(
             update(profiles).where(profiles.c.enterprise == enterprise).values(push_opt_out=opt_out)
         )
+
+
+def rating_of(market: Marketplace, enterprise: str) -> dict[str, Any]:
+    """An enterprise's own platform rating, the run that made it and that run's ledger entry
+    (legal basis, commitment): what the platform holds about it and why."""
+    from fedcredit.market.errors import NeedNotFound
+    from fedcredit.market.store import events
+
+    with market.store.tx() as c:
+        p = (
+            c.execute(select(profiles).where(profiles.c.enterprise == enterprise))
+            .mappings()
+            .first()
+        )
+        if p is None:
+            raise NeedNotFound("the platform has not rated this enterprise")
+        run = c.execute(
+            select(events.c.payload, events.c.ledger_index).where(
+                events.c.event_key == f"platform:rating-run:{p['run_id']}"
+            )
+        ).first()
+    return {
+        "enterprise": enterprise, "grade": p["grade"], "previous_grade": p["prev_grade"],
+        "pd_ppm": p["pd_ppm"], "run_id": p["run_id"], "push_opt_out": p["push_opt_out"],
+        "legal_basis": LEGAL_BASIS, "run_ledger_index": run.ledger_index if run else None,
+        "run_commitment_sha256": run.payload.get("commitment_sha256") if run else None,
+    }  # fmt: skip

@@ -89,6 +89,11 @@ class MarketPushServicer:
         return reply({"leads": pushes.leads_about(self.m, ent)})
 
     @handle_errors
+    def MyRating(self, request: pb.MyRatingRequest, context: Any) -> pb.MarketReply:
+        ent = require_role(peer_identity(context), "enterprise")
+        return reply(ratings.rating_of(self.m, ent.org_id))
+
+    @handle_errors
     def ListWarnings(self, request: pb.ListWarningsRequest, context: Any) -> pb.MarketReply:
         who = require_role(peer_identity(context), "bank", "operator", "auditor")
         return reply({"warnings": ratings.warnings_for(self.m, who.org_id)})

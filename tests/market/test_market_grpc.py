@@ -156,6 +156,16 @@ def test_pushed_leads_carry_bands_only_and_opt_out_holds(wire: Wire) -> None:
     firm.set_push_opt_out(True)
     push_leads(market, "r2")
     assert [x["run_id"] for x in firm.leads_about_me()] == ["r1"]
+    mine = firm.my_rating()  # the platform's rating is visible to the enterprise it rates
+    assert (mine["grade"], mine["pd_ppm"], mine["run_id"], mine["push_opt_out"]) == (
+        "A",
+        987_654,
+        "r0",
+        True,
+    )
+    assert "designated body" in mine["legal_basis"] and mine["run_ledger_index"] >= 0
+    with pytest.raises(RoleNotAllowed):
+        bank.my_rating()
 
 
 def test_investment_fund_review_over_the_wire(wire: Wire) -> None:

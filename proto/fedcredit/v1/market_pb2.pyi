@@ -224,6 +224,21 @@ class ListWarningsRequest(_message.Message):
 Global___ListWarningsRequest: _TypeAlias = ListWarningsRequest  # noqa: Y015
 
 @_typing.final
+class MyRatingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MyRatingRequest: _TypeAlias = MyRatingRequest  # noqa: Y015
+
+@_typing.final
 class SlaReportRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

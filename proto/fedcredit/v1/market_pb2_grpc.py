@@ -124,6 +124,11 @@ class MarketServiceStub:
                 request_serializer=fedcredit_dot_v1_dot_market__pb2.ListLeadsRequest.SerializeToString,
                 response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
                 _registered_method=True)
+        self.MyRating = channel.unary_unary(
+                '/fedcredit.v1.MarketService/MyRating',
+                request_serializer=fedcredit_dot_v1_dot_market__pb2.MyRatingRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+                _registered_method=True)
         self.ListWarnings = channel.unary_unary(
                 '/fedcredit.v1.MarketService/ListWarnings',
                 request_serializer=fedcredit_dot_v1_dot_market__pb2.ListWarningsRequest.SerializeToString,
@@ -290,6 +295,13 @@ class MarketServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MyRating(self, request, context):
+        """Enterprises: your own platform rating, its run, legal basis and ledger entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWarnings(self, request, context):
         """Banks: post-loan warnings (a rating fall on an outstanding loan).
         """
@@ -434,6 +446,11 @@ def add_MarketServiceServicer_to_server(servicer, server):
             'LeadsAboutMe': grpc.unary_unary_rpc_method_handler(
                     servicer.LeadsAboutMe,
                     request_deserializer=fedcredit_dot_v1_dot_market__pb2.ListLeadsRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
+            ),
+            'MyRating': grpc.unary_unary_rpc_method_handler(
+                    servicer.MyRating,
+                    request_deserializer=fedcredit_dot_v1_dot_market__pb2.MyRatingRequest.FromString,
                     response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
             ),
             'ListWarnings': grpc.unary_unary_rpc_method_handler(
@@ -962,6 +979,33 @@ class MarketService:
             target,
             '/fedcredit.v1.MarketService/LeadsAboutMe',
             fedcredit_dot_v1_dot_market__pb2.ListLeadsRequest.SerializeToString,
+            fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MyRating(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.MarketService/MyRating',
+            fedcredit_dot_v1_dot_market__pb2.MyRatingRequest.SerializeToString,
             fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
             options,
             channel_credentials,

@@ -73,6 +73,8 @@ class MarketServiceStub:
     SetPushOptOut: _grpc.UnaryUnaryMultiCallable[_market_pb2.SetPushOptOutRequest, _market_pb2.MarketReply]
     """Enterprises: opt out of (or back into) pushes; see which banks you were pushed to."""
     LeadsAboutMe: _grpc.UnaryUnaryMultiCallable[_market_pb2.ListLeadsRequest, _market_pb2.MarketReply]
+    MyRating: _grpc.UnaryUnaryMultiCallable[_market_pb2.MyRatingRequest, _market_pb2.MarketReply]
+    """Enterprises: your own platform rating, its run, legal basis and ledger entry."""
     ListWarnings: _grpc.UnaryUnaryMultiCallable[_market_pb2.ListWarningsRequest, _market_pb2.MarketReply]
     """Banks: post-loan warnings (a rating fall on an outstanding loan)."""
     SlaReport: _grpc.UnaryUnaryMultiCallable[_market_pb2.SlaReportRequest, _market_pb2.MarketReply]
@@ -124,6 +126,8 @@ class MarketServiceAsyncStub(MarketServiceStub):
     SetPushOptOut: _aio.UnaryUnaryMultiCallable[_market_pb2.SetPushOptOutRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
     """Enterprises: opt out of (or back into) pushes; see which banks you were pushed to."""
     LeadsAboutMe: _aio.UnaryUnaryMultiCallable[_market_pb2.ListLeadsRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
+    MyRating: _aio.UnaryUnaryMultiCallable[_market_pb2.MyRatingRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
+    """Enterprises: your own platform rating, its run, legal basis and ledger entry."""
     ListWarnings: _aio.UnaryUnaryMultiCallable[_market_pb2.ListWarningsRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
     """Banks: post-loan warnings (a rating fall on an outstanding loan)."""
     SlaReport: _aio.UnaryUnaryMultiCallable[_market_pb2.SlaReportRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
@@ -280,6 +284,14 @@ class MarketServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _market_pb2.ListLeadsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]: ...
+
+    @_abc_1.abstractmethod
+    def MyRating(
+        self,
+        request: _market_pb2.MyRatingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]:
+        """Enterprises: your own platform rating, its run, legal basis and ledger entry."""
 
     @_abc_1.abstractmethod
     def ListWarnings(
