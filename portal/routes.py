@@ -210,6 +210,13 @@ async def bank(portal: Portal, request: Request, s: Session) -> Response:
     return portal.render(request, s, "bank.html", consents=consents)
 
 
+@page("bank")
+async def bank_rows(portal: Portal, request: Request, s: Session) -> Response:
+    """The bank's consent rows (htmx refreshes them every few seconds)."""
+    consents = await call(portal.backend.passkeys.list_consents, s.ticket)
+    return portal.render(request, s, "_bank_rows.html", consents=consents)
+
+
 @post
 async def bank_request(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:  # fmt: skip
     if s.role != "bank":
@@ -285,6 +292,7 @@ ROUTES = [
     Route("/enterprise/access", access),
     Route("/passkeys", passkeys),
     Route("/bank", bank),
+    Route("/bank/consents", bank_rows),
     Route("/audit", audit),
     Route("/operator", operator),
     Route("/operator/enrol", operator_enrol, methods=["POST"]),

@@ -119,8 +119,8 @@ def test_enrol_request_approve_score_verify_revoke(
         assert "sha256" in enterprise.page.inner_text("#result")
         ev = [e for e in federation.authority.store.events(consent_id=consent_id) if e.event == "granted"]  # fmt: skip
         assert ev and ev[0].payload["via"] == "portal" and ev[0].actor == ent
-        bank.go("/bank")
-        assert bank.page.locator(f'tr[data-consent="{consent_id}"] .state').get_attribute("data-state") == "ACTIVE"  # fmt: skip
+        # the bank's page refreshes its rows by itself (htmx), no reload
+        bank.page.wait_for_selector(f'tr[data-consent="{consent_id}"] .state[data-state="ACTIVE"]')
         rating, token = _bank_scores(federation, scoring, ent, consent_id)
         _access_page_verifies(enterprise, federation, consent_id)
         assert enterprise.page.locator("#access-log tr", has_text="score_access").count() == 1
