@@ -11,7 +11,6 @@ order, exactly as the modules declared them.
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 from types import ModuleType
@@ -108,10 +107,9 @@ def build_app(modules: list[str] | None = None) -> typer.Typer:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("FEDCREDIT_LOG", "WARNING").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from fedcredit.common.metrics import configure_logging
+
+    configure_logging(os.environ.get("FEDCREDIT_LOG", "WARNING"))  # JSON: FEDCREDIT_LOG_FORMAT=json
     # The container health check runs `fedcredit operator probe` every few seconds in every
     # container: it gets a root with the operator commands alone, not every role's.
     probe = sys.argv[1:3] == ["operator", "probe"]

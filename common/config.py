@@ -147,6 +147,8 @@ class ServiceConfig:
     org_id: str
     address: str
     database: str
+    # Where the service serves Prometheus /metrics (loopback HTTP); empty: not served.
+    metrics: str = ""
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ class NodeConfig:
     # Where the node's witness also answers the C2SP tlog-witness HTTP protocol
     # (POST /add-checkpoint, no client certificate); empty: gRPC only.
     witness_http: str = ""
+    metrics: str = ""  # Prometheus /metrics (loopback HTTP); empty: not served
 
 
 @dataclass
@@ -291,6 +294,7 @@ def _parse_services(
             org,
             _check_address(_req(s, "address", where), where),
             _resolve_db(_req(s, "database", where), base, where),
+            _optional_address(s, "metrics", where),
         )
     return services
 
@@ -320,6 +324,7 @@ def _parse_nodes(
                 _check_address(_req(n, "address", where), where),
                 _resolve_db(_req(n, "database", where), base, where),
                 _witness_http(n, where),
+                _optional_address(n, "metrics", where),
             )
         )
     seen = [n.department for n in nodes]
@@ -366,6 +371,13 @@ def _witness_http(n: Mapping[str, Any], where: str) -> str:
     value = n.get("witness_http", "")
     if not isinstance(value, str):
         raise ConfigError(f"{where}: witness_http must be an address string, got {value!r}")
+    return _check_address(value, where) if value else ""
+
+
+def _optional_address(n: Mapping[str, Any], key: str, where: str) -> str:
+    value = n.get(key, "")
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be an address string, got {value!r}")
     return _check_address(value, where) if value else ""
 
 

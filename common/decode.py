@@ -1,5 +1,8 @@
 """Requests whose bytes do not parse (e.g. a ``string`` field that is not UTF-8) get
-INVALID_ARGUMENT with ``google.rpc.ErrorInfo`` reason ``REQUEST_MALFORMED``.
+INVALID_ARGUMENT with ``google.rpc.ErrorInfo`` reason ``REQUEST_MALFORMED``; requests that
+parse but break a shape rule (an unknown enum value, an oversized field, a uint64 at or
+above 2^63: :mod:`common.limits`) get INVALID_ARGUMENT with that rule's reason. No
+servicer sees either.
 
 Left to grpc, a protobuf DecodeError in the request deserializer is logged with a traceback
 and answered INTERNAL "Exception deserializing request!", with no ErrorInfo. The
@@ -18,7 +21,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from fedcredit.common import metrics
 from fedcredit.common.errors import InvalidArgument
+from fedcredit.common.limits import check_request
 from fedcredit.common.rpc import status_trailer
 
 
@@ -29,14 +34,14 @@ class RequestMalformed(InvalidArgument):
 class _Undecodable:
     __slots__ = ("error",)
 
-    def __init__(self, error: RequestMalformed) -> None:
+    def __init__(self, error: InvalidArgument) -> None:
         self.error = error
 
 
 def _safe(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     def decode(data: bytes) -> Any:
         try:
-            return deserializer(data)
+            msg = deserializer(data)
         except DecodeError:
             return _Undecodable(
                 RequestMalformed(
@@ -44,6 +49,15 @@ def _safe(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
                     "expected UTF-8 in every string field"
                 )
             )
+        except RecursionError:  # nesting deeper than the parser's limit
+            return _Undecodable(
+                RequestMalformed(f"the request ({len(data)} bytes) nests too deeply")
+            )
+        try:
+            check_request(msg)
+        except InvalidArgument as exc:
+            return _Undecodable(exc)
+        return msg
 
     return decode
 
@@ -51,22 +65,23 @@ def _safe(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 def _sync_iter(requests: Iterator[Any]) -> Iterator[Any]:
     for r in requests:
         if isinstance(r, _Undecodable):
-            raise r.error
+            raise _refuse(r.error)
         yield r
 
 
 async def _aio_iter(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async for r in requests:
         if isinstance(r, _Undecodable):
-            raise r.error
+            raise _refuse(r.error)
         yield r
 
 
-def _wrap_stream(behavior: Any, aio: bool) -> Any:
+def _wrap_stream(behavior: Any, aio: bool, count: Callable[[], None]) -> Any:
     # grpc.aio runs a behaviour by its kind (async generator, coroutine, plain): keep it.
     if aio and inspect.isasyncgenfunction(behavior):
 
         async def agen(requests: Any, context: Any) -> Any:
+            count()
             async for item in behavior(_aio_iter(requests), context):
                 yield item
 
@@ -74,17 +89,25 @@ def _wrap_stream(behavior: Any, aio: bool) -> Any:
     if aio:
 
         async def coro(requests: Any, context: Any) -> Any:
+            count()
             return await behavior(_aio_iter(requests), context)
 
         return coro
 
     def plain(requests: Any, context: Any) -> Any:
+        count()
         return behavior(_sync_iter(requests), context)
 
     return plain
 
 
-def _wrap(handler: Any, aio: bool) -> Any:
+def _refuse(err: InvalidArgument) -> InvalidArgument:
+    metrics.refusal(err.code.name, err.reason)
+    return err
+
+
+def _wrap(handler: Any, aio: bool, method: str = "") -> Any:
+    count = metrics.REQUESTS.labels(metrics.service(), method.rsplit("/", 1)[-1]).inc
     kind = (
         ("stream" if handler.request_streaming else "unary")
         + "_"
@@ -95,32 +118,36 @@ def _wrap(handler: Any, aio: bool) -> Any:
         return handler
     new: Any
     if handler.request_streaming:
-        new = _wrap_stream(behavior, aio)
+        new = _wrap_stream(behavior, aio, count)
     elif aio and inspect.isasyncgenfunction(behavior):
 
         async def agen(request: Any, context: Any) -> Any:
+            count()
             if isinstance(request, _Undecodable):
+                _refuse(request.error)
                 context.set_trailing_metadata(status_trailer(request.error))
                 await context.abort(request.error.code, request.error.message)
             async for item in behavior(request, context):
                 yield item
 
         new = agen
-    elif aio and not inspect.iscoroutinefunction(behavior):
-        return handler  # a plain function on an aio server: left to grpc as it was
-    elif aio:
+    elif aio and inspect.iscoroutinefunction(behavior):
 
         async def coro(request: Any, context: Any) -> Any:
+            count()
             if isinstance(request, _Undecodable):
+                _refuse(request.error)
                 context.set_trailing_metadata(status_trailer(request.error))
                 await context.abort(request.error.code, request.error.message)
             return await behavior(request, context)
 
         new = coro
-    else:
+    else:  # sync server, or a plain function on an aio server (grpc gives it a sync context)
 
         def plain(request: Any, context: Any) -> Any:
+            count()
             if isinstance(request, _Undecodable):
+                _refuse(request.error)
                 context.set_trailing_metadata(status_trailer(request.error))
                 context.abort(request.error.code, request.error.message)
             return behavior(request, context)
@@ -132,10 +159,10 @@ def _wrap(handler: Any, aio: bool) -> Any:
 class DecodeInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = continuation(details)
-        return None if handler is None else _wrap(handler, aio=False)
+        return None if handler is None else _wrap(handler, aio=False, method=details.method)
 
 
 class AioDecodeInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
-        return None if handler is None else _wrap(handler, aio=True)
+        return None if handler is None else _wrap(handler, aio=True, method=details.method)

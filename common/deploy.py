@@ -59,7 +59,7 @@ LOCAL_EXTRA_ORGS: list[tuple[str, str]] = [("portal", "portal")]
 def local_config(name: str, base_port: int, banks: list[str]) -> dict[str, Any]:
     orgs = default_organisations(banks) + LOCAL_EXTRA_ORGS
     port = iter(range(base_port, base_port + 100))
-    return {
+    out: dict[str, Any] = {
         "deployment": {"name": name, "pki": "pki"},
         "organisations": [{"id": o, "role": r} for o, r in orgs],
         "services": {
@@ -98,6 +98,10 @@ def local_config(name: str, base_port: int, banks: list[str]) -> dict[str, Any]:
         # for WebAuthn and Secure cookies; anywhere else it needs TLS).
         "portal": {"org": "portal", "address": f"127.0.0.1:{next(port)}", "rp_id": "localhost"},
     }
+    # each service's Prometheus /metrics, on loopback ports after the services' own
+    for s in (*out["services"].values(), *out["nodes"]):
+        s["metrics"] = f"127.0.0.1:{next(port)}"
+    return out
 
 
 def write_local_deployment(
@@ -118,7 +122,7 @@ def write_local_deployment(
     if cfg_path.exists() and not force:
         raise DeploymentExists(f"{cfg_path} already exists; use --force to replace it")
     banks = list(DEFAULT_BANKS[:bank_count])
-    base = base_port if base_port is not None else free_port_base(4 + len(DEPARTMENTS))
+    base = base_port if base_port is not None else free_port_base(4 + 2 * len(DEPARTMENTS) + 3)
     data = local_config(name, base, banks)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "data").mkdir(exist_ok=True)

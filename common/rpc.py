@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from fedcredit.common import metrics
 from fedcredit.common.errors import DOMAIN, FedcreditError, Internal
 
 log = logging.getLogger(__name__)
@@ -28,11 +30,40 @@ F = TypeVar("F", bound=Callable[..., Any])
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
+MAX_MESSAGE = 1_000  # characters of a status message
+MAX_METADATA_VALUE = 200
+_LONG_RUN = re.compile(r"\S{97,}")  # a run this long is an echoed value, not a word
+# where a database driver's or Python's own text starts: cut there (the server logs it)
+_INTERNALS = re.compile(
+    r"\((?:sqlite3|psycopg2?|asyncpg)\.|\[SQL: |\bsqlalchemy\b|Traceback \(most recent|<class '"
+    r"|\b(?:SELECT|INSERT INTO|UPDATE|DELETE FROM)\s.*\b(?:FROM|VALUES|SET|WHERE)\b"
+    r"|\b(?:[A-Za-z_]\w*\.)*[A-Z][a-z]\w*(?:Error|Exception)\b",
+    re.S,
+)
+
+
+def _shorten(m: re.Match[str]) -> str:
+    return f"{m.group(0)[:24]}… ({len(m.group(0))} characters)"
+
+
+def public_text(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` as it may cross the wire: cut before any SQL, driver or Python class
+    text, long runs (echoed values) elided, at most ``limit`` characters."""
+    cut = _INTERNALS.search(text)
+    if cut is not None:
+        text = text[: cut.start()].rstrip(" :;,(") + " (details are in the server's log)"
+        log.warning("status message cut before internals: %r", text[:200])
+    text = _LONG_RUN.sub(_shorten, text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def status_trailer(err: FedcreditError) -> tuple[tuple[str, bytes], ...]:
-    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata)
+    metadata = {k[:64]: public_text(v, MAX_METADATA_VALUE) for k, v in err.metadata.items()}
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=err.code.value[0], message=err.message, details=[detail])
+    message = public_text(err.message)
+    status = status_pb2.Status(code=err.code.value[0], message=message, details=[detail])
     return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
 
 
@@ -50,13 +81,15 @@ def _as_domain(exc: BaseException, method: str) -> FedcreditError:
 
 
 def _abort_sync(context: grpc.ServicerContext, err: FedcreditError) -> None:
+    metrics.refusal(err.code.name, err.reason)
     context.set_trailing_metadata(status_trailer(err))
-    context.abort(err.code, err.message)
+    context.abort(err.code, public_text(err.message))
 
 
 async def _abort_aio(context: Any, err: FedcreditError) -> None:
+    metrics.refusal(err.code.name, err.reason)
     context.set_trailing_metadata(status_trailer(err))
-    await context.abort(err.code, err.message)
+    await context.abort(err.code, public_text(err.message))
 
 
 def _is_abort(exc: BaseException) -> bool:

@@ -477,6 +477,9 @@ def serve_cmd(
     with user_errors():
         dep = load_config(config)
         s = dep.service("consent")
+        from fedcredit.common import metrics
+
+        metrics.start(s.metrics, "consent")
         authority = build_authority(dep)
         server, _port = serve(
             authority,

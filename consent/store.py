@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import queue
 import threading
 from collections import Counter
@@ -60,6 +61,8 @@ from fedcredit.consent import statusidx
 from fedcredit.consent.keys import KeyRecord
 from fedcredit.consent.migrate import add_missing_columns
 from fedcredit.consent.terms import ConsentView
+
+log = logging.getLogger(__name__)
 
 # Keys per IN (...) list: below every driver's bound-parameter limit.
 IN_CHUNK = 500
@@ -303,9 +306,9 @@ class ConsentStore:
         try:
             yield
         except (OperationalError, PoolTimeout) as exc:
-            raise StoreUnavailable(
-                f"the consent store does not answer: {str(exc).splitlines()[0]}"
-            ) from exc
+            # the driver's text (SQL, parameters) stays in the server's log
+            log.warning("consent store error: %s", str(exc).splitlines()[0])
+            raise StoreUnavailable("the consent store does not answer; retry later") from exc
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:

@@ -242,10 +242,13 @@ def serve_cmd(
     """Run the coordinator (scoring, guarantees, model registry) until interrupted."""
     import asyncio
 
+    from fedcredit.common import metrics
+    from fedcredit.common.config import load_config
     from fedcredit.common.gctune import tune_for_service
     from fedcredit.coordinator.daemon import serve
 
     with user_errors(), contextlib.suppress(KeyboardInterrupt):
+        metrics.start(load_config(config).service("coordinator").metrics, "coordinator")
         asyncio.run(serve(config, insecure=insecure, on_ready=tune_for_service))
 
 

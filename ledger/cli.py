@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -112,8 +113,17 @@ def _checkpoint_table(title: str, rows: list[tuple[str, str]]) -> Table:
 
 def _serving(port: int, log: Log) -> None:
     """The ledger is up: say so, then tune the garbage collector for serving."""
+    from fedcredit.common import metrics
     from fedcredit.common.gctune import tune_for_service
 
+    metrics.gauge_from(metrics.LEDGER_SIZE, lambda: log.size, metrics.service())
+
+    def age() -> float:
+        last = log.last_checkpoint()
+        return -1.0 if last is None else time.time() - last.signed_at
+
+    metrics.gauge_from(metrics.CHECKPOINT_AGE, age, metrics.service())
+    metrics.witness_counts(log.store.witness_status)
     console.print(
         f"ledger {log.origin} serving on port {port}: {log.size} entries, key {log.verifier.vkey}",
         highlight=False,
@@ -137,11 +147,13 @@ def serve_cmd(
     ] = False,
 ) -> None:
     """Run the LedgerService (mTLS) until interrupted."""
+    from fedcredit.common import metrics
     from fedcredit.common.config import load_config
     from fedcredit.ledger.service import serve as serve_async
 
     with user_errors():
         dep = load_config(config)
+        metrics.start(dep.service("ledger").metrics, "ledger")
         asyncio.run(serve_async(dep, address=address, insecure=insecure, on_ready=_serving))
 
 

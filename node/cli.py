@@ -164,6 +164,9 @@ def serve_cmd(
     with user_errors(as_json):
         _check_department(department)
         dep = load_config(config)
+        from fedcredit.common import metrics
+
+        metrics.start(dep.node(department).metrics, f"node-{department}")
         proc = build_process(dep, department, insecure=insecure)
         proc.start()
     tune_for_service()

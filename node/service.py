@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from fedcredit.common import uscc
+from fedcredit.common import metrics, uscc
 from fedcredit.common.departments import BY_ID
 from fedcredit.common.errors import BatchTooLarge, FedcreditError
 from fedcredit.common.evidence import Receipt
@@ -344,6 +344,7 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
             vec.disclosure_index = receipts[r].index
             out[i] = vec
         self.stats.served += len(ok_idx)
+        metrics.DISCLOSURES.labels(metrics.service(), self.node_org, purpose).inc(len(ok_idx))
 
     def _append(self, entries: list[tuple[str, str | None, dict[str, Any]]]) -> list[Receipt]:
         """No log entry, no answer: any failure to append refuses the whole answer."""
