@@ -39,6 +39,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     insert,
     select,
     update,
@@ -267,6 +268,10 @@ class PasskeyAuthority:
 
     def _store_challenge(self, nonce: str, org: str, digest: str, data: dict[str, Any]) -> None:
         with self.store.begin() as conn:
+            if secrets.randbelow(64) == 0:  # now and then: forget challenges long expired
+                conn.execute(
+                    delete(challenges).where(challenges.c.expires_at < self.now() - CHALLENGE_TTL_S)
+                )
             conn.execute(
                 insert(challenges).values(
                     nonce=nonce,

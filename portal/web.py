@@ -150,7 +150,8 @@ def post(handler: Callable[[Portal, Request, Session, dict[str, Any]], Awaitable
             if wants_json:
                 return portal.finish(JSONResponse(body, status), s)
             s.flash.append(f"{i18n.tr('error', s.lang)}: {exc} — {i18n.tr('nothing_changed', s.lang)}")  # fmt: skip
-            return portal.finish(RedirectResponse(request.headers.get("referer") or "/", 303), s)
+            # back home (never to a Referer: that could name another site)
+            return portal.finish(RedirectResponse("/", 303), s)
 
     return endpoint
 
