@@ -37,3 +37,31 @@ class PolicyClient(ServiceClient[policies_pb2_grpc.PolicyServiceStub]):
 
     def pay_due(self) -> Any:
         return self._call(self._stub.PayDue, policies_pb2.PayDueRequest())
+
+    # -- applications ---------------------------------------------------------------------
+
+    def apply(self, application_id: str, policy_id: str, fields: dict[str, str],
+              attachments: dict[str, bytes]) -> Any:  # fmt: skip
+        req = policies_pb2.ApplyRequest(application_id=application_id, policy_id=policy_id,
+                                        fields=fields, attachments=attachments)  # fmt: skip
+        return self._call(self._stub.Apply, req)
+
+    def review(self, application_id: str, approve: bool) -> Any:
+        req = policies_pb2.ReviewRequest(application_id=application_id, approve=approve)
+        return self._call(self._stub.Review, req)
+
+    def object(self, application_id: str, reason: str) -> Any:
+        req = policies_pb2.ObjectRequest(application_id=application_id, reason=reason)
+        return self._call(self._stub.Object, req)
+
+    def resolve(self, application_id: str, upheld: bool) -> Any:
+        req = policies_pb2.ResolveRequest(application_id=application_id, upheld=upheld)
+        return self._call(self._stub.ResolveObjection, req)
+
+    def advance(self, application_id: str, step: str) -> Any:
+        req = policies_pb2.AdvanceRequest(application_id=application_id, step=step)
+        return self._call(self._stub.Advance, req)
+
+    def application(self, application_id: str) -> Any:
+        req = policies_pb2.GetApplicationRequest(application_id=application_id)
+        return self._call(self._stub.GetApplication, req)

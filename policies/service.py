@@ -21,7 +21,7 @@ from fedcredit.common.errors import RoleNotAllowed
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.server import build_server
 from fedcredit.common.tls import Identity, TlsFiles, peer_identity
-from fedcredit.policies import rules, runs, screening
+from fedcredit.policies import approval, rules, runs, screening
 from fedcredit.policies.errors import InvalidPolicy
 from fedcredit.policies.store import Award, PolicyStore
 from fedcredit.v1 import policies_pb2, policies_pb2_grpc
@@ -82,7 +82,80 @@ def award_to_pb(a: Award) -> policies_pb2.AwardMessage:
     )  # fmt: skip
 
 
-class PolicyServicer(policies_pb2_grpc.PolicyServiceServicer):
+def application_to_pb(a: approval.Application) -> policies_pb2.ApplicationMessage:
+    return policies_pb2.ApplicationMessage(
+        id=a.id, policy_id=a.policy, enterprise=a.enterprise, state=a.state,
+        parts=dict(a.parts), review_deadline=a.review_deadline, notice_until=a.notice_until,
+        attachments=dict(a.attachments), history=[f"{t:.0f} {e} {s}" for t, e, s in a.history],
+    )  # fmt: skip
+
+
+class ApplicationServicer:
+    """The application RPCs, mixed into :class:`PolicyServicer` (one service)."""
+
+    store: PolicyStore
+    append: Any
+    clock: Callable[[], float]
+
+    def _step(self, app_id: str, fn: Callable[[approval.Application], approval.Application]) -> Any:
+        return application_to_pb(self.store.step(app_id, fn, self.append))
+
+    @handle_errors
+    def Apply(self, request: Any, context: Any) -> Any:
+        caller = peer_identity(context)
+        _allow(caller, frozenset({"enterprise"}), "applying")
+        policy = self.store.policy(request.policy_id)
+        now = self.clock()
+        docs = {n: approval.attachment_digest(c) for n, c in request.attachments.items()}
+        app = approval.apply(policy, request.application_id, caller.org_id,
+                             dict(request.fields), docs, now)  # fmt: skip
+        self.store.submit(app, self.append)
+        return self._step(app.id, lambda a: approval.push(a, policy, now))
+
+    @handle_errors
+    def Review(self, request: Any, context: Any) -> Any:
+        caller = peer_identity(context)
+        _allow(caller, frozenset({"department"}), "reviewing")
+        app = self.store.application(request.application_id)
+        policy = self.store.policy(app.policy)
+        now = self.clock()
+        return self._step(app.id, lambda a: approval.review(
+            a, policy, caller.org_id, request.approve, now))  # fmt: skip
+
+    @handle_errors
+    def Object(self, request: Any, context: Any) -> Any:
+        caller = peer_identity(context)
+        now = self.clock()
+        return self._step(request.application_id, lambda a: approval.lodge_objection(
+            a, caller.org_id, request.reason, now))  # fmt: skip
+
+    @handle_errors
+    def ResolveObjection(self, request: Any, context: Any) -> Any:
+        _allow(peer_identity(context), OPERATORS, "resolving an objection")
+        app = self.store.application(request.application_id)
+        policy = self.store.policy(app.policy)
+        now = self.clock()
+        return self._step(app.id, lambda a: approval.resolve(a, policy, request.upheld, now))
+
+    @handle_errors
+    def Advance(self, request: Any, context: Any) -> Any:
+        _allow(peer_identity(context), OPERATORS, "closing notices and paying")
+        now = self.clock()
+        steps = {"close": approval.close_notice, "pay": approval.pay}
+        if request.step not in steps:
+            raise InvalidPolicy(f"step: expected close or pay, got {request.step!r}", field="step")
+        return self._step(request.application_id, lambda a: steps[request.step](a, now))
+
+    @handle_errors
+    def GetApplication(self, request: Any, context: Any) -> Any:
+        caller = peer_identity(context)
+        app = self.store.application(request.application_id)
+        if caller.role == "enterprise" and caller.org_id != app.enterprise:
+            raise RoleNotAllowed("an enterprise sees only its own applications", role=caller.role)
+        return application_to_pb(app)
+
+
+class PolicyServicer(ApplicationServicer, policies_pb2_grpc.PolicyServiceServicer):
     def __init__(
         self,
         *,

@@ -92,3 +92,62 @@ def test_policy_service_end_to_end(city: City, pki: Pki, tmp_path: Path) -> None
             c.close()
         ledger.close()
         store.close()
+
+
+def test_applications_over_grpc(pki: Pki, tmp_path: Path) -> None:
+    from fedcredit.policies.errors import IllegalTransition
+
+    pki.issue("policies", "coordinator")
+    store = PolicyStore.open(f"sqlite:///{tmp_path / 'pol.sqlite'}")
+    ledger = Log.open(
+        f"sqlite:///{tmp_path / 'l.sqlite'}", Ed25519PrivateKey.generate(), "platform"
+    )
+    clock = [T0]
+    servicer = PolicyServicer(store=store, ledger=ledger, nodes={}, clock=lambda: clock[0])
+    server = build_policy_server(servicer, address="127.0.0.1:0", tls=pki.tls("policies"))
+    server.start()
+    addr = f"127.0.0.1:{server.port}"
+
+    def client(org: str, role: str) -> PolicyClient:
+        return PolicyClient(addr, pki.issue(org, role), server_org="policies")
+
+    try:
+        op = client("operator", "operator")
+        lead = client("development-reform", "department")
+        lead.publish(_msg(id="app-growth-01", mode="application", rule="platform.rating == 'A'",
+                          reviewers=["development-reform", "finance"],
+                          fields=["project_name"]))  # fmt: skip
+        import random
+
+        from fedcredit.common import uscc
+
+        rng = random.Random(9)
+        me, competitor, stranger = (uscc.generate(rng) for _ in range(3))
+        ent = client(me, "enterprise")
+        a = ent.apply("a-1", "app-growth-01", {"project_name": "line 2"}, {"plan.pdf": b"%PDF"})
+        assert a.state == "under_review" and dict(a.parts) == {
+            "development-reform": "pending", "finance": "pending"}  # fmt: skip
+        with pytest.raises(RoleNotAllowed):
+            client("bank-icbc-weihai", "bank").review("a-1", True)
+        with pytest.raises(IllegalTransition):
+            client("tax-bureau", "department").review("a-1", True)  # not a reviewer
+        lead.review("a-1", True)
+        a = client("finance", "department").review("a-1", True)
+        assert a.state == "notice"
+        a = client(competitor, "enterprise").object("a-1", "figures double counted")
+        assert a.state == "objected"
+        assert op.resolve("a-1", False).state == "notice"
+        with pytest.raises(IllegalTransition):
+            op.advance("a-1", "close")  # the notice period has not passed
+        clock[0] = T0 + 6 * DAY
+        assert op.advance("a-1", "close").state == "approved"
+        paid = op.advance("a-1", "pay")
+        assert paid.state == "paid" and len(paid.history) == 8
+        with pytest.raises(RoleNotAllowed):
+            client(stranger, "enterprise").application("a-1")
+        assert ent.application("a-1").state == "paid"
+        assert store.books("app-growth-01").paid_yuan == 20_000
+    finally:
+        server.stop(0)
+        ledger.close()
+        store.close()

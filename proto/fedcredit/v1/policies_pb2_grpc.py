@@ -69,6 +69,36 @@ class PolicyServiceStub:
                 request_serializer=fedcredit_dot_v1_dot_policies__pb2.PayDueRequest.SerializeToString,
                 response_deserializer=fedcredit_dot_v1_dot_policies__pb2.PayDueResponse.FromString,
                 _registered_method=True)
+        self.Apply = channel.unary_unary(
+                '/fedcredit.v1.PolicyService/Apply',
+                request_serializer=fedcredit_dot_v1_dot_policies__pb2.ApplyRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.FromString,
+                _registered_method=True)
+        self.Review = channel.unary_unary(
+                '/fedcredit.v1.PolicyService/Review',
+                request_serializer=fedcredit_dot_v1_dot_policies__pb2.ReviewRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.FromString,
+                _registered_method=True)
+        self.Object = channel.unary_unary(
+                '/fedcredit.v1.PolicyService/Object',
+                request_serializer=fedcredit_dot_v1_dot_policies__pb2.ObjectRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.FromString,
+                _registered_method=True)
+        self.ResolveObjection = channel.unary_unary(
+                '/fedcredit.v1.PolicyService/ResolveObjection',
+                request_serializer=fedcredit_dot_v1_dot_policies__pb2.ResolveRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.FromString,
+                _registered_method=True)
+        self.Advance = channel.unary_unary(
+                '/fedcredit.v1.PolicyService/Advance',
+                request_serializer=fedcredit_dot_v1_dot_policies__pb2.AdvanceRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.FromString,
+                _registered_method=True)
+        self.GetApplication = channel.unary_unary(
+                '/fedcredit.v1.PolicyService/GetApplication',
+                request_serializer=fedcredit_dot_v1_dot_policies__pb2.GetApplicationRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -122,6 +152,48 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Apply(self, request, context):
+        """Online applications with joint approval (policies.approval):
+        the calling enterprise applies; the application goes to every reviewer at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Review(self, request, context):
+        """A reviewing department (its organisation id) decides its part.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Object(self, request, context):
+        """Anyone authenticated lodges an objection during the public notice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveObjection(self, request, context):
+        """The operator resolves an objection (upheld: rejected; dismissed: notice again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Advance(self, request, context):
+        """The operator closes a notice whose period passed (approved), or pays an approved one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetApplication(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +231,36 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.PayDue,
                     request_deserializer=fedcredit_dot_v1_dot_policies__pb2.PayDueRequest.FromString,
                     response_serializer=fedcredit_dot_v1_dot_policies__pb2.PayDueResponse.SerializeToString,
+            ),
+            'Apply': grpc.unary_unary_rpc_method_handler(
+                    servicer.Apply,
+                    request_deserializer=fedcredit_dot_v1_dot_policies__pb2.ApplyRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.SerializeToString,
+            ),
+            'Review': grpc.unary_unary_rpc_method_handler(
+                    servicer.Review,
+                    request_deserializer=fedcredit_dot_v1_dot_policies__pb2.ReviewRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.SerializeToString,
+            ),
+            'Object': grpc.unary_unary_rpc_method_handler(
+                    servicer.Object,
+                    request_deserializer=fedcredit_dot_v1_dot_policies__pb2.ObjectRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.SerializeToString,
+            ),
+            'ResolveObjection': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveObjection,
+                    request_deserializer=fedcredit_dot_v1_dot_policies__pb2.ResolveRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.SerializeToString,
+            ),
+            'Advance': grpc.unary_unary_rpc_method_handler(
+                    servicer.Advance,
+                    request_deserializer=fedcredit_dot_v1_dot_policies__pb2.AdvanceRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.SerializeToString,
+            ),
+            'GetApplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetApplication,
+                    request_deserializer=fedcredit_dot_v1_dot_policies__pb2.GetApplicationRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +452,168 @@ class PolicyService:
             '/fedcredit.v1.PolicyService/PayDue',
             fedcredit_dot_v1_dot_policies__pb2.PayDueRequest.SerializeToString,
             fedcredit_dot_v1_dot_policies__pb2.PayDueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Apply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PolicyService/Apply',
+            fedcredit_dot_v1_dot_policies__pb2.ApplyRequest.SerializeToString,
+            fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Review(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PolicyService/Review',
+            fedcredit_dot_v1_dot_policies__pb2.ReviewRequest.SerializeToString,
+            fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Object(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PolicyService/Object',
+            fedcredit_dot_v1_dot_policies__pb2.ObjectRequest.SerializeToString,
+            fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveObjection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PolicyService/ResolveObjection',
+            fedcredit_dot_v1_dot_policies__pb2.ResolveRequest.SerializeToString,
+            fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Advance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PolicyService/Advance',
+            fedcredit_dot_v1_dot_policies__pb2.AdvanceRequest.SerializeToString,
+            fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetApplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PolicyService/GetApplication',
+            fedcredit_dot_v1_dot_policies__pb2.GetApplicationRequest.SerializeToString,
+            fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,19 @@ class PolicyServiceStub:
     """The calling enterprise declines a benefit within its window."""
     PayDue: _grpc.UnaryUnaryMultiCallable[_policies_pb2.PayDueRequest, _policies_pb2.PayDueResponse]
     """Pay every award whose decline window has passed (operator)."""
+    Apply: _grpc.UnaryUnaryMultiCallable[_policies_pb2.ApplyRequest, _policies_pb2.ApplicationMessage]
+    """Online applications with joint approval (policies.approval):
+    the calling enterprise applies; the application goes to every reviewer at once.
+    """
+    Review: _grpc.UnaryUnaryMultiCallable[_policies_pb2.ReviewRequest, _policies_pb2.ApplicationMessage]
+    """A reviewing department (its organisation id) decides its part."""
+    Object: _grpc.UnaryUnaryMultiCallable[_policies_pb2.ObjectRequest, _policies_pb2.ApplicationMessage]
+    """Anyone authenticated lodges an objection during the public notice."""
+    ResolveObjection: _grpc.UnaryUnaryMultiCallable[_policies_pb2.ResolveRequest, _policies_pb2.ApplicationMessage]
+    """The operator resolves an objection (upheld: rejected; dismissed: notice again)."""
+    Advance: _grpc.UnaryUnaryMultiCallable[_policies_pb2.AdvanceRequest, _policies_pb2.ApplicationMessage]
+    """The operator closes a notice whose period passed (approved), or pays an approved one."""
+    GetApplication: _grpc.UnaryUnaryMultiCallable[_policies_pb2.GetApplicationRequest, _policies_pb2.ApplicationMessage]
 
 @_typing.type_check_only
 class PolicyServiceAsyncStub(PolicyServiceStub):
@@ -63,6 +76,19 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     """The calling enterprise declines a benefit within its window."""
     PayDue: _aio.UnaryUnaryMultiCallable[_policies_pb2.PayDueRequest, _policies_pb2.PayDueResponse]  # type: ignore[assignment]
     """Pay every award whose decline window has passed (operator)."""
+    Apply: _aio.UnaryUnaryMultiCallable[_policies_pb2.ApplyRequest, _policies_pb2.ApplicationMessage]  # type: ignore[assignment]
+    """Online applications with joint approval (policies.approval):
+    the calling enterprise applies; the application goes to every reviewer at once.
+    """
+    Review: _aio.UnaryUnaryMultiCallable[_policies_pb2.ReviewRequest, _policies_pb2.ApplicationMessage]  # type: ignore[assignment]
+    """A reviewing department (its organisation id) decides its part."""
+    Object: _aio.UnaryUnaryMultiCallable[_policies_pb2.ObjectRequest, _policies_pb2.ApplicationMessage]  # type: ignore[assignment]
+    """Anyone authenticated lodges an objection during the public notice."""
+    ResolveObjection: _aio.UnaryUnaryMultiCallable[_policies_pb2.ResolveRequest, _policies_pb2.ApplicationMessage]  # type: ignore[assignment]
+    """The operator resolves an objection (upheld: rejected; dismissed: notice again)."""
+    Advance: _aio.UnaryUnaryMultiCallable[_policies_pb2.AdvanceRequest, _policies_pb2.ApplicationMessage]  # type: ignore[assignment]
+    """The operator closes a notice whose period passed (approved), or pays an approved one."""
+    GetApplication: _aio.UnaryUnaryMultiCallable[_policies_pb2.GetApplicationRequest, _policies_pb2.ApplicationMessage]  # type: ignore[assignment]
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -119,5 +145,54 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_policies_pb2.PayDueResponse, _abc.Awaitable[_policies_pb2.PayDueResponse]]:
         """Pay every award whose decline window has passed (operator)."""
+
+    @_abc_1.abstractmethod
+    def Apply(
+        self,
+        request: _policies_pb2.ApplyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policies_pb2.ApplicationMessage, _abc.Awaitable[_policies_pb2.ApplicationMessage]]:
+        """Online applications with joint approval (policies.approval):
+        the calling enterprise applies; the application goes to every reviewer at once.
+        """
+
+    @_abc_1.abstractmethod
+    def Review(
+        self,
+        request: _policies_pb2.ReviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policies_pb2.ApplicationMessage, _abc.Awaitable[_policies_pb2.ApplicationMessage]]:
+        """A reviewing department (its organisation id) decides its part."""
+
+    @_abc_1.abstractmethod
+    def Object(
+        self,
+        request: _policies_pb2.ObjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policies_pb2.ApplicationMessage, _abc.Awaitable[_policies_pb2.ApplicationMessage]]:
+        """Anyone authenticated lodges an objection during the public notice."""
+
+    @_abc_1.abstractmethod
+    def ResolveObjection(
+        self,
+        request: _policies_pb2.ResolveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policies_pb2.ApplicationMessage, _abc.Awaitable[_policies_pb2.ApplicationMessage]]:
+        """The operator resolves an objection (upheld: rejected; dismissed: notice again)."""
+
+    @_abc_1.abstractmethod
+    def Advance(
+        self,
+        request: _policies_pb2.AdvanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policies_pb2.ApplicationMessage, _abc.Awaitable[_policies_pb2.ApplicationMessage]]:
+        """The operator closes a notice whose period passed (approved), or pays an approved one."""
+
+    @_abc_1.abstractmethod
+    def GetApplication(
+        self,
+        request: _policies_pb2.GetApplicationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policies_pb2.ApplicationMessage, _abc.Awaitable[_policies_pb2.ApplicationMessage]]: ...
 
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
