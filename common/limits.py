@@ -43,12 +43,16 @@ STRING_CAPS: dict[str, int | None] = {
     "fedcredit.v1.PublishModelRequest.metrics_json": 1024 * 1024,
     "fedcredit.v1.PublishModelRequest.settings_json": 1024 * 1024,
     "fedcredit.v1.AddCheckpointRequest.checkpoint": 16 * 1024,  # ledger.witness_http.MAX_BODY
+    "fedcredit.v1.CheckRuleRequest.rule": 4_096,  # policies.rules.MAX_RULE_CHARS
+    "fedcredit.v1.PolicyMessage.rule": 4_096,
+    "fedcredit.v1.ScreeningClause.cel": 8_192,  # node.screening.MAX_CLAUSE_TEXT
 }
 BYTES_CAPS: dict[str, int | None] = {
     # the ledger's payload limit is a setting (ledger.max_payload_bytes): checked there
     "fedcredit.v1.NewEntry.payload_json": None,
     "fedcredit.v1.GetFeaturesRequest.on_behalf_of_cert_sha256": 64,
     "fedcredit.v1.AddCheckpointRequest.consistency_proof": 64,  # each hash is 32 bytes
+    "fedcredit.v1.Attachment.content": 8 * 1024 * 1024,  # one application attachment
 }
 REPEATED_CAPS: dict[str, int | None] = {
     "fedcredit.v1.ListConsentsRequest.states": 64,
@@ -68,6 +72,7 @@ REPEATED_CAPS: dict[str, int | None] = {
     "fedcredit.v1.ReserveUsesRequest.uses": None,
     "fedcredit.v1.SettleUsesRequest.uses": None,
     "fedcredit.v1.WatchRequest.subscriptions": None,  # coordinator watch_max_subscriptions
+    "fedcredit.v1.ScreenRequest.enterprises": None,  # node.screening.MAX_ENTERPRISES
 }
 
 

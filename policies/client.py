@@ -42,8 +42,14 @@ class PolicyClient(ServiceClient[policies_pb2_grpc.PolicyServiceStub]):
 
     def apply(self, application_id: str, policy_id: str, fields: dict[str, str],
               attachments: dict[str, bytes]) -> Any:  # fmt: skip
-        req = policies_pb2.ApplyRequest(application_id=application_id, policy_id=policy_id,
-                                        fields=fields, attachments=attachments)  # fmt: skip
+        req = policies_pb2.ApplyRequest(
+            application_id=application_id,
+            policy_id=policy_id,
+            fields=[policies_pb2.FormField(name=k, value=v) for k, v in fields.items()],
+            attachments=[
+                policies_pb2.Attachment(name=k, content=v) for k, v in attachments.items()
+            ],
+        )
         return self._call(self._stub.Apply, req)
 
     def review(self, application_id: str, approve: bool) -> Any:

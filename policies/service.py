@@ -106,9 +106,11 @@ class ApplicationServicer:
         _allow(caller, frozenset({"enterprise"}), "applying")
         policy = self.store.policy(request.policy_id)
         now = self.clock()
-        docs = {n: approval.attachment_digest(c) for n, c in request.attachments.items()}
-        app = approval.apply(policy, request.application_id, caller.org_id,
-                             dict(request.fields), docs, now)  # fmt: skip
+        docs = {a.name: approval.attachment_digest(a.content) for a in request.attachments}
+        fields = {f.name: f.value for f in request.fields}
+        if len(docs) != len(request.attachments) or len(fields) != len(request.fields):
+            raise InvalidPolicy("a form field or attachment name appears twice", field="fields")
+        app = approval.apply(policy, request.application_id, caller.org_id, fields, docs, now)
         self.store.submit(app, self.append)
         return self._step(app.id, lambda a: approval.push(a, policy, now))
 

@@ -222,3 +222,24 @@ def test_property_node_side_evaluation_equals_central(city: City, rules_: list[s
     central = city.central_rows()
     for pid, rule in policies.items():
         assert result.eligible[pid].tolist() == rules.evaluate_central(rule, central).tolist(), rule
+
+
+def test_a_request_of_many_enterprises_passes_the_shape_check(city: City) -> None:
+    """The platform sends thousands of codes per request (common.limits leaves the count
+    to the node's own MAX_ENTERPRISES); enterprises the node does not know are false."""
+    import random
+
+    from fedcredit.common import uscc
+
+    rng = random.Random(2)
+    codes = list(dict.fromkeys([*city.codes, *(uscc.generate(rng) for _ in range(2_000))]))
+    resp = _raw(city, enterprises=codes)
+    bits = unpack(resp.results[0].bits, len(codes))
+    assert not bits[len(city.codes) :].any()
+
+
+def test_a_long_rule_passes_the_shape_check(city: City) -> None:
+    rule = " || ".join(f"tax.late_filings_12m == {i}" for i in range(100))
+    assert len(rule) > 2_000
+    ok = _raw(city, clauses=[feature_pb2.ScreeningClause(id="long", cel=rule)])
+    assert len(ok.results) == 1

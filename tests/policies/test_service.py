@@ -124,7 +124,12 @@ def test_applications_over_grpc(pki: Pki, tmp_path: Path) -> None:
         rng = random.Random(9)
         me, competitor, stranger = (uscc.generate(rng) for _ in range(3))
         ent = client(me, "enterprise")
-        a = ent.apply("a-1", "app-growth-01", {"project_name": "line 2"}, {"plan.pdf": b"%PDF"})
+        a = ent.apply(
+            "a-1",
+            "app-growth-01",
+            {"project_name": "line 2"},
+            {"plan.pdf": b"%PDF" + b"x" * 100_000},
+        )
         assert a.state == "under_review" and dict(a.parts) == {
             "development-reform": "pending", "finance": "pending"}  # fmt: skip
         with pytest.raises(RoleNotAllowed):
