@@ -45,6 +45,9 @@ from fedcredit.node.errors import (
 from fedcredit.node.store import StoreState
 
 LEGAL_BASIS = "policy_screening"
+# The bases a boolean evaluation may run under: screening for eligibility, and tracking
+# whether a funded enterprise met the targets it pledged (资金跟踪问效).
+LEGAL_BASES = frozenset({LEGAL_BASIS, "subsidy_tracking"})
 KIND = "policy_screening"
 SCREENING_ROLES = frozenset({"coordinator"})
 MAX_CLAUSES = 256
@@ -59,6 +62,7 @@ class Screening:
     """An admitted request: the enterprises, the clauses and their compiled set."""
 
     run_id: str
+    legal_basis: str
     codes: list[str]
     ids: list[str]
     texts: list[str]
@@ -82,9 +86,10 @@ class Screener:
                 f"only to {', '.join(sorted(self.roles))}",
                 role=caller.role,
             )
-        if request.legal_basis != LEGAL_BASIS:
+        if request.legal_basis not in LEGAL_BASES:
             raise LegalBasisRequired(
-                f"screening needs legal_basis {LEGAL_BASIS!r}; got {request.legal_basis!r}"
+                f"screening needs legal_basis {' or '.join(map(repr, sorted(LEGAL_BASES)))}; "
+                f"got {request.legal_basis!r}"
             )
         if not _ID.fullmatch(request.run_id):
             raise ScreeningTooLarge("run_id must be 1-64 of A-Z a-z 0-9 _ . : # -")
@@ -98,7 +103,9 @@ class Screener:
         bad = next((i for i in ids if not _ID.fullmatch(i)), None)
         if bad is not None or len(set(ids)) != len(ids):
             raise ScreeningClauseInvalid("clause ids must be unique, 1-64 of A-Z a-z 0-9 _ . : # -")
-        return Screening(request.run_id, codes, ids, texts, self._compile(ids, texts))
+        return Screening(
+            request.run_id, request.legal_basis, codes, ids, texts, self._compile(ids, texts)
+        )
 
     def _codes(self, codes: list[str]) -> list[str]:
         if not codes:
@@ -161,7 +168,7 @@ def log_payload(s: Screening, *, node: str, caller: Identity, st: StoreState) ->
         "node": node,
         "caller": caller.org_id,
         "caller_role": caller.role,
-        "legal_basis": LEGAL_BASIS,
+        "legal_basis": s.legal_basis,
         "run_id": s.run_id,
         "clauses": [{"id": i, "cel": t} for i, t in zip(s.ids, s.texts, strict=True)],
         "enterprises": len(s.codes),

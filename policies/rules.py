@@ -365,6 +365,9 @@ class Policy:
     notice_days: int = 5
     review_days: int = 10
     fields: tuple[str, ...] = ()
+    # The performance a funded enterprise pledges (资金跟踪问效), a CEL rule like the
+    # eligibility rule, checked in the nodes under the subsidy_tracking basis; "" = none.
+    target: str = ""
 
 
 def _need(ok: bool, field_name: str, why: str) -> None:
@@ -395,6 +398,8 @@ def validate(p: Policy) -> CheckedRule:
               "an application policy needs one or more distinct reviewing departments")  # fmt: skip
     for f in p.fields:
         _need(bool(re.fullmatch(r"[a-z][a-z0-9_]{0,39}", f)), "fields", f"bad field name {f!r}")
+    if p.target:
+        check_rule(p.target)
     return check_rule(p.rule)
 
 

@@ -43,7 +43,12 @@ class NodeScreener(Protocol):
     """A node that screens (``node.client.NodeClient.screen``)."""
 
     def screen(
-        self, run_id: str, clauses: Sequence[tuple[str, str]], enterprises: Sequence[str]
+        self,
+        run_id: str,
+        clauses: Sequence[tuple[str, str]],
+        enterprises: Sequence[str],
+        *,
+        legal_basis: str = ...,
     ) -> Screened: ...
 
 
@@ -105,6 +110,7 @@ def screen(
     chunk: int = DEFAULT_CHUNK,
     workers: int = 8,
     progress: Callable[[int], None] | None = None,
+    legal_basis: str = "policy_screening",
 ) -> RunResult:
     """Steps 2-4 of a run over ``enterprises`` (``platform_rows[i]`` holds enterprise
     i's ``platform.*`` and ``registry.*`` variables)."""
@@ -125,7 +131,8 @@ def screen(
 
     def one(job: tuple[str, int, list[tuple[str, str]]]) -> tuple[str, int, Screened]:
         space, start, batch = job
-        return space, start, nodes[space].screen(run_id, batch, enterprises[start : start + chunk])
+        part = enterprises[start : start + chunk]
+        return space, start, nodes[space].screen(run_id, batch, part, legal_basis=legal_basis)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [pool.submit(one, j) for j in jobs]
