@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -26,14 +26,29 @@ GROUPS: dict[str, typer.Typer] = {"": ops, "operator": operator}
 
 def _status_table(rows: list[dict[str, object]]) -> Table:
     t = Table(title="services")
-    for col in ("service", "org", "address", "pid", "running", "healthy"):
+    for col in ("service", "org", "address", "pid", "running", "healthy", "metrics"):
         t.add_column(col)
     for r in rows:
+        m = r.get("metrics")
+        shown = ", ".join(f"{k} {v:,.0f}" for k, v in m.items()) if isinstance(m, dict) else "-"
         t.add_row(
             str(r["service"]), str(r["org"]), str(r["address"]), str(r["pid"] or "-"),
             "[green]yes[/]" if r["running"] else "[red]no[/]", "[green]SERVING[/]" if r["healthy"] else "[red]no[/]",
+            shown,
         )  # fmt: skip
     return t
+
+
+def _with_metrics(dep: Any, rows: list[dict[str, object]]) -> None:
+    """Each running service's essentials from its /metrics (requests, refusals, ledger size,
+    checkpoint age, disclosures, ...): the same figures an operator's Prometheus sees."""
+    from fedcredit.common.metrics import essentials
+
+    where = {s: c.metrics for s, c in dep.services.items()}
+    where.update({f"node-{n.department}": n.metrics for n in dep.nodes})
+    for r in rows:
+        address = where.get(str(r["service"]), "")
+        r["metrics"] = essentials(address) if address and r["running"] else None
 
 
 @ops.command("up")
@@ -102,6 +117,7 @@ def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     with user_errors(as_json):
         dep = load_config(config)
         rows = Supervisor(dep).status()
+        _with_metrics(dep, rows)
         witnesses = _witness_rows(dep, rows)
     output(rows, as_json, _status_table(rows))
     if witnesses is not None and not as_json:

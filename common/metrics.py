@@ -74,7 +74,7 @@ NODE_DATA_AGE = Gauge(
 )
 TRAINING_ROUNDS = Counter(
     "fedcredit_training_rounds",
-    "Federated training rounds completed (Flower ServerApp), by strategy",
+    "Federated training rounds of the models published to this registry, by strategy",
     ["service", "strategy"],
     registry=REGISTRY,
 )
@@ -102,6 +102,16 @@ def request(method: str) -> None:
 
 def refusal(code: str, reason: str) -> None:
     REFUSALS.labels(_service, code, reason).inc()
+
+
+def published(report: Any, settings: Any) -> None:
+    """A model was published: count it, and the training rounds its report lists (one
+    validation loss per round, ``valid_logloss``) under its strategy."""
+    MODELS_PUBLISHED.labels(_service).inc()
+    losses = report.get("valid_logloss") if isinstance(report, dict) else None
+    strategy = settings.get("strategy") if isinstance(settings, dict) else None
+    if isinstance(losses, list) and losses:
+        TRAINING_ROUNDS.labels(_service, str(strategy or "unknown")[:64]).inc(len(losses))
 
 
 def gauge_from(gauge: Gauge, fn: Callable[[], float], *labels: str) -> None:
@@ -186,3 +196,39 @@ def configure_logging(level: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+# What `fedcredit status` shows of each service's /metrics: series name -> column.
+ESSENTIALS = {
+    "fedcredit_requests_total": "requests",
+    "fedcredit_refusals_total": "refusals",
+    "fedcredit_disclosures_total": "disclosures",
+    "fedcredit_consent_verifications_total": "verifications",
+    "fedcredit_ledger_size": "ledger_size",
+    "fedcredit_ledger_checkpoint_age_seconds": "checkpoint_age_s",
+    "fedcredit_node_data_age_seconds": "data_age_s",
+    "fedcredit_training_rounds_total": "training_rounds",
+    "fedcredit_models_published_total": "models_published",
+}
+
+
+def essentials(address: str, timeout: float = 2.0) -> dict[str, float] | None:
+    """Scrape ``http://address/metrics`` and sum each essential series over its labels;
+    ``None`` when the endpoint does not answer."""
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout) as r:
+            text = r.read().decode()
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            col = ESSENTIALS.get(s.name)
+            if col is not None:
+                out[col] = out.get(col, 0.0) + s.value
+    return out

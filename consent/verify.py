@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fedcredit.common import metrics
 from fedcredit.common.errors import FedcreditError
 from fedcredit.common.tls import TlsFiles
 from fedcredit.consent import errors as E
@@ -653,6 +654,33 @@ class ConsentVerifier(TokenVerifier):
         return n
 
     def verify(
+        self,
+        token: str,
+        *,
+        bank_org: str,
+        bank_cert_sha256: bytes,
+        enterprise: str,
+        purposes: Collection[str],
+        category: str | None = None,
+        node: str | None = None,
+        count_use: bool = False,
+        release: bool = False,
+    ) -> VerifiedConsent:
+        """Verify ``token`` for this request (:meth:`_verify`), counted by result for the
+        operator's /metrics (``fedcredit_consent_verifications_total``)."""
+        try:
+            vc = self._verify(
+                token, bank_org=bank_org, bank_cert_sha256=bank_cert_sha256,
+                enterprise=enterprise, purposes=purposes, category=category, node=node,
+                count_use=count_use, release=release,
+            )  # fmt: skip
+        except FedcreditError as exc:
+            metrics.CONSENT_VERIFICATIONS.labels(metrics.service(), exc.reason).inc()
+            raise
+        metrics.CONSENT_VERIFICATIONS.labels(metrics.service(), "ok").inc()
+        return vc
+
+    def _verify(
         self,
         token: str,
         *,

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from fedcredit.common import metrics as obs
 from fedcredit.common.canonical import canonical_json
 from fedcredit.common.errors import BatchTooLarge, FedcreditError, InvalidArgument, RoleNotAllowed
 from fedcredit.common.evidence import AsyncBatchEvidenceSink, EvidenceSink
@@ -589,6 +590,7 @@ class RegistryServicer(pb_grpc.ModelRegistryServicer):
                 activate=request.activate,
             )
         )
+        obs.published(metrics, settings)
         return model_pb(rec)
 
     @handle_errors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -169,6 +170,12 @@ def serve_cmd(
         metrics.start(dep.node(department).metrics, f"node-{department}")
         proc = build_process(dep, department, insecure=insecure)
         proc.start()
+
+        def data_age() -> float:
+            at = proc.store.last_load_at()
+            return -1.0 if at is None else time.time() - at
+
+        metrics.gauge_from(metrics.NODE_DATA_AGE, data_age, metrics.service(), proc.org)
     tune_for_service()
     info: dict[str, Any] = {
         "department": department, "organisation": proc.org, "port": proc.port,

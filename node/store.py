@@ -190,6 +190,12 @@ class NodeStore:
             if not n:
                 conn.execute(self.meta.insert().values(key=k, value=v))
 
+    def last_load_at(self) -> float | None:
+        """When records were last loaded (``node_loads``), or None if never."""
+        with self.engine.connect() as conn:
+            at = conn.execute(sa.select(sa.func.max(self.loads.c.at))).scalar()
+        return None if at is None else float(at)
+
     def state(self) -> StoreState:
         """Department, as-of month and data version (one small query; raises if the DB is down).
 

@@ -347,3 +347,15 @@ def test_every_service_serves_metrics_that_move_with_a_score(deployment: Path) -
     assert _sum(a, "fedcredit_refusals_total", reason=reason) == (
         _sum(b, "fedcredit_refusals_total", reason=reason) + 1
     ), reason
+
+
+def test_status_shows_each_services_essentials(deployment: Path) -> None:
+    st = fc("status", "--config", str(deployment), "--json")
+    rows = {r["service"]: r for r in json.loads(st.stdout)}
+    for s in ("ledger", "consent", "coordinator", f"node-{NODE}"):
+        m = rows[s]["metrics"]
+        assert m is not None and m["requests"] > 0, (s, m)
+    assert rows["ledger"]["metrics"]["ledger_size"] >= 0
+    assert "checkpoint_age_s" in rows["ledger"]["metrics"]
+    assert "data_age_s" in rows[f"node-{NODE}"]["metrics"]
+    assert rows["node-courts"]["metrics"] is None  # not running: nothing scraped
