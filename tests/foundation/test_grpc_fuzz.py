@@ -50,9 +50,10 @@ SERVICE_HOST = {  # gRPC service -> the deployment service that serves it
 # Services `fedcredit up` does not run (each started by its own command with its own
 # arguments); they sit behind the same interceptor (common.server) but are not fuzzed here.
 NOT_RUN_BY_UP = {
-    "MarketService": "fedcredit market serve (own database and PKI org)",
-    "PolicyService": "the policy service's own serve command",
+    "MarketService": "fedcredit market serve (own database, PKI org and ledger client)",
 }
+# Services `up` does not run that this test hosts itself, in-process, on the test PKI.
+IN_PROCESS = {"PolicyService": "policies"}
 CASES_PER_METHOD = 20
 LEAKS = re.compile(
     r"sqlite3|psycopg|sqlalchemy|\[SQL|SELECT |INSERT INTO|Traceback|<class |"
@@ -67,6 +68,28 @@ def fc(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="module")
+def policies_host(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The PolicyService (empty registry, its own log) on the session PKI."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fedcredit.ledger.log import Log
+    from fedcredit.policies.service import PolicyServicer, build_policy_server
+    from fedcredit.policies.store import PolicyStore
+
+    d = tmp_path_factory.mktemp("policies")
+    pki.issue("policies", "coordinator")
+    store = PolicyStore.open(f"sqlite:///{d / 'pol.sqlite'}")
+    ledger = Log.open(f"sqlite:///{d / 'l.sqlite'}", Ed25519PrivateKey.generate(), "platform")
+    servicer = PolicyServicer(store=store, ledger=ledger, nodes={})
+    server = build_policy_server(servicer, address="127.0.0.1:0", tls=pki.tls("policies"))
+    server.start()
+    try:
+        yield f"127.0.0.1:{server.port}"
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -271,10 +294,14 @@ def _problems(service: str, m: Any, raw: bytes, code: grpc.StatusCode, exc: Any)
     return out
 
 
-def test_every_method_of_every_service_answers_malformed_input_precisely(deployment: Path) -> None:
+def test_every_method_of_every_service_answers_malformed_input_precisely(
+    deployment: Path, pki: Any, policies_host: str
+) -> None:
     dep = load_config(deployment)
     methods = _methods()
-    assert {s for s, _ in methods} == set(SERVICE_HOST), "a service without a host in this test"
+    assert {s for s, _ in methods} == set(SERVICE_HOST) | set(IN_PROCESS), (
+        "a service without a host"
+    )
     callers = ["bank-icbc-weihai", "coordinator"]
     addresses = {}
     for host in set(SERVICE_HOST.values()):
@@ -289,6 +316,9 @@ def test_every_method_of_every_service_answers_malformed_input_precisely(deploym
         for host, (addr, org) in addresses.items()
         for who in callers
     }
+    for who in callers:  # the in-process PolicyService trusts the test PKI
+        tls = pki.issue(who, "bank" if who.startswith("bank") else "coordinator")
+        channels[("policies", who)] = tls_mod.channel(policies_host, tls, server_org="policies")
     rng = random.Random(17)
     problems: list[str] = []
     codes: Counter[str] = Counter()
@@ -299,7 +329,8 @@ def test_every_method_of_every_service_answers_malformed_input_precisely(deploym
             timeout = 1.0 if m.server_streaming else 15.0
             for i, raw in enumerate(payloads(input_type, rng, CASES_PER_METHOD)):
                 who = callers[i % len(callers)]
-                code, exc = _call(channels[(SERVICE_HOST[service], who)], m, raw, timeout)
+                host = SERVICE_HOST.get(service) or IN_PROCESS[service]
+                code, exc = _call(channels[(host, who)], m, raw, timeout)
                 codes[code.name] += 1
                 problems += _problems(service, m, raw, code, exc)
     finally:
