@@ -49,11 +49,10 @@ SERVICE_HOST = {  # gRPC service -> the deployment service that serves it
 }
 # Services `fedcredit up` does not run (each started by its own command with its own
 # arguments); they sit behind the same interceptor (common.server) but are not fuzzed here.
-NOT_RUN_BY_UP = {
-    "MarketService": "fedcredit market serve (own database, PKI org and ledger client)",
-}
-# Services `up` does not run that this test hosts itself, in-process, on the test PKI.
-IN_PROCESS = {"PolicyService": "policies"}
+NOT_RUN_BY_UP: dict[str, str] = {}
+# Services `up` does not run (each has its own serve command and arguments) that this test
+# hosts itself, in-process, on the test PKI: the same build_server and interceptor.
+IN_PROCESS = {"PolicyService": "policies", "MarketService": "market"}
 CASES_PER_METHOD = 20
 LEAKS = re.compile(
     r"sqlite3|psycopg|sqlalchemy|\[SQL|SELECT |INSERT INTO|Traceback|<class |"
@@ -90,6 +89,26 @@ def policies_host(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield f"127.0.0.1:{server.port}"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def market_host(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The MarketService (empty store, its own log, no coordinator) on the session PKI."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fedcredit.ledger.log import Log
+    from fedcredit.market.service import Marketplace
+    from fedcredit.market.servicer import serve
+    from fedcredit.market.store import MarketStore
+
+    d = tmp_path_factory.mktemp("market")
+    log = Log.open(f"sqlite:///{d / 'l.sqlite'}", Ed25519PrivateKey.generate(), "m", actor="market")
+    market = Marketplace(MarketStore(f"sqlite:///{d / 'm.sqlite'}"), log, guarantees=None)
+    server, port = serve(market, "127.0.0.1:0", pki.issue("market", "market"))
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(1).wait()
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +314,7 @@ def _problems(service: str, m: Any, raw: bytes, code: grpc.StatusCode, exc: Any)
 
 
 def test_every_method_of_every_service_answers_malformed_input_precisely(
-    deployment: Path, pki: Any, policies_host: str
+    deployment: Path, pki: Any, policies_host: str, market_host: str
 ) -> None:
     dep = load_config(deployment)
     methods = _methods()
@@ -319,6 +338,7 @@ def test_every_method_of_every_service_answers_malformed_input_precisely(
     for who in callers:  # the in-process PolicyService trusts the test PKI
         tls = pki.issue(who, "bank" if who.startswith("bank") else "coordinator")
         channels[("policies", who)] = tls_mod.channel(policies_host, tls, server_org="policies")
+        channels[("market", who)] = tls_mod.channel(market_host, tls, server_org="market")
     rng = random.Random(17)
     problems: list[str] = []
     codes: Counter[str] = Counter()
