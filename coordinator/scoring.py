@@ -103,9 +103,12 @@ class ScoringSettings:
     node_deadline_per_item_s: float = 0.02
     ledger_deadline_s: float = 5.0
     # Reserving uses at the consent service: a call past this (plus per item) refuses the
-    # items as CONSENT_SERVICE_UNAVAILABLE instead of holding the Score.
+    # items as CONSENT_SERVICE_UNAVAILABLE instead of holding the Score. The per-item part
+    # is generous (a batch's chunks queue at the consent service's one writer on a loaded
+    # machine; 2 ms/item refused whole chunks there); a frozen service is found by the
+    # channel's keepalive (~6 s) first.
     consent_deadline_s: float = 2.0
-    consent_deadline_per_item_s: float = 0.002
+    consent_deadline_per_item_s: float = 0.02
     on_node_failure: NodePolicy = "refuse"
     verify_threads: int = 4
 
