@@ -28,7 +28,8 @@ ORDER = ["ledger", "consent", "node", "coordinator", "training"]
 ARGS = {"training": ["--skip-strong"]}
 # Run only when named (`python -m bench.run_all training_city`): the synthetic-city training
 # comparison takes 5-8 minutes alone; `make bench` shows the rows of its last run.
-SEPARATE = {"training_city"}
+# training_rounds starts a Deployment Engine of 7 banks and trains 5 runs (~7 minutes).
+SEPARATE = {"training_city", "training_rounds"}
 
 
 def modules() -> list[str]:

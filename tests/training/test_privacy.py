@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from fedcredit.training.gbdt import GBDTParams
-from fedcredit.training.gbdt.booster import HistServer, Request, Totals
+from fedcredit.training.gbdt.booster import HistServer, Request, SplitOp
 from fedcredit.training.gbdt.central import train_parties
-from fedcredit.training.gbdt.histogram import SCALE
 from fedcredit.training.gbdt.metrics import auc
 from fedcredit.training.gbdt.party import Party
 from fedcredit.training.gbdt.privacy import (
@@ -235,4 +234,41 @@ def test_label_inference_attack_is_no_better_than_the_majority_guess() -> None:
     assert total >= 200
     # The margin: majority-class baseline + 0.05 (issue 15's target).
     assert acc <= majority + 0.05, (acc, majority, total)
-    _ = SCALE, Totals  # documented units of the sums the attacker reads
+
+
+def test_difference_attack_across_parent_and_child_is_no_better_than_majority() -> None:
+    """Parent minus asked child = the sibling's cells: where the sibling holds one row of
+    a cell, its gradient's sign is the label. Exact sums give every such label away; the
+    two noisy releases (parent, child) do not."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    x = rng.uniform(-4, 4, size=(n, F))
+    y = (rng.random(n) < 0.3).astype(float)
+    spec = public_spec(NAMES, RANGES, MAX_PRIVATE_BINS)
+    params = replace(PARAMS, max_bins=MAX_PRIVATE_BINS, num_trees=2)
+    binned = spec.transform(x).astype(np.int64)
+
+    def attack(plan: NoisePlan | None) -> tuple[float, float, int]:
+        noise = BankNoise(plan, seeded_sampler(3)) if plan is not None else None
+        party = Party(spec, x, y, noise=noise)
+        root, _ = party.respond(Request(tree=0, init_score=-0.85, leaves=(0,), seq=1))
+        # Split feature 0 so that the right child (the sibling) holds few rows: the top bin.
+        b = spec.num_bins(0) - 2
+        split = SplitOp(leaf=0, feature=0, bin=b, default_left=True, right_leaf=1)
+        child, _ = party.respond(Request(tree=0, splits=(split,), leaves=(0,), seq=2))
+        sibling = root[0] - child[0]
+        right = binned[:, 0] > b
+        guesses, truth = [], []
+        for f in range(1, F):
+            for cell in range(spec.num_bins(f)):
+                rows = np.flatnonzero(right & (binned[:, f] == cell))
+                if rows.size == 1:
+                    guesses.append(float(sibling[f, cell, 0] < 0))
+                    truth.append(y[rows[0]])
+        g, t = np.array(guesses), np.array(truth)
+        return float((g == t).mean()), float(max(t.mean(), 1 - t.mean())), t.size
+
+    exact_acc, _, total = attack(None)
+    assert total >= 30 and exact_acc == 1.0
+    acc, majority, _ = attack(NoisePlan.calibrate(params, F, 1, 4.0, 1e-6))
+    assert acc <= majority + 0.05, (acc, majority)

@@ -419,6 +419,10 @@ class LocalDeployment:
     ) -> tuple[dict[str, Any], float]:
         """``flwr run`` the app and wait for ``out/done`` (JSON) or ``out/error.json``."""
         out.mkdir(exist_ok=True)
+        # A second run on the same deployment writes to the same folder: the last run's
+        # result must not be taken for this one's.
+        for stale in (done, "error.json", "model.txt"):
+            (out / stale).unlink(missing_ok=True)
         s = TrainSettings.from_dict(settings.to_dict() | {"num_banks": len(self.banks())})
         overrides = {"settings": json.dumps(s.to_dict()), "output-dir": str(out)}
         cfg = self.work_dir / "run-config.toml"

@@ -76,7 +76,10 @@ def write_outcome(outcome: TrainOutcome | Exception, out_dir: Path) -> None:
         "settings": outcome.settings,
         "bins": outcome.spec.to_dict() if outcome.spec is not None else None,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    # Written aside and renamed: the waiting side takes summary.json's existence as done.
+    tmp = out_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(out_dir / "summary.json")
 
 
 def _make_deployment_app() -> ServerApp:
