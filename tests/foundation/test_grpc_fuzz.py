@@ -420,6 +420,10 @@ def test_every_service_serves_metrics_that_move_with_a_score(deployment: Path) -
     assert _sum(a, "fedcredit_refusals_total", reason=reason) == (
         _sum(b, "fedcredit_refusals_total", reason=reason) + 1
     ), reason
+    print(f"Score refused with {reason}; coordinator series after it:")
+    for k, v in sorted(a.items()):
+        if k.startswith("fedcredit_") and v != b.get(k):
+            print(f"  {k}: {b.get(k, 0)} -> {v}")
 
 
 def test_status_shows_each_services_essentials(deployment: Path) -> None:
