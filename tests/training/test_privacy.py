@@ -272,3 +272,19 @@ def test_difference_attack_across_parent_and_child_is_no_better_than_majority() 
     assert total >= 30 and exact_acc == 1.0
     acc, majority, _ = attack(NoisePlan.calibrate(params, F, 1, 4.0, 1e-6))
     assert acc <= majority + 0.05, (acc, majority)
+
+
+def test_settings_refuse_non_private_baselines_and_bins_without_public_ranges() -> None:
+    from fedcredit.training.server.settings import InvalidTrainSettings, TrainSettings
+
+    for strategy in ("bagging", "cyclic"):
+        with pytest.raises(InvalidTrainSettings, match="non-private baseline"):
+            TrainSettings(strategy=strategy, epsilon=4.0, public_ranges="r.json")
+    with pytest.raises(InvalidTrainSettings, match="--public-ranges"):
+        TrainSettings(epsilon=4.0)
+    with pytest.raises(InvalidTrainSettings, match="masked"):
+        TrainSettings(
+            epsilon=4.0, public_ranges="r.json", secagg=True, secure_protocol="secaggplus"
+        )
+    s = TrainSettings(epsilon=4.0, public_ranges="r.json", secagg=True)
+    assert TrainSettings.from_dict(s.to_dict()) == s
