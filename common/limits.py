@@ -46,6 +46,14 @@ STRING_CAPS: dict[str, int | None] = {
     "fedcredit.v1.CheckRuleRequest.rule": 4_096,  # policies.rules.MAX_RULE_CHARS
     "fedcredit.v1.PolicyMessage.rule": 4_096,
     "fedcredit.v1.ScreeningClause.cel": 8_192,  # node.screening.MAX_CLAUSE_TEXT
+    # passkeys (consent.passkeys): WebAuthn JSON from the browser, the signed statement,
+    # the consent service's session ticket, a credential id (up to 1,023 bytes, base64url)
+    "fedcredit.v1.SignedStatement.statement_json": 16_384,
+    "fedcredit.v1.SignedStatement.assertion_json": 16_384,
+    "fedcredit.v1.FinishRegistrationRequest.credential_json": 65_536,
+    "fedcredit.v1.SessionRequest.session": 4_096,
+    "fedcredit.v1.PortalRequestConsent.session": 4_096,
+    "fedcredit.v1.ChallengeRequest.credential_id": 2_048,
 }
 BYTES_CAPS: dict[str, int | None] = {
     # the ledger's payload limit is a setting (ledger.max_payload_bytes): checked there

@@ -87,7 +87,7 @@ metadata = MetaData()
 credentials = Table(
     "passkey_credentials",
     metadata,
-    Column("credential_id", String(700), primary_key=True),
+    Column("credential_id", String(1400), primary_key=True),  # base64url of <= 1,023 bytes
     Column("org", String(64), nullable=False, index=True),
     Column("role", String(32), nullable=False),
     Column("public_key", LargeBinary, nullable=False),
@@ -465,6 +465,8 @@ class PasskeyAuthority:
         except (InvalidRegistrationResponse, ValueError, KeyError, TypeError) as exc:
             raise P.RegistrationInvalid(f"the new passkey does not verify: {exc}") from None
         now = self.now()
+        if len(reg.credential_id) > 1023:  # W3C WebAuthn: credential ids are at most 1,023 bytes
+            raise P.RegistrationInvalid(f"expected a credential id of at most 1,023 bytes, got {len(reg.credential_id)}")  # fmt: skip
         cred_id = bytes_to_base64url(reg.credential_id)
         with self.store.begin() as conn:
             if data["code"]:

@@ -75,10 +75,20 @@ class Person:
         self.page.fill("#code", self.fed.enrol_code(org, role))
         self.page.fill("#label", "office PC")
         self.page.click("form#enrol button[type=submit]")
-        self.page.wait_for_url("**/signin")
+        self.wait_for("/signin")
         self.page.fill("#org", org)
         self.page.click("form#signin button[type=submit]")
-        self.page.wait_for_url("**" + HOME[role])
+        self.wait_for(HOME[role])
+
+    def wait_for(self, path: str) -> None:
+        """Wait for ``path``; a timeout says what the page reported (#result)."""
+        try:
+            self.page.wait_for_url("**" + path)
+        except Exception as exc:
+            shown = self.page.locator("#result").all_inner_texts()
+            raise AssertionError(
+                f"expected {path}, still at {self.page.url}; page says {shown}"
+            ) from exc
 
     def credentials(self) -> list[dict[str, Any]]:
         got = self.cdp.send("WebAuthn.getCredentials", {"authenticatorId": self.authenticator})
