@@ -36,9 +36,13 @@ TOKEN_CHARS = 16_384  # consent.token.MAX_TOKEN_CHARS: a token longer than that 
 
 # Field full name -> cap (None: the service checks its own configurable limit).
 STRING_CAPS: dict[str, int | None] = {
-    "fedcredit.v1.ScoreRequest.consent_token": TOKEN_CHARS,
+    # A token that is one item of a batch (a node's GetFeatures items, each message of a
+    # ScoreBatch stream) is refused by the token parser as that item's
+    # CONSENT_TOKEN_MALFORMED (consent.token.MAX_TOKEN_CHARS): one oversized token must
+    # fail only its own item, never the genuine items beside it (issue 14).
+    "fedcredit.v1.ScoreRequest.consent_token": None,
+    "fedcredit.v1.EnterpriseRequest.consent_token": None,
     "fedcredit.v1.GuaranteeApplication.consent_token": TOKEN_CHARS,
-    "fedcredit.v1.EnterpriseRequest.consent_token": TOKEN_CHARS,
     "fedcredit.v1.PublishModelRequest.model_text": 48 * 1024 * 1024,
     "fedcredit.v1.PublishModelRequest.metrics_json": 1024 * 1024,
     "fedcredit.v1.PublishModelRequest.settings_json": 1024 * 1024,
@@ -96,7 +100,7 @@ class ValueOutOfRange(InvalidArgument):
     reason = "VALUE_OUT_OF_RANGE"
 
 
-_STRING, _BYTES, _ENUM, _U64, _MSG = range(5)
+_STRING, _BYTES, _ENUM, _U64, _MSG, _MAP = range(6)
 _KIND = {
     FieldDescriptor.TYPE_STRING: _STRING,
     FieldDescriptor.TYPE_BYTES: _BYTES,
@@ -115,6 +119,7 @@ class _Rule:
     max_items: int | None
     max_len: int | None
     enum_values: frozenset[int]
+    entry: tuple[_Rule | None, _Rule | None] = (None, None)  # a map's key and value rules
 
 
 _PLANS: dict[str, dict[str, _Rule]] = {}
@@ -123,6 +128,12 @@ _PLANS: dict[str, dict[str, _Rule]] = {}
 def _rule(f: FieldDescriptor) -> _Rule | None:
     kind = _KIND.get(f.type)
     repeated = f.is_repeated
+    if f.message_type is not None and f.message_type.GetOptions().map_entry:
+        # A map iterates as its keys: check each key and value by the entry's own fields.
+        key, val = (_rule(f.message_type.fields_by_name[n]) for n in ("key", "value"))
+        items = REPEATED_CAPS.get(f.full_name, MAX_REPEATED)
+        name = f"{f.containing_type.name}.{f.name}"  # type: ignore[union-attr]
+        return _Rule(name, _MAP, True, items, None, frozenset(), (key, val))
     if kind is None and not repeated:
         return None  # bool, 32-bit and signed 64-bit integers, doubles: every value parses
     name = f"{f.containing_type.name}.{f.name}"  # type: ignore[union-attr]
@@ -191,7 +202,14 @@ def check_request(msg: Any) -> None:
                     max=rule.max_items,
                     got=n,
                 )
-            if rule.kind >= 0:
+            if rule.kind == _MAP:
+                key_rule, value_rule = rule.entry
+                for k, v in value.items():
+                    if key_rule is not None:
+                        _check_value(key_rule, k)
+                    if value_rule is not None:
+                        _check_value(value_rule, v)
+            elif rule.kind >= 0:
                 for v in value:
                     _check_value(rule, v)
         else:

@@ -22,6 +22,13 @@ def test_valid_requests_pass() -> None:
     assert _reason(ledger_pb2.GetInclusionProofRequest(index=5, tree_size=2**63 - 1)) is None
     assert _reason(consent_pb2.ListConsentsRequest(states=[1, 2, 3])) is None
     assert _reason(coordinator_pb2.ScoreRequest(enterprise="x", consent_token="t" * 16_000)) is None
+    # A batch item's oversized token is that item's CONSENT_TOKEN_MALFORMED, not the batch's
+    # refusal (tests/node/test_strict_tokens_grpc.py checks the genuine items are served).
+    item = feature_pb2.EnterpriseRequest(enterprise="x", consent_token="t" * 200_000)
+    assert _reason(feature_pb2.GetFeaturesRequest(items=[item])) is None
+    assert (
+        _reason(coordinator_pb2.ScoreRequest(enterprise="x", consent_token="t" * 200_000)) is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -33,7 +40,7 @@ def test_valid_requests_pass() -> None:
         (consent_pb2.ListConsentsRequest(states=[99]), "ENUM_VALUE_UNKNOWN"),
         (coordinator_pb2.OutcomeReport(outcome=42), "ENUM_VALUE_UNKNOWN"),
         (coordinator_pb2.ScoreRequest(enterprise="A" * 10_000_000), "REQUEST_TOO_LARGE"),
-        (coordinator_pb2.ScoreRequest(consent_token="t" * 20_000), "REQUEST_TOO_LARGE"),
+        (coordinator_pb2.GuaranteeApplication(consent_token="t" * 20_000), "REQUEST_TOO_LARGE"),
         (
             feature_pb2.GetFeaturesRequest(
                 items=[feature_pb2.EnterpriseRequest(enterprise="B" * 5_000)]
@@ -49,3 +56,15 @@ def test_valid_requests_pass() -> None:
 )
 def test_shape_errors_are_named(msg: object, reason: str) -> None:
     assert _reason(msg) == reason
+
+
+def test_map_fields_are_checked_by_their_keys_and_values() -> None:
+    # A map iterates as its keys; the check must read each entry, not treat a key as a
+    # message (which raised AttributeError, i.e. INTERNAL, before).
+    from fedcredit.v1 import common_pb2
+
+    assert _reason(common_pb2.ItemError(metadata={"field": "x" * 100})) is None
+    assert _reason(common_pb2.ItemError(metadata={"field": "x" * 5_000})) == "REQUEST_TOO_LARGE"
+    assert _reason(common_pb2.ItemError(metadata={"k" * 5_000: "x"})) == "REQUEST_TOO_LARGE"
+    many = {str(i): "v" for i in range(1_001)}
+    assert _reason(common_pb2.ItemError(metadata=many)) == "REQUEST_TOO_LARGE"
