@@ -292,6 +292,27 @@ class Marketplace:
             return view
         raise NotYourNeed(f"need {need_id} is neither yours nor claimed by you")
 
+    def needs_of(self, who: Identity, limit: int = 200) -> list[dict[str, Any]]:
+        """The caller's own needs, newest first, each as :meth:`need_for` shows it: an
+        enterprise's needs (everything), or the needs a bank holds a claim on (bands and
+        its offer; nothing more than it sees of each need by id)."""
+        col = needs.c.enterprise if who.role == "enterprise" else needs.c.bank
+        q = (
+            select(needs.c.need_id)
+            .where(col == who.org_id)
+            .order_by(needs.c.created_at.desc(), needs.c.need_id)
+            .limit(max(1, min(limit, 1000)))
+        )
+        with self.store.tx() as c:
+            ids = [str(r[0]) for r in c.execute(q)]
+        out = []
+        for need_id in ids:
+            try:
+                out.append(self.need_for(who, need_id))
+            except NotYourNeed:  # the claim lapsed and another bank took it meanwhile
+                continue
+        return out
+
     def _need_row(self, c: Connection, need_id: str, lock: bool = False) -> Mapping[str, Any]:
         q = select(needs).where(needs.c.need_id == need_id)
         row = c.execute(self.store.for_update(c, q) if lock else q).mappings().first()

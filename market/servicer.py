@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from fedcredit.common.canonical import canonical_json
-from fedcredit.common.errors import InvalidArgument
+from fedcredit.common.errors import InvalidArgument, RoleNotAllowed
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.server import build_server
 from fedcredit.common.tls import Identity, TlsFiles, peer_identity, require_role
@@ -38,6 +38,33 @@ LOAN_EVENTS = (
     "guarantee",
 )
 READERS = ("operator", "auditor", "coordinator")
+
+
+# The portal (its own certificate, role ``portal``) calls for the organisation signed in
+# to it with a passkey, naming it in these two metadata keys. It may act only as an
+# enterprise or a bank, and only in the calls that use :func:`acting` below (reading,
+# posting and answering needs, claiming and offering); every rule of the call still holds
+# for the named organisation (bands only before consent, one winning claim). Consent
+# release, reveal, loan steps, products and funds' decisions stay with the organisation's
+# own certificate.
+ON_BEHALF_ORG = "x-fedcredit-on-behalf-org"
+ON_BEHALF_ROLE = "x-fedcredit-on-behalf-role"
+PORTAL_ACTS_AS = ("enterprise", "bank")
+
+
+def acting(context: Any) -> Identity:
+    """The caller, or for the portal the signed-in organisation it names."""
+    who = peer_identity(context)
+    if who.role != "portal":
+        return who
+    md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    org, role = md.get(ON_BEHALF_ORG, "").strip(), md.get(ON_BEHALF_ROLE, "")
+    if role not in PORTAL_ACTS_AS or not org or len(org) > 64:
+        raise RoleNotAllowed(
+            f"the portal calls for a signed-in enterprise or bank: expected {ON_BEHALF_ORG} "
+            f"and {ON_BEHALF_ROLE} (enterprise or bank), got role {role[:20]!r}"
+        )
+    return Identity(org_id=org, role=role, cert_sha256=who.cert_sha256)
 
 
 def reply(result: Mapping[str, Any]) -> pb.MarketReply:
@@ -66,12 +93,12 @@ class MarketPushServicer:
 
     @handle_errors
     def ListLeads(self, request: pb.ListLeadsRequest, context: Any) -> pb.MarketReply:
-        bank = require_role(peer_identity(context), "bank")
+        bank = require_role(acting(context), "bank")
         return reply({"leads": pushes.leads_for(self.m, bank, min(request.limit or 500, 5000))})
 
     @handle_errors
     def OfferOnLead(self, request: pb.OfferOnLeadRequest, context: Any) -> pb.MarketReply:
-        bank = require_role(peer_identity(context), "bank")
+        bank = require_role(acting(context), "bank")
         return reply(
             pushes.offer_on_lead(self.m, bank, request.request_id, request.lead_id,
                                  request.amount_yuan, request.term_months, request.rate_bp)
@@ -85,17 +112,17 @@ class MarketPushServicer:
 
     @handle_errors
     def LeadsAboutMe(self, request: pb.ListLeadsRequest, context: Any) -> pb.MarketReply:
-        ent = require_role(peer_identity(context), "enterprise")
+        ent = require_role(acting(context), "enterprise")
         return reply({"leads": pushes.leads_about(self.m, ent)})
 
     @handle_errors
     def MyRating(self, request: pb.MyRatingRequest, context: Any) -> pb.MarketReply:
-        ent = require_role(peer_identity(context), "enterprise")
+        ent = require_role(acting(context), "enterprise")
         return reply(ratings.rating_of(self.m, ent.org_id))
 
     @handle_errors
     def ListWarnings(self, request: pb.ListWarningsRequest, context: Any) -> pb.MarketReply:
-        who = require_role(peer_identity(context), "bank", "operator", "auditor")
+        who = require_role(acting(context), "bank", "operator", "auditor")
         return reply({"warnings": ratings.warnings_for(self.m, who.org_id)})
 
     @handle_errors
@@ -116,7 +143,7 @@ class FundMarketServicer:
 
     @handle_errors
     def ListFunds(self, request: pb.ListProductsRequest, context: Any) -> pb.MarketReply:
-        peer_identity(context)
+        acting(context)
         return reply({"funds": funds.funds(self.m)})
 
     @handle_errors
@@ -151,7 +178,7 @@ class FundMarketServicer:
 
     @handle_errors
     def FundPipeline(self, request: pb.FundPipelineRequest, context: Any) -> pb.MarketReply:
-        who = require_role(peer_identity(context), "bank", *READERS)
+        who = require_role(acting(context), "bank", *READERS)
         if who.role == "bank":
             funds.require_manager(self.m, who, request.fund_id)
         return reply(funds.pipeline(self.m, request.fund_id))
@@ -162,20 +189,20 @@ class MarketServicer(FundMarketServicer, MarketPushServicer, pb_grpc.MarketServi
         self.m = market
         self.loans = LoanBook(market)
 
-    def _bank(self, context: Any) -> Identity:
-        return require_role(peer_identity(context), "bank")
+    def _bank(self, context: Any, *, portal: bool = True) -> Identity:
+        return require_role(acting(context) if portal else peer_identity(context), "bank")
 
-    def _enterprise(self, context: Any) -> Identity:
-        return require_role(peer_identity(context), "enterprise")
+    def _enterprise(self, context: Any, *, portal: bool = True) -> Identity:
+        return require_role(acting(context) if portal else peer_identity(context), "enterprise")
 
     @handle_errors
     def PublishProduct(self, request: pb.PublishProductRequest, context: Any) -> pb.MarketReply:
-        bank = self._bank(context)
+        bank = self._bank(context, portal=False)
         return reply(self.m.publish_product(bank, request.request_id, _spec(request.spec_json)))
 
     @handle_errors
     def ListProducts(self, request: pb.ListProductsRequest, context: Any) -> pb.ListProductsReply:
-        peer_identity(context)
+        acting(context)
         items = self.m.products(request.bank or None)
         return pb.ListProductsReply(
             products_json=[canonical_json(product_spec(p)).decode() for p in items]
@@ -200,7 +227,12 @@ class MarketServicer(FundMarketServicer, MarketPushServicer, pb_grpc.MarketServi
 
     @handle_errors
     def GetNeed(self, request: pb.NeedRef, context: Any) -> pb.MarketReply:
-        return reply(self.m.need_for(peer_identity(context), request.need_id))
+        return reply(self.m.need_for(acting(context), request.need_id))
+
+    @handle_errors
+    def MyNeeds(self, request: pb.ListOpenNeedsRequest, context: Any) -> pb.MarketReply:
+        who = require_role(acting(context), "enterprise", "bank")
+        return reply({"needs": self.m.needs_of(who, request.limit or 200)})
 
     @handle_errors
     def Claim(self, request: pb.NeedAction, context: Any) -> pb.MarketReply:
@@ -217,7 +249,7 @@ class MarketServicer(FundMarketServicer, MarketPushServicer, pb_grpc.MarketServi
 
     @handle_errors
     def ReleaseConsent(self, request: pb.ReleaseConsentRequest, context: Any) -> pb.MarketReply:
-        ent = self._enterprise(context)
+        ent = self._enterprise(context, portal=False)
         if not request.consent_id:
             raise InvalidMarketRequest(
                 "consent_id is empty: expected the marketplace consent's id (c_...)"
@@ -245,11 +277,13 @@ class MarketServicer(FundMarketServicer, MarketPushServicer, pb_grpc.MarketServi
             raise InvalidMarketRequest(
                 "consent_token is empty: expected your marketplace consent JWT"
             )
-        return reply(self.m.reveal(self._bank(context), request.need_id, request.consent_token))
+        return reply(
+            self.m.reveal(self._bank(context, portal=False), request.need_id, request.consent_token)
+        )
 
     @handle_errors
     def LoanStep(self, request: pb.LoanStepRequest, context: Any) -> pb.MarketReply:
-        bank = self._bank(context)
+        bank = self._bank(context, portal=False)
         ev = request.event
         if ev not in LOAN_EVENTS:
             raise InvalidMarketRequest(f"event must be one of {', '.join(LOAN_EVENTS)}, got {ev!r}")
@@ -267,12 +301,12 @@ class MarketServicer(FundMarketServicer, MarketPushServicer, pb_grpc.MarketServi
 
     @handle_errors
     def ListLoans(self, request: pb.ListLoansRequest, context: Any) -> pb.MarketReply:
-        who = peer_identity(context)
+        who = acting(context)
         return reply({"loans": self.loans.list(who, min(request.limit or 1000, 10_000))})
 
     @handle_errors
     def FundBook(self, request: pb.FundBookRequest, context: Any) -> pb.MarketReply:
-        require_role(peer_identity(context), *READERS, "bank")
+        require_role(acting(context), *READERS, "bank")
         return reply(self.m.store.book())
 
 

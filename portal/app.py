@@ -9,6 +9,7 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from fedcredit.portal.backend import Backend
+from fedcredit.portal.market_pages import MARKET_ROUTES
 from fedcredit.portal.routes import ROUTES
 from fedcredit.portal.settings import PortalSettings
 from fedcredit.portal.web import HERE, Portal
@@ -19,7 +20,11 @@ def build_app(
 ) -> Starlette:
     portal = Portal(settings, backend, **({"clock": clock} if clock else {}))
     app = Starlette(
-        routes=[*ROUTES, Mount("/static", StaticFiles(directory=HERE / "static"), name="static")]
+        routes=[
+            *ROUTES,
+            *MARKET_ROUTES,
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        ]
     )
     app.state.portal = portal
     return app

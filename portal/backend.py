@@ -12,6 +12,7 @@ from typing import Any
 from fedcredit.common.config import Deployment
 from fedcredit.consent.passkey_client import PasskeyClient
 from fedcredit.ledger.client import LedgerClient
+from fedcredit.market.client import FundMarketClient
 
 
 @dataclass(frozen=True)
@@ -25,20 +26,32 @@ class ProvenEntries:
 
 
 class Backend:
-    def __init__(self, passkeys: PasskeyClient, ledger: LedgerClient | None) -> None:
+    def __init__(
+        self,
+        passkeys: PasskeyClient,
+        ledger: LedgerClient | None,
+        market: FundMarketClient | None = None,
+    ) -> None:
         self.passkeys = passkeys
         self.ledger = ledger
+        self.market = market  # the marketplace's pages (portal/market_pages.py)
         self._log_key: str | None = None
 
     @classmethod
     def from_deployment(cls, dep: Deployment, org: str) -> Backend:
         ledger = LedgerClient.from_deployment(dep, org) if "ledger" in dep.services else None
-        return cls(PasskeyClient.from_deployment(dep, org), ledger)
+        market = None
+        if "market" in dep.services:
+            svc = dep.service("market")
+            market = FundMarketClient(svc.address, dep.tls(org), server_org=svc.org_id)
+        return cls(PasskeyClient.from_deployment(dep, org), ledger, market)
 
     def close(self) -> None:
         self.passkeys.close()
         if self.ledger is not None:
             self.ledger.close()
+        if self.market is not None:
+            self.market.close()
 
     def log_key(self) -> str:
         if self._log_key is None and self.ledger is not None:

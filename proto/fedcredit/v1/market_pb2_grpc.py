@@ -59,6 +59,11 @@ class MarketServiceStub:
                 request_serializer=fedcredit_dot_v1_dot_market__pb2.NeedRef.SerializeToString,
                 response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
                 _registered_method=True)
+        self.MyNeeds = channel.unary_unary(
+                '/fedcredit.v1.MarketService/MyNeeds',
+                request_serializer=fedcredit_dot_v1_dot_market__pb2.ListOpenNeedsRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+                _registered_method=True)
         self.Claim = channel.unary_unary(
                 '/fedcredit.v1.MarketService/Claim',
                 request_serializer=fedcredit_dot_v1_dot_market__pb2.NeedAction.SerializeToString,
@@ -203,6 +208,13 @@ class MarketServiceServicer:
 
     def GetNeed(self, request, context):
         """A need as the caller may see it (its enterprise: all; the claiming bank: bands + offer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MyNeeds(self, request, context):
+        """The caller's own needs: an enterprise's (all of each), a bank's current claims (bands + offer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -381,6 +393,11 @@ def add_MarketServiceServicer_to_server(servicer, server):
             'GetNeed': grpc.unary_unary_rpc_method_handler(
                     servicer.GetNeed,
                     request_deserializer=fedcredit_dot_v1_dot_market__pb2.NeedRef.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
+            ),
+            'MyNeeds': grpc.unary_unary_rpc_method_handler(
+                    servicer.MyNeeds,
+                    request_deserializer=fedcredit_dot_v1_dot_market__pb2.ListOpenNeedsRequest.FromString,
                     response_serializer=fedcredit_dot_v1_dot_market__pb2.MarketReply.SerializeToString,
             ),
             'Claim': grpc.unary_unary_rpc_method_handler(
@@ -628,6 +645,33 @@ class MarketService:
             target,
             '/fedcredit.v1.MarketService/GetNeed',
             fedcredit_dot_v1_dot_market__pb2.NeedRef.SerializeToString,
+            fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MyNeeds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.MarketService/MyNeeds',
+            fedcredit_dot_v1_dot_market__pb2.ListOpenNeedsRequest.SerializeToString,
             fedcredit_dot_v1_dot_market__pb2.MarketReply.FromString,
             options,
             channel_credentials,

@@ -49,6 +49,8 @@ class MarketServiceStub:
     """Banks: the open needs, as bands only (no identity, no score, no exact amount)."""
     GetNeed: _grpc.UnaryUnaryMultiCallable[_market_pb2.NeedRef, _market_pb2.MarketReply]
     """A need as the caller may see it (its enterprise: all; the claiming bank: bands + offer)."""
+    MyNeeds: _grpc.UnaryUnaryMultiCallable[_market_pb2.ListOpenNeedsRequest, _market_pb2.MarketReply]
+    """The caller's own needs: an enterprise's (all of each), a bank's current claims (bands + offer)."""
     Claim: _grpc.UnaryUnaryMultiCallable[_market_pb2.NeedAction, _market_pb2.MarketReply]
     """Banks: grab a need (exactly one bank wins, for the exclusivity window)."""
     Offer: _grpc.UnaryUnaryMultiCallable[_market_pb2.OfferRequest, _market_pb2.MarketReply]
@@ -102,6 +104,8 @@ class MarketServiceAsyncStub(MarketServiceStub):
     """Banks: the open needs, as bands only (no identity, no score, no exact amount)."""
     GetNeed: _aio.UnaryUnaryMultiCallable[_market_pb2.NeedRef, _market_pb2.MarketReply]  # type: ignore[assignment]
     """A need as the caller may see it (its enterprise: all; the claiming bank: bands + offer)."""
+    MyNeeds: _aio.UnaryUnaryMultiCallable[_market_pb2.ListOpenNeedsRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
+    """The caller's own needs: an enterprise's (all of each), a bank's current claims (bands + offer)."""
     Claim: _aio.UnaryUnaryMultiCallable[_market_pb2.NeedAction, _market_pb2.MarketReply]  # type: ignore[assignment]
     """Banks: grab a need (exactly one bank wins, for the exclusivity window)."""
     Offer: _aio.UnaryUnaryMultiCallable[_market_pb2.OfferRequest, _market_pb2.MarketReply]  # type: ignore[assignment]
@@ -182,6 +186,14 @@ class MarketServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]:
         """A need as the caller may see it (its enterprise: all; the claiming bank: bands + offer)."""
+
+    @_abc_1.abstractmethod
+    def MyNeeds(
+        self,
+        request: _market_pb2.ListOpenNeedsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_market_pb2.MarketReply, _abc.Awaitable[_market_pb2.MarketReply]]:
+        """The caller's own needs: an enterprise's (all of each), a bank's current claims (bands + offer)."""
 
     @_abc_1.abstractmethod
     def Claim(
