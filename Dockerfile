@@ -9,15 +9,16 @@ FROM ${BASE} AS build
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/fedcredit
 WORKDIR /src
-# The dependencies first, from pyproject.toml alone: this layer is rebuilt only when they
-# change, not on every source edit. The host's pip settings (index, extra indexes,
-# certificate bundle) arrive as build secrets (deploy/docker/pip-settings.sh writes them):
-# nothing about the host is baked in. --only-binary: every dependency is a wheel (no
-# compiler in either stage).
-COPY pyproject.toml ./
+# The dependencies first, as one build argument (deploy/docker/build.sh reads them from
+# pyproject.toml): this layer is rebuilt only when they change, not on every edit. The
+# host's pip settings (index, extra indexes, certificate bundle) arrive as build secrets
+# (deploy/docker/pip-settings.sh writes them): nothing about the host is baked in.
+# --only-binary: every dependency is a wheel (no compiler in either stage).
+ARG DEPENDENCIES
 RUN --mount=type=secret,id=pipconf --mount=type=secret,id=pipcert \
-    python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
-    && PIP_CONFIG_FILE=/run/secrets/pipconf /opt/fedcredit/bin/pip install --only-binary=:all: -r requirements.txt
+    test -n "$DEPENDENCIES" && printf '%s\n' "$DEPENDENCIES" > /tmp/requirements.txt \
+    && PIP_CONFIG_FILE=/run/secrets/pipconf /opt/fedcredit/bin/pip install --only-binary=:all: \
+        -r /tmp/requirements.txt
 # The source: every top-level package the fedcredit/ links name (.dockerignore keeps
 # tests, benchmarks, the virtualenv and local state out of the build context).
 COPY . ./

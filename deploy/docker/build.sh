@@ -15,9 +15,10 @@ SECRETS=build/docker/pip
 deploy/docker/pip-settings.sh "$SECRETS"
 # The build reaches the package index with the host's network; containers never get a
 # bridge here (the daemon runs without one).
+DEPENDENCIES=$(python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')
 build() {
     DOCKER_BUILDKIT=1 $DOCKER build --network host --progress plain \
-        --build-arg BASE="$BASE" \
+        --build-arg BASE="$BASE" --build-arg DEPENDENCIES="$DEPENDENCIES" \
         --secret id=pipconf,src="$SECRETS/pipconf" --secret id=pipcert,src="$SECRETS/pipcert" \
         "$@" . > "build/docker/build-$2.log" 2>&1 || {
             echo "docker build $* failed; last lines of build/docker/build-$2.log:" >&2
