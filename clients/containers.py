@@ -256,7 +256,7 @@ def generate_world(cluster: Cluster, enterprises: int, seed: int) -> Path:
 
 def demo_for(cluster: Cluster, config: Path, args: argparse.Namespace, console: Console) -> Demo:
     demo = Demo(cluster.dir, args.enterprises, len(cluster.banks), args.seed, console,
-                engine="simulation", trees=args.trees)  # fmt: skip
+                engine="deployment", trees=args.trees)  # fmt: skip
     demo.dep = load_config(config)
     return demo
 

@@ -93,7 +93,7 @@ def _fresh_score(demo: Demo) -> Any:
     assert demo.dep is not None
     bank = demo.dep.banks[0]
     ent = demo.facts["score"]["enterprise"]
-    token = _consent(demo, ent, bank, "credit_assessment", uses=20)
+    token = _consent(demo, ent, bank, "credit_assessment", uses=5)  # the purpose cap
     return token, _coordinator(demo, bank)
 
 
@@ -129,6 +129,7 @@ def _node_failure(demo: Demo, cluster: Cluster) -> None:
                 raise DemoFailed("crash", f"{name} was not restarted within 120 s")
             time.sleep(0.5)
         cluster.wait_healthy([name], 120, "crash recovery")
+        token, coord = _fresh_score(demo)
         with coord:
             res = _score_until_ok(coord, ent, token, 60)
         demo.console.print(f"restarted by Docker ({cluster.health(name)}); rating {res.rating}")
@@ -140,7 +141,7 @@ def _score_until_ok(coord: Any, ent: str, token: str, timeout: float) -> Any:
     while True:
         try:
             return coord.score(ent, token)
-        except Unavailable:
+        except (Unavailable, DeadlineExceeded):
             if time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
