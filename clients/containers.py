@@ -10,8 +10,10 @@
 2. generates a small synthetic city and loads each department's records into its
    node's volume with ``fedcredit node load`` in a one-off container of that node;
 3. brings the federation up (health-gated), recording each service's start-to-healthy;
-4. trains the credit model against the containers (Flower's Simulation Engine on the
-   operator's side; consents, publication and activation through the services) and
+4. registers the banks' SuperNode keys at the SuperLink (`flwr supernode register`)
+   and starts the SuperNodes; trains the credit model (Flower's Deployment Engine as
+   processes on the operator's side, as `fedcredit demo` does; consents, publication and
+   activation through the containers) and
    plays the demo story: consent, score, guarantee, refused D, revocation, the
    enterprise's proofs, the auditor's checkpoint, consistency and replay;
 5. kills one node container: the next score names the node (NODE_UNAVAILABLE); starts

@@ -238,7 +238,7 @@ def _bench(cluster: Cluster, path: Path, console: Console) -> None:
         "benchmark": "containers",
         "note": "first `compose up` of the loopback test federation on this machine; "
                 "start-to-healthy = container StartedAt to the first time Docker reports it "
-                "healthy (health probes every 5 s, so a 5 s resolution)",
+                "healthy (health probes every 10 s in the test layout, so a 10 s resolution; load average 13-106 on the shared 2-core machine)",
         "image_bytes": sizes,
         "floor_run_import_seconds": floor,
         "start_to_healthy_seconds": cluster.healthy_after,
