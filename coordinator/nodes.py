@@ -20,6 +20,7 @@ from fedcredit.common.errors import (
     Unavailable,
     from_rpc_error,
 )
+from fedcredit.common.rpc import STATUS_DETAILS_KEY
 from fedcredit.common.tls import TlsFiles, channel
 from fedcredit.common.wire import item_exception, purpose_to_pb
 from fedcredit.coordinator.errors import NodeDeadlineExceeded, NodeUnavailable
@@ -62,6 +63,13 @@ log = logging.getLogger(__name__)
 SERVICE = feature_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name
 
 
+def _typed(exc: grpc.RpcError) -> bool:
+    """Whether the status carries the server's typed refusal (``google.rpc.Status`` details,
+    see common.rpc.status_trailer) rather than a bare code and text."""
+    trailers: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    return any(m[0] == STATUS_DETAILS_KEY for m in trailers or ())
+
+
 class GrpcNode:
     """One department node reached over mTLS."""
 
@@ -96,9 +104,11 @@ class GrpcNode:
                 node=self.org_id,
                 category=self.category,
             )
-        if isinstance(err, Unavailable):
-            # The transport's text names an address and a socket error; the bank is told
-            # which organisation's node, the operator's log has the rest.
+        if isinstance(err, Unavailable) or not _typed(exc):
+            # The transport's text names an address and a socket error; a status without
+            # ErrorInfo (a crashed handler's UNKNOWN with Python's text, a reset stream's
+            # INTERNAL, an oversized answer) is the node failing, not a refusal. The bank
+            # is told which organisation's node, the operator's log has the rest.
             log.warning("node %s (%s) at %s: %s", self.org_id, self.category, self.address, err)
             return NodeUnavailable(
                 f"node {self.org_id} ({self.category}) is unavailable (not reachable or not "
