@@ -47,9 +47,12 @@ log = logging.getLogger(__name__)
 USE_WINDOW_S = 900
 # Longest use id accepted (the column's width).
 MAX_USE_ID = 128
-# Roles that reserve uses: the coordinator (a Score), a department node (a bank's or the
-# coordinator's fetch), a bank (its own tokens), the consent service itself (in-process).
-RESERVING_ROLES = ("coordinator", "department", "bank", "consent")
+# Roles that reserve (and settle) uses: the coordinator (a Score), a department node (a
+# bank's or the coordinator's fetch), the consent service itself (in-process). Never a
+# bank: the party a disclosure reaches must not decide to give its use back (a bank that
+# opened a use, fetched from nodes under it -- they only join it -- and released it would
+# be served without limit). A bank counts its own tokens with RecordUses (no release).
+RESERVING_ROLES = ("coordinator", "department", "consent")
 
 
 class BadUseId(InvalidArgument):

@@ -110,3 +110,26 @@ def test_concurrent_openers_of_one_use_count_it_once(world: World) -> None:
     assert all(isinstance(r, Reservation) for r in results), results
     assert sum(r.opened for r in results if isinstance(r, Reservation)) == 1
     assert _uses(world, cid) == 1
+
+
+def test_a_bank_cannot_hold_a_use_that_nodes_join_and_then_give_it_back(world: World) -> None:
+    """The party that receives a disclosure must never decide to give its use back: a bank
+    that opened use ``round-1`` itself, fetched its features from a node under that id (the
+    node only joins the bank's use) and released it would get the features with nothing
+    counted, as often as it liked. Only the services that disclose open, settle uses."""
+    a = world.authority
+    cid, ref = _grant(world, 1)
+    bank = world.bank
+    try:
+        a.reserve_uses(bank, "round-1", [ref])
+    except FedcreditError as err:
+        assert err.reason == "ROLE_NOT_ALLOWED"
+    (r,) = a.reserve_uses(NODE, "round-1", [ref])  # the node's fetch: the features go out
+    assert r == Reservation(1, r.opened)
+    try:
+        a.settle_uses(bank, "round-1", [ref], commit=False)
+    except FedcreditError as err:
+        assert err.reason == "ROLE_NOT_ALLOWED"
+    assert _uses(world, cid) == 1  # the disclosure stays counted
+    (again,) = a.reserve_uses(NODE, "round-2", [ref])
+    assert isinstance(again, FedcreditError) and again.reason == "CONSENT_USES_EXHAUSTED"

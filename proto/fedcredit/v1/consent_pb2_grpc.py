@@ -255,8 +255,8 @@ class ConsentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReserveUses(self, request, context):
-        """Reserve use `use_id` of each token before anything is disclosed (coordinator,
-        department node, bank): the first caller opens the use (the consent's count of
+        """Reserve use `use_id` of each token before anything is disclosed (coordinator or
+        department node; never a bank, which receives the disclosure): the first caller opens the use (the consent's count of
         distinct uses goes up, held to the STORED max_uses), later callers under the same
         use id within 15 minutes join it (it counts once, federation-wide). A token matches
         its consent by jti AND sub AND aud (else CONSENT_NOT_FOUND). Per token its count or

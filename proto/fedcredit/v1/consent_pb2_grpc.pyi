@@ -103,8 +103,8 @@ class ConsentServiceStub:
     nothing counted.
     """
     ReserveUses: _grpc.UnaryUnaryMultiCallable[_consent_pb2.ReserveUsesRequest, _consent_pb2.ReserveUsesResponse]
-    """Reserve use `use_id` of each token before anything is disclosed (coordinator,
-    department node, bank): the first caller opens the use (the consent's count of
+    """Reserve use `use_id` of each token before anything is disclosed (coordinator or
+    department node; never a bank, which receives the disclosure): the first caller opens the use (the consent's count of
     distinct uses goes up, held to the STORED max_uses), later callers under the same
     use id within 15 minutes join it (it counts once, federation-wide). A token matches
     its consent by jti AND sub AND aud (else CONSENT_NOT_FOUND). Per token its count or
@@ -172,8 +172,8 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     nothing counted.
     """
     ReserveUses: _aio.UnaryUnaryMultiCallable[_consent_pb2.ReserveUsesRequest, _consent_pb2.ReserveUsesResponse]  # type: ignore[assignment]
-    """Reserve use `use_id` of each token before anything is disclosed (coordinator,
-    department node, bank): the first caller opens the use (the consent's count of
+    """Reserve use `use_id` of each token before anything is disclosed (coordinator or
+    department node; never a bank, which receives the disclosure): the first caller opens the use (the consent's count of
     distinct uses goes up, held to the STORED max_uses), later callers under the same
     use id within 15 minutes join it (it counts once, federation-wide). A token matches
     its consent by jti AND sub AND aud (else CONSENT_NOT_FOUND). Per token its count or
@@ -340,8 +340,8 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consent_pb2.ReserveUsesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consent_pb2.ReserveUsesResponse, _abc.Awaitable[_consent_pb2.ReserveUsesResponse]]:
-        """Reserve use `use_id` of each token before anything is disclosed (coordinator,
-        department node, bank): the first caller opens the use (the consent's count of
+        """Reserve use `use_id` of each token before anything is disclosed (coordinator or
+        department node; never a bank, which receives the disclosure): the first caller opens the use (the consent's count of
         distinct uses goes up, held to the STORED max_uses), later callers under the same
         use id within 15 minutes join it (it counts once, federation-wide). A token matches
         its consent by jti AND sub AND aud (else CONSENT_NOT_FOUND). Per token its count or
