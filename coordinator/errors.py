@@ -6,12 +6,17 @@ from fedcredit.common.errors import (
     AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
     Unavailable,
 )
+
+# What another service's failure without a typed refusal arrives as (the generic class of
+# its status code, common.errors.from_rpc_error): the service failing, not refusing.
+UNTYPED_FAILURES = (Unavailable, DeadlineExceeded, Internal, ResourceExhausted)
 
 
 class NoActiveModel(FailedPrecondition):

@@ -22,7 +22,7 @@ from typing import Any, TypeAlias
 from fedcredit.common.errors import DeadlineExceeded, FedcreditError, Unavailable
 from fedcredit.common.evidence import AsyncBatchEvidenceSink, EvidenceSink, NewEntry
 from fedcredit.coordinator.deadline import bounded
-from fedcredit.coordinator.errors import LedgerUnavailable
+from fedcredit.coordinator.errors import UNTYPED_FAILURES, LedgerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ def refusal(
     what = f"the {kind} entry" if count == 1 else f"{count} {kind} entries"
     if isinstance(exc, TimeoutError) and deadline_s is not None:
         why = f"the ledger did not take {what} within {deadline_s} s"
-    elif isinstance(exc, Unavailable | DeadlineExceeded):
-        # Unreachable or not answering: say so; the transport's text names only an address.
+    elif type(exc) in UNTYPED_FAILURES or isinstance(exc, Unavailable | DeadlineExceeded):
+        # Unreachable, not answering or failing without a typed refusal: say so; the
+        # transport's text names an address, a crashed handler's its Python exception.
         log.warning("ledger unavailable: %s", exc)
         why = f"the central ledger is unavailable (not reachable or not answering); {what} was not written"
     elif isinstance(exc, FedcreditError):

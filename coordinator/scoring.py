@@ -48,6 +48,7 @@ from fedcredit.common.uscc import validate as validate_uscc
 from fedcredit.consent.verify import TokenVerifier, UseCounter, UseRef, VerifiedConsent
 from fedcredit.coordinator.deadline import bounded
 from fedcredit.coordinator.errors import (
+    UNTYPED_FAILURES,
     ConsentServiceUnavailable,
     LedgerUnavailable,
     NodeUnavailable,
@@ -209,7 +210,10 @@ def as_domain(exc: BaseException, what: str) -> FedcreditError:
 def consent_failure(exc: BaseException, what: str) -> FedcreditError:
     """``exc`` met while ``what``: the consent service not answering is named as such (the
     transport's own text names only an address); anything else as :func:`as_domain`."""
-    if type(exc) in (Unavailable, DeadlineExceeded):  # the generic transport failures
+    # The generic classes are what a status without ErrorInfo becomes (transport failures,
+    # a crashed handler's UNKNOWN with Python's text, a reset stream's INTERNAL): the
+    # service failing, not refusing; their text is for the operator's log only.
+    if type(exc) in UNTYPED_FAILURES:
         log.warning("consent service unavailable while %s: %s", what, exc)
         return ConsentServiceUnavailable(
             f"the consent service is unavailable (not reachable or not answering) while {what}; "

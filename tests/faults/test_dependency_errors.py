@@ -1,8 +1,9 @@
-"""A node that fails without a typed refusal (its handler crashed: UNKNOWN with Python's text;
+"""A dependency that fails without a typed refusal. A node that fails without a typed refusal (its handler crashed: UNKNOWN with Python's text;
 a stream reset: INTERNAL; an oversized answer: RESOURCE_EXHAUSTED; a proxy in front of it
 naming an address) reaches the bank as NODE_UNAVAILABLE naming the organisation: never
 INTERNAL/UNKNOWN, never the node's address or exception text. A node's own typed refusal
-(ErrorInfo) still passes through with its reason."""
+(ErrorInfo) still passes through with its reason. The same for the consent service
+(CONSENT_SERVICE_UNAVAILABLE) and the ledger (LEDGER_UNAVAILABLE, without the text)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from typing import Any
 import grpc
 import pytest
 
-from fedcredit.common.errors import FedcreditError, InvalidArgument
+from fedcredit.common.errors import FedcreditError, Internal, InvalidArgument, ResourceExhausted
 from fedcredit.common.rpc import status_trailer
+from fedcredit.consent.errors import UsesExhausted
+from fedcredit.coordinator.gate import refusal as ledger_refusal
 from fedcredit.coordinator.nodes import FetchItem, GrpcNode
+from fedcredit.coordinator.scoring import consent_failure
 from fedcredit.v1 import feature_pb2_grpc
 
 LEAK = "127.0.0.1:45123 /srv/node/secret.py"
@@ -71,3 +75,26 @@ def test_a_typed_node_refusal_passes_through() -> None:
     err = asyncio.run(_ask("typed"))
     assert err.reason == "INVALID_ARGUMENT" and err.message == "bad feature name"
     assert err.metadata.get("node") == "dept-tax"
+
+
+def _untyped(code: str) -> FedcreditError:
+    """What common.errors.from_rpc_error makes of a status without ErrorInfo."""
+    err = Internal(f"Unexpected <class 'RuntimeError'>: boom at {LEAK}", reason=code)
+    return ResourceExhausted(err.message) if code == "RESOURCE_EXHAUSTED" else err
+
+
+@pytest.mark.parametrize("code", ["UNKNOWN", "INTERNAL", "CANCELLED", "RESOURCE_EXHAUSTED"])
+def test_an_untyped_consent_service_failure_is_named_and_leaks_nothing(code: str) -> None:
+    err = consent_failure(_untyped(code), "reserving consent uses")
+    assert err.reason == "CONSENT_SERVICE_UNAVAILABLE", (err.reason, err.message)
+    assert "127.0.0.1" not in err.message and "boom" not in err.message
+    # The consent service's own typed refusal is the bank's answer as it is.
+    typed = UsesExhausted("consent c allows 1 uses and all have been used", jti="j")
+    assert consent_failure(typed, "reserving consent uses") is typed
+
+
+@pytest.mark.parametrize("code", ["UNKNOWN", "INTERNAL", "CANCELLED", "RESOURCE_EXHAUSTED"])
+def test_an_untyped_ledger_failure_leaks_nothing(code: str) -> None:
+    err = ledger_refusal("score", _untyped(code))
+    assert err.reason == "LEDGER_UNAVAILABLE"
+    assert "127.0.0.1" not in err.message and "boom" not in err.message
