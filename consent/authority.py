@@ -224,10 +224,10 @@ class ConsentAuthority:
         return self.uses.record_use(actor, jti)
 
     def reserve_uses(
-        self, actor: Identity, use_id: str, refs: Sequence[UseRef]
+        self, actor: Identity, use_id: str, refs: Sequence[UseRef], *, pin: bool = False
     ) -> list[Reservation | FedcreditError]:
         """Reserve (or join) use ``use_id`` of each token (:meth:`UseRecorder.reserve`)."""
-        return self.uses.reserve(actor, use_id, refs)
+        return self.uses.reserve(actor, use_id, refs, pin=pin)
 
     def settle_uses(
         self, actor: Identity, use_id: str, refs: Sequence[UseRef], *, commit: bool
@@ -344,11 +344,13 @@ class AuthorityUseCounter(UseCounter):
             out += self.authority.record_uses(self.actor, [jti for jti, _, _ in items[i : i + n]])
         return out
 
-    def reserve(self, use_id: str, refs: Sequence[UseRef]) -> list[Reservation | FedcreditError]:
+    def reserve(
+        self, use_id: str, refs: Sequence[UseRef], *, pin: bool = False
+    ) -> list[Reservation | FedcreditError]:
         out: list[Reservation | FedcreditError] = []
         n = self.authority.settings.max_uses_batch
         for i in range(0, len(refs), n):
-            out += self.authority.reserve_uses(self.actor, use_id, refs[i : i + n])
+            out += self.authority.reserve_uses(self.actor, use_id, refs[i : i + n], pin=pin)
         return out
 
     def settle(self, use_id: str, refs: Sequence[UseRef], *, commit: bool) -> None:

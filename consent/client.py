@@ -166,13 +166,13 @@ class ConsentClient(ServiceClient[ConsentServiceStub]):
         return [item_exception(r.error) if r.HasField("error") else r.uses for r in res.results]
 
     def reserve_uses(
-        self, use_id: str, refs: Sequence[UseRef]
+        self, use_id: str, refs: Sequence[UseRef], *, pin: bool = False
     ) -> builtins.list[Reservation | FedcreditError]:
         """Reserve (or join) use ``use_id`` of each token in one call: per token its
-        reservation or its error."""
+        reservation or its error (``pin``: see consent.uses.UseRecorder.reserve)."""
         res = self._call(
             self._stub.ReserveUses,
-            consent_pb2.ReserveUsesRequest(use_id=use_id, uses=_refs_pb(refs)),
+            consent_pb2.ReserveUsesRequest(use_id=use_id, uses=_refs_pb(refs), pin=pin),
         )
         if len(res.results) != len(refs):
             raise Internal(f"ReserveUses answered {len(res.results)} results for {len(refs)} uses")

@@ -62,12 +62,14 @@ class RemoteUseCounter:
                 out.append(r)
         return out
 
-    def reserve(self, use_id: str, refs: Sequence[UseRef]) -> list[Reservation | FedcreditError]:
+    def reserve(
+        self, use_id: str, refs: Sequence[UseRef], *, pin: bool = False
+    ) -> list[Reservation | FedcreditError]:
         """One ReserveUses call per ``MAX_USES_PER_CALL`` tokens; raises (fail closed)
         when the consent service cannot answer."""
         out: list[Reservation | FedcreditError] = []
         for i in range(0, len(refs), MAX_USES_PER_CALL):
-            out += self.client.reserve_uses(use_id, refs[i : i + MAX_USES_PER_CALL])
+            out += self.client.reserve_uses(use_id, refs[i : i + MAX_USES_PER_CALL], pin=pin)
         return out
 
     def settle(self, use_id: str, refs: Sequence[UseRef], *, commit: bool) -> None:

@@ -212,7 +212,9 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         self, request: consent_pb2.ReserveUsesRequest, context: Any
     ) -> consent_pb2.ReserveUsesResponse:
         actor = peer_identity(context)
-        results = self.authority.reserve_uses(actor, request.use_id, refs_from_pb(request.uses))
+        results = self.authority.reserve_uses(
+            actor, request.use_id, refs_from_pb(request.uses), pin=request.pin
+        )
         return consent_pb2.ReserveUsesResponse(
             results=[
                 consent_pb2.Reservation(error=item_error(r))

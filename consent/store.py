@@ -618,6 +618,24 @@ class ConsentStore:
                 )
         return done
 
+    def pin_uses(self, conn: Connection, use_id: str, jtis: Sequence[str]) -> None:
+        """Commit the uses still reserved under ``use_id`` among ``jtis`` (a verifier that
+        joined them disclosed to the bank: no one may give them back now)."""
+        u = uses_t.c
+        jtis = list(dict.fromkeys(jtis))
+        for i in range(0, len(jtis), IN_CHUNK):
+            conn.execute(
+                update(uses_t)
+                .where(
+                    and_(
+                        u.use_id == use_id,
+                        u.jti.in_(jtis[i : i + IN_CHUNK]),
+                        u.state == "RESERVED",
+                    )
+                )
+                .values(state="COMMITTED")
+            )
+
     def expired_reservations(
         self, conn: Connection, cutoff: int, limit: int
     ) -> list[tuple[str, str, str, int]]:

@@ -167,16 +167,30 @@ class UseRecorder:
             )
 
     def reserve(
-        self, actor: Identity, use_id: str, refs: Sequence[UseRef]
+        self, actor: Identity, use_id: str, refs: Sequence[UseRef], *, pin: bool = False
     ) -> list[Reservation | FedcreditError]:
         """Reserve use ``use_id`` of each token in one transaction (or join it where another
         verifier opened it within :data:`USE_WINDOW_S`); per token its reservation or the
-        error that refused it."""
+        error that refused it.
+
+        ``pin``: the caller discloses straight to the bank (a node serving a bank's own
+        fetch). A use it joins is committed in the same transaction, so the opener's
+        release (its own part failed) or the lease reaper cannot give back a use whose
+        features did reach the bank. A coordinator's Score is not pinned: the nodes
+        disclose to the coordinator, and a Score that fails reaches no bank."""
         self._check_batch(actor, use_id, len(refs))
         now = self.now()
 
         def work(conn: Connection) -> list[Reservation | FedcreditError]:
-            return self._reserve(conn, actor, use_id, refs, now)
+            out = self._reserve(conn, actor, use_id, refs, now)
+            if pin:
+                joined = [
+                    ref.jti
+                    for ref, r in zip(refs, out, strict=True)
+                    if isinstance(r, Reservation) and not r.opened
+                ]
+                self.store.pin_uses(conn, use_id, joined)
+            return out
 
         return self.store.write(work)
 

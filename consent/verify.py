@@ -354,9 +354,14 @@ class UseCounter(Protocol):
     released if the work failed (:meth:`settle`).
     """
 
-    def reserve(self, use_id: str, refs: Sequence[UseRef]) -> list[Reservation | FedcreditError]:
+    def reserve(
+        self, use_id: str, refs: Sequence[UseRef], *, pin: bool = False
+    ) -> list[Reservation | FedcreditError]:
         """Reserve (or join) use ``use_id`` of each token; per token its reservation or
-        the error that refused it. Raises if the counter cannot answer at all."""
+        the error that refused it. Raises if the counter cannot answer at all.
+
+        ``pin``: the caller discloses straight to the bank, so a use it JOINS can no
+        longer be given back by its opener (nor by the lease reaper)."""
         ...
 
     def settle(self, use_id: str, refs: Sequence[UseRef], *, commit: bool) -> None:
@@ -390,6 +395,7 @@ class MemoryUseCounter(UseCounter):
         self._lock = threading.Lock()
         self._counts: dict[str, tuple[int, int]] = {}
         self._open: set[tuple[str, str]] = set()  # (jti, use id) reserved
+        self._pinned: set[tuple[str, str]] = set()  # joined by a verifier that disclosed
         self._clock = clock
         self._next_purge = 0.0
 
@@ -422,7 +428,9 @@ class MemoryUseCounter(UseCounter):
     def count(self, jti: str) -> int:
         return self._counts.get(jti, (0, 0))[0]
 
-    def reserve(self, use_id: str, refs: Sequence[UseRef]) -> list[Reservation | FedcreditError]:
+    def reserve(
+        self, use_id: str, refs: Sequence[UseRef], *, pin: bool = False
+    ) -> list[Reservation | FedcreditError]:
         """In-process: the token's own ``max_uses`` is all this counter knows (it has no
         store); a use id seen before for a token joins that use."""
         out: list[Reservation | FedcreditError] = []
@@ -431,6 +439,8 @@ class MemoryUseCounter(UseCounter):
                 key = (ref.jti, use_id)
                 count, exp = self._counts.get(ref.jti, (0, 0))
                 if key in self._open:
+                    if pin:
+                        self._pinned.add(key)
                     out.append(Reservation(count, False))
                     continue
                 if count >= ref.max_uses:
@@ -446,7 +456,7 @@ class MemoryUseCounter(UseCounter):
             return
         with self._lock:
             for ref in refs:
-                if (ref.jti, use_id) in self._open:
+                if (ref.jti, use_id) in self._open - self._pinned:
                     self._open.discard((ref.jti, use_id))
                     count, exp = self._counts.get(ref.jti, (1, 0))
                     self._counts[ref.jti] = (max(0, count - 1), exp)

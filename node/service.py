@@ -200,7 +200,9 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         verified = self._verify_items(decision, purpose, items, out)
         # The use is reserved before anything is computed or logged: a refused item
         # discloses nothing, and the count is the consent service's, federation-wide.
-        ok = self._reserve(request_id, verified, items, out)
+        # A bank's own fetch (the features reach it) pins a use it joins: the opener at
+        # another node can no longer give it back once this node disclosed.
+        ok = self._reserve(request_id, verified, items, out, pin=decision.release)
         if ok:
             opened = [UseRef.of(vc) for _, vc, was_opened in ok if was_opened]
             try:
@@ -250,6 +252,8 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         verified: Sequence[tuple[int, VerifiedConsent]],
         items: Sequence[Any],
         out: list[Any],
+        *,
+        pin: bool,
     ) -> list[tuple[int, VerifiedConsent, bool]]:
         """Reserve use ``use_id`` of every verified token in one call to the consent
         service; fail closed (every item refused) when it cannot answer. Returns the
@@ -260,7 +264,7 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         try:
             if counter is None:
                 raise UsesUnavailable("this node's verifier has no use counter")
-            results = counter.reserve(use_id, [UseRef.of(vc) for _, vc in verified])
+            results = counter.reserve(use_id, [UseRef.of(vc) for _, vc in verified], pin=pin)
         except Exception as exc:
             why = f"{exc.reason}: {exc.message}" if isinstance(exc, FedcreditError) else repr(exc)
             err = UsesUnavailable(

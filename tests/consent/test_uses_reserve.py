@@ -133,3 +133,28 @@ def test_a_bank_cannot_hold_a_use_that_nodes_join_and_then_give_it_back(world: W
     assert _uses(world, cid) == 1  # the disclosure stays counted
     (again,) = a.reserve_uses(NODE, "round-2", [ref])
     assert isinstance(again, FedcreditError) and again.reason == "CONSENT_USES_EXHAUSTED"
+
+
+def test_a_use_joined_by_a_node_that_disclosed_to_the_bank_is_never_given_back(
+    world: World,
+) -> None:
+    """A bank's training round asks two nodes under one use id: one opens the use, the
+    other joins it and hands its features to the bank. If the opener's own part then
+    fails (its disclosure log down), its release must not give the use back: the joiner's
+    features did reach the bank. The joiner pins the use (ReserveUses pin=true)."""
+    a = world.authority
+    cid, ref = _grant(world, 1)
+    (opened,) = a.reserve_uses(NODE, "round-1", [ref])
+    (joined,) = a.reserve_uses(OTHER_NODE, "round-1", [ref], pin=True)
+    assert opened == Reservation(1, True) and joined == Reservation(1, False)
+    a.settle_uses(NODE, "round-1", [ref], commit=False)  # the opener's part failed
+    assert _uses(world, cid) == 1
+    world.clock.advance(10_000)  # nor does the lease reaper give it back
+    a.uses.reap()
+    assert _uses(world, cid) == 1
+    # A coordinator's Score does not pin: its nodes disclose to the coordinator only.
+    cid2, ref2 = _grant(world, 1)
+    a.reserve_uses(COORD, "score-1", [ref2])
+    a.reserve_uses(NODE, "score-1", [ref2])
+    a.settle_uses(COORD, "score-1", [ref2], commit=False)
+    assert _uses(world, cid2) == 0

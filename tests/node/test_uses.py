@@ -177,3 +177,40 @@ def _authority_counter(consents: Consents) -> Any:
     from fedcredit.consent.authority import AuthorityUseCounter
 
     return AuthorityUseCounter(consents.authority, Identity("dept-tax", "department", b"\0" * 32))
+
+
+def test_a_use_another_node_disclosed_under_is_not_given_back(
+    make_node: NodeFactory, consents: Consents, small_world: Path
+) -> None:
+    """One training round at two nodes: the tax node opens the use, the courts node joins
+    it and hands the bank its features, then the tax node's disclosure log fails and it
+    releases its part. The bank did get the courts' features: the use stays counted, and
+    the next round finds the one-use consent exhausted."""
+    code = world_codes(small_world)[7]
+    token = consents.token(
+        code, purpose="model_training", scope=["operations_tax", "judicial"], max_uses=1
+    )
+    tax, courts = make_node("tax"), make_node("courts")
+    real = tax.log.submit_many
+    got: list[Any] = []
+
+    def broken(*a: Any, **kw: Any) -> Any:
+        with courts.client(BANK) as c:  # while the tax node holds the use open
+            got.extend(c.get_features([(code, token)], request_id="round-A", **TRAINING))
+        raise OSError("disk gone")
+
+    tax.log.submit_many = broken  # type: ignore[method-assign]
+    try:
+        with tax.client(BANK) as c:
+            try:
+                c.get_features([(code, token)], request_id="round-A", **TRAINING)
+                raise AssertionError("the tax node's answer must be refused")
+            except Exception as exc:
+                assert getattr(exc, "reason", "") == "DISCLOSURE_LOG_UNAVAILABLE"
+    finally:
+        tax.log.submit_many = real  # type: ignore[method-assign]
+    assert len(got) == 1 and got[0].error is None  # the courts' features reached the bank
+    assert _row(consents, token).uses == 1
+    with courts.client(BANK) as c:
+        (r,) = c.get_features([(code, token)], request_id="round-B", **TRAINING)
+    assert r.error is not None and r.error.reason == "CONSENT_USES_EXHAUSTED"

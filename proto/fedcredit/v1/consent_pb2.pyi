@@ -621,8 +621,14 @@ class ReserveUsesRequest(_message.Message):
 
     USE_ID_FIELD_NUMBER: _builtins.int
     USES_FIELD_NUMBER: _builtins.int
+    PIN_FIELD_NUMBER: _builtins.int
     use_id: _builtins.str
     """1-128 characters: one Score, one training fetch round"""
+    pin: _builtins.bool
+    """The caller discloses straight to the bank (a node serving a bank's own fetch): a use
+    it JOINS is committed at once, so its opener can no longer give it back, nor the
+    lease reaper; a use it opens stays its own to settle.
+    """
     @_builtins.property
     def uses(self) -> _containers.RepeatedCompositeFieldContainer[Global___UseRef]: ...
     def __init__(
@@ -630,10 +636,11 @@ class ReserveUsesRequest(_message.Message):
         *,
         use_id: _builtins.str = ...,
         uses: _abc.Iterable[Global___UseRef] | None = ...,
+        pin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["use_id", b"use_id", "uses", b"uses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pin", b"pin", "use_id", b"use_id", "uses", b"uses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
