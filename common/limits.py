@@ -43,6 +43,9 @@ STRING_CAPS: dict[str, int | None] = {
     "fedcredit.v1.ScoreRequest.consent_token": None,
     "fedcredit.v1.EnterpriseRequest.consent_token": None,
     "fedcredit.v1.GuaranteeApplication.consent_token": TOKEN_CHARS,
+    # the marketplace's consented reveal and a fund manager's review carry a whole token
+    "fedcredit.v1.RevealRequest.consent_token": TOKEN_CHARS,
+    "fedcredit.v1.ReviewApplicationRequest.consent_token": TOKEN_CHARS,
     "fedcredit.v1.PublishModelRequest.model_text": 48 * 1024 * 1024,
     "fedcredit.v1.PublishModelRequest.metrics_json": 1024 * 1024,
     "fedcredit.v1.PublishModelRequest.settings_json": 1024 * 1024,
