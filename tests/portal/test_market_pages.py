@@ -211,11 +211,22 @@ def test_bad_input_is_refused_precisely(federation: Federation, mk: Market, ent_
         assert own.my_needs() == []
 
 
-def test_funds_page_shows_only_the_managers_funds(
+def test_funds_page_shows_the_managers_pipeline_and_report(
     federation: Federation, mk: Market, bank_v: Visitor
 ) -> None:
-    r = bank_v.get("/market/funds")
-    assert r.status_code == 200 and 'class="fund"' not in r.text
+    spec = {"name": "Technology fund", "industries": ["C"], "min_grade": "B",
+            "size_bands": ["small", "medium"], "ticket_min": 1_000_000,
+            "ticket_max": 10_000_000, "capacity": 100_000_000}  # fmt: skip
+    with FundMarketClient(mk.address, federation.pki.tls("operator")) as op:
+        op.publish_fund({**spec, "fund_id": "f-mine", "manager": BANK})
+        op.publish_fund({**spec, "fund_id": "f-other", "manager": DEFAULT_BANKS[1]})
+    with FundMarketClient(mk.address, federation.pki.tls(ENTS[5])) as firm:
+        firm.apply("f-mine", 2_000_000, "automation line", "c_for_the_manager")
+    r = bank_v.get("/market/funds?lang=en")
+    assert r.status_code == 200
+    assert 'data-fund="f-mine"' in r.text and 'data-fund="f-other"' not in r.text
+    assert "<td>SUBMITTED</td><td>1</td>" in r.text.replace("\n", "")
+    assert ENTS[5] not in r.text  # the report counts applications; the review names them
 
 
 def test_the_market_limits_what_the_portal_may_do(federation: Federation, mk: Market) -> None:
