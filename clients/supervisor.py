@@ -79,6 +79,11 @@ def service_specs(dep: Deployment) -> list[ServiceSpec]:
                 "coordinator", s.org_id, s.address, ("coordinator", "serve", "--config", cfg)
             )
         )
+    if "policies" in dep.services:
+        s = dep.services["policies"]
+        specs.append(
+            ServiceSpec("policies", s.org_id, s.address, ("policy", "serve", "--config", cfg))
+        )
     if isinstance(dep.raw.get("portal"), dict) and "address" in dep.raw["portal"]:
         p = dep.raw["portal"]
         specs.append(

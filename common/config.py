@@ -46,9 +46,10 @@ from fedcredit.common.departments import BY_ID, ROLES
 from fedcredit.common.errors import ConfigError, NotFound
 from fedcredit.common.tls import TlsFiles
 
-SERVICE_NAMES = ("consent", "ledger", "coordinator")
+SERVICE_NAMES = ("consent", "ledger", "coordinator", "policies")
 SETTINGS_SECTIONS = (
     "consent", "ledger", "node", "coordinator", "fund", "training", "demo", "portal",
+    "policies",
 )  # fmt: skip
 TOP_LEVEL = {"deployment", "organisations", "services", "nodes", "banks", *SETTINGS_SECTIONS}
 

@@ -71,6 +71,7 @@ ROLES: tuple[str, ...] = (
     "auditor",
     "operator",
     "market",
+    "policy",  # the policy-fund service: screens in the nodes, ledgers its own kinds
     "portal",  # the web portal: relays people's passkey-signed acts, holds no rights of its own
 )
 

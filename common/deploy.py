@@ -52,8 +52,9 @@ def default_organisations(banks: list[str]) -> list[tuple[str, str]]:
     ]
 
 
-# A local deployment also runs the web portal (containers do not yet).
-LOCAL_EXTRA_ORGS: list[tuple[str, str]] = [("portal", "portal")]
+# A local deployment also runs the web portal and the policy-fund service (containers do
+# not yet).
+LOCAL_EXTRA_ORGS: list[tuple[str, str]] = [("portal", "portal"), ("policies", "policy")]
 
 
 def local_config(name: str, base_port: int, banks: list[str]) -> dict[str, Any]:
@@ -98,6 +99,11 @@ def local_config(name: str, base_port: int, banks: list[str]) -> dict[str, Any]:
         # for WebAuthn and Secure cookies; anywhere else it needs TLS).
         "portal": {"org": "portal", "address": f"127.0.0.1:{next(port)}", "rp_id": "localhost"},
     }
+    out["services"]["policies"] = {
+        "org": "policies",
+        "address": f"127.0.0.1:{next(port)}",
+        "database": "sqlite:///data/policies.sqlite",
+    }
     # each service's Prometheus /metrics, on loopback ports after the services' own
     for s in (*out["services"].values(), *out["nodes"]):
         s["metrics"] = f"127.0.0.1:{next(port)}"
@@ -122,7 +128,7 @@ def write_local_deployment(
     if cfg_path.exists() and not force:
         raise DeploymentExists(f"{cfg_path} already exists; use --force to replace it")
     banks = list(DEFAULT_BANKS[:bank_count])
-    base = base_port if base_port is not None else free_port_base(4 + 2 * len(DEPARTMENTS) + 3)
+    base = base_port if base_port is not None else free_port_base(4 + 2 * len(DEPARTMENTS) + 5)
     data = local_config(name, base, banks)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "data").mkdir(exist_ok=True)

@@ -36,6 +36,15 @@ DEFAULT_APPEND_RIGHTS: Mapping[str, frozenset[str]] = MappingProxyType(
         "market_push": frozenset({"market"}),
         "market_warning": frozenset({"market"}),
         "market_fund": frozenset({"market"}),
+        # the policy-fund service (policies/): its own kinds, nothing else
+        "policy_published": frozenset({"policy"}),
+        "policy_screening_run": frozenset({"policy"}),
+        "policy_screening": frozenset({"policy"}),
+        "policy_award_notified": frozenset({"policy"}),
+        "policy_award_declined": frozenset({"policy"}),
+        "policy_payment": frozenset({"policy"}),
+        "policy_application": frozenset({"policy"}),
+        "policy_tracking": frozenset({"policy"}),
     }
 )
 

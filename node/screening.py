@@ -49,7 +49,7 @@ LEGAL_BASIS = "policy_screening"
 # whether a funded enterprise met the targets it pledged (资金跟踪问效).
 LEGAL_BASES = frozenset({LEGAL_BASIS, "subsidy_tracking"})
 KIND = "policy_screening"
-SCREENING_ROLES = frozenset({"coordinator"})
+SCREENING_ROLES = frozenset({"coordinator", "policy"})
 MAX_CLAUSES = 256
 MAX_CLAUSE_TEXT = 8_192  # all clause texts of one request: they go into one log entry
 MAX_ENTERPRISES = 50_000

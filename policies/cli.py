@@ -1,13 +1,32 @@
-"""`fedcredit policy ...`: check a policy (its fields and CEL rule) against the catalog.
+"""`fedcredit policy ...`: policy funds, offline checks and the running service.
 
-``fedcredit policy check FILE.toml`` validates a policy file offline and shows how its rule
+Offline: ``fedcredit policy check FILE.toml`` validates a policy file and shows how its rule
 is split: which department evaluates which clause, and how the platform combines the
-booleans. ``fedcredit policy rule 'CEL'`` does the same for a bare rule. A refused rule
-exits 3 (INVALID_ARGUMENT) with the line and column of the error.
+booleans. ``fedcredit policy rule 'CEL'`` does the same for a bare rule.
+
+The service: ``fedcredit policy serve --config CFG`` runs it (``fedcredit up`` starts it
+when the deployment has ``[services.policies]``). Against it, with ``--config CFG --as
+ORG`` (the caller's certificate from the deployment's PKI):
+
+* departments: ``publish FILE.toml``, ``list``, ``review APP --approve|--reject``,
+  ``show APP``;
+* the operator: ``screen --today DATE`` (a 免申即享 run), ``pay`` (awards whose decline
+  window passed), ``resolve APP --upheld|--dismissed``, ``advance APP close|pay``;
+* enterprises (``--as`` their credit code): ``benefits`` (awards), ``apply POLICY``,
+  ``decline POLICY``, ``object APP --reason``, ``show APP``.
+
+Every command prints a table or ``--json``. Errors are one line, ``error: REASON:
+sentence``, with the exit code of their kind: 2 usage, 3 invalid argument (a refused rule,
+with the line and column of the error), 4 not found, 5 already exists, 6 permission denied
+(a role not allowed), 8 failed precondition (an illegal approval step, a budget spent),
+10 service unavailable.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -92,3 +111,226 @@ def rule_cmd(
     with user_errors(as_json):
         plan = _plan(rules.check_rule(rule))
     output(plan, as_json, _table(plan))
+
+
+# ---------------------------------------------------------------- the running service
+
+ConfigOpt = Annotated[Path, typer.Option("--config", help="The deployment file (deployment.toml).")]
+AsOpt = Annotated[
+    str, typer.Option("--as", help="Your organisation id (an enterprise: its credit code).")
+]
+AppArg = Annotated[str, typer.Argument(help="The application id.")]
+
+
+def _client(config: Path, who: str) -> Any:
+    from fedcredit.common.config import load_config
+    from fedcredit.policies.client import PolicyClient
+
+    dep = load_config(config)
+    svc = dep.service("policies")
+    return PolicyClient(svc.address, dep.tls(who), server_org=svc.org_id)
+
+
+def _dict(msg: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def _rows(title: str, rows: list[dict[str, Any]], cols: tuple[str, ...]) -> Table:
+    table = Table(title=title)
+    for col in cols:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(str(r.get(c, "")) for c in cols))
+    return table
+
+
+def _show_app(app: Any, as_json: bool) -> None:
+    d = _dict(app)
+    parts = ", ".join(f"{k}={v}" for k, v in sorted(d.get("parts", {}).items()))
+    output(d, as_json, _rows(f"application {d.get('id', '')}", [{**d, "parts": parts}],
+                             ("policy_id", "enterprise", "state", "parts")))  # fmt: skip
+
+
+@policy_app.command("serve")
+def serve_cmd(config: ConfigOpt) -> None:
+    """Run the policy-fund service ([services.policies]) until SIGTERM/SIGINT."""
+    with user_errors():
+        from fedcredit.common import metrics
+        from fedcredit.common.config import load_config
+        from fedcredit.policies.daemon import build
+
+        dep = load_config(config)
+        metrics.start(dep.service("policies").metrics, "policies")
+        server, store = build(dep)
+        server.start()
+        typer.echo(f"policy service serving on port {server.port}")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+        server.stop(5)
+        store.close()
+
+
+@policy_app.command("publish")
+def publish_cmd(
+    path: Annotated[Path, typer.Argument(help="Policy file (TOML).")], config: ConfigOpt,
+    who: AsOpt, as_json: JsonOpt = False,
+) -> None:  # fmt: skip
+    """Publish a policy (a department or the operator); its rule is checked first."""
+    from fedcredit.policies.service import policy_to_pb
+
+    with user_errors(as_json):
+        policy = load_policy(path)
+        rules.validate(policy)
+        with _client(config, who) as c:
+            resp = c.publish(policy_to_pb(policy))
+        plan = {"policy": policy.id, "combination": resp.combination,
+                "clauses": [{"id": x.id, "evaluated_by": x.evaluated_by, "clause": x.cel}
+                            for x in resp.clauses]}  # fmt: skip
+    output(plan, as_json, _table(plan))
+
+
+@policy_app.command("list")
+def list_cmd(
+    config: ConfigOpt, who: AsOpt,
+    mode: Annotated[str, typer.Option(help="automatic or application (default: all).")] = "",
+    as_json: JsonOpt = False,
+) -> None:  # fmt: skip
+    """The published policies."""
+    with user_errors(as_json), _client(config, who) as c:
+        rows = [_dict(p) for p in c.policies(mode)]
+    cols = ("id", "title", "department", "mode", "amount_yuan", "budget_yuan", "closes")
+    output(rows, as_json, _rows("policies", rows, cols))
+
+
+@policy_app.command("screen")
+def screen_cmd(
+    config: ConfigOpt, who: AsOpt,
+    today: Annotated[str, typer.Option("--today", help="The run's date, YYYY-MM-DD.")],
+    run_id: Annotated[str, typer.Option("--run-id", help="Run id (default: from the time).")] = "",
+    as_json: JsonOpt = False,
+) -> None:  # fmt: skip
+    """Run a 免申即享 screening of every enterprise against the open automatic policies."""
+    with user_errors(as_json), _client(config, who) as c:
+        d = _dict(c.run_screening(today, run_id))
+    rows = [{"policy": p, "eligible": n, "notified": d.get("notified", {}).get(p, 0),
+             "unfunded": d.get("unfunded", {}).get(p, 0)}
+            for p, n in sorted(d.get("eligible", {}).items())]  # fmt: skip
+    output(d, as_json, _rows(f"run {d.get('run_id', '')}: {d.get('enterprises', 0)} "
+                             f"enterprises", rows, ("policy", "eligible", "notified", "unfunded")))  # fmt: skip
+
+
+@policy_app.command("pay")
+def pay_cmd(config: ConfigOpt, who: AsOpt, as_json: JsonOpt = False) -> None:
+    """Pay every award whose decline window has passed (the operator)."""
+    with user_errors(as_json), _client(config, who) as c:
+        d = _dict(c.pay_due())
+    output({"paid": d.get("paid", 0), "amount_yuan": int(d.get("amount_yuan", 0))}, as_json)
+
+
+@policy_app.command("benefits")
+def benefits_cmd(config: ConfigOpt, who: AsOpt, as_json: JsonOpt = False) -> None:
+    """The benefits awarded to you (an enterprise), with their decline windows."""
+    with user_errors(as_json), _client(config, who) as c:
+        rows = [_dict(a) for a in c.awards()]
+    cols = ("policy_id", "amount_yuan", "state", "decline_until", "run_id")
+    output(rows, as_json, _rows("benefits", rows, cols))
+
+
+@policy_app.command("decline")
+def decline_cmd(
+    policy_id: Annotated[str, typer.Argument(help="The policy whose benefit you decline.")],
+    config: ConfigOpt, who: AsOpt, as_json: JsonOpt = False,
+) -> None:  # fmt: skip
+    """Decline a benefit awarded to you (within its decline window)."""
+    with user_errors(as_json), _client(config, who) as c:
+        d = _dict(c.decline(policy_id))
+    output(d, as_json)
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InvalidPolicy(f"{what}: expected NAME=VALUE, got {item!r}", field=what)
+        if name in out:
+            raise InvalidPolicy(f"{what}: {name!r} given twice", field=what)
+        out[name] = value
+    return out
+
+
+@policy_app.command("apply")
+def apply_cmd(
+    policy_id: Annotated[str, typer.Argument(help="The application policy.")],
+    config: ConfigOpt, who: AsOpt,
+    app_id: Annotated[str, typer.Option("--id", help="Your application id.")],
+    field: Annotated[list[str], typer.Option("--field", help="A form field, NAME=VALUE.")] = [],  # noqa: B006
+    attach: Annotated[list[str], typer.Option("--attach", help="An attachment, NAME=FILE.")] = [],  # noqa: B006
+    as_json: JsonOpt = False,
+) -> None:  # fmt: skip
+    """Apply for a policy (an enterprise): form fields and attachments (stored by SHA-256)."""
+    with user_errors(as_json):
+        fields = _pairs(field, "field")
+        docs = {k: Path(v).read_bytes() for k, v in _pairs(attach, "attach").items()}
+        with _client(config, who) as c:
+            app = c.apply(app_id, policy_id, fields, docs)
+    _show_app(app, as_json)
+
+
+@policy_app.command("review")
+def review_cmd(
+    app_id: AppArg, config: ConfigOpt, who: AsOpt,
+    approve: Annotated[bool, typer.Option("--approve/--reject", help="Your department's decision.")],
+    as_json: JsonOpt = False,
+) -> None:  # fmt: skip
+    """Review your department's part of an application."""
+    with user_errors(as_json), _client(config, who) as c:
+        app = c.review(app_id, approve)
+    _show_app(app, as_json)
+
+
+@policy_app.command("show")
+def show_cmd(app_id: AppArg, config: ConfigOpt, who: AsOpt, as_json: JsonOpt = False) -> None:
+    """An application, its department parts and its history."""
+    with user_errors(as_json), _client(config, who) as c:
+        app = c.application(app_id)
+    _show_app(app, as_json)
+
+
+@policy_app.command("object")
+def object_cmd(
+    app_id: AppArg, config: ConfigOpt, who: AsOpt,
+    reason: Annotated[str, typer.Option("--reason", help="Why you object.")],
+    as_json: JsonOpt = False,
+) -> None:  # fmt: skip
+    """Lodge an objection against a decision during its public notice."""
+    with user_errors(as_json), _client(config, who) as c:
+        app = c.object(app_id, reason)
+    _show_app(app, as_json)
+
+
+@policy_app.command("resolve")
+def resolve_cmd(
+    app_id: AppArg, config: ConfigOpt, who: AsOpt,
+    upheld: Annotated[bool, typer.Option("--upheld/--dismissed", help="The objection's fate.")],
+    as_json: JsonOpt = False,
+) -> None:  # fmt: skip
+    """Resolve an objection (the operator)."""
+    with user_errors(as_json), _client(config, who) as c:
+        app = c.resolve(app_id, upheld)
+    _show_app(app, as_json)
+
+
+@policy_app.command("advance")
+def advance_cmd(
+    app_id: AppArg, step: Annotated[str, typer.Argument(help="close (the notice) or pay.")],
+    config: ConfigOpt, who: AsOpt, as_json: JsonOpt = False,
+) -> None:  # fmt: skip
+    """Close an application's public notice, or pay it (the operator)."""
+    with user_errors(as_json), _client(config, who) as c:
+        app = c.advance(app_id, step)
+    _show_app(app, as_json)
