@@ -19,7 +19,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_init_writes_a_complete_deployment(deployment: Path) -> None:
     dep = load_config(deployment)
-    assert set(dep.services) == {"consent", "ledger", "coordinator"}
+    assert set(dep.services) == {"consent", "ledger", "coordinator", "policies"}
     assert len(dep.nodes) == 12
     assert len(dep.banks) == 7
     for org in dep.organisations.values():
