@@ -59,3 +59,44 @@ def test_post_claim_offer_accept_in_chromium(
     finally:
         enterprise.close()
         bank.close()
+
+
+def test_market_pages_are_accessible(
+    browser: Any,  # noqa: F811
+    federation: Federation,
+    mk: Market,  # noqa: F811
+) -> None:
+    """axe-core (as tests/portal/test_accessibility.py runs it) on each marketplace page,
+    filled: a need offered on, a claim, a loan."""
+    from tests.portal.test_accessibility import AXE
+
+    ent = ENTS[7]
+    # axe is injected as a script: bypass_csp lets the test (only) add it to the page
+    e = Person(browser, federation, width=1280, height=900, bypass_csp=True)
+    b = Person(browser, federation, width=1280, height=900, bypass_csp=True)
+    try:
+        e.enrol_and_sign_in(ent, "enterprise")
+        b.enrol_and_sign_in(BANK, "bank")
+        with mk.as_org(ent) as own:
+            need = own.post_need(400_000, 12, "working_capital")["need_id"]
+            own.post_need(500_000, 24, "equipment")  # stays open on the bank's desk
+        with mk.as_org(BANK) as bank:
+            bank.claim(need)
+            bank.offer(need, "wc1", 400)
+        bad: list[str] = []
+        for person, path in ((e, "/market/enterprise"), (b, "/market/bank"),
+                             (b, "/market/bank/loans"), (b, "/market/funds")):  # fmt: skip
+            person.go(path)
+            person.page.add_script_tag(path=str(AXE))
+            result = person.page.evaluate(
+                "async () => await axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']}})"
+            )
+            bad += [
+                f"{path}: {v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+                for v in result["violations"]
+                if v["impact"] in ("serious", "critical")
+            ]
+        assert bad == []
+    finally:
+        e.close()
+        b.close()

@@ -30,7 +30,7 @@ from tests.portal.test_portal_http import enrolled
 from tests.portal.webclient import Visitor
 
 BANK = DEFAULT_BANKS[0]
-ENTS = [code(500 + i) for i in range(7)]  # [6]: the Chromium flow
+ENTS = [code(500 + i) for i in range(8)]  # [6], [7]: the Chromium tests
 
 
 @dataclass
