@@ -47,8 +47,9 @@ REFUSALS = Counter(
 )
 DISCLOSURES = Counter(
     "fedcredit_disclosures",
-    "Enterprises' feature vectors disclosed by a department node, by node and purpose",
-    ["service", "node", "purpose"],
+    "Enterprises' feature vectors disclosed by a department node, by node, purpose and the bank "
+    "they were disclosed for (a department's portal page shows them by bank and purpose)",
+    ["service", "node", "purpose", "bank"],
     registry=REGISTRY,
 )
 CONSENT_VERIFICATIONS = Counter(
@@ -212,9 +213,9 @@ ESSENTIALS = {
 }
 
 
-def essentials(address: str, timeout: float = 2.0) -> dict[str, float] | None:
-    """Scrape ``http://address/metrics`` and sum each essential series over its labels;
-    ``None`` when the endpoint does not answer."""
+def scrape(address: str, timeout: float = 2.0) -> list[tuple[str, dict[str, str], float]] | None:
+    """Every sample of ``http://address/metrics`` as (name, labels, value); ``None`` when
+    the endpoint does not answer."""
     import urllib.error
     import urllib.request
 
@@ -225,10 +226,22 @@ def essentials(address: str, timeout: float = 2.0) -> dict[str, float] | None:
             text = r.read().decode()
     except (OSError, urllib.error.URLError, ValueError):
         return None
+    return [
+        (s.name, dict(s.labels), float(s.value))
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    ]
+
+
+def essentials(address: str, timeout: float = 2.0) -> dict[str, float] | None:
+    """Scrape ``http://address/metrics`` and sum each essential series over its labels;
+    ``None`` when the endpoint does not answer."""
+    samples = scrape(address, timeout)
+    if samples is None:
+        return None
     out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            col = ESSENTIALS.get(s.name)
-            if col is not None:
-                out[col] = out.get(col, 0.0) + s.value
+    for name, _, value in samples:
+        col = ESSENTIALS.get(name)
+        if col is not None:
+            out[col] = out.get(col, 0.0) + value
     return out

@@ -348,7 +348,9 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
             vec.disclosure_index = receipts[r].index
             out[i] = vec
         self.stats.served += len(ok_idx)
-        metrics.DISCLOSURES.labels(metrics.service(), self.node_org, purpose).inc(len(ok_idx))
+        metrics.DISCLOSURES.labels(
+            metrics.service(), self.node_org, purpose, decision.bank_org
+        ).inc(len(ok_idx))
 
     def _append(self, entries: list[tuple[str, str | None, dict[str, Any]]]) -> list[Receipt]:
         """No log entry, no answer: any failure to append refuses the whole answer."""

@@ -9,22 +9,34 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from fedcredit.portal.backend import Backend
+from fedcredit.portal.dept_pages import DEPT_ROUTES
 from fedcredit.portal.market_pages import MARKET_ROUTES
+from fedcredit.portal.ops_pages import OPS_ROUTES
 from fedcredit.portal.routes import ROUTES
 from fedcredit.portal.settings import PortalSettings
+from fedcredit.portal.watch import Watch
 from fedcredit.portal.web import HERE, Portal
 
 
 def build_app(
-    settings: PortalSettings, backend: Backend, *, clock: Callable[[], float] | None = None
+    settings: PortalSettings,
+    backend: Backend,
+    *,
+    clock: Callable[[], float] | None = None,
+    watch: Watch | None = None,
 ) -> Starlette:
+    """``watch``: the deployment's nodes and services for the department and operator
+    pages (without it those pages say that nothing is configured)."""
     portal = Portal(settings, backend, **({"clock": clock} if clock else {}))
     app = Starlette(
         routes=[
             *ROUTES,
             *MARKET_ROUTES,
+            *DEPT_ROUTES,
+            *OPS_ROUTES,
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
     )
     app.state.portal = portal
+    app.state.watch = watch
     return app

@@ -27,13 +27,15 @@ def serve(config: ConfigOpt) -> None:
     from fedcredit.portal.app import build_app
     from fedcredit.portal.backend import Backend
     from fedcredit.portal.settings import PortalSettings
+    from fedcredit.portal.watch import Watch
 
     with user_errors():
         dep = load_config(config)
         settings = PortalSettings.from_deployment(dep)
         backend = Backend.from_deployment(dep, settings.org)
+        watch = Watch.from_deployment(dep, settings.org)
         tls = dep.tls(settings.org) if settings.tls else None
-    app = build_app(settings, backend)
+    app = build_app(settings, backend, watch=watch)
     console.print(f"portal listening on {settings.url}")
     uvicorn.run(
         app,

@@ -37,7 +37,8 @@ from fedcredit.portal.settings import PortalSettings
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 COOKIE = "fc_session"
-HOME = {"enterprise": "/enterprise", "bank": "/bank", "auditor": "/audit", "operator": "/operator"}
+HOME = {"enterprise": "/enterprise", "bank": "/bank", "auditor": "/audit", "operator": "/operator",
+        "department": "/department"}  # fmt: skip
 Handler = Callable[[Request], Awaitable[Response]]
 
 

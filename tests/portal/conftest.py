@@ -54,6 +54,7 @@ class Federation:
     pki: Any
     consent_address: str
     ledger_address: str
+    app: Any = None  # the portal's Starlette app (tests set app.state.watch)
 
     def settle(self) -> None:
         """Every consent event delivered to the ledger and in a signed checkpoint (the
@@ -147,9 +148,10 @@ def federation(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
         LedgerClient(f"127.0.0.1:{lport}", pki.tls("portal"), server_org="ledger"),
     )
     clock = OffsetClock()
-    userver, thread = _serve_portal(build_app(settings, backend, clock=clock), port)
+    app = build_app(settings, backend, clock=clock)
+    userver, thread = _serve_portal(app, port)
     try:
-        yield Federation(backend, settings.url, authority, passkeys, log, clock, settings, pki, f"127.0.0.1:{cport}", f"127.0.0.1:{lport}")  # fmt: skip
+        yield Federation(backend, settings.url, authority, passkeys, log, clock, settings, pki, f"127.0.0.1:{cport}", f"127.0.0.1:{lport}", app)  # fmt: skip
     finally:
         userver.should_exit = True
         thread.join(timeout=10)
