@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from fedcredit.common import uscc
-from tests.portal.conftest import BANK, Federation
+from fedcredit.common import metrics, uscc
+from fedcredit.common.departments import BY_ID
+from fedcredit.portal.watch import Target, Watch
+from tests.portal.conftest import BANK, Federation, free_port
 from tests.portal.test_browser import Person, browser  # noqa: F401 - the module's browser
 
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
@@ -35,7 +37,19 @@ def people(browser: Any, federation: Federation) -> Iterator[dict[str, Person]]:
     b = Person(browser, federation, width=1280, height=900, bypass_csp=True)
     a = Person(browser, federation, width=1280, height=900, bypass_csp=True)
     o = Person(browser, federation, width=1280, height=900, bypass_csp=True)
+    d = Person(browser, federation, width=1280, height=900, bypass_csp=True)
+    mserver, mport = metrics.serve("127.0.0.1:0")
+    tax = BY_ID["tax"].org_id
+    # the tax node is down here (unreachable) but its metrics answer: every part of both pages
+    node = Target("node-tax", tax, f"127.0.0.1:{free_port()}", f"127.0.0.1:{mport}")
+    federation.app.state.watch = Watch(
+        [node],
+        [Target("ledger", "ledger", federation.ledger_address, f"127.0.0.1:{mport}"),
+         Target("consent", "consent-service", federation.consent_address), node],
+        federation.pki.tls("portal"),
+    )  # fmt: skip
     try:
+        d.enrol_and_sign_in(tax, "department")
         o.enrol_and_sign_in("operator", "operator")
         a.enrol_and_sign_in("auditor-pboc-weihai", "auditor")
         e.enrol_and_sign_in(ent, "enterprise")
@@ -44,9 +58,12 @@ def people(browser: Any, federation: Federation) -> Iterator[dict[str, Person]]:
             for purpose in ("credit_assessment", "guarantee"):
                 c.request(ConsentTerms(ent, BANK, purpose, ["judicial", "operations_tax"], max_uses=3))  # fmt: skip
         federation.settle()
-        yield {"anonymous": anon, "enterprise": e, "bank": b, "auditor": a, "operator": o}
+        yield {"anonymous": anon, "enterprise": e, "bank": b, "auditor": a, "operator": o,
+               "department": d}  # fmt: skip
     finally:
-        for p in (anon, e, b, a, o):
+        federation.app.state.watch = None
+        mserver.shutdown()
+        for p in (anon, e, b, a, o, d):
             p.close()
 
 
@@ -59,6 +76,8 @@ PAGES = [
     ("bank", "/bank", "desk"),
     ("auditor", "/audit", "checkpoint"),
     ("operator", "/operator", "enrol-codes"),
+    ("operator", "/operator/health", "health"),
+    ("department", "/department", "node"),
 ]
 
 
