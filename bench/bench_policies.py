@@ -85,7 +85,7 @@ def _codes(n: int, seed: int = 7) -> list[str]:
 
 
 def _start_nodes(tmp: Path, world: Path, departments: list[str]) -> dict[str, Any]:
-    orgs = [("coordinator", "coordinator")] + [(BY_ID[d].org_id, "department") for d in departments]
+    orgs = [("policies", "policy")] + [(BY_ID[d].org_id, "department") for d in departments]
     files = pki.init_pki(tmp / "pki", orgs)
     consent = ConsentStore(f"sqlite:///{tmp / 'consent.sqlite'}")
     authority = ConsentAuthority(consent, banks=[])
@@ -104,7 +104,7 @@ def _start_nodes(tmp: Path, world: Path, departments: list[str]) -> dict[str, An
         )  # fmt: skip
         server = build_node_server(servicer=servicer, address="127.0.0.1:0", tls=files[org])
         server.start()
-        client = NodeClient(f"127.0.0.1:{server.port}", files["coordinator"], server_org=org,
+        client = NodeClient(f"127.0.0.1:{server.port}", files["policies"], server_org=org,
                             timeout=600)  # fmt: skip
         nodes[d] = (engine, log, server, client, store)
     return nodes

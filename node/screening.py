@@ -4,8 +4,8 @@ The platform's policy service splits each eligibility rule into per-department c
 (``policies.rules``) and asks every node concerned to evaluate its clauses for a list of
 enterprises. The node:
 
-1. admits only the roles allowed to screen (the platform, certificate role
-   ``coordinator``) and only under the legal basis ``policy_screening`` — screening is
+1. admits only the roles allowed to screen (the platform's policy service, certificate
+   role ``policy``: not the coordinator, which scores with consent) and only under the legal basis ``policy_screening`` — screening is
    not a bank's access and needs no consent token, which is why it is bounded this way;
 2. refuses an empty or oversized request, a duplicate or malformed credit code;
 3. compiles every clause in an environment that declares *only this node's features*
@@ -49,7 +49,7 @@ LEGAL_BASIS = "policy_screening"
 # whether a funded enterprise met the targets it pledged (资金跟踪问效).
 LEGAL_BASES = frozenset({LEGAL_BASIS, "subsidy_tracking"})
 KIND = "policy_screening"
-SCREENING_ROLES = frozenset({"coordinator", "policy"})
+SCREENING_ROLES = frozenset({"policy"})
 MAX_CLAUSES = 256
 MAX_CLAUSE_TEXT = 8_192  # all clause texts of one request: they go into one log entry
 MAX_ENTERPRISES = 50_000

@@ -79,7 +79,7 @@ def policies_host(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     from fedcredit.policies.store import PolicyStore
 
     d = tmp_path_factory.mktemp("policies")
-    pki.issue("policies", "coordinator")
+    pki.issue("policies", "policy")
     store = PolicyStore.open(f"sqlite:///{d / 'pol.sqlite'}")
     ledger = Log.open(f"sqlite:///{d / 'l.sqlite'}", Ed25519PrivateKey.generate(), "platform")
     servicer = PolicyServicer(store=store, ledger=ledger, nodes={})

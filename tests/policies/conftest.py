@@ -46,8 +46,10 @@ class ScreenNode:
     server: NodeServer
     pki: Pki
 
-    def client(self, org: str = "coordinator") -> NodeClient:
-        return NodeClient(f"127.0.0.1:{self.server.port}", self.pki.tls(org), server_org=self.org)
+    def client(self, org: str = "policies") -> NodeClient:
+        # the policy service's own certificate (role policy); other orgs as issued
+        tls = self.pki.issue(org, "policy") if org == "policies" else self.pki.tls(org)
+        return NodeClient(f"127.0.0.1:{self.server.port}", tls, server_org=self.org)
 
     def activations(self, codes: list[str]) -> list[dict[str, Any]]:
         """Test-only: the node's own values as CEL variables (the central reference)."""

@@ -130,7 +130,7 @@ def test_a_node_sends_only_booleans_while_screening(city: City) -> None:
             p = doc["payload"]
             assert set(p) == {"node", "caller", "caller_role", "legal_basis", "run_id", "clauses",
                               "enterprises", "enterprises_sha256", "data_version", "as_of"}  # fmt: skip
-            assert p["legal_basis"] == "policy_screening" and p["caller"] == "coordinator"
+            assert p["legal_basis"] == "policy_screening" and p["caller"] == "policies"
             assert all(
                 c["cel"].startswith(f"{dep}.") or c["cel"].startswith(("!", "("))
                 for c in p["clauses"]
@@ -140,7 +140,7 @@ def test_a_node_sends_only_booleans_while_screening(city: City) -> None:
     assert searched > 500  # the leak check had values to find
 
 
-def _raw(city: City, dep: str = "tax", org: str = "coordinator", **kw: Any) -> Any:
+def _raw(city: City, dep: str = "tax", org: str = "policies", **kw: Any) -> Any:
     req = dict(run_id="r1", legal_basis="policy_screening",
                clauses=[feature_pb2.ScreeningClause(id="c", cel="tax.revenue_12m > 1e6")],
                enterprises=city.codes[:5])  # fmt: skip
@@ -177,6 +177,8 @@ def test_bad_screening_requests_are_refused_and_logged_nowhere(
 def test_only_the_platform_may_screen(city: City) -> None:
     with pytest.raises(RoleNotAllowed):
         _raw(city, org="bank-icbc-weihai")
+    with pytest.raises(RoleNotAllowed):  # the coordinator scores with consent; it does not screen
+        _raw(city, org="coordinator")
     ok = _raw(city)
     assert len(unpack(ok.results[0].bits, 5)) == 5
 

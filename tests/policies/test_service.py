@@ -36,7 +36,7 @@ def _msg(**kw: object) -> policies_pb2.PolicyMessage:
 
 
 def test_policy_service_end_to_end(city: City, pki: Pki, tmp_path: Path) -> None:
-    pki.issue("policies", "coordinator")
+    pki.issue("policies", "policy")
     store = PolicyStore.open(f"sqlite:///{tmp_path / 'pol.sqlite'}")
     store.load_registry(list(zip(city.codes, city.platform_rows, strict=True)))
     ledger = Log.open(
@@ -97,7 +97,7 @@ def test_policy_service_end_to_end(city: City, pki: Pki, tmp_path: Path) -> None
 def test_applications_over_grpc(pki: Pki, tmp_path: Path) -> None:
     from fedcredit.policies.errors import IllegalTransition
 
-    pki.issue("policies", "coordinator")
+    pki.issue("policies", "policy")
     store = PolicyStore.open(f"sqlite:///{tmp_path / 'pol.sqlite'}")
     ledger = Log.open(
         f"sqlite:///{tmp_path / 'l.sqlite'}", Ed25519PrivateKey.generate(), "platform"
