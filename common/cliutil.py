@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedcredit.common.errors import (
@@ -97,7 +98,9 @@ def fail(err: BaseException, *, as_json: bool = False) -> NoReturn:
         else:
             # soft_wrap: one error, one line (Rich would hard-wrap it at the width).
             err_console.print(
-                f"[bold red]error[/]: {err.reason}: {err.message}",
+                # escaped: a message naming a TOML table ("[[organisations]]") is text,
+                # not Rich markup (which would print it as "[]")
+                f"[bold red]error[/]: {escape(err.reason)}: {escape(err.message)}",
                 highlight=False,
                 markup=True,
                 soft_wrap=True,

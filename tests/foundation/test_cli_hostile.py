@@ -177,3 +177,12 @@ def test_any_text_as_a_token_or_code_is_one_line(
         capsys,
     )  # fmt: skip
     assert_one_line(code, out, err)
+
+
+def test_an_error_naming_a_toml_table_prints_its_brackets(
+    dep: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The message names "[[organisations]]": printed as text, not swallowed as markup.
+    code, _out, err = run(["policy", "list", "--config", str(dep), "--as", "nobody"], capsys)
+    assert code == 4, err
+    assert "[[organisations]]" in err and err.count("\n") == 1, err
