@@ -144,6 +144,16 @@ def test_application_apply_review_show_and_errors(
     assert pol(cfg, codes[0], "show", "app-1").returncode == 6
     assert json.loads(pol(cfg, codes[1], "show", "app-1").stdout)["state"] == "notice"
 
+    # The public notice: an objection, its dismissal by the operator, no early close.
+    objected = pol(cfg, codes[0], "object", "app-1", "--reason", "the project already ended")
+    assert objected.returncode == 0 and json.loads(objected.stdout)["state"] == "objected"
+    assert pol(cfg, "dept-tax", "resolve", "app-1", "--dismissed").returncode == 6
+    resolved = pol(cfg, "operator", "resolve", "app-1", "--dismissed")
+    assert resolved.returncode == 0 and json.loads(resolved.stdout)["state"] == "notice"
+    early = pol(cfg, "operator", "advance", "app-1", "close")
+    assert early.returncode == 8, early.stdout  # the notice period has not passed
+    assert pol(cfg, "operator", "advance", "app-1", "sideways").returncode == 3
+
     bad = fc("policy", "apply", "apply-export", "--id", "app-2", "--field", "nonsense",
              "--config", str(cfg), "--as", codes[1])  # fmt: skip
     assert bad.returncode == 3 and bad.stderr.count("\n") == 1, bad.stderr
