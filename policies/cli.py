@@ -13,7 +13,9 @@ ORG`` (the caller's certificate from the deployment's PKI):
 * the operator: ``screen --today DATE`` (a 免申即享 run), ``pay`` (awards whose decline
   window passed), ``resolve APP --upheld|--dismissed``, ``advance APP close|pay``;
 * enterprises (``--as`` their credit code): ``benefits`` (awards), ``apply POLICY``,
-  ``decline POLICY``, ``object APP --reason``, ``show APP``.
+  ``decline POLICY``, ``object APP --reason``, ``show APP``, and once paid
+  ``report-progress POLICY --period YYYY-MM --indicator NAME=VALUE`` (a monthly
+  self-evaluation) and ``progress`` (a department or the operator: ``progress --policy P``).
 
 Every command prints a table or ``--json``. Errors are one line, ``error: REASON:
 sentence``, with the exit code of their kind: 2 usage, 3 invalid argument (a refused rule,
@@ -334,3 +336,43 @@ def advance_cmd(
     with user_errors(as_json), _client(config, who) as c:
         app = c.advance(app_id, step)
     _show_app(app, as_json)
+
+
+@policy_app.command("report-progress")
+def report_progress_cmd(
+    policy_id: Annotated[str, typer.Argument(help="The policy you were paid under.")],
+    config: ConfigOpt, who: AsOpt,
+    period: Annotated[str, typer.Option("--period", help="The month reported, YYYY-MM.")],
+    indicator: Annotated[list[str], typer.Option(
+        "--indicator", help="NAME=VALUE: revenue_yuan, employees, tax_yuan, rnd_yuan.")] = [],  # noqa: B006
+    narrative: Annotated[str, typer.Option("--narrative", help="Your own account.")] = "",
+    as_json: JsonOpt = False,
+) -> None:  # fmt: skip
+    """File your self-evaluation for one month of a funded policy (an enterprise; once a month)."""
+    with user_errors(as_json):
+        values: dict[str, float] = {}
+        for name, text in _pairs(indicator, "indicator").items():
+            try:
+                values[name] = float(text)
+            except ValueError:
+                raise InvalidPolicy(f"indicator {name}: expected a number, got {text!r}",
+                                    field="indicator") from None  # fmt: skip
+        with _client(config, who) as c:
+            d = _dict(c.report_progress(policy_id, period, values, narrative))
+    output(d, as_json, _rows("self-evaluation filed", [d], ("policy_id", "period", "digest")))
+
+
+@policy_app.command("progress")
+def progress_cmd(
+    config: ConfigOpt, who: AsOpt,
+    policy_id: Annotated[str, typer.Option("--policy", help="The policy (required unless "
+                                           "you are an enterprise).")] = "",
+    as_json: JsonOpt = False,
+) -> None:  # fmt: skip
+    """Self-evaluations: your own (an enterprise), or a policy's (its department, the operator)."""
+    with user_errors(as_json), _client(config, who) as c:
+        rows = [_dict(r) for r in c.progress(policy_id)]
+    flat = [{**r, "indicators": ", ".join(f"{k}={v:g}" for k, v in sorted(
+        r.get("indicators", {}).items()))} for r in rows]  # fmt: skip
+    output(rows, as_json, _rows("self-evaluations", flat,
+                                ("policy_id", "enterprise", "period", "indicators")))  # fmt: skip

@@ -71,3 +71,19 @@ class PolicyClient(ServiceClient[policies_pb2_grpc.PolicyServiceStub]):
     def application(self, application_id: str) -> Any:
         req = policies_pb2.GetApplicationRequest(application_id=application_id)
         return self._call(self._stub.GetApplication, req)
+
+    # -- tracking ---------------------------------------------------------------------------
+
+    def report_progress(self, policy_id: str, period: str, indicators: dict[str, float],
+                        narrative: str = "") -> Any:  # fmt: skip
+        req = policies_pb2.ReportProgressRequest(
+            policy_id=policy_id,
+            period=period,
+            indicators=[policies_pb2.Indicator(name=k, value=v) for k, v in indicators.items()],
+            narrative=narrative,
+        )
+        return self._call(self._stub.ReportProgress, req)
+
+    def progress(self, policy_id: str = "") -> list[Any]:
+        req = policies_pb2.ListProgressRequest(policy_id=policy_id)
+        return list(self._call(self._stub.ListProgress, req).reports)

@@ -61,3 +61,15 @@ class DeclineWindowClosed(FailedPrecondition):
 
 class UnknownAward(NotFound):
     reason = "UNKNOWN_AWARD"
+
+
+class NotFunded(FailedPrecondition):
+    """The enterprise was not paid under this policy, so it has no progress to report."""
+
+    reason = "NOT_FUNDED"
+
+
+class ProgressReported(AlreadyExists):
+    """A self-evaluation for this policy and month was already filed (reports are final)."""
+
+    reason = "PROGRESS_REPORTED"

@@ -21,7 +21,7 @@ from fedcredit.common.errors import RoleNotAllowed
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.server import build_server
 from fedcredit.common.tls import Identity, TlsFiles, peer_identity
-from fedcredit.policies import approval, rules, runs, screening
+from fedcredit.policies import approval, progress, rules, runs, screening
 from fedcredit.policies.errors import InvalidPolicy
 from fedcredit.policies.store import Award, PolicyStore
 from fedcredit.v1 import policies_pb2, policies_pb2_grpc
@@ -157,7 +157,56 @@ class ApplicationServicer:
         return application_to_pb(app)
 
 
-class PolicyServicer(ApplicationServicer, policies_pb2_grpc.PolicyServiceServicer):
+def progress_to_pb(e: progress.SelfEvaluation) -> policies_pb2.ProgressMessage:
+    return policies_pb2.ProgressMessage(
+        policy_id=e.policy, enterprise=e.enterprise, period=e.period,
+        indicators=dict(e.indicators), narrative=e.narrative, submitted_at=e.submitted_at,
+        digest=e.digest,
+    )  # fmt: skip
+
+
+class ProgressServicer:
+    """Self-evaluations (policies.progress), mixed into :class:`PolicyServicer`."""
+
+    store: PolicyStore
+    append: Any
+    clock: Callable[[], float]
+
+    @handle_errors
+    def ReportProgress(self, request: Any, context: Any) -> Any:
+        caller = peer_identity(context)
+        _allow(caller, frozenset({"enterprise"}), "reporting progress")
+        values = {i.name: i.value for i in request.indicators}
+        if len(values) != len(request.indicators):
+            raise InvalidPolicy("an indicator appears twice", field="indicators")
+        ev = progress.evaluation(request.policy_id, caller.org_id, request.period,
+                                 values, request.narrative, self.clock())  # fmt: skip
+        self.store.report_progress(ev, self.append)
+        return progress_to_pb(ev)
+
+    @handle_errors
+    def ListProgress(self, request: Any, context: Any) -> Any:
+        caller = peer_identity(context)
+        _allow(caller, frozenset({"enterprise"}) | PUBLISHERS, "reading self-evaluations")
+        if caller.role == "enterprise":
+            reports = self.store.progress_reports(request.policy_id or None, caller.org_id)
+        else:
+            if not request.policy_id:
+                raise InvalidPolicy("policy_id: expected a policy id, got none", field="policy_id")
+            policy = self.store.policy(request.policy_id)
+            if caller.role == "department" and caller.org_id not in (
+                policy.department,
+                *policy.reviewers,
+            ):
+                raise RoleNotAllowed(f"{caller.org_id} neither issues nor reviews "
+                                     f"{policy.id!r}", role=caller.role)  # fmt: skip
+            reports = self.store.progress_reports(policy.id)
+        return policies_pb2.ListProgressResponse(reports=[progress_to_pb(e) for e in reports])
+
+
+class PolicyServicer(
+    ApplicationServicer, ProgressServicer, policies_pb2_grpc.PolicyServiceServicer
+):
     def __init__(
         self,
         *,

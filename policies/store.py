@@ -43,13 +43,15 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from fedcredit.common.db import create_schema, make_engine
 from fedcredit.common.errors import Unavailable
-from fedcredit.policies import approval, rules
+from fedcredit.policies import approval, progress, rules
 from fedcredit.policies.errors import (
     AwardDeclined,
     BudgetExhausted,
     DeclineWindowClosed,
     IllegalTransition,
+    NotFunded,
     PolicyExists,
+    ProgressReported,
     UnknownAward,
     UnknownPolicy,
 )
@@ -112,6 +114,19 @@ registry_t = Table(
     metadata,
     Column("code", String(18), primary_key=True),
     Column("attributes", Text, nullable=False),  # platform.* and registry.* as JSON
+)
+
+progress_t = Table(
+    "pol_progress",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("policy_id", String(64), nullable=False),
+    Column("enterprise", String(64), nullable=False),
+    Column("period", String(7), nullable=False),
+    Column("submitted_at", Float, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("doc", Text, nullable=False),  # indicators and narrative as JSON
+    UniqueConstraint("policy_id", "enterprise", "period", name="pol_one_report_per_month"),
 )
 
 Append = Callable[[Sequence[tuple[str, str | None, dict[str, Any]]]], Any]
@@ -367,6 +382,60 @@ class PolicyStore:
                     paid_yuan=policies_t.c.paid_yuan + after.amount_yuan))  # fmt: skip
             append([_app_entry(after)])
         return after
+
+    # -- tracking: funded enterprises and their self-evaluations -----------------------------
+
+    def funded(self, policy_id: str) -> list[str]:
+        """Enterprises paid under ``policy_id`` (awards and applications), sorted."""
+        with self._guard(), self.engine.connect() as conn:
+            a = conn.execute(select(awards_t.c.enterprise).where(
+                and_(awards_t.c.policy_id == policy_id, awards_t.c.state == "paid")))  # fmt: skip
+            b = conn.execute(select(applications_t.c.enterprise).where(
+                and_(applications_t.c.policy_id == policy_id, applications_t.c.state == "paid")))  # fmt: skip
+            return sorted({r[0] for r in a} | {r[0] for r in b})
+
+    def report_progress(self, ev: progress.SelfEvaluation, append: Append) -> None:
+        """File a self-evaluation: only for a policy the enterprise was paid under, once per
+        month; ledgered (by digest) in the same transaction."""
+        self.policy(ev.policy)  # UnknownPolicy
+        if ev.enterprise not in self.funded(ev.policy):
+            raise NotFunded(f"enterprise {ev.enterprise} was not paid under policy "
+                            f"{ev.policy!r}; only a funded enterprise reports progress",
+                            policy=ev.policy)  # fmt: skip
+        doc = json.dumps({"indicators": dict(ev.indicators), "narrative": ev.narrative},
+                         sort_keys=True, ensure_ascii=False)  # fmt: skip
+        try:
+            with self._tx() as conn:
+                conn.execute(insert(progress_t).values(
+                    policy_id=ev.policy, enterprise=ev.enterprise, period=ev.period,
+                    submitted_at=ev.submitted_at, digest=ev.digest, doc=doc))  # fmt: skip
+                append([("policy_self_evaluation", ev.enterprise, {
+                    "policy": ev.policy, "period": ev.period, "digest": ev.digest,
+                    "indicators": sorted(ev.indicators)})])  # fmt: skip
+        except IntegrityError:
+            raise ProgressReported(
+                f"enterprise {ev.enterprise} already reported {ev.period} of {ev.policy!r}",
+                policy=ev.policy,
+                period=ev.period,
+            ) from None
+
+    def progress_reports(
+        self, policy_id: str | None = None, enterprise: str | None = None
+    ) -> list[progress.SelfEvaluation]:
+        q = select(progress_t).order_by(progress_t.c.policy_id, progress_t.c.enterprise,
+                                        progress_t.c.period)  # fmt: skip
+        if policy_id:
+            q = q.where(progress_t.c.policy_id == policy_id)
+        if enterprise:
+            q = q.where(progress_t.c.enterprise == enterprise)
+        with self._guard(), self.engine.connect() as conn:
+            rows = list(conn.execute(q))
+        out = []
+        for r in rows:
+            d = json.loads(r.doc)
+            out.append(progress.SelfEvaluation(r.policy_id, r.enterprise, r.period,
+                                               d["indicators"], d["narrative"], r.submitted_at))  # fmt: skip
+        return out
 
     # -- the platform's registry (enterprises and their platform attributes) ------------
 

@@ -17,11 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-
 from fedcredit.policies import rules, screening
 from fedcredit.policies.runs import Ledger, batched
-from fedcredit.policies.store import PolicyStore, applications_t, awards_t
+from fedcredit.policies.store import PolicyStore
 
 LEGAL_BASIS = "subsidy_tracking"
 WITHHOLD_SHARE = (1, 2)  # withhold half of a tranche from an enterprise below target
@@ -42,12 +40,7 @@ class PolicyTracking:
 
 def funded(store: PolicyStore, policy_id: str) -> list[str]:
     """Enterprises paid under ``policy_id`` (awards and applications), sorted."""
-    with store.engine.connect() as conn:
-        a = conn.execute(select(awards_t.c.enterprise).where(
-            (awards_t.c.policy_id == policy_id) & (awards_t.c.state == "paid")))  # fmt: skip
-        b = conn.execute(select(applications_t.c.enterprise).where(
-            (applications_t.c.policy_id == policy_id) & (applications_t.c.state == "paid")))  # fmt: skip
-        return sorted({r[0] for r in a} | {r[0] for r in b})
+    return store.funded(policy_id)
 
 
 def track(

@@ -161,8 +161,38 @@ def test_application_apply_review_show_and_errors(
     assert missing.returncode == 4, missing.stdout
 
 
+def test_report_progress_refusals_through_the_cli(
+    running: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """The self-evaluation commands: an enterprise not paid under the policy is refused (8),
+    another role (6), bad input (3) and an unknown policy (4), each with its reason."""
+    cfg, codes = running
+    (tmp_path / "p.toml").write_text(AUTO.replace("auto-young-firms", "auto-progress"))
+    assert pol(cfg, "dept-tax", "publish", str(tmp_path / "p.toml")).returncode == 0
+    args = ("report-progress", "auto-progress", "--period", "2026-01", "--indicator")
+    unfunded = pol(cfg, codes[0], *args, "employees=12")
+    assert unfunded.returncode == 8, unfunded.stdout
+    assert json.loads(unfunded.stdout)["error"]["reason"] == "NOT_FUNDED"
+    assert pol(cfg, "operator", *args, "employees=12").returncode == 6
+    for bad in ("employees=twelve", "profit_yuan=1", "employees=1.5", "employees"):
+        res = pol(cfg, codes[0], *args, bad)
+        assert res.returncode == 3, (bad, res.stdout)
+        assert json.loads(res.stdout)["error"]["reason"] == "INVALID_POLICY"
+    future = pol(cfg, codes[0], "report-progress", "auto-progress", "--period", "2999-01",
+                 "--indicator", "employees=3")  # fmt: skip
+    assert future.returncode == 3, future.stderr
+    unknown = pol(cfg, codes[0], "report-progress", "nope", "--period", "2026-01",
+                  "--indicator", "employees=3")  # fmt: skip
+    assert unknown.returncode == 4, unknown.stderr
+    mine = pol(cfg, codes[0], "progress")
+    assert mine.returncode == 0 and json.loads(mine.stdout) == []
+    assert pol(cfg, "operator", "progress").returncode == 3  # --policy is required
+    listed = pol(cfg, "operator", "progress", "--policy", "auto-progress")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+
+
 def test_every_service_command_has_help() -> None:
     for cmd in ("serve", "publish", "list", "screen", "pay", "benefits", "decline", "apply",
-                "review", "show", "object", "resolve", "advance"):  # fmt: skip
+                "review", "show", "object", "resolve", "advance", "report-progress", "progress"):  # fmt: skip
         res = fc("policy", cmd, "--help", timeout=60)
         assert res.returncode == 0 and "Usage" in res.stdout, (cmd, res.stderr)

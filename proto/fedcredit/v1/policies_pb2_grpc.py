@@ -99,6 +99,16 @@ class PolicyServiceStub:
                 request_serializer=fedcredit_dot_v1_dot_policies__pb2.GetApplicationRequest.SerializeToString,
                 response_deserializer=fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.FromString,
                 _registered_method=True)
+        self.ReportProgress = channel.unary_unary(
+                '/fedcredit.v1.PolicyService/ReportProgress',
+                request_serializer=fedcredit_dot_v1_dot_policies__pb2.ReportProgressRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_policies__pb2.ProgressMessage.FromString,
+                _registered_method=True)
+        self.ListProgress = channel.unary_unary(
+                '/fedcredit.v1.PolicyService/ListProgress',
+                request_serializer=fedcredit_dot_v1_dot_policies__pb2.ListProgressRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_policies__pb2.ListProgressResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -194,6 +204,21 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportProgress(self, request, context):
+        """Tracking (policies.progress): the calling enterprise files its self-evaluation for one
+        month of a policy it was paid under; once per policy and month; ledgered by digest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProgress(self, request, context):
+        """Self-evaluations: an enterprise sees its own; departments and the operator a policy's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -261,6 +286,16 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.GetApplication,
                     request_deserializer=fedcredit_dot_v1_dot_policies__pb2.GetApplicationRequest.FromString,
                     response_serializer=fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.SerializeToString,
+            ),
+            'ReportProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportProgress,
+                    request_deserializer=fedcredit_dot_v1_dot_policies__pb2.ReportProgressRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_policies__pb2.ProgressMessage.SerializeToString,
+            ),
+            'ListProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProgress,
+                    request_deserializer=fedcredit_dot_v1_dot_policies__pb2.ListProgressRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_policies__pb2.ListProgressResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -614,6 +649,60 @@ class PolicyService:
             '/fedcredit.v1.PolicyService/GetApplication',
             fedcredit_dot_v1_dot_policies__pb2.GetApplicationRequest.SerializeToString,
             fedcredit_dot_v1_dot_policies__pb2.ApplicationMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PolicyService/ReportProgress',
+            fedcredit_dot_v1_dot_policies__pb2.ReportProgressRequest.SerializeToString,
+            fedcredit_dot_v1_dot_policies__pb2.ProgressMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PolicyService/ListProgress',
+            fedcredit_dot_v1_dot_policies__pb2.ListProgressRequest.SerializeToString,
+            fedcredit_dot_v1_dot_policies__pb2.ListProgressResponse.FromString,
             options,
             channel_credentials,
             insecure,

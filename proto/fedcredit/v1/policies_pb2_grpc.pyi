@@ -59,6 +59,12 @@ class PolicyServiceStub:
     Advance: _grpc.UnaryUnaryMultiCallable[_policies_pb2.AdvanceRequest, _policies_pb2.ApplicationMessage]
     """The operator closes a notice whose period passed (approved), or pays an approved one."""
     GetApplication: _grpc.UnaryUnaryMultiCallable[_policies_pb2.GetApplicationRequest, _policies_pb2.ApplicationMessage]
+    ReportProgress: _grpc.UnaryUnaryMultiCallable[_policies_pb2.ReportProgressRequest, _policies_pb2.ProgressMessage]
+    """Tracking (policies.progress): the calling enterprise files its self-evaluation for one
+    month of a policy it was paid under; once per policy and month; ledgered by digest.
+    """
+    ListProgress: _grpc.UnaryUnaryMultiCallable[_policies_pb2.ListProgressRequest, _policies_pb2.ListProgressResponse]
+    """Self-evaluations: an enterprise sees its own; departments and the operator a policy's."""
 
 @_typing.type_check_only
 class PolicyServiceAsyncStub(PolicyServiceStub):
@@ -89,6 +95,12 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     Advance: _aio.UnaryUnaryMultiCallable[_policies_pb2.AdvanceRequest, _policies_pb2.ApplicationMessage]  # type: ignore[assignment]
     """The operator closes a notice whose period passed (approved), or pays an approved one."""
     GetApplication: _aio.UnaryUnaryMultiCallable[_policies_pb2.GetApplicationRequest, _policies_pb2.ApplicationMessage]  # type: ignore[assignment]
+    ReportProgress: _aio.UnaryUnaryMultiCallable[_policies_pb2.ReportProgressRequest, _policies_pb2.ProgressMessage]  # type: ignore[assignment]
+    """Tracking (policies.progress): the calling enterprise files its self-evaluation for one
+    month of a policy it was paid under; once per policy and month; ledgered by digest.
+    """
+    ListProgress: _aio.UnaryUnaryMultiCallable[_policies_pb2.ListProgressRequest, _policies_pb2.ListProgressResponse]  # type: ignore[assignment]
+    """Self-evaluations: an enterprise sees its own; departments and the operator a policy's."""
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -194,5 +206,23 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _policies_pb2.GetApplicationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_policies_pb2.ApplicationMessage, _abc.Awaitable[_policies_pb2.ApplicationMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def ReportProgress(
+        self,
+        request: _policies_pb2.ReportProgressRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policies_pb2.ProgressMessage, _abc.Awaitable[_policies_pb2.ProgressMessage]]:
+        """Tracking (policies.progress): the calling enterprise files its self-evaluation for one
+        month of a policy it was paid under; once per policy and month; ledgered by digest.
+        """
+
+    @_abc_1.abstractmethod
+    def ListProgress(
+        self,
+        request: _policies_pb2.ListProgressRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policies_pb2.ListProgressResponse, _abc.Awaitable[_policies_pb2.ListProgressResponse]]:
+        """Self-evaluations: an enterprise sees its own; departments and the operator a policy's."""
 
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
