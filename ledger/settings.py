@@ -45,6 +45,8 @@ DEFAULT_APPEND_RIGHTS: Mapping[str, frozenset[str]] = MappingProxyType(
         "policy_payment": frozenset({"policy"}),
         "policy_application": frozenset({"policy"}),
         "policy_tracking": frozenset({"policy"}),
+        "policy_self_evaluation": frozenset({"policy"}),
+        "policy_tracking_aggregate": frozenset({"policy"}),
     }
 )
 

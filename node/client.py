@@ -169,6 +169,17 @@ class NodeClient(ServiceClient[feature_pb2_grpc.FeatureServiceStub]):
             resp.data_version,
         )
 
+    def aggregate(
+        self, round_id: str, indicators: Sequence[str], enterprises: Sequence[str],
+        *, legal_basis: str = "subsidy_tracking", timeout: float | None = None,
+    ) -> Any:  # fmt: skip
+        """Counts and sums of ``indicators`` over the cohort ``enterprises`` (node.cohort)."""
+        request = feature_pb2.CohortRequest(
+            round_id=round_id, legal_basis=legal_basis, indicators=list(indicators),
+            enterprises=list(enterprises),
+        )  # fmt: skip
+        return self._call(self._stub.AggregateCohort, request, timeout)
+
 
 class AsyncNodeClient(AsyncServiceClient["feature_pb2_grpc.FeatureServiceAsyncStub"]):
     """grpc.aio client of one node (for the coordinator's parallel fan-out)."""

@@ -127,3 +127,18 @@ class ScreeningTooLarge(InvalidArgument):
     """Too many clauses or enterprises, or clause text too long, for one request."""
 
     reason = "SCREENING_TOO_LARGE"
+
+
+class CohortTooSmall(FailedPrecondition):
+    """A tracking aggregate was asked over fewer enterprises than the node's minimum cohort
+    (an aggregate of a handful of firms is close to one firm's value)."""
+
+    reason = "COHORT_TOO_SMALL"
+
+
+class CohortOverlap(FailedPrecondition):
+    """The cohort differs from one already aggregated for this caller (same data version)
+    by fewer enterprises than the minimum cohort: the difference of the two answers would
+    be a few firms' values."""
+
+    reason = "COHORT_OVERLAP"

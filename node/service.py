@@ -46,7 +46,7 @@ from fedcredit.common.wire import (
     purpose_label,
 )
 from fedcredit.consent.verify import TokenVerifier, UseRef, VerifiedConsent
-from fedcredit.node import celvars
+from fedcredit.node import celvars, cohort
 from fedcredit.node.disclosure import AGGREGATE_KIND, KIND, DisclosureLog, feature_payload
 from fedcredit.node.engine import FeatureEngine
 from fedcredit.node.errors import (
@@ -123,6 +123,7 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         self._settler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="use-settle")
         self._all_columns = list(range(len(engine.names)))
         self.screener = Screener(engine)
+        self.aggregator = cohort.Aggregator(engine)
 
     # -- catalog -------------------------------------------------------------------------
 
@@ -495,6 +496,31 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
                 for j, cid in enumerate(screening.ids)
             ],
             enterprises=len(screening.codes),
+            data_version=st.data_version,
+            as_of=st.as_of_text,
+            disclosure_index=receipt.index,
+        )
+
+    @handle_errors
+    def AggregateCohort(self, request: Any, context: Any) -> Any:
+        caller = peer_identity(context)
+        codes, names = self.aggregator.admit(caller, request)
+        st = self.engine.state()
+        self.aggregator.remember(caller, codes, st)
+        released = self.aggregator.aggregate(codes, names, st)
+        payload = cohort.log_payload(request, codes, released, node=self.node_org,
+                                     caller=caller, st=st)  # fmt: skip
+        (receipt,) = self._append([(cohort.KIND, None, payload)])  # durable first
+        aggs = [
+            feature_pb2.IndicatorAggregate(
+                name=r.name, present=r.present, sum=r.total, suppressed=r.suppressed
+            )
+            for r in released
+        ]
+        return feature_pb2.CohortAggregate(
+            indicators=aggs,
+            enterprises=len(codes),
+            min_cohort=self.aggregator.min_cohort,
             data_version=st.data_version,
             as_of=st.as_of_text,
             disclosure_index=receipt.index,

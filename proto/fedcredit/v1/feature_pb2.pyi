@@ -561,3 +561,107 @@ class ScreenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScreenResponse: _TypeAlias = ScreenResponse  # noqa: Y015
+
+@_typing.final
+class CohortRequest(_message.Message):
+    """-- tracking aggregates --------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_ID_FIELD_NUMBER: _builtins.int
+    LEGAL_BASIS_FIELD_NUMBER: _builtins.int
+    INDICATORS_FIELD_NUMBER: _builtins.int
+    ENTERPRISES_FIELD_NUMBER: _builtins.int
+    round_id: _builtins.str
+    """the tracking round the platform ledgers"""
+    legal_basis: _builtins.str
+    """must be "subsidy_tracking" """
+    @_builtins.property
+    def indicators(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """this node's tracking indicators (node.cohort.INDICATORS)"""
+
+    @_builtins.property
+    def enterprises(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the cohort: credit codes, no duplicates, >= min_cohort"""
+
+    def __init__(
+        self,
+        *,
+        round_id: _builtins.str = ...,
+        legal_basis: _builtins.str = ...,
+        indicators: _abc.Iterable[_builtins.str] | None = ...,
+        enterprises: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enterprises", b"enterprises", "indicators", b"indicators", "legal_basis", b"legal_basis", "round_id", b"round_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CohortRequest: _TypeAlias = CohortRequest  # noqa: Y015
+
+@_typing.final
+class IndicatorAggregate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PRESENT_FIELD_NUMBER: _builtins.int
+    SUM_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    present: _builtins.int
+    """enterprises of the cohort with a value"""
+    sum: _builtins.float
+    """their sum; 0 when suppressed"""
+    suppressed: _builtins.str
+    """"" | "too_few_values" | "dominance" """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        present: _builtins.int = ...,
+        sum: _builtins.float = ...,
+        suppressed: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "present", b"present", "sum", b"sum", "suppressed", b"suppressed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndicatorAggregate: _TypeAlias = IndicatorAggregate  # noqa: Y015
+
+@_typing.final
+class CohortAggregate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDICATORS_FIELD_NUMBER: _builtins.int
+    ENTERPRISES_FIELD_NUMBER: _builtins.int
+    MIN_COHORT_FIELD_NUMBER: _builtins.int
+    DATA_VERSION_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    DISCLOSURE_INDEX_FIELD_NUMBER: _builtins.int
+    enterprises: _builtins.int
+    min_cohort: _builtins.int
+    data_version: _builtins.int
+    as_of: _builtins.str
+    disclosure_index: _builtins.int
+    @_builtins.property
+    def indicators(self) -> _containers.RepeatedCompositeFieldContainer[Global___IndicatorAggregate]: ...
+    def __init__(
+        self,
+        *,
+        indicators: _abc.Iterable[Global___IndicatorAggregate] | None = ...,
+        enterprises: _builtins.int = ...,
+        min_cohort: _builtins.int = ...,
+        data_version: _builtins.int = ...,
+        as_of: _builtins.str = ...,
+        disclosure_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "data_version", b"data_version", "disclosure_index", b"disclosure_index", "enterprises", b"enterprises", "indicators", b"indicators", "min_cohort", b"min_cohort"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CohortAggregate: _TypeAlias = CohortAggregate  # noqa: Y015

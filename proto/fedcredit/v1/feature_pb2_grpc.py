@@ -59,6 +59,11 @@ class FeatureServiceStub:
                 request_serializer=fedcredit_dot_v1_dot_feature__pb2.ScreenRequest.SerializeToString,
                 response_deserializer=fedcredit_dot_v1_dot_feature__pb2.ScreenResponse.FromString,
                 _registered_method=True)
+        self.AggregateCohort = channel.unary_unary(
+                '/fedcredit.v1.FeatureService/AggregateCohort',
+                request_serializer=fedcredit_dot_v1_dot_feature__pb2.CohortRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_feature__pb2.CohortAggregate.FromString,
+                _registered_method=True)
 
 
 class FeatureServiceServicer:
@@ -102,6 +107,15 @@ class FeatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AggregateCohort(self, request, context):
+        """Tracking aggregates (node.cohort): counts and sums of tracking indicators over a cohort
+        of funded enterprises, for the policy service only, under "subsidy_tracking"; a small
+        or near-duplicate cohort is refused, a dominated sum suppressed; nothing per firm.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +143,11 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.ScreenPolicies,
                     request_deserializer=fedcredit_dot_v1_dot_feature__pb2.ScreenRequest.FromString,
                     response_serializer=fedcredit_dot_v1_dot_feature__pb2.ScreenResponse.SerializeToString,
+            ),
+            'AggregateCohort': grpc.unary_unary_rpc_method_handler(
+                    servicer.AggregateCohort,
+                    request_deserializer=fedcredit_dot_v1_dot_feature__pb2.CohortRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_feature__pb2.CohortAggregate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +285,33 @@ class FeatureService:
             '/fedcredit.v1.FeatureService/ScreenPolicies',
             fedcredit_dot_v1_dot_feature__pb2.ScreenRequest.SerializeToString,
             fedcredit_dot_v1_dot_feature__pb2.ScreenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AggregateCohort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.FeatureService/AggregateCohort',
+            fedcredit_dot_v1_dot_feature__pb2.CohortRequest.SerializeToString,
+            fedcredit_dot_v1_dot_feature__pb2.CohortAggregate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,11 @@ class FeatureServiceStub:
     here for every listed enterprise; only one boolean per enterprise and clause leaves.
     Allowed under the "policy_screening" legal basis only, logged before answering.
     """
+    AggregateCohort: _grpc.UnaryUnaryMultiCallable[_feature_pb2.CohortRequest, _feature_pb2.CohortAggregate]
+    """Tracking aggregates (node.cohort): counts and sums of tracking indicators over a cohort
+    of funded enterprises, for the policy service only, under "subsidy_tracking"; a small
+    or near-duplicate cohort is refused, a dominated sum suppressed; nothing per firm.
+    """
 
 @_typing.type_check_only
 class FeatureServiceAsyncStub(FeatureServiceStub):
@@ -87,6 +92,11 @@ class FeatureServiceAsyncStub(FeatureServiceStub):
     """Policy screening (免申即享): CEL clauses over this node's own features, evaluated
     here for every listed enterprise; only one boolean per enterprise and clause leaves.
     Allowed under the "policy_screening" legal basis only, logged before answering.
+    """
+    AggregateCohort: _aio.UnaryUnaryMultiCallable[_feature_pb2.CohortRequest, _feature_pb2.CohortAggregate]  # type: ignore[assignment]
+    """Tracking aggregates (node.cohort): counts and sums of tracking indicators over a cohort
+    of funded enterprises, for the policy service only, under "subsidy_tracking"; a small
+    or near-duplicate cohort is refused, a dominated sum suppressed; nothing per firm.
     """
 
 class FeatureServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -133,6 +143,17 @@ class FeatureServiceServicer(metaclass=_abc_1.ABCMeta):
         """Policy screening (免申即享): CEL clauses over this node's own features, evaluated
         here for every listed enterprise; only one boolean per enterprise and clause leaves.
         Allowed under the "policy_screening" legal basis only, logged before answering.
+        """
+
+    @_abc_1.abstractmethod
+    def AggregateCohort(
+        self,
+        request: _feature_pb2.CohortRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_feature_pb2.CohortAggregate, _abc.Awaitable[_feature_pb2.CohortAggregate]]:
+        """Tracking aggregates (node.cohort): counts and sums of tracking indicators over a cohort
+        of funded enterprises, for the policy service only, under "subsidy_tracking"; a small
+        or near-duplicate cohort is refused, a dominated sum suppressed; nothing per firm.
         """
 
 def add_FeatureServiceServicer_to_server(servicer: FeatureServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
