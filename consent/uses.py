@@ -16,7 +16,10 @@ service, died mid-Score) is released by :meth:`UseRecorder.reap` once it is olde
 ``[consent] use_lease_s`` (default 300 s, far above any Score or fetch round), with a
 ledgered ``use_released`` event, so a crash never burns a use for good; a commit that
 still arrives later is counted again only while the consent has a use left
-(``use_committed_late``), so no count ever exceeds the stored ``max_uses``.
+(``use_committed_late``), so no count ever exceeds the stored ``max_uses``; otherwise the
+commit is refused (``CONSENT_USES_EXHAUSTED``). Verifiers commit BEFORE their answer
+leaves the process and answer nothing when the commit fails, so a disclosure is never
+left uncounted.
 """
 
 from __future__ import annotations
@@ -265,35 +268,44 @@ class UseRecorder:
         ``actor`` opened under ``use_id``; how many were settled.
 
         A commit that arrives after the lease reaper released the use (the opener stalled
-        past ``use_lease_s``) counts the use again if the consent has one left, so a
-        disclosure that did happen is counted; either way it is ledgered
-        (``use_committed_late``). A count never exceeds the stored ``max_uses``."""
+        past ``use_lease_s``) counts the use again if the consent has one left; either way
+        it is ledgered (``use_committed_late``). A count never exceeds the stored
+        ``max_uses``: with no use left the late commit raises ``UsesExhausted`` (after the
+        event is stored), and the caller -- which commits BEFORE its answer leaves -- must
+        not disclose."""
         self._check_batch(actor, use_id, len(refs))
         now = self.now()
         jtis = list(dict.fromkeys(r.jti for r in refs))
 
-        def work(conn: Connection) -> tuple[int, int]:
+        def work(conn: Connection) -> tuple[int, int, list[str]]:
             done = self.store.settle_uses(conn, use_id, jtis, actor.org_id, commit=commit, now=now)
-            late = 0
+            late, uncounted = 0, list[str]()
             if commit and len(done) < len(jtis):
                 left = [j for j in jtis if j not in set(done)]
-                late = self._commit_late(conn, actor, use_id, left, now)
-            return len(done) + late, late
+                late, uncounted = self._commit_late(conn, actor, use_id, left, now)
+            return len(done) + late, late, uncounted
 
-        n, late = self.store.write(work)
+        n, late, uncounted = self.store.write(work)
         if late and self.after_commit is not None:
             self.after_commit()  # deliver the use_committed_late events
+        if uncounted:
+            raise E.UsesExhausted(
+                f"use {use_id!r} of {len(uncounted)} consent(s) was committed after its lease "
+                f"of {self.settings.use_lease_s} s ran out and no use is left: not counted, "
+                "so the answer must not be disclosed",
+                jti=uncounted[0],
+            )
         return n
 
     def _commit_late(
         self, conn: Connection, actor: Identity, use_id: str, jtis: Sequence[str], now: int
-    ) -> int:
+    ) -> tuple[int, list[str]]:
         """Commits of uses the reaper released (see :meth:`settle`); how many were seen
-        (counted or, with no use left, ledgered as not counted)."""
+        (counted or, with no use left, ledgered as not counted) and the jtis not counted."""
         held = self.store.uses_of(conn, use_id, jtis)
         rows = self.store.get_by_jtis(conn, [j for j in jtis if j not in held])
         if not rows:
-            return 0
+            return 0, []
         reaped = self.store.released_by_lease(conn, [r.consent_id for r in rows.values()])
         late = [j for j in rows if (j, use_id, actor.org_id) in reaped]
         counted = self.store.count_late_uses(conn, use_id, late, actor.org_id, now)
@@ -311,7 +323,7 @@ class UseRecorder:
                     conn, row, "use_committed_late", actor, now,
                     use_id=use_id, counted=jti in counted, uses=row.uses,
                 )  # fmt: skip
-        return len(late)
+        return len(late), [j for j in late if j not in counted]
 
     def reap(self, *, limit: int = 500) -> int:
         """Release every use reserved more than ``use_lease_s`` ago and never settled (its

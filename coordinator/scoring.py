@@ -15,9 +15,10 @@ The order of one score (``Scorer.score_many``):
    thresholds give the grade, LightGBM's contributions give the reasons;
 4. a ``score_access`` entry goes to the central ledger (bank, enterprise,
    consent jti, purpose, model version, rating, a hash of the feature
-   vector — never the values) and only then is the answer released; the use is
-   committed then, or released (it no longer counts) when the score was refused
-   after all (a node down, the ledger down, the call cancelled).
+   vector — never the values), then the use is committed (one call per batch), and
+   only then is the answer released; a commit that fails refuses the answer
+   (nothing is disclosed uncounted). The use is released (it no longer counts)
+   when the score was refused (a node down, the ledger down, the call cancelled).
 
 A node that fails (down, late) refuses the score naming the node, or — when
 the policy says ``score_missing`` — the category is scored as missing and the
@@ -28,6 +29,7 @@ others in the batch still get their answers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import math
@@ -220,6 +222,17 @@ def consent_failure(exc: BaseException, what: str) -> FedcreditError:
             "nothing was scored and no use is counted"
         )
     return as_domain(exc, what)
+
+
+def _commit_failure(exc: BaseException) -> FedcreditError:
+    """Why the uses of answered scores could not be committed, as the answer to send."""
+    if isinstance(exc, FedcreditError) and exc.reason == "CONSENT_USES_EXHAUSTED":
+        return exc  # the lease ran out and the use went to another Score
+    log.warning("could not commit uses before answering: %r", exc)
+    return ConsentServiceUnavailable(
+        "the consent service did not confirm the use of this score "
+        f"({type(exc).__name__}); nothing was disclosed, retry later"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,6 +471,36 @@ class Scorer:
                 self._settle_quietly(counter, use_id, refs, commit)
 
         self._pool.submit(run)
+
+    async def _commit(self, batch: _Batch, out: list[Scored | FedcreditError]) -> None:
+        """Commit the uses of the scores about to be answered, BEFORE any leaves the
+        process: one call per use id for the whole batch (a ScoreBatch chunk pays one
+        round trip, not one per item). A commit left to after the answer could fail or
+        come after the lease reaper gave the use back, and the bank would hold a score
+        that was never counted. A group whose commit fails is answered with the error
+        instead (CONSENT_SERVICE_UNAVAILABLE, or CONSENT_USES_EXHAUSTED when the lease ran
+        out and the use went elsewhere); :meth:`_settle` then releases it."""
+        counter = self._counter
+        if counter is None:
+            return
+        groups: dict[str, list[int]] = {}
+        for i, (use_id, _) in batch.opened.items():
+            if isinstance(out[i], Scored):
+                groups.setdefault(use_id, []).append(i)
+        loop = asyncio.get_running_loop()
+        for use_id, members in groups.items():
+            refs = [batch.opened[i][1] for i in members]
+            try:
+                await loop.run_in_executor(
+                    self._pool, functools.partial(counter.settle, use_id, refs, commit=True)
+                )
+            except Exception as exc:
+                err = _commit_failure(exc)
+                for i in members:
+                    out[i] = err
+                continue
+            for i in members:
+                del batch.opened[i]  # committed: nothing left to settle
 
     # ------------------------------------------------------------ step 2: fan-out
     def _by_category(self, features: Sequence[str]) -> dict[str, list[str]]:
@@ -741,6 +784,7 @@ class Scorer:
                 indexes = await self.gate.append_many("score_access", entries)
                 for (k, a), index in zip(ok, indexes, strict=True):
                     out[k] = index if isinstance(index, LedgerUnavailable) else Scored(a, index)
+                await self._commit(batch, out)
         finally:
             # Committed: the scores answered; released: everything refused (ledger down,
             # a node down, cancelled before the answer).

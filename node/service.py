@@ -45,6 +45,7 @@ from fedcredit.common.wire import (
     item_error,
     purpose_label,
 )
+from fedcredit.consent import errors as E
 from fedcredit.consent.verify import TokenVerifier, UseRef, VerifiedConsent
 from fedcredit.node import celvars, cohort
 from fedcredit.node.disclosure import AGGREGATE_KIND, KIND, DisclosureLog, feature_payload
@@ -208,11 +209,52 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
             opened = [UseRef.of(vc) for _, vc, was_opened in ok if was_opened]
             try:
                 self._disclose(caller, decision, purpose, columns, st, items, ok, request_id, out)
+                # Committed BEFORE the answer leaves: a commit left to after it could fail
+                # or come too late, and the lease reaper would give back a use whose
+                # features the caller already has. No commit, no answer.
+                failed = self._commit(request_id, opened)
             except BaseException:
                 self._settle(request_id, opened, commit=False)  # the use is given back
                 raise
-            self._settle(request_id, opened, commit=True)
+            if failed is not None:
+                for i, _, was_opened in ok:
+                    if was_opened:
+                        self._refuse(out, i, items[i].enterprise, failed)
+                self._settle(request_id, opened, commit=False)
+            self._count_served(decision, purpose, [i for i, _, _ in ok], out)
         return [v for v in out if v is not None]
+
+    def _commit(self, use_id: str, opened: list[UseRef]) -> FedcreditError | None:
+        """Commit the uses this node opened, synchronously (one call per answer, or per
+        chunk of a stream); the error to answer the opened items with when it fails."""
+        counter = self.verifier.counter
+        if not opened or counter is None:
+            return None
+        try:
+            counter.settle(use_id, opened, commit=True)
+        except Exception as exc:
+            if getattr(exc, "reason", None) == "CONSENT_USES_EXHAUSTED":
+                # The reservation outlived its lease and the use went to someone else.
+                return E.UsesExhausted(
+                    f"the use was committed too late and no use is left ({exc}); "
+                    "nothing was disclosed",
+                    jti=opened[0].jti,
+                )
+            why = f"{exc.reason}: {exc.message}" if isinstance(exc, FedcreditError) else repr(exc)
+            return UsesUnavailable(
+                f"the consent service could not commit the uses ({why}); "
+                "nothing was disclosed, retry later"
+            )
+        return None
+
+    def _count_served(
+        self, decision: Decision, purpose: str, idx: Sequence[int], out: Sequence[Any]
+    ) -> None:
+        n = sum(1 for i in idx if out[i] is not None and not out[i].HasField("error"))
+        self.stats.served += n
+        metrics.DISCLOSURES.labels(
+            metrics.service(), self.node_org, purpose, decision.bank_org
+        ).inc(n)
 
     def _refuse(self, out: list[Any], i: int, enterprise: str, err: FedcreditError) -> None:
         out[i] = refused(enterprise, err)
@@ -284,8 +326,8 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         return ok
 
     def _settle(self, use_id: str, opened: list[UseRef], *, commit: bool) -> None:
-        """Commit (in the background: the answer is out) or release the uses opened here;
-        a failure is logged (an unreleased use stays counted, never the other way)."""
+        """Release the uses opened here (the work failed before anything left); a failure
+        is logged (an unreleased use stays counted, never the other way)."""
         counter = self.verifier.counter
         if not opened or counter is None:
             return
@@ -348,10 +390,6 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
             vec = vecs[r]
             vec.disclosure_index = receipts[r].index
             out[i] = vec
-        self.stats.served += len(ok_idx)
-        metrics.DISCLOSURES.labels(
-            metrics.service(), self.node_org, purpose, decision.bank_org
-        ).inc(len(ok_idx))
 
     def _append(self, entries: list[tuple[str, str | None, dict[str, Any]]]) -> list[Receipt]:
         """No log entry, no answer: any failure to append refuses the whole answer."""

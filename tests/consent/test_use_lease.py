@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from fedcredit.common.errors import FedcreditError
 from fedcredit.common.tls import Identity
 from fedcredit.consent.useref import Reservation, UseRef
@@ -94,8 +96,11 @@ def test_a_late_commit_counts_only_while_a_use_is_left(world: World) -> None:
     world.clock.advance(lease + 1)
     assert a.reap_uses() == 1
     assert a.reserve_uses(COORD, "score-2", [ref]) == [Reservation(1, True)]
-    # The stalled Score answers after all: its commit cannot push the count past max_uses.
-    assert a.settle_uses(COORD, "score-1", [ref], commit=True) == 1
+    # The stalled Score tries to answer after all: its commit cannot push the count past
+    # max_uses, and it is refused, so the stalled Score must not answer.
+    with pytest.raises(FedcreditError) as exc:
+        a.settle_uses(COORD, "score-1", [ref], commit=True)
+    assert exc.value.reason == "CONSENT_USES_EXHAUSTED"
     assert _uses(world, cid) == 1
     (late,) = [e for e in a.store.events(consent_id=cid) if e.event == "use_committed_late"]
     assert late.payload["counted"] is False and late.payload["use_id"] == "score-1"

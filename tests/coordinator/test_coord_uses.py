@@ -5,7 +5,8 @@ a consent with no uses left makes no node disclose anything."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,101 @@ def test_a_score_refused_for_a_ledger_outage_gives_its_use_back(
         assert settled(consent_env, cid, 0) == 0
     finally:
         stop_coordinator(c)
+
+
+def _reap_all(consent_env: ConsentEnv) -> int:
+    """Run the lease reaper as if every open reservation had outlived ``use_lease_s``."""
+    uses_ = consent_env.authority.uses
+    real = uses_.settings
+    uses_.settings = replace(real, use_lease_s=-1)
+    try:
+        return consent_env.authority.reap_uses()
+    finally:
+        uses_.settings = real
+
+
+def _outcome(call: Callable[[], Any]) -> str:
+    try:
+        call()
+    except FedcreditError as exc:
+        return exc.reason
+    return "scored"
+
+
+def test_no_score_leaves_before_its_use_is_committed(
+    pki: Any, coord: Coord, consent_env: ConsentEnv, city: City, nodes: list[RunningNode]
+) -> None:
+    """The commit of the use fails (the consent service drops out after the reservation):
+    Score and ScoreBatch answer CONSENT_SERVICE_UNAVAILABLE and no score -- one answered
+    first and committed in the background would be given back by the lease reaper,
+    uncounted. The uses are released; the enterprise's one use is intact afterwards."""
+    codes = city.codes[74:77]
+    grants = [consent_env.grant(code, scope=("judicial",), max_uses=1) for code in codes]
+    app = coord.server.app
+    assert app is not None
+    counter = app.scorer._counter
+    assert counter is not None
+    real = counter.settle
+
+    def fails(use_id: str, refs: Any, *, commit: bool) -> Any:
+        if commit:
+            raise ConnectionError("consent service unreachable")
+        return real(use_id, refs, commit=commit)
+
+    counter.settle = fails  # type: ignore[method-assign]
+    try:
+        with client(pki, coord) as c:
+            single = _outcome(lambda: c.score(codes[0], grants[0][1]))
+            batch = list(c.score_batch([(codes[k], grants[k][1], f"b{k}") for k in (1, 2)]))
+    finally:
+        counter.settle = real  # type: ignore[method-assign]
+    for cid, _ in grants:
+        settled(consent_env, cid, 0)  # the background release, if any
+    _reap_all(consent_env)
+    for (cid, _), answered in zip(
+        grants, [single == "scored"] + [not o.HasField("error") for o in batch], strict=True
+    ):
+        assert not answered or uses(consent_env, cid) == 1, "scored, use given back"
+    assert single == "CONSENT_SERVICE_UNAVAILABLE"
+    assert [o.error.reason for o in batch] == ["CONSENT_SERVICE_UNAVAILABLE"] * 2
+    assert [uses(consent_env, cid) for cid, _ in grants] == [0, 0, 0]
+    with client(pki, coord) as c:
+        c.score(codes[0], grants[0][1])
+    assert uses(consent_env, grants[0][0]) == 1
+
+
+def test_a_score_committed_after_its_lease_ran_out_is_refused(
+    pki: Any, coord: Coord, consent_env: ConsentEnv, city: City, nodes: list[RunningNode]
+) -> None:
+    """The coordinator stalls past the lease before committing; the reaper gives the use
+    back and another Score takes it. The late commit finds no use left: the stalled Score
+    is refused (CONSENT_USES_EXHAUSTED), never a score beyond max_uses."""
+    code = city.codes[77]
+    cid, token = consent_env.grant(code, scope=("judicial",), max_uses=1)
+    app = coord.server.app
+    assert app is not None
+    counter = app.scorer._counter
+    assert counter is not None
+    real = counter.settle
+    taken: list[str] = []
+    reaped: list[int] = []
+
+    def stalls(use_id: str, refs: Any, *, commit: bool) -> Any:
+        if commit and not reaped:
+            reaped.append(_reap_all(consent_env))
+            # Another Score takes the use the reaper gave back (its own commit is real).
+            counter.settle = real  # type: ignore[method-assign]
+            with client(pki, coord) as c2:
+                taken.append(_outcome(lambda: c2.score(code, token)))
+        return real(use_id, refs, commit=commit)
+
+    counter.settle = stalls  # type: ignore[method-assign]
+    try:
+        with client(pki, coord) as c:
+            first = _outcome(lambda: c.score(code, token))
+    finally:
+        counter.settle = real  # type: ignore[method-assign]
+    assert reaped and reaped[0] >= 1
+    assert taken == ["scored"]
+    assert first == "CONSENT_USES_EXHAUSTED"
+    assert settled(consent_env, cid, 1) == 1

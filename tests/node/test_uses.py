@@ -5,6 +5,7 @@ checked against the STORED max_uses and matched by jti AND sub AND aud."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,86 @@ def test_a_use_another_node_disclosed_under_is_not_given_back(
     with courts.client(BANK) as c:
         (r,) = c.get_features([(code, token)], request_id="round-B", **TRAINING)
     assert r.error is not None and r.error.reason == "CONSENT_USES_EXHAUSTED"
+
+
+def _reap_all(consents: Consents) -> int:
+    """Run the lease reaper as if every open reservation had outlived ``use_lease_s``."""
+    uses = consents.authority.uses
+    real = uses.settings
+    uses.settings = replace(real, use_lease_s=-1)
+    try:
+        return consents.authority.reap_uses()
+    finally:
+        uses.settings = real
+
+
+def test_no_features_leave_before_the_use_is_committed(
+    make_node: NodeFactory, consents: Consents, small_world: Path
+) -> None:
+    """The commit of the use fails (the consent service drops out after the reservation):
+    the node answers nothing -- a disclosure made first and committed in the background
+    would be given back by the lease reaper, uncounted. Nothing left reserved is then
+    reaped; the enterprise's one use is intact for the next fetch."""
+    node = make_node("tax")
+    code = world_codes(small_world)[8]
+    token = consents.token(code, purpose="model_training", max_uses=1)
+    counter = node.servicer.verifier.counter
+    assert counter is not None
+    real = counter.settle
+
+    def fails(use_id: str, refs: Any, *, commit: bool) -> Any:
+        if commit:
+            raise ConnectionError("consent service unreachable")
+        return real(use_id, refs, commit=commit)
+
+    counter.settle = fails  # type: ignore[method-assign]
+    try:
+        with node.client(BANK) as c:
+            (r,) = c.get_features([(code, token)], request_id="c-1", **TRAINING)
+            node.servicer._settler.submit(lambda: None).result()  # background work done
+    finally:
+        counter.settle = real  # type: ignore[method-assign]
+    _reap_all(consents)
+    disclosed = r.error is None
+    assert not disclosed or _row(consents, token).uses == 1, "features out, use given back"
+    assert r.error is not None and r.error.reason == "CONSENT_USES_UNAVAILABLE"
+    assert not r.values
+    assert _row(consents, token).uses == 0
+    with node.client(BANK) as c:
+        (r,) = c.get_features([(code, token)], request_id="c-2", **TRAINING)
+    assert r.error is None and _row(consents, token).uses == 1
+
+
+def test_a_commit_after_the_lease_ran_out_answers_nothing(
+    make_node: NodeFactory, consents: Consents, small_world: Path
+) -> None:
+    """The node stalls past the lease between reserving and committing; the reaper gives
+    the use back and another use takes it. The late commit finds no use left: the stalled
+    answer is refused (CONSENT_USES_EXHAUSTED), never disclosed beyond max_uses."""
+    node = make_node("tax")
+    code = world_codes(small_world)[9]
+    token = consents.token(code, purpose="model_training", max_uses=1)
+    counter = node.servicer.verifier.counter
+    assert counter is not None
+    real = counter.settle
+    other = _authority_counter(consents)
+    jti = json.loads(b64url_decode(token.split(".")[1]))["jti"]
+
+    def stalls(use_id: str, refs: Any, *, commit: bool) -> Any:
+        if commit and use_id == "s-1":
+            assert _reap_all(consents) >= 1
+            (taken,) = other.reserve("s-other", [UseRef(jti, code, BANK)], pin=True)
+            other.settle("s-other", [UseRef(jti, code, BANK)], commit=True)
+            assert not isinstance(taken, Exception)
+        return real(use_id, refs, commit=commit)
+
+    counter.settle = stalls  # type: ignore[method-assign]
+    try:
+        with node.client(BANK) as c:
+            (r,) = c.get_features([(code, token)], request_id="s-1", **TRAINING)
+            node.servicer._settler.submit(lambda: None).result()
+    finally:
+        counter.settle = real  # type: ignore[method-assign]
+    assert r.error is not None and r.error.reason == "CONSENT_USES_EXHAUSTED", r
+    assert not r.values
+    assert _row(consents, token).uses == 1
