@@ -15,7 +15,9 @@ ORG`` (the caller's certificate from the deployment's PKI):
 * enterprises (``--as`` their credit code): ``benefits`` (awards), ``apply POLICY``,
   ``decline POLICY``, ``object APP --reason``, ``show APP``, and once paid
   ``report-progress POLICY --period YYYY-MM --indicator NAME=VALUE`` (a monthly
-  self-evaluation) and ``progress`` (a department or the operator: ``progress --policy P``).
+  self-evaluation) and ``progress`` (a department or the operator: ``progress --policy P``);
+* the operator: ``track --round 2026-06 [--report DIR]`` (a tracking round; the report's
+  PNGs and report.json are written on the caller's machine).
 
 Every command prints a table or ``--json``. Errors are one line, ``error: REASON:
 sentence``, with the exit code of their kind: 2 usage, 3 invalid argument (a refused rule,
@@ -376,3 +378,43 @@ def progress_cmd(
         r.get("indicators", {}).items()))} for r in rows]  # fmt: skip
     output(rows, as_json, _rows("self-evaluations", flat,
                                 ("policy_id", "enterprise", "period", "indicators")))  # fmt: skip
+
+
+@policy_app.command("track")
+def track_cmd(
+    config: ConfigOpt, who: AsOpt,
+    round_id: Annotated[str, typer.Option("--round", help="The round, e.g. 2026-06.")],
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write report.json and PNG plots per policy into this folder.")] = None,
+    as_json: JsonOpt = False,
+) -> None:  # fmt: skip
+    """Run a tracking round (the operator): targets met, cohort aggregates, proposals."""
+    with user_errors(as_json), _client(config, who) as c:
+        resp = c.tracking_round(round_id)
+        reports = [r for p in resp.policies for r in c.progress(p.policy_id)] if report else []
+    rows = [_dict(p) for p in resp.policies]
+    if report is not None:
+        with user_errors(as_json):
+            _write_report(report, resp, reports)
+    flat = [{**r, "flagged": len(r.get("flagged", []))} for r in rows]
+    output(rows, as_json, _rows(f"tracking round {resp.round_id}", flat,
+                                ("policy_id", "funded", "target_met", "flagged", "cohort_status")))  # fmt: skip
+
+
+def _write_report(out: Path, resp: Any, reports: list[Any]) -> None:
+    from fedcredit.policies import progress
+    from fedcredit.policies.cohort import CohortRow
+    from fedcredit.policies.report import write_report
+    from fedcredit.policies.tracking import PolicyTracking
+
+    targets = [PolicyTracking(p.policy_id, p.funded, p.target_met, list(p.flagged),
+                              [{"enterprise": x.enterprise, "action": x.action,
+                                "amount_yuan": x.amount_yuan} for x in p.proposals])
+               for p in resp.policies if p.has_target]  # fmt: skip
+    cohorts = [CohortRow(p.policy_id, p.funded, p.cohort_status, {
+        i.name: {"present": i.present, "sum": i.sum, "suppressed": i.suppressed,
+                 "mean": i.sum / i.present if i.present and not i.suppressed else None}
+        for i in p.cohort}) for p in resp.policies]  # fmt: skip
+    evs = [progress.SelfEvaluation(r.policy_id, r.enterprise, r.period, dict(r.indicators),
+                                   r.narrative, r.submitted_at) for r in reports]  # fmt: skip
+    write_report(out, targets, cohorts, evs)

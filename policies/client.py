@@ -87,3 +87,7 @@ class PolicyClient(ServiceClient[policies_pb2_grpc.PolicyServiceStub]):
     def progress(self, policy_id: str = "") -> list[Any]:
         req = policies_pb2.ListProgressRequest(policy_id=policy_id)
         return list(self._call(self._stub.ListProgress, req).reports)
+
+    def tracking_round(self, round_id: str) -> Any:
+        req = policies_pb2.TrackingRoundRequest(round_id=round_id)
+        return self._call(self._stub.TrackingRound, req)

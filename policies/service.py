@@ -9,11 +9,12 @@ its reason; malformed input is INVALID_ARGUMENT and changes nothing.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -21,7 +22,7 @@ from fedcredit.common.errors import RoleNotAllowed
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.server import build_server
 from fedcredit.common.tls import Identity, TlsFiles, peer_identity
-from fedcredit.policies import approval, progress, rules, runs, screening
+from fedcredit.policies import approval, cohort, progress, rules, runs, screening, tracking
 from fedcredit.policies.errors import InvalidPolicy
 from fedcredit.policies.store import Award, PolicyStore
 from fedcredit.v1 import policies_pb2, policies_pb2_grpc
@@ -165,12 +166,52 @@ def progress_to_pb(e: progress.SelfEvaluation) -> policies_pb2.ProgressMessage:
     )  # fmt: skip
 
 
+_ROUND = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+def tracking_to_pb(
+    round_id: str, targets: Mapping[str, tracking.PolicyTracking],
+    cohorts: Mapping[str, cohort.CohortRow],
+) -> policies_pb2.TrackingRoundResponse:  # fmt: skip
+    out = []
+    for pid in sorted(set(targets) | set(cohorts)):
+        t, c = targets.get(pid), cohorts.get(pid)
+        out.append(policies_pb2.PolicyTrackingSummary(
+            policy_id=pid, funded=t.funded if t else c.cohort if c else 0,
+            has_target=t is not None, target_met=t.met if t else 0,
+            flagged=t.flagged if t else [],
+            proposals=[policies_pb2.Proposal(**p) for p in (t.proposals if t else [])],
+            cohort_status=c.status if c else "not_asked",
+            cohort=[policies_pb2.CohortIndicator(name=k, present=v["present"], sum=v["sum"],
+                                                 suppressed=v["suppressed"])
+                    for k, v in sorted((c.indicators if c else {}).items())],
+        ))  # fmt: skip
+    return policies_pb2.TrackingRoundResponse(round_id=round_id, policies=out)
+
+
 class ProgressServicer:
     """Self-evaluations (policies.progress), mixed into :class:`PolicyServicer`."""
 
     store: PolicyStore
     append: Any
     clock: Callable[[], float]
+    ledger: runs.Ledger
+    nodes: Mapping[str, screening.NodeScreener]
+
+    @handle_errors
+    def TrackingRound(self, request: Any, context: Any) -> Any:
+        _allow(peer_identity(context), OPERATORS, "running a tracking round")
+        rid = request.round_id
+        if not _ROUND.fullmatch(rid):
+            raise InvalidPolicy(f"round_id: expected 1-32 of A-Z a-z 0-9 _ . -, got {rid!r}",
+                                field="round_id")  # fmt: skip
+        codes, rows = self.store.registry()
+        platform = dict(zip(codes, rows, strict=True))
+        targets = tracking.track(self.store, self.ledger, self.nodes, platform, round_id=rid)
+        # production node clients answer both screening and aggregates (node.client)
+        nodes = cast(Mapping[str, cohort.NodeAggregator], self.nodes)
+        cohorts = cohort.aggregate_round(self.store, self.ledger, nodes, round_id=rid)
+        return tracking_to_pb(rid, {t.policy: t for t in targets}, {c.policy: c for c in cohorts})
 
     @handle_errors
     def ReportProgress(self, request: Any, context: Any) -> Any:

@@ -189,10 +189,19 @@ def test_report_progress_refusals_through_the_cli(
     assert pol(cfg, "operator", "progress").returncode == 3  # --policy is required
     listed = pol(cfg, "operator", "progress", "--policy", "auto-progress")
     assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    # A tracking round with its report (the operator only).
+    assert pol(cfg, "dept-tax", "track", "--round", "2026-06").returncode == 6
+    assert pol(cfg, "operator", "track", "--round", "2026 06").returncode == 3
+    tracked = pol(cfg, "operator", "track", "--round", "2026-06", "--report", str(tmp_path / "r"))
+    assert tracked.returncode == 0, tracked.stdout + tracked.stderr
+    doc = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [r["policy_id"] for r in json.loads(tracked.stdout)] == [
+        r["policy"] for r in doc["policies"]
+    ]
 
 
 def test_every_service_command_has_help() -> None:
     for cmd in ("serve", "publish", "list", "screen", "pay", "benefits", "decline", "apply",
-                "review", "show", "object", "resolve", "advance", "report-progress", "progress"):  # fmt: skip
+                "review", "show", "object", "resolve", "advance", "report-progress", "progress", "track"):  # fmt: skip
         res = fc("policy", cmd, "--help", timeout=60)
         assert res.returncode == 0 and "Usage" in res.stdout, (cmd, res.stderr)

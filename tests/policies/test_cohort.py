@@ -20,6 +20,7 @@ from fedcredit.policies.cohort import aggregate_round
 from fedcredit.policies.runs import run_automatic
 from fedcredit.policies.store import DAY, PolicyStore
 from fedcredit.v1 import feature_pb2
+from tests.conftest import Pki
 from tests.policies.conftest import City
 from tests.policies.test_runs import T0, TODAY, _policy
 
@@ -148,3 +149,61 @@ def test_a_cohort_round_from_the_policy_service(city: City, tmp_path: Path) -> N
         c.close()
     ledger.close()
     store.close()
+
+
+def test_tracking_round_over_grpc_and_its_report(city: City, pki: Pki, tmp_path: Path) -> None:
+    from fedcredit.policies.cli import _write_report
+    from fedcredit.policies.client import PolicyClient
+    from fedcredit.policies.errors import InvalidPolicy
+    from fedcredit.policies.service import PolicyServicer, build_policy_server
+
+    pki.issue("policies", "policy")
+    store = PolicyStore.open(f"sqlite:///{tmp_path / 'pol.sqlite'}")
+    store.load_registry(list(zip(city.codes, city.platform_rows, strict=True)))
+    ledger = Log.open(
+        f"sqlite:///{tmp_path / 'l.sqlite'}", Ed25519PrivateKey.generate(), "platform"
+    )
+    target = "tax.revenue_growth_yoy >= 0.0"
+    store.publish(_policy("jobs-r", "social_security.headcount >= 5", 10_000, 10_000_000,
+                          target=target), T0, ledger.append_many)  # fmt: skip
+    nodes = {d: n.client() for d, n in city.nodes.items()}
+    run_automatic(store, ledger, nodes, city.codes, city.platform_rows, run_id="r1",
+                  today=TODAY, now=T0)  # fmt: skip
+    store.pay_due(T0 + 8 * DAY, ledger.append_many)
+    servicer = PolicyServicer(store=store, ledger=ledger, nodes=nodes,
+                              clock=lambda: T0 + 40 * DAY)  # fmt: skip
+    server = build_policy_server(servicer, address="127.0.0.1:0", tls=pki.tls("policies"))
+    server.start()
+    addr = f"127.0.0.1:{server.port}"
+    try:
+        op = PolicyClient(addr, pki.issue("operator", "operator"), server_org="policies")
+        dept = PolicyClient(addr, pki.issue("finance", "department"), server_org="policies")
+        with pytest.raises(RoleNotAllowed):
+            dept.tracking_round("2026-06")
+        with pytest.raises(InvalidPolicy):
+            op.tracking_round("2026/06 ")
+        resp = op.tracking_round("2026-06")
+        (s,) = resp.policies
+        funded = store.funded("jobs-r")
+        assert s.policy_id == "jobs-r" and s.funded == len(funded) and s.has_target
+        assert s.target_met + len(s.flagged) == s.funded and len(s.proposals) == len(s.flagged)
+        assert s.cohort_status == "ok"
+        assert {i.name for i in s.cohort} == {"tax.revenue_12m", "tax.tax_paid_12m",
+                                               "social_security.headcount",
+                                               "ip.patent_applications_24m"}  # fmt: skip
+        code = funded[0]
+        me = PolicyClient(addr, pki.issue(code, "enterprise"), server_org="policies")
+        me.report_progress("jobs-r", "2026-01", {"employees": 9.0})
+        _write_report(tmp_path / "rep", resp, op.progress("jobs-r"))
+        doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+        (row,) = doc["policies"]
+        assert row["target_met"] == s.target_met and row["self_evaluations"] == 1
+        assert (tmp_path / "rep" / "jobs-r.png").read_bytes()[:4] == b"\x89PNG"
+        for c in (op, dept, me):
+            c.close()
+    finally:
+        server.stop(0)
+        for n in nodes.values():
+            n.close()
+        ledger.close()
+        store.close()

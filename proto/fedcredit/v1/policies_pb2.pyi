@@ -21,6 +21,149 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class TrackingRoundRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_ID_FIELD_NUMBER: _builtins.int
+    round_id: _builtins.str
+    """e.g. "2026-06"; 1-32 of A-Z a-z 0-9 _ . -"""
+    def __init__(
+        self,
+        *,
+        round_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["round_id", b"round_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackingRoundRequest: _TypeAlias = TrackingRoundRequest  # noqa: Y015
+
+@_typing.final
+class CohortIndicator(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PRESENT_FIELD_NUMBER: _builtins.int
+    SUM_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"<department>.<indicator>" """
+    present: _builtins.int
+    sum: _builtins.float
+    suppressed: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        present: _builtins.int = ...,
+        sum: _builtins.float = ...,
+        suppressed: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "present", b"present", "sum", b"sum", "suppressed", b"suppressed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CohortIndicator: _TypeAlias = CohortIndicator  # noqa: Y015
+
+@_typing.final
+class Proposal(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTERPRISE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    AMOUNT_YUAN_FIELD_NUMBER: _builtins.int
+    enterprise: _builtins.str
+    action: _builtins.str
+    amount_yuan: _builtins.int
+    def __init__(
+        self,
+        *,
+        enterprise: _builtins.str = ...,
+        action: _builtins.str = ...,
+        amount_yuan: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "amount_yuan", b"amount_yuan", "enterprise", b"enterprise"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Proposal: _TypeAlias = Proposal  # noqa: Y015
+
+@_typing.final
+class PolicyTrackingSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_ID_FIELD_NUMBER: _builtins.int
+    FUNDED_FIELD_NUMBER: _builtins.int
+    HAS_TARGET_FIELD_NUMBER: _builtins.int
+    TARGET_MET_FIELD_NUMBER: _builtins.int
+    FLAGGED_FIELD_NUMBER: _builtins.int
+    PROPOSALS_FIELD_NUMBER: _builtins.int
+    COHORT_STATUS_FIELD_NUMBER: _builtins.int
+    COHORT_FIELD_NUMBER: _builtins.int
+    policy_id: _builtins.str
+    funded: _builtins.int
+    has_target: _builtins.bool
+    target_met: _builtins.int
+    cohort_status: _builtins.str
+    """ok | cohort_too_small | refused_overlap | not_asked"""
+    @_builtins.property
+    def flagged(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """funded enterprises below their pledged target"""
+
+    @_builtins.property
+    def proposals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Proposal]: ...
+    @_builtins.property
+    def cohort(self) -> _containers.RepeatedCompositeFieldContainer[Global___CohortIndicator]: ...
+    def __init__(
+        self,
+        *,
+        policy_id: _builtins.str = ...,
+        funded: _builtins.int = ...,
+        has_target: _builtins.bool = ...,
+        target_met: _builtins.int = ...,
+        flagged: _abc.Iterable[_builtins.str] | None = ...,
+        proposals: _abc.Iterable[Global___Proposal] | None = ...,
+        cohort_status: _builtins.str = ...,
+        cohort: _abc.Iterable[Global___CohortIndicator] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohort", b"cohort", "cohort_status", b"cohort_status", "flagged", b"flagged", "funded", b"funded", "has_target", b"has_target", "policy_id", b"policy_id", "proposals", b"proposals", "target_met", b"target_met"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyTrackingSummary: _TypeAlias = PolicyTrackingSummary  # noqa: Y015
+
+@_typing.final
+class TrackingRoundResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_ID_FIELD_NUMBER: _builtins.int
+    POLICIES_FIELD_NUMBER: _builtins.int
+    round_id: _builtins.str
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyTrackingSummary]: ...
+    def __init__(
+        self,
+        *,
+        round_id: _builtins.str = ...,
+        policies: _abc.Iterable[Global___PolicyTrackingSummary] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policies", b"policies", "round_id", b"round_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackingRoundResponse: _TypeAlias = TrackingRoundResponse  # noqa: Y015
+
+@_typing.final
 class ReportProgressRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -109,6 +109,11 @@ class PolicyServiceStub:
                 request_serializer=fedcredit_dot_v1_dot_policies__pb2.ListProgressRequest.SerializeToString,
                 response_deserializer=fedcredit_dot_v1_dot_policies__pb2.ListProgressResponse.FromString,
                 _registered_method=True)
+        self.TrackingRound = channel.unary_unary(
+                '/fedcredit.v1.PolicyService/TrackingRound',
+                request_serializer=fedcredit_dot_v1_dot_policies__pb2.TrackingRoundRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_policies__pb2.TrackingRoundResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -219,6 +224,14 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrackingRound(self, request, context):
+        """A tracking round (operator): pledged targets as booleans and cohort aggregates from
+        the nodes under "subsidy_tracking", ledgered; the per-policy analysis comes back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -296,6 +309,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.ListProgress,
                     request_deserializer=fedcredit_dot_v1_dot_policies__pb2.ListProgressRequest.FromString,
                     response_serializer=fedcredit_dot_v1_dot_policies__pb2.ListProgressResponse.SerializeToString,
+            ),
+            'TrackingRound': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrackingRound,
+                    request_deserializer=fedcredit_dot_v1_dot_policies__pb2.TrackingRoundRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_policies__pb2.TrackingRoundResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -703,6 +721,33 @@ class PolicyService:
             '/fedcredit.v1.PolicyService/ListProgress',
             fedcredit_dot_v1_dot_policies__pb2.ListProgressRequest.SerializeToString,
             fedcredit_dot_v1_dot_policies__pb2.ListProgressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrackingRound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PolicyService/TrackingRound',
+            fedcredit_dot_v1_dot_policies__pb2.TrackingRoundRequest.SerializeToString,
+            fedcredit_dot_v1_dot_policies__pb2.TrackingRoundResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,10 @@ class PolicyServiceStub:
     """
     ListProgress: _grpc.UnaryUnaryMultiCallable[_policies_pb2.ListProgressRequest, _policies_pb2.ListProgressResponse]
     """Self-evaluations: an enterprise sees its own; departments and the operator a policy's."""
+    TrackingRound: _grpc.UnaryUnaryMultiCallable[_policies_pb2.TrackingRoundRequest, _policies_pb2.TrackingRoundResponse]
+    """A tracking round (operator): pledged targets as booleans and cohort aggregates from
+    the nodes under "subsidy_tracking", ledgered; the per-policy analysis comes back.
+    """
 
 @_typing.type_check_only
 class PolicyServiceAsyncStub(PolicyServiceStub):
@@ -101,6 +105,10 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     """
     ListProgress: _aio.UnaryUnaryMultiCallable[_policies_pb2.ListProgressRequest, _policies_pb2.ListProgressResponse]  # type: ignore[assignment]
     """Self-evaluations: an enterprise sees its own; departments and the operator a policy's."""
+    TrackingRound: _aio.UnaryUnaryMultiCallable[_policies_pb2.TrackingRoundRequest, _policies_pb2.TrackingRoundResponse]  # type: ignore[assignment]
+    """A tracking round (operator): pledged targets as booleans and cohort aggregates from
+    the nodes under "subsidy_tracking", ledgered; the per-policy analysis comes back.
+    """
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -224,5 +232,15 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_policies_pb2.ListProgressResponse, _abc.Awaitable[_policies_pb2.ListProgressResponse]]:
         """Self-evaluations: an enterprise sees its own; departments and the operator a policy's."""
+
+    @_abc_1.abstractmethod
+    def TrackingRound(
+        self,
+        request: _policies_pb2.TrackingRoundRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policies_pb2.TrackingRoundResponse, _abc.Awaitable[_policies_pb2.TrackingRoundResponse]]:
+        """A tracking round (operator): pledged targets as booleans and cohort aggregates from
+        the nodes under "subsidy_tracking", ledgered; the per-policy analysis comes back.
+        """
 
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
