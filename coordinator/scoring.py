@@ -472,7 +472,7 @@ class Scorer:
 
         self._pool.submit(run)
 
-    async def _commit(self, batch: _Batch, out: list[Scored | FedcreditError]) -> None:
+    async def _commit(self, batch: _Batch, out: list[Any]) -> None:
         """Commit the uses of the scores about to be answered, BEFORE any leaves the
         process: one call per use id for the whole batch (a ScoreBatch chunk pays one
         round trip, not one per item). A commit left to after the answer could fail or
@@ -485,7 +485,7 @@ class Scorer:
             return
         groups: dict[str, list[int]] = {}
         for i, (use_id, _) in batch.opened.items():
-            if isinstance(out[i], Scored):
+            if not isinstance(out[i], FedcreditError):  # a Scored or an Assessment
                 groups.setdefault(use_id, []).append(i)
         loop = asyncio.get_running_loop()
         for use_id, members in groups.items():
@@ -697,12 +697,14 @@ class Scorer:
         purpose: str,
         stats: ScoringStats | None = None,
     ) -> list[Assessment | FedcreditError]:
-        """Steps 1-3; the uses of the items assessed are committed (the caller's answer is
-        this assessment), the others released."""
+        """Steps 1-3; the uses of the items assessed are committed before they are
+        returned (the caller's answer -- a guarantee decision -- is this assessment; an
+        item whose commit fails comes back as its error), the others released."""
         batch: _Batch | None = None
         out: list[Assessment | FedcreditError] = []
         try:
             out, batch = await self._assess(bank, items, purpose, stats)
+            await self._commit(batch, out)
         finally:
             if batch is not None:
                 self._settle(batch, {k for k, a in enumerate(out) if isinstance(a, Assessment)})

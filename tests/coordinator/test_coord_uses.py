@@ -246,3 +246,44 @@ def test_a_score_committed_after_its_lease_ran_out_is_refused(
     assert taken == ["scored"]
     assert first == "CONSENT_USES_EXHAUSTED"
     assert settled(consent_env, cid, 1) == 1
+
+
+def test_no_guarantee_decision_leaves_before_its_use_is_committed(
+    pki: Any, coord: Coord, consent_env: ConsentEnv, city: City, nodes: list[RunningNode]
+) -> None:
+    """The guarantee path (the decision carries the rating): a failed commit refuses the
+    application with CONSENT_SERVICE_UNAVAILABLE, and no decision is ledgered or kept."""
+    code = city.codes[78]
+    cid, token = consent_env.grant(code, purpose="guarantee", max_uses=1)
+    app = coord.server.app
+    assert app is not None
+    counter = app.scorer._counter
+    assert counter is not None
+    real = counter.settle
+
+    def fails(use_id: str, refs: Any, *, commit: bool) -> Any:
+        if commit:
+            raise ConnectionError("consent service unreachable")
+        return real(use_id, refs, commit=commit)
+
+    def apply() -> Any:
+        with client(pki, coord) as c:
+            return c.apply(
+                application_id="g-commit", enterprise=code, token=token, amount_yuan=100_000,
+                term_months=12, collateral_yuan=10**7,
+            )  # fmt: skip
+
+    counter.settle = fails  # type: ignore[method-assign]
+    try:
+        got = _outcome(apply)
+    finally:
+        counter.settle = real  # type: ignore[method-assign]
+    settled(consent_env, cid, 0)
+    _reap_all(consent_env)
+    decided = got == "scored"
+    assert not decided or uses(consent_env, cid) == 1, "decided, use given back"
+    assert got == "CONSENT_SERVICE_UNAVAILABLE"
+    assert coord.store.get_guarantee("g-commit") is None
+    assert uses(consent_env, cid) == 0
+    apply()
+    assert uses(consent_env, cid) == 1
