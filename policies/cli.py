@@ -369,15 +369,39 @@ def progress_cmd(
     config: ConfigOpt, who: AsOpt,
     policy_id: Annotated[str, typer.Option("--policy", help="The policy (required unless "
                                            "you are an enterprise).")] = "",
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Write one PNG per enterprise listed into this folder.")] = None,
     as_json: JsonOpt = False,
 ) -> None:  # fmt: skip
     """Self-evaluations: your own (an enterprise), or a policy's (its department, the operator)."""
     with user_errors(as_json), _client(config, who) as c:
-        rows = [_dict(r) for r in c.progress(policy_id)]
+        reports = c.progress(policy_id)
+    if plot is not None:
+        with user_errors(as_json):
+            plot_progress(plot, reports)
+    rows = [_dict(r) for r in reports]
     flat = [{**r, "indicators": ", ".join(f"{k}={v:g}" for k, v in sorted(
         r.get("indicators", {}).items()))} for r in rows]  # fmt: skip
     output(rows, as_json, _rows("self-evaluations", flat,
                                 ("policy_id", "enterprise", "period", "indicators")))  # fmt: skip
+
+
+def _evaluations(reports: list[Any]) -> list[Any]:
+    from fedcredit.policies import progress
+
+    return [progress.SelfEvaluation(r.policy_id, r.enterprise, r.period, dict(r.indicators),
+                                    r.narrative, r.submitted_at) for r in reports]  # fmt: skip
+
+
+def plot_progress(out: Path, reports: list[Any]) -> list[Path]:
+    """One PNG per enterprise of ``reports`` (its own indicators month by month)."""
+    from fedcredit.policies.report import enterprise_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    evs = _evaluations(reports)
+    return [enterprise_png(out / f"enterprise-{code}.png", code,
+                           [e for e in evs if e.enterprise == code])
+            for code in sorted({e.enterprise for e in evs})]  # fmt: skip
 
 
 @policy_app.command("track")
@@ -402,7 +426,6 @@ def track_cmd(
 
 
 def _write_report(out: Path, resp: Any, reports: list[Any]) -> None:
-    from fedcredit.policies import progress
     from fedcredit.policies.cohort import CohortRow
     from fedcredit.policies.report import write_report
     from fedcredit.policies.tracking import PolicyTracking
@@ -415,6 +438,4 @@ def _write_report(out: Path, resp: Any, reports: list[Any]) -> None:
         i.name: {"present": i.present, "sum": i.sum, "suppressed": i.suppressed,
                  "mean": i.sum / i.present if i.present and not i.suppressed else None}
         for i in p.cohort}) for p in resp.policies]  # fmt: skip
-    evs = [progress.SelfEvaluation(r.policy_id, r.enterprise, r.period, dict(r.indicators),
-                                   r.narrative, r.submitted_at) for r in reports]  # fmt: skip
-    write_report(out, targets, cohorts, evs)
+    write_report(out, targets, cohorts, _evaluations(reports))

@@ -152,7 +152,7 @@ def test_a_cohort_round_from_the_policy_service(city: City, tmp_path: Path) -> N
 
 
 def test_tracking_round_over_grpc_and_its_report(city: City, pki: Pki, tmp_path: Path) -> None:
-    from fedcredit.policies.cli import _write_report
+    from fedcredit.policies.cli import _write_report, plot_progress
     from fedcredit.policies.client import PolicyClient
     from fedcredit.policies.errors import InvalidPolicy
     from fedcredit.policies.service import PolicyServicer, build_policy_server
@@ -199,6 +199,8 @@ def test_tracking_round_over_grpc_and_its_report(city: City, pki: Pki, tmp_path:
         (row,) = doc["policies"]
         assert row["target_met"] == s.target_met and row["self_evaluations"] == 1
         assert (tmp_path / "rep" / "jobs-r.png").read_bytes()[:4] == b"\x89PNG"
+        (mine,) = plot_progress(tmp_path / "mine", me.progress())  # the enterprise's own plot
+        assert mine.name == f"enterprise-{code}.png" and mine.read_bytes()[:4] == b"\x89PNG"
         for c in (op, dept, me):
             c.close()
     finally:
