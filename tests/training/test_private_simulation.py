@@ -16,6 +16,7 @@ from flwr.app import Context, Message
 
 from fedcredit.training.bank.data import load_csv
 from fedcredit.training.bank.source import CsvSource
+from fedcredit.training.flower import sums
 from fedcredit.training.gbdt import GBDTParams
 from fedcredit.training.gbdt.central import train_parties
 from fedcredit.training.gbdt.party import Party
@@ -71,6 +72,9 @@ def _capture(into: Path) -> Any:
             got: dict[str, Any] = {}
             for name, rec in reply.content.config_records.items():
                 got[name] = dict(rec)
+            if sums.RECORD in reply.content.config_records:
+                # The sums as they cross the wire (.npy bytes), read back as arrays.
+                got[sums.RECORD] = {k: sums.unpack(reply.content, k) for k in got[sums.RECORD]}
             for name, arr in reply.content.array_records.items():
                 got[name] = {k: arr[k].numpy() for k in arr}
             blob = pickle.dumps((msg.metadata.message_type, got))

@@ -14,7 +14,9 @@ Message types it answers (the server's side is training/server/strategies.py):
 - ``train.bagging`` / ``train.cyclic`` — the LightGBM baselines: boost a few
   trees on the bank's rows from the given global model.
 
-Rows never leave the bank; only sums over its rows do.
+Rows never leave the bank; only sums over its rows do. They go back as ``.npy`` bytes
+in one ConfigRecord ``sums`` (training/flower/sums.py): three Flower objects a reply
+instead of seven, each object being a request to push and one to pull.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from fedcredit.training.bank.data import BankData
 from fedcredit.training.bank.source import DataSource, NodeConfigSource
-from fedcredit.training.flower import masking, secure
+from fedcredit.training.flower import masking, secure, sums
 from fedcredit.training.gbdt.binning import BinSpec, local_range, local_sketch
 from fedcredit.training.gbdt.booster import Request
 from fedcredit.training.gbdt.errors import ProtocolError
@@ -314,7 +316,7 @@ def make_client_app(source: DataSource | None = None, mods: Sequence[Mod] = ()) 
     def sketch(msg: Message, context: Context) -> Message:
         cfg = dict(msg.content.config_records["config"])
         counts, totals = bank.sketch(context, cfg)
-        return _reply(msg, RecordDict({"sums": _arrays(counts=counts, totals=totals)}))
+        return _reply(msg, sums.pack(counts=counts, totals=totals))
 
     @app.train("hist")
     def hist(msg: Message, context: Context) -> Message:
@@ -323,7 +325,7 @@ def make_client_app(source: DataSource | None = None, mods: Sequence[Mod] = ()) 
         arrays = {"hist": hists}
         if valid is not None:
             arrays["valid"] = valid
-        return _reply(msg, RecordDict({"sums": _arrays(**arrays)}))
+        return _reply(msg, sums.pack(**arrays))
 
     @app.train(mods=[secaggplus_mod])
     def secure_train(msg: Message, context: Context) -> Message:
@@ -353,13 +355,13 @@ def make_client_app(source: DataSource | None = None, mods: Sequence[Mod] = ()) 
     def totals(msg: Message, context: Context) -> Message:
         # Private mode without secure sums: the noisy totals in clear (full noise each).
         cfg = dict(msg.content.config_records["config"])
-        return _reply(msg, RecordDict({"sums": _arrays(totals=bank.totals(context, cfg))}))
+        return _reply(msg, sums.pack(totals=bank.totals(context, cfg)))
 
     @app.train("masked")
     def masked(msg: Message, context: Context) -> Message:
         cfg = dict(msg.content.config_records["config"])
         out = bank.masked(context, cfg, bank.secure_vector(context, cfg))
-        return _reply(msg, RecordDict({"sums": _arrays(masked=out)}))
+        return _reply(msg, sums.pack(masked=out))
 
     @app.train("bagging")
     def bagging(msg: Message, context: Context) -> Message:

@@ -27,7 +27,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from fedcredit.common.errors import DeadlineExceeded, FailedPrecondition, Unavailable
-from fedcredit.training.flower import masking, secure
+from fedcredit.training.flower import masking, secure, sums
 from fedcredit.training.server.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -264,9 +264,7 @@ class Federation:
             "train.masked",
             lambda: RecordDict({"config": ConfigRecord(cast(Any, cfg))}),
         )
-        return masking.unmask_sum(
-            [rd.array_records["sums"]["masked"].numpy() for rd in replies.values()]
-        )
+        return masking.unmask_sum([sums.unpack(rd, "masked") for rd in replies.values()])
 
     def secure_sum(self, op: str, payload: dict[str, Any]) -> np.ndarray:
         """Exact int64 sum over all banks of the vector each computes for ``op``, via SecAgg+."""

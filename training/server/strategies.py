@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
 from fedcredit.common.errors import FailedPrecondition, InvalidArgument
+from fedcredit.training.flower import sums
 from fedcredit.training.gbdt.binning import SKETCH_CELLS, BinSpec, merge_ranges, spec_from_sketch
 from fedcredit.training.gbdt.booster import Ensemble, HistServer, Totals
 from fedcredit.training.gbdt.lgb_text import ModelParts
@@ -210,8 +211,8 @@ def _features(fed: Federation) -> tuple[list[str], np.ndarray, np.ndarray, int]:
     return names, lo, hi, rows
 
 
-def _sum(replies: dict[int, RecordDict], record: str, key: str) -> np.ndarray:
-    arrays = [rd.array_records[record][key].numpy() for _, rd in sorted(replies.items())]
+def _sum(replies: dict[int, RecordDict], key: str) -> np.ndarray:
+    arrays = [sums.unpack(rd, key) for _, rd in sorted(replies.items())]
     return cast(np.ndarray, np.sum(arrays, axis=0, dtype=np.int64))
 
 
@@ -254,8 +255,8 @@ def _binning(
         totals = flat[nf * cells :]
     else:
         replies = fed.ask("query.sketch", partial(_cfg, **sketch_cfg))
-        counts = _sum(replies, "sums", "counts")
-        totals = _sum(replies, "sums", "totals")
+        counts = _sum(replies, "counts")
+        totals = _sum(replies, "totals")
     if node_edges is not None:
         spec = BinSpec(
             feature_names=tuple(names),
@@ -296,7 +297,7 @@ def _private_start(
     if s.secagg:
         totals = _secure(fed, "totals", first)
     else:
-        totals = _sum(fed.ask("train.totals", partial(_cfg, **first)), "sums", "totals")
+        totals = _sum(fed.ask("train.totals", partial(_cfg, **first)), "totals")
     privacy = {
         "epsilon": plan.spent_epsilon,
         "delta": plan.delta,
@@ -371,8 +372,8 @@ def _grow(fed: Federation, server: HistServer, spec: BinSpec, *, send_spec: bool
             valid = flat[size:] if req.want_valid else None
         else:
             replies = fed.ask("train.hist", partial(_cfg, **cfg))
-            hist = _sum(replies, "sums", "hist") if req.leaves else np.zeros(shape, dtype=np.int64)
-            valid = _sum(replies, "sums", "valid") if req.want_valid else None
+            hist = _sum(replies, "hist") if req.leaves else np.zeros(shape, dtype=np.int64)
+            valid = _sum(replies, "valid") if req.want_valid else None
         server.receive(hist, valid)
         rounds += 1
     return rounds
