@@ -214,6 +214,9 @@ def test_every_service_module_is_published_or_private() -> None:
 @pytest.mark.slow
 def test_wheel_installs_only_the_fedcredit_name(tmp_path: Path) -> None:
     """`pip install .` into an empty venv adds exactly one top-level import name."""
+    # Without PYTHONPATH: training/run/simulation.py sets it in-process for Ray's workers,
+    # so after a simulation test in the same pytest worker it would name the source tree.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # Build from a copy: setuptools builds in the source folder and would reuse a stale
     # build/ left there (files deleted since would still land in the wheel).
     src = tmp_path / "src"
@@ -243,6 +246,7 @@ def test_wheel_installs_only_the_fedcredit_name(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
         timeout=600,
+        env=clean,
     )
     probe = (
         "import importlib.metadata as m, json, importlib.util as u;"
@@ -256,7 +260,7 @@ def test_wheel_installs_only_the_fedcredit_name(tmp_path: Path) -> None:
     )
     # Run outside the source tree: `python -c` puts the working directory on sys.path.
     out = subprocess.run(
-        [str(py), "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        [str(py), "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=clean
     )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
@@ -275,12 +279,12 @@ def test_wheel_installs_only_the_fedcredit_name(tmp_path: Path) -> None:
         [str(py), "-c", "import importlib.metadata as m; print(sorted({f.parts[1] for f in"
          " m.distribution('fedcredit').files if f.parts[0] == 'fedcredit' and len(f.parts) > 2"
          " and f.parts[1] != '__pycache__'}))"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, check=True,
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, check=True, env=clean,
     )  # fmt: skip
     assert listing.stdout.strip() == repr(expected)
     assert len(expected) >= 9
     fail = subprocess.run(
-        [str(py), "-c", "import common"], capture_output=True, timeout=60, cwd=tmp_path
+        [str(py), "-c", "import common"], capture_output=True, timeout=60, cwd=tmp_path, env=clean
     )
     assert fail.returncode != 0
     shutil.rmtree(env_dir)
