@@ -461,16 +461,37 @@ class Scorer:
         counter = self._counter
         if counter is None or not batch.opened:
             return
-        groups: dict[tuple[str, bool], list[UseRef]] = {}
-        for i, (use_id, ref) in batch.opened.items():
-            groups.setdefault((use_id, i in done), []).append(ref)
-        batch.opened = {}
+        groups = self._take_groups(batch, done)
 
         def run() -> None:
             for (use_id, commit), refs in groups.items():
                 self._settle_quietly(counter, use_id, refs, commit)
 
         self._pool.submit(run)
+
+    async def _settle_now(self, batch: _Batch, done: Collection[int]) -> None:
+        """:meth:`_settle`, awaited: a refused item's use is given back BEFORE the refusal
+        is answered. Left to the background, the release raced a bank retrying at once
+        (after NODE_UNAVAILABLE, say), which met CONSENT_USES_EXHAUSTED for a use nothing
+        had consumed. Only refusals pay this round trip: answered uses were committed."""
+        counter = self._counter
+        if counter is None or not batch.opened:
+            return
+        groups = self._take_groups(batch, done)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(
+            loop.run_in_executor(self._pool, self._settle_quietly, counter, use_id, refs, commit)
+            for (use_id, commit), refs in groups.items()
+        ))  # fmt: skip
+
+    @staticmethod
+    def _take_groups(batch: _Batch, done: Collection[int]) -> dict[tuple[str, bool], list[UseRef]]:
+        """The uses still open, by (use id, commit?); the batch keeps none (never twice)."""
+        groups: dict[tuple[str, bool], list[UseRef]] = {}
+        for i, (use_id, ref) in batch.opened.items():
+            groups.setdefault((use_id, i in done), []).append(ref)
+        batch.opened = {}
+        return groups
 
     async def _commit(self, batch: _Batch, out: list[Any]) -> None:
         """Commit the uses of the scores about to be answered, BEFORE any leaves the
@@ -707,7 +728,9 @@ class Scorer:
             await self._commit(batch, out)
         finally:
             if batch is not None:
-                self._settle(batch, {k for k, a in enumerate(out) if isinstance(a, Assessment)})
+                await self._settle_now(
+                    batch, {k for k, a in enumerate(out) if isinstance(a, Assessment)}
+                )
         return out
 
     async def _assess(
@@ -790,7 +813,7 @@ class Scorer:
         finally:
             # Committed: the scores answered; released: everything refused (ledger down,
             # a node down, cancelled before the answer).
-            self._settle(batch, {k for k, r in enumerate(out) if isinstance(r, Scored)})
+            await self._settle_now(batch, {k for k, r in enumerate(out) if isinstance(r, Scored)})
         st.ledger_s += self._clock() - t0
         return out
 
