@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -81,6 +81,21 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 def create_schema(engine: Engine, metadata: MetaData) -> None:
     """Create missing tables (idempotent)."""
     metadata.create_all(engine)
+
+
+def add_missing_columns(engine: Engine, added: tuple[tuple[str, str, str], ...]) -> list[str]:
+    """``ALTER TABLE ... ADD COLUMN`` for each (table, column, SQL type) a table created by
+    an earlier version lacks (``create_all`` adds tables, never columns); the ones added.
+    The columns must be nullable; the names are the caller's constants, never input."""
+    done = []
+    insp = inspect(engine)
+    for table, column, sql_type in added:
+        if not insp.has_table(table) or column in {c["name"] for c in insp.get_columns(table)}:
+            continue
+        with engine.begin() as conn:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+        done.append(f"{table}.{column}")
+    return done
 
 
 def sqlite_url(path: Path | str) -> str:

@@ -165,7 +165,25 @@ def model_dict(m: pb.ModelVersion) -> dict[str, Any]:
         "grade_counts": dict(m.grade_counts),
         "publish_ledger_index": m.publish_ledger_index,
         "activate_ledger_index": m.activate_ledger_index or None,
+        "privacy": privacy_dict(m),
     }
+
+
+def privacy_dict(m: pb.ModelVersion) -> dict[str, Any] | None:
+    """The training run's (epsilon, delta) and noise plan; None: trained without noise."""
+    if not m.HasField("privacy"):
+        return None
+    details = json.loads(m.privacy.details_json or "{}")
+    return {"epsilon": m.privacy.epsilon, "delta": m.privacy.delta} | details
+
+
+def _privacy_line(p: dict[str, Any] | None) -> str:
+    if p is None:
+        return "none: trained without differential privacy"
+    return (
+        f"epsilon {p['epsilon']:.3g}, delta {p['delta']:g} per training run "
+        "(one borrower's row at one bank)"
+    )
 
 
 def _kv_table(title: str, data: dict[str, Any]) -> Table:
@@ -687,7 +705,16 @@ def model_list_cmd(config: ConfigOpt, org: OrgOpt, as_json: JsonOpt = False) -> 
     with user_errors(as_json), _client(config, org) as c:
         rows = [model_dict(m) for m in c.list_models()]
     t = Table(title="Model registry")
-    for col in ("version", "active", "trainer", "created", "sha256", "features", "metrics"):
+    for col in (
+        "version",
+        "active",
+        "trainer",
+        "created",
+        "sha256",
+        "features",
+        "epsilon, delta",
+        "metrics",
+    ):
         t.add_column(col)
     for r in rows:
         t.add_row(
@@ -697,6 +724,7 @@ def model_list_cmd(config: ConfigOpt, org: OrgOpt, as_json: JsonOpt = False) -> 
             str(r["created_at"]),
             r["sha256"][:16] + "…",
             str(len(r["features"])),
+            f"{r['privacy']['epsilon']:.3g}, {r['privacy']['delta']:g}" if r["privacy"] else "-",
             json.dumps(r["metrics"])[:60],
         )
     output(rows, as_json, t)
@@ -714,7 +742,8 @@ def model_show_cmd(
     """One model version: hash, features, metrics, thresholds, ledger entries."""
     with user_errors(as_json), _client(config, org) as c:
         d = model_dict(c.get_model(version))
-    output(d, as_json, _kv_table(f"Model {d['version']}", d))
+    shown = d | {"privacy": _privacy_line(d["privacy"])}
+    output(d, as_json, _kv_table(f"Model {d['version']}", shown))
 
 
 @model.command("activate")

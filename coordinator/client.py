@@ -10,7 +10,8 @@ server sent (e.g. ``consent.errors.ConsentRevoked``, ``coordinator.errors.Ledger
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence, Sized
+import json
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any
 
 import grpc
@@ -22,6 +23,20 @@ import fedcredit.coordinator.errors  # noqa: F401
 from fedcredit.common.client import AsyncServiceClient, ServiceClient
 from fedcredit.v1 import coordinator_pb2 as pb
 from fedcredit.v1 import coordinator_pb2_grpc as pb_grpc
+
+
+def privacy_pb(privacy: Mapping[str, Any] | None) -> pb.TrainingPrivacy | None:
+    """A run's ``{"epsilon", "delta", ...}`` on the wire (the service's replies and the
+    client's publications share this mapping); None: the field stays absent (no noise)."""
+    if privacy is None:
+        return None
+    details = {k: v for k, v in privacy.items() if k not in ("epsilon", "delta")}
+    return pb.TrainingPrivacy(
+        epsilon=float(privacy["epsilon"]),
+        delta=float(privacy["delta"]),
+        details_json=json.dumps(details, sort_keys=True),
+    )
+
 
 DEFAULT_SERVER_ORG = "coordinator"
 DEFAULT_TIMEOUT = 30.0
@@ -178,7 +193,10 @@ class CoordinatorClient(ServiceClient[CoordinatorStubs]):
         metrics_json: str = "",
         settings_json: str = "",
         activate: bool = False,
+        privacy: Mapping[str, Any] | None = None,
     ) -> pb.ModelVersion:
+        """``privacy``: a private run's ``{"epsilon", "delta", ...}`` (None: no noise)."""
+        dp = privacy_pb(privacy)
         return self._call(
             self.registry.Publish,
             pb.PublishModelRequest(
@@ -188,6 +206,7 @@ class CoordinatorClient(ServiceClient[CoordinatorStubs]):
                 settings_json=settings_json,
                 calibration_pds=list(calibration_pds),
                 activate=activate,
+                privacy=dp,
             ),
         )
 

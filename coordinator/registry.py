@@ -16,6 +16,7 @@ unchanged and raises :class:`coordinator.errors.LedgerUnavailable`.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -58,6 +59,33 @@ def calibration_population(
     )
 
 
+def check_privacy(privacy: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A private run's ``{"epsilon", "delta", ...}`` as the registry keeps it, or None (no
+    noise). Refused unless 0 < epsilon < inf and 0 < delta < 1: a published guarantee
+    a reader cannot interpret is worse than none."""
+    if privacy is None:
+        return None
+    eps, delta = privacy.get("epsilon"), privacy.get("delta")
+    if not (isinstance(eps, int | float) and isinstance(delta, int | float)):
+        raise InvalidModel(
+            f"a private model's privacy needs numbers epsilon and delta, got epsilon={eps!r}, "
+            f"delta={delta!r}"
+        )
+    if not (eps > 0.0 and math.isfinite(eps) and 0.0 < delta < 1.0):
+        raise InvalidModel(
+            f"expected 0 < epsilon < inf and 0 < delta < 1, got epsilon={eps}, delta={delta}"
+        )
+    bad = [k for k, v in privacy.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise InvalidModel(
+            f"privacy details must be finite numbers or null (RFC 8785 JSON has no NaN or "
+            f"infinity), got {', '.join(f'{k}={privacy[k]}' for k in bad)}"
+        )
+    out = dict(privacy)
+    out["epsilon"], out["delta"] = float(eps), float(delta)
+    return out
+
+
 class Registry:
     def __init__(
         self,
@@ -85,14 +113,19 @@ class Registry:
         calibration_pds: Sequence[float] | np.ndarray | None = None,
         calibration_matrix: np.ndarray | None = None,
         activate: bool = False,
+        privacy: Mapping[str, Any] | None = None,
     ) -> ModelRecord:
         """Register a model version; its thresholds are calibrated on the rated population.
+
+        ``privacy`` (private training runs): ``{"epsilon": ..., "delta": ..., ...}`` of the
+        whole run, kept with the version and written into ``model_published``.
 
         The population is given either as the model's probabilities of default
         (``calibration_pds``) or as a feature matrix in the model's feature
         order (``calibration_matrix``), which the registry scores itself.
         """
         digest = model_sha256(model_text)
+        dp = check_privacy(privacy)
         if sha256 and sha256.lower() != digest:
             raise InvalidModel(
                 f"the model text's SHA-256 is {digest}, the request says {sha256.lower()}"
@@ -118,6 +151,7 @@ class Registry:
             publish_ledger_index=0,  # set once the ledger has the publication
             calibration=pds,
             model_text=model_text,
+            privacy=dp,
         )
         rec = self._record_publication(rec)
         if activate:
@@ -139,6 +173,9 @@ class Registry:
                     "features": list(rec.features),
                     "thresholds": rec.thresholds.to_dict(),
                     "metrics": dict(rec.metrics),
+                    # Issue 15: the run's (epsilon, delta); null for a model trained
+                    # without noise.
+                    "privacy": rec.privacy,
                 },
             )
             rec = replace(rec, publish_ledger_index=index)

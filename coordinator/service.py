@@ -29,6 +29,7 @@ from fedcredit.common.tls import Identity, peer_identity
 from fedcredit.common.wire import item_error
 from fedcredit.consent.verify import TokenVerifier
 from fedcredit.coordinator.batches import ResumableBatch, check_batch_id
+from fedcredit.coordinator.client import privacy_pb
 from fedcredit.coordinator.deadline import set_from_remaining
 from fedcredit.coordinator.errors import InvalidBatchId, ModelVersionNotFound, NoActiveModel
 from fedcredit.coordinator.fanout import Catalog, NodeFeatures
@@ -190,7 +191,17 @@ def model_pb(rec: ModelRecord, include_text: bool = False) -> pb.ModelVersion:
         settings_json=json.dumps(rec.settings, sort_keys=True),
         calibration_size=len(rec.calibration),
         grade_counts={k: int(v) for k, v in rec.grade_counts.items()},
+        privacy=privacy_pb(rec.privacy),
     )
+
+
+def privacy_from_pb(request: pb.PublishModelRequest) -> dict[str, Any] | None:
+    """A publication's privacy as the registry takes it (checked there), or None."""
+    if not request.HasField("privacy"):
+        return None
+    p = request.privacy
+    details = parse_json_field(p.details_json, "privacy.details_json")
+    return details | {"epsilon": p.epsilon, "delta": p.delta}
 
 
 def fund_pb(st: FundStatus) -> pb.FundStatusReply:
@@ -578,6 +589,7 @@ class RegistryServicer(pb_grpc.ModelRegistryServicer):
             )
         metrics = parse_json_field(request.metrics_json, "metrics_json")
         settings = parse_json_field(request.settings_json, "settings_json")
+        privacy = privacy_from_pb(request)
         rec = await asyncio.to_thread(
             lambda: self.app.registry.publish(
                 request.model_text,
@@ -588,6 +600,7 @@ class RegistryServicer(pb_grpc.ModelRegistryServicer):
                 settings=settings,
                 calibration_pds=list(request.calibration_pds),
                 activate=request.activate,
+                privacy=privacy,
             )
         )
         obs.published(metrics, settings)

@@ -47,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from fedcredit.common.db import create_schema, make_engine
+from fedcredit.common.db import add_missing_columns, create_schema, make_engine
 from fedcredit.common.errors import StoreUnavailable
 from fedcredit.coordinator.errors import (
     ApplicationConflict,
@@ -82,7 +82,11 @@ model_versions = Table(
     Column("publish_ledger_index", BigInteger, nullable=False),
     Column("activate_ledger_index", BigInteger),
     Column("activated_at", BigInteger),
+    # Private training runs: {"epsilon", "delta", ...} as JSON; NULL without noise.
+    Column("privacy_json", Text),
 )
+# Columns added since the first release (nullable): (table, column, SQL type).
+ADDED_COLUMNS = (("coord_model_versions", "privacy_json", "TEXT"),)  # issue 15
 
 active_model = Table(
     "coord_active_model",
@@ -168,6 +172,8 @@ class ModelRecord:
     active: bool = False
     activated_at: int | None = None
     activate_ledger_index: int | None = None
+    # The training run's differential privacy ({"epsilon", "delta", ...}); None: no noise.
+    privacy: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -243,6 +249,7 @@ class CoordinatorStore:
     def create(self) -> None:
         with self._guard():
             create_schema(self.engine, metadata)
+            add_missing_columns(self.engine, ADDED_COLUMNS)
             try:
                 with self.engine.begin() as conn:
                     if conn.execute(select(fund.c.id)).first() is None:
@@ -287,6 +294,9 @@ class CoordinatorStore:
                         th_c=rec.thresholds.c,
                         grade_counts_json=json.dumps(rec.grade_counts, sort_keys=True),
                         publish_ledger_index=rec.publish_ledger_index,
+                        privacy_json=(
+                            None if rec.privacy is None else json.dumps(rec.privacy, sort_keys=True)
+                        ),
                     )
                 )
             except IntegrityError as exc:
@@ -312,6 +322,7 @@ class CoordinatorStore:
             active=m["version"] == active_version,
             activated_at=m["activated_at"],
             activate_ledger_index=m["activate_ledger_index"],
+            privacy=json.loads(m["privacy_json"]) if m["privacy_json"] else None,
         )
 
     def _active_version(self, conn: Connection) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedcredit.clients.cli import build_app
+from fedcredit.common.errors import FedcreditError
 
 from .conftest import BANK, City, ConsentEnv, Coord, start_coordinator, stop_coordinator
 
@@ -175,3 +177,45 @@ def test_score_batch_guarantee_fund_and_models(
     assert json.loads(res.output)["active"] is True
     res = run("model", "activate", "--config", str(config), "--org", BANK, "--version", "test-v1")
     assert res.exit_code == 6 and "ROLE_NOT_ALLOWED" in res.output
+
+
+def test_private_model_epsilon_delta_in_registry_ledger_and_model_show(
+    pki: Any, config: Path, coord: Coord, city: City
+) -> None:
+    """Issue 15: a private run's (epsilon, delta) is kept with the version, written into its
+    model_published entry and shown by `fedcredit model show` (table and --json); a model
+    without noise says so; a privacy that cannot be read is refused and ledgers nothing."""
+    from fedcredit.coordinator.client import CoordinatorClient
+
+    text = city.model_text.replace("[learning_rate: 0.1]", "[learning_rate: 0.1]  ")
+    privacy = {"epsilon": 3.9, "delta": 1e-6, "noise_multiplier": 9.9, "releases": 21}
+    before = len(coord.ledger.entries())
+    with CoordinatorClient(coord.target, pki.tls("operator"), timeout=20) as op:
+        for bad, why in (
+            ({"epsilon": 0.0, "delta": 1e-6}, "0 < epsilon"),
+            ({"epsilon": 4.0, "delta": 1.5}, "delta < 1"),
+            ({"epsilon": 4.0, "delta": 1e-6, "epsilon_if_one_bank_colludes": math.inf}, "finite"),
+        ):
+            with pytest.raises(FedcreditError) as refused:
+                op.publish(text, calibration_pds=list(city.pds), version="dp-bad", privacy=bad)
+            assert refused.value.reason == "INVALID_MODEL" and why in refused.value.message
+        assert len(coord.ledger.entries()) == before  # nothing ledgered for a refusal
+        mv = op.publish(text, calibration_pds=list(city.pds), version="dp-v1", privacy=privacy)
+    assert (mv.privacy.epsilon, mv.privacy.delta) == (3.9, 1e-6)
+    entry = coord.ledger.entries("model_published")[-1]
+    assert entry.index == mv.publish_ledger_index and entry.payload["version"] == "dp-v1"
+    assert entry.payload["privacy"] == privacy
+
+    args = ("model", "show", "--config", str(config), "--org", "operator", "--version")
+    res = run(*args, "dp-v1", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["privacy"] == privacy
+    res = run(*args, "dp-v1")
+    assert res.exit_code == 0 and "epsilon 3.9, delta 1e-06 per training run" in res.output
+    res = run(*args, "test-v1", "--json")
+    assert json.loads(res.output)["privacy"] is None
+    assert "trained without differential privacy" in run(*args, "test-v1").output
+    listed = json.loads(
+        run("model", "list", "--config", str(config), "--org", "operator", "--json").output
+    )
+    assert {m["version"]: m["privacy"] for m in listed}["dp-v1"] == privacy

@@ -87,6 +87,31 @@ def _reserve(
     )
 
 
+def test_model_privacy_roundtrip_and_column_added_to_an_earlier_store(db_url: str) -> None:
+    """Issue 15: a private model's (epsilon, delta) is kept; a store created before the
+    column existed gets it on open and keeps its rows (their privacy: none)."""
+    from dataclasses import replace
+
+    import sqlalchemy as sa
+
+    store = CoordinatorStore.open(db_url)
+    try:
+        store.add_model(_model("old"))
+        with store.engine.begin() as conn:  # the table as an earlier release created it
+            conn.execute(sa.text("ALTER TABLE coord_model_versions DROP COLUMN privacy_json"))
+    finally:
+        store.close()
+    store = CoordinatorStore.open(db_url)
+    try:
+        assert store.require_model("old").privacy is None
+        dp = {"epsilon": 4.0, "delta": 1e-6, "noise_multiplier": 9.9}
+        store.add_model(replace(_model("private"), privacy=dp))
+        assert store.require_model("private").privacy == dp
+        assert [m.privacy for m in store.list_models()] == [None, dp]
+    finally:
+        store.close()
+
+
 def test_fund_books_reserve_finalize_close(db_url: str) -> None:
     store = CoordinatorStore.open(db_url)
     policy = FundPolicy(fund_size=1_000_000, max_leverage=2)

@@ -106,6 +106,8 @@ class CityTrainReport:
     pooled_auc_ci95: list[float] = field(default_factory=list)
     # Message round trips server -> banks -> server per tree (strategies.run_hist says why).
     message_rounds_per_tree: float = 0.0
+    # Private runs: the (epsilon, delta) spent and the noise plan; None without noise.
+    privacy: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -276,6 +278,7 @@ def _report(
         message_rounds_per_tree=float(summary.get("message_rounds_per_tree", 0.0)),
         auc_ci95=list(ev.auc_ci95),
         pooled_auc_ci95=list(ev.pooled_auc_ci95),
+        privacy=summary.get("privacy"),
     )
 
 
@@ -332,6 +335,7 @@ def _publish(
         settings=settings_doc,
         activate=activate,
         version=version or f"fed-{s.strategy}-{stamp}-{report.sha256[:8]}",
+        privacy=result.summary.get("privacy"),
     )
     report.model_version = mv.version
     report.ledger_index = int(mv.publish_ledger_index)

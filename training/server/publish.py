@@ -27,9 +27,11 @@ def publish_model(
     settings: dict[str, Any],
     activate: bool,
     version: str = "",
+    privacy: dict[str, Any] | None = None,
 ) -> pb.ModelVersion:
     """Register (and optionally activate) over gRPC as the operator; the registry writes the
-    ledger entries before it answers."""
+    ledger entries before it answers. ``privacy``: a private run's (epsilon, delta) and
+    noise plan, kept with the version and written into ``model_published``."""
     svc = dep.service("coordinator")
     with CoordinatorClient(
         svc.address, dep.tls(operator), server_org=svc.org_id, timeout=60.0
@@ -41,6 +43,7 @@ def publish_model(
             metrics_json=json.dumps(metrics, default=_jsonable),
             settings_json=json.dumps(settings, default=_jsonable),
             activate=activate,
+            privacy=None if privacy is None else finite(privacy),
         )
 
 

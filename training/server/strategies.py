@@ -307,6 +307,8 @@ def _private_start(
         "noise_shares": shares,
         "epsilon_if_one_bank_colludes": plan.epsilon_if_colluding(1) if shares > 1 else None,
         "public_ranges": True,
+        "unit": "one borrower's row at one bank",
+        "accountant": "OpenDP: zCDP composition, converted to (epsilon, delta)",
     }
     return spec, totals, plan, privacy
 

@@ -660,6 +660,7 @@ class ModelVersion(_message.Message):
     SETTINGS_JSON_FIELD_NUMBER: _builtins.int
     CALIBRATION_SIZE_FIELD_NUMBER: _builtins.int
     GRADE_COUNTS_FIELD_NUMBER: _builtins.int
+    PRIVACY_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     sha256: _builtins.str
     """hex SHA-256 of the model text (UTF-8)"""
@@ -687,6 +688,10 @@ class ModelVersion(_message.Message):
     def grade_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """calibration population per grade"""
 
+    @_builtins.property
+    def privacy(self) -> Global___TrainingPrivacy:
+        """Differential privacy of the training run; absent for a model trained without noise."""
+
     def __init__(
         self,
         *,
@@ -705,14 +710,49 @@ class ModelVersion(_message.Message):
         settings_json: _builtins.str = ...,
         calibration_size: _builtins.int = ...,
         grade_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        privacy: Global___TrainingPrivacy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["thresholds", b"thresholds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["privacy", b"privacy", "thresholds", b"thresholds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activate_ledger_index", b"activate_ledger_index", "activated_at", b"activated_at", "active", b"active", "calibration_size", b"calibration_size", "created_at", b"created_at", "features", b"features", "grade_counts", b"grade_counts", "metrics_json", b"metrics_json", "model_text", b"model_text", "publish_ledger_index", b"publish_ledger_index", "settings_json", b"settings_json", "sha256", b"sha256", "thresholds", b"thresholds", "trainer", b"trainer", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activate_ledger_index", b"activate_ledger_index", "activated_at", b"activated_at", "active", b"active", "calibration_size", b"calibration_size", "created_at", b"created_at", "features", b"features", "grade_counts", b"grade_counts", "metrics_json", b"metrics_json", "model_text", b"model_text", "privacy", b"privacy", "publish_ledger_index", b"publish_ledger_index", "settings_json", b"settings_json", "sha256", b"sha256", "thresholds", b"thresholds", "trainer", b"trainer", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelVersion: _TypeAlias = ModelVersion  # noqa: Y015
+
+@_typing.final
+class TrainingPrivacy(_message.Message):
+    """The (epsilon, delta) a private training run spent (issue 15), as OpenDP's accountant
+    computed it before the run started; the privacy unit is one borrower's row at one bank.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPSILON_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    DETAILS_JSON_FIELD_NUMBER: _builtins.int
+    epsilon: _builtins.float
+    """> 0 and finite"""
+    delta: _builtins.float
+    """in (0, 1)"""
+    details_json: _builtins.str
+    """The rest of the noise plan (noise multiplier, releases, noise shares, epsilon if
+    one bank colludes, ...), as a JSON object.
+    """
+    def __init__(
+        self,
+        *,
+        epsilon: _builtins.float = ...,
+        delta: _builtins.float = ...,
+        details_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "details_json", b"details_json", "epsilon", b"epsilon"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingPrivacy: _TypeAlias = TrainingPrivacy  # noqa: Y015
 
 @_typing.final
 class PublishModelRequest(_message.Message):
@@ -725,6 +765,7 @@ class PublishModelRequest(_message.Message):
     SETTINGS_JSON_FIELD_NUMBER: _builtins.int
     CALIBRATION_PDS_FIELD_NUMBER: _builtins.int
     ACTIVATE_FIELD_NUMBER: _builtins.int
+    PRIVACY_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """empty: derived from the hash"""
     model_text: _builtins.str
@@ -740,6 +781,10 @@ class PublishModelRequest(_message.Message):
         rating thresholds are calibrated on them (at least 48).
         """
 
+    @_builtins.property
+    def privacy(self) -> Global___TrainingPrivacy:
+        """private runs only: their (epsilon, delta)"""
+
     def __init__(
         self,
         *,
@@ -750,10 +795,11 @@ class PublishModelRequest(_message.Message):
         settings_json: _builtins.str = ...,
         calibration_pds: _abc.Iterable[_builtins.float] | None = ...,
         activate: _builtins.bool = ...,
+        privacy: Global___TrainingPrivacy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["privacy", b"privacy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "calibration_pds", b"calibration_pds", "metrics_json", b"metrics_json", "model_text", b"model_text", "settings_json", b"settings_json", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "calibration_pds", b"calibration_pds", "metrics_json", b"metrics_json", "model_text", b"model_text", "privacy", b"privacy", "settings_json", b"settings_json", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
