@@ -8,6 +8,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
+from fedcredit.portal.audit_pages import AUDIT_ROUTES
 from fedcredit.portal.backend import Backend
 from fedcredit.portal.dept_pages import DEPT_ROUTES
 from fedcredit.portal.market_pages import MARKET_ROUTES
@@ -31,6 +32,7 @@ def build_app(
     app = Starlette(
         routes=[
             *ROUTES,
+            *AUDIT_ROUTES,
             *MARKET_ROUTES,
             *DEPT_ROUTES,
             *OPS_ROUTES,

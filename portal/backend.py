@@ -1,17 +1,21 @@
 """What the portal asks of the services, through their published clients only, under the
 portal's own certificate (role ``portal``): PasskeyService at the consent service for
-every ceremony and decision, and the ledger for the entries about a signed-in enterprise
-with their inclusion proofs (verified again in the browser)."""
+every ceremony and decision, the ledger for the entries about a signed-in enterprise
+with their inclusion proofs and for the auditor's witnessed checkpoint (all verified
+again in the browser)."""
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fedcredit.common.config import Deployment
 from fedcredit.consent.passkey_client import PasskeyClient
 from fedcredit.ledger.client import LedgerClient
+from fedcredit.ledger.errors import NoCheckpoint
+from fedcredit.ledger.keys import keys_dir, read_vkey
 from fedcredit.market.client import FundMarketClient
 
 
@@ -25,6 +29,16 @@ class ProvenEntries:
     entries: list[dict[str, Any]]  # index, data (text), proof (base64 hashes)
 
 
+@dataclass(frozen=True)
+class WitnessedCheckpoint:
+    """A signed checkpoint with its cosignatures, and the keys to check them with."""
+
+    note: str  # the signed note: the log's signature, then each witness's cosignature
+    log_key: str  # the log's verifier key (vkey)
+    witness_keys: tuple[str, ...]  # the witnesses' published vkeys (type 0x04)
+    quorum: int  # cosignatures the deployment requires (the ledger's witness_quorum)
+
+
 class Backend:
     def __init__(
         self,
@@ -36,6 +50,13 @@ class Backend:
         self.ledger = ledger
         self.market = market  # the marketplace's pages (portal/market_pages.py)
         self._log_key: str | None = None
+        self._quorum: int | None = None
+        # The witnesses' cosigning keys the deployment publishes (signed-note vkeys,
+        # ``<deployment dir>/keys/*.witness.vkey``, re-read for each auditor's page: a
+        # witness publishes its key when it first starts): the page verifies each
+        # cosignature against them in the browser.
+        self.witness_keys: tuple[str, ...] = ()
+        self.keys_dir: Path | None = None
 
     @classmethod
     def from_deployment(cls, dep: Deployment, org: str) -> Backend:
@@ -44,7 +65,18 @@ class Backend:
         if "market" in dep.services:
             svc = dep.service("market")
             market = FundMarketClient(svc.address, dep.tls(org), server_org=svc.org_id)
-        return cls(PasskeyClient.from_deployment(dep, org), ledger, market)
+        backend = cls(PasskeyClient.from_deployment(dep, org), ledger, market)
+        backend.keys_dir = keys_dir(dep)
+        return backend
+
+    def published_witnesses(self) -> tuple[str, ...]:
+        """The witness keys the deployment publishes now (each parsed: a malformed file
+        is NOTE_MALFORMED naming it, never a key silently left out), in name order."""
+        if self.keys_dir is not None:
+            self.witness_keys = tuple(
+                read_vkey(p).vkey for p in sorted(self.keys_dir.glob("*.witness.vkey"))
+            )
+        return self.witness_keys
 
     def close(self) -> None:
         self.passkeys.close()
@@ -63,6 +95,22 @@ class Backend:
         if self.ledger is None:
             return "", ""
         return self.ledger.checkpoint(), self.log_key()
+
+    def witnessed_checkpoint(self) -> WitnessedCheckpoint:
+        """The newest checkpoint with the deployment's witness quorum of cosignatures (at
+        least one when witnesses are published), else the newest signed one; with every
+        cosignature collected for it (the ledger adds them to the note)."""
+        witnesses = self.published_witnesses()
+        if self.ledger is None:
+            return WitnessedCheckpoint("", "", witnesses, 0)
+        if self._quorum is None:  # the ledger's setting: read once
+            self._quorum = int(self.ledger.log_info().witness_quorum)
+        want = max(self._quorum, 1) if witnesses else 0
+        try:
+            note = self.ledger.checkpoint(min_cosignatures=want)
+        except NoCheckpoint:  # nothing cosigned yet (witnesses down, or a new log)
+            note = self.ledger.checkpoint()
+        return WitnessedCheckpoint(note, self.log_key(), witnesses, self._quorum)
 
     def consistency(self, old_size: int, new_size: int) -> list[str]:
         """RFC 9162 consistency proof between two tree sizes (base64 hashes)."""

@@ -305,6 +305,26 @@ MARKET_T: dict[str, tuple[str, str]] = {
 }
 T.update(MARKET_T)
 
+# the auditor's witnesses, export and the operator's model registry
+# (portal/audit_pages.py, portal/model_pages.py)
+AUDIT_T: dict[str, tuple[str, str]] = {
+    "au_witnesses": ("见证方联署", "Witness cosignatures"),
+    "au_witnesses_intro": (
+        "每个见证方的联署（C2SP tlog-cosignature）都在您的浏览器中用部署公布的见证方公钥验证：已验证、验证失败（签名不符：伪造或被篡改）或缺失（该见证方尚未联署此检查点）。",
+        "Each witness's cosignature (C2SP tlog-cosignature) is verified in your browser with the witness key the deployment publishes: verified, FAILED (the signature does not verify: forged or altered) or missing (the witness has not cosigned this checkpoint).",
+    ),
+    "au_no_witnesses": ("本部署未公布见证方公钥。", "This deployment publishes no witness keys."),
+    "au_witness": ("见证方", "Witness"),
+    "au_cosignature": ("联署", "Cosignature"),
+    "au_cosigned_at": ("联署时间（UTC）", "Cosigned at (UTC)"),
+    "au_key": ("公布的公钥", "Published key"),
+    "au_missing": ("缺失", "missing"),
+    "au_quorum": ("见证方法定数", "Witness quorum"),
+    "au_quorum_met": ("已达到", "met"),
+    "au_quorum_not_met": ("未达到", "NOT met"),
+}
+T.update(AUDIT_T)
+
 
 def tr(key: str, lang: str) -> str:
     zh, en = T[key]

@@ -251,28 +251,6 @@ async def operator_enrol(portal: Portal, request: Request, s: Session, data: dic
     return json_ok(portal, s, {"org": got.org, "role": got.role, "code": got.code, "expires_at": got.expires_at})  # fmt: skip
 
 
-@page("auditor")
-async def audit(portal: Portal, request: Request, s: Session) -> Response:
-    note, vkey = await call(portal.backend.checkpoint)
-    doc = dumps({"checkpoint": note, "log_key": vkey})
-    return portal.render(request, s, "audit.html", checkpoint=doc, note=note)
-
-
-@page("auditor")
-async def audit_consistency(portal: Portal, request: Request, s: Session) -> Response:
-    """The consistency proof from a size the browser saved to a newer one (JSON); the
-    browser checks it against the two roots it verified itself."""
-    try:
-        old = int(request.query_params.get("old", ""))
-        new = int(request.query_params.get("new", ""))
-    except ValueError:
-        raise InvalidArgument("expected whole numbers old and new") from None
-    if not 0 < old <= new:
-        raise InvalidArgument(f"expected 0 < old <= new, got old={old}, new={new}")
-    proof = await call(portal.backend.consistency, old, new)
-    return json_ok(portal, s, {"old": old, "new": new, "proof": proof})
-
-
 ROUTES = [
     Route("/healthz", healthz),
     Route("/", index),
@@ -293,9 +271,7 @@ ROUTES = [
     Route("/passkeys", passkeys),
     Route("/bank", bank),
     Route("/bank/consents", bank_rows),
-    Route("/audit", audit),
     Route("/operator", operator),
     Route("/operator/enrol", operator_enrol, methods=["POST"]),
-    Route("/audit/consistency", audit_consistency),
     Route("/bank/request", bank_request, methods=["POST"]),
 ]

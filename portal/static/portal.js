@@ -135,31 +135,86 @@
     return r;
   }
 
-  // A checkpoint note signed by the log key `vkey` (name+keyhash+base64(0x01 || key)).
-  async function verifyCheckpoint(note, vkey) {
-    const split = note.lastIndexOf("\n\n");
-    if (split < 0) throw new Error("not a signed note");
-    const text = note.slice(0, split + 1);
-    // name+hash+base64: split at the first two '+' only (base64 itself may hold '+').
+  // A signed-note verifier key name+keyhash+base64(type || key) (c2sp.org/signed-note):
+  // `type` 0x01 for a log key, 0x04 for a witness's cosignature/v1 key.
+  async function parseVkey(vkey, type) {
+    // split at the first two '+' only (base64 itself may hold '+').
     const i = vkey.indexOf("+"), j = vkey.indexOf("+", i + 1);
     if (i < 0 || j < 0) throw new Error("not a verifier key");
-    const name = vkey.slice(0, i), keyHash = vkey.slice(i + 1, j), keyB64 = vkey.slice(j + 1);
-    const raw = unb64(keyB64);
-    if (raw[0] !== 1 || raw.length !== 33) throw new Error("not an Ed25519 log key");
+    const name = vkey.slice(0, i), keyHash = vkey.slice(i + 1, j);
+    const raw = unb64(vkey.slice(j + 1));
+    if (raw[0] !== type || raw.length !== 33) throw new Error(`not an Ed25519 key of type ${type}`);
     const kid = (await sha256(enc.encode(name + "\n"), raw)).slice(0, 4);
-    if (hex(kid) !== keyHash) throw new Error("log key hash mismatch");
+    if (hex(kid) !== keyHash) throw new Error("key hash mismatch");
     const key = await crypto.subtle.importKey("raw", raw.slice(1), { name: "Ed25519" }, false, ["verify"]);
+    return { name, keyHash, key };
+  }
+
+  // The note's text and its signature lines as [name, bytes] (key id first).
+  function splitNote(note) {
+    const split = note.lastIndexOf("\n\n");
+    if (split < 0) throw new Error("not a signed note");
+    const sigs = [];
     for (const line of note.slice(split + 2).split("\n")) {
       const m = /^\u2014 (\S+) (\S+)$/.exec(line);
-      if (!m || m[1] !== name) continue;
-      const sig = unb64(m[2]);
-      if (hex(sig.slice(0, 4)) !== keyHash) continue;
+      if (m) sigs.push([m[1], unb64(m[2])]);
+    }
+    return { text: note.slice(0, split + 1), sigs };
+  }
+
+  // A checkpoint note signed by the log key `vkey`.
+  async function verifyCheckpoint(note, vkey) {
+    const { text, sigs } = splitNote(note);
+    const { name, keyHash, key } = await parseVkey(vkey, 1);
+    for (const [who, sig] of sigs) {
+      if (who !== name || hex(sig.slice(0, 4)) !== keyHash) continue;
       if (await crypto.subtle.verify({ name: "Ed25519" }, key, sig.slice(4), enc.encode(text))) {
         const lines = text.split("\n");
         return { origin: lines[0], size: Number(lines[1]), root: unb64(lines[2]) };
       }
     }
     throw new Error("no valid log signature on the checkpoint");
+  }
+
+  // One witness's cosignature on the note (c2sp.org/tlog-cosignature v1): a line under the
+  // witness's name and key id holding u64 timestamp || Ed25519 signature over
+  // "cosignature/v1\ntime <timestamp>\n" || note text. {status: verified|failed|missing, time}.
+  async function verifyCosignature(note, vkey) {
+    const { text, sigs } = splitNote(note);
+    const { name, keyHash, key } = await parseVkey(vkey, 4);
+    const mine = sigs.filter(([who, sig]) => who === name && hex(sig.slice(0, 4)) === keyHash);
+    if (mine.length === 0) return { status: "missing", time: null };
+    for (const [, sig] of mine) {
+      if (sig.length !== 4 + 8 + 64) continue;
+      const ts = new DataView(sig.buffer, sig.byteOffset + 4, 8).getBigUint64(0);
+      const msg = enc.encode(`cosignature/v1\ntime ${ts}\n${text}`);
+      if (await crypto.subtle.verify({ name: "Ed25519" }, key, sig.slice(12), msg)) {
+        return { status: "verified", time: Number(ts) };
+      }
+    }
+    return { status: "failed", time: null };
+  }
+
+  async function showCosignatures(doc, words) {
+    let good = 0;
+    for (const vkey of doc.witness_keys || []) {
+      let got = { status: "failed", time: null };
+      const name = vkey.slice(0, vkey.indexOf("+"));
+      try {
+        got = await verifyCosignature(doc.checkpoint, vkey);
+      } catch (e) {
+        got.error = String(e.message || e);
+      }
+      const row = document.querySelector(`#witnesses tr[data-witness="${CSS.escape(name)}"]`);
+      if (!row) continue;
+      const cell = row.querySelector(".cosig");
+      cell.dataset.status = got.status;
+      cell.textContent = words.dataset[got.status];
+      if (got.error) cell.title = got.error;
+      if (got.time !== null) row.querySelector(".cosig-time").textContent = new Date(got.time * 1000).toISOString().replace("T", " ").slice(0, 19);
+      if (got.status === "verified") good += 1;
+    }
+    return good;
   }
 
   function mark(el, ok, words) {
@@ -249,6 +304,15 @@
       mark(status, false, words);
       status.title = String(e.message || e);
     }
+    // each cosignature is checked on its own; the quorum counts only on a checkpoint whose
+    // log signature verified
+    const good = await showCosignatures(doc, words);
+    const q = document.getElementById("quorum-status");
+    const total = (doc.witness_keys || []).length;
+    const met = cp !== null && good >= doc.quorum;
+    q.dataset.status = met ? "verified" : "failed";
+    q.dataset.good = String(good);
+    q.textContent = `${good} / ${total} (≥ ${doc.quorum}) ${met ? words.dataset.met : words.dataset.notMet}`;
     const saved = JSON.parse(localStorage.getItem(SAVED) || "null");
     if (saved) document.getElementById("saved").textContent = `size ${saved.size}, root ${saved.root}`;
     if (cp && saved && saved.origin === cp.origin) {

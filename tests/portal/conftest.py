@@ -62,6 +62,26 @@ class Federation:
         self.authority.deliver_events()
         self.ledger.checkpoint()
 
+    def witnessed(self, timeout: float = 30.0) -> str:
+        """Settle, then wait until the newest checkpoint carries every witness's
+        cosignature (the log pushes to them in the background); its signed note."""
+        from fedcredit.ledger.checkpoint import Note
+
+        self.settle()
+        deadline = time.monotonic() + timeout
+        while True:
+            cp = self.ledger.last_checkpoint()
+            note = self.ledger.checkpoint_note(cp)
+            if cp.size == self.ledger.size and len(Note.parse(note).signatures) == 1 + len(
+                WITNESSES
+            ):
+                return str(note)
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"the witnesses did not cosign size {cp.size} within {timeout} s"
+                )
+            time.sleep(0.05)
+
     def enrol_code(self, org: str, role: str = "enterprise") -> str:
         from fedcredit.common.tls import Identity
 
@@ -69,21 +89,64 @@ class Federation:
         return code
 
 
-def _ledger(path: Path, pki: Any) -> tuple[Any, Any, Any, int]:
+WITNESSES = ("dept-tax", "dept-courts")  # cosign every checkpoint (WitnessService over gRPC)
+SILENT_WITNESS = "dept-customs"  # its key is published, it never cosigns (a witness down)
+QUORUM = 2
+
+
+def _witness_servers(d: Path, pki: Any, loop: Any, origin: str, log_key: Any) -> list[Any]:
+    """The witnesses, each a real WitnessService on its own mTLS server, and the ledger's
+    clients of them; returns [(server, client)]."""
+    from fedcredit.common.server import build_aio_server, mark_serving
+    from fedcredit.ledger.checkpoint import SIG_COSIGNATURE_V1, Signer
+    from fedcredit.ledger.client import WitnessClient
+    from fedcredit.ledger.witness import WITNESS_SERVICE, register_witness
+
+    out = []
+    for org in WITNESSES:
+        signer = Signer.generate(org, SIG_COSIGNATURE_V1)
+
+        async def start(org: str = org, signer: Signer = signer) -> tuple[Any, int]:
+            server, port = build_aio_server(
+                address="127.0.0.1:0",
+                tls=pki.tls(org),
+                register=lambda srv: register_witness(
+                    srv,
+                    database=f"sqlite:///{d / org}.sqlite",
+                    signer=signer,
+                    logs={origin: log_key},
+                ),
+                service_names=[WITNESS_SERVICE],
+            )
+            await server.start()
+            await mark_serving(server)
+            return server, port
+
+        server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+        client = WitnessClient(org, signer.verifier, f"127.0.0.1:{port}", pki.tls("ledger"), server_org=org)  # fmt: skip
+        out.append((server, client))
+    return out
+
+
+def _ledger(path: Path, pki: Any) -> tuple[Any, Any, Any, int, list[Any]]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from fedcredit.common.server import build_aio_server, mark_serving
+    from fedcredit.ledger.checkpoint import Signer
     from fedcredit.ledger.log import Log
     from fedcredit.ledger.service import LedgerServicer, register_ledger
     from fedcredit.ledger.settings import LedgerSettings, LogSettings
 
-    log = Log.open(
-        f"sqlite:///{path}", Ed25519PrivateKey.generate(), "ledger/central", actor="ledger",
-        settings=LogSettings(checkpoint_interval=0.2),
-    )  # fmt: skip
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="ledger-aio", daemon=True).start()
-    servicer = LedgerServicer(log, LedgerSettings())
+    key = Signer("ledger/central", Ed25519PrivateKey.generate())
+    witnesses = _witness_servers(path.parent, pki, loop, key.name, key.verifier)
+    log = Log.open(
+        f"sqlite:///{path}", key, "ledger/central", actor="ledger",
+        settings=LogSettings(checkpoint_interval=0.2, witness_retry_min=0.05, witness_retry_max=1.0),
+        witnesses=[c for _, c in witnesses],
+    )  # fmt: skip
+    servicer = LedgerServicer(log, LedgerSettings(witness_quorum=QUORUM))
 
     async def start() -> tuple[Any, int]:
         server, port = build_aio_server(
@@ -97,7 +160,13 @@ def _ledger(path: Path, pki: Any) -> tuple[Any, Any, Any, int]:
         return server, port
 
     server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    return log, loop, server, port
+    return log, loop, server, port, witnesses
+
+
+def _silent_key() -> Any:
+    from fedcredit.ledger.checkpoint import SIG_COSIGNATURE_V1, Signer
+
+    return Signer.generate(SILENT_WITNESS, SIG_COSIGNATURE_V1).verifier
 
 
 def _serve_portal(app: Any, port: int) -> tuple[Any, threading.Thread]:
@@ -125,7 +194,7 @@ def federation(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
 
     d = tmp_path_factory.mktemp("portal-fed")
     pki.issue("portal", "portal")
-    log, loop, lserver, lport = _ledger(d / "ledger.sqlite", pki)
+    log, loop, lserver, lport, witnesses = _ledger(d / "ledger.sqlite", pki)
     sink = LedgerClient(f"127.0.0.1:{lport}", pki.tls("consent-service"), server_org="ledger")
     banks = {b: pki.tls(b).identity() for b in DEFAULT_BANKS}
     authority = ConsentAuthority(
@@ -147,6 +216,7 @@ def federation(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
         PasskeyClient(f"127.0.0.1:{cport}", pki.tls("portal"), server_org="consent-service"),
         LedgerClient(f"127.0.0.1:{lport}", pki.tls("portal"), server_org="ledger"),
     )
+    backend.witness_keys = (*(c.verifier.vkey for _, c in witnesses), _silent_key().vkey)
     clock = OffsetClock()
     app = build_app(settings, backend, clock=clock)
     userver, thread = _serve_portal(app, port)
@@ -160,8 +230,11 @@ def federation(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
         authority.store.close()
         sink.close()
         asyncio.run_coroutine_threadsafe(lserver.stop(0), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
         log.close()
+        for wserver, wclient in witnesses:
+            wclient.close()
+            asyncio.run_coroutine_threadsafe(wserver.stop(0), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
 
 
 @dataclass

@@ -1,0 +1,76 @@
+"""The auditor's pages: the ledger's newest witnessed checkpoint, its log signature and each
+witness's cosignature verified in the browser (``static/portal.js``, WebCrypto Ed25519,
+c2sp.org/tlog-cosignature), consistency with a checkpoint the browser saved earlier
+(RFC 9162 §2.1.4), and the export download.
+
+What the server sends is only material: the page checks the log's signature with the
+log's key, each cosignature with the key the deployment publishes for that witness
+(``<deployment dir>/keys/<witness>.witness.vkey``), and shows per witness *verified*
+(with the cosignature's time), *failed* (a line under the witness's name and key id whose
+signature does not verify: a forged or altered cosignature) or *missing* (no line: the
+witness has not cosigned this checkpoint). The keys are shown with their key ids, for an
+auditor to compare with the ones it holds from elsewhere.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from fedcredit.common.errors import InvalidArgument
+from fedcredit.ledger.checkpoint import Verifier
+from fedcredit.portal.security import Session
+from fedcredit.portal.web import Portal, call, dumps, json_ok, page
+
+
+def witness_rows(vkeys: tuple[str, ...]) -> list[dict[str, str]]:
+    """Each published witness key as the page lists it: name, key id, the vkey itself."""
+    rows = []
+    for vkey in vkeys:
+        v = Verifier.parse(vkey)
+        rows.append({"name": v.name, "key_id": v.key_id.hex(), "vkey": vkey})
+    return rows
+
+
+@page("auditor")
+async def audit(portal: Portal, request: Request, s: Session) -> Response:
+    got = await call(portal.backend.witnessed_checkpoint)
+    doc = dumps(
+        {
+            "checkpoint": got.note,
+            "log_key": got.log_key,
+            "witness_keys": list(got.witness_keys),
+            "quorum": got.quorum,
+        }
+    )
+    return portal.render(
+        request,
+        s,
+        "audit.html",
+        checkpoint=doc,
+        note=got.note,
+        witnesses=witness_rows(got.witness_keys),
+        quorum=got.quorum,
+    )
+
+
+@page("auditor")
+async def audit_consistency(portal: Portal, request: Request, s: Session) -> Response:
+    """The consistency proof from a size the browser saved to a newer one (JSON); the
+    browser checks it against the two roots it verified itself."""
+    try:
+        old = int(request.query_params.get("old", ""))
+        new = int(request.query_params.get("new", ""))
+    except ValueError:
+        raise InvalidArgument("expected whole numbers old and new") from None
+    if not 0 < old <= new:
+        raise InvalidArgument(f"expected 0 < old <= new, got old={old}, new={new}")
+    proof = await call(portal.backend.consistency, old, new)
+    return json_ok(portal, s, {"old": old, "new": new, "proof": proof})
+
+
+AUDIT_ROUTES = [
+    Route("/audit", audit),
+    Route("/audit/consistency", audit_consistency),
+]
