@@ -8,6 +8,7 @@ typed :class:`~fedcredit.common.errors.FedcreditError` its ErrorInfo names
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Generic, Self, TypeVar
 
@@ -46,6 +47,25 @@ class ServiceClient(Generic[StubT]):
     def close(self) -> None:
         self.channel.close()
 
+    # Metadata sent with every call of this client (a delegated view, below).
+    _metadata: tuple[tuple[str, str], ...] = ()
+
+    def delegated(self, ticket: str) -> Self:
+        """This client (same channel) carrying a delegation ticket (consent/delegation.py):
+        the portal's certificate then acts for the organisation the ticket names, at
+        services that verify it. Do not close the view: it shares the channel."""
+        from fedcredit.common.tls import DELEGATION_METADATA_KEY
+
+        view = copy.copy(self)
+        view._metadata = ((DELEGATION_METADATA_KEY, ticket),)
+        return view
+
+    def _kw(self, timeout: float | None) -> dict[str, Any]:
+        kw: dict[str, Any] = {"timeout": timeout}
+        if self._metadata:
+            kw["metadata"] = self._metadata
+        return kw
+
     def __enter__(self) -> Self:
         return self
 
@@ -54,7 +74,7 @@ class ServiceClient(Generic[StubT]):
 
     def _call(self, fn: Callable[..., T], request: Any, timeout: float | None = None) -> T:
         try:
-            return fn(request, timeout=timeout or self.timeout)
+            return fn(request, **self._kw(timeout or self.timeout))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
@@ -72,7 +92,7 @@ class ServiceClient(Generic[StubT]):
         a watch) instead of the client's default.
         """
         try:
-            yield from fn(request, timeout=timeout if timeout or not bounded else self.timeout)
+            yield from fn(request, **self._kw(timeout if timeout or not bounded else self.timeout))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 

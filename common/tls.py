@@ -81,6 +81,10 @@ class TlsFiles:
         return identity_from_pem(self.read()[1])
 
 
+# The gRPC metadata key of a delegation ticket (consent/delegation.py).
+DELEGATION_METADATA_KEY = "x-fedcredit-delegation"
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """A caller authenticated by its certificate."""
@@ -88,6 +92,9 @@ class Identity:
     org_id: str
     role: str
     cert_sha256: bytes  # SHA-256 of the DER certificate
+    # "portal": the organisation acts through the portal under a delegated session
+    # (consent/delegation.py); its ledger entries say so. "" for a direct caller.
+    via: str = ""
 
     @property
     def x5t_s256(self) -> str:

@@ -4,6 +4,7 @@ calls to relay WebAuthn ceremonies and signed consent decisions."""
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +110,62 @@ class PasskeyClient(ServiceClient[passkey_pb2_grpc.PasskeyServiceStub]):
         )
         return consent_from_pb(m)
 
+    def bank_token(self, session: str, consent_id: str) -> ConsentView:
+        """A bank's consent with its token (bound to the bank's own certificate)."""
+        m = self._call(
+            self._stub.GetBankToken,
+            passkey_pb2.SessionConsentRef(session=session, consent_id=consent_id),
+        )
+        return dataclasses.replace(consent_from_pb(m.consent), token=m.token or None)
+
+    def delegate(self, session: str, audience: str) -> tuple[str, int]:
+        """A delegation ticket for service ``audience``: (ticket, expires_at)."""
+        m = self._call(
+            self._stub.Delegate, passkey_pb2.DelegateRequest(session=session, audience=audience)
+        )
+        return m.ticket, int(m.expires_at)
+
+    def passkey_active(self, org: str, credential_id: str) -> bool:
+        """Whether ``org``'s passkey is still registered (for the services' ticket checks)."""
+        m = self._call(
+            self._stub.PasskeyStatus,
+            passkey_pb2.PasskeyStatusRequest(org=org, credential_id=credential_id),
+        )
+        return bool(m.active)
+
 
 def _signed(statement_json: str, assertion_json: str) -> passkey_pb2.SignedStatement:
     return passkey_pb2.SignedStatement(statement_json=statement_json, assertion_json=assertion_json)
+
+
+class RemoteDelegationVerifier:
+    """A service's checker of delegation tickets (consent/delegation.py), fed over gRPC by
+    the consent service: its JWKS (cached, :class:`consent.verify.KeyCache`) and its
+    answer whether a passkey is still registered (cached ``check_ttl_s``)."""
+
+    def __init__(
+        self,
+        *,
+        consent_address: str,
+        tls: Any,
+        server_org: str,
+        issuer: str,
+        audience: str,
+        check_ttl_s: float = 30.0,
+        insecure: bool = False,
+    ) -> None:
+        from fedcredit.consent.client import ConsentClient
+        from fedcredit.consent.delegation import DelegationVerifier
+        from fedcredit.consent.verify import KeyCache
+
+        self._consent = ConsentClient(consent_address, tls, server_org=server_org, insecure=insecure)  # fmt: skip
+        self._passkeys = PasskeyClient(consent_address, tls, server_org=server_org, insecure=insecure, timeout=5.0)  # fmt: skip
+        keys = KeyCache(self._consent.jwks)
+        self.verifier = DelegationVerifier(
+            issuer=issuer, audience=audience, lookup=keys.lookup,
+            passkey_active=self._passkeys.passkey_active, check_ttl_s=check_ttl_s,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self._consent.close()
+        self._passkeys.close()

@@ -60,3 +60,54 @@ class LastPasskey(FailedPrecondition):
 
 class WrongOrganisation(PermissionDenied):
     reason = "PASSKEY_WRONG_ORGANISATION"
+
+
+# --- delegated sessions (consent/delegation.py): the services' refusals of a portal call ---
+
+
+class DelegationMissing(PermissionDenied):
+    """The portal's certificate called without a delegated session: it acts for no one."""
+
+    reason = "DELEGATION_MISSING"
+
+
+class DelegationMalformed(Unauthenticated):
+    """Not a compact EdDSA JWS of type ``delegation+jwt`` with the required claims."""
+
+    reason = "DELEGATION_MALFORMED"
+
+
+class DelegationSignatureInvalid(Unauthenticated):
+    """Not signed by a key the consent service publishes (forged or altered)."""
+
+    reason = "DELEGATION_SIGNATURE_INVALID"
+
+
+class DelegationExpired(Unauthenticated):
+    """Past ``exp`` (or before ``nbf``/``iat``) beyond the clock leeway."""
+
+    reason = "DELEGATION_EXPIRED"
+
+
+class DelegationWrongAudience(PermissionDenied):
+    """Issued for another service (``aud``)."""
+
+    reason = "DELEGATION_WRONG_AUDIENCE"
+
+
+class DelegationWrongHolder(PermissionDenied):
+    """``cnf.x5t#S256`` names another certificate than the caller's (a stolen ticket)."""
+
+    reason = "DELEGATION_WRONG_HOLDER"
+
+
+class DelegationPasskeyRemoved(PermissionDenied):
+    """The passkey the session was signed in with has been removed."""
+
+    reason = "DELEGATION_PASSKEY_REMOVED"
+
+
+class DelegationUnverifiable(FailedPrecondition):
+    """The consent service could not be asked whether the passkey is still registered."""
+
+    reason = "DELEGATION_UNVERIFIABLE"

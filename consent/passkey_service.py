@@ -134,3 +134,18 @@ class PasskeyServicer(passkey_pb2_grpc.PasskeyServiceServicer):
             peer_identity(context), request.session, terms_from_pb(request.terms)
         )
         return consent_to_pb(view)
+
+    @handle_errors
+    def GetBankToken(self, request: Any, context: Any) -> consent_pb2.Token:
+        view = self.passkeys.token_for_bank(peer_identity(context), request.session, request.consent_id)  # fmt: skip
+        return consent_pb2.Token(consent=consent_to_pb(view), token=view.token or "")
+
+    @handle_errors
+    def Delegate(self, request: Any, context: Any) -> passkey_pb2.DelegationTicket:
+        ticket, exp = self.passkeys.delegate(peer_identity(context), request.session, request.audience)  # fmt: skip
+        return passkey_pb2.DelegationTicket(ticket=ticket, expires_at=exp)
+
+    @handle_errors
+    def PasskeyStatus(self, request: Any, context: Any) -> passkey_pb2.PasskeyStatusReply:
+        active = self.passkeys.passkey_active(peer_identity(context), request.org, request.credential_id)  # fmt: skip
+        return passkey_pb2.PasskeyStatusReply(active=active)

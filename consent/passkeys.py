@@ -67,12 +67,15 @@ from fedcredit.common.tls import Identity
 from fedcredit.common.uscc import validate
 from fedcredit.consent import passkey_errors as P
 from fedcredit.consent.authority import ConsentAuthority
+from fedcredit.consent.delegation import DELEGATION_TYP, ticket_claims
 from fedcredit.consent.states import Action
 from fedcredit.consent.terms import ConsentTerms, ConsentView
 
 CHALLENGE_TTL_S = 300  # a person reads the terms, then touches the key
 SESSION_MAX_S = 12 * 3600  # a ticket's absolute life; the portal's idle timeout is shorter
 ENROL_MIN_S, ENROL_MAX_S = 60, 30 * 86400
+# The services that accept delegated sessions and ask whether a passkey still stands.
+CHECKER_ROLES = ("coordinator", "market", "ledger")
 SIGN_IN_ROLES = ("enterprise", "bank", "department", "auditor", "operator")
 DECISIONS = {
     "approve": Action.APPROVE,
@@ -526,6 +529,10 @@ class PasskeyAuthority:
 
     def session(self, actor: Identity, ticket: str) -> tuple[str, str]:
         """(org, role) of a valid session ticket whose passkey is still registered."""
+        claims = self._session_claims(actor, ticket)
+        return str(claims["org"]), str(claims["role"])
+
+    def _session_claims(self, actor: Identity, ticket: str) -> dict[str, Any]:
         _portal(actor)
         try:
             b64, mac_b64 = ticket.split(".")
@@ -538,7 +545,45 @@ class PasskeyAuthority:
             raise P.SessionInvalid("the session ticket is not valid or has expired; sign in again")
         if claims["cred"] not in {k.credential_id for k in self._passkeys(claims["org"])}:
             raise P.SessionInvalid("the passkey of this session was removed; sign in again")
-        return str(claims["org"]), str(claims["role"])
+        return claims
+
+    # --- delegated sessions (consent/delegation.py) -----------------------------------------
+
+    def delegate(self, actor: Identity, ticket: str, audience: str) -> tuple[str, int]:
+        """A short-lived delegation ticket for ``audience``, for the organisation of a valid
+        session (signed in with a passkey that is still registered), bound to the calling
+        portal's certificate; (ticket, expires_at)."""
+        claims = self._session_claims(actor, ticket)
+        if not audience or len(audience) > 64 or not audience.replace("-", "").replace("_", "").replace(".", "").isalnum():  # fmt: skip
+            raise InvalidArgument(f"expected a service's organisation id as audience, got {audience[:64]!r}")  # fmt: skip
+        org, role = str(claims["org"]), str(claims["role"])
+        org_cert = self.authority.bank_certs(org) if role == "bank" and self.authority.bank_certs else None  # fmt: skip
+        if role == "bank" and org_cert is None:
+            raise P.WrongOrganisation(f"the deployment has no certificate for bank {org}")
+        body = ticket_claims(
+            issuer=self.authority.settings.issuer, org=org, role=role, audience=audience,
+            passkey=str(claims["cred"]), portal_cert_sha256=actor.cert_sha256,
+            org_cert_sha256=org_cert, now=self.now(),
+        )  # fmt: skip
+        return self.authority.keyring.signer().sign(body, typ=DELEGATION_TYP), int(body["exp"])
+
+    def passkey_active(self, actor: Identity, org: str, credential_id: str) -> bool:
+        """Whether ``org``'s passkey ``credential_id`` is registered (not removed): asked by
+        the services that accept delegated sessions, never by the portal itself."""
+        if actor.role not in CHECKER_ROLES:
+            raise RoleNotAllowed(f"passkey status is for the services {CHECKER_ROLES}; you are {actor.role}")  # fmt: skip
+        return credential_id in {k.credential_id for k in self._passkeys(org)}
+
+    def token_for_bank(self, actor: Identity, ticket: str, consent_id: str) -> ConsentView:
+        """A bank's consent token fetched from its portal session: bound to the bank's own
+        certificate (as a direct fetch would be), never to the portal's."""
+        org, role = self.session(actor, ticket)
+        if role != "bank":
+            raise RoleNotAllowed(f"only a bank fetches consent tokens; {org} is {role}")
+        cert = self.authority.bank_certs(org) if self.authority.bank_certs else None
+        if cert is None:
+            raise P.WrongOrganisation(f"the deployment has no certificate for bank {org}")
+        return self.authority.token(Identity(org, "bank", cert), consent_id)
 
     # --- decisions ----------------------------------------------------------------------------------
 

@@ -27,6 +27,8 @@ from fedcredit.common.evidence import (
 )
 from fedcredit.common.server import build_aio_server, mark_serving
 from fedcredit.common.tls import TlsFiles
+from fedcredit.consent.delegation import DelegationVerifier
+from fedcredit.consent.passkey_client import RemoteDelegationVerifier
 from fedcredit.consent.verify import TokenVerifier
 from fedcredit.coordinator.fanout import Catalog, CatalogFeature, NodeFeatures
 from fedcredit.coordinator.fund import ledger_decision_finder, recover_pending
@@ -99,8 +101,10 @@ class CoordinatorServer:
         address: str = "127.0.0.1:0",
         insecure: bool = False,
         catalog: Catalog | None = None,
+        delegation: DelegationVerifier | None = None,
     ) -> None:
         self._args = (settings, store, verifier, nodes, ledger, ledger_sync, catalog)
+        self.delegation = delegation
         self.tls = tls
         self.address = address
         self.insecure = insecure
@@ -130,6 +134,7 @@ class CoordinatorServer:
             catalog=catalog,
             ledger=ledger(),
             ledger_sync=ledger_sync,
+            delegation=self.delegation,
         )
         holder: dict[str, ScoringServicer] = {}
 
@@ -178,13 +183,29 @@ class CoordinatorServer:
         self.stop()
 
 
+def verifier_issuer(settings: CoordinatorSettings, dep: Any) -> str:
+    from fedcredit.consent.settings import ConsentSettings
+
+    return settings.consent_issuer or ConsentSettings.from_deployment(dep).issuer
+
+
+def _delegation(dep: Any, org: str, issuer: str, insecure: bool) -> RemoteDelegationVerifier | None:  # fmt: skip
+    """The checker of the portal's delegation tickets, when the deployment has a portal."""
+    if "portal" not in dep.raw or insecure:
+        return None
+    consent = dep.service("consent")
+    return RemoteDelegationVerifier(
+        consent_address=consent.address, tls=dep.tls(org), server_org=consent.org_id,
+        issuer=issuer, audience=org,
+    )  # fmt: skip
+
+
 async def serve(
     config: Path, *, insecure: bool = False, on_ready: Callable[[], None] | None = None
 ) -> None:
     """Serve the coordinator described by the deployment file until SIGINT/SIGTERM
     (``on_ready`` is called once it serves)."""
     from fedcredit.common.config import load_config
-    from fedcredit.consent.settings import ConsentSettings
     from fedcredit.consent.verify import remote_verifier
     from fedcredit.coordinator.nodes import grpc_nodes
     from fedcredit.ledger.client import AsyncLedgerClient, LedgerClient
@@ -200,7 +221,7 @@ async def serve(
         consent_address=consent.address,
         tls=dep.tls(me.org_id),
         server_org=consent.org_id,
-        issuer=settings.consent_issuer or ConsentSettings.from_deployment(dep).issuer,
+        issuer=verifier_issuer(settings, dep),
     )
     store = CoordinatorStore.open(me.database)
     ledger_sync = LedgerClient(ledger_svc.address, dep.tls(me.org_id), server_org=ledger_svc.org_id)
@@ -225,6 +246,7 @@ async def serve(
             "some nodes did not give their catalog at start; the standard catalog fills the gaps"
         )
         catalog = Catalog.of([*static_catalog().features.values(), *catalog.features.values()])
+    delegation = _delegation(dep, me.org_id, verifier_issuer(settings, dep), insecure)
     app = Coordinator.build(
         settings=settings,
         store=store,
@@ -233,6 +255,7 @@ async def serve(
         catalog=catalog,
         ledger=ledger_async,
         ledger_sync=ledger_sync,
+        delegation=delegation.verifier if delegation else None,
     )
 
     def reg(s: grpc.aio.Server) -> None:
@@ -253,4 +276,6 @@ async def serve(
     await stop.wait()
     await server.stop(5)
     await app.close()
+    if delegation is not None:
+        delegation.close()
     store.close()

@@ -101,6 +101,7 @@ def decision_entry(bank: Identity, app: Application, a: Assessment, d: Decision)
         "fund_share_bp": d.fund_share_bp,
         "fund_amount": d.fund_amount,
         "collateral_required": d.collateral_required,
+        **({"via": bank.via} if bank.via else {}),  # "portal": a person's delegated session
     }
 
 

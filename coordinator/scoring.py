@@ -786,6 +786,7 @@ class Scorer:
             "rating": a.rating,
             "feature_hash": a.feature_hash,
             "missing_categories": a.missing_categories,
+            **({"via": bank.via} if bank.via else {}),  # "portal": a person's delegated session
         }
 
     async def score_many(

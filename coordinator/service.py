@@ -27,6 +27,7 @@ from fedcredit.common.evidence import AsyncBatchEvidenceSink, EvidenceSink
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.tls import Identity, peer_identity
 from fedcredit.common.wire import item_error
+from fedcredit.consent.delegation import DelegationVerifier, acting
 from fedcredit.consent.verify import TokenVerifier
 from fedcredit.coordinator.batches import ResumableBatch, check_batch_id
 from fedcredit.coordinator.client import privacy_pb
@@ -68,6 +69,17 @@ def require_role(context: Any, roles: Collection[str], what: str) -> Identity:
             role=ident.role,
         )
     return ident
+
+
+async def acting_bank(app: Coordinator, context: Any, what: str) -> Identity:
+    """The bank a call acts for: the caller's certificate, or for the portal's certificate
+    the bank its delegation ticket names (verified off the event loop: the passkey check
+    may ask the consent service). The portal's certificate alone is no bank."""
+    ident = peer_identity(context)
+    if ident.role != "portal":
+        return require_role(context, BANK_ROLES, what)
+    md = tuple(context.invocation_metadata() or ())
+    return await asyncio.to_thread(acting, ident, md, app.delegation, BANK_ROLES, what)
 
 
 # ---------------------------------------------------------------- the active model
@@ -357,6 +369,9 @@ class Coordinator:
     desk: GuaranteeDesk
     registry: Registry
     models: ActiveModel
+    # Checks the portal's delegation tickets (consent/delegation.py); None: the portal's
+    # certificate acts for no bank here.
+    delegation: DelegationVerifier | None = None
 
     @classmethod
     def build(
@@ -369,6 +384,7 @@ class Coordinator:
         catalog: Catalog,
         ledger: AsyncBatchEvidenceSink,
         ledger_sync: EvidenceSink,
+        delegation: DelegationVerifier | None = None,
     ) -> Coordinator:
         models = ActiveModel(store, settings.model_refresh_s)
         gate = LedgerGate(ledger, deadline_s=settings.scoring.ledger_deadline_s)
@@ -382,7 +398,7 @@ class Coordinator:
         )
         desk = GuaranteeDesk(scorer=scorer, gate=gate, store=store, policy=settings.fund)
         registry = Registry(store, ledger_sync, shares=settings.shares, on_activate=models.set)
-        return cls(settings, store, scorer, desk, registry, models)
+        return cls(settings, store, scorer, desk, registry, models, delegation)
 
     async def close(self) -> None:
         self.scorer.close()
@@ -398,7 +414,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
     @handle_errors
     async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResult:
-        bank = require_role(context, BANK_ROLES, "Score")
+        bank = await acting_bank(self.app, context, "Score")
         set_from_remaining(context.time_remaining())  # each dependency within the bank's deadline
         item = ScoreItem(request.enterprise, request.consent_token, request.request_id)
         return score_pb(await self.app.scorer.score(bank, item, "credit_assessment"))
@@ -407,7 +423,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     async def ScoreBatch(
         self, request_iterator: AsyncIterator[pb.ScoreRequest], context: Any
     ) -> AsyncIterator[pb.ScoreBatchItem]:
-        bank = require_role(context, BANK_ROLES, "ScoreBatch")
+        bank = await acting_bank(self.app, context, "ScoreBatch")
         s = self.app.settings
         queue: asyncio.Queue[pb.ScoreRequest | None] = asyncio.Queue(
             maxsize=s.batch_chunk * s.batch_inflight * 2
@@ -456,7 +472,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     async def WatchRatings(
         self, request: pb.WatchRequest, context: Any
     ) -> AsyncIterator[pb.RatingEvent]:
-        bank = require_role(context, BANK_ROLES, "WatchRatings")
+        bank = await acting_bank(self.app, context, "WatchRatings")
         s = self.app.settings
         if not request.subscriptions:
             raise InvalidArgument(
@@ -521,7 +537,7 @@ class GuaranteeServicer(pb_grpc.GuaranteeServiceServicer):
 
     @handle_errors
     async def Apply(self, request: pb.GuaranteeApplication, context: Any) -> pb.GuaranteeDecision:
-        bank = require_role(context, BANK_ROLES, "Apply")
+        bank = await acting_bank(self.app, context, "Apply")
         set_from_remaining(context.time_remaining())
         rec, replayed = await self.app.desk.apply(
             bank,

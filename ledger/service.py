@@ -20,6 +20,7 @@ from fedcredit.common.errors import BatchTooLarge, FedcreditError
 from fedcredit.common.evidence import Receipt
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.tls import Identity, peer_identity, require_role
+from fedcredit.consent.delegation import DelegationVerifier, acting
 from fedcredit.ledger.client import WitnessClient
 from fedcredit.ledger.entry import KIND_RE, canonical_payload, check_actor, check_subject
 from fedcredit.ledger.errors import (
@@ -45,10 +46,17 @@ def _pb_checkpoint(note: str, cp: StoredCheckpoint) -> Any:
 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     def __init__(
-        self, log: Log, settings: LedgerSettings, witness_keys: list[str] | None = None
+        self,
+        log: Log,
+        settings: LedgerSettings,
+        witness_keys: list[str] | None = None,
+        delegation: DelegationVerifier | None = None,
     ) -> None:
+        """``delegation``: the checker of the portal's delegation tickets
+        (consent/delegation.py); None: the portal reads for no enterprise."""
         self.log = log
         self.settings = settings
+        self.delegation = delegation
         self.witness_keys = witness_keys or []
         self._kinds_by_role: dict[str, frozenset[str]] = {}
         self._done_lock = threading.Lock()
@@ -282,9 +290,17 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                     f"enterprise {who.org_id} may list only entries about itself; asked about {subject}",
                     subject=subject,
                 )
-        elif who.role != "portal":
-            # The portal lists an enterprise's entries for the signed-in enterprise's access
-            # page (a read right only: it appends nothing, exports nothing).
+        elif who.role == "portal":
+            # The portal lists an enterprise's entries only for the enterprise its delegation
+            # ticket names (signed in with a passkey); its certificate alone reads nothing.
+            md = tuple(context.invocation_metadata() or ())
+            ent = await asyncio.to_thread(acting, who, md, self.delegation, ("enterprise",), "ListBySubject")  # fmt: skip
+            if subject != ent.org_id:
+                raise SubjectNotAllowed(
+                    f"enterprise {ent.org_id} may list only entries about itself; asked about {subject}",
+                    subject=subject,
+                )
+        else:
             self._require_audit(who, "listing entries about an enterprise")
         cp = await asyncio.to_thread(self._latest, request.min_cosignatures)
         note = await asyncio.to_thread(self.log.checkpoint_note, cp)
@@ -381,6 +397,20 @@ def build_witness_clients(
     return out
 
 
+def _delegation(dep: Any, org: str, insecure: bool) -> Any:
+    """The checker of the portal's delegation tickets, when the deployment has a portal."""
+    if "portal" not in dep.raw or insecure or "consent" not in dep.services:
+        return None
+    from fedcredit.consent.passkey_client import RemoteDelegationVerifier
+    from fedcredit.consent.settings import ConsentSettings
+
+    consent = dep.service("consent")
+    return RemoteDelegationVerifier(
+        consent_address=consent.address, tls=dep.tls(org), server_org=consent.org_id,
+        issuer=ConsentSettings.from_deployment(dep).issuer, audience=org,
+    )  # fmt: skip
+
+
 async def serve(
     deployment: Any,
     *,
@@ -411,7 +441,10 @@ async def serve(
         settings=settings.log,
         witnesses=witnesses,
     )
-    servicer = LedgerServicer(log, settings, witness_keys=[])
+    delegation = _delegation(deployment, svc.org_id, insecure)
+    servicer = LedgerServicer(
+        log, settings, witness_keys=[], delegation=delegation.verifier if delegation else None
+    )
     server, port = build_aio_server(
         address=address or svc.address,
         tls=None if insecure else deployment.tls(svc.org_id),
@@ -444,3 +477,5 @@ async def serve(
         await asyncio.to_thread(log.close)
         for w in witnesses:
             w.close()
+        if delegation is not None:
+            delegation.close()

@@ -63,6 +63,17 @@ def serve(
     ] = "",
     address: AddrOpt = DEFAULT_ADDRESS,
     org: Annotated[str, typer.Option("--org", help="This service's organisation id.")] = "market",
+    consent: Annotated[
+        str,
+        typer.Option(
+            "--consent",
+            help="The consent service's host:port: the portal may then act for a signed-in "
+            "enterprise or bank with a delegation ticket (without it, for no one).",
+        ),
+    ] = "",
+    issuer: Annotated[
+        str, typer.Option("--consent-issuer", help="The consent service's issuer (iss).")
+    ] = "",
 ) -> None:
     """Run the marketplace until SIGTERM/SIGINT."""
     with user_errors():
@@ -79,7 +90,18 @@ def serve(
         )
         market = Marketplace(MarketStore(db), LedgerClient(ledger, tls), guarantees=guarantees)
         market.flush()  # events a crash or an outage left unpublished
-        server, port = start(market, address, tls)
+        delegation = None
+        if consent:
+            from fedcredit.consent.passkey_client import RemoteDelegationVerifier
+            from fedcredit.consent.settings import ConsentSettings
+
+            delegation = RemoteDelegationVerifier(
+                consent_address=consent, tls=tls, server_org="consent-service",
+                issuer=issuer or ConsentSettings().issuer, audience=org,
+            )  # fmt: skip
+        server, port = start(
+            market, address, tls, delegation=delegation.verifier if delegation else None
+        )
         typer.echo(f"marketplace serving on port {port}")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -11,11 +11,10 @@ same id is safe and returns the same answer (``replayed``).
 
 from __future__ import annotations
 
-import copy
 import json
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import fedcredit.consent.errors
 import fedcredit.market.errors  # noqa: F401  (their reasons map back to their classes)
@@ -25,10 +24,6 @@ from fedcredit.v1 import market_pb2 as pb
 from fedcredit.v1 import market_pb2_grpc as pb_grpc
 
 DEFAULT_SERVER_ORG = "market"
-# The metadata keys the portal names a signed-in organisation by (market.servicer.acting).
-ON_BEHALF_ORG = "x-fedcredit-on-behalf-org"
-ON_BEHALF_ROLE = "x-fedcredit-on-behalf-role"
-T = TypeVar("T")
 
 
 def _rid(request_id: str | None) -> str:
@@ -44,21 +39,6 @@ def parse(r: pb.MarketReply) -> dict[str, Any]:
 class MarketClient(ServiceClient[pb_grpc.MarketServiceStub]):
     stub_type = pb_grpc.MarketServiceStub
     default_server_org = DEFAULT_SERVER_ORG
-
-    _metadata: tuple[tuple[str, str], ...] = ()
-
-    def on_behalf(self, org: str, role: str) -> MarketClient:
-        """This client (same channel) calling for ``org`` signed in to the portal; only the
-        portal's certificate may do so, and only for an enterprise or a bank. Do not close
-        the view: it shares the channel."""
-        view = copy.copy(self)
-        view._metadata = ((ON_BEHALF_ORG, org), (ON_BEHALF_ROLE, role))
-        return view
-
-    def _call(self, fn: Callable[..., T], request: Any, timeout: float | None = None) -> T:
-        if not self._metadata:
-            return super()._call(fn, request, timeout)
-        return super()._call(lambda req, timeout: fn(req, timeout=timeout, metadata=self._metadata), request, timeout)  # fmt: skip
 
     def my_needs(self, limit: int = 200) -> list[dict[str, Any]]:
         """An enterprise's needs, or the needs a bank holds a claim on (newest first)."""

@@ -9,16 +9,17 @@ with its reason (``common.rpc.handle_errors``).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
 
 from fedcredit.common.canonical import canonical_json
-from fedcredit.common.errors import InvalidArgument, RoleNotAllowed
+from fedcredit.common.errors import InvalidArgument
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.server import build_server
 from fedcredit.common.tls import Identity, TlsFiles, peer_identity, require_role
+from fedcredit.consent.delegation import DelegationVerifier, acting
 from fedcredit.market import funds, pushes, ratings
 from fedcredit.market.errors import InvalidMarketRequest
 from fedcredit.market.loans import LoanBook, sla_report
@@ -41,30 +42,15 @@ READERS = ("operator", "auditor", "coordinator")
 
 
 # The portal (its own certificate, role ``portal``) calls for the organisation signed in
-# to it with a passkey, naming it in these two metadata keys. It may act only as an
-# enterprise or a bank, and only in the calls that use :func:`acting` below (reading,
-# posting and answering needs, claiming and offering); every rule of the call still holds
-# for the named organisation (bands only before consent, one winning claim). Consent
-# release, reveal, loan steps, products and funds' decisions stay with the organisation's
-# own certificate.
-ON_BEHALF_ORG = "x-fedcredit-on-behalf-org"
-ON_BEHALF_ROLE = "x-fedcredit-on-behalf-role"
+# to it with a passkey only with a delegation ticket the consent service signed for this
+# marketplace (consent/delegation.py: audience, the portal's certificate, expiry, the
+# passkey still registered). It may act only as an enterprise or a bank, and only in the
+# calls that use ``_acting`` below (reading, posting and answering needs, claiming and
+# offering); every rule of the call still holds for the named organisation (bands only
+# before consent, one winning claim). Consent release, reveal, loan steps, products and
+# funds' decisions stay with the organisation's own certificate. Without a ticket the
+# portal's certificate acts for no one (DELEGATION_MISSING).
 PORTAL_ACTS_AS = ("enterprise", "bank")
-
-
-def acting(context: Any) -> Identity:
-    """The caller, or for the portal the signed-in organisation it names."""
-    who = peer_identity(context)
-    if who.role != "portal":
-        return who
-    md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-    org, role = md.get(ON_BEHALF_ORG, "").strip(), md.get(ON_BEHALF_ROLE, "")
-    if role not in PORTAL_ACTS_AS or not org or len(org) > 64:
-        raise RoleNotAllowed(
-            f"the portal calls for a signed-in enterprise or bank: expected {ON_BEHALF_ORG} "
-            f"and {ON_BEHALF_ROLE} (enterprise or bank), got role {role[:20]!r}"
-        )
-    return Identity(org_id=org, role=role, cert_sha256=who.cert_sha256)
 
 
 def reply(result: Mapping[str, Any]) -> pb.MarketReply:
@@ -90,15 +76,24 @@ class MarketPushServicer:
     """The push, warning and SLA calls (mixed into :class:`MarketServicer`)."""
 
     m: Marketplace
+    delegation: DelegationVerifier | None = None
+
+    def _acting(self, context: Any) -> Identity:
+        """The caller, or for the portal the organisation its delegation ticket names."""
+        who = peer_identity(context)
+        if who.role != "portal":
+            return who
+        md = tuple(context.invocation_metadata() or ())
+        return acting(who, md, self.delegation, PORTAL_ACTS_AS, "the marketplace")
 
     @handle_errors
     def ListLeads(self, request: pb.ListLeadsRequest, context: Any) -> pb.MarketReply:
-        bank = require_role(acting(context), "bank")
+        bank = require_role(self._acting(context), "bank")
         return reply({"leads": pushes.leads_for(self.m, bank, min(request.limit or 500, 5000))})
 
     @handle_errors
     def OfferOnLead(self, request: pb.OfferOnLeadRequest, context: Any) -> pb.MarketReply:
-        bank = require_role(acting(context), "bank")
+        bank = require_role(self._acting(context), "bank")
         return reply(
             pushes.offer_on_lead(self.m, bank, request.request_id, request.lead_id,
                                  request.amount_yuan, request.term_months, request.rate_bp)
@@ -112,17 +107,17 @@ class MarketPushServicer:
 
     @handle_errors
     def LeadsAboutMe(self, request: pb.ListLeadsRequest, context: Any) -> pb.MarketReply:
-        ent = require_role(acting(context), "enterprise")
+        ent = require_role(self._acting(context), "enterprise")
         return reply({"leads": pushes.leads_about(self.m, ent)})
 
     @handle_errors
     def MyRating(self, request: pb.MyRatingRequest, context: Any) -> pb.MarketReply:
-        ent = require_role(acting(context), "enterprise")
+        ent = require_role(self._acting(context), "enterprise")
         return reply(ratings.rating_of(self.m, ent.org_id))
 
     @handle_errors
     def ListWarnings(self, request: pb.ListWarningsRequest, context: Any) -> pb.MarketReply:
-        who = require_role(acting(context), "bank", "operator", "auditor")
+        who = require_role(self._acting(context), "bank", "operator", "auditor")
         return reply({"warnings": ratings.warnings_for(self.m, who.org_id)})
 
     @handle_errors
@@ -135,6 +130,7 @@ class FundMarketServicer:
     """The investment-fund calls (mixed into :class:`MarketServicer`)."""
 
     m: Marketplace
+    _acting: Callable[[Any], Identity]  # MarketPushServicer._acting
 
     @handle_errors
     def PublishFund(self, request: pb.PublishProductRequest, context: Any) -> pb.MarketReply:
@@ -143,7 +139,7 @@ class FundMarketServicer:
 
     @handle_errors
     def ListFunds(self, request: pb.ListProductsRequest, context: Any) -> pb.MarketReply:
-        acting(context)
+        self._acting(context)
         return reply({"funds": funds.funds(self.m)})
 
     @handle_errors
@@ -178,22 +174,25 @@ class FundMarketServicer:
 
     @handle_errors
     def FundPipeline(self, request: pb.FundPipelineRequest, context: Any) -> pb.MarketReply:
-        who = require_role(acting(context), "bank", *READERS)
+        who = require_role(self._acting(context), "bank", *READERS)
         if who.role == "bank":
             funds.require_manager(self.m, who, request.fund_id)
         return reply(funds.pipeline(self.m, request.fund_id))
 
 
 class MarketServicer(FundMarketServicer, MarketPushServicer, pb_grpc.MarketServiceServicer):
-    def __init__(self, market: Marketplace) -> None:
+    def __init__(self, market: Marketplace, delegation: DelegationVerifier | None = None) -> None:
         self.m = market
+        self.delegation = delegation
         self.loans = LoanBook(market)
 
     def _bank(self, context: Any, *, portal: bool = True) -> Identity:
-        return require_role(acting(context) if portal else peer_identity(context), "bank")
+        return require_role(self._acting(context) if portal else peer_identity(context), "bank")
 
     def _enterprise(self, context: Any, *, portal: bool = True) -> Identity:
-        return require_role(acting(context) if portal else peer_identity(context), "enterprise")
+        return require_role(
+            self._acting(context) if portal else peer_identity(context), "enterprise"
+        )
 
     @handle_errors
     def PublishProduct(self, request: pb.PublishProductRequest, context: Any) -> pb.MarketReply:
@@ -202,7 +201,7 @@ class MarketServicer(FundMarketServicer, MarketPushServicer, pb_grpc.MarketServi
 
     @handle_errors
     def ListProducts(self, request: pb.ListProductsRequest, context: Any) -> pb.ListProductsReply:
-        acting(context)
+        self._acting(context)
         items = self.m.products(request.bank or None)
         return pb.ListProductsReply(
             products_json=[canonical_json(product_spec(p)).decode() for p in items]
@@ -227,11 +226,11 @@ class MarketServicer(FundMarketServicer, MarketPushServicer, pb_grpc.MarketServi
 
     @handle_errors
     def GetNeed(self, request: pb.NeedRef, context: Any) -> pb.MarketReply:
-        return reply(self.m.need_for(acting(context), request.need_id))
+        return reply(self.m.need_for(self._acting(context), request.need_id))
 
     @handle_errors
     def MyNeeds(self, request: pb.ListOpenNeedsRequest, context: Any) -> pb.MarketReply:
-        who = require_role(acting(context), "enterprise", "bank")
+        who = require_role(self._acting(context), "enterprise", "bank")
         return reply({"needs": self.m.needs_of(who, request.limit or 200)})
 
     @handle_errors
@@ -301,20 +300,26 @@ class MarketServicer(FundMarketServicer, MarketPushServicer, pb_grpc.MarketServi
 
     @handle_errors
     def ListLoans(self, request: pb.ListLoansRequest, context: Any) -> pb.MarketReply:
-        who = acting(context)
+        who = self._acting(context)
         return reply({"loans": self.loans.list(who, min(request.limit or 1000, 10_000))})
 
     @handle_errors
     def FundBook(self, request: pb.FundBookRequest, context: Any) -> pb.MarketReply:
-        require_role(acting(context), *READERS, "bank")
+        require_role(self._acting(context), *READERS, "bank")
         return reply(self.m.store.book())
 
 
 def serve(
-    market: Marketplace, address: str, tls: TlsFiles | None, *, insecure: bool = False
+    market: Marketplace,
+    address: str,
+    tls: TlsFiles | None,
+    *,
+    insecure: bool = False,
+    delegation: DelegationVerifier | None = None,
 ) -> tuple[grpc.Server, int]:
-    """A started marketplace server and its port."""
-    servicer = MarketServicer(market)
+    """A started marketplace server and its port (``delegation``: the checker of the
+    portal's delegation tickets; None: the portal acts for no one here)."""
+    servicer = MarketServicer(market, delegation)
     server, port = build_server(
         address=address,
         tls=tls,

@@ -10,6 +10,7 @@ from starlette.staticfiles import StaticFiles
 
 from fedcredit.portal.audit_pages import AUDIT_ROUTES
 from fedcredit.portal.backend import Backend
+from fedcredit.portal.bank_pages import BANK_ROUTES
 from fedcredit.portal.dept_pages import DEPT_ROUTES
 from fedcredit.portal.market_pages import MARKET_ROUTES
 from fedcredit.portal.ops_pages import OPS_ROUTES
@@ -33,6 +34,7 @@ def build_app(
         routes=[
             *ROUTES,
             *AUDIT_ROUTES,
+            *BANK_ROUTES,
             *MARKET_ROUTES,
             *DEPT_ROUTES,
             *OPS_ROUTES,

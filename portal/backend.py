@@ -13,6 +13,7 @@ from typing import Any
 
 from fedcredit.common.config import Deployment
 from fedcredit.consent.passkey_client import PasskeyClient
+from fedcredit.coordinator.client import CoordinatorClient
 from fedcredit.ledger.client import LedgerClient
 from fedcredit.ledger.errors import NoCheckpoint
 from fedcredit.ledger.keys import keys_dir, read_vkey
@@ -40,15 +41,23 @@ class WitnessedCheckpoint:
 
 
 class Backend:
+    """``audiences``: each service's organisation id (the ``aud`` of the delegation
+    tickets the portal asks the consent service for, consent/delegation.py)."""
+
     def __init__(
         self,
         passkeys: PasskeyClient,
         ledger: LedgerClient | None,
         market: FundMarketClient | None = None,
+        coordinator: CoordinatorClient | None = None,
+        audiences: dict[str, str] | None = None,
     ) -> None:
         self.passkeys = passkeys
         self.ledger = ledger
         self.market = market  # the marketplace's pages (portal/market_pages.py)
+        self.coordinator = coordinator  # the bank's scores and guarantees (portal/bank_pages.py)
+        self.audiences = {"ledger": "ledger", "market": "market", "coordinator": "coordinator"}
+        self.audiences.update(audiences or {})
         self._log_key: str | None = None
         self._quorum: int | None = None
         # The witnesses' cosigning keys the deployment publishes (signed-note vkeys,
@@ -61,11 +70,15 @@ class Backend:
     @classmethod
     def from_deployment(cls, dep: Deployment, org: str) -> Backend:
         ledger = LedgerClient.from_deployment(dep, org) if "ledger" in dep.services else None
-        market = None
+        market = coordinator = None
+        aud: dict[str, str] = {n: dep.service(n).org_id for n in ("ledger", "market", "coordinator") if n in dep.services}  # fmt: skip
         if "market" in dep.services:
             svc = dep.service("market")
             market = FundMarketClient(svc.address, dep.tls(org), server_org=svc.org_id)
-        backend = cls(PasskeyClient.from_deployment(dep, org), ledger, market)
+        if "coordinator" in dep.services:
+            svc = dep.service("coordinator")
+            coordinator = CoordinatorClient(svc.address, dep.tls(org), server_org=svc.org_id, timeout=60)  # fmt: skip
+        backend = cls(PasskeyClient.from_deployment(dep, org), ledger, market, coordinator, aud)
         backend.keys_dir = keys_dir(dep)
         return backend
 
@@ -80,10 +93,9 @@ class Backend:
 
     def close(self) -> None:
         self.passkeys.close()
-        if self.ledger is not None:
-            self.ledger.close()
-        if self.market is not None:
-            self.market.close()
+        for c in (self.ledger, self.market, self.coordinator):
+            if c is not None:
+                c.close()
 
     def log_key(self) -> str:
         if self._log_key is None and self.ledger is not None:
@@ -118,11 +130,13 @@ class Backend:
             return []
         return [base64.b64encode(h).decode() for h in self.ledger.consistency_proof(old_size, new_size)]  # fmt: skip
 
-    def entries_about(self, enterprise: str, limit: int = 5000) -> ProvenEntries:
+    def entries_about(self, enterprise: str, ticket: str, limit: int = 5000) -> ProvenEntries:
+        """``ticket``: the enterprise's delegation ticket for the ledger (the portal's
+        certificate alone reads no enterprise's entries)."""
         if self.ledger is None:
             return ProvenEntries("", 0, "", [])
         note, size, out = "", 0, []
-        for page in self.ledger.list_by_subject(enterprise):
+        for page in self.ledger.delegated(ticket).list_by_subject(enterprise):
             note, size = page.checkpoint, int(page.tree_size)
             for pe in page.entries:
                 out.append(

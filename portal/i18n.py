@@ -325,6 +325,83 @@ AUDIT_T: dict[str, tuple[str, str]] = {
 }
 T.update(AUDIT_T)
 
+# The bank's pages (portal/bank_pages.py).
+BANK_T: dict[str, tuple[str, str]] = {
+    "bk_nav_score": ("企业评分", "Score"),
+    "bk_nav_guarantee": ("担保申请", "Guarantee"),
+    "bk_nav_watch": ("贷后监测", "Watch list"),
+    "bk_nav_batch": ("批量评分", "Batch"),
+    "bk_score_title": ("在授权范围内为企业评分", "Score an enterprise under its consent"),
+    "bk_score_intro": (
+        "选择企业已授予本行的一项授权（用途：授信评估）。每次评分使用一次授权并记入账本，注明经由门户。",
+        "Choose a consent the enterprise granted your bank (purpose: credit assessment). Each score uses the consent once and is recorded in the ledger as made through the portal.",
+    ),
+    "bk_consent": ("授权", "Consent"),
+    "bk_no_consents": ("没有可用的有效授权。", "No active consent for this purpose."),
+    "bk_score_submit": ("评分", "Score"),
+    "bk_result": ("评分结果", "Result"),
+    "bk_rating": ("信用等级", "Rating"),
+    "bk_pd": ("违约概率", "Probability of default"),
+    "bk_model": ("模型版本", "Model version"),
+    "bk_reasons": ("主要风险因素", "Main risk factors"),
+    "bk_chart_desc": (
+        "条形图：每个因素对违约风险的贡献（对数几率）；向右增加风险，向左降低风险。",
+        "Bar chart: each factor's contribution to the risk of default (log-odds); right raises the risk, left lowers it.",
+    ),
+    "bk_contribution": ("贡献", "Contribution"),
+    "bk_missing": ("缺失的数据类别", "Data categories missing"),
+    "bk_ledger_index": ("账本记录编号", "Ledger entry"),
+    "bk_guarantee_title": ("向政策性担保基金申请担保", "Apply to the guarantee fund"),
+    "bk_guarantee_intro": (
+        "选择用途为担保的有效授权，填写贷款金额与期限；基金按评级决定。",
+        "Choose an active consent for a guarantee, give the loan amount and term; the fund decides by rating.",
+    ),
+    "bk_amount": ("贷款金额（元）", "Loan amount (yuan)"),
+    "bk_term": ("期限（月）", "Term (months)"),
+    "bk_collateral": ("可提供的抵押（元）", "Collateral offered (yuan)"),
+    "bk_apply": ("提交担保申请", "Apply"),
+    "bk_decision": ("担保决定", "Decision"),
+    "bk_approved": ("已批准", "Approved"),
+    "bk_refused": ("未批准", "Not approved"),
+    "bk_fund_share": ("基金分担比例", "Fund's share of a loss"),
+    "bk_fund_amount": ("基金担保金额（元）", "Fund's exposure (yuan)"),
+    "bk_collateral_required": ("需要的抵押（元）", "Collateral required (yuan)"),
+    "bk_application": ("申请编号", "Application"),
+    "bk_explanation": ("说明", "Explanation"),
+    "bk_watch_title": ("贷后监测名单", "Post-loan watch list"),
+    "bk_watch_intro": (
+        "本行持有贷后监测授权的企业。“立即检查”为每家企业评分一次（各使用一次授权），与上次检查相比降级的标为预警。",
+        'Enterprises your bank holds a post-loan monitoring consent for. "Check now" scores each once (one use of each consent); a downgrade since the last check is flagged.',
+    ),
+    "bk_check_now": ("立即检查", "Check now"),
+    "bk_previous": ("上次等级", "Previous rating"),
+    "bk_move": ("变化", "Change"),
+    "bk_down": ("降级预警", "Downgrade warning"),
+    "bk_up": ("升级", "Upgrade"),
+    "bk_same": ("—", "—"),
+    "bk_not_checked": ("尚未检查", "Not checked yet"),
+    "bk_market_warnings": ("撮合平台的评级预警", "Rating warnings from the marketplace"),
+    "bk_batch_title": ("批量评分", "Batch scoring"),
+    "bk_batch_intro": (
+        "上传 CSV：每行一个授权编号（列 consent_id），或企业代码与授权令牌（列 enterprise、token）；可选列 request_id。批次可续传：同一批次不会重复使用授权。",
+        "Upload a CSV: one consent id per row (column consent_id), or an enterprise and its consent token (columns enterprise, token); request_id optional. Batches are resumable: a batch never uses a consent twice.",
+    ),
+    "bk_file": ("CSV 文件", "CSV file"),
+    "bk_upload": ("上传并评分", "Upload and score"),
+    "bk_batches": ("本次会话的批次", "Batches on this portal"),
+    "bk_no_batches": ("还没有批次。", "No batch yet."),
+    "bk_batch": ("批次", "Batch"),
+    "bk_progress": ("进度", "Progress"),
+    "bk_state_running": ("评分中", "Scoring"),
+    "bk_state_done": ("已完成", "Done"),
+    "bk_state_failed": ("失败", "Failed"),
+    "bk_refused_rows": ("被拒绝", "Refused"),
+    "bk_download": ("下载结果（CSV）", "Download results (CSV)"),
+    "bk_row": ("行", "Row"),
+    "bk_counts": ("按等级统计", "By rating"),
+}
+T.update(BANK_T)
+
 
 def tr(key: str, lang: str) -> str:
     zh, en = T[key]

@@ -4,7 +4,7 @@ its loan book; a fund manager (a bank managing an investment fund) reads each fu
 pipeline and performance report.
 
 Every call goes through the marketplace's SDK under the portal's own certificate, naming
-the organisation signed in with a passkey (``MarketClient.on_behalf``); the marketplace
+the organisation signed in with a passkey (a delegation ticket, ``ServiceClient.delegated``); the marketplace
 applies every one of its rules to that organisation, so a bank's page shows exactly what
 the bank would get with its own certificate: bands, never an identity or a score, before
 the enterprise's consent. Releasing a consent, reveals and loan steps are not here: they
@@ -23,7 +23,7 @@ from starlette.routing import Route
 from fedcredit.common.errors import InvalidArgument, RoleNotAllowed, Unavailable
 from fedcredit.portal import i18n
 from fedcredit.portal.security import Session
-from fedcredit.portal.web import Portal, call, page, post
+from fedcredit.portal.web import Portal, call, delegation, page, post
 
 NEED_PURPOSES = ("working_capital", "equipment", "expansion", "trade", "refinancing")
 
@@ -32,12 +32,13 @@ class MarketNotConfigured(Unavailable):
     reason = "MARKET_NOT_CONFIGURED"
 
 
-def market(portal: Portal, s: Session) -> Any:
-    """The marketplace client calling for the signed-in organisation."""
+async def market(portal: Portal, s: Session) -> Any:
+    """The marketplace client calling for the signed-in organisation (with its delegation
+    ticket for the marketplace)."""
     m = getattr(portal.backend, "market", None)
     if m is None:
         raise MarketNotConfigured("this portal has no marketplace configured ([services.market])")
-    return m.on_behalf(s.org, s.role)
+    return m.delegated(await delegation(portal, s, "market"))
 
 
 def _need_role(s: Session, role: str) -> None:
@@ -72,7 +73,7 @@ def back(portal: Portal, s: Session, to: str, flash: str) -> Response:
 
 @page("enterprise")
 async def enterprise_market(portal: Portal, request: Request, s: Session) -> Response:
-    m = market(portal, s)
+    m = await market(portal, s)
     needs = await call(m.my_needs)
     loans = await call(m.loans)
     return portal.render(
@@ -96,7 +97,7 @@ async def post_need(portal: Portal, request: Request, s: Session, data: dict[str
     amount, term = whole(data, "amount", digits=12), whole(data, "term_months", digits=3)
     # the request id comes from the form: a double submit posts one need, not two
     rid = str(data.get("request_id", ""))[:64] or None
-    await call(market(portal, s).post_need, amount, term, purpose, request_id=rid)
+    await call((await market(portal, s)).post_need, amount, term, purpose, request_id=rid)
     return back(portal, s, "/market/enterprise", "mk_need_posted")
 
 
@@ -105,14 +106,14 @@ async def answer(portal: Portal, request: Request, s: Session, data: dict[str, A
     _need_role(s, "enterprise")
     accept = str(data.get("accept", "")) == "1"
     why = str(data.get("why", "")).strip()[:200]
-    await call(market(portal, s).answer, field(data, "need_id"), accept, why)
+    await call((await market(portal, s)).answer, field(data, "need_id"), accept, why)
     return back(portal, s, "/market/enterprise", "mk_accepted" if accept else "mk_declined")
 
 
 @post
 async def withdraw(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:
     _need_role(s, "enterprise")
-    await call(market(portal, s).withdraw, field(data, "need_id"))
+    await call((await market(portal, s)).withdraw, field(data, "need_id"))
     return back(portal, s, "/market/enterprise", "mk_withdrawn")
 
 
@@ -121,7 +122,7 @@ async def withdraw(portal: Portal, request: Request, s: Session, data: dict[str,
 
 @page("bank")
 async def bank_market(portal: Portal, request: Request, s: Session) -> Response:
-    m = market(portal, s)
+    m = await market(portal, s)
     open_needs = await call(m.open_needs, 200)
     claims = await call(m.my_needs)
     leads = await call(m.leads, 200)
@@ -132,7 +133,7 @@ async def bank_market(portal: Portal, request: Request, s: Session) -> Response:
 
 @page("bank")
 async def bank_loans(portal: Portal, request: Request, s: Session) -> Response:
-    m = market(portal, s)
+    m = await market(portal, s)
     loans = await call(m.loans)
     warnings = await call(m.warnings)
     totals = {
@@ -148,7 +149,7 @@ async def bank_loans(portal: Portal, request: Request, s: Session) -> Response:
 @post
 async def claim(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:
     _need_role(s, "bank")
-    await call(market(portal, s).claim, field(data, "need_id"))
+    await call((await market(portal, s)).claim, field(data, "need_id"))
     return back(portal, s, "/market/bank", "mk_claimed")
 
 
@@ -156,7 +157,9 @@ async def claim(portal: Portal, request: Request, s: Session, data: dict[str, An
 async def offer(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:
     _need_role(s, "bank")
     rate = whole(data, "rate_bp", digits=5)
-    await call(market(portal, s).offer, field(data, "need_id"), field(data, "product_id"), rate)
+    await call(
+        (await market(portal, s)).offer, field(data, "need_id"), field(data, "product_id"), rate
+    )
     return back(portal, s, "/market/bank", "mk_offered")
 
 
@@ -167,7 +170,7 @@ async def offer(portal: Portal, request: Request, s: Session, data: dict[str, An
 async def fund_pipeline(portal: Portal, request: Request, s: Session) -> Response:
     """The funds this bank manages, each with its pipeline and performance report (the
     marketplace refuses a fund's pipeline to anyone but its manager)."""
-    m = market(portal, s)
+    m = await market(portal, s)
     funds = [f for f in await call(m.funds) if f.get("manager") == s.org]
     reports = [await call(m.pipeline, str(f["fund_id"])) for f in funds]
     return portal.render(request, s, "market/funds.html", rows=list(zip(funds, reports, strict=True)))  # fmt: skip

@@ -12,7 +12,17 @@ from starlette.routing import Route
 
 from fedcredit.common.errors import InvalidArgument, ResourceExhausted
 from fedcredit.portal.security import Session
-from fedcredit.portal.web import HOME, Portal, call, dumps, json_ok, page, post, terms_from_form
+from fedcredit.portal.web import (
+    HOME,
+    Portal,
+    call,
+    delegation,
+    dumps,
+    json_ok,
+    page,
+    post,
+    terms_from_form,
+)
 
 
 class RateLimited(ResourceExhausted):
@@ -174,7 +184,7 @@ async def enterprise(portal: Portal, request: Request, s: Session) -> Response:
 
 @page("enterprise")
 async def access(portal: Portal, request: Request, s: Session) -> Response:
-    got = await call(portal.backend.entries_about, s.org)
+    got = await call(portal.backend.entries_about, s.org, await delegation(portal, s, "ledger"))
     rows = [access_row(e) for e in got.entries]
     proofs = dumps({"checkpoint": got.checkpoint, "tree_size": got.tree_size,
                     "log_key": got.log_key, "entries": got.entries})  # fmt: skip

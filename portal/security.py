@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 # Content-Security-Policy: scripts and styles from the portal only, no inline code, no
 # framing, forms post to the portal only (W3C CSP Level 3).
@@ -46,7 +47,11 @@ class Session:
     role: str = ""
     credential_id: str = ""
     ticket: str = ""  # the consent service's session ticket (never sent to the browser)
+    # delegation tickets per service (consent/delegation.py): (ticket, expires_at)
+    delegations: dict[str, tuple[str, int]] = field(default_factory=dict)
     flash: list[str] = field(default_factory=list)
+    # the last answers shown on the bank's pages (score, guarantee, watch check)
+    data: dict[str, Any] = field(default_factory=dict)
     # per-ceremony state: registration ticket, the statement being signed
     pending: dict[str, str] = field(default_factory=dict)
 

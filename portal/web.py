@@ -25,6 +25,7 @@ from fedcredit.common.uscc import validate
 from fedcredit.consent.terms import ConsentTerms
 from fedcredit.portal import i18n
 from fedcredit.portal.backend import Backend
+from fedcredit.portal.batches import Jobs
 from fedcredit.portal.security import (
     SECURITY_HEADERS,
     RateLimiter,
@@ -60,6 +61,7 @@ class Portal:
         burst, rate = settings.signin_burst, settings.signin_per_minute
         self.by_address = RateLimiter(burst=burst, per_minute=rate)
         self.by_org = RateLimiter(burst=burst, per_minute=rate)
+        self.jobs = Jobs()  # the banks' batch uploads (portal/bank_pages.py)
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(["html"]),
@@ -193,6 +195,21 @@ def page(role: str | None = None) -> Callable[[Callable[[Portal, Request, Sessio
 async def call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
     """A blocking gRPC call, off the event loop."""
     return await run_in_threadpool(fn, *args, **kw)
+
+
+RENEW_BEFORE_S = 60  # a delegation ticket is renewed this long before it expires
+
+
+async def delegation(portal: Portal, s: Session, service: str) -> str:
+    """The session's delegation ticket for ``service`` (``ledger``, ``market``,
+    ``coordinator``), renewed at the consent service when it is near its end: the consent
+    service checks the session and its passkey again each time."""
+    got = s.delegations.get(service)
+    if got is None or got[1] - RENEW_BEFORE_S < time.time():
+        audience = portal.backend.audiences.get(service, service)
+        got = await call(portal.backend.passkeys.delegate, s.ticket, audience)
+        s.delegations[service] = got
+    return got[0]
 
 
 def terms_from_form(bank: str, data: dict[str, Any]) -> ConsentTerms:

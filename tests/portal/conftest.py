@@ -82,6 +82,33 @@ class Federation:
                 )
             time.sleep(0.05)
 
+    def delegation_checker(self, service: str) -> Any:
+        """A service's checker of the portal's delegation tickets, over gRPC from the
+        consent service (as the daemons build it); ``service``: its organisation id."""
+        from fedcredit.consent.passkey_client import RemoteDelegationVerifier
+
+        return RemoteDelegationVerifier(
+            consent_address=self.consent_address, tls=self.pki.tls(service),
+            server_org="consent-service", issuer=self.authority.settings.issuer, audience=service,
+        )  # fmt: skip
+
+    def signed_in(self, org: str, role: str) -> tuple[Any, Any]:
+        """A passkey enrolled for ``org`` and a sign-in with it through the portal's
+        certificate, as the portal does: (the consent service's Session, the SoftKey)."""
+        from tests.consent.softkey import SoftKey
+
+        key = SoftKey(self.url)
+        with PasskeyClient(self.consent_address, self.pki.tls("portal"), server_org="consent-service") as pk:  # fmt: skip
+            t, opts = pk.begin_registration(org, enrol_code=self.enrol_code(org, role), label="t")
+            pk.finish_registration(t, key.create(opts))
+            st, opts = pk.challenge(org, "sign_in")
+            return pk.sign_in(st, key.get(opts)), key
+
+    def delegate(self, session: str, audience: str) -> str:
+        """A delegation ticket from the consent service (PasskeyService.Delegate)."""
+        with PasskeyClient(self.consent_address, self.pki.tls("portal"), server_org="consent-service") as pk:  # fmt: skip
+            return pk.delegate(session, audience)[0]
+
     def enrol_code(self, org: str, role: str = "enterprise") -> str:
         from fedcredit.common.tls import Identity
 
@@ -128,7 +155,7 @@ def _witness_servers(d: Path, pki: Any, loop: Any, origin: str, log_key: Any) ->
     return out
 
 
-def _ledger(path: Path, pki: Any) -> tuple[Any, Any, Any, int, list[Any]]:
+def _ledger(path: Path, pki: Any) -> tuple[Any, Any, Any, int, list[Any], Any]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from fedcredit.common.server import build_aio_server, mark_serving
@@ -160,7 +187,7 @@ def _ledger(path: Path, pki: Any) -> tuple[Any, Any, Any, int, list[Any]]:
         return server, port
 
     server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    return log, loop, server, port, witnesses
+    return log, loop, server, port, witnesses, servicer
 
 
 def _silent_key() -> Any:
@@ -194,7 +221,7 @@ def federation(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
 
     d = tmp_path_factory.mktemp("portal-fed")
     pki.issue("portal", "portal")
-    log, loop, lserver, lport, witnesses = _ledger(d / "ledger.sqlite", pki)
+    log, loop, lserver, lport, witnesses, lservicer = _ledger(d / "ledger.sqlite", pki)
     sink = LedgerClient(f"127.0.0.1:{lport}", pki.tls("consent-service"), server_org="ledger")
     banks = {b: pki.tls(b).identity() for b in DEFAULT_BANKS}
     authority = ConsentAuthority(
@@ -220,9 +247,14 @@ def federation(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
     clock = OffsetClock()
     app = build_app(settings, backend, clock=clock)
     userver, thread = _serve_portal(app, port)
+    fed = Federation(backend, settings.url, authority, passkeys, log, clock, settings, pki, f"127.0.0.1:{cport}", f"127.0.0.1:{lport}", app)  # fmt: skip
+    # the ledger reads an enterprise's entries for the portal only under a delegation ticket
+    ledger_delegation = fed.delegation_checker("ledger")
+    lservicer.delegation = ledger_delegation.verifier
     try:
-        yield Federation(backend, settings.url, authority, passkeys, log, clock, settings, pki, f"127.0.0.1:{cport}", f"127.0.0.1:{lport}", app)  # fmt: skip
+        yield fed
     finally:
+        ledger_delegation.close()
         userver.should_exit = True
         thread.join(timeout=10)
         backend.close()
@@ -294,15 +326,24 @@ def scoring(federation: Federation, tmp_path_factory: pytest.TempPathFactory) ->
     async def no_nodes() -> dict[str, NodeFeatures]:
         return {}
 
+    delegation = federation.delegation_checker("coordinator")
     server = CoordinatorServer(
         settings=settings, store=store, verifier=verifier, nodes=no_nodes,
+        delegation=delegation.verifier,
         ledger=lambda: AsyncLedgerClient(ledger_address, pki.tls("coordinator"), server_org="ledger"),
         ledger_sync=ledger_sync, tls=pki.tls("coordinator"),
         catalog=Catalog.of([CatalogFeature(n, BY_ID[BY_NAME[n].department].category, BY_NAME[n].description) for n in names]),
     ).start()  # fmt: skip
+    from fedcredit.coordinator.client import CoordinatorClient
+
+    portal_client = CoordinatorClient(server.target, pki.tls("portal"), timeout=60)
+    federation.backend.coordinator = portal_client
     try:
         yield Scoring(server.target, server, store)
     finally:
+        federation.backend.coordinator = None
+        portal_client.close()
+        delegation.close()
         server.stop()
         store.close()
         verifier.close()

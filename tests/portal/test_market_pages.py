@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from fedcredit.common.departments import DEFAULT_BANKS
 from fedcredit.common.errors import RoleNotAllowed
+from fedcredit.consent import passkey_errors as P
 from fedcredit.market.client import FundMarketClient, MarketClient
 from fedcredit.market.ratings import rate_city
 from fedcredit.market.rules import Profile
@@ -52,7 +53,8 @@ def mk(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> Iter
     for e in ENTS:  # the tests read back through each enterprise's own certificate
         federation.pki.issue(e, "enterprise")
     rate_city(env.market, "r0", [Profile(e, "C", "wendeng", 40, "A", 900_000) for e in ENTS])
-    server, port = serve(env.market, "127.0.0.1:0", federation.pki.tls("market"))
+    checker = federation.delegation_checker("market")
+    server, port = serve(env.market, "127.0.0.1:0", federation.pki.tls("market"), delegation=checker.verifier)  # fmt: skip
     m = Market(f"127.0.0.1:{port}", env, federation.pki)
     with m.as_org(BANK) as b:
         b.publish_product(product("wc1"))
@@ -64,6 +66,7 @@ def mk(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> Iter
         federation.backend.market = None
         client.close()
         server.stop(0)
+        checker.close()
         env.market.store.close()
         env.log.close()
 
@@ -230,18 +233,23 @@ def test_funds_page_shows_the_managers_pipeline_and_report(
 
 
 def test_the_market_limits_what_the_portal_may_do(federation: Federation, mk: Market) -> None:
-    """The portal's certificate acts only for a named enterprise or bank, and never
-    releases a consent, reveals, moves a loan or publishes a product."""
+    """The portal's certificate acts only for the enterprise or bank its delegation ticket
+    names, and never releases a consent, reveals, moves a loan or publishes a product."""
+    ent_session, _ = federation.signed_in(ENTS[5], "enterprise")
+    bank_session, _ = federation.signed_in(BANK, "bank")
     with FundMarketClient(mk.address, federation.pki.tls("portal")) as portal:
-        with pytest.raises(RoleNotAllowed):
+        with pytest.raises(P.DelegationMissing):
             portal.my_needs()  # names no one
-        with pytest.raises(RoleNotAllowed):
-            portal.on_behalf("operator", "operator").fund_book()
-        as_ent = portal.on_behalf(ENTS[5], "enterprise")
+        with pytest.raises(P.DelegationMissing):
+            portal.fund_book()
+        # a ticket for another service is refused here
+        with pytest.raises(P.DelegationWrongAudience):
+            portal.delegated(federation.delegate(ent_session.ticket, "ledger")).my_needs()
+        as_ent = portal.delegated(federation.delegate(ent_session.ticket, "market"))
         need = as_ent.post_need(200_000, 6, "trade")["need_id"]
         with pytest.raises(RoleNotAllowed):
             as_ent.release_consent(need, "c_x")
-        as_bank = portal.on_behalf(BANK, "bank")
+        as_bank = portal.delegated(federation.delegate(bank_session.ticket, "market"))
         with pytest.raises(RoleNotAllowed):
             as_bank.reveal(need, "token")
         with pytest.raises(RoleNotAllowed):

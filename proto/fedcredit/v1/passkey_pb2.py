@@ -25,41 +25,51 @@ _sym_db = _symbol_database.Default()
 from fedcredit.v1 import consent_pb2 as fedcredit_dot_v1_dot_consent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64\x63redit/v1/passkey.proto\x12\x0c\x66\x65\x64\x63redit.v1\x1a\x1a\x66\x65\x64\x63redit/v1/consent.proto\"H\n\x15IssueEnrolCodeRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x03 \x01(\x03\"H\n\tEnrolCode\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\"\x80\x01\n\x18\x42\x65ginRegistrationRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x12\n\nenrol_code\x18\x02 \x01(\t\x12\x34\n\rauthorised_by\x18\x03 \x01(\x0b\x32\x1d.fedcredit.v1.SignedStatement\x12\r\n\x05label\x18\x04 \x01(\t\";\n\x13RegistrationOptions\x12\x0e\n\x06ticket\x18\x01 \x01(\t\x12\x14\n\x0coptions_json\x18\x02 \x01(\t\"D\n\x19\x46inishRegistrationRequest\x12\x0e\n\x06ticket\x18\x01 \x01(\t\x12\x17\n\x0f\x63redential_json\x18\x02 \x01(\t\"x\n\x0bPasskeyInfo\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x15\n\rcredential_id\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x14\n\x0clast_used_at\x18\x06 \x01(\x03\":\n\x0bPasskeyList\x12+\n\x08passkeys\x18\x01 \x03(\x0b\x32\x19.fedcredit.v1.PasskeyInfo\"\xde\x01\n\x10\x43hallengeRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x12\n\nconsent_id\x18\x03 \x01(\t\x12\x19\n\x11remove_categories\x18\x04 \x03(\t\x12\x14\n\x0cremove_nodes\x18\x05 \x03(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x15\n\rcredential_id\x18\x07 \x01(\t\x12\x11\n\tenrol_org\x18\x08 \x01(\t\x12\x12\n\nenrol_role\x18\t \x01(\t\x12\x1a\n\x12\x65nrol_expires_in_s\x18\n \x01(\x03\"9\n\tStatement\x12\x16\n\x0estatement_json\x18\x01 \x01(\t\x12\x14\n\x0coptions_json\x18\x02 \x01(\t\"A\n\x0fSignedStatement\x12\x16\n\x0estatement_json\x18\x01 \x01(\t\x12\x16\n\x0e\x61ssertion_json\x18\x02 \x01(\t\"m\n\x0cSignInResult\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x15\n\rcredential_id\x18\x03 \x01(\t\x12\x0f\n\x07session\x18\x04 \x01(\t\x12\x1a\n\x12session_expires_at\x18\x05 \x01(\x03\"x\n\x08\x44\x65\x63ision\x12&\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x15.fedcredit.v1.Consent\x12*\n\x0breplacement\x18\x02 \x01(\x0b\x32\x15.fedcredit.v1.Consent\x12\x18\n\x10\x61ssertion_sha256\x18\x03 \x01(\t\"M\n\x0eSessionRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12*\n\x06states\x18\x02 \x03(\x0e\x32\x1a.fedcredit.v1.ConsentState\"R\n\x14PortalRequestConsent\x12\x0f\n\x07session\x18\x01 \x01(\t\x12)\n\x05terms\x18\x02 \x01(\x0b\x32\x1a.fedcredit.v1.ConsentTerms2\xe9\x06\n\x0ePasskeyService\x12N\n\x0eIssueEnrolCode\x12#.fedcredit.v1.IssueEnrolCodeRequest\x1a\x17.fedcredit.v1.EnrolCode\x12^\n\x11\x42\x65ginRegistration\x12&.fedcredit.v1.BeginRegistrationRequest\x1a!.fedcredit.v1.RegistrationOptions\x12X\n\x12\x46inishRegistration\x12\'.fedcredit.v1.FinishRegistrationRequest\x1a\x19.fedcredit.v1.PasskeyInfo\x12\x44\n\tChallenge\x12\x1e.fedcredit.v1.ChallengeRequest\x1a\x17.fedcredit.v1.Statement\x12\x43\n\x06SignIn\x12\x1d.fedcredit.v1.SignedStatement\x1a\x1a.fedcredit.v1.SignInResult\x12?\n\x06\x44\x65\x63ide\x12\x1d.fedcredit.v1.SignedStatement\x1a\x16.fedcredit.v1.Decision\x12P\n\x0cListConsents\x12\x1c.fedcredit.v1.SessionRequest\x1a\".fedcredit.v1.ListConsentsResponse\x12G\n\x0cListPasskeys\x12\x1c.fedcredit.v1.SessionRequest\x1a\x19.fedcredit.v1.PasskeyList\x12I\n\rRemovePasskey\x12\x1d.fedcredit.v1.SignedStatement\x1a\x19.fedcredit.v1.PasskeyList\x12N\n\x14IssueEnrolCodeSigned\x12\x1d.fedcredit.v1.SignedStatement\x1a\x17.fedcredit.v1.EnrolCode\x12K\n\x0eRequestConsent\x12\".fedcredit.v1.PortalRequestConsent\x1a\x15.fedcredit.v1.Consentb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64\x63redit/v1/passkey.proto\x12\x0c\x66\x65\x64\x63redit.v1\x1a\x1a\x66\x65\x64\x63redit/v1/consent.proto\"8\n\x11SessionConsentRef\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nconsent_id\x18\x02 \x01(\t\"4\n\x0f\x44\x65legateRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\"6\n\x10\x44\x65legationTicket\x12\x0e\n\x06ticket\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\":\n\x14PasskeyStatusRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x15\n\rcredential_id\x18\x02 \x01(\t\"$\n\x12PasskeyStatusReply\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\"H\n\x15IssueEnrolCodeRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x03 \x01(\x03\"H\n\tEnrolCode\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\"\x80\x01\n\x18\x42\x65ginRegistrationRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x12\n\nenrol_code\x18\x02 \x01(\t\x12\x34\n\rauthorised_by\x18\x03 \x01(\x0b\x32\x1d.fedcredit.v1.SignedStatement\x12\r\n\x05label\x18\x04 \x01(\t\";\n\x13RegistrationOptions\x12\x0e\n\x06ticket\x18\x01 \x01(\t\x12\x14\n\x0coptions_json\x18\x02 \x01(\t\"D\n\x19\x46inishRegistrationRequest\x12\x0e\n\x06ticket\x18\x01 \x01(\t\x12\x17\n\x0f\x63redential_json\x18\x02 \x01(\t\"x\n\x0bPasskeyInfo\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x15\n\rcredential_id\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x14\n\x0clast_used_at\x18\x06 \x01(\x03\":\n\x0bPasskeyList\x12+\n\x08passkeys\x18\x01 \x03(\x0b\x32\x19.fedcredit.v1.PasskeyInfo\"\xde\x01\n\x10\x43hallengeRequest\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x12\n\nconsent_id\x18\x03 \x01(\t\x12\x19\n\x11remove_categories\x18\x04 \x03(\t\x12\x14\n\x0cremove_nodes\x18\x05 \x03(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x15\n\rcredential_id\x18\x07 \x01(\t\x12\x11\n\tenrol_org\x18\x08 \x01(\t\x12\x12\n\nenrol_role\x18\t \x01(\t\x12\x1a\n\x12\x65nrol_expires_in_s\x18\n \x01(\x03\"9\n\tStatement\x12\x16\n\x0estatement_json\x18\x01 \x01(\t\x12\x14\n\x0coptions_json\x18\x02 \x01(\t\"A\n\x0fSignedStatement\x12\x16\n\x0estatement_json\x18\x01 \x01(\t\x12\x16\n\x0e\x61ssertion_json\x18\x02 \x01(\t\"m\n\x0cSignInResult\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x15\n\rcredential_id\x18\x03 \x01(\t\x12\x0f\n\x07session\x18\x04 \x01(\t\x12\x1a\n\x12session_expires_at\x18\x05 \x01(\x03\"x\n\x08\x44\x65\x63ision\x12&\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x15.fedcredit.v1.Consent\x12*\n\x0breplacement\x18\x02 \x01(\x0b\x32\x15.fedcredit.v1.Consent\x12\x18\n\x10\x61ssertion_sha256\x18\x03 \x01(\t\"M\n\x0eSessionRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12*\n\x06states\x18\x02 \x03(\x0e\x32\x1a.fedcredit.v1.ConsentState\"R\n\x14PortalRequestConsent\x12\x0f\n\x07session\x18\x01 \x01(\t\x12)\n\x05terms\x18\x02 \x01(\x0b\x32\x1a.fedcredit.v1.ConsentTerms2\xd1\x08\n\x0ePasskeyService\x12N\n\x0eIssueEnrolCode\x12#.fedcredit.v1.IssueEnrolCodeRequest\x1a\x17.fedcredit.v1.EnrolCode\x12^\n\x11\x42\x65ginRegistration\x12&.fedcredit.v1.BeginRegistrationRequest\x1a!.fedcredit.v1.RegistrationOptions\x12X\n\x12\x46inishRegistration\x12\'.fedcredit.v1.FinishRegistrationRequest\x1a\x19.fedcredit.v1.PasskeyInfo\x12\x44\n\tChallenge\x12\x1e.fedcredit.v1.ChallengeRequest\x1a\x17.fedcredit.v1.Statement\x12\x43\n\x06SignIn\x12\x1d.fedcredit.v1.SignedStatement\x1a\x1a.fedcredit.v1.SignInResult\x12?\n\x06\x44\x65\x63ide\x12\x1d.fedcredit.v1.SignedStatement\x1a\x16.fedcredit.v1.Decision\x12P\n\x0cListConsents\x12\x1c.fedcredit.v1.SessionRequest\x1a\".fedcredit.v1.ListConsentsResponse\x12G\n\x0cListPasskeys\x12\x1c.fedcredit.v1.SessionRequest\x1a\x19.fedcredit.v1.PasskeyList\x12I\n\rRemovePasskey\x12\x1d.fedcredit.v1.SignedStatement\x1a\x19.fedcredit.v1.PasskeyList\x12N\n\x14IssueEnrolCodeSigned\x12\x1d.fedcredit.v1.SignedStatement\x1a\x17.fedcredit.v1.EnrolCode\x12K\n\x0eRequestConsent\x12\".fedcredit.v1.PortalRequestConsent\x1a\x15.fedcredit.v1.Consent\x12\x44\n\x0cGetBankToken\x12\x1f.fedcredit.v1.SessionConsentRef\x1a\x13.fedcredit.v1.Token\x12I\n\x08\x44\x65legate\x12\x1d.fedcredit.v1.DelegateRequest\x1a\x1e.fedcredit.v1.DelegationTicket\x12U\n\rPasskeyStatus\x12\".fedcredit.v1.PasskeyStatusRequest\x1a .fedcredit.v1.PasskeyStatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedcredit.v1.passkey_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ISSUEENROLCODEREQUEST']._serialized_start=72
-  _globals['_ISSUEENROLCODEREQUEST']._serialized_end=144
-  _globals['_ENROLCODE']._serialized_start=146
-  _globals['_ENROLCODE']._serialized_end=218
-  _globals['_BEGINREGISTRATIONREQUEST']._serialized_start=221
-  _globals['_BEGINREGISTRATIONREQUEST']._serialized_end=349
-  _globals['_REGISTRATIONOPTIONS']._serialized_start=351
-  _globals['_REGISTRATIONOPTIONS']._serialized_end=410
-  _globals['_FINISHREGISTRATIONREQUEST']._serialized_start=412
-  _globals['_FINISHREGISTRATIONREQUEST']._serialized_end=480
-  _globals['_PASSKEYINFO']._serialized_start=482
-  _globals['_PASSKEYINFO']._serialized_end=602
-  _globals['_PASSKEYLIST']._serialized_start=604
-  _globals['_PASSKEYLIST']._serialized_end=662
-  _globals['_CHALLENGEREQUEST']._serialized_start=665
-  _globals['_CHALLENGEREQUEST']._serialized_end=887
-  _globals['_STATEMENT']._serialized_start=889
-  _globals['_STATEMENT']._serialized_end=946
-  _globals['_SIGNEDSTATEMENT']._serialized_start=948
-  _globals['_SIGNEDSTATEMENT']._serialized_end=1013
-  _globals['_SIGNINRESULT']._serialized_start=1015
-  _globals['_SIGNINRESULT']._serialized_end=1124
-  _globals['_DECISION']._serialized_start=1126
-  _globals['_DECISION']._serialized_end=1246
-  _globals['_SESSIONREQUEST']._serialized_start=1248
-  _globals['_SESSIONREQUEST']._serialized_end=1325
-  _globals['_PORTALREQUESTCONSENT']._serialized_start=1327
-  _globals['_PORTALREQUESTCONSENT']._serialized_end=1409
-  _globals['_PASSKEYSERVICE']._serialized_start=1412
-  _globals['_PASSKEYSERVICE']._serialized_end=2285
+  _globals['_SESSIONCONSENTREF']._serialized_start=72
+  _globals['_SESSIONCONSENTREF']._serialized_end=128
+  _globals['_DELEGATEREQUEST']._serialized_start=130
+  _globals['_DELEGATEREQUEST']._serialized_end=182
+  _globals['_DELEGATIONTICKET']._serialized_start=184
+  _globals['_DELEGATIONTICKET']._serialized_end=238
+  _globals['_PASSKEYSTATUSREQUEST']._serialized_start=240
+  _globals['_PASSKEYSTATUSREQUEST']._serialized_end=298
+  _globals['_PASSKEYSTATUSREPLY']._serialized_start=300
+  _globals['_PASSKEYSTATUSREPLY']._serialized_end=336
+  _globals['_ISSUEENROLCODEREQUEST']._serialized_start=338
+  _globals['_ISSUEENROLCODEREQUEST']._serialized_end=410
+  _globals['_ENROLCODE']._serialized_start=412
+  _globals['_ENROLCODE']._serialized_end=484
+  _globals['_BEGINREGISTRATIONREQUEST']._serialized_start=487
+  _globals['_BEGINREGISTRATIONREQUEST']._serialized_end=615
+  _globals['_REGISTRATIONOPTIONS']._serialized_start=617
+  _globals['_REGISTRATIONOPTIONS']._serialized_end=676
+  _globals['_FINISHREGISTRATIONREQUEST']._serialized_start=678
+  _globals['_FINISHREGISTRATIONREQUEST']._serialized_end=746
+  _globals['_PASSKEYINFO']._serialized_start=748
+  _globals['_PASSKEYINFO']._serialized_end=868
+  _globals['_PASSKEYLIST']._serialized_start=870
+  _globals['_PASSKEYLIST']._serialized_end=928
+  _globals['_CHALLENGEREQUEST']._serialized_start=931
+  _globals['_CHALLENGEREQUEST']._serialized_end=1153
+  _globals['_STATEMENT']._serialized_start=1155
+  _globals['_STATEMENT']._serialized_end=1212
+  _globals['_SIGNEDSTATEMENT']._serialized_start=1214
+  _globals['_SIGNEDSTATEMENT']._serialized_end=1279
+  _globals['_SIGNINRESULT']._serialized_start=1281
+  _globals['_SIGNINRESULT']._serialized_end=1390
+  _globals['_DECISION']._serialized_start=1392
+  _globals['_DECISION']._serialized_end=1512
+  _globals['_SESSIONREQUEST']._serialized_start=1514
+  _globals['_SESSIONREQUEST']._serialized_end=1591
+  _globals['_PORTALREQUESTCONSENT']._serialized_start=1593
+  _globals['_PORTALREQUESTCONSENT']._serialized_end=1675
+  _globals['_PASSKEYSERVICE']._serialized_start=1678
+  _globals['_PASSKEYSERVICE']._serialized_end=2783
 # @@protoc_insertion_point(module_scope)

@@ -90,6 +90,21 @@ class PasskeyServiceStub:
                 request_serializer=fedcredit_dot_v1_dot_passkey__pb2.PortalRequestConsent.SerializeToString,
                 response_deserializer=fedcredit_dot_v1_dot_consent__pb2.Consent.FromString,
                 _registered_method=True)
+        self.GetBankToken = channel.unary_unary(
+                '/fedcredit.v1.PasskeyService/GetBankToken',
+                request_serializer=fedcredit_dot_v1_dot_passkey__pb2.SessionConsentRef.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_consent__pb2.Token.FromString,
+                _registered_method=True)
+        self.Delegate = channel.unary_unary(
+                '/fedcredit.v1.PasskeyService/Delegate',
+                request_serializer=fedcredit_dot_v1_dot_passkey__pb2.DelegateRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_passkey__pb2.DelegationTicket.FromString,
+                _registered_method=True)
+        self.PasskeyStatus = channel.unary_unary(
+                '/fedcredit.v1.PasskeyService/PasskeyStatus',
+                request_serializer=fedcredit_dot_v1_dot_passkey__pb2.PasskeyStatusRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_passkey__pb2.PasskeyStatusReply.FromString,
+                _registered_method=True)
 
 
 class PasskeyServiceServicer:
@@ -173,6 +188,31 @@ class PasskeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBankToken(self, request, context):
+        """Portal, with a bank's session ticket: the token of a consent addressed to that
+        bank (bound to the bank's own certificate, never the portal's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delegate(self, request, context):
+        """Portal, with a session ticket: a short-lived delegation ticket (JWS, typ
+        `delegation+jwt`, consent/delegation.py) for one service, naming the organisation,
+        its role and passkey, bound to the portal's certificate (cnf).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PasskeyStatus(self, request, context):
+        """The services that accept delegation tickets (coordinator, market, ledger): is this
+        passkey still registered? (A removed passkey's tickets stop working.)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PasskeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -230,6 +270,21 @@ def add_PasskeyServiceServicer_to_server(servicer, server):
                     servicer.RequestConsent,
                     request_deserializer=fedcredit_dot_v1_dot_passkey__pb2.PortalRequestConsent.FromString,
                     response_serializer=fedcredit_dot_v1_dot_consent__pb2.Consent.SerializeToString,
+            ),
+            'GetBankToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBankToken,
+                    request_deserializer=fedcredit_dot_v1_dot_passkey__pb2.SessionConsentRef.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_consent__pb2.Token.SerializeToString,
+            ),
+            'Delegate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delegate,
+                    request_deserializer=fedcredit_dot_v1_dot_passkey__pb2.DelegateRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_passkey__pb2.DelegationTicket.SerializeToString,
+            ),
+            'PasskeyStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.PasskeyStatus,
+                    request_deserializer=fedcredit_dot_v1_dot_passkey__pb2.PasskeyStatusRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_passkey__pb2.PasskeyStatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -529,6 +584,87 @@ class PasskeyService:
             '/fedcredit.v1.PasskeyService/RequestConsent',
             fedcredit_dot_v1_dot_passkey__pb2.PortalRequestConsent.SerializeToString,
             fedcredit_dot_v1_dot_consent__pb2.Consent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBankToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PasskeyService/GetBankToken',
+            fedcredit_dot_v1_dot_passkey__pb2.SessionConsentRef.SerializeToString,
+            fedcredit_dot_v1_dot_consent__pb2.Token.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delegate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PasskeyService/Delegate',
+            fedcredit_dot_v1_dot_passkey__pb2.DelegateRequest.SerializeToString,
+            fedcredit_dot_v1_dot_passkey__pb2.DelegationTicket.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PasskeyStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PasskeyService/PasskeyStatus',
+            fedcredit_dot_v1_dot_passkey__pb2.PasskeyStatusRequest.SerializeToString,
+            fedcredit_dot_v1_dot_passkey__pb2.PasskeyStatusReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,19 @@ class PasskeyServiceStub:
     """Portal, with a bank's session ticket: request consent for that bank (the token
     is bound to the bank's own certificate, never the portal's).
     """
+    GetBankToken: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.SessionConsentRef, _consent_pb2.Token]
+    """Portal, with a bank's session ticket: the token of a consent addressed to that
+    bank (bound to the bank's own certificate, never the portal's).
+    """
+    Delegate: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.DelegateRequest, _passkey_pb2.DelegationTicket]
+    """Portal, with a session ticket: a short-lived delegation ticket (JWS, typ
+    `delegation+jwt`, consent/delegation.py) for one service, naming the organisation,
+    its role and passkey, bound to the portal's certificate (cnf).
+    """
+    PasskeyStatus: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.PasskeyStatusRequest, _passkey_pb2.PasskeyStatusReply]
+    """The services that accept delegation tickets (coordinator, market, ledger): is this
+    passkey still registered? (A removed passkey's tickets stop working.)
+    """
 
 @_typing.type_check_only
 class PasskeyServiceAsyncStub(PasskeyServiceStub):
@@ -101,6 +114,19 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
     RequestConsent: _aio.UnaryUnaryMultiCallable[_passkey_pb2.PortalRequestConsent, _consent_pb2.Consent]  # type: ignore[assignment]
     """Portal, with a bank's session ticket: request consent for that bank (the token
     is bound to the bank's own certificate, never the portal's).
+    """
+    GetBankToken: _aio.UnaryUnaryMultiCallable[_passkey_pb2.SessionConsentRef, _consent_pb2.Token]  # type: ignore[assignment]
+    """Portal, with a bank's session ticket: the token of a consent addressed to that
+    bank (bound to the bank's own certificate, never the portal's).
+    """
+    Delegate: _aio.UnaryUnaryMultiCallable[_passkey_pb2.DelegateRequest, _passkey_pb2.DelegationTicket]  # type: ignore[assignment]
+    """Portal, with a session ticket: a short-lived delegation ticket (JWS, typ
+    `delegation+jwt`, consent/delegation.py) for one service, naming the organisation,
+    its role and passkey, bound to the portal's certificate (cnf).
+    """
+    PasskeyStatus: _aio.UnaryUnaryMultiCallable[_passkey_pb2.PasskeyStatusRequest, _passkey_pb2.PasskeyStatusReply]  # type: ignore[assignment]
+    """The services that accept delegation tickets (coordinator, market, ledger): is this
+    passkey still registered? (A removed passkey's tickets stop working.)
     """
 
 class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -194,6 +220,37 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_consent_pb2.Consent, _abc.Awaitable[_consent_pb2.Consent]]:
         """Portal, with a bank's session ticket: request consent for that bank (the token
         is bound to the bank's own certificate, never the portal's).
+        """
+
+    @_abc_1.abstractmethod
+    def GetBankToken(
+        self,
+        request: _passkey_pb2.SessionConsentRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_pb2.Token, _abc.Awaitable[_consent_pb2.Token]]:
+        """Portal, with a bank's session ticket: the token of a consent addressed to that
+        bank (bound to the bank's own certificate, never the portal's).
+        """
+
+    @_abc_1.abstractmethod
+    def Delegate(
+        self,
+        request: _passkey_pb2.DelegateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_passkey_pb2.DelegationTicket, _abc.Awaitable[_passkey_pb2.DelegationTicket]]:
+        """Portal, with a session ticket: a short-lived delegation ticket (JWS, typ
+        `delegation+jwt`, consent/delegation.py) for one service, naming the organisation,
+        its role and passkey, bound to the portal's certificate (cnf).
+        """
+
+    @_abc_1.abstractmethod
+    def PasskeyStatus(
+        self,
+        request: _passkey_pb2.PasskeyStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_passkey_pb2.PasskeyStatusReply, _abc.Awaitable[_passkey_pb2.PasskeyStatusReply]]:
+        """The services that accept delegation tickets (coordinator, market, ledger): is this
+        passkey still registered? (A removed passkey's tickets stop working.)
         """
 
 def add_PasskeyServiceServicer_to_server(servicer: PasskeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
