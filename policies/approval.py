@@ -80,8 +80,11 @@ def apply(
     fields: Mapping[str, str],
     attachments: Mapping[str, str],
     at: float,
+    amount_yuan: int | None = None,
 ) -> Application:
-    """A new application, its form checked against the policy's fields."""
+    """A new application, its form checked against the policy's fields. ``amount_yuan``:
+    the benefit for this enterprise when the policy's is a formula (default: the fixed
+    amount); never above the policy's ``amount_yuan`` (its cap)."""
     if policy.mode != "application":
         raise InvalidPolicy(f"policy {policy.id} is automatic: nobody applies to it", field="mode")
     missing = [f for f in policy.fields if not str(fields.get(f, "")).strip()]
@@ -97,7 +100,11 @@ def apply(
         raise InvalidPolicy(
             f"attachment {bad[0]!r}: expected a SHA-256 in hex", field="attachments"
         )
-    return Application(app_id, policy.id, enterprise, policy.amount_yuan, dict(fields),
+    amount = policy.amount_yuan if amount_yuan is None else amount_yuan
+    if type(amount) is not int or not 0 < amount <= policy.amount_yuan:
+        raise InvalidPolicy(f"amount_yuan: expected 1..{policy.amount_yuan}, got {amount!r}",
+                            field="amount_yuan")  # fmt: skip
+    return Application(app_id, policy.id, enterprise, amount, dict(fields),
                        dict(attachments), "submitted", at, history=((at, "submit", "submitted"),))  # fmt: skip
 
 

@@ -163,17 +163,22 @@ def serve_cmd(config: ConfigOpt) -> None:
     with user_errors():
         from fedcredit.common import metrics
         from fedcredit.common.config import load_config
-        from fedcredit.policies.daemon import build
+        from fedcredit.policies.daemon import build_all
 
         dep = load_config(config)
         metrics.start(dep.service("policies").metrics, "policies")
-        server, store = build(dep)
+        server, store, (monthly, every) = build_all(dep)
         server.start()
         typer.echo(f"policy service serving on port {server.port}")
         stop = threading.Event()
+        # the monthly tracking round (policies.daemon.MonthlyTracking), beside the server
+        tracker = threading.Thread(target=monthly.run, args=(stop, every), daemon=True)
+        tracker.start()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
+        stop.set()
+        tracker.join(timeout=10)
         server.stop(5)
         store.close()
 

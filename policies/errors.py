@@ -73,3 +73,16 @@ class ProgressReported(AlreadyExists):
     """A self-evaluation for this policy and month was already filed (reports are final)."""
 
     reason = "PROGRESS_REPORTED"
+
+
+class TrackingRoundRunning(FailedPrecondition):
+    """The tracking round is being run by another caller; its result is not stored yet."""
+
+    reason = "TRACKING_ROUND_RUNNING"
+
+
+class BenefitUndefined(FailedPrecondition):
+    """The policy's benefit formula has no value for this enterprise (a value it reads is
+    missing at its department, or the amount is 0): there is nothing to apply for."""
+
+    reason = "BENEFIT_UNDEFINED"

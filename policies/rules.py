@@ -43,6 +43,7 @@ from datetime import date
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 from cel_expr_python import cel
 from google.protobuf import any_pb2
 
@@ -62,6 +63,9 @@ PLATFORM_VARIABLES: dict[str, cel.Type] = {
     "registry.founded_year": cel.Type.INT,
 }
 MAX_RULE_CHARS = 4_096
+# each bit clause repeats the formula three times (the clamp), and one node request holds
+# at most 8 KiB of clause text (policies.screening.MAX_CLAUSE_TEXT)
+MAX_FORMULA_CHARS = 512
 RATINGS = ("A", "B", "C", "D")
 Mode = Literal["automatic", "application"]
 MODES: tuple[Mode, ...] = ("automatic", "application")
@@ -348,7 +352,8 @@ class Policy:
     ``mode`` "automatic" (免申即享): the platform screens, notifies and pays unless the
     enterprise declines within ``decline_days``; "application": the enterprise applies and
     the ``reviewers`` approve jointly, then a ``notice_days`` public notice (公示).
-    ``amount_yuan`` is paid per enterprise; ``budget_yuan`` is never exceeded.
+    ``amount_yuan`` is paid per enterprise (or, with ``benefit_formula``, the formula's
+    amount up to ``amount_cap_yuan``); ``budget_yuan`` is never exceeded.
     """
 
     id: str
@@ -365,6 +370,12 @@ class Policy:
     notice_days: int = 5
     review_days: int = 10
     fields: tuple[str, ...] = ()
+    # A benefit computed per enterprise (see :func:`check_formula`): CEL of type int over
+    # one namespace's variables, in integer yuan, clamped to [0, amount_cap_yuan]. With a
+    # formula, ``amount_yuan`` must equal the cap (the most one enterprise can receive,
+    # what the budget books commit at most); "" = the fixed ``amount_yuan``.
+    benefit_formula: str = ""
+    amount_cap_yuan: int = 0
     # The performance a funded enterprise pledges (资金跟踪问效), a CEL rule like the
     # eligibility rule, checked in the nodes under the subsidy_tracking basis; "" = none.
     target: str = ""
@@ -398,9 +409,85 @@ def validate(p: Policy) -> CheckedRule:
               "an application policy needs one or more distinct reviewing departments")  # fmt: skip
     for f in p.fields:
         _need(bool(re.fullmatch(r"[a-z][a-z0-9_]{0,39}", f)), "fields", f"bad field name {f!r}")
+    if p.benefit_formula or p.amount_cap_yuan:
+        _need(p.amount_cap_yuan == p.amount_yuan, "amount_cap_yuan",
+              f"expected the cap to equal amount_yuan ({p.amount_yuan}) for a formula "
+              f"benefit, got {p.amount_cap_yuan!r}")  # fmt: skip
+        check_formula(p.benefit_formula, p.amount_cap_yuan)
     if p.target:
         check_rule(p.target)
     return check_rule(p.rule)
+
+
+# -- benefit formulas (integer yuan, exact) -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Formula:
+    """A checked benefit formula: the namespace that evaluates it and its clauses.
+
+    A node answers booleans only, so the amount comes back as booleans too: clause 0 says
+    whether the formula evaluates at all (no missing value, no overflow, no division by
+    zero); clause ``1 + i`` is bit ``i`` of the clamped amount. The platform learns the
+    amount (which it pays anyway) and nothing finer; it asks only for the enterprises a
+    screening found eligible. All integer arithmetic: no float touches the amount.
+    """
+
+    text: str
+    cap_yuan: int
+    namespace: str
+    clauses: tuple[str, ...]
+
+    def amounts(self, bits: BoolMatrix) -> npt.NDArray[np.int64]:
+        """Amounts from (n, len(clauses)) booleans: -1 where the formula is undefined."""
+        b = np.asarray(bits, dtype=np.bool_)
+        weights = np.array([1 << i for i in range(len(self.clauses) - 1)], dtype=np.int64)
+        out = (b[:, 1:].astype(np.int64) * weights).sum(axis=1) if len(weights) else np.zeros(
+            b.shape[0], dtype=np.int64)  # fmt: skip
+        return np.where(b[:, 0], out, -1)
+
+
+def check_formula(text: str, cap_yuan: int) -> Formula:
+    """Type-check a benefit formula (CEL of type int) against the catalog and cut it into
+    its definedness and bit clauses; refusals name the position (:class:`RuleInvalid`)."""
+    if type(cap_yuan) is not int or not 0 < cap_yuan <= 10**12:
+        raise InvalidPolicy(f"amount_cap_yuan: expected integer yuan 1..10^12, got {cap_yuan!r}",
+                            field="amount_cap_yuan")  # fmt: skip
+    if not isinstance(text, str) or not text.strip():
+        raise RuleInvalid("the benefit formula is empty; write a CEL int expression", line=1, column=1)  # fmt: skip
+    if len(text) > MAX_FORMULA_CHARS:
+        raise RuleInvalid(f"the formula has {len(text)} characters; at most {MAX_FORMULA_CHARS}",
+                          line=1, column=1)  # fmt: skip
+    try:
+        compiled = environment().compile(text)
+    except RuntimeError as exc:
+        raise _refuse_compile(text, exc) from None
+    if compiled.return_type() != cel.Type.INT:
+        raise RuleInvalid(
+            "line 1, column 1: expected the benefit formula to be an int (integer yuan; "
+            f"convert a double with int(...)), got {compiled.return_type().name()}",
+            line=1, column=1,
+        )  # fmt: skip
+    checked = _ast(compiled)
+    names = _Splitter(text, checked).variables(checked.expr)
+    spaces = sorted({namespace_of(v) for v in names}) or [PLATFORM]
+    if len(spaces) > 1:
+        raise RuleNotSplittable(
+            f"line 1, column 1: the benefit formula reads data of {', '.join(spaces)}; a "
+            "formula is evaluated by one department (or the platform) alone",
+            line=1, column=1,
+        )  # fmt: skip
+    f = f"({text})"
+    clamped = f"({f} < 0 ? 0 : ({f} > {cap_yuan} ? {cap_yuan} : {f}))"
+    bits = [f"{clamped} / {1 << i} % 2 == 1" for i in range(cap_yuan.bit_length())]
+    return Formula(text, cap_yuan, spaces[0], (f"{f} >= 0 || {f} < 0", *bits))
+
+
+def evaluate_formula_central(formula: Formula, activations: Sequence[Mapping[str, Any]]) -> list[int | None]:  # fmt: skip
+    """The formula evaluated in one place (the reference the bits must agree with; tests
+    and the platform's own namespace only): the clamped amount, None where undefined."""
+    bits = celvars.ClauseSet(environment(), list(formula.clauses)).evaluate(activations)
+    return [None if a < 0 else int(a) for a in formula.amounts(bits).tolist()]
 
 
 def clause_departments(rule: CheckedRule) -> list[str]:

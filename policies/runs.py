@@ -61,6 +61,22 @@ def batched(append: Callable[[Sequence[Any]], Any]) -> Append:
     return run
 
 
+def _formula_amounts(
+    p: rules.Policy, codes: list[str], run_id: str, nodes: Mapping[str, screening.NodeScreener],
+    rows_of: Mapping[str, Mapping[str, Any]], summary: RunSummary,
+) -> tuple[list[str], list[int]]:  # fmt: skip
+    """The eligible enterprises with a positive formula amount, and their amounts; those
+    whose amount is undefined or 0 count as unfunded (nothing to pay)."""
+    formula = rules.check_formula(p.benefit_formula, p.amount_cap_yuan)
+    got, disclosed = screening.benefit_amounts(
+        f"{run_id}:{p.id}"[:64], formula, codes, nodes, [rows_of[c] for c in codes]
+    )
+    summary.disclosures.setdefault(formula.namespace, []).extend(disclosed)
+    keep = [(c, a) for c, a in zip(codes, got, strict=True) if a]
+    summary.unfunded[p.id] = len(codes) - len(keep)
+    return [c for c, _ in keep], [a for _, a in keep if a]
+
+
 def run_automatic(
     store: PolicyStore,
     ledger: Ledger,
@@ -73,9 +89,12 @@ def run_automatic(
     now: float | None = None,
     chunk: int = screening.DEFAULT_CHUNK,
     workers: int = 8,
+    department: str | None = None,
 ) -> RunSummary:
+    """One run; ``department``: only the automatic policies that department issues."""
     now = time.time() if now is None else now
-    policies = store.policies(mode="automatic", on=today)
+    policies = [p for p in store.policies(mode="automatic", on=today)
+                if department is None or p.department == department]  # fmt: skip
     checked = {p.id: rules.check_rule(p.rule) for p in policies}
     plan = screening.plan(checked)
     result = screening.screen(
@@ -96,14 +115,18 @@ def run_automatic(
             qualified[i].append(pid)
     append([("policy_screening", code, {"run_id": run_id, "eligible": q})
             for code, q in zip(enterprises, qualified, strict=True)])  # fmt: skip
+    rows_of = dict(zip(enterprises, platform_rows, strict=True))
     for p in policies:
         done = store.awarded(p.id)
         mask = result.eligible[p.id]
         new = [c for c, ok in zip(enterprises, mask.tolist(), strict=True) if ok and c not in done]
-        notified, unfunded = store.notify(p, new, run_id, now, append)
+        amounts = None
+        if p.benefit_formula:
+            new, amounts = _formula_amounts(p, new, run_id, nodes, rows_of, summary)
+        notified, unfunded = store.notify(p, new, run_id, now, append, amounts)
         summary.eligible[p.id] = int(mask.sum())
         summary.notified[p.id] = len(notified)
-        summary.unfunded[p.id] = len(unfunded)
+        summary.unfunded[p.id] = len(unfunded) + summary.unfunded.get(p.id, 0)
     summary.ledger_seconds = time.perf_counter() - t0
     store.record_run(run_id, now, summary.to_dict())
     return summary

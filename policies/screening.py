@@ -153,3 +153,28 @@ def screen(
         for pid, (checked, ids) in run.policies.items()
     }
     return RunResult(eligible, disclosures, time.perf_counter() - t0, n * run.clause_count())
+
+
+def benefit_amounts(
+    run_id: str,
+    formula: rules.Formula,
+    enterprises: Sequence[str],
+    nodes: Mapping[str, NodeScreener],
+    platform_rows: Sequence[Mapping[str, Any]],
+    *,
+    legal_basis: str = "policy_screening",
+) -> tuple[list[int | None], list[int]]:
+    """A benefit formula's amount for each of ``enterprises`` (None where it is undefined),
+    evaluated by its namespace's node as booleans (``rules.Formula``), and the node's
+    disclosure-log indexes. Ask only for enterprises already found eligible."""
+    if not enterprises:
+        return [], []
+    space = formula.namespace
+    ids = [f"{space}:{i}" for i in range(len(formula.clauses))]
+    run = RunPlan(texts={space: dict(zip(ids, formula.clauses, strict=True))})
+    for i, (cid, text) in enumerate(zip(ids, formula.clauses, strict=True)):
+        run.policies[f"bit{i}"] = (rules.CheckedRule(text, (rules.Clause(space, text, ()),), 0), [cid])  # fmt: skip
+    got = screen(run_id, run, enterprises, nodes, platform_rows, legal_basis=legal_basis)
+    bits = np.stack([got.eligible[f"bit{i}"] for i in range(len(ids))], axis=1)
+    amounts = formula.amounts(bits).tolist()
+    return [None if a < 0 else int(a) for a in amounts], got.disclosures.get(space, [])

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, cast
+from typing import Any
 
 import grpc
 
@@ -22,14 +22,39 @@ from fedcredit.common.errors import RoleNotAllowed
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.server import build_server
 from fedcredit.common.tls import Identity, TlsFiles, peer_identity
-from fedcredit.policies import approval, cohort, progress, rules, runs, screening, tracking
-from fedcredit.policies.errors import InvalidPolicy
+from fedcredit.policies import approval, progress, rules, runs, screening, tracking
+from fedcredit.policies.errors import BenefitUndefined, InvalidPolicy
 from fedcredit.policies.store import Award, PolicyStore
 from fedcredit.v1 import policies_pb2, policies_pb2_grpc
 
 SERVICE_NAME = policies_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 PUBLISHERS = frozenset({"department", "operator"})
 OPERATORS = frozenset({"operator"})
+# The portal (its own certificate, role ``portal``) calls for the organisation signed in to
+# it with a passkey, naming it in these metadata keys (``PolicyClient.on_behalf``). It may
+# act only as an enterprise or a department; every rule of the call then holds for the
+# named organisation exactly as for that organisation's own certificate (an enterprise
+# sees, applies for, declines and reports on only its own; a department reviews only its
+# part). Operator steps stay with the operator's own certificate.
+ON_BEHALF_ORG = "x-fedcredit-on-behalf-org"
+ON_BEHALF_ROLE = "x-fedcredit-on-behalf-role"
+PORTAL_ACTS_AS = ("enterprise", "department")
+
+
+def acting(context: Any) -> Identity:
+    """The caller, or for the portal the signed-in organisation it names."""
+    who = peer_identity(context)
+    if who.role != "portal":
+        return who
+    md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    org, role = md.get(ON_BEHALF_ORG, "").strip(), md.get(ON_BEHALF_ROLE, "")
+    if role not in PORTAL_ACTS_AS or not org or len(org) > 64:
+        raise RoleNotAllowed(
+            f"the portal calls for a signed-in enterprise or department: expected "
+            f"{ON_BEHALF_ORG} and {ON_BEHALF_ROLE} (enterprise or department), got role "
+            f"{role[:20]!r}", role=who.role,
+        )  # fmt: skip
+    return Identity(org_id=org, role=role, cert_sha256=who.cert_sha256)
 
 
 def _allow(caller: Identity, roles: frozenset[str], what: str) -> None:
@@ -54,6 +79,7 @@ def policy_from_pb(m: Any) -> rules.Policy:
         opens=_date(m.opens, "opens"), closes=_date(m.closes, "closes"), rule=m.rule,
         decline_days=m.decline_days or 7, reviewers=tuple(m.reviewers),
         notice_days=m.notice_days or 5, review_days=m.review_days or 10, fields=tuple(m.fields),
+        benefit_formula=m.benefit_formula, amount_cap_yuan=m.amount_cap_yuan, target=m.target,
     )  # fmt: skip
 
 
@@ -63,7 +89,8 @@ def policy_to_pb(p: rules.Policy) -> policies_pb2.PolicyMessage:
         amount_yuan=p.amount_yuan, budget_yuan=p.budget_yuan, opens=p.opens.isoformat(),
         closes=p.closes.isoformat(), rule=p.rule, decline_days=p.decline_days,
         reviewers=list(p.reviewers), notice_days=p.notice_days, review_days=p.review_days,
-        fields=list(p.fields),
+        fields=list(p.fields), benefit_formula=p.benefit_formula,
+        amount_cap_yuan=p.amount_cap_yuan, target=p.target,
     )  # fmt: skip
 
 
@@ -88,6 +115,7 @@ def application_to_pb(a: approval.Application) -> policies_pb2.ApplicationMessag
         id=a.id, policy_id=a.policy, enterprise=a.enterprise, state=a.state,
         parts=dict(a.parts), review_deadline=a.review_deadline, notice_until=a.notice_until,
         attachments=dict(a.attachments), history=[f"{t:.0f} {e} {s}" for t, e, s in a.history],
+        amount_yuan=a.amount_yuan, fields=dict(a.fields), submitted_at=a.submitted_at,
     )  # fmt: skip
 
 
@@ -97,13 +125,14 @@ class ApplicationServicer:
     store: PolicyStore
     append: Any
     clock: Callable[[], float]
+    nodes: Mapping[str, screening.NodeScreener]
 
     def _step(self, app_id: str, fn: Callable[[approval.Application], approval.Application]) -> Any:
         return application_to_pb(self.store.step(app_id, fn, self.append))
 
     @handle_errors
     def Apply(self, request: Any, context: Any) -> Any:
-        caller = peer_identity(context)
+        caller = acting(context)
         _allow(caller, frozenset({"enterprise"}), "applying")
         policy = self.store.policy(request.policy_id)
         now = self.clock()
@@ -111,13 +140,46 @@ class ApplicationServicer:
         fields = {f.name: f.value for f in request.fields}
         if len(docs) != len(request.attachments) or len(fields) != len(request.fields):
             raise InvalidPolicy("a form field or attachment name appears twice", field="fields")
-        app = approval.apply(policy, request.application_id, caller.org_id, fields, docs, now)
+        amount = self._formula_amount(policy, caller.org_id) if policy.benefit_formula else None
+        app = approval.apply(policy, request.application_id, caller.org_id, fields, docs, now,
+                             amount)  # fmt: skip
         self.store.submit(app, self.append)
         return self._step(app.id, lambda a: approval.push(a, policy, now))
 
+    def _formula_amount(self, policy: rules.Policy, enterprise: str) -> int:
+        """The policy's formula for one applicant, asked of its department as booleans."""
+        _, rows = self.store.registry_rows([enterprise])
+        formula = rules.check_formula(policy.benefit_formula, policy.amount_cap_yuan)
+        (got,), _ = screening.benefit_amounts(f"apply:{policy.id}"[:64], formula, [enterprise],
+                                              self.nodes, rows)  # fmt: skip
+        if not got:
+            raise BenefitUndefined(
+                f"the benefit formula of {policy.id!r} has no positive amount for {enterprise} "
+                f"({formula.namespace} holds no value it reads, or the amount is 0)",
+                policy=policy.id,
+            )  # fmt: skip
+        return got
+
+    @handle_errors
+    def ListApplications(self, request: Any, context: Any) -> Any:
+        caller = acting(context)
+        _allow(caller, frozenset({"enterprise", "department", "operator"}), "listing applications")
+        if request.state and request.state not in approval.STATES:
+            raise InvalidPolicy(f"state: expected one of {', '.join(approval.STATES)}, got "
+                                f"{request.state[:20]!r}", field="state")  # fmt: skip
+        ids = [request.policy_id] if request.policy_id else None
+        mine = caller.org_id if caller.role == "enterprise" else None
+        if caller.role == "department":
+            readable = [p.id for p in self.store.policies() if _reads(caller, p)]
+            ids = [i for i in (ids or readable) if i in readable]
+        apps = self.store.applications(ids, mine, request.state or None)
+        return policies_pb2.ListApplicationsResponse(
+            applications=[application_to_pb(a) for a in apps]
+        )
+
     @handle_errors
     def Review(self, request: Any, context: Any) -> Any:
-        caller = peer_identity(context)
+        caller = acting(context)
         _allow(caller, frozenset({"department"}), "reviewing")
         app = self.store.application(request.application_id)
         policy = self.store.policy(app.policy)
@@ -127,14 +189,14 @@ class ApplicationServicer:
 
     @handle_errors
     def Object(self, request: Any, context: Any) -> Any:
-        caller = peer_identity(context)
+        caller = acting(context)
         now = self.clock()
         return self._step(request.application_id, lambda a: approval.lodge_objection(
             a, caller.org_id, request.reason, now))  # fmt: skip
 
     @handle_errors
     def ResolveObjection(self, request: Any, context: Any) -> Any:
-        _allow(peer_identity(context), OPERATORS, "resolving an objection")
+        _allow(acting(context), OPERATORS, "resolving an objection")
         app = self.store.application(request.application_id)
         policy = self.store.policy(app.policy)
         now = self.clock()
@@ -142,7 +204,7 @@ class ApplicationServicer:
 
     @handle_errors
     def Advance(self, request: Any, context: Any) -> Any:
-        _allow(peer_identity(context), OPERATORS, "closing notices and paying")
+        _allow(acting(context), OPERATORS, "closing notices and paying")
         now = self.clock()
         steps = {"close": approval.close_notice, "pay": approval.pay}
         if request.step not in steps:
@@ -151,11 +213,19 @@ class ApplicationServicer:
 
     @handle_errors
     def GetApplication(self, request: Any, context: Any) -> Any:
-        caller = peer_identity(context)
+        caller = acting(context)
         app = self.store.application(request.application_id)
         if caller.role == "enterprise" and caller.org_id != app.enterprise:
             raise RoleNotAllowed("an enterprise sees only its own applications", role=caller.role)
+        if caller.role == "department" and not _reads(caller, self.store.policy(app.policy)):
+            raise RoleNotAllowed(f"{caller.org_id} neither issues nor reviews {app.policy!r}",
+                                 role=caller.role)  # fmt: skip
         return application_to_pb(app)
+
+
+def _reads(caller: Identity, p: rules.Policy) -> bool:
+    """A department reads the applications and tracking of policies it issues or reviews."""
+    return caller.org_id in (p.department, *p.reviewers)
 
 
 def progress_to_pb(e: progress.SelfEvaluation) -> policies_pb2.ProgressMessage:
@@ -167,26 +237,22 @@ def progress_to_pb(e: progress.SelfEvaluation) -> policies_pb2.ProgressMessage:
 
 
 _ROUND = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_RUN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
-def tracking_to_pb(
-    round_id: str, targets: Mapping[str, tracking.PolicyTracking],
-    cohorts: Mapping[str, cohort.CohortRow],
-) -> policies_pb2.TrackingRoundResponse:  # fmt: skip
+def tracking_to_pb(r: tracking.Round) -> policies_pb2.TrackingRoundResponse:
     out = []
-    for pid in sorted(set(targets) | set(cohorts)):
-        t, c = targets.get(pid), cohorts.get(pid)
+    for row in r.policies:
         out.append(policies_pb2.PolicyTrackingSummary(
-            policy_id=pid, funded=t.funded if t else c.cohort if c else 0,
-            has_target=t is not None, target_met=t.met if t else 0,
-            flagged=t.flagged if t else [],
-            proposals=[policies_pb2.Proposal(**p) for p in (t.proposals if t else [])],
-            cohort_status=c.status if c else "not_asked",
-            cohort=[policies_pb2.CohortIndicator(name=k, present=v["present"], sum=v["sum"],
-                                                 suppressed=v["suppressed"])
-                    for k, v in sorted((c.indicators if c else {}).items())],
+            policy_id=row["policy_id"], funded=row["funded"], has_target=row["has_target"],
+            target_met=row["target_met"], flagged=row["flagged"],
+            proposals=[policies_pb2.Proposal(**p) for p in row["proposals"]],
+            cohort_status=row["cohort_status"],
+            cohort=[policies_pb2.CohortIndicator(**c) for c in row["cohort"]],
         ))  # fmt: skip
-    return policies_pb2.TrackingRoundResponse(round_id=round_id, policies=out)
+    return policies_pb2.TrackingRoundResponse(
+        round_id=r.round_id, policies=out, replayed=r.replayed, finished_at=r.finished_at
+    )
 
 
 class ProgressServicer:
@@ -200,22 +266,32 @@ class ProgressServicer:
 
     @handle_errors
     def TrackingRound(self, request: Any, context: Any) -> Any:
-        _allow(peer_identity(context), OPERATORS, "running a tracking round")
+        _allow(acting(context), OPERATORS, "running a tracking round")
         rid = request.round_id
         if not _ROUND.fullmatch(rid):
             raise InvalidPolicy(f"round_id: expected 1-32 of A-Z a-z 0-9 _ . -, got {rid!r}",
                                 field="round_id")  # fmt: skip
-        codes, rows = self.store.registry()
-        platform = dict(zip(codes, rows, strict=True))
-        targets = tracking.track(self.store, self.ledger, self.nodes, platform, round_id=rid)
         # production node clients answer both screening and aggregates (node.client)
-        nodes = cast(Mapping[str, cohort.NodeAggregator], self.nodes)
-        cohorts = cohort.aggregate_round(self.store, self.ledger, nodes, round_id=rid)
-        return tracking_to_pb(rid, {t.policy: t for t in targets}, {c.policy: c for c in cohorts})
+        return tracking_to_pb(tracking.run_round(self.store, self.ledger, self.nodes,
+                                                 round_id=rid, now=self.clock()))  # fmt: skip
+
+    @handle_errors
+    def TrackingHistory(self, request: Any, context: Any) -> Any:
+        caller = acting(context)
+        _allow(caller, PUBLISHERS, "reading tracking rounds")
+        readable = {p.id for p in self.store.policies()
+                    if caller.role == "operator" or _reads(caller, p)}  # fmt: skip
+        if request.policy_id:
+            readable &= {request.policy_id}
+        rounds = []
+        for rid, at, rows in self.store.tracking_rounds(request.limit or 12):
+            kept = [r for r in rows if r["policy_id"] in readable]
+            rounds.append(tracking_to_pb(tracking.Round(rid, kept, at, True)))
+        return policies_pb2.TrackingHistoryResponse(rounds=rounds)
 
     @handle_errors
     def ReportProgress(self, request: Any, context: Any) -> Any:
-        caller = peer_identity(context)
+        caller = acting(context)
         _allow(caller, frozenset({"enterprise"}), "reporting progress")
         values = {i.name: i.value for i in request.indicators}
         if len(values) != len(request.indicators):
@@ -227,7 +303,7 @@ class ProgressServicer:
 
     @handle_errors
     def ListProgress(self, request: Any, context: Any) -> Any:
-        caller = peer_identity(context)
+        caller = acting(context)
         _allow(caller, frozenset({"enterprise"}) | PUBLISHERS, "reading self-evaluations")
         if caller.role == "enterprise":
             reports = self.store.progress_reports(request.policy_id or None, caller.org_id)
@@ -264,19 +340,19 @@ class PolicyServicer(
 
     @handle_errors
     def CheckRule(self, request: Any, context: Any) -> Any:
-        peer_identity(context)
+        acting(context)
         return rule_to_pb(rules.check_rule(request.rule))
 
     @handle_errors
     def PublishPolicy(self, request: Any, context: Any) -> Any:
-        _allow(peer_identity(context), PUBLISHERS, "publishing a policy")
+        _allow(acting(context), PUBLISHERS, "publishing a policy")
         policy = policy_from_pb(request)
         self.store.publish(policy, self.clock(), self.append)
         return rule_to_pb(rules.check_rule(policy.rule))
 
     @handle_errors
     def ListPolicies(self, request: Any, context: Any) -> Any:
-        peer_identity(context)
+        acting(context)
         mode = request.mode or None
         if mode is not None and mode not in rules.MODES:
             raise InvalidPolicy(f"mode: expected one of {', '.join(rules.MODES)}, got {mode!r}",
@@ -287,11 +363,18 @@ class PolicyServicer(
 
     @handle_errors
     def RunScreening(self, request: Any, context: Any) -> Any:
-        _allow(peer_identity(context), OPERATORS, "running a screening")
+        caller = acting(context)
+        _allow(caller, PUBLISHERS, "running a screening")
+        if request.run_id and not _RUN.fullmatch(request.run_id):
+            raise InvalidPolicy(f"run_id: expected 1-64 of A-Z a-z 0-9 _ . : -, got "
+                                f"{request.run_id[:40]!r}", field="run_id")  # fmt: skip
         codes, rows = self.store.registry()
+        # a department screens only the automatic policies it issues
+        own = caller.org_id if caller.role == "department" else None
         s = runs.run_automatic(self.store, self.ledger, self.nodes, codes, rows,
                                run_id=request.run_id or f"run-{int(self.clock())}",
-                               today=_date(request.today, "today"), now=self.clock())  # fmt: skip
+                               today=_date(request.today, "today"), now=self.clock(),
+                               department=own)  # fmt: skip
         return policies_pb2.RunScreeningResponse(
             run_id=s.run_id, enterprises=s.enterprises, policies=s.policies, clauses=s.clauses,
             screening_seconds=s.screening_seconds, eligible=s.eligible, notified=s.notified,
@@ -300,7 +383,7 @@ class PolicyServicer(
 
     @handle_errors
     def ListAwards(self, request: Any, context: Any) -> Any:
-        caller = peer_identity(context)
+        caller = acting(context)
         _allow(caller, frozenset({"enterprise"}), "listing awards")
         return policies_pb2.ListAwardsResponse(
             awards=[award_to_pb(a) for a in self.store.awards_of(caller.org_id)]
@@ -308,7 +391,7 @@ class PolicyServicer(
 
     @handle_errors
     def DeclineAward(self, request: Any, context: Any) -> Any:
-        caller = peer_identity(context)
+        caller = acting(context)
         _allow(caller, frozenset({"enterprise"}), "declining a benefit")
         return award_to_pb(
             self.store.decline(request.policy_id, caller.org_id, self.clock(), self.append)
@@ -316,7 +399,7 @@ class PolicyServicer(
 
     @handle_errors
     def PayDue(self, request: Any, context: Any) -> Any:
-        _allow(peer_identity(context), OPERATORS, "paying awards")
+        _allow(acting(context), OPERATORS, "paying awards")
         paid = self.store.pay_due(self.clock(), self.append)
         return policies_pb2.PayDueResponse(
             paid=len(paid), amount_yuan=sum(a.amount_yuan for a in paid)

@@ -116,6 +116,16 @@ registry_t = Table(
     Column("attributes", Text, nullable=False),  # platform.* and registry.* as JSON
 )
 
+tracking_t = Table(
+    "pol_tracking_rounds",
+    metadata,
+    Column("round_id", String(32), primary_key=True),  # one row per round (month), ever
+    Column("state", String(16), nullable=False),  # running | done
+    Column("claimed_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("result", Text),  # the round's per-policy summaries as JSON
+)
+
 progress_t = Table(
     "pol_progress",
     metadata,
@@ -250,27 +260,34 @@ class PolicyStore:
             return {r[0] for r in rows}
 
     def notify(
-        self, p: rules.Policy, codes: Sequence[str], run_id: str, now: float, append: Append
-    ) -> tuple[list[str], list[str]]:
+        self, p: rules.Policy, codes: Sequence[str], run_id: str, now: float, append: Append,
+        amounts: Sequence[int] | None = None,
+    ) -> tuple[list[str], list[str]]:  # fmt: skip
         """Commit ``p``'s benefit for each of ``codes`` in order while the budget allows,
-        ledgering each notice; returns (notified, unfunded). One transaction per call."""
-        notified: list[str] = []
+        ledgering each notice; returns (notified, unfunded). One transaction per call.
+        ``amounts[i]``: the benefit of ``codes[i]`` (a formula's), each in 1..amount_yuan;
+        default the fixed amount. Each is committed by the same conditional update, so a
+        formula amount can no more exceed the budget than a fixed one."""
+        owed = [p.amount_yuan] * len(codes) if amounts is None else [int(a) for a in amounts]
+        if len(owed) != len(codes) or any(not 0 < a <= p.amount_yuan for a in owed):
+            raise ValueError(f"expected one amount in 1..{p.amount_yuan} per enterprise")
+        notified: list[tuple[str, int]] = []
         with self._tx() as conn:
-            for code in codes:
-                if not _commit(conn, p.id, p.amount_yuan):
+            for code, amount in zip(codes, owed, strict=True):
+                if not _commit(conn, p.id, amount):
                     break
-                notified.append(code)
+                notified.append((code, amount))
             if notified:
                 until = now + p.decline_days * DAY
                 conn.execute(insert(awards_t), [
-                    dict(policy_id=p.id, enterprise=c, run_id=run_id, amount_yuan=p.amount_yuan,
-                         state="notified", notified_at=now, decline_until=until) for c in notified
+                    dict(policy_id=p.id, enterprise=c, run_id=run_id, amount_yuan=a,
+                         state="notified", notified_at=now, decline_until=until) for c, a in notified
                 ])  # fmt: skip
                 append([("policy_award_notified", c, {
-                    "policy": p.id, "run_id": run_id, "amount_yuan": p.amount_yuan,
+                    "policy": p.id, "run_id": run_id, "amount_yuan": a,
                     "decline_until": until, "legal_basis": "policy_screening",
-                }) for c in notified])  # fmt: skip
-        return notified, list(codes[len(notified) :])
+                }) for c, a in notified])  # fmt: skip
+        return [c for c, _ in notified], list(codes[len(notified) :])
 
     def award(self, policy_id: str, enterprise: str) -> Award:
         with self._guard(), self.engine.connect() as conn:
@@ -449,10 +466,78 @@ class PolicyStore:
                 ])  # fmt: skip
         return len(rows)
 
+    def registry_rows(self, codes: Sequence[str]) -> tuple[list[str], list[dict[str, Any]]]:
+        """The platform rows of ``codes`` (an enterprise not in the registry: no variables)."""
+        with self._guard(), self.engine.connect() as conn:
+            found = {r.code: json.loads(r.attributes) for r in conn.execute(
+                select(registry_t).where(registry_t.c.code.in_(list(codes))))}  # fmt: skip
+        return list(codes), [found.get(c, {}) for c in codes]
+
     def registry(self) -> tuple[list[str], list[dict[str, Any]]]:
         with self._guard(), self.engine.connect() as conn:
             rows = list(conn.execute(select(registry_t).order_by(registry_t.c.code)))
         return [r.code for r in rows], [json.loads(r.attributes) for r in rows]
+
+    # -- tracking rounds (one per round id, ever) ----------------------------------------
+
+    def claim_round(self, round_id: str, now: float, stale_s: float = 3_600.0) -> bool:
+        """Claim ``round_id`` for running: True once (a round left ``running`` by a crash
+        for ``stale_s`` may be claimed again); False when it is done or running."""
+        try:
+            with self._tx() as conn:
+                conn.execute(insert(tracking_t).values(round_id=round_id, state="running",
+                                                       claimed_at=now))  # fmt: skip
+            return True
+        except IntegrityError:
+            pass
+        with self._tx() as conn:
+            moved = conn.execute(update(tracking_t).where(and_(
+                tracking_t.c.round_id == round_id, tracking_t.c.state == "running",
+                tracking_t.c.claimed_at < now - stale_s,
+            )).values(claimed_at=now)).rowcount  # fmt: skip
+        return moved == 1
+
+    def finish_round(self, round_id: str, now: float, result: Any) -> None:
+        with self._tx() as conn:
+            conn.execute(update(tracking_t).where(tracking_t.c.round_id == round_id).values(
+                state="done", finished_at=now, result=json.dumps(result, sort_keys=True)))  # fmt: skip
+
+    def release_round(self, round_id: str) -> None:
+        """A round that failed before finishing is claimable again at once."""
+        with self._tx() as conn:
+            conn.execute(tracking_t.delete().where(and_(
+                tracking_t.c.round_id == round_id, tracking_t.c.state == "running")))  # fmt: skip
+
+    def tracking_round(self, round_id: str) -> tuple[str, float | None, Any] | None:
+        """(state, finished_at, result) of a round, or None if it never ran."""
+        with self._guard(), self.engine.connect() as conn:
+            row = conn.execute(select(tracking_t).where(tracking_t.c.round_id == round_id)).first()
+        if row is None:
+            return None
+        return row.state, row.finished_at, json.loads(row.result) if row.result else None
+
+    def tracking_rounds(self, limit: int = 12) -> list[tuple[str, float, Any]]:
+        """Finished rounds, newest first: (round id, finished at, result)."""
+        q = (select(tracking_t).where(tracking_t.c.state == "done")
+             .order_by(tracking_t.c.finished_at.desc()).limit(limit))  # fmt: skip
+        with self._guard(), self.engine.connect() as conn:
+            rows = list(conn.execute(q))
+        return [(r.round_id, float(r.finished_at), json.loads(r.result)) for r in rows]
+
+    def applications(
+        self, policy_ids: Sequence[str] | None = None, enterprise: str | None = None,
+        state: str | None = None, limit: int = 500,
+    ) -> list[approval.Application]:  # fmt: skip
+        q = select(applications_t.c.doc).order_by(applications_t.c.id.desc()).limit(limit)
+        if policy_ids is not None:
+            q = q.where(applications_t.c.policy_id.in_(list(policy_ids)))
+        if enterprise is not None:
+            q = q.where(applications_t.c.enterprise == enterprise)
+        if state:
+            q = q.where(applications_t.c.state == state)
+        with self._guard(), self.engine.connect() as conn:
+            apps = [_app_from_json(r.doc) for r in conn.execute(q)]
+        return sorted(apps, key=lambda a: -a.submitted_at)
 
     # -- runs ------------------------------------------------------------------------------
 

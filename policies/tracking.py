@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedcredit.policies import rules, screening
+from fedcredit.policies.errors import TrackingRoundRunning
 from fedcredit.policies.runs import Ledger, batched
 from fedcredit.policies.store import PolicyStore
 
@@ -76,3 +77,72 @@ def track(
                 for c, ok in zip(codes, met.tolist(), strict=True)])  # fmt: skip
         out.append(t)
     return out
+
+
+# -- a whole round, once per round id (the monthly schedule and the RPC share it) ---------
+
+
+def summaries(targets: Sequence[PolicyTracking], cohorts: Sequence[Any]) -> list[dict[str, Any]]:
+    """Per policy (sorted): the round's figures as plain data (what the store keeps and
+    the wire carries, ``PolicyTrackingSummary``)."""
+    by_t = {t.policy: t for t in targets}
+    by_c = {c.policy: c for c in cohorts}
+    out = []
+    for pid in sorted(set(by_t) | set(by_c)):
+        t, c = by_t.get(pid), by_c.get(pid)
+        out.append({
+            "policy_id": pid, "funded": t.funded if t else c.cohort if c else 0,
+            "has_target": t is not None, "target_met": t.met if t else 0,
+            "flagged": list(t.flagged) if t else [],
+            "proposals": list(t.proposals) if t else [],
+            "cohort_status": c.status if c else "not_asked",
+            "cohort": [{"name": k, "present": int(v["present"]), "sum": float(v["sum"]),
+                        "suppressed": str(v["suppressed"] or "")}
+                       for k, v in sorted((c.indicators if c else {}).items())],
+        })  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True)
+class Round:
+    round_id: str
+    policies: list[dict[str, Any]]
+    finished_at: float
+    replayed: bool
+
+
+def run_round(
+    store: PolicyStore,
+    ledger: Ledger,
+    nodes: Mapping[str, Any],
+    *,
+    round_id: str,
+    now: float,
+) -> Round:
+    """Track every funded policy (targets as booleans, cohort aggregates) once per
+    ``round_id``: a round that ran already is answered from the store (``replayed``), so
+    nothing is asked of the nodes or ledgered twice, whoever asks and however often."""
+    from fedcredit.policies import cohort
+
+    if not store.claim_round(round_id, now):
+        return _stored(store, round_id)
+    try:
+        codes, rows = store.registry()
+        platform = dict(zip(codes, rows, strict=True))
+        targets = track(store, ledger, nodes, platform, round_id=round_id)
+        cohorts = cohort.aggregate_round(store, ledger, nodes, round_id=round_id)
+    except BaseException:
+        store.release_round(round_id)
+        raise
+    result = summaries(targets, cohorts)
+    store.finish_round(round_id, now, result)
+    return Round(round_id, result, now, False)
+
+
+def _stored(store: PolicyStore, round_id: str) -> Round:
+    got = store.tracking_round(round_id)
+    if got is None or got[0] != "done":
+        raise TrackingRoundRunning(
+            f"tracking round {round_id} is running; ask again when it is done"
+        )
+    return Round(round_id, list(got[2] or []), float(got[1] or 0.0), True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from fedcredit.common import pki
+from fedcredit.common.departments import DEFAULT_BANKS
 from fedcredit.common.deploy import write_local_deployment
 from fedcredit.world.generate import generate
 
@@ -96,9 +97,10 @@ def test_automatic_policy_publish_screen_benefits_decline_pay(
     listed = json.loads(pol(cfg, "dept-tax", "list", "--mode", "automatic").stdout)
     assert [p["id"] for p in listed] == ["auto-young-firms"]
 
-    # Screening is the operator's; a department is refused with exit 6, one line.
+    # Screening is the operator's (all policies) and a department's (its own); a bank is
+    # refused with exit 6, one line.
     refused = fc("policy", "screen", "--today", "2026-06-01", "--config", str(cfg),
-                 "--as", "dept-tax")  # fmt: skip
+                 "--as", DEFAULT_BANKS[0])  # fmt: skip
     assert refused.returncode == 6, refused.stdout + refused.stderr
     assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
     run = pol(cfg, "operator", "screen", "--today", "2026-06-01", "--run-id", "r1")

@@ -21,6 +21,94 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ListApplicationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    policy_id: _builtins.str
+    """empty: every policy the caller may read"""
+    state: _builtins.str
+    """empty: every state"""
+    def __init__(
+        self,
+        *,
+        policy_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_id", b"policy_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApplicationsRequest: _TypeAlias = ListApplicationsRequest  # noqa: Y015
+
+@_typing.final
+class ListApplicationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def applications(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApplicationMessage]: ...
+    def __init__(
+        self,
+        *,
+        applications: _abc.Iterable[Global___ApplicationMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applications", b"applications"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApplicationsResponse: _TypeAlias = ListApplicationsResponse  # noqa: Y015
+
+@_typing.final
+class TrackingHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    policy_id: _builtins.str
+    """empty: every policy the caller may read"""
+    limit: _builtins.int
+    """rounds, newest first; 0 = 12"""
+    def __init__(
+        self,
+        *,
+        policy_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "policy_id", b"policy_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackingHistoryRequest: _TypeAlias = TrackingHistoryRequest  # noqa: Y015
+
+@_typing.final
+class TrackingHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUNDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rounds(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrackingRoundResponse]: ...
+    def __init__(
+        self,
+        *,
+        rounds: _abc.Iterable[Global___TrackingRoundResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rounds", b"rounds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackingHistoryResponse: _TypeAlias = TrackingHistoryResponse  # noqa: Y015
+
+@_typing.final
 class TrackingRoundRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -146,7 +234,12 @@ class TrackingRoundResponse(_message.Message):
 
     ROUND_ID_FIELD_NUMBER: _builtins.int
     POLICIES_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
+    replayed: _builtins.bool
+    """the round had run already: its stored result, nothing asked again"""
+    finished_at: _builtins.float
     @_builtins.property
     def policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyTrackingSummary]: ...
     def __init__(
@@ -154,10 +247,12 @@ class TrackingRoundResponse(_message.Message):
         *,
         round_id: _builtins.str = ...,
         policies: _abc.Iterable[Global___PolicyTrackingSummary] | None = ...,
+        replayed: _builtins.bool = ...,
+        finished_at: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["policies", b"policies", "round_id", b"round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "policies", b"policies", "replayed", b"replayed", "round_id", b"round_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -545,6 +640,26 @@ class ApplicationMessage(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class FieldsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     POLICY_ID_FIELD_NUMBER: _builtins.int
     ENTERPRISE_FIELD_NUMBER: _builtins.int
@@ -554,12 +669,18 @@ class ApplicationMessage(_message.Message):
     NOTICE_UNTIL_FIELD_NUMBER: _builtins.int
     ATTACHMENTS_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    AMOUNT_YUAN_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    SUBMITTED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     policy_id: _builtins.str
     enterprise: _builtins.str
     state: _builtins.str
     review_deadline: _builtins.float
     notice_until: _builtins.float
+    amount_yuan: _builtins.int
+    """the benefit applied for (a formula's amount for this enterprise)"""
+    submitted_at: _builtins.float
     @_builtins.property
     def parts(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """reviewer -> pending | approved | rejected"""
@@ -572,6 +693,8 @@ class ApplicationMessage(_message.Message):
     def history(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """"time event state" """
 
+    @_builtins.property
+    def fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
         self,
         *,
@@ -584,10 +707,13 @@ class ApplicationMessage(_message.Message):
         notice_until: _builtins.float = ...,
         attachments: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         history: _abc.Iterable[_builtins.str] | None = ...,
+        amount_yuan: _builtins.int = ...,
+        fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        submitted_at: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "enterprise", b"enterprise", "history", b"history", "id", b"id", "notice_until", b"notice_until", "parts", b"parts", "policy_id", b"policy_id", "review_deadline", b"review_deadline", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_yuan", b"amount_yuan", "attachments", b"attachments", "enterprise", b"enterprise", "fields", b"fields", "history", b"history", "id", b"id", "notice_until", b"notice_until", "parts", b"parts", "policy_id", b"policy_id", "review_deadline", b"review_deadline", "state", b"state", "submitted_at", b"submitted_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -611,6 +737,9 @@ class PolicyMessage(_message.Message):
     NOTICE_DAYS_FIELD_NUMBER: _builtins.int
     REVIEW_DAYS_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
+    BENEFIT_FORMULA_FIELD_NUMBER: _builtins.int
+    AMOUNT_CAP_YUAN_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     title: _builtins.str
     department: _builtins.str
@@ -627,6 +756,13 @@ class PolicyMessage(_message.Message):
     decline_days: _builtins.int
     notice_days: _builtins.int
     review_days: _builtins.int
+    benefit_formula: _builtins.str
+    """A benefit computed per enterprise: CEL of type int (integer yuan) over one department's
+    (or the platform's) variables, clamped to [0, amount_cap_yuan]; amount_yuan = the cap.
+    """
+    amount_cap_yuan: _builtins.int
+    target: _builtins.str
+    """the pledged performance, a CEL rule (policies.tracking); "" = none"""
     @_builtins.property
     def reviewers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -648,10 +784,13 @@ class PolicyMessage(_message.Message):
         notice_days: _builtins.int = ...,
         review_days: _builtins.int = ...,
         fields: _abc.Iterable[_builtins.str] | None = ...,
+        benefit_formula: _builtins.str = ...,
+        amount_cap_yuan: _builtins.int = ...,
+        target: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_yuan", b"amount_yuan", "budget_yuan", b"budget_yuan", "closes", b"closes", "decline_days", b"decline_days", "department", b"department", "fields", b"fields", "id", b"id", "mode", b"mode", "notice_days", b"notice_days", "opens", b"opens", "review_days", b"review_days", "reviewers", b"reviewers", "rule", b"rule", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cap_yuan", b"amount_cap_yuan", "amount_yuan", b"amount_yuan", "benefit_formula", b"benefit_formula", "budget_yuan", b"budget_yuan", "closes", b"closes", "decline_days", b"decline_days", "department", b"department", "fields", b"fields", "id", b"id", "mode", b"mode", "notice_days", b"notice_days", "opens", b"opens", "review_days", b"review_days", "reviewers", b"reviewers", "rule", b"rule", "target", b"target", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -768,6 +907,8 @@ Global___ListPoliciesResponse: _TypeAlias = ListPoliciesResponse  # noqa: Y015
 
 @_typing.final
 class RunScreeningRequest(_message.Message):
+    """The operator screens every open automatic policy; a department only its own."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int

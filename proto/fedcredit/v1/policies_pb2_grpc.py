@@ -114,6 +114,16 @@ class PolicyServiceStub:
                 request_serializer=fedcredit_dot_v1_dot_policies__pb2.TrackingRoundRequest.SerializeToString,
                 response_deserializer=fedcredit_dot_v1_dot_policies__pb2.TrackingRoundResponse.FromString,
                 _registered_method=True)
+        self.ListApplications = channel.unary_unary(
+                '/fedcredit.v1.PolicyService/ListApplications',
+                request_serializer=fedcredit_dot_v1_dot_policies__pb2.ListApplicationsRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_policies__pb2.ListApplicationsResponse.FromString,
+                _registered_method=True)
+        self.TrackingHistory = channel.unary_unary(
+                '/fedcredit.v1.PolicyService/TrackingHistory',
+                request_serializer=fedcredit_dot_v1_dot_policies__pb2.TrackingHistoryRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_policies__pb2.TrackingHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -227,6 +237,24 @@ class PolicyServiceServicer:
     def TrackingRound(self, request, context):
         """A tracking round (operator): pledged targets as booleans and cohort aggregates from
         the nodes under "subsidy_tracking", ledgered; the per-policy analysis comes back.
+        A round already run (same round_id) is answered from the store, replayed = true:
+        each month is tracked once whoever asks (the daemon's monthly schedule included).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApplications(self, request, context):
+        """Applications: an enterprise its own; a department those of policies it issues or
+        reviews; the operator all. Newest first, at most 500.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrackingHistory(self, request, context):
+        """The stored tracking rounds (newest first) of the policies the caller may read:
+        a department the policies it issues or reviews, the operator all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -314,6 +342,16 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.TrackingRound,
                     request_deserializer=fedcredit_dot_v1_dot_policies__pb2.TrackingRoundRequest.FromString,
                     response_serializer=fedcredit_dot_v1_dot_policies__pb2.TrackingRoundResponse.SerializeToString,
+            ),
+            'ListApplications': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApplications,
+                    request_deserializer=fedcredit_dot_v1_dot_policies__pb2.ListApplicationsRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_policies__pb2.ListApplicationsResponse.SerializeToString,
+            ),
+            'TrackingHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrackingHistory,
+                    request_deserializer=fedcredit_dot_v1_dot_policies__pb2.TrackingHistoryRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_policies__pb2.TrackingHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -748,6 +786,60 @@ class PolicyService:
             '/fedcredit.v1.PolicyService/TrackingRound',
             fedcredit_dot_v1_dot_policies__pb2.TrackingRoundRequest.SerializeToString,
             fedcredit_dot_v1_dot_policies__pb2.TrackingRoundResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApplications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PolicyService/ListApplications',
+            fedcredit_dot_v1_dot_policies__pb2.ListApplicationsRequest.SerializeToString,
+            fedcredit_dot_v1_dot_policies__pb2.ListApplicationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrackingHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PolicyService/TrackingHistory',
+            fedcredit_dot_v1_dot_policies__pb2.TrackingHistoryRequest.SerializeToString,
+            fedcredit_dot_v1_dot_policies__pb2.TrackingHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,16 @@ class PolicyServiceStub:
     TrackingRound: _grpc.UnaryUnaryMultiCallable[_policies_pb2.TrackingRoundRequest, _policies_pb2.TrackingRoundResponse]
     """A tracking round (operator): pledged targets as booleans and cohort aggregates from
     the nodes under "subsidy_tracking", ledgered; the per-policy analysis comes back.
+    A round already run (same round_id) is answered from the store, replayed = true:
+    each month is tracked once whoever asks (the daemon's monthly schedule included).
+    """
+    ListApplications: _grpc.UnaryUnaryMultiCallable[_policies_pb2.ListApplicationsRequest, _policies_pb2.ListApplicationsResponse]
+    """Applications: an enterprise its own; a department those of policies it issues or
+    reviews; the operator all. Newest first, at most 500.
+    """
+    TrackingHistory: _grpc.UnaryUnaryMultiCallable[_policies_pb2.TrackingHistoryRequest, _policies_pb2.TrackingHistoryResponse]
+    """The stored tracking rounds (newest first) of the policies the caller may read:
+    a department the policies it issues or reviews, the operator all.
     """
 
 @_typing.type_check_only
@@ -108,6 +118,16 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     TrackingRound: _aio.UnaryUnaryMultiCallable[_policies_pb2.TrackingRoundRequest, _policies_pb2.TrackingRoundResponse]  # type: ignore[assignment]
     """A tracking round (operator): pledged targets as booleans and cohort aggregates from
     the nodes under "subsidy_tracking", ledgered; the per-policy analysis comes back.
+    A round already run (same round_id) is answered from the store, replayed = true:
+    each month is tracked once whoever asks (the daemon's monthly schedule included).
+    """
+    ListApplications: _aio.UnaryUnaryMultiCallable[_policies_pb2.ListApplicationsRequest, _policies_pb2.ListApplicationsResponse]  # type: ignore[assignment]
+    """Applications: an enterprise its own; a department those of policies it issues or
+    reviews; the operator all. Newest first, at most 500.
+    """
+    TrackingHistory: _aio.UnaryUnaryMultiCallable[_policies_pb2.TrackingHistoryRequest, _policies_pb2.TrackingHistoryResponse]  # type: ignore[assignment]
+    """The stored tracking rounds (newest first) of the policies the caller may read:
+    a department the policies it issues or reviews, the operator all.
     """
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -241,6 +261,28 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_policies_pb2.TrackingRoundResponse, _abc.Awaitable[_policies_pb2.TrackingRoundResponse]]:
         """A tracking round (operator): pledged targets as booleans and cohort aggregates from
         the nodes under "subsidy_tracking", ledgered; the per-policy analysis comes back.
+        A round already run (same round_id) is answered from the store, replayed = true:
+        each month is tracked once whoever asks (the daemon's monthly schedule included).
+        """
+
+    @_abc_1.abstractmethod
+    def ListApplications(
+        self,
+        request: _policies_pb2.ListApplicationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policies_pb2.ListApplicationsResponse, _abc.Awaitable[_policies_pb2.ListApplicationsResponse]]:
+        """Applications: an enterprise its own; a department those of policies it issues or
+        reviews; the operator all. Newest first, at most 500.
+        """
+
+    @_abc_1.abstractmethod
+    def TrackingHistory(
+        self,
+        request: _policies_pb2.TrackingHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policies_pb2.TrackingHistoryResponse, _abc.Awaitable[_policies_pb2.TrackingHistoryResponse]]:
+        """The stored tracking rounds (newest first) of the policies the caller may read:
+        a department the policies it issues or reviews, the operator all.
         """
 
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
