@@ -150,31 +150,11 @@ def decision_dict(d: pb.GuaranteeDecision) -> dict[str, Any]:
 
 
 def model_dict(m: pb.ModelVersion) -> dict[str, Any]:
-    return {
-        "version": m.version,
-        "active": m.active,
-        "sha256": m.sha256,
-        "trainer": m.trainer,
-        "created_at": m.created_at,
-        "activated_at": m.activated_at or None,
-        "features": list(m.features),
-        "metrics": json.loads(m.metrics_json or "{}"),
-        "settings": json.loads(m.settings_json or "{}"),
-        "thresholds": {"A": m.thresholds.a, "B": m.thresholds.b, "C": m.thresholds.c},
-        "calibration_size": m.calibration_size,
-        "grade_counts": dict(m.grade_counts),
-        "publish_ledger_index": m.publish_ledger_index,
-        "activate_ledger_index": m.activate_ledger_index or None,
-        "privacy": privacy_dict(m),
-    }
+    # the mapping lives with the SDK (the portal shows it too); imported here lazily so
+    # the CLI starts without gRPC
+    from fedcredit.coordinator.client import model_dict as mapping
 
-
-def privacy_dict(m: pb.ModelVersion) -> dict[str, Any] | None:
-    """The training run's (epsilon, delta) and noise plan; None: trained without noise."""
-    if not m.HasField("privacy"):
-        return None
-    details = json.loads(m.privacy.details_json or "{}")
-    return {"epsilon": m.privacy.epsilon, "delta": m.privacy.delta} | details
+    return mapping(m)
 
 
 def _privacy_line(p: dict[str, Any] | None) -> str:

@@ -38,6 +38,35 @@ def privacy_pb(privacy: Mapping[str, Any] | None) -> pb.TrainingPrivacy | None:
     )
 
 
+def model_dict(m: pb.ModelVersion) -> dict[str, Any]:
+    """A registry entry as plain data (the CLI's --json and the portal's registry page)."""
+    return {
+        "version": m.version,
+        "active": m.active,
+        "sha256": m.sha256,
+        "trainer": m.trainer,
+        "created_at": m.created_at,
+        "activated_at": m.activated_at or None,
+        "features": list(m.features),
+        "metrics": json.loads(m.metrics_json or "{}"),
+        "settings": json.loads(m.settings_json or "{}"),
+        "thresholds": {"A": m.thresholds.a, "B": m.thresholds.b, "C": m.thresholds.c},
+        "calibration_size": m.calibration_size,
+        "grade_counts": dict(m.grade_counts),
+        "publish_ledger_index": m.publish_ledger_index,
+        "activate_ledger_index": m.activate_ledger_index or None,
+        "privacy": privacy_dict(m),
+    }
+
+
+def privacy_dict(m: pb.ModelVersion) -> dict[str, Any] | None:
+    """The training run's (epsilon, delta) and noise plan; None: trained without noise."""
+    if not m.HasField("privacy"):
+        return None
+    details = json.loads(m.privacy.details_json or "{}")
+    return {"epsilon": m.privacy.epsilon, "delta": m.privacy.delta} | details
+
+
 DEFAULT_SERVER_ORG = "coordinator"
 DEFAULT_TIMEOUT = 30.0
 

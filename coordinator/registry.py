@@ -182,8 +182,10 @@ class Registry:
             self.store.add_model(rec)
         return rec
 
-    def activate(self, version: str, *, actor: str) -> ModelRecord:
-        """Make ``version`` the scoring model; thresholds re-calibrated with the current shares."""
+    def activate(self, version: str, *, actor: str, via: str = "") -> ModelRecord:
+        """Make ``version`` the scoring model; thresholds re-calibrated with the current shares.
+        ``via``: ``portal`` when the operator acted from its portal page (a delegated
+        session), recorded in the ledger entry; "" for its own certificate."""
         with self._lock:
             rec = self.store.require_model(version, with_text=True)
             thresholds: Thresholds = calibrate(rec.calibration, self.shares)
@@ -198,6 +200,7 @@ class Registry:
                     "actor": actor,
                     "thresholds": thresholds.to_dict(),
                     "grade_counts": counts,
+                    **({"via": via} if via else {}),
                 },
             )
             self.store.activate(version, thresholds, counts, index, now)

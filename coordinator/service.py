@@ -75,11 +75,18 @@ async def acting_bank(app: Coordinator, context: Any, what: str) -> Identity:
     """The bank a call acts for: the caller's certificate, or for the portal's certificate
     the bank its delegation ticket names (verified off the event loop: the passkey check
     may ask the consent service). The portal's certificate alone is no bank."""
+    return await acting_as(app, context, BANK_ROLES, what)
+
+
+async def acting_as(app: Coordinator, context: Any, roles: Collection[str], what: str) -> Identity:  # fmt: skip
+    """Who a call acts as, of ``roles``: the caller's certificate, or for the portal's
+    certificate the organisation its delegation ticket names (an operator activating a
+    model from its portal page, say); the portal's certificate alone is none of them."""
     ident = peer_identity(context)
     if ident.role != "portal":
-        return require_role(context, BANK_ROLES, what)
+        return require_role(context, roles, what)
     md = tuple(context.invocation_metadata() or ())
-    return await asyncio.to_thread(acting, ident, md, app.delegation, BANK_ROLES, what)
+    return await asyncio.to_thread(acting, ident, md, app.delegation, roles, what)
 
 
 # ---------------------------------------------------------------- the active model
@@ -624,23 +631,23 @@ class RegistryServicer(pb_grpc.ModelRegistryServicer):
 
     @handle_errors
     async def Activate(self, request: pb.ActivateModelRequest, context: Any) -> pb.ModelVersion:
-        ident = require_role(context, ACTIVATE_ROLES, "Activate")
+        ident = await acting_as(self.app, context, ACTIVATE_ROLES, "Activate")
         if not request.version:
             raise InvalidArgument("Activate needs a model version")
         rec = await asyncio.to_thread(
-            lambda: self.app.registry.activate(request.version, actor=ident.org_id)
+            lambda: self.app.registry.activate(request.version, actor=ident.org_id, via=ident.via)
         )
         return model_pb(rec)
 
     @handle_errors
     async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsReply:
-        require_role(context, READ_ROLES, "ListModels")
+        await acting_as(self.app, context, READ_ROLES, "ListModels")
         recs = await asyncio.to_thread(self.app.registry.list)
         return pb.ListModelsReply(models=[model_pb(r) for r in recs])
 
     @handle_errors
     async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.ModelVersion:
-        ident = require_role(context, READ_ROLES, "GetModel")
+        ident = await acting_as(self.app, context, READ_ROLES, "GetModel")
         with_text = request.include_model_text
         if with_text and ident.role not in MODEL_TEXT_ROLES:
             raise RoleNotAllowed(

@@ -127,6 +127,11 @@ class LedgerClient(ServiceClient[ledger_pb2_grpc.LedgerServiceStub]):
             ledger_pb2.ListBySubjectRequest(subject=subject, min_cosignatures=min_cosignatures),
         )
 
+    def export_pages(self, start: int = 0, end: int = 0) -> Iterator[Any]:
+        """The Export stream's pages as they arrive (``ledger.export.export_chunks`` turns
+        them into an export file's text without holding them all)."""
+        return self._read(self._stub.Export, ledger_pb2.ExportRequest(start=start, end=end))
+
     def export(self, path: Path | str, start: int = 0, end: int = 0) -> int:
         """Write an offline export file atomically (no partial file on any failure);
         returns the number of entries."""

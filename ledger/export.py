@@ -21,7 +21,7 @@ import binascii
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -108,6 +108,36 @@ def write_export(
         n += 1
     fp.write("\n]}\n")
     return n
+
+
+def export_chunks(pages: Iterable[Any], start: int = 0) -> Iterator[str]:
+    """An export as text while the ledger's Export pages arrive (``ExportPage`` messages:
+    origin and log key on the first, entries in order, checkpoints on the last), for a
+    download that never holds the whole log in memory. The checkpoints come last here
+    (JSON member order is free: :func:`parse_export` reads either). An entry the ledger
+    skipped is DATA_LOSS, raised mid-stream like any failure: what was sent is then not
+    valid JSON, so a cut download never passes for a shorter export."""
+    n, head, checkpoints = 0, False, []
+    for page in pages:
+        if not head:
+            meta = {"format": EXPORT_FORMAT, "origin": page.origin, "log_key": page.log_key, "start": start}  # fmt: skip
+            yield json.dumps(meta, ensure_ascii=False)[:-1] + ', "entries": [\n'
+            head = True
+        chunk = []
+        for e in page.entries:
+            if e.index != start + n:  # the ledger skipped one: it lost it
+                raise StoreCorrupt(
+                    f"the ledger's export skipped entry {start + n} (sent {e.index} next)",
+                    index=start + n,
+                )
+            chunk.append(("" if n == 0 else ",\n") + json.dumps(entry_text(bytes(e.data), e.index), ensure_ascii=False))  # fmt: skip
+            n += 1
+        checkpoints.extend(page.checkpoints)
+        if chunk:
+            yield "".join(chunk)
+    if not head:
+        raise ExportMalformed("the ledger's export sent nothing (not even its origin and key)")
+    yield '\n], "checkpoints": ' + json.dumps(list(checkpoints), ensure_ascii=False) + "}\n"
 
 
 def parse_export(raw: str | bytes) -> Export:

@@ -330,7 +330,13 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     @handle_errors
     async def Export(self, request: Any, context: Any) -> AsyncIterator[Any]:  # type: ignore[override]
         who = peer_identity(context)
-        self._require_audit(who, "exporting the ledger")
+        if who.role == "portal":
+            # an auditor's export download from its portal page: only under the auditor's
+            # delegation ticket; the portal's certificate alone exports nothing
+            md = tuple(context.invocation_metadata() or ())
+            await asyncio.to_thread(acting, who, md, self.delegation, self.settings.audit_roles, "Export")  # fmt: skip
+        else:
+            self._require_audit(who, "exporting the ledger")
         end = self._size_or_latest(request.end)
         if request.start > end:
             raise IndexOutOfRange(f"export start {request.start} is beyond its end {end}")

@@ -14,14 +14,30 @@ auditor to compare with the ones it holds from elsewhere.
 
 from __future__ import annotations
 
+import itertools
+import logging
+import re
+from collections.abc import Iterator
+
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from fedcredit.common.errors import InvalidArgument
+from fedcredit.common.errors import FedcreditError, InvalidArgument, Unavailable
 from fedcredit.ledger.checkpoint import Verifier
+from fedcredit.ledger.export import export_chunks
 from fedcredit.portal.security import Session
-from fedcredit.portal.web import Portal, call, dumps, json_ok, page
+from fedcredit.portal.web import Portal, call, delegation, dumps, json_ok, page
+
+log = logging.getLogger(__name__)
+
+
+class LedgerNotConfigured(Unavailable):
+    reason = "LEDGER_NOT_CONFIGURED"
+
+
+class ExportEmpty(Unavailable):
+    reason = "LEDGER_EXPORT_EMPTY"
 
 
 def witness_rows(vkeys: tuple[str, ...]) -> list[dict[str, str]]:
@@ -31,6 +47,12 @@ def witness_rows(vkeys: tuple[str, ...]) -> list[dict[str, str]]:
         v = Verifier.parse(vkey)
         rows.append({"name": v.name, "key_id": v.key_id.hex(), "vkey": vkey})
     return rows
+
+
+def export_filename(origin: str) -> str:
+    """``<origin>-export.json`` with only safe characters (``ledger/central`` ->
+    ``ledger-central-export.json``)."""
+    return (re.sub(r"[^A-Za-z0-9._-]+", "-", origin).strip("-.") or "ledger") + "-export.json"
 
 
 @page("auditor")
@@ -52,6 +74,7 @@ async def audit(portal: Portal, request: Request, s: Session) -> Response:
         note=got.note,
         witnesses=witness_rows(got.witness_keys),
         quorum=got.quorum,
+        export_file=export_filename(got.note.split("\n", 1)[0]),
     )
 
 
@@ -70,7 +93,38 @@ async def audit_consistency(portal: Portal, request: Request, s: Session) -> Res
     return json_ok(portal, s, {"old": old, "new": new, "proof": proof})
 
 
+@page("auditor")
+async def audit_export(portal: Portal, request: Request, s: Session) -> Response:
+    """The ledger's export (``fedcredit-ledger-export/v1``, what ``fedcredit ledger export``
+    writes and ``fedcredit audit replay`` verifies), streamed to the auditor's browser as
+    the ledger sends it. The ledger serves it only under the auditor's delegation ticket;
+    a refusal (or any failure before the first byte) is an error page, a failure after it
+    breaks the download off (never a shorter file that parses)."""
+    ledger = portal.backend.ledger
+    if ledger is None:
+        raise LedgerNotConfigured("this portal has no ledger configured ([services.ledger])")
+    pages = iter(ledger.delegated(await delegation(portal, s, "ledger")).export_pages())
+    first = await call(next, pages, None)  # the ledger checks the ticket here
+    if first is None:
+        raise ExportEmpty("the ledger's export stream sent nothing; try again")
+    resp = StreamingResponse(
+        _logged(export_chunks(itertools.chain([first], pages)), s.org),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{export_filename(first.origin)}"'},
+    )
+    return portal.finish(resp, s)
+
+
+def _logged(chunks: Iterator[str], who: str) -> Iterator[str]:
+    try:
+        yield from chunks
+    except FedcreditError as exc:  # headers are sent: the download is cut off, and said so here
+        log.warning("the ledger export for %s broke off: %s: %s", who, exc.reason, exc)
+        raise
+
+
 AUDIT_ROUTES = [
     Route("/audit", audit),
     Route("/audit/consistency", audit_consistency),
+    Route("/audit/export", audit_export),
 ]

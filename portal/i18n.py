@@ -322,6 +322,12 @@ AUDIT_T: dict[str, tuple[str, str]] = {
     "au_quorum": ("见证方法定数", "Witness quorum"),
     "au_quorum_met": ("已达到", "met"),
     "au_quorum_not_met": ("未达到", "NOT met"),
+    "au_export": ("离线审计导出", "Export for offline audit"),
+    "au_export_intro": (
+        "下载整个账本（全部条目与已签名检查点，fedcredit-ledger-export/v1），在您自己的计算机上用命令行逐条重算并核对签名与见证方联署：",
+        "Download the whole ledger (every entry and the signed checkpoints, fedcredit-ledger-export/v1) and recompute it on your own computer, checking every signature and cosignature, with the command line:",
+    ),
+    "au_export_download": ("下载导出文件", "Download the export"),
 }
 T.update(AUDIT_T)
 

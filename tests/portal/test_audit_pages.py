@@ -7,16 +7,23 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from fedcredit.clients.cli import build_app
 from fedcredit.ledger.checkpoint import Checkpoint, Note, Verifier, open_checkpoint
+from fedcredit.ledger.client import LedgerClient
+from fedcredit.ledger.errors import ExportMalformed, StoreCorrupt
+from fedcredit.ledger.export import export_chunks, parse_export, read_export
 from tests.portal.conftest import QUORUM, SILENT_WITNESS, WITNESSES, Federation
 from tests.portal.test_portal_http import enrolled, new_enterprise
 from tests.portal.webclient import Visitor
 
 AUDITOR = "auditor-pboc-weihai"
+AUDITOR_CERT = "auditor-pboc-weihai"  # its own certificate (the CLI's export)
 
 
 @pytest.fixture
@@ -55,10 +62,78 @@ def test_auditor_gets_the_witnessed_checkpoint_and_the_published_keys(
         assert f'<tr data-witness="{name}"' in r.text
 
 
-@pytest.mark.parametrize("path", ["/audit", "/audit/consistency?old=1&new=2"])
+@pytest.mark.parametrize("path", ["/audit", "/audit/consistency?old=1&new=2", "/audit/export"])
 def test_only_auditors_see_the_audit_pages(federation: Federation, visitor: Visitor, path: str) -> None:  # fmt: skip
     r = visitor.get(path)
     assert r.status_code == 303 and r.headers["location"] == "/signin"
     enrolled(federation, visitor, new_enterprise(), "enterprise")
     r = visitor.get(path)
     assert r.status_code == 303 and r.headers["location"] == "/home"
+
+
+def test_the_export_download_verifies_with_the_cli(
+    federation: Federation, visitor: Visitor, tmp_path: Path
+) -> None:
+    """The export the auditor downloads from its page is the ledger's whole log and its
+    signed checkpoints, and `fedcredit audit replay` verifies it (with the witnesses'
+    quorum); the same file as the CLI's own `ledger export` writes, entry for entry."""
+    enrolled(federation, visitor, AUDITOR, "auditor")
+    federation.ledger.append_many([("operator_note", None, {"note": f"export {i}"}) for i in range(25)])  # fmt: skip
+    federation.witnessed()
+    out = tmp_path / "download.json"
+    with visitor.http.stream("GET", "/audit/export", headers={"cookie": f"fc_session={visitor.sid}"}) as r:  # fmt: skip
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-disposition"] == 'attachment; filename="ledger-central-export.json"'  # fmt: skip
+        assert r.headers["content-type"].startswith("application/json")
+        with out.open("wb") as fp:
+            for chunk in r.iter_bytes():
+                fp.write(chunk)
+    got = read_export(out)
+    assert len(got.entries) == Checkpoint.parse_text(Note.parse(got.checkpoints[-1]).text).size
+    with LedgerClient(federation.ledger_address, federation.pki.tls(AUDITOR_CERT), server_org="ledger") as c:  # fmt: skip
+        c.export(tmp_path / "cli.json", end=len(got.entries))
+    assert read_export(tmp_path / "cli.json").entries == got.entries
+    doc = page_doc(visitor.get("/audit").text)
+    keys = [a for k in doc["witness_keys"] for a in ("--witness-key", str(k))]  # type: ignore[attr-defined]
+    r2 = CliRunner().invoke(build_app(), ["audit", "replay", "--export", str(out), "--log-key", str(doc["log_key"]), *keys, "--quorum", str(QUORUM), "--json"])  # fmt: skip
+    assert r2.exit_code == 0, r2.output
+    report = json.loads(r2.stdout)
+    assert report["verified"] and report["entries"] == len(got.entries) >= 25
+    assert sorted(report["cosigned_by"]) == sorted(WITNESSES)
+
+
+def test_a_cut_download_does_not_parse(federation: Federation) -> None:
+    """A stream that breaks off (the ledger skipped an entry: DATA_LOSS) raises mid-way:
+    what was sent is never a shorter export that parses."""
+
+    class Page:
+        def __init__(self, entries: list[tuple[int, bytes]], checkpoints: list[str]) -> None:
+            self.origin, self.log_key, self.checkpoints = "o", "k", checkpoints
+            self.entries = [type("E", (), {"index": i, "data": d})() for i, d in entries]
+
+    sent: list[str] = []
+    with pytest.raises(StoreCorrupt):
+        for chunk in export_chunks([Page([(0, b"{}"), (1, b"{}")], []), Page([(3, b"{}")], ["n"])]):  # fmt: skip
+            sent.append(chunk)
+    with pytest.raises(ExportMalformed):
+        parse_export("".join(sent))
+    whole = "".join(export_chunks([Page([(0, b'{"a":1}')], []), Page([], ["note"])]))
+    assert parse_export(whole).entries == [b'{"a":1}'] and parse_export(whole).checkpoints == ["note"]  # fmt: skip
+
+
+def test_only_an_auditors_ticket_exports(federation: Federation) -> None:
+    """The ledger exports to the portal's certificate only under an auditor's delegation
+    ticket: without one, or with an enterprise's, it refuses (and the page wrapper turns
+    that into an error page, tested above for roles)."""
+    from fedcredit.common.errors import RoleNotAllowed
+    from fedcredit.consent import passkey_errors as P
+
+    with LedgerClient(federation.ledger_address, federation.pki.tls("portal"), server_org="ledger") as c:  # fmt: skip
+        with pytest.raises(P.DelegationMissing):
+            next(iter(c.export_pages()))
+        ent_session = federation.signed_in(new_enterprise(), "enterprise")[0]
+        with pytest.raises(RoleNotAllowed):
+            next(iter(c.delegated(federation.delegate(ent_session.ticket, "ledger")).export_pages()))  # fmt: skip
+        auditor = federation.signed_in(AUDITOR, "auditor")[0]
+        page = next(iter(c.delegated(federation.delegate(auditor.ticket, "ledger")).export_pages()))
+        assert page.origin == "ledger/central"
