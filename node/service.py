@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+import numpy as np
 
 from fedcredit.common import metrics, uscc
 from fedcredit.common.departments import BY_ID
@@ -49,7 +50,7 @@ from fedcredit.consent import errors as E
 from fedcredit.consent.verify import TokenVerifier, UseRef, VerifiedConsent
 from fedcredit.node import celvars, cohort
 from fedcredit.node.disclosure import AGGREGATE_KIND, KIND, DisclosureLog, feature_payload
-from fedcredit.node.engine import FeatureEngine
+from fedcredit.node.engine import FeatureEngine, Reasons
 from fedcredit.node.errors import (
     DisclosureLogUnavailable,
     DuplicateEnterprise,
@@ -59,6 +60,7 @@ from fedcredit.node.errors import (
     UsesUnavailable,
 )
 from fedcredit.node.policy import AccessPolicy, Decision
+from fedcredit.node.records import FloatArray
 from fedcredit.node.screening import KIND as SCREENING_KIND
 from fedcredit.node.screening import Screener, log_payload
 from fedcredit.node.settings import NodeSettings
@@ -122,6 +124,11 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         self.stats = Stats()
         # Commits of uses run here, off the answer's path (one thread keeps their order).
         self._settler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="use-settle")
+        # Reservations run here while the request's thread computes its vectors (one per
+        # request in flight: as many as the server's own threads).
+        self._reserver = ThreadPoolExecutor(
+            max_workers=self.settings.max_workers, thread_name_prefix="use-reserve"
+        )
         self._all_columns = list(range(len(engine.names)))
         self.screener = Screener(engine)
         self.aggregator = cohort.Aggregator(engine)
@@ -200,15 +207,17 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
     ) -> list[feature_pb2.FeatureVector]:
         out: list[feature_pb2.FeatureVector | None] = [None] * len(items)
         verified = self._verify_items(decision, purpose, items, out)
-        # The use is reserved before anything is computed or logged: a refused item
+        # The use is reserved before anything is logged or answered: a refused item
         # discloses nothing, and the count is the consent service's, federation-wide.
         # A bank's own fetch (the features reach it) pins a use it joins: the opener at
         # another node can no longer give it back once this node disclosed.
-        ok = self._reserve(request_id, verified, items, out, pin=decision.release)
+        ok, vectors = self._reserve_computing(request_id, verified, items, out, st,
+                                              pin=decision.release)  # fmt: skip
         if ok:
             opened = [UseRef.of(vc) for _, vc, was_opened in ok if was_opened]
             try:
-                self._disclose(caller, decision, purpose, columns, st, items, ok, request_id, out)
+                self._disclose(caller, decision, purpose, columns, st, items, ok, vectors,
+                               request_id, out)  # fmt: skip
                 # Committed BEFORE the answer leaves: a commit left to after it could fail
                 # or come too late, and the lease reaper would give back a use whose
                 # features the caller already has. No commit, no answer.
@@ -223,6 +232,39 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
                 self._settle(request_id, opened, commit=False)
             self._count_served(decision, purpose, [i for i, _, _ in ok], out)
         return [v for v in out if v is not None]
+
+    def _reserve_computing(
+        self,
+        use_id: str,
+        verified: Sequence[tuple[int, VerifiedConsent]],
+        items: Sequence[Any],
+        out: list[Any],
+        st: StoreState,
+        *,
+        pin: bool,
+    ) -> tuple[list[tuple[int, VerifiedConsent, bool]], tuple[FloatArray, Reasons]]:
+        """:meth:`_reserve`, with the feature vectors of every verified item computed while
+        the consent service answers (the round trip costs this node no CPU). Computing is
+        not disclosing: nothing is logged or answered until the reservation is back, and
+        the rows of items it refuses are dropped. Returns the items reserved and the
+        vectors of those items, in their order."""
+        if not verified:
+            k = len(self.engine.names)
+            return [], (np.empty((0, k)), np.empty((0, k), dtype=np.int8))
+        pending = self._reserver.submit(self._reserve, use_id, verified, items, out, pin=pin)
+        try:
+            values, reasons = self.engine.vectors([items[i].enterprise for i, _ in verified], st)
+        except BaseException:
+            # The store failed: whatever the call opens is given back before the refusal.
+            ok = pending.result()
+            self._settle(use_id, [UseRef.of(vc) for _, vc, opened in ok if opened], commit=False)
+            raise
+        ok = pending.result()
+        if len(ok) < len(verified):
+            row = {i: r for r, (i, _) in enumerate(verified)}
+            keep = [row[i] for i, _, _ in ok]
+            values, reasons = values[keep], reasons[keep]
+        return ok, (values, reasons)
 
     def _commit(self, use_id: str, opened: list[UseRef]) -> FedcreditError | None:
         """Commit the uses this node opened, synchronously (one call per answer, or per
@@ -353,14 +395,16 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         st: StoreState,
         items: Sequence[Any],
         ok: Sequence[tuple[int, VerifiedConsent, bool]],
+        vectors: tuple[FloatArray, Reasons],
         request_id: str,
         out: list[Any],
     ) -> None:
-        """Steps 5-6 for the reserved items: vectors, log entries (durable first), answers."""
+        """Steps 5-6 for the reserved items (``vectors``: theirs, step 5, computed while
+        they were reserved): log entries (durable first), answers."""
         ok_idx = [i for i, _, _ in ok]
         jtis = [vc.jti for _, vc, _ in ok]
         codes = [items[i].enterprise for i in ok_idx]
-        values, reasons = self.engine.vectors(codes, st)
+        values, reasons = vectors
         cols = list(columns)
         names = [self.engine.names[j] for j in cols]
         # The entries differ only in subject and consent jti.

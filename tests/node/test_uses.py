@@ -149,6 +149,39 @@ def test_a_failed_disclosure_gives_the_use_back(
     assert r.error is None and _row(consents, token).uses == 1
 
 
+def test_a_store_failure_while_the_use_is_reserved_gives_it_back(
+    make_node: NodeFactory, consents: Consents, small_world: Path
+) -> None:
+    """The vectors are computed while the consent service reserves the use; when the store
+    fails meanwhile, the call is refused, nothing is logged, and the use the node opened is
+    released before the refusal is answered (the next fetch gets it)."""
+    node = make_node("tax")
+    code = world_codes(small_world)[7]
+    token = consents.token(code, purpose="model_training", max_uses=1)
+    real = node.engine.vectors
+
+    def broken(*a: Any, **kw: Any) -> Any:
+        from fedcredit.common.errors import StoreUnavailable
+
+        raise StoreUnavailable("the store went away")
+
+    node.engine.vectors = broken  # type: ignore[method-assign]
+    before = node.entries()
+    try:
+        with node.client(BANK) as c:
+            try:
+                c.get_features([(code, token)], request_id="s-1", **TRAINING)
+                raise AssertionError("the answer must be refused")
+            except Exception as exc:
+                assert getattr(exc, "reason", "") == "STORE_UNAVAILABLE", exc
+    finally:
+        node.engine.vectors = real  # type: ignore[method-assign]
+    assert node.entries() == before and _row(consents, token).uses == 0
+    with node.client(BANK) as c:
+        (r,) = c.get_features([(code, token)], request_id="s-2", **TRAINING)
+    assert r.error is None and _row(consents, token).uses == 1
+
+
 def test_the_node_fails_closed_when_uses_cannot_be_reserved(
     make_node: NodeFactory, consents: Consents, small_world: Path
 ) -> None:
