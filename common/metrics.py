@@ -97,6 +97,20 @@ def service() -> str:
     return _service
 
 
+_VERIFIED: dict[tuple[str, str], Any] = {}
+
+
+def verification(result: str) -> None:
+    """Count one consent-token verification (``ok`` or the refusal reason). The labelled
+    child is kept: a batch verifies a token per item, and ``labels()`` costs several times
+    the increment."""
+    key = (_service, result)
+    child = _VERIFIED.get(key)
+    if child is None:
+        child = _VERIFIED[key] = CONSENT_VERIFICATIONS.labels(*key)
+    child.inc()
+
+
 def request(method: str) -> None:
     REQUESTS.labels(_service, method).inc()
 

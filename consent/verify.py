@@ -685,9 +685,9 @@ class ConsentVerifier(TokenVerifier):
                 count_use=count_use, release=release,
             )  # fmt: skip
         except FedcreditError as exc:
-            metrics.CONSENT_VERIFICATIONS.labels(metrics.service(), exc.reason).inc()
+            metrics.verification(exc.reason)
             raise
-        metrics.CONSENT_VERIFICATIONS.labels(metrics.service(), "ok").inc()
+        metrics.verification("ok")
         return vc
 
     def _verify(
