@@ -12,6 +12,11 @@ Run ``python -m bench.bench_coordinator`` (``--batch N`` for the ScoreBatch size
 * a LightGBM model on all 66 features, published and activated over gRPC;
 * **floor**: a bare parallel gRPC fan-out — one health-check call to each of the
   12 node processes at once, from a grpc.aio client over mTLS, no work at all;
+* **CPU floor** (``bench.grpc_floor``): the CPU time a bare grpc.aio client process spends
+  on a 12-way parallel unary fan-out plus one unary call, and plus the three sequential
+  calls a Score makes (reserve the use, ledger append, commit the use), against trivial
+  mTLS servers in another process: what the coordinator's CPU per Score cannot go below
+  in Python gRPC, whatever the coordinator itself does;
 * **component** (issue 17's restated floor): what one Score has to wait for, measured
   alone in the same run — the 12 nodes' GetFeatures for one enterprise in parallel (each
   verifying the token, joining its use and logging the disclosure) plus one durable
@@ -312,6 +317,19 @@ class Bench:
             await ch.close()
         return lat
 
+    def cpu_floor(self, rounds: int) -> dict[tuple[int, int], float]:
+        """Client CPU per round (s) of the bare calls of a Score (``bench.grpc_floor``): 12 in
+        parallel + 1, and 12 + 3 (a Score's reserve, ledger append and commit)."""
+        from bench.grpc_floor import measure
+
+        node = self.dep.nodes[0]
+        tls = self.dep.tls(self.coord.org_id)
+        return {
+            (12, extra): measure(self.dep.tls(node.org_id), tls, node.org_id,
+                                 fan=12, extra=extra, rounds=rounds)[0]
+            for extra in (1, 3)
+        }  # fmt: skip
+
     async def components(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float], list[float]]:
         """What one Score waits for, measured alone: the 12 nodes' GetFeatures for one enterprise
         in parallel (each verifying the token and logging the disclosure), and one ledger Append."""
@@ -487,6 +505,7 @@ class Bench:
         thr_tokens = self.grant(thr_codes)
 
         floor = asyncio.run(self.floor(nreq))
+        cpu_floor = self.cpu_floor(nreq)
         comp_codes = [self.codes[i] for i in order[-60:]]
         fan, led = asyncio.run(
             self.components(list(zip(comp_codes, self.grant(comp_codes), strict=True)))
@@ -522,6 +541,21 @@ class Bench:
         self.row("coordinator CPU per Score", coord_cpu_per_score * 1000, "ms", "<= 1",
                  coord_cpu_per_score <= 0.001)  # fmt: skip
         self.row(f"Score throughput ({a.concurrency} concurrent clients)", thr, "scores/s")
+        for (width, extra), floor_cpu in cpu_floor.items():
+            self.row(
+                f"floor: client CPU of a bare {width}-way parallel unary fan-out + {extra} unary "
+                "call(s) (trivial mTLS servers, grpc.aio client process)",
+                floor_cpu * 1000, "ms",
+            )  # fmt: skip
+        score_floor = cpu_floor[(12, 3)]
+        self.row("coordinator CPU per Score / its bare-gRPC floor (12 + 3 calls)",
+                 coord_cpu_per_score / score_floor, "x")  # fmt: skip
+        if score_floor > 0.001:
+            self.notes.append(
+                f"coordinator CPU per Score <= 1 ms is below what Python gRPC allows: the bare "
+                f"calls of one Score (12 in parallel + 3) cost a client {score_floor * 1e3:.2f} ms "
+                "of CPU against servers that do nothing"
+            )
 
         bcodes = (
             [self.codes[i] for i in order[: a.batch]]
