@@ -101,6 +101,13 @@ def federation(d: Path) -> Iterator[dict[str, Any]]:
     settings = PortalSettings(address=f"127.0.0.1:{port}", signin_burst=10_000)
     passkeys = PasskeyAuthority(authority, rp_id="localhost", origins=[settings.url])
     cserver, cport = serve(authority, address="127.0.0.1:0", tls=files["consent-service"], passkeys=passkeys)  # fmt: skip
+    # the ledger reads an enterprise's entries for the portal only under its delegation
+    # ticket (consent/delegation.py), checked as the ledger daemon checks it
+    from fedcredit.consent.passkey_client import RemoteDelegationVerifier
+
+    delegation = RemoteDelegationVerifier(consent_address=f"127.0.0.1:{cport}", tls=files["ledger"],
+        server_org="consent-service", issuer=authority.settings.issuer, audience="ledger")  # fmt: skip
+    servicer.delegation = delegation.verifier
     # The portal in a process of its own (as `fedcredit portal serve` runs it): the load
     # generator here must not share its interpreter.
     import multiprocessing
@@ -131,6 +138,7 @@ def federation(d: Path) -> Iterator[dict[str, Any]]:
         child.terminate()
         child.join(10)
         stop(cserver, authority)
+        delegation.close()
         sink.close()
         asyncio.run_coroutine_threadsafe(lserver.stop(0), loop).result(10)
         log.close()

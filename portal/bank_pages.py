@@ -23,7 +23,7 @@ from fedcredit.portal import batches as B
 from fedcredit.portal.security import Session
 from fedcredit.portal.web import Portal, call, delegation, page, post
 
-CHART_W, BAR_H = 560, 34  # the reasons chart (SVG user units)
+CHART_W, BAR_H, LABEL_W = 640, 34, 250  # the reasons chart (SVG user units)
 
 
 class CoordinatorNotConfigured(Unavailable):
@@ -63,17 +63,22 @@ def _consent_id(data: dict[str, Any]) -> str:
 
 
 def chart(reasons: list[dict[str, Any]]) -> dict[str, Any]:
-    """The reasons as horizontal bars (server-rendered SVG: no script, CSP-clean): each
-    bar's length is the feature's contribution to the risk (log-odds), to scale."""
+    """The reasons as horizontal bars (server-rendered SVG: no script, CSP-clean): a label
+    column, then each bar's length is the feature's contribution to the risk (log-odds),
+    to scale, from a zero line (in the middle when some contribution lowers the risk)."""
     top = max((abs(r["contribution"]) for r in reasons), default=0.0) or 1.0
-    half = (CHART_W - 20) / 2
+    area_x, area_w = LABEL_W + 10, CHART_W - LABEL_W - 10 - 70  # 70: room for the figure
+    both = any(r["contribution"] < 0 for r in reasons)
+    zero = area_x + area_w / 2 if both else area_x
+    scale = (area_w / 2 if both else area_w) / top
     bars = []
     for i, r in enumerate(reasons):
-        w = max(1.0, abs(r["contribution"]) / top * half)
-        x = CHART_W / 2 if r["contribution"] >= 0 else CHART_W / 2 - w
-        bars.append({**r, "x": round(x, 1), "y": i * BAR_H + 4, "w": round(w, 1),
-                     "up": r["contribution"] >= 0})  # fmt: skip
-    return {"bars": bars, "w": CHART_W, "h": max(1, len(bars)) * BAR_H + 8, "mid": CHART_W / 2}
+        c = r["contribution"]
+        w = max(1.0, abs(c) * scale)
+        x = zero if c >= 0 else zero - w
+        bars.append({**r, "x": round(x, 1), "y": i * BAR_H + 4, "w": round(w, 1), "up": c >= 0,
+                     "tx": round(x + w + 4 if c >= 0 else zero + 4, 1)})  # fmt: skip
+    return {"bars": bars, "w": CHART_W, "h": max(1, len(bars)) * BAR_H + 8, "mid": zero}
 
 
 def score_view(r: Any) -> dict[str, Any]:

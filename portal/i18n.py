@@ -356,6 +356,7 @@ BANK_T: dict[str, tuple[str, str]] = {
     ),
     "bk_contribution": ("贡献", "Contribution"),
     "bk_missing": ("缺失的数据类别", "Data categories missing"),
+    "bk_value_missing": ("数值缺失", "value missing"),
     "bk_ledger_index": ("账本记录编号", "Ledger entry"),
     "bk_guarantee_title": ("向政策性担保基金申请担保", "Apply to the guarantee fund"),
     "bk_guarantee_intro": (

@@ -16,7 +16,7 @@ import pytest
 from fedcredit.common import metrics, uscc
 from fedcredit.common.departments import BY_ID
 from fedcredit.portal.watch import Target, Watch
-from tests.portal.conftest import BANK, Federation, free_port
+from tests.portal.conftest import BANK, Federation, Scoring, free_port
 from tests.portal.test_browser import Person, browser  # noqa: F401 - the module's browser
 
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chromium")]
 
 
 @pytest.fixture(scope="module")
-def people(browser: Any, federation: Federation) -> Iterator[dict[str, Person]]:  # noqa: F811
+def people(browser: Any, federation: Federation, scoring: Scoring) -> Iterator[dict[str, Person]]:  # noqa: F811
     from fedcredit.consent.client import ConsentClient
     from fedcredit.consent.terms import ConsentTerms
 
@@ -57,6 +57,7 @@ def people(browser: Any, federation: Federation) -> Iterator[dict[str, Person]]:
         with ConsentClient(federation.consent_address, federation.pki.tls(BANK), server_org="consent-service") as c:  # fmt: skip
             for purpose in ("credit_assessment", "guarantee"):
                 c.request(ConsentTerms(ent, BANK, purpose, ["judicial", "operations_tax"], max_uses=3))  # fmt: skip
+        _bank_results(federation, b)
         federation.settle()
         yield {"anonymous": anon, "enterprise": e, "bank": b, "auditor": a, "operator": o,
                "department": d}  # fmt: skip
@@ -67,6 +68,27 @@ def people(browser: Any, federation: Federation) -> Iterator[dict[str, Person]]:
             p.close()
 
 
+def _bank_results(fed: Federation, b: Person) -> None:
+    """The bank's pages with something to show: a score (its chart), a guarantee decision
+    and a watch-list check, each made in the page under granted consents."""
+    from fedcredit.common.tls import Identity
+    from fedcredit.consent.client import ConsentClient
+    from fedcredit.consent.terms import ConsentTerms
+
+    ent = uscc.generate(random.Random(9292))
+    with ConsentClient(fed.consent_address, fed.pki.tls(BANK), server_org="consent-service") as c:  # fmt: skip
+        for purpose, extra in (("credit_assessment", {}), ("guarantee", {}),
+                               ("post_loan_monitoring", {"loan_term_days": 365, "validity_days": 360})):  # fmt: skip
+            v = c.request(ConsentTerms(ent, BANK, purpose, ["score_only"], max_uses=3, **extra))  # type: ignore[arg-type]
+            fed.authority.approve(Identity(ent, "enterprise", b""), v.consent_id)
+    for path, form, done in (("/bank/score", "score", "#score-result"),
+                             ("/bank/guarantee", "guarantee", "#decision-outcome"),
+                             ("/bank/watch", "watch-check", "td[data-move]")):  # fmt: skip
+        b.go(path)
+        b.page.click(f"form#{form} button[type=submit]")
+        b.page.wait_for_selector(done)
+
+
 PAGES = [
     ("anonymous", "/signin", "signin"),
     ("anonymous", "/enrol", "enrol"),
@@ -74,6 +96,10 @@ PAGES = [
     ("enterprise", "/enterprise/access", "access"),
     ("enterprise", "/passkeys", "passkeys"),
     ("bank", "/bank", "desk"),
+    ("bank", "/bank/score", "score"),
+    ("bank", "/bank/guarantee", "guarantee"),
+    ("bank", "/bank/watch", "watch"),
+    ("bank", "/bank/batch", "batch"),
     ("auditor", "/audit", "checkpoint"),
     ("operator", "/operator", "enrol-codes"),
     ("operator", "/operator/health", "health"),
