@@ -13,6 +13,7 @@ from fedcredit.portal.backend import Backend
 from fedcredit.portal.bank_pages import BANK_ROUTES
 from fedcredit.portal.dept_pages import DEPT_ROUTES
 from fedcredit.portal.market_pages import MARKET_ROUTES
+from fedcredit.portal.model_pages import MODEL_ROUTES
 from fedcredit.portal.ops_pages import OPS_ROUTES
 from fedcredit.portal.routes import ROUTES
 from fedcredit.portal.settings import PortalSettings
@@ -34,6 +35,7 @@ def build_app(
         routes=[
             *ROUTES,
             *AUDIT_ROUTES,
+            *MODEL_ROUTES,
             *BANK_ROUTES,
             *MARKET_ROUTES,
             *DEPT_ROUTES,

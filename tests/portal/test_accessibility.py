@@ -18,9 +18,11 @@ from fedcredit.common.departments import BY_ID
 from fedcredit.portal.watch import Target, Watch
 from tests.portal.conftest import BANK, Federation, Scoring, free_port
 from tests.portal.test_browser import Person, browser  # noqa: F401 - the module's browser
+from tests.portal.test_model_pages import publish_private
 
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
 SHOTS = os.environ.get("FEDCREDIT_SCREENSHOTS", "")
+PRIVATE_MODEL = ""  # a second registered version, from a private run (set by ``people``)
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chromium")]
 
@@ -58,7 +60,9 @@ def people(browser: Any, federation: Federation, scoring: Scoring) -> Iterator[d
             for purpose in ("credit_assessment", "guarantee"):
                 c.request(ConsentTerms(ent, BANK, purpose, ["judicial", "operations_tax"], max_uses=3))  # fmt: skip
         _bank_results(federation, b)
-        federation.settle()
+        global PRIVATE_MODEL
+        PRIVATE_MODEL = publish_private(federation, scoring)  # the registry shows (ε, δ)
+        federation.witnessed()  # the auditor's page shows every live witness's cosignature
         yield {"anonymous": anon, "enterprise": e, "bank": b, "auditor": a, "operator": o,
                "department": d}  # fmt: skip
     finally:
@@ -103,6 +107,8 @@ PAGES = [
     ("auditor", "/audit", "checkpoint"),
     ("operator", "/operator", "enrol-codes"),
     ("operator", "/operator/health", "health"),
+    ("operator", "/operator/models", "models"),
+    ("operator", "/operator/models/confirm?version={private}", "model-confirm"),
     ("department", "/department", "node"),
 ]
 
@@ -110,7 +116,7 @@ PAGES = [
 @pytest.mark.parametrize(("who", "path", "name"), PAGES, ids=[f"{w}-{n}" for w, _, n in PAGES])
 def test_page_is_accessible(people: dict[str, Person], who: str, path: str, name: str) -> None:
     person = people[who]
-    person.go(path)
+    person.go(path.format(private=PRIVATE_MODEL))
     if path == "/enterprise/access":
         person.page.wait_for_selector("body[data-proofs-done='1']")
     if path == "/audit":
@@ -136,7 +142,7 @@ def test_page_fits_a_phone(people: dict[str, Person], who: str, path: str, name:
     page = people[who].page
     page.set_viewport_size({"width": 360, "height": 740})
     try:
-        people[who].go(path)
+        people[who].go(path.format(private=PRIVATE_MODEL))
         overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{path} is {overflow} px wider than a 360 px phone"
     finally:
