@@ -42,6 +42,7 @@ from typing import Any
 
 from fedcredit.common.errors import FedcreditError, RoleNotAllowed
 from fedcredit.common.tls import DELEGATION_METADATA_KEY, Identity
+from fedcredit.consent import errors as E
 from fedcredit.consent import passkey_errors as P
 from fedcredit.consent.token import check_header, decode_segment, decode_signature, split_jws
 
@@ -143,10 +144,11 @@ class DelegationVerifier:
         passkey_active: Callable[[str, str], bool],
         check_ttl_s: float = PASSKEY_CHECK_TTL_S,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.issuer, self.audience = issuer, audience
         self._lookup, self._active = lookup, passkey_active
-        self.check_ttl_s, self._clock = check_ttl_s, clock
+        self.check_ttl_s, self._clock, self._monotonic = check_ttl_s, clock, monotonic
         self._checked: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
@@ -189,6 +191,8 @@ class DelegationVerifier:
             raise P.DelegationMalformed(f"not a delegation ticket: {exc.message}") from None
         try:
             key = self._lookup(kid)
+        except E.KeysUnavailable as exc:  # the consent service is out of reach: fail closed
+            raise P.DelegationUnverifiable(f"the consent service's keys are unavailable: {exc.message}") from None  # fmt: skip
         except FedcreditError as exc:
             raise P.DelegationSignatureInvalid(f"the ticket's key {kid!r} is not usable: {exc.message}") from None  # fmt: skip
         if not key.verifier.verify(sig, f"{h64}.{p64}".encode("ascii")):
@@ -196,7 +200,7 @@ class DelegationVerifier:
         return claims
 
     def _check_passkey(self, org: str, passkey: str) -> None:
-        now = time.monotonic()
+        now = self._monotonic()
         with self._lock:
             at = self._checked.get((org, passkey))
         if at is not None and now - at < self.check_ttl_s:

@@ -79,6 +79,9 @@ def test_bank_scores_and_sees_the_chart(federation: Federation, bank_v: Visitor)
     assert access[-1]["payload"]["bank"] == BANK and access[-1]["payload"]["via"] == "portal"
     assert access[-1]["payload"]["rating"] == rating.group(1)
     assert access[-1]["actor"] == "coordinator"
+    # the consent token and the delegation ticket stay in the portal: no JWS reaches the browser
+    for path in ("/bank/score", "/bank/guarantee", "/bank/watch", "/bank/batch", "/bank"):
+        assert "eyJ" not in bank_v.get(path).text, path
 
 
 def test_bank_applies_for_a_guarantee(federation: Federation, bank_v: Visitor) -> None:
@@ -141,6 +144,7 @@ def test_batch_upload_shows_progress_and_results(federation: Federation, bank_v:
         assert out[f"r{i}"]["enterprise"] == ent and out[f"r{i}"]["rating"] in "ABCD"
         assert uses(federation, ent, cid) == 1
     assert out["r9"]["error"] and not out["r9"]["rating"]
+    assert "eyJ" not in got.text  # no token in the download either
     assert out["r10"]["error"] == "INVALID_INPUT_ROW"
     # the same org sees its batch; another bank's session does not
     assert job_url.rsplit("/", 1)[1] in bank_v.get("/bank/batch").text

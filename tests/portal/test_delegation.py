@@ -209,3 +209,20 @@ def test_only_the_services_ask_about_passkeys_and_only_the_portal_delegates(
         assert not pk.passkey_active(BANK, "no-such-credential")
         with pytest.raises(RoleNotAllowed):
             pk.delegate(bank_session.ticket, "coordinator")
+
+
+def test_what_a_ticket_tells_a_service(federation: Federation, bank_session: Any) -> None:
+    """Privacy on the wire: a ticket carries who (organisation, role, passkey id), for which
+    service, bound to which certificate, until when — nothing of what the person does."""
+    ticket = federation.delegate(bank_session.ticket, "coordinator")
+    header = json.loads(base64.urlsafe_b64decode(ticket.split(".")[0] + "=="))
+    assert set(header) == {"alg", "kid", "typ"} and header["typ"] == DELEGATION_TYP
+    assert header["alg"] == "EdDSA"
+    claims = unverified_claims(ticket)
+    common = {"iss", "sub", "role", "aud", "passkey", "cnf", "iat", "nbf", "exp", "jti"}
+    assert set(claims) == common | {"org_x5t#S256"}
+    assert claims["org_x5t#S256"] == federation.pki.tls(BANK).identity().x5t_s256
+    assert claims["exp"] - claims["iat"] == 300
+    ent = uscc.generate(_rng)
+    ent_session, _ = federation.signed_in(ent, "enterprise")
+    assert set(unverified_claims(federation.delegate(ent_session.ticket, "ledger"))) == common

@@ -14,7 +14,10 @@ verified against the organisation's registered passkeys before anything
 changes, and its SHA-256 is kept in the consent event (the ledger entry).
 
 Error reasons (google.rpc.ErrorInfo.reason): PASSKEY_* of consent/passkey_errors.py,
-ROLE_NOT_ALLOWED, plus the CONSENT_* reasons of the decision itself.
+ROLE_NOT_ALLOWED, plus the CONSENT_* reasons of the decision itself. The services that
+check delegation tickets (coordinator, marketplace, ledger) refuse a portal call with
+DELEGATION_MISSING, _MALFORMED, _SIGNATURE_INVALID, _EXPIRED, _WRONG_AUDIENCE,
+_WRONG_HOLDER, _PASSKEY_REMOVED or _UNVERIFIABLE (consent/passkey_errors.py).
 """
 
 from collections import abc as _abc
