@@ -75,7 +75,7 @@ CHALLENGE_TTL_S = 300  # a person reads the terms, then touches the key
 SESSION_MAX_S = 12 * 3600  # a ticket's absolute life; the portal's idle timeout is shorter
 ENROL_MIN_S, ENROL_MAX_S = 60, 30 * 86400
 # The services that accept delegated sessions and ask whether a passkey still stands.
-CHECKER_ROLES = ("coordinator", "market", "ledger")
+CHECKER_ROLES = ("coordinator", "market", "ledger", "policy")
 SIGN_IN_ROLES = ("enterprise", "bank", "department", "auditor", "operator")
 DECISIONS = {
     "approve": Action.APPROVE,

@@ -1,40 +1,20 @@
 """Typed client of the policy service (sync, mTLS): the SDK for departments, the operator
-and enterprises. Failures raise the typed fedcredit error of their reason."""
+and enterprises. Failures raise the typed fedcredit error of their reason. The portal
+calls for a signed-in enterprise or department with ``client.delegated(ticket)``
+(common/client.py; the service verifies the ticket, consent/delegation.py)."""
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from fedcredit.common.client import ServiceClient
 from fedcredit.v1 import policies_pb2, policies_pb2_grpc
-
-# The metadata keys the portal names a signed-in organisation by (policies.service.acting).
-ON_BEHALF_ORG = "x-fedcredit-on-behalf-org"
-ON_BEHALF_ROLE = "x-fedcredit-on-behalf-role"
-T = TypeVar("T")
 
 
 class PolicyClient(ServiceClient[policies_pb2_grpc.PolicyServiceStub]):
     stub_type = policies_pb2_grpc.PolicyServiceStub
     default_server_org = "policies"
     default_timeout = 600.0  # a screening run of a whole city takes a minute or so
-
-    _metadata: tuple[tuple[str, str], ...] = ()
-
-    def on_behalf(self, org: str, role: str) -> PolicyClient:
-        """This client (same channel) calling for ``org`` signed in to the portal; only the
-        portal's certificate may do so, and only for an enterprise or a department. Do not
-        close the view: it shares the channel."""
-        view = copy.copy(self)
-        view._metadata = ((ON_BEHALF_ORG, org), (ON_BEHALF_ROLE, role))
-        return view
-
-    def _call(self, fn: Callable[..., T], request: Any, timeout: float | None = None) -> T:
-        if not self._metadata:
-            return super()._call(fn, request, timeout)
-        return super()._call(lambda req, timeout: fn(req, timeout=timeout, metadata=self._metadata), request, timeout)  # fmt: skip
 
     def applications(self, policy_id: str = "", state: str = "") -> list[Any]:
         req = policies_pb2.ListApplicationsRequest(policy_id=policy_id, state=state)

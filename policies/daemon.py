@@ -113,6 +113,21 @@ def read_registry(path: Path) -> list[tuple[str, dict[str, Any]]]:
         ) from None
 
 
+def _delegation(dep: Deployment, org: str) -> Any:
+    """The checker of the portal's delegation tickets, when the deployment has a portal
+    (None: the portal's certificate acts for no one here)."""
+    if "portal" not in dep.raw or "consent" not in dep.services:
+        return None
+    from fedcredit.consent.passkey_client import RemoteDelegationVerifier
+    from fedcredit.consent.settings import ConsentSettings
+
+    consent = dep.service("consent")
+    return RemoteDelegationVerifier(
+        consent_address=consent.address, tls=dep.tls(org), server_org=consent.org_id,
+        issuer=ConsentSettings.from_deployment(dep).issuer, audience=org,
+    ).verifier  # fmt: skip
+
+
 def build(dep: Deployment) -> tuple[PolicyServer, PolicyStore]:
     """The configured service, not yet started (its store opened and its registry loaded)."""
     server, store, _ = build_all(dep)
@@ -140,7 +155,8 @@ def build_all(dep: Deployment) -> tuple[PolicyServer, PolicyStore, tuple[Monthly
         "dict[str, NodeScreener]",
         {n.department: NodeClient(n.address, tls, server_org=n.org_id) for n in dep.nodes},
     )
-    servicer = PolicyServicer(store=store, ledger=ledger, nodes=nodes)
+    servicer = PolicyServicer(store=store, ledger=ledger, nodes=nodes,
+                              delegation=_delegation(dep, me.org_id))  # fmt: skip
     monthly = MonthlyTracking(
         store, ledger, nodes, day=section.get_int("tracking_day", 1, min=0, max=28)
     )

@@ -22,6 +22,8 @@ from fedcredit.common.errors import RoleNotAllowed
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.server import build_server
 from fedcredit.common.tls import Identity, TlsFiles, peer_identity
+from fedcredit.consent.delegation import DelegationVerifier
+from fedcredit.consent.delegation import acting as delegated
 from fedcredit.policies import approval, progress, rules, runs, screening, tracking
 from fedcredit.policies.errors import BenefitUndefined, InvalidPolicy
 from fedcredit.policies.store import Award, PolicyStore
@@ -31,30 +33,23 @@ SERVICE_NAME = policies_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_na
 PUBLISHERS = frozenset({"department", "operator"})
 OPERATORS = frozenset({"operator"})
 # The portal (its own certificate, role ``portal``) calls for the organisation signed in to
-# it with a passkey, naming it in these metadata keys (``PolicyClient.on_behalf``). It may
-# act only as an enterprise or a department; every rule of the call then holds for the
-# named organisation exactly as for that organisation's own certificate (an enterprise
-# sees, applies for, declines and reports on only its own; a department reviews only its
-# part). Operator steps stay with the operator's own certificate.
-ON_BEHALF_ORG = "x-fedcredit-on-behalf-org"
-ON_BEHALF_ROLE = "x-fedcredit-on-behalf-role"
+# it with a passkey only with a delegation ticket the consent service signed for this
+# service (consent/delegation.py: audience, the portal's certificate, expiry, the passkey
+# still registered). It may act only as an enterprise or a department; every rule of the
+# call then holds for the named organisation exactly as for its own certificate (an
+# enterprise sees, applies for, declines and reports on only its own; a department reviews
+# only its own part). Operator steps stay with the operator's own certificate. Without a
+# ticket the portal's certificate acts for no one (DELEGATION_MISSING).
 PORTAL_ACTS_AS = ("enterprise", "department")
 
 
-def acting(context: Any) -> Identity:
-    """The caller, or for the portal the signed-in organisation it names."""
+def acting(context: Any, delegation: DelegationVerifier | None = None) -> Identity:
+    """The caller, or for the portal the organisation its delegation ticket names."""
     who = peer_identity(context)
     if who.role != "portal":
         return who
-    md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-    org, role = md.get(ON_BEHALF_ORG, "").strip(), md.get(ON_BEHALF_ROLE, "")
-    if role not in PORTAL_ACTS_AS or not org or len(org) > 64:
-        raise RoleNotAllowed(
-            f"the portal calls for a signed-in enterprise or department: expected "
-            f"{ON_BEHALF_ORG} and {ON_BEHALF_ROLE} (enterprise or department), got role "
-            f"{role[:20]!r}", role=who.role,
-        )  # fmt: skip
-    return Identity(org_id=org, role=role, cert_sha256=who.cert_sha256)
+    md = tuple(context.invocation_metadata() or ())
+    return delegated(who, md, delegation, PORTAL_ACTS_AS, "the policy service")
 
 
 def _allow(caller: Identity, roles: frozenset[str], what: str) -> None:
@@ -119,7 +114,16 @@ def application_to_pb(a: approval.Application) -> policies_pb2.ApplicationMessag
     )  # fmt: skip
 
 
-class ApplicationServicer:
+class Acting:
+    """Who a call acts as (mixed into every servicer part)."""
+
+    delegation: DelegationVerifier | None = None
+
+    def _acting(self, context: Any) -> Identity:
+        return acting(context, self.delegation)
+
+
+class ApplicationServicer(Acting):
     """The application RPCs, mixed into :class:`PolicyServicer` (one service)."""
 
     store: PolicyStore
@@ -132,7 +136,7 @@ class ApplicationServicer:
 
     @handle_errors
     def Apply(self, request: Any, context: Any) -> Any:
-        caller = acting(context)
+        caller = self._acting(context)
         _allow(caller, frozenset({"enterprise"}), "applying")
         policy = self.store.policy(request.policy_id)
         now = self.clock()
@@ -162,7 +166,7 @@ class ApplicationServicer:
 
     @handle_errors
     def ListApplications(self, request: Any, context: Any) -> Any:
-        caller = acting(context)
+        caller = self._acting(context)
         _allow(caller, frozenset({"enterprise", "department", "operator"}), "listing applications")
         if request.state and request.state not in approval.STATES:
             raise InvalidPolicy(f"state: expected one of {', '.join(approval.STATES)}, got "
@@ -179,7 +183,7 @@ class ApplicationServicer:
 
     @handle_errors
     def Review(self, request: Any, context: Any) -> Any:
-        caller = acting(context)
+        caller = self._acting(context)
         _allow(caller, frozenset({"department"}), "reviewing")
         app = self.store.application(request.application_id)
         policy = self.store.policy(app.policy)
@@ -189,14 +193,14 @@ class ApplicationServicer:
 
     @handle_errors
     def Object(self, request: Any, context: Any) -> Any:
-        caller = acting(context)
+        caller = self._acting(context)
         now = self.clock()
         return self._step(request.application_id, lambda a: approval.lodge_objection(
             a, caller.org_id, request.reason, now))  # fmt: skip
 
     @handle_errors
     def ResolveObjection(self, request: Any, context: Any) -> Any:
-        _allow(acting(context), OPERATORS, "resolving an objection")
+        _allow(self._acting(context), OPERATORS, "resolving an objection")
         app = self.store.application(request.application_id)
         policy = self.store.policy(app.policy)
         now = self.clock()
@@ -204,7 +208,7 @@ class ApplicationServicer:
 
     @handle_errors
     def Advance(self, request: Any, context: Any) -> Any:
-        _allow(acting(context), OPERATORS, "closing notices and paying")
+        _allow(self._acting(context), OPERATORS, "closing notices and paying")
         now = self.clock()
         steps = {"close": approval.close_notice, "pay": approval.pay}
         if request.step not in steps:
@@ -213,7 +217,7 @@ class ApplicationServicer:
 
     @handle_errors
     def GetApplication(self, request: Any, context: Any) -> Any:
-        caller = acting(context)
+        caller = self._acting(context)
         app = self.store.application(request.application_id)
         if caller.role == "enterprise" and caller.org_id != app.enterprise:
             raise RoleNotAllowed("an enterprise sees only its own applications", role=caller.role)
@@ -255,7 +259,7 @@ def tracking_to_pb(r: tracking.Round) -> policies_pb2.TrackingRoundResponse:
     )
 
 
-class ProgressServicer:
+class ProgressServicer(Acting):
     """Self-evaluations (policies.progress), mixed into :class:`PolicyServicer`."""
 
     store: PolicyStore
@@ -266,7 +270,7 @@ class ProgressServicer:
 
     @handle_errors
     def TrackingRound(self, request: Any, context: Any) -> Any:
-        _allow(acting(context), OPERATORS, "running a tracking round")
+        _allow(self._acting(context), OPERATORS, "running a tracking round")
         rid = request.round_id
         if not _ROUND.fullmatch(rid):
             raise InvalidPolicy(f"round_id: expected 1-32 of A-Z a-z 0-9 _ . -, got {rid!r}",
@@ -277,7 +281,7 @@ class ProgressServicer:
 
     @handle_errors
     def TrackingHistory(self, request: Any, context: Any) -> Any:
-        caller = acting(context)
+        caller = self._acting(context)
         _allow(caller, PUBLISHERS, "reading tracking rounds")
         readable = {p.id for p in self.store.policies()
                     if caller.role == "operator" or _reads(caller, p)}  # fmt: skip
@@ -291,7 +295,7 @@ class ProgressServicer:
 
     @handle_errors
     def ReportProgress(self, request: Any, context: Any) -> Any:
-        caller = acting(context)
+        caller = self._acting(context)
         _allow(caller, frozenset({"enterprise"}), "reporting progress")
         values = {i.name: i.value for i in request.indicators}
         if len(values) != len(request.indicators):
@@ -303,7 +307,7 @@ class ProgressServicer:
 
     @handle_errors
     def ListProgress(self, request: Any, context: Any) -> Any:
-        caller = acting(context)
+        caller = self._acting(context)
         _allow(caller, frozenset({"enterprise"}) | PUBLISHERS, "reading self-evaluations")
         if caller.role == "enterprise":
             reports = self.store.progress_reports(request.policy_id or None, caller.org_id)
@@ -331,28 +335,31 @@ class PolicyServicer(
         ledger: runs.Ledger,
         nodes: Mapping[str, screening.NodeScreener],
         clock: Callable[[], float] = time.time,
+        delegation: DelegationVerifier | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
         self.append = runs.batched(ledger.append_many)
         self.nodes = nodes
         self.clock = clock
+        # the checker of the portal's delegation tickets; None: the portal acts for no one
+        self.delegation = delegation
 
     @handle_errors
     def CheckRule(self, request: Any, context: Any) -> Any:
-        acting(context)
+        self._acting(context)
         return rule_to_pb(rules.check_rule(request.rule))
 
     @handle_errors
     def PublishPolicy(self, request: Any, context: Any) -> Any:
-        _allow(acting(context), PUBLISHERS, "publishing a policy")
+        _allow(self._acting(context), PUBLISHERS, "publishing a policy")
         policy = policy_from_pb(request)
         self.store.publish(policy, self.clock(), self.append)
         return rule_to_pb(rules.check_rule(policy.rule))
 
     @handle_errors
     def ListPolicies(self, request: Any, context: Any) -> Any:
-        acting(context)
+        self._acting(context)
         mode = request.mode or None
         if mode is not None and mode not in rules.MODES:
             raise InvalidPolicy(f"mode: expected one of {', '.join(rules.MODES)}, got {mode!r}",
@@ -363,7 +370,7 @@ class PolicyServicer(
 
     @handle_errors
     def RunScreening(self, request: Any, context: Any) -> Any:
-        caller = acting(context)
+        caller = self._acting(context)
         _allow(caller, PUBLISHERS, "running a screening")
         if request.run_id and not _RUN.fullmatch(request.run_id):
             raise InvalidPolicy(f"run_id: expected 1-64 of A-Z a-z 0-9 _ . : -, got "
@@ -383,7 +390,7 @@ class PolicyServicer(
 
     @handle_errors
     def ListAwards(self, request: Any, context: Any) -> Any:
-        caller = acting(context)
+        caller = self._acting(context)
         _allow(caller, frozenset({"enterprise"}), "listing awards")
         return policies_pb2.ListAwardsResponse(
             awards=[award_to_pb(a) for a in self.store.awards_of(caller.org_id)]
@@ -391,7 +398,7 @@ class PolicyServicer(
 
     @handle_errors
     def DeclineAward(self, request: Any, context: Any) -> Any:
-        caller = acting(context)
+        caller = self._acting(context)
         _allow(caller, frozenset({"enterprise"}), "declining a benefit")
         return award_to_pb(
             self.store.decline(request.policy_id, caller.org_id, self.clock(), self.append)
@@ -399,7 +406,7 @@ class PolicyServicer(
 
     @handle_errors
     def PayDue(self, request: Any, context: Any) -> Any:
-        _allow(acting(context), OPERATORS, "paying awards")
+        _allow(self._acting(context), OPERATORS, "paying awards")
         paid = self.store.pay_due(self.clock(), self.append)
         return policies_pb2.PayDueResponse(
             paid=len(paid), amount_yuan=sum(a.amount_yuan for a in paid)

@@ -15,6 +15,7 @@ from fedcredit.portal.dept_pages import DEPT_ROUTES
 from fedcredit.portal.market_pages import MARKET_ROUTES
 from fedcredit.portal.model_pages import MODEL_ROUTES
 from fedcredit.portal.ops_pages import OPS_ROUTES
+from fedcredit.portal.policy_pages import POLICY_ROUTES
 from fedcredit.portal.routes import ROUTES
 from fedcredit.portal.settings import PortalSettings
 from fedcredit.portal.watch import Watch
@@ -40,6 +41,7 @@ def build_app(
             *MARKET_ROUTES,
             *DEPT_ROUTES,
             *OPS_ROUTES,
+            *POLICY_ROUTES,
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
     )

@@ -18,6 +18,7 @@ from fedcredit.ledger.client import LedgerClient
 from fedcredit.ledger.errors import NoCheckpoint
 from fedcredit.ledger.keys import keys_dir, read_vkey
 from fedcredit.market.client import FundMarketClient
+from fedcredit.policies.client import PolicyClient
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Backend:
         self.ledger = ledger
         self.market = market  # the marketplace's pages (portal/market_pages.py)
         self.coordinator = coordinator  # the bank's scores and guarantees (portal/bank_pages.py)
+        self.policies: PolicyClient | None = None  # the policy-fund pages (portal/policy_pages.py)
         self.audiences = {"ledger": "ledger", "market": "market", "coordinator": "coordinator"}
         self.audiences.update(audiences or {})
         self._log_key: str | None = None
@@ -80,6 +82,10 @@ class Backend:
             coordinator = CoordinatorClient(svc.address, dep.tls(org), server_org=svc.org_id, timeout=60)  # fmt: skip
         backend = cls(PasskeyClient.from_deployment(dep, org), ledger, market, coordinator, aud)
         backend.keys_dir = keys_dir(dep)
+        if "policies" in dep.services:
+            svc = dep.service("policies")
+            backend.policies = PolicyClient(svc.address, dep.tls(org), server_org=svc.org_id)
+            backend.audiences["policies"] = svc.org_id
         return backend
 
     def published_witnesses(self) -> tuple[str, ...]:
@@ -93,7 +99,7 @@ class Backend:
 
     def close(self) -> None:
         self.passkeys.close()
-        for c in (self.ledger, self.market, self.coordinator):
+        for c in (self.ledger, self.market, self.coordinator, self.policies):
             if c is not None:
                 c.close()
 

@@ -4,6 +4,8 @@ A missing translation is a test failure (tests/portal/test_portal_app.py), never
 
 from __future__ import annotations
 
+from fedcredit.portal.policy_i18n import POLICY_T
+
 LANGS = ("zh", "en")
 
 T: dict[str, tuple[str, str]] = {
@@ -304,6 +306,7 @@ MARKET_T: dict[str, tuple[str, str]] = {
     "mk_nav_market": ("融资撮合", "Marketplace"),
 }
 T.update(MARKET_T)
+T.update(POLICY_T)
 
 # the auditor's witnesses, export and the operator's model registry
 # (portal/audit_pages.py, portal/model_pages.py)
