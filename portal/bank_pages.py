@@ -205,11 +205,22 @@ async def batch_upload(portal: Portal, request: Request, s: Session, data: dict[
         raise B.BatchFileInvalid("choose a CSV file to upload")
     rows, bad = B.parse_csv(await upload.read(B.MAX_BYTES + 1))
     c = await coordinator(portal, s)  # the ticket is checked when the stream opens
-    job = B.Job(B.new_batch_id(), s.org, len(rows) + len(bad))
-    for b in bad:
-        job.add(b)
+    job = B.Job(B.new_batch_id(), s.org, len(rows) + len(bad), rows=rows, bad=bad)
     ticket, passkeys = s.ticket, portal.backend.passkeys
-    portal.jobs.start(job, lambda j: _run(j, rows, c, ticket, passkeys))
+    portal.jobs.start(job, lambda j: _run(j, j.rows, c, ticket, passkeys))
+    return portal.finish(RedirectResponse(f"/bank/batch/{job.batch_id}", 303), s)
+
+
+@post
+async def batch_resume(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:  # fmt: skip
+    """Send the batch again under its batch id (after a failure, say): the coordinator
+    replays every row it scored already — no new disclosure, ledger entry or consent use —
+    and scores the rest."""
+    _bank(s)
+    job = portal.jobs.get(s.org, request.path_params["batch_id"])
+    c = await coordinator(portal, s)
+    ticket, passkeys = s.ticket, portal.backend.passkeys
+    portal.jobs.run(job, lambda j: _run(j, j.rows, c, ticket, passkeys))
     return portal.finish(RedirectResponse(f"/bank/batch/{job.batch_id}", 303), s)
 
 
@@ -266,6 +277,7 @@ BANK_ROUTES = [
     Route("/bank/batch", batch_page),
     Route("/bank/batch", batch_upload, methods=["POST"]),
     Route("/bank/batch/{batch_id}", batch_status),
+    Route("/bank/batch/{batch_id}/resume", batch_resume, methods=["POST"]),
     Route("/bank/batch/{batch_id}/progress", batch_progress),
     Route("/bank/batch/{batch_id}/results.csv", batch_results),
 ]

@@ -24,7 +24,8 @@ from fedcredit.common.errors import FedcreditError, InvalidArgument, NotFound
 MAX_ROWS = 5_000
 MAX_BYTES = 2 * 1024 * 1024
 RESULT_COLUMNS = ("row", "enterprise", "consent_id", "request_id", "rating",
-                  "probability_of_default", "top_reason", "ledger_index", "error", "message")  # fmt: skip
+                  "probability_of_default", "top_reason", "ledger_index", "replayed", "error",
+                  "message")  # fmt: skip
 
 
 class BatchNotFound(NotFound):
@@ -58,6 +59,17 @@ class Job:
     error: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     results: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)  # the usable input, kept for a resume
+    bad: list[dict[str, Any]] = field(default_factory=list)  # the unusable rows' refusals
+    runs: int = 0
+
+    def reset(self) -> None:
+        """Before a run: only the unusable rows answered (each run answers every row again;
+        the coordinator replays what the batch id scored already)."""
+        self.done = self.refused = 0
+        self.state, self.error, self.counts, self.results = "running", "", {}, []
+        for b in self.bad:
+            self.add(b)
 
     @property
     def percent(self) -> int:
@@ -137,7 +149,7 @@ def scored(r: Row, item: Any) -> dict[str, Any]:
         "request_id": r.request_id, "rating": res.rating,
         "probability_of_default": round(res.probability_of_default, 6),
         "top_reason": res.reasons[0].description if res.reasons else "",
-        "ledger_index": res.ledger_index,
+        "ledger_index": res.ledger_index, "replayed": "yes" if item.replayed else "",
     }  # fmt: skip
 
 
@@ -176,6 +188,15 @@ class Jobs:
                     if old.state != "running":
                         del self._jobs[old.batch_id]
             self._jobs[job.batch_id] = job
+        return self.run(job, run)
+
+    def run(self, job: Job, run: Callable[[Job], None]) -> Job:
+        """Run (or resume: same batch id) ``job`` on a thread of its own."""
+        with self._lock:
+            if job.state == "running" and job.runs:
+                raise InvalidArgument(f"batch {job.batch_id} is still running")
+            job.runs += 1
+            job.reset()
 
         def body() -> None:
             try:

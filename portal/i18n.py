@@ -442,6 +442,11 @@ BANK_T: dict[str, tuple[str, str]] = {
     "bk_download": ("下载结果（CSV）", "Download results (CSV)"),
     "bk_row": ("行", "Row"),
     "bk_counts": ("按等级统计", "By rating"),
+    "bk_resume": ("按同一批次重新发送", "Send the batch again"),
+    "bk_resume_help": (
+        "用同一批次编号重新发送（例如中断之后）：已评分的企业直接返回原结果，不再使用授权、不再披露数据，其余的继续评分。",
+        "Send it again under the same batch id (after an interruption, say): enterprises scored already come back as they were, with no new consent use or disclosure; the rest are scored.",
+    ),
 }
 T.update(BANK_T)
 

@@ -121,6 +121,16 @@ def _upload(v: Visitor, text: str | bytes) -> httpx.Response:
                        headers={"cookie": f"fc_session={v.sid}"})  # fmt: skip
 
 
+def _until_done(v: Visitor, job_url: str) -> str:
+    """The progress fragment once the job is no longer running (htmx polls the same)."""
+    deadline = time.monotonic() + 90
+    while True:
+        frag = v.get(job_url + "/progress").text
+        if 'data-state="running"' not in frag or time.monotonic() > deadline:
+            return frag
+        time.sleep(0.3)
+
+
 def test_batch_upload_shows_progress_and_results(federation: Federation, bank_v: Visitor) -> None:
     made = [consent(federation, "credit_assessment") for _ in range(3)]
     rows = ["consent_id,request_id", *[f"{cid},r{i}" for i, (_, cid) in enumerate(made)],
@@ -129,12 +139,7 @@ def test_batch_upload_shows_progress_and_results(federation: Federation, bank_v:
     assert r.status_code == 303, r.text
     job_url = r.headers["location"]
     assert "hx-get" in bank_v.get(job_url).text or 'data-state="done"' in bank_v.last.text  # type: ignore[union-attr]
-    deadline = time.monotonic() + 90
-    while True:
-        frag = bank_v.get(job_url + "/progress").text
-        if 'data-state="running"' not in frag or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
+    frag = _until_done(bank_v, job_url)
     assert 'data-state="done"' in frag and "hx-get" not in frag, frag
     got = bank_v.get(job_url + "/results.csv")
     assert got.headers["content-type"].startswith("text/csv")
@@ -145,6 +150,16 @@ def test_batch_upload_shows_progress_and_results(federation: Federation, bank_v:
         assert uses(federation, ent, cid) == 1
     assert out["r9"]["error"] and not out["r9"]["rating"]
     assert "eyJ" not in got.text  # no token in the download either
+    assert not any(r["replayed"] for r in out.values())
+    # sent again under its batch id: every row replayed, no consent used twice
+    assert form(bank_v, job_url + "/resume").status_code == 303
+    frag = _until_done(bank_v, job_url)
+    assert 'data-state="done"' in frag, frag
+    again = {r["request_id"]: r for r in csv.DictReader(io.StringIO(bank_v.get(job_url + "/results.csv").text))}  # fmt: skip
+    for i, (ent, cid) in enumerate(made):
+        assert again[f"r{i}"]["replayed"] == "yes"
+        assert again[f"r{i}"]["rating"] == out[f"r{i}"]["rating"]
+        assert uses(federation, ent, cid) == 1
     assert out["r10"]["error"] == "INVALID_INPUT_ROW"
     # the same org sees its batch; another bank's session does not
     assert job_url.rsplit("/", 1)[1] in bank_v.get("/bank/batch").text
@@ -169,8 +184,9 @@ def test_a_bad_file_is_refused_and_nothing_scored(federation: Federation, bank_v
 def test_every_bank_form_refuses_without_csrf(federation: Federation, bank_v: Visitor) -> None:
     ent, cid = consent(federation, "credit_assessment")
     posts = [r.path for r in BANK_ROUTES if "POST" in (r.methods or ())]
-    assert len(posts) == 4
+    assert len(posts) == 5
     for path in posts:
+        path = path.replace("{batch_id}", "pb-x")
         r = bank_v.post_form(path, {"csrf": "forged", "consent_id": cid, "amount_yuan": "1", "term_months": "1"})  # fmt: skip
         assert r.status_code == 403, path
     assert uses(federation, ent, cid) == 0
