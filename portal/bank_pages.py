@@ -97,7 +97,7 @@ def score_view(r: Any) -> dict[str, Any]:
 async def score_page(portal: Portal, request: Request, s: Session) -> Response:
     granted = await consents(portal, s, "credit_assessment")
     return portal.render(request, s, "bank_score.html", consents=granted,
-                         result=s.data.get("score"))  # fmt: skip
+                         result=s.data.get("score"), selected=request.query_params.get("consent", ""))  # fmt: skip
 
 
 @post
@@ -117,7 +117,7 @@ async def score(portal: Portal, request: Request, s: Session, data: dict[str, An
 async def guarantee_page(portal: Portal, request: Request, s: Session) -> Response:
     granted = await consents(portal, s, "guarantee")
     return portal.render(request, s, "bank_guarantee.html", consents=granted,
-                         decision=s.data.get("guarantee"))  # fmt: skip
+                         decision=s.data.get("guarantee"), selected=request.query_params.get("consent", ""))  # fmt: skip
 
 
 @post
@@ -157,7 +157,7 @@ async def watch_page(portal: Portal, request: Request, s: Session) -> Response:
         m = portal.backend.market.delegated(await delegation(portal, s, "market"))
         warnings = await call(m.warnings)
     return portal.render(request, s, "bank_watch.html", consents=watched, warnings=warnings,
-                         check=s.data.get("watch", {}))  # fmt: skip
+                         check=portal.watch_checks.get(s.org, {}))  # fmt: skip
 
 
 @post
@@ -174,7 +174,7 @@ async def watch_check(portal: Portal, request: Request, s: Session, data: dict[s
         subs.append((view.enterprise, view.token or ""))
     c = await coordinator(portal, s)
     events = await call(lambda: list(c.watch(subs, max_rounds=1, timeout=120)))
-    before: dict[str, Any] = s.data.get("watch", {}).get("rows", {})
+    before: dict[str, Any] = portal.watch_checks.get(s.org, {}).get("rows", {})
     rows: dict[str, Any] = {}
     for ev in events:
         if ev.HasField("error") and ev.error.reason:
@@ -185,7 +185,7 @@ async def watch_check(portal: Portal, request: Request, s: Session, data: dict[s
         move = "down" if prev and now > prev else "up" if prev and now < prev else ""
         rows[ev.enterprise] = {"rating": now, "previous": prev, "move": move,
                                "pd_pct": round(100 * ev.result.probability_of_default, 2)}  # fmt: skip
-    s.data["watch"] = {"rows": rows}
+    portal.watch_checks[s.org] = {"rows": {**before, **rows}}
     return portal.finish(RedirectResponse("/bank/watch#checked", 303), s)
 
 

@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedcredit.common.errors import FedcreditError, InvalidArgument, NotFound
+from fedcredit.common.errors import FedcreditError, InvalidArgument, NotFound, ResourceExhausted
 
 MAX_ROWS = 5_000
+MAX_RUNNING = 2  # batches one organisation may run at once on this portal
 MAX_BYTES = 2 * 1024 * 1024
 RESULT_COLUMNS = ("row", "enterprise", "consent_id", "request_id", "rating",
                   "probability_of_default", "top_reason", "ledger_index", "replayed", "error",
@@ -34,6 +35,12 @@ class BatchNotFound(NotFound):
 
 class BatchFileInvalid(InvalidArgument):
     reason = "PORTAL_BATCH_FILE_INVALID"
+
+
+class BatchesBusy(ResourceExhausted):
+    """An organisation already runs :data:`MAX_RUNNING` batches on this portal."""
+
+    reason = "PORTAL_BATCHES_BUSY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +190,13 @@ class Jobs:
 
     def start(self, job: Job, run: Callable[[Job], None]) -> Job:
         with self._lock:
+            running = sum(j.org == job.org and j.state == "running" for j in self._jobs.values())
+            if running >= MAX_RUNNING:
+                raise BatchesBusy(
+                    f"{job.org} already runs {running} batches here (at most {MAX_RUNNING}); "
+                    "wait for one to finish",
+                    retry_after_s=5,
+                )
             if len(self._jobs) >= self.keep:  # forget the oldest finished jobs
                 for old in sorted(self._jobs.values(), key=lambda j: j.started)[: self.keep // 4]:
                     if old.state != "running":
@@ -195,6 +209,13 @@ class Jobs:
         with self._lock:
             if job.state == "running" and job.runs:
                 raise InvalidArgument(f"batch {job.batch_id} is still running")
+            busy = [j for j in self._jobs.values() if j.org == job.org and j.state == "running" and j.runs]  # fmt: skip
+            if len(busy) >= MAX_RUNNING:
+                raise BatchesBusy(
+                    f"{job.org} already runs {len(busy)} batches here (at most {MAX_RUNNING}); "
+                    "wait for one to finish",
+                    retry_after_s=5,
+                )
             job.runs += 1
             job.reset()
 

@@ -373,6 +373,7 @@ BANK_T: dict[str, tuple[str, str]] = {
     "bk_nav_guarantee": ("担保申请", "Guarantee"),
     "bk_nav_watch": ("贷后监测", "Watch list"),
     "bk_nav_batch": ("批量评分", "Batch"),
+    "bk_act": ("操作", "Act"),
     "bk_score_title": ("在授权范围内为企业评分", "Score an enterprise under its consent"),
     "bk_score_intro": (
         "选择企业已授予本行的一项授权（用途：授信评估）。每次评分使用一次授权并记入账本，注明经由门户。",

@@ -62,6 +62,9 @@ class Portal:
         self.by_address = RateLimiter(burst=burst, per_minute=rate)
         self.by_org = RateLimiter(burst=burst, per_minute=rate)
         self.jobs = Jobs()  # the banks' batch uploads (portal/bank_pages.py)
+        # each bank's last watch-list check (enterprise -> rating), to flag a downgrade at
+        # the next one (in memory: a restart forgets it, the ledger keeps every score)
+        self.watch_checks: dict[str, dict[str, Any]] = {}
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(["html"]),

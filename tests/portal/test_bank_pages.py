@@ -66,6 +66,8 @@ def form(v: Visitor, path: str, **fields: str) -> httpx.Response:
 
 def test_bank_scores_and_sees_the_chart(federation: Federation, bank_v: Visitor) -> None:
     ent, cid = consent(federation, "credit_assessment")
+    assert f'href="/bank/score?consent={cid}"' in bank_v.get("/bank").text  # the desk links it
+    assert f'<option value="{cid}" selected>' in bank_v.get(f"/bank/score?consent={cid}").text
     page = bank_v.get("/bank/score").text
     assert cid in page and ent in page and "信用等级" not in page  # no result yet
     r = form(bank_v, "/bank/score", consent_id=cid)
