@@ -74,6 +74,9 @@ def serve(
     issuer: Annotated[
         str, typer.Option("--consent-issuer", help="The consent service's issuer (iss).")
     ] = "",
+    consent_org: Annotated[
+        str, typer.Option("--consent-org", help="The consent service's organisation id.")
+    ] = "consent-service",
 ) -> None:
     """Run the marketplace until SIGTERM/SIGINT."""
     with user_errors():
@@ -93,11 +96,11 @@ def serve(
         delegation = None
         if consent:
             from fedcredit.consent.passkey_client import RemoteDelegationVerifier
-            from fedcredit.consent.settings import ConsentSettings
+            from fedcredit.consent.settings import default_issuer
 
             delegation = RemoteDelegationVerifier(
-                consent_address=consent, tls=tls, server_org="consent-service",
-                issuer=issuer or ConsentSettings().issuer, audience=org,
+                consent_address=consent, tls=tls, server_org=consent_org,
+                issuer=issuer or default_issuer(consent_org), audience=org,
             )  # fmt: skip
         server, port = start(
             market, address, tls, delegation=delegation.verifier if delegation else None
