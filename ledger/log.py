@@ -63,6 +63,7 @@ from fedcredit.ledger.merkle import (
     CompactRange,
     consistency_proof,
     inclusion_proof,
+    inclusion_proofs,
     root_from_reader,
 )
 from fedcredit.ledger.proofs import verify_consistency
@@ -792,6 +793,17 @@ class Log:
                 f"entry {index} is not in a tree of size {size}", index=index, size=size
             )
         return inclusion_proof(self.store, index, size)
+
+    def inclusion_proofs(self, indices: Sequence[int], size: int) -> list[list[bytes]]:
+        """The inclusion proofs of several entries in the tree of ``size`` (each index
+        checked as :meth:`inclusion_proof` checks it), their nodes read together."""
+        self._check_size(size)
+        for index in indices:
+            if not 0 <= index < size:
+                raise IndexOutOfRange(
+                    f"entry {index} is not in a tree of size {size}", index=index, size=size
+                )
+        return inclusion_proofs(self.store, indices, size)
 
     def consistency_proof(self, old: int, new: int) -> list[bytes]:
         self._check_size(new)

@@ -137,6 +137,26 @@ def inclusion_proof(reader: NodeReader, index: int, size: int) -> list[bytes]:
     return hashes_for_ranges(reader, inclusion_ranges(index, size))
 
 
+def inclusion_proofs(
+    reader: NodeReader, indices: Sequence[int], size: int, *, batch: int = 2000
+) -> list[list[bytes]]:
+    """PATH(i, D[size]) for each of ``indices``, reading every distinct node once, at most
+    ``batch`` per round trip: the entries about one enterprise are proved against one tree
+    and their paths share most upper nodes (and the right border's folds), so a page of
+    hundreds of proofs costs a few reads instead of one per proof."""
+    paths = [inclusion_ranges(i, size) for i in indices]
+    covers = {r: perfect_cover(*r) for path in paths for r in path}
+    wanted = sorted({nid for cover in covers.values() for nid in cover})
+    nodes: dict[NodeId, bytes] = {}
+    for k in range(0, len(wanted), batch):
+        nodes.update(reader.get_nodes(wanted[k : k + batch]))
+    missing = set(wanted) - nodes.keys()
+    if missing:
+        raise LookupError(f"tree nodes missing from the store: {sorted(missing)[:5]}")
+    folded = {r: fold([nodes[nid] for nid in cover]) for r, cover in covers.items()}
+    return [[folded[r] for r in path] for path in paths]
+
+
 def consistency_proof(reader: NodeReader, old: int, new: int) -> list[bytes]:
     return hashes_for_ranges(reader, consistency_ranges(old, new))
 

@@ -313,14 +313,17 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             )
             if not rows and sent:
                 return
-            proven = []
-            for r in rows:
-                proof = await asyncio.to_thread(self.log.inclusion_proof, r.index, cp.size)
-                proven.append(
-                    ledger_pb2.ProvenEntry(
-                        entry=ledger_pb2.Entry(index=r.index, data=r.data), inclusion_proof=proof
-                    )
+            # the page's proofs in one worker-thread call reading their shared nodes
+            # together (was one thread hop and one store read per entry: an enterprise's
+            # access page of 1,000 entries took 1,000 of each)
+            indices = [r.index for r in rows]
+            proofs = await asyncio.to_thread(self.log.inclusion_proofs, indices, cp.size)
+            proven = [
+                ledger_pb2.ProvenEntry(
+                    entry=ledger_pb2.Entry(index=r.index, data=r.data), inclusion_proof=proof
                 )
+                for r, proof in zip(rows, proofs, strict=True)
+            ]
             yield ledger_pb2.SubjectPage(checkpoint=note, tree_size=cp.size, entries=proven)
             sent = True
             if len(rows) < page:

@@ -68,6 +68,9 @@ class Portal:
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(["html"]),
+            # the templates ship with the package and do not change while serving: no
+            # stat() of each template (and of each include) on every render
+            auto_reload=False,
         )
 
     # --- sessions ---------------------------------------------------------------------

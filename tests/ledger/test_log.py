@@ -79,6 +79,11 @@ def test_chain_proofs_and_checkpoints(db_url: str) -> None:
             log.inclusion_proof(377, 377)
         with pytest.raises(IndexOutOfRange):
             log.consistency_proof(10, 378)
+        # the subject's proofs read together (ListBySubject) are the single ones
+        idx = [s.index for s in about]
+        assert log.inclusion_proofs(idx, 377) == [log.inclusion_proof(i, 377) for i in idx]
+        with pytest.raises(IndexOutOfRange):
+            log.inclusion_proofs([0, 377], 377)
 
 
 def test_restart_resumes_tree_and_chain(db_url: str) -> None:

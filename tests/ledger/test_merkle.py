@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ from fedcredit.ledger.merkle import (
     EMPTY_ROOT,
     CompactRange,
     MemoryTree,
+    inclusion_proofs,
     leaf_hash,
     node_hash,
     root_of,
@@ -238,3 +240,29 @@ def test_consistency_malformed_hash() -> None:
 def test_compact_range_rejects_wrong_border() -> None:
     with pytest.raises(ValueError):
         CompactRange(5, [LEAVES[0]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_inclusion_proofs_in_one_read_equal_each_alone(data: st.DataObject) -> None:
+    """The batched proofs (the access page's) are exactly the single ones, for any indices
+    of any tree (duplicates and unsorted included), whatever the read batch size."""
+    n = data.draw(st.integers(1, MAX_REF))
+    idx = data.draw(st.lists(st.integers(0, n - 1), max_size=40))
+    batch = data.draw(st.integers(1, 50))
+    reads: list[int] = []
+
+    class Counting:
+        def get_nodes(self, ids: Any) -> Any:
+            ids = list(ids)
+            reads.append(len(ids))
+            return TREE.get_nodes(ids)
+
+    got = inclusion_proofs(Counting(), idx, n, batch=batch)
+    assert got == [REF.path(m, 0, n) for m in idx]
+    assert all(r <= batch for r in reads)
+
+
+def test_inclusion_proofs_name_a_missing_node() -> None:
+    with pytest.raises(LookupError, match="missing"):
+        inclusion_proofs(MemoryTree(LEAVES[:4]), [0, 5], 8)
