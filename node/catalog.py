@@ -45,6 +45,37 @@ RELEASE_DIGITS = 2
 ROUNDED_UNITS = frozenset({"yuan", "kWh", "m³", "USD", "persons", "score"})
 
 
+# Public domain of each unit (lo, hi, grid scale): what anyone knows about a feature
+# before seeing a value, so private training can bin on it without any enterprise's
+# value (issue 15). Amounts are wide and heavy-tailed (asinh grid: linear near 0,
+# logarithmic beyond); scores, grades, shares and month counts are bounded (linear).
+# Values outside are clipped into the end bins.
+UNIT_DOMAINS: dict[str, tuple[float, float, str]] = {
+    "yuan": (0.0, 1e10, "asinh"),
+    "USD": (0.0, 1e9, "asinh"),
+    "kWh": (0.0, 1e9, "asinh"),
+    "m³": (0.0, 1e8, "asinh"),
+    "persons": (0.0, 1e5, "asinh"),
+    "count": (0.0, 1e3, "asinh"),
+    "years": (0.0, 60.0, "linear"),
+    "ratio": (-1.0, 10.0, "asinh"),
+    "flag": (0.0, 1.0, "linear"),
+    "score": (0.0, 1000.0, "linear"),
+}
+# Features whose own definition narrows their unit's domain.
+FEATURE_DOMAINS: dict[str, tuple[float, float, str]] = {
+    "tax_credit_grade": (1.0, 5.0, "linear"),  # D=1 ... A=5
+    "public_credit_grade": (1.0, 4.0, "linear"),  # D=1 ... A=4
+    # Shareholders' personal credit scores are on the 300-950 scale.
+    "min_shareholder_score": (300.0, 950.0, "linear"),
+    "weighted_shareholder_score": (300.0, 950.0, "linear"),
+    "major_shareholder_score": (300.0, 950.0, "linear"),
+    "medical_payment_continuity_24m": (0.0, 1.0, "linear"),
+    "mortgaged_share": (0.0, 1.0, "linear"),
+    "tax_burden_12m": (0.0, 1.0, "linear"),
+}
+
+
 def round_significant(values: FloatArray, digits: int) -> FloatArray:
     """Round to ``digits`` significant digits (NaN and 0 unchanged)."""
     v = np.asarray(values, dtype=np.float64)
@@ -81,6 +112,17 @@ class Feature:
     @property
     def category(self) -> str:
         return BY_ID[self.department].category
+
+    @property
+    def public_range(self) -> tuple[float, float, str]:
+        """(lo, hi, grid scale): the public domain of the feature (UNIT_DOMAINS,
+        FEATURE_DOMAINS); a count of months over a window is at most its length."""
+        if self.name in FEATURE_DOMAINS:
+            return FEATURE_DOMAINS[self.name]
+        if self.unit == "months":
+            window = 24.0 if self.name.endswith("_24m") else 12.0
+            return 0.0, window, "linear"
+        return UNIT_DOMAINS[self.unit]
 
     @property
     def significant_digits(self) -> int | None:

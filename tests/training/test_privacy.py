@@ -14,6 +14,8 @@ from fedcredit.training.gbdt.central import train_parties
 from fedcredit.training.gbdt.metrics import auc
 from fedcredit.training.gbdt.party import Party
 from fedcredit.training.gbdt.privacy import (
+    DEFAULT_SHARES,
+    EQUAL_SHARES,
     MAX_PRIVATE_BINS,
     BankNoise,
     CoordinatorDeviates,
@@ -288,3 +290,102 @@ def test_settings_refuse_non_private_baselines_and_bins_without_public_ranges() 
         )
     s = TrainSettings(epsilon=4.0, public_ranges="r.json", secagg=True)
     assert TrainSettings.from_dict(s.to_dict()) == s
+    # City mode with --epsilon bins on the catalog's public domains unless told otherwise.
+    from fedcredit.training.run.cli import train_settings
+
+    def city(**privacy: object) -> TrainSettings:
+        return train_settings(engine="simulation", strategy="hist", preset="private",
+                              city=True, csv=False, publish=None, activate=False, secagg=None,
+                              overrides={}, privacy=privacy)  # fmt: skip
+
+    assert city(epsilon=4.0).public_ranges == "catalog" and city(epsilon=4.0).secagg
+    assert city(epsilon=4.0, public_ranges="r.json").public_ranges.endswith("/r.json")
+    assert not city().private
+
+
+def test_channel_shares_move_noise_to_the_hessian_and_count_at_the_same_epsilon() -> None:
+    """The default plan gives the gradient channel most of each release's budget: less
+    gradient noise, more hessian and count noise, the same epsilon from OpenDP; a plan
+    with shares that are not a split of one budget is refused."""
+    equal = NoisePlan.calibrate(PARAMS, F, 3, 4.0, 1e-6, shares=EQUAL_SHARES)
+    plan = NoisePlan.calibrate(PARAMS, F, 3, 4.0, 1e-6)
+    assert plan.shares == DEFAULT_SHARES and abs(plan.spent_epsilon - 4.0) < 1e-6
+    (eg, eh, en), (g, h, n) = equal.sigmas(), plan.sigmas()
+    assert g < eg and h > eh and n > en
+    # The totals release keeps the base multiplier; the three channels' rho sums to the
+    # equal split's, so the multiplier is (almost) the same for one budget.
+    assert plan.multiplier == pytest.approx(equal.multiplier, rel=1e-6)
+    assert NoisePlan.from_dict(plan.to_dict()) == plan
+    for bad in ((0.5, 0.5, 0.0), (0.5, 0.3, 0.3)):
+        with pytest.raises(InvalidPrivacySettings, match="shares"):
+            NoisePlan.calibrate(PARAMS, F, 3, 4.0, 1e-6, shares=bad)
+    with pytest.raises(InvalidPrivacySettings, match="shares"):
+        NoisePlan.from_dict(plan.to_dict() | {"shares": [0.9, 0.2, 0.05]})
+    # Shares only split one budget: a bank prices any split of the same multiplier the
+    # same, and a smaller multiplier (less noise) over its cap is still refused.
+    other = replace(plan, shares=(0.98, 0.01, 0.01))
+    assert other.spent_epsilon == pytest.approx(plan.spent_epsilon, rel=1e-9)
+    with pytest.raises(PrivacyBudgetExceeded):
+        replace(other, multiplier=plan.multiplier * 0.9).check(4.0, PARAMS, F)
+
+
+def test_node_totals_average_the_features_noisy_sums_and_keep_exact_ones() -> None:
+    """Every row lands in one slot of every feature: exact histograms give each feature
+    the same total (taken as is: federated still equals central), noisy ones are
+    averaged over the features (1/F of the noise variance, post-processing)."""
+    from fedcredit.training.gbdt.histogram import node_total
+
+    rng = np.random.default_rng(5)
+    exact = np.zeros((F, 9, 3), dtype=np.int64)
+    for f in range(F):
+        exact[f, :, 0] = rng.multinomial(10_000, np.full(9, 1 / 9)) * 3
+        exact[f, :, 2] = exact[f, :, 0] // 3
+    exact[:, :, 1] = exact[:, :, 2]
+    assert (node_total(exact) == exact[0].sum(axis=0)).all()
+    noisy = exact + rng.normal(0, 50, size=exact.shape).round().astype(np.int64)
+    want = noisy.sum(axis=1).mean(axis=0)
+    assert np.allclose(node_total(noisy), want, atol=0.5)
+    # Over many draws the average's error is about 1/sqrt(F) of one feature's.
+    errs_one, errs_avg = [], []
+    for _ in range(200):
+        nz = exact + rng.normal(0, 50, size=exact.shape).round().astype(np.int64)
+        errs_one.append(nz[0].sum(axis=0)[0] - exact[0].sum(axis=0)[0])
+        errs_avg.append(node_total(nz)[0] - exact[0].sum(axis=0)[0])
+    assert np.std(errs_avg) < 0.6 * np.std(errs_one)
+
+
+def test_catalog_declares_a_public_domain_for_every_feature_and_grids_follow_its_scale() -> None:
+    """City mode bins on the feature catalog's declared domains (issue 15): every
+    feature has one (finite, lo < hi), bounded ones on a linear grid; a range file may
+    name the scale; an unknown scale is refused by name."""
+    from fedcredit.node.catalog import FEATURES
+    from fedcredit.training.gbdt.privacy import CATALOG, catalog_ranges, load_ranges, parse_ranges
+
+    ranges = load_ranges(CATALOG)
+    assert ranges == catalog_ranges() and set(ranges) == {f.name for f in FEATURES}
+    assert all(r.lo < r.hi and r.scale in ("asinh", "linear") for r in ranges.values())
+    assert ranges["public_credit_score"] == PublicRange(0.0, 1000.0, "linear")
+    assert ranges["missing_or_zero_filings_12m"].hi == 12.0
+    assert ranges["ss_contribution_months_24m"].hi == 24.0
+    names = [f.name for f in FEATURES]
+    spec = public_spec(names, ranges, 4)
+    i = names.index("public_credit_score")
+    assert spec.edges[i].tolist() == [250.0, 500.0, 750.0]  # linear: equal steps
+    j = names.index("revenue_12m")
+    assert spec.edges[j][0] < 1e3 < spec.edges[j][1] < 1e7 < spec.edges[j][2]  # asinh
+    parsed = parse_ranges({"a": [0, 10, "linear"], "b": [0, 10]})
+    assert parsed == {"a": PublicRange(0.0, 10.0, "linear"), "b": PublicRange(0.0, 10.0)}
+    with pytest.raises(InvalidPrivacySettings, match="scale must be one of asinh, linear"):
+        parse_ranges({"a": [0, 10, "log"]})
+
+
+def test_noisy_totals_are_clamped_to_a_defined_initial_score() -> None:
+    """Noise can push a small federation's count of defaults to 0 or below (or above the
+    rows): the coordinator clamps it (post-processing) instead of refusing the data."""
+    from fedcredit.training.server.strategies import clamp_noisy_totals
+
+    got = clamp_noisy_totals(np.array([87, -4, 0, 0]))
+    assert got.tolist() == [87, 1, 0, 0]
+    assert clamp_noisy_totals(np.array([87, 95, 0, 0])).tolist() == [87, 86, 0, 0]
+    assert clamp_noisy_totals(np.array([-3, 2, 0, 0])).tolist() == [0, 1, 0, 0]
+    assert clamp_noisy_totals(np.array([500, 40, 0, 0])).tolist() == [500, 40, 0, 0]

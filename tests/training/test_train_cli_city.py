@@ -154,3 +154,55 @@ def test_city_deployment_end_to_end(city_deployment: CityDeployment, tmp_path: P
     entry = Entry.parse(data)
     assert index == report.ledger_index and entry.kind == "model_published"
     assert entry.payload["sha256"] == mv.sha256 and entry.payload["version"] == mv.version
+
+    # Private mode in the city (issue 15): bins on the feature catalog's public domains,
+    # OpenDP noise inside the masked sums of 3 banks; the (epsilon, delta) the run spent
+    # is in the report, the registry and the model_published entry.
+    from dataclasses import replace as _replace
+
+    from fedcredit.training.gbdt.lgb_text import _f
+    from fedcredit.training.gbdt.privacy import catalog_ranges
+    from fedcredit.training.run.city import PRESETS
+
+    private = train_city(
+        dep,
+        engine="deployment",
+        secagg=True,
+        settings=TrainSettings(
+            # A few hundred rows in all: one stump, small leaves, no hessian floor. The
+            # banks' noise is seeded (node config noise-seed, tests only) so the run
+            # replays: at this size a fresh draw leaves no valid split in ~3 % of runs.
+            params=_replace(
+                PRESETS["private"],
+                num_trees=1,
+                max_depth=1,
+                min_data_in_leaf=1,
+                min_sum_hessian_in_leaf=0.0,
+                lambda_l2=10.0,
+            ),
+            epsilon=4.0,
+            public_ranges="catalog",
+        ),
+        banks=list(trained),
+        world=cd.world,
+        work_dir=tmp_path / "private",
+        timeout=300,
+        activate=False,
+        bank_config=(("noise-seed", 11), ("max-epsilon", 4.0)),
+    )
+    assert private.privacy is not None and private.secagg
+    assert 3.9 < private.privacy["epsilon"] <= 4.0 and private.privacy["delta"] == 1e-6
+    with CoordinatorClient(svc.address, dep.tls("operator"), server_org=svc.org_id) as c:
+        pmv = c.get_model(private.model_version, include_model_text=True)
+    assert not pmv.active and pmv.privacy.epsilon == private.privacy["epsilon"]
+    assert json.loads(pmv.privacy.details_json)["noise_shares"] == len(trained)
+    # feature_infos are the catalog's public ranges, not any bank's min/max.
+    header = dict(ln.split("=", 1) for ln in pmv.model_text.splitlines()[:12] if "=" in ln)
+    infos = dict(zip(header["feature_names"].split(), header["feature_infos"].split(), strict=True))
+    catalog = catalog_ranges()
+    assert infos == {n: f"[{_f(catalog[n].lo)}:{_f(catalog[n].hi)}]" for n in infos}
+    with LedgerClient(lsvc.address, dep.tls("auditor-pboc-weihai"), server_org=lsvc.org_id) as lc:
+        [(_, pdata)] = list(lc.entries(private.ledger_index, private.ledger_index + 1))
+    published = Entry.parse(pdata).payload
+    assert published["version"] == pmv.version
+    assert published["privacy"]["epsilon"] == private.privacy["epsilon"]

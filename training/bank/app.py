@@ -48,8 +48,8 @@ from fedcredit.training.gbdt.privacy import (
     CoordinatorDeviates,
     NoisePlan,
     RequestGuard,
+    load_ranges,
     opendp_sampler,
-    parse_ranges,
     public_spec,
     seeded_sampler,
 )
@@ -100,6 +100,7 @@ class _Bank:
             "bank": self.source.bank_id(_node_config(context)),
             "public_key": masking.public_key(private),
         }
+        info |= self.signed_key(context, masking.public_key(private))
         if cfg.get("private"):
             # Private mode: no count, no value range; nothing about this bank's rows.
             return RecordDict({"info": ConfigRecord(info)})
@@ -113,6 +114,28 @@ class _Bank:
             if edges is not None:
                 info["edges"] = json.dumps([e.tolist() for e in edges])
         return RecordDict({"info": ConfigRecord(info), "range": _arrays(lo=lo, hi=hi)})
+
+    def signed_key(self, context: Context, key: bytes) -> dict[str, Any]:
+        """A bank with an identity in the deployment's PKI signs its secure-sum key for this
+        run and node (training/flower/masking.py), so no coordinator can swap it."""
+        tls = self.source.identity(_node_config(context))
+        if tls is None:
+            return {}
+        _ca, cert, sk = tls.read()
+        org = tls.identity().org_id
+        sig = masking.sign_key(sk, int(context.run_id), int(context.node_id), org, key)
+        return {"key_bank": org, "key_certificate": cert.decode(), "key_signature": sig}
+
+    def check_roster(self, context: Context, roster_text: str) -> None:
+        """Before masking under a roster for the first time: with an identity, every other
+        bank's key must be signed by that bank for this run (a substituted key is refused
+        with SECURE_KEY_NOT_SIGNED or SECURE_KEY_SIGNATURE_INVALID)."""
+        tls = self.source.identity(_node_config(context))
+        if tls is None:
+            return
+        ca = tls.read()[0]
+        entries = masking.parse_entries(roster_text)
+        masking.verify_roster(ca, int(context.run_id), int(context.node_id), entries)
 
     def sketch(self, context: Context, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         d = self.data(context)
@@ -199,8 +222,7 @@ class _Bank:
                 "asked for private training but this bank has no public range file "
                 "(node config public-ranges)"
             )
-        with open(str(path), encoding="utf-8") as f:
-            ranges = parse_ranges(json.load(f))
+        ranges = load_ranges(str(path))
         params = GBDTParams.from_dict(blob["params"])
         expected = public_spec(spec.feature_names, ranges, params.max_bins)
         guard = RequestGuard(params, spec, expected)
@@ -248,6 +270,8 @@ class _Bank:
         digest = masking.roster_digest(roster_text)
         if st["digest"] and st["digest"] != digest:
             raise masking.RosterRefused("the secure roster changed during the run")
+        if not st["digest"]:
+            self.check_roster(context, roster_text)
         seq = int(cast(int, cfg["seq"]))
         last = int(cast(int, st["seq"]))
         if seq <= last:

@@ -42,9 +42,11 @@ import numpy.typing as npt
 
 from fedcredit.common.errors import FailedPrecondition
 from fedcredit.training.bank.data import BankData, TrainingDataInvalid, TrainingDataNotFound
+from fedcredit.training.gbdt.privacy import CATALOG
 
 if TYPE_CHECKING:
     from fedcredit.common.config import Deployment
+    from fedcredit.common.tls import TlsFiles
     from fedcredit.consent.terms import ConsentView
     from fedcredit.node.client import NodeClient
 
@@ -315,6 +317,9 @@ class CitySource:
     # process for every message: without it each message would fetch again from the
     # nodes, and spend a use of every consent.
     cache: str = ""
+    # Simulation: every bank's own privacy settings (PRIVACY_KEYS); "noise-seed" is
+    # offset per bank so the banks' noise differs but replays.
+    privacy: tuple[tuple[str, Any], ...] = ()
 
     def _cache_path(
         self, node_config: dict[str, Any], where: tuple[str, str, str, float]
@@ -377,8 +382,22 @@ class CitySource:
 
     def privacy_config(self, node_config: dict[str, Any]) -> dict[str, Any]:
         # As training.bank.source.privacy_from_node_config (which imports this module).
+        # The public ranges default to the feature catalog's declared domains, from this
+        # bank's own copy of the catalog (never the coordinator's word).
         keys = ("public-ranges", "max-epsilon", "noise-seed")
-        return {k: node_config[k] for k in keys if k in node_config}
+        out = {"public-ranges": CATALOG} | dict(self.privacy)
+        out |= {k: node_config[k] for k in keys if k in node_config}
+        if "noise-seed" in out:
+            bank = self._where(node_config)[1]
+            out["noise-seed"] = int(out["noise-seed"]) + zlib.crc32(bank.encode())
+        return out
+
+    def identity(self, node_config: dict[str, Any]) -> TlsFiles | None:
+        """The bank's own certificate and key in the deployment's PKI."""
+        from fedcredit.common.config import load_config
+
+        dep_path, bank = self._where(node_config)[:2]
+        return load_config(dep_path).tls(bank)
 
     def bin_edges(
         self, node_config: dict[str, Any], max_bins: int

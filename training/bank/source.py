@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from fedcredit.common.tls import TlsFiles
 from fedcredit.training.bank.data import BankData, TrainingDataNotFound, load_csv
 
 _CACHE: dict[tuple[str, str], BankData] = {}
@@ -45,6 +46,12 @@ class DataSource(Protocol):
         """The bank's own settings for private training, never the coordinator's:
         ``public-ranges`` (its copy of the public schema file), ``max-epsilon`` (the most
         it spends on one run) and, for tests only, ``noise-seed``."""
+        ...
+
+    def identity(self, node_config: dict[str, Any]) -> TlsFiles | None:
+        """The bank's certificate and key in the deployment's PKI (it signs its secure-sum
+        key with them and checks the other banks' signatures against the CA), or None
+        (no PKI: keys go unsigned)."""
         ...
 
 
@@ -101,6 +108,9 @@ class CsvSource:
             out["noise-seed"] = int(out["noise-seed"]) + int(node_config.get("partition-id", 0))
         return out | privacy_from_node_config(node_config)
 
+    def identity(self, node_config: dict[str, Any]) -> TlsFiles | None:
+        return None  # a CSV bank has no identity in a PKI
+
 
 @dataclass(frozen=True)
 class NodeConfigSource:
@@ -128,3 +138,6 @@ class NodeConfigSource:
 
     def privacy_config(self, node_config: dict[str, Any]) -> dict[str, Any]:
         return self._pick(node_config).privacy_config(node_config)
+
+    def identity(self, node_config: dict[str, Any]) -> TlsFiles | None:
+        return self._pick(node_config).identity(node_config)

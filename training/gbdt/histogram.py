@@ -98,8 +98,21 @@ class SplitChoice:
     right: Stats
 
 
+def node_total(hist: IntArray) -> IntArray:
+    """The node's (G, H, n) from its histogram (features, slots, 3).
+
+    Every row lands in one slot of every feature, so each feature's histogram sums to
+    the same totals; exact sums agree and the first is taken. Noisy (private) sums
+    disagree: their mean over the F features is the same total with 1/F of the noise
+    variance, for no extra privacy cost (post-processing)."""
+    per_feature = hist.sum(axis=1)  # (F, 3)
+    if (per_feature == per_feature[0]).all():
+        return per_feature[0]
+    return np.rint(per_feature.mean(axis=0)).astype(np.int64)
+
+
 def node_stats(hist: IntArray) -> Stats:
-    t = hist[0].sum(axis=0)
+    t = node_total(hist)
     return Stats(int(t[0]), int(t[1]), int(t[2]))
 
 
@@ -116,7 +129,7 @@ def best_split(
     n_features, slots, _ = hist.shape
     nan = hist[:, slots - 1, :]  # (F, 3)
     cum = np.cumsum(hist[:, : slots - 1, :], axis=1)  # (F, S-1, 3)
-    total = hist[0].sum(axis=0)  # (3,)
+    total = node_total(hist)  # (3,)
     left = np.stack([cum, cum + nan[:, None, :]])  # (2, F, S-1, 3)
     right = total[None, None, None, :] - left
     bins = np.arange(slots - 1)[None, :]

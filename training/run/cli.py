@@ -268,14 +268,18 @@ EpsilonOpt = Annotated[
     float | None,
     typer.Option(
         "--epsilon",
-        help="Differential privacy budget of the run (hist, CSV mode; with --public-ranges;"
-        " try --preset private).",
+        help="Differential privacy budget of the run (hist; CSV mode with --public-ranges,"
+        " city mode bins on the feature catalog's public domains; try --preset private).",
     ),
 ]
 DeltaOpt = Annotated[float | None, typer.Option("--delta", help="DP delta (default 1e-6).")]
 RangesOpt = Annotated[
     Path | None,
-    typer.Option("--public-ranges", help='Public schema: {"feature": [lo, hi], ...}.'),
+    typer.Option(
+        "--public-ranges",
+        help='Public schema: {"feature": [lo, hi] or [lo, hi, "linear"], ...}, or "catalog" '
+        "(the feature catalog's declared domains; the default in city mode).",
+    ),
 ]
 MinBanksOpt = Annotated[
     int | None,
@@ -306,6 +310,7 @@ def train_settings(
     privacy: dict[str, Any] | None = None,
 ) -> TrainSettings:
     """The options checked, in the order the user reads them, and made one TrainSettings."""
+    from fedcredit.training.gbdt.privacy import CATALOG
     from fedcredit.training.run.city import ENGINES, PRESETS, InvalidEngine
     from fedcredit.training.server.settings import (
         STRATEGIES,
@@ -338,12 +343,12 @@ def train_settings(
         raise InvalidTrainSettings(f"--min-banks must be >= 1, got {min_banks}")
     priv = {k: v for k, v in (privacy or {}).items() if v is not None}
     if "public_ranges" in priv:
-        priv["public_ranges"] = str(Path(priv["public_ranges"]).resolve())
+        where = str(priv["public_ranges"])
+        priv["public_ranges"] = where if where == CATALOG else str(Path(where).resolve())
     if priv.get("epsilon") and city:
-        raise InvalidArgument(
-            "--epsilon is for CSV mode for now: city mode's bins come from the department "
-            "nodes, not yet from a public catalog of ranges"
-        )
+        # City mode: bins from the feature catalog's declared public domains (each bank
+        # checks them against its own copy of the catalog), not the nodes' quantiles.
+        priv.setdefault("public_ranges", CATALOG)
     return TrainSettings(
         strategy=strategy, params=params, secagg=use_secagg, min_banks=min_banks or 0, **priv
     )

@@ -160,6 +160,8 @@ class Federation:
     positives: dict[int, tuple[int, int]] = field(default_factory=dict)
     # Flower node id -> the bank's X25519 public key for one-round secure sums (setup).
     keys: dict[int, bytes] = field(default_factory=dict)
+    # Signed keys (banks with an identity): node -> the key's signature and certificate.
+    key_proofs: dict[int, masking.Entry] = field(default_factory=dict)
     _round: int = 0
     _secure_seq: int = 0
 
@@ -258,7 +260,9 @@ class Federation:
             "op": op,
             "payload": json.dumps(payload),
             "seq": self._secure_seq,
-            "roster": masking.roster_json({nid: self.keys[nid] for nid in self.nodes}),
+            "roster": masking.roster_json(
+                {nid: self.keys[nid] for nid in self.nodes}, self.key_proofs
+            ),
         }
         replies = self.ask(
             "train.masked",

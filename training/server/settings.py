@@ -49,8 +49,9 @@ class TrainSettings:
     # budget epsilon at delta, the noise calibrated by OpenDP before the first round.
     epsilon: float = 0.0
     delta: float = 1e-6
-    # Private mode: the public schema file, {"feature": [lo, hi], ...}; bins come from
-    # these ranges only (each bank checks them against its own copy).
+    # Private mode: the public schema file, {"feature": [lo, hi], ...}, or "catalog" (the
+    # feature catalog's declared domains, city mode's default); bins come from these
+    # ranges only (each bank checks them against its own copy).
     public_ranges: str = ""
 
     @property

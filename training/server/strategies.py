@@ -17,17 +17,12 @@ import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
 from fedcredit.common.errors import FailedPrecondition, InvalidArgument
-from fedcredit.training.flower import sums
+from fedcredit.training.flower import masking, sums
 from fedcredit.training.gbdt.binning import SKETCH_CELLS, BinSpec, merge_ranges, spec_from_sketch
 from fedcredit.training.gbdt.booster import Ensemble, HistServer, Totals
 from fedcredit.training.gbdt.lgb_text import ModelParts
 from fedcredit.training.gbdt.params import GBDTParams
-from fedcredit.training.gbdt.privacy import (
-    InvalidPrivacySettings,
-    NoisePlan,
-    parse_ranges,
-    public_spec,
-)
+from fedcredit.training.gbdt.privacy import NoisePlan, load_ranges, public_spec
 from fedcredit.training.gbdt.schema import schema_difference
 from fedcredit.training.server.federation import Federation
 
@@ -126,11 +121,7 @@ def _setup(
     ask: dict[str, Any] = {"private": True} if s.private else {"max_bins": s.params.max_bins}
     infos = fed.ask("query.setup", partial(_cfg, **ask))
     fed.names = {nid: str(rd.config_records["info"]["bank"]) for nid, rd in infos.items()}
-    fed.keys = {
-        nid: cast(bytes, rd.config_records["info"]["public_key"])
-        for nid, rd in infos.items()
-        if "public_key" in rd.config_records["info"]
-    }
+    _keys(fed, infos)
     if s.private:
         fed.nodes = sorted(fed.nodes, key=lambda n: fed.names[n])
         return _names(fed, infos), np.zeros(0), np.zeros(0), 0, None
@@ -185,6 +176,27 @@ def _setup(
     if edges is not None and len(edges) != len(names):
         raise FeatureMismatch(f"the nodes gave edges for {len(edges)} of {len(names)} features")
     return names, lo, hi, rows, edges
+
+
+def _keys(fed: Federation, infos: dict[int, RecordDict]) -> None:
+    """The banks' secure-sum keys and, from banks with an identity, their signatures."""
+    fed.keys = {
+        nid: cast(bytes, rd.config_records["info"]["public_key"])
+        for nid, rd in infos.items()
+        if "public_key" in rd.config_records["info"]
+    }
+    fed.key_proofs = {
+        nid: masking.Entry(
+            nid,
+            cast(bytes, info["public_key"]),
+            str(info["key_bank"]),
+            str(info["key_certificate"]),
+            cast(bytes, info["key_signature"]),
+        )
+        for nid, rd in infos.items()
+        for info in [rd.config_records["info"]]
+        if "key_signature" in info and "public_key" in info
+    }
 
 
 def _names(fed: Federation, infos: dict[int, RecordDict]) -> list[str]:
@@ -277,14 +289,7 @@ def _private_start(
     to check before it releases anything)."""
     s = fed.settings
     p = s.params
-    try:
-        with open(s.public_ranges, encoding="utf-8") as f:
-            ranges = parse_ranges(json.load(f))
-    except (OSError, ValueError) as exc:
-        raise InvalidPrivacySettings(
-            f"cannot read public ranges {s.public_ranges}: {exc}"
-        ) from None
-    spec = public_spec(names, ranges, p.max_bins)
+    spec = public_spec(names, load_ranges(s.public_ranges), p.max_bins)
     shares = len(fed.nodes) if s.secagg else 1  # without secure sums each bank adds it all
     plan = NoisePlan.calibrate(p, len(names), shares, s.epsilon, s.delta)
     first = {
@@ -313,6 +318,17 @@ def _private_start(
     return spec, totals, plan, privacy
 
 
+def clamp_noisy_totals(totals: np.ndarray) -> np.ndarray:
+    """Noisy [rows, positives, ...] into a range the initial score is defined on: rows
+    >= 0, 1 <= positives <= rows - 1 (post-processing, no privacy cost). A federation
+    with few defaults gets a noisy count that may fall to 0 or below; refusing it as
+    "one class only" would blame the data for the noise."""
+    out = np.array(totals, dtype=np.int64, copy=True)
+    out[0] = max(int(out[0]), 0)
+    out[1] = min(max(int(out[1]), 1), max(int(out[0]) - 1, 1))
+    return out
+
+
 def run_hist(fed: Federation) -> TrainOutcome:
     s = fed.settings
     p = s.params
@@ -321,7 +337,8 @@ def run_hist(fed: Federation) -> TrainOutcome:
     privacy: dict[str, Any] | None = None
     if s.private:
         spec, totals, _plan, privacy = _private_start(fed, names)
-        rows = max(int(totals[0]), 0)
+        totals = clamp_noisy_totals(totals)
+        rows = int(totals[0])
     else:
         spec, totals = _binning(fed, names, lo, hi, node_edges)
     server = HistServer(p, spec, Totals.from_array(totals))
