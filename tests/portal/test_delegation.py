@@ -226,3 +226,34 @@ def test_what_a_ticket_tells_a_service(federation: Federation, bank_session: Any
     ent = uscc.generate(_rng)
     ent_session, _ = federation.signed_in(ent, "enterprise")
     assert set(unverified_claims(federation.delegate(ent_session.ticket, "ledger"))) == common
+
+
+def test_the_portal_renews_a_ticket_near_its_end(federation: Federation, scoring: Scoring) -> None:
+    """A session outlives its tickets (300 s): the portal asks the consent service for a
+    new one before the old one ends, so a page keeps working; an expired one it holds is
+    never sent."""
+    import httpx
+
+    from tests.portal.test_portal_http import enrolled
+    from tests.portal.webclient import Visitor
+
+    ent = uscc.generate(_rng)
+    with httpx.Client(base_url=federation.url.replace("localhost", "127.0.0.1"), timeout=60) as c:
+        v = Visitor(c)
+        enrolled(federation, v, ent, "enterprise")
+        assert v.get("/enterprise/access").status_code == 200
+        portal = federation.app.state.portal
+        s, _ = portal.sessions.get(v.sid)
+        old, _exp = s.delegations["ledger"]
+        s.delegations["ledger"] = (old, int(time.time()) + 30)  # within RENEW_BEFORE_S of its end
+        assert v.get("/enterprise/access").status_code == 200
+        new, exp = s.delegations["ledger"]
+        assert new != old and exp - time.time() > 200
+        s.delegations["ledger"] = (_minted(federation, _Session(ent), aud="ledger", exp=int(time.time()) - 120), int(time.time()) + 999)  # fmt: skip
+        page = v.get("/enterprise/access")  # a stale ticket the portal believed good: refused
+        assert page.status_code == 403 and "DELEGATION_EXPIRED" in page.text
+
+
+class _Session:
+    def __init__(self, org: str) -> None:
+        self.org, self.role, self.credential_id = org, "enterprise", "x"
