@@ -1,17 +1,20 @@
 """The auditor's witness cosignatures verified by the page itself, in real Chromium
 (WebCrypto Ed25519, c2sp.org/tlog-cosignature): the two live witnesses' cosignatures
 show verified, the silent witness's missing, and a cosignature a lying server altered
-shows failed (and the quorum then not met)."""
+shows failed (and the quorum then not met); the export link downloads a file the CLI's
+`audit replay` verifies."""
 
 from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.portal.conftest import QUORUM, SILENT_WITNESS, WITNESSES, Federation
+from tests.portal.test_audit_pages import replay
 from tests.portal.test_browser import Person, browser  # noqa: F401 - the module's browser
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chromium")]
@@ -49,6 +52,7 @@ def _tamper_cosignature(witness: str) -> Any:
 def test_witness_cosignatures_verified_and_a_tampered_one_failed_in_the_page(
     browser: Any,  # noqa: F811
     federation: Federation,
+    tmp_path: Path,
 ) -> None:
     person = Person(browser, federation)
     page = person.page
@@ -65,6 +69,16 @@ def test_witness_cosignatures_verified_and_a_tampered_one_failed_in_the_page(
         assert _cosig_status(page, SILENT_WITNESS) == "missing"
         assert page.get_attribute("#quorum-status", "data-status") == "verified"
         assert page.get_attribute("#quorum-status", "data-good") == str(QUORUM)
+
+        # the export link, clicked in the page: the download passes `fedcredit audit replay`
+        # (every entry so far in a checkpoint the witnesses cosigned)
+        federation.witnessed()
+        with page.expect_download() as dl:
+            page.click("#export")
+        assert dl.value.suggested_filename == "ledger-central-export.json"
+        dl.value.save_as(tmp_path / "export.json")
+        report = replay(federation, page_text=page.content(), export=tmp_path / "export.json")
+        assert report["verified"] and sorted(report["cosigned_by"]) == sorted(WITNESSES)
 
         # a server that alters one cosignature is caught by the page itself
         page.route("**/audit", _tamper_cosignature(WITNESSES[0]))

@@ -93,13 +93,20 @@ def test_the_export_download_verifies_with_the_cli(
     with LedgerClient(federation.ledger_address, federation.pki.tls(AUDITOR_CERT), server_org="ledger") as c:  # fmt: skip
         c.export(tmp_path / "cli.json", end=len(got.entries))
     assert read_export(tmp_path / "cli.json").entries == got.entries
-    doc = page_doc(visitor.get("/audit").text)
-    keys = [a for k in doc["witness_keys"] for a in ("--witness-key", str(k))]  # type: ignore[attr-defined]
-    r2 = CliRunner().invoke(build_app(), ["audit", "replay", "--export", str(out), "--log-key", str(doc["log_key"]), *keys, "--quorum", str(QUORUM), "--json"])  # fmt: skip
-    assert r2.exit_code == 0, r2.output
-    report = json.loads(r2.stdout)
+    report = replay(federation, page_text=visitor.get("/audit").text, export=out)
     assert report["verified"] and report["entries"] == len(got.entries) >= 25
     assert sorted(report["cosigned_by"]) == sorted(WITNESSES)
+
+
+def replay(fed: Federation, *, page_text: str, export: Path) -> dict[str, object]:
+    """`fedcredit audit replay --json` on ``export`` with the keys the auditor's page shows
+    (the log's and every published witness's, the quorum of the deployment)."""
+    doc = page_doc(page_text)
+    keys = [a for k in doc["witness_keys"] for a in ("--witness-key", str(k))]  # type: ignore[attr-defined]
+    r = CliRunner().invoke(build_app(), ["audit", "replay", "--export", str(export), "--log-key", str(doc["log_key"]), *keys, "--quorum", str(QUORUM), "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    report: dict[str, object] = json.loads(r.stdout)
+    return report
 
 
 def test_a_cut_download_does_not_parse(federation: Federation) -> None:

@@ -91,6 +91,10 @@ def test_the_registry_lists_versions_with_metrics_and_privacy(
     first = page[page.index(f'<tr data-version="{FIRST}"') :]
     assert 'data-active="1"' in first[: first.index("</tr>")]
     assert "训练未加噪声" in first[: first.index("</tr>")]  # the first run had no noise
+    # the model file itself never reaches the browser (operators read it with their own
+    # certificate): no LightGBM tree text on either page
+    confirm = visitor.get(f"/operator/models/confirm?version={second}").text
+    assert "Tree=" not in page and "Tree=" not in confirm and "tree_sizes" not in confirm
 
 
 def test_activation_takes_the_confirmation_and_is_ledgered(
