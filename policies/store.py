@@ -307,6 +307,21 @@ class PolicyStore:
                                 .order_by(awards_t.c.id))  # fmt: skip
             return [Award(**r._asdict()) for r in rows]
 
+    def awards_of_policy(self, policy_id: str, state: str) -> list[str]:
+        """The enterprises holding an award of ``policy_id`` in ``state``, in award order."""
+        with self._guard(), self.engine.connect() as conn:
+            rows = conn.execute(select(awards_t.c.enterprise).where(and_(
+                awards_t.c.policy_id == policy_id, awards_t.c.state == state)).order_by(awards_t.c.id))  # fmt: skip
+            return [r[0] for r in rows]
+
+    def award_totals(self) -> dict[str, dict[str, int]]:
+        """Awards by state: how many and how much (integer yuan)."""
+        from sqlalchemy import func
+
+        q = select(awards_t.c.state, func.count(), func.sum(awards_t.c.amount_yuan)).group_by(awards_t.c.state)  # fmt: skip
+        with self._guard(), self.engine.connect() as conn:
+            return {r[0]: {"count": int(r[1]), "yuan": int(r[2] or 0)} for r in conn.execute(q)}
+
     def decline(self, policy_id: str, enterprise: str, now: float, append: Append) -> Award:
         """The enterprise declines within its window: the amount goes back to the budget."""
         a = self.award(policy_id, enterprise)

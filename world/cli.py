@@ -81,6 +81,10 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+POLICY_KEYS = ("applications", "approved_paid", "application_payout_yuan", "cycle_days",
+               "awards", "paid_yuan", "budgets_held", "policy_step_s")  # fmt: skip
+
+
 @world.command("simulate")
 def simulate_cmd(
     months: Annotated[int, typer.Option(help="Months to simulate.")] = 12,
@@ -90,9 +94,13 @@ def simulate_cmd(
     out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path(
         "bench/results/simulation"
     ),
+    policies: Annotated[
+        bool, typer.Option(help="Run the policy funds beside the marketplace.")
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Drive the synthetic city through the financing marketplace for a year; write a report and plots."""
+    """Drive the synthetic city through the financing marketplace and the policy funds for a
+    year; write a report, plots and the policy bench row."""
     from fedcredit.world.simulate import SimParams, simulate
 
     def progress(m: int, elapsed: float) -> None:
@@ -101,10 +109,16 @@ def simulate_cmd(
 
     with user_errors(as_json):
         r = simulate(
-            out, SimParams(enterprises=enterprises, banks=banks, months=months, seed=seed), progress
+            out,
+            SimParams(
+                enterprises=enterprises, banks=banks, months=months, seed=seed, policies=policies
+            ),
+            progress,
         )
         keys = ("loans", "amount", "channels", "needs", "wall_s")
+        pol = {k: v for k, v in r.get("policies", {}).items() if k in POLICY_KEYS}
         output(
-            {**{k: r[k] for k in keys}, "fund": r["fund"], "report": str(out / "report.md")},
+            {**{k: r[k] for k in keys}, "fund": r["fund"], "policies": pol,
+             "bench": r.get("bench", []), "report": str(out / "report.md")},
             as_json,
-        )
+        )  # fmt: skip

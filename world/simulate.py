@@ -79,6 +79,9 @@ class SimParams:
     score_noise: float = 0.6
     recovery_share: float = 0.3
     recovery_months: int = 3
+    # the policy funds beside the marketplace (world.policy_sim): 64 automatic and 65
+    # application policies, 免申即享 runs, joint approvals, tracking rounds
+    policies: bool = True
 
 
 class SimClock:
@@ -148,6 +151,12 @@ class Simulation:
             self.grabs,
             self.loan_month,
         ]
+        self.policy_year = None
+        if p.policies:
+            from fedcredit.world.policy_sim import PolicyYear
+
+            self.policy_year = PolicyYear(self, workdir)
+            self.steps.append(self.policy_year.step)
 
     def _city(self, workdir: Path) -> None:
         w = _World(
@@ -410,6 +419,12 @@ def simulate(
         try:
             r = sim.run(progress)
             r["hours_need_to_money"] = need_to_money_hours(sim)
+            if sim.policy_year is not None:
+                from fedcredit.world.policy_sim import bench_row
+
+                r["policies"] = sim.policy_year.report()
+                r["bench"] = [bench_row(r["policies"], p.enterprises)]
+                sim.policy_year.store.close()
         finally:
             sim.log.close()
             sim.market.store.close()

@@ -34,3 +34,27 @@ def test_a_small_simulated_year(tmp_path: Path) -> None:
         < pop["C"]["predicted_pd"]
         < pop["D"]["predicted_pd"]
     )
+
+
+def test_a_small_year_of_policy_funds_beside_the_marketplace(tmp_path: Path) -> None:
+    """The 129 synthetic policies run through the policy service code: 免申即享 runs,
+    applications through joint approval, payments within every budget, a tracking round
+    each month, self-evaluations at the quarter's end; the report and the bench row."""
+    r = simulate(tmp_path, SimParams(enterprises=600, banks=3, months=4, need_rate=0.05, seed=5))
+    p = r["policies"]
+    assert p["policies"] == {"automatic": 64, "application": 65}
+    assert p["applications"] > 0 and 0 < p["approved_paid"] <= p["applications"]
+    assert sum(p["by_state"].values()) == p["applications"]
+    assert set(p["by_state"]) <= {"paid", "rejected"}  # every application decided
+    assert [x["month"] for x in p["automatic_runs"]] == [0, 3]
+    assert p["awards"]["paid"]["count"] > 0 and p["budgets_held"] is True
+    assert p["paid_yuan"] == p["application_payout_yuan"] + p["awards"]["paid"]["yuan"]
+    assert p["tracking_rounds"] == 4 and p["self_evaluations"] > 0
+    c = p["cycle_days"]
+    assert 0 < c["median"] <= c["p90"] and c["median"] <= c["serial_baseline_median"]
+    assert sum(v["paid"] for v in p["cycle_per_policy"].values()) == p["approved_paid"]
+    (row,) = json.loads((tmp_path / "policy_bench.json").read_text())
+    assert row["bench"] == "policy_application_cycle_simulated_year"
+    assert row["median_days"] == c["median"] and row["paid"] == p["approved_paid"]
+    assert (tmp_path / "policy_cycle_time.png").stat().st_size > 1000
+    assert "## Policy funds" in (tmp_path / "report.md").read_text()
