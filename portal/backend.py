@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from fedcredit.common.config import Deployment
+from fedcredit.common.errors import ConfigError
 from fedcredit.consent.passkey_client import PasskeyClient
 from fedcredit.coordinator.client import CoordinatorClient
 from fedcredit.ledger.client import LedgerClient
-from fedcredit.ledger.errors import NoCheckpoint
+from fedcredit.ledger.errors import NoCheckpoint, NoteMalformed
 from fedcredit.ledger.keys import keys_dir, read_vkey
 from fedcredit.market.client import FundMarketClient
 from fedcredit.policies.client import PolicyClient
@@ -89,12 +90,16 @@ class Backend:
         return backend
 
     def published_witnesses(self) -> tuple[str, ...]:
-        """The witness keys the deployment publishes now (each parsed: a malformed file
-        is NOTE_MALFORMED naming it, never a key silently left out), in name order."""
+        """The witness keys the deployment publishes now, in name order; each parsed: a
+        malformed file is CONFIG_INVALID naming it, never a key silently left out."""
         if self.keys_dir is not None:
-            self.witness_keys = tuple(
-                read_vkey(p).vkey for p in sorted(self.keys_dir.glob("*.witness.vkey"))
-            )
+            keys = []
+            for path in sorted(self.keys_dir.glob("*.witness.vkey")):
+                try:
+                    keys.append(read_vkey(path).vkey)
+                except NoteMalformed as exc:
+                    raise ConfigError(f"the published witness key {path} is not valid: {exc.message}") from None  # fmt: skip
+            self.witness_keys = tuple(keys)
         return self.witness_keys
 
     def close(self) -> None:

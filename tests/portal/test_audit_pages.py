@@ -144,3 +144,29 @@ def test_only_an_auditors_ticket_exports(federation: Federation) -> None:
         auditor = federation.signed_in(AUDITOR, "auditor")[0]
         page = next(iter(c.delegated(federation.delegate(auditor.ticket, "ledger")).export_pages()))
         assert page.origin == "ledger/central"
+
+
+def test_published_keys_are_read_for_each_page(
+    federation: Federation, visitor: Visitor, tmp_path: Path
+) -> None:
+    """The page reads the deployment's published witness keys each time (a witness
+    publishes its key when it first starts, possibly after the portal); a malformed key
+    file is an error page naming it, never a witness silently left out."""
+    from fedcredit.ledger.keys import publish_vkey
+
+    backend = federation.backend
+    saved = backend.witness_keys, backend.keys_dir
+    tax = next(k for k in saved[0] if k.startswith("dept-tax+"))
+    try:
+        backend.keys_dir = tmp_path
+        enrolled(federation, visitor, AUDITOR, "auditor")
+        assert 'id="no-witnesses"' in visitor.get("/audit").text
+        publish_vkey(tmp_path / "dept-tax.witness.vkey", Verifier.parse(tax))
+        r = visitor.get("/audit")
+        assert page_doc(r.text)["witness_keys"] == [tax] and '<tr data-witness="dept-tax"' in r.text
+        (tmp_path / "dept-courts.witness.vkey").write_text("dept-courts+00000000+AAAA\n")
+        r = visitor.get("/audit")
+        assert r.status_code == 400 and 'data-reason="CONFIG_INVALID"' in r.text
+        assert "dept-courts.witness.vkey" in r.text
+    finally:
+        backend.witness_keys, backend.keys_dir = saved
