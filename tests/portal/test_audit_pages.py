@@ -170,3 +170,21 @@ def test_published_keys_are_read_for_each_page(
         assert "dept-courts.witness.vkey" in r.text
     finally:
         backend.witness_keys, backend.keys_dir = saved
+
+
+def test_a_deployments_portal_reads_the_keys_its_witnesses_publish(tmp_path: Path) -> None:
+    """In a deployment as `fedcredit init` writes it, the portal reads the witness keys
+    where a department node publishes its own at its first start (ledger.keys)."""
+    from fedcredit.common.config import load_config
+    from fedcredit.common.deploy import write_local_deployment
+    from fedcredit.ledger.keys import witness_signer
+    from fedcredit.portal.backend import Backend
+
+    dep = load_config(write_local_deployment(tmp_path / "dep"))
+    backend = Backend.from_deployment(dep, "portal")
+    try:
+        assert backend.published_witnesses() == ()
+        tax = witness_signer(dep, "dept-tax").verifier  # what the tax node does when it starts
+        assert backend.published_witnesses() == (tax.vkey,)
+    finally:
+        backend.close()
