@@ -152,13 +152,15 @@ def build_authority(dep: Deployment) -> ConsentAuthority:
 
 def passkeys_of(authority: ConsentAuthority, dep: Deployment) -> PasskeyAuthority | None:
     """The passkey authority when the deployment has a portal (``[portal]``), else None."""
-    from fedcredit.consent.passkeys import PasskeyAuthority, portal_origins
+    from fedcredit.consent.passkeys import SESSION_IDLE_S, PasskeyAuthority, portal_origins
 
     got = portal_origins(dep.raw.get("portal"))
     if got is None:
         return None
     rp_id, origins = got
-    return PasskeyAuthority(authority, rp_id=rp_id, origins=origins)
+    # the consent service ends an idle session on its own, after the portal's idle timeout
+    idle = float(dep.raw["portal"].get("idle_timeout_s", SESSION_IDLE_S))
+    return PasskeyAuthority(authority, rp_id=rp_id, origins=origins, session_idle_s=idle)
 
 
 # --- the command groups ------------------------------------------------------------

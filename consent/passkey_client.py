@@ -125,6 +125,11 @@ class PasskeyClient(ServiceClient[passkey_pb2_grpc.PasskeyServiceStub]):
         )
         return m.ticket, int(m.expires_at)
 
+    def sign_out(self, session: str) -> bool:
+        """End the session at the consent service; False if it had ended already."""
+        m = self._call(self._stub.SignOut, passkey_pb2.SessionRequest(session=session))
+        return bool(m.ended)
+
     def passkey_active(self, org: str, credential_id: str) -> bool:
         """Whether ``org``'s passkey is still registered (for the services' ticket checks)."""
         m = self._call(

@@ -149,3 +149,7 @@ class PasskeyServicer(passkey_pb2_grpc.PasskeyServiceServicer):
     def PasskeyStatus(self, request: Any, context: Any) -> passkey_pb2.PasskeyStatusReply:
         active = self.passkeys.passkey_active(peer_identity(context), request.org, request.credential_id)  # fmt: skip
         return passkey_pb2.PasskeyStatusReply(active=active)
+
+    @handle_errors
+    def SignOut(self, request: Any, context: Any) -> passkey_pb2.SignOutReply:
+        return passkey_pb2.SignOutReply(ended=self.passkeys.sign_out(peer_identity(context), request.session))  # fmt: skip

@@ -73,6 +73,10 @@ from fedcredit.consent.terms import ConsentTerms, ConsentView
 
 CHALLENGE_TTL_S = 300  # a person reads the terms, then touches the key
 SESSION_MAX_S = 12 * 3600  # a ticket's absolute life; the portal's idle timeout is shorter
+# A session nobody used for this long ends here too (the portal's ``idle_timeout_s`` from the
+# deployment's [portal] table; its default): a session the portal forgot stays dead.
+SESSION_IDLE_S = 900
+SESSION_TOUCH_S = 5  # last_seen is written at most this often per session (fewer writes)
 ENROL_MIN_S, ENROL_MAX_S = 60, 30 * 86400
 # The services that accept delegated sessions and ask whether a passkey still stands.
 CHECKER_ROLES = ("coordinator", "market", "ledger", "policy")
@@ -119,6 +123,20 @@ challenges = Table(
     Column("used_at", Integer),
     Column("data", Text, nullable=False),  # registration tickets: role, label, code hash
 )
+# One row per sign-in: the consent service's own record of a session, so that it ends here
+# when the person signs out (SignOut), when nobody used it for ``session_idle_s``, and
+# after SESSION_MAX_S; bound to the portal certificate that relayed the sign-in.
+sessions = Table(
+    "passkey_sessions",
+    metadata,
+    Column("sid", String(32), primary_key=True),  # random, in the HMAC'd ticket body
+    Column("org", String(64), nullable=False, index=True),
+    Column("portal_sha256", String(64), nullable=False),  # hex of the portal's certificate
+    Column("created_at", Integer, nullable=False),
+    Column("last_seen", Integer, nullable=False),
+    Column("expires_at", Integer, nullable=False),
+    Column("ended_at", Integer),
+)
 secrets_table = Table(
     "passkey_secrets",
     metadata,
@@ -147,6 +165,7 @@ class Verified:
     credential_id: str
     assertion_sha256: str
     statement_sha256: str
+    portal_sha256: str = ""  # hex SHA-256 of the portal certificate that relayed it
 
 
 def _sha(data: bytes) -> str:
@@ -186,12 +205,16 @@ class PasskeyAuthority:
         origins: Sequence[str],
         rp_name: str = "fedcredit",
         clock: Callable[[], float] | None = None,
+        session_idle_s: float = SESSION_IDLE_S,
     ) -> None:
         if not rp_id or not origins:
             raise InvalidArgument("passkeys need the portal's rp_id and at least one origin")
         self.authority = authority
         self.store = authority.store
         self.rp_id, self.rp_name, self.origins = rp_id, rp_name, list(origins)
+        if not 1 <= session_idle_s <= SESSION_MAX_S:
+            raise InvalidArgument(f"expected a session idle timeout of 1 s to {SESSION_MAX_S} s, got {session_idle_s}")  # fmt: skip
+        self.session_idle_s = session_idle_s
         self._clock = clock or authority._clock
         create_schema(self.store.engine, metadata)
         self._session_key = self._secret("session")
@@ -405,8 +428,9 @@ class PasskeyAuthority:
                 .values(sign_count=checked.new_sign_count, last_used_at=self.now())
             )
         return Verified(
-            st, st["org"], row.role, cred_id, _sha(assertion_json.encode()), digest.hexdigest()
-        )
+            st, st["org"], row.role, cred_id, _sha(assertion_json.encode()), digest.hexdigest(),
+            actor.cert_sha256.hex(),
+        )  # fmt: skip
 
     # --- registration ---------------------------------------------------------------------------
 
@@ -519,11 +543,22 @@ class PasskeyAuthority:
     # --- sessions --------------------------------------------------------------------------------
 
     def sign_in(self, v: Verified) -> tuple[str, int]:
-        """A session ticket (HMAC over org, role, passkey and expiry) for a signed sign_in."""
+        """A session ticket (HMAC over a session id, org, role, passkey and expiry) for a
+        signed sign_in; the session is recorded here, bound to the relaying portal."""
         if v.statement["action"] != "sign_in":
             raise P.StatementInvalid(f"expected a sign_in statement, got {v.statement['action']}")
-        exp = self.now() + SESSION_MAX_S
-        body = canonical_json({"org": v.org, "role": v.role, "cred": v.credential_id, "exp": exp})
+        now = self.now()
+        exp, sid = now + SESSION_MAX_S, secrets.token_hex(16)
+        with self.store.begin() as conn:
+            if secrets.randbelow(64) == 0:  # now and then: forget sessions long over
+                conn.execute(delete(sessions).where(sessions.c.expires_at < now - SESSION_MAX_S))
+            conn.execute(
+                insert(sessions).values(
+                    sid=sid, org=v.org, portal_sha256=v.portal_sha256, created_at=now,
+                    last_seen=now, expires_at=exp,
+                )
+            )  # fmt: skip
+        body = canonical_json({"sid": sid, "org": v.org, "role": v.role, "cred": v.credential_id, "exp": exp})  # fmt: skip
         mac = hmac.new(self._session_key, body, hashlib.sha256).digest()
         return f"{bytes_to_base64url(body)}.{bytes_to_base64url(mac)}", exp
 
@@ -532,7 +567,8 @@ class PasskeyAuthority:
         claims = self._session_claims(actor, ticket)
         return str(claims["org"]), str(claims["role"])
 
-    def _session_claims(self, actor: Identity, ticket: str) -> dict[str, Any]:
+    def _ticket_claims(self, actor: Identity, ticket: str) -> dict[str, Any]:
+        """The claims of a ticket this service issued (HMAC), unexpired; no session check."""
         _portal(actor)
         try:
             b64, mac_b64 = ticket.split(".")
@@ -541,11 +577,42 @@ class PasskeyAuthority:
             claims = json.loads(body) if good else None
         except (ValueError, TypeError):
             claims = None
-        if not isinstance(claims, dict) or claims.get("exp", 0) < self.now():
+        if not isinstance(claims, dict) or not isinstance(claims.get("sid"), str) or claims.get("exp", 0) < self.now():  # fmt: skip
             raise P.SessionInvalid("the session ticket is not valid or has expired; sign in again")
+        return claims
+
+    def _session_claims(self, actor: Identity, ticket: str) -> dict[str, Any]:
+        claims = self._ticket_claims(actor, ticket)
+        now = self.now()
+        with self.store.begin() as conn:
+            row = conn.execute(select(sessions).where(sessions.c.sid == claims["sid"])).first()
+            if row is None or row.ended_at is not None:
+                raise P.SessionInvalid("this session was signed out; sign in again")
+            if row.portal_sha256 != actor.cert_sha256.hex():
+                raise P.SessionInvalid("this session was opened through another portal; sign in here")  # fmt: skip
+            if now - row.last_seen > self.session_idle_s:
+                raise P.SessionInvalid(f"this session ended after {self.session_idle_s:.0f} s idle; sign in again")  # fmt: skip
+            if now - row.last_seen >= SESSION_TOUCH_S:
+                conn.execute(update(sessions).where(sessions.c.sid == row.sid).values(last_seen=now))  # fmt: skip
         if claims["cred"] not in {k.credential_id for k in self._passkeys(claims["org"])}:
             raise P.SessionInvalid("the passkey of this session was removed; sign in again")
         return claims
+
+    def sign_out(self, actor: Identity, ticket: str) -> bool:
+        """End a session here (the portal's sign-out): no ticket, consent list or token is
+        issued for it again. True if it was live, False if it had ended already."""
+        claims = self._ticket_claims(actor, ticket)
+        with self.store.begin() as conn:
+            n = conn.execute(
+                update(sessions)
+                .where(
+                    sessions.c.sid == claims["sid"],
+                    sessions.c.portal_sha256 == actor.cert_sha256.hex(),
+                    sessions.c.ended_at.is_(None),
+                )
+                .values(ended_at=self.now())
+            ).rowcount
+        return bool(n == 1)
 
     # --- delegated sessions (consent/delegation.py) -----------------------------------------
 

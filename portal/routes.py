@@ -4,13 +4,14 @@ passkey management, the bank's desk, and a home for the other roles."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from fedcredit.common.errors import InvalidArgument, ResourceExhausted
+from fedcredit.common.errors import FedcreditError, InvalidArgument, ResourceExhausted
 from fedcredit.portal.security import Session
 from fedcredit.portal.web import (
     HOME,
@@ -23,6 +24,8 @@ from fedcredit.portal.web import (
     post,
     terms_from_form,
 )
+
+log = logging.getLogger(__name__)
 
 
 class RateLimited(ResourceExhausted):
@@ -110,6 +113,12 @@ async def enrol_finish(portal: Portal, request: Request, s: Session, data: dict[
 @post
 async def signout(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:
     portal.sessions.drop(s)
+    if s.ticket:  # end it at the consent service too: the ticket buys nothing from now on
+        try:
+            await call(portal.backend.passkeys.sign_out, s.ticket)
+        except FedcreditError as exc:  # signed out here anyway; it ends there when idle
+            log.warning("the consent service did not end %s's session: %s", s.org, exc)
+        s.ticket, s.delegations = "", {}
     s2 = portal.sessions.new(s.lang)
     s2.flash.append("signed_out")
     return portal.finish(RedirectResponse("/signin", 303), s2)

@@ -105,6 +105,11 @@ class PasskeyServiceStub:
                 request_serializer=fedcredit_dot_v1_dot_passkey__pb2.PasskeyStatusRequest.SerializeToString,
                 response_deserializer=fedcredit_dot_v1_dot_passkey__pb2.PasskeyStatusReply.FromString,
                 _registered_method=True)
+        self.SignOut = channel.unary_unary(
+                '/fedcredit.v1.PasskeyService/SignOut',
+                request_serializer=fedcredit_dot_v1_dot_passkey__pb2.SessionRequest.SerializeToString,
+                response_deserializer=fedcredit_dot_v1_dot_passkey__pb2.SignOutReply.FromString,
+                _registered_method=True)
 
 
 class PasskeyServiceServicer:
@@ -213,6 +218,14 @@ class PasskeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignOut(self, request, context):
+        """Portal, with a session ticket: the person signed out; the session ends here too (no
+        delegation ticket, consent list or bank token is issued for it again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PasskeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -285,6 +298,11 @@ def add_PasskeyServiceServicer_to_server(servicer, server):
                     servicer.PasskeyStatus,
                     request_deserializer=fedcredit_dot_v1_dot_passkey__pb2.PasskeyStatusRequest.FromString,
                     response_serializer=fedcredit_dot_v1_dot_passkey__pb2.PasskeyStatusReply.SerializeToString,
+            ),
+            'SignOut': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignOut,
+                    request_deserializer=fedcredit_dot_v1_dot_passkey__pb2.SessionRequest.FromString,
+                    response_serializer=fedcredit_dot_v1_dot_passkey__pb2.SignOutReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -665,6 +683,33 @@ class PasskeyService:
             '/fedcredit.v1.PasskeyService/PasskeyStatus',
             fedcredit_dot_v1_dot_passkey__pb2.PasskeyStatusRequest.SerializeToString,
             fedcredit_dot_v1_dot_passkey__pb2.PasskeyStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.v1.PasskeyService/SignOut',
+            fedcredit_dot_v1_dot_passkey__pb2.SessionRequest.SerializeToString,
+            fedcredit_dot_v1_dot_passkey__pb2.SignOutReply.FromString,
             options,
             channel_credentials,
             insecure,

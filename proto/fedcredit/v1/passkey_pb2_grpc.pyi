@@ -88,6 +88,10 @@ class PasskeyServiceStub:
     """The services that accept delegation tickets (coordinator, market, ledger): is this
     passkey still registered? (A removed passkey's tickets stop working.)
     """
+    SignOut: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.SessionRequest, _passkey_pb2.SignOutReply]
+    """Portal, with a session ticket: the person signed out; the session ends here too (no
+    delegation ticket, consent list or bank token is issued for it again).
+    """
 
 @_typing.type_check_only
 class PasskeyServiceAsyncStub(PasskeyServiceStub):
@@ -130,6 +134,10 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
     PasskeyStatus: _aio.UnaryUnaryMultiCallable[_passkey_pb2.PasskeyStatusRequest, _passkey_pb2.PasskeyStatusReply]  # type: ignore[assignment]
     """The services that accept delegation tickets (coordinator, market, ledger): is this
     passkey still registered? (A removed passkey's tickets stop working.)
+    """
+    SignOut: _aio.UnaryUnaryMultiCallable[_passkey_pb2.SessionRequest, _passkey_pb2.SignOutReply]  # type: ignore[assignment]
+    """Portal, with a session ticket: the person signed out; the session ends here too (no
+    delegation ticket, consent list or bank token is issued for it again).
     """
 
 class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -254,6 +262,16 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_passkey_pb2.PasskeyStatusReply, _abc.Awaitable[_passkey_pb2.PasskeyStatusReply]]:
         """The services that accept delegation tickets (coordinator, market, ledger): is this
         passkey still registered? (A removed passkey's tickets stop working.)
+        """
+
+    @_abc_1.abstractmethod
+    def SignOut(
+        self,
+        request: _passkey_pb2.SessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_passkey_pb2.SignOutReply, _abc.Awaitable[_passkey_pb2.SignOutReply]]:
+        """Portal, with a session ticket: the person signed out; the session ends here too (no
+        delegation ticket, consent list or bank token is issued for it again).
         """
 
 def add_PasskeyServiceServicer_to_server(servicer: PasskeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,101 @@
+"""An independent review of delegated sessions (consent/delegation.py) against the real
+services, from a compromised portal's point of view: it holds the portal's key and
+certificate and every session ticket people signed in with.
+
+Each test names the promise it checks; each failed on main before its fix."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from fedcredit.common import uscc
+from fedcredit.consent import passkey_errors as P
+from fedcredit.consent.passkey_client import PasskeyClient
+from tests.portal.conftest import Federation
+from tests.portal.test_portal_http import enrolled
+from tests.portal.webclient import Visitor
+
+_rng = random.Random(1907)
+
+
+def _visitor_signed_in(federation: Federation, c: httpx.Client) -> tuple[Visitor, str]:
+    """A person signed in through the portal's web pages; (visitor, the consent service's
+    session ticket the portal holds for them)."""
+    ent = uscc.generate(_rng)
+    v = Visitor(c)
+    enrolled(federation, v, ent, "enterprise")
+    s, _ = federation.app.state.portal.sessions.get(v.sid)
+    assert s is not None and s.ticket
+    return v, s.ticket
+
+
+def _client(federation: Federation) -> httpx.Client:
+    return httpx.Client(base_url=federation.url.replace("localhost", "127.0.0.1"), timeout=60)
+
+
+def test_a_signed_out_session_gets_no_new_ticket(federation: Federation) -> None:
+    """README: "a compromised portal can act only for people while they are signed in to
+    it". Once the person signs out, the session ticket the portal kept (in memory, a dump,
+    a log) no longer buys a delegation ticket, a consent list or a bank token."""
+    with _client(federation) as c:
+        v, ticket = _visitor_signed_in(federation, c)
+        assert federation.delegate(ticket, "ledger")  # while signed in: yes
+        r = v.post_form("/signout", {"csrf": v.csrf})
+        assert r.status_code == 303
+    with pytest.raises(P.SessionInvalid) as got:
+        federation.delegate(ticket, "ledger")
+    assert "signed out" in got.value.message
+    pk = PasskeyClient(federation.consent_address, federation.pki.tls("portal"), server_org="consent-service")  # fmt: skip
+    with pk, pytest.raises(P.SessionInvalid):
+        pk.list_consents(ticket)
+
+
+def test_an_idle_session_gets_no_new_ticket(federation: Federation) -> None:
+    """The consent service ends a session nobody used for the portal's idle timeout, on
+    its own: a session the portal forgot (idle) cannot be revived by whoever holds its
+    ticket."""
+    from fedcredit.consent.passkeys import sessions
+
+    with _client(federation) as c:
+        _v, ticket = _visitor_signed_in(federation, c)
+    assert federation.delegate(ticket, "ledger")
+    idle = federation.passkeys.session_idle_s
+    with federation.passkeys.store.begin() as conn:  # as if nothing happened for that long
+        conn.execute(update(sessions).values(last_seen=sessions.c.last_seen - int(idle) - 5))
+    with pytest.raises(P.SessionInvalid) as got:
+        federation.delegate(ticket, "ledger")
+    assert "idle" in got.value.message
+
+
+def test_a_session_ticket_works_only_for_the_portal_it_was_issued_to(
+    federation: Federation,
+) -> None:
+    """A session ticket is no bearer token among portal certificates: another holder of a
+    ``portal`` certificate (a second portal, a test one) cannot turn it into tickets."""
+    with _client(federation) as c:
+        _v, ticket = _visitor_signed_in(federation, c)
+    federation.pki.issue("portal-other", "portal")
+    pk = PasskeyClient(federation.consent_address, federation.pki.tls("portal-other"), server_org="consent-service")  # fmt: skip
+    with pk, pytest.raises(P.SessionInvalid) as got:
+        pk.delegate(ticket, "ledger")
+    assert "another portal" in got.value.message
+    assert federation.delegate(ticket, "ledger")  # the portal it was issued to: still yes
+
+
+def test_signing_out_twice_or_with_garbage_changes_nothing(federation: Federation) -> None:
+    with _client(federation) as c:
+        _v, ticket = _visitor_signed_in(federation, c)
+    with PasskeyClient(federation.consent_address, federation.pki.tls("portal"), server_org="consent-service") as pk:  # fmt: skip
+        assert pk.sign_out(ticket) is True
+        assert pk.sign_out(ticket) is False  # already ended: nothing to do, no error
+        with pytest.raises(P.SessionInvalid):
+            pk.sign_out("not-a-ticket")
+    t0 = time.time()
+    with pytest.raises(P.SessionInvalid):
+        federation.delegate(ticket, "coordinator")
+    assert time.time() - t0 < 10
