@@ -454,19 +454,20 @@ def check_formula(text: str, cap_yuan: int) -> Formula:
         raise InvalidPolicy(f"amount_cap_yuan: expected integer yuan 1..10^12, got {cap_yuan!r}",
                             field="amount_cap_yuan")  # fmt: skip
     if not isinstance(text, str) or not text.strip():
-        raise RuleInvalid("the benefit formula is empty; write a CEL int expression", line=1, column=1)  # fmt: skip
+        raise RuleInvalid("the benefit formula is empty; write a CEL int expression", line=1, column=1, field="benefit_formula")  # fmt: skip
     if len(text) > MAX_FORMULA_CHARS:
         raise RuleInvalid(f"the formula has {len(text)} characters; at most {MAX_FORMULA_CHARS}",
-                          line=1, column=1)  # fmt: skip
+                          line=1, column=1, field="benefit_formula")  # fmt: skip
     try:
         compiled = environment().compile(text)
     except RuntimeError as exc:
-        raise _refuse_compile(text, exc) from None
+        e = _refuse_compile(text, exc)
+        raise RuleInvalid(f"benefit formula: {e.message}", **e.metadata, field="benefit_formula") from None  # fmt: skip
     if compiled.return_type() != cel.Type.INT:
         raise RuleInvalid(
             "line 1, column 1: expected the benefit formula to be an int (integer yuan; "
             f"convert a double with int(...)), got {compiled.return_type().name()}",
-            line=1, column=1,
+            line=1, column=1, field="benefit_formula",
         )  # fmt: skip
     checked = _ast(compiled)
     names = _Splitter(text, checked).variables(checked.expr)
@@ -475,7 +476,7 @@ def check_formula(text: str, cap_yuan: int) -> Formula:
         raise RuleNotSplittable(
             f"line 1, column 1: the benefit formula reads data of {', '.join(spaces)}; a "
             "formula is evaluated by one department (or the platform) alone",
-            line=1, column=1,
+            line=1, column=1, field="benefit_formula",
         )  # fmt: skip
     f = f"({text})"
     clamped = f"({f} < 0 ? 0 : ({f} > {cap_yuan} ? {cap_yuan} : {f}))"

@@ -138,8 +138,9 @@ def _caret(text: str, line: int, column: int) -> dict[str, Any]:
 
 
 def _which_text(exc: FedcreditError, data: dict[str, Any]) -> str:
-    """The CEL text an error points into: the formula's when the message says so."""
-    return str(data.get("benefit_formula", "")) if "formula" in str(exc) else str(data.get("rule", ""))  # fmt: skip
+    """The CEL text an error points into: the formula's when the service says so."""
+    key = "benefit_formula" if exc.metadata.get("field") == "benefit_formula" else "rule"
+    return str(data.get(key, ""))
 
 
 @post

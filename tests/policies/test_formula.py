@@ -46,6 +46,7 @@ def test_a_formula_is_type_checked_with_its_position(
     assert words in str(ei.value)
     meta = getattr(ei.value, "metadata", {})
     assert (meta["line"], meta["column"]) == (str(line), str(column)), str(ei.value)
+    assert meta["field"] == "benefit_formula"  # the portal points into the formula's text
 
 
 def test_publishing_checks_the_formula_and_its_cap(tmp_path: Path) -> None:

@@ -142,6 +142,9 @@ def test_department_publishes_sees_errors_at_their_position_and_screens(
     f_bad = form(v1, "/policy/publish", **policy_form("young-formula", "automatic",
                  "registry.founded_year >= 2015", benefit_formula="registry.founded_year > 1"))  # fmt: skip
     assert "got BOOL" in f_bad.text and pol.store.policies() == []
+    f_pos = form(v1, "/policy/publish", **policy_form("young-formula", "automatic",
+                 "registry.founded_year >= 2015", benefit_formula="registry.founded_yeer * 2"))  # fmt: skip
+    assert 'data-column="9"' in f_pos.text and "registry.founded_yeer * 2" in f_pos.text
     ok = form(v1, "/policy/publish", **policy_form("young-firms", "automatic",
                                                     "registry.founded_year >= 2015"))  # fmt: skip
     assert 'id="published"' in ok.text and "platform" in ok.text
