@@ -64,6 +64,7 @@ async def audit(portal: Portal, request: Request, s: Session) -> Response:
             "log_key": got.log_key,
             "witness_keys": list(got.witness_keys),
             "quorum": got.quorum,
+            "newest": got.newest,
         }
     )
     return portal.render(

@@ -40,6 +40,7 @@ class WitnessedCheckpoint:
     log_key: str  # the log's verifier key (vkey)
     witness_keys: tuple[str, ...]  # the witnesses' published vkeys (type 0x04)
     quorum: int  # cosignatures the deployment requires (the ledger's witness_quorum)
+    newest: str = ""  # the newest signed checkpoint (the same note when it is the witnessed one)
 
 
 class Backend:
@@ -129,11 +130,12 @@ class Backend:
         if self._quorum is None:  # the ledger's setting: read once
             self._quorum = int(self.ledger.log_info().witness_quorum)
         want = max(self._quorum, 1) if witnesses else 0
+        newest = self.ledger.checkpoint()
         try:
-            note = self.ledger.checkpoint(min_cosignatures=want)
+            note = self.ledger.checkpoint(min_cosignatures=want) if want else newest
         except NoCheckpoint:  # nothing cosigned yet (witnesses down, or a new log)
-            note = self.ledger.checkpoint()
-        return WitnessedCheckpoint(note, self.log_key(), witnesses, self._quorum)
+            note = newest
+        return WitnessedCheckpoint(note, self.log_key(), witnesses, self._quorum, newest)
 
     def consistency(self, old_size: int, new_size: int) -> list[str]:
         """RFC 9162 consistency proof between two tree sizes (base64 hashes)."""

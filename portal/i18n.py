@@ -323,6 +323,13 @@ AUDIT_T: dict[str, tuple[str, str]] = {
     "au_key": ("公布的公钥", "Published key"),
     "au_missing": ("缺失", "missing"),
     "au_quorum": ("见证方法定数", "Witness quorum"),
+    "au_newest": ("最新检查点", "Newest checkpoint"),
+    "au_size": ("条目数", "size"),
+    "au_newest_same": ("即上方已联署的检查点", "the cosigned one above"),
+    "au_newest_behind": (
+        "条新条目尚未获法定数见证方联署（见证方通常在数秒内联署；长时间如此说明见证方停止工作）",
+        "newer entries not yet cosigned by the quorum (witnesses cosign within seconds; for long, they have stopped)",
+    ),
     "au_quorum_met": ("已达到", "met"),
     "au_quorum_not_met": ("未达到", "NOT met"),
     "au_export": ("离线审计导出", "Export for offline audit"),

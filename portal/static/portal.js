@@ -195,6 +195,26 @@
     return { status: "failed", time: null };
   }
 
+  // The newest signed checkpoint (its log signature checked here too) against the cosigned
+  // one shown: how far the witnesses are behind.
+  async function showNewest(doc, cp, words) {
+    const el = document.getElementById("newest-status");
+    if (!el) return;
+    try {
+      const newest = doc.newest ? await verifyCheckpoint(doc.newest, doc.log_key) : cp;
+      if (!cp || !newest || newest.origin !== cp.origin) throw new Error("not the same log");
+      const behind = newest.size - cp.size;
+      el.dataset.status = behind > 0 ? "behind" : "verified";
+      el.dataset.size = String(newest.size);
+      const size = `${words.dataset.sizeWord} ${newest.size}`;
+      el.textContent = behind > 0 ? `${size}: ${behind} ${words.dataset.behind}` : `${size}, ${words.dataset.same}`;
+    } catch (e) {
+      el.dataset.status = "failed";
+      el.textContent = words.dataset.failed;
+      el.title = String(e.message || e);
+    }
+  }
+
   async function showCosignatures(doc, words) {
     let good = 0;
     for (const vkey of doc.witness_keys || []) {
@@ -304,6 +324,7 @@
       mark(status, false, words);
       status.title = String(e.message || e);
     }
+    await showNewest(doc, cp, words);
     // each cosignature is checked on its own; the quorum counts only on a checkpoint whose
     // log signature verified
     const good = await showCosignatures(doc, words);

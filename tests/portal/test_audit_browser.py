@@ -26,6 +26,22 @@ def _cosig_status(page: Any, name: str) -> str:
     return str(page.get_attribute(f'#witnesses tr[data-witness="{name}"] .cosig', "data-status"))
 
 
+def _with_doc(change: Any) -> Any:
+    """A route handler: the page's checkpoint document changed by ``change(doc)``."""
+
+    def handler(route: Any) -> None:
+        resp = route.fetch()
+        html = resp.text()
+        start = html.index(HOLDER) + len(HOLDER)
+        end = html.index("</script>", start)
+        doc = json.loads(html[start:end])
+        change(doc)
+        body = html[:start] + json.dumps(doc).replace("<", "\\u003c") + html[end:]
+        route.fulfill(response=resp, body=body)
+
+    return handler
+
+
 def _tamper_cosignature(witness: str) -> Any:
     """A route handler: the page's note with one bit of ``witness``'s Ed25519 signature
     flipped (key id and timestamp kept, so the page finds the line and must check it)."""
@@ -60,6 +76,8 @@ def test_witness_cosignatures_verified_and_a_tampered_one_failed_in_the_page(
         federation.ledger.append("operator_note", None, {"note": "cosigned"})
         federation.witnessed()
         person.enrol_and_sign_in("auditor-pboc-weihai", "auditor")
+        federation.witnessed()  # whatever else the federation wrote, cosigned before we look
+        person.go("/audit")
         page.wait_for_selector("body[data-audit-done='1']")
         assert page.get_attribute("#cp-status", "data-status") == "verified"
         for name in WITNESSES:
@@ -69,6 +87,24 @@ def test_witness_cosignatures_verified_and_a_tampered_one_failed_in_the_page(
         assert _cosig_status(page, SILENT_WITNESS) == "missing"
         assert page.get_attribute("#quorum-status", "data-status") == "verified"
         assert page.get_attribute("#quorum-status", "data-good") == str(QUORUM)
+
+        size = page.get_attribute("#newest-status", "data-size")
+        assert page.get_attribute("#newest-status", "data-status") == "verified", size
+
+        # the witnesses behind: an older cosigned checkpoint shown beside the newest one
+        older = federation.witnessed()
+        federation.ledger.append_many([("operator_note", None, {"note": f"n{i}"}) for i in range(3)])  # fmt: skip
+        federation.witnessed()
+        page.route("**/audit", _with_doc(lambda doc: doc.update(checkpoint=older)))
+        try:
+            person.go("/audit")
+            page.wait_for_selector("body[data-audit-done='1']")
+            assert page.get_attribute("#newest-status", "data-status") == "behind"
+            behind = int(page.inner_text("#newest-status").split(":")[1].split()[0])
+            assert behind >= 3  # the three appended (and anything else written meanwhile)
+            assert _cosig_status(page, WITNESSES[0]) == "verified"  # the older one is cosigned too
+        finally:
+            page.unroute("**/audit")
 
         # the export link, clicked in the page: the download passes `fedcredit audit replay`
         # (every entry so far in a checkpoint the witnesses cosigned)
