@@ -15,13 +15,17 @@
    processes on the operator's side, as `fedcredit demo` does; consents, publication and
    activation through the containers) and
    plays the demo story: consent, score, guarantee, refused D, revocation, the
-   enterprise's proofs, the auditor's checkpoint, consistency and replay;
+   enterprise's proofs, the auditor's checkpoint, consistency and replay; then asks the
+   web portal over HTTP from the host and publishes, lists and screens a policy through
+   the policy-fund service, and publishes a bank's product on the marketplace
+   (clients/containers_services.py);
 5. kills one node container: the next score names the node (NODE_UNAVAILABLE); starts
    it again and scores; crashes it (SIGKILL of its process) and waits for the restart
    policy to bring it back;
 6. restarts the platform containers and checks that nothing was lost (the ledger is a
    consistent extension of the checkpoint before, the revoked consent stays revoked,
-   the fund's decisions and the active model are still there);
+   the fund's decisions and the active model are still there, the portal answers, the
+   policy and its awards and the bank's product remain);
 7. brings everything down and removes the volumes (unless ``--keep``).
 
 A failed step exits 1 naming the step; each container's last log lines are printed.
@@ -37,7 +41,7 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,7 @@ from fedcredit.clients.compose import (
     Layout,
     all_services,
     compose_config,
+    compose_organisations,
     node_service,
     write_compose,
 )
@@ -57,7 +62,7 @@ from fedcredit.clients.demo_stage import Demo, DemoFailed
 from fedcredit.common import pki
 from fedcredit.common.config import load_config
 from fedcredit.common.departments import DEPARTMENTS
-from fedcredit.common.deploy import default_organisations, free_port_base
+from fedcredit.common.deploy import free_port_base
 
 PROJECT = "fedcredit-test"
 CONTAINER_UID = 10001  # the image's non-root user (Dockerfile)
@@ -65,7 +70,7 @@ DOCKER = os.environ.get("DOCKER") or (
     "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 )
 COMPOSE = os.environ.get("COMPOSE", "docker-compose").split()
-PLATFORM = ["postgres", "ledger", "consent", "coordinator"]
+PLATFORM = ["postgres", "ledger", "consent", "coordinator", "policies", "market", "portal"]
 
 
 class Cluster:
@@ -78,9 +83,13 @@ class Cluster:
         self.layout: Layout | None = None
         self.healthy_after: dict[str, float] = {}
 
-    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> str:
+    def compose_run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         cmd = [*COMPOSE, "-p", PROJECT, "-f", str(self.dir / "docker-compose.yml"), *args]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.dir)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.dir)
+
+    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> str:
+        res = self.compose_run(*args, timeout=timeout)
+        cmd = [*COMPOSE, "-p", PROJECT, "-f", str(self.dir / "docker-compose.yml"), *args]
         if check and res.returncode != 0:
             raise DemoFailed(f"compose {args[0]}", f"`{' '.join(cmd[-len(args) - 4:])}` exited "
                              f"{res.returncode}: {(res.stderr or res.stdout).strip()[-1500:]}")  # fmt: skip
@@ -111,12 +120,17 @@ class Cluster:
     def health(self, service: str) -> str:
         return _health(self.inspect(service))
 
-    def wait_healthy(self, services: list[str], timeout: float, what: str) -> None:
+    def wait_healthy(
+        self, services: list[str], timeout: float, what: str, abort: Future[None] | None = None
+    ) -> None:
         """Until every service is healthy; the first time records seconds from the
-        container's start (polled every 0.5 s, while compose may still be starting them)."""
+        container's start (polled every 0.5 s, while compose may still be starting them:
+        ``abort``, the job starting them, ends the wait early when it failed)."""
         t0 = time.monotonic()
         pending = set(services)
         while pending:
+            if abort is not None and abort.done() and abort.exception() is not None:
+                abort.result()  # raises the failure of `compose up`
             states = self.states()
             for s in sorted(pending):
                 if _health(states.get(s, {})) == "healthy":
@@ -162,7 +176,7 @@ def prepare(cluster: Cluster) -> Path:
     layout = Layout(loopback_base=free_port_base(40), banks=tuple(cluster.banks))
     cluster.layout = layout
     write_compose(d, layout)
-    orgs = default_organisations(cluster.banks)
+    orgs = compose_organisations(layout)
     pki.init_pki(d / "pki", orgs)
     sec = d / "secrets"
     (sec / "orgs").mkdir(parents=True)
@@ -208,11 +222,32 @@ def up(cluster: Cluster) -> None:
     assert cluster.layout is not None
     services = [s for s in all_services(cluster.layout) if not s.startswith("supernode-")]
     with ThreadPoolExecutor(1) as pool:
-        job = pool.submit(cluster.compose, "up", "-d", "--no-build", *services, timeout=900)
+        job = pool.submit(_up_gated, cluster, services, time.monotonic() + 600)
         try:
-            cluster.wait_healthy(services, 600, "federation up")
+            cluster.wait_healthy(services, 600, "federation up", abort=job)
         finally:
             job.result()
+
+
+def _up_gated(cluster: Cluster, services: list[str], deadline: float) -> None:
+    """`compose up -d` until every service is created. docker-compose 1.29 gives up on a
+    service whose dependency is *unhealthy* at that moment, and on a loaded machine a
+    dependency can be, for a while (three health probes in a row that ran past their
+    30 s timeout at a load average of 50 on 2 cores): it becomes healthy again, or the
+    restart policy restarts it, so `up` is asked again. `up` is idempotent: what runs stays."""
+    while True:
+        res = cluster.compose_run("up", "-d", "--no-build", *services, timeout=900)
+        if res.returncode == 0:
+            return
+        out = (res.stderr or res.stdout).strip()
+        if "is unhealthy" not in out or time.monotonic() > deadline:
+            raise DemoFailed(
+                "compose up", f"`compose up -d` exited {res.returncode}: {out[-1500:]}"
+            )
+        cluster.console.print(
+            f"compose up: a dependency was unhealthy ({out.splitlines()[-2:]}); again"
+        )
+        time.sleep(5.0)
 
 
 def start_supernodes(cluster: Cluster) -> None:
@@ -238,7 +273,7 @@ def start_supernodes(cluster: Cluster) -> None:
             raise DemoFailed("supernodes", f"`flwr supernode register` for {b} failed: "
                              f"{(res.stdout + res.stderr).strip()[-600:]}")  # fmt: skip
     names = [f"supernode-{b}" for b in cluster.banks]
-    cluster.compose("up", "-d", "--no-build", *names, timeout=600)
+    _up_gated(cluster, names, time.monotonic() + 300)
     cluster.wait_healthy(names, 300, "supernodes up")
 
 
@@ -253,6 +288,13 @@ def generate_world(cluster: Cluster, enterprises: int, seed: int) -> Path:
     # this machine; a relative link, so inside the containers (which mount deploy/) it
     # leads nowhere: no service sees the city's files.
     (cluster.dir / "deploy" / "world").symlink_to("../world")
+    # The policy-fund service screens the enterprises of the public registry (codes and
+    # registry attributes only): the operator hands it the registry file.
+    registry = cluster.dir / "deploy" / "registry.csv"
+    shutil.copy(world / "enterprises.csv", registry)
+    os.chown(registry, CONTAINER_UID, CONTAINER_UID)
+    with (cluster.dir / "deploy" / "deployment.toml").open("a", encoding="utf-8") as f:
+        f.write('\n[policies]\nregistry = "registry.csv"\n')
     return world
 
 

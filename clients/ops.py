@@ -8,7 +8,12 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from fedcredit.clients.supervisor import ServiceNotReady, Supervisor, service_specs
+from fedcredit.clients.supervisor import (
+    ServiceNotReady,
+    Supervisor,
+    portal_healthy,
+    service_specs,
+)
 from fedcredit.common.cliutil import console, fail, output, user_errors
 from fedcredit.common.config import load_config
 from fedcredit.common.errors import ConfigError
@@ -151,7 +156,7 @@ def probe(
         typer.Option(
             "--service",
             envvar="FEDCREDIT_SERVICE",
-            help="ledger, consent, coordinator or node-<department>.",
+            help="ledger, consent, coordinator, policies, portal or node-<department>.",
         ),
     ] = "",
     as_org: Annotated[
@@ -172,6 +177,9 @@ def probe(
     as_json: JsonOpt = False,
 ) -> None:
     """Health-check one service over mTLS (exit 0 when SERVING): for container health checks.
+
+    The portal is asked over HTTP(S) for its /healthz (HTTPS checked against the CA when
+    its [portal] tls is set).
 
     The image's HEALTHCHECK runs it bare: the container's FEDCREDIT_CONFIG,
     FEDCREDIT_SERVICE and FEDCREDIT_ORG say what to check and as whom."""
@@ -195,7 +203,11 @@ def probe(
                 f"no service {service!r} in {config}; expected one of {', '.join(specs)}"
             )
         spec = specs[service]
-        ok = check_health(spec.address, dep.tls(as_org), server_org=spec.org_id, timeout=timeout)
+        if spec.name == "portal":  # HTTP(S): its /healthz, no client certificate
+            ok = portal_healthy(dep, spec.address, timeout=timeout)
+        else:
+            ok = check_health(spec.address, dep.tls(as_org), server_org=spec.org_id,
+                              timeout=timeout)  # fmt: skip
     output({"service": service, "address": spec.address, "serving": ok}, as_json)
     raise typer.Exit(0 if ok else 1)
 

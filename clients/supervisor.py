@@ -84,6 +84,11 @@ def service_specs(dep: Deployment) -> list[ServiceSpec]:
         specs.append(
             ServiceSpec("policies", s.org_id, s.address, ("policy", "serve", "--config", cfg))
         )
+    if "market" in dep.services:
+        s = dep.services["market"]
+        specs.append(
+            ServiceSpec("market", s.org_id, s.address, ("market", "serve", "--config", cfg))
+        )
     if isinstance(dep.raw.get("portal"), dict) and "address" in dep.raw["portal"]:
         p = dep.raw["portal"]
         specs.append(
@@ -93,13 +98,30 @@ def service_specs(dep: Deployment) -> list[ServiceSpec]:
     return specs
 
 
-def _http_ok(url: str) -> bool:
+def portal_healthy(dep: Deployment, address: str, timeout: float = 1.0) -> bool:
+    """``GET /healthz`` of the portal answers ``ok``: plain HTTP, or HTTPS checked against
+    the deployment's CA when ``[portal] tls`` is set (the portal's certificate names
+    127.0.0.1). A wildcard bind address (a container's) is asked on loopback; no proxy is
+    consulted, whatever the environment says."""
+    import ssl
     import urllib.request
 
+    host, _, port = address.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        host = "127.0.0.1"
+    portal = dep.raw.get("portal")
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    scheme = "http"
+    if isinstance(portal, dict) and portal.get("tls") is True:
+        org = str(portal.get("org", "portal"))
+        ctx = ssl.create_default_context(cafile=str(dep.tls(org).ca))
+        handlers.append(urllib.request.HTTPSHandler(context=ctx))
+        scheme = "https"
+    opener = urllib.request.build_opener(*handlers)
     try:
-        with urllib.request.urlopen(url, timeout=1.0) as r:
-            return bool(r.status == 200)
-    except OSError:
+        with opener.open(f"{scheme}://{host}:{port}/healthz", timeout=timeout) as r:
+            return bool(r.status == 200 and r.read(16).strip() == b"ok")
+    except (OSError, ValueError, ssl.SSLError):
         return False
 
 
@@ -297,7 +319,7 @@ class Supervisor:
     def healthy(self, spec: ServiceSpec) -> bool:
         """The gRPC health check; the portal (HTTP) answers ``GET /healthz``."""
         if spec.name == "portal":
-            return _http_ok(f"http://{spec.address}/healthz")
+            return portal_healthy(self.dep, spec.address)
         return check_health(spec.address, self.operator_tls, server_org=spec.org_id, timeout=1.0)
 
     def pid(self, name: str) -> int | None:

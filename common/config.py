@@ -46,7 +46,7 @@ from fedcredit.common.departments import BY_ID, ROLES
 from fedcredit.common.errors import ConfigError, NotFound
 from fedcredit.common.tls import TlsFiles
 
-SERVICE_NAMES = ("consent", "ledger", "coordinator", "policies")
+SERVICE_NAMES = ("consent", "ledger", "coordinator", "policies", "market")
 SETTINGS_SECTIONS = (
     "consent", "ledger", "node", "coordinator", "fund", "training", "demo", "portal",
     "policies",

@@ -52,8 +52,8 @@ def default_organisations(banks: list[str]) -> list[tuple[str, str]]:
     ]
 
 
-# A local deployment also runs the web portal and the policy-fund service (containers do
-# not yet).
+# Besides the federation's own organisations, a deployment runs the web portal and the
+# policy-fund service, each with a certificate of its own (local and compose alike).
 LOCAL_EXTRA_ORGS: list[tuple[str, str]] = [("portal", "portal"), ("policies", "policy")]
 
 

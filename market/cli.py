@@ -1,6 +1,7 @@
 """Marketplace commands.
 
-* ``fedcredit market serve --db URL --pki DIR --ledger HOST:PORT [--coordinator HOST:PORT]``
+* ``fedcredit market serve --config deployment.toml`` (its ``[services.market]``), or
+  ``fedcredit market serve --db URL --pki DIR --ledger HOST:PORT [--coordinator HOST:PORT]``,
   runs the MarketService (mTLS, org ``market``); every change goes to the central ledger;
 * ``fedcredit bank market products|publish|needs|claim|offer|reveal|loan|loans`` (``--as BANK``);
 * ``fedcredit enterprise market post|need|release|accept|decline|withdraw|loans`` (``--as CODE``).
@@ -16,13 +17,16 @@ import contextlib
 import json
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from fedcredit.common.cliutil import output, user_errors
+from fedcredit.common.errors import ConfigError
 from fedcredit.common.pki import org_files
+from fedcredit.common.tls import TlsFiles
 
 DEFAULT_ADDRESS = "127.0.0.1:7450"
 
@@ -53,11 +57,17 @@ def _show(data: Any, as_json: bool) -> None:
 
 @serve_app.command("serve")
 def serve(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="The deployment file: its [services.market] (org, "
+                     "address, database), the ledger's, the coordinator's and the consent "
+                     "service's addresses (and the consent issuer)."),
+    ] = None,
     db: Annotated[
         str, typer.Option("--db", help="Database URL (sqlite:///... or postgresql://...).")
-    ],
-    pki: PkiOpt,
-    ledger: Annotated[str, typer.Option("--ledger", help="The central ledger's host:port.")],
+    ] = "",
+    pki: Annotated[Path | None, typer.Option("--pki", help="The deployment's PKI folder.")] = None,
+    ledger: Annotated[str, typer.Option("--ledger", help="The central ledger's host:port.")] = "",
     coordinator: Annotated[
         str, typer.Option("--coordinator", help="The coordinator's host:port.")
     ] = "",
@@ -77,8 +87,9 @@ def serve(
     consent_org: Annotated[
         str, typer.Option("--consent-org", help="The consent service's organisation id.")
     ] = "consent-service",
-) -> None:
-    """Run the marketplace until SIGTERM/SIGINT."""
+) -> None:  # fmt: skip
+    """Run the marketplace until SIGTERM/SIGINT: from the deployment file (``--config``), or
+    from ``--db``, ``--pki`` and ``--ledger``."""
     with user_errors():
         from fedcredit.coordinator.client import CoordinatorClient
         from fedcredit.ledger.client import LedgerClient
@@ -87,23 +98,25 @@ def serve(
         from fedcredit.market.servicer import serve as start
         from fedcredit.market.store import MarketStore
 
-        tls = org_files(pki, org)
+        s = _settings(config, _Serve(db, pki, ledger, coordinator, address, org, consent,
+                                     issuer, consent_org))  # fmt: skip
+        tls = s.tls()
         guarantees = (
-            CoordinatorGuarantees(CoordinatorClient(coordinator, tls)) if coordinator else None
+            CoordinatorGuarantees(CoordinatorClient(s.coordinator, tls)) if s.coordinator else None
         )
-        market = Marketplace(MarketStore(db), LedgerClient(ledger, tls), guarantees=guarantees)
+        market = Marketplace(MarketStore(s.db), LedgerClient(s.ledger, tls), guarantees=guarantees)
         market.flush()  # events a crash or an outage left unpublished
         delegation = None
-        if consent:
+        if s.consent:
             from fedcredit.consent.passkey_client import RemoteDelegationVerifier
             from fedcredit.consent.settings import default_issuer
 
             delegation = RemoteDelegationVerifier(
-                consent_address=consent, tls=tls, server_org=consent_org,
-                issuer=issuer or default_issuer(consent_org), audience=org,
+                consent_address=s.consent, tls=tls, server_org=s.consent_org,
+                issuer=s.issuer or default_issuer(s.consent_org), audience=s.org,
             )  # fmt: skip
         server, port = start(
-            market, address, tls, delegation=delegation.verifier if delegation else None
+            market, s.address, tls, delegation=delegation.verifier if delegation else None
         )
         typer.echo(f"marketplace serving on port {port}")
         stop = threading.Event()
@@ -111,6 +124,53 @@ def serve(
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
         server.stop(5).wait()
+
+
+@dataclass(frozen=True)
+class _Serve:
+    """What `market serve` runs with (the flags, or the deployment file's values)."""
+
+    db: str
+    pki: Path | None
+    ledger: str
+    coordinator: str
+    address: str
+    org: str
+    consent: str
+    issuer: str
+    consent_org: str
+    files: TlsFiles | None = None
+
+    def tls(self) -> TlsFiles:
+        if self.files is not None:
+            return self.files
+        assert self.pki is not None  # _settings checked it
+        return org_files(self.pki, self.org)
+
+
+def _settings(config: Path | None, flags: _Serve) -> _Serve:
+    """With ``--config``: the deployment's [services.market], the ledger, and when the
+    deployment has them the coordinator and the consent service (its issuer from
+    [consent]). Without it the flags, of which --db, --pki and --ledger are required."""
+    if config is None:
+        missing = [f for f, v in (("--db", flags.db), ("--pki", flags.pki),
+                                  ("--ledger", flags.ledger)) if not v]  # fmt: skip
+        if missing:
+            raise ConfigError(f"expected --config, or {', '.join(missing)} with the other flags")
+        return flags
+    from fedcredit.common.config import load_config
+    from fedcredit.consent.settings import ConsentSettings
+
+    dep = load_config(config)
+    me = dep.service("market")
+    coord = dep.services.get("coordinator")
+    cons = dep.services.get("consent")
+    return _Serve(
+        me.database, None, dep.service("ledger").address, coord.address if coord else "",
+        me.address, me.org_id, cons.address if cons else "",
+        ConsentSettings.from_deployment(dep).issuer if cons else "",
+        cons.org_id if cons else "consent-service", dep.tls(me.org_id),
+    )  # fmt: skip
 
 
 @bank_app.command("publish")
