@@ -82,6 +82,7 @@ class Cluster:
         self.console = console
         self.layout: Layout | None = None
         self.healthy_after: dict[str, float] = {}
+        self.load_when_up: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def compose_run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         cmd = [*COMPOSE, "-p", PROJECT, "-f", str(self.dir / "docker-compose.yml"), *args]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -80,6 +81,7 @@ def run(cluster: Cluster, args: argparse.Namespace, console: Console) -> None:
     with demo.step("Bring the federation up in containers, each service health-gated"):
         t0 = time.monotonic()
         up(cluster)
+        cluster.load_when_up = os.getloadavg()
         console.print(
             f"{len(cluster.healthy_after)} containers healthy in {time.monotonic() - t0:.0f} s"
         )
@@ -255,9 +257,11 @@ def _bench(cluster: Cluster, path: Path, console: Console) -> None:
     sizes = image_sizes()
     floor = start_floor()
     t = Table(title="containers: image size and start-to-healthy")
-    t.add_row("floor: `docker run` of the image importing the CLI, to exit", f"{floor:.1f} s")
     t.add_column("what")
     t.add_column("value", justify="right")
+    t.add_row("floor: `docker run` of the image importing the CLI, to exit", f"{floor:.1f} s")
+    t.add_row("load average (1, 5, 15 min) when the federation was healthy",
+              ", ".join(f"{x:.1f}" for x in cluster.load_when_up))  # fmt: skip
     for image, size in sizes.items():
         t.add_row(f"image {image}", f"{size / 1e6:,.0f} MB")
     for svc, secs in sorted(cluster.healthy_after.items()):
@@ -268,7 +272,11 @@ def _bench(cluster: Cluster, path: Path, console: Console) -> None:
         "benchmark": "containers",
         "note": "first `compose up` of the loopback test federation on this machine; "
                 "start-to-healthy = container StartedAt to the first time Docker reports it "
-                "healthy (health probes every 10 s in the test layout, so a 10 s resolution; load average 13-106 on the shared 2-core machine)",
+                "healthy (health probes every 10 s in the test layout, so a 10 s resolution); "
+                "the SuperNodes start after the rest is healthy; the machine has 2 cores, "
+                "shared with other sessions: its load average when the federation was "
+                "healthy is recorded beside",
+        "load_average_when_up": [round(x, 1) for x in cluster.load_when_up],
         "image_bytes": sizes,
         "floor_run_import_seconds": floor,
         "start_to_healthy_seconds": cluster.healthy_after,
