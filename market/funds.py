@@ -64,7 +64,7 @@ def publish_fund(
             {"fund_id": fund.fund_id},
         )
 
-    return m._change(operator.org_id, request_id, {"fund": dict(spec)}, apply)
+    return m._change(operator, request_id, {"fund": dict(spec)}, apply)
 
 
 def funds(m: Marketplace) -> list[dict[str, Any]]:
@@ -116,7 +116,7 @@ def apply_to_fund(
                    "consent_id": consent_id}  # fmt: skip
         return Event("market_fund", ent.org_id, payload, {"app_id": app_id, "state": "SUBMITTED"})
 
-    return m._change(ent.org_id, request_id, {"fund": fund_id, "a": amount, "c": consent_id}, apply)
+    return m._change(ent, request_id, {"fund": fund_id, "a": amount, "c": consent_id}, apply)
 
 
 def _app(c: Connection, m: Marketplace, app_id: str, lock: bool = False) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def review(m: Marketplace, manager: Identity, app_id: str, token: str) -> dict[s
         return Event("market_reveal", row["enterprise"], {"event": "fund_review", "app_id": app_id,
                      "manager": manager.org_id, "jti": v.jti}, profile)  # fmt: skip
 
-    m._change(manager.org_id, f"review:{app_id}:{v.jti}:{v.uses}", {"review": app_id}, apply)
+    m._change(manager, f"review:{app_id}:{v.jti}:{v.uses}", {"review": app_id}, apply)
     return profile
 
 
@@ -200,7 +200,7 @@ def track(
         return Event("market_fund", row["enterprise"], payload, {"app_id": app_id, "state": nxt})
 
     params = {"app": app_id, "e": event, "r": reason, "a": amount, "m": milestone}
-    return m._change(manager.org_id, request_id, params, apply)
+    return m._change(manager, request_id, params, apply)
 
 
 def withdraw(m: Marketplace, ent: Identity, request_id: str, app_id: str) -> dict[str, Any]:
@@ -216,7 +216,7 @@ def withdraw(m: Marketplace, ent: Identity, request_id: str, app_id: str) -> dic
         return Event("market_fund", ent.org_id, {"event": "fund_withdraw", "app_id": app_id},
                      {"app_id": app_id, "state": nxt})  # fmt: skip
 
-    return m._change(ent.org_id, request_id, {"withdraw": app_id}, apply)
+    return m._change(ent, request_id, {"withdraw": app_id}, apply)
 
 
 def require_manager(m: Marketplace, who: Identity, fund_id: str) -> None:

@@ -98,7 +98,7 @@ class LoanBook:
 
         params = {"loan": loan_id, "event": event, "amount": amount,
                   "app": guarantee.application_id if guarantee else ""}  # fmt: skip
-        return self.m._change(bank.org_id, request_id, params, apply)
+        return self.m._change(bank, request_id, params, apply)
 
     def _effects(
         self, row: Mapping[str, Any], event: str, nxt: str, amount: int, g: GuaranteeView | None

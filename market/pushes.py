@@ -179,4 +179,4 @@ def offer_on_lead(
         )
 
     params = {"lead": lead_id, "a": amount, "t": term_months, "r": rate_bp}
-    return market._change(bank.org_id, request_id, params, apply)
+    return market._change(bank, request_id, params, apply)

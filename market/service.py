@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
@@ -149,17 +149,24 @@ class Marketplace:
 
     def _change(
         self,
-        actor: str,
+        actor: str | Identity,
         request_id: str,
         params: Mapping[str, Any],
         apply: Callable[[Connection], Event],
     ) -> dict[str, Any]:
-        """Run ``apply`` once per request id, in one transaction with its event; ledger it."""
-        key = _key(actor, request_id)
+        """Run ``apply`` once per request id, in one transaction with its event; ledger it.
+        An organisation acting through the portal (``actor.via``) is ledgered so: the event
+        carries ``"via": "portal"`` (a person's delegated session, not its own certificate)."""
+        org = actor if isinstance(actor, str) else actor.org_id
+        via = "" if isinstance(actor, str) else actor.via
+        key = _key(org, request_id)
         with self.store.tx() as c:
             stored = self.store.replay(c, key, params)
             if stored is None:
-                stored = self.store.record(c, key, params, apply(c))
+                ev = apply(c)
+                if via:
+                    ev = replace(ev, payload={**ev.payload, "via": via})
+                stored = self.store.record(c, key, params, ev)
         index = 0 if self.defer_publish else self.publish(stored)
         return {**stored.result, "ledger_index": index, "replayed": stored.replayed}
 
@@ -184,7 +191,7 @@ class Marketplace:
                 {"product_id": product.product_id},
             )
 
-        return self._change(bank.org_id, request_id, {"product": dict(spec)}, apply)
+        return self._change(bank, request_id, {"product": dict(spec)}, apply)
 
     def products(
         self, bank: str | None = None, conn: Connection | None = None
@@ -250,7 +257,7 @@ class Marketplace:
             return Event("market_need", enterprise.org_id, payload, {"need_id": need_id})
 
         params = {"amount": amount, "term": term_months, "purpose": purpose}
-        return self._change(enterprise.org_id, request_id, params, apply)
+        return self._change(enterprise, request_id, params, apply)
 
     def open_needs(self, bank: Identity, limit: int = 100) -> list[dict[str, Any]]:
         """What a bank sees of the needs it may claim: bands only (see module docstring)."""
@@ -359,7 +366,7 @@ class Marketplace:
             return Event("market_need", row["enterprise"], payload,
                          {"need_id": need_id, "state": "CLAIMED", "claim_until": until})  # fmt: skip
 
-        return self._change(bank.org_id, request_id, {"claim": need_id}, apply)
+        return self._change(bank, request_id, {"claim": need_id}, apply)
 
     def _check_claimable(
         self, c: Connection, bank: str, row: Mapping[str, Any], prof: rules.Profile
@@ -410,7 +417,7 @@ class Marketplace:
             )
 
         params = {"offer": need_id, "product": product_id, "rate": rate_bp}
-        return self._change(bank.org_id, request_id, params, apply)
+        return self._change(bank, request_id, params, apply)
 
     def _own_live_claim(self, bank: str, row: Mapping[str, Any]) -> None:
         if row["bank"] != bank or row["state"] not in ("CLAIMED", "OFFERED"):
@@ -451,9 +458,7 @@ class Marketplace:
                 "market_need", enterprise.org_id, payload, {"need_id": need_id, "bank": row["bank"]}
             )
 
-        return self._change(
-            enterprise.org_id, request_id, {"release": need_id, "c": consent_id}, apply
-        )
+        return self._change(enterprise, request_id, {"release": need_id, "c": consent_id}, apply)
 
     def reveal(self, bank: Identity, need_id: str, token: str) -> dict[str, Any]:
         """Identity and score, to the claim's bank, under the enterprise's marketplace consent
@@ -519,7 +524,7 @@ class Marketplace:
             return Event("market_need", enterprise.org_id, payload, result)
 
         params = {"answer": need_id, "accept": accept}
-        return self._change(enterprise.org_id, request_id, params, apply)
+        return self._change(enterprise, request_id, params, apply)
 
     def _open_loan(self, c: Connection, row: Mapping[str, Any]) -> str:
         offer = row["offer"]
@@ -552,7 +557,7 @@ class Marketplace:
             return Event("market_need", enterprise.org_id,
                          {"event": "need_withdrawn", "need_id": need_id}, {"need_id": need_id, "state": nxt})  # fmt: skip
 
-        return self._change(enterprise.org_id, request_id, {"withdraw": need_id}, apply)
+        return self._change(enterprise, request_id, {"withdraw": need_id}, apply)
 
     def sweep(self) -> int:
         """Reopen needs whose claim or offer lapsed, each a ledgered ``need_lapsed`` event."""

@@ -157,6 +157,33 @@ def test_enterprise_declines_and_withdraws(
         assert own.need(need)["state"] == "WITHDRAWN"
 
 
+def test_every_act_through_the_portal_is_ledgered_via_the_portal(
+    federation: Federation, mk: Market, ent_v: Visitor, bank_v: Visitor
+) -> None:
+    """Review of issue 19: an act a person did through the portal (under a delegation
+    ticket) is ledgered as the organisation's, with ``"via": "portal"``, like the
+    coordinator's; an act over the organisation's own certificate carries no ``via``."""
+    import json
+
+    ent = ENTS[1]
+    enrolled(federation, ent_v, ent)
+    form(ent_v, "/market/needs", amount="200000", term_months="6", purpose="refinancing",
+         request_id="via-1")  # fmt: skip
+    with mk.as_org(ent) as own:
+        need = next(n["need_id"] for n in own.my_needs() if n.get("purpose") == "refinancing")
+    form(bank_v, "/market/claim", need_id=need)
+    form(bank_v, "/market/offer", need_id=need, product_id="wc1", rate_bp="450")
+    with mk.as_org(ent) as own:  # the enterprise's own certificate, not the portal
+        own.withdraw(need, request_id="via-own")
+    log = mk.env.log
+    about = [json.loads(e.data) for e in log.entries_by_subject(ent, log.size)]
+    events = {p["payload"]["event"]: p["payload"] for p in about if p["payload"].get("need_id") == need}  # fmt: skip
+    for event in ("need_posted", "need_claimed", "offer_made"):
+        assert events[event].get("via") == "portal", (event, events[event])
+    assert events["need_claimed"]["bank"] == BANK
+    assert "via" not in events["need_withdrawn"]
+
+
 def test_every_market_form_refuses_without_csrf(
     federation: Federation, mk: Market, ent_v: Visitor
 ) -> None:
