@@ -352,8 +352,16 @@ class PolicyServicer(
 
     @handle_errors
     def PublishPolicy(self, request: Any, context: Any) -> Any:
-        _allow(self._acting(context), PUBLISHERS, "publishing a policy")
+        caller = self._acting(context)
+        _allow(caller, PUBLISHERS, "publishing a policy")
         policy = policy_from_pb(request)
+        if caller.role == "department" and policy.department != caller.org_id:
+            # a department publishes in its own name only (the operator for any department)
+            raise RoleNotAllowed(
+                f"{caller.org_id} publishes policies as itself; the policy names department "
+                f"{policy.department[:64]!r}",
+                role=caller.role,
+            )
         self.store.publish(policy, self.clock(), self.append)
         return rule_to_pb(rules.check_rule(policy.rule))
 

@@ -62,10 +62,12 @@ def test_policy_service_end_to_end(city: City, pki: Pki, tmp_path: Path) -> None
             bank.publish(_msg())
         with pytest.raises(InvalidPolicy):
             dept.publish(_msg(opens="2026-13-01"))
-        plan = dept.publish(_msg())
+        with pytest.raises(RoleNotAllowed):  # a department publishes in its own name only
+            dept.publish(_msg())
+        plan = op.publish(_msg())  # the operator, for the commerce bureau
         assert [c.evaluated_by for c in plan.clauses] == ["customs", "platform"]
         with pytest.raises(PolicyExists):
-            dept.publish(_msg())
+            op.publish(_msg())
         assert [p.id for p in bank.policies()] == ["auto-export-01"]
         with pytest.raises(RoleNotAllowed):
             bank.run_screening("2026-03-01")
@@ -117,6 +119,7 @@ def test_applications_over_grpc(pki: Pki, tmp_path: Path) -> None:
         op = client("operator", "operator")
         lead = client("development-reform", "department")
         lead.publish(_msg(id="app-growth-01", mode="application", rule="platform.rating == 'A'",
+                          department="development-reform",
                           reviewers=["development-reform", "finance"],
                           fields=["project_name"]))  # fmt: skip
         import random

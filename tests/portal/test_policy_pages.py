@@ -293,3 +293,29 @@ def test_the_service_limits_what_the_portal_may_do(federation: Federation, pol: 
             as_ent.review("any", True)
         with pytest.raises(RoleNotAllowed):  # the portal never acts as the operator
             raw.delegated(federation.delegate(op_session.ticket, "policies")).pay_due()
+
+
+def test_a_department_publishes_only_in_its_own_name(federation: Federation, pol: Policies) -> None:
+    """Review of issue 19: the policy's ``department`` comes from the request body; a
+    department (through the portal's delegation ticket, or over its own certificate) must
+    not publish a policy in another department's name. Nothing is published or ledgered."""
+    from fedcredit.policies.errors import UnknownPolicy
+    from fedcredit.v1 import policies_pb2
+
+    session, _ = federation.signed_in(LEAD, "department")
+    msg = policies_pb2.PolicyMessage(
+        id="forged-co-01", title="Not ours", department=CO, mode="automatic",
+        amount_yuan=1000, budget_yuan=100_000, opens=f"{YEAR}-01-01", closes=f"{YEAR}-12-31",
+        rule="platform.rating != 'D'",
+    )  # fmt: skip
+    size = pol.ledger.size
+    with PolicyClient(pol.address, federation.pki.tls("portal"), server_org="policies") as raw:
+        as_lead = raw.delegated(federation.delegate(session.ticket, "policies"))
+        with pytest.raises(RoleNotAllowed) as got:
+            as_lead.publish(msg)
+    assert LEAD in got.value.message
+    with pol.as_org(LEAD, "department") as own, pytest.raises(RoleNotAllowed):
+        own.publish(msg)
+    with pytest.raises(UnknownPolicy):
+        pol.store.policy("forged-co-01")
+    assert pol.ledger.size == size
