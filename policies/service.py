@@ -122,6 +122,14 @@ class Acting:
     def _acting(self, context: Any) -> Identity:
         return acting(context, self.delegation)
 
+    def _append_as(self, who: Identity) -> Any:
+        """The ledger append for an act of ``who``: an act through the portal (a person's
+        delegated session) is ledgered with ``"via": "portal"``, like the coordinator's."""
+        base: Any = self.append  # type: ignore[attr-defined]
+        if not who.via:
+            return base
+        return lambda items: base([(k, sub, {**p, "via": who.via}) for k, sub, p in items])
+
 
 class ApplicationServicer(Acting):
     """The application RPCs, mixed into :class:`PolicyServicer` (one service)."""
@@ -131,8 +139,12 @@ class ApplicationServicer(Acting):
     clock: Callable[[], float]
     nodes: Mapping[str, screening.NodeScreener]
 
-    def _step(self, app_id: str, fn: Callable[[approval.Application], approval.Application]) -> Any:
-        return application_to_pb(self.store.step(app_id, fn, self.append))
+    def _step(
+        self, app_id: str, fn: Callable[[approval.Application], approval.Application],
+        who: Identity | None = None,
+    ) -> Any:  # fmt: skip
+        append = self.append if who is None else self._append_as(who)
+        return application_to_pb(self.store.step(app_id, fn, append))
 
     @handle_errors
     def Apply(self, request: Any, context: Any) -> Any:
@@ -147,8 +159,8 @@ class ApplicationServicer(Acting):
         amount = self._formula_amount(policy, caller.org_id) if policy.benefit_formula else None
         app = approval.apply(policy, request.application_id, caller.org_id, fields, docs, now,
                              amount)  # fmt: skip
-        self.store.submit(app, self.append)
-        return self._step(app.id, lambda a: approval.push(a, policy, now))
+        self.store.submit(app, self._append_as(caller))
+        return self._step(app.id, lambda a: approval.push(a, policy, now), caller)
 
     def _formula_amount(self, policy: rules.Policy, enterprise: str) -> int:
         """The policy's formula for one applicant, asked of its department as booleans."""
@@ -189,14 +201,14 @@ class ApplicationServicer(Acting):
         policy = self.store.policy(app.policy)
         now = self.clock()
         return self._step(app.id, lambda a: approval.review(
-            a, policy, caller.org_id, request.approve, now))  # fmt: skip
+            a, policy, caller.org_id, request.approve, now), caller)  # fmt: skip
 
     @handle_errors
     def Object(self, request: Any, context: Any) -> Any:
         caller = self._acting(context)
         now = self.clock()
         return self._step(request.application_id, lambda a: approval.lodge_objection(
-            a, caller.org_id, request.reason, now))  # fmt: skip
+            a, caller.org_id, request.reason, now), caller)  # fmt: skip
 
     @handle_errors
     def ResolveObjection(self, request: Any, context: Any) -> Any:
@@ -302,7 +314,7 @@ class ProgressServicer(Acting):
             raise InvalidPolicy("an indicator appears twice", field="indicators")
         ev = progress.evaluation(request.policy_id, caller.org_id, request.period,
                                  values, request.narrative, self.clock())  # fmt: skip
-        self.store.report_progress(ev, self.append)
+        self.store.report_progress(ev, self._append_as(caller))
         return progress_to_pb(ev)
 
     @handle_errors
@@ -362,7 +374,7 @@ class PolicyServicer(
                 f"{policy.department[:64]!r}",
                 role=caller.role,
             )
-        self.store.publish(policy, self.clock(), self.append)
+        self.store.publish(policy, self.clock(), self._append_as(caller))
         return rule_to_pb(rules.check_rule(policy.rule))
 
     @handle_errors
@@ -409,7 +421,9 @@ class PolicyServicer(
         caller = self._acting(context)
         _allow(caller, frozenset({"enterprise"}), "declining a benefit")
         return award_to_pb(
-            self.store.decline(request.policy_id, caller.org_id, self.clock(), self.append)
+            self.store.decline(
+                request.policy_id, caller.org_id, self.clock(), self._append_as(caller)
+            )
         )
 
     @handle_errors

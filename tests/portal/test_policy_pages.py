@@ -231,6 +231,19 @@ def test_application_joint_review_and_progress(
     assert ev.indicators == {"revenue_yuan": 850_000.0, "employees": 23.0}
     tracking = v1.get("/policy/tracking")
     assert tracking.status_code == 200 and "kiln commissioned" in tracking.text
+    # every act through the portal is ledgered as the organisation's, via the portal; the
+    # operator's own steps (its certificate) are not
+    import json
+
+    log = pol.ledger
+    mine = [json.loads(e.data) for e in log.get_entries(0, log.size)]
+    mine = [e for e in mine if e["payload"].get("policy") == "tech-loan"]
+    by = {(e["kind"], e["payload"].get("event", "")): e["payload"] for e in mine}
+    for key in [("policy_published", ""), ("policy_application", "submit"),
+                ("policy_application", f"review:{LEAD}:approve"),
+                ("policy_application", f"review:{CO}:approve"), ("policy_self_evaluation", "")]:  # fmt: skip
+        assert by[key].get("via") == "portal", (key, by.get(key))
+    assert "via" not in by[("policy_application", "pay")]
 
 
 def test_every_policy_form_refuses_without_csrf(
