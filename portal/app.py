@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
@@ -17,6 +18,7 @@ from fedcredit.portal.model_pages import MODEL_ROUTES
 from fedcredit.portal.ops_pages import OPS_ROUTES
 from fedcredit.portal.policy_pages import POLICY_ROUTES
 from fedcredit.portal.routes import ROUTES
+from fedcredit.portal.security import BodyLimit
 from fedcredit.portal.settings import PortalSettings
 from fedcredit.portal.watch import Watch
 from fedcredit.portal.web import HERE, Portal
@@ -43,7 +45,9 @@ def build_app(
             *OPS_ROUTES,
             *POLICY_ROUTES,
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
-        ]
+        ],
+        # every request body is bounded before anything parses it (CSRF check included)
+        middleware=[Middleware(BodyLimit)],
     )
     app.state.portal = portal
     app.state.watch = watch

@@ -18,6 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fedcredit.common.errors import InvalidArgument
+
 # Content-Security-Policy: scripts and styles from the portal only, no inline code, no
 # framing, forms post to the portal only (W3C CSP Level 3).
 CSP = (
@@ -139,3 +144,54 @@ class RateLimiter:
             if len(self._buckets) > 100_000:  # bounded memory under a spray of keys
                 self._buckets.clear()
             return True, 0
+
+
+# The largest request body the portal reads: a batch CSV (2 MiB) or a policy application's
+# attachments (1 MB) with their multipart framing. Checked before anything is parsed (and
+# so before the CSRF check, which may need the form): a bigger body is refused unread.
+MAX_BODY_BYTES = 3 * 1024 * 1024
+
+
+class BodyTooLarge(InvalidArgument):
+    """A request body over :data:`MAX_BODY_BYTES` (HTTP 413); nothing was read or changed."""
+
+    reason = "PORTAL_REQUEST_TOO_LARGE"
+
+
+def _too_large(got: str) -> BodyTooLarge:
+    return BodyTooLarge(f"expected a request body of at most {MAX_BODY_BYTES:,} bytes, got {got}")
+
+
+def too_large_response(exc: BodyTooLarge) -> JSONResponse:
+    return JSONResponse({"error": exc.reason, "message": exc.message}, 413, headers=SECURITY_HEADERS)  # fmt: skip
+
+
+class BodyLimit:
+    """ASGI middleware: a declared ``Content-Length`` over the limit is answered 413 at
+    once; an undeclared (chunked) body raises :class:`BodyTooLarge` from ``receive`` as
+    soon as it passes the limit, which the POST wrapper answers the same way."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared and (not declared.isdigit() or int(declared) > self.max_bytes):
+            got = f"{int(declared):,}" if declared.isdigit() else f"{declared[:20]!r}"
+            await too_large_response(_too_large(got))(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _too_large(f"more ({seen:,} so far)")
+            return msg
+
+        await self.app(scope, limited, send)

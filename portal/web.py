@@ -28,10 +28,12 @@ from fedcredit.portal.backend import Backend
 from fedcredit.portal.batches import Jobs
 from fedcredit.portal.security import (
     SECURITY_HEADERS,
+    BodyTooLarge,
     RateLimiter,
     Session,
     Sessions,
     csrf_ok,
+    too_large_response,
 )
 from fedcredit.portal.settings import PortalSettings
 
@@ -143,7 +145,10 @@ def post(handler: Callable[[Portal, Request, Session, dict[str, Any]], Awaitable
     async def endpoint(request: Request) -> Response:
         portal: Portal = request.app.state.portal
         s, _ = portal.session(request)
-        data = await form_or_json(request)
+        try:
+            data = await form_or_json(request)
+        except BodyTooLarge as exc:  # refused unread (security.BodyLimit), nothing changed
+            return too_large_response(exc)
         sent = request.headers.get("x-csrf-token") or str(data.get("csrf", ""))
         wants_json = "application/json" in request.headers.get("accept", "")
         if not csrf_ok(s, sent):
