@@ -29,7 +29,9 @@ ARGS = {"training": ["--skip-strong"]}
 # Run only when named (`python -m bench.run_all training_city`): the synthetic-city training
 # comparison takes 5-8 minutes alone; `make bench` shows the rows of its last run.
 # training_rounds starts a Deployment Engine of 7 banks and trains 5 runs (~7 minutes).
-SEPARATE = {"training_city", "training_rounds"}
+# training_privacy trains 60 private models on FATE and on a generated 40,000-firm city
+# (~8 minutes on the shared machine).
+SEPARATE = {"training_city", "training_rounds", "training_privacy"}
 
 
 def modules() -> list[str]:
