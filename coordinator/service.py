@@ -502,6 +502,10 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         rnd = 0
         while items:
             rnd += 1
+            if rnd > 1 and bank.via:
+                # a stream opened through the portal lives no longer than the delegation
+                # ticket it was opened with (nor the passkey): checked again each round
+                bank = await acting_bank(self.app, context, "WatchRatings")
             results = await self.app.scorer.score_many(bank, items, "post_loan_monitoring")
             still: list[ScoreItem] = []
             for it, res in zip(items, results, strict=True):

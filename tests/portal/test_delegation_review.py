@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy import update
 
 from fedcredit.common import uscc
+from fedcredit.common.tls import Identity
 from fedcredit.consent import passkey_errors as P
 from fedcredit.consent.passkey_client import PasskeyClient
-from tests.portal.conftest import Federation
+from tests.portal.conftest import Federation, Scoring
 from tests.portal.test_portal_http import enrolled
 from tests.portal.webclient import Visitor
 
@@ -126,3 +127,35 @@ def test_an_oversized_body_is_refused_unread(federation: Federation, chunked: bo
         # a body within the limit still gets its ordinary answer (here: no CSRF token)
         ok = c.post("/signin/begin", content=b'{"org": "x"}', headers=headers)
         assert ok.status_code == 403
+
+
+def test_a_watch_stream_ends_with_its_delegation_ticket(
+    federation: Federation, scoring: Scoring
+) -> None:
+    """WatchRatings rescored every interval for as long as the stream stayed open, with
+    the ticket checked only when it opened: a compromised portal could keep acting for a
+    bank (consent uses, score_access entries) for days after the ticket's end and the
+    person's sign-out. Each round now re-checks the ticket."""
+    from fedcredit.consent.client import ConsentClient
+    from fedcredit.coordinator.client import CoordinatorClient
+    from tests.portal.conftest import BANK
+    from tests.portal.test_delegation import _minted
+    from tests.portal.test_portal_http import terms
+
+    ent = uscc.generate(_rng)
+    cc = ConsentClient(federation.consent_address, federation.pki.tls(BANK), server_org="consent-service")  # fmt: skip
+    with cc:
+        cid = cc.request(terms(ent, purpose="post_loan_monitoring", scope=["score_only"], max_uses=30, loan_term_days=365)).consent_id  # fmt: skip
+        federation.authority.approve(Identity(ent, "enterprise", b""), cid)
+        token = cc.token(cid).token or ""
+    session, _ = federation.signed_in(BANK, "bank")
+    now = int(time.time())  # valid for ~4 s more (the services allow 60 s of clock skew)
+    ticket = _minted(federation, session, iat=now - 356, nbf=now - 356, exp=now - 56)
+    rounds = 0
+    with CoordinatorClient(scoring.target, federation.pki.tls("portal"), timeout=60) as c:
+        stream = c.delegated(ticket).watch([(ent, token)], interval_seconds=1, timeout=40)
+        with pytest.raises(P.DelegationExpired):
+            for ev in stream:
+                assert not ev.HasField("error") or not ev.error.reason, ev
+                rounds += 1
+    assert 1 <= rounds <= 8
