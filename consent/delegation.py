@@ -157,13 +157,15 @@ class DelegationVerifier:
         now = int(self._clock())
         if _str(claims, "iss") != self.issuer:
             raise P.DelegationSignatureInvalid(f"expected issuer {self.issuer!r}, got {claims['iss']!r:.80}")  # fmt: skip
-        exp, nbf = _int(claims, "exp"), _int(claims, "nbf")
+        exp, nbf, iat = _int(claims, "exp"), _int(claims, "nbf"), _int(claims, "iat")
         if exp + LEEWAY_S < now:
             raise P.DelegationExpired(f"the delegated session expired at {exp} (now {now}); sign in again")  # fmt: skip
-        if nbf - LEEWAY_S > now or _int(claims, "iat") - LEEWAY_S > now:
+        if nbf - LEEWAY_S > now or iat - LEEWAY_S > now:
             raise P.DelegationExpired(
                 f"the delegated session is not valid before {nbf} (now {now})"
             )
+        if not 0 < exp - iat <= TICKET_TTL_S:  # RFC 8725 §3.10: the issuer's own bound, checked
+            raise P.DelegationMalformed(f"expected a ticket life of at most {TICKET_TTL_S} s, got exp - iat = {exp - iat}")  # fmt: skip
         if claims.get("aud") != self.audience:
             raise P.DelegationWrongAudience(
                 f"expected a ticket for {self.audience!r}, got one for {claims.get('aud')!r:.80}"

@@ -117,6 +117,10 @@ def test_unreachable_keys_fail_closed() -> None:
         ({"sub": 7}, P.DelegationMalformed),
         ({"exp": "soon"}, P.DelegationMalformed),
         ({"org_x5t#S256": "short"}, P.DelegationMalformed),
+        # a life longer than the issuer's own (a signing bug, a key used by someone else)
+        ({"exp": NOW + 10**9}, P.DelegationMalformed),
+        ({"iat": NOW - 250, "nbf": NOW - 250, "exp": NOW + 100}, P.DelegationMalformed),
+        ({"iat": NOW + 30, "exp": NOW + 20}, P.DelegationMalformed),
     ],
 )
 def test_each_bad_claim_has_its_reason(setup: Any, over: dict[str, Any], error: type) -> None:
