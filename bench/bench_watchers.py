@@ -9,7 +9,15 @@ Streams that end before their first list (the server dropping calls it could not
 are counted and reported. Measured in the same run:
 
 - the consent round trip of a Score (ReserveUses then SettleUses, the two calls the
-  coordinator makes per Score) p50/p99, with no watcher, then with N watchers held;
+  coordinator makes per Score) p50/p99, with no watcher, then with N watchers held, each
+  phase calling for at least one heartbeat period of the service (so the "with" phase
+  always includes one heartbeat to every watcher); and this process's CPU time per round
+  trip (client + service: far less sensitive to other load on the machine than latency).
+  This is the part of a Score the watchers can slow: they load the consent service only,
+  and the rest of a Score (the node fan-out, the ledger) is the same with or without
+  them, so the whole Score's p99 would show the same milliseconds diluted;
+- the service's CPU per second while idle (no call), without and with N watchers held,
+  over one heartbeat period each: what holding idle streams costs (heartbeats, keepalive);
 - revocation → every watcher holds the new list, p50/p99/max over the revocations.
 
 The watchers all present one department certificate, so the per-identity cap is raised
@@ -38,6 +46,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedcredit.common import pki, uscc
+from fedcredit.common.gctune import tune_for_service
 from fedcredit.common.tls import Identity, TlsFiles
 from fedcredit.consent.authority import ConsentAuthority
 from fedcredit.consent.client import ConsentClient
@@ -233,11 +242,16 @@ class WatcherProcs:
 # --- the measurements --------------------------------------------------------------------
 
 
-def score_round_trips(client: ConsentClient, ref: UseRef, n: int) -> list[float]:
-    """n times what a Score asks the consent service: reserve a use, then settle it
-    (released here, so the consent's count never runs out)."""
-    lat = []
-    for k in range(n):
+def score_round_trips(
+    client: ConsentClient, ref: UseRef, n: int, min_s: float = 0.0
+) -> list[float]:
+    """n times (and for at least ``min_s`` seconds) what a Score asks the consent service:
+    reserve a use, then settle it (released here, so the consent's count never runs out)."""
+    lat: list[float] = []
+    end = time.perf_counter() + min_s
+    k = 0
+    while k < n or time.perf_counter() < end:
+        k += 1
         use_id = f"bench-{time.time_ns()}-{k}"
         t0 = time.perf_counter()
         (r,) = client.reserve_uses(use_id, [ref])
@@ -287,8 +301,14 @@ def run(n_watchers: int, n_calls: int, n_revocations: int) -> dict[str, Any]:
             tok = bank_c.token(view.consent_id)
             assert tok.jti is not None
             ref = UseRef(tok.jti, codes[0], BANK)
+            # The service's GC settings as `fedcredit consent serve` sets them once it serves.
+            tune_for_service()
+            beat = float(server.servicer.heartbeat_s)
+            idle_without = idle_cpu_per_s(beat)
             score_round_trips(coord, ref, 50)  # warm
-            without = score_round_trips(coord, ref, n_calls)
+            c0 = time.process_time()
+            without = score_round_trips(coord, ref, n_calls, beat)
+            cpu_without = (time.process_time() - c0) / len(without)
             print(f"measured without watchers; opening {n_watchers} watchers", flush=True)
             t_conn = time.perf_counter()
             reporting = procs.start()
@@ -296,7 +316,10 @@ def run(n_watchers: int, n_calls: int, n_revocations: int) -> dict[str, Any]:
             print(f"watchers: {reporting} held after {connect_s:.1f} s "
                   f"({procs.lost} ended before their first list)", flush=True)  # fmt: skip
             held = authority_watchers(server)
-            with_w = score_round_trips(coord, ref, n_calls)
+            idle_with = idle_cpu_per_s(beat)
+            c0 = time.process_time()
+            with_w = score_round_trips(coord, ref, n_calls, beat)
+            cpu_with = (time.process_time() - c0) / len(with_w)
             reach = []
             grants = ent.grant_many([terms] * n_revocations)
             for g in grants:
@@ -318,6 +341,13 @@ def run(n_watchers: int, n_calls: int, n_revocations: int) -> dict[str, Any]:
         "watchers_lost_opening": procs.lost,
         "connect_all_s": connect_s,
         "calls": n_calls,
+        "calls_without": len(without),
+        "calls_with": len(with_w),
+        "heartbeat_s": beat,
+        "cpu_ms_per_round_trip_without": cpu_without * 1e3,
+        "cpu_ms_per_round_trip_with": cpu_with * 1e3,
+        "idle_cpu_ms_per_s_without": idle_without * 1e3,
+        "idle_cpu_ms_per_s_with": idle_with * 1e3,
         "score_consent_p50_ms_without": pct(without, 0.5) * 1e3,
         "score_consent_p99_ms_without": pct(without, 0.99) * 1e3,
         "score_consent_p50_ms_with": pct(with_w, 0.5) * 1e3,
@@ -327,6 +357,14 @@ def run(n_watchers: int, n_calls: int, n_revocations: int) -> dict[str, Any]:
         "reach_all_p99_ms": pct(reach, 0.99) * 1e3,
         "reach_all_max_ms": max(reach) * 1e3,
     }
+
+
+def idle_cpu_per_s(seconds: float) -> float:
+    """This process's CPU seconds per second over ``seconds`` of no calls (the consent
+    service's own background work: heartbeats to the watchers, keepalive, timers)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    time.sleep(seconds)
+    return (time.process_time() - c0) / (time.perf_counter() - t0)
 
 
 def authority_watchers(server: Any) -> int:
@@ -350,6 +388,15 @@ def main(argv: list[str] | None = None) -> int:
         {"metric": f"Score's consent round trip p99, {n:,} watchers held",
          "value": r["score_consent_p99_ms_with"], "unit": "ms",
          "target": "<= 1.2 x without", "met": p99_ratio <= 1.2},
+        {"metric": "Score's consent round trip: CPU (client + service), no watcher",
+         "value": r["cpu_ms_per_round_trip_without"], "unit": "ms", "target": None, "met": None},
+        {"metric": f"Score's consent round trip: CPU (client + service), {n:,} watchers held",
+         "value": r["cpu_ms_per_round_trip_with"], "unit": "ms", "target": None, "met": None},
+        {"metric": "consent service idle CPU, no watcher",
+         "value": r["idle_cpu_ms_per_s_without"], "unit": "ms/s", "target": None, "met": None},
+        {"metric": f"consent service idle CPU, {n:,} watchers held (heartbeat every "
+                   f"{r['heartbeat_s']:.0f} s)",
+         "value": r["idle_cpu_ms_per_s_with"], "unit": "ms/s", "target": None, "met": None},
         {"metric": f"revocation → all {n:,} watchers hold it, p50 (n={r['revocations']})",
          "value": r["reach_all_p50_ms"], "unit": "ms", "target": None, "met": None},
         {"metric": f"revocation → all {n:,} watchers hold it, p99 (n={r['revocations']})",
