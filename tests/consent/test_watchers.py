@@ -116,3 +116,63 @@ def test_the_per_identity_cap_refuses_with_its_reason(pki: Pki, tmp_path: Path) 
         one.close()
         other.close()
         stop(server, authority)
+
+
+class _Status:
+    """Just what StatusBroadcaster reads of a status list before it starts its thread."""
+
+    seq = 1
+    closed = False
+
+    def token(self) -> str:
+        return "list"
+
+
+def test_a_heartbeat_is_spread_over_slots_and_a_change_reaches_every_stream_at_once() -> None:
+    """A heartbeat (same seq) wakes the streams slot by slot over ``spread_s`` (so thousands
+    of idle streams never hold the event loop in one burst in front of a Score's calls);
+    a change (new seq) wakes every stream at once."""
+    import asyncio
+
+    from fedcredit.consent.service import StatusBroadcaster
+    from fedcredit.v1 import consent_pb2
+
+    async def run() -> tuple[list[float], list[float], float]:
+        b = StatusBroadcaster(_Status(), heartbeat_s=1.0, per_identity=1000, total=1000)
+        b._loop = asyncio.get_running_loop()
+        b._latest = consent_pb2.StatusList(token="list", seq=1)
+        n = b.SLOTS + 44  # some slots hold two streams
+        got: dict[int, list[tuple[int, float]]] = {k: [] for k in range(n)}
+
+        async def watcher(k: int) -> None:
+            async for msg in b.watch(f"w{k % 3}"):
+                got[k].append((msg.seq, time.perf_counter()))
+
+        tasks = [asyncio.create_task(watcher(k)) for k in range(n)]
+        while any(not v for v in got.values()):  # every stream holds the first list
+            await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        b._publish(consent_pb2.StatusList(token="list, re-signed", seq=1))  # heartbeat
+        while any(len(v) < 2 for v in got.values()):
+            await asyncio.sleep(0.01)
+        beat = [v[1][1] - t0 for v in got.values()]
+        t1 = time.perf_counter()
+        b._publish(consent_pb2.StatusList(token="list, revoked", seq=2))  # change
+        while any(v[-1][0] != 2 for v in got.values()):
+            await asyncio.sleep(0.001)
+        change = [next(t for s, t in v if s == 2) - t1 for v in got.values()]
+        b._publish(None)
+        await asyncio.gather(*tasks)
+        assert b.open == 0 and b.by_identity == {}
+        return beat, change, b.spread_s
+
+    beat, change, spread = asyncio.run(run())
+    assert spread == 0.5
+    # Spread: the last slot wakes (SLOTS - 1) / SLOTS of the spread after the first.
+    assert (
+        max(beat) - min(beat)
+        >= 0.9 * spread * (StatusBroadcaster.SLOTS - 1) / StatusBroadcaster.SLOTS
+    )
+    assert max(beat) < spread + 0.5
+    # A change is not spread: every stream has it long before a heartbeat's last slot.
+    assert max(change) < 0.25 * spread
