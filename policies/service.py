@@ -25,7 +25,7 @@ from fedcredit.common.tls import Identity, TlsFiles, peer_identity
 from fedcredit.consent.delegation import DelegationVerifier
 from fedcredit.consent.delegation import acting as delegated
 from fedcredit.policies import approval, progress, rules, runs, screening, tracking
-from fedcredit.policies.errors import BenefitUndefined, InvalidPolicy
+from fedcredit.policies.errors import BenefitUndefined, InvalidPolicy, UnknownAward
 from fedcredit.policies.store import Award, PolicyStore
 from fedcredit.v1 import policies_pb2, policies_pb2_grpc
 
@@ -229,13 +229,16 @@ class ApplicationServicer(Acting):
 
     @handle_errors
     def GetApplication(self, request: Any, context: Any) -> Any:
+        """An application, to its parties only (as ListApplications): its enterprise, the
+        departments that issue or review its policy, the operator. For anyone else's id the
+        answer is the unknown id's (issue 14: no existence oracle, no enterprise named)."""
         caller = self._acting(context)
+        _allow(caller, frozenset({"enterprise", "department", "operator"}), "reading an application")  # fmt: skip
         app = self.store.application(request.application_id)
-        if caller.role == "enterprise" and caller.org_id != app.enterprise:
-            raise RoleNotAllowed("an enterprise sees only its own applications", role=caller.role)
-        if caller.role == "department" and not _reads(caller, self.store.policy(app.policy)):
-            raise RoleNotAllowed(f"{caller.org_id} neither issues nor reviews {app.policy!r}",
-                                 role=caller.role)  # fmt: skip
+        if (caller.role == "enterprise" and caller.org_id != app.enterprise) or (
+            caller.role == "department" and not _reads(caller, self.store.policy(app.policy))
+        ):
+            raise UnknownAward(f"no application {request.application_id!r}", application=request.application_id)  # fmt: skip
         return application_to_pb(app)
 
 

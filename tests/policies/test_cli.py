@@ -143,7 +143,7 @@ def test_application_apply_review_show_and_errors(
     again = pol(cfg, "dept-tax", "review", "app-1", "--reject")
     assert again.returncode == 8, again.stdout  # an illegal step: FAILED_PRECONDITION
     # Another enterprise does not see it; its owner does.
-    assert pol(cfg, codes[0], "show", "app-1").returncode == 6
+    assert pol(cfg, codes[0], "show", "app-1").returncode == 4  # NOT_FOUND: not its own
     assert json.loads(pol(cfg, codes[1], "show", "app-1").stdout)["state"] == "notice"
 
     # The public notice: an objection, its dismissal by the operator, no early close.

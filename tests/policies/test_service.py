@@ -153,7 +153,7 @@ def test_applications_over_grpc(pki: Pki, tmp_path: Path) -> None:
         assert op.advance("a-1", "close").state == "approved"
         paid = op.advance("a-1", "pay")
         assert paid.state == "paid" and len(paid.history) == 8
-        with pytest.raises(RoleNotAllowed):
+        with pytest.raises(UnknownAward):  # not its own: as if it did not exist (issue 14)
             client(stranger, "enterprise").application("a-1")
         assert ent.application("a-1").state == "paid"
         assert store.books("app-growth-01").paid_yuan == 20_000

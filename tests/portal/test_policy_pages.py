@@ -332,3 +332,39 @@ def test_a_department_publishes_only_in_its_own_name(federation: Federation, pol
     with pytest.raises(UnknownPolicy):
         pol.store.policy("forged-co-01")
     assert pol.ledger.size == size
+
+
+def test_an_application_is_read_only_by_its_parties(federation: Federation, pol: Policies) -> None:
+    """Review of issue 19 (#14's rule: NOT_FOUND for what is not the caller's): any
+    certificate -- a bank's, a node's -- read any enterprise's application with its form
+    fields; another enterprise (through the portal's ticket or its own certificate) was
+    told PERMISSION_DENIED for an existing id and NOT_FOUND for an unknown one."""
+    from fedcredit.common.departments import DEFAULT_BANKS
+    from fedcredit.policies.errors import UnknownAward
+    from fedcredit.v1 import policies_pb2
+
+    msg = policies_pb2.PolicyMessage(
+        id="parties-01", title="Parties", department=LEAD, mode="application",
+        amount_yuan=1000, budget_yuan=100_000, opens=f"{YEAR}-01-01", closes=f"{YEAR}-12-31",
+        rule="platform.rating != 'D'", reviewers=[LEAD], fields=["project_name"],
+    )  # fmt: skip
+    with pol.as_org(LEAD, "department") as lead:
+        lead.publish(msg)
+    owner, other = ENTS[4], ENTS[5]
+    with pol.as_org(owner, "enterprise") as me:
+        app = me.apply("parties-app-1", "parties-01", {"project_name": "secret plan"}, {})
+        assert me.application(app.id).fields["project_name"] == "secret plan"
+    for org, role in ((DEFAULT_BANKS[0], "bank"), ("coordinator", "coordinator")):
+        with pol.as_org(org, role) as c, pytest.raises(RoleNotAllowed):
+            c.application(app.id)
+    session, _ = federation.signed_in(other, "enterprise")
+    with PolicyClient(pol.address, federation.pki.tls("portal"), server_org="policies") as raw:
+        as_other = raw.delegated(federation.delegate(session.ticket, "policies"))
+        with pytest.raises(UnknownAward) as theirs:
+            as_other.application(app.id)
+        with pytest.raises(UnknownAward) as nobody:
+            as_other.application("parties-app-none")
+    assert theirs.value.message == nobody.value.message.replace("parties-app-none", app.id)
+    assert owner not in theirs.value.message
+    with pol.as_org(other, "enterprise") as them, pytest.raises(UnknownAward):
+        them.application(app.id)
