@@ -14,6 +14,7 @@ import hmac
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,12 @@ class Session:
         return bool(self.org)
 
 
+# Every visitor gets a session before signing in (for the sign-in form's CSRF token), so
+# a spray of cookie-less requests makes sessions: at most this many anonymous ones are
+# kept, the oldest forgotten first (a signed-in session is never evicted by them).
+MAX_ANONYMOUS_SESSIONS = 20_000
+
+
 class Sessions:
     """The portal's sessions, in memory (a restart signs everyone out)."""
 
@@ -73,7 +80,11 @@ class Sessions:
     ) -> None:
         self.idle_s, self.absolute_s, self.clock = idle_s, absolute_s, clock
         self._by_id: dict[str, Session] = {}
+        self._anonymous: OrderedDict[str, None] = OrderedDict()  # ids, oldest first
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._by_id)
 
     def new(self, lang: str = "zh") -> Session:
         now = self.clock()
@@ -81,6 +92,10 @@ class Sessions:
         with self._lock:
             self._sweep(now)
             self._by_id[s.id] = s
+            self._anonymous[s.id] = None
+            while len(self._anonymous) > MAX_ANONYMOUS_SESSIONS:
+                old, _ = self._anonymous.popitem(last=False)
+                self._by_id.pop(old, None)
         return s
 
     def get(self, sid: str | None) -> tuple[Session | None, bool]:
@@ -94,6 +109,7 @@ class Sessions:
                 return None, False
             if now - s.seen > self.idle_s or now - s.created > self.absolute_s:
                 del self._by_id[sid]
+                self._anonymous.pop(sid, None)
                 return None, s.signed_in
             s.seen = now
             return s, False
@@ -102,6 +118,7 @@ class Sessions:
         """The same session under a new id and CSRF token (after signing in)."""
         with self._lock:
             self._by_id.pop(s.id, None)
+            self._anonymous.pop(s.id, None)  # signed in from now on: never evicted
             s.id, s.csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
             s.created = s.seen = self.clock()
             self._by_id[s.id] = s
@@ -110,11 +127,13 @@ class Sessions:
     def drop(self, s: Session) -> None:
         with self._lock:
             self._by_id.pop(s.id, None)
+            self._anonymous.pop(s.id, None)
 
     def _sweep(self, now: float) -> None:
         if len(self._by_id) % 256 == 0:
             for sid in [k for k, v in self._by_id.items() if now - v.seen > self.idle_s]:
                 del self._by_id[sid]
+                self._anonymous.pop(sid, None)
 
 
 def csrf_ok(s: Session, sent: str | None) -> bool:

@@ -159,3 +159,24 @@ def test_a_watch_stream_ends_with_its_delegation_ticket(
                 assert not ev.HasField("error") or not ev.error.reason, ev
                 rounds += 1
     assert 1 <= rounds <= 8
+
+
+def test_a_spray_of_cookieless_requests_keeps_sessions_bounded(
+    federation: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each cookie-less request made a session (for the sign-in form's CSRF token), kept
+    for the idle timeout and swept only now and then: a spray of requests grew the portal's
+    memory without bound. Anonymous sessions are now capped (oldest forgotten first) and a
+    signed-in person is never evicted by them."""
+    from fedcredit.portal import security
+
+    cap = 50
+    monkeypatch.setattr(security, "MAX_ANONYMOUS_SESSIONS", cap, raising=False)
+    sessions = federation.app.state.portal.sessions
+    with _client(federation) as c:
+        v, _ticket = _visitor_signed_in(federation, c)
+        before = len(sessions._by_id)
+        for _ in range(3 * cap):
+            assert c.get("/signin").status_code == 200  # no cookie: a new session each
+        assert len(sessions._by_id) <= before + cap
+        assert v.get("/enterprise").status_code == 200  # still signed in
