@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,8 +51,10 @@ class ScoringModel:
     thresholds: Thresholds
     booster: lgb.Booster = field(repr=False)
 
-    @property
+    @functools.cached_property
     def features(self) -> tuple[str, ...]:
+        """The model's feature names, in its column order (read from the booster once: every
+        Score needs them, and LightGBM copies them out through C buffers each time)."""
         return tuple(self.booster.feature_name())
 
     @classmethod
