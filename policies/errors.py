@@ -46,9 +46,12 @@ class BudgetExhausted(FailedPrecondition):
 
 
 class IllegalTransition(FailedPrecondition):
-    """The step is not allowed from the current state (the message names both)."""
+    """The step is not allowed from the current state (the message names both). Its own
+    reason, not the marketplace's ILLEGAL_TRANSITION: a reason names one class, so a
+    process holding both SDKs (the portal, a test run) rebuilds each service's error as
+    that service's class."""
 
-    reason = "ILLEGAL_TRANSITION"
+    reason = "POLICY_ILLEGAL_TRANSITION"
 
 
 class AwardDeclined(FailedPrecondition):
