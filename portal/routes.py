@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -83,6 +84,7 @@ async def signin_finish(portal: Portal, request: Request, s: Session, data: dict
     got = await call(portal.backend.passkeys.sign_in, st, str(data.get("assertion", "")))
     s = portal.sessions.rotate(s)
     s.org, s.role, s.credential_id, s.ticket = got.org, got.role, got.credential_id, got.ticket
+    s.consent_seen = time.monotonic()
     return json_ok(portal, s, {"redirect": HOME.get(s.role, "/home")})
 
 

@@ -60,6 +60,9 @@ class Session:
     data: dict[str, Any] = field(default_factory=dict)
     # per-ceremony state: registration ticket, the statement being signed
     pending: dict[str, str] = field(default_factory=dict)
+    # when the consent service last saw this session (time.monotonic): it ends a session
+    # idle there on its own (web.keep_alive keeps a session in use alive there too)
+    consent_seen: float = 0.0
 
     @property
     def signed_in(self) -> bool:

@@ -157,9 +157,16 @@ def post(handler: Callable[[Portal, Request, Session, dict[str, Any]], Awaitable
                 return portal.finish(JSONResponse({"error": "CSRF_FAILED", "message": msg}, 403), s)  # fmt: skip
             return portal.finish(HTMLResponse(msg, 403), s)
         try:
+            await keep_alive(portal, s)
             return await handler(portal, request, s, data)
         except FedcreditError as exc:
             body = {"error": exc.reason, "message": str(exc)}
+            if exc.reason == "PASSKEY_SESSION_INVALID" and s.signed_in:  # ended there: here too
+                s = ended(portal, s)
+                status = 401
+                if not wants_json:
+                    return portal.finish(RedirectResponse("/signin", 303), s)
+                return portal.finish(JSONResponse(body, status), s)
             status = 429 if exc.reason == "RATE_LIMITED" else 409 if "CHANGED" in exc.reason else 400  # fmt: skip
             if wants_json:
                 return portal.finish(JSONResponse(body, status), s)
@@ -185,16 +192,14 @@ def page(role: str | None = None) -> Callable[[Callable[[Portal, Request, Sessio
                 return portal.finish(RedirectResponse("/home", 303), s)
             t0 = time.perf_counter()
             try:
+                await keep_alive(portal, s)
                 resp = await fn(portal, request, s)
                 # the page's server time (W3C Server Timing), read by bench/bench_portal.py
                 resp.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.2f}"
                 return resp
             except FedcreditError as exc:
                 if exc.reason == "PASSKEY_SESSION_INVALID":
-                    portal.sessions.drop(s)
-                    s2 = portal.sessions.new(s.lang)
-                    s2.flash.append("session_expired")
-                    return portal.finish(RedirectResponse("/signin", 303), s2)
+                    return portal.finish(RedirectResponse("/signin", 303), ended(portal, s))
                 code = 400 if exc.code.name == "INVALID_ARGUMENT" else 403 if exc.code.name in ("PERMISSION_DENIED", "UNAUTHENTICATED") else 409 if exc.code.name == "FAILED_PRECONDITION" else 404 if exc.code.name == "NOT_FOUND" else 503  # fmt: skip
                 return portal.render(request, s, "error.html", status=code, error=exc)
 
@@ -203,12 +208,33 @@ def page(role: str | None = None) -> Callable[[Callable[[Portal, Request, Sessio
     return wrap
 
 
+def ended(portal: Portal, s: Session) -> Session:
+    """The session ended at the consent service (signed out, idle, passkey removed): end
+    it here too; a fresh anonymous one that says so."""
+    portal.sessions.drop(s)
+    s2 = portal.sessions.new(s.lang)
+    s2.flash.append("session_expired")
+    return s2
+
+
 async def call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
     """A blocking gRPC call, off the event loop."""
     return await run_in_threadpool(fn, *args, **kw)
 
 
 RENEW_BEFORE_S = 60  # a delegation ticket is renewed this long before it expires
+KEEP_ALIVE_S = 60.0  # a session in use here is shown to the consent service this often
+
+
+async def keep_alive(portal: Portal, s: Session) -> None:
+    """The consent service ends a session nobody used there for the portal's idle timeout
+    (consent/passkeys.py); a person using pages that ask it nothing (batch progress, the
+    auditor's pages) is still active: a cheap call now and then says so. A session that
+    ended there raises PASSKEY_SESSION_INVALID (the page wrapper signs the person out)."""
+    if not s.ticket or time.monotonic() - s.consent_seen < KEEP_ALIVE_S:
+        return
+    await call(portal.backend.passkeys.list_passkeys, s.ticket)
+    s.consent_seen = time.monotonic()
 
 
 async def delegation(portal: Portal, s: Session, service: str) -> str:

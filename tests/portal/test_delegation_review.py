@@ -180,3 +180,37 @@ def test_a_spray_of_cookieless_requests_keeps_sessions_bounded(
             assert c.get("/signin").status_code == 200  # no cookie: a new session each
         assert len(sessions._by_id) <= before + cap
         assert v.get("/enterprise").status_code == 200  # still signed in
+
+
+def test_a_session_in_use_stays_alive_at_the_consent_service_and_ends_with_it(
+    federation: Federation,
+) -> None:
+    """The consent service ends idle sessions on its own; a person busy on pages that ask
+    it nothing (batch progress, the auditor's) is shown to it now and then, so it does not
+    end their session under them. A session it ended ends in the portal at the next
+    request (page or form): back to sign-in, nothing done."""
+    from sqlalchemy import select
+
+    from fedcredit.consent.passkeys import sessions
+
+    portal = federation.app.state.portal
+    with _client(federation) as c:
+        v, ticket = _visitor_signed_in(federation, c)
+        s, _ = portal.sessions.get(v.sid)
+        assert s is not None
+        old = int(time.time()) - int(federation.passkeys.session_idle_s) + 30
+        with federation.passkeys.store.begin() as conn:
+            conn.execute(update(sessions).values(last_seen=old))
+        s.consent_seen = 0.0  # as if the last call there was long ago
+        assert v.get("/home").status_code == 200  # a page that asks the consent service nothing
+        with federation.passkeys.store.begin() as conn:
+            seen = max(r.last_seen for r in conn.execute(select(sessions.c.last_seen)))
+        assert seen >= int(time.time()) - 5
+        with PasskeyClient(federation.consent_address, federation.pki.tls("portal"), server_org="consent-service") as pk:  # fmt: skip
+            assert pk.sign_out(ticket)  # ended there (say, by another tab's sign-out)
+        s.consent_seen = 0.0
+        sid = v.sid
+        r = v.post_form("/bank/request", {"csrf": v.csrf, "enterprise": "x"})
+        assert r.status_code == 303 and r.headers["location"] == "/signin"
+        assert portal.sessions.get(sid)[0] is None  # ended here too
+        assert not portal.sessions.get(v.sid)[0].signed_in
