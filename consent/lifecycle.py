@@ -77,7 +77,8 @@ class Lifecycle:
                 terms, scope, nodes, State.PENDING, actor, now, x5t=actor.x5t_s256
             )
             row = self.issuer.insert(conn, [values], State.PENDING)[0]
-            self.outbox.add(conn, row, "requested", actor, now)
+            via = {"via": actor.via} if actor.via else {}  # a person's portal session
+            self.outbox.add(conn, row, "requested", actor, now, **via)
             return row
 
         row = self.store.write(work)

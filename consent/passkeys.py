@@ -689,7 +689,7 @@ class PasskeyAuthority:
         cert = self.authority.bank_certs(org) if self.authority.bank_certs else None
         if cert is None:
             raise P.WrongOrganisation(f"the deployment has no certificate for bank {org}")
-        return self.authority.request(Identity(org, "bank", cert), terms)
+        return self.authority.request(Identity(org, "bank", cert, via="portal"), terms)
 
     def list_consents(self, actor: Identity, ticket: str, states: Sequence[str]) -> list[ConsentView]:  # fmt: skip
         org, role = self.session(actor, ticket)

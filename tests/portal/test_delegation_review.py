@@ -214,3 +214,35 @@ def test_a_session_in_use_stays_alive_at_the_consent_service_and_ends_with_it(
         assert r.status_code == 303 and r.headers["location"] == "/signin"
         assert portal.sessions.get(sid)[0] is None  # ended here too
         assert not portal.sessions.get(v.sid)[0].signed_in
+
+
+def test_a_consent_request_through_the_portal_is_ledgered_via_the_portal(
+    federation: Federation,
+) -> None:
+    """A bank's consent request made from its portal session was ledgered exactly like one
+    over the bank's own certificate; the enterprise's decisions through the portal already
+    said ``via: portal``. Now the request does too (a direct one does not)."""
+    import json
+
+    from fedcredit.consent.client import ConsentClient
+    from fedcredit.ledger.client import LedgerClient
+    from tests.portal.conftest import BANK
+    from tests.portal.test_portal_http import terms
+
+    ent = uscc.generate(_rng)
+    session, _ = federation.signed_in(BANK, "bank")
+    pk = PasskeyClient(federation.consent_address, federation.pki.tls("portal"), server_org="consent-service")  # fmt: skip
+    with pk:
+        via_portal = pk.request_consent(session.ticket, terms(ent)).consent_id
+    cc = ConsentClient(federation.consent_address, federation.pki.tls(BANK), server_org="consent-service")  # fmt: skip
+    with cc:
+        direct = cc.request(terms(ent)).consent_id
+    federation.settle()
+    lc = LedgerClient(federation.ledger_address, federation.pki.tls("auditor-pboc-weihai"), server_org="ledger")  # fmt: skip
+    with lc:
+        entries = [json.loads(bytes(pe.entry.data)) for page in lc.list_by_subject(ent) for pe in page.entries]  # fmt: skip
+    requested = {e["payload"]["consent_id"]: e["payload"] for e in entries
+                 if e["kind"] == "consent_event" and e["payload"]["event"] == "requested"}  # fmt: skip
+    assert requested[via_portal].get("via") == "portal"
+    assert requested[via_portal]["actor"] == BANK
+    assert "via" not in requested[direct]
