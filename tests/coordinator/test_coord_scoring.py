@@ -307,9 +307,14 @@ def test_guarantee_decisions_every_grade_boundary_idempotency_capacity(
     assert st.exposure_yuan == 400_000 + 6 * 4_000_000
     outcomes = coord.ledger.entries("guarantee_outcome")
     assert [e.payload["outcome"] for e in outcomes] == ["RELEASED", "DEFAULTED"]
-    with client(pki, coord, "bank-ccb-weihai") as other, pytest.raises(FedcreditError) as nope:
-        other.report_outcome("g-c", defaulted=True)
-    assert nope.value.reason == "NOT_YOUR_GUARANTEE"
+    # another bank's guarantee answers as an unknown id (issue 14: no existence oracle)
+    with client(pki, coord, "bank-ccb-weihai") as other:
+        with pytest.raises(FedcreditError) as nope:
+            other.report_outcome("g-c", defaulted=True)
+        with pytest.raises(FedcreditError) as unknown:
+            other.report_outcome("g-none", defaulted=True)
+    assert nope.value.reason == unknown.value.reason == "GUARANTEE_NOT_FOUND"
+    assert nope.value.message == unknown.value.message.replace("g-none", "g-c")
 
 
 def test_guarantee_needs_guarantee_purpose(
