@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import cProfile
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -37,17 +41,31 @@ def serve(config: ConfigOpt) -> None:
         tls = dep.tls(settings.org) if settings.tls else None
     app = build_app(settings, backend, watch=watch)
     console.print(f"portal listening on {settings.url}")
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        ssl_certfile=str(tls.cert) if tls else None,
-        ssl_keyfile=str(tls.key) if tls else None,
-        server_header=False,
-        ws="none",
-    )
-    backend.close()
+    # FEDCREDIT_PORTAL_PROFILE=FILE: cProfile the portal until it stops (bench/bench_portal.py
+    # uses it to see where a page's time goes under load; py-spy is not installed here)
+    profile_to = os.environ.get("FEDCREDIT_PORTAL_PROFILE", "")
+    prof = cProfile.Profile() if profile_to else None
+    if prof is not None:
+        # uvicorn re-raises the SIGTERM it caught once it has shut down: end with SystemExit
+        # instead, so that the profile below is written
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        prof.enable()
+    try:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            ssl_certfile=str(tls.cert) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
+            server_header=False,
+            ws="none",
+        )
+    finally:
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(profile_to)
+        backend.close()
 
 
 @operator_app.command("enrol")

@@ -204,3 +204,21 @@ def test_categories_and_nodes_in_plain_language() -> None:
     for d in DEPARTMENTS:
         assert d.category in i18n.CATEGORIES and d.org_id in i18n.NODES, d
     assert "score_only" in i18n.CATEGORIES
+
+
+def test_server_timing_splits_service_calls_from_the_page(
+    federation: Federation, visitor: Visitor
+) -> None:
+    """A page's Server-Timing (read by bench/bench_portal.py) names all its server time and
+    the part spent waiting for service calls: a page without one waited 0 ms."""
+    import re
+
+    ent = new_enterprise()
+    enrolled(federation, visitor, ent)
+    bank_requests(federation, ent)
+    timing = visitor.get("/enterprise").headers["server-timing"]
+    m = re.fullmatch(r"app;dur=([0-9.]+), svc;dur=([0-9.]+)", timing)
+    assert m, timing
+    app_ms, svc_ms = float(m.group(1)), float(m.group(2))
+    assert 0 < svc_ms <= app_ms  # one ListConsents call, inside the page's time
+    assert re.fullmatch(r"app;dur=[0-9.]+, svc;dur=0\.00", visitor.get("/signin").headers["server-timing"])  # fmt: skip
