@@ -222,3 +222,31 @@ def test_operator_issues_enrol_codes_only_with_its_passkey(
         p.issue_enrol_code_signed(
             p.verify(PORTAL, *signed(p, ent_key, w.other_ent, "issue_enrol_code", **kw))
         )
+
+
+def test_sessions_end_here_on_sign_out_idleness_and_another_portal(db_url: str) -> None:
+    """The consent service's own record of a session (SQLite and PostgreSQL): a session
+    ends at sign-out, after the idle timeout without use, and is no one else's."""
+    w = make_world(db_url)
+    clock = [1_800_000_000.0]
+    p = PasskeyAuthority(w.authority, rp_id="localhost", origins=[ORIGIN], clock=lambda: clock[0], session_idle_s=60)  # fmt: skip
+    try:
+        key = enrol(p, w.ent)
+        ticket, _ = p.sign_in(p.verify(PORTAL, *signed(p, key, w.ent, "sign_in")))
+        other = Identity("portal-2", "portal", b"q" * 32)
+        with pytest.raises(P.SessionInvalid, match="another portal"):
+            p.session(other, ticket)
+        for _ in range(3):  # used every 50 s: stays alive past the 60 s idle timeout
+            clock[0] += 50
+            assert p.session(PORTAL, ticket) == (w.ent, "enterprise")
+        clock[0] += 61
+        with pytest.raises(P.SessionInvalid, match="idle"):
+            p.session(PORTAL, ticket)
+        ticket2, _ = p.sign_in(p.verify(PORTAL, *signed(p, key, w.ent, "sign_in")))
+        assert not p.sign_out(other, ticket2)  # another portal cannot end it either
+        assert p.sign_out(PORTAL, ticket2) and not p.sign_out(PORTAL, ticket2)
+        with pytest.raises(P.SessionInvalid, match="signed out"):
+            p.delegate(PORTAL, ticket2, "ledger")
+    finally:
+        w.authority.close()
+        w.authority.store.close()
