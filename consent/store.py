@@ -47,6 +47,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    true,
     tuple_,
     update,
 )
@@ -57,7 +58,7 @@ from fedcredit.common.canonical import canonical_json
 from fedcredit.common.db import create_schema, is_sqlite, make_engine
 from fedcredit.common.errors import StoreUnavailable
 from fedcredit.common.evidence import Receipt
-from fedcredit.consent import statusidx
+from fedcredit.consent import idlist, statusidx
 from fedcredit.consent.keys import KeyRecord
 from fedcredit.consent.migrate import add_missing_columns
 from fedcredit.consent.terms import ConsentView
@@ -164,6 +165,93 @@ _INSERT_EVENT = insert(events_t)
 _SET_TOKEN = update(consents_t).where(consents_t.c.consent_id == bindparam("cid"))
 
 
+class _UseSql:
+    """The statements that count uses, built once per dialect, each with its list of jtis
+    bound as one parameter (:mod:`consent.idlist`): the same SQL text on every call, so
+    SQLAlchemy compiles it once and the database reuses its plan. Named parameters:
+    ``jtis`` (the list), ``uid`` (use id), ``who`` (the opener's org id), ``now``."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+        c, u = consents_t.c, uses_t.c
+        jtis = idlist.rows("jtis", dialect)
+        in_c = idlist.member(c.jti, "jtis", dialect)
+        in_u = idlist.member(u.jti, "jtis", dialect)
+        uid, now = bindparam("uid", type_=String), bindparam("now", type_=BigInteger)
+        mine = and_(u.use_id == uid, in_u, u.actor == bindparam("who", type_=String))
+        # Each token's narrow row and its use under ``uid`` if open: ONE statement, so
+        # both come from one snapshot (a use seen open has its count seen too).
+        self.view = (
+            select(*_USE_STATE_COLUMNS, u.actor, u.state, u.opened_at)
+            .select_from(consents_t.outerjoin(uses_t, and_(u.jti == c.jti, u.use_id == uid)))
+            .where(in_c)
+        )
+        self.rows = select(consents_t).where(in_c)
+        self.uses = select(u.jti, u.actor, u.state, u.opened_at).where(and_(u.use_id == uid, in_u))
+        # WHERE true: SQLite would read ON CONFLICT as a join's ON without it.
+        opening = select(
+            jtis.c.value, uid, bindparam("who", type_=String),
+            bindparam("st", type_=String), now,
+        ).select_from(jtis).where(true())  # fmt: skip
+        self.insert = (
+            _insert_for(dialect)
+            .from_select(["jti", "use_id", "actor", "state", "opened_at"], opening)
+            .on_conflict_do_nothing()
+            .returning(u.jti)
+        )
+        usable = and_(in_c, c.state == "ACTIVE", c.uses < c.max_uses, c.expires_at > now)
+        self.count = (
+            update(consents_t)
+            .where(usable)
+            .values(uses=c.uses + 1, updated_at=bindparam("at", type_=BigInteger))
+            .returning(c.jti, c.uses)
+        )
+        self.count_late = (
+            update(consents_t)
+            .where(and_(in_c, c.uses < c.max_uses))
+            .values(uses=c.uses + 1, updated_at=now)
+            .returning(c.jti, c.uses)
+        )
+        self.give_back = (
+            update(consents_t).where(and_(in_c, c.uses > 0)).values(uses=c.uses - 1, updated_at=now)
+        )
+        self.drop = delete(uses_t).where(and_(u.use_id == uid, in_u))
+        reserved = and_(mine, u.state == "RESERVED")
+        self.commit = update(uses_t).where(reserved).values(state="COMMITTED").returning(u.jti)
+        self.release = delete(uses_t).where(reserved).returning(u.jti)
+        self.pin = (
+            update(uses_t)
+            .where(and_(u.use_id == uid, in_u, u.state == "RESERVED"))
+            .values(state="COMMITTED")
+        )
+
+    def jtis(self, jtis: Sequence[str]) -> Any:
+        """The value of the ``jtis`` parameter."""
+        return idlist.value(jtis, self.dialect)
+
+
+def _insert_for(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(uses_t)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(uses_t)
+
+
+_USE_SQL: dict[str, _UseSql] = {}
+
+
+def use_sql(conn: Connection) -> _UseSql:
+    """The use statements for ``conn``'s dialect (built at its first use)."""
+    name = conn.dialect.name
+    sql = _USE_SQL.get(name)
+    if sql is None:
+        sql = _USE_SQL[name] = _UseSql(name)
+    return sql
+
+
 @dataclass(frozen=True, slots=True)
 class ConsentRow:
     id: int
@@ -261,17 +349,6 @@ def _pending(limit: int) -> Any:
         .order_by(events_t.c.seq)
         .limit(limit)
     )
-
-
-def _insert_new(conn: Connection) -> Any:
-    """INSERT into the use table that skips rows already there (both dialects we run on)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(uses_t).on_conflict_do_nothing()
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(uses_t).on_conflict_do_nothing()
 
 
 class ConsentStore:
@@ -436,27 +513,37 @@ class ConsentStore:
         return ConsentRow.from_mapping(row) if row is not None else None
 
     def get_by_jtis(self, conn: Connection, jtis: Sequence[str]) -> dict[str, ConsentRow]:
-        """The consents of these jtis (absent ones left out), a few queries for any number."""
+        """The consents of these jtis (absent ones left out): one query for any number."""
+        if not jtis:
+            return {}
+        sql = use_sql(conn)
         out: dict[str, ConsentRow] = {}
-        for i in range(0, len(jtis), IN_CHUNK):
-            q = select(consents_t).where(consents_t.c.jti.in_(list(jtis[i : i + IN_CHUNK])))
-            for m in conn.execute(q).mappings():
-                row = ConsentRow.from_mapping(m)
-                if row.jti is not None:
-                    out[row.jti] = row
+        for m in conn.execute(sql.rows, {"jtis": sql.jtis(jtis)}).mappings().all():
+            row = ConsentRow.from_mapping(m)
+            if row.jti is not None:
+                out[row.jti] = row
         return out
 
     def use_states(self, conn: Connection, jtis: Sequence[str]) -> dict[str, UseState]:
-        """:class:`UseState` of the consents of these jtis (absent ones left out): one
-        indexed query per ``IN_CHUNK`` jtis."""
-        out: dict[str, UseState] = {}
-        for i in range(0, len(jtis), IN_CHUNK):
-            q = select(*_USE_STATE_COLUMNS).where(
-                consents_t.c.jti.in_(list(jtis[i : i + IN_CHUNK]))
-            )
-            for r in conn.execute(q):
-                out[r[0]] = UseState(*r)
-        return out
+        """:class:`UseState` of the consents of these jtis (absent ones left out)."""
+        return self.use_view(conn, "", jtis)[0]
+
+    def use_view(
+        self, conn: Connection, use_id: str, jtis: Sequence[str]
+    ) -> tuple[dict[str, UseState], dict[str, tuple[str, str, int]]]:
+        """In one statement (one snapshot): the :class:`UseState` of the consents of these
+        jtis (absent ones left out), and the uses already open under ``use_id`` among them
+        (as :meth:`uses_of`). Narrow rows: a batch of 1,000 reads no token, parses no JSON."""
+        states: dict[str, UseState] = {}
+        held: dict[str, tuple[str, str, int]] = {}
+        if not jtis:
+            return states, held
+        sql = use_sql(conn)
+        for r in conn.execute(sql.view, {"jtis": sql.jtis(jtis), "uid": use_id}).all():
+            states[r[0]] = UseState(*r[:8])
+            if r[8] is not None:
+                held[r[0]] = (r[8], r[9], int(r[10]))
+        return states, held
 
     def update_consent(
         self,
@@ -498,25 +585,11 @@ class ConsentStore:
     ) -> dict[str, int]:
         """Count one use of each of these distinct jtis, atomically, where the consent is
         active, unexpired and has uses left; returns the count after it of each one counted."""
-        c = consents_t.c
-        out: dict[str, int] = {}
-        for i in range(0, len(jtis), IN_CHUNK):
-            stmt = (
-                update(consents_t)
-                .where(
-                    and_(
-                        c.jti.in_(list(jtis[i : i + IN_CHUNK])),
-                        c.state == "ACTIVE",
-                        c.uses < c.max_uses,
-                        c.expires_at > now,
-                    )
-                )
-                .values(uses=c.uses + 1, updated_at=updated_at)
-                .returning(c.jti, c.uses)
-            )
-            for jti, uses in conn.execute(stmt):
-                out[jti] = int(uses)
-        return out
+        if not jtis:
+            return {}
+        sql = use_sql(conn)
+        params = {"jtis": sql.jtis(jtis), "now": now, "at": updated_at}
+        return {jti: int(uses) for jti, uses in conn.execute(sql.count, params).all()}
 
     # --- uses (reserve, then commit or release) ---------------------------------
 
@@ -530,55 +603,33 @@ class ConsentStore:
         The use rows are inserted first (ON CONFLICT DO NOTHING: a concurrent opener of the
         same use waits on our row, PostgreSQL, and then inserts nothing; only the rows
         inserted here are counted), then the counts are raised conditionally; a row whose
-        count could not be raised is removed again, in the same transaction.
+        count could not be raised is removed again, in the same transaction. Three
+        statements for the whole batch (two when every use is counted).
         """
         if not jtis:
             return {}
-        c = consents_t.c
-        rows_in = [
-            {"jti": j, "use_id": use_id, "actor": actor, "state": "RESERVED", "opened_at": now}
-            for j in jtis
-        ]
-        fresh = [j for (j,) in conn.execute(_insert_new(conn).returning(uses_t.c.jti), rows_in)]
-        out: dict[str, int] = {}
-        for i in range(0, len(fresh), IN_CHUNK):
-            stmt = (
-                update(consents_t)
-                .where(
-                    and_(
-                        c.jti.in_(fresh[i : i + IN_CHUNK]),
-                        c.state == "ACTIVE",
-                        c.uses < c.max_uses,
-                        c.expires_at > now,
-                    )
-                )
-                .values(uses=c.uses + 1, updated_at=now)
-                .returning(c.jti, c.uses)
-            )
-            for jti, uses in conn.execute(stmt):
-                out[jti] = int(uses)
+        sql = use_sql(conn)
+        # Sorted: concurrent openers insert (and so wait on) the use rows in one order.
+        params = {"jtis": sql.jtis(sorted(jtis)), "uid": use_id, "who": actor, "st": "RESERVED"}
+        fresh = [j for (j,) in conn.execute(sql.insert, {**params, "now": now}).all()]
+        if not fresh:
+            return {}
+        counted = conn.execute(sql.count, {"jtis": sql.jtis(fresh), "now": now, "at": now})
+        out = {jti: int(uses) for jti, uses in counted.all()}
         refused = [j for j in fresh if j not in out]
-        for i in range(0, len(refused), IN_CHUNK):
-            conn.execute(
-                delete(uses_t).where(
-                    and_(uses_t.c.use_id == use_id, uses_t.c.jti.in_(refused[i : i + IN_CHUNK]))
-                )
-            )
+        if refused:
+            conn.execute(sql.drop, {"jtis": sql.jtis(refused), "uid": use_id})
         return out
 
     def uses_of(
         self, conn: Connection, use_id: str, jtis: Sequence[str]
     ) -> dict[str, tuple[str, str, int]]:
         """The uses already open under ``use_id`` among ``jtis``: jti -> (actor, state, opened_at)."""
-        out: dict[str, tuple[str, str, int]] = {}
-        u = uses_t.c
-        for i in range(0, len(jtis), IN_CHUNK):
-            q = select(u.jti, u.actor, u.state, u.opened_at).where(
-                and_(u.use_id == use_id, u.jti.in_(list(jtis[i : i + IN_CHUNK])))
-            )
-            for jti, actor, state, opened in conn.execute(q):
-                out[jti] = (actor, state, int(opened))
-        return out
+        if not jtis:
+            return {}
+        sql = use_sql(conn)
+        rows = conn.execute(sql.uses, {"jtis": sql.jtis(jtis), "uid": use_id}).all()
+        return {jti: (actor, state, int(opened)) for jti, actor, state, opened in rows}
 
     def settle_uses(
         self,
@@ -593,48 +644,22 @@ class ConsentStore:
         """Commit (the answer reached the bank) or release (the work failed) the uses
         ``actor`` reserved under ``use_id``; a released use no longer counts. Uses another
         actor opened, or already committed, are left alone. Returns the jtis settled."""
-        u = uses_t.c
-        done: list[str] = []
-        for i in range(0, len(jtis), IN_CHUNK):
-            cond = and_(
-                u.use_id == use_id,
-                u.jti.in_(list(jtis[i : i + IN_CHUNK])),
-                u.actor == actor,
-                u.state == "RESERVED",
-            )
-            stmt: Any
-            if commit:
-                stmt = update(uses_t).where(cond).values(state="COMMITTED").returning(u.jti)
-            else:
-                stmt = delete(uses_t).where(cond).returning(u.jti)
-            done += [j for (j,) in conn.execute(stmt)]
-        if not commit:
-            c = consents_t.c
-            for i in range(0, len(done), IN_CHUNK):
-                conn.execute(
-                    update(consents_t)
-                    .where(and_(c.jti.in_(done[i : i + IN_CHUNK]), c.uses > 0))
-                    .values(uses=c.uses - 1, updated_at=now)
-                )
+        if not jtis:
+            return []
+        sql = use_sql(conn)
+        params = {"jtis": sql.jtis(jtis), "uid": use_id, "who": actor}
+        done = [j for (j,) in conn.execute(sql.commit if commit else sql.release, params).all()]
+        if not commit and done:
+            conn.execute(sql.give_back, {"jtis": sql.jtis(done), "now": now})
         return done
 
     def pin_uses(self, conn: Connection, use_id: str, jtis: Sequence[str]) -> None:
         """Commit the uses still reserved under ``use_id`` among ``jtis`` (a verifier that
         joined them disclosed to the bank: no one may give them back now)."""
-        u = uses_t.c
-        jtis = list(dict.fromkeys(jtis))
-        for i in range(0, len(jtis), IN_CHUNK):
-            conn.execute(
-                update(uses_t)
-                .where(
-                    and_(
-                        u.use_id == use_id,
-                        u.jti.in_(jtis[i : i + IN_CHUNK]),
-                        u.state == "RESERVED",
-                    )
-                )
-                .values(state="COMMITTED")
-            )
+        if not jtis:
+            return
+        sql = use_sql(conn)
+        conn.execute(sql.pin, {"jtis": sql.jtis(list(dict.fromkeys(jtis))), "uid": use_id})
 
     def expired_reservations(
         self, conn: Connection, cutoff: int, limit: int
@@ -716,28 +741,16 @@ class ConsentStore:
         exceeds it); the count after it of each one counted."""
         if not jtis:
             return {}
-        rows_in = [
-            {"jti": j, "use_id": use_id, "actor": actor, "state": "COMMITTED", "opened_at": now}
-            for j in jtis
-        ]
-        fresh = [j for (j,) in conn.execute(_insert_new(conn).returning(uses_t.c.jti), rows_in)]
-        c = consents_t.c
-        out: dict[str, int] = {}
-        for i in range(0, len(fresh), IN_CHUNK):
-            stmt = (
-                update(consents_t)
-                .where(and_(c.jti.in_(fresh[i : i + IN_CHUNK]), c.uses < c.max_uses))
-                .values(uses=c.uses + 1, updated_at=now)
-                .returning(c.jti, c.uses)
-            )
-            out.update((j, int(n)) for j, n in conn.execute(stmt))
+        sql = use_sql(conn)
+        params = {"jtis": sql.jtis(jtis), "uid": use_id, "who": actor, "st": "COMMITTED"}
+        fresh = [j for (j,) in conn.execute(sql.insert, {**params, "now": now}).all()]
+        if not fresh:
+            return {}
+        counted = conn.execute(sql.count_late, {"jtis": sql.jtis(fresh), "now": now})
+        out = {j: int(n) for j, n in counted.all()}
         full = [j for j in fresh if j not in out]
-        for i in range(0, len(full), IN_CHUNK):
-            conn.execute(
-                delete(uses_t).where(
-                    and_(uses_t.c.use_id == use_id, uses_t.c.jti.in_(full[i : i + IN_CHUNK]))
-                )
-            )
+        if full:
+            conn.execute(sql.drop, {"jtis": sql.jtis(full), "uid": use_id})
         return out
 
     def list_consents(

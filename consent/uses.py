@@ -201,11 +201,9 @@ class UseRecorder:
         self, conn: Connection, actor: Identity, use_id: str, refs: Sequence[UseRef], now: int
     ) -> list[Reservation | FedcreditError]:
         jtis = list(dict.fromkeys(r.jti for r in refs))
-        # The open uses first, then the rows: a use visible here has its count visible too
-        # (READ COMMITTED: the opener's transaction wrote both). Narrow rows (UseState):
-        # a batch of 1,000 reads no token and parses no JSON.
-        joined = self.store.uses_of(conn, use_id, jtis)
-        rows = self.store.use_states(conn, jtis)
+        # The rows and the open uses in one statement (one snapshot): a use visible here
+        # has its count visible too. Narrow rows (UseState): no token read, no JSON parsed.
+        rows, joined = self.store.use_view(conn, use_id, jtis)
         out: dict[int, Reservation | FedcreditError] = {}
         candidates: dict[str, UseState] = {}
         for k, ref in enumerate(refs):
