@@ -1,7 +1,7 @@
 """Consent use counting: CPU of the consent service per 1,000 reserved and settled uses.
 
-Run ``python -m bench.bench_uses`` (SQLite) and ``python -m bench.bench_uses --postgres
-URL`` (PostgreSQL; default URL: the local test database, a private schema dropped after).
+Run ``python -m bench.bench_uses``: on SQLite, and on PostgreSQL when it answers at
+``--postgres URL`` (default: the local test database; a private schema, dropped after).
 What nodes and the coordinator ask of the consent service for a batch (issue 14): one
 ReserveUses then one SettleUses per chunk of ``max_uses_batch`` tokens. Measured at the
 authority, the code behind the ReserveUses/SettleUses handlers (the wire mapping aside),
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -180,30 +181,69 @@ def run(kind: str, pg_url: str, n: int, rounds: int) -> dict[str, float]:
             store.close()
 
 
+LABELS = {
+    "open_commit_cpu_ms": "reserve + commit",
+    "open_release_cpu_ms": "reserve + release",
+    "join_pinned_cpu_ms": "join a use (pinned)",
+    "floor_cpu_ms": "floor: one bare DB-API UPDATE ... IN (1,000 values)",
+}
+
+
+def _pg_problem(url: str) -> str | None:
+    """None when PostgreSQL answers at ``url``, else why not."""
+    try:
+        eng = sa.create_engine(url, connect_args={"connect_timeout": 3})
+        with eng.connect() as conn:
+            conn.execute(sa.text("select 1"))
+        eng.dispose()
+    except Exception as exc:  # any failure to connect: measured on SQLite only, said so
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+def rows(results: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """The results as run_all's rows (metric, value, unit, target, met)."""
+    return [
+        {"metric": f"{kind}: {LABELS[k]}, CPU per 1,000 uses", "value": round(v, 2),
+         "unit": "ms", "target": "", "met": None}
+        for kind, res in results.items()
+        for k, v in res.items()
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--postgres", nargs="?", const=PG_URL, default=None, metavar="URL",
-                   help="also measure on PostgreSQL (default URL: %(const)s)")  # fmt: skip
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument(
+        "--postgres",
+        default=PG_URL,
+        metavar="URL",
+        help="PostgreSQL to measure on too, in a private schema (default %(default)s)",
+    )
+    p.add_argument("--sqlite-only", action="store_true", help="skip PostgreSQL")
     p.add_argument("--uses", type=int, default=1000, help="tokens per batch (default 1000)")
-    p.add_argument("--rounds", type=int, default=9, help="runs per row, median (default 9)")
+    p.add_argument("--rounds", type=int, default=7, help="runs per row, median (default 7)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    a = p.parse_args(argv)
-    kinds = ["sqlite"] + (["postgresql"] if a.postgres else [])
-    results = {k: run(k, a.postgres or PG_URL, a.uses, a.rounds) for k in kinds}
+    a = p.parse_args(argv)  # fmt: skip
+    kinds = ["sqlite"]
+    problem = None if a.sqlite_only else _pg_problem(a.postgres)
+    if not a.sqlite_only and problem is None:
+        kinds.append("postgresql")
+    elif problem is not None:
+        print(f"PostgreSQL not measured: {problem}")
+    results = {k: run(k, a.postgres, a.uses, a.rounds) for k in kinds}
+    meta = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "uses": a.uses, "rounds": a.rounds, "load_1min": os.getloadavg()[0]}  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"uses": a.uses, "rounds": a.rounds, **results}, indent=2))
+    RESULTS.write_text(json.dumps({**meta, "rows": rows(results)}, indent=2))
     if a.json:
         print(json.dumps(results, indent=2))
         return 0
-    table = Table(
-        title=f"consent service CPU per 1,000 uses (batches of {a.uses}, median of {a.rounds})"
-    )
+    table = Table(title=f"consent service CPU per 1,000 uses, ms (median of {a.rounds})")
     table.add_column("operation")
     for k in kinds:
-        table.add_column(f"{k} ms", justify="right")
-    for row in results[kinds[0]]:
-        table.add_row(row.removesuffix("_cpu_ms").replace("_", " "),
-                      *(f"{results[k][row]:.1f}" for k in kinds))  # fmt: skip
+        table.add_column(k, justify="right")
+    for key, label in LABELS.items():
+        table.add_row(label, *(f"{results[k][key]:.1f}" for k in kinds))
     Console().print(table)
     return 0
 
