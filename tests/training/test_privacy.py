@@ -10,8 +10,9 @@ import pytest
 
 from fedcredit.training.gbdt import GBDTParams
 from fedcredit.training.gbdt.booster import HistServer, Request, SplitOp
-from fedcredit.training.gbdt.central import train_parties
+from fedcredit.training.gbdt.central import train_central, train_parties
 from fedcredit.training.gbdt.metrics import auc
+from fedcredit.training.gbdt.params import tree_features
 from fedcredit.training.gbdt.party import Party
 from fedcredit.training.gbdt.privacy import (
     DEFAULT_SHARES,
@@ -389,3 +390,99 @@ def test_noisy_totals_are_clamped_to_a_defined_initial_score() -> None:
     assert clamp_noisy_totals(np.array([87, 95, 0, 0])).tolist() == [87, 86, 0, 0]
     assert clamp_noisy_totals(np.array([-3, 2, 0, 0])).tolist() == [0, 1, 0, 0]
     assert clamp_noisy_totals(np.array([500, 40, 0, 0])).tolist() == [500, 40, 0, 0]
+
+
+SUB = replace(PARAMS, features_per_tree=3, feature_seed=11)
+
+
+def _sub_guarded() -> tuple[Party, HistServer]:
+    spec = public_spec(NAMES, RANGES, SUB.max_bins)
+    (x, y), *_ = _banks()
+    plan = NoisePlan.calibrate(SUB, F, 1, 4.0, 1e-6)
+    party = Party(
+        spec, x, y, noise=BankNoise(plan, seeded_sampler(1)), guard=RequestGuard(SUB, spec, spec)
+    )
+    return party, HistServer(SUB, spec, party.totals())
+
+
+def test_feature_subsets_come_from_the_committed_seed_and_are_checked_by_the_bank() -> None:
+    """Each tree is grown on a public subset of features_per_tree features drawn from the
+    committed seed: the coordinator asks for exactly those histograms, the bank answers
+    with K features' cells only; a request for another subset (same size, all features,
+    or a split on a feature outside the tree's subset) is refused before anything is
+    released."""
+    subsets = [tree_features(SUB, F, t) for t in range(SUB.num_trees)]
+    assert all(len(s) == 3 and list(s) == sorted(set(s)) for s in subsets)
+    assert len(set(subsets)) > 1  # trees draw different subsets
+    assert subsets == [tree_features(SUB, F, t) for t in range(SUB.num_trees)]
+    assert subsets != [
+        tree_features(replace(SUB, feature_seed=12), F, t) for t in range(SUB.num_trees)
+    ]
+    assert tree_features(PARAMS, F, 0) == tuple(range(F))
+    party, server = _sub_guarded()
+    first = server.next_request()
+    assert first is not None and first.features == subsets[0]
+    other = next(
+        tuple(sorted(c)) for c in ((0, 1, 2), (3, 4, 5), (0, 2, 4)) if tuple(c) != subsets[0]
+    )
+    for bad in (other, None, subsets[0][:2]):
+        with pytest.raises(CoordinatorDeviates, match="committed feature seed"):
+            party.respond(replace(first, features=bad))
+    hist, _ = party.respond(first)
+    assert hist.shape == (1, 3, party.spec.slots, 3)
+    server.receive(hist)
+    second = server.next_request()
+    assert second is not None and second.splits
+    assert all(sp.feature in subsets[0] for sp in second.splits)
+    outside = next(f for f in range(F) if f not in subsets[0])
+    with pytest.raises(CoordinatorDeviates, match="not in tree 0's subset"):
+        party.respond(replace(second, splits=(replace(second.splits[0], feature=outside),)))
+    # Without a seed the coordinator draws one and commits it; a bank sent none refuses.
+    unseeded = replace(SUB, feature_seed=None)
+    drawn = HistServer(unseeded, party.spec, party.totals()).params.feature_seed
+    assert (
+        drawn is not None
+        and drawn != HistServer(unseeded, party.spec, party.totals()).params.feature_seed
+    )
+    with pytest.raises(CoordinatorDeviates, match="no committed feature seed"):
+        RequestGuard(unseeded, party.spec, party.spec)
+
+
+def test_subsampled_plan_puts_the_same_budget_on_fewer_features() -> None:
+    """The same (epsilon, delta) over K of F features: each release's sensitivity is sqrt(K),
+    so every cell's noise shrinks by sqrt(K/F) at the same multiplier; a bank refuses a
+    plan calibrated for another number of released features."""
+    full = NoisePlan.calibrate(PARAMS, F, 3, 4.0, 1e-6)
+    sub = NoisePlan.calibrate(SUB, F, 3, 4.0, 1e-6)
+    assert sub.released_features == 3 and full.released_features == F
+    assert sub.multiplier == pytest.approx(full.multiplier) and sub.spent_epsilon <= 4.0 + 1e-9
+    for a, b in zip(sub.sigmas(), full.sigmas(), strict=True):
+        assert a == pytest.approx(b * (3 / F) ** 0.5)
+    assert NoisePlan.from_dict(sub.to_dict()) == sub
+    sub.check(4.0, SUB, F)
+    with pytest.raises(CoordinatorDeviates, match="releases of 3 features"):
+        sub.check(4.0, PARAMS, F)  # the run releases all F: noise for 3 is too little
+    with pytest.raises(CoordinatorDeviates, match="this run's settings release 3"):
+        full.check(4.0, SUB, F)
+
+
+def test_subsampled_private_training_replays_from_its_seed() -> None:
+    """Federated (the banks' noisy sums) equals itself given the same noise seed, and
+    a central party holding all rows equals the federated run without noise."""
+    banks = _banks()
+    spec = public_spec(NAMES, RANGES, SUB.max_bins)
+    plan = NoisePlan.calibrate(SUB, F, 3, 4.0, 1e-6)
+
+    def run(seed: int) -> str:
+        parties = [
+            Party(spec, x, y, noise=BankNoise(plan, seeded_sampler(seed + i)),
+                  guard=RequestGuard(SUB, spec, spec))
+            for i, (x, y) in enumerate(banks)
+        ]  # fmt: skip
+        return train_parties(SUB, spec, parties).to_lightgbm()
+
+    assert run(1) == run(1) != run(50)
+    x = np.vstack([x for x, _ in banks])
+    y = np.concatenate([y for _, y in banks])
+    fed = train_parties(SUB, spec, [Party(spec, bx, by) for bx, by in banks]).to_lightgbm()
+    assert fed == train_central(spec, x, y, SUB).to_lightgbm()

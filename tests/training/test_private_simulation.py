@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pickle
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ PARAMS = GBDTParams(
     min_sum_hessian_in_leaf=5.0,
 )
 SEED = 100
+# Each tree on a public subset of 3 of the 8 features, drawn from the committed seed.
+SUB = replace(PARAMS, features_per_tree=3, feature_seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -96,23 +99,26 @@ def test_private_federated_equals_in_process_and_leaks_no_raw_value(
         TrainSettings(params=PARAMS, secagg=False, epsilon=4.0, public_ranges=ranges),
         # A bank allows at most epsilon 4: a coordinator asking for 8 is refused.
         TrainSettings(params=PARAMS, secagg=True, epsilon=8.0, public_ranges=ranges),
+        TrainSettings(params=SUB, secagg=True, epsilon=4.0, public_ranges=ranges),
     ]
-    sec, plain, greedy = simulate_many(runs, source, 3, client_mods=[_capture(wire)])
+    sec, plain, greedy, sub = simulate_many(runs, source, 3, client_mods=[_capture(wire)])
     seen = [pickle.loads(f.read_bytes()) for f in sorted(wire.iterdir())]
     assert isinstance(sec, TrainOutcome) and isinstance(plain, TrainOutcome), (sec, plain)
 
     data = [load_csv(p) for p in paths]
     names = list(data[0].feature_names)
     spec = public_spec(names, parse_ranges(json.loads(Path(ranges).read_text())), 8)
-    for out, shares in ((sec, 3), (plain, 1)):
-        plan = NoisePlan.calibrate(PARAMS, N_FEATURES, shares, 4.0, 1e-6)
+    assert isinstance(sub, TrainOutcome), sub
+    for out, shares, params in ((sec, 3, PARAMS), (plain, 1, PARAMS), (sub, 3, SUB)):
+        plan = NoisePlan.calibrate(params, N_FEATURES, shares, 4.0, 1e-6)
         parties = [
             Party(spec, d.x, d.y, d.ids, noise=BankNoise(plan, seeded_sampler(SEED + i)))
             for i, d in enumerate(data)
         ]
-        assert out.model_text == train_parties(PARAMS, spec, parties).to_lightgbm()
+        assert out.model_text == train_parties(params, spec, parties).to_lightgbm()
         assert out.privacy is not None and out.privacy["epsilon"] <= 4.0
-        assert out.message_rounds == out.trees * PARAMS.max_depth  # the floor: one per level
+        assert out.message_rounds == out.trees * params.max_depth  # the floor: one per level
+    assert sub.privacy is not None and sub.privacy["features_per_release"] == 3
     assert "feature_infos=" + " ".join(["[-5:5]"] * N_FEATURES) in sec.model_text
 
     assert isinstance(greedy, Exception) and "PRIVACY_BUDGET_EXCEEDED" in str(greedy), greedy
@@ -120,7 +126,7 @@ def test_private_federated_equals_in_process_and_leaks_no_raw_value(
     # What left the banks in private mode: names, ids and keys at setup; then only sums,
     # noisy (plain) or masked. No per-bank row count, positives, min or max.
     setups = [got for mtype, got in seen if mtype == "query.setup"]
-    assert len(setups) == 9
+    assert len(setups) == 12
     for got in setups:
         assert set(got) == {"info"}
         assert set(got["info"]) == {"feature_names", "bank", "public_key"}

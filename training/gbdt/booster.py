@@ -10,7 +10,7 @@ optionally through SecAgg+), which is why the two give the same model.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from fedcredit.training.gbdt.histogram import (
     node_stats,
 )
 from fedcredit.training.gbdt.lgb_text import model_text
-from fedcredit.training.gbdt.params import MAX_TOTAL_ROWS, GBDTParams
+from fedcredit.training.gbdt.params import MAX_TOTAL_ROWS, GBDTParams, tree_features
 from fedcredit.training.gbdt.tree import Tree
 
 # Validation logloss is summed as integers too: value * 2**LOGLOSS_BITS per row.
@@ -55,6 +55,8 @@ class Request:
     leaves: tuple[int, ...] = ()  # histograms wanted, in this order
     want_valid: bool = False
     seq: int = 0  # 1, 2, ... per run: banks refuse a replayed or skipped request
+    # The features whose histograms are wanted (this tree's subset, ascending); None: all.
+    features: tuple[int, ...] | None = None
 
     def to_config(self) -> dict[str, Any]:
         """Flat scalars and lists, as a Flower ConfigRecord holds them."""
@@ -73,6 +75,8 @@ class Request:
             cfg["init_score"] = self.init_score
         if self.finish_values is not None:
             cfg["finish_values"] = list(self.finish_values)
+        if self.features is not None:
+            cfg["features"] = list(self.features)
         return cfg
 
     @classmethod
@@ -101,6 +105,7 @@ class Request:
                 leaves=tuple(int(v) for v in cfg["leaves"]),
                 want_valid=bool(cfg["want_valid"]),
                 seq=int(cfg.get("seq", 0)),
+                features=(tuple(int(v) for v in cfg["features"]) if "features" in cfg else None),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed training request: {exc}") from exc
@@ -181,7 +186,7 @@ class HistServer:
                 f"the label is constant over all {totals.n_train} training rows "
                 f"({totals.positives} positives): nothing to learn"
             )
-        self.params = params
+        self.params = params = params.with_feature_seed()
         self.spec = spec
         self.totals = totals
         p = totals.positives / totals.n_train
@@ -222,7 +227,7 @@ class HistServer:
             if hists is None or hists.shape[0] != len(req.leaves):
                 got = None if hists is None else hists.shape
                 raise ProtocolError(f"expected histograms for {len(req.leaves)} leaves, got {got}")
-            expected = (self.spec.num_features, self.spec.slots, 3)
+            expected = (len(self._columns(req)), self.spec.slots, 3)
             if hists.shape[1:] != expected:
                 raise ProtocolError(
                     f"expected histograms of shape {expected}, got {hists.shape[1:]}"
@@ -237,7 +242,7 @@ class HistServer:
             self._hist[leaf] = hists[i]
         for target, parent_key, sibling in self._derive:
             self._hist[target] = self._hist.pop(parent_key) - self._hist[sibling]
-        self._grow_level()
+        self._grow_level(self._columns(req))
         self._make_request()
 
     # -- internals --------------------------------------------------------------
@@ -257,17 +262,31 @@ class HistServer:
             self.trees = self.trees[: max(self.best_iteration, 1)]
             self.done = True
 
-    def _grow_level(self) -> None:
+    def _columns(self, req: Request) -> tuple[int, ...]:
+        """The features of ``req``'s histograms: their index in the spec, in order."""
+        if req.features is None:
+            return tuple(range(self.spec.num_features))
+        return req.features
+
+    def _request_features(self, tree: int) -> tuple[int, ...] | None:
+        """The features asked for in tree ``tree``: None (all) without subsampling."""
+        if self.params.released_features(self.spec.num_features) == self.spec.num_features:
+            return None
+        return tree_features(self.params, self.spec.num_features, tree)
+
+    def _grow_level(self, columns: tuple[int, ...]) -> None:
         p = self.params
+        num_bins = self.num_bins[list(columns)]
         splits: list[SplitOp] = []
         next_open: list[_Open] = []
         for op in sorted(self._open, key=lambda o: o.leaf):
             hist = self._hist[op.leaf]
             stats = node_stats(hist)
             self._set_leaf(op.leaf, stats)
-            choice = best_split(hist, self.num_bins, p)
+            choice = best_split(hist, num_bins, p)
             if choice is None:
                 continue
+            choice = replace(choice, feature=columns[choice.feature])
             _node, right = self._tree.split(
                 op.leaf,
                 feature=choice.feature,
@@ -380,6 +399,7 @@ class HistServer:
                 leaves=(0,),
                 want_valid=self._want_valid,
                 seq=1,
+                features=self._request_features(0),
             )
             self._first = False
             return
@@ -394,6 +414,7 @@ class HistServer:
             leaves=self._wanted,
             want_valid=self._want_valid and self._pending_finish is not None,
             seq=self._request.seq + 1 if self._request is not None else 1,
+            features=self._request_features(len(self.trees)),
         )
         self._pending_splits = ()
         self._pending_finish = None

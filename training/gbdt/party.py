@@ -134,8 +134,16 @@ class Party:
             raise ProtocolError(
                 f"request is for tree {req.tree} but this party is at tree {self._tree}"
             )
+        binned = self._train.binned
+        if req.features is not None:
+            if not all(0 <= f < self.spec.num_features for f in req.features):
+                raise ProtocolError(
+                    f"asked for features {list(req.features)}; this run has "
+                    f"{self.spec.num_features}"
+                )
+            binned = binned[:, list(req.features)]
         hists = build_histograms(
-            self._train.binned,
+            binned,
             self._grad,
             self._hess,
             self._train.leaf,

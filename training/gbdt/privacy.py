@@ -10,11 +10,16 @@ bank releases, and its L2 sensitivity to one row:
   histograms of the leaves asked for. The bank refuses requests whose leaves
   overlap (see :class:`RequestGuard`), so a row lies in at most one of them and moves,
   per feature, one cell by (g, h, 1) with |g| = |p − y| ≤ 1 and 0 ≤ h = p(1 − p) ≤ 1/4.
-  Over F features: Δ_g = √F, Δ_h = √F/4, Δ_n = √F.
+  A release carries the histograms of K features: all F, or with ``features_per_tree``
+  the tree's public subset of K (drawn from the committed ``feature_seed``, checked by
+  every bank, see ``tree_features``), so Δ_g = √K, Δ_h = √K/4, Δ_n = √K. A feature
+  left out of a tree releases nothing in it.
 
 Every channel of every release gets Gaussian noise of standard deviation z·Δ (the
-noise multiplier z), i.e. ρ = 1/(2z²) zero-concentrated DP per channel. OpenDP
-composes the 1 + 3 · trees · depth releases (zCDP composes adaptively: later trees'
+noise multiplier z), i.e. ρ = 1/(2z²) zero-concentrated DP per channel whatever K is:
+the same budget spread over K instead of F features' cells puts noise of z·√K rather
+than z·√F on each. OpenDP is handed each release as a Gaussian mechanism on distances
+in units of its Δ (noise scale z at d_in = 1), and composes the 1 + 3 · trees · depth releases (zCDP composes adaptively: later trees'
 gradients depend on earlier noisy releases) and converts to (ε, δ).
 
 Distributed noise: with B banks each adds a discrete Gaussian share of variance
@@ -45,7 +50,7 @@ import numpy.typing as npt
 
 from fedcredit.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from fedcredit.training.gbdt.binning import BinSpec
-from fedcredit.training.gbdt.params import FIXED_POINT_BITS, GBDTParams
+from fedcredit.training.gbdt.params import FIXED_POINT_BITS, GBDTParams, tree_features
 
 DP_GRID_BITS = 8
 GRID_UNIT = 1 << (FIXED_POINT_BITS - DP_GRID_BITS)  # one grid step in fixed-point units
@@ -248,6 +253,12 @@ class NoisePlan:
     banks: int
     # Budget share of (gradient, hessian, count) in each histogram release.
     shares: tuple[float, float, float] = EQUAL_SHARES
+    # Features whose histograms one release carries (K <= n_features): sets Δ = √K.
+    released_features: int = 0
+
+    def __post_init__(self) -> None:
+        if self.released_features == 0:
+            object.__setattr__(self, "released_features", self.n_features)
 
     @classmethod
     def calibrate(
@@ -279,7 +290,8 @@ class NoisePlan:
                 lo = mid
             else:
                 hi = mid
-        return cls(epsilon, delta, hi, rel, n_features, banks, shares)
+        k = params.released_features(n_features)
+        return cls(epsilon, delta, hi, rel, n_features, banks, shares, k)
 
     @property
     def spent_epsilon(self) -> float:
@@ -297,7 +309,7 @@ class NoisePlan:
     def sigmas(self) -> tuple[float, float, float]:
         """Aggregate noise standard deviation of (gradient, hessian, count) cells, in lattice
         steps (2**-DP_GRID_BITS for gradients and hessians, 1 row for counts)."""
-        root_f = math.sqrt(self.n_features)
+        root_f = math.sqrt(self.released_features)
         zg, zh, zn = channel_multipliers(self.multiplier, self.shares)
         return zg * root_f * GRID, zh * root_f * GRID / 4.0, zn * root_f
 
@@ -313,6 +325,7 @@ class NoisePlan:
             "n_features": self.n_features,
             "banks": self.banks,
             "shares": list(self.shares),
+            "released_features": self.released_features,
         }
 
     @classmethod
@@ -326,6 +339,7 @@ class NoisePlan:
                 n_features=int(d["n_features"]),
                 banks=int(d["banks"]),
                 shares=_shares(d.get("shares", EQUAL_SHARES)),
+                released_features=int(d.get("released_features", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidPrivacySettings(f"noise plan is malformed: {exc}") from None
@@ -336,6 +350,12 @@ class NoisePlan:
             raise CoordinatorDeviates(
                 f"noise plan covers {self.releases} releases of {self.n_features} features; "
                 f"this run needs {releases_per_run(params)} of {n_features}"
+            )
+        if self.released_features != params.released_features(n_features):
+            raise CoordinatorDeviates(
+                f"noise plan is calibrated for releases of {self.released_features} features' "
+                f"histograms; this run's settings release "
+                f"{params.released_features(n_features)} per tree"
             )
         eps = self.spent_epsilon
         if not eps <= max_epsilon * (1 + 1e-9) or self.delta > DEFAULT_DELTA * 10:
@@ -439,7 +459,8 @@ class RequestGuard:
     is not open, on a feature or bin outside the spec, or to a leaf id already used; a
     leaf asked for that is not a child of this round's splits, or both children of one
     split (the second is the parent minus the first); a tree deeper than agreed; more
-    histogram rounds than the noise plan covers.
+    histogram rounds than the noise plan covers; features other than the tree's subset
+    drawn from the committed seed (asked for, or split on).
     """
 
     def __init__(self, params: GBDTParams, spec: BinSpec, expected: BinSpec) -> None:
@@ -452,6 +473,13 @@ class RequestGuard:
             raise CoordinatorDeviates(
                 "bin spec differs from the public one this bank computes"
                 + (f" (features {', '.join(diff[:5])})" if diff else "")
+            )
+        if (
+            params.released_features(spec.num_features) < spec.num_features
+            and params.feature_seed is None
+        ):
+            raise CoordinatorDeviates(
+                "trees on feature subsets but no committed feature seed to check them against"
             )
         self.params = params
         self.spec = spec
@@ -482,8 +510,20 @@ class RequestGuard:
         self._depth = {int(k): int(v) for k, v in d["depth"]}
         self._leaves = int(d["leaves"])
 
+    def _features(self, tree: int) -> tuple[int, ...]:
+        return tree_features(self.params, self.spec.num_features, tree)
+
     def check(self, seq: int, tree: int, req: Any, max_releases: int) -> None:
         """Check one request (a booster ``Request``) before the bank answers it."""
+        wanted = self._features(tree)
+        asked = tuple(range(self.spec.num_features)) if req.features is None else req.features
+        if tuple(asked) != wanted:
+            raise CoordinatorDeviates(
+                f"tree {tree} asks for the histograms of features {list(asked)[:8]}"
+                f"{'...' if len(asked) > 8 else ''} ({len(asked)}); the committed feature "
+                f"seed draws {list(wanted)[:8]}{'...' if len(wanted) > 8 else ''} "
+                f"({len(wanted)})"
+            )
         if seq != self.seq + 1:
             raise CoordinatorDeviates(
                 f"request {seq} out of sequence: expected request {self.seq + 1} (replayed or "
@@ -534,6 +574,10 @@ class RequestGuard:
                 raise CoordinatorDeviates(f"split of leaf {sp.leaf}, which is not an open leaf")
             if not 0 <= sp.feature < self.spec.num_features:
                 raise CoordinatorDeviates(f"split on feature {sp.feature}: no such feature")
+            if sp.feature not in self._features(max(self._tree, 0)):
+                raise CoordinatorDeviates(
+                    f"split on feature {sp.feature}, which is not in tree {self._tree}'s subset"
+                )
             if not 0 <= sp.bin < self.spec.num_bins(sp.feature) - 1:
                 raise CoordinatorDeviates(
                     f"split at bin {sp.bin} of feature {sp.feature}, outside its "

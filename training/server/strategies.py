@@ -283,12 +283,12 @@ def _binning(
 
 def _private_start(
     fed: Federation, names: list[str]
-) -> tuple[BinSpec, np.ndarray, NoisePlan, dict[str, Any]]:
+) -> tuple[BinSpec, np.ndarray, GBDTParams, dict[str, Any]]:
     """Private runs: bins from the public ranges, the noise plan calibrated for the
     budget, then the one totals release (which also hands every bank the spec and plan
     to check before it releases anything)."""
     s = fed.settings
-    p = s.params
+    p = s.params.with_feature_seed()  # committed here: every bank checks each tree's subset
     spec = public_spec(names, load_ranges(s.public_ranges), p.max_bins)
     shares = len(fed.nodes) if s.secagg else 1  # without secure sums each bank adds it all
     plan = NoisePlan.calibrate(p, len(names), shares, s.epsilon, s.delta)
@@ -309,13 +309,15 @@ def _private_start(
         "epsilon_budget": s.epsilon,
         "noise_multiplier": plan.multiplier,
         "releases": plan.releases + 1,
+        "features_per_release": plan.released_features,
+        "feature_seed": p.feature_seed,
         "noise_shares": shares,
         "epsilon_if_one_bank_colludes": plan.epsilon_if_colluding(1) if shares > 1 else None,
         "public_ranges": True,
         "unit": "one borrower's row at one bank",
         "accountant": "OpenDP: zCDP composition, converted to (epsilon, delta)",
     }
-    return spec, totals, plan, privacy
+    return spec, totals, p, privacy
 
 
 def clamp_noisy_totals(totals: np.ndarray) -> np.ndarray:
@@ -336,7 +338,7 @@ def run_hist(fed: Federation) -> TrainOutcome:
     names, lo, hi, rows, node_edges = _setup(fed)
     privacy: dict[str, Any] | None = None
     if s.private:
-        spec, totals, _plan, privacy = _private_start(fed, names)
+        spec, totals, p, privacy = _private_start(fed, names)
         totals = clamp_noisy_totals(totals)
         rows = int(totals[0])
     else:
@@ -383,7 +385,8 @@ def _grow(fed: Federation, server: HistServer, spec: BinSpec, *, send_spec: bool
             cfg["spec"] = spec_json
             cfg["validation_fraction"] = s.params.validation_fraction
             first = False
-        shape = (len(req.leaves), nf, spec.slots, 3)
+        cols = nf if req.features is None else len(req.features)
+        shape = (len(req.leaves), cols, spec.slots, 3)
         size = int(np.prod(shape))
         if s.secagg:
             flat = _secure(fed, "hist", cfg)
