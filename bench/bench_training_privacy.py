@@ -336,7 +336,7 @@ def update_readme(path: Path, result: dict[str, Any], start: str, end: str) -> b
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--readme", type=Path, default=README, help="README to update")
     ap.add_argument(
         "--city-enterprises",
