@@ -10,6 +10,7 @@ member of the ``status_list`` claim of a ``statuslist+jwt``.
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 import zlib
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ def b64url(data: bytes) -> str:
 # RFC 7515 §2 / RFC 4648 §5 without padding: the alphabet only. ``fullmatch`` so a trailing
 # newline (which ``$`` would let through) is refused too.
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_PAD = (b"", b"", b"==", b"=")  # by length mod 4 (1 is refused before)
 _B64_INDEX = {
     c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 }
@@ -61,7 +64,9 @@ def b64url_decode(text: str) -> bytes:
         raise ValueError(f"expected a base64url length that is not 1 mod 4, got {len(text)}")
     if rem and _B64_INDEX[text[-1]] & (0x0F if rem == 2 else 0x03):
         raise ValueError("expected canonical base64url: the final character has non-zero pad bits")
-    return base64.urlsafe_b64decode(text + "=" * (-rem % 4))
+    # The alphabet is checked above, so straight to binascii: base64.urlsafe_b64decode's
+    # wrappers cost as much again as the decoding on a verifier's first sight of a token.
+    return binascii.a2b_base64(text.encode("ascii").translate(_TO_STANDARD) + _PAD[rem])
 
 
 class StatusArray:

@@ -44,6 +44,8 @@ REQUIRED_CLAIMS = (
     "cnf",
     "status",
 )
+_REQUIRED = frozenset(REQUIRED_CLAIMS)
+_CATEGORY_SET = frozenset(CATEGORIES)
 X5T = "x5t#S256"
 
 # Bounds on what a verifier parses before any signature is checked. A consent token is
@@ -161,11 +163,12 @@ def _str_list(value: Any, claim: str) -> list[str]:
 
 
 def check_required(claims: Mapping[str, Any]) -> None:
-    for name in REQUIRED_CLAIMS:
-        if name not in claims:
-            raise ClaimMissing(
-                f"the consent token has no '{name}' claim; it is required", claim=name
-            )
+    if not claims.keys() >= _REQUIRED:  # one C-level check; the loop names the first gap
+        for name in REQUIRED_CLAIMS:
+            if name not in claims:
+                raise ClaimMissing(
+                    f"the consent token has no '{name}' claim; it is required", claim=name
+                )
     for name in ("iss", "sub", "aud", "jti"):
         if not isinstance(claims[name], str) or not claims[name]:
             raise ClaimInvalid(
@@ -199,14 +202,15 @@ def parse_grant(claims: Mapping[str, Any]) -> Grant:
     scope = _str_list(d.get("scope"), "authorization_details.scope")
     nodes = _str_list(d.get("nodes"), "authorization_details.nodes")
     score_only = scope == [SCORE_ONLY]
-    if not score_only and (not scope or any(c not in CATEGORIES for c in scope)):
+    categories = frozenset() if score_only else frozenset(scope)  # strings: checked above
+    if not score_only and (not scope or not categories <= _CATEGORY_SET):
         raise ClaimInvalid(
             f"authorization_details[0].scope must be ['{SCORE_ONLY}'] or known categories, got {scope!r}",
             claim="authorization_details.scope",
         )
     return Grant(
         purpose=purpose,
-        categories=frozenset() if score_only else frozenset(scope),
+        categories=categories,
         score_only=score_only,
         nodes=frozenset(nodes),
         max_uses=_int(d.get("max_uses"), "authorization_details.max_uses", minimum=1),
