@@ -29,7 +29,11 @@ def main(listen_port: int, target_port: int) -> None:
             assert isinstance(s, socket.socket)
             if s is lsock:
                 client, _ = lsock.accept()
-                upstream = socket.create_connection(("127.0.0.1", target_port))
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", target_port))
+                except OSError:  # the service is not there: the caller sees a reset
+                    client.close()
+                    continue
                 for a, b in ((client, upstream), (upstream, client)):
                     a.setblocking(False)
                     peers[a] = b
@@ -40,16 +44,23 @@ def main(listen_port: int, target_port: int) -> None:
             except OSError:
                 data = b""
             other = peers.get(s)
-            if not data or other is None:
-                for x in (s, other):
-                    if x is not None and x in peers:
-                        sel.unregister(x)
-                        peers.pop(x, None)
-                        x.close()
-                continue
-            other.setblocking(True)
-            other.sendall(data)
-            other.setblocking(False)
+            if data and other is not None:
+                try:
+                    other.setblocking(True)
+                    other.sendall(data)
+                    other.setblocking(False)
+                    continue
+                except OSError:
+                    # The far side went away while this side was still talking (a caller
+                    # that gave up on a frozen service resets its connection after SIGCONT):
+                    # close this pair only; the forwarder itself must live on, as the
+                    # service it stands for does.
+                    pass
+            for x in (s, other):
+                if x is not None and x in peers:
+                    sel.unregister(x)
+                    peers.pop(x, None)
+                    x.close()
 
 
 if __name__ == "__main__":
