@@ -28,7 +28,6 @@ Writes bench/results/consent.json.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import resource
@@ -43,9 +42,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 from sqlalchemy import text
 
+from bench.report import Row, row, table, write
 from fedcredit.common import pki, uscc
 from fedcredit.common.db import make_engine
 from fedcredit.common.ed25519 import Ed25519Key
@@ -424,175 +423,143 @@ def bench_compromise(
     }
 
 
+def _authority(path: Path, bank: Identity) -> ConsentAuthority:
+    return ConsentAuthority(
+        ConsentStore(f"sqlite:///{path}"), ConsentSettings(),
+        bank_certs={BANK: bank.cert_sha256}.get,
+    )  # fmt: skip
+
+
+def _floors() -> dict[str, float]:
+    return {
+        "floor": bare_ed25519_us(3000),
+        "floor_openssl": bare_ed25519_us(3000, openssl=True),
+        "floor_sign": bare_ed25519_sign_us(3000),
+    }
+
+
+def measure(d: Path, quick: bool, console: Console) -> dict[str, Any]:
+    """Every measurement of one run, keyed as ``consent_rows`` reads them."""
+    import random
+
+    n_verify, n_issue, n_revoke = (2000, 300, 20) if quick else (20000, 2000, 50)
+    n_compromise = 10 if quick else 30
+    rng = random.Random(7)
+    codes = [uscc.generate(rng) for _ in range(8)]
+    orgs = [(SERVER_ORG, "consent"), (BANK, "bank"), ("dept-courts", "department"),
+            ("dept-tax", "department"), ("coordinator", "coordinator"), ("operator-1", "operator")]  # fmt: skip
+    files = pki.init_pki(d / "pki", orgs + [(c, "enterprise") for c in codes])
+    bank = files[BANK].identity()
+    issuer = ConsentSettings().issuer
+    m: dict[str, Any] = {}
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("floor, verify, issue", total=4)
+        m.update(_floors(), floor_commit=durable_commit_ms(d / "floor.sqlite", 300))
+        progress.advance(task)
+        a1 = _authority(d / "verify.sqlite", bank)
+        m["verify"] = bench_verify(a1, bank, codes, n_verify)
+        a1.close()
+        progress.advance(task)
+        a2 = _authority(d / "issue.sqlite", bank)
+        m["issue"] = bench_issue_library(a2, codes, n_issue)
+        a2.close()
+        progress.advance(task)
+        a3 = _authority(d / "svc.sqlite", bank)
+        server, port = serve(a3, address="127.0.0.1:0", tls=files[SERVER_ORG])
+        address = f"127.0.0.1:{port}"
+        try:
+            m["issue"].update(
+                bench_issue_grpc(a3, address, [(c, files[c]) for c in codes], n_issue)
+            )
+            progress.advance(task)
+            m["revoke"] = bench_revocation(address, issuer, files, (codes[0], files[codes[0]]), n_revoke, progress)  # fmt: skip
+        finally:
+            stop(server, a3)
+        # Its own service and store: each compromise re-issues the live tokens of the
+        # rotated key, and the issue benchmark's thousands would be timed with it.
+        a4 = _authority(d / "compromise.sqlite", bank)
+        server, port = serve(a4, address="127.0.0.1:0", tls=files[SERVER_ORG])
+        try:
+            m["compromise"] = bench_compromise(
+                f"127.0.0.1:{port}",
+                issuer,
+                files,
+                (codes[1], files[codes[1]]),
+                n_compromise,
+                progress,
+            )
+        finally:
+            stop(server, a4)
+    return m
+
+
+def _at_least(v: float, floor: float) -> tuple[str, bool]:
+    return f">= {floor:g}", v >= floor
+
+
+def _at_most(v: float, ceiling: float) -> tuple[str, bool]:
+    return f"<= {ceiling:g}", v <= ceiling
+
+
+def consent_rows(m: dict[str, Any]) -> list[Row]:
+    verify, issue, revoke, comp = m["verify"], m["issue"], m["revoke"], m["compromise"]
+    n_rev, n_comp, k = revoke["revocations"], comp["rounds"], comp["verifiers"]
+    return [
+        row("bare Ed25519 verify, libsodium as the verifier runs it (floor)", m["floor"], "µs"),
+        row("bare Ed25519 verify, OpenSSL via cryptography (reference)", m["floor_openssl"], "µs"),
+        row("verify warm p50", verify["warm_p50_us"], "µs", *_at_most(verify["warm_p50_us"], 200)),
+        row("verify warm p99", verify["warm_p99_us"], "µs"),
+        row("verify warm throughput", verify["warm_per_s"], "tokens/s"),
+        row("verify cold p50 (first sight, signature)", verify["cold_p50_us"], "µs"),
+        row("verify cold p99", verify["cold_p99_us"], "µs"),
+        row("bare Ed25519 sign, 700 B (floor)", m["floor_sign"], "µs"),
+        row("durable SQLite commit, 1 row, p50 (floor)", m["floor_commit"], "ms"),
+        row("ceiling for 1 caller, 1 commit per consent (1 / commit floor)", 1000 / m["floor_commit"], "consents/s"),
+        row("issue, library, 1 caller, 1 per transaction", issue["library_single_per_s"], "consents/s",
+            *_at_least(issue["library_single_per_s"], 500)),
+        row("issue, library, 8 callers, 1 per call (group commit)", issue["library_8threads_single_per_s"],
+            "consents/s", *_at_least(issue["library_8threads_single_per_s"], 500)),
+        row("issue, library, batches of 100", issue["library_batch100_per_s"], "consents/s",
+            *_at_least(issue["library_batch100_per_s"], 500)),
+        row("issue, gRPC mTLS, 8 clients, 1 per call", issue["grpc_8clients_single_per_s"], "consents/s",
+            *_at_least(issue["grpc_8clients_single_per_s"], 500)),
+        row("issue, gRPC mTLS, 8 clients, 50 per call", issue["grpc_8clients_batch50_per_s"], "consents/s",
+            *_at_least(issue["grpc_8clients_batch50_per_s"], 500)),
+        row("CPU per consent, library, 1 caller", issue["library_single_cpu_ms"], "ms"),
+        row("CPU per consent, library, batches of 100", issue["library_batch100_cpu_ms"], "ms"),
+        row("service CPU per consent, gRPC 1 per call", issue["grpc_8clients_single_server_cpu_ms"], "ms"),
+        row("service CPU per consent, gRPC 50 per call", issue["grpc_8clients_batch50_server_cpu_ms"], "ms"),
+        row("events → evidence chain, backlog left after gRPC 1 per call",
+            issue["grpc_8clients_single_drain_s"] * 1e3, "ms"),
+        row(f"revocation → node refuses, p50 (n={n_rev})", revoke["propagation_p50_ms"], "ms"),
+        row(f"revocation → node refuses, p99 (n={n_rev})", revoke["propagation_p99_ms"], "ms",
+            *_at_most(revoke["propagation_p99_ms"], 1000)),
+        row("revocation → node refuses, max", revoke["propagation_max_ms"], "ms"),
+        row(f"key compromise → refused at all {k} verifiers, p50 (n={n_comp})", comp["everywhere_p50_ms"], "ms"),
+        row(f"key compromise → refused at all {k} verifiers, p99 (n={n_comp})", comp["everywhere_p99_ms"], "ms",
+            *_at_most(comp["everywhere_p99_ms"], 1000)),
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="Smaller run (for CI smoke).")
     args = ap.parse_args(argv)
-    n_verify, n_issue, n_revoke = (2000, 300, 20) if args.quick else (20000, 2000, 50)
-    n_compromise = 10 if args.quick else 30
     console = Console()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-consent-") as tmp:
-        d = Path(tmp)
-        import random
-
-        rng = random.Random(7)
-        codes = [uscc.generate(rng) for _ in range(8)]
-        files = pki.init_pki(
-            d / "pki",
-            [(SERVER_ORG, "consent"), (BANK, "bank"), ("dept-courts", "department")]
-            + [
-                ("dept-tax", "department"),
-                ("coordinator", "coordinator"),
-                ("operator-1", "operator"),
-            ]
-            + [(c, "enterprise") for c in codes],
-        )
-        bank = files[BANK].identity()
-        settings = ConsentSettings()
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("floor, verify, issue", total=4)
-            floor = bare_ed25519_us(3000)
-            floor_openssl = bare_ed25519_us(3000, openssl=True)
-            floor_sign = bare_ed25519_sign_us(3000)
-            floor_commit = durable_commit_ms(d / "floor.sqlite", 300)
-            progress.advance(task)
-            a1 = ConsentAuthority(
-                ConsentStore(f"sqlite:///{d}/verify.sqlite"),
-                settings,
-                bank_certs={BANK: bank.cert_sha256}.get,
-            )
-            verify = bench_verify(a1, bank, codes, n_verify)
-            a1.close()
-            progress.advance(task)
-            a2 = ConsentAuthority(
-                ConsentStore(f"sqlite:///{d}/issue.sqlite"),
-                settings,
-                bank_certs={BANK: bank.cert_sha256}.get,
-            )
-            issue = bench_issue_library(a2, codes, n_issue)
-            a2.close()
-            progress.advance(task)
-            a3 = ConsentAuthority(
-                ConsentStore(f"sqlite:///{d}/svc.sqlite"),
-                settings,
-                bank_certs={BANK: bank.cert_sha256}.get,
-            )
-            server, port = serve(a3, address="127.0.0.1:0", tls=files[SERVER_ORG])
-            address = f"127.0.0.1:{port}"
-            try:
-                issue.update(bench_issue_grpc(a3, address, [(c, files[c]) for c in codes], n_issue))
-                progress.advance(task)
-                revoke = bench_revocation(
-                    address, settings.issuer, files, (codes[0], files[codes[0]]), n_revoke, progress
-                )
-            finally:
-                stop(server, a3)
-            # Its own service and store: each compromise re-issues the live tokens of the
-            # rotated key, and the issue benchmark's thousands would be timed with it.
-            a4 = ConsentAuthority(
-                ConsentStore(f"sqlite:///{d}/compromise.sqlite"),
-                settings,
-                bank_certs={BANK: bank.cert_sha256}.get,
-            )
-            server, port = serve(a4, address="127.0.0.1:0", tls=files[SERVER_ORG])
-            try:
-                compromise = bench_compromise(
-                    f"127.0.0.1:{port}", settings.issuer, files, (codes[1], files[codes[1]]),
-                    n_compromise, progress,
-                )  # fmt: skip
-            finally:
-                stop(server, a4)
-
-    rows = [
-        {"metric": "bare Ed25519 verify, libsodium as the verifier runs it (floor)", "value": floor, "unit": "µs", "target": None, "met": None},
-        {"metric": "bare Ed25519 verify, OpenSSL via cryptography (reference)", "value": floor_openssl, "unit": "µs", "target": None, "met": None},
-        {"metric": "verify warm p50", "value": verify["warm_p50_us"], "unit": "µs", "target": "<= 200",
-         "met": verify["warm_p50_us"] <= 200},
-        {"metric": "verify warm p99", "value": verify["warm_p99_us"], "unit": "µs", "target": None, "met": None},
-        {"metric": "verify warm throughput", "value": verify["warm_per_s"], "unit": "tokens/s", "target": None,
-         "met": None},
-        {"metric": "verify cold p50 (first sight, signature)", "value": verify["cold_p50_us"], "unit": "µs",
-         "target": None, "met": None},
-        {"metric": "verify cold p99", "value": verify["cold_p99_us"], "unit": "µs", "target": None, "met": None},
-        {"metric": "bare Ed25519 sign, 700 B (floor)", "value": floor_sign, "unit": "µs", "target": None,
-         "met": None},
-        {"metric": "durable SQLite commit, 1 row, p50 (floor)", "value": floor_commit, "unit": "ms",
-         "target": None, "met": None},
-        {"metric": "ceiling for 1 caller, 1 commit per consent (1 / commit floor)", "value": 1000 / floor_commit,
-         "unit": "consents/s", "target": None, "met": None},
-        {"metric": "issue, library, 1 caller, 1 per transaction", "value": issue["library_single_per_s"],
-         "unit": "consents/s", "target": ">= 500", "met": issue["library_single_per_s"] >= 500},
-        {"metric": "issue, library, 8 callers, 1 per call (group commit)",
-         "value": issue["library_8threads_single_per_s"], "unit": "consents/s", "target": ">= 500",
-         "met": issue["library_8threads_single_per_s"] >= 500},
-        {"metric": "issue, library, batches of 100", "value": issue["library_batch100_per_s"], "unit": "consents/s",
-         "target": ">= 500", "met": issue["library_batch100_per_s"] >= 500},
-        {"metric": "issue, gRPC mTLS, 8 clients, 1 per call", "value": issue["grpc_8clients_single_per_s"],
-         "unit": "consents/s", "target": ">= 500", "met": issue["grpc_8clients_single_per_s"] >= 500},
-        {"metric": "issue, gRPC mTLS, 8 clients, 50 per call", "value": issue["grpc_8clients_batch50_per_s"],
-         "unit": "consents/s", "target": ">= 500", "met": issue["grpc_8clients_batch50_per_s"] >= 500},
-        {"metric": "CPU per consent, library, 1 caller", "value": issue["library_single_cpu_ms"],
-         "unit": "ms", "target": None, "met": None},
-        {"metric": "CPU per consent, library, batches of 100", "value": issue["library_batch100_cpu_ms"],
-         "unit": "ms", "target": None, "met": None},
-        {"metric": "service CPU per consent, gRPC 1 per call", "value": issue["grpc_8clients_single_server_cpu_ms"],
-         "unit": "ms", "target": None, "met": None},
-        {"metric": "service CPU per consent, gRPC 50 per call", "value": issue["grpc_8clients_batch50_server_cpu_ms"],
-         "unit": "ms", "target": None, "met": None},
-        {"metric": "events → evidence chain, backlog left after gRPC 1 per call",
-         "value": issue["grpc_8clients_single_drain_s"] * 1e3, "unit": "ms", "target": None, "met": None},
-        {"metric": f"revocation → node refuses, p50 (n={revoke['revocations']})",
-         "value": revoke["propagation_p50_ms"], "unit": "ms", "target": None, "met": None},
-        {"metric": f"revocation → node refuses, p99 (n={revoke['revocations']})",
-         "value": revoke["propagation_p99_ms"], "unit": "ms", "target": "<= 1000",
-         "met": revoke["propagation_p99_ms"] <= 1000},
-        {"metric": "revocation → node refuses, max", "value": revoke["propagation_max_ms"], "unit": "ms",
-         "target": None, "met": None},
-        {"metric": f"key compromise → refused at all {compromise['verifiers']} verifiers, p50 "
-                   f"(n={compromise['rounds']})",
-         "value": compromise["everywhere_p50_ms"], "unit": "ms", "target": None, "met": None},
-        {"metric": f"key compromise → refused at all {compromise['verifiers']} verifiers, p99 "
-                   f"(n={compromise['rounds']})",
-         "value": compromise["everywhere_p99_ms"], "unit": "ms", "target": "<= 1000",
-         "met": compromise["everywhere_p99_ms"] <= 1000},
-    ]  # fmt: skip
-    table = Table(title="consent benchmarks")
-    for col in ("metric", "value", "unit", "target", "met"):
-        table.add_column(col)
-    for r in rows:
-        met = r["met"]
-        table.add_row(
-            str(r["metric"]), f"{r['value']:,.1f}", str(r["unit"]), str(r["target"] or ""),
-            "" if met is None else ("[green]yes[/]" if met else "[red]no[/]"),
-        )  # fmt: skip
-    console.print(table)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "area": "consent",
-                "quick": args.quick,
-                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "rows": rows,
-                "raw": {
-                    "verify": verify,
-                    "issue": issue,
-                    "revocation": revoke,
-                    "compromise": compromise,
-                    # Other work on the machine shares its 2 cores: wall-clock rates move
-                    # with it, CPU per consent much less.
-                    "loadavg_1m_before_after": [load_before[0], os.getloadavg()[0]],
-                    "floor_ed25519_us": floor,
-                    "floor_ed25519_sign_us": floor_sign,
-                    "floor_durable_commit_ms": floor_commit,
-                },
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    console.print(f"wrote {RESULTS}")
+        m = measure(Path(tmp), args.quick, console)
+    rows = consent_rows(m)
+    console.print(table("consent benchmarks", rows))
+    raw = {
+        "verify": m["verify"], "issue": m["issue"], "revocation": m["revoke"], "compromise": m["compromise"],
+        # Other work on the machine shares its 2 cores: wall-clock rates move with it, CPU
+        # per consent much less.
+        "loadavg_1m_before_after": [load_before[0], os.getloadavg()[0]],
+        "floor_ed25519_us": m["floor"], "floor_ed25519_sign_us": m["floor_sign"],
+        "floor_durable_commit_ms": m["floor_commit"],
+    }  # fmt: skip
+    write(RESULTS, {"area": "consent", "quick": args.quick, "rows": rows, "raw": raw}, console)
     return 0
 
 
