@@ -369,6 +369,90 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def _timed(
+    out: dict[str, float], pid: int, seconds: float, key: str,
+    calls: list[Callable[[int], Any]], per_call: int,
+) -> None:  # fmt: skip
+    """Run ``calls`` in parallel for ``seconds``; record rate and server/client CPU per call."""
+    count = 0
+    stop_at = 0.0
+
+    async def worker(call: Callable[[int], Any]) -> None:
+        nonlocal count
+        i = 0
+        while time.perf_counter() < stop_at:
+            await call(i)
+            count += per_call
+            i += per_call
+
+    for call in calls:  # connect (TLS handshake) before timing
+        await call(0)
+    count = 0
+    s0, c0, t = _proc_cpu(pid), time.process_time(), time.perf_counter()
+    stop_at = t + seconds
+    await asyncio.gather(*(worker(call) for call in calls))
+    el = time.perf_counter() - t
+    out[key] = count / el
+    out[key + "_server_us"] = (_proc_cpu(pid) - s0) / count * 1e6
+    out[key + "_client_us"] = (time.process_time() - c0) / count * 1e6
+
+
+async def _health_rates(out: dict[str, float], pid: int, seconds: float, dep: Any) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from fedcredit.common import tls as tls_mod
+
+    svc = dep.service("ledger")
+    chans = [
+        tls_mod.channel(svc.address, dep.tls("coordinator"), server_org=svc.org_id, aio=True)
+        for _ in range(16)
+    ]
+    req = health_pb2.HealthCheckRequest()
+
+    def checker(stub: Any) -> Callable[[int], Any]:
+        return lambda _i: stub.Check(req)
+
+    await _timed(
+        out, pid, seconds, "health", [checker(health_pb2_grpc.HealthStub(c)) for c in chans], 1
+    )
+    for c in chans:
+        await c.close()
+
+
+async def _append_rates(
+    out: dict[str, float], pid: int, seconds: float, dep: Any, batch: int
+) -> None:
+    from fedcredit.ledger.client import AsyncLedgerClient
+
+    clients = [AsyncLedgerClient.from_deployment(dep, "coordinator") for _ in range(16)]
+
+    def caller(c: AsyncLedgerClient, w: int) -> Callable[[int], Any]:
+        return lambda i: c.append_many(
+            [("score_access", None, payload(w * 10_000_000 + i + j)) for j in range(batch)]
+        )
+
+    await _timed(
+        out, pid, seconds, f"batch{batch}", [caller(c, w) for w, c in enumerate(clients)], batch
+    )
+    for c in clients:
+        await c.close()
+
+
+def _start_ledger(cfg: Path, dep: Any) -> subprocess.Popen[bytes]:
+    from fedcredit.common.server import check_health
+
+    svc = dep.service("ledger")
+    proc = subprocess.Popen([sys.executable, "-m", "fedcredit.clients.cli", "ledger", "serve", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)  # fmt: skip
+    deadline = time.time() + 60
+    while not check_health(svc.address, dep.tls("operator"), server_org=svc.org_id, timeout=1.0):
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("the ledger service did not start")
+        time.sleep(0.1)
+    return proc
+
+
 def grpc_rates(seconds: float) -> dict[str, float]:
     """The LedgerService in its own process; the 16 clients share this (the bench's) process.
 
@@ -376,13 +460,8 @@ def grpc_rates(seconds: float) -> dict[str, float]:
     cores are shared with the clients and anything else running) and the floor of a
     trivial handler (the standard health Check) over the same 16 mTLS channels.
     """
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    from fedcredit.common import tls as tls_mod
     from fedcredit.common.config import load_config
     from fedcredit.common.deploy import write_local_deployment
-    from fedcredit.common.server import check_health
-    from fedcredit.ledger.client import AsyncLedgerClient
 
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as d:
@@ -390,75 +469,11 @@ def grpc_rates(seconds: float) -> dict[str, float]:
         with open(cfg, "a") as f:
             f.write("\n[ledger]\nwitnesses = []\n")
         dep = load_config(cfg)
-        svc = dep.service("ledger")
-        proc = subprocess.Popen([sys.executable, "-m", "fedcredit.clients.cli", "ledger", "serve", "--config", str(cfg)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)  # fmt: skip
+        proc = _start_ledger(cfg, dep)
         try:
-            deadline = time.time() + 60
-            while not check_health(
-                svc.address, dep.tls("operator"), server_org=svc.org_id, timeout=1.0
-            ):
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the ledger service did not start")
-                time.sleep(0.1)
-
-            async def timed(key: str, calls: list[Callable[[int], Any]], per_call: int) -> None:
-                count = 0
-                stop_at = 0.0
-
-                async def worker(call: Callable[[int], Any]) -> None:
-                    nonlocal count
-                    i = 0
-                    while time.perf_counter() < stop_at:
-                        await call(i)
-                        count += per_call
-                        i += per_call
-
-                for call in calls:  # connect (TLS handshake) before timing
-                    await call(0)
-                count = 0
-                s0, c0, t = _proc_cpu(proc.pid), time.process_time(), time.perf_counter()
-                stop_at = t + seconds
-                await asyncio.gather(*(worker(call) for call in calls))
-                el = time.perf_counter() - t
-                out[key] = count / el
-                out[key + "_server_us"] = (_proc_cpu(proc.pid) - s0) / count * 1e6
-                out[key + "_client_us"] = (time.process_time() - c0) / count * 1e6
-
-            async def run_health() -> None:
-                chans = [
-                    tls_mod.channel(svc.address, dep.tls("coordinator"), server_org=svc.org_id,
-                                    aio=True)
-                    for _ in range(16)
-                ]  # fmt: skip
-                stubs = [health_pb2_grpc.HealthStub(c) for c in chans]
-                req = health_pb2.HealthCheckRequest()
-
-                def checker(stub: Any) -> Callable[[int], Any]:
-                    return lambda _i: stub.Check(req)
-
-                await timed("health", [checker(s) for s in stubs], 1)
-                for c in chans:
-                    await c.close()
-
-            async def run(batch: int) -> None:
-                clients = [AsyncLedgerClient.from_deployment(dep, "coordinator") for _ in range(16)]
-
-                def caller(c: AsyncLedgerClient, w: int) -> Callable[[int], Any]:
-                    return lambda i: c.append_many(
-                        [
-                            ("score_access", None, payload(w * 10_000_000 + i + j))
-                            for j in range(batch)
-                        ]
-                    )
-
-                await timed(f"batch{batch}", [caller(c, w) for w, c in enumerate(clients)], batch)
-                for c in clients:
-                    await c.close()
-
-            asyncio.run(run_health())
-            asyncio.run(run(1))
-            asyncio.run(run(100))
+            asyncio.run(_health_rates(out, proc.pid, seconds, dep))
+            asyncio.run(_append_rates(out, proc.pid, seconds, dep, 1))
+            asyncio.run(_append_rates(out, proc.pid, seconds, dep, 100))
         finally:
             proc.terminate()
             try:
@@ -471,9 +486,10 @@ def grpc_rates(seconds: float) -> dict[str, float]:
 # --- main -----------------------------------------------------------------------------
 
 
-def measure(quick: bool, proof_size: int, row: Callable[..., None]) -> None:
-    n_floor = 50_000 if quick else 200_000
-    entries = sample_entries(n_floor)
+def _floor_and_library_rows(quick: bool, row: Callable[..., None]) -> tuple[float, float]:
+    """The hashing, SQLite and commit floors and the library's append rates; returns the
+    leaf and node hash rates the later floors are computed from."""
+    entries = sample_entries(50_000 if quick else 200_000)
     console.print(
         f"entries of {statistics.mean(len(e) for e in entries):.0f} bytes; {os.cpu_count()} CPUs; load {os.getloadavg()}"
     )
@@ -481,11 +497,9 @@ def measure(quick: bool, proof_size: int, row: Callable[..., None]) -> None:
     row("floor: bare SHA-256 of entry leaves", leaf_rate, "hashes/s")
     row("floor: bare SHA-256 of interior nodes", node_rate, "hashes/s")
     row("floor: bare SQLite batched insert (WAL, FULL, 2,000/txn)", floor_sqlite(entries), "rows/s")
-
     commit = floor_commit_latency()
     row("floor: one durable SQLite commit (fsync), median", commit * 1e3, "ms")
     row("floor: 16 callers x 1 in flight / commit latency", 16 / commit, "entries/s")
-
     n_lib = 20_000 if quick else 100_000
     r = lib_batches(n_lib)
     row("library: durable appends, batches of 1,000", r, "entries/s", ">= 20,000", r >= 20_000)
@@ -493,7 +507,10 @@ def measure(quick: bool, proof_size: int, row: Callable[..., None]) -> None:
     # Shown beside the gRPC single-entry row; the issue sets the library's target for
     # durable appends/s (the batched row above) and the 16-caller shape for gRPC only.
     row("library: durable appends, 16 threads x 1 entry (no target)", r, "entries/s")
+    return leaf_rate, node_rate
 
+
+def _grpc_rows(quick: bool, row: Callable[..., None]) -> None:
     g = grpc_rates(3.0 if quick else 8.0)
     single, hundred = g["batch1"], g["batch100"]
     row("floor: gRPC mTLS health Check (trivial handler), 16 clients", g["health"], "calls/s")
@@ -510,10 +527,13 @@ def measure(quick: bool, proof_size: int, row: Callable[..., None]) -> None:
     )
     row("gRPC 100 entries per call: server CPU per entry", g["batch100_server_us"], "us")
     row("gRPC 100 entries per call: clients' CPU per entry", g["batch100_client_us"], "us")
-
     p50, p99, _k = checkpoint_latency(4.0 if quick else 10.0, 500.0)
     row("append -> signed checkpoint p50 (interval 1 s)", p50, "s")
     row("append -> signed checkpoint p99 (interval 1 s)", p99, "s", "<= 1", p99 <= 1.0)
+
+
+def _proof_rows(proof_size: int, node_rate: float, row: Callable[..., None]) -> None:
+    from bench.bench_ledger_read import tiles_sync
 
     log = big_log(proof_size)
     try:
@@ -527,73 +547,44 @@ def measure(quick: bool, proof_size: int, row: Callable[..., None]) -> None:
         )
         row(f"inclusion proof generation at {proof_size:,} entries, p99", p99ms, "ms")
         incl, cons, li, lc = verification_rates(log, 2000)
-        row(
-            f"verify inclusion proofs ({li} hashes, {proof_size:,} entries)",
-            incl,
-            "proofs/s",
-            ">= 50,000",
-            incl >= 50_000,
-        )
+        row(f"verify inclusion proofs ({li} hashes, {proof_size:,} entries)", incl, "proofs/s",
+            ">= 50,000", incl >= 50_000)  # fmt: skip
         row("floor: node-hash rate / hashes per inclusion proof", node_rate / li, "proofs/s")
-        row(
-            f"verify consistency proofs ({lc:.1f} SHA-256 per proof)",
-            cons,
-            "proofs/s",
-            ">= 40,000",
-            cons >= 40_000,
-        )
+        row(f"verify consistency proofs ({lc:.1f} SHA-256 per proof)", cons, "proofs/s",
+            ">= 40,000", cons >= 40_000)  # fmt: skip
         row("floor: node-hash rate / hashes per consistency proof", node_rate / lc, "proofs/s")
         fr, fcpu = fsck_rates(log)
-        row(
-            f"fsck: full check of {proof_size:,} stored entries (leaves, chain, tree, nodes), one core",
-            fr,
-            "entries/s",
-            ">= 200,000",
-            fr >= 200_000,
-        )
+        row(f"fsck: full check of {proof_size:,} stored entries (leaves, chain, tree, nodes), one core",
+            fr, "entries/s", ">= 200,000", fr >= 200_000)  # fmt: skip
         row("fsck, per CPU-second", fcpu, "entries/s")
-        from bench.bench_ledger_read import tiles_sync
-
         sync, sync_floor = tiles_sync(log)
-        row(
-            f"tlog-tiles: auditor syncs all {proof_size:,} entries over HTTP (bundles + "
-            "level-0 tiles, every leaf and the root checked), one connection",
-            sync,
-            "entries/s",
-        )
+        row(f"tlog-tiles: auditor syncs all {proof_size:,} entries over HTTP (bundles + "
+            "level-0 tiles, every leaf and the root checked), one connection", sync, "entries/s")  # fmt: skip
         row("floor: the same tiles read from the store and checked, no HTTP", sync_floor,
             "entries/s")  # fmt: skip
     finally:
         log.close()
-    from bench.bench_ledger_read import coverage_rate
+
+
+def _audit_rows(quick: bool, leaf_rate: float, node_rate: float, row: Callable[..., None]) -> None:
+    from bench.bench_ledger_read import coverage_rate, witness_add_checkpoint
+    from fedcredit.ledger.audit import _worker_count
 
     cov, uncovered, cov_floor = coverage_rate(50_000 if quick else 500_000)
     assert uncovered == 0, f"the coverage bench log has {uncovered} uncovered accesses"
     row("consent coverage audit (score_access + consent events), one core", cov, "entries/s",
         ">= 100,000", cov >= 100_000)  # fmt: skip
     row("floor: json.loads of the same entries, one core", cov_floor, "entries/s")
-    from bench.bench_ledger_read import witness_add_checkpoint
-
     w50, w99 = witness_add_checkpoint(100 if quick else 300)
     row("tlog-witness HTTP add-checkpoint (proof checked, SQLite), median", w50, "ms")
     row("tlog-witness HTTP add-checkpoint (proof checked, SQLite), p99", w99, "ms")
-    rp = replay_rates(50_000 if quick else 200_000)
-    from fedcredit.ledger.audit import _worker_count
-
-    workers = _worker_count(50_000 if quick else 200_000, None)
-    row(
-        f"full replay (leaves, chain, tree, signatures), {workers} process(es)",
-        rp["fast"],
-        "entries/s",
-        ">= 500,000",
-        rp["fast"] >= 500_000,
-    )
+    n = 50_000 if quick else 200_000
+    rp = replay_rates(n)
+    row(f"full replay (leaves, chain, tree, signatures), {_worker_count(n, None)} process(es)",
+        rp["fast"], "entries/s", ">= 500,000", rp["fast"] >= 500_000)  # fmt: skip
     row("full replay, per CPU-second of all its processes", rp["fast_cpu"], "entries/s")
-    row(
-        "floor: 1 / (1/leaf-hash rate + 1/node-hash rate), one core",
-        1 / (1 / leaf_rate + 1 / node_rate),
-        "entries/s",
-    )
+    row("floor: 1 / (1/leaf-hash rate + 1/node-hash rate), one core",
+        1 / (1 / leaf_rate + 1 / node_rate), "entries/s")  # fmt: skip
     row("full replay + strict RFC 8785 parse of every entry", rp["strict"], "entries/s")
     row("strict replay, per CPU-second of all its processes", rp["strict_cpu"], "entries/s")
     row(
@@ -601,6 +592,13 @@ def measure(quick: bool, proof_size: int, row: Callable[..., None]) -> None:
         rp["parse_cpu"],
         "entries/s",
     )
+
+
+def measure(quick: bool, proof_size: int, row: Callable[..., None]) -> None:
+    leaf_rate, node_rate = _floor_and_library_rows(quick, row)
+    _grpc_rows(quick, row)
+    _proof_rows(proof_size, node_rate, row)
+    _audit_rows(quick, leaf_rate, node_rate, row)
 
 
 def _target_met(target: str | None, value: float) -> bool | None:

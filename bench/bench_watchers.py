@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import os
 import tempfile
@@ -43,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
+from bench.report import table, write
 from fedcredit.common import pki, uscc
 from fedcredit.common.gctune import tune_for_service
 from fedcredit.common.tls import Identity, TlsFiles
@@ -98,6 +97,33 @@ def raise_nofile() -> tuple[int, int]:
 def _watchers_main(address: str, tls: TlsFiles, n: int, pipe: Connection) -> None:
     raise_nofile()
     asyncio.run(_watchers(address, tls, n, pipe))
+
+
+async def _answer_waits(
+    pipe: Connection, st: _WatchState, latest: list[int], hist: list[list[tuple[int, float]]],
+    all_reached: asyncio.Event,
+) -> None:  # fmt: skip
+    """Answer the parent's waits until it says stop: for ("wait", after_seq, t0), the
+    seconds from t0 until every held stream got a list with seq > after_seq."""
+    loop = asyncio.get_running_loop()
+    while True:
+        cmd = await loop.run_in_executor(None, pipe.recv)
+        if cmd[0] == "stop":
+            return
+        _, after_seq, t0 = cmd
+        all_reached.clear()
+        st.reached = sum(1 for s in latest if s > after_seq)
+        st.target = after_seq
+        if st.reached == st.connected:
+            all_reached.set()
+        try:
+            await asyncio.wait_for(all_reached.wait(), 10)
+            # the moment the last stream first held a list past after_seq
+            reach = max(min(t for s, t in h if s > after_seq) for h in hist if h)
+            pipe.send(("reached", reach - t0))
+        except TimeoutError:
+            pipe.send(("timeout", st.connected - st.reached))
+        st.target = None
 
 
 async def _watchers(address: str, tls: TlsFiles, n: int, pipe: Connection) -> None:
@@ -157,29 +183,11 @@ async def _watchers(address: str, tls: TlsFiles, n: int, pipe: Connection) -> No
         await asyncio.sleep(0.2)
         if st.connected != last:
             last, quiet = st.connected, time.monotonic()
-    loop = asyncio.get_running_loop()
     if failed:
         pipe.send(("failed", failed[:3]))
         return
     pipe.send(("connected", st.connected, st.lost))
-    while True:
-        cmd = await loop.run_in_executor(None, pipe.recv)
-        if cmd[0] == "stop":
-            break
-        _, after_seq, t0 = cmd  # until every held stream got a list with seq > after_seq
-        all_reached.clear()
-        st.reached = sum(1 for s in latest if s > after_seq)
-        st.target = after_seq
-        if st.reached == st.connected:
-            all_reached.set()
-        try:
-            await asyncio.wait_for(all_reached.wait(), 10)
-            # the moment the last stream first held a list past after_seq
-            reach = max(min(t for s, t in h if s > after_seq) for h in hist if h)
-            pipe.send(("reached", reach - t0))
-        except TimeoutError:
-            pipe.send(("timeout", st.connected - st.reached))
-        st.target = None
+    await _answer_waits(pipe, st, latest, hist, all_reached)
     for t in tasks:
         t.cancel()
     for ch in channels:
@@ -262,101 +270,110 @@ def score_round_trips(
     return lat
 
 
-def run(n_watchers: int, n_calls: int, n_revocations: int) -> dict[str, Any]:
+def _consent_service(
+    d: Path, n_watchers: int
+) -> tuple[dict[str, TlsFiles], list[str], ConsentAuthority, Any, str]:
     import random
 
     rng = random.Random(11)
     codes = [uscc.generate(rng) for _ in range(2)]
-    with tempfile.TemporaryDirectory(prefix="bench-watchers-") as tmp:
-        d = Path(tmp)
-        files = pki.init_pki(
-            d / "pki",
-            [(SERVER_ORG, "consent"), (BANK, "bank"), ("dept-courts", "department"),
-             ("coordinator", "coordinator")] + [(c, "enterprise") for c in codes],
-        )  # fmt: skip
-        bank: Identity = files[BANK].identity()
-        authority = ConsentAuthority(
-            ConsentStore(f"sqlite:///{d}/svc.sqlite"),
-            ConsentSettings(),
-            bank_certs={BANK: bank.cert_sha256}.get,
-        )
-        server, port = serve(
-            authority,
-            address="127.0.0.1:0",
-            tls=files[SERVER_ORG],
-            watchers_per_identity=n_watchers + 10,
-            watchers_total=n_watchers + 100,
-        )
-        address = f"127.0.0.1:{port}"
-        procs = WatcherProcs(address, files["dept-courts"], n_watchers)
-        try:
-            ent = ConsentClient(address, files[codes[0]], server_org=SERVER_ORG)
-            bank_c = ConsentClient(address, files[BANK], server_org=SERVER_ORG)
-            coord = ConsentClient(address, files["coordinator"], server_org=SERVER_ORG)
-            terms = ConsentTerms(
-                enterprise=codes[0], bank=BANK, purpose="credit_assessment",
-                scope=["judicial"], validity_days=30, max_uses=5, retention_days=30,
-            )  # fmt: skip
-            view = ent.grant(terms)
-            tok = bank_c.token(view.consent_id)
-            assert tok.jti is not None
-            ref = UseRef(tok.jti, codes[0], BANK)
-            # The service's GC settings as `fedcredit consent serve` sets them once it serves.
-            tune_for_service()
-            beat = float(server.servicer.heartbeat_s)
-            idle_without = idle_cpu_per_s(beat)
-            score_round_trips(coord, ref, 50)  # warm
-            c0 = time.process_time()
-            without = score_round_trips(coord, ref, n_calls, beat)
-            cpu_without = (time.process_time() - c0) / len(without)
-            print(f"measured without watchers; opening {n_watchers} watchers", flush=True)
-            t_conn = time.perf_counter()
-            reporting = procs.start()
-            connect_s = time.perf_counter() - t_conn
-            print(f"watchers: {reporting} held after {connect_s:.1f} s "
-                  f"({procs.lost} ended before their first list)", flush=True)  # fmt: skip
-            held = authority_watchers(server)
-            idle_with = idle_cpu_per_s(beat)
-            c0 = time.process_time()
-            with_w = score_round_trips(coord, ref, n_calls, beat)
-            cpu_with = (time.process_time() - c0) / len(with_w)
-            reach = []
-            grants = ent.grant_many([terms] * n_revocations)
-            for g in grants:
-                seq = authority.status.seq
-                t0 = time.time()
-                ent.revoke(g.consent_id)
-                reach.append(procs.wait(seq, t0))
-            procs.stop()
-            for c in (ent, bank_c, coord):
-                c.close()
-        finally:
-            procs.terminate()
-            stop(server, authority)
+    files = pki.init_pki(
+        d / "pki",
+        [(SERVER_ORG, "consent"), (BANK, "bank"), ("dept-courts", "department"),
+         ("coordinator", "coordinator")] + [(c, "enterprise") for c in codes],
+    )  # fmt: skip
+    bank: Identity = files[BANK].identity()
+    authority = ConsentAuthority(
+        ConsentStore(f"sqlite:///{d}/svc.sqlite"), ConsentSettings(),
+        bank_certs={BANK: bank.cert_sha256}.get,
+    )  # fmt: skip
+    server, port = serve(
+        authority, address="127.0.0.1:0", tls=files[SERVER_ORG],
+        watchers_per_identity=n_watchers + 10, watchers_total=n_watchers + 100,
+    )  # fmt: skip
+    return files, codes, authority, server, f"127.0.0.1:{port}"
+
+
+def _measured(
+    calls: int, revocations: int, without: list[float], with_w: list[float], reach: list[float]
+) -> dict[str, Any]:
     return {
-        "watchers": n_watchers,
-        "watchers_held": held,
-        "watchers_reporting": reporting,
-        "watcher_processes": len(procs.procs),
-        "watchers_lost_opening": procs.lost,
-        "connect_all_s": connect_s,
-        "calls": n_calls,
-        "calls_without": len(without),
-        "calls_with": len(with_w),
-        "heartbeat_s": beat,
-        "cpu_ms_per_round_trip_without": cpu_without * 1e3,
-        "cpu_ms_per_round_trip_with": cpu_with * 1e3,
-        "idle_cpu_ms_per_s_without": idle_without * 1e3,
-        "idle_cpu_ms_per_s_with": idle_with * 1e3,
+        "calls": calls, "calls_without": len(without), "calls_with": len(with_w),
         "score_consent_p50_ms_without": pct(without, 0.5) * 1e3,
         "score_consent_p99_ms_without": pct(without, 0.99) * 1e3,
         "score_consent_p50_ms_with": pct(with_w, 0.5) * 1e3,
         "score_consent_p99_ms_with": pct(with_w, 0.99) * 1e3,
-        "revocations": n_revocations,
+        "revocations": revocations,
         "reach_all_p50_ms": pct(reach, 0.5) * 1e3,
         "reach_all_p99_ms": pct(reach, 0.99) * 1e3,
         "reach_all_max_ms": max(reach) * 1e3,
-    }
+    }  # fmt: skip
+
+
+def run(n_watchers: int, n_calls: int, n_revocations: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-watchers-") as tmp:
+        files, codes, authority, server, address = _consent_service(Path(tmp), n_watchers)
+        procs = WatcherProcs(address, files["dept-courts"], n_watchers)
+        try:
+            r = _run_against(
+                authority, server, procs, address, files, codes, n_calls, n_revocations
+            )
+        finally:
+            procs.terminate()
+            stop(server, authority)
+    return {**r, "watchers": n_watchers, "watcher_processes": len(procs.procs),
+            "watchers_lost_opening": procs.lost}  # fmt: skip
+
+
+def _run_against(
+    authority: ConsentAuthority, server: Any, procs: WatcherProcs, address: str,
+    files: dict[str, TlsFiles], codes: list[str], n_calls: int, n_revocations: int,
+) -> dict[str, Any]:  # fmt: skip
+    ent = ConsentClient(address, files[codes[0]], server_org=SERVER_ORG)
+    bank_c = ConsentClient(address, files[BANK], server_org=SERVER_ORG)
+    coord = ConsentClient(address, files["coordinator"], server_org=SERVER_ORG)
+    terms = ConsentTerms(
+        enterprise=codes[0], bank=BANK, purpose="credit_assessment",
+        scope=["judicial"], validity_days=30, max_uses=5, retention_days=30,
+    )  # fmt: skip
+    tok = bank_c.token(ent.grant(terms).consent_id)
+    assert tok.jti is not None
+    ref = UseRef(tok.jti, codes[0], BANK)
+    # The service's GC settings as `fedcredit consent serve` sets them once it serves.
+    tune_for_service()
+    beat = float(server.servicer.heartbeat_s)
+    idle_without = idle_cpu_per_s(beat)
+    score_round_trips(coord, ref, 50)  # warm
+    c0 = time.process_time()
+    without = score_round_trips(coord, ref, n_calls, beat)
+    cpu_without = (time.process_time() - c0) / len(without)
+    print("measured without watchers; opening the watchers", flush=True)
+    t_conn = time.perf_counter()
+    reporting = procs.start()
+    connect_s = time.perf_counter() - t_conn
+    print(f"watchers: {reporting} held after {connect_s:.1f} s "
+          f"({procs.lost} ended before their first list)", flush=True)  # fmt: skip
+    held = authority_watchers(server)
+    idle_with = idle_cpu_per_s(beat)
+    c0 = time.process_time()
+    with_w = score_round_trips(coord, ref, n_calls, beat)
+    cpu_with = (time.process_time() - c0) / len(with_w)
+    reach = []
+    for g in ent.grant_many([terms] * n_revocations):
+        seq = authority.status.seq
+        t0 = time.time()
+        ent.revoke(g.consent_id)
+        reach.append(procs.wait(seq, t0))
+    procs.stop()
+    for c in (ent, bank_c, coord):
+        c.close()
+    return {
+        **_measured(n_calls, n_revocations, without, with_w, reach),
+        "watchers_held": held, "watchers_reporting": reporting, "connect_all_s": connect_s,
+        "heartbeat_s": beat,
+        "cpu_ms_per_round_trip_without": cpu_without * 1e3, "cpu_ms_per_round_trip_with": cpu_with * 1e3,
+        "idle_cpu_ms_per_s_without": idle_without * 1e3, "idle_cpu_ms_per_s_with": idle_with * 1e3,
+    }  # fmt: skip
 
 
 def idle_cpu_per_s(seconds: float) -> float:
@@ -408,36 +425,12 @@ def main(argv: list[str] | None = None) -> int:
          "target": None, "met": None},
     ]  # fmt: skip
     console = Console()
-    table = Table(title="consent watchers")
-    for col in ("metric", "value", "unit", "target", "met"):
-        table.add_column(col)
-    for row in rows:
-        met = row["met"]
-        table.add_row(
-            str(row["metric"]), f"{row['value']:,.2f}", str(row["unit"]), str(row["target"] or ""),
-            "" if met is None else ("[green]yes[/]" if met else "[red]no[/]"),
-        )  # fmt: skip
-    console.print(table)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "area": "consent-watchers",
-                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "rows": rows,
-                "raw": {
-                    **r,
-                    "p99_ratio": p99_ratio,
-                    "loadavg_1m_before_after": [load_before[0], os.getloadavg()[0]],
-                    "rlimit_nofile": list(nofile),
-                    "streams_per_channel": STREAMS_PER_CHANNEL,
-                },
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    console.print(f"wrote {RESULTS}")
+    console.print(table("consent watchers", rows, fmt=",.2f"))
+    raw = {
+        **r, "p99_ratio": p99_ratio, "loadavg_1m_before_after": [load_before[0], os.getloadavg()[0]],
+        "rlimit_nofile": list(nofile), "streams_per_channel": STREAMS_PER_CHANNEL,
+    }  # fmt: skip
+    write(RESULTS, {"area": "consent-watchers", "rows": rows, "raw": raw}, console)
     return 0
 
 
