@@ -48,164 +48,72 @@ def run(*args: str) -> tuple[int, Any, str]:
     return result.exit_code, data, result.stderr if result.stderr_bytes is not None else ""
 
 
+def as_ent(cfg: str, ent: str, *args: str) -> tuple[int, Any, str]:
+    """``fedcredit enterprise consent <args> --as ent --json``."""
+    return run("enterprise", "consent", *args, "--config", cfg, "--as", ent, "--json")
+
+
+def as_bank(cfg: str, *args: str) -> tuple[int, Any, str]:
+    """``fedcredit bank consent <args> --bank BANK --json``."""
+    return run("bank", "consent", *args, "--config", cfg, "--bank", BANK, "--json")
+
+
 def test_enterprise_and_bank_commands(deployment: Path, tmp_path: Path) -> None:
     cfg, ent = str(deployment), enterprise_code(21)
-    code, g, _ = run(
-        "enterprise",
-        "consent",
-        "grant",
-        "--config",
-        cfg,
-        "--as",
-        ent,
-        "--bank",
-        BANK,
-        "--purpose",
-        "credit_assessment",
-        "--scope",
-        "judicial",
-        "--scope",
-        "trade",
-        "--days",
-        "10",
-        "--uses",
-        "2",
-        "--json",
-    )
+    code, g, _ = as_ent(
+        cfg, ent, "grant", "--bank", BANK, "--purpose", "credit_assessment",
+        "--scope", "judicial", "--scope", "trade", "--days", "10", "--uses", "2",
+    )  # fmt: skip
     assert code == 0, g
     cid = g["consent_id"]
     assert g["state"] == "ACTIVE" and g["scope"] == ["judicial", "trade"]
 
-    code, listed, _ = run("bank", "consent", "list", "--config", cfg, "--bank", BANK, "--json")
-    assert code == 0 and [c["consent_id"] for c in listed] == [cid]
-    code, soon, _ = run(
-        "bank",
-        "consent",
-        "list",
-        "--config",
-        cfg,
-        "--bank",
-        BANK,
-        "--expiring-within",
-        "11",
-        "--json",
-    )
-    assert [c["consent_id"] for c in soon] == [cid]
+    code, listed, _ = as_bank(cfg, "list")
+    assert code == 0 and cid in [c["consent_id"] for c in listed]
+    # Granted for 10 days: due within 11, not within 9.
+    code, soon, _ = as_bank(cfg, "list", "--expiring-within", "11")
+    assert cid in [c["consent_id"] for c in soon]
+    code, later, _ = as_bank(cfg, "list", "--expiring-within", "9")
+    assert code == 0 and cid not in [c["consent_id"] for c in later]
 
     out = tmp_path / "token.jwt"
-    code, tok, _ = run(
-        "bank",
-        "consent",
-        "token",
-        cid,
-        "--config",
-        cfg,
-        "--bank",
-        BANK,
-        "--out",
-        str(out),
-        "--json",
-    )
+    code, tok, _ = as_bank(cfg, "token", cid, "--out", str(out))
     assert code == 0 and out.read_text().strip() == tok["token"] and tok["token"].count(".") == 2
 
     for action, state in (("pause", "PAUSED"), ("resume", "ACTIVE")):
-        code, v, _ = run(
-            "enterprise", "consent", action, cid, "--config", cfg, "--as", ent, "--json"
-        )
+        code, v, _ = as_ent(cfg, ent, action, cid)
         assert code == 0 and v["state"] == state
 
-    code, n, _ = run(
-        "enterprise",
-        "consent",
-        "narrow",
-        cid,
-        "--config",
-        cfg,
-        "--as",
-        ent,
-        "--remove-category",
-        "trade",
-        "--json",
-    )
-    assert (
-        code == 0
-        and n["revoked"]["state"] == "REVOKED"
-        and n["replacement"]["scope"] == ["judicial"]
-    )
+    code, n, _ = as_ent(cfg, ent, "narrow", cid, "--remove-category", "trade")
+    assert code == 0 and n["revoked"]["state"] == "REVOKED"
+    assert n["replacement"]["scope"] == ["judicial"]
     new_id = n["replacement"]["consent_id"]
 
-    code, v, _ = run(
-        "enterprise",
-        "consent",
-        "revoke",
-        new_id,
-        "--config",
-        cfg,
-        "--as",
-        ent,
-        "--reason",
-        "done",
-        "--json",
-    )
+    code, v, _ = as_ent(cfg, ent, "revoke", new_id, "--reason", "done")
     assert code == 0 and v["state"] == "REVOKED"
-    code, mine, _ = run(
-        "enterprise",
-        "consent",
-        "list",
-        "--config",
-        cfg,
-        "--as",
-        ent,
-        "--state",
-        "revoked",
-        "--json",
-    )
-    assert {c["consent_id"] for c in mine} == {cid, new_id}
-
-    # Request, approve; request, reject.
-    code, r1, _ = run(
-        "bank",
-        "consent",
-        "request",
-        "--config",
-        cfg,
-        "--bank",
-        BANK,
-        "--enterprise",
-        ent,
-        "--purpose",
-        "guarantee",
-        "--score-only",
-        "--json",
-    )
-    assert code == 0 and r1["state"] == "PENDING"
-    code, v, _ = run(
-        "enterprise", "consent", "approve", r1["consent_id"], "--config", cfg, "--as", ent, "--json"
-    )
-    assert v["state"] == "ACTIVE"
-    code, r2, _ = run(
-        "bank",
-        "consent",
-        "request",
-        "--config",
-        cfg,
-        "--bank",
-        BANK,
-        "--enterprise",
-        ent,
-        "--purpose",
-        "guarantee",
-        "--score-only",
-        "--json",
-    )
-    code, v, _ = run(
-        "enterprise", "consent", "reject", r2["consent_id"], "--config", cfg, "--as", ent, "--json"
-    )
-    assert v["state"] == "REJECTED"
+    code, mine, _ = as_ent(cfg, ent, "list", "--state", "revoked")
+    assert {cid, new_id} <= {c["consent_id"] for c in mine}
+    assert all(c["state"] == "REVOKED" for c in mine)
 
     # Human output is a table.
     code, text, _ = run("enterprise", "consent", "list", "--config", cfg, "--as", ent)
     assert code == 0 and "consents of" in text and "┏" in text  # a rich table
+
+
+def test_request_approve_and_reject(deployment: Path) -> None:
+    cfg, ent = str(deployment), enterprise_code(22)
+    ask = ("request", "--enterprise", ent, "--purpose", "guarantee", "--score-only")
+    code, r1, _ = as_bank(cfg, *ask)
+    assert code == 0 and r1["state"] == "PENDING"
+    code, v, _ = as_ent(cfg, ent, "approve", r1["consent_id"])
+    assert code == 0 and v["state"] == "ACTIVE"
+    code, r2, _ = as_bank(cfg, *ask)
+    assert code == 0 and r2["state"] == "PENDING"
+    code, v, _ = as_ent(cfg, ent, "reject", r2["consent_id"])
+    assert code == 0 and v["state"] == "REJECTED"
+    code, mine, _ = as_ent(cfg, ent, "list")
+    states = {c["consent_id"]: c["state"] for c in mine}
+    assert states[r1["consent_id"]] == "ACTIVE" and states[r2["consent_id"]] == "REJECTED"
 
 
 def test_errors_are_one_line_with_reason_and_exit_code(deployment: Path) -> None:
