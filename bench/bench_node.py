@@ -40,6 +40,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,90 +168,104 @@ class FakeContext:
         pass
 
 
-def _node_process(
-    conn: Any,
-    tmp: Path,
-    store: NodeStore,
-    authority: ConsentAuthority,
-    tls: Any,
-    caller_pem: bytes,
-    batch_n: int,
-) -> None:
-    """The node server, in its own process; answers the benchmark's control commands."""
-    from fedcredit.v1 import feature_pb2
+class _NodeCommands:
+    """The node side of the benchmark's control pipe: one method per command."""
 
+    def __init__(self, tmp: Path, store: NodeStore, authority: ConsentAuthority, tls: Any,
+                 caller_pem: bytes, batch_n: int) -> None:  # fmt: skip
+        origin = f"{ORG}/disclosures"
+        self.logs = {
+            mode: open_disclosure_log(
+                f"sqlite:///{tmp / f'disclosures-{mode}.sqlite'}", Ed25519PrivateKey.generate(), origin,
+                NodeSettings(disclosure_synchronous=mode),
+            )
+            for mode in ("full", "normal")
+        }  # fmt: skip
+        self.timed_log = TimedLog(self.logs["full"])
+        settings = NodeSettings(max_batch=batch_n)
+        self.engine = FeatureEngine(store, cache_size=settings.cache_size)
+        self.pool = SignaturePool(default_workers())
+        self.pool.wait_ready()
+        self.authority, self.tls = authority, tls
+        self.verifier = local_verifier(authority)
+        self.servicer = FeatureServicer(node_org=ORG, engine=self.engine, verifier=self.verifier,
+                                        signatures=self.pool, disclosures=self.timed_log,
+                                        policy=AccessPolicy(banks=[BANK]), settings=settings)  # fmt: skip
+        self.server_ctx = FakeContext(caller_pem)  # in-process calls as the coordinator
+
+    def cpu(self) -> float:  # this process's CPU time (every thread)
+        return time.process_time()
+
+    def pool_rate(self, n: int) -> float:
+        return pool_ed25519_per_s(self.pool, n)
+
+    def workers(self, on: bool) -> None:  # use the signature workers or not
+        self.servicer.signatures = self.pool if on else None
+
+    def log(self, mode: str) -> None:
+        self.timed_log.log = self.logs[mode]
+        self.timed_log.seconds.clear()
+
+    def log_seconds(self) -> float:
+        total = sum(self.timed_log.seconds)
+        self.timed_log.seconds.clear()
+        return total
+
+    def consent(self, address: str) -> None:
+        # Uses counted as deployed: ReserveUses/SettleUses at the consent service, over
+        # mTLS gRPC, as this node (one round trip per batch chunk).
+        from fedcredit.consent.client import ConsentClient
+        from fedcredit.consent.remote import RemoteUseCounter
+
+        counter = RemoteUseCounter(ConsentClient(address, self.tls, server_org="consent-service"))
+        self.verifier = local_verifier(self.authority, counter=counter)
+        self.servicer.verifier = self.verifier
+
+    def cold(self) -> None:
+        # An empty token cache (every signature checked); the JWKS and the status list stay
+        # cached as in a running node (refreshed on their own schedule); uses are still
+        # counted at the consent service.
+        v = self.verifier
+        self.servicer.verifier = ConsentVerifier(
+            issuer=v.issuer, keys=v.keys, status=v.status, leeway=v.leeway, counter=v.counter
+        )
+        self.engine._cache.clear()
+        self.timed_log.seconds.clear()
+
+    def server_side(self, raw: bytes, n: int) -> list[float]:
+        from fedcredit.v1 import feature_pb2
+
+        req = feature_pb2.GetFeaturesRequest.FromString(raw)
+        return timed(functools.partial(self.servicer.GetFeatures, req, self.server_ctx), n)
+
+    def close(self) -> None:
+        self.pool.close()
+        for lg in self.logs.values():
+            lg.close()
+
+
+def _node_process(
+    conn: Any, tmp: Path, store: NodeStore, authority: ConsentAuthority, tls: Any,
+    caller_pem: bytes, batch_n: int,
+) -> None:  # fmt: skip
+    """The node server, in its own process; answers the benchmark's control commands."""
     store.engine.dispose(close=False)  # connections are not shared across fork
     authority.store.engine.dispose(close=False)
-    origin = f"{ORG}/disclosures"
-    logs = {
-        mode: open_disclosure_log(
-            f"sqlite:///{tmp / f'disclosures-{mode}.sqlite'}", Ed25519PrivateKey.generate(), origin,
-            NodeSettings(disclosure_synchronous=mode),
-        )
-        for mode in ("full", "normal")
-    }  # fmt: skip
-    timed_log = TimedLog(logs["full"])
-    settings = NodeSettings(max_batch=batch_n)
-    engine = FeatureEngine(store, cache_size=settings.cache_size)
-    pool = SignaturePool(default_workers())
-    pool.wait_ready()
-    verifier = local_verifier(authority)
-    servicer = FeatureServicer(node_org=ORG, engine=engine, verifier=verifier, signatures=pool,
-                               disclosures=timed_log, policy=AccessPolicy(banks=[BANK]), settings=settings)  # fmt: skip
-    server = build_node_server(servicer=servicer, address="127.0.0.1:0", tls=tls)
+    node = _NodeCommands(tmp, store, authority, tls, caller_pem, batch_n)
+    server = build_node_server(servicer=node.servicer, address="127.0.0.1:0", tls=tls)
     server.start()
     # As `fedcredit node serve` does once it serves: the start-up heap frozen and young
     # collections rarer (common.gctune). Without it, every cold batch paid one full
     # collection over the whole inherited heap (~50 ms of the node's CPU per batch).
     tune_for_service()
-    server_ctx = FakeContext(caller_pem)  # in-process calls as the coordinator
-    conn.send((server.port, pool.workers))
+    conn.send((server.port, node.pool.workers))
     while True:
         op, *args = conn.recv()
         if op == "stop":
             break
-        if op == "cpu":  # this process's CPU time (every thread)
-            conn.send(time.process_time())
-        elif op == "pool_rate":
-            conn.send(pool_ed25519_per_s(pool, args[0]))
-        elif op == "workers":  # use the signature workers or not
-            servicer.signatures = pool if args[0] else None
-            conn.send(None)
-        if op == "log":
-            timed_log.log = logs[args[0]]
-            timed_log.seconds.clear()
-            conn.send(None)
-        elif op == "log_seconds":
-            conn.send(sum(timed_log.seconds))
-            timed_log.seconds.clear()
-        elif op == "consent":
-            # Uses counted as deployed: ReserveUses/SettleUses at the consent service, over
-            # mTLS gRPC, as this node (one round trip per batch chunk).
-            from fedcredit.consent.client import ConsentClient
-            from fedcredit.consent.remote import RemoteUseCounter
-
-            counter = RemoteUseCounter(ConsentClient(args[0], tls, server_org="consent-service"))
-            verifier = local_verifier(authority, counter=counter)
-            servicer.verifier = verifier
-            conn.send(None)
-        elif op == "cold":
-            # An empty token cache (every signature checked); the JWKS and the status list
-            # stay cached as in a running node (refreshed on their own schedule); uses are
-            # still counted at the consent service.
-            servicer.verifier = ConsentVerifier(
-                issuer=verifier.issuer, keys=verifier.keys, status=verifier.status,
-                leeway=verifier.leeway, counter=verifier.counter,
-            )  # fmt: skip
-            engine._cache.clear()
-            timed_log.seconds.clear()
-            conn.send(None)
-        elif op == "server_side":
-            req = feature_pb2.GetFeaturesRequest.FromString(args[0])
-            conn.send(timed(functools.partial(servicer.GetFeatures, req, server_ctx), args[1]))
+        conn.send(getattr(node, op)(*args))
     server.stop(0)
-    pool.close()
-    for lg in logs.values():
-        lg.close()
+    node.close()
     conn.send(None)
 
 
@@ -278,268 +293,269 @@ def timed(fn: Callable[[], Any], n: int) -> list[float]:
     return out
 
 
-def run(quick: bool, full: bool) -> list[dict[str, Any]]:
-    console = Console()
-    rows: list[dict[str, Any]] = []
-
+class _Rows(list[dict[str, Any]]):
     def add(
-        metric: str, value: float, unit: str, target: str = "", met: bool | None = None
+        self, metric: str, value: float, unit: str, target: str = "", met: bool | None = None
     ) -> None:
-        rows.append(
+        self.append(
             {"metric": metric, "value": round(value, 3), "unit": unit, "target": target, "met": met}
         )
 
+
+@dataclass
+class _Rig:
+    """The tax node's store, the consent authority and 1,000 enterprises' tokens."""
+
+    tmp: Path
+    files: dict[str, Any]
+    store: NodeStore
+    authority: ConsentAuthority
+    tokens: list[tuple[str, str]]
+    refs: list[UseRef]
+    batch_n: int = 1000
+
+
+def _floor_rows(quick: bool, rows: _Rows) -> float:
     # Other work on the machine moves every figure; the floors below are measured in the
     # same run for that reason, and the load is recorded next to them.
-    add("machine load average (1 min) at start", os.getloadavg()[0], "runnable tasks")
+    rows.add("machine load average (1 min) at start", os.getloadavg()[0], "runnable tasks")
     ed = bare_ed25519_per_s(3000 if quick else 20000)
-    add(
-        "floor: bare Ed25519 verify, libsodium as the node runs it (1 core)",
-        ed,
-        "verifications/s",
-        "floor for cold batches",
+    rows.add("floor: bare Ed25519 verify, libsodium as the node runs it (1 core)", ed,
+             "verifications/s", "floor for cold batches")  # fmt: skip
+    rows.add("reference: bare Ed25519 verify, OpenSSL via cryptography (1 core)",
+             bare_ed25519_per_s(3000 if quick else 20000, openssl=True), "verifications/s")  # fmt: skip
+    return ed
+
+
+def _world_rows(tmp: Path, quick: bool, full: bool, rows: _Rows) -> Path:
+    t = time.perf_counter()
+    generate(tmp / "w2k", enterprises=2000, seed=1)
+    g2k = time.perf_counter() - t
+    rows.add("world generate 2,000 enterprises", g2k, "s", "<= 5 s", g2k <= 5)
+    if full:
+        t = time.perf_counter()
+        generate(tmp / "w120k", enterprises=120_000, seed=1)
+        g120 = time.perf_counter() - t
+        rows.add("world generate 120,000 enterprises", g120, "s", "<= 120 s", g120 <= 120)
+    world = tmp / "world"
+    generate(world, enterprises=2000 if quick else 5000, seed=7)
+    return world
+
+
+def _rig(tmp: Path, world: Path, rows: _Rows, console: Console) -> _Rig:
+    files = pki.init_pki(
+        tmp / "pki",
+        [
+            (ORG, "department"),
+            ("coordinator", "coordinator"),
+            (BANK, "bank"),
+            ("consent-service", "consent"),
+        ],
     )
-    add(
-        "reference: bare Ed25519 verify, OpenSSL via cryptography (1 core)",
-        bare_ed25519_per_s(3000 if quick else 20000, openssl=True),
-        "verifications/s",
+    bank_id = files[BANK].identity()
+    store = NodeStore(f"sqlite:///{tmp / 'node.sqlite'}", DEPT)
+    store.create_schema()
+    codes = [
+        ln.split(",", 1)[0]
+        for ln in (world / "enterprises.csv").read_text(encoding="utf-8").splitlines()[1:]
+    ]
+    t = time.perf_counter()
+    store.load(world)
+    rows.add(f"node load ({len(codes):,} enterprises, tax)", time.perf_counter() - t, "s")
+    authority = ConsentAuthority(ConsentStore(f"sqlite:///{tmp / 'consent.sqlite'}"), banks=[BANK],
+                                 bank_certs=lambda b: bank_id.cert_sha256 if b == BANK else None)  # fmt: skip
+    rig = _Rig(tmp, files, store, authority, [], [])
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("granting consents", total=rig.batch_n)
+        for code in codes[: rig.batch_n]:
+            v = authority.grant(Identity(code, "enterprise", b"\x01" * 32),
+                                ConsentTerms(enterprise=code, bank=BANK, purpose="credit_assessment",
+                                             scope=["operations_tax"], max_uses=5))  # fmt: skip
+            view = authority.token(bank_id, v.consent_id)
+            assert view.token is not None and view.jti is not None
+            rig.tokens.append((code, view.token))
+            rig.refs.append(UseRef(view.jti, code, BANK))
+            bar.advance(task)
+    return rig
+
+
+def _single_rows(
+    client: NodeClient, cmd: Callable[..., Any], one: Any, n1: int, rows: _Rows
+) -> None:
+    """1 enterprise x all 8 features, warm, beside the bare unary floor on the same channel."""
+    health = health_pb2_grpc.HealthStub(client.channel)
+    hreq = health_pb2.HealthCheckRequest(service="")
+    timed(lambda: client.get_features_raw(one), 50)
+    timed(lambda: health.Check(hreq, timeout=10), 50)
+    for mode in ("full", "normal"):
+        cmd("log", mode)
+        e2e, bare, cpu_feat, cpu_bare = [], [], 0.0, 0.0
+        for _ in range(5):  # interleaved rounds: the floor and the call see the same machine
+            c0 = cmd("cpu")
+            e2e += timed(lambda: client.get_features_raw(one), n1 // 5)
+            c1 = cmd("cpu")
+            bare += timed(lambda: health.Check(hreq, timeout=10), n1 // 5)
+            c2 = cmd("cpu")
+            cpu_feat, cpu_bare = cpu_feat + c1 - c0, cpu_bare + c2 - c1
+        share = cmd("log_seconds") / sum(e2e)
+        p50 = pct(e2e, 0.5) * 1e3
+        what = "fsync per commit" if mode == "full" else "synchronous=normal"
+        rows.add(
+            f"1 enterprise x 8 features: end-to-end p50 (log {what})",
+            p50,
+            "ms",
+            "<= 2 ms",
+            p50 <= 2,
+        )
+        rows.add(
+            f"1 enterprise x 8 features: end-to-end p99 (log {what})", pct(e2e, 0.99) * 1e3, "ms"
+        )
+        rows.add(f"1 enterprise: disclosure-log share (log {what})", 100 * share, "%")
+        rows.add(f"1 enterprise: node CPU per call (log {what})", cpu_feat / len(e2e) * 1e3, "ms")
+        rows.add(f"floor: bare unary RPC (Health/Check, same mTLS channel) p50 (with log {what})",
+                 pct(bare, 0.5) * 1e3, "ms")  # fmt: skip
+        rows.add(
+            f"floor: bare unary RPC node CPU per call (with log {what})",
+            cpu_bare / len(bare) * 1e3,
+            "ms",
+        )
+    cmd("log", "full")
+    srv = cmd("server_side", one.SerializeToString(), n1)
+    rows.add("1 enterprise x 8 features: server-side p50", pct(srv, 0.5) * 1e3, "ms")
+
+
+def _cold_rounds(
+    client: NodeClient, cmd: Callable[..., Any], rig: _Rig, kw: dict[str, Any], reps: int
+) -> dict[str, list[float]]:
+    """Cold batches (every signature checked), with and without the signature workers."""
+    m: dict[str, list[float]] = {
+        k: [] for k in ("cold", "cold_log", "cold1", "cold_cpu", "cold1_cpu")
+    }
+    for rnd in range(reps):  # with and without the signature workers, alternating
+        big = build_request(rig.tokens, [], **{**kw, "request_id": f"cold-{rnd}"})
+        for use_workers, out, cpu in ((True, "cold", "cold_cpu"), (False, "cold1", "cold1_cpu")):
+            cmd("workers", use_workers)
+            cmd("cold")  # empty token cache (every signature checked), empty feature cache
+            c0 = cmd("cpu")
+            t = time.perf_counter()
+            resp = client.get_features_raw(big)
+            m[out].append(time.perf_counter() - t)
+            m[cpu].append(cmd("cpu") - c0)
+            if use_workers:
+                m["cold_log"].append(cmd("log_seconds"))
+            assert len(resp.items) == rig.batch_n and not any(
+                it.HasField("error") for it in resp.items
+            )
+    cmd("workers", True)
+    return m
+
+
+def _batch_rows(
+    client: NodeClient, cmd: Callable[..., Any], rig: _Rig, kw: dict[str, Any], consent_address: str,
+    quick: bool, workers: int, ed: float, rows: _Rows,
+) -> None:  # fmt: skip
+    """Batches of 1,000 enterprises, each with its own token: cold, warm, use counting."""
+    reps = 3 if quick else 5
+    # The use counting alone, as the node does it for a batch it opens: one ReserveUses of
+    # 1,000 tokens and one SettleUses over mTLS, as this node (released, and before the
+    # cold rounds, so the tokens keep their uses).
+    rt = statistics.median(use_round_trips(consent_address, rig.files[ORG], rig.refs, reps))
+    m = _cold_rounds(client, cmd, rig, kw, reps)
+    pool_rate = cmd("pool_rate", 3000 if quick else 10000)
+    big = build_request(rig.tokens, [], **kw)
+    warm, warm_log = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        client.get_features_raw(big)
+        warm.append(time.perf_counter() - t)
+        warm_log.append(cmd("log_seconds"))
+    srv_warm = cmd("server_side", big.SerializeToString(), reps)
+    med = statistics.median
+    cold_rate, warm_rate = rig.batch_n / med(m["cold"]), rig.batch_n / med(warm)
+    rows.add(f"batch 1,000 (own token each), cold: vectors/s ({workers} signature worker(s))",
+             cold_rate, "vectors/s", ">= 5,000/s", cold_rate >= 5000)  # fmt: skip
+    rows.add("batch 1,000 (own token each), cold, no signature worker (1 core): vectors/s",
+             rig.batch_n / med(m["cold1"]), "vectors/s")  # fmt: skip
+    rows.add(f"floor: bare Ed25519 verify through the node's pool ({workers} worker(s) + caller)",
+             pool_rate, "verifications/s")  # fmt: skip
+    rows.add(
+        "batch 1,000, cold: node CPU per batch (with workers' CPU not counted)",
+        med(m["cold_cpu"]) * 1e3,
+        "ms",
     )
+    rows.add(
+        "batch 1,000, cold, no signature worker: node CPU per batch",
+        med(m["cold1_cpu"]) * 1e3,
+        "ms",
+    )
+    rows.add("batch 1,000 (own token each), warm: vectors/s", warm_rate, "vectors/s", ">= 5,000/s",
+             warm_rate >= 5000)  # fmt: skip
+    rows.add("batch 1,000, cold: end-to-end median", med(m["cold"]) * 1e3, "ms")
+    rows.add("batch 1,000, warm: end-to-end median", med(warm) * 1e3, "ms")
+    rows.add("batch 1,000, warm: server-side median", med(srv_warm) * 1e3, "ms")
+    rows.add(
+        "batch 1,000, cold: disclosure-log share", 100 * sum(m["cold_log"]) / sum(m["cold"]), "%"
+    )
+    rows.add("batch 1,000, warm: disclosure-log share", 100 * sum(warm_log) / sum(warm), "%")
+    rows.add("cold batch rate / bare Ed25519 rate", cold_rate / ed, "ratio", "<= 1 (floor)")
+    rows.add("batch 1,000: ReserveUses + SettleUses round trip, median", rt * 1e3, "ms")
+    rows.add("batch 1,000, cold: use-counting share", 100 * rt / med(m["cold"]), "%")
+
+
+def _against_node(rig: _Rig, quick: bool, ed: float, rows: _Rows) -> None:
+    # The node runs in its own process (as in a deployment); the client here.
+    ctx = mp.get_context("fork")
+    parent_conn, child_conn = ctx.Pipe()
+    child = ctx.Process(
+        target=_node_process,
+        args=(child_conn, rig.tmp, rig.store, rig.authority, rig.files[ORG],
+              rig.files["coordinator"].cert.read_bytes(), rig.batch_n),
+        daemon=True,
+    )  # fmt: skip
+    child.start()
+    port, workers = parent_conn.recv()
+
+    def cmd(*args: Any) -> Any:
+        parent_conn.send(args)
+        return parent_conn.recv()
+
+    # The consent service over mTLS gRPC, here (started after the fork: gRPC does not
+    # survive one); the node reserves and settles its uses there.
+    consent_server, consent_port = serve_consent(
+        rig.authority, address="127.0.0.1:0", tls=rig.files["consent-service"]
+    )
+    cmd("consent", f"127.0.0.1:{consent_port}")
+    kw: dict[str, Any] = {
+        "purpose": "credit_assessment", "on_behalf_of": BANK,
+        "on_behalf_of_cert_sha256": rig.files[BANK].identity().cert_sha256,
+        # As the coordinator: the use id of a Score. The node reserves (here: joins) it at
+        # the consent service for every batch; each cold round opens a use of its own
+        # (cold-<round>: at most 5, the tokens' max_uses).
+        "request_id": "cold-0",
+    }  # fmt: skip
+    try:
+        with NodeClient(f"127.0.0.1:{port}", rig.files["coordinator"], server_org=ORG) as client:
+            one = build_request(rig.tokens[:1], [], **kw)
+            _single_rows(client, cmd, one, 200 if quick else 1000, rows)
+            _batch_rows(client, cmd, rig, kw, f"127.0.0.1:{consent_port}", quick, workers, ed, rows)
+    finally:
+        cmd("stop")
+        child.join(10)
+        stop_consent(consent_server, rig.authority)
+
+
+def run(quick: bool, full: bool) -> list[dict[str, Any]]:
+    console = Console()
+    rows = _Rows()
+    ed = _floor_rows(quick, rows)
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        t = time.perf_counter()
-        generate(tmp / "w2k", enterprises=2000, seed=1)
-        g2k = time.perf_counter() - t
-        add("world generate 2,000 enterprises", g2k, "s", "<= 5 s", g2k <= 5)
-        if full:
-            t = time.perf_counter()
-            generate(tmp / "w120k", enterprises=120_000, seed=1)
-            g120 = time.perf_counter() - t
-            add("world generate 120,000 enterprises", g120, "s", "<= 120 s", g120 <= 120)
-        n_ent = 2000 if quick else 5000
-        world = tmp / "world"
-        generate(world, enterprises=n_ent, seed=7)
-        files = pki.init_pki(
-            tmp / "pki",
-            [(ORG, "department"), ("coordinator", "coordinator"), (BANK, "bank"),
-             ("consent-service", "consent")],
-        )  # fmt: skip
-        bank_id = files[BANK].identity()
-        store = NodeStore(f"sqlite:///{tmp / 'node.sqlite'}", DEPT)
-        store.create_schema()
-        t = time.perf_counter()
-        store.load(world)
-        add(f"node load ({n_ent:,} enterprises, tax)", time.perf_counter() - t, "s")
-        authority = ConsentAuthority(ConsentStore(f"sqlite:///{tmp / 'consent.sqlite'}"), banks=[BANK],
-                                     bank_certs=lambda b: bank_id.cert_sha256 if b == BANK else None)  # fmt: skip
-        codes = (world / "enterprises.csv").read_text(encoding="utf-8").splitlines()[1:]
-        codes = [ln.split(",", 1)[0] for ln in codes]
-        batch_n = 1000
-        tokens: list[tuple[str, str]] = []
-        refs: list[UseRef] = []
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("granting consents", total=batch_n)
-            for code in codes[:batch_n]:
-                v = authority.grant(Identity(code, "enterprise", b"\x01" * 32),
-                                    ConsentTerms(enterprise=code, bank=BANK, purpose="credit_assessment",
-                                                 scope=["operations_tax"], max_uses=5))  # fmt: skip
-                view = authority.token(bank_id, v.consent_id)
-                assert view.token is not None and view.jti is not None
-                tokens.append((code, view.token))
-                refs.append(UseRef(view.jti, code, BANK))
-                bar.advance(task)
-        # The node runs in its own process (as in a deployment); the client here.
-        parent_conn, child_conn = mp.get_context("fork").Pipe()
-        child = mp.get_context("fork").Process(
-            target=_node_process,
-            args=(
-                child_conn,
-                tmp,
-                store,
-                authority,
-                files[ORG],
-                files["coordinator"].cert.read_bytes(),
-                batch_n,
-            ),
-            daemon=True,
-        )
-        child.start()
-        port, workers = parent_conn.recv()
-
-        def cmd(*args: Any) -> Any:
-            parent_conn.send(args)
-            return parent_conn.recv()
-
-        # The consent service over mTLS gRPC, here (started after the fork: gRPC does not
-        # survive one); the node reserves and settles its uses there.
-        consent_server, consent_port = serve_consent(
-            authority, address="127.0.0.1:0", tls=files["consent-service"]
-        )
-        cmd("consent", f"127.0.0.1:{consent_port}")
-
-        kw: dict[str, Any] = {
-            "purpose": "credit_assessment",
-            "on_behalf_of": BANK,
-            "on_behalf_of_cert_sha256": bank_id.cert_sha256,
-            # As the coordinator: the use id of a Score. The node reserves (here: joins) it
-            # at the consent service for every batch; each cold round opens a use of its
-            # own (cold-<round>: at most 5, the tokens' max_uses).
-            "request_id": "cold-0",
-        }
+        world = _world_rows(tmp, quick, full, rows)
+        rig = _rig(tmp, world, rows, console)
         try:
-            with NodeClient(f"127.0.0.1:{port}", files["coordinator"], server_org=ORG) as client:
-                # 1 enterprise x all 8 features, warm.
-                one = build_request(tokens[:1], [], **kw)
-                n1 = 200 if quick else 1000
-                health = health_pb2_grpc.HealthStub(client.channel)
-                hreq = health_pb2.HealthCheckRequest(service="")
-                timed(lambda: client.get_features_raw(one), 50)
-                timed(lambda: health.Check(hreq, timeout=10), 50)
-                for mode in ("full", "normal"):
-                    cmd("log", mode)
-                    e2e, bare, cpu_feat, cpu_bare = [], [], 0.0, 0.0
-                    # interleaved rounds: the floor and the call see the same machine
-                    for _ in range(5):
-                        c0 = cmd("cpu")
-                        e2e += timed(lambda: client.get_features_raw(one), n1 // 5)
-                        c1 = cmd("cpu")
-                        bare += timed(lambda: health.Check(hreq, timeout=10), n1 // 5)
-                        c2 = cmd("cpu")
-                        cpu_feat, cpu_bare = cpu_feat + c1 - c0, cpu_bare + c2 - c1
-                    share = cmd("log_seconds") / sum(e2e)
-                    p50 = pct(e2e, 0.5) * 1e3
-                    what = "fsync per commit" if mode == "full" else "synchronous=normal"
-                    add(
-                        f"1 enterprise x 8 features: end-to-end p50 (log {what})",
-                        p50,
-                        "ms",
-                        "<= 2 ms",
-                        p50 <= 2,
-                    )
-                    add(
-                        f"1 enterprise x 8 features: end-to-end p99 (log {what})",
-                        pct(e2e, 0.99) * 1e3,
-                        "ms",
-                    )
-                    add(f"1 enterprise: disclosure-log share (log {what})", 100 * share, "%")
-                    add(
-                        f"1 enterprise: node CPU per call (log {what})",
-                        cpu_feat / len(e2e) * 1e3,
-                        "ms",
-                    )
-                    add(
-                        f"floor: bare unary RPC (Health/Check, same mTLS channel) p50 (with log {what})",
-                        pct(bare, 0.5) * 1e3,
-                        "ms",
-                    )
-                    add(
-                        f"floor: bare unary RPC node CPU per call (with log {what})",
-                        cpu_bare / len(bare) * 1e3,
-                        "ms",
-                    )
-                cmd("log", "full")
-                srv = cmd("server_side", one.SerializeToString(), n1)
-                add("1 enterprise x 8 features: server-side p50", pct(srv, 0.5) * 1e3, "ms")
-                # Batches of 1,000 enterprises, each with its own token.
-                big = build_request(tokens, [], **kw)
-                reps = 3 if quick else 5
-                cold: list[float] = []
-                cold_log: list[float] = []
-                cold1: list[float] = []
-                cold_cpu: list[float] = []
-                cold1_cpu: list[float] = []
-                # The use counting alone, as the node does it for a batch it opens: one
-                # ReserveUses of 1,000 tokens and one SettleUses over mTLS, as this node
-                # (released, and before the cold rounds, so the tokens keep their uses).
-                rt = use_round_trips(f"127.0.0.1:{consent_port}", files[ORG], refs, reps)
-                for rnd in range(reps):  # with and without the signature workers, alternating
-                    big = build_request(tokens, [], **{**kw, "request_id": f"cold-{rnd}"})
-                    for use_workers, out, cpu in (
-                        (True, cold, cold_cpu),
-                        (False, cold1, cold1_cpu),
-                    ):
-                        cmd("workers", use_workers)
-                        cmd(
-                            "cold"
-                        )  # empty token cache (every signature checked), empty feature cache
-                        c0 = cmd("cpu")
-                        t = time.perf_counter()
-                        resp = client.get_features_raw(big)
-                        out.append(time.perf_counter() - t)
-                        cpu.append(cmd("cpu") - c0)
-                        if use_workers:
-                            cold_log.append(cmd("log_seconds"))
-                        assert len(resp.items) == batch_n and not any(
-                            it.HasField("error") for it in resp.items
-                        )
-                cmd("workers", True)
-                pool_rate = cmd("pool_rate", 3000 if quick else 10000)
-                warm, warm_log = [], []
-                for _ in range(reps):
-                    t = time.perf_counter()
-                    client.get_features_raw(big)
-                    warm.append(time.perf_counter() - t)
-                    warm_log.append(cmd("log_seconds"))
-                srv_warm = cmd("server_side", big.SerializeToString(), reps)
-                cold_rate = batch_n / statistics.median(cold)
-                cold1_rate = batch_n / statistics.median(cold1)
-                warm_rate = batch_n / statistics.median(warm)
-                add(
-                    f"batch 1,000 (own token each), cold: vectors/s ({workers} signature worker(s))",
-                    cold_rate,
-                    "vectors/s",
-                    ">= 5,000/s",
-                    cold_rate >= 5000,
-                )
-                add(
-                    "batch 1,000 (own token each), cold, no signature worker (1 core): vectors/s",
-                    cold1_rate,
-                    "vectors/s",
-                )
-                add(
-                    f"floor: bare Ed25519 verify through the node's pool ({workers} worker(s) + caller)",
-                    pool_rate,
-                    "verifications/s",
-                )
-                add(
-                    "batch 1,000, cold: node CPU per batch (with workers' CPU not counted)",
-                    statistics.median(cold_cpu) * 1e3,
-                    "ms",
-                )
-                add(
-                    "batch 1,000, cold, no signature worker: node CPU per batch",
-                    statistics.median(cold1_cpu) * 1e3,
-                    "ms",
-                )
-                add(
-                    "batch 1,000 (own token each), warm: vectors/s",
-                    warm_rate,
-                    "vectors/s",
-                    ">= 5,000/s",
-                    warm_rate >= 5000,
-                )
-                add("batch 1,000, cold: end-to-end median", statistics.median(cold) * 1e3, "ms")
-                add("batch 1,000, warm: end-to-end median", statistics.median(warm) * 1e3, "ms")
-                add(
-                    "batch 1,000, warm: server-side median", statistics.median(srv_warm) * 1e3, "ms"
-                )
-                add("batch 1,000, cold: disclosure-log share", 100 * sum(cold_log) / sum(cold), "%")
-                add("batch 1,000, warm: disclosure-log share", 100 * sum(warm_log) / sum(warm), "%")
-                add("cold batch rate / bare Ed25519 rate", cold_rate / ed, "ratio", "<= 1 (floor)")
-                add(
-                    "batch 1,000: ReserveUses + SettleUses round trip, median",
-                    statistics.median(rt) * 1e3,
-                    "ms",
-                )
-                add(
-                    "batch 1,000, cold: use-counting share",
-                    100 * statistics.median(rt) / statistics.median(cold),
-                    "%",
-                )
+            _against_node(rig, quick, ed, rows)
         finally:
-            cmd("stop")
-            child.join(10)
-            stop_consent(consent_server, authority)
-            store.close()
+            rig.store.close()
     table = Table(title="bench node (tax node, 8 features; mTLS on loopback)")
     for col in ("metric", "value", "unit", "target", "met"):
         table.add_column(col, justify="right" if col == "value" else "left")
@@ -547,7 +563,7 @@ def run(quick: bool, full: bool) -> list[dict[str, Any]]:
         met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
         table.add_row(r["metric"], f"{r['value']:,.3f}", r["unit"], r["target"], met)
     console.print(table)
-    return rows
+    return list(rows)
 
 
 def main() -> None:
