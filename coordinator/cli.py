@@ -102,29 +102,6 @@ def _read_token(path: Path) -> str:
     return text
 
 
-def score_dict(r: pb.ScoreResult) -> dict[str, Any]:
-    return {
-        "enterprise": r.enterprise,
-        "rating": r.rating,
-        "probability_of_default": r.probability_of_default,
-        "model_version": r.model_version,
-        "reasons": [
-            {
-                "feature": x.feature,
-                "description": x.description,
-                "contribution": x.contribution,
-                "missing": x.missing,
-            }
-            for x in r.reasons
-        ],
-        "missing_categories": list(r.missing_categories),
-        "ledger_index": r.ledger_index,
-        "consent_jti": r.consent_jti,
-        "feature_hash": r.feature_hash,
-        "request_id": r.request_id,
-    }
-
-
 def decision_dict(d: pb.GuaranteeDecision) -> dict[str, Any]:
     return {
         "application_id": d.application_id,
@@ -147,6 +124,13 @@ def decision_dict(d: pb.GuaranteeDecision) -> dict[str, Any]:
         "ledger_index": d.ledger_index,
         "replayed": d.replayed,
     }
+
+
+def score_dict(r: pb.ScoreResult) -> dict[str, Any]:
+    # one mapping, with the SDK (the portal's pages use it too); imported lazily as below
+    from fedcredit.coordinator.client import score_dict as mapping
+
+    return mapping(r)
 
 
 def model_dict(m: pb.ModelVersion) -> dict[str, Any]:

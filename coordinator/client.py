@@ -38,6 +38,31 @@ def privacy_pb(privacy: Mapping[str, Any] | None) -> pb.TrainingPrivacy | None:
     )
 
 
+def score_dict(r: pb.ScoreResult) -> dict[str, Any]:
+    """A score as plain data: the one mapping of ScoreResult (the CLI's JSON lines, the
+    portal's score page and watch list)."""
+    return {
+        "enterprise": r.enterprise,
+        "rating": r.rating,
+        "probability_of_default": r.probability_of_default,
+        "model_version": r.model_version,
+        "reasons": [
+            {
+                "feature": x.feature,
+                "description": x.description,
+                "contribution": x.contribution,
+                "missing": x.missing,
+            }
+            for x in r.reasons
+        ],
+        "missing_categories": list(r.missing_categories),
+        "ledger_index": r.ledger_index,
+        "consent_jti": r.consent_jti,
+        "feature_hash": r.feature_hash,
+        "request_id": r.request_id,
+    }
+
+
 def model_dict(m: pb.ModelVersion) -> dict[str, Any]:
     """A registry entry as plain data (the CLI's --json and the portal's registry page)."""
     return {

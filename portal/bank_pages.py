@@ -19,6 +19,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from fedcredit.common.errors import InvalidArgument, RoleNotAllowed, Unavailable
+from fedcredit.coordinator.client import score_dict
 from fedcredit.portal import batches as B
 from fedcredit.portal.security import Session
 from fedcredit.portal.web import Portal, call, delegation, page, post
@@ -82,12 +83,12 @@ def chart(reasons: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def score_view(r: Any) -> dict[str, Any]:
-    reasons = [{"feature": x.feature, "description": x.description,
-                "contribution": round(x.contribution, 4), "missing": x.missing} for x in r.reasons]  # fmt: skip
-    return {"enterprise": r.enterprise, "rating": r.rating,
-            "pd": r.probability_of_default, "pd_pct": round(100 * r.probability_of_default, 2),
-            "model_version": r.model_version, "reasons": reasons, "chart": chart(reasons),
-            "missing_categories": list(r.missing_categories), "ledger_index": r.ledger_index}  # fmt: skip
+    """The SDK's mapping of a score (coordinator/client.py ``score_dict``) with what the page
+    adds: the PD in per cent, contributions rounded for display, the reasons chart."""
+    d = score_dict(r)
+    reasons = [{**x, "contribution": round(x["contribution"], 4)} for x in d["reasons"]]
+    return {**d, "pd": d["probability_of_default"], "pd_pct": round(100 * d["probability_of_default"], 2),
+            "reasons": reasons, "chart": chart(reasons)}  # fmt: skip
 
 
 # --- score ------------------------------------------------------------------------------------
