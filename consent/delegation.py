@@ -16,7 +16,12 @@ neither ever passes for the other: each verifier demands its own ``typ``). Claim
                  only a call on the portal's own mTLS channel may carry it;
 ``org_x5t#S256`` a bank's own certificate thumbprint as the consent service knows it,
                  so the bank's consent tokens (bound to that certificate) hold for it;
-``iat``/``nbf``/``exp``  a short life, :data:`TICKET_TTL_S`; ``jti`` a random id.
+``iat``/``nbf``/``exp``  a short life, :data:`TICKET_TTL_S`; ``jti`` a random id;
+``act``          (step-up tickets only) the one act a fresh passkey assertion signed for:
+                 ``{"action", "terms", "passkey", "statement_sha256", "assertion_sha256"}``
+                 (an operator's ``activate_model`` with ``terms`` ``{"version",
+                 "replaces"}``); such a ticket lives :data:`STEP_UP_TTL_S` and is spent by
+                 its first use (:meth:`DelegationVerifier.spend`).
 
 A service receiving a call from the portal's certificate (:func:`acting`) acts as the
 named organisation only when the ticket in metadata :data:`METADATA_KEY` verifies here:
@@ -49,6 +54,8 @@ from fedcredit.consent.token import check_header, decode_segment, decode_signatu
 DELEGATION_TYP = "delegation+jwt"
 METADATA_KEY = DELEGATION_METADATA_KEY
 TICKET_TTL_S = 300  # short: a removed passkey or a signed-out person stops acting soon
+STEP_UP_TTL_S = 60  # a step-up ticket is asked for right before its one act
+STEP_UP_ACTIONS = ("activate_model",)  # the acts a sign-in alone does not authorise
 PASSKEY_CHECK_TTL_S = 30.0  # how long a service trusts "this passkey is still registered"
 LEEWAY_S = 60  # clock skew allowed on iat/nbf/exp
 PORTAL_ROLE = "portal"
@@ -68,6 +75,7 @@ class Delegation:
     org_cert_sha256: bytes  # a bank's own certificate thumbprint (b"" for other roles)
     jti: str
     expires_at: int
+    act: dict[str, Any] | None = None  # a step-up ticket's signed act (module docstring)
 
     def identity(self) -> Identity:
         """The organisation, as the service treats its own callers (``via`` the portal)."""
@@ -85,8 +93,12 @@ def ticket_claims(
     org_cert_sha256: bytes | None,
     now: int,
     ttl_s: int = TICKET_TTL_S,
+    act: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The claims of one ticket (the consent service signs them with ``typ`` above)."""
+    """The claims of one ticket (the consent service signs them with ``typ`` above);
+    ``act``: a step-up ticket's signed act (its life then :data:`STEP_UP_TTL_S` at most)."""
+    if act is not None:
+        ttl_s = min(ttl_s, STEP_UP_TTL_S)
     claims: dict[str, Any] = {
         "iss": issuer,
         "sub": org,
@@ -101,6 +113,8 @@ def ticket_claims(
     }
     if org_cert_sha256:
         claims["org_x5t#S256"] = b64url(org_cert_sha256)
+    if act is not None:
+        claims["act"] = act
     return claims
 
 
@@ -150,7 +164,19 @@ class DelegationVerifier:
         self._lookup, self._active = lookup, passkey_active
         self.check_ttl_s, self._clock, self._monotonic = check_ttl_s, clock, monotonic
         self._checked: dict[tuple[str, str], float] = {}
+        self._spent: dict[str, int] = {}  # step-up tickets used: jti -> exp
         self._lock = threading.Lock()
+
+    def spend(self, d: Delegation) -> None:
+        """Mark a step-up ticket used: its act is carried out once (in this process; the act
+        itself is a compare-and-set too, so a replay elsewhere finds its terms stale)."""
+        now = int(self._clock())
+        with self._lock:
+            if d.jti in self._spent:
+                raise P.StepUpReplayed(f"this signed {d.act and d.act.get('action')} was used already; sign again")  # fmt: skip
+            if len(self._spent) > 10_000:  # bounded: forget tickets past their life
+                self._spent = {j: e for j, e in self._spent.items() if e + LEEWAY_S >= now}
+            self._spent[d.jti] = d.expires_at
 
     def verify(self, ticket: str, caller: Identity) -> Delegation:
         claims = self._signed_claims(ticket)
@@ -179,7 +205,7 @@ class DelegationVerifier:
         org, role, passkey = _str(claims, "sub"), _str(claims, "role"), _str(claims, "passkey")
         org_cert = claims.get("org_x5t#S256")
         d = Delegation(org, role, passkey, _thumb(org_cert) if isinstance(org_cert, str) else b"",
-                       _str(claims, "jti"), exp)  # fmt: skip
+                       _str(claims, "jti"), exp, _act(claims))  # fmt: skip
         self._check_passkey(org, passkey)
         return d
 
@@ -225,6 +251,33 @@ class DelegationVerifier:
             self._checked[(org, passkey)] = now
 
 
+def _act(claims: dict[str, Any]) -> dict[str, Any] | None:
+    act = claims.get("act")
+    if act is None:
+        return None
+    if not isinstance(act, dict) or act.get("action") not in STEP_UP_ACTIONS or not isinstance(act.get("terms"), dict):  # fmt: skip
+        raise P.DelegationMalformed(f"expected claim act as a signed act of {STEP_UP_ACTIONS}, got {act!r:.80}")  # fmt: skip
+    if _int(claims, "exp") - _int(claims, "iat") > STEP_UP_TTL_S:
+        raise P.DelegationMalformed(f"expected a step-up ticket life of at most {STEP_UP_TTL_S} s")
+    return act
+
+
+def step_up(d: Delegation | None, action: str, **must: str) -> dict[str, Any]:
+    """The signed act of a step-up ticket when it is ``action`` and its terms hold each of
+    ``must`` (an activation's ``version``, say); else the refusal naming why (no step-up;
+    another act or other terms)."""
+    if d is None or d.act is None:
+        raise P.StepUpRequired(
+            f"{action} through the portal needs a fresh passkey assertion naming it "
+            "(a step-up ticket); a signed-in session alone is not enough"
+        )
+    terms = d.act["terms"]
+    if d.act.get("action") != action or any(terms.get(k) != v for k, v in must.items()):
+        got = f"{d.act.get('action')} of {terms!r:.200}"
+        raise P.StepUpMismatch(f"expected a signed {action} of {must}, got {got}")
+    return d.act
+
+
 def ticket_from(metadata: Any) -> str:
     """The ticket in a call's invocation metadata ("" if none)."""
     for k, v in metadata or ():
@@ -242,13 +295,24 @@ def acting(
 ) -> Identity:
     """Who a call acts as: the caller itself, or for the portal's certificate the
     organisation its ticket names (and only then, and only in ``roles``)."""
+    return acting_delegation(caller, metadata, verifier, roles, what)[0]
+
+
+def acting_delegation(
+    caller: Identity,
+    metadata: Any,
+    verifier: DelegationVerifier | None,
+    roles: Collection[str],
+    what: str,
+) -> tuple[Identity, Delegation | None]:
+    """:func:`acting`, with the verified ticket (None: the caller's own certificate)."""
     if caller.role != PORTAL_ROLE:
         if caller.role not in roles:
             raise RoleNotAllowed(
                 f"{what} is for role(s) {', '.join(sorted(roles))}; the caller {caller.org_id} has role {caller.role}",
                 role=caller.role,
             )
-        return caller
+        return caller, None
     ticket = ticket_from(metadata)
     if not ticket:
         raise P.DelegationMissing(
@@ -257,13 +321,14 @@ def acting(
         )
     if verifier is None:
         raise P.DelegationMissing(f"{what}: this service accepts no delegated sessions (no consent service configured)")  # fmt: skip
-    who = verifier.verify(ticket, caller).identity()
+    d = verifier.verify(ticket, caller)
+    who = d.identity()
     if who.role not in roles:
         raise RoleNotAllowed(
             f"{what} is for role(s) {', '.join(sorted(roles))}; {who.org_id} signed in as {who.role}",
             role=who.role,
         )
-    return who
+    return who, d
 
 
 def unverified_claims(ticket: str) -> dict[str, Any]:

@@ -118,11 +118,16 @@ class PasskeyClient(ServiceClient[passkey_pb2_grpc.PasskeyServiceStub]):
         )
         return dataclasses.replace(consent_from_pb(m.consent), token=m.token or None)
 
-    def delegate(self, session: str, audience: str) -> tuple[str, int]:
-        """A delegation ticket for service ``audience``: (ticket, expires_at)."""
-        m = self._call(
-            self._stub.Delegate, passkey_pb2.DelegateRequest(session=session, audience=audience)
-        )
+    def delegate(
+        self, session: str, audience: str, step_up: tuple[str, str] | None = None
+    ) -> tuple[str, int]:
+        """A delegation ticket for service ``audience``: (ticket, expires_at). ``step_up``:
+        (statement JSON, assertion JSON) of a step-up act (activate_model): the ticket is
+        for that one act (consent/delegation.py)."""
+        req = passkey_pb2.DelegateRequest(session=session, audience=audience)
+        if step_up is not None:
+            req.step_up.CopyFrom(_signed(*step_up))
+        m = self._call(self._stub.Delegate, req)
         return m.ticket, int(m.expires_at)
 
     def sign_out(self, session: str) -> bool:

@@ -111,3 +111,25 @@ class DelegationUnverifiable(FailedPrecondition):
     """The consent service could not be asked whether the passkey is still registered."""
 
     reason = "DELEGATION_UNVERIFIABLE"
+
+
+# --- step-up: an act that needs a fresh assertion of its own (an operator's model activation) ---
+
+
+class StepUpRequired(PermissionDenied):
+    """The act needs a fresh passkey assertion over a statement naming it; the ticket
+    carries none (a sign-in is not enough)."""
+
+    reason = "STEP_UP_REQUIRED"
+
+
+class StepUpMismatch(PermissionDenied):
+    """The ticket's signed act is another act, or names other terms (another model version)."""
+
+    reason = "STEP_UP_MISMATCH"
+
+
+class StepUpReplayed(PermissionDenied):
+    """The ticket's signed act was carried out already: one assertion, one act."""
+
+    reason = "STEP_UP_REPLAYED"

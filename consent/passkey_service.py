@@ -69,6 +69,8 @@ class PasskeyServicer(passkey_pb2_grpc.PasskeyServiceServicer):
             enrol_org=request.enrol_org,
             enrol_role=request.enrol_role,
             enrol_expires_in_s=request.enrol_expires_in_s,
+            model_version=request.model_version,
+            model_replaces=request.model_replaces,
         )
         return passkey_pb2.Statement(statement_json=st, options_json=options)
 
@@ -142,7 +144,12 @@ class PasskeyServicer(passkey_pb2_grpc.PasskeyServiceServicer):
 
     @handle_errors
     def Delegate(self, request: Any, context: Any) -> passkey_pb2.DelegationTicket:
-        ticket, exp = self.passkeys.delegate(peer_identity(context), request.session, request.audience)  # fmt: skip
+        actor = peer_identity(context)
+        step_up = None
+        if request.HasField("step_up"):  # a fresh assertion over the one act the ticket is for
+            s = request.step_up
+            step_up = self.passkeys.verify(actor, s.statement_json, s.assertion_json)
+        ticket, exp = self.passkeys.delegate(actor, request.session, request.audience, step_up)
         return passkey_pb2.DelegationTicket(ticket=ticket, expires_at=exp)
 
     @handle_errors

@@ -67,7 +67,7 @@ from fedcredit.common.tls import Identity
 from fedcredit.common.uscc import validate
 from fedcredit.consent import passkey_errors as P
 from fedcredit.consent.authority import ConsentAuthority
-from fedcredit.consent.delegation import DELEGATION_TYP, ticket_claims
+from fedcredit.consent.delegation import DELEGATION_TYP, STEP_UP_ACTIONS, ticket_claims
 from fedcredit.consent.states import Action
 from fedcredit.consent.terms import ConsentTerms, ConsentView
 
@@ -88,7 +88,10 @@ DECISIONS = {
     "resume": Action.RESUME,
     "revoke": Action.REVOKE,
 }
-ACTIONS = ("sign_in", "add_passkey", "remove_passkey", "narrow", "issue_enrol_code", *DECISIONS)
+ACTIONS = ("sign_in", "add_passkey", "remove_passkey", "narrow", "issue_enrol_code", *DECISIONS, *STEP_UP_ACTIONS)  # fmt: skip
+# Who may sign each step-up act (consent/delegation.py): the service that carries it out
+# checks the role again; this refuses the statement before anyone is asked to sign it.
+STEP_UP_ROLES = {"activate_model": "operator"}
 
 metadata = MetaData()
 credentials = Table(
@@ -349,6 +352,8 @@ class PasskeyAuthority:
         keys = self._passkeys(org)
         if not keys:
             raise P.NoPasskey(f"{org} has no passkey; enrol one with the operator's code")
+        if action in STEP_UP_ROLES and keys[0].role != STEP_UP_ROLES[action]:
+            raise RoleNotAllowed(f"only an {STEP_UP_ROLES[action]} signs {action}; {org} is {keys[0].role}")  # fmt: skip
         now = self.now()
         st: dict[str, Any] = {
             "v": 1,
@@ -389,6 +394,8 @@ class PasskeyAuthority:
             return out
         if action == "remove_passkey":
             return {"credential_id": str(params.get("credential_id", ""))}
+        if action == "activate_model":
+            return {"model": _model_terms(params)}
         if action == "issue_enrol_code":
             org_, role_ = str(params.get("enrol_org", "")), str(params.get("enrol_role", ""))
             self.check_org_role(org_, role_)
@@ -616,10 +623,14 @@ class PasskeyAuthority:
 
     # --- delegated sessions (consent/delegation.py) -----------------------------------------
 
-    def delegate(self, actor: Identity, ticket: str, audience: str) -> tuple[str, int]:
+    def delegate(
+        self, actor: Identity, ticket: str, audience: str, step_up: Verified | None = None
+    ) -> tuple[str, int]:
         """A short-lived delegation ticket for ``audience``, for the organisation of a valid
         session (signed in with a passkey that is still registered), bound to the calling
-        portal's certificate; (ticket, expires_at)."""
+        portal's certificate; (ticket, expires_at). ``step_up``: a verified assertion over a
+        step-up act by the same organisation: the ticket carries that act (``act``) and
+        lives 60 s (consent/delegation.py)."""
         claims = self._session_claims(actor, ticket)
         if not audience or len(audience) > 64 or not audience.replace("-", "").replace("_", "").replace(".", "").isalnum():  # fmt: skip
             raise InvalidArgument(f"expected a service's organisation id as audience, got {audience[:64]!r}")  # fmt: skip
@@ -630,7 +641,7 @@ class PasskeyAuthority:
         body = ticket_claims(
             issuer=self.authority.settings.issuer, org=org, role=role, audience=audience,
             passkey=str(claims["cred"]), portal_cert_sha256=actor.cert_sha256,
-            org_cert_sha256=org_cert, now=self.now(),
+            org_cert_sha256=org_cert, now=self.now(), act=_step_up_act(step_up, org, role),
         )  # fmt: skip
         return self.authority.keyring.signer().sign(body, typ=DELEGATION_TYP), int(body["exp"])
 
@@ -714,6 +725,29 @@ def portal_origins(section: Any) -> tuple[str, list[str]] | None:
     if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
         raise InvalidArgument(f"[portal] origins must be a list of origins, got {origins!r}")
     return rp_id, origins
+
+
+def _model_terms(params: dict[str, Any]) -> dict[str, str]:
+    """An activate_model statement's terms: the version to activate and the one it replaces."""
+    version, replaces = str(params.get("model_version", "")), str(params.get("model_replaces", ""))
+    if not version or len(version) > 128 or len(replaces) > 128:
+        raise P.StatementInvalid(f"expected a model version (1 to 128 characters) and the active one, got {version[:40]!r}")  # fmt: skip
+    return {"version": version, "replaces": replaces}
+
+
+def _step_up_act(v: Verified | None, org: str, role: str) -> dict[str, Any] | None:
+    """The ``act`` claim of a step-up ticket: the signed act, by the session's organisation."""
+    if v is None:
+        return None
+    action = v.statement["action"]
+    if action not in STEP_UP_ACTIONS:
+        raise P.StatementInvalid(f"expected a step-up statement ({', '.join(STEP_UP_ACTIONS)}), got {action}")  # fmt: skip
+    if v.org != org or v.role != role or role != STEP_UP_ROLES[action]:
+        raise P.WrongOrganisation(f"the {action} statement was signed by {v.org} ({v.role}), not by the session's {STEP_UP_ROLES[action]}")  # fmt: skip
+    return {
+        "action": action, "terms": v.statement["model"], "passkey": v.credential_id,
+        "statement_sha256": v.statement_sha256, "assertion_sha256": v.assertion_sha256,
+    }  # fmt: skip
 
 
 def _portal(actor: Identity) -> None:

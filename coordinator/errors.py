@@ -84,6 +84,13 @@ class LedgerUnavailable(Unavailable):
     reason = "LEDGER_UNAVAILABLE"
 
 
+class ModelChanged(FailedPrecondition):
+    """The active model is not the one the activation was confirmed (and signed) against:
+    another activation came in between; nothing changes (review it again)."""
+
+    reason = "MODEL_CHANGED"
+
+
 class ApplicationNotFound(NotFound):
     reason = "GUARANTEE_NOT_FOUND"
 

@@ -28,7 +28,7 @@ import lightgbm as lgb
 import numpy as np
 
 from fedcredit.common.evidence import EvidenceSink
-from fedcredit.coordinator.errors import InvalidModel, ModelVersionExists
+from fedcredit.coordinator.errors import InvalidModel, ModelChanged, ModelVersionExists
 from fedcredit.coordinator.gate import BlockingLedgerGate
 from fedcredit.coordinator.model import load_booster, model_sha256
 from fedcredit.coordinator.rating import GradeShares, Thresholds, calibrate, distribution
@@ -182,11 +182,27 @@ class Registry:
             self.store.add_model(rec)
         return rec
 
-    def activate(self, version: str, *, actor: str, via: str = "") -> ModelRecord:
+    def activate(
+        self,
+        version: str,
+        *,
+        actor: str,
+        via: str = "",
+        replaces: str | None = None,
+        evidence: dict[str, str] | None = None,
+    ) -> ModelRecord:
         """Make ``version`` the scoring model; thresholds re-calibrated with the current shares.
         ``via``: ``portal`` when the operator acted from its portal page (a delegated
-        session), recorded in the ledger entry; "" for its own certificate."""
+        session), recorded in the ledger entry; "" for its own certificate. ``replaces``:
+        the version that must be active now ("" none; None: any), else ``MODEL_CHANGED``
+        and nothing changes. ``evidence``: what the ledger entry records of the operator's
+        passkey assertion (credential, assertion and statement digests)."""
         with self._lock:
+            if replaces is not None and (self.store.active_version() or "") != replaces:
+                raise ModelChanged(
+                    f"the active model is now {self.store.active_version() or 'none'}, not "
+                    f"{replaces or 'none'} as when the activation was signed; nothing was activated"
+                )
             rec = self.store.require_model(version, with_text=True)
             thresholds: Thresholds = calibrate(rec.calibration, self.shares)
             counts = distribution(rec.calibration, thresholds)
@@ -201,6 +217,7 @@ class Registry:
                     "thresholds": thresholds.to_dict(),
                     "grade_counts": counts,
                     **({"via": via} if via else {}),
+                    **(evidence or {}),
                 },
             )
             self.store.activate(version, thresholds, counts, index, now)

@@ -27,7 +27,7 @@ from fedcredit.common.evidence import AsyncBatchEvidenceSink, EvidenceSink
 from fedcredit.common.rpc import handle_errors
 from fedcredit.common.tls import Identity, peer_identity
 from fedcredit.common.wire import item_error
-from fedcredit.consent.delegation import DelegationVerifier, acting
+from fedcredit.consent.delegation import Delegation, DelegationVerifier, acting_delegation, step_up
 from fedcredit.consent.verify import TokenVerifier
 from fedcredit.coordinator.batches import ResumableBatch, check_batch_id
 from fedcredit.coordinator.client import privacy_pb
@@ -82,11 +82,19 @@ async def acting_as(app: Coordinator, context: Any, roles: Collection[str], what
     """Who a call acts as, of ``roles``: the caller's certificate, or for the portal's
     certificate the organisation its delegation ticket names (an operator activating a
     model from its portal page, say); the portal's certificate alone is none of them."""
+    return (await acting_with_ticket(app, context, roles, what))[0]
+
+
+async def acting_with_ticket(
+    app: Coordinator, context: Any, roles: Collection[str], what: str
+) -> tuple[Identity, Delegation | None]:
+    """:func:`acting_as` with the verified delegation ticket (None: the caller's own
+    certificate), for an act that needs a step-up ticket's signed act."""
     ident = peer_identity(context)
     if ident.role != "portal":
-        return require_role(context, roles, what)
+        return require_role(context, roles, what), None
     md = tuple(context.invocation_metadata() or ())
-    return await asyncio.to_thread(acting, ident, md, app.delegation, roles, what)
+    return await asyncio.to_thread(acting_delegation, ident, md, app.delegation, roles, what)
 
 
 # ---------------------------------------------------------------- the active model
@@ -635,11 +643,28 @@ class RegistryServicer(pb_grpc.ModelRegistryServicer):
 
     @handle_errors
     async def Activate(self, request: pb.ActivateModelRequest, context: Any) -> pb.ModelVersion:
-        ident = await acting_as(self.app, context, ACTIVATE_ROLES, "Activate")
+        ident, ticket = await acting_with_ticket(self.app, context, ACTIVATE_ROLES, "Activate")
         if not request.version:
             raise InvalidArgument("Activate needs a model version")
+        replaces, evidence = None, None
+        if ticket is not None:  # through the portal: only with the operator's signed act
+            act = step_up(ticket, "activate_model", version=request.version)
+            if self.app.delegation is not None:  # always: the ticket was verified with it
+                self.app.delegation.spend(ticket)
+            replaces = str(act["terms"].get("replaces", ""))
+            evidence = {
+                "passkey_credential": str(act["passkey"]),
+                "passkey_assertion_sha256": str(act["assertion_sha256"]),
+                "statement_sha256": str(act["statement_sha256"]),
+            }
         rec = await asyncio.to_thread(
-            lambda: self.app.registry.activate(request.version, actor=ident.org_id, via=ident.via)
+            lambda: self.app.registry.activate(
+                request.version,
+                actor=ident.org_id,
+                via=ident.via,
+                replaces=replaces,
+                evidence=evidence,
+            )
         )
         return model_pb(rec)
 

@@ -366,6 +366,10 @@ AUDIT_T: dict[str, tuple[str, str]] = {
     "md_sha256": ("模型 SHA-256", "Model SHA-256"),
     "md_already": ("该版本已在使用中。", "This version is already active."),
     "md_activate_button": ("确认启用", "Activate"),
+    "md_passkey_note": (
+        "启用会改变所有银行的评分：请用您的通行密钥签署本次启用（签署内容包含该版本及其替换的版本）。",
+        "Activating changes every bank's scores: sign this activation with your passkey (the signed statement names this version and the one it replaces).",
+    ),
     "md_back": ("返回模型登记", "Back to the registry"),
     "md_activated": (
         "已启用模型 {version}（账本条目 #{index}）。",

@@ -8,34 +8,44 @@ activates with the operator's own rights, and its ``model_activated`` ledger ent
 one ``fedcredit model activate`` makes) names the operator and says ``via: portal``.
 
 Activation: the registry page links to a confirmation page (a GET, it changes nothing)
-showing the version beside the one it replaces; only its form, CSRF-protected, posts the
-activation, naming the version confirmed and the version that was active then. If another
-activation happened in between, nothing changes (MODEL_CHANGED: review again).
+showing the version beside the one it replaces. Activating changes every bank's scores, so
+it takes a **fresh passkey assertion** (step-up), not only the session and the CSRF token:
+the page asks the consent service for an ``activate_model`` statement naming the version
+and the version it replaces (its SHA-256 is the WebAuthn challenge; the page re-hashes
+what it shows), the operator touches the key, and the portal hands statement and
+assertion to the consent service, which verifies them (py_webauthn, user verification
+required) and answers a step-up delegation ticket carrying that one signed act (60 s,
+consent/delegation.py). The coordinator activates through the portal only with such a
+ticket for exactly that version (``STEP_UP_REQUIRED``, ``STEP_UP_MISMATCH``), once
+(``STEP_UP_REPLAYED``), and only while the version it replaces is still the active one
+(``MODEL_CHANGED``: nothing changes); its ``model_activated`` entry records the passkey,
+the assertion's and the statement's SHA-256.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from fedcredit.common.errors import FailedPrecondition, InvalidArgument, RoleNotAllowed
+from fedcredit.common.errors import InvalidArgument, RoleNotAllowed
+from fedcredit.consent import passkey_errors as P
 from fedcredit.coordinator.client import model_dict
-from fedcredit.coordinator.errors import NoActiveModel
+from fedcredit.coordinator.errors import ModelChanged, NoActiveModel
 from fedcredit.portal import i18n
-from fedcredit.portal.bank_pages import coordinator
+from fedcredit.portal.bank_pages import CoordinatorNotConfigured, coordinator
 from fedcredit.portal.security import Session
-from fedcredit.portal.web import Portal, call, page, post
+from fedcredit.portal.web import Portal, call, json_ok, page, post
 
 # The metrics a person compares models by (shown when the trainer reported them).
 SHOWN_METRICS = ("auc", "ks", "pooled_lightgbm_auc", "test_rows", "trees", "engine")
 
 
-class ModelChanged(FailedPrecondition):
-    reason = "MODEL_CHANGED"
+__all__ = ["MODEL_ROUTES", "ModelChanged"]
 
 
 def _operator(s: Session) -> None:
@@ -90,23 +100,37 @@ async def confirm(portal: Portal, request: Request, s: Session) -> Response:
     )  # fmt: skip
 
 
+def _signed_activation(s: Session, version: str, was: str) -> str:
+    """The activate_model statement this session was issued, naming ``version`` replacing
+    ``was`` (the consent service checks the assertion over it; this refuses early)."""
+    st = str(s.pending.pop("statement", ""))
+    try:
+        doc = json.loads(st) if st else {}
+    except ValueError:
+        doc = {}
+    if not isinstance(doc, dict) or doc.get("action") != "activate_model":
+        raise P.StepUpRequired("activating a model needs your passkey: confirm it on its confirmation page")  # fmt: skip
+    if doc.get("model") != {"version": version, "replaces": was}:
+        raise P.StepUpMismatch(f"the statement you signed names {doc.get('model')!r:.200}, not {version} replacing {was or 'none'}")  # fmt: skip
+    return st
+
+
 @post
 async def activate(portal: Portal, request: Request, s: Session, data: dict[str, Any]) -> Response:  # fmt: skip
     _operator(s)
     version = _version(data.get("version"))
     if str(data.get("confirm", "")) != version:
         raise InvalidArgument("confirm the activation on its confirmation page (/operator/models)")
-    c = await coordinator(portal, s)
-    current = await _active(c)
     was = str(data.get("replaces", ""))
-    if (current["version"] if current else "") != was:
-        raise ModelChanged(
-            f"the active model is now {current['version'] if current else 'none'}, not {was or 'none'} "
-            "as when you confirmed; nothing was activated: review it again"
-        )
-    got = model_dict(await call(c.activate, version))
+    st = _signed_activation(s, version, was)
+    if portal.backend.coordinator is None:
+        raise CoordinatorNotConfigured("this portal has no coordinator configured ([services.coordinator])")  # fmt: skip
+    # a ticket for this one act: the consent service verifies the assertion first
+    audience = portal.backend.audiences.get("coordinator", "coordinator")
+    ticket, _ = await call(portal.backend.passkeys.delegate, s.ticket, audience, (st, str(data.get("assertion", ""))))  # fmt: skip
+    got = model_dict(await call(portal.backend.coordinator.delegated(ticket).activate, version))
     s.flash.append(i18n.tr("md_activated", s.lang).format(version=version, index=got["activate_ledger_index"]))  # fmt: skip
-    return portal.finish(RedirectResponse("/operator/models", 303), s)
+    return json_ok(portal, s, {"redirect": "/operator/models", "version": version, "ledger_index": got["activate_ledger_index"]})  # fmt: skip
 
 
 MODEL_ROUTES = [

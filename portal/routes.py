@@ -145,6 +145,8 @@ async def challenge(portal: Portal, request: Request, s: Session, data: dict[str
         enrol_org=str(data.get("enrol_org", "")),
         enrol_role=str(data.get("enrol_role", "")),
         enrol_expires_in_s=_seconds(data.get("enrol_expires", "")),
+        model_version=str(data.get("model_version", "")),
+        model_replaces=str(data.get("model_replaces", "")),
     )
     s.pending["statement"] = st
     return json_ok(portal, s, {"statement": st, "options": options})

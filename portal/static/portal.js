@@ -91,6 +91,16 @@
     show("", true);
   }
 
+  // Activating a model changes every bank's scores: the operator's passkey signs a
+  // statement naming the version and the one it replaces (step-up), checked by the consent
+  // service and, through the ticket it answers, by the coordinator.
+  async function onActivate(form) {
+    const f = formData(form);
+    const c = await postJSON("/challenge", { action: "activate_model", model_version: f.version, model_replaces: f.replaces });
+    const r = await postJSON("/operator/models/activate", { ...f, assertion: await signStatement(c.statement, c.options) });
+    location.assign(r.redirect);
+  }
+
   async function onDecide(b) {
     const body = { action: b.dataset.decide, consent_id: b.dataset.consentId };
     if (b.dataset.removeCategory) body.remove_categories = [b.dataset.removeCategory];
@@ -360,7 +370,7 @@
     const form = ev.target.closest("form[data-webauthn]");
     if (!form) return;
     ev.preventDefault();
-    const run = { signin: onSignIn, enrol: onEnrol, add: onAddPasskey, issue: onIssueCode }[form.dataset.webauthn];
+    const run = { signin: onSignIn, enrol: onEnrol, add: onAddPasskey, issue: onIssueCode, activate: onActivate }[form.dataset.webauthn];
     run(form).catch(fail);
   });
 

@@ -299,3 +299,36 @@ def test_operator_issues_a_code_that_enrols_an_enterprise(
     finally:
         operator.close()
         enterprise.close()
+
+
+def test_operator_activates_a_model_with_its_passkey(
+    browser: Any, federation: Federation, scoring: Scoring
+) -> None:
+    """Step-up in the page: the confirmation form asks the operator's passkey to sign the
+    activation (the authenticator's signature counter moves) before the coordinator
+    activates, and the ledger entry carries the assertion's digest."""
+    from tests.portal.test_model_pages import (
+        FIRST,
+        active,
+        last_activation,
+        operator_client,
+        publish_private,
+    )
+
+    version = publish_private(federation, scoring)
+    operator = Person(browser, federation)
+    try:
+        operator.enrol_and_sign_in("operator", "operator")
+        operator.go(f"/operator/models/confirm?version={version}")
+        count = operator.credentials()[0]["signCount"]
+        operator.page.click("form#activate button[type=submit]")
+        operator.wait_for("/operator/models")
+        assert operator.credentials()[0]["signCount"] > count  # the passkey signed it
+        assert active(federation, scoring) == version
+        entry = last_activation(federation)["payload"]
+        assert entry["version"] == version and entry["via"] == "portal"
+        assert len(entry["passkey_assertion_sha256"]) == 64
+    finally:
+        operator.close()
+        with operator_client(federation, scoring) as c:
+            c.activate(FIRST)

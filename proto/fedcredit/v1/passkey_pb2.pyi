@@ -84,18 +84,27 @@ class DelegateRequest(_message.Message):
 
     SESSION_FIELD_NUMBER: _builtins.int
     AUDIENCE_FIELD_NUMBER: _builtins.int
+    STEP_UP_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     audience: _builtins.str
     """the service's organisation id, e.g. "coordinator" """
+    @_builtins.property
+    def step_up(self) -> Global___SignedStatement:
+        """Step-up (optional): a fresh assertion over a statement of an action that needs one
+        (activate_model). Verified here like any signed statement; the ticket then carries
+        the signed action in its `act` claim and lives 60 s (consent/delegation.py).
+        """
+
     def __init__(
         self,
         *,
         session: _builtins.str = ...,
         audience: _builtins.str = ...,
+        step_up: Global___SignedStatement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["step_up", b"step_up"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "session", b"session", "step_up", b"step_up"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -369,6 +378,8 @@ class ChallengeRequest(_message.Message):
     ENROL_ORG_FIELD_NUMBER: _builtins.int
     ENROL_ROLE_FIELD_NUMBER: _builtins.int
     ENROL_EXPIRES_IN_S_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    MODEL_REPLACES_FIELD_NUMBER: _builtins.int
     org: _builtins.str
     action: _builtins.str
     consent_id: _builtins.str
@@ -382,6 +393,10 @@ class ChallengeRequest(_message.Message):
     """issue_enrol_code"""
     enrol_expires_in_s: _builtins.int
     """issue_enrol_code"""
+    model_version: _builtins.str
+    """activate_model: the version to activate"""
+    model_replaces: _builtins.str
+    """activate_model: the version active now ("" none)"""
     @_builtins.property
     def remove_categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """narrow"""
@@ -403,10 +418,12 @@ class ChallengeRequest(_message.Message):
         enrol_org: _builtins.str = ...,
         enrol_role: _builtins.str = ...,
         enrol_expires_in_s: _builtins.int = ...,
+        model_version: _builtins.str = ...,
+        model_replaces: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "consent_id", b"consent_id", "credential_id", b"credential_id", "enrol_expires_in_s", b"enrol_expires_in_s", "enrol_org", b"enrol_org", "enrol_role", b"enrol_role", "org", b"org", "reason", b"reason", "remove_categories", b"remove_categories", "remove_nodes", b"remove_nodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "consent_id", b"consent_id", "credential_id", b"credential_id", "enrol_expires_in_s", b"enrol_expires_in_s", "enrol_org", b"enrol_org", "enrol_role", b"enrol_role", "model_replaces", b"model_replaces", "model_version", b"model_version", "org", b"org", "reason", b"reason", "remove_categories", b"remove_categories", "remove_nodes", b"remove_nodes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

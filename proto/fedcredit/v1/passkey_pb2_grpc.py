@@ -138,7 +138,8 @@ class PasskeyServiceServicer:
 
     def Challenge(self, request, context):
         """Portal: a statement to sign (sign_in, add_passkey, remove_passkey, or a consent
-        decision: approve, reject, pause, resume, revoke, narrow; or issue_enrol_code).
+        decision: approve, reject, pause, resume, revoke, narrow; or issue_enrol_code,
+        activate_model).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -204,7 +205,8 @@ class PasskeyServiceServicer:
     def Delegate(self, request, context):
         """Portal, with a session ticket: a short-lived delegation ticket (JWS, typ
         `delegation+jwt`, consent/delegation.py) for one service, naming the organisation,
-        its role and passkey, bound to the portal's certificate (cnf).
+        its role and passkey, bound to the portal's certificate (cnf); with `step_up`, for
+        the one signed action it names (an operator's model activation).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

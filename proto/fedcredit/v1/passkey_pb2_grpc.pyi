@@ -58,7 +58,8 @@ class PasskeyServiceStub:
     FinishRegistration: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.FinishRegistrationRequest, _passkey_pb2.PasskeyInfo]
     Challenge: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.ChallengeRequest, _passkey_pb2.Statement]
     """Portal: a statement to sign (sign_in, add_passkey, remove_passkey, or a consent
-    decision: approve, reject, pause, resume, revoke, narrow; or issue_enrol_code).
+    decision: approve, reject, pause, resume, revoke, narrow; or issue_enrol_code,
+    activate_model).
     """
     SignIn: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.SignedStatement, _passkey_pb2.SignInResult]
     """Portal: verify a sign-in assertion; answers who signed in and a session ticket."""
@@ -82,7 +83,8 @@ class PasskeyServiceStub:
     Delegate: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.DelegateRequest, _passkey_pb2.DelegationTicket]
     """Portal, with a session ticket: a short-lived delegation ticket (JWS, typ
     `delegation+jwt`, consent/delegation.py) for one service, naming the organisation,
-    its role and passkey, bound to the portal's certificate (cnf).
+    its role and passkey, bound to the portal's certificate (cnf); with `step_up`, for
+    the one signed action it names (an operator's model activation).
     """
     PasskeyStatus: _grpc.UnaryUnaryMultiCallable[_passkey_pb2.PasskeyStatusRequest, _passkey_pb2.PasskeyStatusReply]
     """The services that accept delegation tickets (coordinator, market, ledger): is this
@@ -105,7 +107,8 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
     FinishRegistration: _aio.UnaryUnaryMultiCallable[_passkey_pb2.FinishRegistrationRequest, _passkey_pb2.PasskeyInfo]  # type: ignore[assignment]
     Challenge: _aio.UnaryUnaryMultiCallable[_passkey_pb2.ChallengeRequest, _passkey_pb2.Statement]  # type: ignore[assignment]
     """Portal: a statement to sign (sign_in, add_passkey, remove_passkey, or a consent
-    decision: approve, reject, pause, resume, revoke, narrow; or issue_enrol_code).
+    decision: approve, reject, pause, resume, revoke, narrow; or issue_enrol_code,
+    activate_model).
     """
     SignIn: _aio.UnaryUnaryMultiCallable[_passkey_pb2.SignedStatement, _passkey_pb2.SignInResult]  # type: ignore[assignment]
     """Portal: verify a sign-in assertion; answers who signed in and a session ticket."""
@@ -129,7 +132,8 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
     Delegate: _aio.UnaryUnaryMultiCallable[_passkey_pb2.DelegateRequest, _passkey_pb2.DelegationTicket]  # type: ignore[assignment]
     """Portal, with a session ticket: a short-lived delegation ticket (JWS, typ
     `delegation+jwt`, consent/delegation.py) for one service, naming the organisation,
-    its role and passkey, bound to the portal's certificate (cnf).
+    its role and passkey, bound to the portal's certificate (cnf); with `step_up`, for
+    the one signed action it names (an operator's model activation).
     """
     PasskeyStatus: _aio.UnaryUnaryMultiCallable[_passkey_pb2.PasskeyStatusRequest, _passkey_pb2.PasskeyStatusReply]  # type: ignore[assignment]
     """The services that accept delegation tickets (coordinator, market, ledger): is this
@@ -173,7 +177,8 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_passkey_pb2.Statement, _abc.Awaitable[_passkey_pb2.Statement]]:
         """Portal: a statement to sign (sign_in, add_passkey, remove_passkey, or a consent
-        decision: approve, reject, pause, resume, revoke, narrow; or issue_enrol_code).
+        decision: approve, reject, pause, resume, revoke, narrow; or issue_enrol_code,
+        activate_model).
         """
 
     @_abc_1.abstractmethod
@@ -251,7 +256,8 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_passkey_pb2.DelegationTicket, _abc.Awaitable[_passkey_pb2.DelegationTicket]]:
         """Portal, with a session ticket: a short-lived delegation ticket (JWS, typ
         `delegation+jwt`, consent/delegation.py) for one service, naming the organisation,
-        its role and passkey, bound to the portal's certificate (cnf).
+        its role and passkey, bound to the portal's certificate (cnf); with `step_up`, for
+        the one signed action it names (an operator's model activation).
         """
 
     @_abc_1.abstractmethod
