@@ -111,10 +111,6 @@ class GuaranteeNotActive(FailedPrecondition):
     reason = "GUARANTEE_NOT_ACTIVE"
 
 
-class NotYourGuarantee(PermissionDenied):
-    reason = "NOT_YOUR_GUARANTEE"
-
-
 class FundCapacityExceeded(ResourceExhausted):
     reason = "FUND_CAPACITY_EXCEEDED"
 

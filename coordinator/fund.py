@@ -112,11 +112,11 @@ class GuaranteeDesk:
         self.gate = gate
         self.store = store
         self.policy = policy
-        # Striped locks: one application id is decided by one task at a time in this process.
+        # Striped locks: one bank's application id is decided by one task at a time here.
         self._stripes = [asyncio.Lock() for _ in range(256)]
 
-    def _lock(self, application_id: str) -> asyncio.Lock:
-        return self._stripes[hash(application_id) % len(self._stripes)]
+    def _lock(self, bank: str, application_id: str) -> asyncio.Lock:
+        return self._stripes[hash((bank, application_id)) % len(self._stripes)]
 
     async def apply(
         self,
@@ -131,8 +131,10 @@ class GuaranteeDesk:
     ) -> tuple[GuaranteeRecord, bool]:
         app = Application(application_id, enterprise, amount, term_months, collateral)
         app.check(self.policy)
-        async with self._lock(application_id):
-            existing = await asyncio.to_thread(self.store.get_guarantee, application_id)
+        async with self._lock(bank.org_id, application_id):
+            existing = await asyncio.to_thread(
+                self.store.get_guarantee, bank.org_id, application_id
+            )
             if existing is not None:
                 check_replay(existing, bank.org_id, enterprise, amount, term_months, collateral)
                 return existing, True
@@ -151,7 +153,7 @@ class GuaranteeDesk:
                     decision_entry(bank, app, assessed, rec.decision),
                 )
             except BaseException:
-                await asyncio.to_thread(self.store.abandon, application_id)
+                await asyncio.to_thread(self.store.abandon, bank.org_id, application_id)
                 raise
             return await asyncio.to_thread(self.store.finalize, rec, index), False
 
@@ -191,10 +193,13 @@ class GuaranteeDesk:
     async def report_outcome(
         self, bank: Identity, *, application_id: str, defaulted: bool, loss: int
     ) -> OutcomeAnswer:
-        async with self._lock(application_id):
-            rec = await asyncio.to_thread(self.store.get_guarantee, application_id)
-            if rec is None or rec.bank != bank.org_id:  # another bank's: as if unknown (issue 14)
-                raise ApplicationNotFound(f"no guarantee with application id {application_id!r}")
+        async with self._lock(bank.org_id, application_id):
+            # ids are per bank: another bank's id is simply not one of this bank's
+            rec = await asyncio.to_thread(self.store.get_guarantee, bank.org_id, application_id)
+            if rec is None:
+                raise ApplicationNotFound(
+                    f"{bank.org_id} has no guarantee with application id {application_id!r}"
+                )
             wanted = "DEFAULTED" if defaulted else "RELEASED"
             if rec.status == wanted:
                 return OutcomeAnswer(rec, True)
@@ -226,7 +231,7 @@ class GuaranteeDesk:
             )
             out = await asyncio.to_thread(
                 lambda: self.store.close_guarantee(
-                    application_id, status=wanted, payout=paid, ledger_index=index
+                    bank.org_id, application_id, status=wanted, payout=paid, ledger_index=index
                 )
             )
             return OutcomeAnswer(out, False)
@@ -235,7 +240,7 @@ class GuaranteeDesk:
         return FundStatus(self.policy, await asyncio.to_thread(self.store.books))
 
 
-DecisionFinder = Callable[[str, str], "int | None"]
+DecisionFinder = Callable[[str, str, str], "int | None"]
 
 
 def recover_pending(
@@ -244,7 +249,7 @@ def recover_pending(
     """Settle applications a crash left PENDING, from what the ledger says.
 
     The decision is appended to the ledger before it is recorded as final; if the
-    coordinator died in between, the ledger is the judge: ``find_decision(enterprise,
+    coordinator died in between, the ledger is the judge: ``find_decision(bank, enterprise,
     application_id)`` returns the index of that application's ``guarantee_decision``
     entry, or None. Found: the decision is final (a retry gets it, no second entry).
     Not found: nothing was decided in public, so the reservation is undone.
@@ -253,9 +258,9 @@ def recover_pending(
     finalized: list[str] = []
     abandoned: list[str] = []
     for rec in store.pending_guarantees():
-        index = find_decision(rec.enterprise, rec.application_id)
+        index = find_decision(rec.bank, rec.enterprise, rec.application_id)
         if index is None:
-            store.abandon(rec.application_id)
+            store.abandon(rec.bank, rec.application_id)
             abandoned.append(rec.application_id)
         else:
             store.finalize(rec, index)
@@ -277,7 +282,7 @@ def ledger_decision_finder(ledger: SubjectLog) -> DecisionFinder:
     """A :data:`DecisionFinder` over the central ledger client (``ListBySubject``, after a fresh checkpoint)."""
     from fedcredit.ledger.entry import Entry
 
-    def find(enterprise: str, application_id: str) -> int | None:
+    def find(bank: str, enterprise: str, application_id: str) -> int | None:
         ledger.sign_checkpoint()  # entries appended just before a crash are covered
         for page in ledger.list_by_subject(enterprise):
             for pe in page.entries:
@@ -285,6 +290,7 @@ def ledger_decision_finder(ledger: SubjectLog) -> DecisionFinder:
                 if (
                     e.kind == "guarantee_decision"
                     and e.payload.get("application_id") == application_id
+                    and e.payload.get("bank") == bank
                 ):
                     return int(pe.entry.index)
         return None

@@ -10,7 +10,10 @@ Tables:
 * ``coord_fund`` — one row with the fund's running exposure and payouts (its
   ``seq`` column is bumped first in every fund transaction so concurrent
   decisions serialise: SQLite takes its write lock, PostgreSQL the row lock).
-* ``coord_guarantees`` — one row per application id (the idempotency key).
+* ``coord_guarantees`` — one row per (bank, application id): the idempotency key, chosen
+  by the bank, scoped to it (issue 19 review): another bank's id is another application,
+  so no bank can read, probe or block another's ids. A table of an earlier version (keyed
+  by the application id alone) is rebuilt with its rows on open (:func:`scope_guarantee_ids`).
 
 Works on SQLite and PostgreSQL (tested with the ``db_url`` fixture).
 """
@@ -41,7 +44,9 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -56,7 +61,6 @@ from fedcredit.coordinator.errors import (
     GuaranteeNotActive,
     ModelVersionExists,
     ModelVersionNotFound,
-    NotYourGuarantee,
 )
 from fedcredit.coordinator.policy import Decision, FundPolicy, FundState
 from fedcredit.coordinator.rating import Thresholds
@@ -108,8 +112,8 @@ fund = Table(
 guarantees = Table(
     "coord_guarantees",
     metadata,
+    Column("bank", String(128), primary_key=True),
     Column("application_id", String(128), primary_key=True),
-    Column("bank", String(128), nullable=False, index=True),
     Column("enterprise", String(18), nullable=False, index=True),
     Column("amount", BigInteger, nullable=False),
     Column("term_months", Integer, nullable=False),
@@ -250,6 +254,7 @@ class CoordinatorStore:
         with self._guard():
             create_schema(self.engine, metadata)
             add_missing_columns(self.engine, ADDED_COLUMNS)
+            scope_guarantee_ids(self.engine)
             try:
                 with self.engine.begin() as conn:
                     if conn.execute(select(fund.c.id)).first() is None:
@@ -553,11 +558,10 @@ class CoordinatorStore:
             closed_at=m["closed_at"],
         )
 
-    def get_guarantee(self, application_id: str) -> GuaranteeRecord | None:
+    def get_guarantee(self, bank: str, application_id: str) -> GuaranteeRecord | None:
+        """``bank``'s application ``application_id`` (None: this bank has none by that id)."""
         with self._guard(), self.engine.connect() as conn:
-            row = conn.execute(
-                select(guarantees).where(guarantees.c.application_id == application_id)
-            ).first()
+            row = conn.execute(select(guarantees).where(*_key(bank, application_id))).first()
             return None if row is None else self._guarantee_from_row(row)
 
     def list_guarantees(
@@ -600,9 +604,7 @@ class CoordinatorStore:
         now = int(time.time()) if now is None else now
         with self._guard(), self.engine.begin() as conn:
             books = self._lock_fund(conn)
-            row = conn.execute(
-                select(guarantees).where(guarantees.c.application_id == application_id)
-            ).first()
+            row = conn.execute(select(guarantees).where(*_key(bank, application_id))).first()
             if row is not None:
                 rec = self._guarantee_from_row(row)
                 check_replay(rec, bank, enterprise, amount, term_months, collateral_offered)
@@ -661,18 +663,18 @@ class CoordinatorStore:
             rows = conn.execute(select(guarantees).where(guarantees.c.status == "PENDING"))
             return [self._guarantee_from_row(r) for r in rows]
 
-    def abandon(self, application_id: str) -> None:
+    def abandon(self, bank: str, application_id: str) -> None:
         """Undo a PENDING reservation (its ledger entry could not be written)."""
         with self._guard(), self.engine.begin() as conn:
             self._lock_fund(conn)
             row = conn.execute(
                 select(guarantees.c.approved, guarantees.c.fund_amount, guarantees.c.status).where(
-                    guarantees.c.application_id == application_id
+                    *_key(bank, application_id)
                 )
             ).first()
             if row is None or row[2] != "PENDING":
                 return
-            conn.execute(guarantees.delete().where(guarantees.c.application_id == application_id))
+            conn.execute(guarantees.delete().where(*_key(bank, application_id)))
             if row[0]:
                 conn.execute(
                     update(fund)
@@ -685,16 +687,14 @@ class CoordinatorStore:
         with self._guard(), self.engine.begin() as conn:
             conn.execute(
                 update(guarantees)
-                .where(
-                    guarantees.c.application_id == rec.application_id,
-                    guarantees.c.status == "PENDING",
-                )
+                .where(*_key(rec.bank, rec.application_id), guarantees.c.status == "PENDING")
                 .values(status=status, ledger_index=ledger_index)
             )
         return replace(rec, status=status, ledger_index=ledger_index)
 
     def close_guarantee(
         self,
+        bank: str,
         application_id: str,
         *,
         status: str,
@@ -706,9 +706,7 @@ class CoordinatorStore:
         now = int(time.time()) if now is None else now
         with self._guard(), self.engine.begin() as conn:
             self._lock_fund(conn)
-            row = conn.execute(
-                select(guarantees).where(guarantees.c.application_id == application_id)
-            ).first()
+            row = conn.execute(select(guarantees).where(*_key(bank, application_id))).first()
             if row is None:
                 raise ApplicationNotFound(f"no guarantee with application id {application_id!r}")
             rec = self._guarantee_from_row(row)
@@ -718,7 +716,7 @@ class CoordinatorStore:
                 )
             conn.execute(
                 update(guarantees)
-                .where(guarantees.c.application_id == application_id)
+                .where(*_key(bank, application_id))
                 .values(
                     status=status, payout=payout, outcome_ledger_index=ledger_index, closed_at=now
                 )
@@ -739,9 +737,8 @@ class CoordinatorStore:
 def check_replay(
     rec: GuaranteeRecord, bank: str, enterprise: str, amount: int, term: int, collateral: int
 ) -> None:
-    """A retry must come from the same bank with the same terms; refuse otherwise."""
-    if rec.bank != bank:
-        raise NotYourGuarantee(f"application id {rec.application_id!r} belongs to another bank")
+    """A retry (the same bank's application id: ids are per bank) must have the same
+    terms; refuse otherwise."""
     if not rec.same_terms(bank, enterprise, amount, term, collateral):
         raise ApplicationConflict(
             f"application id {rec.application_id!r} was used for enterprise {rec.enterprise}, amount "
@@ -752,3 +749,32 @@ def check_replay(
         raise ApplicationInProgress(
             f"application {rec.application_id!r} is being decided right now; retry in a moment"
         )
+
+
+def _key(bank: str, application_id: str) -> tuple[Any, Any]:
+    """The WHERE clause of one bank's application (ids are per bank)."""
+    return guarantees.c.bank == bank, guarantees.c.application_id == application_id
+
+
+def scope_guarantee_ids(engine: Engine) -> bool:
+    """Rebuild a ``coord_guarantees`` table of an earlier version, keyed by the application
+    id alone, with the key (bank, application id), keeping every row (they are unique under
+    the narrower key too). True if it was rebuilt. Indexes and the old primary key's name
+    are moved out of the way first (PostgreSQL's index names are per schema)."""
+    insp = inspect(engine)
+    if not insp.has_table("coord_guarantees"):
+        return False
+    pk = insp.get_pk_constraint("coord_guarantees")
+    if list(pk.get("constrained_columns") or ()) != ["application_id"]:
+        return False
+    names = ", ".join(c.name for c in guarantees.columns)
+    with engine.begin() as conn:
+        for ix in insp.get_indexes("coord_guarantees"):
+            conn.execute(text(f"DROP INDEX {ix['name']}"))
+        conn.execute(text("ALTER TABLE coord_guarantees RENAME TO coord_guarantees_v1"))
+        if pk.get("name") and engine.dialect.name == "postgresql":
+            conn.execute(text(f"ALTER TABLE coord_guarantees_v1 RENAME CONSTRAINT {pk['name']} TO coord_guarantees_v1_pkey"))  # fmt: skip
+        guarantees.create(conn)
+        conn.execute(text(f"INSERT INTO coord_guarantees ({names}) SELECT {names} FROM coord_guarantees_v1"))  # fmt: skip
+        conn.execute(text("DROP TABLE coord_guarantees_v1"))
+    return True

@@ -219,9 +219,9 @@ class CoordinatorGuarantees:
     def __init__(self, coordinator: Any) -> None:
         self.c = coordinator  # a coordinator.client.CoordinatorClient
 
-    def get(self, enterprise: str, application_id: str) -> GuaranteeView | None:
+    def get(self, enterprise: str, application_id: str, bank: str) -> GuaranteeView | None:
         for g in self.c.list_guarantees(enterprise=enterprise, limit=1000):
-            if g.application_id == application_id:
+            if g.application_id == application_id and g.bank == bank:
                 return GuaranteeView(
                     application_id=g.application_id, bank=g.bank, enterprise=g.enterprise,
                     amount=int(g.amount_yuan), term_months=int(g.term_months), approved=g.approved,

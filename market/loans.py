@@ -159,7 +159,7 @@ class LoanBook:
             )
         with self.m.store.tx() as c:
             row = self._row(c, loan_id)
-        g = self.m.guarantees.get(row["enterprise"], application_id)
+        g = self.m.guarantees.get(row["enterprise"], application_id, row["bank"])
         self._check_guarantee(row, g, application_id)
         assert g is not None
         return self.step(bank, request_id, loan_id, "guarantee", guarantee=g)
@@ -170,7 +170,7 @@ class LoanBook:
         with self.m.store.tx() as c:
             row = self._row(c, loan_id)
         if self.m.guarantees is not None and row["application_id"]:
-            g = self.m.guarantees.get(row["enterprise"], row["application_id"])
+            g = self.m.guarantees.get(row["enterprise"], row["application_id"], row["bank"])
             if g is None or g.status != "DEFAULTED":
                 raise GuaranteeMismatch(
                     f"the coordinator's guarantee {row['application_id']} is "
@@ -181,7 +181,9 @@ class LoanBook:
     @staticmethod
     def _check_guarantee(row: Mapping[str, Any], g: GuaranteeView | None, app: str) -> None:
         if g is None:
-            raise GuaranteeMismatch(f"the coordinator has no guarantee {app!r} for this enterprise")
+            raise GuaranteeMismatch(
+                f"the coordinator has no guarantee {app!r} of this bank for this enterprise"
+            )
         want = (row["bank"], row["enterprise"], row["principal"], row["term_months"])
         got = (g.bank, g.enterprise, g.amount, g.term_months)
         if want != got:

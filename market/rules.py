@@ -336,7 +336,10 @@ class GuaranteeView:
 class GuaranteeLookup(Protocol):
     """The coordinator's guarantee decisions (``market.client.CoordinatorGuarantees``)."""
 
-    def get(self, enterprise: str, application_id: str) -> GuaranteeView | None: ...
+    def get(self, enterprise: str, application_id: str, bank: str) -> GuaranteeView | None:
+        """``bank``'s guarantee ``application_id`` for ``enterprise`` (application ids are
+        per bank at the coordinator: another bank's same id is another guarantee)."""
+        ...
 
 
 # ---------------------------------------------------------------- fund sharing

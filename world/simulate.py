@@ -100,8 +100,9 @@ class FundDesk:
         self.market, self.policy = market, policy
         self.views: dict[str, GuaranteeView] = {}
 
-    def get(self, enterprise: str, application_id: str) -> GuaranteeView | None:
-        return self.views.get(application_id)
+    def get(self, enterprise: str, application_id: str, bank: str) -> GuaranteeView | None:
+        g = self.views.get(application_id)
+        return g if g is not None and g.bank == bank else None
 
     def apply(self, loan: dict[str, Any], grade: str) -> GuaranteeView:
         book = self.market.store.book()

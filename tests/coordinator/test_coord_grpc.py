@@ -241,13 +241,15 @@ def test_crash_between_ledger_and_store_is_settled_from_the_ledger(
             logged = lc.append(
                 "guarantee_decision",
                 city.codes[7],
-                {"application_id": "crash-logged", "approved": True},
+                {"application_id": "crash-logged", "bank": BANK, "approved": True},
             ).index
+            # the same id decided for another bank is not this bank's decision (ids are per bank)
+            lc.append("guarantee_decision", city.codes[8], {"application_id": "crash-unlogged", "bank": "bank-other", "approved": True})  # fmt: skip
             finalized, abandoned = recover_pending(c.store, ledger_decision_finder(lc))
         assert (finalized, abandoned) == (["crash-logged"], ["crash-unlogged"])
-        g = c.store.get_guarantee("crash-logged")
+        g = c.store.get_guarantee(BANK, "crash-logged")
         assert g is not None and g.status == "ACTIVE" and g.ledger_index == logged
-        assert c.store.get_guarantee("crash-unlogged") is None
+        assert c.store.get_guarantee(BANK, "crash-unlogged") is None
         assert c.store.books().exposure == 800_000
     finally:
         stop_coordinator(c)

@@ -22,6 +22,7 @@ from fedcredit.coordinator.settings import CoordinatorSettings
 
 from .conftest import (
     BANK,
+    OTHER_BANK,
     City,
     ConsentEnv,
     Coord,
@@ -315,6 +316,39 @@ def test_guarantee_decisions_every_grade_boundary_idempotency_capacity(
             other.report_outcome("g-none", defaulted=True)
     assert nope.value.reason == unknown.value.reason == "GUARANTEE_NOT_FOUND"
     assert nope.value.message == unknown.value.message.replace("g-none", "g-c")
+
+
+def test_application_ids_are_per_bank(
+    pki: Any, coord: Coord, consent_env: ConsentEnv, city: City
+) -> None:
+    """A bank chooses its application ids; another bank using the same id neither learns that
+    it exists (no 'belongs to another bank'), nor is refused, nor blocks or reads the first
+    bank's application: its own application is decided under its own name."""
+    first_code, other_code = city.codes[60], city.codes[61]
+
+    def apply(bank: str, code: str, amount: int) -> Any:
+        _, token = consent_env.grant(code, bank=bank, purpose="guarantee")
+        with client(pki, coord, bank) as c:
+            return c.apply(application_id="shared-id-1", enterprise=code, token=token,
+                           amount_yuan=amount, term_months=12, collateral_yuan=10**7)  # fmt: skip
+
+    mine = apply(BANK, first_code, 200_000)
+    theirs = apply(OTHER_BANK, other_code, 300_000)  # the same id, another bank: its own
+    assert not theirs.replayed and theirs.ledger_index != mine.ledger_index
+    assert theirs.enterprise == other_code and theirs.amount_yuan == 300_000
+    again = apply(BANK, first_code, 200_000)  # the first bank's retry: still its own decision
+    assert again.replayed and again.ledger_index == mine.ledger_index
+    decided = {e.index: e.payload for e in coord.ledger.entries("guarantee_decision")}
+    assert decided[theirs.ledger_index]["bank"] == OTHER_BANK
+    assert decided[mine.ledger_index]["bank"] == BANK
+    with client(pki, coord, OTHER_BANK) as c:  # each bank lists and reports only its own
+        own = [g for g in c.list_guarantees(limit=1000) if g.application_id == "shared-id-1"]
+        assert [(g.bank, g.enterprise) for g in own] == [(OTHER_BANK, other_code)]
+        if theirs.approved:
+            assert c.report_outcome("shared-id-1", defaulted=False).status == "RELEASED"
+    with client(pki, coord) as c:
+        mine_now = [g for g in c.list_guarantees(limit=1000) if g.application_id == "shared-id-1"]
+        assert [(g.bank, g.status) for g in mine_now] == [(BANK, mine.status)]
 
 
 def test_guarantee_needs_guarantee_purpose(

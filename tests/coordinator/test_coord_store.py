@@ -13,7 +13,6 @@ from fedcredit.coordinator.errors import (
     GuaranteeNotActive,
     ModelVersionExists,
     ModelVersionNotFound,
-    NotYourGuarantee,
 )
 from fedcredit.coordinator.policy import FundPolicy, decide
 from fedcredit.coordinator.rating import Thresholds
@@ -126,8 +125,13 @@ def test_fund_books_reserve_finalize_close(db_url: str) -> None:
         assert replayed and again.status == "ACTIVE" and again.ledger_index == 5
         with pytest.raises(ApplicationConflict):
             _reserve(store, "app-1", "A", 999_999)
-        with pytest.raises(NotYourGuarantee):
-            _reserve(store, "app-1", "A", 1_000_000, bank="bank-b")
+        # ids are per bank: bank-b's "app-1" is an application of its own (nothing about
+        # bank-a's is revealed or blocked), decided and abandoned without touching bank-a's
+        other, replayed = _reserve(store, "app-1", "B", 100_000, bank="bank-b")
+        assert not replayed and other.bank == "bank-b" and other.amount == 100_000
+        store.abandon("bank-b", "app-1")
+        assert store.get_guarantee("bank-b", "app-1") is None
+        assert store.get_guarantee("bank-a", "app-1").status == "ACTIVE"  # type: ignore[union-attr]
         # capacity 2,000,000 - 800,000 = 1,200,000: a 1,500,001 A loan (fund share 1,200,000.8) is refused
         big, _ = _reserve(store, "app-2", "A", 1_500_002)
         assert not big.decision.approved and big.decision.reason == "FUND_CAPACITY_EXCEEDED"
@@ -135,9 +139,11 @@ def test_fund_books_reserve_finalize_close(db_url: str) -> None:
         # abandon releases the reservation
         _reserve(store, "app-3", "B", 100_000)
         assert store.books().exposure == 860_000
-        store.abandon("app-3")
-        assert store.books().exposure == 800_000 and store.get_guarantee("app-3") is None
-        closed = store.close_guarantee("app-1", status="DEFAULTED", payout=400_000, ledger_index=9)
+        store.abandon("bank-a", "app-3")
+        assert store.books().exposure == 800_000 and store.get_guarantee("bank-a", "app-3") is None
+        closed = store.close_guarantee(
+            "bank-a", "app-1", status="DEFAULTED", payout=400_000, ledger_index=9
+        )
         assert closed.status == "DEFAULTED" and closed.payout == 400_000
         books: FundBooks = store.books()
         assert books.exposure == 0 and books.paid_out == 400_000
@@ -148,7 +154,7 @@ def test_fund_books_reserve_finalize_close(db_url: str) -> None:
             and books.counts["APPROVED"] == 1
         )
         with pytest.raises(GuaranteeNotActive):
-            store.close_guarantee("app-1", status="RELEASED", payout=0, ledger_index=10)
+            store.close_guarantee("bank-a", "app-1", status="RELEASED", payout=0, ledger_index=10)
         assert {g.application_id for g in store.list_guarantees(bank="bank-a")} == {
             "app-1",
             "app-2",
@@ -177,5 +183,49 @@ def test_concurrent_reservations_never_exceed_capacity(db_url: str) -> None:
             t.join()
         assert sorted(results) == [False] * 3 + [True] * 5
         assert store.books().exposure == 2_000_000
+    finally:
+        store.close()
+
+
+def test_a_store_of_an_earlier_version_gets_per_bank_application_ids(db_url: str) -> None:
+    """An earlier version keyed guarantees by the application id alone (one namespace for
+    every bank). Opening its database rebuilds the table with the key (bank, application
+    id), every row and the fund's books kept; then another bank may use the same id."""
+    import sqlalchemy as sa
+
+    from fedcredit.coordinator.store import guarantees
+
+    old = sa.MetaData()
+    cols = [sa.Column(c.name, c.type, nullable=c.nullable) for c in guarantees.columns]
+    for c in cols:
+        c.primary_key = c.name == "application_id"
+        c.index = c.name in ("bank", "enterprise")
+    sa.Table("coord_guarantees", old, *cols)
+    store = CoordinatorStore.open(db_url)
+    try:
+        with store.engine.begin() as conn:  # the table as the earlier version created it
+            conn.execute(sa.text("DROP TABLE coord_guarantees"))
+        old.create_all(store.engine)
+        rec, _ = _reserve(store, "app-1", "A", 1_000_000)
+        store.finalize(rec, 5)
+        pk = sa.inspect(store.engine).get_pk_constraint("coord_guarantees")["constrained_columns"]
+        assert pk == ["application_id"]
+    finally:
+        store.close()
+    store = CoordinatorStore.open(db_url)
+    try:
+        insp = sa.inspect(store.engine)
+        assert sorted(insp.get_pk_constraint("coord_guarantees")["constrained_columns"]) == ["application_id", "bank"]  # fmt: skip
+        kept = store.get_guarantee("bank-a", "app-1")
+        assert kept is not None and kept.status == "ACTIVE" and kept.ledger_index == 5
+        assert store.books().exposure == 800_000
+        other, replayed = _reserve(store, "app-1", "B", 100_000, bank="bank-b")
+        assert not replayed and other.bank == "bank-b"
+        assert {(g.bank, g.application_id) for g in store.list_guarantees()} == {("bank-a", "app-1"), ("bank-b", "app-1")}  # fmt: skip
+    finally:
+        store.close()
+    store = CoordinatorStore.open(db_url)  # opening again changes nothing
+    try:
+        assert len(store.list_guarantees()) == 2
     finally:
         store.close()

@@ -283,7 +283,7 @@ def test_no_guarantee_decision_leaves_before_its_use_is_committed(
     decided = got == "scored"
     assert not decided or uses(consent_env, cid) == 1, "decided, use given back"
     assert got == "CONSENT_SERVICE_UNAVAILABLE"
-    assert coord.store.get_guarantee("g-commit") is None
+    assert coord.store.get_guarantee(BANK, "g-commit") is None
     assert uses(consent_env, cid) == 0
     apply()
     assert uses(consent_env, cid) == 1

@@ -49,9 +49,9 @@ class FakeGuarantees:
     def __init__(self) -> None:
         self.views: dict[str, GuaranteeView] = {}
 
-    def get(self, enterprise: str, application_id: str) -> GuaranteeView | None:
+    def get(self, enterprise: str, application_id: str, bank: str) -> GuaranteeView | None:
         g = self.views.get(application_id)
-        return g if g is not None and g.enterprise == enterprise else None
+        return g if g is not None and g.enterprise == enterprise and g.bank == bank else None
 
 
 @dataclass

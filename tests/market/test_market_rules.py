@@ -124,6 +124,8 @@ def test_the_coordinator_adapter_reads_its_guarantee_decisions() -> None:
             assert enterprise == "E1"
             return [
                 cpb.GuaranteeDecision(application_id="other", enterprise="E1"),
+                # the same id of another bank (ids are per bank at the coordinator)
+                cpb.GuaranteeDecision(application_id="app-9", enterprise="E1", bank="bank-y", status="ACTIVE"),
                 cpb.GuaranteeDecision(
                     application_id="app-9", approved=True, reason="APPROVED", rating="A",
                     fund_share_bp=8000, fund_amount_yuan=800_000, status="ACTIVE",
@@ -131,7 +133,8 @@ def test_the_coordinator_adapter_reads_its_guarantee_decisions() -> None:
                 ),
             ]  # fmt: skip
 
-    g = CoordinatorGuarantees(Coordinator()).get("E1", "app-9")
+    g = CoordinatorGuarantees(Coordinator()).get("E1", "app-9", "bank-x")
     assert g == rules.GuaranteeView("app-9", "bank-x", "E1", 1_000_000, 12, True, "APPROVED", "A",
                                     8000, 800_000, "ACTIVE")  # fmt: skip
-    assert CoordinatorGuarantees(Coordinator()).get("E1", "missing") is None
+    assert CoordinatorGuarantees(Coordinator()).get("E1", "missing", "bank-x") is None
+    assert CoordinatorGuarantees(Coordinator()).get("E1", "app-9", "bank-z") is None
