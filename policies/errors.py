@@ -31,6 +31,26 @@ class RuleNotSplittable(InvalidArgument):
     reason = "POLICY_RULE_NOT_SPLITTABLE"
 
 
+class RuleUnbounded(InvalidArgument):
+    """The rule (or formula, or target) holds a comprehension (``all``, ``exists``,
+    ``exists_one``, ``map``, ``filter``): its cost per enterprise multiplies with each
+    nesting, so neither the platform nor a node evaluates one. ``line``/``column`` give its
+    position."""
+
+    reason = "POLICY_RULE_UNBOUNDED"
+
+
+class ClauseNotComparison(InvalidArgument):
+    """A department's clause of an eligibility rule or target is more than comparisons of
+    its features with literal constants joined by ``&&``, ``||``, ``!`` (arithmetic,
+    conversions, functions or ``?:`` over a feature). The platform and, through the
+    ledger's per-enterprise screening entries, everyone learn each clause's boolean, so a
+    clause like ``int(tax.revenue_12m) / 1024 % 2 == 1`` would publish a bit of a raw
+    value per enterprise. ``line``/``column`` give the position."""
+
+    reason = "POLICY_CLAUSE_NOT_A_COMPARISON"
+
+
 class PolicyExists(AlreadyExists):
     reason = "POLICY_EXISTS"
 

@@ -45,12 +45,17 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 from cel_expr_python import cel
-from google.protobuf import any_pb2
 
 from fedcredit.common.departments import BY_ID
 from fedcredit.node import celvars
 from fedcredit.node.celvars import BoolMatrix
-from fedcredit.policies.errors import InvalidPolicy, RuleInvalid, RuleNotSplittable
+from fedcredit.policies.errors import (
+    ClauseNotComparison,
+    InvalidPolicy,
+    RuleInvalid,
+    RuleNotSplittable,
+    RuleUnbounded,
+)
 from fedcredit.v1 import celast_pb2
 
 PLATFORM = "platform"  # the namespace the policy service evaluates itself
@@ -142,9 +147,7 @@ def _describe(node: PlanNode) -> str:
     return f"({_describe(left)} {'&&' if op == 'and' else '||'} {_describe(right)})"
 
 
-def _position(text: str, offset: int) -> tuple[int, int]:
-    line = text.count("\n", 0, offset) + 1
-    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+_position = celvars.position
 
 
 def _refuse_compile(text: str, exc: Exception) -> RuleInvalid:
@@ -173,15 +176,24 @@ def compile_rule(text: str) -> Any:
             line=1,
             column=1,
         )
+    _refuse_unbounded(text, compiled, "the rule")
     return compiled
 
 
-def _ast(compiled: Any) -> celast_pb2.CelCheckedExpr:
-    wrapped = any_pb2.Any()
-    wrapped.ParseFromString(compiled.serialize())
-    checked = celast_pb2.CelCheckedExpr()
-    checked.ParseFromString(wrapped.value)
-    return checked
+_ast = celvars.checked_ast
+
+
+def _refuse_unbounded(text: str, compiled: Any, what: str, **extra: str) -> None:
+    """Refuse a comprehension anywhere in ``text`` (see :class:`RuleUnbounded`)."""
+    at = celvars.first_comprehension(_ast(compiled))
+    if at is not None:
+        line, col = _position(text, at)
+        raise RuleUnbounded(
+            f"line {line}, column {col}: {what} uses a comprehension (all, exists, "
+            "exists_one, map, filter), whose cost per enterprise is unbounded; compare "
+            "with 'in [...]' or join comparisons with && and ||",
+            line=line, column=col, **extra,
+        )  # fmt: skip
 
 
 def check_rule(text: str) -> CheckedRule:
@@ -318,11 +330,45 @@ class _Splitter:
             raise AssertionError(f"clause {text!r} of the rule does not compile: {exc}") from exc
         if _shape(_ast(alone).expr) != _shape(e):
             raise AssertionError(f"clause {text!r} is not the subtree it was cut from")
+        if space != PLATFORM:
+            self.comparisons_only(e, space)
         self.clauses.append(Clause(space, text, tuple(sorted(names))))
         return len(self.clauses) - 1
 
+    def comparisons_only(self, e: celast_pb2.CelExpr, space: str) -> None:
+        """Refuse a department's clause that is more than its features compared with
+        literal constants, joined by ``&&``, ``||``, ``!`` (:class:`ClauseNotComparison`):
+        each clause's boolean per enterprise reaches the platform and the ledger, so it
+        must be a threshold question, never a function that encodes the value."""
+        stack = [e]
+        while stack:
+            x = stack.pop()
+            kind = x.WhichOneof("expr_kind")
+            ref = self.checked.reference_map.get(x.id)
+            if kind == "const_expr" or (ref is not None and ref.name in _KNOWN):
+                continue
+            call = x.call_expr
+            if kind == "call_expr" and call.function in _COMPARE and not call.HasField("target"):
+                stack.extend(call.args)
+                continue
+            if kind == "list_expr" and all(
+                el.WhichOneof("expr_kind") == "const_expr" for el in x.list_expr.elements
+            ):
+                continue
+            what = repr(call.function) if kind == "call_expr" else str(kind).removesuffix("_expr")
+            line, col = _position(self.text, self.checked.source_info.positions.get(x.id, 0))
+            raise ClauseNotComparison(
+                f"line {line}, column {col}: {what} in the clause over {space}'s data; a "
+                "department's clause may only compare its features with literal constants "
+                "(==, !=, <, <=, >, >=, in [...]) joined by &&, || and !: its boolean per "
+                "enterprise is disclosed, so arithmetic or a function over a value could "
+                "disclose the value itself",
+                line=line, column=col,
+            )  # fmt: skip
+
 
 _KNOWN = frozenset(all_variables())
+_COMPARE = frozenset({"_&&_", "_||_", "!_", "_==_", "_!=_", "_<_", "_<=_", "_>_", "_>=_", "@in"})
 
 
 # -- evaluation (central reference, and the platform's own clauses) -----------------------
@@ -469,6 +515,7 @@ def check_formula(text: str, cap_yuan: int) -> Formula:
             f"convert a double with int(...)), got {compiled.return_type().name()}",
             line=1, column=1, field="benefit_formula",
         )  # fmt: skip
+    _refuse_unbounded(text, compiled, "the benefit formula", field="benefit_formula")
     checked = _ast(compiled)
     names = _Splitter(text, checked).variables(checked.expr)
     spaces = sorted({namespace_of(v) for v in names}) or [PLATFORM]

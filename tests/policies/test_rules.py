@@ -18,7 +18,13 @@ from typer.testing import CliRunner
 from fedcredit.clients.cli import build_app
 from fedcredit.node import catalog, celvars
 from fedcredit.policies import rules
-from fedcredit.policies.errors import InvalidPolicy, RuleInvalid, RuleNotSplittable
+from fedcredit.policies.errors import (
+    ClauseNotComparison,
+    InvalidPolicy,
+    RuleInvalid,
+    RuleNotSplittable,
+    RuleUnbounded,
+)
 
 
 def test_a_rule_splits_into_one_clause_per_department_part() -> None:
@@ -37,12 +43,74 @@ def test_a_rule_splits_into_one_clause_per_department_part() -> None:
         assert {rules.namespace_of(v) for v in c.variables} <= {c.namespace}
 
 
-def test_a_one_department_rule_is_one_clause_even_with_macros_and_parentheses() -> None:
-    r = rules.check_rule("((tax.revenue_12m > 1e6 && [1, 2].exists(x, x == tax.late_filings_12m)))")
+def test_a_one_department_rule_is_one_clause_even_with_lists_and_parentheses() -> None:
+    r = rules.check_rule("((tax.revenue_12m > 1e6 && !(tax.late_filings_12m in [1, 2])))")
     assert [(c.namespace, c.text) for c in r.clauses] == [
-        ("tax", "tax.revenue_12m > 1e6 && [1, 2].exists(x, x == tax.late_filings_12m)")
+        ("tax", "tax.revenue_12m > 1e6 && !(tax.late_filings_12m in [1, 2])")
     ]
     assert r.describe() == "c0"
+
+
+_L99 = "[" + ", ".join(map(str, range(99))) + "]"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        ("[1, 2].exists(x, x == tax.late_filings_12m)", 1, 14),
+        # ~10,000 iterations per enterprise: 2.5 ms where a comparison costs 3 us
+        (f"{_L99}.exists(a, {_L99}.exists(b, a + b == tax.late_filings_12m))", 1, len(_L99) + 8),
+        ("platform.rating == 'A' &&\n ['A'].all(r, r == platform.rating)", 2, 11),
+        ("size(['x'].map(r, r + registry.district)) > 0", 1, 15),
+        ("['C'].filter(i, i == registry.industry) == ['C']", 1, 13),
+    ],
+)
+def test_a_comprehension_anywhere_is_refused_with_its_position(
+    text: str, line: int, column: int
+) -> None:
+    """Nested comprehensions multiply their iterations (a DoS of every node screening the
+    city): refused in rules, targets and formulas, in any namespace."""
+    with pytest.raises(RuleUnbounded) as ei:
+        rules.check_rule(text)
+    assert ei.value.metadata == {"line": str(line), "column": str(column)}
+    assert "comprehension" in ei.value.message
+    with pytest.raises(RuleUnbounded):
+        rules.validate(_policy(target=text))
+    if len(text) < rules.MAX_FORMULA_CHARS - 8:
+        with pytest.raises(RuleUnbounded) as fe:
+            rules.check_formula(f"{text} ? 1 : 0", 100)
+        assert fe.value.metadata["field"] == "benefit_formula"
+
+
+@pytest.mark.parametrize(
+    ("rule", "column", "what"),
+    [
+        # each would publish one bit of a raw value per enterprise through the ledger
+        ("int(tax.revenue_12m) / 1024 % 2 == 1", 29, "'_%_'"),
+        ("tax.late_filings_12m % 2 == 1", 22, "'_%_'"),
+        ("platform.rating == 'A' && tax.revenue_12m * 2.0 > 1e6", 43, "'_*_'"),
+        ("string(tax.late_filings_12m).startsWith('1')", 40, "'startsWith'"),
+        ("tax.revenue_12m > 1.0 ? tax.late_filings_12m > 0 : false", 23, "'_?_:_'"),
+        ("size(string(tax.revenue_12m)) > 8", 5, "'size'"),
+        ("tax.late_filings_12m in [0, tax.tax_credit_grade]", 25, "list"),
+    ],
+)
+def test_a_department_clause_must_compare_features_with_constants(
+    rule: str, column: int, what: str
+) -> None:
+    with pytest.raises(ClauseNotComparison) as ei:
+        rules.check_rule(rule)
+    assert ei.value.metadata == {"line": "1", "column": str(column)}
+    assert what in ei.value.message and "literal constants" in ei.value.message
+
+
+def test_comparisons_lists_negations_and_the_platform_own_functions_pass() -> None:
+    ok = (
+        "tax.revenue_12m >= 5e6 && tax.late_filings_12m in [0, 1] && !(tax.tax_credit_grade < 3)"
+        " && utilities.electricity_trend_yoy < -0.02 && tax.revenue_12m > tax.tax_paid_12m"
+        " && registry.district.startsWith('w') && size(registry.industry) == 1"
+    )
+    assert {c.namespace for c in rules.check_rule(ok).clauses} == {"tax", "utilities", "platform"}
 
 
 @pytest.mark.parametrize(

@@ -159,6 +159,9 @@ def _raw(city: City, dep: str = "tax", org: str = "policies", **kw: Any) -> Any:
          ScreeningClauseInvalid, "line 1, column 9"),
         ({"clauses": [feature_pb2.ScreeningClause(id="c", cel="tax.revenue_12m")]},
          ScreeningClauseInvalid, "expected a bool"),
+        ({"clauses": [feature_pb2.ScreeningClause(
+            id="c", cel="[1, 2].exists(a, [3].exists(b, a + b == tax.late_filings_12m))")]},
+         ScreeningClauseInvalid, "line 1, column 14: comprehensions"),
         ({"enterprises": ["91371000MA3C0000X1", "91371000MA3C0000X1"]}, DuplicateEnterprise, "twice"),
         ({"enterprises": []}, Exception, "no enterprise"),
         ({"enterprises": ["x"] * 50_001}, BatchTooLarge, "at most 50000"),
