@@ -33,9 +33,10 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
-from fedcredit.policies.errors import IllegalTransition, InvalidPolicy
+from fedcredit.policies.errors import IllegalTransition, InvalidPolicy, PolicyNotOpen
 from fedcredit.policies.rules import Policy
 
 DAY = 86_400.0
@@ -87,6 +88,13 @@ def apply(
     amount); never above the policy's ``amount_yuan`` (its cap)."""
     if policy.mode != "application":
         raise InvalidPolicy(f"policy {policy.id} is automatic: nobody applies to it", field="mode")
+    day = datetime.fromtimestamp(at, UTC).date()
+    if not policy.opens <= day <= policy.closes:
+        raise PolicyNotOpen(
+            f"policy {policy.id} takes applications from {policy.opens} to {policy.closes}; "
+            f"it is {day}",
+            policy=policy.id,
+        )
     missing = [f for f in policy.fields if not str(fields.get(f, "")).strip()]
     extra = sorted(set(fields) - set(policy.fields))
     if missing or extra:

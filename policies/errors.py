@@ -55,6 +55,27 @@ class PolicyExists(AlreadyExists):
     reason = "POLICY_EXISTS"
 
 
+class AlreadyApplied(AlreadyExists):
+    """The enterprise already has an application to this policy that is not rejected or
+    withdrawn (the message names it): one benefit per enterprise and policy, as for
+    automatic awards, whatever application id a second attempt uses."""
+
+    reason = "POLICY_ALREADY_APPLIED"
+
+
+class PolicyNotOpen(FailedPrecondition):
+    """The policy does not take applications today (before ``opens`` or after ``closes``)."""
+
+    reason = "POLICY_NOT_OPEN"
+
+
+class RunExists(AlreadyExists):
+    """A screening run with this id was already started: a retry does not screen, ledger
+    or notify a second time (choose a new id for a new run)."""
+
+    reason = "POLICY_RUN_EXISTS"
+
+
 class UnknownPolicy(NotFound):
     reason = "UNKNOWN_POLICY"
 

@@ -97,9 +97,14 @@ def run_automatic(
                 if department is None or p.department == department]  # fmt: skip
     checked = {p.id: rules.check_rule(p.rule) for p in policies}
     plan = screening.plan(checked)
-    result = screening.screen(
-        run_id, plan, enterprises, nodes, platform_rows, chunk=chunk, workers=workers
-    )
+    store.claim_run(run_id, now)  # RunExists: a retry screens, ledgers, notifies nothing
+    try:
+        result = screening.screen(
+            run_id, plan, enterprises, nodes, platform_rows, chunk=chunk, workers=workers
+        )
+    except BaseException:
+        store.release_run(run_id)  # nothing ledgered yet: the same id may be retried
+        raise
     summary = RunSummary(run_id, len(enterprises), len(policies), plan.clause_count(),
                          result.evaluations, result.seconds, 0.0, disclosures=result.disclosures)  # fmt: skip
     t0 = time.perf_counter()

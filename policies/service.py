@@ -10,6 +10,7 @@ its reason; malformed input is INVALID_ARGUMENT and changes nothing.
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -156,25 +157,32 @@ class ApplicationServicer(Acting):
         fields = {f.name: f.value for f in request.fields}
         if len(docs) != len(request.attachments) or len(fields) != len(request.fields):
             raise InvalidPolicy("a form field or attachment name appears twice", field="fields")
-        amount = self._formula_amount(policy, caller.org_id) if policy.benefit_formula else None
-        app = approval.apply(policy, request.application_id, caller.org_id, fields, docs, now,
-                             amount)  # fmt: skip
-        self.store.submit(app, self._append_as(caller))
+        # Every check before the department's node is asked for a formula's amount: a
+        # refused application must not cost a node evaluation nobody ledgers.
+        app = approval.apply(policy, request.application_id, caller.org_id, fields, docs, now)
+        self.store.refuse_second_application(policy.id, caller.org_id)
+        append = self._append_as(caller)
+        if policy.benefit_formula:
+            amount, disclosed = self._formula_amount(policy, caller.org_id)
+            app = approval.apply(policy, app.id, caller.org_id, fields, docs, now, amount)
+            append = _with_benefit(append, policy, disclosed)
+        self.store.submit(app, append)
         return self._step(app.id, lambda a: approval.push(a, policy, now), caller)
 
-    def _formula_amount(self, policy: rules.Policy, enterprise: str) -> int:
-        """The policy's formula for one applicant, asked of its department as booleans."""
+    def _formula_amount(self, policy: rules.Policy, enterprise: str) -> tuple[int, list[int]]:
+        """The policy's formula for one applicant, asked of its department as booleans,
+        and the node's disclosure-log indexes."""
         _, rows = self.store.registry_rows([enterprise])
         formula = rules.check_formula(policy.benefit_formula, policy.amount_cap_yuan)
-        (got,), _ = screening.benefit_amounts(f"apply:{policy.id}"[:64], formula, [enterprise],
-                                              self.nodes, rows)  # fmt: skip
+        (got,), disclosed = screening.benefit_amounts(
+            f"apply:{policy.id}"[:64], formula, [enterprise], self.nodes, rows)  # fmt: skip
         if not got:
             raise BenefitUndefined(
                 f"the benefit formula of {policy.id!r} has no positive amount for {enterprise} "
                 f"({formula.namespace} holds no value it reads, or the amount is 0)",
                 policy=policy.id,
             )  # fmt: skip
-        return got
+        return got, disclosed
 
     @handle_errors
     def ListApplications(self, request: Any, context: Any) -> Any:
@@ -240,6 +248,16 @@ class ApplicationServicer(Acting):
         ):
             raise UnknownAward(f"no application {request.application_id!r}", application=request.application_id)  # fmt: skip
         return application_to_pb(app)
+
+
+def _with_benefit(append: Any, policy: rules.Policy, disclosed: list[int]) -> Any:
+    """The submit entry also names where the formula's evaluation is logged: the node and
+    its disclosure-log indexes, under the policy_screening basis (the amount is in the
+    application itself)."""
+    ns = rules.check_formula(policy.benefit_formula, policy.amount_cap_yuan).namespace
+    extra = {"benefit_evaluated_by": ns, "node_disclosures": disclosed,
+             "legal_basis": "policy_screening"}  # fmt: skip
+    return lambda items: append([(k, sub, {**p, **extra}) for k, sub, p in items])
 
 
 def _reads(caller: Identity, p: rules.Policy) -> bool:
@@ -402,7 +420,7 @@ class PolicyServicer(
         # a department screens only the automatic policies it issues
         own = caller.org_id if caller.role == "department" else None
         s = runs.run_automatic(self.store, self.ledger, self.nodes, codes, rows,
-                               run_id=request.run_id or f"run-{int(self.clock())}",
+                               run_id=request.run_id or f"run-{int(self.clock())}-{secrets.token_hex(4)}",
                                today=_date(request.today, "today"), now=self.clock(),
                                department=own)  # fmt: skip
         return policies_pb2.RunScreeningResponse(

@@ -45,6 +45,7 @@ from fedcredit.common.db import create_schema, make_engine
 from fedcredit.common.errors import Unavailable
 from fedcredit.policies import approval, progress, rules
 from fedcredit.policies.errors import (
+    AlreadyApplied,
     AwardDeclined,
     BudgetExhausted,
     DeclineWindowClosed,
@@ -52,6 +53,7 @@ from fedcredit.policies.errors import (
     NotFunded,
     PolicyExists,
     ProgressReported,
+    RunExists,
     UnknownAward,
     UnknownPolicy,
 )
@@ -107,6 +109,18 @@ applications_t = Table(
     Column("state", String(16), nullable=False),
     Column("version", Integer, nullable=False),  # optimistic concurrency: one writer per step
     Column("doc", Text, nullable=False),  # the approval.Application as JSON
+)
+
+# One open application per (policy, enterprise): claimed with the application in one
+# transaction, released when it ends rejected or withdrawn (the enterprise may then
+# apply again); a paid one keeps it. The primary key makes a second or racing claim fail
+# in the database, whatever application id it uses.
+claims_t = Table(
+    "pol_application_claims",
+    metadata,
+    Column("policy_id", String(64), primary_key=True),
+    Column("enterprise", String(64), primary_key=True),
+    Column("application_id", String(64), nullable=False),
 )
 
 registry_t = Table(
@@ -271,6 +285,21 @@ class PolicyStore:
         owed = [p.amount_yuan] * len(codes) if amounts is None else [int(a) for a in amounts]
         if len(owed) != len(codes) or any(not 0 < a <= p.amount_yuan for a in owed):
             raise ValueError(f"expected one amount in 1..{p.amount_yuan} per enterprise")
+        for _ in range(3):
+            try:
+                return self._notify(p, list(codes), owed, run_id, now, append)
+            except IntegrityError:
+                # A concurrent run awarded some of them first (one award per policy and
+                # enterprise); this transaction wrote nothing: drop theirs and go again.
+                done = self.awarded(p.id)
+                kept = [(c, a) for c, a in zip(codes, owed, strict=True) if c not in done]
+                codes, owed = [c for c, _ in kept], [a for _, a in kept]
+        raise Unavailable(f"awards of {p.id!r} kept racing with other runs; nothing was done")
+
+    def _notify(
+        self, p: rules.Policy, codes: list[str], owed: list[int], run_id: str, now: float,
+        append: Append,
+    ) -> tuple[list[str], list[str]]:  # fmt: skip
         notified: list[tuple[str, int]] = []
         with self._tx() as conn:
             for code, amount in zip(codes, owed, strict=True):
@@ -371,15 +400,42 @@ class PolicyStore:
     # -- applications (joint approval, policies.approval) ------------------------------------
 
     def submit(self, app: approval.Application, append: Append) -> approval.Application:
-        try:
-            with self._tx() as conn:
+        """Store and ledger a new application; refused (nothing written) when its id is
+        taken or its enterprise already has an open one to the same policy."""
+        with self._tx() as conn:
+            try:
                 conn.execute(insert(applications_t).values(
                     id=app.id, policy_id=app.policy, enterprise=app.enterprise, state=app.state,
                     version=len(app.history), doc=_app_json(app)))  # fmt: skip
-                append([_app_entry(app)])
-        except IntegrityError:
-            raise PolicyExists(f"application {app.id} exists", application=app.id) from None
+            except IntegrityError:
+                raise PolicyExists(f"application {app.id} exists", application=app.id) from None
+            try:
+                conn.execute(insert(claims_t).values(
+                    policy_id=app.policy, enterprise=app.enterprise, application_id=app.id))  # fmt: skip
+            except IntegrityError:
+                raise self._already(app.policy, app.enterprise) from None
+            append([_app_entry(app)])
         return app
+
+    def open_application(self, policy_id: str, enterprise: str) -> str | None:
+        """The id of ``enterprise``'s open (or paid) application to ``policy_id``, if any."""
+        with self._guard(), self.engine.connect() as conn:
+            row = conn.execute(select(claims_t.c.application_id).where(and_(
+                claims_t.c.policy_id == policy_id, claims_t.c.enterprise == enterprise))).first()  # fmt: skip
+        return None if row is None else str(row[0])
+
+    def refuse_second_application(self, policy_id: str, enterprise: str) -> None:
+        if self.open_application(policy_id, enterprise) is not None:
+            raise self._already(policy_id, enterprise)
+
+    def _already(self, policy_id: str, enterprise: str) -> AlreadyApplied:
+        held = self.open_application(policy_id, enterprise)
+        return AlreadyApplied(
+            f"enterprise {enterprise} already applied to {policy_id!r} (application "
+            f"{held!r}); one application per enterprise and policy until it is rejected or "
+            "withdrawn",
+            policy=policy_id,
+        )  # fmt: skip
 
     def application(self, app_id: str) -> approval.Application:
         with self._guard(), self.engine.connect() as conn:
@@ -407,6 +463,8 @@ class PolicyStore:
             )).values(state=after.state, version=len(after.history), doc=_app_json(after))).rowcount  # fmt: skip
             if moved != 1:
                 raise IllegalTransition(f"application {app_id} changed meanwhile; nothing was done")
+            if after.state in ("rejected", "withdrawn"):
+                conn.execute(claims_t.delete().where(claims_t.c.application_id == app_id))
             if after.state == "approved":
                 commit_or_refuse(conn, after.policy, after.amount_yuan)
             if after.state == "paid":
@@ -556,10 +614,26 @@ class PolicyStore:
 
     # -- runs ------------------------------------------------------------------------------
 
+    def claim_run(self, run_id: str, started_at: float) -> None:
+        """Claim ``run_id`` before anything is screened or ledgered: once, ever
+        (:class:`RunExists` for a retry or a racing caller with the same id)."""
+        try:
+            with self._tx() as conn:
+                conn.execute(insert(runs_t).values(id=run_id, started_at=started_at,
+                                                   summary='{"state": "running"}'))  # fmt: skip
+        except IntegrityError:
+            raise RunExists(f"screening run {run_id!r} was already started; a new run needs "
+                            "a new id", run=run_id) from None  # fmt: skip
+
+    def release_run(self, run_id: str) -> None:
+        """A run that failed before it ledgered anything may be retried under its id."""
+        with self._tx() as conn:
+            conn.execute(runs_t.delete().where(runs_t.c.id == run_id))
+
     def record_run(self, run_id: str, started_at: float, summary: dict[str, Any]) -> None:
         with self._tx() as conn:
-            conn.execute(insert(runs_t).values(id=run_id, started_at=started_at,
-                                               summary=json.dumps(summary, sort_keys=True)))  # fmt: skip
+            conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(
+                started_at=started_at, summary=json.dumps(summary, sort_keys=True)))  # fmt: skip
 
 
 def _commit(conn: Connection, policy_id: str, amount: int) -> bool:

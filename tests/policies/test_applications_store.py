@@ -50,8 +50,9 @@ def test_racing_steps_win_once_and_an_empty_budget_refuses_approval(db_url: str)
     store = PolicyStore.open(db_url)
     small = dataclasses.replace(POLICY, budget_yuan=POLICY.amount_yuan)
     store.publish(small, T, lambda e: None)
-    for app_id in ("a1", "a2"):
-        store.submit(dataclasses.replace(_new(), id=app_id), lambda e: None)
+    # two enterprises (one enterprise has one open application per policy)
+    for app_id, ent in (("a1", "91371002MA3C5XYZ1K"), ("a2", "91371002MA3C5XYZ2H")):
+        store.submit(dataclasses.replace(_new(), id=app_id, enterprise=ent), lambda e: None)
         store.step(app_id, lambda a: ap.push(a, small, T), lambda e: None)
     wins: list[str] = []
     lost: list[BaseException] = []

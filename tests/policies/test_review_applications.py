@@ -1,0 +1,283 @@
+"""Review (issue 21): one application per enterprise and policy, only while the policy is
+open, and no node asked for a formula's amount for an application that is refused anyway.
+
+Found by review: an enterprise applied twice to the same policy under two application ids
+and both were approved and paid (a double payout within the budget); applications were
+taken after the policy closed; an application refused for a missing form field had
+already made the formula's department evaluate it, unledgered."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedcredit.common import uscc
+from fedcredit.ledger.log import Log
+from fedcredit.policies import approval as ap
+from fedcredit.policies import rules
+from fedcredit.policies.client import PolicyClient
+from fedcredit.policies.errors import AlreadyApplied, InvalidPolicy, PolicyExists, PolicyNotOpen
+from fedcredit.policies.service import PolicyServicer, build_policy_server
+from fedcredit.policies.store import PolicyStore
+from tests.conftest import Pki
+from tests.policies.test_approval import POLICY, T, _new
+
+D = ap.DAY
+OTHER = "91371002MA3C5XYZ2H"
+
+
+def _through(store: PolicyStore, app_id: str, end: str, log: Any) -> None:
+    """Drive ``app_id`` to ``end`` (paid, rejected or withdrawn)."""
+    if end == "withdrawn":
+        store.step(app_id, lambda a: ap.withdraw(a, T + 1), log)
+        return
+    store.step(app_id, lambda a: ap.push(a, POLICY, T + 1), log)
+    if end == "rejected":
+        store.step(app_id, lambda a: ap.review(a, POLICY, POLICY.reviewers[0], False, T + D), log)
+        return
+    for d in POLICY.reviewers:
+        store.step(app_id, lambda a, d=d: ap.review(a, POLICY, d, True, T + D), log)
+    store.step(app_id, lambda a: ap.close_notice(a, T + 9 * D), log)
+    store.step(app_id, lambda a: ap.pay(a, T + 10 * D), log)
+
+
+def test_a_second_application_by_the_same_enterprise_is_refused(db_url: str) -> None:
+    store = PolicyStore.open(db_url)
+    ledger: list[Any] = []
+    store.publish(POLICY, T, ledger.extend)
+    store.submit(_new(), ledger.extend)
+    n = len(ledger)
+    with pytest.raises(AlreadyApplied) as ei:
+        store.submit(dataclasses.replace(_new(), id="a2"), ledger.extend)
+    assert "'a1'" in ei.value.message
+    with pytest.raises(PolicyExists):  # the id is taken, by whoever
+        store.submit(dataclasses.replace(_new(), enterprise=OTHER), ledger.extend)
+    assert len(ledger) == n and [a.id for a in store.applications()] == ["a1"]
+    store.submit(dataclasses.replace(_new(), id="b1", enterprise=OTHER), ledger.extend)
+    _through(store, "a1", "paid", ledger.extend)
+    with pytest.raises(AlreadyApplied):  # paid once: never again
+        store.submit(dataclasses.replace(_new(), id="a3"), ledger.extend)
+    assert store.books(POLICY.id).paid_yuan == POLICY.amount_yuan
+    store.close()
+
+
+@pytest.mark.parametrize("end", ["rejected", "withdrawn"])
+def test_after_a_rejection_or_withdrawal_the_enterprise_may_apply_again(
+    db_url: str, end: str
+) -> None:
+    store = PolicyStore.open(db_url)
+    store.publish(POLICY, T, lambda e: None)
+    store.submit(_new(), lambda e: None)
+    _through(store, "a1", end, lambda e: None)
+    again = store.submit(dataclasses.replace(_new(), id="a2"), lambda e: None)
+    assert (
+        again.state == "submitted" and store.open_application(POLICY.id, again.enterprise) == "a2"
+    )
+    store.close()
+
+
+def test_racing_applications_of_one_enterprise_leave_one(db_url: str) -> None:
+    store = PolicyStore.open(db_url)
+    store.publish(POLICY, T, lambda e: None)
+    won: list[str] = []
+    refused: list[BaseException] = []
+
+    def submit(i: int) -> None:
+        try:
+            store.submit(dataclasses.replace(_new(), id=f"r{i}"), lambda e: None)
+            won.append(f"r{i}")
+        except AlreadyApplied as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(refused) == 7
+    assert [a.id for a in store.applications()] == won
+    store.close()
+
+
+@pytest.mark.parametrize("day", [date(2025, 12, 31), date(2027, 1, 1)])
+def test_an_application_outside_the_policy_period_is_refused(day: date) -> None:
+    from datetime import UTC, datetime
+
+    at = datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp()
+    with pytest.raises(PolicyNotOpen) as ei:
+        ap.apply(POLICY, "late", OTHER, {"project_name": "x", "planned_investment_yuan": "1"},
+                 {}, at)  # fmt: skip
+    assert "2026-01-01 to 2026-12-31" in ei.value.message and str(day) in ei.value.message
+
+
+@dataclass
+class _Answer:
+    bits: Mapping[str, Any]
+    disclosure_index: int
+
+
+class _TaxNode:
+    """A tax node holding late_filings_12m = 3 for everyone (real CEL, counted calls)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def screen(self, run_id: str, clauses: Sequence[tuple[str, str]],
+               enterprises: Sequence[str], *, legal_basis: str = "") -> _Answer:  # fmt: skip
+        self.calls += 1
+        got = rules.evaluate_clauses("tax", [t for _, t in clauses],
+                                     [{"tax.late_filings_12m": 3}] * len(enterprises))  # fmt: skip
+        return _Answer({cid: np.asarray(got[:, j]) for j, (cid, _) in enumerate(clauses)},
+                       41 + self.calls)  # fmt: skip
+
+
+def test_a_formula_application_asks_the_node_only_once_it_is_valid(
+    pki: Pki, tmp_path: Path
+) -> None:
+    pki.issue("policies", "policy")
+    store = PolicyStore.open(f"sqlite:///{tmp_path / 'pol.sqlite'}")
+    ledger = Log.open(f"sqlite:///{tmp_path / 'l.sqlite'}", Ed25519PrivateKey.generate(), "platform")  # fmt: skip
+    node = _TaxNode()
+    servicer = PolicyServicer(store=store, ledger=ledger, nodes={"tax": node}, clock=lambda: T)
+    server = build_policy_server(servicer, address="127.0.0.1:0", tls=pki.tls("policies"))
+    server.start()
+    policy = dataclasses.replace(POLICY, id="formula-app", amount_yuan=1_000,
+                                 budget_yuan=100_000, amount_cap_yuan=1_000,
+                                 benefit_formula="tax.late_filings_12m * 100")  # fmt: skip
+    store.publish(policy, T, lambda e: None)
+    me = uscc.generate(random.Random(4))
+    ent = PolicyClient(f"127.0.0.1:{server.port}", pki.issue(me, "enterprise"), server_org="policies")  # fmt: skip
+    try:
+        with pytest.raises(InvalidPolicy):  # a form field missing
+            ent.apply("f-1", policy.id, {"project_name": "x"}, {})
+        assert node.calls == 0
+        a = ent.apply("f-1", policy.id, {"project_name": "x", "planned_investment_yuan": "9"}, {})
+        assert a.amount_yuan == 300 and node.calls == 1
+        with pytest.raises(AlreadyApplied):
+            ent.apply("f-2", policy.id, {"project_name": "x", "planned_investment_yuan": "9"}, {})
+        assert node.calls == 1
+        about = [json.loads(e.data) for e in ledger.entries_by_subject(me, ledger.size)]
+        (submit,) = [e["payload"] for e in about if e["kind"] == "policy_application"
+                     and e["payload"]["event"] == "submit"]  # fmt: skip
+        assert submit["benefit_evaluated_by"] == "tax" and submit["node_disclosures"] == [42]
+    finally:
+        server.stop(0)
+        ledger.close()
+        store.close()
+
+
+# -- screening runs: once per run id, racing runs award each enterprise once ----------------
+
+
+def _auto(pid: str = "auto-young", budget: int = 1_000_000) -> rules.Policy:
+    return rules.Policy(id=pid, title="Young firms", department="finance-bureau",
+                        mode="automatic", amount_yuan=1_000, budget_yuan=budget,
+                        opens=date(2026, 1, 1), closes=date(2026, 12, 31),
+                        rule="registry.founded_year >= 2015")  # fmt: skip
+
+
+def _registry(n: int) -> tuple[list[str], list[dict[str, Any]]]:
+    rng = random.Random(11)
+    codes = list(dict.fromkeys(uscc.generate(rng) for _ in range(n)))
+    rows = [rules.platform_row(rating="A", industry="C", district="wendeng", size_class="micro",
+                               enterprise_type="llc", founded_year=2010 + i % 10)
+            for i in range(len(codes))]  # fmt: skip
+    return codes, rows
+
+
+class _Ledger:
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.lock = threading.Lock()
+
+    def append_many(self, items: Sequence[Any]) -> None:
+        with self.lock:
+            self.items.extend(items)
+
+    def kinds(self) -> list[str]:
+        return [k for k, _, _ in self.items]
+
+
+def test_a_run_id_is_screened_ledgered_and_notified_once(db_url: str) -> None:
+    """A retried run (same id: a client's retry, two operators, a second within the same
+    second) used to ledger every enterprise's screening again and then fail INTERNAL."""
+    from fedcredit.policies.errors import RunExists
+    from fedcredit.policies.runs import run_automatic
+
+    store = PolicyStore.open(db_url)
+    store.publish(_auto(), T, lambda e: None)
+    codes, rows = _registry(60)
+    led = _Ledger()
+    s = run_automatic(store, led, {}, codes, rows, run_id="q1", today=date(2026, 3, 1), now=T)
+    n, awards = len(led.items), store.award_totals()
+    assert s.notified["auto-young"] == s.eligible["auto-young"] > 0
+    with pytest.raises(RunExists):
+        run_automatic(store, led, {}, codes, rows, run_id="q1", today=date(2026, 3, 1), now=T)
+    assert len(led.items) == n and store.award_totals() == awards
+    store.close()
+
+
+def test_a_run_failing_at_a_node_may_be_retried_under_its_id(db_url: str) -> None:
+    from fedcredit.common.errors import Unavailable
+    from fedcredit.policies.runs import run_automatic
+
+    class Down:
+        def screen(self, *a: Any, **k: Any) -> Any:
+            raise Unavailable("tax node down")
+
+    store = PolicyStore.open(db_url)
+    store.publish(dataclasses.replace(_auto(), rule="tax.late_filings_12m == 3"), T, lambda e: None)
+    codes, rows = _registry(12)
+    led = _Ledger()
+    with pytest.raises(Unavailable):
+        run_automatic(store, led, {"tax": Down()}, codes, rows, run_id="q2",  # type: ignore[dict-item]
+                      today=date(2026, 3, 1), now=T)  # fmt: skip
+    assert led.items == []
+    s = run_automatic(store, led, {"tax": _TaxNode()}, codes, rows, run_id="q2",
+                      today=date(2026, 3, 1), now=T)  # fmt: skip
+    assert s.notified["auto-young"] == len(codes)
+    store.close()
+
+
+def test_racing_runs_award_each_enterprise_once(db_url: str) -> None:
+    """Two runs notifying the same policy's newly eligible at once: the loser's insert of
+    an award the winner holds used to fail the run INTERNAL (after its screening was
+    ledgered); now it drops those and notifies the rest, each enterprise once."""
+    store = PolicyStore.open(db_url)
+    policy = _auto(budget=1_000_000)  # room for every run to award all 200
+    store.publish(policy, T, lambda e: None)
+    codes, _ = _registry(200)
+    led = _Ledger()
+    errors: list[BaseException] = []
+    gate = threading.Barrier(4)
+
+    def run(i: int) -> None:
+        mine = codes[i * 5 :] + codes[: i * 5]  # overlapping, in different orders
+        gate.wait()
+        try:
+            store.notify(policy, mine, f"race-{i}", T, led.append_many)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    awarded = store.awarded(policy.id)
+    assert len(awarded) == 200 and store.books(policy.id).committed_yuan == 200_000
+    notices = [s for k, s, _ in led.items if k == "policy_award_notified"]
+    assert sorted(notices) == sorted(awarded)  # each ledgered once
+    store.close()
