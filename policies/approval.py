@@ -49,6 +49,8 @@ STATES: tuple[State, ...] = ("submitted", "under_review", "overdue", "notice", "
 EVENTS = ("push", "review", "deadline", "object", "resolve", "close", "pay", "withdraw")
 FINAL: frozenset[str] = frozenset({"paid", "rejected", "withdrawn"})
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# the store's column holds 64 characters (a longer id made PostgreSQL fail INTERNAL)
+APPLICATION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,9 @@ def apply(
     """A new application, its form checked against the policy's fields. ``amount_yuan``:
     the benefit for this enterprise when the policy's is a formula (default: the fixed
     amount); never above the policy's ``amount_yuan`` (its cap)."""
+    if not APPLICATION_ID.fullmatch(app_id):
+        raise InvalidPolicy(f"application_id: expected 1-64 of A-Z a-z 0-9 _ . : -, got "
+                            f"{app_id[:70]!r}", field="application_id")  # fmt: skip
     if policy.mode != "application":
         raise InvalidPolicy(f"policy {policy.id} is automatic: nobody applies to it", field="mode")
     day = datetime.fromtimestamp(at, UTC).date()

@@ -51,6 +51,16 @@ class ClauseNotComparison(InvalidArgument):
     reason = "POLICY_CLAUSE_NOT_A_COMPARISON"
 
 
+class ThresholdBudget(FailedPrecondition):
+    """Publishing would make one department's policies compare a feature with more than
+    ``rules.MAX_THRESHOLDS`` distinct constants. Each published rule's boolean per
+    enterprise is disclosed, so many near-duplicate policies with thresholds that bisect a
+    value (``> 1e6``, ``> 1.5e6``, ``> 1.25e6``...) would disclose the value; the budget
+    bounds what all of a department's policies together say about one feature."""
+
+    reason = "POLICY_THRESHOLD_BUDGET"
+
+
 class PolicyExists(AlreadyExists):
     reason = "POLICY_EXISTS"
 

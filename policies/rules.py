@@ -55,6 +55,7 @@ from fedcredit.policies.errors import (
     RuleInvalid,
     RuleNotSplittable,
     RuleUnbounded,
+    ThresholdBudget,
 )
 from fedcredit.v1 import celast_pb2
 
@@ -463,6 +464,67 @@ def validate(p: Policy) -> CheckedRule:
     if p.target:
         check_rule(p.target)
     return check_rule(p.rule)
+
+
+# -- threshold budget (what all of a department's policies say about one feature) ---------
+
+# Distinct constants one department's policies may compare one feature with, over all of
+# their rules and targets: 9 intervals at most, about 3 bits of any value, however many
+# near-duplicate policies are published (the city's 129 policies use at most 6).
+MAX_THRESHOLDS = 8
+_COMPARISONS = frozenset({"_==_", "_!=_", "_<_", "_<=_", "_>_", "_>=_", "@in"})
+
+
+def _constant(e: celast_pb2.CelExpr) -> str:
+    c = e.const_expr
+    kind = c.WhichOneof("constant_kind")
+    return repr(getattr(c, kind)) if kind else "null"
+
+
+def thresholds(text: str) -> dict[str, set[str]]:
+    """Per department feature, the literal constants ``text`` compares it with."""
+    if not text:
+        return {}
+    checked = _ast(compile_rule(text))
+    out: dict[str, set[str]] = {}
+    stack = [checked.expr]
+    while stack:
+        e = stack.pop()
+        stack.extend(_children(e))
+        if e.WhichOneof("expr_kind") != "call_expr" or e.call_expr.function not in _COMPARISONS:
+            continue
+        names = [checked.reference_map[a.id].name for a in e.call_expr.args
+                 if a.id in checked.reference_map]  # fmt: skip
+        names = [n for n in names if n in _KNOWN and namespace_of(n) != PLATFORM]
+        consts = [a for a in e.call_expr.args if a.WhichOneof("expr_kind") == "const_expr"]
+        for a in e.call_expr.args:
+            if a.WhichOneof("expr_kind") == "list_expr":
+                consts += list(a.list_expr.elements)
+        for n in names:
+            out.setdefault(n, set()).update(_constant(c) for c in consts)
+    return out
+
+
+def check_thresholds(p: Policy, published: Sequence[Policy]) -> None:
+    """Refuse ``p`` when it would take its department's policies past ``MAX_THRESHOLDS``
+    distinct constants for a feature (:class:`ThresholdBudget`)."""
+    used: dict[str, set[str]] = {}
+    for q in [*published, p]:
+        if q.department != p.department:
+            continue
+        for text in (q.rule, q.target):
+            for name, consts in thresholds(text).items():
+                used.setdefault(name, set()).update(consts)
+    mine = {**thresholds(p.rule), **thresholds(p.target)}
+    over = sorted(n for n in mine if len(used[n]) > MAX_THRESHOLDS)
+    if over:
+        raise ThresholdBudget(
+            f"{over[0]} would be compared with {len(used[over[0]])} distinct constants across "
+            f"{p.department}'s policies, at most {MAX_THRESHOLDS}: each policy's boolean per "
+            "enterprise is disclosed, and thresholds that bisect a value would disclose it; "
+            "reuse a threshold already published",
+            feature=over[0], department=p.department,
+        )  # fmt: skip
 
 
 # -- benefit formulas (integer yuan, exact) -----------------------------------------------

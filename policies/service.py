@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import grpc
@@ -416,12 +416,18 @@ class PolicyServicer(
         if request.run_id and not _RUN.fullmatch(request.run_id):
             raise InvalidPolicy(f"run_id: expected 1-64 of A-Z a-z 0-9 _ . : -, got "
                                 f"{request.run_id[:40]!r}", field="run_id")  # fmt: skip
-        codes, rows = self.store.registry()
-        # a department screens only the automatic policies it issues
+        today = _date(request.today, "today")
+        # a department screens only the automatic policies it issues, and only as of today
+        # (a date of its choosing would award under a policy that closed or is not open)
         own = caller.org_id if caller.role == "department" else None
+        clock_day = datetime.fromtimestamp(self.clock(), UTC).date()
+        if own is not None and abs((today - clock_day).days) > 1:
+            raise InvalidPolicy(f"today: a department screens as of today ({clock_day}, "
+                                f"within a day), got {today}", field="today")  # fmt: skip
+        codes, rows = self.store.registry()
         s = runs.run_automatic(self.store, self.ledger, self.nodes, codes, rows,
                                run_id=request.run_id or f"run-{int(self.clock())}-{secrets.token_hex(4)}",
-                               today=_date(request.today, "today"), now=self.clock(),
+                               today=today, now=self.clock(),
                                department=own)  # fmt: skip
         return policies_pb2.RunScreeningResponse(
             run_id=s.run_id, enterprises=s.enterprises, policies=s.policies, clauses=s.clauses,

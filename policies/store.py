@@ -221,6 +221,7 @@ class PolicyStore:
 
     def publish(self, p: rules.Policy, now: float, append: Append) -> None:
         checked = rules.validate(p)
+        rules.check_thresholds(p, self.policies())
         try:
             with self._tx() as conn:
                 conn.execute(insert(policies_t).values(

@@ -281,3 +281,89 @@ def test_racing_runs_award_each_enterprise_once(db_url: str) -> None:
     notices = [s for k, s, _ in led.items if k == "policy_award_notified"]
     assert sorted(notices) == sorted(awarded)  # each ledgered once
     store.close()
+
+
+# -- the threshold budget: near-duplicate policies cannot bisect a value ---------------------
+
+
+def test_near_duplicate_policies_cannot_bisect_a_value(tmp_path: Path) -> None:
+    """Found by review: a department could publish 40 automatic policies ``tax.revenue_12m
+    > c_i`` (1 yuan budgets) and read each enterprise's revenue from which ones it qualified
+    for (the per-enterprise policy_screening entries). One department's policies now compare
+    a feature with at most rules.MAX_THRESHOLDS distinct constants, rules and targets together."""
+    from fedcredit.policies.errors import ThresholdBudget
+
+    store = PolicyStore.open(f"sqlite:///{tmp_path / 'pol.sqlite'}")
+    led: list[Any] = []
+
+    def bisect(i: int, dept: str = "finance-bureau", **kw: Any) -> rules.Policy:
+        return dataclasses.replace(_auto(f"probe-{dept[:4]}-{i:02d}", budget=1_000),
+                                   department=dept, rule=f"tax.revenue_12m > {1_000_000 + i}.0",
+                                   **kw)  # fmt: skip
+
+    for i in range(rules.MAX_THRESHOLDS):
+        store.publish(bisect(i), T, led.extend)
+    n = len(led)
+    with pytest.raises(ThresholdBudget) as ei:
+        store.publish(bisect(rules.MAX_THRESHOLDS), T, led.extend)
+    assert ei.value.metadata == {"feature": "tax.revenue_12m", "department": "finance-bureau"}
+    assert f"{rules.MAX_THRESHOLDS + 1} distinct constants" in ei.value.message
+    with pytest.raises(ThresholdBudget):  # nor through the target
+        store.publish(bisect(0, target="tax.revenue_12m > 7.0", id="probe-target"), T, led.extend)
+    with pytest.raises(ThresholdBudget):  # nor as one list (x in [...] is any set of values)
+        store.publish(dataclasses.replace(
+            bisect(0, id="probe-list"), department="commerce-bureau",
+            rule="tax.late_filings_12m in [" + ", ".join(map(str, range(0, 18, 2))) + "]"),
+            T, led.extend)  # fmt: skip
+    assert len(led) == n and len(store.policies()) == rules.MAX_THRESHOLDS
+    store.publish(bisect(3, id="same-threshold-again"), T, led.extend)  # reuses one: fine
+    store.publish(bisect(40, dept="commerce-bureau"), T, led.extend)  # its own budget
+    store.close()
+
+
+def test_the_city_policy_set_fits_the_threshold_budget(tmp_path: Path) -> None:
+    from fedcredit.world.policies import policy_set
+
+    store = PolicyStore.open(f"sqlite:///{tmp_path / 'pol.sqlite'}")
+    for p in policy_set():
+        store.publish(p, T, lambda e: None)
+    assert len(store.policies()) == 129
+    store.close()
+
+
+@pytest.mark.parametrize("app_id", ["", "x" * 65, "a b", "a/../b", "é"])
+def test_a_malformed_application_id_is_invalid_argument(app_id: str) -> None:
+    """A 65-character id reached PostgreSQL's VARCHAR(64) and failed INTERNAL."""
+    with pytest.raises(InvalidPolicy) as ei:
+        ap.apply(POLICY, app_id, OTHER, {"project_name": "x", "planned_investment_yuan": "1"},
+                 {}, T)  # fmt: skip
+    assert ei.value.metadata == {"field": "application_id"}
+
+
+def test_a_department_screens_only_as_of_today(pki: Pki, tmp_path: Path) -> None:
+    """A department chose the run's date and so awarded under its policy after it closed."""
+    pki.issue("policies", "policy")
+    store = PolicyStore.open(f"sqlite:///{tmp_path / 'pol.sqlite'}")
+    codes, rows = _registry(30)
+    store.load_registry(list(zip(codes, rows, strict=True)))
+    led = _Ledger()
+    now = T + 400 * D  # 2027-02-05: the policy closed on 2026-12-31
+    servicer = PolicyServicer(store=store, ledger=led, nodes={}, clock=lambda: now)
+    server = build_policy_server(servicer, address="127.0.0.1:0", tls=pki.tls("policies"))
+    server.start()
+    store.publish(_auto(), T, lambda e: None)
+
+    def client(org: str, role: str) -> PolicyClient:
+        return PolicyClient(f"127.0.0.1:{server.port}", pki.issue(org, role), server_org="policies")  # fmt: skip
+
+    try:
+        dept = client("finance-bureau", "department")
+        with pytest.raises(InvalidPolicy) as ei:
+            dept.run_screening("2026-06-01", run_id="back-dated")
+        assert ei.value.metadata == {"field": "today"} and "2027-02-05" in ei.value.message
+        assert led.items == [] and store.award_totals() == {}
+        assert dept.run_screening("2027-02-05", run_id="today").policies == 0  # closed
+        assert client("operator", "operator").run_screening("2026-06-01").policies == 1
+    finally:
+        server.stop(0)
+        store.close()

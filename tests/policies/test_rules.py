@@ -292,3 +292,13 @@ def test_rows_type_values_from_the_catalog_and_leave_missing_out() -> None:
 def test_policy_is_plain_data() -> None:
     p = _policy()
     assert dataclasses.replace(p, amount_yuan=1).amount_yuan == 1
+
+
+def test_thresholds_are_the_constants_each_department_feature_is_compared_with() -> None:
+    got = rules.thresholds(
+        "tax.revenue_12m > 1e6 && (tax.late_filings_12m in [0, 1] || 2 < tax.late_filings_12m)"
+        " && platform.rating == 'A' && !courts.on_dishonest_debtor_list"
+        " && tax.revenue_12m >= tax.tax_paid_12m"
+    )
+    assert got == {"tax.revenue_12m": {"1000000.0"}, "tax.late_filings_12m": {"0", "1", "2"},
+                   "tax.tax_paid_12m": set()}  # fmt: skip

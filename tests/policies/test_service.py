@@ -72,7 +72,7 @@ def test_policy_service_end_to_end(city: City, pki: Pki, tmp_path: Path) -> None
         with pytest.raises(RoleNotAllowed):
             bank.run_screening("2026-03-01")
         # a department screens only the automatic policies it issues (none here)
-        assert dept.run_screening("2026-03-01", run_id="dept-run").policies == 0
+        assert dept.run_screening("2026-01-01", run_id="dept-run").policies == 0
         run = op.run_screening("2026-03-01", run_id="svc-run")
         assert run.enterprises == len(city.codes) and run.notified["auto-export-01"] > 0
         # The enterprise sees its own awards only, and declines one.
