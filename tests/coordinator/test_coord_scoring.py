@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,21 +228,11 @@ def test_node_down(
 # ---------------------------------------------------------------- guarantees
 
 
-def test_guarantee_decisions_every_grade_boundary_idempotency_capacity(
-    pki: Any, coord: Coord, consent_env: ConsentEnv, city: City
-) -> None:
-    th = thresholds(pki, coord)
-    grades = by_grade(city, th)
-    assert all(grades[g] for g in "ABCD"), {g: len(v) for g, v in grades.items()}
+Apply = Callable[..., Any]
 
-    def apply(app: str, code: str, amount: int, collateral: int = 0) -> Any:
-        _, token = consent_env.grant(code, purpose="guarantee")
-        with client(pki, coord) as c:
-            return c.apply(
-                application_id=app, enterprise=code, token=token, amount_yuan=amount, term_months=12,
-                collateral_yuan=collateral,
-            )  # fmt: skip
 
+def _decide_each_grade(coord: Coord, grades: dict[str, list[str]], apply: Apply) -> None:
+    """One decision per grade and boundary, then an idempotent retry and a conflicting reuse."""
     before = len(coord.ledger.entries("guarantee_decision"))
     a = apply("g-a", grades["A"][0], 5_000_000)
     assert a.rating == "A" and a.approved and a.fund_share_bp == 8000 and a.bank_share_bp == 2000
@@ -267,7 +257,6 @@ def test_guarantee_decisions_every_grade_boundary_idempotency_capacity(
     decided = coord.ledger.entries("guarantee_decision")
     assert len(decided) == before + 5
     assert decided[before].index == a.ledger_index and decided[before].payload["approved"] is True
-
     # idempotent retry: same decision, no new ledger entry
     again = apply("g-a", grades["A"][0], 5_000_000)
     assert (
@@ -280,6 +269,8 @@ def test_guarantee_decisions_every_grade_boundary_idempotency_capacity(
     assert conflict.value.reason == "APPLICATION_ID_REUSED"
     assert len(coord.ledger.entries("guarantee_decision")) == before + 5
 
+
+def _fill_capacity(pki: Any, coord: Coord, grades: dict[str, list[str]], apply: Apply) -> None:
     # capacity: 30,000,000; used 4,000,000 + 480,000 + 400,000; A loans of 5,000,000 reserve 4,000,000 each
     with client(pki, coord) as c:
         st = c.fund_status()
@@ -293,6 +284,8 @@ def test_guarantee_decisions_every_grade_boundary_idempotency_capacity(
         approved += 1
     assert approved == 6  # 6 x 4,000,000 = 24,000,000 <= 25,120,000 < 7 x 4,000,000
 
+
+def _report_outcomes(pki: Any, coord: Coord) -> None:
     # outcomes: repaid releases exposure, default pays the fund's share
     with client(pki, coord) as c:
         rel = c.report_outcome("g-b", defaulted=False)
@@ -316,6 +309,26 @@ def test_guarantee_decisions_every_grade_boundary_idempotency_capacity(
             other.report_outcome("g-none", defaulted=True)
     assert nope.value.reason == unknown.value.reason == "GUARANTEE_NOT_FOUND"
     assert nope.value.message == unknown.value.message.replace("g-none", "g-c")
+
+
+def test_guarantee_decisions_every_grade_boundary_idempotency_capacity(
+    pki: Any, coord: Coord, consent_env: ConsentEnv, city: City
+) -> None:
+    th = thresholds(pki, coord)
+    grades = by_grade(city, th)
+    assert all(grades[g] for g in "ABCD"), {g: len(v) for g, v in grades.items()}
+
+    def apply(app: str, code: str, amount: int, collateral: int = 0) -> Any:
+        _, token = consent_env.grant(code, purpose="guarantee")
+        with client(pki, coord) as c:
+            return c.apply(
+                application_id=app, enterprise=code, token=token, amount_yuan=amount, term_months=12,
+                collateral_yuan=collateral,
+            )  # fmt: skip
+
+    _decide_each_grade(coord, grades, apply)
+    _fill_capacity(pki, coord, grades, apply)
+    _report_outcomes(pki, coord)
 
 
 def test_application_ids_are_per_bank(
