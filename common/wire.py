@@ -64,6 +64,19 @@ def purpose_label(value: int) -> str:
     return PURPOSE_FROM_PB.get(value, f"unknown({value})")
 
 
+# -- provenance (GetFeaturesRequest.via; every ledger entry's "via") -----------------
+
+# How an act reached a service: "" its caller's own certificate, "portal" a person's
+# delegated session at the portal (consent/delegation.py). Provenance only: no service
+# grants or refuses anything by it.
+VIA_VALUES: Final[tuple[str, ...]] = ("", "portal")
+
+
+def via_field(via: str) -> dict[str, str]:
+    """An entry's ``via`` field: ``{"via": via}``, or nothing for the caller's own act."""
+    return {"via": via} if via else {}
+
+
 # -- feature catalog enums (fedcredit.v1.FeatureType, Sensitivity, Missing) --------
 
 FEATURE_TYPE_TO_PB: Final[Mapping[str, int]] = {

@@ -97,11 +97,14 @@ class NodeFeatures(Protocol):
         bank_cert_sha256: bytes,
         timeout: float,
         use_id: str = "",
+        via: str = "",
     ) -> list[NodeAnswer]:
         """One answer per item, in order; raise NodeUnavailable/NodeDeadlineExceeded when the node fails.
 
         ``use_id``: the use the coordinator reserved (sent as the request id; the node
-        joins that use at the consent service instead of opening one of its own)."""
+        joins that use at the consent service instead of opening one of its own).
+        ``via``: how the bank's request reached the coordinator ("portal": a delegated
+        session it verified), written to the node's disclosure entries as provenance."""
         ...
 
     async def close(self) -> None: ...

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fedcredit.common.tls import Identity
+from fedcredit.common.wire import via_field
 from fedcredit.coordinator.errors import (
     ApplicationNotFound,
     GuaranteeNotActive,
@@ -100,7 +101,7 @@ def decision_entry(bank: Identity, app: Application, a: Assessment, d: Decision)
         "fund_share_bp": d.fund_share_bp,
         "fund_amount": d.fund_amount,
         "collateral_required": d.collateral_required,
-        **({"via": bank.via} if bank.via else {}),  # "portal": a person's delegated session
+        **via_field(bank.via),  # "portal": a person's delegated session
     }
 
 

@@ -22,7 +22,7 @@ from fedcredit.common.errors import (
 )
 from fedcredit.common.rpc import STATUS_DETAILS_KEY
 from fedcredit.common.tls import TlsFiles, channel
-from fedcredit.common.wire import item_exception, purpose_to_pb
+from fedcredit.common.wire import item_exception
 from fedcredit.coordinator.errors import NodeDeadlineExceeded, NodeUnavailable
 from fedcredit.coordinator.fanout import (
     CatalogFeature,
@@ -32,7 +32,8 @@ from fedcredit.coordinator.fanout import (
     NodeAnswer,
     NodeFeatures,
 )
-from fedcredit.v1 import common_pb2, feature_pb2, feature_pb2_grpc
+from fedcredit.node.client import build_request
+from fedcredit.v1 import feature_pb2, feature_pb2_grpc
 
 if TYPE_CHECKING:
     from fedcredit.common.config import NodeConfig
@@ -140,14 +141,13 @@ class GrpcNode:
         bank_cert_sha256: bytes,
         timeout: float,
         use_id: str = "",
+        via: str = "",
     ) -> list[NodeAnswer]:
-        head = feature_pb2.GetFeaturesRequest(
-            features=list(features),
-            purpose=common_pb2.Purpose.ValueType(purpose_to_pb(purpose)),
-            on_behalf_of=bank_org,
-            on_behalf_of_cert_sha256=bank_cert_sha256,
-            request_id=use_id,
-        ).SerializeToString()
+        # the request's own fields through the node SDK's one mapping; the items after them
+        head = build_request(
+            (), features, purpose=purpose, on_behalf_of=bank_org,
+            on_behalf_of_cert_sha256=bank_cert_sha256, request_id=use_id, via=via,
+        ).SerializeToString()  # fmt: skip
         try:
             resp = await self._get_features(head + encode_items(items), timeout=timeout)
         except grpc.RpcError as exc:

@@ -28,6 +28,7 @@ import lightgbm as lgb
 import numpy as np
 
 from fedcredit.common.evidence import EvidenceSink
+from fedcredit.common.wire import via_field
 from fedcredit.coordinator.errors import InvalidModel, ModelChanged, ModelVersionExists
 from fedcredit.coordinator.gate import BlockingLedgerGate
 from fedcredit.coordinator.model import load_booster, model_sha256
@@ -216,7 +217,7 @@ class Registry:
                     "actor": actor,
                     "thresholds": thresholds.to_dict(),
                     "grade_counts": counts,
-                    **({"via": via} if via else {}),
+                    **via_field(via),
                     **(evidence or {}),
                 },
             )

@@ -47,6 +47,7 @@ from fedcredit.common.canonical import canonical_json, number
 from fedcredit.common.errors import DeadlineExceeded, FedcreditError, Internal, Unavailable
 from fedcredit.common.tls import Identity
 from fedcredit.common.uscc import validate as validate_uscc
+from fedcredit.common.wire import via_field
 from fedcredit.consent.verify import TokenVerifier, UseCounter, UseRef, VerifiedConsent
 from fedcredit.coordinator.deadline import bounded
 from fedcredit.coordinator.errors import (
@@ -576,6 +577,7 @@ class Scorer:
                             bank_cert_sha256=bank.cert_sha256,
                             timeout=deadline,
                             use_id=use_id,
+                            via=bank.via,
                         )
                         for c in chunks
                     )
@@ -786,7 +788,7 @@ class Scorer:
             "rating": a.rating,
             "feature_hash": a.feature_hash,
             "missing_categories": a.missing_categories,
-            **({"via": bank.via} if bank.via else {}),  # "portal": a person's delegated session
+            **via_field(bank.via),  # "portal": a person's delegated session
         }
 
     async def score_many(

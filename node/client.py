@@ -77,7 +77,12 @@ def build_request(
     on_behalf_of_cert_sha256: bytes = b"",
     request_id: str = "",
     chunk_size: int = 0,
+    via: str = "",
 ) -> Any:
+    """The GetFeaturesRequest (the one mapping: the coordinator builds its fan-out head
+    with it too). ``via``: provenance only, from the coordinator ("portal": a person's
+    delegated session it verified); the node writes it to its disclosure entries and
+    decides nothing by it."""
     return feature_pb2.GetFeaturesRequest(
         items=[feature_pb2.EnterpriseRequest(enterprise=e, consent_token=t) for e, t in items],
         features=list(features),
@@ -86,6 +91,7 @@ def build_request(
         on_behalf_of_cert_sha256=on_behalf_of_cert_sha256,
         request_id=request_id,
         chunk_size=chunk_size,
+        via=via,
     )
 
 

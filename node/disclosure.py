@@ -3,8 +3,10 @@
 Every answer is first appended to the node's own local ledger (``ledger.log.Log``):
 one entry per enterprise served, kind ``feature_disclosure``, subject the enterprise's
 credit code, payload = who asked (caller organisation and role), on whose behalf,
-purpose, consent ``jti``, the feature *names* (never values), the request id and the
-data version. Population aggregates (bin edges) are logged as ``aggregate_disclosure``.
+purpose, consent ``jti``, the feature *names* (never values), the request id, the
+data version and, when the coordinator served a person's delegated session at the
+portal, ``via: portal`` (provenance the coordinator vouches for; the node cannot check
+it and decides nothing by it). Population aggregates (bin edges) are logged as ``aggregate_disclosure``.
 Entries of one request are appended atomically; if that fails, nothing is answered.
 
 :class:`CheckpointPublisher` publishes the log's latest signed checkpoint to the central
@@ -21,6 +23,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fedcredit.common.evidence import EvidenceSink, Receipt
+from fedcredit.common.wire import via_field
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -79,6 +82,7 @@ def feature_payload(
     request_id: str,
     data_version: int,
     as_of: str,
+    via: str = "",
 ) -> dict[str, Any]:
     return {
         "node": node,
@@ -91,6 +95,7 @@ def feature_payload(
         "request_id": request_id,
         "data_version": data_version,
         "as_of": as_of,
+        **via_field(via),
     }
 
 

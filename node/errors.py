@@ -57,6 +57,12 @@ class OnBehalfOfMismatch(PermissionDenied):
     reason = "ON_BEHALF_OF_MISMATCH"
 
 
+class ViaNotAllowed(InvalidArgument):
+    """``via`` set by a caller that is not the coordinator, or to an unknown value."""
+
+    reason = "VIA_NOT_ALLOWED"
+
+
 class UnknownBank(PermissionDenied):
     """The bank named in on_behalf_of is not a bank of this deployment."""
 

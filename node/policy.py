@@ -24,12 +24,14 @@ from typing import Literal
 from fedcredit.common.departments import PURPOSES
 from fedcredit.common.errors import RoleNotAllowed
 from fedcredit.common.tls import Identity
+from fedcredit.common.wire import VIA_VALUES
 from fedcredit.node.errors import (
     OnBehalfOfMismatch,
     OnBehalfOfRequired,
     PurposeNotAllowed,
     PurposeRequired,
     UnknownBank,
+    ViaNotAllowed,
 )
 
 OnBehalf = Literal["bank", "self"]
@@ -43,6 +45,16 @@ class Rule:
     release: bool  # features reach the bank itself (score-only consents do not allow it)
 
 
+def check_via(caller: Identity, via: str) -> None:
+    """``via`` is provenance the coordinator vouches for (it verified the portal's
+    delegation ticket); a bank calling directly acts through no portal, and a value this
+    build does not know is refused rather than written to the log."""
+    if via and caller.role != "coordinator":
+        raise ViaNotAllowed(f"only the coordinator says how a request reached it; {caller.org_id} ({caller.role}) sent via={via[:40]!r}")  # fmt: skip
+    if via not in VIA_VALUES:
+        raise ViaNotAllowed(f"expected via of {VIA_VALUES}, got {via[:40]!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """Who the consent tokens must be bound to, and whether features are released."""
@@ -50,6 +62,9 @@ class Decision:
     bank_org: str
     bank_cert_sha256: bytes
     release: bool
+    # Provenance the coordinator vouches for ("portal": a person's delegated session), written
+    # to the disclosure entries; never part of any decision here (the node cannot check it).
+    via: str = ""
 
 
 DEFAULT_RULES: tuple[Rule, ...] = (
@@ -78,9 +93,16 @@ class AccessPolicy:
         return purpose
 
     def decide(
-        self, caller: Identity, purpose: str, on_behalf_of: str, on_behalf_cert: bytes
+        self,
+        caller: Identity,
+        purpose: str,
+        on_behalf_of: str,
+        on_behalf_cert: bytes,
+        via: str = "",
     ) -> Decision:
-        """Allow the request or raise the precise refusal (default deny)."""
+        """Allow the request or raise the precise refusal (default deny). ``via``: the
+        request's provenance, accepted from the coordinator only (:func:`check_via`)."""
+        check_via(caller, via)
         purpose = self._purpose(purpose)
         roles = [r for r in self.rules if r.role == caller.role]
         if not roles:
@@ -120,7 +142,7 @@ class AccessPolicy:
             raise UnknownBank(
                 f"{on_behalf_of!r} is not a bank of this deployment", bank=on_behalf_of
             )
-        return Decision(on_behalf_of, on_behalf_cert, rule.release)
+        return Decision(on_behalf_of, on_behalf_cert, rule.release, via)
 
     def decide_aggregate(self, caller: Identity, purpose: str) -> None:
         purpose = self._purpose(purpose)

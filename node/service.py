@@ -172,8 +172,9 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
     ) -> tuple[Decision, str, list[int], StoreState]:
         purpose = purpose_label(request.purpose)
         decision = self.policy.decide(
-            caller, purpose, request.on_behalf_of, bytes(request.on_behalf_of_cert_sha256)
-        )
+            caller, purpose, request.on_behalf_of, bytes(request.on_behalf_of_cert_sha256),
+            request.via,
+        )  # fmt: skip
         n = len(request.items)
         if n == 0:
             raise EmptyBatch("the request holds no enterprise; send at least one item")
@@ -419,6 +420,7 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
             request_id=request_id,
             data_version=st.data_version,
             as_of=st.as_of_text,
+            via=decision.via,
         )
         wait = self._submit_each(template, list(zip(codes, jtis, strict=True)))
         if cols == self._all_columns:

@@ -73,6 +73,7 @@ T: dict[str, tuple[str, str]] = {
     "kind": ("类型", "Kind"),
     "when": ("时间", "When"),
     "actor": ("操作方", "By"),
+    "via_portal": ("（经门户）", "(via the portal)"),
     "proof": ("证明", "Proof"),
     "verifying": ("验证中…", "verifying…"),
     "verified": ("已验证", "verified"),

@@ -13,6 +13,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from fedcredit.common.errors import FedcreditError, InvalidArgument, ResourceExhausted
+from fedcredit.common.wire import VIA_VALUES
 from fedcredit.portal.security import Session
 from fedcredit.portal.web import (
     HOME,
@@ -217,7 +218,10 @@ def access_row(e: dict[str, Any]) -> dict[str, Any]:
     if kind == "score_access" and "rating" in payload:
         what += f" ({payload['rating']})"
     who = payload.get("bank") if kind == "score_access" else payload.get("actor")
-    return {**e, "kind": what, "actor": who or body.get("actor", "?"),
+    # how the act reached the service ("portal": a person's session there), as ledgered;
+    # the nodes' disclosure entries for a score carry the same (node/disclosure.py)
+    via = payload.get("via") if payload.get("via") in VIA_VALUES else ""
+    return {**e, "kind": what, "actor": who or body.get("actor", "?"), "via": via,
             "at": body.get("time") or payload.get("at")}  # fmt: skip
 
 

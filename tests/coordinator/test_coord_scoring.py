@@ -194,6 +194,41 @@ def _own_nodes(
     return ns, c
 
 
+def test_a_score_through_the_portal_reaches_every_node_as_provenance(
+    pki: Any, consent_env: ConsentEnv, city: City, tmp_path: Path
+) -> None:
+    """A bank's Score that came through the portal (a delegated session the coordinator
+    verified: the bank's identity ``via`` portal) is ledgered ``via: portal`` at the
+    coordinator and in every node's disclosure entries; the bank's own call in neither."""
+    import json
+
+    from fedcredit.common.tls import Identity
+    from fedcredit.coordinator.scoring import ScoreItem
+
+    ns, c = _own_nodes(pki, consent_env, city, tmp_path, "refuse")
+    try:
+        cert = pki.tls(BANK).identity().cert_sha256
+        (portal_code, own_code), tokens = city.codes[70:72], {}
+        for code in (portal_code, own_code):
+            tokens[code] = consent_env.grant(code)[1]
+        scorer = c.server.app.scorer  # type: ignore[union-attr]
+        for code, via in ((portal_code, "portal"), (own_code, "")):
+            item = ScoreItem(code, tokens[code], f"r-{code}")
+            [got] = c.server.run(scorer.score_many(Identity(BANK, "bank", cert, via=via), [item], "credit_assessment"))  # fmt: skip
+            assert not isinstance(got, FedcreditError), got
+        access = {e.subject: e.payload for e in c.ledger.entries("score_access")}
+        assert access[portal_code]["via"] == "portal" and "via" not in access[own_code]
+        for n in ns:
+            entries = [json.loads(e.data) for e in n.log.get_entries(0, n.log.size)]
+            by_code = {e["subject"]: e["payload"] for e in entries}
+            assert by_code[portal_code]["via"] == "portal", n.org_id
+            assert "via" not in by_code[own_code], n.org_id
+    finally:
+        stop_coordinator(c)
+        for n in ns:
+            n.close()
+
+
 @pytest.mark.parametrize("policy", ["refuse", "score_missing"])
 def test_node_down(
     pki: Any, consent_env: ConsentEnv, city: City, tmp_path: Path, policy: str

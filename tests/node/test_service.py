@@ -273,3 +273,31 @@ def test_no_log_entry_no_answer(
         c.get_features([(code, tok)], **node.coordinator_kw())
     assert (exc.value.code.name, exc.value.reason) == ("UNAVAILABLE", "DISCLOSURE_LOG_UNAVAILABLE")
     assert "nothing was disclosed" in exc.value.message
+
+
+def test_via_is_the_coordinators_provenance_written_to_the_entries_and_nothing_more(
+    make_node: NodeFactory, consents: Consents, small_world: Path
+) -> None:
+    """The coordinator says a Score reached it through the portal (a delegated session it
+    verified); the node writes ``via: portal`` to each disclosure entry and decides nothing
+    by it. Nobody else may say it, and no other value is written."""
+    node = make_node("tax")
+    a, b = world_codes(small_world)[50:52]
+    with node.client() as c:
+        [r] = c.get_features([(a, consents.token(a))], **node.coordinator_kw(use_id="req-portal"), via="portal")  # fmt: skip
+        [own] = c.get_features([(b, consents.token(b))], **node.coordinator_kw(use_id="req-own"))
+    assert r.error is None and own.error is None
+    portal, direct = (
+        json.loads(e.data)["payload"] for e in node.log.get_entries(0, node.entries())
+    )
+    assert portal["via"] == "portal" and set(portal) == DISCLOSURE_KEYS | {"via"}
+    assert set(direct) == DISCLOSURE_KEYS  # the coordinator's own act: no via at all
+    logged = node.entries()
+    with node.client() as c, pytest.raises(FedcreditError) as exc:
+        c.get_features([(a, consents.token(a))], **node.coordinator_kw(), via="web")
+    assert (exc.value.reason, exc.value.code.name) == ("VIA_NOT_ALLOWED", "INVALID_ARGUMENT")
+    own_consent = consents.token(a, purpose="model_training")
+    with node.client(BANK) as c, pytest.raises(FedcreditError) as exc:
+        c.get_features([(a, own_consent)], purpose="model_training", via="portal")
+    assert exc.value.reason == "VIA_NOT_ALLOWED" and BANK in exc.value.message
+    assert node.entries() == logged

@@ -93,6 +93,36 @@ def test_a_bank_scores_through_the_portal_only_with_its_ticket(
     assert access and access[-1]["bank"] == BANK and access[-1]["via"] == "portal"
 
 
+def test_the_enterprise_sees_that_a_score_came_through_the_portal(
+    federation: Federation, scoring: Scoring, bank_session: Any
+) -> None:
+    """The access page names how each act reached the service: a bank's Score through the
+    portal is shown ``via the portal`` (from the ledgered entry the page verifies)."""
+    import httpx
+
+    from tests.portal.test_portal_http import enrolled
+    from tests.portal.webclient import Visitor
+
+    ent, cid = _active_consent(federation)
+    with PasskeyClient(federation.consent_address, federation.pki.tls("portal"), server_org="consent-service") as pk:  # fmt: skip
+        token = pk.bank_token(bank_session.ticket, cid).token or ""
+        ticket, _ = pk.delegate(bank_session.ticket, "coordinator")
+    with _portal(federation, scoring) as c:
+        r = c.delegated(ticket).score(ent, token)
+    federation.settle()
+    with httpx.Client(base_url=federation.url.replace("localhost", "127.0.0.1"), timeout=30) as h:
+        v = Visitor(h)
+        enrolled(federation, v, ent)
+        page = v.get("/enterprise/access").text
+    row = page[page.index(f'<tr data-index="{r.ledger_index}"') :]
+    row = row[: row.index("</tr>")]
+    assert "score_access" in row and 'data-via="portal"' in row and "经门户" in row
+    consent_rows = [x for x in page.split("<tr ")[1:] if "consent_event" in x]
+    assert consent_rows and not any(
+        "data-via" in x for x in consent_rows[:1]
+    )  # the bank's own request
+
+
 @pytest.mark.parametrize(
     ("case", "error"),
     [

@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from fedcredit.v1 import common_pb2 as fedcredit_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64\x63redit/v1/feature.proto\x12\x0c\x66\x65\x64\x63redit.v1\x1a\x19\x66\x65\x64\x63redit/v1/common.proto\"\x82\x02\n\x11\x46\x65\x61tureDescriptor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x12\n\ndepartment\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0c\n\x04unit\x18\x05 \x01(\t\x12\'\n\x04type\x18\x06 \x01(\x0e\x32\x19.fedcredit.v1.FeatureType\x12.\n\x0bsensitivity\x18\x07 \x01(\x0e\x32\x19.fedcredit.v1.Sensitivity\x12\x0e\n\x06tables\x18\x08 \x03(\t\x12\x13\n\x0b\x63omputation\x18\t \x01(\t\x12\x18\n\x10zero_when_absent\x18\n \x01(\x08\"\x13\n\x11GetCatalogRequest\"\xa8\x01\n\x07\x43\x61talog\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\r\n\x05\x61s_of\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x61ta_version\x18\x05 \x01(\x04\x12\x31\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x1f.fedcredit.v1.FeatureDescriptor\x12\x11\n\tmax_batch\x18\x07 \x01(\r\">\n\x11\x45nterpriseRequest\x12\x12\n\nenterprise\x18\x01 \x01(\t\x12\x15\n\rconsent_token\x18\x02 \x01(\t\"\xde\x01\n\x12GetFeaturesRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.fedcredit.v1.EnterpriseRequest\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12&\n\x07purpose\x18\x03 \x01(\x0e\x32\x15.fedcredit.v1.Purpose\x12\x14\n\x0con_behalf_of\x18\x04 \x01(\t\x12 \n\x18on_behalf_of_cert_sha256\x18\x05 \x01(\x0c\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x12\n\nchunk_size\x18\x07 \x01(\r\"\xb2\x01\n\rFeatureVector\x12\x12\n\nenterprise\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12&\n\x07missing\x18\x03 \x03(\x0e\x32\x15.fedcredit.v1.Missing\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.fedcredit.v1.ItemError\x12\x13\n\x0b\x63onsent_jti\x18\x05 \x01(\t\x12\x18\n\x10\x64isclosure_index\x18\x06 \x01(\x04\"x\n\x13GetFeaturesResponse\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\t\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x1b.fedcredit.v1.FeatureVector\x12\r\n\x05\x61s_of\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x61ta_version\x18\x04 \x01(\x04\"`\n\x12GetBinEdgesRequest\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\t\x12\x10\n\x08max_bins\x18\x02 \x01(\r\x12&\n\x07purpose\x18\x03 \x01(\x0e\x32\x15.fedcredit.v1.Purpose\"I\n\x0c\x46\x65\x61tureEdges\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cupper_bounds\x18\x02 \x03(\x01\x12\x15\n\rmissing_share\x18\x03 \x01(\x01\"\x88\x01\n\x08\x42inEdges\x12,\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1a.fedcredit.v1.FeatureEdges\x12\x12\n\npopulation\x18\x02 \x01(\x04\x12\x15\n\rmin_bin_count\x18\x03 \x01(\r\x12\r\n\x05\x61s_of\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x61ta_version\x18\x05 \x01(\x04\"*\n\x0fScreeningClause\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03\x63\x65l\x18\x02 \x01(\t\"y\n\rScreenRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0blegal_basis\x18\x02 \x01(\t\x12.\n\x07\x63lauses\x18\x03 \x03(\x0b\x32\x1d.fedcredit.v1.ScreeningClause\x12\x13\n\x0b\x65nterprises\x18\x04 \x03(\t\"&\n\nClauseBits\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x62its\x18\x02 \x01(\x0c\"\x8f\x01\n\x0eScreenResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.fedcredit.v1.ClauseBits\x12\x13\n\x0b\x65nterprises\x18\x02 \x01(\r\x12\x14\n\x0c\x64\x61ta_version\x18\x03 \x01(\x04\x12\r\n\x05\x61s_of\x18\x04 \x01(\t\x12\x18\n\x10\x64isclosure_index\x18\x05 \x01(\x04\"_\n\rCohortRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x13\n\x0blegal_basis\x18\x02 \x01(\t\x12\x12\n\nindicators\x18\x03 \x03(\t\x12\x13\n\x0b\x65nterprises\x18\x04 \x03(\t\"T\n\x12IndicatorAggregate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07present\x18\x02 \x01(\r\x12\x0b\n\x03sum\x18\x03 \x01(\x01\x12\x12\n\nsuppressed\x18\x04 \x01(\t\"\xaf\x01\n\x0f\x43ohortAggregate\x12\x34\n\nindicators\x18\x01 \x03(\x0b\x32 .fedcredit.v1.IndicatorAggregate\x12\x13\n\x0b\x65nterprises\x18\x02 \x01(\r\x12\x12\n\nmin_cohort\x18\x03 \x01(\r\x12\x14\n\x0c\x64\x61ta_version\x18\x04 \x01(\x04\x12\r\n\x05\x61s_of\x18\x05 \x01(\t\x12\x18\n\x10\x64isclosure_index\x18\x06 \x01(\x04*\x8a\x01\n\x0b\x46\x65\x61tureType\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x45\x41TURE_TYPE_INT\x10\x01\x12\x16\n\x12\x46\x45\x41TURE_TYPE_FLOAT\x10\x02\x12\x15\n\x11\x46\x45\x41TURE_TYPE_BOOL\x10\x03\x12\x18\n\x14\x46\x45\x41TURE_TYPE_ORDINAL\x10\x04*|\n\x0bSensitivity\x12\x1b\n\x17SENSITIVITY_UNSPECIFIED\x10\x00\x12\x16\n\x12SENSITIVITY_PUBLIC\x10\x01\x12\x1a\n\x16SENSITIVITY_RESTRICTED\x10\x02\x12\x1c\n\x18SENSITIVITY_CONFIDENTIAL\x10\x03*O\n\x07Missing\x12\x13\n\x0fMISSING_PRESENT\x10\x00\x12\x16\n\x12MISSING_NO_RECORDS\x10\x01\x12\x17\n\x13MISSING_NOT_COVERED\x10\x02\x32\xe8\x03\n\x0e\x46\x65\x61tureService\x12\x44\n\nGetCatalog\x12\x1f.fedcredit.v1.GetCatalogRequest\x1a\x15.fedcredit.v1.Catalog\x12R\n\x0bGetFeatures\x12 .fedcredit.v1.GetFeaturesRequest\x1a!.fedcredit.v1.GetFeaturesResponse\x12W\n\x0eStreamFeatures\x12 .fedcredit.v1.GetFeaturesRequest\x1a!.fedcredit.v1.GetFeaturesResponse0\x01\x12G\n\x0bGetBinEdges\x12 .fedcredit.v1.GetBinEdgesRequest\x1a\x16.fedcredit.v1.BinEdges\x12K\n\x0eScreenPolicies\x12\x1b.fedcredit.v1.ScreenRequest\x1a\x1c.fedcredit.v1.ScreenResponse\x12M\n\x0f\x41ggregateCohort\x12\x1b.fedcredit.v1.CohortRequest\x1a\x1d.fedcredit.v1.CohortAggregateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64\x63redit/v1/feature.proto\x12\x0c\x66\x65\x64\x63redit.v1\x1a\x19\x66\x65\x64\x63redit/v1/common.proto\"\x82\x02\n\x11\x46\x65\x61tureDescriptor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x12\n\ndepartment\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0c\n\x04unit\x18\x05 \x01(\t\x12\'\n\x04type\x18\x06 \x01(\x0e\x32\x19.fedcredit.v1.FeatureType\x12.\n\x0bsensitivity\x18\x07 \x01(\x0e\x32\x19.fedcredit.v1.Sensitivity\x12\x0e\n\x06tables\x18\x08 \x03(\t\x12\x13\n\x0b\x63omputation\x18\t \x01(\t\x12\x18\n\x10zero_when_absent\x18\n \x01(\x08\"\x13\n\x11GetCatalogRequest\"\xa8\x01\n\x07\x43\x61talog\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\r\n\x05\x61s_of\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x61ta_version\x18\x05 \x01(\x04\x12\x31\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x1f.fedcredit.v1.FeatureDescriptor\x12\x11\n\tmax_batch\x18\x07 \x01(\r\">\n\x11\x45nterpriseRequest\x12\x12\n\nenterprise\x18\x01 \x01(\t\x12\x15\n\rconsent_token\x18\x02 \x01(\t\"\xeb\x01\n\x12GetFeaturesRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.fedcredit.v1.EnterpriseRequest\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12&\n\x07purpose\x18\x03 \x01(\x0e\x32\x15.fedcredit.v1.Purpose\x12\x14\n\x0con_behalf_of\x18\x04 \x01(\t\x12 \n\x18on_behalf_of_cert_sha256\x18\x05 \x01(\x0c\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x12\n\nchunk_size\x18\x07 \x01(\r\x12\x0b\n\x03via\x18\x08 \x01(\t\"\xb2\x01\n\rFeatureVector\x12\x12\n\nenterprise\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12&\n\x07missing\x18\x03 \x03(\x0e\x32\x15.fedcredit.v1.Missing\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.fedcredit.v1.ItemError\x12\x13\n\x0b\x63onsent_jti\x18\x05 \x01(\t\x12\x18\n\x10\x64isclosure_index\x18\x06 \x01(\x04\"x\n\x13GetFeaturesResponse\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\t\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x1b.fedcredit.v1.FeatureVector\x12\r\n\x05\x61s_of\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x61ta_version\x18\x04 \x01(\x04\"`\n\x12GetBinEdgesRequest\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\t\x12\x10\n\x08max_bins\x18\x02 \x01(\r\x12&\n\x07purpose\x18\x03 \x01(\x0e\x32\x15.fedcredit.v1.Purpose\"I\n\x0c\x46\x65\x61tureEdges\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cupper_bounds\x18\x02 \x03(\x01\x12\x15\n\rmissing_share\x18\x03 \x01(\x01\"\x88\x01\n\x08\x42inEdges\x12,\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1a.fedcredit.v1.FeatureEdges\x12\x12\n\npopulation\x18\x02 \x01(\x04\x12\x15\n\rmin_bin_count\x18\x03 \x01(\r\x12\r\n\x05\x61s_of\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x61ta_version\x18\x05 \x01(\x04\"*\n\x0fScreeningClause\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03\x63\x65l\x18\x02 \x01(\t\"y\n\rScreenRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0blegal_basis\x18\x02 \x01(\t\x12.\n\x07\x63lauses\x18\x03 \x03(\x0b\x32\x1d.fedcredit.v1.ScreeningClause\x12\x13\n\x0b\x65nterprises\x18\x04 \x03(\t\"&\n\nClauseBits\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x62its\x18\x02 \x01(\x0c\"\x8f\x01\n\x0eScreenResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.fedcredit.v1.ClauseBits\x12\x13\n\x0b\x65nterprises\x18\x02 \x01(\r\x12\x14\n\x0c\x64\x61ta_version\x18\x03 \x01(\x04\x12\r\n\x05\x61s_of\x18\x04 \x01(\t\x12\x18\n\x10\x64isclosure_index\x18\x05 \x01(\x04\"_\n\rCohortRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x13\n\x0blegal_basis\x18\x02 \x01(\t\x12\x12\n\nindicators\x18\x03 \x03(\t\x12\x13\n\x0b\x65nterprises\x18\x04 \x03(\t\"T\n\x12IndicatorAggregate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07present\x18\x02 \x01(\r\x12\x0b\n\x03sum\x18\x03 \x01(\x01\x12\x12\n\nsuppressed\x18\x04 \x01(\t\"\xaf\x01\n\x0f\x43ohortAggregate\x12\x34\n\nindicators\x18\x01 \x03(\x0b\x32 .fedcredit.v1.IndicatorAggregate\x12\x13\n\x0b\x65nterprises\x18\x02 \x01(\r\x12\x12\n\nmin_cohort\x18\x03 \x01(\r\x12\x14\n\x0c\x64\x61ta_version\x18\x04 \x01(\x04\x12\r\n\x05\x61s_of\x18\x05 \x01(\t\x12\x18\n\x10\x64isclosure_index\x18\x06 \x01(\x04*\x8a\x01\n\x0b\x46\x65\x61tureType\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x45\x41TURE_TYPE_INT\x10\x01\x12\x16\n\x12\x46\x45\x41TURE_TYPE_FLOAT\x10\x02\x12\x15\n\x11\x46\x45\x41TURE_TYPE_BOOL\x10\x03\x12\x18\n\x14\x46\x45\x41TURE_TYPE_ORDINAL\x10\x04*|\n\x0bSensitivity\x12\x1b\n\x17SENSITIVITY_UNSPECIFIED\x10\x00\x12\x16\n\x12SENSITIVITY_PUBLIC\x10\x01\x12\x1a\n\x16SENSITIVITY_RESTRICTED\x10\x02\x12\x1c\n\x18SENSITIVITY_CONFIDENTIAL\x10\x03*O\n\x07Missing\x12\x13\n\x0fMISSING_PRESENT\x10\x00\x12\x16\n\x12MISSING_NO_RECORDS\x10\x01\x12\x17\n\x13MISSING_NOT_COVERED\x10\x02\x32\xe8\x03\n\x0e\x46\x65\x61tureService\x12\x44\n\nGetCatalog\x12\x1f.fedcredit.v1.GetCatalogRequest\x1a\x15.fedcredit.v1.Catalog\x12R\n\x0bGetFeatures\x12 .fedcredit.v1.GetFeaturesRequest\x1a!.fedcredit.v1.GetFeaturesResponse\x12W\n\x0eStreamFeatures\x12 .fedcredit.v1.GetFeaturesRequest\x1a!.fedcredit.v1.GetFeaturesResponse0\x01\x12G\n\x0bGetBinEdges\x12 .fedcredit.v1.GetBinEdgesRequest\x1a\x16.fedcredit.v1.BinEdges\x12K\n\x0eScreenPolicies\x12\x1b.fedcredit.v1.ScreenRequest\x1a\x1c.fedcredit.v1.ScreenResponse\x12M\n\x0f\x41ggregateCohort\x12\x1b.fedcredit.v1.CohortRequest\x1a\x1d.fedcredit.v1.CohortAggregateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedcredit.v1.feature_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEATURETYPE']._serialized_start=2143
-  _globals['_FEATURETYPE']._serialized_end=2281
-  _globals['_SENSITIVITY']._serialized_start=2283
-  _globals['_SENSITIVITY']._serialized_end=2407
-  _globals['_MISSING']._serialized_start=2409
-  _globals['_MISSING']._serialized_end=2488
+  _globals['_FEATURETYPE']._serialized_start=2156
+  _globals['_FEATURETYPE']._serialized_end=2294
+  _globals['_SENSITIVITY']._serialized_start=2296
+  _globals['_SENSITIVITY']._serialized_end=2420
+  _globals['_MISSING']._serialized_start=2422
+  _globals['_MISSING']._serialized_end=2501
   _globals['_FEATUREDESCRIPTOR']._serialized_start=72
   _globals['_FEATUREDESCRIPTOR']._serialized_end=330
   _globals['_GETCATALOGREQUEST']._serialized_start=332
@@ -47,31 +47,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENTERPRISEREQUEST']._serialized_start=524
   _globals['_ENTERPRISEREQUEST']._serialized_end=586
   _globals['_GETFEATURESREQUEST']._serialized_start=589
-  _globals['_GETFEATURESREQUEST']._serialized_end=811
-  _globals['_FEATUREVECTOR']._serialized_start=814
-  _globals['_FEATUREVECTOR']._serialized_end=992
-  _globals['_GETFEATURESRESPONSE']._serialized_start=994
-  _globals['_GETFEATURESRESPONSE']._serialized_end=1114
-  _globals['_GETBINEDGESREQUEST']._serialized_start=1116
-  _globals['_GETBINEDGESREQUEST']._serialized_end=1212
-  _globals['_FEATUREEDGES']._serialized_start=1214
-  _globals['_FEATUREEDGES']._serialized_end=1287
-  _globals['_BINEDGES']._serialized_start=1290
-  _globals['_BINEDGES']._serialized_end=1426
-  _globals['_SCREENINGCLAUSE']._serialized_start=1428
-  _globals['_SCREENINGCLAUSE']._serialized_end=1470
-  _globals['_SCREENREQUEST']._serialized_start=1472
-  _globals['_SCREENREQUEST']._serialized_end=1593
-  _globals['_CLAUSEBITS']._serialized_start=1595
-  _globals['_CLAUSEBITS']._serialized_end=1633
-  _globals['_SCREENRESPONSE']._serialized_start=1636
-  _globals['_SCREENRESPONSE']._serialized_end=1779
-  _globals['_COHORTREQUEST']._serialized_start=1781
-  _globals['_COHORTREQUEST']._serialized_end=1876
-  _globals['_INDICATORAGGREGATE']._serialized_start=1878
-  _globals['_INDICATORAGGREGATE']._serialized_end=1962
-  _globals['_COHORTAGGREGATE']._serialized_start=1965
-  _globals['_COHORTAGGREGATE']._serialized_end=2140
-  _globals['_FEATURESERVICE']._serialized_start=2491
-  _globals['_FEATURESERVICE']._serialized_end=2979
+  _globals['_GETFEATURESREQUEST']._serialized_end=824
+  _globals['_FEATUREVECTOR']._serialized_start=827
+  _globals['_FEATUREVECTOR']._serialized_end=1005
+  _globals['_GETFEATURESRESPONSE']._serialized_start=1007
+  _globals['_GETFEATURESRESPONSE']._serialized_end=1127
+  _globals['_GETBINEDGESREQUEST']._serialized_start=1129
+  _globals['_GETBINEDGESREQUEST']._serialized_end=1225
+  _globals['_FEATUREEDGES']._serialized_start=1227
+  _globals['_FEATUREEDGES']._serialized_end=1300
+  _globals['_BINEDGES']._serialized_start=1303
+  _globals['_BINEDGES']._serialized_end=1439
+  _globals['_SCREENINGCLAUSE']._serialized_start=1441
+  _globals['_SCREENINGCLAUSE']._serialized_end=1483
+  _globals['_SCREENREQUEST']._serialized_start=1485
+  _globals['_SCREENREQUEST']._serialized_end=1606
+  _globals['_CLAUSEBITS']._serialized_start=1608
+  _globals['_CLAUSEBITS']._serialized_end=1646
+  _globals['_SCREENRESPONSE']._serialized_start=1649
+  _globals['_SCREENRESPONSE']._serialized_end=1792
+  _globals['_COHORTREQUEST']._serialized_start=1794
+  _globals['_COHORTREQUEST']._serialized_end=1889
+  _globals['_INDICATORAGGREGATE']._serialized_start=1891
+  _globals['_INDICATORAGGREGATE']._serialized_end=1975
+  _globals['_COHORTAGGREGATE']._serialized_start=1978
+  _globals['_COHORTAGGREGATE']._serialized_end=2153
+  _globals['_FEATURESERVICE']._serialized_start=2504
+  _globals['_FEATURESERVICE']._serialized_end=2992
 # @@protoc_insertion_point(module_scope)

@@ -17,7 +17,7 @@ per item in FeatureVector.error and the rest of the batch is served.
 
 Reasons specific to this service (request level): UNKNOWN_FEATURE, EMPTY_BATCH,
 DUPLICATE_ENTERPRISE, PURPOSE_REQUIRED, PURPOSE_NOT_ALLOWED, ON_BEHALF_OF_REQUIRED,
-ON_BEHALF_OF_MISMATCH, UNKNOWN_BANK, INVALID_MAX_BINS, INVALID_CHUNK_SIZE,
+ON_BEHALF_OF_MISMATCH, UNKNOWN_BANK, VIA_NOT_ALLOWED, INVALID_MAX_BINS, INVALID_CHUNK_SIZE,
 NO_DATA_LOADED, DISCLOSURE_LOG_UNAVAILABLE, plus the shared BATCH_TOO_LARGE,
 ROLE_NOT_ALLOWED and STORE_UNAVAILABLE. Per item: INVALID_USCC and the consent
 verifier's reasons (CONSENT_REVOKED, CONSENT_CATEGORY_NOT_COVERED,
@@ -247,6 +247,7 @@ class GetFeaturesRequest(_message.Message):
     ON_BEHALF_OF_CERT_SHA256_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    VIA_FIELD_NUMBER: _builtins.int
     purpose: _common_pb2.Purpose.ValueType
     on_behalf_of: _builtins.str
     """The bank the coordinator acts for (required when the caller is the coordinator;
@@ -258,6 +259,12 @@ class GetFeaturesRequest(_message.Message):
     """caller's correlation id, written to the log"""
     chunk_size: _builtins.int
     """StreamFeatures only: items per message (default 256)"""
+    via: _builtins.str
+    """Provenance only: "portal" when the coordinator serves a person's delegated session
+    at the portal (the coordinator verified the delegation ticket; the node cannot).
+    Written to the disclosure entries as "via"; never used for any decision. Only the
+    coordinator may set it, to "" or "portal" (VIA_NOT_ALLOWED otherwise).
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnterpriseRequest]: ...
     @_builtins.property
@@ -274,10 +281,11 @@ class GetFeaturesRequest(_message.Message):
         on_behalf_of_cert_sha256: _builtins.bytes = ...,
         request_id: _builtins.str = ...,
         chunk_size: _builtins.int = ...,
+        via: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "features", b"features", "items", b"items", "on_behalf_of", b"on_behalf_of", "on_behalf_of_cert_sha256", b"on_behalf_of_cert_sha256", "purpose", b"purpose", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "features", b"features", "items", b"items", "on_behalf_of", b"on_behalf_of", "on_behalf_of_cert_sha256", b"on_behalf_of_cert_sha256", "purpose", b"purpose", "request_id", b"request_id", "via", b"via"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
