@@ -149,7 +149,8 @@ def _portal_settings(layout: Layout) -> dict[str, Any]:
     names include ``localhost`` and ``portal``); in the test layout, plain HTTP on its
     127.0.0.1 port (http://localhost is a secure context for WebAuthn)."""
     host, port = layout.bind("portal", PORTAL_PORT)
-    out: dict[str, Any] = {"org": "portal", "address": f"{host}:{port}", "rp_id": "localhost"}
+    out: dict[str, Any] = {"org": "portal", "address": f"{host}:{port}", "rp_id": "localhost",
+                           "database": "sqlite:////data/portal.sqlite"}  # its batch jobs, on its volume  # fmt: skip
     if not layout.loopback:
         out["tls"] = True
     return out
@@ -255,13 +256,14 @@ def _platform(layout: Layout) -> dict[str, Any]:
         # Screening asks every node (where they run beside it); its store is on PostgreSQL.
         "policies": _fedcredit(layout, "policies", "policies", ["policy", "serve", *cfg],
                                volumes=[], depends=["postgres", "ledger", *nodes]),
-        # The portal keeps no store: passkeys live in the consent service, sessions in memory.
+        # The portal keeps only the banks' batch jobs (SQLite on its volume): passkeys live in
+        # the consent service, sessions in memory.
         # The marketplace: its store on PostgreSQL, every change to the ledger, the fund's
         # guarantee claims through the coordinator.
         "market": _fedcredit(layout, "market", "market", ["market", "serve", *cfg],
                              volumes=[], depends=["postgres", "ledger", "coordinator"]),
         "portal": _fedcredit(layout, "portal", "portal", ["portal", "serve", *cfg],
-                             volumes=[], depends=["ledger", "consent", "market"]),
+                             volumes=["portal-data:/data"], depends=["ledger", "consent", "market"]),
     }  # fmt: skip
 
 

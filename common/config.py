@@ -226,6 +226,12 @@ class Deployment:
         )
 
 
+def resolve_database(url: str, base: Path, where: str) -> str:
+    """A database URL of a deployment file: a relative SQLite path is under ``base`` (the
+    deployment's directory); a URL that does not parse is CONFIG_INVALID naming ``where``."""
+    return _resolve_db(url, base, where)
+
+
 def _resolve_db(url: str, base: Path, where: str) -> str:
     try:
         parsed = make_url(url)

@@ -230,6 +230,9 @@ def _run(job: B.Job, rows: list[B.Row], c: Any, ticket: str, passkeys: Any) -> N
     resumable ScoreBatch stream; every answer is counted as it arrives."""
     ready: list[B.Row] = []
     for r in rows:
+        if r.token_lost:  # read back after a restart: the portal kept no token
+            job.add(B.refusal(r, B.TokenNotKept.reason, "the portal keeps no consent token on disk and restarted since this row was uploaded; upload this row again"))  # fmt: skip
+            continue
         if not r.consent_id:
             ready.append(r)
             continue

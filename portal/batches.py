@@ -2,24 +2,39 @@
 their consent tokens), scored by the coordinator's resumable ScoreBatch under the bank's
 delegation ticket, with progress the page polls (htmx) and a CSV of the results.
 
-Jobs live in the portal's memory (a restart forgets the page's progress, not the scores:
-the batch id is the coordinator's, and sending it again returns what was scored already,
-with no new disclosure, ledger entry or consent use). Each job belongs to the organisation
-that uploaded it; another organisation asking for it is told it does not exist.
+Running jobs live in the portal's memory; every job is also kept in the portal's database
+(portal/jobstore.py: batch id, owner, state, counts, results; input rows without consent
+tokens), written when a run starts and ends, so a bank finds its batches and their
+results after a restart and can send an interrupted one again under its batch id (the
+coordinator returns what was scored already, with no new disclosure, ledger entry or
+consent use). Each job belongs to the organisation that uploaded it; another organisation
+asking for it is told it does not exist.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedcredit.common.errors import FedcreditError, InvalidArgument, NotFound, ResourceExhausted
+from fedcredit.common.errors import (
+    FailedPrecondition,
+    FedcreditError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+
+if TYPE_CHECKING:
+    from fedcredit.portal.jobstore import JobStore
+
+log = logging.getLogger(__name__)
 
 MAX_ROWS = 5_000
 MAX_RUNNING = 2  # batches one organisation may run at once on this portal
@@ -37,6 +52,13 @@ class BatchFileInvalid(InvalidArgument):
     reason = "PORTAL_BATCH_FILE_INVALID"
 
 
+class TokenNotKept(FailedPrecondition):
+    """A row given with its consent token, resumed after a restart: the portal keeps no
+    token on disk, so that row must be uploaded again (consent-id rows fetch theirs)."""
+
+    reason = "PORTAL_BATCH_TOKEN_NOT_KEPT"
+
+
 class BatchesBusy(ResourceExhausted):
     """An organisation already runs :data:`MAX_RUNNING` batches on this portal."""
 
@@ -52,6 +74,9 @@ class Row:
     enterprise: str = ""
     token: str = ""
     request_id: str = ""
+    token_lost: bool = (
+        False  # given with a token the portal did not keep (read back after a restart)
+    )
 
 
 @dataclass
@@ -170,23 +195,41 @@ def results_csv(job: Job) -> str:
 
 
 class Jobs:
-    """The portal's batch jobs, each run on a thread of its own."""
+    """The portal's batch jobs, each run on a thread of its own; ``store``: where they are
+    kept across restarts (portal/jobstore.py; None: in memory only)."""
 
-    def __init__(self, keep: int = 200) -> None:
+    def __init__(self, keep: int = 200, store: JobStore | None = None) -> None:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self.keep = keep
+        self.store = store
 
     def get(self, org: str, batch_id: str) -> Job:
         with self._lock:
             job = self._jobs.get(batch_id)
+        if job is None and self.store is not None and len(batch_id) <= 128:
+            kept = self.store.load(org, batch_id)  # after a restart: as kept
+            if kept is not None:
+                with self._lock:
+                    job = self._jobs.setdefault(batch_id, kept)
         if job is None or job.org != org:
             raise BatchNotFound(f"no batch {batch_id[:80]!r} of yours on this portal")
         return job
 
     def list(self, org: str) -> list[Job]:
         with self._lock:
-            return sorted((j for j in self._jobs.values() if j.org == org), key=lambda j: -j.started)  # fmt: skip
+            mine = {j.batch_id: j for j in self._jobs.values() if j.org == org}
+        for kept in self.store.list(org) if self.store is not None else ():
+            mine.setdefault(kept.batch_id, kept)
+        return sorted(mine.values(), key=lambda j: -j.started)
+
+    def _save(self, job: Job, *, with_input: bool = False) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.save(job, with_input=with_input)
+        except FedcreditError as exc:  # the job goes on; the page still shows it from memory
+            log.warning("could not keep batch %s in the portal's database: %s", job.batch_id, exc)
 
     def start(self, job: Job, run: Callable[[Job], None]) -> Job:
         with self._lock:
@@ -202,6 +245,7 @@ class Jobs:
                     if old.state != "running":
                         del self._jobs[old.batch_id]
             self._jobs[job.batch_id] = job
+        self._save(job, with_input=True)
         return self.run(job, run)
 
     def run(self, job: Job, run: Callable[[Job], None]) -> Job:
@@ -218,6 +262,7 @@ class Jobs:
                 )
             job.runs += 1
             job.reset()
+        self._save(job)
 
         def body() -> None:
             try:
@@ -227,6 +272,7 @@ class Jobs:
                 job.state, job.error = "failed", str(exc)
             except Exception as exc:  # a thread must not die silently: the page shows it
                 job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            self._save(job)  # the results, where the bank finds them after a restart
 
         threading.Thread(target=body, name=f"batch-{job.batch_id}", daemon=True).start()
         return job

@@ -12,6 +12,10 @@
 ``session_max_s``    and after this long in any case (default 43,200: 12 hours).
 ``signin_burst`` / ``signin_per_minute``  sign-in attempts per client address and per
                      organisation: a burst, then a steady rate (defaults 10 and 6).
+``database``         the portal's own database: the banks' batch jobs and their results
+                     (portal/jobstore.py; default ``sqlite:///data/portal.sqlite`` under the
+                     deployment's directory; PostgreSQL URLs work too). Built without a
+                     deployment and without it, jobs live in memory only.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedcredit.common.config import Deployment
+from fedcredit.common.config import Deployment, resolve_database
 from fedcredit.common.errors import ConfigError
+
+DEFAULT_DATABASE = "sqlite:///data/portal.sqlite"
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class PortalSettings:
     session_max_s: float = 43_200.0
     signin_burst: int = 10
     signin_per_minute: float = 6.0
+    database: str = ""
 
     @property
     def host(self) -> str:
@@ -64,7 +71,8 @@ class PortalSettings:
             session_max_s=sec.get_float("session_max_s", 43_200.0, min=60.0),
             signin_burst=sec.get_int("signin_burst", 10, min=1),
             signin_per_minute=sec.get_float("signin_per_minute", 6.0, min=0.1),
-        )
+            database=resolve_database(sec.get_str("database", DEFAULT_DATABASE), dep.dir, f"{dep.path}: [portal]"),
+        )  # fmt: skip
         s = cls(**{**s.__dict__, **overrides})
         if not s.tls and s.host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
             raise ConfigError(

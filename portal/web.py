@@ -27,6 +27,7 @@ from fedcredit.consent.terms import ConsentTerms
 from fedcredit.portal import i18n
 from fedcredit.portal.backend import Backend
 from fedcredit.portal.batches import Jobs
+from fedcredit.portal.jobstore import JobStore
 from fedcredit.portal.security import (
     SECURITY_HEADERS,
     BodyTooLarge,
@@ -64,7 +65,10 @@ class Portal:
         burst, rate = settings.signin_burst, settings.signin_per_minute
         self.by_address = RateLimiter(burst=burst, per_minute=rate)
         self.by_org = RateLimiter(burst=burst, per_minute=rate)
-        self.jobs = Jobs()  # the banks' batch uploads (portal/bank_pages.py)
+        # the banks' batch uploads (portal/bank_pages.py), kept in the portal's database when
+        # it has one (``[portal] database``; a deployment always does)
+        store = JobStore(settings.database) if settings.database else None
+        self.jobs = Jobs(store=store)
         # each bank's last watch-list check (enterprise -> rating), to flag a downgrade at
         # the next one (in memory: a restart forgets it, the ledger keeps every score)
         self.watch_checks: dict[str, dict[str, Any]] = {}

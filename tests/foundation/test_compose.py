@@ -182,8 +182,10 @@ def test_platform_file_runs_the_portal_policies_and_market() -> None:
     for store in ("policies", "market"):
         assert dep["services"][store]["database"] == f"postgresql://fedcredit@postgres:5432/{store}"
     # Reachable from the compose network: HTTPS with the portal's certificate.
+    # Its batch jobs in its own SQLite database, on a volume of its own (portal/jobstore.py).
     assert dep["portal"] == {"org": "portal", "address": "0.0.0.0:8640", "rp_id": "localhost",
-                             "tls": True}  # fmt: skip
+                             "database": "sqlite:////data/portal.sqlite", "tls": True}  # fmt: skip
+    assert "portal-data:/data" in platform["portal"]["volumes"]
     everything = _load(ROOT / "docker-compose.yml")["services"]
     assert isinstance(everything, dict)
     nodes = {n for n in everything if n.startswith("node-")}

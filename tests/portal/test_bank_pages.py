@@ -212,3 +212,51 @@ def test_other_roles_are_refused(federation: Federation, scoring: Scoring) -> No
         assert form(v, "/bank/score", consent_id=cid).headers["location"] == "/"
         assert v.get("/bank/score").headers["location"] == "/signin"
     assert uses(federation, ent, cid) == 0
+
+
+def test_a_banks_batches_survive_a_portal_restart(
+    federation: Federation, scoring: Scoring, tmp_path: Any
+) -> None:
+    """The portal keeps each batch job (batch id, owner, state, results) in its database:
+    after a restart the bank finds the batch, its results download as before, and sending
+    it again replays what was scored (no consent used twice). A row given with its token is
+    kept without it (no token on disk): resumed, it is refused by name."""
+    from dataclasses import replace
+
+    from starlette.testclient import TestClient
+
+    from fedcredit.portal.app import build_app
+
+    settings = replace(federation.settings, database=f"sqlite:///{tmp_path / 'portal.sqlite'}")
+    made = [consent(federation, "credit_assessment") for _ in range(2)]
+    tok_ent, tok_cid = consent(federation, "credit_assessment")
+    with ConsentClient(federation.consent_address, federation.pki.tls(BANK), server_org="consent-service") as cc:  # fmt: skip
+        token = cc.token(tok_cid).token or ""
+    rows = ["consent_id,enterprise,token,request_id", *[f"{cid},,,r{i}" for i, (_, cid) in enumerate(made)],
+            f",{tok_ent},{token},rt"]  # fmt: skip
+    with TestClient(build_app(settings, federation.backend), follow_redirects=False) as before:
+        v = Visitor(before)
+        enrolled(federation, v, BANK, "bank")
+        job_url = _upload(v, "\n".join(rows) + "\n").headers["location"]
+        assert 'data-state="done"' in _until_done(v, job_url)
+        first = v.get(job_url + "/results.csv").text
+    stored = (tmp_path / "portal.sqlite").read_bytes()
+    assert token.encode() not in stored  # the consent token never reached the disk
+    batch_id = job_url.rsplit("/", 1)[1]
+    with TestClient(
+        build_app(settings, federation.backend), follow_redirects=False
+    ) as after:  # restarted
+        v = Visitor(after)
+        enrolled(federation, v, BANK, "bank")
+        assert batch_id in v.get("/bank/batch").text
+        assert 'data-state="done"' in v.get(job_url).text
+        assert v.get(job_url + "/results.csv").text == first
+        assert form(v, job_url + "/resume").status_code == 303
+        assert 'data-state="done"' in _until_done(v, job_url)
+        again = {r["request_id"]: r for r in csv.DictReader(io.StringIO(v.get(job_url + "/results.csv").text))}  # fmt: skip
+        other = Visitor(after)
+        enrolled(federation, other, "bank-weihai-rural", "bank")
+        assert other.get(job_url).status_code == 404  # still only its owner's
+    for i, (ent, cid) in enumerate(made):
+        assert again[f"r{i}"]["replayed"] == "yes" and uses(federation, ent, cid) == 1
+    assert again["rt"]["error"] == "PORTAL_BATCH_TOKEN_NOT_KEPT" and uses(federation, tok_ent, tok_cid) == 1  # fmt: skip

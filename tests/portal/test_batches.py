@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,55 @@ def test_a_failed_run_is_shown_and_can_run_again() -> None:
     jobs.run(job, lambda j: None)
     _wait(job)
     assert job.state == "done" and job.runs == 2 and job.done == 1  # the refusal, once
+
+
+def test_a_job_running_when_the_portal_stopped_is_found_failed_and_can_run_again(
+    db_url: str,
+) -> None:
+    """The portal's database keeps every job; one that was running when the process
+    ended is read back as failed, saying why, with its input (never a consent token)."""
+    from fedcredit.portal.jobstore import INTERRUPTED, JobStore
+
+    url = db_url  # the portal's database: SQLite or PostgreSQL
+    gate = threading.Event()
+    first = B.Jobs(store=JobStore(url))
+    rows = [B.Row(2, consent_id="c_1", request_id="a"), B.Row(3, enterprise="91370000MA3C5LTX1X", token="eyJsecret", request_id="b")]  # fmt: skip
+    job = first.start(B.Job("pb-1", "bank-a", 2, rows=rows), lambda j: gate.wait(10))
+    assert job.state == "running"
+    # the process "ends" here; a new one reads the same database
+    second = B.Jobs(store=JobStore(url))
+    kept = second.get("bank-a", "pb-1")
+    assert (kept.state, kept.error, kept.total) == ("failed", INTERRUPTED, 2)
+    assert [(r.consent_id, r.request_id, r.token, r.token_lost) for r in kept.rows] == [
+        ("c_1", "a", "", False), ("", "b", "", True)]  # fmt: skip
+    assert [j.batch_id for j in second.list("bank-a")] == ["pb-1"] and second.list("bank-b") == []
+    with pytest.raises(B.BatchNotFound):
+        second.get("bank-b", "pb-1")  # another organisation: as if it did not exist
+    seen: list[B.Row] = []
+    second.run(kept, lambda j: seen.extend(j.rows))
+    _wait(kept)
+    assert kept.state == "done" and [r.request_id for r in seen] == ["a", "b"]
+    deadline = time.monotonic() + 10  # written by the run's thread right after it ends
+    reader = JobStore(url)
+    while (got := reader.load("bank-a", "pb-1")) is None or got.state != "done":
+        assert time.monotonic() < deadline, "the finished run was not kept"
+        time.sleep(0.02)
+    gate.set()
+    _wait(job)
+
+
+def test_a_deployments_portal_keeps_its_jobs_in_its_directory(tmp_path: Path) -> None:
+    """``fedcredit init``'s deployment gives the portal a database under the deployment's
+    directory (relative SQLite paths resolve there); a URL that does not parse is refused."""
+    from fedcredit.common.config import load_config
+    from fedcredit.common.deploy import write_local_deployment
+    from fedcredit.common.errors import ConfigError
+    from fedcredit.portal.settings import PortalSettings
+
+    path = write_local_deployment(tmp_path / "dep", base_port=46500)
+    s = PortalSettings.from_deployment(load_config(path))
+    assert s.database == f"sqlite:///{(path.parent / 'data' / 'portal.sqlite').resolve()}"
+    path.write_text(path.read_text().replace("[portal]\n", '[portal]\ndatabase = "::not a url::"\n', 1))  # fmt: skip
+    with pytest.raises(ConfigError) as exc:
+        PortalSettings.from_deployment(load_config(path))
+    assert "[portal]" in exc.value.message
