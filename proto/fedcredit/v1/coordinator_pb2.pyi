@@ -293,7 +293,7 @@ class GuaranteeApplication(_message.Message):
     TERM_MONTHS_FIELD_NUMBER: _builtins.int
     COLLATERAL_YUAN_FIELD_NUMBER: _builtins.int
     application_id: _builtins.str
-    """chosen by the bank; idempotency key"""
+    """chosen by the bank; its idempotency key (per bank)"""
     enterprise: _builtins.str
     consent_token: _builtins.str
     amount_yuan: _builtins.int

@@ -237,7 +237,9 @@ class GuaranteeServiceServicer:
 
     def Apply(self, request, context):
         """Apply for a guarantee (consent purpose guarantee). Idempotent by
-        application_id: a retry gets the same decision and no new ledger entry.
+        (bank, application_id): a retry gets the same decision and no new ledger entry.
+        Application ids are per bank: another bank's id is not one of yours (the same id
+        from two banks is two applications; ReportOutcome on another's: GUARANTEE_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -458,6 +460,9 @@ class ModelRegistryServicer:
     def Activate(self, request, context):
         """Make a version the scoring model, atomically; re-calibrates its rating
         thresholds; written to the ledger (model_activated) before it is answered.
+        Through the portal only with a step-up delegation ticket naming this version
+        (STEP_UP_REQUIRED, STEP_UP_MISMATCH, STEP_UP_REPLAYED; MODEL_CHANGED when the
+        version it was signed to replace is no longer active).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -123,7 +123,9 @@ class GuaranteeServiceStub:
     def __new__(cls, channel: _aio.Channel) -> GuaranteeServiceAsyncStub: ...
     Apply: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GuaranteeApplication, _coordinator_pb2.GuaranteeDecision]
     """Apply for a guarantee (consent purpose guarantee). Idempotent by
-    application_id: a retry gets the same decision and no new ledger entry.
+    (bank, application_id): a retry gets the same decision and no new ledger entry.
+    Application ids are per bank: another bank's id is not one of yours (the same id
+    from two banks is two applications; ReportOutcome on another's: GUARANTEE_NOT_FOUND).
     """
     ReportOutcome: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.OutcomeReport, _coordinator_pb2.OutcomeResult]
     """The bank reports a guaranteed loan repaid (exposure released) or
@@ -140,7 +142,9 @@ class GuaranteeServiceAsyncStub(GuaranteeServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Apply: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GuaranteeApplication, _coordinator_pb2.GuaranteeDecision]  # type: ignore[assignment]
     """Apply for a guarantee (consent purpose guarantee). Idempotent by
-    application_id: a retry gets the same decision and no new ledger entry.
+    (bank, application_id): a retry gets the same decision and no new ledger entry.
+    Application ids are per bank: another bank's id is not one of yours (the same id
+    from two banks is two applications; ReportOutcome on another's: GUARANTEE_NOT_FOUND).
     """
     ReportOutcome: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.OutcomeReport, _coordinator_pb2.OutcomeResult]  # type: ignore[assignment]
     """The bank reports a guaranteed loan repaid (exposure released) or
@@ -160,7 +164,9 @@ class GuaranteeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.GuaranteeDecision, _abc.Awaitable[_coordinator_pb2.GuaranteeDecision]]:
         """Apply for a guarantee (consent purpose guarantee). Idempotent by
-        application_id: a retry gets the same decision and no new ledger entry.
+        (bank, application_id): a retry gets the same decision and no new ledger entry.
+        Application ids are per bank: another bank's id is not one of yours (the same id
+        from two banks is two applications; ReportOutcome on another's: GUARANTEE_NOT_FOUND).
         """
 
     @_abc_1.abstractmethod
@@ -204,6 +210,9 @@ class ModelRegistryStub:
     Activate: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ActivateModelRequest, _coordinator_pb2.ModelVersion]
     """Make a version the scoring model, atomically; re-calibrates its rating
     thresholds; written to the ledger (model_activated) before it is answered.
+    Through the portal only with a step-up delegation ticket naming this version
+    (STEP_UP_REQUIRED, STEP_UP_MISMATCH, STEP_UP_REPLAYED; MODEL_CHANGED when the
+    version it was signed to replace is no longer active).
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListModelsRequest, _coordinator_pb2.ListModelsReply]
     GetModel: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetModelRequest, _coordinator_pb2.ModelVersion]
@@ -220,6 +229,9 @@ class ModelRegistryAsyncStub(ModelRegistryStub):
     Activate: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ActivateModelRequest, _coordinator_pb2.ModelVersion]  # type: ignore[assignment]
     """Make a version the scoring model, atomically; re-calibrates its rating
     thresholds; written to the ledger (model_activated) before it is answered.
+    Through the portal only with a step-up delegation ticket naming this version
+    (STEP_UP_REQUIRED, STEP_UP_MISMATCH, STEP_UP_REPLAYED; MODEL_CHANGED when the
+    version it was signed to replace is no longer active).
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListModelsRequest, _coordinator_pb2.ListModelsReply]  # type: ignore[assignment]
     GetModel: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetModelRequest, _coordinator_pb2.ModelVersion]  # type: ignore[assignment]
@@ -245,6 +257,9 @@ class ModelRegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_coordinator_pb2.ModelVersion, _abc.Awaitable[_coordinator_pb2.ModelVersion]]:
         """Make a version the scoring model, atomically; re-calibrates its rating
         thresholds; written to the ledger (model_activated) before it is answered.
+        Through the portal only with a step-up delegation ticket naming this version
+        (STEP_UP_REQUIRED, STEP_UP_MISMATCH, STEP_UP_REPLAYED; MODEL_CHANGED when the
+        version it was signed to replace is no longer active).
         """
 
     @_abc_1.abstractmethod
