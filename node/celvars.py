@@ -131,23 +131,37 @@ def checked_ast(compiled: Any) -> celast_pb2.CelCheckedExpr:
     return checked
 
 
-def first_comprehension(checked: celast_pb2.CelCheckedExpr) -> int | None:
-    """The source offset of the first comprehension (``all``, ``exists``, ``exists_one``,
-    ``map``, ``filter``) in ``checked``, or None.
+_COSTLY_CALLS = {
+    # RE2 is linear in the input, but the pattern is compiled per evaluation: a 3 KB
+    # '^(a|aa|aaa){1,500}$' costs ~57 ms per enterprise where a comparison costs ~9 us
+    "matches": "'matches' (a regular expression, compiled per evaluation; ~57 ms for a 3 KB "
+    "pattern)",
+}
+_COMPREHENSION = (
+    "a comprehension (all, exists, exists_one, map, filter: nested ones multiply their "
+    "iterations, ~2.5 ms per enterprise for two lists of 99)"
+)
 
-    Screening refuses them: nested comprehensions multiply their iterations (two lists of
-    99 constants cost ~2.5 ms per enterprise instead of ~3 us, a thousandfold), so one
-    short clause could occupy a node for an hour over the city; without them a clause
-    costs at most linear time in its own text, which is bounded."""
+
+def first_unbounded(checked: celast_pb2.CelCheckedExpr) -> tuple[int, str] | None:
+    """The source offset and a description of the first construct in ``checked`` whose
+    cost per evaluation is not bounded by a small multiple of its text, or None.
+
+    Screening refuses them: one short clause could otherwise hold a node (or the policy
+    service, for the platform's own clauses) for an hour over the city, where without them
+    a clause costs at most linear time in its own text, which is bounded."""
     stack = [checked.expr]
     while stack:
         e = stack.pop()
         kind = e.WhichOneof("expr_kind")
         if kind == "comprehension_expr":
-            return int(checked.source_info.positions.get(e.id, 0))
+            return int(checked.source_info.positions.get(e.id, 0)), _COMPREHENSION
         if kind == "select_expr":
             stack.append(e.select_expr.operand)
         elif kind == "call_expr":
+            if e.call_expr.function in _COSTLY_CALLS:
+                at = int(checked.source_info.positions.get(e.id, 0))
+                return at, _COSTLY_CALLS[e.call_expr.function]
             if e.call_expr.HasField("target"):
                 stack.append(e.call_expr.target)
             stack.extend(e.call_expr.args)

@@ -10,9 +10,9 @@ enterprises. The node:
 2. refuses an empty or oversized request, a duplicate or malformed credit code;
 3. compiles every clause in an environment that declares *only this node's features*
    (a clause naming another department's data or the platform's does not compile here),
-   and refuses a clause that is not a bool or holds a comprehension (its cost per
-   enterprise multiplies with nesting: a DoS of the node), naming the clause and the
-   position;
+   and refuses a clause that is not a bool or holds a comprehension or a regular
+   expression (``celvars.first_unbounded``: a cost per enterprise thousands of times a
+   comparison's, a DoS of the node), naming the clause and the position;
 4. computes its feature vectors (cache or store) and evaluates the clauses
    (``node.celvars.ClauseSet``; a missing value makes a clause ``false``);
 5. appends one ``policy_screening`` entry to its disclosure log — caller, legal basis,
@@ -148,13 +148,12 @@ class Screener:
                     f"clause {cid}: expected a bool, got {program.return_type().name()}",
                     clause=cid,
                 )
-            at = celvars.first_comprehension(celvars.checked_ast(program))
-            if at is not None:
-                line, col = celvars.position(text, at)
+            costly = celvars.first_unbounded(celvars.checked_ast(program))
+            if costly is not None:
+                line, col = celvars.position(text, costly[0])
                 raise ScreeningClauseInvalid(
-                    f"clause {cid}: line {line}, column {col}: comprehensions (all, exists, "
-                    "exists_one, map, filter) are not evaluated in screening: their cost per "
-                    "enterprise is unbounded",
+                    f"clause {cid}: line {line}, column {col}: {costly[1]} is not evaluated "
+                    "in screening: its cost per enterprise is unbounded",
                     clause=cid,
                 )
         compiled = celvars.ClauseSet(self.env, texts)

@@ -33,9 +33,9 @@ class RuleNotSplittable(InvalidArgument):
 
 class RuleUnbounded(InvalidArgument):
     """The rule (or formula, or target) holds a comprehension (``all``, ``exists``,
-    ``exists_one``, ``map``, ``filter``): its cost per enterprise multiplies with each
-    nesting, so neither the platform nor a node evaluates one. ``line``/``column`` give its
-    position."""
+    ``exists_one``, ``map``, ``filter``: its cost per enterprise multiplies with each
+    nesting) or a regular expression (``matches``: compiled per evaluation), so neither
+    the platform nor a node evaluates it. ``line``/``column`` give its position."""
 
     reason = "POLICY_RULE_UNBOUNDED"
 

@@ -185,14 +185,15 @@ _ast = celvars.checked_ast
 
 
 def _refuse_unbounded(text: str, compiled: Any, what: str, **extra: str) -> None:
-    """Refuse a comprehension anywhere in ``text`` (see :class:`RuleUnbounded`)."""
-    at = celvars.first_comprehension(_ast(compiled))
-    if at is not None:
-        line, col = _position(text, at)
+    """Refuse a comprehension or a regular expression anywhere in ``text``
+    (:class:`RuleUnbounded`; ``celvars.first_unbounded``)."""
+    costly = celvars.first_unbounded(_ast(compiled))
+    if costly is not None:
+        line, col = _position(text, costly[0])
         raise RuleUnbounded(
-            f"line {line}, column {col}: {what} uses a comprehension (all, exists, "
-            "exists_one, map, filter), whose cost per enterprise is unbounded; compare "
-            "with 'in [...]' or join comparisons with && and ||",
+            f"line {line}, column {col}: {what} uses {costly[1]}, whose cost per enterprise "
+            "is unbounded; compare with '==', 'in [...]', startsWith or join comparisons "
+            "with && and ||",
             line=line, column=col, **extra,
         )  # fmt: skip
 

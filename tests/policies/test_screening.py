@@ -161,7 +161,11 @@ def _raw(city: City, dep: str = "tax", org: str = "policies", **kw: Any) -> Any:
          ScreeningClauseInvalid, "expected a bool"),
         ({"clauses": [feature_pb2.ScreeningClause(
             id="c", cel="[1, 2].exists(a, [3].exists(b, a + b == tax.late_filings_12m))")]},
-         ScreeningClauseInvalid, "line 1, column 14: comprehensions"),
+         ScreeningClauseInvalid, "line 1, column 14: a comprehension"),
+        ({"clauses": [feature_pb2.ScreeningClause(
+            id="c", cel="'" + "a" * 3000 + "'.matches('^(a|aa|aaa){1,500}$') || "
+                        "tax.late_filings_12m > 0")]},
+         ScreeningClauseInvalid, "line 1, column 3011: 'matches'"),
         ({"enterprises": ["91371000MA3C0000X1", "91371000MA3C0000X1"]}, DuplicateEnterprise, "twice"),
         ({"enterprises": []}, Exception, "no enterprise"),
         ({"enterprises": ["x"] * 50_001}, BatchTooLarge, "at most 50000"),
