@@ -61,20 +61,47 @@ def batched(append: Callable[[Sequence[Any]], Any]) -> Append:
     return run
 
 
-def _formula_amounts(
-    p: rules.Policy, codes: list[str], run_id: str, nodes: Mapping[str, screening.NodeScreener],
-    rows_of: Mapping[str, Mapping[str, Any]], summary: RunSummary,
-) -> tuple[list[str], list[int]]:  # fmt: skip
-    """The eligible enterprises with a positive formula amount, and their amounts; those
-    whose amount is undefined or 0 count as unfunded (nothing to pay)."""
+def _formula_awards(
+    store: PolicyStore, p: rules.Policy, codes: list[str], run_id: str,
+    nodes: Mapping[str, screening.NodeScreener], rows_of: Mapping[str, Mapping[str, Any]],
+    summary: RunSummary, now: float, append: Append,
+) -> tuple[int, int]:  # fmt: skip
+    """Notify the newly eligible ``codes`` of a formula policy, in order, while the budget
+    allows; (notified, unfunded). The department is asked for amounts in batches no
+    larger than the budget left can surely fund (``left // cap``, at least one), so the
+    platform learns the amount of at most one enterprise it does not pay per run — not
+    of every eligible enterprise once the budget is spent. An undefined or zero amount
+    is unfunded (nothing to pay). Each notice names the node's disclosure-log indexes."""
     formula = rules.check_formula(p.benefit_formula, p.amount_cap_yuan)
-    got, disclosed = screening.benefit_amounts(
-        f"{run_id}:{p.id}"[:64], formula, codes, nodes, [rows_of[c] for c in codes]
-    )
-    summary.disclosures.setdefault(formula.namespace, []).extend(disclosed)
-    keep = [(c, a) for c, a in zip(codes, got, strict=True) if a]
-    summary.unfunded[p.id] = len(codes) - len(keep)
-    return [c for c, _ in keep], [a for _, a in keep if a]
+    notified = unfunded = 0
+    todo = list(codes)
+    while todo:
+        books = store.books(p.id)
+        left = books.budget_yuan - books.committed_yuan
+        if left <= 0:
+            break
+        batch, todo = (
+            todo[: max(1, left // formula.cap_yuan)],
+            todo[max(1, left // formula.cap_yuan) :],
+        )
+        got, disclosed = screening.benefit_amounts(
+            f"{run_id}:{p.id}"[:64], formula, batch, nodes, [rows_of[c] for c in batch]
+        )
+        summary.disclosures.setdefault(formula.namespace, []).extend(disclosed)
+        keep = [(c, a) for c, a in zip(batch, got, strict=True) if a]
+        unfunded += len(batch) - len(keep)
+        tagged = _tag(append, {"benefit_evaluated_by": formula.namespace, "node_disclosures": disclosed})  # fmt: skip
+        done, left_out = store.notify(p, [c for c, _ in keep], run_id, now, tagged,
+                                      [a for _, a in keep])  # fmt: skip
+        notified += len(done)
+        if left_out:  # the next amount did not fit: the rest stay unfunded, unasked
+            unfunded += len(left_out)
+            break
+    return notified, unfunded + len(todo)
+
+
+def _tag(append: Append, extra: Mapping[str, Any]) -> Append:
+    return lambda items: append([(k, sub, {**pl, **extra}) for k, sub, pl in items])
 
 
 def run_automatic(
@@ -125,13 +152,15 @@ def run_automatic(
         done = store.awarded(p.id)
         mask = result.eligible[p.id]
         new = [c for c, ok in zip(enterprises, mask.tolist(), strict=True) if ok and c not in done]
-        amounts = None
         if p.benefit_formula:
-            new, amounts = _formula_amounts(p, new, run_id, nodes, rows_of, summary)
-        notified, unfunded = store.notify(p, new, run_id, now, append, amounts)
+            n_notified, n_unfunded = _formula_awards(store, p, new, run_id, nodes, rows_of,
+                                                     summary, now, append)  # fmt: skip
+        else:
+            notified, unfunded = store.notify(p, new, run_id, now, append)
+            n_notified, n_unfunded = len(notified), len(unfunded)
         summary.eligible[p.id] = int(mask.sum())
-        summary.notified[p.id] = len(notified)
-        summary.unfunded[p.id] = len(unfunded) + summary.unfunded.get(p.id, 0)
+        summary.notified[p.id] = n_notified
+        summary.unfunded[p.id] = n_unfunded
     summary.ledger_seconds = time.perf_counter() - t0
     store.record_run(run_id, now, summary.to_dict())
     return summary

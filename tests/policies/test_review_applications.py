@@ -132,10 +132,12 @@ class _TaxNode:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.asked: list[str] = []
 
     def screen(self, run_id: str, clauses: Sequence[tuple[str, str]],
                enterprises: Sequence[str], *, legal_basis: str = "") -> _Answer:  # fmt: skip
         self.calls += 1
+        self.asked.extend(enterprises)
         got = rules.evaluate_clauses("tax", [t for _, t in clauses],
                                      [{"tax.late_filings_12m": 3}] * len(enterprises))  # fmt: skip
         return _Answer({cid: np.asarray(got[:, j]) for j, (cid, _) in enumerate(clauses)},
@@ -367,3 +369,31 @@ def test_a_department_screens_only_as_of_today(pki: Pki, tmp_path: Path) -> None
     finally:
         server.stop(0)
         store.close()
+
+
+def test_formula_amounts_are_asked_only_for_enterprises_the_budget_can_fund(db_url: str) -> None:
+    """Found by review: a run asked the formula's department for the amount of every newly
+    eligible enterprise, even once the budget was spent, so the platform learned amounts it
+    never paid (the README says it learns the amount it pays)."""
+    from fedcredit.policies.runs import run_automatic
+
+    store = PolicyStore.open(db_url)
+    policy = dataclasses.replace(
+        _auto(budget=1_000),
+        amount_yuan=1_000,
+        amount_cap_yuan=1_000,
+        benefit_formula="tax.late_filings_12m * 100",
+    )  # 300 each
+    store.publish(policy, T, lambda e: None)
+    codes, rows = _registry(30)
+    node, led = _TaxNode(), _Ledger()
+    s = run_automatic(store, led, {"tax": node}, codes, rows, run_id="f1",
+                      today=date(2026, 3, 1), now=T)  # fmt: skip
+    eligible = s.eligible[policy.id]
+    assert s.notified[policy.id] == 3 and s.unfunded[policy.id] == eligible - 3
+    assert len(node.asked) == 4  # three paid, the one that did not fit; nobody else
+    assert store.books(policy.id).committed_yuan == 900
+    notices = [pl for k, _, pl in led.items if k == "policy_award_notified"]
+    assert len(notices) == 3 and all(pl["amount_yuan"] == 300 for pl in notices)
+    assert all(pl["benefit_evaluated_by"] == "tax" and pl["node_disclosures"] for pl in notices)
+    store.close()
