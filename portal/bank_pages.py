@@ -158,7 +158,7 @@ async def watch_page(portal: Portal, request: Request, s: Session) -> Response:
         m = portal.backend.market.delegated(await delegation(portal, s, "market"))
         warnings = await call(m.warnings)
     return portal.render(request, s, "bank_watch.html", consents=watched, warnings=warnings,
-                         check=portal.watch_checks.get(s.org, {}))  # fmt: skip
+                         check=portal.watch_checks.get(s.org))  # fmt: skip
 
 
 @post
@@ -175,7 +175,7 @@ async def watch_check(portal: Portal, request: Request, s: Session, data: dict[s
         subs.append((view.enterprise, view.token or ""))
     c = await coordinator(portal, s)
     events = await call(lambda: list(c.watch(subs, max_rounds=1, timeout=120)))
-    before: dict[str, Any] = portal.watch_checks.get(s.org, {}).get("rows", {})
+    before: dict[str, Any] = portal.watch_checks.get(s.org).get("rows", {})
     rows: dict[str, Any] = {}
     for ev in events:
         if ev.HasField("error") and ev.error.reason:
@@ -186,7 +186,7 @@ async def watch_check(portal: Portal, request: Request, s: Session, data: dict[s
         move = "down" if prev and now > prev else "up" if prev and now < prev else ""
         rows[ev.enterprise] = {"rating": now, "previous": prev, "move": move,
                                "pd_pct": round(100 * ev.result.probability_of_default, 2)}  # fmt: skip
-    portal.watch_checks[s.org] = {"rows": {**before, **rows}}
+    await call(portal.watch_checks.put, s.org, {**before, **rows})
     return portal.finish(RedirectResponse("/bank/watch#checked", 303), s)
 
 

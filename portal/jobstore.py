@@ -1,5 +1,6 @@
-"""The banks' batch jobs in the portal's own database, so a bank finds its batches after
-the portal restarts (portal/batches.py keeps the running ones in memory as well).
+"""The banks' batch jobs and watch-list checks in the portal's own database, so a bank
+finds its batches, and the ratings its last check saw, after the portal restarts
+(portal/batches.py keeps the running jobs in memory as well).
 
 One row per job: batch id (the coordinator's, under which ScoreBatch resumes), the
 organisation that uploaded it, its state, counts and error, and the results themselves
@@ -12,6 +13,10 @@ service. A job that was running when the portal stopped is read back as ``failed
 the reason (its stream ended with the process); sending it again under its batch id
 replays every row the coordinator scored already (no new consent use, disclosure or
 ledger entry) and scores the rest.
+
+Watch-list checks: one row per bank, the ratings its last "check now" saw per enterprise
+(rating, PD, the move since the check before), so the next check flags a downgrade even
+across a restart (:class:`WatchChecks`).
 
 SQLite by default (``[portal] database``, under the deployment's directory), PostgreSQL
 as well.
@@ -52,6 +57,13 @@ jobs = Table(
     Column("rows_json", Text, nullable=False),  # the usable input, without consent tokens
     Column("bad_json", Text, nullable=False),  # the unusable rows' refusals
     Column("updated_at", BigInteger, nullable=False),
+)
+watch_checks = Table(
+    "portal_watch_checks",
+    metadata,
+    Column("org", String(128), primary_key=True),
+    Column("rows_json", Text, nullable=False),  # enterprise -> what the last check saw
+    Column("checked_at", BigInteger, nullable=False),
 )
 
 
@@ -94,6 +106,22 @@ class JobStore:
         except OperationalError as exc:
             raise StoreUnavailable(f"the portal's database does not answer: {str(exc.orig).splitlines()[0]}") from None  # fmt: skip
 
+    def watch_check(self, org: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            got = conn.execute(select(watch_checks.c.rows_json).where(watch_checks.c.org == org)).scalar()  # fmt: skip
+        return None if got is None else {"rows": json.loads(got)}
+
+    def put_watch_check(self, org: str, rows: dict[str, Any]) -> None:
+        import time
+
+        values = {"rows_json": json.dumps(rows, sort_keys=True), "checked_at": int(time.time())}
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(watch_checks.update().where(watch_checks.c.org == org).values(**values)).rowcount == 0:  # fmt: skip
+                    conn.execute(watch_checks.insert().values(org=org, **values))
+        except OperationalError as exc:
+            raise StoreUnavailable(f"the portal's database does not answer: {str(exc.orig).splitlines()[0]}") from None  # fmt: skip
+
     def load(self, org: str, batch_id: str) -> Job | None:
         """``org``'s job ``batch_id`` as kept (None: no such job of ``org``'s)."""
         with self.engine.connect() as conn:
@@ -123,3 +151,24 @@ def _job(m: Any) -> Job:
     if job.state == "running":  # read back, not in this process's memory: its run ended
         job.state, job.error = "failed", INTERRUPTED
     return job
+
+
+class WatchChecks:
+    """Each bank's last watch-list check (``{"rows": {enterprise: {...}}}``): in memory,
+    and in ``store`` when the portal has a database (read back after a restart)."""
+
+    def __init__(self, store: JobStore | None) -> None:
+        self.store = store
+        self._mem: dict[str, dict[str, Any]] = {}
+
+    def get(self, org: str) -> dict[str, Any]:
+        if org not in self._mem and self.store is not None:
+            got = self.store.watch_check(org)
+            if got is not None:
+                self._mem[org] = got
+        return self._mem.get(org, {})
+
+    def put(self, org: str, rows: dict[str, Any]) -> None:
+        self._mem[org] = {"rows": rows}
+        if self.store is not None:
+            self.store.put_watch_check(org, rows)

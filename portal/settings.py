@@ -12,7 +12,8 @@
 ``session_max_s``    and after this long in any case (default 43,200: 12 hours).
 ``signin_burst`` / ``signin_per_minute``  sign-in attempts per client address and per
                      organisation: a burst, then a steady rate (defaults 10 and 6).
-``database``         the portal's own database: the banks' batch jobs and their results
+``database``         the portal's own database: the banks' batch jobs and their results,
+                     and each bank's last watch-list check
                      (portal/jobstore.py; default ``sqlite:///data/portal.sqlite`` under the
                      deployment's directory; PostgreSQL URLs work too). Built without a
                      deployment and without it, jobs live in memory only.

@@ -27,7 +27,7 @@ from fedcredit.consent.terms import ConsentTerms
 from fedcredit.portal import i18n
 from fedcredit.portal.backend import Backend
 from fedcredit.portal.batches import Jobs
-from fedcredit.portal.jobstore import JobStore
+from fedcredit.portal.jobstore import JobStore, WatchChecks
 from fedcredit.portal.security import (
     SECURITY_HEADERS,
     BodyTooLarge,
@@ -70,8 +70,8 @@ class Portal:
         store = JobStore(settings.database) if settings.database else None
         self.jobs = Jobs(store=store)
         # each bank's last watch-list check (enterprise -> rating), to flag a downgrade at
-        # the next one (in memory: a restart forgets it, the ledger keeps every score)
-        self.watch_checks: dict[str, dict[str, Any]] = {}
+        # the next one (kept in the same database: a restart does not forget it)
+        self.watch_checks = WatchChecks(store)
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(["html"]),

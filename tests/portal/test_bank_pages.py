@@ -260,3 +260,31 @@ def test_a_banks_batches_survive_a_portal_restart(
     for i, (ent, cid) in enumerate(made):
         assert again[f"r{i}"]["replayed"] == "yes" and uses(federation, ent, cid) == 1
     assert again["rt"]["error"] == "PORTAL_BATCH_TOKEN_NOT_KEPT" and uses(federation, tok_ent, tok_cid) == 1  # fmt: skip
+
+
+def test_the_watch_lists_last_check_survives_a_portal_restart(
+    federation: Federation, scoring: Scoring, tmp_path: Any
+) -> None:
+    """The ratings a bank's last "check now" saw are kept in the portal's database: after a
+    restart the page still shows them (and the next check compares against them)."""
+    from dataclasses import replace
+
+    from starlette.testclient import TestClient
+
+    from fedcredit.portal.app import build_app
+
+    settings = replace(federation.settings, database=f"sqlite:///{tmp_path / 'portal.sqlite'}")
+    ent, cid = consent(federation, "post_loan_monitoring", validity_days=360, max_uses=12, loan_term_days=365)  # fmt: skip
+    pattern = rf'<tr data-enterprise="{ent}"[^>]*>(.*?)</tr>'
+    with TestClient(build_app(settings, federation.backend), follow_redirects=False) as before:
+        v = Visitor(before)
+        enrolled(federation, v, BANK, "bank")
+        assert form(v, "/bank/watch/check").status_code == 303
+        seen = re.search(pattern, v.get("/bank/watch").text, re.S)
+        assert seen and re.search(r"<td>[A-D]</td>", seen.group(1))
+    with TestClient(build_app(settings, federation.backend), follow_redirects=False) as after:
+        v = Visitor(after)
+        enrolled(federation, v, BANK, "bank")
+        again = re.search(pattern, v.get("/bank/watch").text, re.S)
+        assert again and again.group(1) == seen.group(1)  # shown as last seen, no new check
+    assert uses(federation, ent, cid) == 1

@@ -117,3 +117,15 @@ def test_a_deployments_portal_keeps_its_jobs_in_its_directory(tmp_path: Path) ->
     with pytest.raises(ConfigError) as exc:
         PortalSettings.from_deployment(load_config(path))
     assert "[portal]" in exc.value.message
+
+
+def test_watch_checks_are_kept_per_bank(db_url: str) -> None:
+    from fedcredit.portal.jobstore import JobStore, WatchChecks
+
+    first = WatchChecks(JobStore(db_url))
+    assert first.get("bank-a") == {}
+    first.put("bank-a", {"E1": {"rating": "B", "previous": "", "move": "", "pd_pct": 3.1}})
+    first.put("bank-a", {"E1": {"rating": "C", "previous": "B", "move": "down", "pd_pct": 7.0}})
+    again = WatchChecks(JobStore(db_url))  # after a restart
+    assert again.get("bank-a")["rows"]["E1"]["move"] == "down" and again.get("bank-b") == {}
+    assert WatchChecks(None).get("bank-a") == {}  # without a database: memory only
