@@ -89,7 +89,8 @@ class ClauseSet:
         for t, p in zip(self.texts, self.programs, strict=True):
             if p.return_type() != cel.Type.BOOL:
                 raise TypeError(f"expected a bool clause, got {p.return_type().name()}: {t}")
-        joined = "[" + ", ".join(f"({t})" for t in self.texts) + "]"
+        # the newline ends a trailing ``//`` comment of a clause before its parenthesis
+        joined = "[" + ", ".join(f"({t}\n)" for t in self.texts) + "]"
         self.joined = env.compile(joined) if self.texts else None
 
     def evaluate(self, activations: Sequence[Mapping[str, Any]]) -> BoolMatrix:

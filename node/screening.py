@@ -156,7 +156,12 @@ class Screener:
                     "in screening: its cost per enterprise is unbounded",
                     clause=cid,
                 )
-        compiled = celvars.ClauseSet(self.env, texts)
+        try:
+            compiled = celvars.ClauseSet(self.env, texts)
+        except (RuntimeError, TypeError) as exc:  # each compiled alone: never expected
+            raise ScreeningClauseInvalid(
+                f"the clauses do not compile together: {str(exc)[:200]}", clause=ids[0]
+            ) from None
         self._compiled[key] = compiled
         while len(self._compiled) > 32:
             self._compiled.popitem(last=False)

@@ -245,46 +245,6 @@ def _shape(e: celast_pb2.CelExpr) -> Any:
     return (kind, own, tuple(_shape(c) for c in _children(e)))
 
 
-def _strip(text: str, start: int, end: int) -> tuple[int, int]:
-    """Narrow [start, end) past whitespace and parentheses that enclose all of it."""
-    while True:
-        while start < end and text[start].isspace():
-            start += 1
-        while end > start and text[end - 1].isspace():
-            end -= 1
-        if (
-            end - start >= 2
-            and text[start] == "("
-            and text[end - 1] == ")"
-            and _closing(text, start) == end - 1
-        ):
-            start, end = start + 1, end - 1
-            continue
-        return start, end
-
-
-def _closing(text: str, opening: int) -> int:
-    """Offset of the parenthesis closing the one at ``opening`` (quotes skipped), or -1."""
-    depth, i, quote = 0, opening, ""
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return -1
-
-
 @dataclass
 class _Splitter:
     text: str
@@ -298,8 +258,30 @@ class _Splitter:
             found |= self.variables(c)
         return found
 
+    def strip(self, e: celast_pb2.CelExpr, start: int, end: int) -> tuple[int, int]:
+        """Narrow [start, end) past whitespace and the parentheses that enclose all of
+        ``e``. A pair is dropped only when the text inside still parses to ``e``: scanning
+        for the matching parenthesis by hand misread triple-quoted and raw strings and
+        ``//`` comments (a rule holding ``''')('''`` was cut mid-string and failed
+        INTERNAL)."""
+        text = self.text
+        while True:
+            while start < end and text[start].isspace():
+                start += 1
+            while end > start and text[end - 1].isspace():
+                end -= 1
+            if end - start < 2 or text[start] != "(" or text[end - 1] != ")":
+                return start, end
+            try:
+                inner = environment().compile(text[start + 1 : end - 1])
+            except RuntimeError:
+                return start, end
+            if _shape(_ast(inner).expr) != _shape(e):
+                return start, end
+            start, end = start + 1, end - 1
+
     def split(self, e: celast_pb2.CelExpr, start: int, end: int) -> PlanNode:
-        start, end = _strip(self.text, start, end)
+        start, end = self.strip(e, start, end)
         names = self.variables(e)
         spaces = {namespace_of(v) for v in names}
         if len(spaces) <= 1:
@@ -328,10 +310,16 @@ class _Splitter:
         # exactly this subtree: what a node evaluates is what the rule says.
         try:
             alone = environment(space).compile(text)
-        except RuntimeError as exc:
-            raise AssertionError(f"clause {text!r} of the rule does not compile: {exc}") from exc
-        if _shape(_ast(alone).expr) != _shape(e):
-            raise AssertionError(f"clause {text!r} is not the subtree it was cut from")
+            same = _shape(_ast(alone).expr) == _shape(e)
+        except RuntimeError:
+            same = False
+        if not same:  # a cut this splitter cannot make: refused, never evaluated otherwise
+            line, col = _position(self.text, start)
+            raise RuleNotSplittable(
+                f"line {line}, column {col}: the part {text[:60]!r} cannot be cut out of the "
+                "rule as one department's clause; put each department's part in parentheses",
+                line=line, column=col,
+            )  # fmt: skip
         if space != PLATFORM:
             self.comparisons_only(e, space)
         self.clauses.append(Clause(space, text, tuple(sorted(names))))
@@ -588,7 +576,7 @@ def check_formula(text: str, cap_yuan: int) -> Formula:
             "formula is evaluated by one department (or the platform) alone",
             line=1, column=1, field="benefit_formula",
         )  # fmt: skip
-    f = f"({text})"
+    f = f"({text}\n)"  # the newline ends a trailing // comment before the parenthesis
     clamped = f"({f} < 0 ? 0 : ({f} > {cap_yuan} ? {cap_yuan} : {f}))"
     bits = [f"{clamped} / {1 << i} % 2 == 1" for i in range(cap_yuan.bit_length())]
     return Formula(text, cap_yuan, spaces[0], (f"{f} >= 0 || {f} < 0", *bits))

@@ -306,3 +306,57 @@ def test_thresholds_are_the_constants_each_department_feature_is_compared_with()
     )
     assert got == {"tax.revenue_12m": {"1000000.0"}, "tax.late_filings_12m": {"0", "1", "2"},
                    "tax.tax_paid_12m": set()}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rule", "texts"),
+    [
+        ('(tax.revenue_12m > 1.0 && registry.district == """x"(""")',
+         ["tax.revenue_12m > 1.0", 'registry.district == """x"("""']),
+        ("(ip.patents_in_force > 0 // it's\n) && tax.revenue_12m > 1.0",
+         ["ip.patents_in_force > 0 // it's", "tax.revenue_12m > 1.0"]),
+        ("(registry.industry == '''a'b)''') || ip.patents_in_force > 0",
+         ["registry.industry == '''a'b)'''", "ip.patents_in_force > 0"]),
+    ],
+)  # fmt: skip
+def test_strings_and_comments_holding_parentheses_or_quotes_split(
+    rule: str, texts: list[str]
+) -> None:
+    """Found by review: the splitter matched parentheses by scanning quotes by hand and cut
+    the first rule mid-string (an AssertionError: INTERNAL from CheckRule and Publish)."""
+    assert [c.text for c in rules.check_rule(rule).clauses] == texts
+
+
+_TRICKY = [
+    "tax.revenue_12m > 1.0", "courts.on_dishonest_debtor_list", "registry.district == ''')('''",
+    'registry.district == "(\\")"', "registry.district == '\\\\'", "platform.rating in ['A', ')']",
+    "registry.industry == '''a'b)'''", "!(tax.late_filings_12m == 0)",
+    'registry.district == """x"("""', "(tax.revenue_12m > 2.0)", "registry.district == '威'",
+    "tax.revenue_12m > 1.0 // it's ( a note\n", '(ip.patents_in_force > 0 // ) "\n)',
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(rule=st.recursive(
+    st.sampled_from(_TRICKY),
+    lambda inner: st.tuples(inner, st.sampled_from(["&&", " || ", "\n&&\n"]), inner,
+                            st.booleans()).map(
+        lambda t: f"({t[0]}{t[1]}{t[2]})" if t[3] else f"{t[0]}{t[1]}{t[2]}"),
+    max_leaves=8,
+))  # fmt: skip
+def test_any_rule_of_valid_parts_splits_without_refusal(rule: str) -> None:
+    checked = rules.check_rule(rule)
+    assert checked.clauses
+
+
+def test_a_rule_or_formula_ending_in_a_comment_is_evaluated() -> None:
+    """Found by review: a rule whose clause ended in a ``//`` comment was published, then
+    every screening failed (the clauses are compiled together as ``[(c0), (c1)]`` and the
+    comment swallowed the parenthesis): the node answered INTERNAL and the whole run,
+    every department's automatic policies with it, stopped."""
+    r = rules.check_rule("tax.revenue_12m > 1.0 // big enough\n&& ip.patents_in_force > 0 // note")
+    row = {"tax.revenue_12m": 2.0, "ip.patents_in_force": 1}
+    got = [rules.evaluate_clauses(c.namespace, [c.text, "true"], [row])[0, 0] for c in r.clauses]
+    assert got == [True, True]
+    f = rules.check_formula("int(tax.revenue_12m) / 2 // half of it", 1_000)
+    assert rules.evaluate_formula_central(f, [{"tax.revenue_12m": 300.0}]) == [150]

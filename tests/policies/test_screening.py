@@ -252,3 +252,10 @@ def test_a_long_rule_passes_the_shape_check(city: City) -> None:
     assert len(rule) > 2_000
     ok = _raw(city, clauses=[feature_pb2.ScreeningClause(id="long", cel=rule)])
     assert len(ok.results) == 1
+
+
+def test_a_clause_ending_in_a_comment_is_answered(city: City) -> None:
+    """A clause's trailing ``//`` comment used to make the node fail INTERNAL (review)."""
+    resp = _raw(city, clauses=[feature_pb2.ScreeningClause(id="c", cel="tax.revenue_12m > 1e6 // x"),
+                               feature_pb2.ScreeningClause(id="d", cel="true")])  # fmt: skip
+    assert [r.id for r in resp.results] == ["c", "d"]
