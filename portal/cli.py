@@ -39,7 +39,9 @@ def serve(config: ConfigOpt) -> None:
         backend = Backend.from_deployment(dep, settings.org)
         watch = Watch.from_deployment(dep, settings.org)
         tls = dep.tls(settings.org) if settings.tls else None
-    app = build_app(settings, backend, watch=watch)
+        # opens the portal's database ([portal] database): one that does not answer is a
+        # precise one-line failure, never a traceback
+        app = build_app(settings, backend, watch=watch)
     console.print(f"portal listening on {settings.url}")
     # FEDCREDIT_PORTAL_PROFILE=FILE: cProfile the portal until it stops (bench/bench_portal.py
     # uses it to see where a page's time goes under load; py-spy is not installed here)

@@ -77,11 +77,13 @@ def _row_kept(r: Any) -> dict[str, Any]:
 
 class JobStore:
     def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
         try:
+            self.engine = make_engine(url)
             create_schema(self.engine, metadata)
         except OperationalError as exc:
             raise StoreUnavailable(f"the portal's database does not answer: {str(exc.orig).splitlines()[0]}") from None  # fmt: skip
+        except OSError as exc:  # a SQLite file's folder that cannot be created
+            raise StoreUnavailable(f"the portal's database cannot be opened: {exc}") from None
 
     def close(self) -> None:
         self.engine.dispose()

@@ -129,3 +129,20 @@ def test_watch_checks_are_kept_per_bank(db_url: str) -> None:
     again = WatchChecks(JobStore(db_url))  # after a restart
     assert again.get("bank-a")["rows"]["E1"]["move"] == "down" and again.get("bank-b") == {}
     assert WatchChecks(None).get("bank-a") == {}  # without a database: memory only
+
+
+def test_a_portal_database_that_does_not_answer_stops_serve_in_one_line(tmp_path: Path) -> None:
+    """`fedcredit portal serve` with a [portal] database that does not answer: a precise
+    one-line failure and the documented exit code, never a traceback (nothing listens)."""
+    from typer.testing import CliRunner
+
+    from fedcredit.clients.cli import build_app
+    from fedcredit.common.cliutil import EXIT_CODES
+    from fedcredit.common.deploy import write_local_deployment
+
+    path = write_local_deployment(tmp_path / "dep", base_port=46700)
+    bad = 'database = "postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2"\n'
+    path.write_text(path.read_text().replace("[portal]\n", "[portal]\n" + bad, 1))
+    r = CliRunner().invoke(build_app(), ["portal", "serve", "--config", str(path)])
+    assert r.exit_code == EXIT_CODES["UNAVAILABLE"], r.output
+    assert "portal's database does not answer" in r.output and "Traceback" not in r.output
