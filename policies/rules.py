@@ -472,8 +472,13 @@ def _constant(e: celast_pb2.CelExpr) -> str:
 
 def thresholds(text: str) -> dict[str, set[str]]:
     """Per department feature, the literal constants ``text`` compares it with."""
+    return {name: set(consts) for name, consts in _thresholds(text)}
+
+
+@functools.lru_cache(maxsize=8_192)  # publishing checks every policy of the department again
+def _thresholds(text: str) -> tuple[tuple[str, frozenset[str]], ...]:
     if not text:
-        return {}
+        return ()
     checked = _ast(compile_rule(text))
     out: dict[str, set[str]] = {}
     stack = [checked.expr]
@@ -491,7 +496,7 @@ def thresholds(text: str) -> dict[str, set[str]]:
                 consts += list(a.list_expr.elements)
         for n in names:
             out.setdefault(n, set()).update(_constant(c) for c in consts)
-    return out
+    return tuple((n, frozenset(v)) for n, v in sorted(out.items()))
 
 
 def check_thresholds(p: Policy, published: Sequence[Policy]) -> None:

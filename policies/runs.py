@@ -5,8 +5,9 @@ A scheduled run:
 1. takes every automatic policy open today and plans its clauses (``policies.screening``);
 2. screens all registered enterprises inside the nodes (booleans only) and the platform
    attributes here;
-3. ledgers the run (``policy_screening_run``: policies, clauses, which node disclosure-log
-   entries hold the evaluations) and, per enterprise, one ``policy_screening`` entry under
+3. ledgers the run (``policy_screening_run``: policies, the clauses by count and SHA-256
+   per namespace, which node disclosure-log entries hold the evaluations; in parts of at
+   most ``IDS_PER_ENTRY`` policies) and, per enterprise, one ``policy_screening`` entry under
    the ``policy_screening`` legal basis naming the run and the policies it qualified for —
    so every enterprise sees each screening of it in its own audit view;
 4. per policy, in the registry's order, commits the benefit of each newly eligible
@@ -17,6 +18,8 @@ A scheduled run:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +107,38 @@ def _tag(append: Append, extra: Mapping[str, Any]) -> Append:
     return lambda items: append([(k, sub, {**pl, **extra}) for k, sub, pl in items])
 
 
+# Policy ids per ledger entry: a payload holds at most 16 KiB (ledger max_payload_bytes) and
+# an id up to 64 characters, so a run over many policies, or an enterprise eligible for
+# many, is ledgered in parts instead of failing after every node has screened.
+IDS_PER_ENTRY = 100
+
+
+def _parts(ids: list[str]) -> list[tuple[list[str], dict[str, int]]]:
+    """``ids`` in entry-sized parts: one part with no marker, or each with part/parts."""
+    if len(ids) <= IDS_PER_ENTRY:
+        return [(ids, {})]
+    chunks = [ids[i : i + IDS_PER_ENTRY] for i in range(0, len(ids), IDS_PER_ENTRY)]
+    return [(c, {"part": k + 1, "parts": len(chunks)}) for k, c in enumerate(chunks)]
+
+
+def _run_entries(
+    run_id: str, enterprises: int, policies: list[str], plan: screening.RunPlan,
+    disclosures: Mapping[str, list[int]],
+) -> list[tuple[str, str | None, dict[str, Any]]]:  # fmt: skip
+    """The run's ``policy_screening_run`` entries. Clauses by count and SHA-256 per
+    namespace (the texts are in each policy's ``policy_published`` entry and in the nodes'
+    disclosure logs): their texts together grew past the ledger's payload limit, and any
+    department's long rules then failed every run after the screening."""
+    clauses = {ns: {"count": len(t), "sha256": hashlib.sha256(
+        json.dumps(t, sort_keys=True, ensure_ascii=False).encode()).hexdigest()}
+        for ns, t in plan.texts.items()}  # fmt: skip
+    head = {"run_id": run_id, "legal_basis": "policy_screening", "enterprises": enterprises,
+            "clauses": clauses,
+            "node_disclosures": {k: sorted(v) for k, v in disclosures.items()}}  # fmt: skip
+    return [("policy_screening_run", None, {**head, "policies": part, **more})
+            for part, more in _parts(policies)]  # fmt: skip
+
+
 def run_automatic(
     store: PolicyStore,
     ledger: Ledger,
@@ -136,17 +171,14 @@ def run_automatic(
                          result.evaluations, result.seconds, 0.0, disclosures=result.disclosures)  # fmt: skip
     t0 = time.perf_counter()
     append = batched(ledger.append_many)
-    append([("policy_screening_run", None, {
-        "run_id": run_id, "legal_basis": "policy_screening", "enterprises": len(enterprises),
-        "policies": sorted(checked), "clauses": plan.texts,
-        "node_disclosures": {k: sorted(v) for k, v in result.disclosures.items()},
-    })])  # fmt: skip
+    append(_run_entries(run_id, len(enterprises), sorted(checked), plan, result.disclosures))
     qualified: list[list[str]] = [[] for _ in enterprises]
     for pid in sorted(checked):
         for i in result.eligible[pid].nonzero()[0].tolist():
             qualified[i].append(pid)
-    append([("policy_screening", code, {"run_id": run_id, "eligible": q})
-            for code, q in zip(enterprises, qualified, strict=True)])  # fmt: skip
+    append([("policy_screening", code, {"run_id": run_id, "eligible": part, **more})
+            for code, q in zip(enterprises, qualified, strict=True)
+            for part, more in _parts(q)])  # fmt: skip
     rows_of = dict(zip(enterprises, platform_rows, strict=True))
     for p in policies:
         done = store.awarded(p.id)

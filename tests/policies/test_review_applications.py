@@ -397,3 +397,35 @@ def test_formula_amounts_are_asked_only_for_enterprises_the_budget_can_fund(db_u
     assert len(notices) == 3 and all(pl["amount_yuan"] == 300 for pl in notices)
     assert all(pl["benefit_evaluated_by"] == "tax" and pl["node_disclosures"] for pl in notices)
     store.close()
+
+
+def test_runs_over_many_or_long_policies_fit_the_ledger(tmp_path: Path) -> None:
+    """Found by review: the run entry held every clause text and each enterprise's entry
+    every policy it qualified for; past the ledger's 16 KiB payload (six 3,900-character
+    rules, or ~240 policies) every run failed LEDGER_ENTRY_INVALID after the screening."""
+    from fedcredit.policies.runs import IDS_PER_ENTRY, run_automatic
+
+    store = PolicyStore.open(f"sqlite:///{tmp_path / 'pol.sqlite'}")
+    log = Log.open(f"sqlite:///{tmp_path / 'l.sqlite'}", Ed25519PrivateKey.generate(), "platform")  # fmt: skip
+    long_rule = " || ".join(f"registry.founded_year == {1000 + i}" for i in range(120))
+    for k in range(6):  # distinct long clauses (platform attributes: no threshold budget)
+        store.publish(dataclasses.replace(_auto(f"long-{k}"), rule=f"{long_rule} || {k} == {k}"),
+                      T, lambda e: None)  # fmt: skip
+    many = 2 * IDS_PER_ENTRY + 30
+    for k in range(many):
+        store.publish(_auto(f"auto-young-firms-with-a-long-descriptive-identifier-{k:04d}"), T,
+                      lambda e: None)  # fmt: skip
+    codes, rows = _registry(10)
+    s = run_automatic(store, log, {}, codes, rows, run_id="big", today=date(2026, 3, 1), now=T)
+    assert s.policies == many + 6
+    entries = [json.loads(e.data) for e in log.get_entries(0, log.size)]
+    run = [e["payload"] for e in entries if e["kind"] == "policy_screening_run"]
+    assert sum(len(r["policies"]) for r in run) == many + 6 and len(run) == 3
+    assert run[0]["clauses"]["platform"]["count"] == 7 and "sha256" in run[0]["clauses"]["platform"]  # fmt: skip
+    young = codes[[r["registry.founded_year"] >= 2015 for r in rows].index(True)]
+    mine = [e["payload"] for e in entries
+            if e["kind"] == "policy_screening" and e["subject"] == young]  # fmt: skip
+    assert [m["part"] for m in mine] == [1, 2, 3]
+    assert sum(len(m["eligible"]) for m in mine) == many + 6  # the long ones too (k == k)
+    log.close()
+    store.close()
