@@ -51,6 +51,10 @@ FINAL: frozenset[str] = frozenset({"paid", "rejected", "withdrawn"})
 SHA256 = re.compile(r"[0-9a-f]{64}")
 # the store's column holds 64 characters (a longer id made PostgreSQL fail INTERNAL)
 APPLICATION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# the submit entry lists the attachments: 1,000 names of 1,024 characters (what the request
+# shape check lets through) overflowed the ledger's 16 KiB payload
+MAX_ATTACHMENTS = 20
+ATTACHMENT_NAME = re.compile(r"[^/\\\x00-\x1f\x7f]{1,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,13 @@ def apply(
             f"missing {missing or 'none'}, unknown {extra or 'none'}",
             field=(missing or extra)[0],
         )
+    if len(attachments) > MAX_ATTACHMENTS:
+        raise InvalidPolicy(f"attachments: at most {MAX_ATTACHMENTS}, got {len(attachments)}",
+                            field="attachments")  # fmt: skip
+    odd = next((n for n in attachments if not ATTACHMENT_NAME.fullmatch(n)), None)
+    if odd is not None:
+        raise InvalidPolicy(f"attachment name: expected 1-128 characters without / \\ or "
+                            f"control characters, got {odd[:40]!r}", field="attachments")  # fmt: skip
     bad = [n for n, d in attachments.items() if not SHA256.fullmatch(d)]
     if bad:
         raise InvalidPolicy(

@@ -26,7 +26,7 @@ from fedcredit.common.tls import Identity, TlsFiles, peer_identity
 from fedcredit.consent.delegation import DelegationVerifier
 from fedcredit.consent.delegation import acting as delegated
 from fedcredit.policies import approval, progress, rules, runs, screening, tracking
-from fedcredit.policies.errors import BenefitUndefined, InvalidPolicy, UnknownAward
+from fedcredit.policies.errors import BenefitUndefined, InvalidPolicy, PolicyExists, UnknownAward
 from fedcredit.policies.store import Award, PolicyStore
 from fedcredit.v1 import policies_pb2, policies_pb2_grpc
 
@@ -157,6 +157,9 @@ class ApplicationServicer(Acting):
         fields = {f.name: f.value for f in request.fields}
         if len(docs) != len(request.attachments) or len(fields) != len(request.fields):
             raise InvalidPolicy("a form field or attachment name appears twice", field="fields")
+        replayed = self._replay(request.application_id, caller, policy, fields, docs, now)
+        if replayed is not None:
+            return replayed
         # Every check before the department's node is asked for a formula's amount: a
         # refused application must not cost a node evaluation nobody ledgers.
         app = approval.apply(policy, request.application_id, caller.org_id, fields, docs, now)
@@ -168,6 +171,25 @@ class ApplicationServicer(Acting):
             append = _with_benefit(append, policy, disclosed)
         self.store.submit(app, append)
         return self._step(app.id, lambda a: approval.push(a, policy, now), caller)
+
+    def _replay(
+        self, app_id: str, caller: Identity, policy: rules.Policy, fields: dict[str, str],
+        docs: dict[str, str], now: float,
+    ) -> Any | None:  # fmt: skip
+        """A retried Apply (same id, enterprise, policy, form and attachments) answers the
+        application as it stands, ledgering nothing again; one whose push was lost (the
+        service stopped between the two steps) is pushed now. Another's id: PolicyExists."""
+        try:
+            old = self.store.application(app_id)
+        except UnknownAward:
+            return None
+        if (old.enterprise, old.policy, dict(old.fields), dict(old.attachments)) != (
+            caller.org_id, policy.id, fields, docs,
+        ):  # fmt: skip
+            raise PolicyExists(f"application {app_id} exists", application=app_id)
+        if old.state == "submitted":
+            return self._step(old.id, lambda a: approval.push(a, policy, now), caller)
+        return application_to_pb(old)
 
     def _formula_amount(self, policy: rules.Policy, enterprise: str) -> tuple[int, list[int]]:
         """The policy's formula for one applicant, asked of its department as booleans,

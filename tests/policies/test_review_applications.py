@@ -429,3 +429,49 @@ def test_runs_over_many_or_long_policies_fit_the_ledger(tmp_path: Path) -> None:
     assert sum(len(m["eligible"]) for m in mine) == many + 6  # the long ones too (k == k)
     log.close()
     store.close()
+
+
+def test_a_retried_apply_answers_the_application_and_ledgers_nothing_again(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """A client retrying Apply after a lost answer used to get ALREADY_EXISTS; and an
+    application whose push was lost (the service stopped between submit and push) stayed
+    'submitted' for good. Now the same request answers the application as it stands."""
+    pki.issue("policies", "policy")
+    store = PolicyStore.open(f"sqlite:///{tmp_path / 'pol.sqlite'}")
+    led = _Ledger()
+    servicer = PolicyServicer(store=store, ledger=led, nodes={}, clock=lambda: T)
+    server = build_policy_server(servicer, address="127.0.0.1:0", tls=pki.tls("policies"))
+    server.start()
+    store.publish(POLICY, T, lambda e: None)
+    rng = random.Random(8)
+    me, other = uscc.generate(rng), uscc.generate(rng)
+
+    def client(org: str) -> PolicyClient:
+        return PolicyClient(f"127.0.0.1:{server.port}", pki.issue(org, "enterprise"), server_org="policies")  # fmt: skip
+
+    form = {"project_name": "line 2", "planned_investment_yuan": "3000000"}
+    try:
+        first = client(me).apply("r-1", POLICY.id, form, {"plan.pdf": b"%PDF-1"})
+        n = len(led.items)
+        again = client(me).apply("r-1", POLICY.id, form, {"plan.pdf": b"%PDF-1"})
+        assert again == first and len(led.items) == n
+        with pytest.raises(PolicyExists):  # same id, another form
+            client(me).apply(
+                "r-1", POLICY.id, {**form, "project_name": "x"}, {"plan.pdf": b"%PDF-1"}
+            )
+        with pytest.raises(PolicyExists):  # same id, another enterprise
+            client(other).apply("r-1", POLICY.id, form, {"plan.pdf": b"%PDF-1"})
+        lost = ap.apply(POLICY, "r-2", other, form, {}, T)
+        store.submit(lost, led.append_many)  # as if the push never ran
+        pushed = client(other).apply("r-2", POLICY.id, form, {})
+        assert pushed.state == "under_review" and store.application("r-2").state == "under_review"
+        with pytest.raises(InvalidPolicy) as ei:
+            client(other).apply("r-3", POLICY.id, form, {f"p{i}.pdf": b"x" for i in range(21)})
+        assert ei.value.metadata == {"field": "attachments"}
+        with pytest.raises(InvalidPolicy):
+            client(other).apply("r-3", POLICY.id, form, {"../etc/passwd": b"x"})
+        assert len(led.items) == n + 2  # r-2's submit and push, nothing else
+    finally:
+        server.stop(0)
+        store.close()
