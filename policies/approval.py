@@ -182,6 +182,10 @@ def lodge_objection(app: Application, by: str, reason: str, at: float) -> Applic
         raise _refuse(app, "object", "objections are lodged during the public notice")
     if not reason.strip():
         raise InvalidPolicy("an objection needs a reason", field="reason")
+    if any(o[1] == by for o in app.objections):
+        # each dismissal restarts the notice in full: one objector objecting again after
+        # every dismissal would hold the payment back for ever
+        raise _refuse(app, "object", f"{by} already objected to it once")
     return _to(app, at, f"object:{by}", "objected", objections=(*app.objections, (at, by, reason)))
 
 

@@ -475,3 +475,21 @@ def test_a_retried_apply_answers_the_application_and_ledgers_nothing_again(
     finally:
         server.stop(0)
         store.close()
+
+
+def test_one_objection_per_objector_so_a_payment_cannot_be_held_for_ever() -> None:
+    """Each dismissed objection restarts the public notice in full; one objector lodging
+    again after every dismissal held the payment back indefinitely (review)."""
+    from fedcredit.policies.errors import IllegalTransition
+    from tests.policies.test_approval import in_state
+
+    a = in_state("notice")
+    a = ap.lodge_objection(a, "91371002MA3C5XYZ2H", "figures double counted", a.notice_until - 1)
+    a = ap.resolve(a, POLICY, False, a.objections[-1][0] + D)
+    with pytest.raises(IllegalTransition) as ei:
+        ap.lodge_objection(a, "91371002MA3C5XYZ2H", "again", a.notice_until - 1)
+    assert "already objected" in ei.value.message
+    assert (
+        ap.lodge_objection(a, "competitor-2", "other grounds", a.notice_until - 1).state
+        == "objected"
+    )
