@@ -20,7 +20,9 @@ to Z=35), ``C9 = 11 - (sum mod 11)`` where 10 is written ``X`` and 11 ``0``.
 from __future__ import annotations
 
 import functools
+import operator
 import random
+import re
 from collections.abc import Sequence
 
 from fedcredit.common.errors import InvalidArgument
@@ -108,6 +110,25 @@ def _org_value(ch: str) -> int:
     return int(ch) if ch.isdigit() else ord(ch) - ord("A") + 10
 
 
+# What _validate uses once a code's characters are known to be in CHARSET: C-level loops
+# (map over a dict lookup and the weights) instead of a generator per character. A
+# batch's first sight of 120,000 codes at 13 services paid ~6 us per code each.
+_CODE_CHARS = re.compile(f"[{CHARSET}]{{18}}")
+_ORG_VALUES = {c: _org_value(c) for c in CHARSET}
+
+
+def _fast_org_check(body: str) -> str:
+    total = sum(map(operator.mul, map(_ORG_VALUES.__getitem__, body), ORG_WEIGHTS))
+    c9 = 11 - total % 11
+    return "X" if c9 == 10 else "0" if c9 == 11 else str(c9)
+
+
+def _fast_check(first17: str) -> str:
+    return CHARSET[
+        (31 - sum(map(operator.mul, map(VALUES.__getitem__, first17), WEIGHTS)) % 31) % 31
+    ]
+
+
 def org_check_char(body: str) -> str:
     """GB 11714 check character for the 8-character organisation code body."""
     total = sum(_org_value(c) * w for c, w in zip(body, ORG_WEIGHTS, strict=True))
@@ -137,7 +158,7 @@ def _validate(code: str) -> str:
         raise InvalidUSCC(
             f"credit code {code!r} has {len(code)} characters; expected 18", code=code, position=0
         )
-    for i, ch in enumerate(code, start=1):
+    for i, ch in enumerate(code, start=1) if _CODE_CHARS.fullmatch(code) is None else ():
         if ch not in VALUES:
             hint = " (lower-case letters are not allowed)" if ch.upper() in VALUES else ""
             raise InvalidUSCC(
@@ -170,7 +191,7 @@ def _validate(code: str) -> str:
             position=3,
         )
     org_body, org_check = code[8:16], code[16]
-    expected_org = org_check_char(org_body)
+    expected_org = _fast_org_check(org_body)
     if org_check != expected_org:
         raise InvalidUSCC(
             f"credit code {code!r}: character 17 (organisation code check, GB 11714) is {org_check!r}; "
@@ -178,7 +199,7 @@ def _validate(code: str) -> str:
             code=code,
             position=17,
         )
-    expected = check_char(code[:17])
+    expected = _fast_check(code[:17])
     if code[17] != expected:
         raise InvalidUSCC(
             f"credit code {code!r}: character 18 (check character) is {code[17]!r}; expected {expected!r}",
