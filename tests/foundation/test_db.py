@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from fedcredit.common.db import create_schema, is_postgres, make_engine, session_factory
+from fedcredit.common.db import (
+    SQLITE_MMAP_BYTES,
+    create_schema,
+    is_postgres,
+    make_engine,
+    session_factory,
+)
 
 meta = sa.MetaData()
 items = sa.Table(
@@ -39,6 +45,8 @@ def test_round_trip_and_foreign_keys(db_url: str) -> None:
     else:
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+            # Reads through a memory map (common.db.SQLITE_MMAP_BYTES), not read() calls.
+            assert conn.exec_driver_sql("PRAGMA mmap_size").scalar_one() == SQLITE_MMAP_BYTES
     engine.dispose()
 
 
