@@ -76,6 +76,7 @@ RATINGS = ("A", "B", "C", "D")
 Mode = Literal["automatic", "application"]
 MODES: tuple[Mode, ...] = ("automatic", "application")
 POLICY_ID = re.compile(r"[a-z0-9][a-z0-9-]{2,63}")
+_ORG = re.compile(r"[a-z][a-z0-9_-]{1,63}")  # a department's organisation id
 _ERROR = re.compile(r"ERROR: <input>:(\d+):(\d+): (.*?)(?:\n|$)")
 _JOIN = {"_&&_": "and", "_||_": "or"}
 
@@ -426,7 +427,7 @@ def validate(p: Policy) -> CheckedRule:
     """Check every field of ``p`` and its rule; the checked rule (or a precise refusal)."""
     _need(bool(POLICY_ID.fullmatch(p.id)), "id", f"expected 3-64 of a-z 0-9 -, got {p.id!r}")
     _need(bool(p.title.strip()) and len(p.title) <= 200, "title", "expected 1-200 characters")
-    _need(bool(re.fullmatch(r"[a-z][a-z0-9_-]{1,63}", p.department)), "department",
+    _need(bool(_ORG.fullmatch(p.department)), "department",
           f"expected an organisation id, got {p.department!r}")  # fmt: skip
     _need(p.mode in MODES, "mode", f"expected one of {', '.join(MODES)}, got {p.mode!r}")
     for name in ("amount_yuan", "budget_yuan"):
@@ -443,6 +444,14 @@ def validate(p: Policy) -> CheckedRule:
     if p.mode == "application":
         _need(len(p.reviewers) >= 1 and len(set(p.reviewers)) == len(p.reviewers), "reviewers",
               "an application policy needs one or more distinct reviewing departments")  # fmt: skip
+    # reviewers are organisations that must be able to sign in and review; a free-form name
+    # (any 1,024 characters passed) left every application waiting on nobody
+    _need(len(p.reviewers) <= 12, "reviewers", f"expected at most 12, got {len(p.reviewers)}")
+    for r in p.reviewers:
+        _need(bool(_ORG.fullmatch(r)), "reviewers",
+              f"expected organisation ids (a-z 0-9 _ -), got {r[:70]!r}")  # fmt: skip
+    _need(len(p.fields) <= 20 and len(set(p.fields)) == len(p.fields), "fields",
+          f"expected at most 20 distinct field names, got {len(p.fields)}")  # fmt: skip
     for f in p.fields:
         _need(bool(re.fullmatch(r"[a-z][a-z0-9_]{0,39}", f)), "fields", f"bad field name {f!r}")
     if p.benefit_formula or p.amount_cap_yuan:

@@ -360,3 +360,26 @@ def test_a_rule_or_formula_ending_in_a_comment_is_evaluated() -> None:
     assert got == [True, True]
     f = rules.check_formula("int(tax.revenue_12m) / 2 // half of it", 1_000)
     assert rules.evaluate_formula_central(f, [{"tax.revenue_12m": 300.0}]) == [150]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"mode": "application", "reviewers": ("finance", "x" * 1_000)},
+        {"mode": "application", "reviewers": ("finance", "Tax Bureau")},
+        {"mode": "application", "reviewers": tuple(f"dept-{i}" for i in range(13))},
+    ],
+)
+def test_reviewers_are_organisation_ids(change: dict[str, Any]) -> None:
+    """A free-form reviewer name was published and every application then waited on
+    nobody (review)."""
+    with pytest.raises(InvalidPolicy) as ei:
+        rules.validate(_policy(**change))
+    assert ei.value.metadata["field"] == "reviewers"
+
+
+@pytest.mark.parametrize("fields", [("a", "a"), tuple(f"f{i}" for i in range(21))])
+def test_form_fields_are_few_and_distinct(fields: tuple[str, ...]) -> None:
+    with pytest.raises(InvalidPolicy) as ei:
+        rules.validate(_policy(fields=fields))
+    assert ei.value.metadata["field"] == "fields"
