@@ -200,7 +200,28 @@ class PolicyStore:
         store = cls(make_engine(url))
         with store._guard():
             create_schema(store.engine, metadata)
+        store._claim_existing_applications()
         return store
+
+    def _claim_existing_applications(self) -> None:
+        """A store made before pol_application_claims existed: each open or paid
+        application claims its (policy, enterprise) once, oldest first, so an enterprise
+        holding one cannot apply again after the upgrade. Idempotent (claims are kept)."""
+        with self._tx() as conn:
+            held = {(r[0], r[1]) for r in conn.execute(
+                select(claims_t.c.policy_id, claims_t.c.enterprise))}  # fmt: skip
+            rows = conn.execute(select(applications_t.c.id, applications_t.c.policy_id,
+                                       applications_t.c.enterprise).where(
+                applications_t.c.state.not_in(("rejected", "withdrawn"))
+            ).order_by(applications_t.c.id)).all()  # fmt: skip
+            new = []
+            for app_id, policy_id, enterprise in rows:
+                if (policy_id, enterprise) not in held:
+                    held.add((policy_id, enterprise))
+                    new.append({"policy_id": policy_id, "enterprise": enterprise,
+                                "application_id": app_id})  # fmt: skip
+            if new:
+                conn.execute(insert(claims_t), new)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -493,3 +493,27 @@ def test_one_objection_per_objector_so_a_payment_cannot_be_held_for_ever() -> No
         ap.lodge_objection(a, "competitor-2", "other grounds", a.notice_until - 1).state
         == "objected"
     )
+
+
+def test_a_store_from_before_the_claims_claims_its_open_applications(db_url: str) -> None:
+    """Upgrading a deployment: applications stored before pol_application_claims existed
+    claim their (policy, enterprise) when the store opens, so the double application stays
+    refused there too; rejected ones do not."""
+    from fedcredit.policies.store import claims_t
+
+    store = PolicyStore.open(db_url)
+    store.publish(POLICY, T, lambda e: None)
+    store.submit(_new(), lambda e: None)
+    store.submit(dataclasses.replace(_new(), id="b1", enterprise=OTHER), lambda e: None)
+    _through(store, "b1", "rejected", lambda e: None)
+    with store.engine.begin() as conn:  # as the old schema left it: no claims at all
+        conn.execute(claims_t.delete())
+    store.close()
+    store = PolicyStore.open(db_url)
+    with pytest.raises(AlreadyApplied):
+        store.submit(dataclasses.replace(_new(), id="a2"), lambda e: None)
+    store.submit(dataclasses.replace(_new(), id="b2", enterprise=OTHER), lambda e: None)
+    store.close()
+    reopened = PolicyStore.open(db_url)  # opening again changes nothing
+    assert reopened.open_application(POLICY.id, OTHER) == "b2"
+    reopened.close()
