@@ -32,7 +32,9 @@ Run ``python -m bench.bench_coordinator`` (``--batch N`` for the ScoreBatch size
   120,000, extrapolated: <= 3 minutes), next to its floor: 12 nodes verifying one bare
   Ed25519 signature per item (libsodium, thread CPU time), 120,000 items on this
   machine's cores, nothing else; ``--profile`` records the coordinator with
-  py-spy during the batch; the share of CPU time spent verifying
+  py-spy during the batch; ``--perf DIR`` records every process with ``perf record``
+  (native code included: libsodium, LightGBM, SQLite, the kernel) and notes each one's
+  CPU by library; the share of CPU time spent verifying
   consent tokens (each token is verified by the coordinator and again by each of
   the 12 nodes: 13 verifications per enterprise), computed from the measured
   warm per-token verification cost and the CPU time all processes used.
@@ -47,6 +49,8 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -528,6 +532,44 @@ class Bench:
         console.print(f"profiling the coordinator (pid {pid}) into {out}")
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def _perf_start(self, groups: dict[str, list[int]]) -> list[tuple[str, Path, Any]]:
+        """``perf record`` of each group of processes during the batch (``--perf DIR``): what
+        py-spy cannot show, native code included (libsodium, LightGBM, SQLite, the kernel)."""
+        perf = shutil.which("perf")
+        if not self.args.perf:
+            return []
+        if perf is None:
+            self.notes.append("--perf: perf is not installed on this machine; nothing recorded")
+            return []
+        out = Path(self.args.perf)
+        out.mkdir(parents=True, exist_ok=True)
+        started = []
+        for name, pids in groups.items():
+            f = out / f"{name}.perf"
+            cmd = [perf, "record", "-q", "-F", "499", "-p", ",".join(map(str, pids)), "-o", str(f)]
+            started.append((name, f, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))  # fmt: skip
+        console.print(f"perf recording {', '.join(groups)} into {out}")
+        return started
+
+    def _perf_stop(self, started: list[tuple[str, Path, Any]]) -> None:
+        """Stop the recordings; per group, the top shares of its CPU by library (notes)."""
+        for _, _, proc in started:
+            proc.send_signal(signal.SIGINT)  # perf writes its data and exits
+        for name, f, proc in started:
+            proc.wait(120)
+            rep = subprocess.run(
+                ["perf", "report", "-i", str(f), "--sort", "dso", "--stdio", "-q"],
+                capture_output=True, text=True, timeout=600, check=False,
+            )  # fmt: skip
+            shares = [
+                f"{parts[1]} {parts[0]}"
+                for parts in (line.split() for line in rep.stdout.splitlines())
+                if len(parts) == 2 and parts[0].endswith("%")
+            ]
+            self.notes.append(
+                f"perf, {name}, share of its CPU by library: " + ", ".join(shares[:8])
+            )
+
     def stop(self) -> None:
         from fedcredit.consent.service import stop
 
@@ -618,10 +660,16 @@ class Bench:
         cpu0 = {name: cpu_seconds([pid]) for name, pid in by_name.items()}
         self0 = self_cpu()
         spy = self._profile(by_name["coordinator"], "coordinator-batch.txt") if a.profile else None
+        nodes = [pid for k, pid in by_name.items() if k.startswith("node-")]
+        perf = self._perf_start({
+            "nodes": with_descendants(nodes), "coordinator": [by_name["coordinator"]],
+            "ledger": [by_name["ledger"]], "consent": [os.getpid()], "client": [client[0].pid],
+        })  # fmt: skip
         dt, ok, bad, client_cpu = self.batch(client, len(items))
         if spy is not None:
             spy.send_signal(2)  # SIGINT: py-spy writes its profile and exits
             spy.wait(60)
+        self._perf_stop(perf)
         used = {name: cpu_seconds([pid]) - cpu0[name] for name, pid in by_name.items()}
         cpu_services = sum(used.values())  # ledger + 12 nodes + coordinator (+ portal, policies)
         nodes_cpu = sum(v for k, v in used.items() if k.startswith("node-"))
@@ -730,6 +778,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--workdir", default="", help="keep the deployment here (default: a temporary folder)"
+    )
+    p.add_argument(
+        "--perf",
+        default="",
+        help="record every process with `perf record` during the batch (folder); "
+        "the notes give each one's CPU by library",
     )
     args = p.parse_args(argv)
     if args.quick:
