@@ -27,7 +27,6 @@ import math
 import tempfile
 import textwrap
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +43,17 @@ from fedcredit.training.gbdt.params import GBDTParams
 from fedcredit.training.gbdt.party import Party
 from fedcredit.training.gbdt.privacy import (
     DEFAULT_SHARES,
-    EQUAL_SHARES,
+    DEFAULT_SKETCH_ROUNDS,
     BankNoise,
     NoisePlan,
     PublicRange,
     catalog_ranges,
     parse_ranges,
     public_spec,
+    quantile_spec,
+    sketch_counts,
+    sketch_grid,
+    sketch_round,
 )
 from fedcredit.training.run.city import PRESETS
 
@@ -67,10 +70,20 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0)
 DELTA = 1e-6
 DEFAULT_EPSILON = 4.0
-# The private preset before issue 15's tuning, measured at the default ε for comparison.
-PREVIOUS = replace(PRESETS["private"], max_bins=8, lambda_l2=50.0, features_per_tree=0)
-# The preset before trees were grown on feature subsets, at the default ε.
-ALL_FEATURES = replace(PRESETS["private"], features_per_tree=0)
+# The private preset before bins from the DP sketch (10 trees of depth 2 on 4 bins of
+# the public grid, each on 16 features), measured at the default ε for comparison.
+PREVIOUS = GBDTParams(
+    num_trees=10,
+    max_depth=2,
+    max_bins=4,
+    learning_rate=0.3,
+    lambda_l2=300.0,
+    max_delta_step=1.0,
+    min_data_in_leaf=200,
+    min_sum_hessian_in_leaf=10.0,
+    features_per_tree=16,
+)
+GRID_RUN = "preset private on the public grid (no DP sketch), DP"
 START, END = "<!-- privacy:start -->", "<!-- privacy:end -->"
 CITY_START, CITY_END = "<!-- privacy-city:start -->", "<!-- privacy-city:end -->"
 # The synthetic city of bench/bench_training_city.py (same seed and size).
@@ -81,6 +94,7 @@ class Fate:
     """The split, loaded once; ``score`` gives a model's AUC and interval on the test rows."""
 
     name = "FATE homo split (3 banks x 8,000 rows; test 6,000)"
+    preset = "private"
 
     def __init__(self) -> None:
         self.banks: list[BankData] = [load_csv(FATE / f) for f in FILES]
@@ -99,16 +113,28 @@ class Fate:
         repeats: int,
         shares: tuple[float, float, float],
         label: str,
+        sketch_rounds: float = DEFAULT_SKETCH_ROUNDS,
     ) -> dict[str, Any]:
-        """``repeats`` trainings with fresh OpenDP noise for (eps, DELTA)."""
-        spec = public_spec(self.names, self.ranges, params.max_bins)
-        plan = NoisePlan.calibrate(params, len(self.names), len(self.banks), eps, DELTA, shares)
+        """``repeats`` trainings with fresh OpenDP noise for (eps, DELTA): with
+        ``sketch_rounds`` the DP sketch round and its quantile bins first (as a real
+        run), else bins on the public grid."""
+        plan = NoisePlan.calibrate(
+            params, len(self.names), len(self.banks), eps, DELTA, shares, sketch_rounds
+        )
         aucs: list[float] = []
         first_ci: tuple[float, float] | None = None
         failed = 0
         t0 = time.perf_counter()
         for _ in range(repeats):
-            parties = [Party(spec, b.x, b.y, noise=BankNoise(plan)) for b in self.banks]
+            noises = [BankNoise(plan) for _ in self.banks]
+            if sketch_rounds > 0.0:
+                xs = [b.x for b in self.banks]
+                spec, _ = sketch_round(self.names, self.ranges, params.max_bins, xs, noises)
+            else:
+                spec = public_spec(self.names, self.ranges, params.max_bins)
+            parties = [
+                Party(spec, b.x, b.y, noise=n) for b, n in zip(self.banks, noises, strict=True)
+            ]
             try:
                 a, ci = self.score(train_parties(params, spec, parties))
             except NoSplitPossible:
@@ -124,12 +150,19 @@ class Fate:
             "spent_epsilon": plan.spent_epsilon,
             "noise_multiplier": plan.multiplier,
             "shares": list(shares),
+            "sketch_rounds": sketch_rounds,
             "auc": float(np.mean(aucs)),
             "auc_runs": aucs,
             "runs_without_a_split": failed,
             "ci95": first_ci,
             "seconds_per_run": (time.perf_counter() - t0) / repeats,
         }
+
+    def exact_quantile_spec(self, max_bins: int) -> Any:
+        """The DP sketch's bins without its noise (the ε = ∞ reference)."""
+        grid = sketch_grid(self.names, self.ranges)
+        counts = sum(sketch_counts(grid, b.x) for b in self.banks)
+        return quantile_spec(self.names, self.ranges, counts, max_bins)
 
 
 class City(Fate):
@@ -157,8 +190,8 @@ class City(Fate):
         )
 
 
-def measure(d: Fate, repeats: int) -> dict[str, Any]:
-    params = PRESETS["private"]
+def measure(d: Fate, repeats: int, epsilons: tuple[float, ...] = EPSILONS) -> dict[str, Any]:
+    params = PRESETS[d.preset]
     fate = PRESETS["fate"]
     rows: list[dict[str, Any]] = []
     pooled = np.vstack([b.x for b in d.banks])
@@ -166,30 +199,39 @@ def measure(d: Fate, repeats: int) -> dict[str, Any]:
     exact_fate = train_parties(fate, fate_spec, [Party(fate_spec, b.x, b.y) for b in d.banks])
     a, ci = d.score(exact_fate)
     rows.append({"run": "non-private hist, preset fate", "epsilon": None, "auc": a, "ci95": ci})
-    spec = public_spec(d.names, d.ranges, params.max_bins)
+    spec = d.exact_quantile_spec(params.max_bins)
     a, ci = d.score(train_parties(params, spec, [Party(spec, b.x, b.y) for b in d.banks]))
     rows.append({"run": "preset private, no noise", "epsilon": None, "auc": a, "ci95": ci})
-    for eps in EPSILONS:
+    for eps in epsilons:
         rows.append(d.private_runs(params, eps, repeats, DEFAULT_SHARES, "preset private, DP"))
-    rows.append(
-        d.private_runs(
-            PREVIOUS, DEFAULT_EPSILON, repeats, EQUAL_SHARES, "previous private defaults, DP"
+    if DEFAULT_EPSILON in epsilons:
+        rows.append(
+            d.private_runs(
+                PREVIOUS,
+                DEFAULT_EPSILON,
+                repeats,
+                DEFAULT_SHARES,
+                "previous private defaults, DP",
+                sketch_rounds=0.0,
+            )
         )
-    )
-    rows.append(
-        d.private_runs(
-            ALL_FEATURES,
-            DEFAULT_EPSILON,
-            repeats,
-            DEFAULT_SHARES,
-            "preset private on all features, DP",
+        rows.append(
+            d.private_runs(
+                params,
+                DEFAULT_EPSILON,
+                repeats,
+                DEFAULT_SHARES,
+                GRID_RUN,
+                sketch_rounds=0.0,
+            )
         )
-    )
     return {
         "dataset": d.name,
+        "preset": d.preset,
         "delta": DELTA,
         "params": params.to_dict(),
         "shares": list(DEFAULT_SHARES),
+        "sketch_rounds": DEFAULT_SKETCH_ROUNDS,
         "previous_params": PREVIOUS.to_dict(),
         "features": list(d.names),
         "runs": rows,
@@ -263,13 +305,11 @@ def _panel(ax: Any, result: dict[str, Any]) -> None:
     lo = mean - np.array([min(r["auc_runs"]) for r in dp])
     hi = np.array([max(r["auc_runs"]) for r in dp]) - mean
     ax.errorbar(eps, mean, yerr=[lo, hi], marker="o", capsize=4,
-                label=f"preset private + DP (mean, min-max of {len(dp[0]['auc_runs'])} runs)")  # fmt: skip
+                label=f"preset {result.get('preset', 'private')} + DP (mean, min-max of {len(dp[0]['auc_runs'])} runs)")  # fmt: skip
     base, noiseless = runs[0]["auc"], runs[1]["auc"]
     ax.axhline(base, color="black", label=f"non-private federated hist (fate) {base:.3f}")
     ax.axhline(base - 0.01, color="black", linestyle=":", label="target: within 0.01 of it")
-    ax.axhline(
-        noiseless, color="grey", linestyle="--", label=f"preset private, ε = ∞ {noiseless:.3f}"
-    )
+    ax.axhline(noiseless, color="grey", linestyle="--", label=f"same preset, ε = ∞ {noiseless:.3f}")
     prev = [r for r in runs if r["run"].startswith("previous")]
     if prev:
         ax.plot([prev[0]["epsilon"]], [prev[0]["auc"]], "x", color="red", markersize=9,
@@ -297,7 +337,7 @@ def markdown(result: dict[str, Any]) -> str:
     fails = [str(r.get("runs_without_a_split", 0)) for r in dp] + ["", ""]
     gap = runs[0]["auc"] - next(r["auc"] for r in dp if r["epsilon"] == DEFAULT_EPSILON)
     prev = next((r for r in runs if r["run"].startswith("previous")), None)
-    every = next((r for r in runs if r["run"] == "preset private on all features, DP"), None)
+    grid = next((r for r in runs if r["run"] == GRID_RUN), None)
     lines = [
         "| ε | " + " | ".join(head) + " |",
         "|---|" + "---|" * len(head),
@@ -314,9 +354,8 @@ def markdown(result: dict[str, Any]) -> str:
             else "."
         )
         + (
-            f" The same preset with every tree on all {len(result.get('features', [])) or ''} "
-            f"features (no subsets): {every['auc']:.3f}."
-            if every
+            f" The same preset with bins on the public grid (no DP sketch): {grid['auc']:.3f}."
+            if grid
             else ""
         )
         + f" Measured {result['when']}.",
@@ -344,18 +383,29 @@ def main(argv: list[str] | None = None) -> None:
         default=CITY_ENTERPRISES,
         help="size of the synthetic city measured after FATE (0: FATE only)",
     )
+    ap.add_argument(
+        "--epsilons",
+        default=",".join(f"{e:g}" for e in EPSILONS),
+        help="comma-separated epsilons to measure; any other set than the default is a "
+        "partial run: tables printed, no JSON, plot or README written",
+    )
     args = ap.parse_args(argv)
+    epsilons = tuple(float(e) for e in args.epsilons.split(","))
+    full = epsilons == EPSILONS
     console = Console(width=160)
-    result = measure(Fate(), args.repeats)
+    result = measure(Fate(), args.repeats, epsilons)
     console.print(render(result))
     sections = [(result, START, END)]
     if args.city_enterprises > 0:
         with tempfile.TemporaryDirectory(prefix="fedcredit-bench-privacy-") as work:
-            city = measure(City(Path(work), args.city_enterprises), args.repeats)
+            city = measure(City(Path(work), args.city_enterprises), args.repeats, epsilons)
         console.print(render(city))
         result["city"] = city
         result["rows"] += summary_rows(city["runs"], prefix="city: ")
         sections.append((city, CITY_START, CITY_END))
+    if not full:
+        console.print(f"partial run (epsilons {args.epsilons}): nothing written")
+        return
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2, default=_finite) + "\n")
     plot([r for r, _, _ in sections], PLOT)

@@ -18,6 +18,7 @@ from fedcredit.training.gbdt.privacy import (
     DEFAULT_SHARES,
     EQUAL_SHARES,
     MAX_PRIVATE_BINS,
+    SKETCH_CELLS_DP,
     BankNoise,
     CoordinatorDeviates,
     InvalidPrivacySettings,
@@ -28,7 +29,11 @@ from fedcredit.training.gbdt.privacy import (
     account,
     opendp_sampler,
     public_spec,
+    quantile_spec,
     seeded_sampler,
+    sketch_counts,
+    sketch_grid,
+    sketch_round,
 )
 
 F = 6
@@ -486,3 +491,69 @@ def test_subsampled_private_training_replays_from_its_seed() -> None:
     y = np.concatenate([y for _, y in banks])
     fed = train_parties(SUB, spec, [Party(spec, bx, by) for bx, by in banks]).to_lightgbm()
     assert fed == train_central(spec, x, y, SUB).to_lightgbm()
+
+
+# -- bins from a DP sketch ----------------------------------------------------------
+
+
+def test_dp_sketch_is_priced_in_the_same_budget() -> None:
+    plain = NoisePlan.calibrate(PARAMS, F, 3, 4.0, 1e-6)
+    sk = NoisePlan.calibrate(PARAMS, F, 3, 4.0, 1e-6, sketch_rounds=1.0)
+    assert sk.spent_epsilon <= 4.0 and plain.spent_epsilon <= 4.0
+    # The sketch costs one round's worth: the histograms get a little more noise.
+    assert sk.multiplier > plain.multiplier
+    assert account(sk.multiplier, sk.releases, 1e-6, DEFAULT_SHARES, 1.0) == pytest.approx(
+        account(sk.multiplier, sk.releases + 1, 1e-6, DEFAULT_SHARES), rel=1e-6
+    )
+    assert sk.sketch_sigma() == pytest.approx(sk.multiplier / np.sqrt(3.0) * np.sqrt(F))
+    assert NoisePlan.from_dict(sk.to_dict()) == sk
+    with pytest.raises(CoordinatorDeviates, match="prices no DP sketch"):
+        plain.sketch_sigma()
+    with pytest.raises(InvalidPrivacySettings, match="sketch_rounds"):
+        NoisePlan.calibrate(PARAMS, F, 3, 4.0, 1e-6, sketch_rounds=-1.0)
+    # A plan that hides a costlier sketch behind the same multiplier is over budget.
+    greedy = replace(sk, sketch_rounds=50.0)
+    with pytest.raises(PrivacyBudgetExceeded):
+        greedy.check(4.0, PARAMS, F)
+
+
+def test_quantile_bins_follow_the_noisy_sketch_by_one_public_rule() -> None:
+    x = np.random.default_rng(5).normal(size=(20_000, F)) * np.arange(1, F + 1)
+    grid = sketch_grid(NAMES, RANGES)
+    counts = sketch_counts(grid, x)
+    assert counts.shape == (F, SKETCH_CELLS_DP)
+    assert (counts.sum(axis=1) == 20_000).all()  # every row in one cell per feature
+    spec = quantile_spec(NAMES, RANGES, counts, 6)
+    assert spec.to_dict() == quantile_spec(NAMES, RANGES, counts.copy(), 6).to_dict()
+    for f in range(F):
+        assert set(spec.edges[f]) <= set(grid.edges[f])  # thresholds on the public grid
+        assert 2 <= spec.num_bins(f) <= 6
+    # Near equal frequency on x0 (sd 1 on a 64-cell grid over [-4, 4]).
+    share = np.bincount(spec.transform(x)[:, 0], minlength=6)[:6] / 20_000
+    assert np.abs(share - 1 / 6).max() < 0.05
+    assert spec.mins == (-4.0,) * F and spec.maxs == (4.0,) * F  # feature_infos public
+    # Noise below zero is clipped; a feature with nothing counted keeps the public grid.
+    noisy = counts.copy()
+    noisy[1] = -3
+    spec2 = quantile_spec(NAMES, RANGES, noisy, 6)
+    assert np.array_equal(spec2.edges[1], public_spec(NAMES, RANGES, 6).edges[1])
+    with pytest.raises(CoordinatorDeviates, match="shape"):
+        quantile_spec(NAMES, RANGES, counts[:, :10], 6)
+    with pytest.raises(InvalidPrivacySettings, match="bins per feature"):
+        quantile_spec(NAMES, RANGES, counts, MAX_PRIVATE_BINS + 1)
+
+
+def test_sketch_round_replays_from_its_seed_and_carries_the_planned_noise() -> None:
+    banks = _banks()
+    plan = NoisePlan.calibrate(PARAMS, F, 3, 4.0, 1e-6, sketch_rounds=1.0)
+
+    def run(seed: int) -> tuple[object, np.ndarray]:
+        noises = [BankNoise(plan, seeded_sampler(seed + i)) for i in range(3)]
+        return sketch_round(NAMES, RANGES, 6, [x for x, _ in banks], noises)
+
+    (a, ca), (b, cb) = run(1), run(1)
+    assert a.to_dict() == b.to_dict() and np.array_equal(ca, cb)  # type: ignore[attr-defined]
+    grid = sketch_grid(NAMES, RANGES)
+    exact = sum(sketch_counts(grid, x) for x, _ in banks)
+    noise = np.concatenate([run(s)[1] - exact for s in range(1, 40, 3)])
+    assert np.std(noise) == pytest.approx(plan.sketch_sigma(), rel=0.1)

@@ -27,6 +27,9 @@ from fedcredit.training.gbdt.privacy import (
     parse_ranges,
     public_spec,
     seeded_sampler,
+    sketch_counts,
+    sketch_grid,
+    sketch_round,
 )
 from fedcredit.training.run.simulation import simulate_many
 from fedcredit.training.server.federation import BankDropped
@@ -94,12 +97,16 @@ def test_private_federated_equals_in_process_and_leaks_no_raw_value(
     wire = tmp_path / "wire"
     wire.mkdir()
     source = CsvSource(paths, privacy=(("public-ranges", ranges), ("noise-seed", SEED)))
+    # Bins from the DP sketch (the default) with and without secure sums; bins on the
+    # public grid (sketch_rounds 0) with feature subsets.
     runs = [
         TrainSettings(params=PARAMS, secagg=True, epsilon=4.0, public_ranges=ranges),
         TrainSettings(params=PARAMS, secagg=False, epsilon=4.0, public_ranges=ranges),
         # A bank allows at most epsilon 4: a coordinator asking for 8 is refused.
         TrainSettings(params=PARAMS, secagg=True, epsilon=8.0, public_ranges=ranges),
-        TrainSettings(params=SUB, secagg=True, epsilon=4.0, public_ranges=ranges),
+        TrainSettings(
+            params=SUB, secagg=True, epsilon=4.0, public_ranges=ranges, sketch_rounds=0.0
+        ),
     ]
     sec, plain, greedy, sub = simulate_many(runs, source, 3, client_mods=[_capture(wire)])
     seen = [pickle.loads(f.read_bytes()) for f in sorted(wire.iterdir())]
@@ -107,16 +114,21 @@ def test_private_federated_equals_in_process_and_leaks_no_raw_value(
 
     data = [load_csv(p) for p in paths]
     names = list(data[0].feature_names)
-    spec = public_spec(names, parse_ranges(json.loads(Path(ranges).read_text())), 8)
+    public = parse_ranges(json.loads(Path(ranges).read_text()))
     assert isinstance(sub, TrainOutcome), sub
-    for out, shares, params in ((sec, 3, PARAMS), (plain, 1, PARAMS), (sub, 3, SUB)):
-        plan = NoisePlan.calibrate(params, N_FEATURES, shares, 4.0, 1e-6)
-        parties = [
-            Party(spec, d.x, d.y, d.ids, noise=BankNoise(plan, seeded_sampler(SEED + i)))
-            for i, d in enumerate(data)
-        ]
+    for out, shares, params, sk in ((sec, 3, PARAMS, 1.0), (plain, 1, PARAMS, 1.0), (sub, 3, SUB, 0.0)):  # fmt: skip
+        plan = NoisePlan.calibrate(params, N_FEATURES, shares, 4.0, 1e-6, sketch_rounds=sk)
+        noises = [BankNoise(plan, seeded_sampler(SEED + i)) for i in range(len(data))]
+        if sk > 0.0:  # the sketch round replayed in process, with the banks' seeded noise
+            spec, _ = sketch_round(names, public, params.max_bins, [d.x for d in data], noises)
+            assert spec.to_dict() != public_spec(names, public, params.max_bins).to_dict()
+        else:
+            spec = public_spec(names, public, params.max_bins)
+        assert out.spec is not None and out.spec.to_dict() == spec.to_dict()
+        parties = [Party(spec, d.x, d.y, d.ids, noise=n) for d, n in zip(data, noises, strict=True)]
         assert out.model_text == train_parties(params, spec, parties).to_lightgbm()
         assert out.privacy is not None and out.privacy["epsilon"] <= 4.0
+        assert out.privacy["sketch_rounds"] == sk
         assert out.message_rounds == out.trees * params.max_depth  # the floor: one per level
     assert sub.privacy is not None and sub.privacy["features_per_release"] == 3
     assert "feature_infos=" + " ".join(["[-5:5]"] * N_FEATURES) in sec.model_text
@@ -131,6 +143,12 @@ def test_private_federated_equals_in_process_and_leaks_no_raw_value(
         assert set(got) == {"info"}
         assert set(got["info"]) == {"feature_names", "bank", "public_key"}
     rows = [d.rows for d in data]
+    grid = sketch_grid(names, public)
+    exact = [sketch_counts(grid, d.x).ravel() for d in data]
+    sketches = [got["sums"]["sketch"] for mtype, got in seen if mtype == "train.dpsketch"]
+    assert len(sketches) == 3  # the plain run's banks, each once
+    for v in sketches:  # noisy counts, not any bank's own
+        assert not any(np.array_equal(v, e) for e in exact)
     for mtype, got in seen:
         if mtype == "train.totals":
             t = got["sums"]["totals"]

@@ -9,7 +9,10 @@ Message types it answers (the server's side is training/server/strategies.py):
   return integer histograms of the asked leaves (and validation-loss sums).
   ``train`` (default action) with op "hist" is the same through SecAgg+:
   the values go out as limbs, masked by ``secaggplus_mod``.
-- ``train.masked`` — the same sums (op "totals", "sketch" or "hist") in one round,
+- ``train.dpsketch`` — private mode without secure sums: the bank's DP sketch (rows per
+  cell of the public fine grid) with the full noise, once per training; ``train.totals``
+  — its noisy [rows, positives].
+- ``train.masked`` — the same sums (op "totals", "sketch", "dpsketch" or "hist") in one round,
   masked with pairwise keys agreed at setup (training/flower/masking.py).
 - ``train.bagging`` / ``train.cyclic`` — the LightGBM baselines: boost a few
   trees on the bank's rows from the given global model.
@@ -47,11 +50,15 @@ from fedcredit.training.gbdt.privacy import (
     BankNoise,
     CoordinatorDeviates,
     NoisePlan,
+    PublicRange,
     RequestGuard,
     load_ranges,
     opendp_sampler,
     public_spec,
+    quantile_spec,
     seeded_sampler,
+    sketch_counts,
+    sketch_grid,
 )
 
 PARTY_STATE = "fedcredit.party"
@@ -59,6 +66,9 @@ SPEC_STATE = "fedcredit.spec"
 MASK_STATE = "fedcredit.masking"
 GUARD_STATE = "fedcredit.guard"
 SEEN_STATE = "fedcredit.trainings"
+# Private trainings whose DP sketch this bank released: {training id: digest of the
+# settings and noise plan it priced}.
+SKETCHED_STATE = "fedcredit.sketched"
 
 # (data key, spec digest, validation fraction) -> Party with binned rows; per process.
 _PARTIES: dict[tuple[str, str, float], Party] = {}
@@ -73,6 +83,17 @@ def _arrays(**arrays: np.ndarray) -> ArrayRecord:
 def _node_config(context: Context) -> dict[str, Any]:
     # The run id lets a data source keep what it fetched for one run (city mode's cache).
     return dict(context.node_config) | {"run-id": int(context.run_id)}
+
+
+def _sketched(context: Context) -> dict[str, str]:
+    rec = context.state.config_records.get(SKETCHED_STATE)
+    return dict(json.loads(cast(str, rec["sketched"]))) if rec is not None else {}
+
+
+def _plan_digest(blob: dict[str, Any]) -> str:
+    """What a DP sketch was released under: the run's settings and noise plan."""
+    text = json.dumps({"params": blob["params"], "plan": blob["plan"]}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _reply(msg: Message, content: RecordDict) -> Message:
@@ -210,11 +231,11 @@ class _Bank:
             )
         context.state.config_records[SEEN_STATE] = ConfigRecord({"ids": [*ids, training]})
 
-    def private(
-        self, context: Context, spec: BinSpec, blob: dict[str, Any]
-    ) -> tuple[BankNoise, RequestGuard]:
-        """This bank's own checks of a private run before it answers anything: the bin spec
-        against the public ranges it holds itself, the noise plan against its own budget."""
+    def checked_plan(
+        self, context: Context, blob: dict[str, Any]
+    ) -> tuple[dict[str, PublicRange], GBDTParams, BankNoise]:
+        """The public ranges this bank holds itself and the run's settings and noise plan,
+        checked against its own budget, before it releases anything."""
         nc = self.source.privacy_config(_node_config(context))
         path = nc.get("public-ranges")
         if not path:
@@ -224,13 +245,70 @@ class _Bank:
             )
         ranges = load_ranges(str(path))
         params = GBDTParams.from_dict(blob["params"])
-        expected = public_spec(spec.feature_names, ranges, params.max_bins)
-        guard = RequestGuard(params, spec, expected)
         plan = NoisePlan.from_dict(blob["plan"])
-        plan.check(float(nc.get("max-epsilon", DEFAULT_EPSILON)), params, spec.num_features)
+        plan.check(float(nc.get("max-epsilon", DEFAULT_EPSILON)), params, plan.n_features)
         seed = nc.get("noise-seed")
         sampler = seeded_sampler(int(seed)) if seed is not None else opendp_sampler
-        return BankNoise(plan, sampler), guard
+        return ranges, params, BankNoise(plan, sampler)
+
+    def dp_sketch(self, context: Context, cfg: dict[str, Any]) -> np.ndarray:
+        """Private mode's first release: this bank's rows per cell of the fine public
+        grid, with its share of the sketch's noise (the noise plan prices it), once per
+        training id and before the training starts."""
+        blob = json.loads(cast(str, cfg["privacy"]))
+        d = self.data(context)
+        ranges, _params, noise = self.checked_plan(context, blob)
+        plan = noise.plan
+        if plan.n_features != len(d.feature_names):
+            raise CoordinatorDeviates(
+                f"noise plan covers {plan.n_features} features; this bank has "
+                f"{len(d.feature_names)}"
+            )
+        training = str(blob.get("training", ""))
+        seen = context.state.config_records.get(SEEN_STATE)
+        done = _sketched(context)
+        if (
+            not training
+            or training in done
+            or (seen is not None and training in cast(list[str], seen["ids"]))
+        ):
+            raise CoordinatorDeviates(
+                f"DP sketch for private training id {training!r}: missing, already released "
+                "or asked after the training started"
+            )
+        counts = noise.noisy_sketch(sketch_counts(sketch_grid(d.feature_names, ranges), d.x))
+        done[training] = _plan_digest(blob)
+        context.state.config_records[SKETCHED_STATE] = ConfigRecord({"sketched": json.dumps(done)})
+        return counts.ravel().astype(np.int64)
+
+    def private(
+        self, context: Context, spec: BinSpec, blob: dict[str, Any]
+    ) -> tuple[BankNoise, RequestGuard]:
+        """This bank's own checks of a private run before it answers anything: the bin spec
+        against the one it computes itself (the public grid from its own ranges, or the
+        public quantile rule on the DP sketch it contributed to, under the same plan),
+        the noise plan against its own budget."""
+        ranges, params, noise = self.checked_plan(context, blob)
+        if noise.plan.n_features != spec.num_features:
+            raise CoordinatorDeviates(
+                f"noise plan covers {noise.plan.n_features} features; the spec has "
+                f"{spec.num_features}"
+            )
+        if noise.plan.sketch_rounds > 0.0:
+            training = str(blob.get("training", ""))
+            if _sketched(context).get(training) != _plan_digest(blob):
+                raise CoordinatorDeviates(
+                    "bins from a DP sketch this bank did not release under this training's "
+                    "settings and noise plan"
+                )
+            try:
+                counts = np.asarray(blob["sketch"], dtype=np.int64)
+            except (KeyError, TypeError, ValueError, OverflowError):
+                raise CoordinatorDeviates("quantile bins without the sketch's counts") from None
+            expected = quantile_spec(spec.feature_names, ranges, counts, params.max_bins)
+        else:
+            expected = public_spec(spec.feature_names, ranges, params.max_bins)
+        return noise, RequestGuard(params, spec, expected)
 
     def totals(self, context: Context, cfg: dict[str, Any]) -> np.ndarray:
         """Private mode: [training rows, positives, 0, 0] with this bank's noise share."""
@@ -255,11 +333,15 @@ class _Bank:
             return np.concatenate([counts.ravel(), totals]).astype(np.int64)
         if op == "totals":
             return self.totals(context, payload).astype(np.int64)
+        if op == "dpsketch":
+            return self.dp_sketch(context, payload)
         if op == "hist":
             hists, valid = self.hist(context, payload)
             parts = [hists.ravel()] + ([valid] if valid is not None else [])
             return np.concatenate(parts).astype(np.int64)
-        raise ValueError(f"unknown secure operation {op!r}; expected sketch, totals or hist")
+        raise ValueError(
+            f"unknown secure operation {op!r}; expected sketch, dpsketch, totals or hist"
+        )
 
     def masked(self, context: Context, cfg: dict[str, Any], flat: np.ndarray) -> np.ndarray:
         """Mask ``flat`` for this request's round, after checking roster and round."""
@@ -380,6 +462,11 @@ def make_client_app(source: DataSource | None = None, mods: Sequence[Mod] = ()) 
         # Private mode without secure sums: the noisy totals in clear (full noise each).
         cfg = dict(msg.content.config_records["config"])
         return _reply(msg, sums.pack(totals=bank.totals(context, cfg)))
+
+    @app.train("dpsketch")
+    def dpsketch(msg: Message, context: Context) -> Message:
+        cfg = dict(msg.content.config_records["config"])
+        return _reply(msg, sums.pack(sketch=bank.dp_sketch(context, cfg)))
 
     @app.train("masked")
     def masked(msg: Message, context: Context) -> Message:

@@ -4,6 +4,11 @@ the run's (ε, δ) from OpenDP's accountant, and the bank's check of every reque
 The privacy unit is one borrower's row at one bank (add or remove one row). What a
 bank releases, and its L2 sensitivity to one row:
 
+- with ``sketch_rounds`` > 0, the DP sketch once, before training: the bank's rows per
+  cell of the fine public grid (``SKETCH_CELLS_DP`` cells per feature, from the public
+  ranges). A row adds 1 to one cell of each feature, so Δ = √F; its noise multiplier
+  prices it as ``sketch_rounds`` histogram releases. Bins are the public rule
+  ``quantile_spec`` applied to the noisy sum (post-processing);
 - the totals ``[training rows, positives]`` once per run: one row moves each by at
   most 1, so Δ = √2 (the noise is calibrated for Δ = √2 on both entries);
 - one histogram round per tree level (at most ``max_depth`` per tree): the
@@ -19,7 +24,7 @@ Every channel of every release gets Gaussian noise of standard deviation z·Δ (
 noise multiplier z), i.e. ρ = 1/(2z²) zero-concentrated DP per channel whatever K is:
 the same budget spread over K instead of F features' cells puts noise of z·√K rather
 than z·√F on each. OpenDP is handed each release as a Gaussian mechanism on distances
-in units of its Δ (noise scale z at d_in = 1), and composes the 1 + 3 · trees · depth releases (zCDP composes adaptively: later trees'
+in units of its Δ (noise scale z at d_in = 1), and composes the 1 (+ 1 sketch) + 3 · trees · depth releases (zCDP composes adaptively: later trees'
 gradients depend on earlier noisy releases) and converts to (ε, δ).
 
 Distributed noise: with B banks each adds a discrete Gaussian share of variance
@@ -41,7 +46,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -141,6 +146,64 @@ def public_spec(
     )
 
 
+# The DP sketch's default price, in histogram rounds (TrainSettings.sketch_rounds).
+DEFAULT_SKETCH_ROUNDS = 1.0
+# Cells per feature of the DP sketch: the public grid of this many cells (equal-width in
+# each feature's public scale) on which banks count their rows, noised, for quantile bins.
+SKETCH_CELLS_DP = MAX_PRIVATE_BINS
+
+
+def sketch_grid(feature_names: Sequence[str], ranges: dict[str, PublicRange]) -> BinSpec:
+    """The fine public grid of the DP sketch (``SKETCH_CELLS_DP`` cells per feature)."""
+    return public_spec(feature_names, ranges, SKETCH_CELLS_DP)
+
+
+def sketch_counts(grid: BinSpec, x: npt.ArrayLike) -> IntArray:
+    """A bank's rows per cell of the fine public grid, shape (features, SKETCH_CELLS_DP);
+    a missing value counts nowhere. One row adds 1 to at most one cell per feature
+    (L2 sensitivity √F); summable over banks."""
+    binned = grid.transform(x)
+    out = np.zeros((grid.num_features, SKETCH_CELLS_DP), dtype=np.int64)
+    for f in range(grid.num_features):
+        nb = grid.num_bins(f)
+        col = binned[:, f]
+        out[f, :nb] = np.bincount(col[col < nb], minlength=nb)
+    return out
+
+
+def quantile_spec(
+    feature_names: Sequence[str],
+    ranges: dict[str, PublicRange],
+    counts: npt.ArrayLike,
+    max_bins: int,
+) -> BinSpec:
+    """Bins from the DP sketch: the one public rule the coordinator and every bank apply
+    to the noisy aggregate counts (post-processing, no privacy cost). Per feature, the
+    counts are clipped at 0 and the edges are the fine grid's cell bounds where the
+    running sum first reaches k/max_bins of the total (k = 1..max_bins-1), merged when
+    two fall on one bound. Thresholds stay on the public fine grid; ``feature_infos``
+    are the public ranges. A feature whose clipped sum is 0 keeps the public grid."""
+    grid = sketch_grid(feature_names, ranges)
+    coarse = public_spec(feature_names, ranges, max_bins)
+    c = np.asarray(counts)
+    if c.shape != (len(feature_names), SKETCH_CELLS_DP) or not np.issubdtype(c.dtype, np.integer):
+        raise CoordinatorDeviates(
+            f"expected the sketch as integer counts of shape "
+            f"({len(feature_names)}, {SKETCH_CELLS_DP}), got {c.dtype} {c.shape}"
+        )
+    edges: list[npt.NDArray[np.float64]] = []
+    for f in range(len(feature_names)):
+        nb = grid.num_bins(f)
+        cum = np.cumsum(np.clip(c[f, :nb].astype(np.int64), 0, None))
+        if nb < 2 or cum[-1] <= 0:
+            edges.append(coarse.edges[f])
+            continue
+        targets = np.arange(1, max_bins, dtype=np.float64) * (float(cum[-1]) / max_bins)
+        pos = np.unique(np.clip(np.searchsorted(cum, targets, side="left"), 0, nb - 2))
+        edges.append(np.unique(grid.edges[f][pos]))
+    return replace(coarse, edges=tuple(edges))
+
+
 def parse_ranges(data: Any) -> dict[str, PublicRange]:
     """``{"feature": [lo, hi] or [lo, hi, "linear" | "asinh"], ...}`` (a public schema
     file) -> ranges."""
@@ -216,16 +279,24 @@ def channel_multipliers(
     return g, h, n
 
 
+def sketch_multiplier(multiplier: float, sketch_rounds: float) -> float:
+    """Noise multiplier of the DP sketch that costs the zCDP budget of ``sketch_rounds``
+    histogram releases: rho = 3 w / (2 z^2) = 1 / (2 z_s^2)."""
+    return multiplier / math.sqrt(3.0 * sketch_rounds)
+
+
 @lru_cache(maxsize=256)
 def account(
     multiplier: float,
     releases: int,
     delta: float,
     shares: tuple[float, float, float] = EQUAL_SHARES,
+    sketch_rounds: float = 0.0,
 ) -> float:
     """ε of a run (at ``delta``): 1 totals release (multiplier z) + 3 channels per
-    histogram release (multipliers from ``shares``), each a Gaussian mechanism
-    (OpenDP's zCDP composition and zCDP → (ε, δ) conversion)."""
+    histogram release (multipliers from ``shares``) + with ``sketch_rounds`` > 0 the DP
+    sketch of the quantile bins, each a Gaussian mechanism (OpenDP's zCDP composition
+    and zCDP → (ε, δ) conversion)."""
     import opendp.prelude as dp
 
     dp.enable_features("contrib")
@@ -235,7 +306,12 @@ def account(
     channels = [
         dp.m.make_gaussian(*space, scale=z) for z in channel_multipliers(multiplier, shares)
     ]
-    composed = dp.c.make_composition([totals] + channels * releases)
+    sketch = (
+        [dp.m.make_gaussian(*space, scale=sketch_multiplier(multiplier, sketch_rounds))]
+        if sketch_rounds > 0.0
+        else []
+    )
+    composed = dp.c.make_composition([totals] + sketch + channels * releases)
     approx = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(composed), delta)
     eps, _ = approx.map(1.0)
     return float(eps)
@@ -255,10 +331,18 @@ class NoisePlan:
     shares: tuple[float, float, float] = EQUAL_SHARES
     # Features whose histograms one release carries (K <= n_features): sets Δ = √K.
     released_features: int = 0
+    # The DP sketch of the quantile bins (all F features' counts on the public fine grid,
+    # Δ = √F), priced as this many histogram releases; 0: no sketch, bins on the
+    # public grid.
+    sketch_rounds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.released_features == 0:
             object.__setattr__(self, "released_features", self.n_features)
+        if not (math.isfinite(self.sketch_rounds) and self.sketch_rounds >= 0.0):
+            raise InvalidPrivacySettings(
+                f"sketch_rounds must be a finite number >= 0, got {self.sketch_rounds}"
+            )
 
     @classmethod
     def calibrate(
@@ -269,8 +353,10 @@ class NoisePlan:
         epsilon: float,
         delta: float,
         shares: tuple[float, float, float] = DEFAULT_SHARES,
+        sketch_rounds: float = 0.0,
     ) -> NoisePlan:
-        """The smallest noise multiplier whose run costs at most (epsilon, delta)."""
+        """The smallest noise multiplier whose run costs at most (epsilon, delta);
+        ``sketch_rounds`` > 0 prices a DP sketch for quantile bins in the same budget."""
         if not (0.0 < epsilon <= 100.0 and 0.0 < delta < 1e-3):
             raise InvalidPrivacySettings(
                 f"expected 0 < epsilon <= 100 and 0 < delta < 1e-3, got epsilon={epsilon}, "
@@ -282,20 +368,25 @@ class NoisePlan:
                 "and early_stopping_rounds 0"
             )
         check_shares(shares)
+        if not (math.isfinite(sketch_rounds) and 0.0 <= sketch_rounds <= 100.0):
+            raise InvalidPrivacySettings(
+                f"expected sketch_rounds in [0, 100] (0: bins on the public grid), got "
+                f"{sketch_rounds}"
+            )
         rel = releases_per_run(params)
         lo, hi = 1e-3, 1e6
         for _ in range(60):  # bisection on OpenDP's map, monotone in the multiplier
             mid = math.sqrt(lo * hi)
-            if account(mid, rel, delta, shares) > epsilon:
+            if account(mid, rel, delta, shares, sketch_rounds) > epsilon:
                 lo = mid
             else:
                 hi = mid
         k = params.released_features(n_features)
-        return cls(epsilon, delta, hi, rel, n_features, banks, shares, k)
+        return cls(epsilon, delta, hi, rel, n_features, banks, shares, k, sketch_rounds)
 
     @property
     def spent_epsilon(self) -> float:
-        return account(self.multiplier, self.releases, self.delta, self.shares)
+        return account(self.multiplier, self.releases, self.delta, self.shares, self.sketch_rounds)
 
     def epsilon_if_colluding(self, colluding: int) -> float:
         """ε when ``colluding`` banks tell the coordinator their own noise shares."""
@@ -303,7 +394,11 @@ class NoisePlan:
         if left <= 0:
             return math.inf
         return account(
-            self.multiplier * math.sqrt(left / self.banks), self.releases, self.delta, self.shares
+            self.multiplier * math.sqrt(left / self.banks),
+            self.releases,
+            self.delta,
+            self.shares,
+            self.sketch_rounds,
         )
 
     def sigmas(self) -> tuple[float, float, float]:
@@ -316,6 +411,13 @@ class NoisePlan:
     def totals_sigma(self) -> float:
         return self.multiplier * math.sqrt(2.0)
 
+    def sketch_sigma(self) -> float:
+        """Aggregate noise standard deviation of each DP sketch cell, in rows (Δ = √F: a
+        row adds 1 to one cell of every feature)."""
+        if self.sketch_rounds <= 0.0:
+            raise CoordinatorDeviates("this run's noise plan prices no DP sketch")
+        return sketch_multiplier(self.multiplier, self.sketch_rounds) * math.sqrt(self.n_features)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "epsilon": self.epsilon,
@@ -326,6 +428,7 @@ class NoisePlan:
             "banks": self.banks,
             "shares": list(self.shares),
             "released_features": self.released_features,
+            "sketch_rounds": self.sketch_rounds,
         }
 
     @classmethod
@@ -340,6 +443,7 @@ class NoisePlan:
                 banks=int(d["banks"]),
                 shares=_shares(d.get("shares", EQUAL_SHARES)),
                 released_features=int(d.get("released_features", 0)),
+                sketch_rounds=float(d.get("sketch_rounds", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidPrivacySettings(f"noise plan is malformed: {exc}") from None
@@ -437,10 +541,32 @@ class BankNoise:
         out[..., 2] += self.sampler(sn * self._share, shape, (seq, 2))
         return out
 
+    def noisy_sketch(self, counts: IntArray) -> IntArray:
+        """This bank's DP sketch (its rows per fine public cell, ``sketch_counts``) with
+        its share of the sketch's noise."""
+        return counts + self.sampler(self.plan.sketch_sigma() * self._share, counts.shape, (0, 4))
+
     def noisy_totals(self, totals: IntArray) -> IntArray:
         out = totals.copy()
         out[:2] += self.sampler(self.plan.totals_sigma() * self._share, (2,), (0, 3))
         return out
+
+
+def sketch_round(
+    feature_names: Sequence[str],
+    ranges: dict[str, PublicRange],
+    max_bins: int,
+    xs: Sequence[npt.ArrayLike],
+    noises: Sequence[BankNoise],
+) -> tuple[BinSpec, IntArray]:
+    """The DP sketch round in one process (central replay, benchmarks): each bank's
+    noisy sketch, summed as the secure sum does, and the quantile bins the coordinator
+    and every bank derive from it."""
+    grid = sketch_grid(feature_names, ranges)
+    total = np.zeros((len(feature_names), SKETCH_CELLS_DP), dtype=np.int64)
+    for x, noise in zip(xs, noises, strict=True):
+        total += noise.noisy_sketch(sketch_counts(grid, x))
+    return quantile_spec(feature_names, ranges, total, max_bins), total
 
 
 def to_grid(values: npt.NDArray[np.float64]) -> IntArray:

@@ -246,7 +246,12 @@ SecaggOpt = Annotated[
     typer.Option("--secagg/--no-secagg", help="SecAgg+ for hist (default: on in city mode)."),
 ]
 PresetOpt = Annotated[
-    str, typer.Option("--preset", help="fate (30 trees, depth 3, 32 bins, lr 0.3) or strong.")
+    str,
+    typer.Option(
+        "--preset",
+        help="fate (30 trees, depth 3, 32 bins, lr 0.3), strong or private (for --epsilon: "
+        "40 stumps on 6 bins from the DP sketch, 8 features each).",
+    ),
 ]
 LabelOpt = Annotated[str, typer.Option("--label", help="CSV mode: the label column.")]
 PublishOpt = Annotated[
@@ -273,6 +278,15 @@ EpsilonOpt = Annotated[
     ),
 ]
 DeltaOpt = Annotated[float | None, typer.Option("--delta", help="DP delta (default 1e-6).")]
+SketchOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--sketch-rounds",
+        help="With --epsilon: bins at the quantiles of a DP sketch of the banks' rows on the "
+        "public grid, priced as this many histogram rounds of the budget (default 1); 0: "
+        "bins on the public grid itself.",
+    ),
+]
 RangesOpt = Annotated[
     Path | None,
     typer.Option(
@@ -406,6 +420,7 @@ def train(
     epsilon: EpsilonOpt = None,
     delta: DeltaOpt = None,
     public_ranges: RangesOpt = None,
+    sketch_rounds: SketchOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train the credit model with Flower: CSV files (one per bank) or the city (--config)."""
@@ -426,7 +441,12 @@ def train(
                 "learning_rate": learning_rate,
             },
             min_banks=min_banks,
-            privacy={"epsilon": epsilon, "delta": delta, "public_ranges": public_ranges},
+            privacy={
+                "epsilon": epsilon,
+                "delta": delta,
+                "public_ranges": public_ranges,
+                "sketch_rounds": sketch_rounds,
+            },
         )
         with _progress() as progress:
             if config is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -9,6 +10,7 @@ from fedcredit.common.errors import InvalidArgument
 from fedcredit.training.flower.secure import MIN_BANKS as _SECURE_MIN_BANKS
 from fedcredit.training.flower.secure import WHY_MIN_BANKS
 from fedcredit.training.gbdt.params import GBDTParams
+from fedcredit.training.gbdt.privacy import DEFAULT_SKETCH_ROUNDS
 
 STRATEGIES = ("hist", "bagging", "cyclic")
 # How secure sums are made: "masked" (one round per sum, pairwise masks from keys agreed
@@ -53,6 +55,12 @@ class TrainSettings:
     # feature catalog's declared domains, city mode's default); bins come from these
     # ranges only (each bank checks them against its own copy).
     public_ranges: str = ""
+    # Private mode: bins at the quantiles of a DP sketch of the banks' rows on the fine
+    # public grid (one noisy secure sum before training, priced as this many histogram
+    # rounds in the same budget; training/gbdt/privacy.py, quantile_spec); 0: bins on the
+    # public grid of the ranges, no sketch. FATE homo split, epsilon 4: 1 round's worth
+    # (about 3 % of the budget) buys quantile bins that beat the public grid.
+    sketch_rounds: float = DEFAULT_SKETCH_ROUNDS
 
     @property
     def private(self) -> bool:
@@ -63,6 +71,11 @@ class TrainSettings:
             raise InvalidTrainSettings(
                 f"secure_protocol must be one of {', '.join(SECURE_PROTOCOLS)}, got "
                 f"{self.secure_protocol!r}"
+            )
+        if not (math.isfinite(self.sketch_rounds) and 0.0 <= self.sketch_rounds <= 100.0):
+            raise InvalidTrainSettings(
+                f"sketch_rounds must be in [0, 100] (0: bins on the public grid), got "
+                f"{self.sketch_rounds}"
             )
         if self.epsilon < 0.0:
             raise InvalidTrainSettings(f"--epsilon must be > 0 (0: no noise), got {self.epsilon}")

@@ -22,7 +22,13 @@ from fedcredit.training.gbdt.binning import SKETCH_CELLS, BinSpec, merge_ranges,
 from fedcredit.training.gbdt.booster import Ensemble, HistServer, Totals
 from fedcredit.training.gbdt.lgb_text import ModelParts
 from fedcredit.training.gbdt.params import GBDTParams
-from fedcredit.training.gbdt.privacy import NoisePlan, load_ranges, public_spec
+from fedcredit.training.gbdt.privacy import (
+    SKETCH_CELLS_DP,
+    NoisePlan,
+    load_ranges,
+    public_spec,
+    quantile_spec,
+)
 from fedcredit.training.gbdt.schema import schema_difference
 from fedcredit.training.server.federation import Federation
 
@@ -284,20 +290,37 @@ def _binning(
 def _private_start(
     fed: Federation, names: list[str]
 ) -> tuple[BinSpec, np.ndarray, GBDTParams, dict[str, Any]]:
-    """Private runs: bins from the public ranges, the noise plan calibrated for the
-    budget, then the one totals release (which also hands every bank the spec and plan
-    to check before it releases anything)."""
+    """Private runs: the noise plan calibrated for the budget; with ``sketch_rounds`` the
+    DP sketch round and quantile bins from it, else bins from the public ranges; then
+    the one totals release (which also hands every bank the spec, plan and sketch to
+    check before it releases anything more)."""
     s = fed.settings
     p = s.params.with_feature_seed()  # committed here: every bank checks each tree's subset
-    spec = public_spec(names, load_ranges(s.public_ranges), p.max_bins)
+    ranges = load_ranges(s.public_ranges)
     shares = len(fed.nodes) if s.secagg else 1  # without secure sums each bank adds it all
-    plan = NoisePlan.calibrate(p, len(names), shares, s.epsilon, s.delta)
+    plan = NoisePlan.calibrate(
+        p, len(names), shares, s.epsilon, s.delta, sketch_rounds=s.sketch_rounds
+    )
+    blob: dict[str, Any] = {
+        "params": p.to_dict(),
+        "plan": plan.to_dict(),
+        "training": uuid.uuid4().hex,
+    }
+    if plan.sketch_rounds > 0.0:
+        cfg = {"privacy": json.dumps(blob)}
+        if s.secagg:
+            flat = _secure(fed, "dpsketch", cfg)
+        else:
+            flat = _sum(fed.ask("train.dpsketch", partial(_cfg, **cfg)), "sketch")
+        counts = np.asarray(flat, dtype=np.int64).reshape(len(names), SKETCH_CELLS_DP)
+        spec = quantile_spec(names, ranges, counts, p.max_bins)
+        blob["sketch"] = counts.tolist()
+    else:
+        spec = public_spec(names, ranges, p.max_bins)
     first = {
         "spec": json.dumps(spec.to_dict()),
         "validation_fraction": 0.0,
-        "privacy": json.dumps(
-            {"params": p.to_dict(), "plan": plan.to_dict(), "training": uuid.uuid4().hex}
-        ),
+        "privacy": json.dumps(blob),
     }
     if s.secagg:
         totals = _secure(fed, "totals", first)
@@ -308,12 +331,19 @@ def _private_start(
         "delta": plan.delta,
         "epsilon_budget": s.epsilon,
         "noise_multiplier": plan.multiplier,
-        "releases": plan.releases + 1,
+        "releases": plan.releases + 1 + (1 if plan.sketch_rounds > 0.0 else 0),
         "features_per_release": plan.released_features,
         "feature_seed": p.feature_seed,
         "noise_shares": shares,
         "epsilon_if_one_bank_colludes": plan.epsilon_if_colluding(1) if shares > 1 else None,
         "public_ranges": True,
+        "bins": (
+            f"quantiles of a DP sketch ({SKETCH_CELLS_DP} public cells per feature, the "
+            f"budget of {plan.sketch_rounds:g} histogram rounds)"
+            if plan.sketch_rounds > 0.0
+            else "the public grid"
+        ),
+        "sketch_rounds": plan.sketch_rounds,
         "unit": "one borrower's row at one bank",
         "accountant": "OpenDP: zCDP composition, converted to (epsilon, delta)",
     }

@@ -1,0 +1,123 @@
+"""The bank's side of bins from a DP sketch (issue 15): it releases its noisy sketch once
+per private training and before it starts, and accepts only the bins the public
+quantile rule gives on a sketch it released under the same settings and noise plan."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Context, RecordDict
+
+from fedcredit.training.bank.app import _Bank
+from fedcredit.training.bank.data import load_csv
+from fedcredit.training.bank.source import CsvSource
+from fedcredit.training.gbdt import GBDTParams
+from fedcredit.training.gbdt.privacy import (
+    SKETCH_CELLS_DP,
+    BankNoise,
+    CoordinatorDeviates,
+    NoisePlan,
+    parse_ranges,
+    quantile_spec,
+    seeded_sampler,
+    sketch_counts,
+    sketch_grid,
+)
+
+from .test_flower_simulation import N_FEATURES, write_bank
+
+PARAMS = GBDTParams(num_trees=3, max_depth=2, max_bins=6, min_data_in_leaf=50)
+SEED = 11
+
+
+@pytest.fixture
+def bank(tmp_path: Path) -> tuple[_Bank, Context, Any, str]:
+    csv = tmp_path / "bank0.csv"
+    write_bank(csv, np.random.default_rng(3), 800, 0.0, 1)
+    ranges = tmp_path / "ranges.json"
+    ranges.write_text(json.dumps({f"x{i}": [-5, 5] for i in range(N_FEATURES)}))
+    source = CsvSource((str(csv),), privacy=(("public-ranges", str(ranges)), ("noise-seed", SEED)))
+    ctx = Context(1, 10, {"partition-id": 0}, RecordDict(), {})
+    return _Bank(source), ctx, parse_ranges(json.loads(ranges.read_text())), str(csv)
+
+
+def _blob(sketch_rounds: float = 1.0, **extra: Any) -> dict[str, Any]:
+    plan = NoisePlan.calibrate(PARAMS, N_FEATURES, 3, 4.0, 1e-6, sketch_rounds=sketch_rounds)
+    return {
+        "params": PARAMS.to_dict(),
+        "plan": plan.to_dict(),
+        "training": uuid.uuid4().hex,
+    } | extra
+
+
+def _start(bank: _Bank, ctx: Context, blob: dict[str, Any], spec: Any) -> np.ndarray:
+    cfg = {"spec": json.dumps(spec.to_dict()), "validation_fraction": 0.0}
+    return bank.totals(ctx, cfg | {"privacy": json.dumps(blob)})
+
+
+def test_bank_releases_its_noisy_sketch_once_and_checks_the_bins_from_it(
+    bank: tuple[_Bank, Context, Any, str],
+) -> None:
+    b, ctx, ranges, csv = bank
+    names = [f"x{i}" for i in range(N_FEATURES)]
+    blob = _blob()
+    out = b.dp_sketch(ctx, {"privacy": json.dumps(blob)})
+    d = load_csv(csv)
+    exact = sketch_counts(sketch_grid(names, ranges), d.x)
+    plan = NoisePlan.from_dict(blob["plan"])
+    # Its rows' counts with exactly its seeded noise share: never the counts in clear.
+    want = BankNoise(plan, seeded_sampler(SEED)).noisy_sketch(exact)
+    assert np.array_equal(out, want.ravel()) and not np.array_equal(out, exact.ravel())
+    assert out.shape == (N_FEATURES * SKETCH_CELLS_DP,)
+    with pytest.raises(CoordinatorDeviates, match="already released"):
+        b.dp_sketch(ctx, {"privacy": json.dumps(blob)})
+
+    counts = out.reshape(N_FEATURES, SKETCH_CELLS_DP) * 3  # what the sum may be
+    good = quantile_spec(names, ranges, counts, PARAMS.max_bins)
+    other = quantile_spec(names, ranges, counts[:, ::-1].copy(), PARAMS.max_bins)
+    with pytest.raises(CoordinatorDeviates, match="bin spec differs"):
+        # Edges not from the sketch it is shown (the bank drops out of that training).
+        _start(b, ctx, blob | {"sketch": counts.tolist()}, other)
+    fresh = _blob()
+    b.dp_sketch(ctx, {"privacy": json.dumps(fresh)})
+    totals = _start(b, ctx, fresh | {"sketch": counts.tolist()}, good)
+    assert totals.shape == (4,)
+    # After the training started, no second sketch under its id.
+    with pytest.raises(CoordinatorDeviates, match="already released"):
+        b.dp_sketch(ctx, {"privacy": json.dumps(fresh)})
+    seen_only = _blob()
+    b.new_training(ctx, {"privacy": json.dumps(seen_only)})  # started without a sketch
+    with pytest.raises(CoordinatorDeviates, match="after the training started"):
+        b.dp_sketch(ctx, {"privacy": json.dumps(seen_only)})
+
+
+def test_bank_refuses_bins_from_a_sketch_it_did_not_release(
+    bank: tuple[_Bank, Context, Any, str],
+) -> None:
+    b, ctx, ranges, _csv = bank
+    names = [f"x{i}" for i in range(N_FEATURES)]
+    counts = np.full((N_FEATURES, SKETCH_CELLS_DP), 10, dtype=np.int64)
+    spec = quantile_spec(names, ranges, counts, PARAMS.max_bins)
+    # Skipped sketch round: the coordinator makes up the aggregate.
+    with pytest.raises(CoordinatorDeviates, match="did not release"):
+        _start(b, ctx, _blob(sketch={"x": 1}) | {"sketch": counts.tolist()}, spec)
+    # Sketch released under one plan, training started under another (a cheaper sketch
+    # priced, a costlier one asked for).
+    blob = _blob()
+    b.dp_sketch(ctx, {"privacy": json.dumps(blob)})
+    swapped = _blob(sketch_rounds=0.5) | {"training": blob["training"], "sketch": counts.tolist()}
+    with pytest.raises(CoordinatorDeviates, match="did not release"):
+        _start(b, ctx, swapped, spec)
+    # A plan without a sketch gets no sketch.
+    with pytest.raises(CoordinatorDeviates, match="prices no DP sketch"):
+        b.dp_sketch(ctx, {"privacy": json.dumps(_blob(sketch_rounds=0.0))})
+    # Malformed counts are refused by name.
+    blob2 = _blob()
+    b.dp_sketch(ctx, {"privacy": json.dumps(blob2)})
+    with pytest.raises(CoordinatorDeviates, match="sketch"):
+        _start(b, ctx, blob2 | {"sketch": [[1, 2]]}, spec)
