@@ -1,18 +1,19 @@
 """Model quality against the privacy budget (issue 15), measured in one run.
 
 ``python -m bench.bench_training_privacy``: the FATE homo split (3 banks x 8,000 rows,
-23 features; test 6,000 rows), bins from the public range file
-(bench/fate_public_ranges.json), the `private` preset (training/run/city.py). For each
-ε in {0.5, 1, 2, 4, 8} the banks' noise comes from OpenDP as in a real run, with the
-shares of 3 banks (``--secagg``), summed in process (the federated protocol without
-Flower: the same sums). ``repeats`` runs per ε (fresh noise each), their mean AUC, range
-and the bootstrap 95 % interval of the first run. In the same run: ε = ∞ (the same preset
-without noise), non-private federated `hist` at FATE's settings (the target's reference),
-the previous private defaults at ε = 4 (8 bins, λ 50, the budget split equally over
-gradient, hessian and count, all features) and the preset with every tree on all features
-(no subsets) at ε = 4, so the changes are measured against them. With
-``features_per_tree`` each run draws its own feature seed (as a real run's coordinator),
-so the mean is over the subsets' luck as well as the noise's.
+23 features; test 6,000 rows), then the synthetic city; the `private` preset
+(training/run/city.py) with bins from the DP sketch on the public ranges
+(bench/fate_public_ranges.json; the catalog's domains for the city). For each ε in
+{0.5, 1, 2, 4, 8} the banks' noise comes from OpenDP as in a real run, with the shares
+of the banks (``--secagg``), summed in process (the federated protocol without Flower:
+the same sums): each run its own sketch, bins and feature subsets. ``repeats`` runs per
+ε (fresh noise each), their mean AUC, range and the bootstrap 95 % interval of the first
+run. In the same run: ε = ∞ (the same preset on the sketch's bins without noise),
+non-private federated `hist` at FATE's settings (the target's reference), and at ε = 4
+the previous private defaults (10 trees of depth 2 on 4 bins of the public grid, 16
+features each) and the preset on the public grid without the sketch, so the changes are
+measured against them. ``--epsilons 4 --repeats 3`` (any set but the default) is a
+partial run: tables printed, nothing written.
 
 Writes bench/results/training_privacy.json, the ε-AUC plot
 bench/results/training_privacy.png and the table between the README's
