@@ -86,6 +86,14 @@ class RunExists(AlreadyExists):
     reason = "POLICY_RUN_EXISTS"
 
 
+class RunLimit(FailedPrecondition):
+    """A department already ran ``policies.service.DEPARTMENT_RUNS`` screenings in the last 24
+    hours: each run screens every registered enterprise inside the nodes and ledgers one
+    entry per enterprise, so a department's runs are bounded (the operator's are not)."""
+
+    reason = "POLICY_RUN_LIMIT"
+
+
 class UnknownPolicy(NotFound):
     reason = "UNKNOWN_POLICY"
 

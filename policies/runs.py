@@ -49,6 +49,7 @@ class RunSummary:
     notified: dict[str, int] = field(default_factory=dict)
     unfunded: dict[str, int] = field(default_factory=dict)
     disclosures: dict[str, list[int]] = field(default_factory=dict)
+    department: str = ""  # the department that ran it for its own policies; "" = operator
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -159,7 +160,9 @@ def run_automatic(
                 if department is None or p.department == department]  # fmt: skip
     checked = {p.id: rules.check_rule(p.rule) for p in policies}
     plan = screening.plan(checked)
-    store.claim_run(run_id, now)  # RunExists: a retry screens, ledgers, notifies nothing
+    store.claim_run(
+        run_id, now, department or ""
+    )  # RunExists: a retry screens, ledgers, notifies nothing
     try:
         result = screening.screen(
             run_id, plan, enterprises, nodes, platform_rows, chunk=chunk, workers=workers
@@ -168,7 +171,8 @@ def run_automatic(
         store.release_run(run_id)  # nothing ledgered yet: the same id may be retried
         raise
     summary = RunSummary(run_id, len(enterprises), len(policies), plan.clause_count(),
-                         result.evaluations, result.seconds, 0.0, disclosures=result.disclosures)  # fmt: skip
+                         result.evaluations, result.seconds, 0.0, disclosures=result.disclosures,
+                         department=department or "")  # fmt: skip
     t0 = time.perf_counter()
     append = batched(ledger.append_many)
     append(_run_entries(run_id, len(enterprises), sorted(checked), plan, result.disclosures))

@@ -26,7 +26,13 @@ from fedcredit.common.tls import Identity, TlsFiles, peer_identity
 from fedcredit.consent.delegation import DelegationVerifier
 from fedcredit.consent.delegation import acting as delegated
 from fedcredit.policies import approval, progress, rules, runs, screening, tracking
-from fedcredit.policies.errors import BenefitUndefined, InvalidPolicy, PolicyExists, UnknownAward
+from fedcredit.policies.errors import (
+    BenefitUndefined,
+    InvalidPolicy,
+    PolicyExists,
+    RunLimit,
+    UnknownAward,
+)
 from fedcredit.policies.store import Award, PolicyStore
 from fedcredit.v1 import policies_pb2, policies_pb2_grpc
 
@@ -42,6 +48,10 @@ OPERATORS = frozenset({"operator"})
 # only its own part). Operator steps stay with the operator's own certificate. Without a
 # ticket the portal's certificate acts for no one (DELEGATION_MISSING).
 PORTAL_ACTS_AS = ("enterprise", "department")
+# A department's own screening runs per 24 hours: each screens every registered enterprise
+# inside the nodes and ledgers one entry per enterprise (120,000 for the city).
+DEPARTMENT_RUNS = 4
+DAY_S = 86_400.0
 
 
 def acting(context: Any, delegation: DelegationVerifier | None = None) -> Identity:
@@ -446,6 +456,10 @@ class PolicyServicer(
         if own is not None and abs((today - clock_day).days) > 1:
             raise InvalidPolicy(f"today: a department screens as of today ({clock_day}, "
                                 f"within a day), got {today}", field="today")  # fmt: skip
+        if own is not None and self.store.runs_of(own, self.clock() - DAY_S) >= DEPARTMENT_RUNS:
+            raise RunLimit(f"{own} ran {DEPARTMENT_RUNS} screenings in the last 24 hours, the "
+                           "most a department may; the operator's scheduled runs go on",
+                           department=own)  # fmt: skip
         codes, rows = self.store.registry()
         s = runs.run_automatic(self.store, self.ledger, self.nodes, codes, rows,
                                run_id=request.run_id or f"run-{int(self.clock())}-{secrets.token_hex(4)}",

@@ -636,16 +636,23 @@ class PolicyStore:
 
     # -- runs ------------------------------------------------------------------------------
 
-    def claim_run(self, run_id: str, started_at: float) -> None:
+    def claim_run(self, run_id: str, started_at: float, department: str = "") -> None:
         """Claim ``run_id`` before anything is screened or ledgered: once, ever
         (:class:`RunExists` for a retry or a racing caller with the same id)."""
+        running = json.dumps({"state": "running", "department": department})
         try:
             with self._tx() as conn:
                 conn.execute(insert(runs_t).values(id=run_id, started_at=started_at,
-                                                   summary='{"state": "running"}'))  # fmt: skip
+                                                   summary=running))  # fmt: skip
         except IntegrityError:
             raise RunExists(f"screening run {run_id!r} was already started; a new run needs "
                             "a new id", run=run_id) from None  # fmt: skip
+
+    def runs_of(self, department: str, since: float) -> int:
+        """How many screening runs ``department`` started after ``since``."""
+        with self._guard(), self.engine.connect() as conn:
+            rows = conn.execute(select(runs_t.c.summary).where(runs_t.c.started_at > since))
+            return sum(1 for r in rows if json.loads(r[0]).get("department") == department)
 
     def release_run(self, run_id: str) -> None:
         """A run that failed before it ledgered anything may be retried under its id."""

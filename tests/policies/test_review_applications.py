@@ -517,3 +517,40 @@ def test_a_store_from_before_the_claims_claims_its_open_applications(db_url: str
     reopened = PolicyStore.open(db_url)  # opening again changes nothing
     assert reopened.open_application(POLICY.id, OTHER) == "b2"
     reopened.close()
+
+
+def test_a_department_runs_at_most_four_screenings_a_day(pki: Pki, tmp_path: Path) -> None:
+    """Each department run screens the whole registry inside the nodes and ledgers one
+    entry per enterprise (120,000 for the city); a department could repeat it without end
+    (review). Four a day; the operator's runs are not limited."""
+    from fedcredit.policies.errors import RunLimit
+    from fedcredit.policies.service import DEPARTMENT_RUNS
+
+    pki.issue("policies", "policy")
+    store = PolicyStore.open(f"sqlite:///{tmp_path / 'pol.sqlite'}")
+    codes, rows = _registry(10)
+    store.load_registry(list(zip(codes, rows, strict=True)))
+    led = _Ledger()
+    clock = [T + 59 * D]  # 2026-03-01
+    servicer = PolicyServicer(store=store, ledger=led, nodes={}, clock=lambda: clock[0])
+    server = build_policy_server(servicer, address="127.0.0.1:0", tls=pki.tls("policies"))
+    server.start()
+    store.publish(_auto(), T, lambda e: None)
+
+    def client(org: str, role: str) -> PolicyClient:
+        return PolicyClient(f"127.0.0.1:{server.port}", pki.issue(org, role), server_org="policies")  # fmt: skip
+
+    try:
+        dept, op = client("finance-bureau", "department"), client("operator", "operator")
+        for _ in range(DEPARTMENT_RUNS):
+            assert dept.run_screening("2026-03-01").policies == 1
+        n = len(led.items)
+        with pytest.raises(RunLimit) as ei:
+            dept.run_screening("2026-03-01")
+        assert ei.value.metadata == {"department": "finance-bureau"} and len(led.items) == n
+        assert op.run_screening("2026-03-01").policies == 1  # the operator's are not limited
+        clock[0] += D
+        assert dept.run_screening("2026-03-02").policies == 1
+    finally:
+        server.stop(0)
+        store.close()
