@@ -339,32 +339,49 @@ async def in_order(
     run: Callable[[list[T]], Coroutine[Any, Any, list[R]]],
     inflight: int,
 ) -> AsyncGenerator[R, None]:
-    """``run`` on every chunk, at most ``inflight`` at a time; each chunk's results are
-    yielded as soon as it (and every chunk before it) is done, while reading on: a client
-    may wait for answers before it sends more."""
+    """``run`` on every chunk, at most ``inflight`` being run at a time; each chunk's results
+    are yielded as soon as it (and every chunk before it) is done, while reading on: a client
+    may wait for answers before it sends more.
+
+    A chunk that is done but waits for an earlier one to be answered does not hold a place
+    (up to ``inflight`` such chunks wait; their answers are kept), and chunks read while a
+    chunk's answers are being written start at once: a slow chunk -- a node's fsync, a
+    consent round trip queued -- used to hold every later one back, leaving the cores idle
+    until it finished."""
     it = chunks.__aiter__()
     next_chunk: asyncio.Future[list[T]] = asyncio.ensure_future(it.__anext__())
     pending: deque[asyncio.Task[list[R]]] = deque()
     input_done = False
+
+    def room() -> bool:
+        running = sum(1 for t in pending if not t.done())
+        return running < inflight and len(pending) < 2 * inflight
+
+    def start_ready() -> None:
+        nonlocal next_chunk, input_done
+        while not input_done and next_chunk.done() and room():
+            try:
+                chunk = next_chunk.result()
+            except StopAsyncIteration:
+                input_done = True
+                return
+            pending.append(asyncio.create_task(run(chunk)))
+            next_chunk = asyncio.ensure_future(it.__anext__())
+
     try:
-        while not input_done or pending:
-            waits: set[asyncio.Future[Any]] = set()
-            if not input_done and len(pending) < inflight:
-                waits.add(next_chunk)
-            if pending:
-                waits.add(pending[0])
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if next_chunk in done:
-                try:
-                    chunk = next_chunk.result()
-                except StopAsyncIteration:
-                    input_done = True
-                else:
-                    pending.append(asyncio.create_task(run(chunk)))
-                    next_chunk = asyncio.ensure_future(it.__anext__())
+        while True:
+            start_ready()
             while pending and pending[0].done():
                 for item in pending.popleft().result():
                     yield item
+                    start_ready()
+                start_ready()
+            if input_done and not pending:
+                return
+            waits: set[asyncio.Future[Any]] = {t for t in pending if not t.done()}
+            if not input_done and room():
+                waits.add(next_chunk)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         next_chunk.cancel()
         for t in pending:

@@ -7,7 +7,7 @@
     ledger_deadline_s = 5.0       # deadline of every ledger append (no entry, no answer)
     on_node_failure = "refuse"    # or "score_missing": score with that category missing, say so
     batch_chunk = 500             # ScoreBatch: enterprises scored together
-    batch_inflight = 8            # ScoreBatch: chunks in flight at once (CPU-bound beyond)
+    batch_inflight = 8            # ScoreBatch: chunks being scored at once (CPU-bound beyond)
     watch_interval_s = 60         # WatchRatings: default rescoring interval
     watch_min_interval_s = 1      # the shortest interval a bank may ask for
     watch_max_subscriptions = 10000
