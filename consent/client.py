@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from fedcredit.common.client import ServiceClient
+from fedcredit.common.client import AsyncServiceClient, ServiceClient
 from fedcredit.common.errors import FedcreditError, Internal, from_rpc_error
 from fedcredit.common.wire import item_exception
 from fedcredit.consent.terms import ConsentTerms, ConsentView
@@ -27,6 +27,17 @@ DEFAULT_SERVER_ORG = "consent-service"
 
 def _refs_pb(refs: Sequence[UseRef]) -> builtins.list[consent_pb2.UseRef]:
     return [consent_pb2.UseRef(jti=r.jti, sub=r.enterprise, aud=r.bank) for r in refs]
+
+
+def _reservations(
+    res: consent_pb2.ReserveUsesResponse, asked: int
+) -> builtins.list[Reservation | FedcreditError]:
+    if len(res.results) != asked:
+        raise Internal(f"ReserveUses answered {len(res.results)} results for {asked} uses")
+    return [
+        item_exception(r.error) if r.HasField("error") else Reservation(r.uses, r.opened)
+        for r in res.results
+    ]
 
 
 class ConsentClient(ServiceClient[ConsentServiceStub]):
@@ -174,12 +185,7 @@ class ConsentClient(ServiceClient[ConsentServiceStub]):
             self._stub.ReserveUses,
             consent_pb2.ReserveUsesRequest(use_id=use_id, uses=_refs_pb(refs), pin=pin),
         )
-        if len(res.results) != len(refs):
-            raise Internal(f"ReserveUses answered {len(res.results)} results for {len(refs)} uses")
-        return [
-            item_exception(r.error) if r.HasField("error") else Reservation(r.uses, r.opened)
-            for r in res.results
-        ]
+        return _reservations(res, len(refs))
 
     def settle_uses(self, use_id: str, refs: Sequence[UseRef], *, commit: bool) -> int:
         """Commit or release the uses this caller opened under ``use_id``."""
@@ -197,3 +203,30 @@ class ConsentClient(ServiceClient[ConsentServiceStub]):
             self._stub.RotateKeys,
             consent_pb2.RotateKeysRequest(immediate=immediate, compromised=compromised),
         )
+
+
+class AsyncConsentClient(AsyncServiceClient[ConsentServiceStub]):
+    """The grpc.aio client of the calls a verifier makes per request, for services that
+    run on an event loop (the coordinator reserves and settles each Score's use with it,
+    with no thread between the loop and the call)."""
+
+    stub_type = ConsentServiceStub
+    default_server_org = DEFAULT_SERVER_ORG
+
+    async def reserve_uses(
+        self, use_id: str, refs: Sequence[UseRef], *, pin: bool = False
+    ) -> builtins.list[Reservation | FedcreditError]:
+        """See :meth:`ConsentClient.reserve_uses`."""
+        res = await self._call(
+            self._stub.ReserveUses,
+            consent_pb2.ReserveUsesRequest(use_id=use_id, uses=_refs_pb(refs), pin=pin),
+        )
+        return _reservations(res, len(refs))
+
+    async def settle_uses(self, use_id: str, refs: Sequence[UseRef], *, commit: bool) -> int:
+        """See :meth:`ConsentClient.settle_uses`."""
+        res = await self._call(
+            self._stub.SettleUses,
+            consent_pb2.SettleUsesRequest(use_id=use_id, uses=_refs_pb(refs), commit=commit),
+        )
+        return int(res.settled)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from fedcredit.common.errors import FedcreditError
 from fedcredit.consent import errors as E
-from fedcredit.consent.client import ConsentClient
+from fedcredit.consent.client import AsyncConsentClient, ConsentClient
 from fedcredit.consent.useref import Reservation, UseRef
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,30 @@ class RemoteUseCounter:
             raise E.UsesExhausted(
                 f"consent {jti} allows {max_uses} uses and all have been used", jti=jti
             )
+
+
+class AsyncRemoteUseCounter:
+    """:class:`RemoteUseCounter`'s reserve and settle over grpc.aio (an asynchronous use
+    counter: the coordinator awaits it on its event loop)."""
+
+    def __init__(self, client: AsyncConsentClient) -> None:
+        self.client = client
+
+    async def reserve(
+        self, use_id: str, refs: Sequence[UseRef], *, pin: bool = False
+    ) -> list[Reservation | FedcreditError]:
+        """See :meth:`RemoteUseCounter.reserve`."""
+        out: list[Reservation | FedcreditError] = []
+        for i in range(0, len(refs), MAX_USES_PER_CALL):
+            out += await self.client.reserve_uses(use_id, refs[i : i + MAX_USES_PER_CALL], pin=pin)
+        return out
+
+    async def settle(self, use_id: str, refs: Sequence[UseRef], *, commit: bool) -> None:
+        for i in range(0, len(refs), MAX_USES_PER_CALL):
+            await self.client.settle_uses(use_id, refs[i : i + MAX_USES_PER_CALL], commit=commit)
+
+    async def close(self) -> None:
+        await self.client.close()
 
 
 class StatusWatch:

@@ -35,6 +35,7 @@ from fedcredit.coordinator.fund import ledger_decision_finder, recover_pending
 from fedcredit.coordinator.service import SERVICE_NAMES, Coordinator, ScoringServicer, register
 from fedcredit.coordinator.settings import CoordinatorSettings
 from fedcredit.coordinator.store import CoordinatorStore
+from fedcredit.coordinator.uses import AsyncUses
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,8 @@ def static_catalog() -> Catalog:
 class CoordinatorServer:
     """The coordinator's grpc.aio server on a private event-loop thread.
 
-    ``nodes`` and ``ledger`` are factories, called on that thread's event loop (where a
-    grpc.aio client must be made).
+    ``nodes``, ``ledger`` and ``uses`` are factories, called on that thread's event loop
+    (where a grpc.aio client must be made).
     """
 
     def __init__(
@@ -102,8 +103,10 @@ class CoordinatorServer:
         insecure: bool = False,
         catalog: Catalog | None = None,
         delegation: DelegationVerifier | None = None,
+        uses: Callable[[], AsyncUses] | None = None,
     ) -> None:
         self._args = (settings, store, verifier, nodes, ledger, ledger_sync, catalog)
+        self._uses = uses
         self.delegation = delegation
         self.tls = tls
         self.address = address
@@ -135,6 +138,7 @@ class CoordinatorServer:
             ledger=ledger(),
             ledger_sync=ledger_sync,
             delegation=self.delegation,
+            uses=None if self._uses is None else self._uses(),
         )
         holder: dict[str, ScoringServicer] = {}
 
@@ -200,6 +204,18 @@ def _delegation(dep: Any, org: str, issuer: str, insecure: bool) -> RemoteDelega
     )  # fmt: skip
 
 
+def _use_counter(dep: Any, org: str) -> AsyncUses:
+    """Uses reserved and settled at the consent service over grpc.aio, on the event loop
+    (no thread hop per call; call on the loop that serves)."""
+    from fedcredit.consent.client import AsyncConsentClient
+    from fedcredit.consent.remote import AsyncRemoteUseCounter
+
+    consent = dep.service("consent")
+    return AsyncRemoteUseCounter(
+        AsyncConsentClient(consent.address, dep.tls(org), server_org=consent.org_id)
+    )
+
+
 async def serve(
     config: Path, *, insecure: bool = False, on_ready: Callable[[], None] | None = None
 ) -> None:
@@ -256,6 +272,7 @@ async def serve(
         ledger=ledger_async,
         ledger_sync=ledger_sync,
         delegation=delegation.verifier if delegation else None,
+        uses=_use_counter(dep, me.org_id),
     )
 
     def reg(s: grpc.aio.Server) -> None:

@@ -80,6 +80,19 @@ class CatalogFeature:
     description: str
 
 
+class FeatureCall(Protocol):
+    """A GetFeatures call in flight (:meth:`NodeFeatures.start_features`)."""
+
+    async def answers(self) -> list[NodeAnswer]:
+        """One answer per item, in order; raise NodeUnavailable/NodeDeadlineExceeded when
+        the node fails."""
+        ...
+
+    def cancel(self) -> None:
+        """Abandon the call (its answer is no longer wanted)."""
+        ...
+
+
 class NodeFeatures(Protocol):
     org_id: str
     category: str
@@ -87,7 +100,7 @@ class NodeFeatures(Protocol):
 
     async def catalog(self, *, timeout: float) -> list[CatalogFeature]: ...
 
-    async def get_features(
+    def start_features(
         self,
         items: Sequence[FetchItem],
         features: Sequence[str],
@@ -98,13 +111,17 @@ class NodeFeatures(Protocol):
         timeout: float,
         use_id: str = "",
         via: str = "",
-    ) -> list[NodeAnswer]:
-        """One answer per item, in order; raise NodeUnavailable/NodeDeadlineExceeded when the node fails.
+    ) -> FeatureCall:
+        """Send the request NOW and return the call; its answers are awaited from it.
 
-        ``use_id``: the use the coordinator reserved (sent as the request id; the node
-        joins that use at the consent service instead of opening one of its own).
-        ``via``: how the bank's request reached the coordinator ("portal": a delegated
-        session it verified), written to the node's disclosure entries as provenance."""
+        The scorer starts every node's call first and then awaits them in turn: the calls
+        run in parallel with no task of the scorer's own per node (each would cost the
+        event loop a task and a wake-up per answer, which is most of the coordinator's
+        own CPU per Score). ``use_id``: the use the coordinator reserved (sent as the
+        request id; the node joins that use at the consent service instead of opening
+        one of its own). ``via``: how the bank's request reached the coordinator
+        ("portal": a delegated session it verified), written to the node's disclosure
+        entries as provenance."""
         ...
 
     async def close(self) -> None: ...

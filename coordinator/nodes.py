@@ -71,6 +71,27 @@ def _typed(exc: grpc.RpcError) -> bool:
     return any(m[0] == STATUS_DETAILS_KEY for m in trailers or ())
 
 
+class PendingFeatures:
+    """A GrpcNode's GetFeatures call in flight (a :class:`~fedcredit.coordinator.fanout.FeatureCall`)."""
+
+    __slots__ = ("_call", "_items", "_node", "_timeout")
+
+    def __init__(
+        self, node: GrpcNode, call: Any, items: Sequence[FetchItem], timeout: float
+    ) -> None:
+        self._node, self._call, self._items, self._timeout = node, call, items, timeout
+
+    async def answers(self) -> list[NodeAnswer]:
+        try:
+            resp = await self._call
+        except grpc.RpcError as exc:
+            raise self._node.failure(exc, self._timeout) from None
+        return self._node.answers(resp, self._items)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
 class GrpcNode:
     """One department node reached over mTLS."""
 
@@ -97,7 +118,8 @@ class GrpcNode:
             response_deserializer=feature_pb2.GetFeaturesResponse.FromString,
         )
 
-    def _fail(self, exc: grpc.RpcError, timeout: float) -> FedcreditError:
+    def failure(self, exc: grpc.RpcError, timeout: float) -> FedcreditError:
+        """The coordinator's error for this node's failed call."""
         err = from_rpc_error(exc)
         if isinstance(err, DeadlineExceeded) or exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
             return NodeDeadlineExceeded(
@@ -124,12 +146,33 @@ class GrpcNode:
         try:
             cat = await self._stub.GetCatalog(feature_pb2.GetCatalogRequest(), timeout=timeout)
         except grpc.RpcError as exc:
-            raise self._fail(exc, timeout) from None
+            raise self.failure(exc, timeout) from None
         if cat.max_batch:
             self.max_batch = int(cat.max_batch)
         return [
             CatalogFeature(f.name, f.category or self.category, f.description) for f in cat.features
         ]
+
+    def start_features(
+        self,
+        items: Sequence[FetchItem],
+        features: Sequence[str],
+        *,
+        purpose: str,
+        bank_org: str,
+        bank_cert_sha256: bytes,
+        timeout: float,
+        use_id: str = "",
+        via: str = "",
+    ) -> PendingFeatures:
+        """Send the GetFeatures request now (see :meth:`NodeFeatures.start_features`)."""
+        # the request's own fields through the node SDK's one mapping; the items after them
+        head = build_request(
+            (), features, purpose=purpose, on_behalf_of=bank_org,
+            on_behalf_of_cert_sha256=bank_cert_sha256, request_id=use_id, via=via,
+        ).SerializeToString()  # fmt: skip
+        call = self._get_features(head + encode_items(items), timeout=timeout)
+        return PendingFeatures(self, call, items, timeout)
 
     async def get_features(
         self,
@@ -143,15 +186,17 @@ class GrpcNode:
         use_id: str = "",
         via: str = "",
     ) -> list[NodeAnswer]:
-        # the request's own fields through the node SDK's one mapping; the items after them
-        head = build_request(
-            (), features, purpose=purpose, on_behalf_of=bank_org,
-            on_behalf_of_cert_sha256=bank_cert_sha256, request_id=use_id, via=via,
-        ).SerializeToString()  # fmt: skip
-        try:
-            resp = await self._get_features(head + encode_items(items), timeout=timeout)
-        except grpc.RpcError as exc:
-            raise self._fail(exc, timeout) from None
+        """One answer per item, in order; raise NodeUnavailable/NodeDeadlineExceeded when the
+        node fails (:meth:`start_features`, awaited)."""
+        return await self.start_features(
+            items, features, purpose=purpose, bank_org=bank_org,
+            bank_cert_sha256=bank_cert_sha256, timeout=timeout, use_id=use_id, via=via,
+        ).answers()  # fmt: skip
+
+    def answers(
+        self, resp: feature_pb2.GetFeaturesResponse, items: Sequence[FetchItem]
+    ) -> list[NodeAnswer]:
+        """The node's answer per item of ``items``, in order."""
         names = tuple(resp.features)
         n_names = len(names)
         index = {name: k for k, name in enumerate(names)}

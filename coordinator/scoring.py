@@ -29,14 +29,13 @@ others in the batch still get their answers.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import math
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -48,7 +47,7 @@ from fedcredit.common.errors import DeadlineExceeded, FedcreditError, Internal, 
 from fedcredit.common.tls import Identity
 from fedcredit.common.uscc import validate as validate_uscc
 from fedcredit.common.wire import via_field
-from fedcredit.consent.verify import TokenVerifier, UseCounter, UseRef, VerifiedConsent
+from fedcredit.consent.verify import TokenVerifier, UseRef, VerifiedConsent
 from fedcredit.coordinator.deadline import bounded
 from fedcredit.coordinator.errors import (
     UNTYPED_FAILURES,
@@ -58,6 +57,7 @@ from fedcredit.coordinator.errors import (
 )
 from fedcredit.coordinator.fanout import (
     Catalog,
+    FeatureCall,
     FeatureRow,
     FetchBatch,
     FetchItem,
@@ -67,6 +67,7 @@ from fedcredit.coordinator.fanout import (
 from fedcredit.coordinator.gate import LedgerGate
 from fedcredit.coordinator.model import ScoringModel
 from fedcredit.coordinator.reasons import Reason, top_reasons
+from fedcredit.coordinator.uses import AsyncUses, ThreadedUses
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,90 @@ class _Batch:
             self.errors[i] = err
 
 
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """A model's features per node category, and their column indexes in its rows."""
+
+    by_cat: dict[str, tuple[str, ...]]
+    cols: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """One request of a fan-out in flight: its ask (index in the plan), the positions of
+    its items among the ask's, and the call."""
+
+    k: int
+    chunk: list[int]
+    call: FeatureCall
+
+
+def _node_failure(exc: BaseException, node: NodeFeatures) -> FedcreditError:
+    """What a node's failed call refuses its items with."""
+    if isinstance(exc, Unavailable | DeadlineExceeded):
+        return exc  # NodeUnavailable / NodeDeadlineExceeded, naming the node
+    return as_domain(exc, f"asking node {node.org_id}")
+
+
+def _complete(answers: list[NodeAnswer | None]) -> list[NodeAnswer]:
+    out = [a for a in answers if a is not None]
+    if len(out) != len(answers):
+        raise Internal("a node's answers were not all placed")  # _collect fills every slot
+    return out
+
+
+async def _listed(
+    coro: Awaitable[list[FedcreditError | bool]],
+) -> list[list[FedcreditError | bool]]:
+    return [await coro]
+
+
+async def _collect(
+    plan: Sequence[_Ask],
+    started: Sequence[_Started],
+    deadlines: Sequence[float],
+    results: list[list[NodeAnswer | None] | FedcreditError],
+) -> None:
+    """Await the started calls in turn (they run in parallel); each node's answers, or
+    the failure of any of its calls, into ``results``. gRPC ends each call at its node's
+    deadline; should a call outlive that by 0.5 s all the same, it is cancelled and its
+    node refused as not answering."""
+    if not started:
+        return
+    late = [False]
+
+    def expire() -> None:
+        late[0] = True
+        for st in started:
+            st.call.cancel()
+
+    timer = asyncio.get_running_loop().call_later(max(deadlines) + 0.5, expire)
+    try:
+        for st in started:
+            res = results[st.k]
+            if isinstance(res, FedcreditError):
+                continue  # another chunk of this node failed: the node is refused already
+            node = plan[st.k].node
+            try:
+                part = await st.call.answers()
+                for i, a in zip(st.chunk, part, strict=True):
+                    res[i] = a
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not late[0] or (task is not None and task.cancelling()):
+                    raise  # the caller's cancellation, not the safety net's
+                results[st.k] = NodeUnavailable(
+                    f"node {node.org_id} ({node.category}) did not answer within "
+                    f"{deadlines[st.k]:.1f} s",
+                    node=node.org_id,
+                    category=node.category,
+                )
+            except Exception as exc:
+                results[st.k] = _node_failure(exc, node)
+    finally:
+        timer.cancel()
+
+
 class Scorer:
     def __init__(
         self,
@@ -300,7 +385,10 @@ class Scorer:
         models: ModelSource,
         settings: ScoringSettings | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        uses: AsyncUses | None = None,
     ) -> None:
+        """``uses``: where uses are reserved and settled (default: the verifier's own
+        counter, called in the scorer's thread pool; none: the verifier counts them)."""
         self.verifier = verifier
         self.nodes = dict(nodes)  # category -> node
         self.catalog = catalog
@@ -312,10 +400,25 @@ class Scorer:
         )
         self._clock = clock
         self.descriptions = catalog.descriptions()
-        self._counter = verifier.counter
+        counter = verifier.counter
+        self._uses: AsyncUses | None = uses
+        if uses is None and counter is not None:
+            self._uses = ThreadedUses(counter, self._pool)
+        self._layout_of: tuple[ScoringModel, _Layout] | None = None
+        # Releases that nobody awaits (see _settle): held until done, or the loop drops them.
+        self._background: set[asyncio.Task[None]] = set()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def close_uses(self) -> None:
+        """Let the releases still running finish (briefly), then close the use counter's
+        channel if it has one of its own."""
+        if self._background:
+            await asyncio.wait(self._background, timeout=2.0)
+        close = getattr(self._uses, "close", None)
+        if close is not None:
+            await close()
 
     # ------------------------------------------------------------ step 1: tokens
     def _verify_chunk(
@@ -334,7 +437,7 @@ class Scorer:
                         purposes=purposes,
                         # Uses are counted separately, concurrently with the node fan-out
                         # (see _count_uses), when the verifier exposes its counter.
-                        count_use=self._counter is None,
+                        count_use=self._uses is None,
                     )
                 )
             except Exception as exc:
@@ -358,51 +461,55 @@ class Scorer:
         )
         return [r for part in results for r in part]
 
-    def _reserve_chunk(
-        self, counter: UseCounter, use_id: str, consents: Sequence[VerifiedConsent]
+    @staticmethod
+    async def _reserve_chunk(
+        uses: AsyncUses, use_id: str, consents: Sequence[VerifiedConsent]
     ) -> list[FedcreditError | bool]:
         # One round trip (one transaction at the consent service) for the chunk; per item
         # its refusal or whether this call opened the use. Failing closed: no answer from
         # the consent service refuses every item.
         try:
-            got = counter.reserve(use_id, [UseRef.of(c) for c in consents])
+            got = await uses.reserve(use_id, [UseRef.of(c) for c in consents])
         except Exception as exc:
             err = consent_failure(exc, "reserving consent uses")
             return [err] * len(consents)
         return [r if isinstance(r, FedcreditError) else r.opened for r in got]
 
     async def _reserve_parts(
-        self, counter: UseCounter, use_id: str, consents: Sequence[VerifiedConsent]
+        self, uses: AsyncUses, use_id: str, consents: Sequence[VerifiedConsent]
     ) -> list[FedcreditError | bool]:
-        """:meth:`_reserve_chunk` over slices in the pool, within the consent deadline. Past
+        """:meth:`_reserve_chunk` over slices at once, within the consent deadline. Past
         it every item is refused (CONSENT_SERVICE_UNAVAILABLE) and whatever the calls still
         open when they return is released: a late reservation is never left counted."""
         s = self.settings
         n = max(1, min(s.verify_threads, len(consents) // 256 or 1))
         size = -(-len(consents) // n)
         parts = [consents[k : k + size] for k in range(0, len(consents), size)]
-        loop = asyncio.get_running_loop()
-        calls = asyncio.gather(
-            *(
-                loop.run_in_executor(self._pool, self._reserve_chunk, counter, use_id, p)
-                for p in parts
-            )
-        )
+        calls: asyncio.Future[list[list[FedcreditError | bool]]]
+        if len(parts) == 1:  # a Score: one call, no gathering
+            calls = asyncio.ensure_future(_listed(self._reserve_chunk(uses, use_id, parts[0])))
+        else:
+            calls = asyncio.gather(*(self._reserve_chunk(uses, use_id, p) for p in parts))
         deadline = bounded(s.consent_deadline_s + s.consent_deadline_per_item_s * len(consents))
         try:
-            results = await asyncio.wait_for(asyncio.shield(calls), deadline)
-        except TimeoutError:
-            calls.add_done_callback(lambda f: self._release_late(counter, use_id, parts, f))
+            # asyncio.wait leaves the calls running past the deadline (they are not cancelled:
+            # a reservation they make must be seen to be released).
+            done, _ = await asyncio.wait((calls,), timeout=deadline)
+        except BaseException:
+            calls.add_done_callback(lambda f: self._release_late(uses, use_id, parts, f))
+            raise
+        if not done:
+            calls.add_done_callback(lambda f: self._release_late(uses, use_id, parts, f))
             err = ConsentServiceUnavailable(
                 f"the consent service did not answer within {deadline:.1f} s; "
                 "nothing was scored and no use is counted"
             )
             return [err] * len(consents)
-        return [x for part in results for x in part]
+        return [x for part in calls.result() for x in part]
 
     def _release_late(
         self,
-        counter: UseCounter,
+        uses: AsyncUses,
         use_id: str,
         parts: Sequence[Sequence[VerifiedConsent]],
         done: asyncio.Future[list[list[FedcreditError | bool]]],
@@ -412,12 +519,19 @@ class Scorer:
         refs = [UseRef.of(c) for p, res in zip(parts, done.result(), strict=True)
                 for c, r in zip(p, res, strict=True) if r is True]  # fmt: skip
         if refs:
-            self._pool.submit(self._settle_quietly, counter, use_id, refs, False)
+            self._in_background(self._settle_quietly(uses, use_id, refs, False))
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @staticmethod
-    def _settle_quietly(counter: UseCounter, use_id: str, refs: list[UseRef], commit: bool) -> None:
+    async def _settle_quietly(
+        uses: AsyncUses, use_id: str, refs: list[UseRef], commit: bool
+    ) -> None:
         try:
-            counter.settle(use_id, refs, commit=commit)
+            await uses.settle(use_id, refs, commit=commit)
         except Exception as exc:
             log.warning("could not %s %d use(s) of %s: %s",
                         "commit" if commit else "release", len(refs), use_id, exc)  # fmt: skip
@@ -429,8 +543,8 @@ class Scorer:
         ``<use_id>.<r>`` (a distinct use); the nodes join ``<use_id>``, which the
         coordinator opened for every token it asks about. A verifier without a separate
         counter counted in :meth:`_verify` already."""
-        counter = self._counter
-        if counter is None or not batch.ok:
+        uses = self._uses
+        if uses is None or not batch.ok:
             return
         rounds: dict[int, list[int]] = {}
         seen: dict[str, int] = {}
@@ -446,7 +560,7 @@ class Scorer:
         for r, members in sorted(rounds.items()):
             use_id = batch.use_id if r == 0 else f"{batch.use_id}.{r}"
             consents = [batch.consent(i) for i in members]
-            results = await self._reserve_parts(counter, use_id, consents)
+            results = await self._reserve_parts(uses, use_id, consents)
             for i, res in zip(members, results, strict=True):
                 if isinstance(res, FedcreditError):
                     batch.refuse(i, res)
@@ -459,29 +573,23 @@ class Scorer:
         """Commit the uses of the items answered (``done``), release the others; in the
         background (the answer does not wait). A failure is logged: an unreleased use
         stays counted, a use is never given back twice."""
-        counter = self._counter
-        if counter is None or not batch.opened:
+        uses = self._uses
+        if uses is None or not batch.opened:
             return
-        groups = self._take_groups(batch, done)
-
-        def run() -> None:
-            for (use_id, commit), refs in groups.items():
-                self._settle_quietly(counter, use_id, refs, commit)
-
-        self._pool.submit(run)
+        for (use_id, commit), refs in self._take_groups(batch, done).items():
+            self._in_background(self._settle_quietly(uses, use_id, refs, commit))
 
     async def _settle_now(self, batch: _Batch, done: Collection[int]) -> None:
         """:meth:`_settle`, awaited: a refused item's use is given back BEFORE the refusal
         is answered. Left to the background, the release raced a bank retrying at once
         (after NODE_UNAVAILABLE, say), which met CONSENT_USES_EXHAUSTED for a use nothing
         had consumed. Only refusals pay this round trip: answered uses were committed."""
-        counter = self._counter
-        if counter is None or not batch.opened:
+        uses = self._uses
+        if uses is None or not batch.opened:
             return
         groups = self._take_groups(batch, done)
-        loop = asyncio.get_running_loop()
         await asyncio.gather(*(
-            loop.run_in_executor(self._pool, self._settle_quietly, counter, use_id, refs, commit)
+            self._settle_quietly(uses, use_id, refs, commit)
             for (use_id, commit), refs in groups.items()
         ))  # fmt: skip
 
@@ -502,20 +610,17 @@ class Scorer:
         that was never counted. A group whose commit fails is answered with the error
         instead (CONSENT_SERVICE_UNAVAILABLE, or CONSENT_USES_EXHAUSTED when the lease ran
         out and the use went elsewhere); :meth:`_settle` then releases it."""
-        counter = self._counter
-        if counter is None:
+        uses = self._uses
+        if uses is None:
             return
         groups: dict[str, list[int]] = {}
         for i, (use_id, _) in batch.opened.items():
             if not isinstance(out[i], FedcreditError):  # a Scored or an Assessment
                 groups.setdefault(use_id, []).append(i)
-        loop = asyncio.get_running_loop()
         for use_id, members in groups.items():
             refs = [batch.opened[i][1] for i in members]
             try:
-                await loop.run_in_executor(
-                    self._pool, functools.partial(counter.settle, use_id, refs, commit=True)
-                )
+                await uses.settle(use_id, refs, commit=True)
             except Exception as exc:
                 err = _commit_failure(exc)
                 for i in members:
@@ -525,14 +630,24 @@ class Scorer:
                 del batch.opened[i]  # committed: nothing left to settle
 
     # ------------------------------------------------------------ step 2: fan-out
-    def _by_category(self, features: Sequence[str]) -> dict[str, list[str]]:
-        """The model's features per catalog category (a feature no node publishes: none)."""
+    def _layout(self, model: ScoringModel) -> _Layout:
+        """The model's features per catalog category and their columns, worked out once
+        per model (the catalog and a loaded model never change; every Score needs them)."""
+        cached = self._layout_of
+        if cached is not None and cached[0] is model:
+            return cached[1]
         by_cat: dict[str, list[str]] = {}
-        for f in features:
+        for f in model.features:
             cat = self.catalog.category_of(f)
-            if cat is not None:
+            if cat is not None:  # a feature no node publishes: asked of none
                 by_cat.setdefault(cat, []).append(f)
-        return by_cat
+        col = {f: j for j, f in enumerate(model.features)}
+        layout = _Layout(
+            by_cat={c: tuple(fs) for c, fs in by_cat.items()},
+            cols={c: np.array([col[f] for f in fs], dtype=np.intp) for c, fs in by_cat.items()},
+        )
+        self._layout_of = (model, layout)
+        return layout
 
     def _plan(self, batch: _Batch, categories: Collection[str]) -> list[_Ask]:
         """Which items each node is asked about: the consent must cover the category and the
@@ -550,55 +665,37 @@ class Scorer:
                 plan.append(_Ask(cat, node, asked))
         return plan
 
-    async def _ask_node(
+    def _start_ask(
         self,
-        node: NodeFeatures,
+        k: int,
+        ask: _Ask,
         items: Sequence[FetchItem],
         features: Sequence[str],
         purpose: str,
         bank: Identity,
         use_id: str,
-    ) -> list[NodeAnswer] | FedcreditError:
+        started: list[_Started],
+    ) -> float:
+        """Send node ``ask``'s requests now (one per chunk) into ``started``; its deadline."""
         s = self.settings
-        chunks = unique_chunks(items, node.max_batch)
+        chunks = unique_chunks(items, ask.node.max_batch)
         deadline = bounded(
             s.node_deadline_s + s.node_deadline_per_item_s * max(len(c) for c in chunks)
         )
         whole = len(chunks) == 1  # unique_chunks keeps the order: the chunk is ``items``
-        try:
-            parts = await asyncio.wait_for(
-                asyncio.gather(
-                    *(
-                        node.get_features(
-                            items if whole else [items[i] for i in c],
-                            features,
-                            purpose=purpose,
-                            bank_org=bank.org_id,
-                            bank_cert_sha256=bank.cert_sha256,
-                            timeout=deadline,
-                            use_id=use_id,
-                            via=bank.via,
-                        )
-                        for c in chunks
-                    )
-                ),
-                timeout=deadline + 0.5,
+        for c in chunks:
+            call = ask.node.start_features(
+                items if whole else [items[i] for i in c],
+                features,
+                purpose=purpose,
+                bank_org=bank.org_id,
+                bank_cert_sha256=bank.cert_sha256,
+                timeout=deadline,
+                use_id=use_id,
+                via=bank.via,
             )
-            answers: list[NodeAnswer | None] = [None] * len(items)
-            for c, part in zip(chunks, parts, strict=True):
-                for i, a in zip(c, part, strict=True):
-                    answers[i] = a
-            return [a for a in answers if a is not None]
-        except (Unavailable, DeadlineExceeded) as exc:
-            return exc
-        except TimeoutError:
-            return NodeUnavailable(
-                f"node {node.org_id} ({node.category}) did not answer within {deadline:.1f} s",
-                node=node.org_id,
-                category=node.category,
-            )
-        except Exception as exc:
-            return as_domain(exc, f"asking node {node.org_id}")
+            started.append(_Started(k, c, call))
+        return deadline
 
     async def _fan_out(
         self,
@@ -609,29 +706,36 @@ class Scorer:
         by_cat: Mapping[str, Sequence[str]],
     ) -> list[list[NodeAnswer] | FedcreditError]:
         """Ask every planned node in parallel (the uses are reserved already; each node
-        joins the same use id)."""
+        joins the same use id): every request is sent first, then the answers are awaited
+        in turn, with no task per node (see NodeFeatures.start_features)."""
         # Nodes asked about the same enterprises share one FetchBatch (one encoding).
         batches: dict[tuple[int, ...], FetchBatch] = {}
-        for ask in plan:
-            key = tuple(ask.asked)
-            if key not in batches:
-                its = batch.items
-                batches[key] = FetchBatch(FetchItem(its[i].enterprise, its[i].token) for i in key)
-        return list(
-            await asyncio.gather(
-                *(
-                    self._ask_node(
-                        a.node,
-                        batches[tuple(a.asked)],
-                        by_cat[a.category],
-                        purpose,
-                        bank,
-                        batch.use_id,
+        results: list[list[NodeAnswer | None] | FedcreditError] = []
+        deadlines: list[float] = []
+        started: list[_Started] = []
+        try:
+            for k, ask in enumerate(plan):
+                key = tuple(ask.asked)
+                items = batches.get(key)
+                if items is None:
+                    its = batch.items
+                    items = batches[key] = FetchBatch(
+                        FetchItem(its[i].enterprise, its[i].token) for i in key
                     )
-                    for a in plan
-                )
-            )
-        )
+                results.append([None] * len(key))
+                try:
+                    deadlines.append(self._start_ask(
+                        k, ask, items, by_cat[ask.category], purpose, bank, batch.use_id, started
+                    ))  # fmt: skip
+                except Exception as exc:
+                    deadlines.append(0.0)
+                    results[k] = _node_failure(exc, ask.node)
+            await _collect(plan, started, deadlines, results)
+        except BaseException:
+            for st in started:  # cancelled (or failed): no answer is wanted any more
+                st.call.cancel()
+            raise
+        return [r if isinstance(r, FedcreditError) else _complete(r) for r in results]
 
     # ------------------------------------------------------------ step 3: the feature matrix
     def _merge(
@@ -639,8 +743,8 @@ class Scorer:
         batch: _Batch,
         ask: _Ask,
         answer: list[NodeAnswer] | FedcreditError,
-        feats: Sequence[str],
-        col: Mapping[str, int],
+        feats: tuple[str, ...],
+        cols: np.ndarray,
     ) -> None:
         """One node's answer into the batch: its columns of the matrix, its item errors, or
         (the node failed) the policy's consequence for every item asked."""
@@ -661,7 +765,6 @@ class Scorer:
                 batch.refuse(i, err)
             return
         # The node's columns of the matrix, filled in one assignment (not per value).
-        feats_t = tuple(feats)
         filled: list[int] = []
         block: list[list[float]] = []
         for i, a in zip(ask.asked, answer, strict=True):
@@ -672,12 +775,14 @@ class Scorer:
                 continue
             vals = a.values or {}
             filled.append(i)
-            if type(vals) is FeatureRow and vals.names == feats_t:
+            if type(vals) is FeatureRow and vals.names == feats:
                 block.append(vals.floats())  # already in the model's column order
             else:
                 block.append([math.nan if (x := vals.get(f)) is None else float(x) for f in feats])
-        if filled:
-            batch.matrix[np.ix_(filled, [col[f] for f in feats])] = block
+        if len(filled) == 1:  # a Score
+            batch.matrix[filled[0], cols] = block[0]
+        elif filled:
+            batch.matrix[np.array(filled, dtype=np.intp)[:, None], cols] = block
 
     def _predict(
         self, model: ScoringModel, purpose: str, batch: _Batch
@@ -761,14 +866,14 @@ class Scorer:
             t1 = self._clock()
             st.verify_s += t1 - t0
             st.items += len(items)
-            col = {f: j for j, f in enumerate(features)}
-            by_cat = self._by_category(features)
+            layout = self._layout(model)
+            by_cat = layout.by_cat
             plan = self._plan(batch, by_cat)
             answers = await self._fan_out(bank, purpose, batch, plan, by_cat)
             t2 = self._clock()
             st.fanout_s += t2 - t1
             for ask, answer in zip(plan, answers, strict=True):
-                self._merge(batch, ask, answer, by_cat[ask.category], col)
+                self._merge(batch, ask, answer, by_cat[ask.category], layout.cols[ask.category])
             out = self._predict(model, purpose, batch)
             st.predict_s += self._clock() - t2
         except BaseException:

@@ -42,6 +42,7 @@ from fedcredit.coordinator.registry import Registry
 from fedcredit.coordinator.scoring import ModelSource, Scored, ScoreItem, Scorer, ScoringStats
 from fedcredit.coordinator.settings import CoordinatorSettings
 from fedcredit.coordinator.store import CoordinatorStore, GuaranteeRecord, ModelRecord
+from fedcredit.coordinator.uses import AsyncUses
 from fedcredit.v1 import coordinator_pb2 as pb
 from fedcredit.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -417,7 +418,10 @@ class Coordinator:
         ledger: AsyncBatchEvidenceSink,
         ledger_sync: EvidenceSink,
         delegation: DelegationVerifier | None = None,
+        uses: AsyncUses | None = None,
     ) -> Coordinator:
+        """``uses``: the consent service's use counter, awaited on the event loop (default:
+        the verifier's blocking one, in the scorer's threads)."""
         models = ActiveModel(store, settings.model_refresh_s)
         gate = LedgerGate(ledger, deadline_s=settings.scoring.ledger_deadline_s)
         scorer = Scorer(
@@ -427,6 +431,7 @@ class Coordinator:
             gate=gate,
             models=models,
             settings=settings.scoring,
+            uses=uses,
         )
         desk = GuaranteeDesk(scorer=scorer, gate=gate, store=store, policy=settings.fund)
         registry = Registry(store, ledger_sync, shares=settings.shares, on_activate=models.set)
@@ -434,6 +439,7 @@ class Coordinator:
 
     async def close(self) -> None:
         self.scorer.close()
+        await self.scorer.close_uses()
         await asyncio.to_thread(self.scorer.verifier.close)
         for node in self.scorer.nodes.values():
             await node.close()

@@ -284,7 +284,12 @@ def start_coordinator(
     settings: CoordinatorSettings | None = None,
     catalog: Catalog | None = None,
     activate: bool = True,
+    aio_uses: bool = True,
 ) -> Coord:
+    """``aio_uses``: count uses over grpc.aio as ``coordinator serve`` does (False: with the
+    verifier's blocking counter in the scorer's threads)."""
+    from fedcredit.consent.client import AsyncConsentClient
+    from fedcredit.consent.remote import AsyncRemoteUseCounter
     from fedcredit.coordinator.registry import Registry
     from fedcredit.ledger.client import AsyncLedgerClient, LedgerClient
 
@@ -304,6 +309,13 @@ def start_coordinator(
     async def no_nodes() -> dict[str, NodeFeatures]:
         return {}
 
+    def aio_counter() -> AsyncRemoteUseCounter:
+        return AsyncRemoteUseCounter(
+            AsyncConsentClient(
+                consent_env.address, pki.tls("coordinator"), server_org="consent-service"
+            )
+        )
+
     server = CoordinatorServer(
         settings=settings,
         store=store,
@@ -315,6 +327,7 @@ def start_coordinator(
         ledger_sync=ledger_sync,
         tls=pki.tls("coordinator"),
         catalog=catalog if catalog is not None else static_catalog(city),
+        uses=aio_counter if aio_uses else None,
     ).start()
     return Coord(server, ledger, store)
 

@@ -4,6 +4,7 @@ a consent with no uses left makes no node disclose anything."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -39,8 +40,9 @@ def nodes(
         n.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["aio", "threads"])
 def coord(
+    request: pytest.FixtureRequest,
     pki: Any,
     consent_env: ConsentEnv,
     city: City,
@@ -55,9 +57,22 @@ def coord(
         city=city,
         tmp=tmp_path_factory.mktemp("coord"),
         nodes=node_factory(pki, nodes),
+        # Both ways of counting: over grpc.aio (as `coordinator serve`) and a blocking
+        # counter in the scorer's threads (a verifier's own).
+        aio_uses=request.param == "aio",
     )
     yield c
     stop_coordinator(c)
+
+
+def _counter(coord: Coord) -> tuple[Any, Any]:
+    """The scorer's use counter (over grpc.aio, or the blocking one in threads: either way
+    awaited on the coordinator's loop) and its real ``settle``, for a test to replace."""
+    app = coord.server.app
+    assert app is not None
+    counter = app.scorer._uses
+    assert counter is not None
+    return counter, counter.settle
 
 
 def uses(consent_env: ConsentEnv, consent_id: str) -> int:
@@ -178,16 +193,12 @@ def test_no_score_leaves_before_its_use_is_committed(
     uncounted. The uses are released; the enterprise's one use is intact afterwards."""
     codes = city.codes[74:77]
     grants = [consent_env.grant(code, scope=("judicial",), max_uses=1) for code in codes]
-    app = coord.server.app
-    assert app is not None
-    counter = app.scorer._counter
-    assert counter is not None
-    real = counter.settle
+    counter, real = _counter(coord)
 
-    def fails(use_id: str, refs: Any, *, commit: bool) -> Any:
+    async def fails(use_id: str, refs: Any, *, commit: bool) -> Any:
         if commit:
             raise ConnectionError("consent service unreachable")
-        return real(use_id, refs, commit=commit)
+        return await real(use_id, refs, commit=commit)
 
     counter.settle = fails  # type: ignore[method-assign]
     try:
@@ -219,22 +230,22 @@ def test_a_score_committed_after_its_lease_ran_out_is_refused(
     is refused (CONSENT_USES_EXHAUSTED), never a score beyond max_uses."""
     code = city.codes[77]
     cid, token = consent_env.grant(code, scope=("judicial",), max_uses=1)
-    app = coord.server.app
-    assert app is not None
-    counter = app.scorer._counter
-    assert counter is not None
-    real = counter.settle
+    counter, real = _counter(coord)
     taken: list[str] = []
     reaped: list[int] = []
 
-    def stalls(use_id: str, refs: Any, *, commit: bool) -> Any:
+    def another_score() -> None:
+        reaped.append(_reap_all(consent_env))
+        with client(pki, coord) as c2:
+            taken.append(_outcome(lambda: c2.score(code, token)))
+
+    async def stalls(use_id: str, refs: Any, *, commit: bool) -> Any:
         if commit and not reaped:
-            reaped.append(_reap_all(consent_env))
-            # Another Score takes the use the reaper gave back (its own commit is real).
+            # Another Score takes the use the reaper gave back (its own commit is real);
+            # from a thread: the coordinator's event loop must answer it meanwhile.
             counter.settle = real  # type: ignore[method-assign]
-            with client(pki, coord) as c2:
-                taken.append(_outcome(lambda: c2.score(code, token)))
-        return real(use_id, refs, commit=commit)
+            await asyncio.to_thread(another_score)
+        return await real(use_id, refs, commit=commit)
 
     counter.settle = stalls  # type: ignore[method-assign]
     try:
@@ -255,16 +266,12 @@ def test_no_guarantee_decision_leaves_before_its_use_is_committed(
     application with CONSENT_SERVICE_UNAVAILABLE, and no decision is ledgered or kept."""
     code = city.codes[78]
     cid, token = consent_env.grant(code, purpose="guarantee", max_uses=1)
-    app = coord.server.app
-    assert app is not None
-    counter = app.scorer._counter
-    assert counter is not None
-    real = counter.settle
+    counter, real = _counter(coord)
 
-    def fails(use_id: str, refs: Any, *, commit: bool) -> Any:
+    async def fails(use_id: str, refs: Any, *, commit: bool) -> Any:
         if commit:
             raise ConnectionError("consent service unreachable")
-        return real(use_id, refs, commit=commit)
+        return await real(use_id, refs, commit=commit)
 
     def apply() -> Any:
         with client(pki, coord) as c:
