@@ -156,13 +156,37 @@ def _wrap(handler: Any, aio: bool, method: str = "") -> Any:
     return handler._replace(request_deserializer=_safe(handler.request_deserializer), **{kind: new})
 
 
+class _Wrapped:
+    """Each method's wrapped handler, made once: grpc hands the interceptor the same
+    registered handler for every call of a method, and wrapping it anew (closures, the
+    request counter's label lookup) cost every call of every service ~30 us of CPU."""
+
+    def __init__(self, aio: bool) -> None:
+        self.aio = aio
+        self._by_method: dict[str, tuple[Any, Any]] = {}
+
+    def of(self, handler: Any, method: str) -> Any:
+        if handler is None:
+            return None
+        known = self._by_method.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = _wrap(handler, aio=self.aio, method=method)
+        self._by_method[method] = (handler, wrapped)  # a race only wraps twice
+        return wrapped
+
+
 class DecodeInterceptor(grpc.ServerInterceptor):
+    def __init__(self) -> None:
+        self._wrapped = _Wrapped(aio=False)
+
     def intercept_service(self, continuation: Any, details: Any) -> Any:
-        handler = continuation(details)
-        return None if handler is None else _wrap(handler, aio=False, method=details.method)
+        return self._wrapped.of(continuation(details), details.method)
 
 
 class AioDecodeInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self._wrapped = _Wrapped(aio=True)
+
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        handler = await continuation(details)
-        return None if handler is None else _wrap(handler, aio=True, method=details.method)
+        return self._wrapped.of(await continuation(details), details.method)
