@@ -21,6 +21,7 @@ from fedcredit.training.gbdt.privacy import (
     SKETCH_CELLS_DP,
     BankNoise,
     CoordinatorDeviates,
+    InvalidPrivacySettings,
     NoisePlan,
     parse_ranges,
     quantile_spec,
@@ -57,7 +58,8 @@ def _blob(sketch_rounds: float = 1.0, **extra: Any) -> dict[str, Any]:
 
 def _start(bank: _Bank, ctx: Context, blob: dict[str, Any], spec: Any) -> np.ndarray:
     cfg = {"spec": json.dumps(spec.to_dict()), "validation_fraction": 0.0}
-    return bank.totals(ctx, cfg | {"privacy": json.dumps(blob)})
+    # As one of the 3 banks of a masked sum (the plan's shares; check_share).
+    return bank.totals(ctx, cfg | {"privacy": json.dumps(blob)}, parties=3)
 
 
 def test_bank_releases_its_noisy_sketch_once_and_checks_the_bins_from_it(
@@ -66,7 +68,7 @@ def test_bank_releases_its_noisy_sketch_once_and_checks_the_bins_from_it(
     b, ctx, ranges, csv = bank
     names = [f"x{i}" for i in range(N_FEATURES)]
     blob = _blob()
-    out = b.dp_sketch(ctx, {"privacy": json.dumps(blob)})
+    out = b.dp_sketch(ctx, {"privacy": json.dumps(blob)}, parties=3)
     d = load_csv(csv)
     exact = sketch_counts(sketch_grid(names, ranges), d.x)
     plan = NoisePlan.from_dict(blob["plan"])
@@ -75,7 +77,7 @@ def test_bank_releases_its_noisy_sketch_once_and_checks_the_bins_from_it(
     assert np.array_equal(out, want.ravel()) and not np.array_equal(out, exact.ravel())
     assert out.shape == (N_FEATURES * SKETCH_CELLS_DP,)
     with pytest.raises(CoordinatorDeviates, match="already released"):
-        b.dp_sketch(ctx, {"privacy": json.dumps(blob)})
+        b.dp_sketch(ctx, {"privacy": json.dumps(blob)}, parties=3)
 
     counts = out.reshape(N_FEATURES, SKETCH_CELLS_DP) * 3  # what the sum may be
     good = quantile_spec(names, ranges, counts, PARAMS.max_bins)
@@ -84,16 +86,16 @@ def test_bank_releases_its_noisy_sketch_once_and_checks_the_bins_from_it(
         # Edges not from the sketch it is shown (the bank drops out of that training).
         _start(b, ctx, blob | {"sketch": counts.tolist()}, other)
     fresh = _blob()
-    b.dp_sketch(ctx, {"privacy": json.dumps(fresh)})
+    b.dp_sketch(ctx, {"privacy": json.dumps(fresh)}, parties=3)
     totals = _start(b, ctx, fresh | {"sketch": counts.tolist()}, good)
     assert totals.shape == (4,)
     # After the training started, no second sketch under its id.
     with pytest.raises(CoordinatorDeviates, match="already released"):
-        b.dp_sketch(ctx, {"privacy": json.dumps(fresh)})
+        b.dp_sketch(ctx, {"privacy": json.dumps(fresh)}, parties=3)
     seen_only = _blob()
     b.new_training(ctx, {"privacy": json.dumps(seen_only)})  # started without a sketch
     with pytest.raises(CoordinatorDeviates, match="after the training started"):
-        b.dp_sketch(ctx, {"privacy": json.dumps(seen_only)})
+        b.dp_sketch(ctx, {"privacy": json.dumps(seen_only)}, parties=3)
 
 
 def test_bank_refuses_bins_from_a_sketch_it_did_not_release(
@@ -109,15 +111,71 @@ def test_bank_refuses_bins_from_a_sketch_it_did_not_release(
     # Sketch released under one plan, training started under another (a cheaper sketch
     # priced, a costlier one asked for).
     blob = _blob()
-    b.dp_sketch(ctx, {"privacy": json.dumps(blob)})
+    b.dp_sketch(ctx, {"privacy": json.dumps(blob)}, parties=3)
     swapped = _blob(sketch_rounds=0.5) | {"training": blob["training"], "sketch": counts.tolist()}
     with pytest.raises(CoordinatorDeviates, match="did not release"):
         _start(b, ctx, swapped, spec)
     # A plan without a sketch gets no sketch.
     with pytest.raises(CoordinatorDeviates, match="prices no DP sketch"):
-        b.dp_sketch(ctx, {"privacy": json.dumps(_blob(sketch_rounds=0.0))})
+        b.dp_sketch(ctx, {"privacy": json.dumps(_blob(sketch_rounds=0.0))}, parties=3)
     # Malformed counts are refused by name.
     blob2 = _blob()
-    b.dp_sketch(ctx, {"privacy": json.dumps(blob2)})
+    b.dp_sketch(ctx, {"privacy": json.dumps(blob2)}, parties=3)
     with pytest.raises(CoordinatorDeviates, match="sketch"):
         _start(b, ctx, blob2 | {"sketch": [[1, 2]]}, spec)
+
+
+def _roster(n: int) -> str:
+    return json.dumps([[i, "00" * 32] for i in range(1, n + 1)])
+
+
+def test_bank_adds_the_full_noise_unless_a_secure_sum_hides_its_share(
+    bank: tuple[_Bank, Context, Any, str],
+) -> None:
+    """Each bank adds 1/sqrt(plan.banks) of the noise. A coordinator that claims more banks
+    than the sum it asks for (any number in clear, where it sees each bank's vector; more
+    than the roster in a masked sum) would get each bank's counts under a fraction of the
+    noise the run is priced for: the bank refuses, for the sketch, the totals and the
+    histograms alike, before it releases anything."""
+    b, ctx, ranges, _csv = bank
+    names = [f"x{i}" for i in range(N_FEATURES)]
+    blob = _blob()  # priced for 3 banks' shares
+    with pytest.raises(CoordinatorDeviates, match="3 banks"):
+        b.dp_sketch(ctx, {"privacy": json.dumps(blob)}, parties=1)  # in clear
+    with pytest.raises(CoordinatorDeviates, match="3 banks"):
+        b.secure_vector(
+            ctx,
+            {
+                "op": "dpsketch",
+                "payload": json.dumps({"privacy": json.dumps(blob)}),
+                "roster": _roster(2),
+            },
+        )
+    assert b.dp_sketch(ctx, {"privacy": json.dumps(blob)}, parties=3).shape == (
+        N_FEATURES * SKETCH_CELLS_DP,
+    )
+    counts = np.zeros((N_FEATURES, SKETCH_CELLS_DP), dtype=np.int64)
+    spec = quantile_spec(names, ranges, counts, PARAMS.max_bins)
+    cfg = {"spec": json.dumps(spec.to_dict()), "validation_fraction": 0.0}
+    start = cfg | {"privacy": json.dumps(blob | {"sketch": counts.tolist()})}
+    with pytest.raises(CoordinatorDeviates, match="3 banks"):
+        b.totals(ctx, start)
+    assert b.totals(ctx, start, parties=3).shape == (4,)
+    # The histograms of that training (priced for 3 shares), asked in clear, are refused.
+    with pytest.raises(CoordinatorDeviates, match="3 banks"):
+        b.hist(ctx, {"request": "{}"})
+    # A plan that splits the noise over no bank at all is malformed, not a crash.
+    with pytest.raises(InvalidPrivacySettings, match="banks"):
+        NoisePlan.from_dict(blob["plan"] | {"banks": 0})
+
+
+def test_private_sums_refuse_the_secaggplus_path(
+    bank: tuple[_Bank, Context, Any, str],
+) -> None:
+    """Flower's SecAgg+ unmasks the sum of whichever banks survive, so a bank's noise
+    share would be summed with fewer shares than the plan's: private runs sum only
+    through the masked protocol (which stops on any drop) and the bank refuses the other."""
+    b, ctx, _ranges, _csv = bank
+    blob = _blob()
+    with pytest.raises(CoordinatorDeviates, match="masked"):
+        b.check_share(ctx, {"privacy": json.dumps(blob)}, parties=None)

@@ -49,6 +49,7 @@ from fedcredit.training.gbdt.privacy import (
     DEFAULT_EPSILON,
     BankNoise,
     CoordinatorDeviates,
+    InvalidPrivacySettings,
     NoisePlan,
     PublicRange,
     RequestGuard,
@@ -231,6 +232,33 @@ class _Bank:
             )
         context.state.config_records[SEEN_STATE] = ConfigRecord({"ids": [*ids, training]})
 
+    def check_share(self, context: Context, cfg: dict[str, Any], parties: int | None) -> None:
+        """Before a private release: the noise plan's share (1/sqrt(plan.banks) of the
+        noise) must be covered by the sum it goes into. ``parties`` is what this bank sees
+        itself: 1 in clear (the coordinator sees its vector: it adds all the noise), the
+        roster's size in a masked sum (which stops on any drop, so the survivors' shares
+        are all of them), None on the SecAgg+ path (it unmasks the sum of whichever banks
+        survive, with fewer shares than priced): refused for private runs."""
+        text = str(cfg.get("privacy", ""))
+        if not text and SPEC_STATE in context.state.config_records:
+            text = str(context.state.config_records[SPEC_STATE].get("privacy", ""))
+        if not text:
+            return  # not a private run: nothing is noised
+        try:
+            banks = NoisePlan.from_dict(json.loads(text)["plan"]).banks
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidPrivacySettings(f"private training without a noise plan: {exc}") from None
+        if parties is None:
+            raise CoordinatorDeviates(
+                "a private training's sums go through the masked protocol only; SecAgg+ "
+                "sums the survivors' noise shares, fewer than the plan's"
+            )
+        if not banks <= parties:
+            raise CoordinatorDeviates(
+                f"noise plan splits the noise over {banks} banks but this sum has {parties} "
+                f"(each bank would add 1/sqrt({banks}) of it; expected at most {parties})"
+            )
+
     def checked_plan(
         self, context: Context, blob: dict[str, Any]
     ) -> tuple[dict[str, PublicRange], GBDTParams, BankNoise]:
@@ -251,10 +279,11 @@ class _Bank:
         sampler = seeded_sampler(int(seed)) if seed is not None else opendp_sampler
         return ranges, params, BankNoise(plan, sampler)
 
-    def dp_sketch(self, context: Context, cfg: dict[str, Any]) -> np.ndarray:
+    def dp_sketch(self, context: Context, cfg: dict[str, Any], parties: int = 1) -> np.ndarray:
         """Private mode's first release: this bank's rows per cell of the fine public
         grid, with its share of the sketch's noise (the noise plan prices it), once per
-        training id and before the training starts."""
+        training id and before the training starts; ``parties`` as in ``check_share``."""
+        self.check_share(context, cfg, parties)
         blob = json.loads(cast(str, cfg["privacy"]))
         d = self.data(context)
         ranges, _params, noise = self.checked_plan(context, blob)
@@ -310,8 +339,9 @@ class _Bank:
             expected = public_spec(spec.feature_names, ranges, params.max_bins)
         return noise, RequestGuard(params, spec, expected)
 
-    def totals(self, context: Context, cfg: dict[str, Any]) -> np.ndarray:
+    def totals(self, context: Context, cfg: dict[str, Any], parties: int = 1) -> np.ndarray:
         """Private mode: [training rows, positives, 0, 0] with this bank's noise share."""
+        self.check_share(context, cfg, parties)
         party = self.party(context, cfg)
         out = party.totals().to_array()
         self.save(context, party)
@@ -325,18 +355,20 @@ class _Bank:
             )
 
     def secure_vector(self, context: Context, cfg: dict[str, Any]) -> np.ndarray:
-        """The int64 vector of a secure operation (before masking)."""
+        """The int64 vector of a masked operation (before masking): its noise shares
+        summed over the roster's banks."""
         payload = json.loads(cast(str, cfg["payload"]))
         op = cfg["op"]
+        parties = len(masking.parse_roster(cast(str, cfg["roster"])))
         if op == "sketch":
             counts, totals = self.sketch(context, payload)
             return np.concatenate([counts.ravel(), totals]).astype(np.int64)
         if op == "totals":
-            return self.totals(context, payload).astype(np.int64)
+            return self.totals(context, payload, parties).astype(np.int64)
         if op == "dpsketch":
-            return self.dp_sketch(context, payload)
+            return self.dp_sketch(context, payload, parties)
         if op == "hist":
-            hists, valid = self.hist(context, payload)
+            hists, valid = self.hist(context, payload, parties)
             parts = [hists.ravel()] + ([valid] if valid is not None else [])
             return np.concatenate(parts).astype(np.int64)
         raise ValueError(
@@ -368,7 +400,10 @@ class _Bank:
         )
         return out
 
-    def hist(self, context: Context, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    def hist(
+        self, context: Context, cfg: dict[str, Any], parties: int | None = 1
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        self.check_share(context, cfg, parties)
         party = self.party(context, cfg)
         req = Request.from_config(json.loads(cast(str, cfg["request"])))
         hists, valid = party.respond(req)
@@ -444,7 +479,7 @@ def make_client_app(source: DataSource | None = None, mods: Sequence[Mod] = ()) 
             counts, totals = bank.sketch(context, payload)
             flat = np.concatenate([counts.ravel(), totals])
         elif cfg["op"] == "hist":
-            hists, valid = bank.hist(context, payload)
+            hists, valid = bank.hist(context, payload, parties=None)
             parts = [hists.ravel()] + ([valid] if valid is not None else [])
             flat = np.concatenate(parts)
         else:

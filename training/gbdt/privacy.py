@@ -337,6 +337,9 @@ class NoisePlan:
     sketch_rounds: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.banks < 1:
+            # Each bank adds 1/sqrt(banks) of the noise: 0 or fewer shares is no plan.
+            raise InvalidPrivacySettings(f"noise plan must split over >= 1 banks, got {self.banks}")
         if self.released_features == 0:
             object.__setattr__(self, "released_features", self.n_features)
         if not (math.isfinite(self.sketch_rounds) and self.sketch_rounds >= 0.0):
