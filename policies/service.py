@@ -239,16 +239,27 @@ class ApplicationServicer(Acting):
         _allow(caller, frozenset({"department"}), "reviewing")
         app = self.store.application(request.application_id)
         policy = self.store.policy(app.policy)
+        if not _reads(caller, policy):  # as GetApplication: no state or existence oracle
+            raise UnknownAward(f"no application {app.id!r}", application=app.id)
         now = self.clock()
         return self._step(app.id, lambda a: approval.review(
             a, policy, caller.org_id, request.approve, now), caller)  # fmt: skip
 
     @handle_errors
     def Object(self, request: Any, context: Any) -> Any:
+        """Anyone may object during the public notice (公示). Someone who is not a party
+        learns only what the notice publishes (the application, its policy, enterprise,
+        amount and notice period) — not the form, the attachments or the reviews — and
+        outside the notice an application of others is an unknown id."""
         caller = self._acting(context)
+        app = self.store.application(request.application_id)
+        party = _party(caller, app, self.store.policy(app.policy))
+        if not party and app.state not in ("notice", "objected"):
+            raise UnknownAward(f"no application {app.id!r}", application=app.id)
         now = self.clock()
-        return self._step(request.application_id, lambda a: approval.lodge_objection(
-            a, caller.org_id, request.reason, now), caller)  # fmt: skip
+        after = self.store.step(app.id, lambda a: approval.lodge_objection(
+            a, caller.org_id, request.reason, now), self._append_as(caller))  # fmt: skip
+        return application_to_pb(after) if party else _public(after)
 
     @handle_errors
     def ResolveObjection(self, request: Any, context: Any) -> Any:
@@ -290,6 +301,23 @@ def _with_benefit(append: Any, policy: rules.Policy, disclosed: list[int]) -> An
     extra = {"benefit_evaluated_by": ns, "node_disclosures": disclosed,
              "legal_basis": "policy_screening"}  # fmt: skip
     return lambda items: append([(k, sub, {**p, **extra}) for k, sub, p in items])
+
+
+def _party(caller: Identity, app: approval.Application, p: rules.Policy) -> bool:
+    """The application's enterprise, its policy's departments, or the operator."""
+    return (
+        caller.role == "operator"
+        or (caller.role == "enterprise" and caller.org_id == app.enterprise)
+        or (caller.role == "department" and _reads(caller, p))
+    )
+
+
+def _public(a: approval.Application) -> policies_pb2.ApplicationMessage:
+    """What the public notice shows of an application (to an objector who is no party)."""
+    return policies_pb2.ApplicationMessage(
+        id=a.id, policy_id=a.policy, enterprise=a.enterprise, state=a.state,
+        notice_until=a.notice_until, amount_yuan=a.amount_yuan,
+    )  # fmt: skip
 
 
 def _reads(caller: Identity, p: rules.Policy) -> bool:

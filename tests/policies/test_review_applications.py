@@ -554,3 +554,43 @@ def test_a_department_runs_at_most_four_screenings_a_day(pki: Pki, tmp_path: Pat
     finally:
         server.stop(0)
         store.close()
+
+
+def test_an_objector_or_a_stranger_learns_only_the_public_notice(pki: Pki, tmp_path: Path) -> None:
+    """Found by review: Object answered any caller with the whole application (form fields,
+    attachment digests, every department's review), and Review/Object told any caller an
+    application's state ("application a-1 is under_review: ..."): an existence oracle
+    GetApplication had been closed against (issue 14)."""
+    from fedcredit.policies.errors import UnknownAward
+
+    pki.issue("policies", "policy")
+    store = PolicyStore.open(f"sqlite:///{tmp_path / 'pol.sqlite'}")
+    clock = [T]
+    servicer = PolicyServicer(store=store, ledger=_Ledger(), nodes={}, clock=lambda: clock[0])
+    server = build_policy_server(servicer, address="127.0.0.1:0", tls=pki.tls("policies"))
+    server.start()
+    store.publish(POLICY, T, lambda e: None)
+    rng = random.Random(12)
+    me, stranger = uscc.generate(rng), uscc.generate(rng)
+
+    def client(org: str, role: str) -> PolicyClient:
+        return PolicyClient(f"127.0.0.1:{server.port}", pki.issue(org, role), server_org="policies")  # fmt: skip
+
+    form = {"project_name": "secret kiln", "planned_investment_yuan": "3000000"}
+    try:
+        client(me, "enterprise").apply("n-1", POLICY.id, form, {"plan.pdf": b"%PDF"})
+        with pytest.raises(UnknownAward) as ei:
+            client(stranger, "enterprise").object("n-1", "just looking")
+        assert "under_review" not in ei.value.message
+        with pytest.raises(UnknownAward):
+            client("not-a-reviewer", "department").review("n-1", True)
+        for d in POLICY.reviewers:
+            client(d, "department").review("n-1", True)
+        seen = client(stranger, "enterprise").object("n-1", "the project already ended")
+        assert seen.state == "objected" and seen.enterprise == me and seen.amount_yuan > 0
+        assert not seen.fields and not seen.attachments and not seen.parts and not seen.history
+        full = client(me, "enterprise").application("n-1")
+        assert dict(full.fields) == form and full.attachments
+    finally:
+        server.stop(0)
+        store.close()
