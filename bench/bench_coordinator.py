@@ -16,7 +16,10 @@ Run ``python -m bench.bench_coordinator`` (``--batch N`` for the ScoreBatch size
   on a 12-way parallel unary fan-out plus one unary call, and plus the three sequential
   calls a Score makes (reserve the use, ledger append, commit the use), against trivial
   mTLS servers in another process: what the coordinator's CPU per Score cannot go below
-  in Python gRPC, whatever the coordinator itself does;
+  in Python gRPC, whatever the coordinator itself does; and the **served** CPU floor: the
+  same 12 + 3 calls made from inside the handler of one incoming unary call on a grpc.aio
+  server with the project's interceptors (the coordinator also takes the bank's Score and
+  answers it), that server process's CPU per call;
 * **component** (issue 17's restated floor): what one Score has to wait for, measured
   alone in the same run — the 12 nodes' GetFeatures for one enterprise in parallel (each
   verifying the token, joining its use and logging the disclosure) plus one durable
@@ -381,6 +384,17 @@ class Bench:
             for extra in (1, 3)
         }  # fmt: skip
 
+    def served_floor(self, rounds: int) -> float:
+        """CPU per call (s) of a grpc.aio server answering one unary call by making a Score's
+        bare calls, 12 in parallel + 3 (``bench.grpc_floor.measure_served``)."""
+        from bench.grpc_floor import measure_served
+
+        node = self.dep.nodes[0]
+        return measure_served(
+            self.dep.tls(node.org_id), node.org_id, self.dep.tls(self.coord.org_id),
+            self.coord.org_id, self.dep.tls(self.bank), fan=12, extra=3, rounds=rounds,
+        )  # fmt: skip
+
     async def components(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float], list[float]]:
         """What one Score waits for, measured alone: the 12 nodes' GetFeatures for one enterprise
         in parallel (each verifying the token and logging the disclosure), and one ledger Append."""
@@ -595,6 +609,7 @@ class Bench:
 
         floor = asyncio.run(self.floor(nreq))
         cpu_floor = self.cpu_floor(nreq)
+        served_floor = self.served_floor(nreq)
         comp_codes = [self.codes[i] for i in order[-60:]]
         fan, led = asyncio.run(
             self.components(list(zip(comp_codes, self.grant(comp_codes), strict=True)))
@@ -639,6 +654,14 @@ class Bench:
         score_floor = cpu_floor[(12, 3)]
         self.row("coordinator CPU per Score / its bare-gRPC floor (12 + 3 calls)",
                  coord_cpu_per_score / score_floor, "x")  # fmt: skip
+        self.row(
+            "floor: server CPU of answering one unary call that makes a bare 12-way parallel "
+            "unary fan-out + 3 unary calls (grpc.aio server with the project's interceptors, "
+            "trivial mTLS servers)",
+            served_floor * 1000, "ms",
+        )  # fmt: skip
+        self.row("coordinator CPU per Score / its served bare-gRPC floor (the bank's call + 12 + 3)",
+                 coord_cpu_per_score / served_floor, "x")  # fmt: skip
         if score_floor > 0.001:
             self.notes.append(
                 f"coordinator CPU per Score <= 1 ms is below what Python gRPC allows: the bare "

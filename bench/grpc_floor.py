@@ -7,6 +7,10 @@ mTLS on loopback, with the client (grpc.aio, as the coordinator) in a process of
 and reports that process's CPU time per round: the floor of the coordinator's CPU per
 Score in Python gRPC, whatever the coordinator itself does. The servers run in another
 process, so their CPU is not counted.
+
+:func:`measure_served` is the same round made from inside the handler of one incoming
+unary call on a grpc.aio server (the shape of the coordinator, which must also take the
+bank's Score and answer it): that server process's CPU per call.
 """
 
 from __future__ import annotations
@@ -98,3 +102,96 @@ def measure(
         parent.send("stop")
         servers.join(30)
     return result
+
+
+def _served(
+    conn: Any, ports: list[int], tls: TlsFiles, node_org: str, fan: int, extra: int
+) -> None:
+    """A grpc.aio server (the project's, with its interceptors) whose one method makes a
+    round of calls to the trivial servers and answers; until told to stop."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from fedcredit.common.server import build_aio_server
+    from fedcredit.common.tls import channel
+
+    async def main() -> None:
+        chans = [channel(f"127.0.0.1:{p}", tls, server_org=node_org, aio=True) for p in ports]
+        stubs = [health_pb2_grpc.HealthStub(ch) for ch in chans]
+        fan_stubs, extra_stubs = stubs[:fan], stubs[fan : fan + extra]
+        req = health_pb2.HealthCheckRequest()
+
+        async def handle(request: bytes, context: Any) -> bytes:
+            await asyncio.gather(*(s.Check(req, timeout=10) for s in fan_stubs))
+            for s in extra_stubs:
+                await s.Check(req, timeout=10)
+            return b"done"
+
+        def register(server: Any) -> None:
+            server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+                "bench.Floor", {"Round": grpc.unary_unary_rpc_method_handler(handle)})])  # fmt: skip
+
+        server, port = build_aio_server(address="127.0.0.1:0", tls=tls, register=register,
+                                        service_names=[])  # fmt: skip
+        await server.start()
+        conn.send(port)
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        await server.stop(0)
+
+    asyncio.run(main())
+
+
+def _process_cpu(pid: int) -> float:
+    import os
+    from pathlib import Path
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_served(
+    node_tls: TlsFiles,
+    node_org: str,
+    coord_tls: TlsFiles,
+    coord_org: str,
+    bank_tls: TlsFiles,
+    *,
+    fan: int = 12,
+    extra: int = 3,
+    rounds: int = 300,
+) -> float:
+    """CPU s per call of a grpc.aio server process (``coord_tls``, as the coordinator) that
+    answers one unary call by making ``fan`` parallel unary calls and then ``extra``
+    sequential ones to trivial mTLS servers (``node_tls``, organisation ``node_org``); it is
+    called one call at a time by a blocking client (``bank_tls``) from this process."""
+    from fedcredit.common.tls import channel
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    trivial = ctx.Process(target=_serve, args=(child, node_tls, fan + extra), daemon=True)
+    trivial.start()
+    try:
+        ports = parent.recv()
+        sparent, schild = ctx.Pipe()
+        served = ctx.Process(target=_served, daemon=True,
+                             args=(schild, ports, coord_tls, node_org, fan, extra))  # fmt: skip
+        served.start()
+        assert served.pid is not None
+        try:
+            port = sparent.recv()
+            ch = channel(f"127.0.0.1:{port}", bank_tls, server_org=coord_org)
+            call = ch.unary_unary("/bench.Floor/Round")
+            for _ in range(30):  # connections open, TLS sessions up
+                call(b"", timeout=10)
+            c0 = _process_cpu(served.pid)
+            for _ in range(rounds):
+                call(b"", timeout=10)
+            cpu = _process_cpu(served.pid) - c0
+            ch.close()
+        finally:
+            sparent.send("stop")
+            served.join(30)
+    finally:
+        parent.send("stop")
+        trivial.join(30)
+    return cpu / rounds
