@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 
-from fedcredit.training.bank.app import _Bank
+from fedcredit.training.bank.app import SPEC_STATE, _Bank
 from fedcredit.training.bank.data import load_csv
 from fedcredit.training.bank.source import CsvSource
 from fedcredit.training.gbdt import GBDTParams
@@ -179,3 +179,55 @@ def test_private_sums_refuse_the_secaggplus_path(
     blob = _blob()
     with pytest.raises(CoordinatorDeviates, match="masked"):
         b.check_share(ctx, {"privacy": json.dumps(blob)}, parties=None)
+
+
+def test_a_private_only_bank_refuses_every_request_without_a_noise_plan(tmp_path: Path) -> None:
+    """A malicious coordinator need not break the private protocol: it can ask as if
+    the run were not private (setup with row counts, min and max; the fine-grid sketch
+    with label totals; exact histograms; whole LightGBM models). A bank whose node
+    config says ``private-only`` refuses all of them by name, and still answers the
+    private protocol."""
+    csv = tmp_path / "bank0.csv"
+    write_bank(csv, np.random.default_rng(3), 400, 0.0, 1)
+    ranges = tmp_path / "ranges.json"
+    ranges.write_text(json.dumps({f"x{i}": [-5, 5] for i in range(N_FEATURES)}))
+    privacy = (("public-ranges", str(ranges)), ("noise-seed", SEED), ("private-only", True))
+    b = _Bank(CsvSource((str(csv),), privacy=privacy))
+    ctx = Context(1, 10, {"partition-id": 0}, RecordDict(), {})
+    names = [f"x{i}" for i in range(N_FEATURES)]
+    spec = quantile_spec(
+        names,
+        parse_ranges(json.loads(ranges.read_text())),
+        np.zeros((N_FEATURES, SKETCH_CELLS_DP), dtype=np.int64),
+        PARAMS.max_bins,
+    )
+    plain = {"spec": json.dumps(spec.to_dict()), "validation_fraction": 0.0}
+    refusals = {
+        "setup": lambda: b.setup(ctx, {"max_bins": 6}),
+        "sketch": lambda: b.sketch(
+            ctx,
+            {
+                "lo": [-5] * N_FEATURES,
+                "hi": [5] * N_FEATURES,
+                "cells": 64,
+                "validation_fraction": 0.0,
+            },
+        ),
+        "hist": lambda: b.hist(ctx, plain | {"request": "{}"}),
+        "totals": lambda: b.totals(ctx, plain),
+        "boost": lambda: b.boost(ctx, {"lgb_params": "{}", "rounds": 1}),
+    }
+    for what, call in refusals.items():
+        with pytest.raises(CoordinatorDeviates, match="private-only"):
+            call()
+        assert SPEC_STATE not in ctx.state.config_records, what  # nothing kept
+    info = b.setup(ctx, {"private": True})["info"]
+    assert set(info) == {"feature_names", "bank", "public_key"}
+    plan = NoisePlan.calibrate(PARAMS, N_FEATURES, 1, 4.0, 1e-6, sketch_rounds=1.0)
+    blob = {"params": PARAMS.to_dict(), "plan": plan.to_dict(), "training": uuid.uuid4().hex}
+    assert b.dp_sketch(ctx, {"privacy": json.dumps(blob)}).shape == (N_FEATURES * SKETCH_CELLS_DP,)
+    counts = np.zeros((N_FEATURES, SKETCH_CELLS_DP), dtype=np.int64)
+    b.totals(ctx, plain | {"privacy": json.dumps(blob | {"sketch": counts.tolist()})})
+    # Mid-training, a request that starts a new training without a plan is refused too.
+    with pytest.raises(CoordinatorDeviates, match="private-only"):
+        b.hist(ctx, plain | {"request": "{}"})

@@ -96,7 +96,11 @@ def test_private_federated_equals_in_process_and_leaks_no_raw_value(
     paths, ranges = banks
     wire = tmp_path / "wire"
     wire.mkdir()
-    source = CsvSource(paths, privacy=(("public-ranges", ranges), ("noise-seed", SEED)))
+    # Banks that answer the private protocol only (private-only): every run below is it.
+    source = CsvSource(
+        paths,
+        privacy=(("public-ranges", ranges), ("noise-seed", SEED), ("private-only", True)),
+    )
     # Bins from the DP sketch (the default) with and without secure sums; bins on the
     # public grid (sketch_rounds 0) with feature subsets.
     runs = [

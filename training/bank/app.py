@@ -101,14 +101,31 @@ def _reply(msg: Message, content: RecordDict) -> Message:
     return Message(content, reply_to=msg)
 
 
+def _truthy(v: Any) -> bool:
+    return v is True or str(v).strip().lower() in ("1", "true", "yes")
+
+
 class _Bank:
     def __init__(self, source: DataSource) -> None:
         self.source = source
+
+    def require_private(self, context: Context, what: str) -> None:
+        """A bank with node config ``private-only`` answers the private protocol only: a
+        coordinator that asks as if the run were not private (a downgrade) is refused
+        before anything is read or kept."""
+        nc = self.source.privacy_config(_node_config(context))
+        if _truthy(nc.get("private-only", False)):
+            raise CoordinatorDeviates(
+                f"this bank answers private training only (node config private-only); "
+                f"refused {what} without a noise plan"
+            )
 
     def data(self, context: Context) -> BankData:
         return self.source.load(_node_config(context))
 
     def setup(self, context: Context, cfg: dict[str, Any]) -> RecordDict:
+        if not cfg.get("private"):
+            self.require_private(context, "a set-up with row counts and value ranges")
         d = self.data(context)
         # A fresh key pair per run for the one-round secure sums; the private key stays
         # in this bank's own context.
@@ -160,6 +177,7 @@ class _Bank:
         masking.verify_roster(ca, int(context.run_id), int(context.node_id), entries)
 
     def sketch(self, context: Context, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        self.require_private(context, "an exact sketch with label totals")
         d = self.data(context)
         lo = np.asarray(cfg["lo"], dtype=np.float64)
         hi = np.asarray(cfg["hi"], dtype=np.float64)
@@ -240,9 +258,11 @@ class _Bank:
         are all of them), None on the SecAgg+ path (it unmasks the sum of whichever banks
         survive, with fewer shares than priced): refused for private runs."""
         text = str(cfg.get("privacy", ""))
-        if not text and SPEC_STATE in context.state.config_records:
+        # A request with a spec starts a new training: only its own plan counts.
+        if not text and "spec" not in cfg and SPEC_STATE in context.state.config_records:
             text = str(context.state.config_records[SPEC_STATE].get("privacy", ""))
         if not text:
+            self.require_private(context, "exact histograms or totals")
             return  # not a private run: nothing is noised
         try:
             banks = NoisePlan.from_dict(json.loads(text)["plan"]).banks
@@ -418,6 +438,7 @@ class _Bank:
         """
         # Imported here: the Deployment Engine starts a fresh ClientApp process for every
         # message, and LightGBM (with scikit-learn and SciPy) takes seconds to import.
+        self.require_private(context, "a LightGBM model boosted on its rows")
         import lightgbm as lgb
 
         d = self.data(context)

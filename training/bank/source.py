@@ -45,7 +45,8 @@ class DataSource(Protocol):
     def privacy_config(self, node_config: dict[str, Any]) -> dict[str, Any]:
         """The bank's own settings for private training, never the coordinator's:
         ``public-ranges`` (its copy of the public schema file), ``max-epsilon`` (the most
-        it spends on one run) and, for tests only, ``noise-seed``."""
+        it spends on one run), ``private-only`` (refuse every request outside the private
+        protocol) and, for tests only, ``noise-seed``."""
         ...
 
     def identity(self, node_config: dict[str, Any]) -> TlsFiles | None:
@@ -55,7 +56,9 @@ class DataSource(Protocol):
         ...
 
 
-PRIVACY_KEYS = ("public-ranges", "max-epsilon", "noise-seed")
+# private-only: the bank answers nothing but the private protocol (no setup with counts
+# or min/max, no sketch with label totals, no exact histograms, no LightGBM models).
+PRIVACY_KEYS = ("public-ranges", "max-epsilon", "noise-seed", "private-only")
 
 
 def privacy_from_node_config(node_config: dict[str, Any]) -> dict[str, Any]:
