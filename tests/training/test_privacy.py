@@ -557,3 +557,59 @@ def test_sketch_round_replays_from_its_seed_and_carries_the_planned_noise() -> N
     exact = sum(sketch_counts(grid, x) for x, _ in banks)
     noise = np.concatenate([run(s)[1] - exact for s in range(1, 40, 3)])
     assert np.std(noise) == pytest.approx(plan.sketch_sigma(), rel=0.1)
+
+
+def _best_threshold_accuracy(g: np.ndarray, t: np.ndarray) -> float:
+    """The strongest single-cell attacker: y = 1 iff the noisy gradient is below a
+    threshold, the threshold picked in hindsight on the truth (an upper bound on any
+    attack that reads one cell; -inf / +inf is the majority guess)."""
+    cuts = np.concatenate([[-np.inf], np.sort(g), [np.inf]])
+    return float(max(((g < c) == (t == 1)).mean() for c in cuts))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["preset-clear", "preset-masked-sum", "malicious-one-stump-64-bins"],
+)
+def test_single_row_attack_on_the_private_preset_with_its_sketch(case: str) -> None:
+    """The single-row sign attack against the private preset's noise plan (40 stumps, 8
+    features a tree, DP sketch priced in the budget, default shares) - in clear (each
+    bank adds the full noise), in a 3-bank masked sum (the coordinator sees the sum;
+    worst case, the other banks have no row in the target cells, only their noise
+    shares), and a malicious coordinator's settings that put the whole budget on one
+    release of 64 fine bins. The attacker knows which cells hold one row and picks its
+    threshold in hindsight; label accuracy <= majority + 0.05 (issue 15)."""
+    from fedcredit.training.run.city import PRESETS
+
+    rng = np.random.default_rng(21)
+    n = 4000
+    x = rng.uniform(-4, 4, size=(n, F))
+    y = (rng.random(n) < 0.3).astype(float)
+    params = PRESETS["private"].with_feature_seed()
+    banks = 3 if case == "preset-masked-sum" else 1
+    if case.startswith("malicious"):
+        params = replace(params, num_trees=1, max_bins=MAX_PRIVATE_BINS)
+    plan = NoisePlan.calibrate(params, F, banks, 4.0, 1e-6, sketch_rounds=1.0)
+    spec = public_spec(NAMES, RANGES, MAX_PRIVATE_BINS)  # finest bins the bank accepts
+    binned = spec.transform(x)
+    guesses: list[float] = []
+    truth: list[float] = []
+    for f in range(F):
+        _, first = np.unique(binned[:, f], return_index=True)
+        rows = first[:40]
+        party = Party(spec, x[rows], y[rows], noise=BankNoise(plan, seeded_sampler(f)))
+        hist, _ = party.respond(Request(tree=0, init_score=-0.85, leaves=(0,), seq=1))
+        for other in range(1, banks):  # the other banks' noise shares in the sum
+            share = BankNoise(plan, seeded_sampler(1000 * other + f))
+            hist = hist + share.noisy_histograms(np.zeros_like(hist), 1)
+        for b in range(spec.num_bins(f)):
+            at = rows[binned[rows, f] == b]
+            if at.size == 1:
+                guesses.append(float(hist[0, f, b, 0]))
+                truth.append(y[at[0]])
+    g, t = np.array(guesses), np.array(truth)
+    assert t.size >= 200
+    exact = (g < 0) == (t == 1)  # noisy signs; exact ones would all be right
+    majority = float(max(t.mean(), 1 - t.mean()))
+    acc = _best_threshold_accuracy(g, t)
+    assert acc <= majority + 0.05, (case, acc, majority, float(exact.mean()), plan.multiplier)
