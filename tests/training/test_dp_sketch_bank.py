@@ -23,7 +23,9 @@ from fedcredit.training.gbdt.privacy import (
     CoordinatorDeviates,
     InvalidPrivacySettings,
     NoisePlan,
+    PrivacyBudgetExceeded,
     parse_ranges,
+    public_spec,
     quantile_spec,
     seeded_sampler,
     sketch_counts,
@@ -231,3 +233,61 @@ def test_a_private_only_bank_refuses_every_request_without_a_noise_plan(tmp_path
     # Mid-training, a request that starts a new training without a plan is refused too.
     with pytest.raises(CoordinatorDeviates, match="private-only"):
         b.hist(ctx, plain | {"request": "{}"})
+
+
+def test_a_bank_composes_every_private_training_under_its_lifetime_budget(
+    tmp_path: Path,
+) -> None:
+    """Each private training is priced on its own (max-epsilon), but a coordinator can
+    start as many as it likes, each with a fresh training id - in one run or in new runs
+    - and average the banks' sketches and histograms. A bank with ``max-epsilon-total``
+    composes (OpenDP) every training it released anything for, kept in its
+    ``privacy-ledger`` file across runs, and refuses the one that would go over."""
+    csv = tmp_path / "bank0.csv"
+    write_bank(csv, np.random.default_rng(3), 400, 0.0, 1)
+    ranges = tmp_path / "ranges.json"
+    ranges.write_text(json.dumps({f"x{i}": [-5, 5] for i in range(N_FEATURES)}))
+    ledger = tmp_path / "spent.json"
+    privacy = (
+        ("public-ranges", str(ranges)),
+        ("noise-seed", SEED),
+        ("max-epsilon-total", 5.0),
+        ("privacy-ledger", str(ledger)),
+    )
+    b = _Bank(CsvSource((str(csv),), privacy=privacy))
+
+    def blob() -> dict[str, Any]:
+        plan = NoisePlan.calibrate(PARAMS, N_FEATURES, 1, 4.0, 1e-6, sketch_rounds=1.0)
+        return {"params": PARAMS.to_dict(), "plan": plan.to_dict(), "training": uuid.uuid4().hex}
+
+    ctx = Context(1, 10, {"partition-id": 0}, RecordDict(), {})
+    first = blob()
+    b.dp_sketch(ctx, {"privacy": json.dumps(first)})  # epsilon 4 of 5
+    with pytest.raises(PrivacyBudgetExceeded, match="max-epsilon-total"):
+        b.dp_sketch(ctx, {"privacy": json.dumps(blob())})  # a second one: 5.9 together
+    # A new Flower run (fresh context) does not reset it: the ledger file keeps it.
+    fresh = Context(2, 10, {"partition-id": 0}, RecordDict(), {})
+    with pytest.raises(PrivacyBudgetExceeded, match="max-epsilon-total"):
+        b.dp_sketch(fresh, {"privacy": json.dumps(blob())})
+    counts = np.zeros((N_FEATURES, SKETCH_CELLS_DP), dtype=np.int64)
+    names = [f"x{i}" for i in range(N_FEATURES)]
+    spec = quantile_spec(names, parse_ranges(json.loads(ranges.read_text())), counts, 6)
+    cfg = {"spec": json.dumps(spec.to_dict()), "validation_fraction": 0.0}
+    no_sketch = blob()
+    no_sketch["plan"] = NoisePlan.calibrate(PARAMS, N_FEATURES, 1, 4.0, 1e-6).to_dict()
+    with pytest.raises(
+        PrivacyBudgetExceeded, match="max-epsilon-total"
+    ):  # a training without a sketch
+        b.totals(
+            fresh,
+            {
+                "spec": json.dumps(
+                    public_spec(names, parse_ranges(json.loads(ranges.read_text())), 6).to_dict()
+                ),
+                "validation_fraction": 0.0,
+                "privacy": json.dumps(no_sketch),
+            },
+        )
+    # The training whose sketch was released is already counted: it may start.
+    b.totals(ctx, cfg | {"privacy": json.dumps(first | {"sketch": counts.tolist()})})
+    assert len(json.loads(ledger.read_text())["trainings"]) == 1

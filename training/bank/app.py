@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -37,6 +39,7 @@ from flwr.clientapp.typing import Mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.compat.common import recorddict_compat as compat
 
+from fedcredit.common.errors import FailedPrecondition
 from fedcredit.training.bank.data import BankData
 from fedcredit.training.bank.source import DataSource, NodeConfigSource
 from fedcredit.training.flower import masking, secure, sums
@@ -51,8 +54,10 @@ from fedcredit.training.gbdt.privacy import (
     CoordinatorDeviates,
     InvalidPrivacySettings,
     NoisePlan,
+    PrivacyBudgetExceeded,
     PublicRange,
     RequestGuard,
+    account_plans,
     load_ranges,
     opendp_sampler,
     public_spec,
@@ -70,6 +75,13 @@ SEEN_STATE = "fedcredit.trainings"
 # Private trainings whose DP sketch this bank released: {training id: digest of the
 # settings and noise plan it priced}.
 SKETCHED_STATE = "fedcredit.sketched"
+# Private trainings charged to the bank's lifetime budget in this run (no ledger file).
+SPENT_STATE = "fedcredit.spent"
+
+
+class PrivacyLedgerUnreadable(FailedPrecondition):
+    reason = "PRIVACY_LEDGER_UNREADABLE"
+
 
 # (data key, spec digest, validation fraction) -> Party with binned rows; per process.
 _PARTIES: dict[tuple[str, str, float], Party] = {}
@@ -95,6 +107,32 @@ def _plan_digest(blob: dict[str, Any]) -> str:
     """What a DP sketch was released under: the run's settings and noise plan."""
     text = json.dumps({"params": blob["params"], "plan": blob["plan"]}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_spent(context: Context, path: str) -> list[dict[str, Any]]:
+    """The private trainings this bank released anything for: from its ledger file when
+    it keeps one (across runs), else from this run's context."""
+    if path:
+        try:
+            text = Path(path).read_text() if Path(path).exists() else ""
+            return list(json.loads(text)["trainings"]) if text else []
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PrivacyLedgerUnreadable(f"cannot read privacy-ledger {path}: {exc}") from None
+    rec = context.state.config_records.get(SPENT_STATE)
+    return list(json.loads(cast(str, rec["trainings"]))) if rec is not None else []
+
+
+def _write_spent(context: Context, path: str, spent: list[dict[str, Any]]) -> None:
+    text = json.dumps({"trainings": spent})
+    if not path:
+        context.state.config_records[SPENT_STATE] = ConfigRecord({"trainings": json.dumps(spent)})
+        return
+    tmp = Path(f"{path}.tmp")
+    with tmp.open("w") as fh:  # written and synced before the release it pays for
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _reply(msg: Message, content: RecordDict) -> Message:
@@ -279,6 +317,31 @@ class _Bank:
                 f"(each bank would add 1/sqrt({banks}) of it; expected at most {parties})"
             )
 
+    def charge(self, context: Context, blob: dict[str, Any], plan: NoisePlan) -> None:
+        """Before a private training's first release: with node config
+        ``max-epsilon-total``, every training this bank released anything for (its
+        ``privacy-ledger`` file, else this run) composed with this one (OpenDP) must stay
+        within it, or PRIVACY_BUDGET_EXCEEDED; the training is recorded before it
+        releases. A training refused later still counts (the bank cannot know it ends)."""
+        nc = self.source.privacy_config(_node_config(context))
+        cap = nc.get("max-epsilon-total")
+        path = str(nc.get("privacy-ledger", ""))
+        if cap is None and not path:
+            return
+        training = str(blob.get("training", ""))
+        spent = _read_spent(context, path)
+        if any(t.get("training") == training for t in spent):
+            return  # charged at its first release
+        plans = [NoisePlan.from_dict(t["plan"]) for t in spent] + [plan]
+        eps = account_plans(plans, max(p.delta for p in plans) * len(plans))
+        if cap is not None and not eps <= float(cap) * (1 + 1e-9):
+            raise PrivacyBudgetExceeded(
+                f"{len(plans)} private trainings on this bank's rows would spend epsilon "
+                f"{eps:.3f} together; it allows at most {float(cap):g} in all "
+                "(node config max-epsilon-total)"
+            )
+        _write_spent(context, path, [*spent, {"training": training, "plan": plan.to_dict()}])
+
     def checked_plan(
         self, context: Context, blob: dict[str, Any]
     ) -> tuple[dict[str, PublicRange], GBDTParams, BankNoise]:
@@ -325,6 +388,7 @@ class _Bank:
                 f"DP sketch for private training id {training!r}: missing, already released "
                 "or asked after the training started"
             )
+        self.charge(context, blob, plan)
         counts = noise.noisy_sketch(sketch_counts(sketch_grid(d.feature_names, ranges), d.x))
         done[training] = _plan_digest(blob)
         context.state.config_records[SKETCHED_STATE] = ConfigRecord({"sketched": json.dumps(done)})
@@ -357,7 +421,9 @@ class _Bank:
             expected = quantile_spec(spec.feature_names, ranges, counts, params.max_bins)
         else:
             expected = public_spec(spec.feature_names, ranges, params.max_bins)
-        return noise, RequestGuard(params, spec, expected)
+        guard = RequestGuard(params, spec, expected)
+        self.charge(context, blob, noise.plan)
+        return noise, guard
 
     def totals(self, context: Context, cfg: dict[str, Any], parties: int = 1) -> np.ndarray:
         """Private mode: [training rows, positives, 0, 0] with this bank's noise share."""

@@ -58,7 +58,16 @@ class DataSource(Protocol):
 
 # private-only: the bank answers nothing but the private protocol (no setup with counts
 # or min/max, no sketch with label totals, no exact histograms, no LightGBM models).
-PRIVACY_KEYS = ("public-ranges", "max-epsilon", "noise-seed", "private-only")
+# max-epsilon-total: the most the bank spends over all private trainings (OpenDP
+# composition), recorded in the file privacy-ledger across runs.
+PRIVACY_KEYS = (
+    "public-ranges",
+    "max-epsilon",
+    "noise-seed",
+    "private-only",
+    "max-epsilon-total",
+    "privacy-ledger",
+)
 
 
 def privacy_from_node_config(node_config: dict[str, Any]) -> dict[str, Any]:

@@ -297,6 +297,13 @@ def account(
     histogram release (multipliers from ``shares``) + with ``sketch_rounds`` > 0 the DP
     sketch of the quantile bins, each a Gaussian mechanism (OpenDP's zCDP composition
     and zCDP → (ε, δ) conversion)."""
+    return _epsilon(_mechanisms(multiplier, releases, shares, sketch_rounds), delta)
+
+
+def _mechanisms(
+    multiplier: float, releases: int, shares: tuple[float, float, float], sketch_rounds: float
+) -> list[Any]:
+    """One run's Gaussian mechanisms (OpenDP), distances in units of each release's Δ."""
     import opendp.prelude as dp
 
     dp.enable_features("contrib")
@@ -311,10 +318,26 @@ def account(
         if sketch_rounds > 0.0
         else []
     )
-    composed = dp.c.make_composition([totals] + sketch + channels * releases)
+    return [totals] + sketch + channels * releases
+
+
+def _epsilon(mechanisms: list[Any], delta: float) -> float:
+    import opendp.prelude as dp
+
+    dp.enable_features("contrib")
+    composed = dp.c.make_composition(mechanisms)
     approx = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(composed), delta)
     eps, _ = approx.map(1.0)
     return float(eps)
+
+
+def account_plans(plans: Sequence[NoisePlan], delta: float) -> float:
+    """ε (at ``delta``) of several runs on the same rows, composed by OpenDP: what a bank
+    has spent over every private training it released anything for."""
+    mechs: list[Any] = []
+    for p in plans:
+        mechs += _mechanisms(p.multiplier, p.releases, p.shares, p.sketch_rounds)
+    return _epsilon(mechs, delta) if mechs else 0.0
 
 
 @dataclass(frozen=True)
