@@ -451,6 +451,8 @@ class Scorer:
         # Token checks are CPU work (Ed25519) and may call the consent service
         # (use counts, key refresh): keep them off the event loop, in parallel slices.
         n = max(1, min(self.settings.verify_threads, len(items) // 64 or 1))
+        if n == 1:  # a Score, a small chunk: one hop, nothing to gather
+            return await loop.run_in_executor(self._pool, self._verify_chunk, bank, items, purposes)
         size = -(-len(items) // n)
         parts = [items[i : i + size] for i in range(0, len(items), size)]
         results = await asyncio.gather(
