@@ -267,6 +267,9 @@ def test_a_bank_composes_every_private_training_under_its_lifetime_budget(
         b.dp_sketch(ctx, {"privacy": json.dumps(blob())})  # a second one: 5.9 together
     # A new Flower run (fresh context) does not reset it: the ledger file keeps it.
     fresh = Context(2, 10, {"partition-id": 0}, RecordDict(), {})
+    # Nor does replaying the first training's id in the new run (its sketch is released).
+    with pytest.raises(CoordinatorDeviates, match="already released"):
+        b.dp_sketch(fresh, {"privacy": json.dumps(first)})
     with pytest.raises(PrivacyBudgetExceeded, match="max-epsilon-total"):
         b.dp_sketch(fresh, {"privacy": json.dumps(blob())})
     counts = np.zeros((N_FEATURES, SKETCH_CELLS_DP), dtype=np.int64)
@@ -290,4 +293,10 @@ def test_a_bank_composes_every_private_training_under_its_lifetime_budget(
         )
     # The training whose sketch was released is already counted: it may start.
     b.totals(ctx, cfg | {"privacy": json.dumps(first | {"sketch": counts.tolist()})})
-    assert len(json.loads(ledger.read_text())["trainings"]) == 1
+    assert [t["stages"] for t in json.loads(ledger.read_text())["trainings"]] == [
+        ["sketch", "start"]
+    ]
+    # Started again in a new run (this process keeps the party): refused by the ledger.
+    again = Context(3, 10, {"partition-id": 0}, RecordDict(), {})
+    with pytest.raises(CoordinatorDeviates, match="start was already released"):
+        b.totals(again, cfg | {"privacy": json.dumps(first | {"sketch": counts.tolist()})})

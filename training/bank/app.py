@@ -262,6 +262,10 @@ class _Bank:
             else:
                 party = Party(spec, d.x, d.y, d.ids, vf)
             _PARTIES[key] = party
+        if "spec" in cfg and party.noise is not None:
+            # A private training starts here (its first release follows): charged once,
+            # whether this process built the party or kept it from an earlier run.
+            self.charge(context, json.loads(privacy), party.noise.plan, "start")
         if PARTY_STATE in context.state.array_records:
             rec = context.state.array_records[PARTY_STATE]
             party.import_state({k: rec[k].numpy() for k in rec})
@@ -317,12 +321,13 @@ class _Bank:
                 f"(each bank would add 1/sqrt({banks}) of it; expected at most {parties})"
             )
 
-    def charge(self, context: Context, blob: dict[str, Any], plan: NoisePlan) -> None:
-        """Before a private training's first release: with node config
-        ``max-epsilon-total``, every training this bank released anything for (its
-        ``privacy-ledger`` file, else this run) composed with this one (OpenDP) must stay
-        within it, or PRIVACY_BUDGET_EXCEEDED; the training is recorded before it
-        releases. A training refused later still counts (the bank cannot know it ends)."""
+    def charge(self, context: Context, blob: dict[str, Any], plan: NoisePlan, stage: str) -> None:
+        """Before a private training's ``stage`` ("sketch" or "start") is released: with
+        node config ``max-epsilon-total``, every training this bank released anything for
+        (its ``privacy-ledger`` file, else this run) composed with this one (OpenDP) must
+        stay within it, or PRIVACY_BUDGET_EXCEEDED; the training and stage are recorded
+        before the release, and a stage already in the ledger is refused (a new run's
+        empty context does not reset it). A training refused later still counts."""
         nc = self.source.privacy_config(_node_config(context))
         cap = nc.get("max-epsilon-total")
         path = str(nc.get("privacy-ledger", ""))
@@ -330,8 +335,16 @@ class _Bank:
             return
         training = str(blob.get("training", ""))
         spent = _read_spent(context, path)
-        if any(t.get("training") == training for t in spent):
-            return  # charged at its first release
+        for t in spent:
+            if t.get("training") == training:
+                if stage in t.get("stages", []):
+                    raise CoordinatorDeviates(
+                        f"private training {training!r}: its {stage} was already released "
+                        "(privacy-ledger)"
+                    )
+                t["stages"] = [*t.get("stages", []), stage]
+                _write_spent(context, path, spent)
+                return  # its budget was charged at its first release
         plans = [NoisePlan.from_dict(t["plan"]) for t in spent] + [plan]
         eps = account_plans(plans, max(p.delta for p in plans) * len(plans))
         if cap is not None and not eps <= float(cap) * (1 + 1e-9):
@@ -340,7 +353,8 @@ class _Bank:
                 f"{eps:.3f} together; it allows at most {float(cap):g} in all "
                 "(node config max-epsilon-total)"
             )
-        _write_spent(context, path, [*spent, {"training": training, "plan": plan.to_dict()}])
+        entry = {"training": training, "plan": plan.to_dict(), "stages": [stage]}
+        _write_spent(context, path, [*spent, entry])
 
     def checked_plan(
         self, context: Context, blob: dict[str, Any]
@@ -388,7 +402,7 @@ class _Bank:
                 f"DP sketch for private training id {training!r}: missing, already released "
                 "or asked after the training started"
             )
-        self.charge(context, blob, plan)
+        self.charge(context, blob, plan, "sketch")
         counts = noise.noisy_sketch(sketch_counts(sketch_grid(d.feature_names, ranges), d.x))
         done[training] = _plan_digest(blob)
         context.state.config_records[SKETCHED_STATE] = ConfigRecord({"sketched": json.dumps(done)})
@@ -421,9 +435,7 @@ class _Bank:
             expected = quantile_spec(spec.feature_names, ranges, counts, params.max_bins)
         else:
             expected = public_spec(spec.feature_names, ranges, params.max_bins)
-        guard = RequestGuard(params, spec, expected)
-        self.charge(context, blob, noise.plan)
-        return noise, guard
+        return noise, RequestGuard(params, spec, expected)
 
     def totals(self, context: Context, cfg: dict[str, Any], parties: int = 1) -> np.ndarray:
         """Private mode: [training rows, positives, 0, 0] with this bank's noise share."""
