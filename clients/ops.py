@@ -16,7 +16,7 @@ from fedcredit.clients.supervisor import (
 )
 from fedcredit.common.cliutil import console, fail, output, user_errors
 from fedcredit.common.config import load_config
-from fedcredit.common.errors import ConfigError
+from fedcredit.common.errors import ConfigError, InvalidArgument
 
 ConfigOpt = Annotated[
     Path, typer.Option("--config", help="The deployment file (fedcredit init writes one).")
@@ -70,9 +70,22 @@ def up(
 ) -> None:
     """Start every service of the deployment as a local process, each healthy before the next."""
     with user_errors(as_json):
+        if not (0 < timeout < 86_400):  # NaN fails this too
+            raise InvalidArgument(
+                f"expected --timeout in seconds, more than 0 and under a day, got {timeout}",
+                reason="TIMEOUT_OUT_OF_RANGE",
+            )
         dep = load_config(config)
         sup = Supervisor(dep)
-        specs = [s for s in service_specs(dep) if not only or s.name in only]
+        known = service_specs(dep)
+        unknown = sorted(set(only or ()) - {s.name for s in known})
+        if unknown:  # a typo would otherwise start nothing and exit 0
+            raise InvalidArgument(
+                f"expected --only among {', '.join(s.name for s in known)}; got "
+                f"{', '.join(repr(u[:40]) for u in unknown[:3])}",
+                reason="UNKNOWN_SERVICE",
+            )
+        specs = [s for s in known if not only or s.name in only]
         with console.status("starting services...") if not as_json else _null():
             sup.start_all(specs, timeout=timeout)
         rows = sup.status()
@@ -271,6 +284,11 @@ def demo(
     """Run the whole federation locally on SQLite and play the story end to end."""
     from fedcredit.clients.demo import run_demo
 
+    if dir.exists() and not dir.is_dir():  # before step 1, not as its failure
+        fail(
+            ConfigError(f"--dir: expected a folder or a new path, got a file: {dir}"),
+            as_json=as_json,
+        )
     if not 3 <= banks <= 7:
         fail(
             ConfigError(
@@ -285,6 +303,8 @@ def demo(
         )
     if not 1 <= trees <= 200:
         fail(ConfigError(f"--trees: expected 1 to 200, got {trees}"), as_json=as_json)
+    if not 0 <= seed < 2**63:  # the world's generator takes no negative seed
+        fail(ConfigError(f"--seed: expected 0 to 2^63-1, got {seed}"), as_json=as_json)
     if not 200 <= enterprises <= 200_000:
         fail(
             ConfigError(f"--enterprises: expected 200 to 200,000, got {enterprises}"),

@@ -7,6 +7,7 @@ stack trace — and exit with a code that says what kind of failure it was.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -27,6 +29,7 @@ from fedcredit.common.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Unavailable,
     from_rpc_error,
 )
 
@@ -124,6 +127,21 @@ def last_resort(exc: BaseException) -> FedcreditError:
         return InvalidArgument(
             f"expected a file, got a directory: {exc.filename}", reason="NOT_A_FILE"
         )
+    if isinstance(exc, NotADirectoryError | FileExistsError):
+        # a file where a folder was expected (or on its path): `--out some-file`
+        return InvalidArgument(
+            f"expected a folder or a new path at {exc.filename}, got a file", reason="NOT_A_FOLDER"
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return InvalidArgument(
+            f"a name is too long for a file name ({len(str(exc.filename or ''))} characters)",
+            reason="NAME_TOO_LONG",
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return Unavailable(
+            "cannot listen: the address is already in use (is the service running already?)",
+            reason="ADDRESS_IN_USE",
+        )
     if isinstance(exc, PermissionError):
         return PermissionDenied(
             f"cannot read or write {exc.filename}: permission denied", reason="FILE_PERMISSION"
@@ -157,3 +175,44 @@ def user_errors(as_json: bool = False) -> Iterator[None]:
 def run_cli(fn: Callable[[], T], as_json: bool = False) -> T:
     with user_errors(as_json):
         return fn()
+
+
+MAX_TOKEN_FILE_BYTES = 64 * 1024  # a consent token is a few KB; anything far larger is not one
+
+
+def read_token_file(path: Path) -> str:
+    """A consent token from a file a person names: the token itself, or the JSON of
+    `fedcredit bank consent token --json`. Anything else is one INVALID_ARGUMENT line."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read the consent token file {path}: {exc.strerror}") from exc
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise InvalidArgument(
+            f"{path} does not hold a consent token: expected at most "
+            f"{MAX_TOKEN_FILE_BYTES:,} bytes, got more"
+        )
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise InvalidArgument(
+            f"{path} does not hold a consent token: expected text, got bytes that are not UTF-8"
+        ) from None
+    if text.startswith("{"):  # a JSON file from `fedcredit bank consent token --json`
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(
+                f"{path} starts with '{{' but is not JSON ({exc.msg} at line {exc.lineno}); "
+                "expected a token, or the JSON of `fedcredit bank consent token --json`"
+            ) from None
+        found = (
+            parsed.get("token") or parsed.get("consent_token") if isinstance(parsed, dict) else None
+        )
+        text = found if isinstance(found, str) else ""
+    if text.count(".") != 2:
+        raise InvalidArgument(
+            f"{path} does not hold a consent token (a JWT with three dot-separated parts)"
+        )
+    return text

@@ -34,6 +34,7 @@ was expected.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ SETTINGS_SECTIONS = (
     "consent", "ledger", "node", "coordinator", "fund", "training", "demo", "portal",
     "policies",
 )  # fmt: skip
+# An organisation id as it names a certificate file in the PKI folder.
+_ORG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TOP_LEVEL = {"deployment", "organisations", "services", "nodes", "banks", *SETTINGS_SECTIONS}
 
 _MISSING = object()
@@ -195,6 +198,11 @@ class Deployment:
         """
         if org_id in self.organisations:
             return self.organisations[org_id]
+        if not _ORG_ID.fullmatch(org_id):  # never a path out of the PKI folder, nor 100k long
+            raise UnknownOrganisation(
+                f"{self.path}: expected an organisation id (letters, digits, '.', '_', '-'; at "
+                f"most 64), got {org_id[:40]!r}{'...' if len(org_id) > 40 else ''}"
+            )
         files = TlsFiles(
             ca=self.pki_dir / "ca.pem",
             cert=self.pki_dir / "orgs" / f"{org_id}.pem",

@@ -127,8 +127,19 @@ def write_local_deployment(
     cfg_path = directory / CONFIG_NAME
     if cfg_path.exists() and not force:
         raise DeploymentExists(f"{cfg_path} already exists; use --force to replace it")
+    ports = 4 + 2 * len(DEPARTMENTS) + 5
+    if base_port is not None and not 1024 <= base_port <= 65535 - ports:
+        # checked before anything is written: a deployment that cannot load is not made
+        raise InvalidArgument(
+            f"--base-port must be between 1024 and {65535 - ports} (the deployment takes "
+            f"{ports} ports from it), got {base_port}"
+        )
+    if not name or len(name) > 64 or not name.isprintable():
+        raise InvalidArgument(
+            f"--name must be 1 to 64 printable characters, got {len(name)} characters"
+        )
     banks = list(DEFAULT_BANKS[:bank_count])
-    base = base_port if base_port is not None else free_port_base(4 + 2 * len(DEPARTMENTS) + 5)
+    base = base_port if base_port is not None else free_port_base(ports)
     data = local_config(name, base, banks)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "data").mkdir(exist_ok=True)

@@ -142,6 +142,16 @@ def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
     )
 
 
+def check_address(address: str) -> str:
+    """``address`` if it is HOST:PORT (what every fedcredit address is); one line if not,
+    never gRPC's UNKNOWN "Failed to create channel" from deep inside."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        shown = address[:80] + ("..." if len(address) > 80 else "")
+        raise ConfigError(f"expected an address HOST:PORT, got {shown!r}")
+    return address
+
+
 def channel(
     address: str,
     tls: TlsFiles | None,
@@ -155,6 +165,7 @@ def channel(
 
     ``tls=None`` is accepted only with ``insecure=True`` (plaintext, debugging only).
     """
+    check_address(address)
     opts = list(DEFAULT_CHANNEL_OPTIONS) + list(options)
     if tls is None:
         if not insecure:

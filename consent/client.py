@@ -18,7 +18,7 @@ from fedcredit.common.errors import FedcreditError, Internal, from_rpc_error
 from fedcredit.common.wire import item_exception
 from fedcredit.consent.terms import ConsentTerms, ConsentView
 from fedcredit.consent.useref import Reservation, UseRef
-from fedcredit.consent.wire import consent_from_pb, terms_to_pb
+from fedcredit.consent.wire import consent_from_pb, states_to_pb, terms_to_pb
 from fedcredit.v1 import consent_pb2
 from fedcredit.v1.consent_pb2_grpc import ConsentServiceStub
 
@@ -124,7 +124,7 @@ class ConsentClient(ServiceClient[ConsentServiceStub]):
         m = self._call(
             self._stub.ListConsents,
             consent_pb2.ListConsentsRequest(
-                states=[consent_pb2.ConsentState.Value(s) for s in states],
+                states=states_to_pb(states),
                 expiring_within_days=expiring_within_days,
                 limit=limit,
             ),

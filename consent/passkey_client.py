@@ -13,8 +13,8 @@ from fedcredit.common.client import ServiceClient
 from fedcredit.common.config import Deployment
 from fedcredit.consent import passkey_errors as passkey_errors  # registers PASSKEY_* reasons
 from fedcredit.consent.terms import ConsentTerms, ConsentView
-from fedcredit.consent.wire import consent_from_pb, terms_to_pb
-from fedcredit.v1 import consent_pb2, passkey_pb2, passkey_pb2_grpc
+from fedcredit.consent.wire import consent_from_pb, states_to_pb, terms_to_pb
+from fedcredit.v1 import passkey_pb2, passkey_pb2_grpc
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +84,7 @@ class PasskeyClient(ServiceClient[passkey_pb2_grpc.PasskeyServiceStub]):
     def list_consents(self, session: str, states: Sequence[str] = ()) -> builtins.list[ConsentView]:
         m = self._call(
             self._stub.ListConsents,
-            passkey_pb2.SessionRequest(
-                session=session, states=[consent_pb2.ConsentState.Value(s) for s in states]
-            ),
+            passkey_pb2.SessionRequest(session=session, states=states_to_pb(states)),
         )
         return [consent_from_pb(c) for c in m.consents]
 

@@ -6,6 +6,8 @@ refused as ``CONSENT_PURPOSE_INVALID``, the consent service's reason for it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fedcredit.common.errors import InvalidArgument
 from fedcredit.common.wire import purpose_from_pb, purpose_to_pb
 from fedcredit.consent.errors import InvalidPurpose
@@ -109,3 +111,19 @@ def consent_from_pb(m: consent_pb2.Consent, token: str | None = None) -> Consent
         replaced_by=m.replaced_by or None,
         token=token,
     )
+
+
+def states_to_pb(states: Sequence[str]) -> list[int]:
+    """Consent state names (as a person types them) as the wire's enum values."""
+    known = consent_pb2.ConsentState.keys()
+    out = []
+    for s in states:
+        if s not in known:
+            shown = s[:40] + ("..." if len(s) > 40 else "")
+            raise InvalidArgument(
+                f"expected a consent state among {', '.join(k for k in known if k != known[0])}, "
+                f"got {shown!r}",
+                reason="UNKNOWN_STATE",
+            )
+        out.append(consent_pb2.ConsentState.Value(s))
+    return out

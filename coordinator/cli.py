@@ -8,10 +8,8 @@ for the coordinator's address and their own certificate (``--org``).
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -29,7 +27,14 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from fedcredit.common.cliutil import console, err_console, fail, output, user_errors
+from fedcredit.common.cliutil import (
+    console,
+    err_console,
+    fail,
+    output,
+    read_token_file,
+    user_errors,
+)
 from fedcredit.common.errors import FedcreditError, InvalidArgument
 from fedcredit.coordinator.batchfile import (
     InputRowError,
@@ -76,30 +81,7 @@ def _client(config: Path, org: str, timeout: float = 30.0) -> CoordinatorClient:
     return CoordinatorClient(svc.address, dep.tls(org), server_org=svc.org_id, timeout=timeout)
 
 
-def _read_token(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read the consent token file {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError:
-        raise InvalidArgument(
-            f"{path} does not hold a consent token: expected text, got bytes that are not UTF-8"
-        ) from None
-    if text.startswith("{"):  # a JSON file from `fedcredit bank consent token --json`
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidArgument(
-                f"{path} starts with '{{' but is not JSON ({exc.msg} at line {exc.lineno}); "
-                "expected a token, or the JSON of `fedcredit bank consent token --json`"
-            ) from None
-        found = data.get("token") or data.get("consent_token") if isinstance(data, dict) else None
-        text = found if isinstance(found, str) else ""
-    if text.count(".") != 2:
-        raise InvalidArgument(
-            f"{path} does not hold a consent token (a JWT with three dot-separated parts)"
-        )
-    return text
+_read_token = read_token_file  # the one reader (common.cliutil), also the market's
 
 
 def decision_dict(d: pb.GuaranteeDecision) -> dict[str, Any]:
@@ -181,36 +163,15 @@ def _score_table(d: dict[str, Any]) -> Table:
     return t
 
 
-def _read_batch(path: Path) -> Iterator[tuple[str, str, str]]:
-    """CSV (enterprise,token_file|token[,request_id]) or JSON lines {enterprise, token|consent}."""
-    try:
-        fh = path.open()
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from exc
-    with fh:
-        if path.suffix in (".jsonl", ".ndjson", ".json"):
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                token = row.get("token") or row.get("consent_token")
-                if not token and row.get("consent"):
-                    token = _read_token(path.parent / row["consent"])
-                if not row.get("enterprise") or not token:
-                    raise InvalidArgument(
-                        f"{path}:{n}: expected enterprise and token (or consent file)"
-                    )
-                yield row["enterprise"], token, str(row.get("request_id", n))
-        else:
-            for n, rec in enumerate(csv.DictReader(fh), 2):
-                token = rec.get("token") or ""
-                if not token and rec.get("consent"):
-                    token = _read_token(path.parent / rec["consent"])
-                if not rec.get("enterprise") or not token:
-                    raise InvalidArgument(
-                        f"{path}:{n}: expected columns enterprise and token (or consent)"
-                    )
-                yield rec["enterprise"], token, rec.get("request_id") or str(n - 1)
+def _watch_list(path: Path) -> list[tuple[str, str]]:
+    """The watch list (the score-batch input format): every row usable, or the first that is
+    not named with its line; nothing is watched from a list with a bad row."""
+    subs = []
+    for row in read_rows(path, _read_token):
+        if isinstance(row, InputRowError):
+            raise InvalidArgument(f"{path}:{row.row}: {row.message}", reason="INVALID_INPUT_ROW")
+        subs.append((row[0], row[1]))
+    return subs
 
 
 # ---------------------------------------------------------------- coordinator
@@ -292,7 +253,10 @@ def _score_all(
         TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
     )  # fmt: skip
-    with Progress(*columns, console=err_console, disable=as_json) as bar:
+    # the bar on a terminal only: a log or a pipe gets whole lines (the error's, one)
+    with Progress(
+        *columns, console=err_console, disable=as_json or not err_console.is_terminal
+    ) as bar:
         task = bar.add_task("score", total=len(items))
         stream = c.score_batch(items, batch_id=batch_id, timeout=batch_deadline(len(items)))
         for item in stream:
@@ -345,8 +309,11 @@ def _open_journal(
     out: Path | None, resume: bool, batch_id: str | None
 ) -> tuple[str, Journal | None, dict[str, dict[str, Any]]]:
     """The batch id, the journal to append to, and the rows a resumed run has already."""
+    from fedcredit.coordinator.batches import check_batch_id
     from fedcredit.coordinator.batchfile import JournalExists, JournalMismatch, read_journal
 
+    if batch_id is not None:  # refused here, before a line names it or a journal holds it
+        check_batch_id(batch_id)
     if out is None:
         if resume:
             raise InvalidArgument("--resume continues the batch in --out; give --out")
@@ -433,6 +400,7 @@ def _run_batch(
     as_json: bool,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Report the unusable rows, send the rest (a resumed run: what is not answered yet)."""
+    client = _client(config, bank_org)  # a deployment that does not load: its line alone
     kept = [r for rid, r in done.items() if "error" not in r]
     counts: dict[str, int] = {}
     for r in kept:
@@ -449,10 +417,10 @@ def _run_batch(
     if bad:
         counts["invalid_row"] = len(bad)
     todo = [it for it in items if it[2] not in done or "error" in done[it[2]]]
-    if not as_json:
+    if not as_json and err_console.is_terminal:
         err_console.print(f"batch {bid}: {len(todo)} to score" + (f", {len(kept)} answered before" if kept else ""), highlight=False, soft_wrap=True)  # fmt: skip
     results: list[dict[str, Any]] = [*kept, *bad_rows]
-    with _client(config, bank_org) as c:
+    with client as c:
         try:
             got, more = _score_all(c, todo, bid, journal, as_json)
         except FedcreditError as exc:
@@ -516,7 +484,7 @@ def watch_cmd(
 ) -> None:
     """Post-loan monitoring: print each enterprise's rating, then a warning whenever one falls."""
     with user_errors(as_json), _client(config, bank_org) as c:
-        subs = [(e, t) for e, t, _ in _read_batch(input)]
+        subs = _watch_list(input)
         from fedcredit.v1 import coordinator_pb2 as pbm
 
         names = {v: k for k, v in pbm.RatingEvent.Kind.items()}

@@ -23,8 +23,8 @@ from typing import Annotated, Any
 
 import typer
 
-from fedcredit.common.cliutil import output, user_errors
-from fedcredit.common.errors import ConfigError
+from fedcredit.common.cliutil import output, read_token_file, user_errors
+from fedcredit.common.errors import ConfigError, InvalidArgument
 from fedcredit.common.pki import org_files
 from fedcredit.common.tls import TlsFiles
 
@@ -173,15 +173,39 @@ def _settings(config: Path | None, flags: _Serve) -> _Serve:
     )  # fmt: skip
 
 
+def _spec(path: Path) -> dict[str, Any]:
+    """A product spec file: one JSON object (the market checks its fields)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read the product spec {path}: {exc.strerror}") from exc
+    if len(data) > 1_000_000:
+        raise InvalidArgument(
+            f"{path}: expected a product spec of at most 1 MB, got {len(data):,} bytes"
+        )
+    try:
+        spec = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = (
+            f"{exc.msg} at line {exc.lineno}"
+            if isinstance(exc, json.JSONDecodeError)
+            else "not UTF-8"
+        )
+        raise InvalidArgument(
+            f"{path} is not a product spec: expected a JSON object ({why})"
+        ) from None
+    if not isinstance(spec, dict):
+        raise InvalidArgument(f"{path}: expected a JSON object, got {type(spec).__name__}")
+    return spec
+
+
 @bank_app.command("publish")
 def publish(spec: Annotated[Path, typer.Argument(help="The product spec (JSON file).")],
             who: AsOpt, pki: PkiOpt, address: AddrOpt = DEFAULT_ADDRESS,
             request_id: RidOpt = "", as_json: JsonOpt = False) -> None:  # fmt: skip
     """Publish a credit product."""
     with user_errors(as_json), _client(who, pki, address) as m:
-        _show(
-            m.publish_product(json.loads(spec.read_text()), request_id=request_id or None), as_json
-        )
+        _show(m.publish_product(_spec(spec), request_id=request_id or None), as_json)
 
 
 @bank_app.command("needs")
@@ -219,7 +243,7 @@ def reveal(need_id: str, token_file: Path, who: AsOpt, pki: PkiOpt, address: Add
     """Identity and score behind a claimed need, with your marketplace consent token
     (`fedcredit bank consent token` for the consent id the enterprise released)."""
     with user_errors(as_json), _client(who, pki, address) as m:
-        _show(m.reveal(need_id, token_file.read_text().strip()), as_json)
+        _show(m.reveal(need_id, read_token_file(token_file)), as_json)
 
 
 @bank_app.command("loan")

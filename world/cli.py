@@ -29,8 +29,10 @@ def generate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate enterprises, the 12 departments' raw records and the banks' loan books."""
-    from fedcredit.world.generate import generate
+    from fedcredit.world.generate import WorldParams, generate
 
+    with user_errors(as_json):  # refused before the progress bar draws a line
+        WorldParams(enterprises, banks, months, seed, as_of).validate()
     started = time.perf_counter()
     with (
         user_errors(as_json),
@@ -39,7 +41,7 @@ def generate_cmd(
             BarColumn(),
             TimeElapsedColumn(),
             console=err_console,
-            disable=as_json,
+            disable=as_json or not err_console.is_terminal,  # no bar lines in a log
             transient=False,
         ) as bar,
     ):

@@ -166,6 +166,8 @@ class WorldParams:
             raise InvalidWorldParameter(
                 f"--months: expected 13 to 120 (trends need 13), got {self.months}"
             )
+        if not 0 <= self.seed < 2**63:  # numpy's SeedSequence takes no negative seed
+            raise InvalidWorldParameter(f"--seed: expected 0 to 2^63-1, got {self.seed}")
         try:
             month_ordinal(self.as_of)
         except ValueError as exc:

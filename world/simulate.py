@@ -54,6 +54,7 @@ from fedcredit.market.ratings import rate_city
 from fedcredit.market.rules import GuaranteeView
 from fedcredit.market.service import Marketplace, MarketSettings
 from fedcredit.market.store import MarketStore
+from fedcredit.world.errors import InvalidWorldParameter
 from fedcredit.world.generate import DISTRICTS, SECTIONS, WorldParams, _World
 
 DAY = 86400
@@ -82,6 +83,17 @@ class SimParams:
     # the policy funds beside the marketplace (world.policy_sim): 64 automatic and 65
     # application policies, 免申即享 runs, joint approvals, tracking rounds
     policies: bool = True
+
+    def validate(self) -> None:
+        """The ranges a person sets on `fedcredit world simulate`: expected X, got Y."""
+        for name, value, low, high in (
+            ("--enterprises", self.enterprises, 100, 2_000_000),
+            ("--banks", self.banks, 1, 64),
+            ("--months", self.months, 1, 120),
+            ("--seed", self.seed, 0, 2**63 - 1),
+        ):
+            if not low <= value <= high:
+                raise InvalidWorldParameter(f"{name}: expected {low:,} to {high:,}, got {value:,}")
 
 
 class SimClock:
@@ -413,6 +425,7 @@ def simulate(
     """Run the simulated year and write the report and plots to ``out``."""
     from fedcredit.world.simreport import write_report
 
+    p.validate()  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory(dir=shm) as d:

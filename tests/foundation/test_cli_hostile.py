@@ -107,6 +107,32 @@ CASES: list[tuple[str, bytes | None, list[str], int]] = [
         ["bank", "score-batch", "--config", "{cfg}", "--bank", BANK, "--input", "{f}"],
         3,
     ),
+    # found by tests/foundation/test_cli_every_command.py (each was INTERNAL, exit 12, or
+    # a progress line before the error, or — `up` — exit 0 having started nothing)
+    ("simulate with no months", None, ["world", "simulate", "--months", "0", "--out", "{f}"], 3),
+    ("simulate with a negative seed", None, ["world", "simulate", "--seed", "-1", "--out", "{f}"], 3),
+    ("simulate with no enterprises", None,
+     ["world", "simulate", "--enterprises", "-1", "--out", "{f}"], 3),
+    ("generate with a negative seed", None, ["world", "generate", "--seed", "-1", "--out", "{f}"], 3),
+    ("compose into a file", b"x", ["operator", "compose", "--out", "{f}"], 3),
+    ("up with an unknown service", None, ["up", "--config", "{cfg}", "--only", "nosuch"], 3),
+    ("up with a NaN timeout", None, ["up", "--config", "{cfg}", "--timeout", "nan"], 3),
+    ("init on a port beyond 65535", None, ["init", "--dir", "{f}", "--base-port", "2147483648"], 3),
+    ("init named with 100k characters", None, ["init", "--dir", "{f}", "--name", "n" * 100_000], 3),
+    ("product spec that is a JSON list", b"[1]",
+     ["bank", "market", "publish", "{f}", "--as", BANK, "--pki", "{pki}"], 3),
+    ("product spec that is not JSON", b"A" * 20_000,
+     ["bank", "market", "publish", "{f}", "--as", BANK, "--pki", "{pki}"], 3),
+    ("market token file of 100 KB", b"A" * 100_000,
+     ["bank", "market", "reveal", "n1", "{f}", "--as", BANK, "--pki", "{pki}"], 3),
+    ("market address that is empty", b"a.b.c",
+     ["bank", "market", "reveal", "n1", "{f}", "--as", BANK, "--pki", "{pki}", "--address", ""], 3),
+    ("watch list with a cell too large for CSV", b"enterprise,token\n" + b"x" * 200_000,
+     ["bank", "watch", "--config", "{cfg}", "--bank", BANK, "--input", "{f}"], 3),
+    ("organisation id of 100k characters", None,
+     ["fund", "status", "--config", "{cfg}", "--org", "o" * 100_000], 4),
+    ("organisation id that is a path", None,
+     ["fund", "status", "--config", "{cfg}", "--org", "../../../etc/passwd"], 4),
 ]  # fmt: skip
 
 
@@ -124,12 +150,17 @@ def test_hostile_case_is_one_line(
     if data is not None:
         _write(f, data)
     vkey = load_or_create_signer(tmp_path / "log.key", "hostile.example/log").verifier.vkey
+    pki = str(dep.parent / "pki")
     args = [
-        a.replace("{cfg}", str(dep)).replace("{f}", str(f)).replace("{vkey}", vkey) for a in argv
-    ]
+        a.replace("{cfg}", str(dep)).replace("{f}", str(f)).replace("{vkey}", vkey)
+        .replace("{pki}", pki)
+        for a in argv
+    ]  # fmt: skip
     got, out, err = run(args, capsys)
     assert_one_line(got, out, err)
     assert got == code, f"{name}: expected exit {code}, got {got}: {err}"
+    if data is None:  # refused before anything was written where it would have written
+        assert not f.exists(), f"{name}: refused, yet {f} was created"
     got, out, err = run([*args, "--json"], capsys)
     assert_one_line(got, out, err, json_mode=True)
 

@@ -53,7 +53,7 @@ NOT_RUN_BY_UP: dict[str, str] = {}
 # Services `up` does not run (each has its own serve command and arguments) that this test
 # hosts itself, in-process, on the test PKI: the same build_server and interceptor.
 IN_PROCESS = {"PolicyService": "policies", "MarketService": "market"}
-CASES_PER_METHOD = 20
+CASES_PER_METHOD = 30
 LEAKS = re.compile(
     r"sqlite3|psycopg|sqlalchemy|\[SQL|SELECT |INSERT INTO|Traceback|<class |"
     r"\b[A-Z][a-z]\w*(?:Error|Exception)\b|File \""
@@ -143,6 +143,14 @@ _STRINGS = [
     "%s%n{0}",
     "{",
     "eyJhbGciOiJFZERTQSJ9.e30.",
+    # JSON where JSON is read (statements, assertions, credentials, fields), of the wrong shape
+    '{"nonce": [1], "org": {"a": 1}, "action": null, "consent": 7}',
+    '{"action": "activate_model", "org": 1, "nonce": "n", "model": {"version": []}}',
+    '{"id": "x", "rawId": "x", "response": {"clientDataJSON": 5}, "type": "public-key"}',
+    "[]",
+    "null",
+    "1e999",
+    '{"a": ' * 200 + "1" + "}" * 200,
 ]
 
 
@@ -321,7 +329,13 @@ def test_every_method_of_every_service_answers_malformed_input_precisely(
     assert {s for s, _ in methods} == set(SERVICE_HOST) | set(IN_PROCESS), (
         "a service without a host"
     )
-    callers = ["bank-icbc-weihai", "coordinator"]
+    # One caller of every role the deployment holds certificates for (the portal, a
+    # department, the operator, ...): a method that refuses a role before it reads the
+    # request is fuzzed as the roles it serves too. Derived, so a new role is included.
+    by_role: dict[str, str] = {}
+    for org in dep.organisations.values():
+        by_role.setdefault(org.role, org.id)
+    callers = sorted(by_role.values())
     addresses = {}
     for host in set(SERVICE_HOST.values()):
         if host.startswith("node-"):
@@ -335,10 +349,18 @@ def test_every_method_of_every_service_answers_malformed_input_precisely(
         for host, (addr, org) in addresses.items()
         for who in callers
     }
-    for who in callers:  # the in-process PolicyService trusts the test PKI
-        tls = pki.issue(who, "bank" if who.startswith("bank") else "coordinator")
+    for role, who in by_role.items():  # the in-process services trust the test PKI
+        tls = pki.issue(who, role)
         channels[("policies", who)] = tls_mod.channel(policies_host, tls, server_org="policies")
         channels[("market", who)] = tls_mod.channel(market_host, tls, server_org="market")
+    ent = "91371000MA3C1234X5"  # enterprises hold certificates only on the services' PKI
+    callers.append(ent)
+    for host, address in (("policies", policies_host), ("market", market_host)):
+        channels[(host, ent)] = tls_mod.channel(
+            address, pki.issue(ent, "enterprise"), server_org=host
+        )
+    for host in addresses:  # the deployment's services do not know it: the bank stands in
+        channels[(host, ent)] = channels[(host, "bank-icbc-weihai")]
     rng = random.Random(17)
     problems: list[str] = []
     codes: Counter[str] = Counter()
