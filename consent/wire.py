@@ -113,10 +113,10 @@ def consent_from_pb(m: consent_pb2.Consent, token: str | None = None) -> Consent
     )
 
 
-def states_to_pb(states: Sequence[str]) -> list[int]:
+def states_to_pb(states: Sequence[str]) -> list[consent_pb2.ConsentState.ValueType]:
     """Consent state names (as a person types them) as the wire's enum values."""
     known = consent_pb2.ConsentState.keys()
-    out = []
+    out: list[consent_pb2.ConsentState.ValueType] = []
     for s in states:
         if s not in known:
             shown = s[:40] + ("..." if len(s) > 40 else "")
