@@ -300,3 +300,16 @@ def test_a_bank_composes_every_private_training_under_its_lifetime_budget(
     again = Context(3, 10, {"partition-id": 0}, RecordDict(), {})
     with pytest.raises(CoordinatorDeviates, match="start was already released"):
         b.totals(again, cfg | {"privacy": json.dumps(first | {"sketch": counts.tolist()})})
+
+
+def test_every_data_source_reads_every_bank_privacy_setting() -> None:
+    """A bank's privacy settings come from its own node config in CSV and city mode
+    alike (city mode's source kept its own list, which missed the newer settings)."""
+    from fedcredit.training.bank.city import CitySource
+    from fedcredit.training.bank.source import PRIVACY_KEYS
+
+    nc = {k: f"v-{k}" for k in PRIVACY_KEYS if k != "noise-seed"}
+    for source in (CitySource(), CsvSource()):
+        got = source.privacy_config(nc)
+        assert {k: got.get(k) for k in nc} == nc, type(source).__name__
+    assert {"private-only", "max-epsilon-total", "privacy-ledger"} <= set(PRIVACY_KEYS)

@@ -42,7 +42,7 @@ import numpy.typing as npt
 
 from fedcredit.common.errors import FailedPrecondition
 from fedcredit.training.bank.data import BankData, TrainingDataInvalid, TrainingDataNotFound
-from fedcredit.training.gbdt.privacy import CATALOG
+from fedcredit.training.gbdt.privacy import BANK_PRIVACY_KEYS, CATALOG
 
 if TYPE_CHECKING:
     from fedcredit.common.config import Deployment
@@ -384,7 +384,7 @@ class CitySource:
         # As training.bank.source.privacy_from_node_config (which imports this module).
         # The public ranges default to the feature catalog's declared domains, from this
         # bank's own copy of the catalog (never the coordinator's word).
-        keys = ("public-ranges", "max-epsilon", "noise-seed")
+        keys = BANK_PRIVACY_KEYS
         out = {"public-ranges": CATALOG} | dict(self.privacy)
         out |= {k: node_config[k] for k in keys if k in node_config}
         if "noise-seed" in out:

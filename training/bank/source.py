@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from fedcredit.common.tls import TlsFiles
 from fedcredit.training.bank.data import BankData, TrainingDataNotFound, load_csv
+from fedcredit.training.gbdt.privacy import BANK_PRIVACY_KEYS
 
 _CACHE: dict[tuple[str, str], BankData] = {}
 
@@ -56,18 +57,7 @@ class DataSource(Protocol):
         ...
 
 
-# private-only: the bank answers nothing but the private protocol (no setup with counts
-# or min/max, no sketch with label totals, no exact histograms, no LightGBM models).
-# max-epsilon-total: the most the bank spends over all private trainings (OpenDP
-# composition), recorded in the file privacy-ledger across runs.
-PRIVACY_KEYS = (
-    "public-ranges",
-    "max-epsilon",
-    "noise-seed",
-    "private-only",
-    "max-epsilon-total",
-    "privacy-ledger",
-)
+PRIVACY_KEYS = BANK_PRIVACY_KEYS
 
 
 def privacy_from_node_config(node_config: dict[str, Any]) -> dict[str, Any]:

@@ -146,6 +146,19 @@ def public_spec(
     )
 
 
+# A bank's own node config for private training (never the coordinator's word), read by
+# every data source: its copy of the public ranges, its per-training cap, a seed that
+# replays its noise (tests only), private-only (refuse anything outside the private
+# protocol), its cap over all trainings and the file that records them across runs.
+BANK_PRIVACY_KEYS = (
+    "public-ranges",
+    "max-epsilon",
+    "noise-seed",
+    "private-only",
+    "max-epsilon-total",
+    "privacy-ledger",
+)
+
 # The DP sketch's default price, in histogram rounds (TrainSettings.sketch_rounds).
 DEFAULT_SKETCH_ROUNDS = 1.0
 # Cells per feature of the DP sketch: the public grid of this many cells (equal-width in
