@@ -51,6 +51,7 @@ from fedcredit.consent.terms import ConsentTerms, ConsentView
 from fedcredit.consent.uses import UseRecorder
 from fedcredit.consent.verify import (
     ConsentVerifier,
+    FetchNeeded,
     KeyCache,
     Reservation,
     StatusCache,
@@ -378,12 +379,14 @@ class _LocalKeyCache(KeyCache):
         self._authority = authority
         self._seen = authority.keys_epoch
 
-    def lookup(self, kid: str) -> PublicKey:
+    def lookup(self, kid: str, *, fetch: bool = True) -> PublicKey:
         epoch = self._authority.keys_epoch  # an attribute read: the hot path stays cheap
         if epoch != self._seen:
+            if not fetch:
+                raise FetchNeeded("the authority's key set changed")
             self._seen = epoch
             self.refresh(force=True)
-        return super().lookup(kid)
+        return super().lookup(kid, fetch=fetch)
 
 
 class _LocalStatusCache(StatusCache):
@@ -403,10 +406,12 @@ class _LocalStatusCache(StatusCache):
         )
         self._authority = authority
 
-    def status(self, idx: int) -> int:
+    def status(self, idx: int, *, fetch: bool = True) -> int:
         if self._authority.status.seq != self.seq:
+            if not fetch:
+                raise FetchNeeded("the authority's status list changed")
             self.refresh()
-        return super().status(idx)
+        return super().status(idx, fetch=fetch)
 
 
 def local_verifier(

@@ -83,6 +83,12 @@ MAX_LEEWAY = 60
 Clock = Callable[[], float]
 
 
+class FetchNeeded(Exception):
+    """A ``verify(fetch=False)`` that would first have to fetch the key set or the status
+    list (or count a use remotely): nothing was decided; verify again where blocking is
+    allowed. Never a refusal, never sent to anyone."""
+
+
 @dataclass(frozen=True)
 class VerifiedConsent:
     """What a verified token grants."""
@@ -184,13 +190,18 @@ class KeyCache:
         ks = self._set
         return ks is not None and (kid in ks.keys or kid in ks.tombstones)
 
-    def lookup(self, kid: str) -> PublicKey:
+    def lookup(self, kid: str, *, fetch: bool = True) -> PublicKey:
+        """``fetch=False``: raise :class:`FetchNeeded` instead of fetching the JWKS."""
         now = self._clock()
         if self._set is None or now - self._fetched_at >= self.ttl:
+            if not fetch:
+                raise FetchNeeded("the key set is due for a refresh")
             self.refresh(force=self._set is None)
         ks = self._set
         if ks is not None and kid in ks.keys:
             return ks.keys[kid]
+        if not fetch:
+            raise FetchNeeded(f"key {kid} is not in the key set held")
         # One rate-limited refresh for an unknown kid (a key published late).
         if (ks is None or kid not in ks.tombstones) and self.refresh():
             ks = self._set
@@ -316,9 +327,12 @@ class StatusCache:
         except Exception as exc:
             log.warning("status list fetch failed, keeping the cached list: %s", exc)
 
-    def status(self, idx: int) -> int:
+    def status(self, idx: int, *, fetch: bool = True) -> int:
+        """``fetch=False``: raise :class:`FetchNeeded` instead of fetching the list."""
         now = self._clock()
         if now >= self._fresh_until:
+            if not fetch:
+                raise FetchNeeded("the status list is due for a refresh")
             self.refresh()
         array = self._array
         if array is None or now >= self._exp:
@@ -328,7 +342,8 @@ class StatusCache:
         try:
             return array.get(idx)
         except IndexError:
-            pass
+            if not fetch:
+                raise FetchNeeded(f"status index {idx} is past the list held") from None
         # Past the end of the list held: the list may have grown (a new index range) since
         # it was fetched; fetch it once before refusing.
         self.refresh()
@@ -493,8 +508,11 @@ class TokenVerifier(Protocol):
         node: str | None = None,
         count_use: bool = False,
         release: bool = False,
+        fetch: bool = True,
     ) -> VerifiedConsent:
-        """Verify ``token`` for this request; raise the typed error of the first failure."""
+        """Verify ``token`` for this request; raise the typed error of the first failure.
+        ``fetch=False``: raise :class:`FetchNeeded` rather than block on a fetch (a caller
+        on an event loop verifies there when nothing has to be fetched)."""
         ...
 
     def precheck(self, tokens: Sequence[str], verify_many: VerifyMany) -> int:
@@ -573,11 +591,11 @@ class ConsentVerifier(TokenVerifier):
     def close(self) -> None:
         """Release background resources (subclasses with subscriptions override)."""
 
-    def _check_token(self, token: str) -> _Checked:
+    def _check_token(self, token: str, *, fetch: bool = True) -> _Checked:
         """What never changes for a given token string: form, header, signature, claim shapes."""
         h, p, s = split_jws(token)
         kid = self._kid(h)
-        verify_signature(self.keys.lookup(kid), h, p, s)
+        verify_signature(self.keys.lookup(kid, fetch=fetch), h, p, s)
         return self._check_claims(kid, p)
 
     def _check_claims(self, kid: str, p: str) -> _Checked:
@@ -675,14 +693,16 @@ class ConsentVerifier(TokenVerifier):
         node: str | None = None,
         count_use: bool = False,
         release: bool = False,
+        fetch: bool = True,
     ) -> VerifiedConsent:
         """Verify ``token`` for this request (:meth:`_verify`), counted by result for the
-        operator's /metrics (``fedcredit_consent_verifications_total``)."""
+        operator's /metrics (``fedcredit_consent_verifications_total``; a
+        :class:`FetchNeeded` decided nothing and is not counted)."""
         try:
             vc = self._verify(
                 token, bank_org=bank_org, bank_cert_sha256=bank_cert_sha256,
                 enterprise=enterprise, purposes=purposes, category=category, node=node,
-                count_use=count_use, release=release,
+                count_use=count_use, release=release, fetch=fetch,
             )  # fmt: skip
         except FedcreditError as exc:
             metrics.verification(exc.reason)
@@ -702,6 +722,7 @@ class ConsentVerifier(TokenVerifier):
         node: str | None = None,
         count_use: bool = False,
         release: bool = False,
+        fetch: bool = True,
     ) -> VerifiedConsent:
         """Verify ``token`` for this request; raise the typed error of the first failure.
 
@@ -711,18 +732,20 @@ class ConsentVerifier(TokenVerifier):
         must cover them; ``release=True`` means features go to the bank, which
         a score-only consent never allows.
         """
+        if count_use and not fetch:
+            raise FetchNeeded("counting a use may call the consent service")
         checked = self._checked.get(token)
         if checked is None:  # steps 1-4
-            checked = self._check_token(token)
+            checked = self._check_token(token, fetch=fetch)
             self._remember(token, checked)
         # Looked up on every call, so a key that left the JWKS stops verifying at once.
-        key = self.keys.lookup(checked.kid)
+        key = self.keys.lookup(checked.kid, fetch=fetch)
         claims, grant = checked.claims, checked.grant
         self._check_times(key, claims)  # step 5
         self._check_holder(checked, bank_org, bank_cert_sha256, enterprise)  # step 6
         _check_coverage(grant, purposes, category, node, release)  # step 7
         jti = claims["jti"]
-        self._check_status(checked.status_idx, jti)  # step 8
+        self._check_status(checked.status_idx, jti, fetch=fetch)  # step 8
         uses = None  # step 9
         if count_use:
             uses = self._counter.use(jti, grant.max_uses, claims["exp"])
@@ -783,9 +806,9 @@ class ConsentVerifier(TokenVerifier):
                 f"the consent is for enterprise {claims['sub']}, not {enterprise}"
             )
 
-    def _check_status(self, idx: int, jti: str) -> None:
+    def _check_status(self, idx: int, jti: str, *, fetch: bool = True) -> None:
         """Step 8: the token's entry in the signed status list is valid."""
-        value = self.status.status(idx)
+        value = self.status.status(idx, fetch=fetch)
         if value == INVALID:
             raise E.ConsentRevoked(f"consent {jti} has been revoked", jti=jti)
         if value == SUSPENDED:

@@ -47,7 +47,7 @@ from fedcredit.common.errors import DeadlineExceeded, FedcreditError, Internal, 
 from fedcredit.common.tls import Identity
 from fedcredit.common.uscc import validate as validate_uscc
 from fedcredit.common.wire import via_field
-from fedcredit.consent.verify import TokenVerifier, UseRef, VerifiedConsent
+from fedcredit.consent.verify import FetchNeeded, TokenVerifier, UseRef, VerifiedConsent
 from fedcredit.coordinator.deadline import bounded
 from fedcredit.coordinator.errors import (
     UNTYPED_FAILURES,
@@ -422,8 +422,14 @@ class Scorer:
 
     # ------------------------------------------------------------ step 1: tokens
     def _verify_chunk(
-        self, bank: Identity, items: Sequence[ScoreItem], purposes: Collection[str]
+        self,
+        bank: Identity,
+        items: Sequence[ScoreItem],
+        purposes: Collection[str],
+        fetch: bool = True,
     ) -> list[VerifiedConsent | FedcreditError]:
+        """``fetch=False``: raise FetchNeeded (nothing decided) where a token's check would
+        first fetch keys or the status list."""
         out: list[VerifiedConsent | FedcreditError] = []
         for it in items:
             try:
@@ -438,8 +444,11 @@ class Scorer:
                         # Uses are counted separately, concurrently with the node fan-out
                         # (see _count_uses), when the verifier exposes its counter.
                         count_use=self._uses is None,
+                        fetch=fetch,
                     )
                 )
+            except FetchNeeded:
+                raise
             except Exception as exc:
                 out.append(consent_failure(exc, "verifying a consent token"))
         return out
@@ -451,7 +460,15 @@ class Scorer:
         # Token checks are CPU work (Ed25519) and may call the consent service
         # (use counts, key refresh): keep them off the event loop, in parallel slices.
         n = max(1, min(self.settings.verify_threads, len(items) // 64 or 1))
-        if n == 1:  # a Score, a small chunk: one hop, nothing to gather
+        if len(items) == 1:
+            # A Score: checked right here when nothing has to be fetched (a signature check,
+            # ~0.1 ms), which spares the thread hop; a fetch (keys, status list) never
+            # blocks the loop -- then the pool does it.
+            try:
+                return self._verify_chunk(bank, items, purposes, fetch=False)
+            except FetchNeeded:
+                pass
+        if n == 1:  # a small chunk: one hop, nothing to gather
             return await loop.run_in_executor(self._pool, self._verify_chunk, bank, items, purposes)
         size = -(-len(items) // n)
         parts = [items[i : i + size] for i in range(0, len(items), size)]
