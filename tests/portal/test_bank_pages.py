@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.routing import Route
 
 from fedcredit.common import uscc
 from fedcredit.common.tls import Identity
@@ -288,3 +289,18 @@ def test_the_watch_lists_last_check_survives_a_portal_restart(
         again = re.search(pattern, v.get("/bank/watch").text, re.S)
         assert again and again.group(1) == seen.group(1)  # shown as last seen, no new check
     assert uses(federation, ent, cid) == 1
+
+
+def test_hostile_requests_to_the_bank_pages_change_nothing(
+    federation: Federation, bank_v: Visitor
+) -> None:
+    """tests/portal/test_hostile_http.py's requests with the coordinator behind the pages
+    (there it is absent): no 500, no internals, no use of a consent, no score logged."""
+    from tests.portal.test_hostile_http import SEEN, hostile_requests
+
+    ent, cid = consent(federation, "credit_assessment")
+    problems = hostile_requests(bank_v, [r for r in BANK_ROUTES if isinstance(r, Route)])
+    assert not problems, "\n".join(problems[:40])
+    assert SEEN[400] > 0, "no request reached a field's check"
+    assert uses(federation, ent, cid) == 0
+    assert not [e for e in entries(federation, ent) if e["kind"] == "score_access"]

@@ -138,16 +138,22 @@ def _post(v: Visitor, path: str) -> list[str]:
     return problems
 
 
+def hostile_requests(v: Visitor, routes: list[Route]) -> list[str]:
+    """Every hostile request to each of ``routes`` as visitor ``v``; the problems seen."""
+    problems: list[str] = []
+    for route in routes:
+        for path in _paths(route):
+            if "GET" in (route.methods or ()):
+                problems += _get(v, path)
+            if "POST" in (route.methods or ()):
+                problems += _post(v, path)
+    return problems
+
+
 def test_every_route_answers_hostile_requests_without_a_500(
     federation: Federation, signed_in: Visitor
 ) -> None:
-    problems: list[str] = []
-    for route in _routes(federation):
-        for path in _paths(route):
-            if "GET" in (route.methods or ()):
-                problems += _get(signed_in, path)
-            if "POST" in (route.methods or ()):
-                problems += _post(signed_in, path)
+    problems = hostile_requests(signed_in, _routes(federation))
     print(f"statuses: {dict(SEEN)}")
     assert not problems, "\n".join(problems[:40])
     assert SEEN[400] + SEEN[422] > len(FIELDS), "the requests never reach a field's check"

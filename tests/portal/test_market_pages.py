@@ -237,6 +237,7 @@ def test_bad_input_is_refused_precisely(federation: Federation, mk: Market, ent_
     ):
         form(ent_v, "/market/needs", **fields)
         assert words in flash_error(ent_v)
+    mk.pki.issue(ent, "enterprise")
     with mk.as_org(ent) as own:
         assert own.my_needs() == []
 
@@ -286,3 +287,21 @@ def test_the_market_limits_what_the_portal_may_do(federation: Federation, mk: Ma
         views = as_bank.open_needs()
         assert need in {v.need_id for v in views}
         assert ENTS[5].encode() not in b"".join(v.SerializeToString() for v in views)
+
+
+@pytest.mark.parametrize("role", ["enterprise", "bank"])
+def test_hostile_requests_to_the_market_pages_change_nothing(
+    federation: Federation, mk: Market, ent_v: Visitor, role: str
+) -> None:
+    """tests/portal/test_hostile_http.py's requests with the marketplace behind the pages
+    (there it is absent): no 500, no internals, no need posted."""
+    from tests.portal.test_hostile_http import SEEN, hostile_requests
+
+    ent = code(590)  # used by no other test here
+    enrolled(federation, ent_v, ent if role == "enterprise" else BANK, role)
+    problems = hostile_requests(ent_v, [r for r in MARKET_ROUTES if isinstance(r, Route)])
+    assert not problems, "\n".join(problems[:40])
+    assert SEEN[400] > 0, "no request reached a field's check"
+    mk.pki.issue(ent, "enterprise")
+    with mk.as_org(ent) as own:
+        assert own.my_needs() == []

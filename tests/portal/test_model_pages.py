@@ -274,3 +274,21 @@ def test_a_step_up_ticket_is_short_and_names_a_known_act(
             with pytest.raises(P.DelegationMalformed):
                 c.delegated(bad).activate(second)
     assert active(federation, scoring) == FIRST
+
+
+def test_hostile_requests_to_the_model_pages_activate_nothing(
+    federation: Federation, scoring: Scoring, visitor: Visitor, second: str
+) -> None:
+    """tests/portal/test_hostile_http.py's requests, as the operator, with the coordinator
+    behind the pages: no 500, no internals, and the active model is still the active one."""
+    from starlette.routing import Route
+
+    from fedcredit.portal.model_pages import MODEL_ROUTES
+    from tests.portal.test_hostile_http import SEEN, hostile_requests
+
+    before = active(federation, scoring)
+    enrolled(federation, visitor, "operator", "operator")
+    problems = hostile_requests(visitor, [r for r in MODEL_ROUTES if isinstance(r, Route)])
+    assert not problems, "\n".join(problems[:40])
+    assert SEEN[400] > 0, "no request reached a field's check"
+    assert active(federation, scoring) == before

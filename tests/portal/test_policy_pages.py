@@ -368,3 +368,28 @@ def test_an_application_is_read_only_by_its_parties(federation: Federation, pol:
     assert owner not in theirs.value.message
     with pol.as_org(other, "enterprise") as them, pytest.raises(UnknownAward):
         them.application(app.id)
+
+
+@pytest.mark.parametrize(("org", "role"), [(LEAD, "department"), (ENTS[5], "enterprise")])
+def test_hostile_requests_to_the_policy_pages_change_nothing(
+    federation: Federation, pol: Policies, v1: Visitor, org: str, role: str
+) -> None:
+    """tests/portal/test_hostile_http.py's requests with the policy service behind the pages
+    (there it is absent): no 500, no internals, not one policy more."""
+    from tests.portal.test_hostile_http import SEEN, hostile_requests
+
+    enrolled(federation, v1, org, role)
+    before = (pol.store.policies(), pol.ledger.size)
+    problems = hostile_requests(v1, [r for r in POLICY_ROUTES if isinstance(r, Route)])
+    assert not problems, "\n".join(problems[:40])
+    assert SEEN[400] > 0, "no request reached a field's check"
+    import json
+
+    from fedcredit.policies.service import DEPARTMENT_RUNS
+
+    assert pol.store.policies() == before[0]
+    # A screen form without a day is a usable request (screen as of today): those runs are
+    # the only entries, and no more of them than a department may run in a day.
+    kinds = [json.loads(bytes(e.data)).get("kind") for e in pol.ledger.iter_entries(before[1], pol.ledger.size)]  # fmt: skip
+    assert set(kinds) <= {"policy_screening_run", "policy_screening"}, set(kinds)
+    assert kinds.count("policy_screening_run") <= DEPARTMENT_RUNS
