@@ -198,10 +198,16 @@ def probe(
     FEDCREDIT_SERVICE and FEDCREDIT_ORG say what to check and as whom."""
     from fedcredit.common.errors import NotFound
     from fedcredit.common.server import check_health
+    from fedcredit.common.tls import check_address
 
     with user_errors(as_json):
-        if plain:
-            ok = check_health(plain, None, server_org="", timeout=timeout)
+        if not (0 < timeout <= 3_600):  # NaN fails this too; a probe answers in seconds
+            raise InvalidArgument(
+                f"expected --timeout in seconds, more than 0 and at most 3600, got {timeout}",
+                reason="TIMEOUT_OUT_OF_RANGE",
+            )
+        if plain:  # an address that is not one is the caller's mistake, not "not serving"
+            ok = check_health(check_address(plain), None, server_org="", timeout=timeout)
             output({"address": plain, "serving": ok}, as_json)
             raise typer.Exit(0 if ok else 1)
         if config is None or not service:

@@ -131,6 +131,10 @@ CASES: list[tuple[str, bytes | None, list[str], int]] = [
      ["bank", "watch", "--config", "{cfg}", "--bank", BANK, "--input", "{f}"], 3),
     ("organisation id of 100k characters", None,
      ["fund", "status", "--config", "{cfg}", "--org", "o" * 100_000], 4),
+    ("probe of an address that is not HOST:PORT", None,
+     ["operator", "probe", "--plain-health", "../../etc/passwd"], 3),
+    ("probe with a NaN timeout", None,
+     ["operator", "probe", "--plain-health", "127.0.0.1:9", "--timeout", "nan"], 3),
     ("organisation id that is a path", None,
      ["fund", "status", "--config", "{cfg}", "--org", "../../../etc/passwd"], 4),
 ]  # fmt: skip
