@@ -558,8 +558,9 @@ def _proof_rows(proof_size: int, node_rate: float, row: Callable[..., None]) -> 
             fr, "entries/s", ">= 200,000", fr >= 200_000)  # fmt: skip
         row("fsck, per CPU-second", fcpu, "entries/s")
         sync, sync_floor = tiles_sync(log)
-        row(f"tlog-tiles: auditor syncs all {proof_size:,} entries over HTTP (bundles + "
-            "level-0 tiles, every leaf and the root checked), one connection", sync, "entries/s")  # fmt: skip
+        row(f"tlog-tiles: auditor syncs all {proof_size:,} entries over HTTPS with its client "
+            "certificate (bundles + level-0 tiles, every leaf and the root checked), one "
+            "connection", sync, "entries/s")  # fmt: skip
         row("floor: the same tiles read from the store and checked, no HTTP", sync_floor,
             "entries/s")  # fmt: skip
     finally:

@@ -6,9 +6,13 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import ssl
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+from fedcredit.common.pki import init_pki
 from fedcredit.ledger.coverage import audit_coverage
 from fedcredit.ledger.log import Log
 from fedcredit.ledger.merkle import MemoryTree
@@ -17,10 +21,12 @@ from fedcredit.ledger.tiles_http import TilesHTTPServer
 
 
 def tiles_sync(log: Log) -> tuple[float, float]:
-    """An auditor follows the whole log from scratch over HTTP: every entry bundle and
-    level-0 tile (keep-alive, one connection), each entry hashed and compared with its
-    tile hash, the root rebuilt and compared with the checkpoint. Returns (entries/s over
-    HTTP, entries/s of the floor: the same tiles read from the store without HTTP)."""
+    """An auditor follows the whole log from scratch over HTTPS, presenting its client
+    certificate (entry bundles are served only to roles that read every entry): every
+    entry bundle and level-0 tile (keep-alive, one connection), each entry hashed and
+    compared with its tile hash, the root rebuilt and compared with the checkpoint.
+    Returns (entries/s over HTTPS, entries/s of the floor: the same tiles read from the
+    store without HTTP)."""
     size = log.size
     want = log.store.checkpoint_at(size) or log.checkpoint()
     refs = []
@@ -43,9 +49,15 @@ def tiles_sync(log: Log) -> tuple[float, float]:
     floor = size / (time.perf_counter() - t)
     assert tree.root() == want.root
 
-    srv = TilesHTTPServer(log, "127.0.0.1:0").start()
+    with tempfile.TemporaryDirectory() as d:
+        files = init_pki(Path(d), [("ledger", "ledger"), ("auditor-bench", "auditor")])
+        tls, auditor = files["ledger"], files["auditor-bench"]
+        ctx = ssl.create_default_context(cafile=str(tls.ca))
+        ctx.check_hostname = False  # the certificate names the org; we connect to 127.0.0.1
+        ctx.load_cert_chain(str(auditor.cert), str(auditor.key))
+        srv = TilesHTTPServer(log, "127.0.0.1:0", tls).start()
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=ctx, timeout=30)
 
         def get(path: str) -> bytes:
             conn.request("GET", "/" + path)

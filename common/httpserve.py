@@ -2,19 +2,27 @@
 
 The consent service's public JWKS and status list, the ledger's C2SP tlog-tiles and a
 node's C2SP tlog-witness endpoint all need the same thing: a threaded stdlib server on
-``host:port`` (port 0 picks one), TLS on the server side only when a certificate is
-given (the documents are public, or carry their own signatures: no client
-certificate), started on its own thread and closed cleanly.
+``host:port`` (port 0 picks one), TLS when a certificate is given, started on its own
+thread and closed cleanly. Their documents are public or carry their own signatures, so
+no client certificate is required; a server with some private paths (the ledger's entry
+bundles) *requests* one (``client_certs=True``): a reader without one still completes the
+handshake and gets the public paths, and a certificate it does present must chain to the
+deployment's CA or the handshake fails. :meth:`ReadOnlyHandler.peer_identity` reads the
+verified certificate's organisation and role, as gRPC's ``common.tls.peer_identity`` does.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from typing import Any, Self
 
-from fedcredit.common.tls import TlsFiles
+from fedcredit.common.tls import Identity, TlsFiles, identity_from_der
+
+log = logging.getLogger(__name__)
 
 
 class SideServer(ThreadingHTTPServer):
@@ -29,21 +37,41 @@ class SideServer(ThreadingHTTPServer):
         *,
         tls: TlsFiles | None = None,
         name: str = "http",
+        client_certs: bool = False,
     ) -> None:
+        """``client_certs``: request (not require) a client certificate from ``tls.ca``."""
         host, _, port = address.rpartition(":")
         self.host = host.strip("[]")
         super().__init__((self.host, int(port)), handler)
         if tls is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(str(tls.cert), str(tls.key))
-            ctx.verify_mode = ssl.CERT_NONE  # public readers: no client certificate
+            if client_certs:
+                # only the deployment's CA is trusted for client certificates, never the
+                # system store; CERT_OPTIONAL asks for one and verifies it when sent
+                ctx.load_verify_locations(cafile=str(tls.ca))
+                ctx.verify_mode = ssl.CERT_OPTIONAL
+            else:
+                ctx.verify_mode = ssl.CERT_NONE  # public readers: no client certificate
             # the handshake runs in the connection's thread, not in accept(): a slow
             # client cannot stall the listener
             self.socket = ctx.wrap_socket(
                 self.socket, server_side=True, do_handshake_on_connect=False
             )
         self.tls = tls is not None
+        self.name = name
+        self.tls_files = tls
         self._thread = threading.Thread(target=self.serve_forever, name=name, daemon=True)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line, not socketserver's traceback on stderr, for a reader whose TLS
+        handshake fails (a certificate from another CA, a plain-HTTP request) or who hangs
+        up; anything else is a bug here and keeps its trace, in our log."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLError | ConnectionError | TimeoutError):
+            log.info("%s: connection from %s dropped: %s", self.name, client_address[0], exc)
+        else:
+            log.error("%s: request from %s failed", self.name, client_address[0], exc_info=exc)
 
     @property
     def port(self) -> int:
@@ -74,6 +102,16 @@ class ReadOnlyHandler(BaseHTTPRequestHandler):
 
     def answer(self, path: str, body: bool) -> None:
         raise NotImplementedError
+
+    def peer_identity(self) -> Identity | None:
+        """The organisation and role of the verified client certificate; None without one
+        (plaintext, or a reader that sent none). Raises Unauthenticated when the certificate
+        chains to the CA but carries no single CN and OU."""
+        conn = self.connection
+        if not isinstance(conn, ssl.SSLSocket):
+            return None
+        der = conn.getpeercert(binary_form=True)
+        return None if der is None else identity_from_der(der)
 
     def do_GET(self) -> None:
         self.answer(self.path.split("?", 1)[0], body=True)

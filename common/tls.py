@@ -111,6 +111,13 @@ def identity_from_pem(pem: bytes) -> Identity:
     return _identity_from_cert(cert)
 
 
+@lru_cache(maxsize=4096)
+def identity_from_der(der: bytes) -> Identity:
+    """The identity of a peer certificate as ``ssl.SSLSocket.getpeercert(binary_form=True)``
+    gives it (the HTTP side servers that request client certificates)."""
+    return _identity_from_cert(x509.load_der_x509_certificate(der))
+
+
 def _identity_from_cert(cert: x509.Certificate) -> Identity:
     from cryptography.hazmat.primitives.serialization import Encoding
 

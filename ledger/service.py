@@ -68,7 +68,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     # --- helpers --------------------------------------------------------------
 
     def _require_audit(self, who: Identity, what: str) -> None:
-        if who.role not in self.settings.audit_roles:
+        if not self.settings.may_read_all(who.role):
             raise ReadNotAllowed(
                 f"{who.org_id} has role {who.role!r}; {what} is for roles "
                 f"{', '.join(sorted(self.settings.audit_roles))}",
@@ -266,7 +266,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         )
 
     def _may_read(self, who: Identity, data: bytes) -> bool:
-        if who.role in self.settings.audit_roles:
+        if self.settings.may_read_all(who.role):
             return True
         from fedcredit.ledger.entry import Entry
 
@@ -467,8 +467,12 @@ async def serve(
     if settings.tiles_address:  # the read-only C2SP tlog-tiles interface, beside gRPC
         from fedcredit.ledger.tiles_http import TilesHTTPServer
 
+        # entry bundles only to a client certificate whose role reads every entry
         tiles = TilesHTTPServer(
-            log, settings.tiles_address, None if insecure else deployment.tls(svc.org_id)
+            log,
+            settings.tiles_address,
+            None if insecure else deployment.tls(svc.org_id),
+            settings,
         ).start()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

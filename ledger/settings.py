@@ -50,7 +50,9 @@ DEFAULT_APPEND_RIGHTS: Mapping[str, frozenset[str]] = MappingProxyType(
     }
 )
 
-# Roles that may read any entry (ListBySubject for any enterprise, Export).
+# Roles that may read any entry: GetEntries, Export, ListBySubject for any enterprise,
+# whole entries in inclusion proofs, and the tlog-tiles entry bundles (LedgerSettings.
+# may_read_all is the one check all of them use).
 DEFAULT_AUDIT_ROLES: frozenset[str] = frozenset({"auditor", "operator", "coordinator"})
 
 
@@ -117,11 +119,17 @@ class LedgerSettings:
     witness_quorum: int = 0  # cosignatures GetCheckpoint waits for when asked for "witnessed"
     max_entries_per_call: int = 10_000  # GetEntries / Export page limit per message
     max_append_batch: int = 1000  # entries in one Append call
-    # host:port of the read-only C2SP tlog-tiles HTTP(S) interface; "" = not served
+    # host:port of the read-only C2SP tlog-tiles HTTPS interface; "" = not served. The
+    # checkpoint and hash tiles are public; entry bundles go only to a client certificate
+    # whose role may_read_all admits (ledger.tiles_http)
     tiles_address: str = ""
 
     def may_append(self, role: str, kind: str) -> bool:
         return role in self.append_rights.get(kind, frozenset())
+
+    def may_read_all(self, role: str) -> bool:
+        """Whether a caller of ``role`` reads every entry (gRPC reads and tiles alike)."""
+        return role in self.audit_roles
 
 
 def load_settings(section: Section) -> LedgerSettings:

@@ -6,10 +6,18 @@
 // checkpoint with the served one. It prints one JSON line and exits 0, or
 // prints the failure and exits 1.
 //
-// usage: interop <base-url> <vkey> <old-checkpoint-file> <index>
+// The checkpoint and hash tiles are public: they are read without a client
+// certificate (as a witness or monitor would). Entry bundles are served only to
+// an auditor's certificate: with <ca.pem> <cert.pem> <key.pem> the program
+// trusts the deployment's CA for the server and presents that certificate (and
+// only then) when it reads a bundle.
+//
+// usage: interop <base-url> <vkey> <old-checkpoint-file> <index> [<ca.pem> <cert.pem> <key.pem>]
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
@@ -28,7 +36,35 @@ const height = 8 // c2sp.org/tlog-tiles fixes tile height 8
 
 type httpTiles struct {
 	base    string
+	public  *http.Client // no client certificate: checkpoint and hash tiles
+	auditor *http.Client // presents the auditor's certificate: entry bundles
 	fetched int
+}
+
+// clients builds the public client (trusting caFile when given) and the auditor
+// client, which also presents certFile/keyFile; without files both are
+// http.DefaultClient (plaintext or the system's roots, no certificate).
+func clients(caFile, certFile, keyFile string) (*http.Client, *http.Client, error) {
+	if caFile == "" {
+		return http.DefaultClient, http.DefaultClient, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+	}
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("client certificate: %w", err)
+	}
+	public := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	auditor := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		RootCAs: roots, Certificates: []tls.Certificate{pair},
+	}}}
+	return public, auditor, nil
 }
 
 // c2spPath maps Go's sumdb tile path (tile/H/L/N, tile/H/data/N) to the C2SP one
@@ -42,7 +78,11 @@ func c2spPath(t tlog.Tile) string {
 }
 
 func (h *httpTiles) get(path string) ([]byte, error) {
-	resp, err := http.Get(h.base + path)
+	client := h.public
+	if strings.HasPrefix(path, "tile/entries/") {
+		client = h.auditor
+	}
+	resp, err := client.Get(h.base + path)
 	if err != nil {
 		return nil, err
 	}
@@ -114,13 +154,18 @@ func splitBundle(data []byte) ([][]byte, error) {
 	return out, nil
 }
 
-func run(base, vkey, oldPath string, index int64) (map[string]any, error) {
+func run(base, vkey, oldPath string, index int64, tlsFiles []string) (map[string]any, error) {
 	v, err := note.NewVerifier(vkey)
 	if err != nil {
 		return nil, fmt.Errorf("vkey: %w", err)
 	}
 	verifiers := note.VerifierList(v)
-	tiles := &httpTiles{base: strings.TrimSuffix(base, "/") + "/"}
+	files := append(tlsFiles, "", "", "")
+	public, auditor, err := clients(files[0], files[1], files[2])
+	if err != nil {
+		return nil, err
+	}
+	tiles := &httpTiles{base: strings.TrimSuffix(base, "/") + "/", public: public, auditor: auditor}
 	cpBytes, err := tiles.get("checkpoint")
 	if err != nil {
 		return nil, err
@@ -192,8 +237,8 @@ func run(base, vkey, oldPath string, index int64) (map[string]any, error) {
 }
 
 func main() {
-	if len(os.Args) != 5 {
-		fmt.Fprintln(os.Stderr, "usage: interop <base-url> <vkey> <old-checkpoint-file> <index>")
+	if len(os.Args) != 5 && len(os.Args) != 8 {
+		fmt.Fprintln(os.Stderr, "usage: interop <base-url> <vkey> <old-checkpoint-file> <index> [<ca.pem> <cert.pem> <key.pem>]")
 		os.Exit(2)
 	}
 	index, err := strconv.ParseInt(os.Args[4], 10, 64)
@@ -201,7 +246,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "index:", err)
 		os.Exit(2)
 	}
-	out, err := run(os.Args[1], os.Args[2], os.Args[3], index)
+	out, err := run(os.Args[1], os.Args[2], os.Args[3], index, os.Args[5:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "interop:", err)
 		os.Exit(1)
