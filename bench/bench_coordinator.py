@@ -666,7 +666,8 @@ class Bench:
             self.notes.append(
                 f"coordinator CPU per Score <= 1 ms is below what Python gRPC allows: the bare "
                 f"calls of one Score (12 in parallel + 3) cost a client {score_floor * 1e3:.2f} ms "
-                "of CPU against servers that do nothing"
+                "of CPU against servers that do nothing, and a server answering one call by "
+                f"making them {served_floor * 1e3:.2f} ms"
             )
 
         bcodes = (
