@@ -606,7 +606,15 @@ class Bench:
         thr_codes = [self.codes[i] for i in order[nreq + 10 : 2 * nreq + 10]]
         lat_tokens = self.grant(lat_codes)
         thr_tokens = self.grant(thr_codes)
+        self._score_rows(order, lat_codes, lat_tokens, thr_codes, thr_tokens)
+        self._batch_rows(order)
 
+    def _score_rows(
+        self, order: Any, lat_codes: list[str], lat_tokens: list[str], thr_codes: list[str],
+        thr_tokens: list[str],
+    ) -> None:  # fmt: skip
+        """Single Scores against their floors and components; the coordinator's CPU per Score."""
+        a, nreq = self.args, self.args.requests
         floor = asyncio.run(self.floor(nreq))
         cpu_floor = self.cpu_floor(nreq)
         served_floor = self.served_floor(nreq)
@@ -670,6 +678,9 @@ class Bench:
                 f"making them {served_floor * 1e3:.2f} ms"
             )
 
+    def _batch_rows(self, order: Any) -> None:
+        """One ScoreBatch, each enterprise its own consent: time, and CPU by process."""
+        a = self.args
         bcodes = (
             [self.codes[i] for i in order[: a.batch]]
             if a.batch <= len(self.codes)
@@ -711,6 +722,14 @@ class Bench:
             "CPU per enterprise, every process (12 nodes, coordinator, ledger, consent, client)",
             total_cpu / len(items) * 1e3, "ms",
         )  # fmt: skip
+        self._batch_floor_rows(bcodes, btokens, (dt, ok, bad), cpu_services, grant_s)
+
+    def _batch_floor_rows(
+        self, bcodes: list[str], btokens: list[str], result: tuple[float, int, int],
+        cpu_services: float, grant_s: float,
+    ) -> None:  # fmt: skip
+        """The batch's time against its floors: first-sight token checks and bare Ed25519."""
+        items, (dt, ok, bad) = bcodes, result
         per_verify, per_verify_warm = self.verify_cost(bcodes, btokens)
         verify_cpu = len(items) * 13 * per_verify
         n = len(items)
