@@ -172,64 +172,30 @@ def secagg_rows(
     ]
 
 
-def run_setting(
-    name: str,
-    params: GBDTParams,
-    banks: list[BankData],
-    paths: tuple[str, ...],
-    test: BankData,
-    progress: Progress,
-    secagg_trees: int,
-    stock_engine: bool,
-) -> dict[str, Any]:
-    rows: list[Row] = []
-    pooled = concat(banks)
-    x_t, y_t = test.x, test.y
-    lp = lgb_params(params, boost_from_average=True)
-    lp["num_threads"] = 2
-
-    task = progress.add_task(f"[{name}] pooled LightGBM", total=None)
+def _reference_rows(
+    params: GBDTParams, pooled: BankData, test: BankData, lp: dict[str, Any]
+) -> tuple[list[Row], np.ndarray]:
+    """Pooled LightGBM and the central hist trainer on the pooled rows (same bins); the
+    central trainer's scores, which federated hist must equal."""
     t = time.perf_counter()
     ref = lgb.train(lp, lgb.Dataset(pooled.x, pooled.y), num_boost_round=params.num_trees)
     wall = time.perf_counter() - t
-    pooled_scores = np.asarray(ref.predict(x_t), dtype=np.float64)
-    rows.append(
-        _row(
-            "pooled LightGBM",
-            pooled_scores,
-            y_t,
-            ref.num_trees(),
-            wall_seconds=wall,
-            seconds_per_tree=wall / ref.num_trees(),
-        )
-    )
-
-    progress.update(task, description=f"[{name}] central hist (pooled rows, same bins)")
+    rows = [_row("pooled LightGBM", np.asarray(ref.predict(test.x), dtype=np.float64), test.y,
+                 ref.num_trees(), wall_seconds=wall, seconds_per_tree=wall / ref.num_trees())]  # fmt: skip
     t = time.perf_counter()
     spec = fit_bin_spec(pooled.x, pooled.feature_names, params.max_bins)
     central = train_central(spec, pooled.x, pooled.y, params, pooled.ids)
     wall = time.perf_counter() - t
-    central_scores = central.predict(x_t)
-    rows.append(
-        _row(
-            "central hist",
-            central_scores,
-            y_t,
-            len(central.trees),
-            wall_seconds=wall,
-            seconds_per_tree=wall / len(central.trees),
-        )
-    )
+    central_scores = central.predict(test.x)
+    rows.append(_row("central hist", central_scores, test.y, len(central.trees),
+                     wall_seconds=wall, seconds_per_tree=wall / len(central.trees)))  # fmt: skip
+    return rows, central_scores
 
-    progress.update(
-        task, description=f"[{name}] Flower simulation: hist, hist+SecAgg+, bagging, cyclic"
-    )
-    runs = [
-        TrainSettings(strategy="hist", params=params),
-        TrainSettings(strategy="hist", params=replace(params, num_trees=secagg_trees), secagg=True),
-        TrainSettings(strategy="bagging", params=params),
-        TrainSettings(strategy="cyclic", params=params),
-    ]
+
+def _federated_rows(
+    runs: list[TrainSettings], paths: tuple[str, ...], test: BankData, central_scores: np.ndarray
+) -> tuple[list[Row], Floor, TrainOutcome]:
+    """hist, hist + SecAgg+, bagging and cyclic in one Flower simulation."""
     results = simulate_many(runs, CsvSource(paths), len(paths), floor_rounds=20)
     floor = results[0]
     assert isinstance(floor, Floor), floor
@@ -240,67 +206,89 @@ def run_setting(
         assert isinstance(r, TrainOutcome)
         outcomes.append(r)
     fed, sec, bag, cyc = outcomes
-
+    x_t, y_t = test.x, test.y
     fed_scores = _scores(fed.model_text, x_t)
-    rows.append(
-        _row(
-            "federated hist",
-            fed_scores,
-            y_t,
-            fed.trees,
-            wall_seconds=fed.wall_seconds,
-            seconds_per_tree=fed.seconds_per_tree,
-            rounds_per_tree=_trips(fed),
-            bytes_per_bank_per_tree=fed.bytes_up_per_bank_per_tree,
-            max_abs_diff_vs_central=float(np.max(np.abs(fed_scores - central_scores))),
-            note=f"{fed.tree_rounds} rounds; binning {fed.setup_seconds:.2f} s",
-        )
-    )
+    rows = [
+        _row("federated hist", fed_scores, y_t, fed.trees, wall_seconds=fed.wall_seconds,
+             seconds_per_tree=fed.seconds_per_tree, rounds_per_tree=_trips(fed),
+             bytes_per_bank_per_tree=fed.bytes_up_per_bank_per_tree,
+             max_abs_diff_vs_central=float(np.max(np.abs(fed_scores - central_scores))),
+             note=f"{fed.tree_rounds} rounds; binning {fed.setup_seconds:.2f} s")
+    ]  # fmt: skip
     rows.extend(secagg_rows(fed, sec, x_t, y_t, central_scores))
     for o, label in ((bag, "bagging (LightGBM)"), (cyc, "cyclic (LightGBM)")):
         rows.append(
-            _row(
-                label,
-                _scores(o.model_text, x_t),
-                y_t,
-                o.trees,
-                wall_seconds=o.wall_seconds,
-                seconds_per_tree=o.wall_seconds / max(o.trees, 1),
-                rounds_per_tree=_trips(o),
-                bytes_per_bank_per_tree=o.bytes_up / o.banks / max(o.trees, 1),
-                note=f"{o.tree_rounds} rounds",
-            )
-        )
+            _row(label, _scores(o.model_text, x_t), y_t, o.trees, wall_seconds=o.wall_seconds,
+                 seconds_per_tree=o.wall_seconds / max(o.trees, 1), rounds_per_tree=_trips(o),
+                 bytes_per_bank_per_tree=o.bytes_up / o.banks / max(o.trees, 1),
+                 note=f"{o.tree_rounds} rounds")
+        )  # fmt: skip
+    return rows, floor, fed
 
-    progress.update(task, description=f"[{name}] each bank alone")
+
+def _alone_rows(
+    params: GBDTParams,
+    banks: list[BankData],
+    paths: tuple[str, ...],
+    test: BankData,
+    lp: dict[str, Any],
+) -> list[Row]:
+    rows = []
     for path, b in zip(paths, banks, strict=True):
         t = time.perf_counter()
         own = lgb.train(lp, lgb.Dataset(b.x, b.y), num_boost_round=params.num_trees)
         wall = time.perf_counter() - t
-        rows.append(
-            _row(
-                f"alone: {Path(path).stem}",
-                np.asarray(own.predict(x_t), dtype=np.float64),
-                y_t,
-                own.num_trees(),
-                wall_seconds=wall,
-                seconds_per_tree=wall / own.num_trees(),
-            )
-        )
+        rows.append(_row(f"alone: {Path(path).stem}", np.asarray(own.predict(test.x), dtype=np.float64),
+                         test.y, own.num_trees(), wall_seconds=wall, seconds_per_tree=wall / own.num_trees()))  # fmt: skip
+    return rows
 
+
+def _stock_engine(run: TrainSettings, paths: tuple[str, ...], fed: TrainOutcome) -> dict[str, Any]:
+    """Flower's stock simulation poller on the same hist run, for the engine comparison."""
+    res = simulate_many([run], CsvSource(paths), len(paths), floor_rounds=20, low_latency=False)
+    sfloor, sfed = res
+    assert isinstance(sfloor, Floor) and isinstance(sfed, TrainOutcome), res
+    return {
+        "floor_seconds_per_round": sfloor.seconds_per_round,
+        "hist_seconds_per_tree": sfed.seconds_per_tree,
+        "same_model": sfed.model_text == fed.model_text,
+    }
+
+
+def run_setting(
+    name: str,
+    params: GBDTParams,
+    banks: list[BankData],
+    paths: tuple[str, ...],
+    test: BankData,
+    progress: Progress,
+    secagg_trees: int,
+    stock_engine: bool,
+) -> dict[str, Any]:
+    pooled = concat(banks)
+    lp = lgb_params(params, boost_from_average=True)
+    lp["num_threads"] = 2
+    task = progress.add_task(
+        f"[{name}] pooled LightGBM, central hist (pooled rows, same bins)", total=None
+    )
+    rows, central_scores = _reference_rows(params, pooled, test, lp)
+    progress.update(
+        task, description=f"[{name}] Flower simulation: hist, hist+SecAgg+, bagging, cyclic"
+    )
+    runs = [
+        TrainSettings(strategy="hist", params=params),
+        TrainSettings(strategy="hist", params=replace(params, num_trees=secagg_trees), secagg=True),
+        TrainSettings(strategy="bagging", params=params),
+        TrainSettings(strategy="cyclic", params=params),
+    ]
+    fed_rows, floor, fed = _federated_rows(runs, paths, test, central_scores)
+    rows.extend(fed_rows)
+    progress.update(task, description=f"[{name}] each bank alone")
+    rows.extend(_alone_rows(params, banks, paths, test, lp))
     stock: dict[str, Any] | None = None
     if stock_engine:
         progress.update(task, description=f"[{name}] Flower's stock simulation poller")
-        res = simulate_many(
-            [runs[0]], CsvSource(paths), len(paths), floor_rounds=20, low_latency=False
-        )
-        sfloor, sfed = res
-        assert isinstance(sfloor, Floor) and isinstance(sfed, TrainOutcome), res
-        stock = {
-            "floor_seconds_per_round": sfloor.seconds_per_round,
-            "hist_seconds_per_tree": sfed.seconds_per_tree,
-            "same_model": sfed.model_text == fed.model_text,
-        }
+        stock = _stock_engine(runs[0], paths, fed)
     progress.remove_task(task)
     return {
         "setting": name,
