@@ -149,9 +149,12 @@ def serve_cmd(
     """Run the LedgerService (mTLS) until interrupted."""
     from fedcredit.common import metrics
     from fedcredit.common.config import load_config
+    from fedcredit.common.tls import check_address
     from fedcredit.ledger.service import serve as serve_async
 
     with user_errors():
+        if address is not None:  # before anything starts (the metrics endpoint included)
+            check_address(address)
         dep = load_config(config)
         metrics.start(dep.service("ledger").metrics, "ledger")
         asyncio.run(serve_async(dep, address=address, insecure=insecure, on_ready=_serving))

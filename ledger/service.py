@@ -19,7 +19,7 @@ from typing import Any
 from fedcredit.common.errors import BatchTooLarge, FedcreditError
 from fedcredit.common.evidence import Receipt
 from fedcredit.common.rpc import handle_errors
-from fedcredit.common.tls import Identity, peer_identity, require_role
+from fedcredit.common.tls import Identity, check_address, peer_identity, require_role
 from fedcredit.consent.delegation import DelegationVerifier, acting
 from fedcredit.ledger.client import WitnessClient
 from fedcredit.ledger.entry import KIND_RE, canonical_payload, check_actor, check_subject
@@ -455,7 +455,8 @@ async def serve(
         log, settings, witness_keys=[], delegation=delegation.verifier if delegation else None
     )
     server, port = build_aio_server(
-        address=address or svc.address,
+        # An empty --address is a mistake, not "the default": only None means the config's.
+        address=svc.address if address is None else check_address(address),
         tls=None if insecure else deployment.tls(svc.org_id),
         register=lambda s: register_ledger(s, servicer),
         service_names=[LEDGER_SERVICE],
