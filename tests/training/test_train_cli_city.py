@@ -8,6 +8,7 @@ import csv
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -82,28 +83,15 @@ def _group_members(pgids: set[int]) -> list[str]:
     return alive
 
 
-def test_city_deployment_end_to_end(city_deployment: CityDeployment, tmp_path: Path) -> None:
-    from fedcredit.coordinator.client import CoordinatorClient
-    from fedcredit.ledger.client import LedgerClient
-    from fedcredit.ledger.entry import Entry
-    from fedcredit.training.bank.city import NoTrainingConsents, load_city_bank
-    from fedcredit.training.bank.consents import collect_training_consents
+def _train_watching_processes(cd: CityDeployment, trained: list[str], work_dir: Path) -> Any:
+    """hist over the deployment engine; afterwards every process it started is gone and the
+    banks' fetched rows are deleted."""
     from fedcredit.training.gbdt.params import GBDTParams
     from fedcredit.training.run import deployment as deployment_mod
     from fedcredit.training.run.city import train_city
     from fedcredit.training.server.settings import TrainSettings
 
-    cd = city_deployment
     dep = cd.dep
-    trained, left_out = dep.banks[:3], dep.banks[3]
-    granted = collect_training_consents(dep, cd.world, banks=trained)
-    assert set(granted) == set(trained) and all(v > 0 for v in granted.values())
-
-    # A bank whose borrowers granted nothing cannot train: a precise error.
-    with pytest.raises(NoTrainingConsents) as exc:
-        load_city_bank(dep.path, left_out, world=cd.world)
-    assert left_out in exc.value.message and "model_training" in exc.value.message
-
     pgids: set[int] = set()
     real = deployment_mod.LocalDeployment.start
 
@@ -120,7 +108,7 @@ def test_city_deployment_end_to_end(city_deployment: CityDeployment, tmp_path: P
             settings=TrainSettings(params=GBDTParams(num_trees=2, max_depth=2, max_bins=16)),
             banks=list(trained),
             world=cd.world,
-            work_dir=tmp_path / "run",
+            work_dir=work_dir,
             timeout=300,
         )
     finally:
@@ -131,8 +119,19 @@ def test_city_deployment_end_to_end(city_deployment: CityDeployment, tmp_path: P
     # banks' fetched rows are deleted.
     assert len(pgids) == 1 + len(trained)
     assert _group_members(pgids) == []
-    assert not (tmp_path / "run" / "bank-cache").exists()
+    assert not (work_dir / "bank-cache").exists()
+    return report
 
+
+def _check_published(
+    cd: CityDeployment, report: Any, trained: list[str], granted: dict[str, int]
+) -> None:
+    """The model is in the registry, active, on the nodes' catalog features, and ledgered."""
+    from fedcredit.coordinator.client import CoordinatorClient
+    from fedcredit.ledger.client import LedgerClient
+    from fedcredit.ledger.entry import Entry
+
+    dep = cd.dep
     assert report.trees == 2 and report.banks == list(trained)
     assert sum(report.rows_per_bank.values()) + report.test_rows == sum(granted.values())
     assert report.active and report.ledger_index is not None
@@ -155,6 +154,16 @@ def test_city_deployment_end_to_end(city_deployment: CityDeployment, tmp_path: P
     assert index == report.ledger_index and entry.kind == "model_published"
     assert entry.payload["sha256"] == mv.sha256 and entry.payload["version"] == mv.version
 
+
+def _train_private_and_check(cd: CityDeployment, trained: list[str], work_dir: Path) -> None:
+    from fedcredit.coordinator.client import CoordinatorClient
+    from fedcredit.ledger.client import LedgerClient
+    from fedcredit.ledger.entry import Entry
+    from fedcredit.training.run.city import train_city
+    from fedcredit.training.server.settings import TrainSettings
+
+    dep = cd.dep
+    svc, lsvc = dep.service("coordinator"), dep.service("ledger")
     # Private mode in the city (issue 15): bins on the feature catalog's public domains,
     # OpenDP noise inside the masked sums of 3 banks; the (epsilon, delta) the run spent
     # is in the report, the registry and the model_published entry.
@@ -186,7 +195,7 @@ def test_city_deployment_end_to_end(city_deployment: CityDeployment, tmp_path: P
         ),
         banks=list(trained),
         world=cd.world,
-        work_dir=tmp_path / "private",
+        work_dir=work_dir,
         timeout=300,
         activate=False,
         bank_config=(("noise-seed", 11), ("max-epsilon", 4.0)),
@@ -207,3 +216,23 @@ def test_city_deployment_end_to_end(city_deployment: CityDeployment, tmp_path: P
     published = Entry.parse(pdata).payload
     assert published["version"] == pmv.version
     assert published["privacy"]["epsilon"] == private.privacy["epsilon"]
+
+
+def test_city_deployment_end_to_end(city_deployment: CityDeployment, tmp_path: Path) -> None:
+    from fedcredit.training.bank.city import NoTrainingConsents, load_city_bank
+    from fedcredit.training.bank.consents import collect_training_consents
+
+    cd = city_deployment
+    dep = cd.dep
+    trained, left_out = list(dep.banks[:3]), dep.banks[3]
+    granted = collect_training_consents(dep, cd.world, banks=trained)
+    assert set(granted) == set(trained) and all(v > 0 for v in granted.values())
+
+    # A bank whose borrowers granted nothing cannot train: a precise error.
+    with pytest.raises(NoTrainingConsents) as exc:
+        load_city_bank(dep.path, left_out, world=cd.world)
+    assert left_out in exc.value.message and "model_training" in exc.value.message
+
+    report = _train_watching_processes(cd, trained, tmp_path / "run")
+    _check_published(cd, report, trained, granted)
+    _train_private_and_check(cd, trained, tmp_path / "private")
